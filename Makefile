@@ -1,0 +1,76 @@
+# ftpsgate build. `make` builds build/ftpsgate; `make test` runs unit and integration tests;
+# SAN=1 builds everything with ASan+UBSan.
+CC ?= cc
+PKGS := libuv openssl inih
+PYTHON := /usr/bin/python3
+
+WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS ?= -O2 -g
+CFLAGS += $(WARN) -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(SAN),1)
+CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+# Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
+PURE := ftp_cmd ftp_reply ftp_addr feat config
+SRCS := $(wildcard proxy/*.c)
+OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
+PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
+
+# Rebuild everything when the flags change (SAN=1 and back).
+FLAGSTAMP := build/.flags
+$(shell mkdir -p build/obj build/unit build/fuzz; echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $(FLAGSTAMP) || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $(FLAGSTAMP))
+
+.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format
+all: build/ftpsgate
+
+build/ftpsgate: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+build/obj/%.o: proxy/%.c $(wildcard include/*.h) $(FLAGSTAMP)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP)
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
+	  $(shell pkg-config --libs cmocka inih)
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
+
+integration: build/ftpsgate
+	$(PYTHON) -m pytest -q -ra tests/integration $(PYTEST_ARGS)
+
+test: unit integration
+
+# libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
+FUZZ_SECONDS ?= 60
+build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) $(wildcard include/*.h)
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
+	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
+fuzz: $(FUZZ_BINS)
+fuzz-run: $(FUZZ_BINS)
+	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  ./$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n \
+	    tests/fuzz/corpus/$${n#fuzz_} 2>&1 | grep -E '^(#|stat::number_of_executed_units|INFO: Running|==|SUMMARY)' | tail -n 3; done
+
+run: deps all
+	tests/tools/demo.sh
+
+deps:
+	.ci/deps.sh
+
+bench: all
+	$(PYTHON) tests/bench/bench.py
+
+format:
+	clang-format -i proxy/*.c include/*.h tests/unit/*.c tests/fuzz/*.c
+
+clean:
+	rm -rf build

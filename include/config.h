@@ -1,0 +1,92 @@
+/* Configuration: INI (inih) -> an immutable, validated struct gw_config. Pure: no libuv, no
+ * OpenSSL. Contract: ../shared/design/CONFIG.md. */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GW_MAX_FRONTENDS 16
+#define GW_MAX_BACKENDS 16
+#define GW_NAME_MAX 64
+#define GW_PATH_MAX 512
+#define GW_HOST_MAX 256
+
+enum gw_log_level { GW_LOG_ERROR = 0, GW_LOG_WARN, GW_LOG_INFO, GW_LOG_DEBUG };
+enum gw_fe_mode { GW_FE_IMPLICIT = 0, GW_FE_EXPLICIT, GW_FE_PLAIN };
+enum gw_be_tls { GW_BE_TLS_NONE = 0, GW_BE_TLS_EXPLICIT, GW_BE_TLS_IMPLICIT };
+enum gw_data_mode { GW_DATA_PASSIVE = 0, GW_DATA_ACTIVE };
+enum gw_tls_version { GW_TLS_ANY = 0, GW_TLS_1_0 = 10, GW_TLS_1_1 = 11, GW_TLS_1_2 = 12, GW_TLS_1_3 = 13 };
+
+typedef struct gw_hostport {
+    char host[GW_HOST_MAX]; /* as written, brackets removed for IPv6 */
+    uint16_t port;
+} gw_hostport;
+
+typedef struct gw_frontend_conf {
+    char name[GW_NAME_MAX];
+    gw_hostport listen;
+    enum gw_fe_mode mode;
+    char backend[GW_NAME_MAX];
+    int backend_index; /* index into backends[], resolved by validation */
+    bool require_tls;
+    bool require_prot_p;
+    bool allow_ccc;
+    char pasv_address[GW_HOST_MAX]; /* empty: local address of the control connection */
+    uint16_t pasv_port_min, pasv_port_max;
+    int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
+    char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
+} gw_frontend_conf;
+
+typedef struct gw_backend_conf {
+    char name[GW_NAME_MAX];
+    gw_hostport address;
+    enum gw_be_tls tls;
+    bool tls_verify;
+    char ca_file[GW_PATH_MAX];
+    char sni[GW_HOST_MAX];
+    enum gw_tls_version min_version, max_version;
+    char ciphers[GW_PATH_MAX];
+    enum gw_data_mode data_mode;
+    int connect_timeout;
+} gw_backend_conf;
+
+typedef struct gw_config {
+    /* [global] */
+    int workers; /* 0 = auto */
+    char user[GW_NAME_MAX];
+    enum gw_log_level log_level;
+    bool log_json;
+    char xferlog[GW_PATH_MAX];
+    int max_sessions, max_sessions_per_ip;
+    int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
+    /* [tls] */
+    char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
+    enum gw_tls_version tls_min_version;
+    char ciphers[GW_PATH_MAX], ciphersuites[GW_PATH_MAX];
+    bool data_session_reuse_required;
+    int strict_tls_eof; /* -1 unset (default), 0 no, 1 yes */
+
+    int n_frontends, n_backends;
+    gw_frontend_conf frontends[GW_MAX_FRONTENDS];
+    gw_backend_conf backends[GW_MAX_BACKENDS];
+} gw_config;
+
+/* The embedded default configuration (INI text) used when no -c is given. */
+extern const char gw_config_default_ini[];
+
+/* Parse INI text. `origin` names the file in messages ("<embedded default>" for the
+ * default). Returns 0, or -1 with a message "ORIGIN:LINE: [section] key: problem" (LINE 0
+ * when the problem is not on one line) written to err. cfg is fully initialised with
+ * defaults first. */
+int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg,
+                    char *err, size_t errcap);
+
+/* Read the file and parse it (error message names the file on read failure too). */
+int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errcap);
+
+/* "HOST:PORT" or "[V6]:PORT" -> hp. 0 or -1. */
+int gw_parse_hostport(const char *s, gw_hostport *hp);
+
+#endif

@@ -1,0 +1,67 @@
+/* A byte stream over a uv TCP handle with optional TLS: read, write with ownership,
+ * watermarks, shutdown, close. The conn is freed after its close callback (on_close). */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+#include "ftp_addr.h"
+#include "tls.h"
+
+#define GW_HIGH_WATERMARK (256 * 1024) /* stop reading the source above this */
+#define GW_LOW_WATERMARK (64 * 1024)   /* resume it below this */
+
+typedef struct gw_conn gw_conn;
+
+typedef struct gw_conn_ops {
+    void (*on_connect)(gw_conn *c, int status);            /* outgoing connect: 0 or uv error */
+    void (*on_handshake)(gw_conn *c);                      /* TLS established */
+    void (*on_data)(gw_conn *c, const char *buf, size_t n); /* plaintext; take it all */
+    void (*on_eof)(gw_conn *c, bool clean); /* peer done; clean: plain FIN or close_notify */
+    void (*on_error)(gw_conn *c, const char *why); /* fatal: the owner closes */
+    void (*on_drain)(gw_conn *c);                  /* output fell below the low watermark */
+    void (*on_shutdown)(gw_conn *c, int status);   /* all output, close_notify and FIN sent */
+    void (*on_close)(gw_conn *c);                  /* handle closed: c is freed on return */
+} gw_conn_ops;
+
+struct gw_conn {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+    const gw_conn_ops *ops;
+    void *owner;
+    uint64_t sid;     /* session id for logs */
+    const char *name; /* which leg, for logs */
+    gw_tls *tls;
+    size_t queued; /* bytes written but not yet sent */
+    uint64_t bytes_in, bytes_out;
+    bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
+};
+
+gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
+                     const char *name);
+int gw_conn_accept(gw_conn *c, uv_stream_t *server);
+int gw_conn_connect(gw_conn *c, const gw_addr *to);
+/* Begin a TLS handshake as server on this connection; reading starts if it had not. */
+int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role);
+int gw_conn_start_read(gw_conn *c);
+void gw_conn_pause(gw_conn *c);
+void gw_conn_resume(gw_conn *c);
+/* Copies the bytes. Errors arrive through on_error. */
+void gw_conn_write(gw_conn *c, const void *buf, size_t n);
+void gw_conn_write_str(gw_conn *c, const char *s);
+/* close_notify (when TLS) and FIN after everything queued; then on_shutdown. */
+void gw_conn_shutdown(gw_conn *c);
+void gw_conn_close(gw_conn *c); /* idempotent */
+void gw_conn_reset(gw_conn *c); /* close with RST: the peer must not see a clean end */
+int gw_conn_peer(const gw_conn *c, gw_addr *a);
+int gw_conn_local(const gw_conn *c, gw_addr *a);
+
+/* sockaddr <-> gw_addr */
+void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa);
+void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss);
+/* "1.2.3.4:5" / "[::1]:5" into a per-thread buffer for logs */
+const char *gw_addr_str(const gw_addr *a);
+
+#endif

@@ -1,0 +1,79 @@
+/* One client session: control-leg state machine, the backend control leg, the serial command
+ * pipeline, timers and the single fail/close path. */
+#ifndef GW_SESSION_H
+#define GW_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+#include "conn.h"
+#include "ftp_cmd.h"
+#include "ftp_reply.h"
+#include "server.h"
+
+typedef struct gw_data gw_data;
+
+enum gw_client_state {
+    CS_HANDSHAKE, /* implicit: waiting for the ClientHello and handshake; nothing sent */
+    CS_READY,     /* TLS up (PBSZ 0 / PROT P implied), commands flow */
+    CS_CLOSING,   /* final reply and close_notify sent; waiting for handles to close */
+};
+
+enum gw_backend_state {
+    BS_IDLE,       /* not connected yet */
+    BS_CONNECTING, /* TCP connect under connect_timeout */
+    BS_GREETING,   /* waiting for the 220 */
+    BS_READY,
+    BS_CLOSED,
+};
+
+/* What the one outstanding command to the backend is waiting for. */
+enum gw_pending {
+    PEND_NONE,
+    PEND_GREETING, /* backend greeting, relayed */
+    PEND_RELAY,    /* plain relay of the reply */
+    PEND_PASV,     /* internal PASV: the 227 is consumed, the client gets the gateway's */
+    PEND_FEAT,     /* buffered, rewritten */
+    PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
+    PEND_QUIT,
+};
+
+typedef struct gw_session {
+    uint64_t id;
+    gw_frontend *fe;
+    uv_loop_t *loop;
+    gw_conn *client, *backend;
+    uv_timer_t timer;
+    enum gw_client_state cstate;
+    enum gw_backend_state bstate;
+    enum gw_pending pending;
+    bool pending_epsv;   /* PEND_PASV answers with 229 */
+    char pending_verb[8];
+    gw_cmd_parser cmd;
+    gw_reply_parser reply;
+    char *inbuf; /* client bytes not yet parsed: the ordered command queue */
+    size_t inlen, incap;
+    char *featbuf; /* PEND_FEAT: backend reply so far */
+    size_t featlen;
+    char *held; /* PEND_TRANSFER: final reply waiting for the data legs */
+    size_t heldlen;
+    int held_code;
+    gw_data *data;
+    bool data_finished, data_ok;
+    char data_fail_reply[128];
+    gw_addr data_backend; /* where the backend's passive port is */
+    bool prot_p, logged_in, closing, epsv_all;
+    int too_long, failed_logins;
+    gw_addr client_peer, client_local, backend_peer;
+    uint64_t started_ms, last_active_ms;
+    int handles; /* open uv handles; the session is freed when this drops to 0 */
+    struct gw_session *next, *prev; /* in the server's session_list */
+} gw_session;
+
+void gw_session_accept(gw_frontend *fe, uv_stream_t *listener);
+/* End every live session with 421 (graceful stop after shutdown_grace). */
+void gw_session_close_all(gw_server *srv, const char *why);
+/* From data.c: the transfer's data legs are done (ok) or failed with `reply` to send. */
+void gw_session_data_finished(gw_session *s, bool ok, const char *reply);
+
+#endif

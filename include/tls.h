@@ -1,0 +1,59 @@
+/* TLS engine over memory BIOs: hides OpenSSL's handshake/read/write dance and its error
+ * codes. The caller moves ciphertext in (gw_tls_feed) and out (gw_tls_out_take). */
+#ifndef GW_TLS_H
+#define GW_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct gw_tls gw_tls;
+
+enum gw_tls_status {
+    GW_TLS_AGAIN = 0,  /* needs more input */
+    GW_TLS_DONE = 1,   /* handshake complete */
+    GW_TLS_ERROR = -1, /* fatal: see gw_tls_last_error */
+    GW_TLS_EOF = -2,   /* peer sent close_notify */
+};
+
+enum gw_tls_role {
+    GW_TLS_SERVER_CONTROL, /* client-facing control: tagged session, tickets on */
+    GW_TLS_SERVER_DATA,    /* client-facing data: no tickets (clients never read them) */
+};
+
+#define GW_TLS_TAG_LEN 16
+
+/* A server context with certificate, key, protocol floor, session cache and tagged tickets.
+ * NULL with a message in err. */
+SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_version min,
+                               char *err, size_t errcap);
+void gw_tls_ctx_free(SSL_CTX *ctx);
+
+/* Make sure DIR holds a self-signed certificate and key (creating them if missing); writes
+ * their paths. 0 or -1 with a message. */
+int gw_tls_ensure_selfsigned(const char *dir, char *cert, char *key, size_t cap, char *err,
+                             size_t errcap);
+
+gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role);
+void gw_tls_free(gw_tls *t);
+
+int gw_tls_feed(gw_tls *t, const void *buf, size_t n);  /* 0 or GW_TLS_ERROR */
+int gw_tls_handshake(gw_tls *t);                        /* DONE, AGAIN or ERROR */
+bool gw_tls_handshake_done(const gw_tls *t);
+int gw_tls_read(gw_tls *t, void *buf, size_t cap);      /* >0 bytes, AGAIN, EOF or ERROR */
+int gw_tls_write(gw_tls *t, const void *buf, size_t n); /* 0 or ERROR; all bytes taken */
+void gw_tls_close_notify(gw_tls *t);                    /* queue our close_notify once */
+size_t gw_tls_out_pending(const gw_tls *t);             /* ciphertext waiting to be sent */
+size_t gw_tls_out_take(gw_tls *t, void *buf, size_t cap);
+const char *gw_tls_last_error(const gw_tls *t);
+const char *gw_tls_describe(const gw_tls *t); /* "TLSv1.3/TLS_AES_256_GCM_SHA384" */
+
+/* The tag of a control connection's session (random per connection). */
+const uint8_t *gw_tls_tag(const gw_tls *t);
+/* Data-leg resumption check: 1 resumed the session tagged `tag`; 0 not resumed; -1 resumed
+ * another session (another client's). */
+int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag);
+
+#endif

@@ -1,0 +1,399 @@
+/* Byte streams over libuv TCP with optional TLS (memory BIOs). Ownership rules:
+ * a write request owns a copy of its bytes; the conn is freed only in the close callback;
+ * after any owner callback the conn may be closing, so every loop checks c->closing. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_BUF_SIZE (64 * 1024)
+
+typedef struct write_req {
+    uv_write_t req;
+    size_t len;
+    char data[];
+} write_req;
+
+/* Reads are handled synchronously in the read callback, so one buffer per thread serves
+ * every connection: memory per idle session stays small. */
+static __thread char read_buf[READ_BUF_SIZE];
+static __thread char plain_buf[READ_BUF_SIZE];
+
+static void process_input(gw_conn *c);
+
+gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
+                     const char *name)
+{
+    gw_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    if (uv_tcp_init(loop, &c->tcp) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->tcp.data = c;
+    c->ops = ops;
+    c->owner = owner;
+    c->sid = sid;
+    c->name = name;
+    return c;
+}
+
+static void fail(gw_conn *c, const char *why)
+{
+    if (c->closing || c->failed)
+        return;
+    c->failed = true;
+    c->ops->on_error(c, why);
+}
+
+int gw_conn_accept(gw_conn *c, uv_stream_t *server)
+{
+    int r = uv_accept(server, (uv_stream_t *)&c->tcp);
+    if (r == 0)
+        uv_tcp_nodelay(&c->tcp, 1);
+    return r;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    gw_conn *c = req->handle->data;
+    if (c->closing)
+        return;
+    if (status == 0)
+        uv_tcp_nodelay(&c->tcp, 1);
+    c->ops->on_connect(c, status);
+}
+
+int gw_conn_connect(gw_conn *c, const gw_addr *to)
+{
+    struct sockaddr_storage ss;
+    gw_addr_to_sockaddr(to, &ss);
+    return uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, on_connected);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    buf->base = read_buf;
+    buf->len = sizeof read_buf;
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    write_req *w = (write_req *)req;
+    gw_conn *c = req->handle->data;
+    c->queued -= w->len;
+    free(w);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        fail(c, uv_strerror(status));
+        return;
+    }
+    if (c->want_drain && c->queued <= GW_LOW_WATERMARK) {
+        c->want_drain = false;
+        c->ops->on_drain(c);
+    }
+}
+
+static void write_raw(gw_conn *c, const void *buf, size_t n)
+{
+    if (n == 0 || c->closing)
+        return;
+    write_req *w = malloc(sizeof *w + n);
+    if (!w) {
+        fail(c, "out of memory");
+        return;
+    }
+    memcpy(w->data, buf, n);
+    w->len = n;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    if (r != 0) {
+        free(w);
+        fail(c, uv_strerror(r));
+        return;
+    }
+    c->queued += n;
+    c->bytes_out += n;
+    if (c->queued > GW_HIGH_WATERMARK)
+        c->want_drain = true;
+}
+
+/* Move whatever ciphertext OpenSSL produced onto the wire, without an extra copy. */
+static void flush_tls(gw_conn *c)
+{
+    size_t n;
+    while (!c->closing && (n = gw_tls_out_pending(c->tls)) > 0) {
+        write_req *w = malloc(sizeof *w + n);
+        if (!w) {
+            fail(c, "out of memory");
+            return;
+        }
+        w->len = gw_tls_out_take(c->tls, w->data, n);
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+        int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+        if (r != 0) {
+            free(w);
+            fail(c, uv_strerror(r));
+            return;
+        }
+        c->queued += w->len;
+        c->bytes_out += w->len;
+    }
+    if (c->queued > GW_HIGH_WATERMARK)
+        c->want_drain = true;
+}
+
+void gw_conn_write(gw_conn *c, const void *buf, size_t n)
+{
+    if (c->closing || c->shut || n == 0)
+        return;
+    if (!c->tls) {
+        write_raw(c, buf, n);
+        return;
+    }
+    if (gw_tls_write(c->tls, buf, n) != 0) {
+        fail(c, gw_tls_last_error(c->tls));
+        return;
+    }
+    flush_tls(c);
+}
+
+void gw_conn_write_str(gw_conn *c, const char *s)
+{
+    gw_conn_write(c, s, strlen(s));
+}
+
+static void deliver_eof(gw_conn *c, bool clean)
+{
+    if (c->eof)
+        return;
+    c->eof = true;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    c->ops->on_eof(c, clean);
+}
+
+static void process_tls(gw_conn *c)
+{
+    if (!gw_tls_handshake_done(c->tls)) {
+        int r = gw_tls_handshake(c->tls);
+        flush_tls(c);
+        if (r == GW_TLS_ERROR) {
+            fail(c, gw_tls_last_error(c->tls));
+            return;
+        }
+        if (r == GW_TLS_AGAIN || c->closing)
+            return;
+        c->ops->on_handshake(c);
+    }
+    while (!c->closing && !c->paused && !c->eof) {
+        int r = gw_tls_read(c->tls, plain_buf, sizeof plain_buf);
+        if (r > 0) {
+            c->ops->on_data(c, plain_buf, (size_t)r);
+            continue;
+        }
+        flush_tls(c); /* post-handshake messages may need an answer */
+        if (r == GW_TLS_EOF)
+            deliver_eof(c, true);
+        else if (r == GW_TLS_ERROR)
+            fail(c, gw_tls_last_error(c->tls));
+        break;
+    }
+}
+
+/* Guarded so that a resume from inside a callback does not recurse. */
+static void process_input(gw_conn *c)
+{
+    if (c->in_process) {
+        c->again = true;
+        return;
+    }
+    c->in_process = true;
+    do {
+        c->again = false;
+        if (c->tls && !c->closing)
+            process_tls(c);
+    } while (c->again && !c->closing);
+    c->in_process = false;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gw_conn *c = s->data;
+    if (c->closing || nread == 0) /* 0 is EAGAIN, not EOF */
+        return;
+    if (nread == UV_EOF) {
+        deliver_eof(c, !c->tls); /* TCP FIN without close_notify is not a clean TLS end */
+        return;
+    }
+    if (nread < 0) {
+        fail(c, uv_strerror((int)nread));
+        return;
+    }
+    c->bytes_in += (uint64_t)nread;
+    if (!c->tls) {
+        c->ops->on_data(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (gw_tls_feed(c->tls, buf->base, (size_t)nread) != 0) {
+        fail(c, gw_tls_last_error(c->tls));
+        return;
+    }
+    process_input(c);
+}
+
+int gw_conn_start_read(gw_conn *c)
+{
+    if (c->reading || c->closing || c->eof)
+        return 0;
+    c->paused = false;
+    int r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (r == 0)
+        c->reading = true;
+    return r;
+}
+
+int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role)
+{
+    c->tls = gw_tls_new(ctx, role);
+    if (!c->tls)
+        return UV_ENOMEM;
+    return gw_conn_start_read(c);
+}
+
+void gw_conn_pause(gw_conn *c)
+{
+    if (c->paused || c->closing)
+        return;
+    c->paused = true;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+void gw_conn_resume(gw_conn *c)
+{
+    if (!c->paused || c->closing)
+        return;
+    c->paused = false;
+    if (!c->eof)
+        gw_conn_start_read(c);
+    /* Plaintext may already wait inside OpenSSL from an earlier read. */
+    if (c->tls)
+        process_input(c);
+}
+
+static void on_shut(uv_shutdown_t *req, int status)
+{
+    gw_conn *c = req->handle->data;
+    if (c->closing)
+        return;
+    c->ops->on_shutdown(c, status);
+}
+
+void gw_conn_shutdown(gw_conn *c)
+{
+    if (c->shut || c->closing)
+        return;
+    if (c->tls) {
+        gw_tls_close_notify(c->tls);
+        flush_tls(c);
+    }
+    c->shut = true;
+    int r = uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shut);
+    if (r != 0)
+        fail(c, uv_strerror(r));
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    gw_conn *c = h->data;
+    c->ops->on_close(c);
+    gw_tls_free(c->tls);
+    free(c);
+}
+
+void gw_conn_close(gw_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+void gw_conn_reset(gw_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (uv_tcp_close_reset(&c->tcp, on_closed) != 0)
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa)
+{
+    memset(a, 0, sizeof *a);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        a->family = 4;
+        memcpy(a->ip, &in->sin_addr, 4);
+        a->port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        a->family = 6;
+        memcpy(a->ip, &in6->sin6_addr, 16);
+        a->port = ntohs(in6->sin6_port);
+    }
+}
+
+void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == 4) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, a->ip, 4);
+        in->sin_port = htons(a->port);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, a->ip, 16);
+        in6->sin6_port = htons(a->port);
+    }
+}
+
+static int name_of(const gw_conn *c, gw_addr *a, bool peer)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    int r = peer ? uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len)
+                 : uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return r;
+    gw_addr_from_sockaddr(a, (struct sockaddr *)&ss);
+    return 0;
+}
+
+int gw_conn_peer(const gw_conn *c, gw_addr *a)
+{
+    return name_of(c, a, true);
+}
+
+int gw_conn_local(const gw_conn *c, gw_addr *a)
+{
+    return name_of(c, a, false);
+}
+
+const char *gw_addr_str(const gw_addr *a)
+{
+    static __thread char buf[80];
+    char ip[64];
+    gw_addr_ip_str(a, ip, sizeof ip);
+    snprintf(buf, sizeof buf, a->family == 6 ? "[%s]:%u" : "%s:%u", ip, a->port);
+    return buf;
+}

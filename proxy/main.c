@@ -1,0 +1,192 @@
+/* ftpsgate: command line, configuration, signals, graceful stop. */
+#include <errno.h>
+#include <getopt.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+#include "session.h"
+#include "tls.h"
+
+#define GW_VERSION "0.1.0"
+
+static gw_server server;
+static uv_signal_t sig_int, sig_term, sig_hup;
+static uv_timer_t stop_timer;
+static uint64_t stop_deadline;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ftpsgate [-c FILE]   run in the foreground (default: embedded config)\n"
+               "       ftpsgate -t [-c FILE] check the configuration, print problems or \"ok\"\n"
+               "       ftpsgate -V           print versions\n"
+               "       ftpsgate -h           this help\n");
+}
+
+/* Where the generated certificate lives when [tls] names none. */
+static void state_dir(char *out, size_t cap)
+{
+    const char *d = getenv("FTPSGATE_STATE_DIR"), *x = getenv("XDG_STATE_HOME"),
+               *h = getenv("HOME");
+    if (d && *d)
+        snprintf(out, cap, "%s", d);
+    else if (x && *x)
+        snprintf(out, cap, "%s/ftpsgate", x);
+    else if (h && *h)
+        snprintf(out, cap, "%s/.local/state/ftpsgate", h);
+    else
+        snprintf(out, cap, "/tmp/ftpsgate-%u", (unsigned)getuid());
+}
+
+static int mkdirs(const char *path)
+{
+    char tmp[GW_PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return (mkdir(tmp, 0700) == 0 || errno == EEXIST) ? 0 : -1;
+}
+
+static int ensure_cert(gw_config *cfg)
+{
+    if (cfg->cert[0])
+        return 0;
+    char dir[GW_PATH_MAX - 32], err[512];
+    state_dir(dir, sizeof dir);
+    if (mkdirs(dir) != 0 ||
+        gw_tls_ensure_selfsigned(dir, cfg->cert, cfg->key, sizeof cfg->cert, err, sizeof err)) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"cannot prepare a self-signed certificate in "
+                      "%s\"",
+                   dir);
+        return -1;
+    }
+    GW_LOG_INFO(0, "event=selfsigned_cert state_dir=%s cert=%s", dir, cfg->cert);
+    return 0;
+}
+
+static void on_stop_tick(uv_timer_t *t)
+{
+    if (server.sessions == 0) {
+        uv_stop(t->loop);
+        return;
+    }
+    if (uv_now(t->loop) >= stop_deadline) {
+        GW_LOG_INFO(0, "event=shutdown_grace_over sessions=%d", server.sessions);
+        gw_session_close_all(&server, "gateway shutting down");
+        stop_deadline = UINT64_MAX;
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    if (signum == SIGHUP) {
+        GW_LOG_WARN(0, "event=sighup note=\"configuration reload is not implemented yet\"");
+        return;
+    }
+    if (server.stopping) {
+        GW_LOG_INFO(0, "event=stop_now signal=%d", signum);
+        gw_session_close_all(&server, "gateway stopped");
+        return;
+    }
+    server.stopping = true;
+    GW_LOG_INFO(0, "event=stopping signal=%d sessions=%d grace=%d", signum, server.sessions,
+                server.cfg->shutdown_grace);
+    gw_server_stop_listening(&server);
+    stop_deadline = uv_now(h->loop) + (uint64_t)server.cfg->shutdown_grace * 1000;
+    uv_timer_start(&stop_timer, on_stop_tick, 0, 100);
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool test_only = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'V':
+            printf("ftpsgate %s\nOpenSSL %s\nlibuv %s\n", GW_VERSION,
+                   OpenSSL_version(OPENSSL_VERSION), uv_version_string());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 1;
+    }
+    static gw_config cfg;
+    char err[1024];
+    int r = path ? gw_config_load_file(path, &cfg, err, sizeof err)
+                 : gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
+                                   "<embedded default>", &cfg, err, sizeof err);
+    if (r != 0) {
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        return 1;
+    }
+    if (test_only) {
+        printf("ok\n");
+        return 0;
+    }
+    gw_log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    if (ensure_cert(&cfg) != 0)
+        return 2;
+    uv_loop_t *loop = uv_default_loop();
+    if (gw_server_start(&server, loop, &cfg, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_server_stop_listening(&server);
+        uv_run(loop, UV_RUN_NOWAIT);
+        gw_server_free(&server);
+        uv_loop_close(loop);
+        return 2;
+    }
+    GW_LOG_INFO(0, "event=started version=%s config=\"%s\"", GW_VERSION,
+                path ? path : "<embedded default>");
+    uv_timer_init(loop, &stop_timer);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_run(loop, UV_RUN_DEFAULT);
+    /* Sessions are gone; close our own handles and let the loop finish. */
+    gw_session_close_all(&server, "gateway stopped");
+    uv_walk(loop, close_any, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    gw_server_free(&server);
+    GW_LOG_INFO(0, "event=stopped");
+    return 0;
+}

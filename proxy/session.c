@@ -1,0 +1,725 @@
+/* One client session. Commands are taken from the client's input one at a time: the next
+ * line is parsed only when the previous command has its final reply, so the client's bytes
+ * are the ordered queue (PROTOCOL.md §4) and local replies can never overtake relayed ones. */
+#include "session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "data.h"
+#include "feat.h"
+#include "ftp_codes.h"
+#include "log.h"
+
+#define INBUF_MAX (16 * 1024)  /* queued client bytes before we stop reading it */
+#define FEAT_MAX (16 * 1024)   /* a backend FEAT reply larger than this is cut */
+#define HELD_MAX (8 * 1024)    /* a held final transfer reply larger than this is cut */
+#define HANDSHAKE_TIMEOUT 30   /* seconds, capped by login_timeout */
+#define CLOSE_GRACE_MS 5000    /* waiting for our final reply and close_notify to leave */
+#define MAX_LONG_LINES 3
+
+static const char *const client_state_names[] = {"handshake", "ready", "closing"};
+static const char *const backend_state_names[] = {"idle", "connecting", "greeting", "ready",
+                                                  "closed"};
+
+static void pump(gw_session *s);
+static void session_fail(gw_session *s, const char *reply, const char *why);
+
+static void set_client_state(gw_session *s, enum gw_client_state st)
+{
+    if (s->cstate == st)
+        return;
+    GW_LOG_DEBUG(s->id, "event=state leg=client from=%s to=%s", client_state_names[s->cstate],
+                 client_state_names[st]);
+    s->cstate = st;
+}
+
+static void set_backend_state(gw_session *s, enum gw_backend_state st)
+{
+    if (s->bstate == st)
+        return;
+    GW_LOG_DEBUG(s->id, "event=state leg=backend from=%s to=%s", backend_state_names[s->bstate],
+                 backend_state_names[st]);
+    s->bstate = st;
+}
+
+static uint64_t now_ms(gw_session *s)
+{
+    return uv_now(s->loop);
+}
+
+static void reply(gw_session *s, const char *text)
+{
+    if (s->client && s->cstate == CS_READY)
+        gw_conn_write_str(s->client, text);
+}
+
+static void release(gw_session *s)
+{
+    if (--s->handles > 0)
+        return;
+    GW_LOG_INFO(s->id, "event=session_end");
+    gw_server *srv = s->fe->srv;
+    srv->sessions--;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->session_list = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    free(s->inbuf);
+    free(s->featbuf);
+    free(s->held);
+    free(s);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    release(h->data);
+}
+
+static void drop_data(gw_session *s, bool ok)
+{
+    if (s->data) {
+        gw_data_release(s->data, ok);
+        s->data = NULL;
+    }
+    s->data_finished = false;
+}
+
+/* The single way a session ends. text: the last reply the client gets (inside TLS), or
+ * NULL. The client leg is shut down politely (close_notify, FIN), then closed; on_tick
+ * closes it after CLOSE_GRACE_MS if the peer never lets the output drain. */
+static void session_fail(gw_session *s, const char *text, const char *why)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
+    drop_data(s, false);
+    if (s->backend)
+        gw_conn_close(s->backend);
+    set_backend_state(s, BS_CLOSED);
+    if (s->client) {
+        if (s->cstate == CS_READY && !s->client->failed) {
+            if (text)
+                gw_conn_write_str(s->client, text);
+            gw_conn_shutdown(s->client);
+        } else {
+            gw_conn_close(s->client);
+        }
+    }
+    set_client_state(s, CS_CLOSING);
+    s->last_active_ms = now_ms(s);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    gw_session *s = t->data;
+    uint64_t now = now_ms(s);
+    const gw_config *cfg = s->fe->srv->cfg;
+    uint64_t since_start = now - s->started_ms, idle = now - s->last_active_ms;
+    if (s->closing) {
+        if (idle >= CLOSE_GRACE_MS && s->client)
+            gw_conn_close(s->client);
+        return;
+    }
+    int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
+    if (s->cstate == CS_HANDSHAKE && since_start >= (uint64_t)hs * 1000)
+        session_fail(s, NULL, "TLS handshake timeout");
+    else if (s->bstate == BS_CONNECTING &&
+             since_start >= (uint64_t)s->fe->backend->connect_timeout * 1000)
+        session_fail(s, "421 Service not available: backend connect timeout.\r\n",
+                     "backend connect timeout");
+    else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
+        session_fail(s, "421 Login timeout.\r\n", "login timeout");
+    else if (s->pending != PEND_TRANSFER && idle >= (uint64_t)cfg->idle_timeout * 1000)
+        session_fail(s, "421 Idle timeout, closing control connection.\r\n", "idle timeout");
+}
+
+/* ---- backend control leg ---- */
+
+static void forward(gw_session *s, const char *line, enum gw_pending pending)
+{
+    char buf[2 * GW_CMD_LINE_MAX + 3];
+    size_t n = gw_cmd_format(buf, sizeof buf, line);
+    if (n == 0 || !s->backend) {
+        reply(s, "451 Local error in processing.\r\n");
+        return;
+    }
+    gw_conn_write(s->backend, buf, n);
+    s->pending = pending;
+}
+
+static void append(char **buf, size_t *len, const char *p, size_t n, size_t max)
+{
+    if (*len + n > max)
+        return; /* cut: the caller reports what fits */
+    char *nb = realloc(*buf, *len + n + 1);
+    if (!nb)
+        return;
+    memcpy(nb + *len, p, n);
+    *len += n;
+    nb[*len] = 0;
+    *buf = nb;
+}
+
+static void command_done(gw_session *s)
+{
+    s->pending = PEND_NONE;
+    pump(s);
+}
+
+static void complete_transfer(gw_session *s)
+{
+    bool backend_ok = s->held_code >= 200 && s->held_code < 300;
+    if (s->data_finished && !s->data_ok)
+        reply(s, s->data_fail_reply); /* the client's leg broke: never report success */
+    else if (s->held)
+        reply(s, s->held);
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s", s->pending_verb,
+                s->held_code, !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed");
+    drop_data(s, backend_ok && s->data_ok);
+    free(s->held);
+    s->held = NULL;
+    s->heldlen = 0;
+    command_done(s);
+}
+
+void gw_session_data_finished(gw_session *s, bool ok, const char *text)
+{
+    s->data_finished = true;
+    s->data_ok = ok;
+    if (!ok) {
+        snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", text);
+        /* Abort both legs now so the backend notices and sends its final reply. */
+        gw_data_release(s->data, false);
+        s->data = NULL;
+    }
+    if (s->pending == PEND_TRANSFER && s->held_code)
+        complete_transfer(s);
+}
+
+static void answer_pasv(gw_session *s, const gw_addr *backend_data)
+{
+    drop_data(s, false); /* a new PASV closes the previous listener */
+    gw_addr bind = s->client_local;
+    s->data = gw_data_listen(s, &bind, s->fe->pool);
+    if (!s->data) {
+        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
+                    s->fe->conf->pasv_port_min, s->fe->conf->pasv_port_max);
+        reply(s, "425 Can't open passive connection: no free port.\r\n");
+        return;
+    }
+    s->data_backend = *backend_data;
+    char buf[128];
+    if (s->pending_epsv) {
+        gw_format_229(buf, sizeof buf, bind.port);
+    } else {
+        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : s->client_local;
+        gw_addr_normalize(&adv);
+        adv.port = bind.port;
+        if (adv.family != 4) {
+            drop_data(s, false);
+            reply(s, "522 PASV needs IPv4; use EPSV.\r\n");
+            return;
+        }
+        gw_format_227(buf, sizeof buf, &adv);
+    }
+    GW_LOG_DEBUG(s->id, "event=pasv port=%u backend=%s", bind.port, gw_addr_str(backend_data));
+    reply(s, buf);
+}
+
+static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code != 227 && r->code != 229) {
+        reply(s, r->line); /* the backend's refusal (530, 425 ...) is the client's answer */
+        if (r->last)
+            command_done(s);
+        return;
+    }
+    if (!r->last)
+        return;
+    gw_addr addr = s->backend_peer;
+    uint16_t port;
+    gw_addr parsed;
+    int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
+    if (ok != 0) {
+        GW_LOG_WARN(s->id, "event=bad_pasv_reply reply=\"%.*s\"", (int)r->len - 2, r->line);
+        reply(s, "425 Can't open data connection: bad passive reply from the server.\r\n");
+    } else {
+        /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
+         * (0.0.0.0, a private address behind NAT, or a third host). */
+        addr.port = r->code == 227 ? parsed.port : port;
+        answer_pasv(s, &addr);
+    }
+    command_done(s);
+}
+
+static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code < 200) {
+        reply(s, r->line);
+        return;
+    }
+    append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
+    if (!r->last)
+        return;
+    s->held_code = r->code;
+    bool backend_ok = r->code < 300;
+    if (!backend_ok || !s->data || s->data_finished) {
+        if (!backend_ok && s->data) {
+            drop_data(s, false);
+            s->data_finished = false;
+        }
+        complete_transfer(s);
+    }
+}
+
+static void on_reply_line(gw_session *s, gw_reply_parser *r)
+{
+    switch (s->pending) {
+    case PEND_GREETING:
+        reply(s, r->line);
+        if (!r->last)
+            return;
+        if (r->code != 220) {
+            session_fail(s, NULL, "backend refused the session");
+            return;
+        }
+        set_backend_state(s, BS_READY);
+        command_done(s);
+        return;
+    case PEND_PASV:
+        on_pasv_reply(s, r);
+        return;
+    case PEND_FEAT:
+        append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
+        if (r->last) {
+            char out[FEAT_MAX + 512];
+            gw_feat_opts o = {.tls = true, .ccc = false};
+            if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
+                reply(s, out);
+            else
+                reply(s, "211 End\r\n");
+            free(s->featbuf);
+            s->featbuf = NULL;
+            s->featlen = 0;
+            command_done(s);
+        }
+        return;
+    case PEND_TRANSFER:
+        on_transfer_reply(s, r);
+        return;
+    case PEND_RELAY:
+    case PEND_QUIT:
+        reply(s, r->line);
+        if (!r->last || r->code < 200)
+            return;
+        if (r->code == 230)
+            s->logged_in = true;
+        if (s->pending == PEND_QUIT) {
+            session_fail(s, NULL, "quit");
+            return;
+        }
+        if (r->code == 530 && strcmp(s->pending_verb, "PASS") == 0 &&
+            ++s->failed_logins >= 3) {
+            session_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
+            return;
+        }
+        command_done(s);
+        return;
+    case PEND_NONE:
+        /* Unsolicited: typically 421 before the server closes. */
+        reply(s, r->line);
+        if (r->last && r->code == 421)
+            session_fail(s, NULL, "backend sent 421");
+        return;
+    }
+}
+
+static void on_backend_data(gw_conn *c, const char *buf, size_t n)
+{
+    gw_session *s = c->owner;
+    const uint8_t *p = (const uint8_t *)buf;
+    while (n > 0 && !s->closing) {
+        size_t used = 0;
+        int r = gw_reply_feed(&s->reply, p, n, &used);
+        p += used;
+        n -= used;
+        if (r == GW_REPLY_AGAIN)
+            break;
+        if (r != GW_REPLY_LINE) {
+            session_fail(s, "421 Service not available: invalid reply from the server.\r\n",
+                         r == GW_REPLY_TOOLONG ? "backend reply line too long"
+                                               : "backend sent an invalid reply");
+            return;
+        }
+        on_reply_line(s, &s->reply);
+    }
+    /* Backpressure on the control leg: a client that does not read its replies. */
+    if (s->client && s->client->want_drain)
+        gw_conn_pause(c);
+}
+
+static void on_backend_connect(gw_conn *c, int status)
+{
+    gw_session *s = c->owner;
+    if (status != 0) {
+        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s reason=\"%s\"",
+                    gw_addr_str(&s->fe->backend_addr), uv_strerror(status));
+        session_fail(s, "421 Service not available: backend unreachable.\r\n",
+                     "backend unreachable");
+        return;
+    }
+    gw_conn_peer(c, &s->backend_peer);
+    gw_addr_normalize(&s->backend_peer);
+    set_backend_state(s, BS_GREETING);
+    gw_conn_start_read(c);
+}
+
+static void on_backend_eof(gw_conn *c, bool clean)
+{
+    gw_session *s = c->owner;
+    if (s->pending == PEND_TRANSFER)
+        reply(s, "426 Connection closed; transfer aborted.\r\n");
+    session_fail(s, "421 Service not available: the server closed the connection.\r\n",
+                 "backend closed the connection");
+}
+
+static void on_backend_error(gw_conn *c, const char *why)
+{
+    gw_session *s = c->owner;
+    GW_LOG_WARN(s->id, "event=backend_error reason=\"%s\"", why);
+    on_backend_eof(c, false);
+}
+
+static void on_backend_drain(gw_conn *c)
+{
+}
+
+static void on_backend_shutdown(gw_conn *c, int status)
+{
+}
+
+static void on_backend_close(gw_conn *c)
+{
+    gw_session *s = c->owner;
+    s->backend = NULL;
+    release(s);
+}
+
+static const gw_conn_ops backend_ops = {
+    .on_connect = on_backend_connect,
+    .on_data = on_backend_data,
+    .on_eof = on_backend_eof,
+    .on_error = on_backend_error,
+    .on_drain = on_backend_drain,
+    .on_shutdown = on_backend_shutdown,
+    .on_close = on_backend_close,
+};
+
+static void connect_backend(gw_session *s)
+{
+    s->backend = gw_conn_new(s->loop, &backend_ops, s, s->id, "backend");
+    if (!s->backend) {
+        session_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+        return;
+    }
+    s->handles++;
+    set_backend_state(s, BS_CONNECTING);
+    s->pending = PEND_GREETING;
+    int r = gw_conn_connect(s->backend, &s->fe->backend_addr);
+    if (r != 0)
+        on_backend_connect(s->backend, r);
+}
+
+/* ---- client commands ---- */
+
+static bool is_transfer(const char *verb, bool *upload)
+{
+    static const char *const down[] = {"RETR", "LIST", "NLST", "MLSD"};
+    static const char *const up[] = {"STOR", "STOU", "APPE"};
+    for (size_t i = 0; i < sizeof down / sizeof *down; i++)
+        if (strcmp(verb, down[i]) == 0)
+            return !(*upload = false);
+    for (size_t i = 0; i < sizeof up / sizeof *up; i++)
+        if (strcmp(verb, up[i]) == 0)
+            return (*upload = true);
+    return false;
+}
+
+static void cmd_prot(gw_session *s, const char *arg)
+{
+    if (!arg[0] || arg[1]) {
+        reply(s, arg[0] ? "504 PROT level not supported.\r\n" : "501 PROT needs a level.\r\n");
+        return;
+    }
+    switch (arg[0] | 0x20) {
+    case 'c':
+        s->prot_p = false;
+        reply(s, "200 PROT now Clear.\r\n");
+        return;
+    case 'p':
+        s->prot_p = true;
+        reply(s, "200 PROT now Private.\r\n");
+        return;
+    case 's':
+    case 'e':
+        reply(s, "536 PROT level not supported.\r\n");
+        return;
+    default:
+        reply(s, "504 PROT level not supported.\r\n");
+    }
+}
+
+static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
+{
+    if (epsv && arg[0]) {
+        int family = 0;
+        int r = gw_parse_epsv_arg(arg, &family);
+        if (r == 1) {
+            s->epsv_all = true;
+            reply(s, "200 EPSV ALL ok.\r\n");
+            return;
+        }
+        if (r < 0 || (family && family != (gw_addr_normalize(&s->client_local),
+                                           s->client_local.family))) {
+            reply(s, r == -1 ? "501 Bad EPSV argument.\r\n"
+                             : "522 Network protocol not supported, use (1,2)\r\n");
+            return;
+        }
+    }
+    if (!epsv && s->epsv_all) {
+        reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        return;
+    }
+    s->pending_epsv = epsv;
+    forward(s, s->backend_peer.family == 6 ? "EPSV" : "PASV", PEND_PASV);
+}
+
+static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
+{
+    /* SECURITY: require_prot_p keeps data off the wire in clear (RFC 4217 §10.2). */
+    if (s->fe->conf->require_prot_p && !s->prot_p) {
+        reply(s, "521 Data connection cannot be opened with this PROT setting.\r\n");
+        return;
+    }
+    if (!s->data || !gw_data_usable(s->data)) {
+        drop_data(s, false);
+        reply(s, "425 Use PASV or EPSV first.\r\n");
+        return;
+    }
+    forward(s, line, PEND_TRANSFER);
+    s->held_code = 0;
+    s->data_finished = false;
+    GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
+    const gw_config *cfg = s->fe->srv->cfg;
+    gw_data_start(s->data, &s->data_backend, upload, s->prot_p ? s->fe->tls_ctx : NULL,
+                  gw_tls_tag(s->client->tls), cfg->data_session_reuse_required);
+}
+
+static void handle_command(gw_session *s, const char *line)
+{
+    gw_cmd cmd;
+    s->last_active_ms = now_ms(s);
+    if (gw_cmd_split(line, &cmd) != 0) {
+        reply(s, "500 Syntax error, command unrecognized.\r\n");
+        return;
+    }
+    /* SECURITY: the PASS argument never reaches a log line. */
+    GW_LOG_DEBUG(s->id, "event=command verb=%s arg=\"%.64s\"", cmd.verb,
+                 strcmp(cmd.verb, "PASS") == 0 ? "***" : cmd.arg);
+    snprintf(s->pending_verb, sizeof s->pending_verb, "%s", cmd.verb);
+    const char *v = cmd.verb;
+    bool upload;
+    if (!strcmp(v, "AUTH"))
+        reply(s, "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n");
+    else if (!strcmp(v, "PBSZ"))
+        reply(s, "200 PBSZ=0\r\n");
+    else if (!strcmp(v, "PROT"))
+        cmd_prot(s, cmd.arg);
+    else if (!strcmp(v, "CCC"))
+        reply(s, "534 CCC refused: implicit FTPS sessions stay protected.\r\n");
+    else if (!strcmp(v, "CPSV") || !strcmp(v, "SSCN"))
+        reply(s, "502 Command not implemented.\r\n");
+    else if (!strcmp(v, "PASV") || !strcmp(v, "EPSV"))
+        cmd_pasv(s, v[0] == 'E', cmd.arg);
+    else if (!strcmp(v, "PORT") || !strcmp(v, "EPRT"))
+        reply(s, "502 Active mode is not supported yet; use PASV or EPSV.\r\n");
+    else if (!strcmp(v, "REIN"))
+        reply(s, "502 REIN not supported yet.\r\n");
+    else if (!strcmp(v, "FEAT"))
+        forward(s, "FEAT", PEND_FEAT);
+    else if (!strcmp(v, "QUIT"))
+        forward(s, "QUIT", PEND_QUIT);
+    else if (is_transfer(v, &upload))
+        cmd_transfer(s, line, v, upload);
+    else
+        forward(s, line, PEND_RELAY);
+}
+
+static void consume(gw_session *s, size_t n)
+{
+    memmove(s->inbuf, s->inbuf + n, s->inlen - n);
+    s->inlen -= n;
+}
+
+/* Take commands from the queue while nothing is outstanding. */
+static void pump(gw_session *s)
+{
+    while (!s->closing && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
+        size_t used = 0;
+        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);
+        consume(s, used);
+        if (s->cmd.tn_reply_len) {
+            gw_conn_write(s->client, s->cmd.tn_reply, s->cmd.tn_reply_len);
+            s->cmd.tn_reply_len = 0;
+        }
+        if (r == GW_CMD_LINE) {
+            handle_command(s, s->cmd.line);
+        } else if (r == GW_CMD_TOOLONG) {
+            GW_LOG_WARN(s->id, "event=line_too_long max=%d", GW_CMD_LINE_MAX);
+            if (++s->too_long >= MAX_LONG_LINES)
+                session_fail(s, "421 Too many overlong command lines.\r\n", "line abuse");
+            else
+                reply(s, "500 Command line too long.\r\n");
+        }
+    }
+    if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && !s->closing)
+        gw_conn_resume(s->client);
+}
+
+static void on_client_data(gw_conn *c, const char *buf, size_t n)
+{
+    gw_session *s = c->owner;
+    if (s->closing)
+        return;
+    if (s->inlen + n > s->incap) {
+        size_t cap = s->inlen + n;
+        char *nb = realloc(s->inbuf, cap);
+        if (!nb) {
+            session_fail(s, "421 Out of memory.\r\n", "out of memory");
+            return;
+        }
+        s->inbuf = nb;
+        s->incap = cap;
+    }
+    memcpy(s->inbuf + s->inlen, buf, n);
+    s->inlen += n;
+    pump(s);
+    /* The queue is full: stop reading until commands are answered. */
+    if (s->inlen > INBUF_MAX)
+        gw_conn_pause(c);
+}
+
+static void on_client_handshake(gw_conn *c)
+{
+    gw_session *s = c->owner;
+    GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
+    /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
+    s->prot_p = true;
+    set_client_state(s, CS_READY);
+    s->last_active_ms = now_ms(s);
+    connect_backend(s);
+}
+
+static void on_client_eof(gw_conn *c, bool clean)
+{
+    gw_session *s = c->owner;
+    if (s->closing) {
+        gw_conn_close(c);
+        return;
+    }
+    session_fail(s, NULL, clean ? "client closed" : "client closed without close_notify");
+}
+
+static void on_client_error(gw_conn *c, const char *why)
+{
+    gw_session *s = c->owner;
+    GW_LOG_INFO(s->id, "event=client_error reason=\"%s\"", why);
+    if (s->closing)
+        gw_conn_close(c);
+    else
+        session_fail(s, NULL, s->cstate == CS_HANDSHAKE ? "TLS handshake failed" : "client error");
+}
+
+static void on_client_drain(gw_conn *c)
+{
+    gw_session *s = c->owner;
+    if (s->backend && s->backend->paused)
+        gw_conn_resume(s->backend);
+}
+
+static void on_client_shutdown(gw_conn *c, int status)
+{
+    gw_conn_close(c);
+}
+
+static void on_client_close(gw_conn *c)
+{
+    gw_session *s = c->owner;
+    s->client = NULL;
+    if (!s->closing)
+        session_fail(s, NULL, "client gone");
+    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+    release(s);
+}
+
+static const gw_conn_ops client_ops = {
+    .on_handshake = on_client_handshake,
+    .on_data = on_client_data,
+    .on_eof = on_client_eof,
+    .on_error = on_client_error,
+    .on_drain = on_client_drain,
+    .on_shutdown = on_client_shutdown,
+    .on_close = on_client_close,
+};
+
+void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
+{
+    gw_server *srv = fe->srv;
+    gw_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    s->id = ++srv->next_session_id;
+    s->fe = fe;
+    s->loop = srv->loop;
+    s->client = gw_conn_new(s->loop, &client_ops, s, s->id, "client");
+    if (!s->client) {
+        free(s);
+        return;
+    }
+    uv_timer_init(s->loop, &s->timer);
+    s->timer.data = s;
+    s->handles = 2; /* client conn and timer */
+    srv->sessions++;
+    s->next = srv->session_list;
+    if (s->next)
+        s->next->prev = s;
+    srv->session_list = s;
+    gw_cmd_init(&s->cmd);
+    gw_reply_init(&s->reply);
+    s->started_ms = s->last_active_ms = now_ms(s);
+    uv_timer_start(&s->timer, on_tick, 1000, 1000);
+    if (gw_conn_accept(s->client, listener) != 0 || gw_conn_peer(s->client, &s->client_peer) ||
+        gw_conn_local(s->client, &s->client_local)) {
+        session_fail(s, NULL, "accept failed");
+        return;
+    }
+    gw_addr_normalize(&s->client_peer);
+    GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s", fe->conf->name,
+                gw_addr_str(&s->client_peer));
+    /* MS-FTPS: nothing is sent before the handshake completes. */
+    int r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+    if (r != 0)
+        session_fail(s, NULL, uv_strerror(r));
+}
+
+void gw_session_close_all(gw_server *srv, const char *why)
+{
+    for (gw_session *s = srv->session_list; s; s = s->next)
+        session_fail(s, "421 Service not available: the gateway is shutting down.\r\n", why);
+}

@@ -1,0 +1,352 @@
+/* OpenSSL contexts and the memory-BIO engine. Nothing above this file sees an OpenSSL error
+ * code: failures become GW_TLS_ERROR plus a text from gw_tls_last_error(). */
+#include "tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct gw_tls {
+    SSL *ssl;
+    BIO *rbio, *wbio; /* network -> SSL, SSL -> network */
+    enum gw_tls_role role;
+    bool handshake_done, close_notify_sent;
+    uint8_t tag[GW_TLS_TAG_LEN];
+    char error[160];
+};
+
+static void set_error(gw_tls *t, const char *what)
+{
+    unsigned long e = ERR_peek_last_error();
+    char buf[120] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    snprintf(t->error, sizeof t->error, "%s%s%s", what, *buf ? ": " : "", buf);
+    ERR_clear_error();
+}
+
+static void ctx_error(char *err, size_t cap, const char *what, const char *path)
+{
+    unsigned long e = ERR_peek_last_error();
+    char buf[120] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    snprintf(err, cap, "%s %s%s%s", what, path ? path : "", *buf ? ": " : "", buf);
+    ERR_clear_error();
+}
+
+/* SECURITY: the ticket carries the tag of the control session that issued it, so a data
+ * connection can prove it resumed *this* control connection's session, not any session. */
+static int on_ticket_generate(SSL *ssl, void *arg)
+{
+    gw_tls *t = SSL_get_app_data(ssl);
+    if (t && t->role == GW_TLS_SERVER_CONTROL)
+        SSL_SESSION_set1_ticket_appdata(SSL_get0_session(ssl), t->tag, sizeof t->tag);
+    return 1;
+}
+
+static SSL_TICKET_RETURN on_ticket_decrypt(SSL *ssl, SSL_SESSION *ss, const unsigned char *name,
+                                           size_t name_len, SSL_TICKET_STATUS status, void *arg)
+{
+    switch (status) {
+    case SSL_TICKET_SUCCESS:
+        return SSL_TICKET_RETURN_USE;
+    case SSL_TICKET_SUCCESS_RENEW:
+        return SSL_TICKET_RETURN_USE_RENEW;
+    case SSL_TICKET_EMPTY:
+    case SSL_TICKET_NO_DECRYPT:
+        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default:
+        return SSL_TICKET_RETURN_ABORT;
+    }
+}
+
+SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_version min,
+                               char *err, size_t errcap)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        ctx_error(err, errcap, "cannot create TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, min == GW_TLS_1_3 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        ctx_error(err, errcap, "cannot load certificate", cert);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        ctx_error(err, errcap, "cannot load private key", key);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        ctx_error(err, errcap, "private key does not match certificate", key);
+        goto fail;
+    }
+    static const unsigned char sid_ctx[] = "ftpsgate";
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_sess_set_cache_size(ctx, 20000);
+    SSL_CTX_set_session_ticket_cb(ctx, on_ticket_generate, on_ticket_decrypt, NULL);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+void gw_tls_ctx_free(SSL_CTX *ctx)
+{
+    SSL_CTX_free(ctx);
+}
+
+static int write_pem(const char *path, int mode, int (*fn)(FILE *, void *), void *obj)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    if (fd < 0)
+        return -1;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        return -1;
+    }
+    int ok = fn(f, obj);
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+static int pem_key(FILE *f, void *k)
+{
+    return PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+}
+
+static int pem_cert(FILE *f, void *x)
+{
+    return PEM_write_X509(f, x);
+}
+
+int gw_tls_ensure_selfsigned(const char *dir, char *cert, char *key, size_t cap, char *err,
+                             size_t errcap)
+{
+    snprintf(cert, cap, "%s/gateway.crt", dir);
+    snprintf(key, cap, "%s/gateway.key", dir);
+    if (access(cert, R_OK) == 0 && access(key, R_OK) == 0)
+        return 0;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errcap, "cannot create state directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    X509 *x = NULL;
+    EVP_PKEY *pk = EVP_EC_gen("P-256");
+    if (!pk || !(x = X509_new()))
+        goto out;
+    unsigned char serial[16];
+    RAND_bytes(serial, sizeof serial);
+    serial[0] &= 0x7f;
+    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+    BN_free(bn);
+    X509_set_version(x, 2);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 10L * 365 * 24 * 3600);
+    X509_set_pubkey(x, pk);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
+                               -1, 0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name,
+                                              "DNS:localhost,IP:127.0.0.1,IP:::1");
+    if (!ext)
+        goto out;
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    if (!X509_sign(x, pk, EVP_sha256()))
+        goto out;
+    if (write_pem(key, 0600, pem_key, pk) != 0 || write_pem(cert, 0644, pem_cert, x) != 0) {
+        snprintf(err, errcap, "cannot write %s or %s: %s", cert, key, strerror(errno));
+        unlink(key);
+        unlink(cert);
+        X509_free(x);
+        EVP_PKEY_free(pk);
+        return -1;
+    }
+    rc = 0;
+out:
+    if (rc != 0)
+        ctx_error(err, errcap, "cannot generate a self-signed certificate in", dir);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+    return rc;
+}
+
+gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
+{
+    gw_tls *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    ERR_clear_error();
+    t->role = role;
+    t->ssl = SSL_new(ctx);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (!t->ssl || !t->rbio || !t->wbio) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        return NULL;
+    }
+    /* An empty memory BIO means "wait for more", never EOF. */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    BIO_set_mem_eof_return(t->wbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_app_data(t->ssl, t);
+    SSL_set_accept_state(t->ssl);
+    if (role == GW_TLS_SERVER_CONTROL)
+        RAND_bytes(t->tag, sizeof t->tag);
+    else
+        SSL_set_num_tickets(t->ssl, 0);
+    return t;
+}
+
+void gw_tls_free(gw_tls *t)
+{
+    if (!t)
+        return;
+    SSL_free(t->ssl); /* frees both BIOs */
+    free(t);
+}
+
+int gw_tls_feed(gw_tls *t, const void *buf, size_t n)
+{
+    /* Memory BIOs grow as needed, so a write is all or nothing. */
+    if (n && BIO_write(t->rbio, buf, (int)n) != (int)n) {
+        set_error(t, "out of memory");
+        return GW_TLS_ERROR;
+    }
+    return 0;
+}
+
+int gw_tls_handshake(gw_tls *t)
+{
+    if (t->handshake_done)
+        return GW_TLS_DONE;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        t->handshake_done = true;
+        /* TLS 1.2 session-id resumption reuses this cached object: tag it too. */
+        if (t->role == GW_TLS_SERVER_CONTROL)
+            SSL_SESSION_set1_ticket_appdata(SSL_get0_session(t->ssl), t->tag, sizeof t->tag);
+        return GW_TLS_DONE;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return GW_TLS_AGAIN;
+    set_error(t, "handshake failed");
+    return GW_TLS_ERROR;
+}
+
+bool gw_tls_handshake_done(const gw_tls *t)
+{
+    return t->handshake_done;
+}
+
+int gw_tls_read(gw_tls *t, void *buf, size_t cap)
+{
+    ERR_clear_error();
+    int r = SSL_read(t->ssl, buf, (int)(cap > 0x7fffffff ? 0x7fffffff : cap));
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return GW_TLS_AGAIN;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return GW_TLS_EOF;
+    set_error(t, "read failed");
+    return GW_TLS_ERROR;
+}
+
+int gw_tls_write(gw_tls *t, const void *buf, size_t n)
+{
+    const char *p = buf;
+    ERR_clear_error();
+    while (n) {
+        int chunk = n > 16384 ? 16384 : (int)n;
+        int r = SSL_write(t->ssl, p, chunk);
+        if (r <= 0) {
+            set_error(t, "write failed");
+            return GW_TLS_ERROR;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+void gw_tls_close_notify(gw_tls *t)
+{
+    if (t->close_notify_sent || !t->handshake_done)
+        return;
+    t->close_notify_sent = true;
+    ERR_clear_error();
+    /* We never wait for the peer's close_notify here: 0 ("sent, not received") is fine. */
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+size_t gw_tls_out_pending(const gw_tls *t)
+{
+    return BIO_ctrl_pending(t->wbio);
+}
+
+size_t gw_tls_out_take(gw_tls *t, void *buf, size_t cap)
+{
+    int r = BIO_read(t->wbio, buf, (int)(cap > 0x7fffffff ? 0x7fffffff : cap));
+    return r > 0 ? (size_t)r : 0;
+}
+
+const char *gw_tls_last_error(const gw_tls *t)
+{
+    return t->error[0] ? t->error : "unknown TLS error";
+}
+
+const char *gw_tls_describe(const gw_tls *t)
+{
+    static __thread char buf[96];
+    snprintf(buf, sizeof buf, "%s/%s", SSL_get_version(t->ssl),
+             SSL_CIPHER_get_name(SSL_get_current_cipher(t->ssl)));
+    return buf;
+}
+
+const uint8_t *gw_tls_tag(const gw_tls *t)
+{
+    return t->tag;
+}
+
+int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag)
+{
+    if (!SSL_session_reused(data->ssl))
+        return 0;
+    void *appdata = NULL;
+    size_t len = 0;
+    SSL_SESSION *sess = SSL_get0_session(data->ssl);
+    if (!sess || !SSL_SESSION_get0_ticket_appdata(sess, &appdata, &len))
+        return -1;
+    return (len == GW_TLS_TAG_LEN && memcmp(appdata, tag, len) == 0) ? 1 : -1;
+}
