@@ -20,7 +20,7 @@
 #define CLOSE_GRACE_MS 5000    /* waiting for our final reply and close_notify to leave */
 #define MAX_LONG_LINES 3
 
-static const char *const client_state_names[] = {"handshake", "ready", "closing"};
+static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
 static const char *const backend_state_names[] = {"idle", "connecting", "greeting", "ready",
                                                   "closed"};
 
@@ -129,6 +129,8 @@ static void on_tick(uv_timer_t *t)
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
     if (s->cstate == CS_HANDSHAKE && since_start >= (uint64_t)hs * 1000)
         session_fail(s, NULL, "TLS handshake timeout");
+    else if (s->cstate == CS_AUTH && idle >= (uint64_t)hs * 1000)
+        session_fail(s, NULL, "TLS handshake timeout after AUTH");
     else if (s->bstate == BS_CONNECTING &&
              since_start >= (uint64_t)s->fe->backend->connect_timeout * 1000)
         session_fail(s, "421 Service not available: backend connect timeout.\r\n",
@@ -299,7 +301,8 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
         if (r->last) {
             char out[FEAT_MAX + 512];
-            gw_feat_opts o = {.tls = true, .ccc = false};
+            gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
+                              .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
             if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
                 reply(s, out);
             else
@@ -451,8 +454,78 @@ static bool is_transfer(const char *verb, bool *upload)
     return false;
 }
 
+/* RFC 4217 §4 / PROTOCOL.md §3: with require_tls only a few commands are served in clear. */
+static bool gate_before_tls(gw_session *s, const char *v)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->client->tls)
+        return false;
+    static const char *const allowed[] = {"AUTH", "FEAT", "HELP", "QUIT", "SYST",
+                                          "NOOP", "OPTS", "PBSZ", "PROT"};
+    for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++)
+        if (!strcmp(v, allowed[i]))
+            return false;
+    /* SECURITY: no credentials in clear. */
+    if (!strcmp(v, "USER") || !strcmp(v, "PASS"))
+        reply(s, "530 TLS required: send AUTH TLS before USER and PASS.\r\n");
+    else
+        reply(s, "530 Please log in over TLS (AUTH TLS) first.\r\n");
+    return true;
+}
+
+static void cmd_auth(gw_session *s, const char *arg)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (fc->mode == GW_FE_PLAIN) {
+        reply(s, "502 AUTH not supported on this frontend.\r\n");
+        return;
+    }
+    if (s->client->tls) {
+        reply(s, fc->mode == GW_FE_IMPLICIT
+                     ? "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n"
+                     : "503 Already protected by TLS.\r\n");
+        return;
+    }
+    if (s->user_sent) {
+        reply(s, "503 AUTH must come before USER.\r\n");
+        return;
+    }
+    if (strcasecmp(arg, "TLS") && strcasecmp(arg, "TLS-C") && strcasecmp(arg, "SSL")) {
+        reply(s, "504 AUTH mechanism not supported (use TLS or SSL).\r\n");
+        return;
+    }
+    reply(s, "234 Proceed with TLS negotiation.\r\n");
+    /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
+    if (s->inlen)
+        GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);
+    s->inlen = 0;
+    gw_cmd_init(&s->cmd);
+    set_client_state(s, CS_AUTH);
+    int r = gw_conn_start_tls(s->client, s->fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+    if (r != 0)
+        session_fail(s, NULL, uv_strerror(r));
+}
+
+static void cmd_pbsz(gw_session *s, const char *arg)
+{
+    if (!s->client->tls) {
+        reply(s, "503 PBSZ needs a protected control connection (AUTH TLS first).\r\n");
+        return;
+    }
+    if (!*arg || strspn(arg, "0123456789") != strlen(arg)) {
+        reply(s, "501 PBSZ needs a number.\r\n");
+        return;
+    }
+    s->pbsz = true;
+    reply(s, "200 PBSZ=0\r\n");
+}
+
 static void cmd_prot(gw_session *s, const char *arg)
 {
+    if (!s->client->tls || !s->pbsz) {
+        reply(s, "503 PROT needs PBSZ first.\r\n");
+        return;
+    }
     if (!arg[0] || arg[1]) {
         reply(s, arg[0] ? "504 PROT level not supported.\r\n" : "501 PROT needs a level.\r\n");
         return;
@@ -503,7 +576,7 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
 static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
 {
     /* SECURITY: require_prot_p keeps data off the wire in clear (RFC 4217 §10.2). */
-    if (s->fe->conf->require_prot_p && !s->prot_p) {
+    if (s->fe->conf->require_prot_p && s->fe->conf->mode != GW_FE_PLAIN && !s->prot_p) {
         reply(s, "521 Data connection cannot be opened with this PROT setting.\r\n");
         return;
     }
@@ -518,7 +591,8 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
     const gw_config *cfg = s->fe->srv->cfg;
     gw_data_start(s->data, &s->data_backend, upload, s->prot_p ? s->fe->tls_ctx : NULL,
-                  gw_tls_tag(s->client->tls), cfg->data_session_reuse_required);
+                  s->client->tls ? gw_tls_tag(s->client->tls) : NULL,
+                  cfg->data_session_reuse_required);
 }
 
 static void handle_command(gw_session *s, const char *line)
@@ -535,14 +609,19 @@ static void handle_command(gw_session *s, const char *line)
     snprintf(s->pending_verb, sizeof s->pending_verb, "%s", cmd.verb);
     const char *v = cmd.verb;
     bool upload;
+    if (gate_before_tls(s, v))
+        return;
     if (!strcmp(v, "AUTH"))
-        reply(s, "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n");
+        cmd_auth(s, cmd.arg);
     else if (!strcmp(v, "PBSZ"))
-        reply(s, "200 PBSZ=0\r\n");
+        cmd_pbsz(s, cmd.arg);
     else if (!strcmp(v, "PROT"))
         cmd_prot(s, cmd.arg);
     else if (!strcmp(v, "CCC"))
-        reply(s, "534 CCC refused: implicit FTPS sessions stay protected.\r\n");
+        reply(s, !s->client->tls ? "533 CCC needs a protected control connection.\r\n"
+                 : s->fe->conf->mode == GW_FE_IMPLICIT
+                     ? "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
+                     : "534 CCC refused by policy.\r\n");
     else if (!strcmp(v, "CPSV") || !strcmp(v, "SSCN"))
         reply(s, "502 Command not implemented.\r\n");
     else if (!strcmp(v, "PASV") || !strcmp(v, "EPSV"))
@@ -557,8 +636,11 @@ static void handle_command(gw_session *s, const char *line)
         forward(s, "QUIT", PEND_QUIT);
     else if (is_transfer(v, &upload))
         cmd_transfer(s, line, v, upload);
-    else
+    else {
+        if (!strcmp(v, "USER"))
+            s->user_sent = true;
         forward(s, line, PEND_RELAY);
+    }
 }
 
 static void consume(gw_session *s, size_t n)
@@ -619,10 +701,15 @@ static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
-    /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
-    s->prot_p = true;
-    set_client_state(s, CS_READY);
     s->last_active_ms = now_ms(s);
+    if (s->cstate == CS_AUTH) {
+        set_client_state(s, CS_READY); /* explicit: PROT stays C until the client sends PROT */
+        pump(s);
+        return;
+    }
+    /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
+    s->prot_p = s->pbsz = true;
+    set_client_state(s, CS_READY);
     connect_backend(s);
 }
 
@@ -712,6 +799,15 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
     gw_addr_normalize(&s->client_peer);
     GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s", fe->conf->name,
                 gw_addr_str(&s->client_peer));
+    if (fe->conf->mode != GW_FE_IMPLICIT) {
+        set_client_state(s, CS_READY); /* the backend's greeting is relayed in clear */
+        int r = gw_conn_start_read(s->client);
+        if (r != 0)
+            session_fail(s, NULL, uv_strerror(r));
+        else
+            connect_backend(s);
+        return;
+    }
     /* MS-FTPS: nothing is sent before the handshake completes. */
     int r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
     if (r != 0)

@@ -1,0 +1,940 @@
+/* Configuration: INI text -> validated struct gw_config (contract: CONFIG.md).
+ *
+ * inih splits "key = value" lines; our own reader feeds it one line at a time so that we
+ * always know the current line number (Debian's inih has no INI_HANDLER_LINENO), reject
+ * over-long lines instead of letting inih split them, and see section headers ourselves
+ * (inih reports neither empty sections nor the header's line). Every key is described by
+ * one row of `keys[]` below. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* CONFIG.md "Defaults that must hold": implicit on 9990, explicit on 2100, plain backend. */
+const char gw_config_default_ini[] =
+    "; ftpsgate embedded default configuration (used when no -c is given)\n"
+    "[global]\n"
+    "workers = 1\n"
+    "log_level = info\n"
+    "log_format = text\n"
+    "max_sessions = 10000\n"
+    "max_sessions_per_ip = 50\n"
+    "idle_timeout = 600\n"
+    "login_timeout = 60\n"
+    "data_connect_timeout = 60\n"
+    "data_timeout = 300\n"
+    "shutdown_grace = 30\n"
+    "\n"
+    "[tls]\n"
+    "; empty cert and key: a self-signed certificate is generated on first start\n"
+    "cert =\n"
+    "key =\n"
+    "min_version = TLSv1.2\n"
+    "data_session_reuse = required\n"
+    "\n"
+    "[frontend implicit]\n"
+    "listen = 127.0.0.1:9990\n"
+    "mode = implicit\n"
+    "backend = legacy\n"
+    "pasv_ports = 30000-30099\n"
+    "\n"
+    "[frontend explicit]\n"
+    "listen = 127.0.0.1:2100\n"
+    "mode = explicit\n"
+    "backend = legacy\n"
+    "require_tls = yes\n"
+    "pasv_ports = 30000-30099\n"
+    "\n"
+    "[backend legacy]\n"
+    "address = 127.0.0.1:2121\n"
+    "tls = none\n";
+
+#define MAX_DURATION 86400 /* one day: longer is a typo, not a policy */
+#define MAX_SESSIONS 1000000
+#define MAX_WORKERS 1024
+#define MAX_FILE (1024 * 1024)
+
+enum sect { S_NONE = -1, S_GLOBAL, S_TLS, S_FRONTEND, S_BACKEND };
+
+struct word {
+    const char *name;
+    int value;
+};
+
+struct keydef;
+/* Parse `v` into the field at `out`; 0, or -1 with the problem in why. */
+typedef int (*parse_fn)(const struct keydef *k, const char *v, void *out, char *why, size_t cap);
+
+struct keydef {
+    const char *name;
+    enum sect sect;
+    parse_fn parse;
+    size_t off, size;         /* field in gw_config, gw_frontend_conf or gw_backend_conf */
+    const char *def;          /* default as written in a file; NULL: the key is required */
+    bool implemented;         /* false: only the default value is accepted (CONFIG.md) */
+    long min, max;            /* integer range */
+    const struct word *words; /* enum names; for integers extra names such as "auto" */
+};
+
+/* Enum fields are stored through an int. */
+_Static_assert(sizeof(enum gw_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_fe_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_be_tls) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_data_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_tls_version) == sizeof(int), "enum size");
+/* pasv_ports fills both fields as one uint16_t[2]. */
+_Static_assert(offsetof(gw_frontend_conf, pasv_port_max) ==
+                   offsetof(gw_frontend_conf, pasv_port_min) + sizeof(uint16_t),
+               "pasv_port_min/max adjacent");
+
+/* ---- value parsers ---- */
+
+static bool is_name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
+}
+
+/* Section names and backend references: [A-Za-z0-9._-], 1..GW_NAME_MAX-1 characters. */
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= GW_NAME_MAX) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!is_name_char(s[i])) return false;
+    return true;
+}
+
+/* Decimal integer, optional '-'; 0, -1 not a number, -2 too big to be in any range. */
+static int parse_long(const char *v, long *out)
+{
+    const char *p = v;
+    bool neg = false;
+    long n = 0;
+    if (*p == '-') {
+        neg = true;
+        p++;
+    }
+    if (*p == '\0') return -1;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        if (n > 100000000L) return -2;
+        n = n * 10 + (*p - '0');
+    }
+    *out = neg ? -n : n;
+    return 0;
+}
+
+static void words_list(const struct word *w, const char *sep, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (; w && w->name; w++) {
+        if (w->name[0] == '\0') continue; /* the "unset" spelling is not advertised */
+        int n = snprintf(buf + used, cap - used, "%s%s", used ? sep : "", w->name);
+        if (n < 0 || (size_t)n >= cap - used) break;
+        used += (size_t)n;
+    }
+}
+
+static const struct word *find_word(const struct word *w, const char *v)
+{
+    for (; w && w->name; w++)
+        if (strcasecmp(w->name, v) == 0) return w;
+    return NULL;
+}
+
+static int p_int(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    const struct word *w = find_word(k->words, v);
+    long n = 0;
+    int value;
+    char alt[64];
+    words_list(k->words, " or ", alt, sizeof alt);
+    if (w) {
+        value = w->value;
+    } else {
+        int rc = parse_long(v, &n);
+        if (rc == -1) {
+            snprintf(why, cap, "\"%s\" is not a number (expected %s%s%ld..%ld)", v, alt,
+                     alt[0] ? " or " : "", k->min, k->max);
+            return -1;
+        }
+        if (rc == -2 || n < k->min || n > k->max) {
+            snprintf(why, cap, "%s is out of range (expected %s%s%ld..%ld)", v, alt,
+                     alt[0] ? " or " : "", k->min, k->max);
+            return -1;
+        }
+        value = (int)n;
+    }
+    memcpy(out, &value, sizeof value);
+    return 0;
+}
+
+/* Empty: not set (-1); otherwise an integer in range. */
+static int p_int_opt(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] == '\0') {
+        int unset = -1;
+        memcpy(out, &unset, sizeof unset);
+        return 0;
+    }
+    return p_int(k, v, out, why, cap);
+}
+
+static int parse_bool(const char *v, bool *b)
+{
+    static const struct word yes_no[] = {{"yes", 1},   {"true", 1}, {"on", 1}, {"1", 1}, {"no", 0},
+                                         {"false", 0}, {"off", 0},  {"0", 0},  {NULL, 0}};
+    const struct word *w = find_word(yes_no, v);
+    if (!w) return -1;
+    *b = w->value != 0;
+    return 0;
+}
+
+static int p_bool(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    (void)k;
+    bool b;
+    if (parse_bool(v, &b) < 0) {
+        snprintf(why, cap, "\"%s\": expected yes or no", v);
+        return -1;
+    }
+    memcpy(out, &b, sizeof b);
+    return 0;
+}
+
+/* Empty: unset (-1), else yes (1) / no (0) into an int. */
+static int p_tristate(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    (void)k;
+    bool b = false;
+    int value = -1;
+    if (v[0] != '\0') {
+        if (parse_bool(v, &b) < 0) {
+            snprintf(why, cap, "\"%s\": expected yes, no or empty", v);
+            return -1;
+        }
+        value = b ? 1 : 0;
+    }
+    memcpy(out, &value, sizeof value);
+    return 0;
+}
+
+static const struct word *enum_word(const struct keydef *k, const char *v, char *why, size_t cap)
+{
+    const struct word *w = find_word(k->words, v);
+    if (!w) {
+        char alt[128];
+        words_list(k->words, " | ", alt, sizeof alt);
+        snprintf(why, cap, "\"%s\": expected %s", v, alt);
+    }
+    return w;
+}
+
+static int p_enum(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    const struct word *w = enum_word(k, v, why, cap);
+    if (!w) return -1;
+    memcpy(out, &w->value, sizeof w->value);
+    return 0;
+}
+
+/* An enum with two words stored in a bool field. */
+static int p_enum_bool(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    const struct word *w = enum_word(k, v, why, cap);
+    if (!w) return -1;
+    bool b = w->value != 0;
+    memcpy(out, &b, sizeof b);
+    return 0;
+}
+
+static int p_str(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    size_t n = strlen(v);
+    if (n >= k->size) {
+        snprintf(why, cap, "too long (at most %zu characters)", k->size - 1);
+        return -1;
+    }
+    memcpy(out, v, n + 1);
+    return 0;
+}
+
+static int p_name(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] != '\0' && !valid_name(v)) {
+        snprintf(why, cap,
+                 "\"%s\": expected a section name (letters, digits, '.', '-', '_'; "
+                 "at most %d characters)",
+                 v, GW_NAME_MAX - 1);
+        return -1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
+static bool is_ip_literal(const char *host)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* The NAT address advertised in 227 replies: an IPv4 literal (227 cannot carry a name). */
+static int p_ipv4(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    unsigned char buf[4];
+    if (v[0] != '\0' && inet_pton(AF_INET, v, buf) != 1) {
+        snprintf(why, cap, "\"%s\": expected an IPv4 address", v);
+        return -1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
+static int p_hostport(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    (void)k;
+    gw_hostport hp;
+    if (gw_parse_hostport(v, &hp) < 0) {
+        snprintf(why, cap, "\"%s\": expected HOST:PORT or [IPv6]:PORT with PORT 1..65535", v);
+        return -1;
+    }
+    memcpy(out, &hp, sizeof hp);
+    return 0;
+}
+
+/* Listening needs an address, not a name: we bind without resolving. */
+static int p_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    (void)k;
+    gw_hostport hp;
+    if (gw_parse_hostport(v, &hp) < 0 || !is_ip_literal(hp.host)) {
+        snprintf(why, cap, "\"%s\": expected IP:PORT or [IPv6]:PORT with PORT 1..65535", v);
+        return -1;
+    }
+    memcpy(out, &hp, sizeof hp);
+    return 0;
+}
+
+static int p_portrange(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    (void)k;
+    char buf[32];
+    long lo, hi;
+    const char *dash = strchr(v, '-');
+    size_t n = dash ? (size_t)(dash - v) : 0;
+    if (!dash || n == 0 || n >= sizeof buf) goto bad;
+    memcpy(buf, v, n);
+    buf[n] = '\0';
+    if (parse_long(buf, &lo) < 0 || dash[1] == '-' || parse_long(dash + 1, &hi) < 0) goto bad;
+    if (lo < 1024 || lo > hi || hi > 65535) goto bad;
+    uint16_t r[2] = {(uint16_t)lo, (uint16_t)hi};
+    memcpy(out, r, sizeof r);
+    return 0;
+bad:
+    snprintf(why, cap, "expected LOW-HIGH with 1024 <= LOW <= HIGH <= 65535");
+    return -1;
+}
+
+/* ---- the key table ---- */
+
+#define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f)
+#define F(f) offsetof(gw_frontend_conf, f), sizeof(((gw_frontend_conf *)0)->f)
+#define B(f) offsetof(gw_backend_conf, f), sizeof(((gw_backend_conf *)0)->f)
+#define PASV_RANGE offsetof(gw_frontend_conf, pasv_port_min), 2 * sizeof(uint16_t)
+#define DUR 1, MAX_DURATION
+
+static const struct word w_auto[] = {{"auto", 0}, {NULL, 0}};
+static const struct word w_log_level[] = {{"error", GW_LOG_ERROR},
+                                          {"warn", GW_LOG_WARN},
+                                          {"info", GW_LOG_INFO},
+                                          {"debug", GW_LOG_DEBUG},
+                                          {NULL, 0}};
+static const struct word w_log_format[] = {{"text", 0}, {"json", 1}, {NULL, 0}};
+static const struct word w_reuse[] = {{"required", 1}, {"optional", 0}, {NULL, 0}};
+static const struct word w_tls_front[] = {
+    {"TLSv1.2", GW_TLS_1_2}, {"TLSv1.3", GW_TLS_1_3}, {NULL, 0}};
+static const struct word w_tls_back[] = {{"TLSv1", GW_TLS_1_0},   {"TLSv1.1", GW_TLS_1_1},
+                                         {"TLSv1.2", GW_TLS_1_2}, {"TLSv1.3", GW_TLS_1_3},
+                                         {"", GW_TLS_ANY},        {NULL, 0}};
+static const struct word w_fe_mode[] = {
+    {"implicit", GW_FE_IMPLICIT}, {"explicit", GW_FE_EXPLICIT}, {"plain", GW_FE_PLAIN}, {NULL, 0}};
+static const struct word w_be_tls[] = {{"none", GW_BE_TLS_NONE},
+                                       {"explicit", GW_BE_TLS_EXPLICIT},
+                                       {"implicit", GW_BE_TLS_IMPLICIT},
+                                       {NULL, 0}};
+static const struct word w_data_mode[] = {
+    {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
+
+/* Lifting a "not implemented yet" restriction: set `implemented` to true on its row. */
+static const struct keydef keys[] = {
+    /* name, section, parser, field, default, implemented, min, max, words */
+    {"workers", S_GLOBAL, p_int, G(workers), "1", false, 1, MAX_WORKERS, w_auto},
+    {"user", S_GLOBAL, p_str, G(user), "", false, 0, 0, NULL},
+    {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
+    {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", false, 0, 0, w_log_format},
+    {"xferlog", S_GLOBAL, p_str, G(xferlog), "", false, 0, 0, NULL},
+    {"max_sessions", S_GLOBAL, p_int, G(max_sessions), "10000", false, 1, MAX_SESSIONS, NULL},
+    {"max_sessions_per_ip", S_GLOBAL, p_int, G(max_sessions_per_ip), "50", false, 1, MAX_SESSIONS,
+     NULL},
+    {"idle_timeout", S_GLOBAL, p_int, G(idle_timeout), "600", true, DUR, NULL},
+    {"login_timeout", S_GLOBAL, p_int, G(login_timeout), "60", true, DUR, NULL},
+    {"data_connect_timeout", S_GLOBAL, p_int, G(data_connect_timeout), "60", true, DUR, NULL},
+    {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
+    {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
+
+    {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
+    {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
+    {"min_version", S_TLS, p_enum, G(tls_min_version), "TLSv1.2", true, 0, 0, w_tls_front},
+    {"ciphers", S_TLS, p_str, G(ciphers), "", false, 0, 0, NULL},
+    {"ciphersuites", S_TLS, p_str, G(ciphersuites), "", false, 0, 0, NULL},
+    {"data_session_reuse", S_TLS, p_enum_bool, G(data_session_reuse_required), "required", true, 0,
+     0, w_reuse},
+    {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", false, 0, 0, NULL},
+
+    {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
+    {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},
+    {"backend", S_FRONTEND, p_name, F(backend), "", true, 0, 0, NULL},
+    {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
+    {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
+    {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", false, 0, 0, NULL},
+    {"pasv_address", S_FRONTEND, p_ipv4, F(pasv_address), "", true, 0, 0, NULL},
+    {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
+    {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
+    {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},
+    {"key", S_FRONTEND, p_str, F(key), "", true, 0, 0, NULL},
+
+    {"address", S_BACKEND, p_hostport, B(address), NULL, true, 0, 0, NULL},
+    {"tls", S_BACKEND, p_enum, B(tls), "none", false, 0, 0, w_be_tls},
+    {"tls_verify", S_BACKEND, p_bool, B(tls_verify), "yes", false, 0, 0, NULL},
+    {"ca_file", S_BACKEND, p_str, B(ca_file), "", false, 0, 0, NULL},
+    {"sni", S_BACKEND, p_str, B(sni), "", false, 0, 0, NULL},
+    {"min_version", S_BACKEND, p_enum, B(min_version), "TLSv1.2", false, 0, 0, w_tls_back},
+    {"max_version", S_BACKEND, p_enum, B(max_version), "", false, 0, 0, w_tls_back},
+    {"ciphers", S_BACKEND, p_str, B(ciphers), "", false, 0, 0, NULL},
+    {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", false, 0, 0, w_data_mode},
+    {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
+};
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+/* ---- parse state ---- */
+
+struct state {
+    gw_config *cfg;
+    const char *origin;
+    char *err;
+    size_t errcap;
+    bool failed;
+    /* reader */
+    const char *p, *end;
+    int lineno;
+    /* current section */
+    enum sect sect;
+    int idx;        /* frontend/backend index */
+    int sect_line;  /* line of its header */
+    char label[80]; /* "frontend NAME", for messages */
+    int *key_line;  /* line each key of this section was set on (0: not set) */
+    int global_line, tls_line;
+    int fe_line[GW_MAX_FRONTENDS], be_line[GW_MAX_BACKENDS];
+    int global_keys[NKEYS], tls_keys[NKEYS];
+    int fe_keys[GW_MAX_FRONTENDS][NKEYS], be_keys[GW_MAX_BACKENDS][NKEYS];
+};
+
+/* Record the first error as "ORIGIN:LINE: [label] key: problem"; returns 0 for inih. */
+__attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
+                                                      const char *key, const char *fmt, ...)
+{
+    if (st->failed) return 0;
+    st->failed = true;
+    if (!st->err || st->errcap == 0) return 0;
+    char problem[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(problem, sizeof problem, fmt, ap);
+    va_end(ap);
+    bool has_label = label != NULL;
+    bool has_key = key != NULL;
+    snprintf(st->err, st->errcap, "%s:%d: %s%s%s%s%s%s%s", st->origin, line, has_label ? "[" : "",
+             has_label ? label : "", has_label ? "]" : "", has_label && has_key ? " " : "",
+             has_key ? key : "", has_label || has_key ? ": " : "", problem);
+    return 0;
+}
+
+static char *section_base(struct state *st, enum sect s, int idx)
+{
+    switch (s) {
+    case S_GLOBAL:
+    case S_TLS:
+        return (char *)st->cfg;
+    case S_FRONTEND:
+        return (char *)&st->cfg->frontends[idx];
+    case S_BACKEND:
+        return (char *)&st->cfg->backends[idx];
+    default:
+        return NULL;
+    }
+}
+
+static int key_index(enum sect s, const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (keys[i].sect == s && strcmp(keys[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+/* Scratch space big enough for any field. */
+union scratch {
+    char path[GW_PATH_MAX];
+    gw_hostport hp;
+    max_align_t align;
+};
+_Static_assert(sizeof(union scratch) >= sizeof(gw_hostport), "scratch size");
+
+/* Parse `v` for key k into the field, enforcing "only the default until implemented". */
+static int set_value(struct state *st, int line, const struct keydef *k, char *base, const char *v)
+{
+    union scratch val, def;
+    char why[400];
+    if (k->size > sizeof val) return fail(st, line, st->label, k->name, "internal: field size");
+    memset(&val, 0, sizeof val);
+    if (k->parse(k, v, &val, why, sizeof why) < 0)
+        return fail(st, line, st->label, k->name, "%s", why);
+    if (!k->implemented) {
+        memset(&def, 0, sizeof def);
+        if (k->parse(k, k->def, &def, why, sizeof why) < 0)
+            return fail(st, line, st->label, k->name, "internal: bad default: %s", why);
+        if (memcmp(&val, &def, k->size) != 0) {
+            if (k->def[0])
+                return fail(st, line, st->label, k->name,
+                            "\"%s\" is not implemented yet (only the default \"%s\" is accepted)",
+                            v, k->def);
+            return fail(st, line, st->label, k->name,
+                        "\"%s\" is not implemented yet (only the default, empty, is accepted)", v);
+        }
+    }
+    memcpy(base + k->off, &val, k->size);
+    return 1;
+}
+
+static int apply_defaults(struct state *st, enum sect s, char *base)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (keys[i].sect == s && keys[i].def && !set_value(st, 0, &keys[i], base, keys[i].def))
+            return 0;
+    return 1;
+}
+
+/* ---- section handling (driven by the reader, which sees every header) ---- */
+
+static int close_section(struct state *st)
+{
+    if (st->sect == S_NONE) return 1;
+    /* Required keys are reported at the section header. */
+    for (size_t i = 0; i < NKEYS; i++)
+        if (keys[i].sect == st->sect && !keys[i].def && !st->key_line[i])
+            return fail(st, st->sect_line, st->label, keys[i].name, "missing (required)");
+
+    if (st->sect == S_TLS || st->sect == S_FRONTEND) {
+        int c = key_index(st->sect, "cert"), k = key_index(st->sect, "key");
+        const char *cert = section_base(st, st->sect, st->idx) + keys[c].off;
+        const char *key = section_base(st, st->sect, st->idx) + keys[k].off;
+        if (cert[0] && !key[0])
+            return fail(st, st->key_line[c], st->label, "cert",
+                        "set without key (set both, or neither)");
+        if (key[0] && !cert[0])
+            return fail(st, st->key_line[k], st->label, "key",
+                        "set without cert (set both, or neither)");
+    }
+    if (st->sect == S_FRONTEND && st->cfg->frontends[st->idx].mode == GW_FE_PLAIN) {
+        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc", "cert",
+                                               "key"};
+        for (size_t i = 0; i < sizeof tls_keys / sizeof tls_keys[0]; i++) {
+            int k = key_index(S_FRONTEND, tls_keys[i]);
+            if (st->key_line[k])
+                return fail(st, st->key_line[k], st->label, tls_keys[i],
+                            "not allowed on a mode = plain frontend");
+        }
+    }
+    if (st->sect == S_BACKEND) {
+        const gw_backend_conf *b = &st->cfg->backends[st->idx];
+        if (b->max_version != GW_TLS_ANY && b->min_version > b->max_version)
+            return fail(st, st->key_line[key_index(S_BACKEND, "max_version")], st->label,
+                        "max_version", "is below min_version");
+    }
+    st->sect = S_NONE;
+    return 1;
+}
+
+/* `inner` is the trimmed text between '[' and ']'. */
+static int open_section(struct state *st, const char *inner)
+{
+    static const char *const types[] = {"global", "tls", "frontend", "backend"};
+    char name[GW_NAME_MAX];
+    size_t n = strcspn(inner, " \t");
+    const char *p = inner + n + strspn(inner + n, " \t");
+    int line = st->lineno;
+    enum sect s = S_NONE;
+
+    if (!close_section(st)) return 0;
+    for (int i = 0; i < 4; i++)
+        if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0) s = (enum sect)i;
+    if (s == S_NONE)
+        return fail(st, line, inner, NULL,
+                    "unknown section (expected [global], [tls], [frontend NAME] or "
+                    "[backend NAME])");
+    const char *type = types[s];
+    if (p[0] && (s == S_GLOBAL || s == S_TLS))
+        return fail(st, line, inner, NULL, "[%s] takes no name", type);
+    if (p[0] && !valid_name(p))
+        return fail(st, line, inner, NULL,
+                    "invalid section name (letters, digits, '.', '-', '_'; at most %d "
+                    "characters)",
+                    GW_NAME_MAX - 1);
+    snprintf(name, sizeof name, "%s", p[0] ? p : "default");
+
+    if (s == S_GLOBAL || s == S_TLS) {
+        int *seen = s == S_GLOBAL ? &st->global_line : &st->tls_line;
+        if (*seen) return fail(st, line, type, NULL, "duplicate section (first on line %d)", *seen);
+        *seen = line;
+        st->idx = 0;
+        st->key_line = s == S_GLOBAL ? st->global_keys : st->tls_keys;
+        snprintf(st->label, sizeof st->label, "%s", type);
+    } else {
+        bool fe = s == S_FRONTEND;
+        int *count = fe ? &st->cfg->n_frontends : &st->cfg->n_backends;
+        int max = fe ? GW_MAX_FRONTENDS : GW_MAX_BACKENDS;
+        int *lines = fe ? st->fe_line : st->be_line;
+        snprintf(st->label, sizeof st->label, "%s %s", type, name);
+        for (int i = 0; i < *count; i++) {
+            const char *other = fe ? st->cfg->frontends[i].name : st->cfg->backends[i].name;
+            if (strcmp(other, name) == 0)
+                return fail(st, line, st->label, NULL, "duplicate section (first on line %d)",
+                            lines[i]);
+        }
+        if (*count >= max)
+            return fail(st, line, st->label, NULL, "more than %d [%s] sections", max, type);
+        st->idx = (*count)++;
+        lines[st->idx] = line;
+        st->key_line = fe ? st->fe_keys[st->idx] : st->be_keys[st->idx];
+        if (fe) {
+            gw_frontend_conf *f = &st->cfg->frontends[st->idx];
+            memset(f, 0, sizeof *f);
+            memcpy(f->name, name, sizeof name);
+            f->backend_index = -1;
+        } else {
+            gw_backend_conf *b = &st->cfg->backends[st->idx];
+            memset(b, 0, sizeof *b);
+            memcpy(b->name, name, sizeof name);
+        }
+    }
+    st->sect = s;
+    st->sect_line = line;
+    memset(st->key_line, 0, NKEYS * sizeof st->key_line[0]);
+    if ((s == S_FRONTEND || s == S_BACKEND) && !apply_defaults(st, s, section_base(st, s, st->idx)))
+        return 0;
+    return 1;
+}
+
+/* ---- inih callbacks ---- */
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct state *st = user;
+    int line = st->lineno;
+    (void)section; /* ours is tracked by the reader (inih truncates long names) */
+    if (st->failed) return 0;
+    if (st->sect == S_NONE)
+        return fail(st, line, NULL, name,
+                    "outside of any section (start with [global], [tls], "
+                    "[frontend NAME] or [backend NAME])");
+    int k = key_index(st->sect, name);
+    if (k < 0) return fail(st, line, st->label, name, "unknown key");
+    if (st->key_line[k])
+        return fail(st, line, st->label, name, "duplicate key (first set on line %d)",
+                    st->key_line[k]);
+    if (!set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value)) return 0;
+    st->key_line[k] = line;
+    return 1;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* fgets-like reader over the in-memory text. Each call hands inih exactly one line,
+ * normalised: no leading blanks (so inih never treats a line as a multi-line continuation),
+ * comments removed, section headers already processed. Returns NULL to stop at an error. */
+static char *reader(char *buf, int num, void *stream)
+{
+    struct state *st = stream;
+    if (st->failed || st->p >= st->end || num < 3) return NULL;
+
+    const char *line = st->p;
+    const char *nl = memchr(line, '\n', (size_t)(st->end - line));
+    size_t len = (size_t)((nl ? nl : st->end) - line);
+    st->p = nl ? nl + 1 : st->end;
+    st->lineno++;
+    if (len > 0 && line[len - 1] == '\r') len--;
+    if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+        line += 3; /* UTF-8 byte order mark */
+        len -= 3;
+    }
+    /* Content plus '\n' must fit the buffer, or inih would split the line. */
+    if (len > (size_t)num - 2) {
+        fail(st, st->lineno, NULL, NULL, "line too long (more than %d characters)", num - 2);
+        return NULL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            fail(st, st->lineno, NULL, NULL, "control character 0x%02x in line", c);
+            return NULL;
+        }
+    }
+
+    /* Comments: ';' or '#' at the start, or after a blank anywhere. */
+    size_t start = 0, stop = len;
+    while (start < len && is_blank(line[start]))
+        start++;
+    for (size_t i = start; i < len; i++) {
+        if ((line[i] == ';' || line[i] == '#') && (i == start || is_blank(line[i - 1]))) {
+            stop = i;
+            break;
+        }
+    }
+    while (stop > start && is_blank(line[stop - 1]))
+        stop--;
+    size_t n = stop - start;
+    memcpy(buf, line + start, n);
+    buf[n] = '\0';
+
+    if (n > 0 && buf[0] == '[') {
+        if (buf[n - 1] != ']') {
+            fail(st, st->lineno, NULL, NULL,
+                 "syntax error: a section header is [NAME] alone on its line");
+            return NULL;
+        }
+        size_t a = 1, b = n - 1;
+        while (a < b && is_blank(buf[a]))
+            a++;
+        while (b > a && is_blank(buf[b - 1]))
+            b--;
+        buf[b] = '\0';
+        if (!open_section(st, buf + a)) return NULL;
+        n = 0; /* inih need not see headers: we track sections ourselves */
+    } else if (n > 0) {
+        size_t sep = strcspn(buf, "=:");
+        if (sep == n) {
+            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
+                 "syntax error: expected KEY = VALUE");
+            return NULL;
+        }
+        if (sep == 0) {
+            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
+                 "syntax error: missing key before '%c'", buf[0]);
+            return NULL;
+        }
+    }
+    buf[n] = '\n';
+    buf[n + 1] = '\0';
+    return buf;
+}
+
+/* ---- whole-file checks ---- */
+
+static bool same_listen(const gw_hostport *a, const gw_hostport *b)
+{
+    unsigned char x[16], y[16];
+    if (a->port != b->port) return false;
+    if (inet_pton(AF_INET, a->host, x) == 1 && inet_pton(AF_INET, b->host, y) == 1)
+        return memcmp(x, y, 4) == 0;
+    if (inet_pton(AF_INET6, a->host, x) == 1 && inet_pton(AF_INET6, b->host, y) == 1)
+        return memcmp(x, y, 16) == 0;
+    return strcasecmp(a->host, b->host) == 0;
+}
+
+static int validate(struct state *st)
+{
+    gw_config *cfg = st->cfg;
+    char label[80];
+    int k_backend = key_index(S_FRONTEND, "backend");
+    int k_listen = key_index(S_FRONTEND, "listen");
+    int k_pasv = key_index(S_FRONTEND, "pasv_ports");
+
+    if (cfg->n_frontends == 0)
+        return fail(st, 0, NULL, NULL, "no [frontend NAME] section: nothing to listen on");
+    if (cfg->n_backends == 0)
+        return fail(st, 0, NULL, NULL, "no [backend NAME] section: nowhere to forward to");
+
+    for (int i = 0; i < cfg->n_frontends; i++) {
+        gw_frontend_conf *f = &cfg->frontends[i];
+        const int *kl = st->fe_keys[i];
+        snprintf(label, sizeof label, "frontend %s", f->name);
+        if (!f->backend[0]) {
+            if (cfg->n_backends != 1)
+                return fail(st, st->fe_line[i], label, "backend",
+                            "missing (required when there is more than one [backend])");
+            memcpy(f->backend, cfg->backends[0].name, sizeof f->backend);
+        }
+        f->backend_index = -1;
+        for (int j = 0; j < cfg->n_backends; j++)
+            if (strcmp(cfg->backends[j].name, f->backend) == 0) f->backend_index = j;
+        if (f->backend_index < 0)
+            return fail(st, kl[k_backend], label, "backend", "no [backend %s] section", f->backend);
+
+        for (int j = 0; j < i; j++) {
+            const gw_frontend_conf *o = &cfg->frontends[j];
+            if (same_listen(&f->listen, &o->listen))
+                return fail(st, kl[k_listen], label, "listen",
+                            "same address as [frontend %s] (line %d)", o->name,
+                            st->fe_keys[j][k_listen]);
+            /* One pool per range: ranges are either identical (shared) or disjoint. */
+            bool same =
+                f->pasv_port_min == o->pasv_port_min && f->pasv_port_max == o->pasv_port_max;
+            bool overlap =
+                f->pasv_port_min <= o->pasv_port_max && o->pasv_port_min <= f->pasv_port_max;
+            if (overlap && !same)
+                return fail(st, kl[k_pasv] ? kl[k_pasv] : st->fe_line[i], label, "pasv_ports",
+                            "overlaps %u-%u of [frontend %s] (use the same range to share a "
+                            "pool, or disjoint ranges)",
+                            o->pasv_port_min, o->pasv_port_max, o->name);
+        }
+    }
+    return 1;
+}
+
+/* ---- public API ---- */
+
+int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
+                    size_t errcap)
+{
+    struct state *st = calloc(1, sizeof *st); /* ~11 KiB of line numbers: keep it off the stack */
+    int rc;
+
+    if (err && errcap) err[0] = '\0';
+    memset(cfg, 0, sizeof *cfg);
+    if (!st) {
+        if (err && errcap)
+            snprintf(err, errcap, "%s:0: out of memory", origin ? origin : "<config>");
+        return -1;
+    }
+    st->cfg = cfg;
+    st->origin = origin ? origin : "<config>";
+    st->err = err;
+    st->errcap = errcap;
+    st->p = text ? text : "";
+    st->end = text ? text + len : st->p;
+    st->sect = S_NONE;
+
+    if (apply_defaults(st, S_GLOBAL, (char *)cfg) && apply_defaults(st, S_TLS, (char *)cfg)) {
+        int r = ini_parse_stream(reader, st, handler, st);
+        /* Every line inih sees has been checked, so r != 0 means our handler failed. */
+        if (r != 0 && !st->failed)
+            fail(st, r > 0 ? r : 0, NULL, NULL, "%s", r > 0 ? "syntax error" : "out of memory");
+        if (!st->failed && close_section(st)) validate(st);
+    }
+    rc = st->failed ? -1 : 0;
+    free(st);
+    return rc;
+}
+
+int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    memset(cfg, 0, sizeof *cfg);
+    if (!f) goto io_error;
+    buf = malloc(MAX_FILE + 1);
+    if (!buf) {
+        errno = ENOMEM;
+        goto io_error;
+    }
+    len = fread(buf, 1, MAX_FILE + 1, f);
+    if (ferror(f)) {
+        errno = errno ? errno : EIO;
+        goto io_error;
+    }
+    if (len > MAX_FILE) {
+        if (err && errcap)
+            snprintf(err, errcap, "%s:0: file too large (more than %d bytes)", path, MAX_FILE);
+        goto out;
+    }
+    rc = gw_config_parse(buf, len, path, cfg, err, errcap);
+    goto out;
+io_error:
+    if (err && errcap) snprintf(err, errcap, "%s:0: cannot read: %s", path, strerror(errno));
+out:
+    free(buf);
+    if (f) fclose(f);
+    return rc;
+}
+
+/* DNS name: labels of [A-Za-z0-9_-] separated by dots; all-numeric means IPv4. */
+static bool valid_hostname(const char *h)
+{
+    size_t n = strlen(h), label = 0;
+    bool numeric = true;
+    if (n == 0 || n > 253) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0) return false;
+            label = 0;
+            continue;
+        }
+        if (!is_name_char(c)) return false;
+        if (c < '0' || c > '9') numeric = false;
+        if (++label > 63) return false;
+    }
+    if (label == 0 && n > 1 && h[n - 1] == '.') label = 1; /* trailing dot: FQDN */
+    if (label == 0) return false;
+    if (numeric) {
+        unsigned char a[4];
+        return inet_pton(AF_INET, h, a) == 1;
+    }
+    return true;
+}
+
+int gw_parse_hostport(const char *s, gw_hostport *hp)
+{
+    const char *host, *colon;
+    size_t hlen;
+    long port;
+
+    memset(hp, 0, sizeof *hp);
+    if (!s) return -1;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') return -1;
+        host = s + 1;
+        hlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s))) return -1; /* v6 needs brackets */
+        host = s;
+        hlen = (size_t)(colon - s);
+    }
+    if (hlen == 0 || hlen >= sizeof hp->host) return -1;
+    if (strlen(colon + 1) > 5 || parse_long(colon + 1, &port) < 0 || port < 1 || port > 65535)
+        return -1;
+    memcpy(hp->host, host, hlen);
+    hp->host[hlen] = '\0';
+    unsigned char a6[16];
+    if (s[0] == '[' ? inet_pton(AF_INET6, hp->host, a6) != 1 : !valid_hostname(hp->host)) {
+        memset(hp, 0, sizeof *hp);
+        return -1;
+    }
+    hp->port = (uint16_t)port;
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* libFuzzer target: arbitrary text through gw_config_parse. It must never crash, errors must
+ * be NUL-terminated and start with the origin, and a success must be self-consistent. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+#define ORIGIN "fuzz.conf"
+
+static gw_config cfg;
+
+static void check(int ok)
+{
+    if (!ok) abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char err[256];
+    memset(err, 'X', sizeof err);
+    int rc = gw_config_parse((const char *)data, size, ORIGIN, &cfg, err, sizeof err);
+    if (rc != 0) {
+        check(rc == -1);
+        check(memchr(err, '\0', sizeof err) != NULL);
+        check(strncmp(err, ORIGIN ":", strlen(ORIGIN ":")) == 0);
+        /* A tiny buffer still gets a terminated prefix of the message. */
+        char tiny[5];
+        check(gw_config_parse((const char *)data, size, ORIGIN, &cfg, tiny, sizeof tiny) == -1);
+        check(strcmp(tiny, "fuzz") == 0);
+        return 0;
+    }
+    check(cfg.n_frontends >= 1 && cfg.n_frontends <= GW_MAX_FRONTENDS);
+    check(cfg.n_backends >= 1 && cfg.n_backends <= GW_MAX_BACKENDS);
+    for (int i = 0; i < cfg.n_frontends; i++) {
+        const gw_frontend_conf *f = &cfg.frontends[i];
+        check(f->backend_index >= 0 && f->backend_index < cfg.n_backends);
+        check(strcmp(f->backend, cfg.backends[f->backend_index].name) == 0);
+        check(f->listen.port != 0 && memchr(f->listen.host, '\0', sizeof f->listen.host));
+        check(f->pasv_port_min >= 1024 && f->pasv_port_min <= f->pasv_port_max);
+        check(memchr(f->name, '\0', sizeof f->name) && f->name[0]);
+    }
+    for (int i = 0; i < cfg.n_backends; i++)
+        check(cfg.backends[i].address.port != 0 && cfg.backends[i].connect_timeout > 0);
+    check(cfg.idle_timeout > 0 && cfg.login_timeout > 0);
+    return 0;
+}

@@ -1,0 +1,585 @@
+/* Unit tests for proxy/config.c (cmocka). Run from the repository root (the sample files
+ * under config/ are parsed too). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+static gw_config cfg; /* ~56 KiB: not on the stack */
+static char err[512];
+
+static int parse(const char *text)
+{
+    memset(err, 'X', sizeof err);
+    return gw_config_parse(text, strlen(text), "t.conf", &cfg, err, sizeof err);
+}
+
+/* A minimal valid tail that error tests append their section to. */
+#define FE "[frontend a]\nlisten = 127.0.0.1:990\n"
+#define BE "[backend b]\naddress = 127.0.0.1:2121\n"
+
+/* The parse fails and the message starts with `prefix` and contains `part`. */
+static void expect_error(const char *text, const char *prefix, const char *part)
+{
+    int rc = parse(text);
+    if (rc != -1 || strncmp(err, prefix, strlen(prefix)) != 0 || (part && !strstr(err, part)))
+        print_error("text:\n%s\nrc=%d err=%s\nwant prefix \"%s\" containing \"%s\"\n", text, rc,
+                    rc ? err : "", prefix, part ? part : "");
+    assert_int_equal(rc, -1);
+    assert_true(strncmp(err, prefix, strlen(prefix)) == 0);
+    if (part) assert_non_null(strstr(err, part));
+}
+
+static void expect_ok(const char *text)
+{
+    int rc = parse(text);
+    if (rc != 0) print_error("text:\n%s\nerr=%s\n", text, err);
+    assert_int_equal(rc, 0);
+}
+
+static void test_default_parses(void **state)
+{
+    (void)state;
+    assert_int_equal(gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
+                                     "<embedded default>", &cfg, err, sizeof err),
+                     0);
+    assert_int_equal(cfg.workers, 1);
+    assert_int_equal(cfg.log_level, GW_LOG_INFO);
+    assert_false(cfg.log_json);
+    assert_string_equal(cfg.user, "");
+    assert_string_equal(cfg.xferlog, "");
+    assert_int_equal(cfg.max_sessions, 10000);
+    assert_int_equal(cfg.max_sessions_per_ip, 50);
+    assert_int_equal(cfg.idle_timeout, 600);
+    assert_int_equal(cfg.login_timeout, 60);
+    assert_int_equal(cfg.data_connect_timeout, 60);
+    assert_int_equal(cfg.data_timeout, 300);
+    assert_int_equal(cfg.shutdown_grace, 30);
+    assert_string_equal(cfg.cert, "");
+    assert_string_equal(cfg.key, "");
+    assert_int_equal(cfg.tls_min_version, GW_TLS_1_2);
+    assert_true(cfg.data_session_reuse_required);
+    assert_int_equal(cfg.strict_tls_eof, -1);
+
+    assert_int_equal(cfg.n_frontends, 2);
+    assert_string_equal(cfg.frontends[1].name, "explicit");
+    assert_int_equal(cfg.frontends[1].listen.port, 2100);
+    assert_int_equal(cfg.frontends[1].mode, GW_FE_EXPLICIT);
+    assert_int_equal(cfg.frontends[1].backend_index, 0);
+    const gw_frontend_conf *f = &cfg.frontends[0];
+    assert_string_equal(f->name, "implicit");
+    assert_string_equal(f->listen.host, "127.0.0.1");
+    assert_int_equal(f->listen.port, 9990);
+    assert_int_equal(f->mode, GW_FE_IMPLICIT);
+    assert_string_equal(f->backend, "legacy");
+    assert_int_equal(f->backend_index, 0);
+    assert_true(f->require_tls);
+    assert_true(f->require_prot_p);
+    assert_false(f->allow_ccc);
+    assert_string_equal(f->pasv_address, "");
+    assert_int_equal(f->pasv_port_min, 30000);
+    assert_int_equal(f->pasv_port_max, 30099);
+    assert_int_equal(f->active_source_port, -1);
+
+    assert_int_equal(cfg.n_backends, 1);
+    const gw_backend_conf *b = &cfg.backends[0];
+    assert_string_equal(b->name, "legacy");
+    assert_string_equal(b->address.host, "127.0.0.1");
+    assert_int_equal(b->address.port, 2121);
+    assert_int_equal(b->tls, GW_BE_TLS_NONE);
+    assert_true(b->tls_verify);
+    assert_int_equal(b->min_version, GW_TLS_1_2);
+    assert_int_equal(b->max_version, GW_TLS_ANY);
+    assert_int_equal(b->data_mode, GW_DATA_PASSIVE);
+    assert_int_equal(b->connect_timeout, 10);
+}
+
+static const char full[] = "; a complete file\n"
+                           "[global]\n"
+                           "workers = 1\n"
+                           "user =\n"
+                           "log_level = debug\n"
+                           "log_format = text\n"
+                           "xferlog =\n"
+                           "max_sessions = 10000\n"
+                           "max_sessions_per_ip = 50\n"
+                           "idle_timeout = 120\n"
+                           "login_timeout = 15\n"
+                           "data_connect_timeout = 60\n"
+                           "data_timeout = 300\n"
+                           "shutdown_grace = 30\n"
+                           "\n"
+                           "[tls]\n"
+                           "cert = /etc/ftpsgate/gw.crt\n"
+                           "key = /etc/ftpsgate/gw.key\n"
+                           "min_version = TLSv1.3\n"
+                           "ciphers =\n"
+                           "ciphersuites =\n"
+                           "data_session_reuse = optional\n"
+                           "strict_tls_eof =\n"
+                           "\n"
+                           "[frontend ftps]\n"
+                           "listen = 0.0.0.0:990\n"
+                           "mode = implicit\n"
+                           "backend = second\n"
+                           "require_tls = yes\n"
+                           "require_prot_p = no\n"
+                           "allow_ccc = no\n"
+                           "pasv_address = 203.0.113.7\n"
+                           "pasv_ports = 40000-40999\n"
+                           "active_source_port = 989\n"
+                           "cert = fe.crt\n"
+                           "key = fe.key\n"
+                           "\n"
+                           "[frontend v6]\n"
+                           "listen = [::]:990\n"
+                           "backend = legacy\n"
+                           "pasv_ports = 40000-40999\n"
+                           "active_source_port = 0\n"
+                           "\n"
+                           "[backend legacy]\n"
+                           "address = 127.0.0.1:2121\n"
+                           "tls = none\n"
+                           "tls_verify = yes\n"
+                           "ca_file =\n"
+                           "sni =\n"
+                           "min_version = TLSv1.2\n"
+                           "max_version =\n"
+                           "ciphers =\n"
+                           "data_mode = passive\n"
+                           "connect_timeout = 5\n"
+                           "\n"
+                           "[backend second]\n"
+                           "address = ftp.example.net:21\n";
+
+static void test_full_file(void **state)
+{
+    (void)state;
+    expect_ok(full);
+    assert_int_equal(cfg.log_level, GW_LOG_DEBUG);
+    assert_int_equal(cfg.idle_timeout, 120);
+    assert_int_equal(cfg.login_timeout, 15);
+    assert_string_equal(cfg.cert, "/etc/ftpsgate/gw.crt");
+    assert_string_equal(cfg.key, "/etc/ftpsgate/gw.key");
+    assert_int_equal(cfg.tls_min_version, GW_TLS_1_3);
+    assert_false(cfg.data_session_reuse_required);
+    assert_int_equal(cfg.n_frontends, 2);
+    assert_int_equal(cfg.n_backends, 2);
+    const gw_frontend_conf *f = &cfg.frontends[0];
+    assert_string_equal(f->name, "ftps");
+    assert_string_equal(f->listen.host, "0.0.0.0");
+    assert_int_equal(f->listen.port, 990);
+    assert_int_equal(f->backend_index, 1);
+    assert_false(f->require_prot_p);
+    assert_string_equal(f->pasv_address, "203.0.113.7");
+    assert_int_equal(f->pasv_port_min, 40000);
+    assert_int_equal(f->pasv_port_max, 40999);
+    assert_int_equal(f->active_source_port, 989);
+    assert_string_equal(f->cert, "fe.crt");
+    assert_string_equal(f->key, "fe.key");
+    f = &cfg.frontends[1];
+    assert_string_equal(f->listen.host, "::");
+    assert_int_equal(f->backend_index, 0);
+    assert_int_equal(f->active_source_port, 0);
+    assert_true(f->require_prot_p);
+    assert_int_equal(cfg.backends[0].connect_timeout, 5);
+    assert_string_equal(cfg.backends[1].address.host, "ftp.example.net");
+    assert_int_equal(cfg.backends[1].address.port, 21);
+    assert_int_equal(cfg.backends[1].connect_timeout, 10);
+}
+
+static void test_unknown_key(void **state)
+{
+    (void)state;
+    expect_error("[global]\nlog_level = info\nworkerz = 1\n" FE BE,
+                 "t.conf:3: [global] workerz: ", "unknown key");
+    /* A key valid in another section is still unknown here. */
+    expect_error(FE BE "[frontend c]\nlisten = 127.0.0.1:991\nsni = x\n",
+                 "t.conf:7: [frontend c] sni: ", "unknown key");
+    /* Key names are exact. */
+    expect_error("[global]\nLog_Level = info\n" FE BE,
+                 "t.conf:2: [global] Log_Level: ", "unknown key");
+}
+
+static void test_unknown_section(void **state)
+{
+    (void)state;
+    expect_error(FE BE "\n[frontned x]\nlisten = 127.0.0.1:1\n",
+                 "t.conf:6: [frontned x]: ", "unknown section");
+    /* Empty sections are seen too (inih alone would never report them). */
+    expect_error("[global]\n[bogus]\n" FE BE, "t.conf:2: [bogus]: ", "unknown section");
+    expect_error("[global extra]\n" FE BE, "t.conf:1: [global extra]: ", "takes no name");
+    expect_error("[frontend a b]\n" FE BE, "t.conf:1: [frontend a b]: ", "invalid section name");
+    expect_error("[]\n", "t.conf:1: []: ", "unknown section");
+}
+
+static void test_bad_number(void **state)
+{
+    (void)state;
+    expect_error("[global]\n\nidle_timeout = 10m\n" FE BE,
+                 "t.conf:3: [global] idle_timeout: ", "not a number");
+    expect_error(FE BE "connect_timeout = ten\n",
+                 "t.conf:5: [backend b] connect_timeout: ", "not a number");
+    expect_error(FE "active_source_port = 0x10\n" BE,
+                 "t.conf:3: [frontend a] active_source_port: ", "not a number");
+}
+
+static void test_out_of_range(void **state)
+{
+    (void)state;
+    expect_error("[global]\nlogin_timeout = 0\n" FE BE,
+                 "t.conf:2: [global] login_timeout: ", "out of range");
+    expect_error("[global]\nidle_timeout = -5\n" FE BE,
+                 "t.conf:2: [global] idle_timeout: ", "out of range");
+    expect_error("[global]\nidle_timeout = 99999999999999999999\n" FE BE,
+                 "t.conf:2: [global] idle_timeout: ", "out of range");
+    expect_error(FE "active_source_port = 65536\n" BE,
+                 "t.conf:3: [frontend a] active_source_port: ", "out of range");
+    expect_error("[global]\nworkers = 0\n" FE BE, "t.conf:2: [global] workers: ", "out of range");
+}
+
+static void test_bad_port_range(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"30000",  "30100-30000",  "80-100", "30000-70000",
+                                      "-30000", "30000-",       "a-b",    "30000--30001",
+                                      "",       "30000 - 30001"};
+    char text[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text,
+                 "[frontend ftps]\nlisten = 127.0.0.1:990\n\npasv_ports = %s\n" BE, bad[i]);
+        expect_error(text,
+                     "t.conf:4: [frontend ftps] pasv_ports: expected LOW-HIGH with 1024 <= LOW "
+                     "<= HIGH <= 65535",
+                     NULL);
+    }
+    expect_ok(FE "pasv_ports = 1024-1024\n" BE);
+    assert_int_equal(cfg.frontends[0].pasv_port_min, 1024);
+    assert_int_equal(cfg.frontends[0].pasv_port_max, 1024);
+    expect_ok(FE "pasv_ports = 65535-65535\n" BE);
+}
+
+static void test_bad_address(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "::1:990",
+                                      "[::1]990",  "[::1:990",    "[nothost]:990",   ":990",
+                                      "1.2.3:990", "host:port",   "a..b:21",         "[]:21",
+                                      "a b:21",    "1.2.3.4:+21", "1.2.3.4:021021"};
+    char text[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, FE "[backend b]\naddress = %s\n", bad[i]);
+        expect_error(text, "t.conf:4: [backend b] address: ", "expected HOST:PORT");
+    }
+    /* Listening needs an IP literal. */
+    expect_error("[frontend a]\nlisten = localhost:990\n" BE,
+                 "t.conf:2: [frontend a] listen: ", "expected IP:PORT");
+    expect_error(FE "pasv_address = ::1\n" BE, "t.conf:3: [frontend a] pasv_address: ", "IPv4");
+    expect_error(FE BE "[frontend c]\n", "t.conf:5: [frontend c] listen: ", "missing");
+    expect_error(FE "[backend b]\ntls = none\n", "t.conf:3: [backend b] address: ", "missing");
+}
+
+static void test_unknown_backend(void **state)
+{
+    (void)state;
+    expect_error("[frontend a]\nlisten = 127.0.0.1:990\nbackend = nope\n" BE,
+                 "t.conf:3: [frontend a] backend: ", "no [backend nope] section");
+    /* Without `backend`, a single backend is used; with two it is required. */
+    expect_ok(FE BE);
+    assert_string_equal(cfg.frontends[0].backend, "b");
+    assert_int_equal(cfg.frontends[0].backend_index, 0);
+    expect_error(BE "[backend c]\naddress = 127.0.0.1:21\n\n" FE,
+                 "t.conf:6: [frontend a] backend: ", "missing");
+    expect_error("[global]\n", "t.conf:0: ", "no [frontend NAME] section");
+    expect_error(FE, "t.conf:0: ", "no [backend NAME] section");
+    expect_error(FE "backend = a/b\n" BE, "t.conf:3: [frontend a] backend: ", "section name");
+}
+
+static void test_not_implemented(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *prefix;
+    } cases[] = {
+        {"[global]\nworkers = auto\n" FE BE, "t.conf:2: [global] workers: "},
+        {"[global]\nworkers = 4\n" FE BE, "t.conf:2: [global] workers: "},
+        {"[global]\nuser = ftp\n" FE BE, "t.conf:2: [global] user: "},
+        {"[global]\nlog_format = json\n" FE BE, "t.conf:2: [global] log_format: "},
+        {"[global]\nxferlog = /var/log/x\n" FE BE, "t.conf:2: [global] xferlog: "},
+        {"[global]\nmax_sessions = 5\n" FE BE, "t.conf:2: [global] max_sessions: "},
+        {"[global]\nmax_sessions_per_ip = 5\n" FE BE, "t.conf:2: [global] max_sessions_per_ip: "},
+        {"[tls]\nciphers = HIGH\n" FE BE, "t.conf:2: [tls] ciphers: "},
+        {"[tls]\nciphersuites = TLS_AES_128_GCM_SHA256\n" FE BE, "t.conf:2: [tls] ciphersuites: "},
+        {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
+        {FE "allow_ccc = yes\n" BE, "t.conf:3: [frontend a] allow_ccc: "},
+        {FE BE "tls = explicit\n", "t.conf:5: [backend b] tls: "},
+        {FE BE "tls_verify = no\n", "t.conf:5: [backend b] tls_verify: "},
+        {FE BE "ca_file = /etc/ssl/ca.pem\n", "t.conf:5: [backend b] ca_file: "},
+        {FE BE "sni = ftp.example.net\n", "t.conf:5: [backend b] sni: "},
+        {FE BE "min_version = TLSv1\n", "t.conf:5: [backend b] min_version: "},
+        {FE BE "max_version = TLSv1.3\n", "t.conf:5: [backend b] max_version: "},
+        {FE BE "ciphers = DEFAULT:@SECLEVEL=0\n", "t.conf:5: [backend b] ciphers: "},
+        {FE BE "data_mode = active\n", "t.conf:5: [backend b] data_mode: "},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_error(cases[i].text, cases[i].prefix, "not implemented yet");
+
+    /* The default value spelled differently is the default. */
+    expect_ok("[global]\nworkers = 1\nlog_format = TEXT\n[tls]\nstrict_tls_eof =\n" FE
+              "require_tls = on\nallow_ccc = false\n" BE "tls_verify = 1\n");
+    /* An invalid value is reported as invalid, not as unimplemented. */
+    expect_error(FE "mode = sideways\n" BE,
+                 "t.conf:3: [frontend a] mode: ", "expected implicit | explicit | plain");
+    expect_error(FE BE "min_version = SSLv3\n", "t.conf:5: [backend b] min_version: ",
+                 "expected TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3");
+    expect_error("[tls]\nmin_version = TLSv1.1\n" FE BE,
+                 "t.conf:2: [tls] min_version: ", "expected TLSv1.2 | TLSv1.3");
+}
+
+static void test_line_too_long(void **state)
+{
+    (void)state;
+    char text[1024];
+    /* Line 3 is 198 characters: accepted. */
+    int n = snprintf(text, sizeof text, "[frontend a]\nlisten = 127.0.0.1:990\n; ");
+    memset(text + n, 'x', 196);
+    n += 196;
+    n += snprintf(text + n, sizeof text - (size_t)n, "\n" BE);
+    expect_ok(text);
+
+    /* 199 characters on line 4: an error naming that line, not a split line. */
+    n = snprintf(text, sizeof text, "[frontend a]\nlisten = 127.0.0.1:990\n\ncert = ");
+    memset(text + n, 'c', 192);
+    n += 192;
+    n += snprintf(text + n, sizeof text - (size_t)n, "\nkey = k\n" BE);
+    expect_error(text, "t.conf:4: ", "line too long");
+
+    /* Also on the last line without a newline. */
+    n = snprintf(text, sizeof text, FE BE "; ");
+    memset(text + n, 'x', 300);
+    text[n + 300] = '\0';
+    expect_error(text, "t.conf:5: ", "line too long");
+}
+
+static void test_duplicate_section(void **state)
+{
+    (void)state;
+    expect_error(FE BE "[frontend a]\nlisten = 127.0.0.1:991\n",
+                 "t.conf:5: [frontend a]: ", "duplicate section (first on line 1)");
+    expect_error(FE BE "\n[backend b]\n", "t.conf:6: [backend b]: ", "duplicate section");
+    expect_error("[tls]\n" FE BE "[tls]\n", "t.conf:6: [tls]: ", "duplicate section");
+    expect_error("[global]\n[global]\n", "t.conf:2: [global]: ", "duplicate section");
+    /* [frontend] is [frontend default]. */
+    expect_error("[frontend]\nlisten = 127.0.0.1:1\n[frontend default]\n",
+                 "t.conf:3: [frontend default]: ", "duplicate section");
+    /* Frontend and backend names live apart. */
+    expect_ok("[frontend x]\nlisten = 127.0.0.1:1\n[backend x]\naddress = h:21\n");
+    /* Duplicate keys too. */
+    expect_error(FE "pasv_ports = 40000-40010\n\npasv_ports = 40000-40010\n" BE,
+                 "t.conf:5: [frontend a] pasv_ports: ", "duplicate key (first set on line 3)");
+}
+
+static void test_comments(void **state)
+{
+    (void)state;
+    expect_ok("; semicolon comment\n"
+              "# hash comment\n"
+              "   ; indented comment\n"
+              "[global] ; after a header\n"
+              "idle_timeout = 30   ; inline semicolon\n"
+              "login_timeout = 20\t# inline hash\n"
+              "\t\tlog_level = warn\n"
+              "\n"
+              "[frontend a]  # hash after a header\n"
+              "  listen = 127.0.0.1:990\n"
+              "  pasv_address =  ; empty with a comment\n"
+              "[backend b]\n"
+              "address = 127.0.0.1:2121 ; trailing\n");
+    assert_int_equal(cfg.idle_timeout, 30);
+    assert_int_equal(cfg.login_timeout, 20);
+    assert_int_equal(cfg.log_level, GW_LOG_WARN);
+    assert_string_equal(cfg.frontends[0].pasv_address, "");
+    assert_int_equal(cfg.backends[0].address.port, 2121);
+}
+
+static void test_comment_needs_blank(void **state)
+{
+    (void)state;
+    /* ';' or '#' inside a value without a blank before it is part of the value. */
+    expect_error(FE "[backend b]\naddress = 127.0.0.1:2121#x\n",
+                 "t.conf:4: [backend b] address: ", "\"127.0.0.1:2121#x\"");
+    expect_ok(FE BE "[frontend c]\nlisten = 127.0.0.1:991\ncert = a#b;c\nkey = k\n");
+    assert_string_equal(cfg.frontends[1].cert, "a#b;c");
+}
+
+static void test_ipv6_listen(void **state)
+{
+    (void)state;
+    expect_ok("[frontend v6]\nlisten = [::1]:990\n" BE);
+    assert_string_equal(cfg.frontends[0].listen.host, "::1");
+    assert_int_equal(cfg.frontends[0].listen.port, 990);
+    expect_ok("[frontend v6]\nlisten = [2001:db8::1]:21\n[backend b]\naddress = [::1]:2121\n");
+    assert_string_equal(cfg.backends[0].address.host, "::1");
+    assert_int_equal(cfg.backends[0].address.port, 2121);
+}
+
+static void test_duplicate_listen(void **state)
+{
+    (void)state;
+    expect_error(FE "[frontend c]\nlisten = 127.0.0.1:990\n" BE,
+                 "t.conf:4: [frontend c] listen: ", "same address as [frontend a] (line 2)");
+    expect_error("[frontend a]\nlisten = [::1]:21\n[frontend c]\nlisten = [0:0::1]:21\n" BE,
+                 "t.conf:4: [frontend c] listen: ", "same address");
+    expect_ok(FE "[frontend c]\nlisten = 127.0.0.1:991\n" BE);
+    /* Passive ranges are shared when identical, else must not overlap. */
+    expect_error(FE "[frontend c]\nlisten = 127.0.0.1:991\npasv_ports = 30050-30150\n" BE,
+                 "t.conf:5: [frontend c] pasv_ports: ", "overlaps 30000-30099");
+    expect_ok(FE "[frontend c]\nlisten = 127.0.0.1:991\npasv_ports = 30100-30150\n" BE);
+}
+
+static void test_syntax(void **state)
+{
+    (void)state;
+    expect_error("idle_timeout = 5\n" FE BE, "t.conf:1: idle_timeout: ", "outside of any section");
+    expect_error("[global]\njust words\n", "t.conf:2: [global]: ", "expected KEY = VALUE");
+    expect_error("[global]\n= 5\n", "t.conf:2: [global]: ", "missing key");
+    expect_error("[global\n", "t.conf:1: ", "section header");
+    expect_error("[global] x\n", "t.conf:1: ", "section header");
+    expect_error("[global]\nidle_timeout = 5\x01\n", "t.conf:2: ", "control character");
+    static const char nul[] = "[global]\nidle_timeout = 5\0\n";
+    assert_int_equal(gw_config_parse(nul, sizeof nul - 1, "t.conf", &cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "t.conf:2: "));
+    /* The first error wins. */
+    expect_error("[global]\nfoo = 1\nbar = 2\n[bogus]\n", "t.conf:2: [global] foo: ", NULL);
+    /* Booleans. */
+    expect_error(FE "require_prot_p = maybe\n" BE,
+                 "t.conf:3: [frontend a] require_prot_p: ", "expected yes or no");
+    static const char *const yes[] = {"yes", "YES", "true", "on", "1"};
+    static const char *const no[] = {"no", "No", "false", "off", "0"};
+    char text[256];
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(text, sizeof text, FE "require_prot_p = %s\n" BE, yes[i]);
+        expect_ok(text);
+        assert_true(cfg.frontends[0].require_prot_p);
+        snprintf(text, sizeof text, FE "require_prot_p = %s\n" BE, no[i]);
+        expect_ok(text);
+        assert_false(cfg.frontends[0].require_prot_p);
+    }
+    /* cert and key go together. */
+    expect_error("[tls]\ncert = a.crt\n" FE BE, "t.conf:2: [tls] cert: ", "without key");
+    expect_error(FE "key = a.key\n" BE, "t.conf:3: [frontend a] key: ", "without cert");
+}
+
+static void test_line_endings_and_bom(void **state)
+{
+    (void)state;
+    expect_ok("\xEF\xBB\xBF[global]\r\nidle_timeout = 42\r\n[frontend a]\r\nlisten = "
+              "127.0.0.1:990\r\n[backend b]\r\naddress = h:21");
+    assert_int_equal(cfg.idle_timeout, 42);
+    assert_string_equal(cfg.backends[0].address.host, "h");
+    expect_error("\r\n\r\n[glob]\r\n", "t.conf:3: [glob]: ", "unknown section");
+}
+
+static void test_small_error_buffer(void **state)
+{
+    (void)state;
+    char small[12];
+    memset(small, 'X', sizeof small);
+    const char *text = "[bogus]\n";
+    assert_int_equal(gw_config_parse(text, strlen(text), "t.conf", &cfg, small, sizeof small), -1);
+    assert_int_equal(strlen(small), sizeof small - 1);
+    assert_int_equal(strncmp(small, "t.conf:1: [", sizeof small - 1), 0);
+    /* No buffer at all is fine. */
+    assert_int_equal(gw_config_parse(text, strlen(text), "t.conf", &cfg, NULL, 0), -1);
+}
+
+static void test_hostport(void **state)
+{
+    (void)state;
+    gw_hostport hp;
+    assert_int_equal(gw_parse_hostport("192.0.2.1:21", &hp), 0);
+    assert_string_equal(hp.host, "192.0.2.1");
+    assert_int_equal(hp.port, 21);
+    assert_int_equal(gw_parse_hostport("[fe80::1]:65535", &hp), 0);
+    assert_string_equal(hp.host, "fe80::1");
+    assert_int_equal(hp.port, 65535);
+    assert_int_equal(gw_parse_hostport("ftp-1.example_corp.net.:2121", &hp), 0);
+    assert_string_equal(hp.host, "ftp-1.example_corp.net.");
+    assert_int_equal(gw_parse_hostport("::1:21", &hp), -1);
+    assert_int_equal(gw_parse_hostport("[192.0.2.1]:21", &hp), -1);
+    assert_int_equal(gw_parse_hostport("256.1.1.1:21", &hp), -1);
+    assert_int_equal(gw_parse_hostport("h:", &hp), -1);
+    assert_int_equal(gw_parse_hostport("", &hp), -1);
+    assert_int_equal(gw_parse_hostport(NULL, &hp), -1);
+}
+
+static void test_load_file(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/test_config_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *text = "[frontend a]\nlisten = 127.0.0.1:990\n[backend b]\naddress = h:21\nx = 1\n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    assert_int_equal(gw_config_load_file(path, &cfg, err, sizeof err), -1);
+    char want[128];
+    snprintf(want, sizeof want, "%s:5: [backend b] x: unknown key", path);
+    assert_string_equal(err, want);
+    unlink(path);
+
+    assert_int_equal(gw_config_load_file("/nonexistent/ftpsgate.conf", &cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "/nonexistent/ftpsgate.conf:0: cannot read"));
+}
+
+/* The samples shipped in config/ parse today. */
+static void test_sample_files(void **state)
+{
+    (void)state;
+    if (access("config/ftpsgate.conf", R_OK) != 0) skip();
+    if (gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err) != 0)
+        print_error("%s\n", err);
+    assert_int_equal(gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err), 0);
+    if (gw_config_load_file("config/minimal.conf", &cfg, err, sizeof err) != 0)
+        print_error("%s\n", err);
+    assert_int_equal(gw_config_load_file("config/minimal.conf", &cfg, err, sizeof err), 0);
+    assert_int_equal(cfg.n_frontends, 1);
+    assert_int_equal(cfg.n_backends, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_parses),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_unknown_key),
+        cmocka_unit_test(test_unknown_section),
+        cmocka_unit_test(test_bad_number),
+        cmocka_unit_test(test_out_of_range),
+        cmocka_unit_test(test_bad_port_range),
+        cmocka_unit_test(test_bad_address),
+        cmocka_unit_test(test_unknown_backend),
+        cmocka_unit_test(test_not_implemented),
+        cmocka_unit_test(test_line_too_long),
+        cmocka_unit_test(test_duplicate_section),
+        cmocka_unit_test(test_comments),
+        cmocka_unit_test(test_comment_needs_blank),
+        cmocka_unit_test(test_ipv6_listen),
+        cmocka_unit_test(test_duplicate_listen),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_line_endings_and_bom),
+        cmocka_unit_test(test_small_error_buffer),
+        cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_sample_files),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
