@@ -15,7 +15,8 @@ typedef struct gw_data gw_data;
 
 enum gw_client_state {
     CS_HANDSHAKE, /* implicit: waiting for the ClientHello and handshake; nothing sent */
-    CS_READY,     /* TLS up (PBSZ 0 / PROT P implied), commands flow */
+    CS_READY,     /* commands flow (implicit: TLS up, PBSZ 0 / PROT P implied) */
+    CS_AUTH,      /* explicit: 234 sent, TLS handshake running, commands wait */
     CS_CLOSING,   /* final reply and close_notify sent; waiting for handles to close */
 };
 
@@ -62,7 +63,7 @@ typedef struct gw_session {
     bool data_finished, data_ok;
     char data_fail_reply[128];
     gw_addr data_backend; /* where the backend's passive port is */
-    bool prot_p, logged_in, closing, epsv_all;
+    bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
     int too_long, failed_logins;
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;
