@@ -45,6 +45,8 @@ int gw_conn_accept(gw_conn *c, uv_stream_t *server);
 int gw_conn_connect(gw_conn *c, const gw_addr *to);
 /* Begin a TLS handshake as server on this connection; reading starts if it had not. */
 int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role);
+/* Run TLS with an engine made by the caller (client engines: the handshake starts now). */
+int gw_conn_attach_tls(gw_conn *c, gw_tls *t);
 int gw_conn_start_read(gw_conn *c);
 void gw_conn_pause(gw_conn *c);
 void gw_conn_resume(gw_conn *c);

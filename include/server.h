@@ -18,6 +18,8 @@ typedef struct gw_frontend {
     const gw_backend_conf *backend;
     gw_server *srv;
     SSL_CTX *tls_ctx;     /* client-facing, NULL on plain frontends */
+    SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
+    const char *backend_host; /* SNI and certificate name (sni, else the address host) */
     gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
     gw_addr backend_addr; /* resolved at start */
     gw_pasv_pool *pool;

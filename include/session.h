@@ -23,7 +23,8 @@ enum gw_client_state {
 enum gw_backend_state {
     BS_IDLE,       /* not connected yet */
     BS_CONNECTING, /* TCP connect under connect_timeout */
-    BS_GREETING,   /* waiting for the 220 */
+    BS_GREETING,   /* waiting for the 220 (then AUTH/PBSZ/PROT when the backend is TLS) */
+    BS_TLS,        /* AUTH TLS answered 234: handshake with the backend running */
     BS_READY,
     BS_CLOSED,
 };
@@ -37,6 +38,9 @@ enum gw_pending {
     PEND_FEAT,     /* buffered, rewritten */
     PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
     PEND_QUIT,
+    PEND_BE_AUTH,  /* internal AUTH TLS toward the backend (234, then the handshake) */
+    PEND_BE_PBSZ,  /* internal PBSZ 0 toward the backend */
+    PEND_BE_PROT,  /* internal PROT P toward the backend */
 };
 
 typedef struct gw_session {
@@ -64,6 +68,9 @@ typedef struct gw_session {
     char data_fail_reply[128];
     gw_addr data_backend; /* where the backend's passive port is */
     bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
+    bool be_prot_p;       /* the backend accepted PROT P: its data legs are TLS */
+    bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
+    bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;

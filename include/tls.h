@@ -21,6 +21,8 @@ enum gw_tls_status {
 enum gw_tls_role {
     GW_TLS_SERVER_CONTROL, /* client-facing control: tagged session, tickets on */
     GW_TLS_SERVER_DATA,    /* client-facing data: no tickets (clients never read them) */
+    GW_TLS_CLIENT_CONTROL, /* backend control: keeps the newest session for the data legs */
+    GW_TLS_CLIENT_DATA,    /* backend data: offers the control session for resumption */
 };
 
 #define GW_TLS_TAG_LEN 16
@@ -36,7 +38,18 @@ void gw_tls_ctx_free(SSL_CTX *ctx);
 int gw_tls_ensure_selfsigned(const char *dir, char *cert, char *key, size_t cap, char *err,
                              size_t errcap);
 
+/* A client context toward one backend: verification (ca_file or the system store),
+ * protocol range, ciphers, and a client session cache fed by the new-session callback. */
+SSL_CTX *gw_tls_client_ctx_new(const gw_backend_conf *be, char *err, size_t errcap);
+
 gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role);
+/* A client engine. host: SNI and name check (an IP literal: no SNI, IP SAN check); verify:
+ * check the certificate; resume: the backend control engine whose session a data leg offers. */
+gw_tls *gw_tls_new_client(SSL_CTX *ctx, enum gw_tls_role role, const char *host, bool verify,
+                          const gw_tls *resume);
+/* Bytes fed in but not consumed by OpenSSL (after a close_notify, say): moved to buf. */
+size_t gw_tls_take_unread(gw_tls *t, void *buf, size_t cap);
+bool gw_tls_resumed(const gw_tls *t);
 void gw_tls_free(gw_tls *t);
 
 int gw_tls_feed(gw_tls *t, const void *buf, size_t n);  /* 0 or GW_TLS_ERROR */

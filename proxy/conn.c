@@ -257,12 +257,21 @@ int gw_conn_start_read(gw_conn *c)
     return r;
 }
 
+int gw_conn_attach_tls(gw_conn *c, gw_tls *t)
+{
+    if (!t)
+        return UV_ENOMEM;
+    c->tls = t;
+    int r = gw_conn_start_read(c);
+    /* A client engine speaks first: this sends the ClientHello. */
+    if (r == 0)
+        process_input(c);
+    return r;
+}
+
 int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role)
 {
-    c->tls = gw_tls_new(ctx, role);
-    if (!c->tls)
-        return UV_ENOMEM;
-    return gw_conn_start_read(c);
+    return gw_conn_attach_tls(c, gw_tls_new(ctx, role));
 }
 
 void gw_conn_pause(gw_conn *c)

@@ -25,6 +25,7 @@ struct gw_data {
     uv_timer_t *timer;
     gw_addr expect_peer;
     SSL_CTX *tls_ctx;
+    gw_tls *backend_engine; /* attached once the backend data connection is open */
     uint8_t tag[GW_TLS_TAG_LEN];
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
     bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
@@ -37,6 +38,7 @@ static void on_timer_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
     free(h);
+    gw_tls_free(d->backend_engine);
     free(d);
 }
 
@@ -150,18 +152,22 @@ static void on_leg_eof(gw_conn *c, bool clean)
         GW_LOG_WARN(d->sid, "event=data_eof leg=%s close_notify=no note=\"possible truncation\"",
                     c->name);
     gw_conn_shutdown(other(d, c));
+    /* Answer the source's close_notify too: servers such as vsftpd wait for it before they
+     * send their final reply. */
+    gw_conn_shutdown(c);
 }
 
 static void on_leg_shutdown(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
+    if (is_source(d, c))
+        return; /* our answer to the source's close; the transfer ends at the destination */
     if (status != 0) {
         fail(d, "426 Connection closed; transfer aborted.\r\n", uv_strerror(status));
         return;
     }
-    GW_LOG_DEBUG(d->sid, "event=data_done client_bytes_in=%llu client_bytes_out=%llu",
-                 (unsigned long long)d->client->bytes_in,
-                 (unsigned long long)d->client->bytes_out);
+    GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
+                 d->upload ? "upload" : "download", (unsigned long long)c->bytes_out);
     finish(d, true, NULL);
 }
 
@@ -211,11 +217,30 @@ static void on_client_handshake(gw_conn *c)
     maybe_relay(d);
 }
 
+static void on_backend_handshake(gw_conn *c)
+{
+    gw_data *d = c->owner;
+    GW_LOG_DEBUG(d->sid, "event=backend_data_tls tls=%s resumed=%s", gw_tls_describe(c->tls),
+                 gw_tls_resumed(c->tls) ? "yes" : "no");
+    d->backend_up = true;
+    if (!d->client_up)
+        gw_conn_pause(c); /* nothing to relay to yet */
+    maybe_relay(d);
+}
+
 static void on_backend_connect(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
     if (status != 0) {
         fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(status));
+        return;
+    }
+    if (d->backend_engine) {
+        gw_tls *t = d->backend_engine;
+        d->backend_engine = NULL;
+        int r = gw_conn_attach_tls(c, t);
+        if (r != 0)
+            fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(r));
         return;
     }
     d->backend_up = true;
@@ -234,6 +259,7 @@ static const gw_conn_ops client_ops = {
 
 static const gw_conn_ops backend_ops = {
     .on_connect = on_backend_connect,
+    .on_handshake = on_backend_handshake,
     .on_data = on_leg_data,
     .on_eof = on_leg_eof,
     .on_error = on_leg_error,
@@ -356,15 +382,15 @@ static void start_client_leg(gw_data *d)
     }
 }
 
-void gw_data_start(gw_data *d, const gw_addr *backend, bool upload, SSL_CTX *tls_ctx,
-                   const uint8_t *session_tag, bool reuse_required)
+void gw_data_start(gw_data *d, const gw_addr *backend, bool upload, const gw_data_tls *tls)
 {
     d->started = true;
     d->upload = upload;
-    d->tls_ctx = tls_ctx;
-    d->reuse_required = reuse_required;
-    if (session_tag)
-        memcpy(d->tag, session_tag, GW_TLS_TAG_LEN);
+    d->tls_ctx = tls->client_ctx;
+    d->reuse_required = tls->reuse_required;
+    d->backend_engine = tls->backend_engine;
+    if (tls->tag)
+        memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);
     d->last_progress = uv_now(d->loop);
     d->backend = gw_conn_new(d->loop, &backend_ops, d, d->sid, "backend-data");
     int r = d->backend ? gw_conn_connect(d->backend, backend) : UV_ENOMEM;

@@ -66,6 +66,19 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
             return -1;
         }
     }
+    if (fe->backend->tls != GW_BE_TLS_NONE) {
+        char e[256];
+        fe->backend_tls_ctx = gw_tls_client_ctx_new(fe->backend, e, sizeof e);
+        if (!fe->backend_tls_ctx) {
+            snprintf(err, cap, "[backend %s] %s", fe->backend->name, e);
+            return -1;
+        }
+        fe->backend_host = fe->backend->sni[0] ? fe->backend->sni : fe->backend->address.host;
+        if (!fe->backend->tls_verify)
+            GW_LOG_WARN(0, "event=tls_verify_off backend=%s note=\"the backend's certificate "
+                           "is not checked\"",
+                        fe->backend->name);
+    }
     gw_addr la;
     if (resolve(fc->listen.host, fc->listen.port, &la)) {
         snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
@@ -120,6 +133,9 @@ void gw_server_stop_listening(gw_server *srv)
 void gw_server_free(gw_server *srv)
 {
     for (int i = 0; i < srv->n_frontends; i++)
+    {
         gw_tls_ctx_free(srv->frontends[i].tls_ctx);
+        gw_tls_ctx_free(srv->frontends[i].backend_tls_ctx);
+    }
     gw_pasv_pool_free_all();
 }

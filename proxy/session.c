@@ -21,8 +21,8 @@
 #define MAX_LONG_LINES 3
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
-static const char *const backend_state_names[] = {"idle", "connecting", "greeting", "ready",
-                                                  "closed"};
+static const char *const backend_state_names[] = {"idle",  "connecting", "greeting",
+                                                  "tls",   "ready",      "closed"};
 
 static void pump(gw_session *s);
 static void session_fail(gw_session *s, const char *reply, const char *why);
@@ -280,6 +280,67 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
     }
 }
 
+static void backend_ready(gw_session *s)
+{
+    set_backend_state(s, BS_READY);
+    if (s->be_after_login) {
+        s->be_after_login = false;
+        if (s->held)
+            reply(s, s->held);
+        free(s->held);
+        s->held = NULL;
+        s->heldlen = 0;
+    }
+    command_done(s);
+}
+
+/* AUTH TLS, PBSZ 0 and PROT P toward the backend: their replies are the gateway's own. */
+static void on_backend_tls_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (!r->last)
+        return;
+    bool ok = r->code >= 200 && r->code < 300;
+    GW_LOG_DEBUG(s->id, "event=backend_tls_reply reply=\"%.*s\"", (int)r->len - 2, r->line);
+    switch (s->pending) {
+    case PEND_BE_AUTH:
+        if (r->code != 234) {
+            session_fail(s, "421 Service not available: the server refused AUTH TLS.\r\n",
+                         "backend refused AUTH TLS");
+            return;
+        }
+        /* Bytes after the 234 line are TLS: the engine takes over this connection. */
+        set_backend_state(s, BS_TLS);
+        if (gw_conn_attach_tls(s->backend, gw_tls_new_client(s->fe->backend_tls_ctx,
+                                                             GW_TLS_CLIENT_CONTROL,
+                                                             s->fe->backend_host,
+                                                             s->fe->backend->tls_verify,
+                                                             NULL)) != 0)
+            session_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+        return;
+    case PEND_BE_PBSZ:
+        if (ok) {
+            forward(s, "PROT P", PEND_BE_PROT);
+            return;
+        }
+        break;
+    case PEND_BE_PROT:
+        if (ok) {
+            s->be_prot_p = true;
+            backend_ready(s);
+            return;
+        }
+        break;
+    default:
+        return;
+    }
+    if (s->be_after_login || s->logged_in) {
+        GW_LOG_WARN(s->id, "event=backend_prot_refused note=\"backend data legs stay in clear\"");
+    } else {
+        s->be_prot_later = true; /* many servers want PBSZ/PROT only after login */
+    }
+    backend_ready(s);
+}
+
 static void on_reply_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
@@ -291,8 +352,17 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
             session_fail(s, NULL, "backend refused the session");
             return;
         }
-        set_backend_state(s, BS_READY);
-        command_done(s);
+        if (s->fe->backend->tls == GW_BE_TLS_EXPLICIT)
+            forward(s, "AUTH TLS", PEND_BE_AUTH);
+        else if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT)
+            forward(s, "PBSZ 0", PEND_BE_PBSZ);
+        else
+            backend_ready(s);
+        return;
+    case PEND_BE_AUTH:
+    case PEND_BE_PBSZ:
+    case PEND_BE_PROT:
+        on_backend_tls_reply(s, r);
         return;
     case PEND_PASV:
         on_pasv_reply(s, r);
@@ -318,11 +388,27 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         return;
     case PEND_RELAY:
     case PEND_QUIT:
-        reply(s, r->line);
+        if (r->code == 230 && s->be_prot_later) {
+            if (!r->last) {
+                append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
+                return;
+            }
+        } else {
+            reply(s, r->line);
+        }
         if (!r->last || r->code < 200)
             return;
-        if (r->code == 230)
+        if (r->code == 230) {
             s->logged_in = true;
+            if (s->be_prot_later) {
+                /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
+                append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
+                s->be_prot_later = false;
+                s->be_after_login = true;
+                forward(s, "PBSZ 0", PEND_BE_PBSZ);
+                return;
+            }
+        }
         if (s->pending == PEND_QUIT) {
             session_fail(s, NULL, "quit");
             return;
@@ -380,6 +466,13 @@ static void on_backend_connect(gw_conn *c, int status)
     gw_conn_peer(c, &s->backend_peer);
     gw_addr_normalize(&s->backend_peer);
     set_backend_state(s, BS_GREETING);
+    if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT) {
+        if (gw_conn_attach_tls(c, gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
+                                                    s->fe->backend_host,
+                                                    s->fe->backend->tls_verify, NULL)) != 0)
+            session_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+        return;
+    }
     gw_conn_start_read(c);
 }
 
@@ -396,7 +489,25 @@ static void on_backend_error(gw_conn *c, const char *why)
 {
     gw_session *s = c->owner;
     GW_LOG_WARN(s->id, "event=backend_error reason=\"%s\"", why);
+    if (c->tls && !gw_tls_handshake_done(c->tls)) {
+        /* Name the reason: an operator must see "certificate verify failed" at once. */
+        char text[300];
+        snprintf(text, sizeof text, "421 Service not available: backend TLS failed (%s).\r\n",
+                 why);
+        session_fail(s, text, "backend TLS handshake failed");
+        return;
+    }
     on_backend_eof(c, false);
+}
+
+static void on_backend_handshake(gw_conn *c)
+{
+    gw_session *s = c->owner;
+    GW_LOG_INFO(s->id, "event=backend_tls tls=%s", gw_tls_describe(c->tls));
+    if (s->pending == PEND_BE_AUTH) {
+        set_backend_state(s, BS_GREETING);
+        forward(s, "PBSZ 0", PEND_BE_PBSZ);
+    }
 }
 
 static void on_backend_drain(gw_conn *c)
@@ -416,6 +527,7 @@ static void on_backend_close(gw_conn *c)
 
 static const gw_conn_ops backend_ops = {
     .on_connect = on_backend_connect,
+    .on_handshake = on_backend_handshake,
     .on_data = on_backend_data,
     .on_eof = on_backend_eof,
     .on_error = on_backend_error,
@@ -589,10 +701,18 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     s->held_code = 0;
     s->data_finished = false;
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
-    const gw_config *cfg = s->fe->srv->cfg;
-    gw_data_start(s->data, &s->data_backend, upload, s->prot_p ? s->fe->tls_ctx : NULL,
-                  s->client->tls ? gw_tls_tag(s->client->tls) : NULL,
-                  cfg->data_session_reuse_required);
+    gw_data_tls tls = {
+        .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
+        .tag = s->client->tls ? gw_tls_tag(s->client->tls) : NULL,
+        .reuse_required = s->fe->srv->cfg->data_session_reuse_required,
+    };
+    if (s->be_prot_p) {
+        /* Offer the backend control session: servers such as vsftpd require it. */
+        tls.backend_engine =
+            gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_DATA, s->fe->backend_host,
+                              s->fe->backend->tls_verify, s->backend->tls);
+    }
+    gw_data_start(s->data, &s->data_backend, upload, &tls);
 }
 
 static void handle_command(gw_session *s, const char *line)

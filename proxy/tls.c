@@ -2,6 +2,7 @@
  * code: failures become GW_TLS_ERROR plus a text from gw_tls_last_error(). */
 #include "tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/err.h>
@@ -22,14 +23,19 @@ struct gw_tls {
     enum gw_tls_role role;
     bool handshake_done, close_notify_sent;
     uint8_t tag[GW_TLS_TAG_LEN];
-    char error[160];
+    SSL_SESSION *session; /* client control: newest session from the server, for data legs */
+    char error[200];
 };
 
 static void set_error(gw_tls *t, const char *what)
 {
     unsigned long e = ERR_peek_last_error();
     char buf[120] = "";
-    if (e)
+    long v = SSL_get_verify_result(t->ssl);
+    if (v != X509_V_OK && !SSL_is_server(t->ssl))
+        snprintf(buf, sizeof buf, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(v));
+    else if (e)
         ERR_error_string_n(e, buf, sizeof buf);
     snprintf(t->error, sizeof t->error, "%s%s%s", what, *buf ? ": " : "", buf);
     ERR_clear_error();
@@ -101,6 +107,68 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, 20000);
     SSL_CTX_set_session_ticket_cb(ctx, on_ticket_generate, on_ticket_decrypt, NULL);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* TLS 1.3 sends tickets after the handshake: the session for data-leg resumption must be
+ * taken here, not right after the handshake (vsftpd's require_ssl_reuse depends on it). */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    gw_tls *t = SSL_get_app_data(ssl);
+    if (!t || t->role != GW_TLS_CLIENT_CONTROL)
+        return 0;
+    SSL_SESSION_free(t->session);
+    t->session = sess;
+    return 1; /* we keep the reference */
+}
+
+static int proto_version(enum gw_tls_version v)
+{
+    switch (v) {
+    case GW_TLS_1_0:
+        return TLS1_VERSION;
+    case GW_TLS_1_1:
+        return TLS1_1_VERSION;
+    case GW_TLS_1_2:
+        return TLS1_2_VERSION;
+    case GW_TLS_1_3:
+        return TLS1_3_VERSION;
+    default:
+        return 0;
+    }
+}
+
+SSL_CTX *gw_tls_client_ctx_new(const gw_backend_conf *be, char *err, size_t errcap)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        ctx_error(err, errcap, "cannot create TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, proto_version(be->min_version));
+    if (be->max_version)
+        SSL_CTX_set_max_proto_version(ctx, proto_version(be->max_version));
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (be->ciphers[0] && SSL_CTX_set_cipher_list(ctx, be->ciphers) != 1) {
+        ctx_error(err, errcap, "bad cipher list", be->ciphers);
+        goto fail;
+    }
+    if (be->tls_verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        int ok = be->ca_file[0] ? SSL_CTX_load_verify_locations(ctx, be->ca_file, NULL)
+                                : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1) {
+            ctx_error(err, errcap, "cannot load trust anchors", be->ca_file);
+            goto fail;
+        }
+    }
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+                                            SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, on_new_session);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -219,15 +287,59 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     SSL_set_accept_state(t->ssl);
     if (role == GW_TLS_SERVER_CONTROL)
         RAND_bytes(t->tag, sizeof t->tag);
-    else
+    else if (role == GW_TLS_SERVER_DATA)
         SSL_set_num_tickets(t->ssl, 0);
     return t;
+}
+
+static bool is_ip_literal(const char *host)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+gw_tls *gw_tls_new_client(SSL_CTX *ctx, enum gw_tls_role role, const char *host, bool verify,
+                          const gw_tls *resume)
+{
+    gw_tls *t = gw_tls_new(ctx, role);
+    if (!t)
+        return NULL;
+    SSL_set_connect_state(t->ssl);
+    if (host && *host) {
+        if (is_ip_literal(host)) {
+            /* RFC 6066: no SNI for addresses; check the certificate's IP SAN instead. */
+            if (verify)
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host);
+        } else {
+            SSL_set_tlsext_host_name(t->ssl, host);
+            if (verify)
+                SSL_set1_host(t->ssl, host);
+        }
+    }
+    if (resume) {
+        SSL_SESSION *sess = resume->session ? resume->session : SSL_get0_session(resume->ssl);
+        if (sess)
+            SSL_set_session(t->ssl, sess);
+    }
+    return t;
+}
+
+size_t gw_tls_take_unread(gw_tls *t, void *buf, size_t cap)
+{
+    int r = BIO_read(t->rbio, buf, (int)(cap > 0x7fffffff ? 0x7fffffff : cap));
+    return r > 0 ? (size_t)r : 0;
+}
+
+bool gw_tls_resumed(const gw_tls *t)
+{
+    return SSL_session_reused(t->ssl);
 }
 
 void gw_tls_free(gw_tls *t)
 {
     if (!t)
         return;
+    SSL_SESSION_free(t->session);
     SSL_free(t->ssl); /* frees both BIOs */
     free(t);
 }
