@@ -320,13 +320,6 @@ static void test_not_implemented(void **state)
         {"[tls]\nciphersuites = TLS_AES_128_GCM_SHA256\n" FE BE, "t.conf:2: [tls] ciphersuites: "},
         {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
         {FE "allow_ccc = yes\n" BE, "t.conf:3: [frontend a] allow_ccc: "},
-        {FE BE "tls = explicit\n", "t.conf:5: [backend b] tls: "},
-        {FE BE "tls_verify = no\n", "t.conf:5: [backend b] tls_verify: "},
-        {FE BE "ca_file = /etc/ssl/ca.pem\n", "t.conf:5: [backend b] ca_file: "},
-        {FE BE "sni = ftp.example.net\n", "t.conf:5: [backend b] sni: "},
-        {FE BE "min_version = TLSv1\n", "t.conf:5: [backend b] min_version: "},
-        {FE BE "max_version = TLSv1.3\n", "t.conf:5: [backend b] max_version: "},
-        {FE BE "ciphers = DEFAULT:@SECLEVEL=0\n", "t.conf:5: [backend b] ciphers: "},
         {FE BE "data_mode = active\n", "t.conf:5: [backend b] data_mode: "},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
