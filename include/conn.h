@@ -37,6 +37,8 @@ struct gw_conn {
     size_t queued; /* bytes written but not yet sent */
     uint64_t bytes_in, bytes_out;
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
+    bool clearing;        /* CCC/REIN: our close_notify is out, the peer's may follow */
+    SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */
 };
 
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
@@ -53,6 +55,11 @@ void gw_conn_resume(gw_conn *c);
 /* Copies the bytes. Errors arrive through on_error. */
 void gw_conn_write(gw_conn *c, const void *buf, size_t n);
 void gw_conn_write_str(gw_conn *c, const char *s);
+/* CCC and REIN: send close_notify now (without waiting for the peer's) and continue in
+ * clear. If the peer's next bytes are a TLS record, its close_notify is consumed first.
+ * restart_ctx non-NULL (REIN on implicit): a new server handshake follows instead, and
+ * on_handshake fires again. */
+void gw_conn_clear_tls(gw_conn *c, SSL_CTX *restart_ctx);
 /* close_notify (when TLS) and FIN after everything queued; then on_shutdown. */
 void gw_conn_shutdown(gw_conn *c);
 void gw_conn_close(gw_conn *c); /* idempotent */

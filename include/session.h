@@ -68,6 +68,11 @@ typedef struct gw_session {
     char data_fail_reply[128];
     gw_addr data_backend; /* where the backend's passive port is */
     bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
+    bool tls_up;           /* the control connection is protected now */
+    bool ccc;              /* CCC cleared it: no AUTH, PBSZ or PROT any more */
+    bool swallow_greeting; /* REIN: the client already got its 220 */
+    bool has_tag;
+    uint8_t tag[GW_TLS_TAG_LEN]; /* the client control session's tag (survives CCC) */
     bool be_prot_p;       /* the backend accepted PROT P: its data legs are TLS */
     bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */

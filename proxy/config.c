@@ -403,7 +403,7 @@ static const struct keydef keys[] = {
     {"backend", S_FRONTEND, p_name, F(backend), "", true, 0, 0, NULL},
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
-    {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", false, 0, 0, NULL},
+    {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
     {"pasv_address", S_FRONTEND, p_ipv4, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},

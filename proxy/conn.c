@@ -221,6 +221,72 @@ static void process_input(gw_conn *c)
     c->in_process = false;
 }
 
+/* TLS record content types 20-23: change_cipher_spec, alert, handshake, application data.
+ * A command line starts with a letter, so one byte tells them apart. */
+static bool looks_like_tls(const char *buf, size_t n)
+{
+    return n > 0 && buf[0] >= 20 && buf[0] <= 23;
+}
+
+void gw_conn_clear_tls(gw_conn *c, SSL_CTX *restart_ctx)
+{
+    if (!c->tls || c->closing)
+        return;
+    gw_tls_close_notify(c->tls);
+    flush_tls(c);
+    c->clearing = true;
+    c->restart_ctx = restart_ctx;
+}
+
+/* The old engine is finished: continue in clear, or with a fresh handshake (REIN). */
+static void finish_clearing(gw_conn *c, const char *rest, size_t n)
+{
+    gw_tls_free(c->tls);
+    c->tls = NULL;
+    c->clearing = false;
+    if (c->restart_ctx) {
+        c->tls = gw_tls_new(c->restart_ctx, GW_TLS_SERVER_CONTROL);
+        c->restart_ctx = NULL;
+        if (!c->tls) {
+            fail(c, "out of memory");
+            return;
+        }
+        if (n && gw_tls_feed(c->tls, rest, n) != 0) {
+            fail(c, gw_tls_last_error(c->tls));
+            return;
+        }
+        process_input(c);
+        return;
+    }
+    if (n)
+        c->ops->on_data(c, rest, n);
+}
+
+/* Input while clearing: the peer's close_notify (consumed), a new ClientHello, or clear. */
+static void read_while_clearing(gw_conn *c, const char *buf, size_t n)
+{
+    bool hello = n > 0 && buf[0] == 22;
+    if (!looks_like_tls(buf, n) || (c->restart_ctx && hello)) {
+        finish_clearing(c, buf, n);
+        return;
+    }
+    if (gw_tls_feed(c->tls, buf, n) != 0) {
+        fail(c, gw_tls_last_error(c->tls));
+        return;
+    }
+    int r;
+    while ((r = gw_tls_read(c->tls, plain_buf, sizeof plain_buf)) > 0)
+        ; /* data after our close_notify is dropped */
+    if (r == GW_TLS_AGAIN)
+        return;
+    if (r == GW_TLS_ERROR) {
+        fail(c, gw_tls_last_error(c->tls));
+        return;
+    }
+    size_t left = gw_tls_take_unread(c->tls, read_buf, sizeof read_buf);
+    finish_clearing(c, read_buf, left);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     gw_conn *c = s->data;
@@ -235,6 +301,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->bytes_in += (uint64_t)nread;
+    if (c->clearing) {
+        read_while_clearing(c, buf->base, (size_t)nread);
+        return;
+    }
     if (!c->tls) {
         c->ops->on_data(c, buf->base, (size_t)nread);
         return;

@@ -345,13 +345,16 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
     case PEND_GREETING:
-        reply(s, r->line);
+        if (!s->swallow_greeting)
+            reply(s, r->line);
         if (!r->last)
             return;
         if (r->code != 220) {
-            session_fail(s, NULL, "backend refused the session");
+            session_fail(s, s->swallow_greeting ? "421 Service not available.\r\n" : NULL,
+                         "backend refused the session");
             return;
         }
+        s->swallow_greeting = false;
         if (s->fe->backend->tls == GW_BE_TLS_EXPLICIT)
             forward(s, "AUTH TLS", PEND_BE_AUTH);
         else if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT)
@@ -521,7 +524,8 @@ static void on_backend_shutdown(gw_conn *c, int status)
 static void on_backend_close(gw_conn *c)
 {
     gw_session *s = c->owner;
-    s->backend = NULL;
+    if (s->backend == c) /* REIN may already have a new one */
+        s->backend = NULL;
     release(s);
 }
 
@@ -570,7 +574,7 @@ static bool is_transfer(const char *verb, bool *upload)
 static bool gate_before_tls(gw_session *s, const char *v)
 {
     const gw_frontend_conf *fc = s->fe->conf;
-    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->client->tls)
+    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->tls_up || s->ccc)
         return false;
     static const char *const allowed[] = {"AUTH", "FEAT", "HELP", "QUIT", "SYST",
                                           "NOOP", "OPTS", "PBSZ", "PROT"};
@@ -592,7 +596,7 @@ static void cmd_auth(gw_session *s, const char *arg)
         reply(s, "502 AUTH not supported on this frontend.\r\n");
         return;
     }
-    if (s->client->tls) {
+    if (s->tls_up || s->ccc) {
         reply(s, fc->mode == GW_FE_IMPLICIT
                      ? "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n"
                      : "503 Already protected by TLS.\r\n");
@@ -618,9 +622,62 @@ static void cmd_auth(gw_session *s, const char *arg)
         session_fail(s, NULL, uv_strerror(r));
 }
 
+/* RFC 4217 §5: 200, then our close_notify at once (curl never answers with its own). */
+static void cmd_ccc(gw_session *s)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (!s->tls_up) {
+        reply(s, "533 CCC needs a protected control connection.\r\n");
+        return;
+    }
+    if (fc->mode == GW_FE_IMPLICIT || !fc->allow_ccc) {
+        reply(s, fc->mode == GW_FE_IMPLICIT
+                     ? "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
+                     : "534 CCC refused by policy.\r\n");
+        return;
+    }
+    reply(s, "200 Control connection now in clear.\r\n");
+    gw_conn_clear_tls(s->client, NULL);
+    s->tls_up = false;
+    s->ccc = true;
+    GW_LOG_INFO(s->id, "event=ccc note=\"control connection in clear from now on\"");
+}
+
+static void connect_backend(gw_session *s);
+
+/* REIN: the gateway answers it (vsftpd says 502); the session starts over with a fresh
+ * backend connection (PROTOCOL.md §2, §3, §6). */
+static void cmd_rein(gw_session *s)
+{
+    bool implicit = s->fe->conf->mode == GW_FE_IMPLICIT;
+    reply(s, "220 Service ready for new user.\r\n");
+    drop_data(s, false);
+    s->inlen = 0; /* SECURITY: nothing pipelined across the reset */
+    gw_cmd_init(&s->cmd);
+    s->logged_in = s->user_sent = s->prot_p = s->pbsz = s->epsv_all = s->ccc = false;
+    s->be_prot_p = s->be_prot_later = s->be_after_login = false;
+    s->started_ms = s->last_active_ms = now_ms(s);
+    if (s->backend)
+        gw_conn_close(s->backend);
+    s->backend = NULL;
+    set_backend_state(s, BS_IDLE);
+    gw_reply_init(&s->reply);
+    GW_LOG_INFO(s->id, "event=rein");
+    if (s->tls_up) {
+        s->tls_up = false;
+        gw_conn_clear_tls(s->client, implicit ? s->fe->tls_ctx : NULL);
+    }
+    if (implicit) {
+        set_client_state(s, CS_HANDSHAKE); /* a new ClientHello, then a fresh greeting */
+        return;
+    }
+    s->swallow_greeting = true;
+    connect_backend(s);
+}
+
 static void cmd_pbsz(gw_session *s, const char *arg)
 {
-    if (!s->client->tls) {
+    if (!s->tls_up) {
         reply(s, "503 PBSZ needs a protected control connection (AUTH TLS first).\r\n");
         return;
     }
@@ -634,7 +691,7 @@ static void cmd_pbsz(gw_session *s, const char *arg)
 
 static void cmd_prot(gw_session *s, const char *arg)
 {
-    if (!s->client->tls || !s->pbsz) {
+    if (!s->tls_up || !s->pbsz) {
         reply(s, "503 PROT needs PBSZ first.\r\n");
         return;
     }
@@ -703,7 +760,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
     gw_data_tls tls = {
         .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
-        .tag = s->client->tls ? gw_tls_tag(s->client->tls) : NULL,
+        .tag = s->has_tag ? s->tag : NULL,
         .reuse_required = s->fe->srv->cfg->data_session_reuse_required,
     };
     if (s->be_prot_p) {
@@ -738,10 +795,7 @@ static void handle_command(gw_session *s, const char *line)
     else if (!strcmp(v, "PROT"))
         cmd_prot(s, cmd.arg);
     else if (!strcmp(v, "CCC"))
-        reply(s, !s->client->tls ? "533 CCC needs a protected control connection.\r\n"
-                 : s->fe->conf->mode == GW_FE_IMPLICIT
-                     ? "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
-                     : "534 CCC refused by policy.\r\n");
+        cmd_ccc(s);
     else if (!strcmp(v, "CPSV") || !strcmp(v, "SSCN"))
         reply(s, "502 Command not implemented.\r\n");
     else if (!strcmp(v, "PASV") || !strcmp(v, "EPSV"))
@@ -749,7 +803,7 @@ static void handle_command(gw_session *s, const char *line)
     else if (!strcmp(v, "PORT") || !strcmp(v, "EPRT"))
         reply(s, "502 Active mode is not supported yet; use PASV or EPSV.\r\n");
     else if (!strcmp(v, "REIN"))
-        reply(s, "502 REIN not supported yet.\r\n");
+        cmd_rein(s);
     else if (!strcmp(v, "FEAT"))
         forward(s, "FEAT", PEND_FEAT);
     else if (!strcmp(v, "QUIT"))
@@ -822,6 +876,9 @@ static void on_client_handshake(gw_conn *c)
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
     s->last_active_ms = now_ms(s);
+    s->tls_up = true;
+    s->has_tag = true;
+    memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
     if (s->cstate == CS_AUTH) {
         set_client_state(s, CS_READY); /* explicit: PROT stays C until the client sends PROT */
         pump(s);
