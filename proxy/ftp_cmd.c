@@ -1,0 +1,219 @@
+/* Resumable FTP command-line parser with Telnet handling (RFC 959, RFC 854, RFC 1123 §3.2.1).
+ * Pure: libc only. The parser's position lives in p->tstate, so input may arrive in any
+ * pieces; the result never depends on where the pieces were cut. */
+#include "ftp_cmd.h"
+
+#include <string.h>
+
+/* Telnet bytes (RFC 854). */
+#define TN_SE 240
+#define TN_IP 244
+#define TN_SB 250
+#define TN_WILL 251
+#define TN_WONT 252
+#define TN_DO 253
+#define TN_DONT 254
+#define TN_IAC 255
+
+/* Positions of the Telnet state machine, kept in p->tstate. */
+enum {
+    sw_data = 0, /* command text */
+    sw_iac,      /* after IAC */
+    sw_will,     /* after IAC WILL: the option byte follows */
+    sw_wont,
+    sw_do,
+    sw_dont,
+    sw_sb,     /* inside IAC SB ... IAC SE */
+    sw_sb_iac, /* IAC inside a subnegotiation */
+};
+
+/* Set in p->tstate while a returned line is still in p->line: the next call clears it. */
+#define LINE_DONE 0x100
+
+void gw_cmd_init(gw_cmd_parser *p)
+{
+    memset(p, 0, sizeof(*p));
+}
+
+static void put_text(gw_cmd_parser *p, uint8_t ch)
+{
+    /* NUL is a Telnet no-op; CR only pairs with LF (or NUL) and carries no text. */
+    if (ch == '\r' || ch == '\0') return;
+    if (p->overflow) return;
+    /* SECURITY: the line buffer is fixed; a longer line is discarded up to its LF. */
+    if (p->len == GW_CMD_LINE_MAX) {
+        p->overflow = true;
+        return;
+    }
+    p->line[p->len++] = (char)ch;
+    p->line[p->len] = '\0';
+}
+
+static void queue_refusal(gw_cmd_parser *p, uint8_t verb, uint8_t opt)
+{
+    /* SECURITY: a flood of option requests must not grow our output; once the queue is full
+     * further refusals are dropped (the caller drains it after every call). */
+    if (sizeof(p->tn_reply) - p->tn_reply_len < 3) return;
+    p->tn_reply[p->tn_reply_len++] = TN_IAC;
+    p->tn_reply[p->tn_reply_len++] = verb;
+    p->tn_reply[p->tn_reply_len++] = opt;
+}
+
+/* The byte after IAC. Returns the next state, or -1 if ch is no Telnet command (a stray IAC:
+ * the byte is then ordinary text, so a LF after it still ends the line). */
+static int after_iac(gw_cmd_parser *p, uint8_t ch)
+{
+    switch (ch) {
+    case TN_IAC:
+        put_text(p, TN_IAC); /* escaped literal 0xFF */
+        return sw_data;
+    case TN_WILL:
+        return sw_will;
+    case TN_WONT:
+        return sw_wont;
+    case TN_DO:
+        return sw_do;
+    case TN_DONT:
+        return sw_dont;
+    case TN_SB:
+        return sw_sb;
+    case TN_IP:
+        p->got_ip = true; /* the client is about to send ABOR */
+        return sw_data;
+    default:
+        /* DM, NOP, AYT, AO, ... carry no text. */
+        return ch >= TN_SE ? sw_data : -1;
+    }
+}
+
+static int line_done(gw_cmd_parser *p, int state)
+{
+    p->tstate = state | LINE_DONE;
+    if (p->overflow) {
+        p->len = 0;
+        p->line[0] = '\0';
+        return GW_CMD_TOOLONG;
+    }
+    p->line[p->len] = '\0';
+    return GW_CMD_LINE;
+}
+
+int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
+{
+    size_t i;
+    uint8_t ch;
+    int state;
+
+    if (p->tstate & LINE_DONE) {
+        p->len = 0;
+        p->line[0] = '\0';
+        p->overflow = false;
+    }
+    state = p->tstate & ~LINE_DONE;
+
+    for (i = 0; i < n; i++) {
+        ch = in[i];
+
+        switch (state) {
+        case sw_iac:
+            state = after_iac(p, ch);
+            if (state >= 0) break;
+            /* Not a command: the IAC was stray and the byte is text, so a LF still ends the
+             * line. */
+            state = sw_data;
+            if (ch == '\n') {
+                *used = i + 1;
+                return line_done(p, state);
+            }
+            put_text(p, ch);
+            break;
+
+        case sw_data:
+            if (ch == TN_IAC) {
+                state = sw_iac;
+            } else if (ch == '\n') {
+                *used = i + 1;
+                return line_done(p, state);
+            } else {
+                put_text(p, ch);
+            }
+            break;
+
+        /* RFC 1123 §3.2.1: refuse every option; never answer a refusal (no loops). */
+        case sw_will:
+            queue_refusal(p, TN_DONT, ch);
+            state = sw_data;
+            break;
+        case sw_do:
+            queue_refusal(p, TN_WONT, ch);
+            state = sw_data;
+            break;
+        case sw_wont:
+        case sw_dont:
+            state = sw_data;
+            break;
+
+        case sw_sb:
+            if (ch == TN_IAC) state = sw_sb_iac;
+            break;
+        case sw_sb_iac:
+            /* IAC IAC is escaped data inside SB; only IAC SE ends it. */
+            state = ch == TN_SE ? sw_data : sw_sb;
+            break;
+
+        default:
+            /* Unreachable unless the caller scribbled on tstate: start over cleanly. */
+            state = sw_data;
+            break;
+        }
+    }
+
+    p->tstate = state;
+    *used = n;
+    return GW_CMD_AGAIN;
+}
+
+static bool is_alpha(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+int gw_cmd_split(const char *line, gw_cmd *out)
+{
+    size_t i;
+
+    out->verb[0] = '\0';
+    out->arg = "";
+
+    for (i = 0; line[i] != '\0' && line[i] != ' '; i++) {
+        if (i == sizeof(out->verb) - 1 || !is_alpha(line[i])) return -1;
+        out->verb[i] = (char)(line[i] & ~0x20); /* ASCII upper case */
+    }
+    if (i == 0) return -1;
+
+    out->verb[i] = '\0';
+    out->arg = line[i] == ' ' ? line + i + 1 : line + i;
+    return 0;
+}
+
+size_t gw_cmd_format(char *out, size_t cap, const char *line)
+{
+    const unsigned char *s;
+    size_t need = 2 + 1, n = 0; /* CRLF and NUL */
+
+    for (s = (const unsigned char *)line; *s != '\0'; s++) {
+        /* SECURITY: a CR or LF would smuggle a second command to the peer. */
+        if (*s == '\r' || *s == '\n') return 0;
+        need += *s == TN_IAC ? 2 : 1;
+    }
+    if (need > cap) return 0;
+
+    for (s = (const unsigned char *)line; *s != '\0'; s++) {
+        out[n++] = (char)*s;
+        if (*s == TN_IAC) out[n++] = (char)TN_IAC; /* literal 0xFF is IAC IAC on the wire */
+    }
+    out[n++] = '\r';
+    out[n++] = '\n';
+    out[n] = '\0';
+    return n;
+}
