@@ -34,7 +34,8 @@ enum gw_pending {
     PEND_NONE,
     PEND_GREETING, /* backend greeting, relayed */
     PEND_RELAY,    /* plain relay of the reply */
-    PEND_PASV,     /* internal PASV: the 227 is consumed, the client gets the gateway's */
+    PEND_PASV,     /* internal PASV/EPSV: the backend's 227/229 is consumed */
+    PEND_PORT,     /* internal PORT/EPRT toward an active-mode backend */
     PEND_FEAT,     /* buffered, rewritten */
     PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
     PEND_QUIT,
@@ -52,7 +53,9 @@ typedef struct gw_session {
     enum gw_client_state cstate;
     enum gw_backend_state bstate;
     enum gw_pending pending;
-    bool pending_epsv;   /* PEND_PASV answers with 229 */
+    /* What the client asked for on its leg, answered once the backend leg is armed. */
+    enum { WANT_PASV, WANT_EPSV, WANT_PORT, WANT_EPRT } want;
+    gw_addr want_addr; /* WANT_PORT/WANT_EPRT: the client's address */
     char pending_verb[8];
     gw_cmd_parser cmd;
     gw_reply_parser reply;
@@ -66,7 +69,6 @@ typedef struct gw_session {
     gw_data *data;
     bool data_finished, data_ok;
     char data_fail_reply[128];
-    gw_addr data_backend; /* where the backend's passive port is */
     bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
     bool tls_up;           /* the control connection is protected now */
     bool ccc;              /* CCC cleared it: no AUTH, PBSZ or PROT any more */

@@ -418,7 +418,7 @@ static const struct keydef keys[] = {
     {"min_version", S_BACKEND, p_enum, B(min_version), "TLSv1.2", true, 0, 0, w_tls_back},
     {"max_version", S_BACKEND, p_enum, B(max_version), "", true, 0, 0, w_tls_back},
     {"ciphers", S_BACKEND, p_str, B(ciphers), "", true, 0, 0, NULL},
-    {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", false, 0, 0, w_data_mode},
+    {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", true, 0, 0, w_data_mode},
     {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])

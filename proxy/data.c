@@ -1,10 +1,13 @@
-/* Data channels. Per transfer: ARMED (listener open) -> the transfer command starts the
- * backend connect -> both legs up -> relay with watermarks -> the source's EOF becomes the
- * destination's close_notify + FIN -> session told -> legs linger until the peers close. */
+/* Data channels. Per transfer: ARMED (listeners open or addresses known) -> the transfer
+ * command opens the remaining legs -> both legs up -> relay with watermarks -> the source's
+ * EOF becomes the destination's close_notify + FIN -> session told -> legs linger until the
+ * peers close. */
 #include "data.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "ftp_codes.h"
@@ -17,22 +20,25 @@ struct gw_data {
     struct gw_session *s; /* NULL once released by the session */
     uv_loop_t *loop;
     uint64_t sid;
-    uv_tcp_t *listener;
-    gw_pasv_pool *pool;
-    uint16_t port;
+    uv_tcp_t *client_listener, *backend_listener;
+    gw_pasv_pool *pool; /* the client listener's port comes from here */
+    uint16_t client_port;
     gw_conn *client, *backend;
     int strays; /* refused connections still closing */
     uv_timer_t *timer;
-    gw_addr expect_peer;
+    gw_addr expect_client, expect_backend; /* who may connect to our listeners */
+    gw_addr client_to, client_from;        /* client leg active: connect there from here */
+    gw_addr backend_to;                    /* backend leg passive: connect there */
     SSL_CTX *tls_ctx;
     gw_tls *backend_engine; /* attached once the backend data connection is open */
     uint8_t tag[GW_TLS_TAG_LEN];
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
+    bool client_active, backend_passive;
     bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
     bool reuse_required, timer_closing;
 };
 
-static void start_client_leg(gw_data *d);
+static const gw_conn_ops client_ops, backend_ops;
 
 static void on_timer_closed(uv_handle_t *h)
 {
@@ -44,7 +50,8 @@ static void on_timer_closed(uv_handle_t *h)
 
 static void maybe_free(gw_data *d)
 {
-    if (!d->released || d->client || d->backend || d->listener || d->strays || d->timer_closing)
+    if (!d->released || d->client || d->backend || d->client_listener || d->backend_listener ||
+        d->strays || d->timer_closing)
         return;
     d->timer_closing = true;
     uv_close((uv_handle_t *)d->timer, on_timer_closed);
@@ -53,17 +60,21 @@ static void maybe_free(gw_data *d)
 static void on_listener_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
+    if ((uv_tcp_t *)h == d->client_listener)
+        d->client_listener = NULL;
+    else
+        d->backend_listener = NULL;
     free(h);
-    d->listener = NULL;
     maybe_free(d);
 }
 
-static void close_listener(gw_data *d)
+static void close_listener(gw_data *d, uv_tcp_t *l)
 {
-    if (!d->listener || uv_is_closing((uv_handle_t *)d->listener))
+    if (!l || uv_is_closing((uv_handle_t *)l))
         return;
-    gw_pasv_pool_release(d->pool, d->port);
-    uv_close((uv_handle_t *)d->listener, on_listener_closed);
+    if (l == d->client_listener && d->pool)
+        gw_pasv_pool_release(d->pool, d->client_port);
+    uv_close((uv_handle_t *)l, on_listener_closed);
 }
 
 static void finish(gw_data *d, bool ok, const char *reply)
@@ -100,6 +111,7 @@ static void maybe_relay(gw_data *d)
     d->last_progress = uv_now(d->loop);
     GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s", d->upload ? "upload" : "download");
     gw_conn_resume(d->client);
+    gw_conn_resume(d->backend);
     gw_conn_start_read(d->client);
     gw_conn_start_read(d->backend);
 }
@@ -107,7 +119,7 @@ static void maybe_relay(gw_data *d)
 static void on_leg_data(gw_conn *c, const char *buf, size_t n)
 {
     gw_data *d = c->owner;
-    if (d->finished || !is_source(d, c))
+    if (d->finished || !d->relaying || !is_source(d, c))
         return; /* bytes against the transfer's direction are dropped */
     gw_conn *dst = other(d, c);
     d->last_progress = uv_now(d->loop);
@@ -120,15 +132,15 @@ static void on_leg_drain(gw_conn *c)
 {
     gw_data *d = c->owner;
     gw_conn *src = other(d, c);
-    if (src && !d->finished)
+    if (src && d->relaying && !d->finished)
         gw_conn_resume(src);
 }
 
-static void linger_or_close(gw_data *d, gw_conn *c)
+static void linger_or_close(gw_conn *c)
 {
     if (!c)
         return;
-    if (c->eof || c->failed) {
+    if (c->eof || c->failed || !c->shut) {
         gw_conn_close(c);
         return;
     }
@@ -160,7 +172,7 @@ static void on_leg_eof(gw_conn *c, bool clean)
 static void on_leg_shutdown(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
-    if (is_source(d, c))
+    if (is_source(d, c) || d->finished)
         return; /* our answer to the source's close; the transfer ends at the destination */
     if (status != 0) {
         fail(d, "426 Connection closed; transfer aborted.\r\n", uv_strerror(status));
@@ -194,6 +206,17 @@ static void on_leg_close(gw_conn *c)
     maybe_free(d);
 }
 
+static void leg_ready(gw_data *d, gw_conn *c)
+{
+    if (c == d->client)
+        d->client_up = true;
+    else
+        d->backend_up = true;
+    if (!d->client_up || !d->backend_up)
+        gw_conn_pause(c); /* nothing to relay to yet */
+    maybe_relay(d);
+}
+
 static void on_client_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
@@ -204,17 +227,15 @@ static void on_client_handshake(gw_conn *c)
         if (d->reuse_required) {
             GW_LOG_WARN(d->sid, "event=data_tls_refused reason=\"%s\"",
                         r == 0 ? "session not resumed" : "resumed another client's session");
-            gw_conn_reset(c);
+            /* A clean close, as vsftpd does, so that the client goes on to read the 522. */
+            gw_conn_shutdown(c);
             finish(d, false, "522 TLS session of data connection not resumed.\r\n");
             return;
         }
         GW_LOG_INFO(d->sid, "event=data_tls_not_resumed policy=optional");
     }
     GW_LOG_DEBUG(d->sid, "event=data_tls tls=%s", gw_tls_describe(c->tls));
-    d->client_up = true;
-    if (!d->backend_up)
-        gw_conn_pause(c);
-    maybe_relay(d);
+    leg_ready(d, c);
 }
 
 static void on_backend_handshake(gw_conn *c)
@@ -222,32 +243,52 @@ static void on_backend_handshake(gw_conn *c)
     gw_data *d = c->owner;
     GW_LOG_DEBUG(d->sid, "event=backend_data_tls tls=%s resumed=%s", gw_tls_describe(c->tls),
                  gw_tls_resumed(c->tls) ? "yes" : "no");
-    d->backend_up = true;
-    if (!d->client_up)
-        gw_conn_pause(c); /* nothing to relay to yet */
-    maybe_relay(d);
+    leg_ready(d, c);
 }
 
-static void on_backend_connect(gw_conn *c, int status)
+static void start_client_leg(gw_data *d)
+{
+    if (!d->tls_ctx) {
+        leg_ready(d, d->client);
+        return;
+    }
+    /* The gateway is the TLS server toward the client whichever side connected. */
+    int r = gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA);
+    if (r != 0)
+        fail(d, "425 Can't open data connection.\r\n", uv_strerror(r));
+}
+
+static void start_backend_leg(gw_data *d)
+{
+    if (!d->backend_engine) {
+        leg_ready(d, d->backend);
+        return;
+    }
+    gw_tls *t = d->backend_engine;
+    d->backend_engine = NULL;
+    int r = gw_conn_attach_tls(d->backend, t);
+    if (r != 0)
+        fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(r));
+}
+
+static void on_leg_connect(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
+    bool client = c == d->client;
     if (status != 0) {
-        fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(status));
+        fail(d, client ? "425 Can't open data connection.\r\n"
+                       : "425 Can't open data connection to the server.\r\n",
+             uv_strerror(status));
         return;
     }
-    if (d->backend_engine) {
-        gw_tls *t = d->backend_engine;
-        d->backend_engine = NULL;
-        int r = gw_conn_attach_tls(c, t);
-        if (r != 0)
-            fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(r));
-        return;
-    }
-    d->backend_up = true;
-    maybe_relay(d);
+    if (client)
+        start_client_leg(d);
+    else
+        start_backend_leg(d);
 }
 
 static const gw_conn_ops client_ops = {
+    .on_connect = on_leg_connect,
     .on_handshake = on_client_handshake,
     .on_data = on_leg_data,
     .on_eof = on_leg_eof,
@@ -258,7 +299,7 @@ static const gw_conn_ops client_ops = {
 };
 
 static const gw_conn_ops backend_ops = {
-    .on_connect = on_backend_connect,
+    .on_connect = on_leg_connect,
     .on_handshake = on_backend_handshake,
     .on_data = on_leg_data,
     .on_eof = on_leg_eof,
@@ -271,9 +312,11 @@ static const gw_conn_ops backend_ops = {
 static void on_data_connection(uv_stream_t *server, int status)
 {
     gw_data *d = server->data;
+    bool client = (uv_tcp_t *)server == d->client_listener;
     if (status < 0 || d->released)
         return;
-    gw_conn *c = gw_conn_new(d->loop, &client_ops, d, d->sid, "client-data");
+    gw_conn *c = gw_conn_new(d->loop, client ? &client_ops : &backend_ops, d, d->sid,
+                             client ? "client-data" : "backend-data");
     if (!c)
         return;
     gw_addr peer;
@@ -283,20 +326,28 @@ static void on_data_connection(uv_stream_t *server, int status)
         return;
     }
     gw_addr_normalize(&peer);
-    /* SECURITY: port theft. Only the control connection's peer may connect; anyone else is
-     * closed at once and the listener stays open for the real client. */
-    if (!gw_addr_same_host(&peer, &d->expect_peer) || d->client) {
-        GW_LOG_WARN(d->sid, "event=data_refused peer=%s reason=\"not the control peer\"",
-                    gw_addr_str(&peer));
+    /* SECURITY: port theft. Only the control connection's peer (or, on the backend side, the
+     * backend) may connect; anyone else is reset at once and the listener stays open. */
+    const gw_addr *expect = client ? &d->expect_client : &d->expect_backend;
+    if (!gw_addr_same_host(&peer, expect) || (client ? d->client : d->backend)) {
+        GW_LOG_WARN(d->sid, "event=data_refused leg=%s peer=%s reason=\"not the %s\"", c->name,
+                    gw_addr_str(&peer), client ? "control peer" : "backend");
         d->strays++;
         gw_conn_reset(c);
         return;
     }
-    GW_LOG_DEBUG(d->sid, "event=data_accept peer=%s", gw_addr_str(&peer));
-    d->client = c;
-    close_listener(d); /* one connection per listener */
-    if (d->started)
-        start_client_leg(d);
+    GW_LOG_DEBUG(d->sid, "event=data_accept leg=%s peer=%s", c->name, gw_addr_str(&peer));
+    if (client) {
+        d->client = c;
+        close_listener(d, d->client_listener); /* one connection per listener */
+        if (d->started)
+            start_client_leg(d);
+    } else {
+        d->backend = c;
+        close_listener(d, d->backend_listener);
+        if (d->started)
+            start_backend_leg(d);
+    }
 }
 
 static void on_timer(uv_timer_t *t)
@@ -313,33 +364,26 @@ static void on_timer(uv_timer_t *t)
     if (!d->relaying) {
         if (now - d->last_progress < d->connect_timeout_ms)
             return;
-        if (d->started)
+        if (d->started) {
             fail(d, "425 Can't open data connection.\r\n", "data connection timeout");
-        else
-            close_listener(d);
+        } else {
+            GW_LOG_INFO(d->sid, "event=data_listener_timeout");
+            close_listener(d, d->client_listener);
+            close_listener(d, d->backend_listener);
+        }
         return;
     }
     if (now - d->last_progress >= d->data_timeout_ms)
         fail(d, "426 Connection closed; transfer aborted (data timeout).\r\n", "data timeout");
 }
 
-gw_data *gw_data_listen(struct gw_session *s, gw_addr *bind_addr, gw_pasv_pool *pool)
+gw_data *gw_data_new(struct gw_session *s)
 {
     gw_data *d = calloc(1, sizeof *d);
-    uv_tcp_t *l = malloc(sizeof *l);
     uv_timer_t *t = malloc(sizeof *t);
-    if (!d || !l || !t)
-        goto fail;
-    int fd = gw_pasv_pool_listen(pool, bind_addr);
-    if (fd < 0)
-        goto fail;
-    uv_tcp_init(s->loop, l);
-    l->data = d;
-    if (uv_tcp_open(l, fd) != 0 || uv_listen((uv_stream_t *)l, 4, on_data_connection) != 0) {
-        gw_pasv_pool_release(pool, bind_addr->port);
-        uv_close((uv_handle_t *)l, (uv_close_cb)free);
-        free(t);
+    if (!d || !t) {
         free(d);
+        free(t);
         return NULL;
     }
     uv_timer_init(s->loop, t);
@@ -347,42 +391,110 @@ gw_data *gw_data_listen(struct gw_session *s, gw_addr *bind_addr, gw_pasv_pool *
     d->s = s;
     d->loop = s->loop;
     d->sid = s->id;
-    d->listener = l;
-    d->pool = pool;
-    d->port = bind_addr->port;
     d->timer = t;
-    d->expect_peer = s->client_peer;
-    gw_addr_normalize(&d->expect_peer);
     const gw_config *cfg = s->fe->srv->cfg;
     d->connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000;
     d->data_timeout_ms = (uint64_t)cfg->data_timeout * 1000;
     d->last_progress = uv_now(d->loop);
     uv_timer_start(t, on_timer, 1000, 1000);
     return d;
-fail:
-    free(d);
-    free(l);
-    free(t);
-    return NULL;
 }
 
-static void start_client_leg(gw_data *d)
+static uv_tcp_t *listen_on_fd(gw_data *d, int fd)
 {
-    int r = d->tls_ctx ? gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA)
-                       : gw_conn_start_read(d->client);
-    if (r != 0) {
-        fail(d, "425 Can't open data connection.\r\n", uv_strerror(r));
-        return;
+    uv_tcp_t *l = malloc(sizeof *l);
+    if (!l) {
+        close(fd);
+        return NULL;
     }
-    if (!d->tls_ctx) {
-        d->client_up = true;
-        if (!d->backend_up)
-            gw_conn_pause(d->client);
-        maybe_relay(d);
+    uv_tcp_init(d->loop, l);
+    l->data = d;
+    if (uv_tcp_open(l, fd) != 0 || uv_listen((uv_stream_t *)l, 4, on_data_connection) != 0) {
+        uv_close((uv_handle_t *)l, (uv_close_cb)free);
+        return NULL;
     }
+    return l;
 }
 
-void gw_data_start(gw_data *d, const gw_addr *backend, bool upload, const gw_data_tls *tls)
+int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool)
+{
+    int fd = gw_pasv_pool_listen(pool, bind_addr);
+    if (fd < 0)
+        return -1;
+    d->client_listener = listen_on_fd(d, fd);
+    if (!d->client_listener) {
+        gw_pasv_pool_release(pool, bind_addr->port);
+        return -1;
+    }
+    d->pool = pool;
+    d->client_port = bind_addr->port;
+    d->expect_client = d->s->client_peer;
+    gw_addr_normalize(&d->expect_client);
+    return 0;
+}
+
+void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from)
+{
+    d->client_active = true;
+    d->client_to = *to;
+    d->client_from = *from;
+}
+
+int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect)
+{
+    struct sockaddr_storage ss;
+    bind_addr->port = 0;
+    gw_addr_to_sockaddr(bind_addr, &ss);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(struct sockaddr_in6);
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 1) != 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    gw_addr_from_sockaddr(bind_addr, (struct sockaddr *)&ss);
+    d->backend_listener = listen_on_fd(d, fd);
+    if (!d->backend_listener)
+        return -1;
+    d->expect_backend = *expect;
+    gw_addr_normalize(&d->expect_backend);
+    return 0;
+}
+
+void gw_data_backend_passive(gw_data *d, const gw_addr *to)
+{
+    d->backend_passive = true;
+    d->backend_to = *to;
+}
+
+/* Open an outgoing leg; `from` with a port binds the source (989/20 by convention). */
+static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw_addr *from)
+{
+    gw_conn *c = gw_conn_new(d->loop, client ? &client_ops : &backend_ops, d, d->sid,
+                             client ? "client-data" : "backend-data");
+    if (!c)
+        return NULL;
+    if (from && from->port) {
+        struct sockaddr_storage ss;
+        gw_addr_to_sockaddr(from, &ss);
+        int r = uv_tcp_bind(&c->tcp, (struct sockaddr *)&ss, 0);
+        if (r != 0) /* a low port needs the privilege we may have dropped: use any port */
+            GW_LOG_WARN(d->sid, "event=active_source_port_failed port=%u reason=\"%s\"",
+                        from->port, uv_strerror(r));
+    }
+    int r = gw_conn_connect(c, to);
+    if (r != 0) {
+        d->strays++; /* not a leg yet: on_leg_close counts it down */
+        gw_conn_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
 {
     d->started = true;
     d->upload = upload;
@@ -392,21 +504,32 @@ void gw_data_start(gw_data *d, const gw_addr *backend, bool upload, const gw_dat
     if (tls->tag)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);
     d->last_progress = uv_now(d->loop);
-    d->backend = gw_conn_new(d->loop, &backend_ops, d, d->sid, "backend-data");
-    int r = d->backend ? gw_conn_connect(d->backend, backend) : UV_ENOMEM;
-    if (r != 0) {
-        if (d->backend)
-            gw_conn_close(d->backend);
-        fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(r));
-        return;
+    if (d->backend_passive) {
+        d->backend = connect_leg(d, false, &d->backend_to, NULL);
+        if (!d->backend) {
+            fail(d, "425 Can't open data connection to the server.\r\n", "connect failed");
+            return;
+        }
+    } else if (d->backend) {
+        start_backend_leg(d);
     }
-    if (d->client)
+    if (d->client_active) {
+        d->client = connect_leg(d, true, &d->client_to, &d->client_from);
+        if (!d->client)
+            fail(d, "425 Can't open data connection.\r\n", "connect failed");
+    } else if (d->client) {
         start_client_leg(d);
+    }
 }
 
 bool gw_data_usable(const gw_data *d)
 {
-    return d->client || (d->listener && !uv_is_closing((const uv_handle_t *)d->listener));
+    bool client = d->client_active || d->client ||
+                  (d->client_listener && !uv_is_closing((const uv_handle_t *)d->client_listener));
+    bool backend = d->backend_passive || d->backend ||
+                   (d->backend_listener &&
+                    !uv_is_closing((const uv_handle_t *)d->backend_listener));
+    return client && backend;
 }
 
 void gw_data_release(gw_data *d, bool ok)
@@ -415,17 +538,17 @@ void gw_data_release(gw_data *d, bool ok)
         return;
     d->released = true;
     d->s = NULL;
-    close_listener(d);
+    close_listener(d, d->client_listener);
+    close_listener(d, d->backend_listener);
+    d->lingering = true;
+    uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
     if (ok && d->finished) {
-        d->lingering = true;
-        uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
-        linger_or_close(d, d->client);
-        linger_or_close(d, d->backend);
+        linger_or_close(d->client);
+        linger_or_close(d->backend);
     } else {
-        /* SECURITY: a reset, not a FIN, so that neither peer can take a cut-off transfer
-         * for a complete one. */
+        /* A leg we already shut down cleanly on purpose lingers; the rest are reset. */
         if (d->client)
-            gw_conn_reset(d->client);
+            d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
         if (d->backend)
             gw_conn_reset(d->backend);
     }

@@ -204,33 +204,40 @@ void gw_session_data_finished(gw_session *s, bool ok, const char *text)
         complete_transfer(s);
 }
 
-static void answer_pasv(gw_session *s, const gw_addr *backend_data)
+/* The backend leg is armed: now the client's leg, and the client's answer. */
+static void arm_client_leg(gw_session *s)
 {
-    drop_data(s, false); /* a new PASV closes the previous listener */
+    char buf[128];
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (s->want == WANT_PORT || s->want == WANT_EPRT) {
+        gw_addr from = s->client_local;
+        gw_addr_normalize(&from);
+        int port = fc->active_source_port >= 0 ? fc->active_source_port
+                   : fc->mode == GW_FE_IMPLICIT ? 989
+                                                : 20;
+        from.port = (uint16_t)port;
+        gw_data_client_active(s->data, &s->want_addr, &from);
+        reply(s, s->want == WANT_PORT ? "200 PORT command successful.\r\n"
+                                      : "200 EPRT command successful.\r\n");
+        return;
+    }
     gw_addr bind = s->client_local;
-    s->data = gw_data_listen(s, &bind, s->fe->pool);
-    if (!s->data) {
+    gw_addr_normalize(&bind);
+    if (gw_data_client_passive(s->data, &bind, s->fe->pool) != 0) {
         GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
-                    s->fe->conf->pasv_port_min, s->fe->conf->pasv_port_max);
+                    fc->pasv_port_min, fc->pasv_port_max);
+        drop_data(s, false);
         reply(s, "425 Can't open passive connection: no free port.\r\n");
         return;
     }
-    s->data_backend = *backend_data;
-    char buf[128];
-    if (s->pending_epsv) {
+    if (s->want == WANT_EPSV) {
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
-        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : s->client_local;
-        gw_addr_normalize(&adv);
+        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : bind;
         adv.port = bind.port;
-        if (adv.family != 4) {
-            drop_data(s, false);
-            reply(s, "522 PASV needs IPv4; use EPSV.\r\n");
-            return;
-        }
         gw_format_227(buf, sizeof buf, &adv);
     }
-    GW_LOG_DEBUG(s->id, "event=pasv port=%u backend=%s", bind.port, gw_addr_str(backend_data));
+    GW_LOG_DEBUG(s->id, "event=client_data_armed port=%u", bind.port);
     reply(s, buf);
 }
 
@@ -244,20 +251,75 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     }
     if (!r->last)
         return;
-    gw_addr addr = s->backend_peer;
+    gw_addr addr = s->backend_peer, parsed;
     uint16_t port;
-    gw_addr parsed;
     int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
     if (ok != 0) {
         GW_LOG_WARN(s->id, "event=bad_pasv_reply reply=\"%.*s\"", (int)r->len - 2, r->line);
         reply(s, "425 Can't open data connection: bad passive reply from the server.\r\n");
-    } else {
-        /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
-         * (0.0.0.0, a private address behind NAT, or a third host). */
-        addr.port = r->code == 227 ? parsed.port : port;
-        answer_pasv(s, &addr);
+        command_done(s);
+        return;
     }
+    /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
+     * (0.0.0.0, a private address behind NAT, or a third host). */
+    addr.port = r->code == 227 ? parsed.port : port;
+    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->backend_peer))
+        GW_LOG_DEBUG(s->id, "event=pasv_address_replaced named=%s", gw_addr_str(&parsed));
+    s->data = gw_data_new(s);
+    if (!s->data) {
+        reply(s, "425 Can't open data connection: out of memory.\r\n");
+        command_done(s);
+        return;
+    }
+    gw_data_backend_passive(s->data, &addr);
+    arm_client_leg(s);
     command_done(s);
+}
+
+static void on_port_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code >= 300 || r->code < 200) {
+        reply(s, r->line);
+        if (r->last) {
+            drop_data(s, false);
+            command_done(s);
+        }
+        return;
+    }
+    if (!r->last)
+        return;
+    arm_client_leg(s);
+    command_done(s);
+}
+
+/* Arm the backend leg as data_mode says: PASV/EPSV (it listens) or PORT/EPRT (we do).
+ * IPv4 backends get PASV/PORT, which every server knows; IPv6 ones EPSV/EPRT. */
+static void arm_backend_leg(gw_session *s)
+{
+    drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
+    bool v6 = s->backend_peer.family == 6;
+    if (s->fe->backend->data_mode == GW_DATA_PASSIVE) {
+        forward(s, v6 ? "EPSV" : "PASV", PEND_PASV);
+        return;
+    }
+    gw_addr local;
+    s->data = gw_data_new(s);
+    if (!s->data || gw_conn_local(s->backend, &local) != 0 ||
+        (gw_addr_normalize(&local), gw_data_backend_active(s->data, &local, &s->backend_peer))) {
+        drop_data(s, false);
+        reply(s, "425 Can't open data connection: cannot listen toward the server.\r\n");
+        return;
+    }
+    char line[128];
+    size_t n = v6 ? gw_format_eprt(line, sizeof line, &local)
+                  : gw_format_port(line, sizeof line, &local);
+    if (n < 2) {
+        drop_data(s, false);
+        reply(s, "425 Can't open data connection.\r\n");
+        return;
+    }
+    line[n - 2] = 0; /* forward() adds the CRLF */
+    forward(s, line, PEND_PORT);
 }
 
 static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
@@ -369,6 +431,9 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         return;
     case PEND_PASV:
         on_pasv_reply(s, r);
+        return;
+    case PEND_PORT:
+        on_port_reply(s, r);
         return;
     case PEND_FEAT:
         append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
@@ -719,16 +784,17 @@ static void cmd_prot(gw_session *s, const char *arg)
 
 static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
 {
+    gw_addr_normalize(&s->client_local);
     if (epsv && arg[0]) {
         int family = 0;
         int r = gw_parse_epsv_arg(arg, &family);
         if (r == 1) {
             s->epsv_all = true;
+            drop_data(s, false);
             reply(s, "200 EPSV ALL ok.\r\n");
             return;
         }
-        if (r < 0 || (family && family != (gw_addr_normalize(&s->client_local),
-                                           s->client_local.family))) {
+        if (r < 0 || (family && family != s->client_local.family)) {
             reply(s, r == -1 ? "501 Bad EPSV argument.\r\n"
                              : "522 Network protocol not supported, use (1,2)\r\n");
             return;
@@ -738,8 +804,43 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
         reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
         return;
     }
-    s->pending_epsv = epsv;
-    forward(s, s->backend_peer.family == 6 ? "EPSV" : "PASV", PEND_PASV);
+    /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
+    if (!epsv && !s->fe->pasv_addr.family && s->client_local.family == 6) {
+        reply(s, "522 PASV is IPv4 only: use EPSV.\r\n");
+        return;
+    }
+    s->want = epsv ? WANT_EPSV : WANT_PASV;
+    arm_backend_leg(s);
+}
+
+/* PORT/EPRT: the gateway will connect to the client. */
+static void cmd_port(gw_session *s, bool eprt, const char *arg)
+{
+    if (s->epsv_all) {
+        reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        return;
+    }
+    gw_addr a;
+    int r = eprt ? gw_parse_eprt_arg(arg, &a) : gw_parse_port_arg(arg, &a);
+    if (r == -2) {
+        reply(s, "522 Network protocol not supported, use (1,2)\r\n");
+        return;
+    }
+    if (r != 0) {
+        reply(s, eprt ? "501 Bad EPRT argument.\r\n" : "501 Bad PORT argument.\r\n");
+        return;
+    }
+    gw_addr_normalize(&a);
+    /* SECURITY: RFC 2577 bounce attack: only the control peer, only unprivileged ports. */
+    if (!gw_addr_same_host(&a, &s->client_peer) || a.port < 1024) {
+        GW_LOG_WARN(s->id, "event=port_refused addr=%s reason=\"%s\"", gw_addr_str(&a),
+                    a.port < 1024 ? "privileged port" : "not the control peer");
+        reply(s, "504 Command not implemented for that parameter (bounce refused).\r\n");
+        return;
+    }
+    s->want = eprt ? WANT_EPRT : WANT_PORT;
+    s->want_addr = a;
+    arm_backend_leg(s);
 }
 
 static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
@@ -751,7 +852,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     }
     if (!s->data || !gw_data_usable(s->data)) {
         drop_data(s, false);
-        reply(s, "425 Use PASV or EPSV first.\r\n");
+        reply(s, "425 Use PORT, EPRT, PASV or EPSV first.\r\n");
         return;
     }
     forward(s, line, PEND_TRANSFER);
@@ -769,7 +870,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
             gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_DATA, s->fe->backend_host,
                               s->fe->backend->tls_verify, s->backend->tls);
     }
-    gw_data_start(s->data, &s->data_backend, upload, &tls);
+    gw_data_start(s->data, upload, &tls);
 }
 
 static void handle_command(gw_session *s, const char *line)
@@ -801,7 +902,7 @@ static void handle_command(gw_session *s, const char *line)
     else if (!strcmp(v, "PASV") || !strcmp(v, "EPSV"))
         cmd_pasv(s, v[0] == 'E', cmd.arg);
     else if (!strcmp(v, "PORT") || !strcmp(v, "EPRT"))
-        reply(s, "502 Active mode is not supported yet; use PASV or EPSV.\r\n");
+        cmd_port(s, v[0] == 'E', cmd.arg);
     else if (!strcmp(v, "REIN"))
         cmd_rein(s);
     else if (!strcmp(v, "FEAT"))

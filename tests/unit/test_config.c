@@ -319,7 +319,6 @@ static void test_not_implemented(void **state)
         {"[tls]\nciphers = HIGH\n" FE BE, "t.conf:2: [tls] ciphers: "},
         {"[tls]\nciphersuites = TLS_AES_128_GCM_SHA256\n" FE BE, "t.conf:2: [tls] ciphersuites: "},
         {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
-        {FE BE "data_mode = active\n", "t.conf:5: [backend b] data_mode: "},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_error(cases[i].text, cases[i].prefix, "not implemented yet");
