@@ -36,6 +36,7 @@ enum gw_pending {
     PEND_RELAY,    /* plain relay of the reply */
     PEND_PASV,     /* internal PASV/EPSV: the backend's 227/229 is consumed */
     PEND_PORT,     /* internal PORT/EPRT toward an active-mode backend */
+    PEND_ABORT,    /* ABOR during a transfer: the transfer's final reply, then ABOR's */
     PEND_FEAT,     /* buffered, rewritten */
     PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
     PEND_QUIT,
@@ -79,6 +80,9 @@ typedef struct gw_session {
     bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
+    int abort_expect;      /* PEND_ABORT: final replies still due from the backend */
+    bool abort_xfer_sent;  /* PEND_ABORT: the client has its reply for the transfer */
+    uint64_t abort_started_ms;
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;
     int handles; /* open uv handles; the session is freed when this drops to 0 */

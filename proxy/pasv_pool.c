@@ -54,6 +54,10 @@ static int try_port(gw_addr *bind_addr, uint16_t port)
         return -1;
     socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
                                             : sizeof(struct sockaddr_in6);
+    /* A port we used a moment ago sits in TIME_WAIT: the pool, not the kernel, says whether
+     * it is free. */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&ss, len) == 0 && listen(fd, 1) == 0)
         return fd;
     close(fd);

@@ -19,12 +19,14 @@
 #define HANDSHAKE_TIMEOUT 30   /* seconds, capped by login_timeout */
 #define CLOSE_GRACE_MS 5000    /* waiting for our final reply and close_notify to leave */
 #define MAX_LONG_LINES 3
+#define ABORT_TIMEOUT_MS 5000 /* a backend that does not answer ABOR by then is given up */
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
 static const char *const backend_state_names[] = {"idle",  "connecting", "greeting",
                                                   "tls",   "ready",      "closed"};
 
 static void pump(gw_session *s);
+static void cmd_abort(gw_session *s);
 static void session_fail(gw_session *s, const char *reply, const char *why);
 
 static void set_client_state(gw_session *s, enum gw_client_state st)
@@ -124,6 +126,16 @@ static void on_tick(uv_timer_t *t)
     if (s->closing) {
         if (idle >= CLOSE_GRACE_MS && s->client)
             gw_conn_close(s->client);
+        return;
+    }
+    if (s->pending == PEND_ABORT && now - s->abort_started_ms >= ABORT_TIMEOUT_MS) {
+        /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
+         * backend login would need the password and lose CWD, TYPE and REST). */
+        if (!s->abort_xfer_sent)
+            reply(s, "426 Connection closed; transfer aborted.\r\n");
+        reply(s, "226 ABOR successful.\r\n");
+        session_fail(s, "421 Service not available: the server did not answer ABOR.\r\n",
+                     "backend silent after ABOR");
         return;
     }
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
@@ -403,6 +415,28 @@ static void on_backend_tls_reply(gw_session *s, gw_reply_parser *r)
     backend_ready(s);
 }
 
+static void on_abort_reply(gw_session *s, gw_reply_parser *r)
+{
+    bool for_transfer = !s->abort_xfer_sent && s->abort_expect == 2;
+    if (r->code < 200)
+        return; /* a late 150 for the aborted transfer */
+    if (for_transfer) {
+        /* The client's leg was cut: its transfer did not succeed, whatever the server says. */
+        if (r->last)
+            reply(s, r->code < 300 ? "426 Connection closed; transfer aborted.\r\n" : r->line);
+        else if (r->code >= 300)
+            reply(s, r->line);
+    } else {
+        reply(s, r->line);
+    }
+    if (!r->last)
+        return;
+    if (for_transfer)
+        s->abort_xfer_sent = true;
+    if (--s->abort_expect <= 0)
+        command_done(s);
+}
+
 static void on_reply_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
@@ -434,6 +468,9 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         return;
     case PEND_PORT:
         on_port_reply(s, r);
+        return;
+    case PEND_ABORT:
+        on_abort_reply(s, r);
         return;
     case PEND_FEAT:
         append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
@@ -909,6 +946,8 @@ static void handle_command(gw_session *s, const char *line)
         forward(s, "FEAT", PEND_FEAT);
     else if (!strcmp(v, "QUIT"))
         forward(s, "QUIT", PEND_QUIT);
+    else if (!strcmp(v, "ABOR"))
+        cmd_abort(s);
     else if (is_transfer(v, &upload))
         cmd_transfer(s, line, v, upload);
     else {
@@ -916,6 +955,54 @@ static void handle_command(gw_session *s, const char *line)
             s->user_sent = true;
         forward(s, line, PEND_RELAY);
     }
+}
+
+static void cmd_abort(gw_session *s)
+{
+    GW_LOG_INFO(s->id, "event=abort during_transfer=%s", s->pending == PEND_TRANSFER ? "yes" : "no");
+    if (s->pending != PEND_TRANSFER) {
+        drop_data(s, false);
+        forward(s, "ABOR", PEND_RELAY);
+        return;
+    }
+    /* Close both legs now; the backend then reports the transfer, then ABOR. */
+    drop_data(s, false);
+    s->abort_expect = 2;
+    s->abort_xfer_sent = false;
+    if (s->held_code) { /* the transfer's final reply is already here */
+        reply(s, "426 Connection closed; transfer aborted.\r\n");
+        s->abort_xfer_sent = true;
+        s->abort_expect = 1;
+    }
+    free(s->held);
+    s->held = NULL;
+    s->heldlen = 0;
+    s->held_code = 0;
+    s->abort_started_ms = now_ms(s);
+    forward(s, "ABOR", PEND_ABORT);
+}
+
+static void consume(gw_session *s, size_t n);
+
+/* During a transfer only ABOR (with or without IAC IP / IAC DM before it) is taken out of
+ * the queue; anything else waits for the transfer's end. */
+static void peek_abort(gw_session *s)
+{
+    gw_cmd_parser *tmp = malloc(sizeof *tmp);
+    if (!tmp)
+        return;
+    *tmp = s->cmd;
+    size_t used = 0;
+    gw_cmd c;
+    if (gw_cmd_feed(tmp, (const uint8_t *)s->inbuf, s->inlen, &used) == GW_CMD_LINE &&
+        gw_cmd_split(tmp->line, &c) == 0 && !strcmp(c.verb, "ABOR")) {
+        s->cmd = *tmp;
+        s->cmd.tn_reply_len = 0;
+        consume(s, used);
+        s->last_active_ms = now_ms(s);
+        cmd_abort(s);
+    }
+    free(tmp);
 }
 
 static void consume(gw_session *s, size_t n)
@@ -927,6 +1014,8 @@ static void consume(gw_session *s, size_t n)
 /* Take commands from the queue while nothing is outstanding. */
 static void pump(gw_session *s)
 {
+    if (s->pending == PEND_TRANSFER && s->inlen && !s->closing)
+        peek_abort(s);
     while (!s->closing && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
         size_t used = 0;
         int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);

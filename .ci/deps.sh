@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install the Debian packages needed to build and test ftpsgate, only those missing.
+# Quick (one line of output) when everything is present; needs root only to install.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config libuv1-dev libssl-dev libinih-dev libcmocka-dev
+  clang libclang-rt-14-dev valgrind
+  vsftpd python3-pyftpdlib python3-pytest python3-openssl
+  curl lftp wget openssl procps iproute2
+)
+
+# One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
+declare -A installed=()
+while read -r pkg status; do
+  [[ $status == ii* ]] && installed[${pkg%%:*}]=1
+done < <(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [[ -n ${installed[$pkg]:-} ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+echo "deps: installing ${missing[*]}"
+if ((EUID != 0)); then
+  echo "deps: must run as root to install packages" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+# No FTP daemon may start on port 21 when vsftpd is installed: a policy-rc.d that refuses
+# every service start, created before any install and only if there is none yet.
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\n# created by ftpsgate .ci/deps.sh: no service starts on install\nexit 101\n' \
+    >/usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+fi
+
+apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
+apt-get "${apt_opts[@]}" update -q
+apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}"
+echo "deps: done"

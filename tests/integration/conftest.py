@@ -1,0 +1,136 @@
+"""Fixtures for the integration tests: real backends on loopback, the gateway in front of
+them, TLS material and random files. Run as root with /usr/bin/python3 (`make integration`).
+
+Scopes keep the suite fast: the test user, the certificate and both backends live for the
+whole session; `gw` (one gateway in front of `backend`) lives for a module and backend;
+`gateway` starts extra gateways that are stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+import peers
+from peers import Gateway, GatewayFactory
+
+
+@pytest.fixture(scope="session")
+def workdir(request):
+    """Scratch space for the session, world-traversable (vsftpd sessions run as the test
+    user). Kept when a test failed, so logs and configs can be read afterwards."""
+    d = peers.unused_dir("ftpsgate-it-")
+    yield d
+    if request.session.testsfailed:
+        print(f"\nintegration work directory kept: {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ports():
+    return peers.PortAllocator()
+
+
+@pytest.fixture(scope="session")
+def test_user():
+    """(user, password) of the system user that vsftpd logs in; pyftpdlib uses the same."""
+    return peers.ensure_test_user()
+
+
+@pytest.fixture(scope="session")
+def tls_cert(workdir):
+    """(cert, key) of the gateway: self-signed EC P-256, CN=localhost."""
+    d = workdir / "tls"
+    d.mkdir()
+    return peers.make_cert(d)
+
+
+@pytest.fixture(scope="session")
+def client_ctx(tls_cert):
+    """Client TLS context trusting only the gateway's test certificate."""
+    return peers.client_context(tls_cert[0])
+
+
+@pytest.fixture(scope="session")
+def blobs(workdir):
+    return peers.Blobs(workdir / "blobs")
+
+
+@pytest.fixture(scope="session")
+def vsftpd(workdir, ports, test_user):
+    backend = peers.start_vsftpd(workdir / "vsftpd", ports, *test_user)
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="session")
+def pyftpdlib(workdir, ports, test_user):
+    backend = peers.start_pyftpdlib(workdir / "pyftpdlib", ports, *test_user)
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="module", params=["vsftpd", "pyftpdlib"])
+def backend(request) -> peers.Backend:
+    """Each backend in turn (tests using it run once per backend)."""
+    return request.getfixturevalue(request.param)
+
+
+def _factory(workdir, ports, tls_cert, name):
+    return GatewayFactory(workdir / "gateways" / name, ports, *tls_cert)
+
+
+def _close(factory: GatewayFactory):
+    problems = factory.close_all()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def gateway(request, workdir, ports, tls_cert):
+    """Factory: gateway(backend) or gateway(backend_address="127.0.0.1:PORT",
+    extra={"global": {"key": "value"}}) starts build/ftpsgate and returns a peers.Gateway
+    (port, pid, log, fd_count()...). Stopped at the end of the test; a crash fails it."""
+    factory = _factory(workdir, ports, tls_cert, re.sub(r"[^\w.-]", "_", request.node.name))
+    yield factory
+    _close(factory)
+
+
+@pytest.fixture(scope="module")
+def gw(request, backend, workdir, ports, tls_cert) -> Gateway:
+    """One gateway in front of `backend`, shared by the tests of a module."""
+    factory = _factory(workdir, ports, tls_cert,
+                       f"{request.module.__name__}-{backend.name}")
+    yield factory(backend)
+    _close(factory)
+
+
+# ---------------------------------------------------------------------------------------
+# Attach the gateway's log (what it wrote during the test) to every failure.
+
+_LOG_OFFSETS = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_LOG_OFFSETS] = {g: g.log_size() for g in Gateway.live}
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or report.when == "teardown":
+        return  # a teardown failure carries the log in its message
+    offsets = item.stash.get(_LOG_OFFSETS, {})
+    for g in sorted(Gateway.live, key=lambda g: g.name):
+        report.sections.append((f"ftpsgate log {g.name} ({g.log_path})",
+                                g.log_since(offsets.get(g, 0))))
+    backend = item.funcargs.get("backend") if hasattr(item, "funcargs") else None
+    if isinstance(backend, peers.Backend) and backend.log.exists():
+        lines = backend.log.read_text(errors="replace").splitlines()[-80:]
+        report.sections.append((f"{backend.name} log (tail)", "\n".join(lines)))

@@ -1,0 +1,850 @@
+"""Real peers for the integration tests: backends (vsftpd, pyftpdlib), the gateway process,
+and the clients (curl, lftp, ftplib, raw TLS sockets).
+
+Stdlib only. Everything listens on 127.0.0.1; the tests run as root (vsftpd needs it).
+Facts about the peers: ../../../shared/design/PEERS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import hashlib
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY_BIN = Path(os.environ.get("FTPSGATE_BIN", REPO / "build" / "ftpsgate"))
+# A command put in front of the gateway, e.g. "valgrind --error-exitcode=99 -q" (valgrind
+# runs the gateway in the same process, so pid and fd counts stay meaningful).
+GATEWAY_WRAPPER = shlex.split(os.environ.get("FTPSGATE_WRAPPER", ""))
+PYTHON = "/usr/bin/python3"  # Debian's, which has pyftpdlib; not the pyenv one on PATH
+HOST = "127.0.0.1"
+KiB = 1024
+MiB = 1024 * KiB
+
+TEST_USER = "ftpgw"
+PAM_SERVICE = "ftpsgate-test"
+PAM_FILE = Path("/etc/pam.d") / PAM_SERVICE
+# Root-only file holding the test user's password, so concurrent runs agree on it and no
+# password is written into the repository.
+PASSWORD_FILE = Path("/var/lib/ftpsgate-test/ftpgw.password")
+
+# Markers of a sanitizer report in the gateway's log.
+CRASH_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+
+
+# ---------------------------------------------------------------------------------------
+# Small utilities
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval=0.02):
+    """Poll until predicate() is truthy; return its value or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run a client command; never raises on a non-zero exit (the test asserts)."""
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL, **kw)
+
+
+def describe(res: subprocess.CompletedProcess) -> str:
+    return (f"command: {' '.join(res.args)}\nexit: {res.returncode}\n"
+            f"stdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}")
+
+
+def check(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert res.returncode == 0, describe(res)
+    return res
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_random(path: Path, size: int) -> str:
+    """Write `size` random bytes to path; return their SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 * MiB))
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+class Blobs:
+    """Random files, generated once per size and copied where needed."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[int, tuple[Path, str]] = {}
+
+    def blob(self, size: int) -> tuple[Path, str]:
+        if size not in self._cache:
+            path = self.dir / f"blob-{size}"
+            self._cache[size] = (path, write_random(path, size))
+        return self._cache[size]
+
+    def copy_to(self, dest: Path, size: int) -> str:
+        """Copy the shared blob of `size` bytes to dest; return its SHA-256."""
+        src, digest = self.blob(size)
+        shutil.copyfile(src, dest)
+        return digest
+
+    def unique(self, dest: Path, size: int) -> str:
+        """Fresh random content (for tests that must tell files apart)."""
+        return write_random(dest, size)
+
+
+# ---------------------------------------------------------------------------------------
+# Ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:  # no SO_REUSEADDR: a port in TIME_WAIT counts as busy
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+class PortAllocator:
+    """Hands out distinct ports and port ranges that are free right now.
+
+    Uses 20000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
+    embedded default passive range (30000-30099). Each process starts at its own offset so
+    two runs on one machine rarely meet.
+    """
+
+    LO, HI = 20000, 29999
+
+    def __init__(self):
+        span = self.HI - self.LO
+        self._next = self.LO + (os.getpid() * 211) % (span - 2000)
+        self._given: set[int] = set()
+
+    def _take(self, n: int) -> int:
+        for _ in range(2 * (self.HI - self.LO)):
+            first = self._next
+            if first + n - 1 > self.HI:
+                self._next = self.LO
+                continue
+            self._next = first + n
+            ports = range(first, first + n)
+            if any(p in self._given for p in ports):
+                continue
+            if all(_bindable(p) for p in ports):
+                self._given.update(ports)
+                return first
+        raise RuntimeError(f"no {n} free consecutive ports in {self.LO}-{self.HI}")
+
+    def port(self) -> int:
+        return self._take(1)
+
+    def range(self, n: int) -> tuple[int, int]:
+        first = self._take(n)
+        return first, first + n - 1
+
+
+# ---------------------------------------------------------------------------------------
+# Processes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(inode)
+    return inodes
+
+
+def is_listening(pid: int, port: int) -> bool:
+    """True when process `pid` holds a socket listening on TCP `port`."""
+    return bool(_listening_inodes(port) & _socket_inodes(pid))
+
+
+def wait_listening(proc: subprocess.Popen, port: int, timeout: float, what: str,
+                   log: Path | None = None) -> None:
+    """Wait until proc listens on port (the kernel then accepts TCP connections)."""
+    deadline = time.monotonic() + timeout
+    while not is_listening(proc.pid, port):
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on "
+                               f"{port}\n{tail}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not listening on {port} after {timeout} s")
+        time.sleep(0.02)
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    children = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """SIGKILL a process and everything it started (vsftpd's session processes outlive the
+    listener and would be re-parented away if the listener died first)."""
+    pids = descendants(proc.pid)
+    for pid in [proc.pid, *pids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # started with start_new_session=True
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+
+
+# ---------------------------------------------------------------------------------------
+# Test user and TLS material
+
+
+def ensure_test_user() -> tuple[str, str]:
+    """Create the system user for vsftpd logins once; (re)set its SHA-512 password.
+
+    Debian hashes with yescrypt by default, which makes every login slow (PEERS.md)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the integration tests run as root (vsftpd, useradd, chpasswd)")
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin",
+                        "--comment", "ftpsgate integration tests", TEST_USER],
+                       check=True, timeout=30)
+    PASSWORD_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not PASSWORD_FILE.exists():
+        fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(12))  # URL-safe: it goes into ftp:// URLs
+    password = PASSWORD_FILE.read_text().strip()
+    subprocess.run(["chpasswd", "-c", "SHA512"], input=f"{TEST_USER}:{password}\n",
+                   text=True, check=True, timeout=30)
+    return TEST_USER, password
+
+
+def ensure_pam_service() -> str:
+    """A minimal PAM service for vsftpd: pam_unix only (no ftpusers or shells checks)."""
+    text = ("# ftpsgate integration tests (tests/integration/peers.py)\n"
+            "auth     required pam_unix.so\n"
+            "account  required pam_unix.so\n"
+            "session  required pam_unix.so\n")
+    if not PAM_FILE.exists() or PAM_FILE.read_text() != text:
+        PAM_FILE.write_text(text)
+    return PAM_SERVICE
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """Self-signed EC P-256 certificate for CN=localhost, SAN DNS:localhost,IP:127.0.0.1."""
+    cert, key = directory / "gateway.crt", directory / "gateway.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+# ---------------------------------------------------------------------------------------
+# Backends
+
+
+@dataclass
+class Backend:
+    """A running plain FTP server: where it listens, who may log in, where its files are."""
+
+    name: str
+    port: int
+    user: str
+    password: str
+    root: Path  # the login directory: what the FTP client sees as "."
+    banner: str  # the greeting is "220 " + banner
+    proc: subprocess.Popen
+    log: Path
+    owner: tuple[int, int] | None = None  # uid, gid that files in root should have
+    host: str = HOST
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def adopt(self, name: str) -> Path:
+        """Give a file put into root by the test to the FTP user."""
+        p = self.path(name)
+        if self.owner:
+            os.chown(p, *self.owner)
+        return p
+
+    def put(self, blobs: Blobs, name: str, size: int, unique: bool = False) -> str:
+        """Put a random file of `size` bytes on the backend; return its SHA-256."""
+        dest = self.path(name)
+        digest = blobs.unique(dest, size) if unique else blobs.copy_to(dest, size)
+        self.adopt(name)
+        return digest
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self.path(name).write_bytes(data)
+        self.adopt(name)
+
+    def url(self, path: str = "") -> str:
+        return f"ftp://{self.user}:{self.password}@{self.host}:{self.port}/{path}"
+
+    def stop(self) -> None:
+        kill_tree(self.proc)
+
+
+VSFTPD_CONF = """\
+listen=YES
+listen_ipv6=NO
+listen_address={host}
+listen_port={port}
+background=NO
+seccomp_sandbox=NO
+secure_chroot_dir={empty}
+pam_service_name={pam}
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+local_umask=022
+local_root={root}
+chroot_local_user=NO
+pasv_enable=YES
+pasv_min_port={pasv_lo}
+pasv_max_port={pasv_hi}
+port_enable=YES
+connect_from_port_20=NO
+ftpd_banner={banner}
+max_clients=0
+max_per_ip=0
+use_localtime=NO
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file={log}
+"""
+
+
+def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str) -> Backend:
+    """vsftpd in the foreground with its own configuration, serving `user`'s logins in a
+    fresh directory (local_root) that the user owns."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    empty = workdir / "empty"  # secure_chroot_dir: exists, empty, owned by root
+    empty.mkdir(mode=0o755, exist_ok=True)
+    root = workdir / "root"
+    root.mkdir(exist_ok=True)
+    pw = pwd.getpwnam(user)
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+    os.chmod(root, 0o755)
+    port = ports.port()
+    pasv_lo, pasv_hi = ports.range(50)
+    banner = "ftpsgate-test vsftpd ready"
+    conf = workdir / "vsftpd.conf"
+    log = workdir / "vsftpd.log"
+    conf.write_text(VSFTPD_CONF.format(
+        host=HOST, port=port, empty=empty, pam=ensure_pam_service(), root=root,
+        pasv_lo=pasv_lo, pasv_hi=pasv_hi, banner=banner, log=log))
+    os.chmod(conf, 0o600)  # vsftpd refuses config files others may write
+    # vsftpd writes its start-up errors ("500 OOPS: ...") to fd 0: make that the log too.
+    out = open(workdir / "vsftpd.stderr", "wb")
+    proc = subprocess.Popen(["/usr/sbin/vsftpd", str(conf)], stdin=out, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    try:
+        wait_listening(proc, port, 10, "vsftpd", workdir / "vsftpd.stderr")
+    except Exception:
+        kill_tree(proc)
+        raise
+    return Backend("vsftpd", port, user, password, root, banner, proc, log,
+                   owner=(pw.pw_uid, pw.pw_gid))
+
+
+PYFTPDLIB_SERVER = """\
+import logging, sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+host, port, root, user, password, pasv_lo, pasv_hi, banner = sys.argv[1:]
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s %(message)s")
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elradfmwMT")
+handler = FTPHandler
+handler.authorizer = authorizer
+handler.banner = banner
+handler.passive_ports = range(int(pasv_lo), int(pasv_hi) + 1)
+server = FTPServer((host, int(port)), handler)
+server.max_cons = 512
+server.serve_forever()
+"""
+
+
+def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: str) -> Backend:
+    """pyftpdlib's plain FTPServer with one virtual user that may write in its root."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = workdir / "root"
+    root.mkdir(exist_ok=True)
+    script = workdir / "server.py"
+    script.write_text(PYFTPDLIB_SERVER)
+    port = ports.port()
+    pasv_lo, pasv_hi = ports.range(50)
+    banner = "ftpsgate-test pyftpdlib ready"
+    log = workdir / "pyftpdlib.log"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [PYTHON, str(script), HOST, str(port), str(root), user, password, str(pasv_lo),
+         str(pasv_hi), banner],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    out.close()
+    try:
+        wait_listening(proc, port, 15, "pyftpdlib", log)
+    except Exception:
+        kill_tree(proc)
+        raise
+    return Backend("pyftpdlib", port, user, password, root, banner, proc, log)
+
+
+# ---------------------------------------------------------------------------------------
+# The gateway
+
+
+def render_ini(sections: dict[str, dict[str, object]]) -> str:
+    out = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {v}" for k, v in keys.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def merge_sections(base: dict[str, dict[str, object]],
+                   extra: dict[str, dict[str, object]] | None) -> dict[str, dict[str, object]]:
+    merged = {s: dict(keys) for s, keys in base.items()}
+    for section, keys in (extra or {}).items():
+        merged.setdefault(section, {}).update(keys)
+    return merged
+
+
+@dataclass(eq=False)
+class Gateway:
+    """One build/ftpsgate process with its configuration file and log."""
+
+    name: str
+    port: int  # the implicit frontend's listening port
+    pasv_ports: tuple[int, int]
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    signals_sent: list[int] = field(default_factory=list)
+
+    live: ClassVar[set["Gateway"]] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_since(self, offset: int, max_lines: int = 400) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        if len(lines) > max_lines:
+            lines = [f"... ({len(lines) - max_lines} lines left out)"] + lines[-max_lines:]
+        return "\n".join(lines)
+
+    def url(self, path: str, user: str, password: str) -> str:
+        return f"ftps://{user}:{password}@{HOST}:{self.port}/{path}"
+
+    def start(self, timeout: float | None = None) -> "Gateway":
+        if not GATEWAY_BIN.exists():
+            raise RuntimeError(f"{GATEWAY_BIN} does not exist: run `make` first")
+        if timeout is None:
+            timeout = 60 if GATEWAY_WRAPPER else 15
+        env = dict(os.environ)
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        out = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([*GATEWAY_WRAPPER, str(GATEWAY_BIN), "-c", str(self.config)],
+                                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, env=env)
+        out.close()
+        Gateway.live.add(self)
+        try:
+            wait_listening(self.proc, self.port, timeout, f"ftpsgate ({self.config})",
+                           self.log_path)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def settled_fd_count(self, timeout: float = 5, quiet: float = 0.3) -> int:
+        """The fd count once it has not changed for `quiet` seconds."""
+        last, since = self.fd_count(), time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.fd_count()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return now
+        return last
+
+    def wait_fd_count(self, expected: int, timeout: float = 5) -> int:
+        """Poll until the fd count is back to `expected`; return the last count seen."""
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: self.fd_count() == expected, timeout, "fd count")
+        return self.fd_count()
+
+    def stop(self) -> list[str]:
+        """SIGTERM, then SIGKILL after 5 s (30 s under a wrapper); return the problems found
+        (it exited early, crashed, hung, or a sanitizer reported an error)."""
+        Gateway.live.discard(self)
+        if self.proc is None:
+            return []
+        problems = []
+        if self.proc.poll() is not None:
+            problems.append(f"ftpsgate exited by itself with status {self.proc.returncode}")
+        else:
+            self.signals_sent.append(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30 if GATEWAY_WRAPPER else 5)
+            except subprocess.TimeoutExpired:
+                self.signals_sent.append(signal.SIGKILL)
+                problems.append("ftpsgate did not exit after SIGTERM (SIGKILL sent)")
+                self.proc.kill()
+                self.proc.wait(10)
+        rc = self.proc.returncode
+        if rc < 0 and -rc not in self.signals_sent:
+            problems.append(f"ftpsgate died of signal {signal.Signals(-rc).name}")
+        elif rc > 0 and not problems:
+            problems.append(f"ftpsgate exited with status {rc} after SIGTERM (expected 0)")
+        log = self.log
+        for marker in CRASH_MARKERS:
+            if marker in log:
+                problems.append(f"sanitizer report in the log ({marker!r})")
+        if problems:
+            problems.append(f"--- {self.log_path} (tail) ---\n{log[-12000:]}")
+        return problems
+
+
+class GatewayFactory:
+    """Starts gateways in front of a backend: gateway(backend, extra={...})."""
+
+    def __init__(self, workdir: Path, ports: PortAllocator, cert: Path, key: Path):
+        self.workdir, self.ports, self.cert, self.key = workdir, ports, cert, key
+        self.instances: list[Gateway] = []
+
+    def base_sections(self, port: int, pasv: tuple[int, int], backend_address: str):
+        return {
+            "global": {"log_level": "debug", "idle_timeout": 120, "login_timeout": 30},
+            "tls": {"cert": self.cert, "key": self.key},
+            "frontend fe": {"listen": f"{HOST}:{port}", "mode": "implicit", "backend": "be",
+                            "pasv_ports": f"{pasv[0]}-{pasv[1]}"},
+            "backend be": {"address": backend_address, "tls": "none"},
+        }
+
+    def __call__(self, backend: Backend | None = None, *, backend_address: str | None = None,
+                 extra: dict[str, dict[str, object]] | None = None) -> Gateway:
+        """Start a gateway; `extra` adds or overrides INI keys: {"global": {"k": "v"}}."""
+        if backend_address is None:
+            backend_address = backend.address
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        n = len(self.instances) + 1
+        name = f"gw{n}-{backend.name if backend else 'custom'}"
+        port = self.ports.port()
+        pasv = self.ports.range(40)  # enough for 20 parallel sessions and their TIME_WAITs
+        sections = merge_sections(self.base_sections(port, pasv, backend_address), extra)
+        config = self.workdir / f"{name}.ini"
+        config.write_text(render_ini(sections))
+        gw = Gateway(name, port, pasv, config, self.workdir / f"{name}.log")
+        self.instances.append(gw)
+        return gw.start()
+
+    def close_all(self) -> list[str]:
+        problems = []
+        for gw in self.instances:
+            found = gw.stop()
+            if found:
+                problems.append(f"{gw.name}: " + "\n".join(found))
+        self.instances.clear()
+        return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Clients
+
+
+CURL_BASE = ["curl", "-sS", "--globoff", "--ssl-reqd", "-k", "--ftp-pasv", "--max-time", "120"]
+
+
+def curl(*args, timeout: float = 150) -> subprocess.CompletedProcess:
+    return run([*CURL_BASE, *args], timeout=timeout)
+
+
+def lftp(url: str, user: str, password: str, commands: Iterable[str],
+         timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run lftp commands on an implicit FTPS URL (ftps://host:port) and exit."""
+    script = "; ".join([
+        "set cmd:fail-exit yes",
+        "set ssl:verify-certificate no",
+        "set ftp:ssl-protect-data true",
+        "set net:max-retries 1",
+        "set net:timeout 30",
+        "set net:reconnect-interval-base 1",
+        "set xfer:clobber yes",
+        f"open -u {user},{password} {url}",
+        *commands,
+    ])
+    return run(["lftp", "-c", script], timeout=timeout)
+
+
+class ImplicitFTPS(ftplib.FTP_TLS):
+    """ftplib has no implicit FTPS: wrap the socket before reading the greeting, and resume
+    the control connection's TLS session on data connections (vsftpd and the gateway
+    require it)."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        if host:
+            self.host = host
+        if port:
+            self.port = port
+        if timeout != -999:
+            self.timeout = timeout
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.af = raw.family
+        self.sock = self.context.wrap_socket(raw, server_hostname=self.host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+def client_context(cafile: Path) -> ssl.SSLContext:
+    """A client TLS context that trusts exactly the gateway's test certificate."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+@contextlib.contextmanager
+def ftplib_session(port: int, user: str, password: str, ctx: ssl.SSLContext,
+                   timeout: float = 30):
+    """A logged-in implicit FTPS ftplib session with PBSZ 0 / PROT P done."""
+    ftp = ImplicitFTPS(context=ctx, timeout=timeout)
+    ftp.connect(HOST, port)
+    try:
+        ftp.login(user, password)
+        ftp.prot_p()
+        yield ftp
+        ftp.quit()
+    finally:
+        ftp.close()
+
+
+def ftplib_download(ftp: ftplib.FTP, name: str, dest: Path, rest: int | None = None):
+    with open(dest, "ab" if rest else "wb") as f:
+        ftp.retrbinary(f"RETR {name}", f.write, rest=rest)
+
+
+def ftplib_upload(ftp: ftplib.FTP, src: Path, name: str):
+    with open(src, "rb") as f:
+        ftp.storbinary(f"STOR {name}", f)
+
+
+# ---------------------------------------------------------------------------------------
+# Raw control connections, for byte-exact checks
+
+
+REPLY_END = re.compile(rb"^(\d{3}) ")
+
+
+class Control:
+    """A control connection read and written byte by byte: send raw bytes, read whole
+    replies (multi-line aware)."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    @classmethod
+    def implicit(cls, port: int, ctx: ssl.SSLContext, timeout: float = 10) -> "Control":
+        raw = socket.create_connection((HOST, port), timeout=timeout)
+        return cls(ctx.wrap_socket(raw, server_hostname="localhost"), timeout)
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        return self.sock.session
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed; unfinished line {self.buf[:200]!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> tuple[int, str]:
+        """(code, text of all lines)."""
+        first = self.line()
+        assert re.match(rb"^\d{3}[ -]", first), f"not a reply line: {first[:200]!r}"
+        lines = [first]
+        if first[3:4] == b"-":
+            end = first[:3] + b" "
+            while not lines[-1].startswith(end):
+                lines.append(self.line())
+        return int(first[:3]), "\r\n".join(x.decode(errors="replace") for x in lines)
+
+    def cmd(self, line: str) -> tuple[int, str]:
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def login(self, user: str, password: str) -> None:
+        code, text = self.cmd(f"USER {user}")
+        assert code == 331, text
+        code, text = self.cmd(f"PASS {password}")
+        assert code == 230, text
+
+    def closed_by_peer(self, timeout: float = 10) -> bool:
+        """True when the peer ends the connection (close_notify, FIN or reset) without
+        sending anything more first."""
+        self.sock.settimeout(timeout)
+        try:
+            extra = self.buf + self.sock.recv(65536)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
+                BrokenPipeError):
+            return not self.buf
+        except (socket.timeout, TimeoutError):
+            return False
+        return extra == b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def parse_227(text: str) -> tuple[str, int]:
+    """(host, port) from a 227 reply (six numbers, parentheses optional)."""
+    nums = re.findall(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)
+    assert nums, f"no address in {text!r}"
+    h1, h2, h3, h4, p1, p2 = map(int, nums[0])
+    return f"{h1}.{h2}.{h3}.{h4}", p1 * 256 + p2
+
+
+def recv_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, str]:
+    """Read until the peer closes; return (bytes received, how it ended: "eof", "reset",
+    or "timeout")."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        except (socket.timeout, TimeoutError):
+            return data, "timeout"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+    return data, "timeout"
+
+
+def unused_dir(prefix: str) -> Path:
+    """A fresh world-traversable directory under /tmp (pytest's tmp dirs are 0700, and
+    vsftpd's sessions run as the test user)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o755)
+    return d
