@@ -14,7 +14,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
-PURE := ftp_cmd ftp_reply ftp_addr feat config
+PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))

@@ -7,6 +7,7 @@
 #include <uv.h>
 #include "config.h"
 #include "ftp_addr.h"
+#include "ip_limit.h"
 #include "pasv_pool.h"
 #include "tls.h"
 
@@ -34,6 +35,8 @@ struct gw_server {
     gw_frontend frontends[GW_MAX_FRONTENDS];
     uint64_t next_session_id;
     int sessions;
+    gw_ip_table *per_ip;      /* max_sessions_per_ip */
+    uint64_t last_accept_warn; /* accept errors are logged at most once a second */
     struct gw_session *session_list; /* every live session, for shutdown */
     bool stopping;
 };

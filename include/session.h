@@ -80,6 +80,8 @@ typedef struct gw_session {
     bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
+    bool ip_counted;         /* holds one of its address's max_sessions_per_ip */
+    uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     int abort_expect;      /* PEND_ABORT: final replies still due from the backend */
     bool abort_xfer_sent;  /* PEND_ABORT: the client has its reply for the transfer */
     uint64_t abort_started_ms;

@@ -32,8 +32,14 @@ static void on_connection(uv_stream_t *server, int status)
 {
     gw_frontend *fe = server->data;
     if (status < 0) {
-        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", fe->conf->name,
-                    uv_strerror(status));
+        /* libuv closes the pending connection itself on EMFILE (its spare descriptor), so
+         * the loop neither spins nor dies; we only keep the log readable. */
+        uint64_t now = uv_now(fe->srv->loop);
+        if (now - fe->srv->last_accept_warn >= 1000) {
+            fe->srv->last_accept_warn = now;
+            GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", fe->conf->name,
+                        uv_strerror(status));
+        }
         return;
     }
     gw_session_accept(fe, server);
@@ -111,6 +117,11 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, 
     memset(srv, 0, sizeof *srv);
     srv->loop = loop;
     srv->cfg = cfg;
+    srv->per_ip = gw_ip_table_new();
+    if (!srv->per_ip) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
     for (int i = 0; i < cfg->n_frontends; i++) {
         gw_frontend *fe = &srv->frontends[i];
         fe->conf = &cfg->frontends[i];
@@ -138,4 +149,5 @@ void gw_server_free(gw_server *srv)
         gw_tls_ctx_free(srv->frontends[i].backend_tls_ctx);
     }
     gw_pasv_pool_free_all();
+    gw_ip_table_free(srv->per_ip);
 }

@@ -19,6 +19,7 @@
 #define HANDSHAKE_TIMEOUT 30   /* seconds, capped by login_timeout */
 #define CLOSE_GRACE_MS 5000    /* waiting for our final reply and close_notify to leave */
 #define MAX_LONG_LINES 3
+#define FAILED_LOGIN_DELAY_MS 1000
 #define ABORT_TIMEOUT_MS 5000 /* a backend that does not answer ABOR by then is given up */
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
@@ -27,6 +28,7 @@ static const char *const backend_state_names[] = {"idle",  "connecting", "greeti
 
 static void pump(gw_session *s);
 static void cmd_abort(gw_session *s);
+static void command_done(gw_session *s);
 static void session_fail(gw_session *s, const char *reply, const char *why);
 
 static void set_client_state(gw_session *s, enum gw_client_state st)
@@ -65,6 +67,8 @@ static void release(gw_session *s)
     GW_LOG_INFO(s->id, "event=session_end");
     gw_server *srv = s->fe->srv;
     srv->sessions--;
+    if (s->ip_counted)
+        gw_ip_release(srv->per_ip, &s->client_peer);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -128,6 +132,15 @@ static void on_tick(uv_timer_t *t)
             gw_conn_close(s->client);
         return;
     }
+    if (s->reply_delay_until && now >= s->reply_delay_until) {
+        s->reply_delay_until = 0;
+        reply(s, s->held ? s->held : "530 Login incorrect.\r\n");
+        free(s->held);
+        s->held = NULL;
+        s->heldlen = 0;
+        command_done(s);
+        return;
+    }
     if (s->pending == PEND_ABORT && now - s->abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
@@ -149,7 +162,8 @@ static void on_tick(uv_timer_t *t)
                      "backend connect timeout");
     else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
         session_fail(s, "421 Login timeout.\r\n", "login timeout");
-    else if (s->pending != PEND_TRANSFER && idle >= (uint64_t)cfg->idle_timeout * 1000)
+    else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
+             idle >= (uint64_t)cfg->idle_timeout * 1000)
         session_fail(s, "421 Idle timeout, closing control connection.\r\n", "idle timeout");
 }
 
@@ -493,7 +507,11 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         return;
     case PEND_RELAY:
     case PEND_QUIT:
-        if (r->code == 230 && s->be_prot_later) {
+        if (r->code == 530 && !strcmp(s->pending_verb, "PASS")) {
+            append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
+            if (!r->last)
+                return;
+        } else if (r->code == 230 && s->be_prot_later) {
             if (!r->last) {
                 append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
                 return;
@@ -518,10 +536,14 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
             session_fail(s, NULL, "quit");
             return;
         }
-        if (r->code == 530 && strcmp(s->pending_verb, "PASS") == 0 &&
-            ++s->failed_logins >= 3) {
-            session_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
-            return;
+        if (r->code == 530 && strcmp(s->pending_verb, "PASS") == 0) {
+            GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+            if (++s->failed_logins >= 3) {
+                session_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
+                return;
+            }
+            s->reply_delay_until = now_ms(s) + FAILED_LOGIN_DELAY_MS;
+            return; /* on_tick releases the 530 and the queue */
         }
         command_done(s);
         return;
@@ -1132,6 +1154,31 @@ static const gw_conn_ops client_ops = {
     .on_close = on_client_close,
 };
 
+/* max_sessions and max_sessions_per_ip: 421 in clear on explicit/plain frontends, a bare
+ * close on implicit ones (never a byte in clear there, PROTOCOL.md §7). */
+static bool refuse_over_limit(gw_session *s)
+{
+    const gw_config *cfg = s->fe->srv->cfg;
+    const char *why = NULL;
+    if (s->fe->srv->sessions > cfg->max_sessions)
+        why = "max_sessions reached";
+    else if (gw_ip_acquire(s->fe->srv->per_ip, &s->client_peer, cfg->max_sessions_per_ip) != 0)
+        why = "max_sessions_per_ip reached";
+    else
+        s->ip_counted = true;
+    if (!why)
+        return false;
+    GW_LOG_WARN(s->id, "event=session_refused peer=%s reason=\"%s\"",
+                gw_addr_str(&s->client_peer), why);
+    if (s->fe->conf->mode != GW_FE_IMPLICIT) {
+        set_client_state(s, CS_READY);
+        session_fail(s, "421 Too many connections, try again later.\r\n", why);
+    } else {
+        session_fail(s, NULL, why);
+    }
+    return true;
+}
+
 void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
 {
     gw_server *srv = fe->srv;
@@ -1164,6 +1211,8 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
         return;
     }
     gw_addr_normalize(&s->client_peer);
+    if (refuse_over_limit(s))
+        return;
     GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s", fe->conf->name,
                 gw_addr_str(&s->client_peer));
     if (fe->conf->mode != GW_FE_IMPLICIT) {

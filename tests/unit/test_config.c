@@ -314,8 +314,6 @@ static void test_not_implemented(void **state)
         {"[global]\nuser = ftp\n" FE BE, "t.conf:2: [global] user: "},
         {"[global]\nlog_format = json\n" FE BE, "t.conf:2: [global] log_format: "},
         {"[global]\nxferlog = /var/log/x\n" FE BE, "t.conf:2: [global] xferlog: "},
-        {"[global]\nmax_sessions = 5\n" FE BE, "t.conf:2: [global] max_sessions: "},
-        {"[global]\nmax_sessions_per_ip = 5\n" FE BE, "t.conf:2: [global] max_sessions_per_ip: "},
         {"[tls]\nciphers = HIGH\n" FE BE, "t.conf:2: [tls] ciphers: "},
         {"[tls]\nciphersuites = TLS_AES_128_GCM_SHA256\n" FE BE, "t.conf:2: [tls] ciphersuites: "},
         {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
