@@ -48,6 +48,13 @@ integration: build/ftpsgate
 
 test: unit integration
 
+# The named subset that CI runs under valgrind: dialogue, files <= 1 MiB, ABOR, faults.
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	--show-leak-kinds=definite
+VALGRIND_TESTS ?= tests/integration/test_implicit.py -k "not 64 and not parallel and not fd_count"
+valgrind: build/ftpsgate
+	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS)
+
 # libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
 FUZZ_SECONDS ?= 60
 build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) $(wildcard include/*.h)
@@ -55,10 +62,14 @@ build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) $(wildcard include/
 	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
-	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
-	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
-	  ./$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n \
-	    tests/fuzz/corpus/$${n#fuzz_} 2>&1 | grep -E '^(#|stat::number_of_executed_units|INFO: Running|==|SUMMARY)' | tail -n 3; done
+	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \
+	  mkdir -p $$c; log=build/fuzz/$$n.log; \
+	  if ! ./$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$c \
+	      tests/fuzz/corpus/$${n#fuzz_} > $$log 2>&1; then \
+	    tail -n 40 $$log; echo "== $$n: CRASH (see $$log)"; exit 1; fi; \
+	  echo "== $$n: $(FUZZ_SECONDS) s, $$(grep -o 'number_of_executed_units: [0-9]*' $$log \
+	    | grep -o '[0-9]*') executions, $$(grep -o 'cov: [0-9]*' $$log | tail -n 1) edges"; \
+	done
 
 run: deps all
 	tests/tools/demo.sh
