@@ -22,7 +22,8 @@ typedef struct gw_frontend {
     SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
     const char *backend_host; /* SNI and certificate name (sni, else the address host) */
     gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
-    gw_addr backend_addr; /* resolved at start */
+    gw_addr backend_addr; /* an IP literal's address; for a name, the last resolution */
+    bool backend_by_name; /* the backend address is a host name: resolved per session */
     gw_pasv_pool *pool;
     uv_tcp_t listener;
     bool listening;

@@ -51,6 +51,7 @@ typedef struct gw_session {
     uv_loop_t *loop;
     gw_conn *client, *backend;
     uv_timer_t timer;
+    uv_getaddrinfo_t resolve_req; /* backend names are resolved per session */
     enum gw_client_state cstate;
     enum gw_backend_state bstate;
     enum gw_pending pending;

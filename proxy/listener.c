@@ -1,5 +1,6 @@
 /* Frontends: resolve addresses, build TLS contexts, listen, and hand accepted connections
  * to sessions. */
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,10 +52,20 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
     const gw_config *cfg = srv->cfg;
     fe->srv = srv;
     fe->backend = &cfg->backends[fc->backend_index];
+    unsigned char probe[16];
+    fe->backend_by_name = inet_pton(AF_INET, fe->backend->address.host, probe) != 1 &&
+                          inet_pton(AF_INET6, fe->backend->address.host, probe) != 1;
+    /* A name is resolved again for every session (containers come and go); failing now is
+     * only a warning, so the gateway can start before its backend. */
     if (resolve(fe->backend->address.host, fe->backend->address.port, &fe->backend_addr)) {
-        snprintf(err, cap, "[backend %s] address: cannot resolve %s", fe->backend->name,
-                 fe->backend->address.host);
-        return -1;
+        if (!fe->backend_by_name) {
+            snprintf(err, cap, "[backend %s] address: bad address %s", fe->backend->name,
+                     fe->backend->address.host);
+            return -1;
+        }
+        GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per "
+                       "session\"",
+                    fe->backend->name, fe->backend->address.host);
     }
     if (fc->pasv_address[0] && resolve(fc->pasv_address, 0, &fe->pasv_addr)) {
         snprintf(err, cap, "[frontend %s] pasv_address: cannot resolve %s", fc->name,

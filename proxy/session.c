@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <strings.h>
 
 #include "data.h"
@@ -584,8 +585,9 @@ static void on_backend_connect(gw_conn *c, int status)
 {
     gw_session *s = c->owner;
     if (status != 0) {
-        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s reason=\"%s\"",
-                    gw_addr_str(&s->fe->backend_addr), uv_strerror(status));
+        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\"",
+                    s->fe->backend->address.host, s->fe->backend->address.port,
+                    uv_strerror(status));
         session_fail(s, "421 Service not available: backend unreachable.\r\n",
                      "backend unreachable");
         return;
@@ -664,6 +666,37 @@ static const gw_conn_ops backend_ops = {
     .on_close = on_backend_close,
 };
 
+static void connect_backend_to(gw_session *s, const gw_addr *to)
+{
+    int r = gw_conn_connect(s->backend, to);
+    if (r != 0)
+        on_backend_connect(s->backend, r);
+}
+
+static void on_backend_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    gw_session *s = req->data;
+    gw_addr to = {0};
+    if (status == 0 && res) {
+        const struct addrinfo *pick = res;
+        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+            if (ai->ai_family == AF_INET) { /* legacy servers and 227 replies are IPv4 */
+                pick = ai;
+                break;
+            }
+        gw_addr_from_sockaddr(&to, pick->ai_addr);
+        to.port = s->fe->backend->address.port;
+    }
+    uv_freeaddrinfo(res);
+    if (s->backend && !s->closing) {
+        if (to.family)
+            connect_backend_to(s, &to);
+        else
+            on_backend_connect(s->backend, status ? status : UV_EAI_NONAME);
+    }
+    release(s); /* the pending lookup held the session */
+}
+
 static void connect_backend(gw_session *s)
 {
     s->backend = gw_conn_new(s->loop, &backend_ops, s, s->id, "backend");
@@ -674,9 +707,19 @@ static void connect_backend(gw_session *s)
     s->handles++;
     set_backend_state(s, BS_CONNECTING);
     s->pending = PEND_GREETING;
-    int r = gw_conn_connect(s->backend, &s->fe->backend_addr);
-    if (r != 0)
+    if (!s->fe->backend_by_name) {
+        connect_backend_to(s, &s->fe->backend_addr);
+        return;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    s->resolve_req.data = s;
+    s->handles++;
+    int r = uv_getaddrinfo(s->loop, &s->resolve_req, on_backend_resolved,
+                           s->fe->backend->address.host, NULL, &hints);
+    if (r != 0) {
+        s->handles--;
         on_backend_connect(s->backend, r);
+    }
 }
 
 /* ---- client commands ---- */
