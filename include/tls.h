@@ -29,8 +29,11 @@ enum gw_tls_role {
 
 /* A server context with certificate, key, protocol floor, session cache and tagged tickets.
  * NULL with a message in err. */
+/* ciphers (TLS <= 1.2) and ciphersuites (TLS 1.3): empty means the gateway's default, which
+ * prefers AES-128-GCM (as strong as needed, and the fastest here). */
 SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_version min,
-                               char *err, size_t errcap);
+                               const char *ciphers, const char *ciphersuites, char *err,
+                               size_t errcap);
 void gw_tls_ctx_free(SSL_CTX *ctx);
 
 /* Make sure DIR holds a self-signed certificate and key (creating them if missing); writes

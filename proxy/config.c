@@ -287,11 +287,15 @@ static bool is_ip_literal(const char *host)
 }
 
 /* The NAT address advertised in 227 replies: an IPv4 literal (227 cannot carry a name). */
-static int p_ipv4(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+/* pasv_address: an IPv4 address or a host name resolved to one (a 227 carries IPv4 only). */
+static int p_pasv_host(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     unsigned char buf[4];
-    if (v[0] != '\0' && inet_pton(AF_INET, v, buf) != 1) {
-        snprintf(why, cap, "\"%s\": expected an IPv4 address", v);
+    bool name = v[0] && strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789-.") == strlen(v) &&
+                strpbrk(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    if (v[0] != '\0' && inet_pton(AF_INET, v, buf) != 1 && !name) {
+        snprintf(why, cap, "\"%s\": expected an IPv4 address or a host name", v);
         return -1;
     }
     return p_str(k, v, out, why, cap);
@@ -392,8 +396,8 @@ static const struct keydef keys[] = {
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
     {"min_version", S_TLS, p_enum, G(tls_min_version), "TLSv1.2", true, 0, 0, w_tls_front},
-    {"ciphers", S_TLS, p_str, G(ciphers), "", false, 0, 0, NULL},
-    {"ciphersuites", S_TLS, p_str, G(ciphersuites), "", false, 0, 0, NULL},
+    {"ciphers", S_TLS, p_str, G(ciphers), "", true, 0, 0, NULL},
+    {"ciphersuites", S_TLS, p_str, G(ciphersuites), "", true, 0, 0, NULL},
     {"data_session_reuse", S_TLS, p_enum_bool, G(data_session_reuse_required), "required", true, 0,
      0, w_reuse},
     {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", false, 0, 0, NULL},
@@ -404,7 +408,7 @@ static const struct keydef keys[] = {
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
-    {"pasv_address", S_FRONTEND, p_ipv4, F(pasv_address), "", true, 0, 0, NULL},
+    {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
     {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},

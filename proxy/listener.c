@@ -67,17 +67,22 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
                        "session\"",
                     fe->backend->name, fe->backend->address.host);
     }
-    if (fc->pasv_address[0] && resolve(fc->pasv_address, 0, &fe->pasv_addr)) {
-        snprintf(err, cap, "[frontend %s] pasv_address: cannot resolve %s", fc->name,
-                 fc->pasv_address);
+    if (fc->pasv_address[0] &&
+        (resolve(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
+        snprintf(err, cap, "[frontend %s] pasv_address: %s does not resolve to an IPv4 address",
+                 fc->name, fc->pasv_address);
         return -1;
     }
+    if (fc->pasv_address[0])
+        GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name,
+                    fc->pasv_address, gw_addr_str(&fe->pasv_addr));
     fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
     if (fc->mode != GW_FE_PLAIN) {
         const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
         const char *key = fc->key[0] ? fc->key : cfg->key;
         char e[256];
-        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, e, sizeof e);
+        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, cfg->ciphers,
+                                            cfg->ciphersuites, e, sizeof e);
         if (!fe->tls_ctx) {
             snprintf(err, cap, "[frontend %s] %s", fc->name, e);
             return -1;

@@ -77,8 +77,15 @@ static SSL_TICKET_RETURN on_ticket_decrypt(SSL *ssl, SSL_SESSION *ss, const unsi
     }
 }
 
+#define DEFAULT_CIPHERSUITES                                                                       \
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#define DEFAULT_CIPHERS                                                                            \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
 SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_version min,
-                               char *err, size_t errcap)
+                               const char *ciphers, const char *ciphersuites, char *err,
+                               size_t errcap)
 {
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -90,6 +97,14 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_set_cipher_list(ctx, *ciphers ? ciphers : DEFAULT_CIPHERS) != 1) {
+        ctx_error(err, errcap, "bad [tls] ciphers:", ciphers);
+        goto fail;
+    }
+    if (SSL_CTX_set_ciphersuites(ctx, *ciphersuites ? ciphersuites : DEFAULT_CIPHERSUITES) != 1) {
+        ctx_error(err, errcap, "bad [tls] ciphersuites:", ciphersuites);
+        goto fail;
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         ctx_error(err, errcap, "cannot load certificate", cert);
         goto fail;
