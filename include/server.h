@@ -1,4 +1,7 @@
-/* The running gateway: configuration, frontends with their listeners and TLS contexts. */
+/* The running gateway. A configuration *generation* (the config plus, per frontend, its TLS
+ * contexts, resolved addresses and port pool) is immutable; SIGHUP builds a new one for new
+ * sessions while live sessions keep a reference to theirs. Listeners outlive generations:
+ * a listening address that stays in the configuration keeps its socket. */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
@@ -12,40 +15,62 @@
 #include "tls.h"
 
 typedef struct gw_server gw_server;
+typedef struct gw_generation gw_generation;
 struct gw_session;
 
 typedef struct gw_frontend {
     const gw_frontend_conf *conf;
     const gw_backend_conf *backend;
+    const gw_config *cfg; /* the generation's whole configuration */
+    gw_generation *gen;
     gw_server *srv;
-    SSL_CTX *tls_ctx;     /* client-facing, NULL on plain frontends */
+    SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
     SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
     const char *backend_host; /* SNI and certificate name (sni, else the address host) */
     gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
     gw_addr backend_addr; /* an IP literal's address; for a name, the last resolution */
     bool backend_by_name; /* the backend address is a host name: resolved per session */
     gw_pasv_pool *pool;
-    uv_tcp_t listener;
-    bool listening;
 } gw_frontend;
+
+struct gw_generation {
+    gw_config cfg;
+    int refs; /* 1 while current, plus one per live session */
+    int n_frontends;
+    gw_frontend frontends[GW_MAX_FRONTENDS];
+};
+
+typedef struct gw_listener {
+    uv_tcp_t tcp;
+    gw_server *srv;
+    gw_hostport addr;
+    gw_frontend *fe; /* the current generation's frontend on this address */
+} gw_listener;
 
 struct gw_server {
     uv_loop_t *loop;
-    gw_config *cfg;
-    int n_frontends;
-    gw_frontend frontends[GW_MAX_FRONTENDS];
+    gw_generation *gen; /* current */
+    int n_listeners;
+    gw_listener *listeners[GW_MAX_FRONTENDS];
     uint64_t next_session_id;
     int sessions;
-    gw_ip_table *per_ip;      /* max_sessions_per_ip */
-    uint64_t last_accept_warn; /* accept errors are logged at most once a second */
+    gw_ip_table *per_ip;         /* max_sessions_per_ip */
+    uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
     struct gw_session *session_list; /* every live session, for shutdown */
     bool stopping;
 };
 
-/* Resolve addresses, build TLS contexts, bind and listen. 0, or -1 with a message. */
+/* Build the first generation from cfg (taken over), bind and listen. 0, or -1 with a
+ * message (and 2 is the exit status: nothing is left listening). */
 int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap);
+/* SIGHUP: a new generation from cfg (taken over; freed on failure). Listeners on addresses
+ * that remain are kept, new ones opened, dropped ones closed. On failure nothing changes. */
+int gw_server_reload(gw_server *srv, gw_config *cfg, char *err, size_t cap);
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);
+
+void gw_generation_ref(gw_generation *g);
+void gw_generation_unref(gw_generation *g);
 
 #endif

@@ -392,7 +392,7 @@ gw_data *gw_data_new(struct gw_session *s)
     d->loop = s->loop;
     d->sid = s->id;
     d->timer = t;
-    const gw_config *cfg = s->fe->srv->cfg;
+    const gw_config *cfg = s->fe->cfg;
     d->connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000;
     d->data_timeout_ms = (uint64_t)cfg->data_timeout * 1000;
     d->last_progress = uv_now(d->loop);

@@ -1,8 +1,9 @@
-/* Frontends: resolve addresses, build TLS contexts, listen, and hand accepted connections
- * to sessions. */
+/* Frontends and listeners: build a configuration generation (resolve addresses, TLS
+ * contexts, port pools), listen, accept, and swap generations on reload. */
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -29,28 +30,18 @@ static int resolve(const char *host, uint16_t port, gw_addr *out)
     return 0;
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static const char *mode_name(enum gw_fe_mode m)
 {
-    gw_frontend *fe = server->data;
-    if (status < 0) {
-        /* libuv closes the pending connection itself on EMFILE (its spare descriptor), so
-         * the loop neither spins nor dies; we only keep the log readable. */
-        uint64_t now = uv_now(fe->srv->loop);
-        if (now - fe->srv->last_accept_warn >= 1000) {
-            fe->srv->last_accept_warn = now;
-            GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", fe->conf->name,
-                        uv_strerror(status));
-        }
-        return;
-    }
-    gw_session_accept(fe, server);
+    return m == GW_FE_IMPLICIT ? "implicit" : m == GW_FE_EXPLICIT ? "explicit" : "plain";
 }
 
-static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap)
+/* Everything a frontend needs except its listening socket. */
+static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t cap)
 {
     const gw_frontend_conf *fc = fe->conf;
-    const gw_config *cfg = srv->cfg;
-    fe->srv = srv;
+    const gw_config *cfg = &g->cfg;
+    fe->cfg = cfg;
+    fe->gen = g;
     fe->backend = &cfg->backends[fc->backend_index];
     unsigned char probe[16];
     fe->backend_by_name = inet_pton(AF_INET, fe->backend->address.host, probe) != 1 &&
@@ -77,10 +68,14 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
         GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name,
                     fc->pasv_address, gw_addr_str(&fe->pasv_addr));
     fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
+    if (!fe->pool) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    char e[256];
     if (fc->mode != GW_FE_PLAIN) {
         const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
         const char *key = fc->key[0] ? fc->key : cfg->key;
-        char e[256];
         fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, cfg->ciphers,
                                             cfg->ciphersuites, e, sizeof e);
         if (!fe->tls_ctx) {
@@ -89,7 +84,6 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
         }
     }
     if (fe->backend->tls != GW_BE_TLS_NONE) {
-        char e[256];
         fe->backend_tls_ctx = gw_tls_client_ctx_new(fe->backend, e, sizeof e);
         if (!fe->backend_tls_ctx) {
             snprintf(err, cap, "[backend %s] %s", fe->backend->name, e);
@@ -101,30 +95,164 @@ static int start_frontend(gw_server *srv, gw_frontend *fe, char *err, size_t cap
                            "is not checked\"",
                         fe->backend->name);
     }
+    return 0;
+}
+
+static void free_generation(gw_generation *g)
+{
+    for (int i = 0; i < g->n_frontends; i++) {
+        gw_tls_ctx_free(g->frontends[i].tls_ctx);
+        gw_tls_ctx_free(g->frontends[i].backend_tls_ctx);
+    }
+    free(g);
+}
+
+void gw_generation_ref(gw_generation *g)
+{
+    g->refs++;
+}
+
+void gw_generation_unref(gw_generation *g)
+{
+    if (--g->refs == 0)
+        free_generation(g);
+}
+
+static gw_generation *build_generation(gw_server *srv, gw_config *cfg, char *err, size_t cap)
+{
+    gw_generation *g = calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    g->cfg = *cfg;
+    g->refs = 1;
+    for (int i = 0; i < g->cfg.n_frontends; i++) {
+        gw_frontend *fe = &g->frontends[i];
+        fe->conf = &g->cfg.frontends[i];
+        fe->srv = srv;
+        g->n_frontends = i + 1;
+        if (prepare_frontend(g, fe, err, cap) != 0) {
+            free_generation(g);
+            return NULL;
+        }
+    }
+    return g;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    gw_listener *l = server->data;
+    if (status < 0) {
+        /* libuv closes the pending connection itself on EMFILE (its spare descriptor), so
+         * the loop neither spins nor dies; we only keep the log readable. */
+        uint64_t now = uv_now(l->srv->loop);
+        if (now - l->srv->last_accept_warn >= 1000) {
+            l->srv->last_accept_warn = now;
+            GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", l->fe->conf->name,
+                        uv_strerror(status));
+        }
+        return;
+    }
+    gw_session_accept(l->fe, server);
+}
+
+static bool same_listen(const gw_hostport *a, const gw_hostport *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+static gw_listener *find_listener(gw_server *srv, const gw_hostport *addr)
+{
+    for (int i = 0; i < srv->n_listeners; i++)
+        if (same_listen(&srv->listeners[i]->addr, addr))
+            return srv->listeners[i];
+    return NULL;
+}
+
+static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, size_t cap)
+{
+    const gw_frontend_conf *fc = fe->conf;
     gw_addr la;
     if (resolve(fc->listen.host, fc->listen.port, &la)) {
         snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
-        return -1;
+        return NULL;
+    }
+    gw_listener *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
     }
     struct sockaddr_storage ss;
     gw_addr_to_sockaddr(&la, &ss);
-    uv_tcp_init(srv->loop, &fe->listener);
-    fe->listener.data = fe;
-    fe->listening = true;
-    int r = uv_tcp_bind(&fe->listener, (struct sockaddr *)&ss, 0);
+    uv_tcp_init(srv->loop, &l->tcp);
+    l->tcp.data = l;
+    l->srv = srv;
+    l->addr = fc->listen;
+    l->fe = fe;
+    int r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
     if (r == 0)
-        r = uv_listen((uv_stream_t *)&fe->listener, 511, on_connection);
+        r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
         snprintf(err, cap, "[frontend %s] cannot listen on %s: %s", fc->name, gw_addr_str(&la),
                  uv_strerror(r));
-        return -1;
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+        return NULL;
     }
-    char backend[80];
-    snprintf(backend, sizeof backend, "%s", gw_addr_str(&fe->backend_addr));
-    GW_LOG_INFO(0, "event=listening frontend=%s mode=%s addr=%s backend=%s", fc->name,
-                fc->mode == GW_FE_IMPLICIT ? "implicit" : fc->mode == GW_FE_EXPLICIT ? "explicit"
-                                                                                      : "plain",
-                gw_addr_str(&la), backend);
+    return l;
+}
+
+static void log_frontend(const gw_frontend *fe, const char *event)
+{
+    char backend[GW_HOST_MAX + 8];
+    snprintf(backend, sizeof backend, "%s:%u", fe->backend->address.host,
+             fe->backend->address.port);
+    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s:%u backend=%s", event, fe->conf->name,
+                mode_name(fe->conf->mode), fe->conf->listen.host, fe->conf->listen.port,
+                backend);
+}
+
+static void close_listener(gw_listener *l)
+{
+    if (!uv_is_closing((uv_handle_t *)&l->tcp))
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+}
+
+/* Point listeners at generation g: keep those whose address stays, open new ones, close the
+ * rest. On failure the new listeners are closed and nothing else changes. */
+static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t cap)
+{
+    gw_listener *next[GW_MAX_FRONTENDS] = {0};
+    bool fresh[GW_MAX_FRONTENDS] = {0};
+    for (int i = 0; i < g->n_frontends; i++) {
+        next[i] = find_listener(srv, &g->frontends[i].conf->listen);
+        if (!next[i]) {
+            next[i] = open_listener(srv, &g->frontends[i], err, cap);
+            fresh[i] = true;
+            if (!next[i]) {
+                for (int j = 0; j < i; j++)
+                    if (fresh[j])
+                        close_listener(next[j]);
+                return -1;
+            }
+        }
+    }
+    for (int i = 0; i < srv->n_listeners; i++) {
+        bool kept = false;
+        for (int j = 0; j < g->n_frontends; j++)
+            kept |= next[j] == srv->listeners[i];
+        if (!kept) {
+            GW_LOG_INFO(0, "event=listener_closed addr=%s:%u", srv->listeners[i]->addr.host,
+                        srv->listeners[i]->addr.port);
+            close_listener(srv->listeners[i]);
+        }
+    }
+    for (int i = 0; i < g->n_frontends; i++) {
+        next[i]->fe = &g->frontends[i];
+        srv->listeners[i] = next[i];
+        log_frontend(&g->frontends[i], fresh[i] ? "listening" : "listening_kept");
+    }
+    srv->n_listeners = g->n_frontends;
     return 0;
 }
 
@@ -132,38 +260,45 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, 
 {
     memset(srv, 0, sizeof *srv);
     srv->loop = loop;
-    srv->cfg = cfg;
     srv->per_ip = gw_ip_table_new();
     if (!srv->per_ip) {
         snprintf(err, cap, "out of memory");
         return -1;
     }
-    for (int i = 0; i < cfg->n_frontends; i++) {
-        gw_frontend *fe = &srv->frontends[i];
-        fe->conf = &cfg->frontends[i];
-        srv->n_frontends = i + 1;
-        if (start_frontend(srv, fe, err, cap) != 0)
-            return -1;
+    srv->gen = build_generation(srv, cfg, err, cap);
+    if (!srv->gen)
+        return -1;
+    return switch_listeners(srv, srv->gen, err, cap);
+}
+
+int gw_server_reload(gw_server *srv, gw_config *cfg, char *err, size_t cap)
+{
+    gw_generation *g = build_generation(srv, cfg, err, cap);
+    if (!g)
+        return -1;
+    if (switch_listeners(srv, g, err, cap) != 0) {
+        gw_generation_unref(g);
+        return -1;
     }
+    gw_generation *old = srv->gen;
+    srv->gen = g;
+    gw_generation_unref(old); /* freed when its last session ends */
     return 0;
 }
 
 void gw_server_stop_listening(gw_server *srv)
 {
-    for (int i = 0; i < srv->n_frontends; i++) {
-        gw_frontend *fe = &srv->frontends[i];
-        if (fe->listening && !uv_is_closing((uv_handle_t *)&fe->listener))
-            uv_close((uv_handle_t *)&fe->listener, NULL);
-    }
+    for (int i = 0; i < srv->n_listeners; i++)
+        close_listener(srv->listeners[i]);
+    srv->n_listeners = 0;
 }
 
 void gw_server_free(gw_server *srv)
 {
-    for (int i = 0; i < srv->n_frontends; i++)
-    {
-        gw_tls_ctx_free(srv->frontends[i].tls_ctx);
-        gw_tls_ctx_free(srv->frontends[i].backend_tls_ctx);
-    }
+    if (srv->gen)
+        gw_generation_unref(srv->gen);
+    srv->gen = NULL;
     gw_pasv_pool_free_all();
     gw_ip_table_free(srv->per_ip);
+    srv->per_ip = NULL;
 }

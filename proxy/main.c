@@ -19,6 +19,7 @@
 #define GW_VERSION "0.1.0"
 
 static gw_server server;
+static const char *config_path; /* NULL: the embedded default */
 static uv_signal_t sig_int, sig_term, sig_hup;
 static uv_timer_t stop_timer;
 static uint64_t stop_deadline;
@@ -77,6 +78,36 @@ static int ensure_cert(gw_config *cfg)
     return 0;
 }
 
+static int load(gw_config *cfg, char *err, size_t cap)
+{
+    return config_path ? gw_config_load_file(config_path, cfg, err, cap)
+                       : gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
+                                         "<embedded default>", cfg, err, cap);
+}
+
+/* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. */
+static void reload(void)
+{
+    if (server.stopping)
+        return;
+    gw_config *cfg = calloc(1, sizeof *cfg);
+    char err[1024] = "see the previous line";
+    if (!cfg)
+        return;
+    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0) {
+        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
+                   err);
+    } else if (gw_server_reload(&server, cfg, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
+                   err);
+    } else {
+        gw_log_set_level(server.gen->cfg.log_level);
+        GW_LOG_INFO(0, "event=reloaded config=\"%s\" sessions=%d",
+                    config_path ? config_path : "<embedded default>", server.sessions);
+    }
+    free(cfg);
+}
+
 static void on_stop_tick(uv_timer_t *t)
 {
     if (server.sessions == 0) {
@@ -93,7 +124,7 @@ static void on_stop_tick(uv_timer_t *t)
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
-        GW_LOG_WARN(0, "event=sighup note=\"configuration reload is not implemented yet\"");
+        reload();
         return;
     }
     if (server.stopping) {
@@ -103,9 +134,9 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     server.stopping = true;
     GW_LOG_INFO(0, "event=stopping signal=%d sessions=%d grace=%d", signum, server.sessions,
-                server.cfg->shutdown_grace);
+                server.gen->cfg.shutdown_grace);
     gw_server_stop_listening(&server);
-    stop_deadline = uv_now(h->loop) + (uint64_t)server.cfg->shutdown_grace * 1000;
+    stop_deadline = uv_now(h->loop) + (uint64_t)server.gen->cfg.shutdown_grace * 1000;
     uv_timer_start(&stop_timer, on_stop_tick, 0, 100);
 }
 
@@ -117,7 +148,7 @@ static void close_any(uv_handle_t *h, void *arg)
 
 int main(int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL; /* as given; config_path once running */
     bool test_only = false;
     int opt;
     while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
@@ -157,6 +188,7 @@ int main(int argc, char **argv)
         printf("ok\n");
         return 0;
     }
+    config_path = path;
     gw_log_set_level(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
     if (ensure_cert(&cfg) != 0)

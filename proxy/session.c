@@ -70,6 +70,7 @@ static void release(gw_session *s)
     srv->sessions--;
     if (s->ip_counted)
         gw_ip_release(srv->per_ip, &s->client_peer);
+    gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -126,7 +127,7 @@ static void on_tick(uv_timer_t *t)
 {
     gw_session *s = t->data;
     uint64_t now = now_ms(s);
-    const gw_config *cfg = s->fe->srv->cfg;
+    const gw_config *cfg = s->fe->cfg;
     uint64_t since_start = now - s->started_ms, idle = now - s->last_active_ms;
     if (s->closing) {
         if (idle >= CLOSE_GRACE_MS && s->client)
@@ -964,7 +965,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     gw_data_tls tls = {
         .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
         .tag = s->has_tag ? s->tag : NULL,
-        .reuse_required = s->fe->srv->cfg->data_session_reuse_required,
+        .reuse_required = s->fe->cfg->data_session_reuse_required,
     };
     if (s->be_prot_p) {
         /* Offer the backend control session: servers such as vsftpd require it. */
@@ -1201,7 +1202,7 @@ static const gw_conn_ops client_ops = {
  * close on implicit ones (never a byte in clear there, PROTOCOL.md §7). */
 static bool refuse_over_limit(gw_session *s)
 {
-    const gw_config *cfg = s->fe->srv->cfg;
+    const gw_config *cfg = s->fe->cfg;
     const char *why = NULL;
     if (s->fe->srv->sessions > cfg->max_sessions)
         why = "max_sessions reached";
@@ -1230,6 +1231,7 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
         return;
     s->id = ++srv->next_session_id;
     s->fe = fe;
+    gw_generation_ref(fe->gen);
     s->loop = srv->loop;
     s->client = gw_conn_new(s->loop, &client_ops, s, s->id, "client");
     if (!s->client) {
