@@ -35,7 +35,8 @@ struct gw_conn {
     const char *name; /* which leg, for logs */
     gw_tls *tls;
     size_t queued; /* bytes written but not yet sent */
-    uint64_t bytes_in, bytes_out;
+    uint64_t bytes_in, bytes_out; /* on the wire (ciphertext when TLS) */
+    uint64_t payload_out;         /* plaintext the owner wrote */
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
     bool clearing;        /* CCC/REIN: our close_notify is out, the peer's may follow */
     SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */

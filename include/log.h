@@ -7,6 +7,8 @@
 #include "config.h"
 
 void gw_log_set_level(enum gw_log_level level);
+/* log_format = json: every line becomes one JSON object with the same keys. */
+void gw_log_set_json(bool json);
 bool gw_log_enabled(enum gw_log_level level);
 /* fmt continues the line after "level=... session=...": write key=value pairs. */
 void gw_log(enum gw_log_level level, uint64_t session, const char *fmt, ...)

@@ -35,6 +35,7 @@ typedef struct gw_frontend {
 
 struct gw_generation {
     gw_config cfg;
+    int xferlog_fd; /* -1: no transfer log */
     int refs; /* 1 while current, plus one per live session */
     int n_frontends;
     gw_frontend frontends[GW_MAX_FRONTENDS];

@@ -70,6 +70,9 @@ typedef struct gw_session {
     int held_code;
     gw_data *data;
     bool data_finished, data_ok;
+    uint64_t xfer_bytes, xfer_started_ms;
+    char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
+    char user[64];      /* the USER argument, for the transfer log (never the password) */
     char data_fail_reply[128];
     bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
     bool tls_up;           /* the control connection is protected now */
@@ -96,6 +99,6 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener);
 /* End every live session with 421 (graceful stop after shutdown_grace). */
 void gw_session_close_all(gw_server *srv, const char *why);
 /* From data.c: the transfer's data legs are done (ok) or failed with `reply` to send. */
-void gw_session_data_finished(gw_session *s, bool ok, const char *reply);
+void gw_session_data_finished(gw_session *s, bool ok, const char *reply, uint64_t bytes);
 
 #endif

@@ -380,10 +380,10 @@ static const struct word w_data_mode[] = {
 static const struct keydef keys[] = {
     /* name, section, parser, field, default, implemented, min, max, words */
     {"workers", S_GLOBAL, p_int, G(workers), "1", false, 1, MAX_WORKERS, w_auto},
-    {"user", S_GLOBAL, p_str, G(user), "", false, 0, 0, NULL},
+    {"user", S_GLOBAL, p_str, G(user), "", true, 0, 0, NULL},
     {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
-    {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", false, 0, 0, w_log_format},
-    {"xferlog", S_GLOBAL, p_str, G(xferlog), "", false, 0, 0, NULL},
+    {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", true, 0, 0, w_log_format},
+    {"xferlog", S_GLOBAL, p_str, G(xferlog), "", true, 0, 0, NULL},
     {"max_sessions", S_GLOBAL, p_int, G(max_sessions), "10000", true, 1, MAX_SESSIONS, NULL},
     {"max_sessions_per_ip", S_GLOBAL, p_int, G(max_sessions_per_ip), "50", true, 1, MAX_SESSIONS,
      NULL},

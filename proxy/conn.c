@@ -151,6 +151,7 @@ void gw_conn_write(gw_conn *c, const void *buf, size_t n)
 {
     if (c->closing || c->shut || n == 0)
         return;
+    c->payload_out += n;
     if (!c->tls) {
         write_raw(c, buf, n);
         return;

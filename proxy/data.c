@@ -83,8 +83,9 @@ static void finish(gw_data *d, bool ok, const char *reply)
         return;
     d->finished = true;
     uv_timer_stop(d->timer);
+    gw_conn *dst = d->upload ? d->backend : d->client;
     if (d->s)
-        gw_session_data_finished(d->s, ok, reply);
+        gw_session_data_finished(d->s, ok, reply, dst ? dst->payload_out : 0);
 }
 
 static void fail(gw_data *d, const char *reply, const char *why)
@@ -179,7 +180,7 @@ static void on_leg_shutdown(gw_conn *c, int status)
         return;
     }
     GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
-                 d->upload ? "upload" : "download", (unsigned long long)c->bytes_out);
+                 d->upload ? "upload" : "download", (unsigned long long)c->payload_out);
     finish(d, true, NULL);
 }
 

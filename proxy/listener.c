@@ -1,6 +1,9 @@
 /* Frontends and listeners: build a configuration generation (resolve addresses, TLS
  * contexts, port pools), listen, accept, and swap generations on reload. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +103,8 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t
 
 static void free_generation(gw_generation *g)
 {
+    if (g->xferlog_fd >= 0)
+        close(g->xferlog_fd);
     for (int i = 0; i < g->n_frontends; i++) {
         gw_tls_ctx_free(g->frontends[i].tls_ctx);
         gw_tls_ctx_free(g->frontends[i].backend_tls_ctx);
@@ -127,6 +132,16 @@ static gw_generation *build_generation(gw_server *srv, gw_config *cfg, char *err
     }
     g->cfg = *cfg;
     g->refs = 1;
+    g->xferlog_fd = -1;
+    if (g->cfg.xferlog[0]) {
+        g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (g->xferlog_fd < 0) {
+            snprintf(err, cap, "[global] xferlog: cannot open %s: %s", g->cfg.xferlog,
+                     strerror(errno));
+            free(g);
+            return NULL;
+        }
+    }
     for (int i = 0; i < g->cfg.n_frontends; i++) {
         gw_frontend *fe = &g->frontends[i];
         fe->conf = &g->cfg.frontends[i];

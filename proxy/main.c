@@ -1,6 +1,8 @@
 /* ftpsgate: command line, configuration, signals, graceful stop. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
@@ -102,10 +104,38 @@ static void reload(void)
                    err);
     } else {
         gw_log_set_level(server.gen->cfg.log_level);
+        gw_log_set_json(server.gen->cfg.log_json);
         GW_LOG_INFO(0, "event=reloaded config=\"%s\" sessions=%d",
                     config_path ? config_path : "<embedded default>", server.sessions);
     }
     free(cfg);
+}
+
+/* [global] user: after binding (990/21 need root), run as an unprivileged user. Ports below
+ * 1024 cannot be bound again afterwards: active_source_port falls back to any port, and a
+ * reload cannot add a privileged listener. */
+static int drop_privileges(const char *user)
+{
+    if (!user[0])
+        return 0;
+    if (geteuid() != 0) {
+        GW_LOG_INFO(0, "event=user_ignored user=%s note=\"not started as root\"", user);
+        return 0;
+    }
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"[global] user: no such user %s\"", user);
+        fprintf(stderr, "ftpsgate: [global] user: no such user %s\n", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0 ||
+        setuid(0) == 0) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"cannot drop privileges to %s\"", user);
+        fprintf(stderr, "ftpsgate: cannot drop privileges to %s\n", user);
+        return -1;
+    }
+    GW_LOG_INFO(0, "event=privileges_dropped user=%s uid=%u", user, (unsigned)pw->pw_uid);
+    return 0;
 }
 
 static void on_stop_tick(uv_timer_t *t)
@@ -190,6 +220,7 @@ int main(int argc, char **argv)
     }
     config_path = path;
     gw_log_set_level(cfg.log_level);
+    gw_log_set_json(cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
     if (ensure_cert(&cfg) != 0)
         return 2;
@@ -201,6 +232,12 @@ int main(int argc, char **argv)
         uv_run(loop, UV_RUN_NOWAIT);
         gw_server_free(&server);
         uv_loop_close(loop);
+        return 2;
+    }
+    if (drop_privileges(cfg.user) != 0) {
+        gw_server_stop_listening(&server);
+        uv_run(loop, UV_RUN_NOWAIT);
+        gw_server_free(&server);
         return 2;
     }
     GW_LOG_INFO(0, "event=started version=%s config=\"%s\"", GW_VERSION,

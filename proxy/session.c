@@ -8,6 +8,8 @@
 #include <string.h>
 #include <netdb.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "feat.h"
@@ -202,6 +204,29 @@ static void command_done(gw_session *s)
     pump(s);
 }
 
+/* One line per finished transfer, key=value like the main log. */
+static void write_xferlog(gw_session *s, const char *result)
+{
+    int fd = s->fe->gen->xferlog_fd;
+    if (fd < 0)
+        return;
+    char line[768], ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int n = snprintf(line, sizeof line,
+                     "%s session=%llu peer=%s user=\"%s\" verb=%s file=\"%s\" bytes=%llu "
+                     "ms=%llu code=%d result=%s\n",
+                     ts, (unsigned long long)s->id, gw_addr_str(&s->client_peer), s->user,
+                     s->pending_verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
+                     (unsigned long long)(now_ms(s) - s->xfer_started_ms), s->held_code, result);
+    if (n > 0) {
+        ssize_t w = write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        (void)w;
+    }
+}
+
 static void complete_transfer(gw_session *s)
 {
     bool backend_ok = s->held_code >= 200 && s->held_code < 300;
@@ -209,8 +234,10 @@ static void complete_transfer(gw_session *s)
         reply(s, s->data_fail_reply); /* the client's leg broke: never report success */
     else if (s->held)
         reply(s, s->held);
-    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s", s->pending_verb,
-                s->held_code, !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed");
+    const char *result = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->pending_verb,
+                s->held_code, result, (unsigned long long)s->xfer_bytes);
+    write_xferlog(s, result);
     drop_data(s, backend_ok && s->data_ok);
     free(s->held);
     s->held = NULL;
@@ -218,9 +245,10 @@ static void complete_transfer(gw_session *s)
     command_done(s);
 }
 
-void gw_session_data_finished(gw_session *s, bool ok, const char *text)
+void gw_session_data_finished(gw_session *s, bool ok, const char *text, uint64_t bytes)
 {
     s->data_finished = true;
+    s->xfer_bytes = bytes;
     s->data_ok = ok;
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", text);
@@ -961,6 +989,10 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     forward(s, line, PEND_TRANSFER);
     s->held_code = 0;
     s->data_finished = false;
+    s->xfer_bytes = 0;
+    s->xfer_started_ms = now_ms(s);
+    const char *sp = strchr(line, ' ');
+    snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
     gw_data_tls tls = {
         .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
@@ -1017,8 +1049,10 @@ static void handle_command(gw_session *s, const char *line)
     else if (is_transfer(v, &upload))
         cmd_transfer(s, line, v, upload);
     else {
-        if (!strcmp(v, "USER"))
+        if (!strcmp(v, "USER")) {
             s->user_sent = true;
+            snprintf(s->user, sizeof s->user, "%s", cmd.arg);
+        }
         forward(s, line, PEND_RELAY);
     }
 }

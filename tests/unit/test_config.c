@@ -313,9 +313,6 @@ static void test_not_implemented(void **state)
     } cases[] = {
         {"[global]\nworkers = auto\n" FE BE, "t.conf:2: [global] workers: "},
         {"[global]\nworkers = 4\n" FE BE, "t.conf:2: [global] workers: "},
-        {"[global]\nuser = ftp\n" FE BE, "t.conf:2: [global] user: "},
-        {"[global]\nlog_format = json\n" FE BE, "t.conf:2: [global] log_format: "},
-        {"[global]\nxferlog = /var/log/x\n" FE BE, "t.conf:2: [global] xferlog: "},
         {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
