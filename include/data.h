@@ -17,6 +17,7 @@ typedef struct gw_data_tls {
     SSL_CTX *client_ctx;    /* PROT P toward the client: the gateway is the TLS server */
     const uint8_t *tag;     /* the client control session's tag, for the resumption check */
     bool reuse_required;    /* data_session_reuse = required */
+    bool strict_eof;        /* strict_tls_eof: a protected upload must end with close_notify */
     gw_tls *backend_engine; /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
 

@@ -400,7 +400,7 @@ static const struct keydef keys[] = {
     {"ciphersuites", S_TLS, p_str, G(ciphersuites), "", true, 0, 0, NULL},
     {"data_session_reuse", S_TLS, p_enum_bool, G(data_session_reuse_required), "required", true, 0,
      0, w_reuse},
-    {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", false, 0, 0, NULL},
+    {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", true, 0, 0, NULL},
 
     {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
     {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},

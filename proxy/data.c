@@ -35,7 +35,7 @@ struct gw_data {
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
     bool client_active, backend_passive;
     bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
-    bool reuse_required, timer_closing;
+    bool reuse_required, strict_eof, timer_closing;
 };
 
 static const gw_conn_ops client_ops, backend_ops;
@@ -161,9 +161,17 @@ static void on_leg_eof(gw_conn *c, bool clean)
     }
     if (!d->relaying || !is_source(d, c))
         return; /* the sink half-closed; its final state comes from the other leg */
-    if (!clean)
+    if (!clean) {
         GW_LOG_WARN(d->sid, "event=data_eof leg=%s close_notify=no note=\"possible truncation\"",
                     c->name);
+        /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload.
+         * Fail it, and reset the backend leg so the server cannot report success. */
+        if (d->strict_eof && c == d->client) {
+            fail(d, "426 Transfer aborted: upload ended without TLS close_notify.\r\n",
+                 "upload without close_notify (strict_tls_eof)");
+            return;
+        }
+    }
     gw_conn_shutdown(other(d, c));
     /* Answer the source's close_notify too: servers such as vsftpd wait for it before they
      * send their final reply. */
@@ -501,6 +509,7 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     d->upload = upload;
     d->tls_ctx = tls->client_ctx;
     d->reuse_required = tls->reuse_required;
+    d->strict_eof = tls->strict_eof;
     d->backend_engine = tls->backend_engine;
     if (tls->tag)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);

@@ -998,6 +998,8 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
         .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
         .tag = s->has_tag ? s->tag : NULL,
         .reuse_required = s->fe->cfg->data_session_reuse_required,
+        /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured). */
+        .strict_eof = s->fe->cfg->strict_tls_eof != 0,
     };
     if (s->be_prot_p) {
         /* Offer the backend control session: servers such as vsftpd require it. */

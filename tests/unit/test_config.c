@@ -313,7 +313,6 @@ static void test_not_implemented(void **state)
     } cases[] = {
         {"[global]\nworkers = auto\n" FE BE, "t.conf:2: [global] workers: "},
         {"[global]\nworkers = 4\n" FE BE, "t.conf:2: [global] workers: "},
-        {"[tls]\nstrict_tls_eof = yes\n" FE BE, "t.conf:2: [tls] strict_tls_eof: "},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_error(cases[i].text, cases[i].prefix, "not implemented yet");
