@@ -32,6 +32,8 @@ static const char *const backend_state_names[] = {"idle",  "connecting", "greeti
 static void pump(gw_session *s);
 static void cmd_abort(gw_session *s);
 static void command_done(gw_session *s);
+static void on_tick(uv_timer_t *t);
+static void rearm(gw_session *s);
 static void session_fail(gw_session *s, const char *reply, const char *why);
 
 static void set_client_state(gw_session *s, enum gw_client_state st)
@@ -123,11 +125,29 @@ static void session_fail(gw_session *s, const char *text, const char *why)
     }
     set_client_state(s, CS_CLOSING);
     s->last_active_ms = now_ms(s);
+    rearm(s);
 }
 
-static void on_tick(uv_timer_t *t)
+/* One timer per session. It ticks every second while a short deadline is near (handshake,
+ * login, connect, ABOR, a delayed reply, closing) and otherwise sleeps until the idle
+ * deadline: 10,000 idle sessions cost no wake-ups. */
+static void rearm(gw_session *s)
 {
-    gw_session *s = t->data;
+    if (uv_is_closing((uv_handle_t *)&s->timer))
+        return;
+    uint64_t delay = 1000;
+    bool fine = s->closing || s->reply_delay_until || s->pending == PEND_ABORT ||
+                s->cstate != CS_READY || s->bstate != BS_READY || !s->logged_in;
+    if (!fine) {
+        uint64_t deadline = s->last_active_ms + (uint64_t)s->fe->cfg->idle_timeout * 1000;
+        uint64_t now = now_ms(s);
+        delay = deadline > now + 1000 ? deadline - now : 1000;
+    }
+    uv_timer_start(&s->timer, on_tick, delay, 0);
+}
+
+static void check_deadlines(gw_session *s)
+{
     uint64_t now = now_ms(s);
     const gw_config *cfg = s->fe->cfg;
     uint64_t since_start = now - s->started_ms, idle = now - s->last_active_ms;
@@ -169,6 +189,13 @@ static void on_tick(uv_timer_t *t)
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
              idle >= (uint64_t)cfg->idle_timeout * 1000)
         session_fail(s, "421 Idle timeout, closing control connection.\r\n", "idle timeout");
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    gw_session *s = t->data;
+    check_deadlines(s);
+    rearm(s);
 }
 
 /* ---- backend control leg ---- */
@@ -573,6 +600,7 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
                 return;
             }
             s->reply_delay_until = now_ms(s) + FAILED_LOGIN_DELAY_MS;
+            rearm(s);
             return; /* on_tick releases the 530 and the queue */
         }
         command_done(s);
@@ -859,6 +887,7 @@ static void cmd_rein(gw_session *s)
     set_backend_state(s, BS_IDLE);
     gw_reply_init(&s->reply);
     GW_LOG_INFO(s->id, "event=rein");
+    rearm(s);
     if (s->tls_up) {
         s->tls_up = false;
         gw_conn_clear_tls(s->client, implicit ? s->fe->tls_ctx : NULL);
@@ -1082,6 +1111,7 @@ static void cmd_abort(gw_session *s)
     s->held_code = 0;
     s->abort_started_ms = now_ms(s);
     forward(s, "ABOR", PEND_ABORT);
+    rearm(s);
 }
 
 static void consume(gw_session *s, size_t n);
@@ -1285,7 +1315,7 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
     gw_cmd_init(&s->cmd);
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = now_ms(s);
-    uv_timer_start(&s->timer, on_tick, 1000, 1000);
+    uv_timer_start(&s->timer, on_tick, 1000, 0);
     if (gw_conn_accept(s->client, listener) != 0 || gw_conn_peer(s->client, &s->client_peer) ||
         gw_conn_local(s->client, &s->client_local)) {
         session_fail(s, NULL, "accept failed");
