@@ -36,6 +36,8 @@ typedef struct gw_frontend {
 struct gw_generation {
     gw_config cfg;
     int xferlog_fd; /* -1: no transfer log */
+    /* Backends that answered EPSV/EPRT with 500/501/502: PASV/PORT from then on. */
+    bool no_extended[GW_MAX_BACKENDS];
     int refs; /* 1 while current, plus one per live session */
     int n_frontends;
     gw_frontend frontends[GW_MAX_FRONTENDS];

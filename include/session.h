@@ -58,6 +58,8 @@ typedef struct gw_session {
     /* What the client asked for on its leg, answered once the backend leg is armed. */
     enum { WANT_PASV, WANT_EPSV, WANT_PORT, WANT_EPRT } want;
     gw_addr want_addr; /* WANT_PORT/WANT_EPRT: the client's address */
+    bool sent_extended;  /* the backend leg was armed with EPSV/EPRT (fallback possible) */
+    gw_addr be_listen;   /* backend leg active: where the gateway listens */
     char pending_verb[8];
     gw_cmd_parser cmd;
     gw_reply_parser reply;

@@ -324,8 +324,41 @@ static void arm_client_leg(gw_session *s)
     reply(s, buf);
 }
 
+static bool *no_extended(gw_session *s)
+{
+    return &s->fe->gen->no_extended[s->fe->backend - s->fe->cfg->backends];
+}
+
+/* EPSV/EPRT refused as unknown (500/501/502): remember it for this backend and retry with
+ * PASV/PORT, which an IPv4 backend understands. True when the retry was sent. */
+static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive)
+{
+    if (!s->sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
+        s->backend_peer.family != 4)
+        return false;
+    if (!r->last)
+        return true; /* wait for the end of the refusal */
+    *no_extended(s) = true;
+    s->sent_extended = false;
+    GW_LOG_INFO(s->id, "event=backend_no_%s note=\"using %s from now on\"",
+                passive ? "epsv" : "eprt", passive ? "PASV" : "PORT");
+    if (passive) {
+        forward(s, "PASV", PEND_PASV);
+        return true;
+    }
+    char line[128];
+    size_t n = gw_format_port(line, sizeof line, &s->be_listen);
+    if (n < 2)
+        return false;
+    line[n - 2] = 0;
+    forward(s, line, PEND_PORT);
+    return true;
+}
+
 static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
 {
+    if (fall_back_to_classic(s, r, true))
+        return;
     if (r->code != 227 && r->code != 229) {
         reply(s, r->line); /* the backend's refusal (530, 425 ...) is the client's answer */
         if (r->last)
@@ -361,6 +394,8 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
 
 static void on_port_reply(gw_session *s, gw_reply_parser *r)
 {
+    if (fall_back_to_classic(s, r, false))
+        return;
     if (r->code >= 300 || r->code < 200) {
         reply(s, r->line);
         if (r->last) {
@@ -375,14 +410,17 @@ static void on_port_reply(gw_session *s, gw_reply_parser *r)
     command_done(s);
 }
 
-/* Arm the backend leg as data_mode says: PASV/EPSV (it listens) or PORT/EPRT (we do).
- * IPv4 backends get PASV/PORT, which every server knows; IPv6 ones EPSV/EPRT. */
+/* Arm the backend leg as data_mode says: EPSV/PASV (it listens) or EPRT/PORT (we do).
+ * EPSV/EPRT first (no address to parse or trust); PASV/PORT for IPv4 backends that refused
+ * them once. */
 static void arm_backend_leg(gw_session *s)
 {
     drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
     bool v6 = s->backend_peer.family == 6;
+    bool ext = v6 || !*no_extended(s);
+    s->sent_extended = ext;
     if (s->fe->backend->data_mode == GW_DATA_PASSIVE) {
-        forward(s, v6 ? "EPSV" : "PASV", PEND_PASV);
+        forward(s, ext ? "EPSV" : "PASV", PEND_PASV);
         return;
     }
     gw_addr local;
@@ -393,9 +431,10 @@ static void arm_backend_leg(gw_session *s)
         reply(s, "425 Can't open data connection: cannot listen toward the server.\r\n");
         return;
     }
+    s->be_listen = local;
     char line[128];
-    size_t n = v6 ? gw_format_eprt(line, sizeof line, &local)
-                  : gw_format_port(line, sizeof line, &local);
+    size_t n = ext ? gw_format_eprt(line, sizeof line, &local)
+                   : gw_format_port(line, sizeof line, &local);
     if (n < 2) {
         drop_data(s, false);
         reply(s, "425 Can't open data connection.\r\n");
