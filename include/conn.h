@@ -9,8 +9,8 @@
 #include "ftp_addr.h"
 #include "tls.h"
 
-#define GW_HIGH_WATERMARK (256 * 1024) /* stop reading the source above this */
-#define GW_LOW_WATERMARK (64 * 1024)   /* resume it below this */
+#define GW_HIGH_WATERMARK (1024 * 1024) /* stop reading the source above this */
+#define GW_LOW_WATERMARK (256 * 1024)  /* resume it below this */
 
 typedef struct gw_conn gw_conn;
 

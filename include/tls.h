@@ -1,5 +1,5 @@
 /* TLS engine over memory BIOs: hides OpenSSL's handshake/read/write dance and its error
- * codes. The caller moves ciphertext in (gw_tls_feed) and out (gw_tls_out_take). */
+ * codes. The caller moves ciphertext in (gw_tls_feed) and out (gw_tls_out_take_buffer). */
 #ifndef GW_TLS_H
 #define GW_TLS_H
 
@@ -61,8 +61,9 @@ bool gw_tls_handshake_done(const gw_tls *t);
 int gw_tls_read(gw_tls *t, void *buf, size_t cap);      /* >0 bytes, AGAIN, EOF or ERROR */
 int gw_tls_write(gw_tls *t, const void *buf, size_t n); /* 0 or ERROR; all bytes taken */
 void gw_tls_close_notify(gw_tls *t);                    /* queue our close_notify once */
-size_t gw_tls_out_pending(const gw_tls *t);             /* ciphertext waiting to be sent */
-size_t gw_tls_out_take(gw_tls *t, void *buf, size_t cap);
+size_t gw_tls_out_pending(const gw_tls *t); /* ciphertext waiting to be sent */
+/* Hand the waiting ciphertext over: *buf is malloc'ed and now the caller's to free. */
+size_t gw_tls_out_take_buffer(gw_tls *t, char **buf);
 const char *gw_tls_last_error(const gw_tls *t);
 const char *gw_tls_describe(const gw_tls *t); /* "TLSv1.3/TLS_AES_256_GCM_SHA384" */
 

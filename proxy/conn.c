@@ -8,12 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define READ_BUF_SIZE (64 * 1024)
+#define READ_BUF_SIZE (256 * 1024)
 
 typedef struct write_req {
     uv_write_t req;
-    size_t len;
-    char data[];
+    size_t len;  /* bytes queued by this request */
+    char *base;  /* malloc'ed block holding them, freed with the request */
 } write_req;
 
 /* Reads are handled synchronously in the read callback, so one buffer per thread serves
@@ -85,6 +85,7 @@ static void on_written(uv_write_t *req, int status)
     write_req *w = (write_req *)req;
     gw_conn *c = req->handle->data;
     c->queued -= w->len;
+    free(w->base);
     free(w);
     if (c->closing)
         return;
@@ -98,53 +99,62 @@ static void on_written(uv_write_t *req, int status)
     }
 }
 
-static void write_raw(gw_conn *c, const void *buf, size_t n)
+/* Write n bytes at buf. The socket usually takes them at once (uv_try_write, no copy); what
+ * it does not take is queued: from `owned` (a malloc'ed block we then keep) or from a copy. */
+static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
 {
-    if (n == 0 || c->closing)
+    if (n == 0 || c->closing) {
+        free(owned);
         return;
-    write_req *w = malloc(sizeof *w + n);
-    if (!w) {
+    }
+    c->bytes_out += n;
+    size_t done = 0;
+    if (c->queued == 0) { /* never overtake queued bytes */
+        uv_buf_t b = uv_buf_init((char *)buf, (unsigned)n);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (r < 0 && r != UV_EAGAIN) {
+            free(owned);
+            fail(c, uv_strerror(r));
+            return;
+        }
+        done = r > 0 ? (size_t)r : 0;
+    }
+    if (done == n) {
+        free(owned);
+        return;
+    }
+    write_req *w = malloc(sizeof *w);
+    char *rest = owned ? owned : malloc(n - done);
+    if (!w || !rest) {
+        free(w);
+        free(rest);
         fail(c, "out of memory");
         return;
     }
-    memcpy(w->data, buf, n);
-    w->len = n;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (!owned)
+        memcpy(rest, buf + done, n - done);
+    w->base = rest;
+    w->len = n - done;
+    uv_buf_t b = uv_buf_init(owned ? owned + done : rest, (unsigned)(n - done));
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (r != 0) {
+        free(rest);
         free(w);
         fail(c, uv_strerror(r));
         return;
     }
-    c->queued += n;
-    c->bytes_out += n;
+    c->queued += w->len;
     if (c->queued > GW_HIGH_WATERMARK)
         c->want_drain = true;
 }
 
-/* Move whatever ciphertext OpenSSL produced onto the wire, without an extra copy. */
+/* Move whatever ciphertext OpenSSL produced onto the wire, without another copy. */
 static void flush_tls(gw_conn *c)
 {
-    size_t n;
-    while (!c->closing && (n = gw_tls_out_pending(c->tls)) > 0) {
-        write_req *w = malloc(sizeof *w + n);
-        if (!w) {
-            fail(c, "out of memory");
-            return;
-        }
-        w->len = gw_tls_out_take(c->tls, w->data, n);
-        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-        int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
-        if (r != 0) {
-            free(w);
-            fail(c, uv_strerror(r));
-            return;
-        }
-        c->queued += w->len;
-        c->bytes_out += w->len;
-    }
-    if (c->queued > GW_HIGH_WATERMARK)
-        c->want_drain = true;
+    char *buf;
+    size_t n = gw_tls_out_take_buffer(c->tls, &buf);
+    if (n)
+        send_bytes(c, buf, n, buf);
 }
 
 void gw_conn_write(gw_conn *c, const void *buf, size_t n)
@@ -153,7 +163,7 @@ void gw_conn_write(gw_conn *c, const void *buf, size_t n)
         return;
     c->payload_out += n;
     if (!c->tls) {
-        write_raw(c, buf, n);
+        send_bytes(c, buf, n, NULL);
         return;
     }
     if (gw_tls_write(c->tls, buf, n) != 0) {

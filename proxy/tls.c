@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -24,6 +25,8 @@ struct gw_tls {
     bool handshake_done, close_notify_sent;
     uint8_t tag[GW_TLS_TAG_LEN];
     SSL_SESSION *session; /* client control: newest session from the server, for data legs */
+    char *out;            /* ciphertext written by OpenSSL, handed over whole to the socket */
+    size_t out_len, out_cap;
     char error[200];
 };
 
@@ -136,6 +139,7 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
     if (!t || t->role != GW_TLS_CLIENT_CONTROL)
         return 0;
     SSL_SESSION_free(t->session);
+    free(t->out);
     t->session = sess;
     return 1; /* we keep the reference */
 }
@@ -277,6 +281,63 @@ out:
     return rc;
 }
 
+/* The write side is a sink BIO that appends to t->out: the buffer then goes to the socket
+ * as it is, one copy fewer than a memory BIO plus a read into a write request. */
+static int sink_write(BIO *b, const char *data, int len)
+{
+    gw_tls *t = BIO_get_data(b);
+    if (len <= 0)
+        return 0;
+    if (t->out_len + (size_t)len > t->out_cap) {
+        size_t cap = t->out_cap ? t->out_cap : 4096;
+        while (cap < t->out_len + (size_t)len)
+            cap *= 2;
+        char *n = realloc(t->out, cap);
+        if (!n)
+            return -1;
+        t->out = n;
+        t->out_cap = cap;
+    }
+    memcpy(t->out + t->out_len, data, (size_t)len);
+    t->out_len += (size_t)len;
+    return len;
+}
+
+static long sink_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    gw_tls *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_WPENDING:
+    case BIO_CTRL_PENDING:
+        return t ? (long)t->out_len : 0;
+    default:
+        return 0;
+    }
+}
+
+static BIO_METHOD *sink_method;
+
+static void make_sink_method(void)
+{
+    sink_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ftpsgate sink");
+    BIO_meth_set_write(sink_method, sink_write);
+    BIO_meth_set_ctrl(sink_method, sink_ctrl);
+}
+
+static BIO *new_sink(gw_tls *t)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, make_sink_method);
+    BIO *b = sink_method ? BIO_new(sink_method) : NULL;
+    if (b) {
+        BIO_set_data(b, t);
+        BIO_set_init(b, 1);
+    }
+    return b;
+}
+
 gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
 {
     gw_tls *t = calloc(1, sizeof *t);
@@ -286,7 +347,7 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     t->role = role;
     t->ssl = SSL_new(ctx);
     t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
+    t->wbio = new_sink(t);
     if (!t->ssl || !t->rbio || !t->wbio) {
         BIO_free(t->rbio);
         BIO_free(t->wbio);
@@ -296,7 +357,6 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     }
     /* An empty memory BIO means "wait for more", never EOF. */
     BIO_set_mem_eof_return(t->rbio, -1);
-    BIO_set_mem_eof_return(t->wbio, -1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
@@ -355,6 +415,7 @@ void gw_tls_free(gw_tls *t)
     if (!t)
         return;
     SSL_SESSION_free(t->session);
+    free(t->out);
     SSL_free(t->ssl); /* frees both BIOs */
     free(t);
 }
@@ -409,10 +470,24 @@ int gw_tls_read(gw_tls *t, void *buf, size_t cap)
     return GW_TLS_ERROR;
 }
 
+/* Room for n bytes of plaintext as records (header, tag, padding): the sink grows once. */
+static void reserve_out(gw_tls *t, size_t n)
+{
+    size_t need = t->out_len + n + (n / 16384 + 1) * 64;
+    if (need <= t->out_cap)
+        return;
+    char *b = realloc(t->out, need);
+    if (b) {
+        t->out = b;
+        t->out_cap = need;
+    }
+}
+
 int gw_tls_write(gw_tls *t, const void *buf, size_t n)
 {
     const char *p = buf;
     ERR_clear_error();
+    reserve_out(t, n);
     while (n) {
         int chunk = n > 16384 ? 16384 : (int)n;
         int r = SSL_write(t->ssl, p, chunk);
@@ -439,13 +514,18 @@ void gw_tls_close_notify(gw_tls *t)
 
 size_t gw_tls_out_pending(const gw_tls *t)
 {
-    return BIO_ctrl_pending(t->wbio);
+    return t->out_len;
 }
 
-size_t gw_tls_out_take(gw_tls *t, void *buf, size_t cap)
+size_t gw_tls_out_take_buffer(gw_tls *t, char **buf)
 {
-    int r = BIO_read(t->wbio, buf, (int)(cap > 0x7fffffff ? 0x7fffffff : cap));
-    return r > 0 ? (size_t)r : 0;
+    size_t n = t->out_len;
+    *buf = n ? t->out : NULL;
+    if (n) {
+        t->out = NULL;
+        t->out_len = t->out_cap = 0;
+    }
+    return n;
 }
 
 const char *gw_tls_last_error(const gw_tls *t)
