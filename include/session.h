@@ -90,6 +90,7 @@ typedef struct gw_session {
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     int abort_expect;      /* PEND_ABORT: final replies still due from the backend */
     bool abort_xfer_sent;  /* PEND_ABORT: the client has its reply for the transfer */
+    bool abort_internal;   /* PEND_ABORT sent by the gateway after a data leg failed */
     uint64_t abort_started_ms;
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;

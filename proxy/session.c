@@ -168,9 +168,10 @@ static void check_deadlines(gw_session *s)
     if (s->pending == PEND_ABORT && now - s->abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
-        if (!s->abort_xfer_sent)
+        if (!s->abort_internal && !s->abort_xfer_sent)
             reply(s, "426 Connection closed; transfer aborted.\r\n");
-        reply(s, "226 ABOR successful.\r\n");
+        if (!s->abort_internal)
+            reply(s, "226 ABOR successful.\r\n");
         session_fail(s, "421 Service not available: the server did not answer ABOR.\r\n",
                      "backend silent after ABOR");
         return;
@@ -282,6 +283,25 @@ void gw_session_data_finished(gw_session *s, bool ok, const char *text, uint64_t
         /* Abort both legs now so the backend notices and sends its final reply. */
         gw_data_release(s->data, false);
         s->data = NULL;
+        if (s->pending == PEND_TRANSFER && !s->held_code) {
+            /* The backend may never end this transfer by itself (pyftpdlib waits for a new
+             * data connection): the client gets its answer now, the backend an ABOR. */
+            GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed note=\"ABOR sent "
+                               "to the server\"",
+                        s->pending_verb);
+            reply(s, s->data_fail_reply);
+            write_xferlog(s, "failed");
+            s->abort_internal = true;
+            s->abort_expect = 2;
+            s->abort_started_ms = now_ms(s);
+            forward(s, "ABOR", PEND_ABORT);
+            /* A NOOP behind it marks the end: its 200 cannot be mistaken for the
+             * transfer's reply or ABOR's (225/226), however many of those come. */
+            if (s->backend)
+                gw_conn_write_str(s->backend, "NOOP\r\n");
+            rearm(s);
+            return;
+        }
     }
     if (s->pending == PEND_TRANSFER && s->held_code)
         complete_transfer(s);
@@ -527,6 +547,15 @@ static void on_backend_tls_reply(gw_session *s, gw_reply_parser *r)
 
 static void on_abort_reply(gw_session *s, gw_reply_parser *r)
 {
+    if (s->abort_internal) {
+        /* Nothing of this reaches the client: it has its answer. The transfer's reply (if
+         * any) and ABOR's come first; the NOOP's 200 ends the exchange. */
+        if (r->last && r->code == 200) {
+            s->abort_internal = false;
+            command_done(s);
+        }
+        return;
+    }
     bool for_transfer = !s->abort_xfer_sent && s->abort_expect == 2;
     if (r->code < 200)
         return; /* a late 150 for the aborted transfer */

@@ -392,9 +392,14 @@ gw_tls *gw_tls_new_client(SSL_CTX *ctx, enum gw_tls_role role, const char *host,
         }
     }
     if (resume) {
+        /* A copy for each data leg: OpenSSL marks a TLS 1.3 session it resumed with as not
+         * resumable, which would make the control session useless for the next transfer. */
         SSL_SESSION *sess = resume->session ? resume->session : SSL_get0_session(resume->ssl);
-        if (sess)
-            SSL_set_session(t->ssl, sess);
+        SSL_SESSION *copy = sess ? SSL_SESSION_dup(sess) : NULL;
+        if (copy) {
+            SSL_set_session(t->ssl, copy);
+            SSL_SESSION_free(copy);
+        }
     }
     return t;
 }

@@ -3,7 +3,9 @@ them, TLS material and random files. Run as root with /usr/bin/python3 (`make in
 
 Scopes keep the suite fast: the test user, the certificate and both backends live for the
 whole session; `gw` (one gateway in front of `backend`) lives for a module and backend;
-`gateway` starts extra gateways that are stopped at the end of the test.
+`gateway` starts extra gateways that are stopped at the end of the test, `module_gateway`
+at the end of the module. `vsftpd_ftps` and `vsftpd_implicit` are vsftpd doing FTPS itself
+(explicit and implicit) with `backend_cert`, for the gateway's backend TLS leg.
 """
 
 from __future__ import annotations
@@ -67,6 +69,34 @@ def vsftpd(workdir, ports, test_user):
 
 
 @pytest.fixture(scope="session")
+def backend_cert(workdir):
+    """(cert, key) of the FTPS backends: self-signed, CN=localhost, SAN DNS:localhost and
+    IP:127.0.0.1, distinct from the gateway's (so each is a wrong ca_file for the other)."""
+    d = workdir / "tls-backend"
+    d.mkdir()
+    return peers.make_cert(d, "vsftpd")
+
+
+@pytest.fixture(scope="session")
+def vsftpd_ftps(workdir, ports, test_user, backend_cert):
+    """vsftpd doing explicit FTPS itself: require_ssl_reuse, forced TLS logins and data,
+    TLS 1.2 and 1.3 (its defaults). Same user and files layout as `vsftpd`."""
+    backend = peers.start_vsftpd(workdir / "vsftpd-ftps", ports, *test_user,
+                                 tls=peers.VsftpdTLS(*backend_cert))
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="session")
+def vsftpd_implicit(workdir, ports, test_user, backend_cert):
+    """vsftpd with implicit_ssl=YES (TLS from the first byte), otherwise like vsftpd_ftps."""
+    backend = peers.start_vsftpd(workdir / "vsftpd-implicit", ports, *test_user,
+                                 tls=peers.VsftpdTLS(*backend_cert, implicit=True))
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="session")
 def pyftpdlib(workdir, ports, test_user):
     backend = peers.start_pyftpdlib(workdir / "pyftpdlib", ports, *test_user)
     yield backend
@@ -95,6 +125,15 @@ def gateway(request, workdir, ports, tls_cert):
     extra={"global": {"key": "value"}}) starts build/ftpsgate and returns a peers.Gateway
     (port, pid, log, fd_count()...). Stopped at the end of the test; a crash fails it."""
     factory = _factory(workdir, ports, tls_cert, re.sub(r"[^\w.-]", "_", request.node.name))
+    yield factory
+    _close(factory)
+
+
+@pytest.fixture(scope="module")
+def module_gateway(request, workdir, ports, tls_cert):
+    """Like `gateway`, for gateways shared by the tests of a module (module fixtures)."""
+    factory = _factory(workdir, ports, tls_cert,
+                       "module-" + re.sub(r"[^\w.-]", "_", request.node.name))
     yield factory
     _close(factory)
 
@@ -130,7 +169,9 @@ def pytest_runtest_makereport(item, call):
     for g in sorted(Gateway.live, key=lambda g: g.name):
         report.sections.append((f"ftpsgate log {g.name} ({g.log_path})",
                                 g.log_since(offsets.get(g, 0))))
-    backend = item.funcargs.get("backend") if hasattr(item, "funcargs") else None
-    if isinstance(backend, peers.Backend) and backend.log.exists():
-        lines = backend.log.read_text(errors="replace").splitlines()[-80:]
-        report.sections.append((f"{backend.name} log (tail)", "\n".join(lines)))
+    funcargs = item.funcargs if hasattr(item, "funcargs") else {}
+    backends = {id(b): b for b in funcargs.values() if isinstance(b, peers.Backend)}
+    for backend in backends.values():  # `backend`, vsftpd_ftps, vsftpd_implicit ...
+        if backend.log.exists():
+            lines = backend.log.read_text(errors="replace").splitlines()[-80:]
+            report.sections.append((f"{backend.name} log (tail)", "\n".join(lines)))

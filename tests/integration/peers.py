@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,13 @@ class PortAllocator:
         first = self._take(n)
         return first, first + n - 1
 
+    def release(self, ports: Iterable[int]) -> None:
+        """Give ports back once nothing listens on them any more (a stopped gateway): the
+        whole suite starts a few hundred gateways of ~45 ports each, more than the range
+        holds. A released port is handed out again only while it is bindable, so ports
+        still in TIME_WAIT are skipped."""
+        self._given.difference_update(ports)
+
 
 # ---------------------------------------------------------------------------------------
 # Processes
@@ -298,13 +306,16 @@ def ensure_pam_service() -> str:
     return PAM_SERVICE
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """Self-signed EC P-256 certificate for CN=localhost, SAN DNS:localhost,IP:127.0.0.1."""
-    cert, key = directory / "gateway.crt", directory / "gateway.key"
+def make_cert(directory: Path, stem: str = "gateway", cn: str = "localhost",
+              san: str = "DNS:localhost,IP:127.0.0.1") -> tuple[Path, Path]:
+    """Self-signed EC P-256 certificate (default: CN=localhost, SAN DNS:localhost,
+    IP:127.0.0.1) as directory/STEM.crt and STEM.key. Each call makes a new key, so two
+    calls give two certificates that do not trust each other."""
+    cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", f"/CN={cn}",
+         "-addext", f"subjectAltName={san}"],
         check=True, capture_output=True, timeout=60)
     return cert, key
 
@@ -327,6 +338,8 @@ class Backend:
     log: Path
     owner: tuple[int, int] | None = None  # uid, gid that files in root should have
     host: str = HOST
+    tls: str = "none"  # what the server itself speaks: none | explicit | implicit
+    cert: Path | None = None  # its certificate (the ca_file that trusts it) when tls != none
 
     @property
     def address(self) -> str:
@@ -358,6 +371,14 @@ class Backend:
 
     def stop(self) -> None:
         kill_tree(self.proc)
+
+    def connections(self) -> int:
+        """Control connections the server has logged so far (vsftpd: "CONNECT: Client",
+        pyftpdlib: "FTP session opened"): a test compares two counts."""
+        if not self.log.exists():
+            return 0
+        text = self.log.read_text(errors="replace")
+        return text.count("CONNECT: Client") + text.count("FTP session opened")
 
 
 VSFTPD_CONF = """\
@@ -391,9 +412,52 @@ vsftpd_log_file={log}
 """
 
 
-def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str) -> Backend:
+@dataclass
+class VsftpdTLS:
+    """vsftpd doing FTPS itself (ssl_enable=YES) with its own certificate.
+
+    The defaults are the strict ones: logins and data must be protected, and data TLS must
+    resume the control session (require_ssl_reuse). vsftpd 3.0.3 (Debian 12) knows only
+    `ssl_tlsv1` (no ssl_tlsv1_2 / ssl_tlsv1_3 and no min/max version): it offers whatever
+    OpenSSL allows, TLS 1.2 and 1.3. To force TLS 1.2 on the wire, set the gateway's backend
+    `max_version = TLSv1.2`. `options` adds or overrides raw vsftpd.conf keys (an unknown key
+    makes vsftpd exit with "500 OOPS: unrecognised variable in config file")."""
+
+    cert: Path
+    key: Path
+    implicit: bool = False  # implicit_ssl=YES: TLS from the first byte on the control port
+    require_ssl_reuse: bool = True
+    force_local_logins_ssl: bool = True
+    force_local_data_ssl: bool = True
+    options: dict[str, object] = field(default_factory=dict)
+
+    def conf(self) -> str:
+        yes = {True: "YES", False: "NO"}
+        keys: dict[str, object] = {
+            "ssl_enable": "YES",
+            "rsa_cert_file": self.cert,
+            "rsa_private_key_file": self.key,
+            "implicit_ssl": yes[self.implicit],
+            "require_ssl_reuse": yes[self.require_ssl_reuse],
+            "force_local_logins_ssl": yes[self.force_local_logins_ssl],
+            "force_local_data_ssl": yes[self.force_local_data_ssl],
+            "allow_anon_ssl": "NO",
+            "ssl_sslv2": "NO",
+            "ssl_sslv3": "NO",
+            "ssl_tlsv1": "YES",
+            # vsftpd's built-in default (DES-CBC3-SHA) leaves OpenSSL 3 nothing for TLS 1.2.
+            "ssl_ciphers": "HIGH",
+            "debug_ssl": "YES",
+        }
+        keys.update(self.options)
+        return "".join(f"{k}={v}\n" for k, v in keys.items())
+
+
+def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
+                 tls: VsftpdTLS | None = None) -> Backend:
     """vsftpd in the foreground with its own configuration, serving `user`'s logins in a
-    fresh directory (local_root) that the user owns."""
+    fresh directory (local_root) that the user owns. With `tls`, it does FTPS itself
+    (explicit AUTH TLS, or implicit with tls.implicit)."""
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)
     empty = workdir / "empty"  # secure_chroot_dir: exists, empty, owned by root
@@ -410,7 +474,8 @@ def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str) 
     log = workdir / "vsftpd.log"
     conf.write_text(VSFTPD_CONF.format(
         host=HOST, port=port, empty=empty, pam=ensure_pam_service(), root=root,
-        pasv_lo=pasv_lo, pasv_hi=pasv_hi, banner=banner, log=log))
+        pasv_lo=pasv_lo, pasv_hi=pasv_hi, banner=banner, log=log)
+        + (tls.conf() if tls else ""))
     os.chmod(conf, 0o600)  # vsftpd refuses config files others may write
     # vsftpd writes its start-up errors ("500 OOPS: ...") to fd 0: make that the log too.
     out = open(workdir / "vsftpd.stderr", "wb")
@@ -422,8 +487,12 @@ def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str) 
     except Exception:
         kill_tree(proc)
         raise
-    return Backend("vsftpd", port, user, password, root, banner, proc, log,
-                   owner=(pw.pw_uid, pw.pw_gid))
+    name, mode = "vsftpd", "none"
+    if tls:
+        mode = "implicit" if tls.implicit else "explicit"
+        name = f"vsftpd-ftps-{mode}"
+    return Backend(name, port, user, password, root, banner, proc, log,
+                   owner=(pw.pw_uid, pw.pw_gid), tls=mode, cert=tls.cert if tls else None)
 
 
 PYFTPDLIB_SERVER = """\
@@ -494,6 +563,36 @@ def merge_sections(base: dict[str, dict[str, object]],
     return merged
 
 
+def _ini_value(v: object) -> object:
+    return {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v
+
+
+def _keys(**keys) -> dict[str, object]:
+    """INI keys from keyword arguments: None leaves a key out (the gateway's default),
+    booleans become yes/no."""
+    return {k: _ini_value(v) for k, v in keys.items() if v is not None}
+
+
+def frontend(mode: str = "explicit", *, require_tls: bool | None = None,
+             require_prot_p: bool | None = None, allow_ccc: bool | None = None,
+             **more) -> dict[str, object]:
+    """Keys of an extra [frontend NAME] for GatewayFactory(frontends={NAME: frontend(...)}):
+    mode implicit | explicit | plain and its policies; None keeps the gateway's default.
+    `listen`, `backend` and `pasv_ports` are filled in by the factory unless given."""
+    return _keys(mode=mode, require_tls=require_tls, require_prot_p=require_prot_p,
+                 allow_ccc=allow_ccc, **more)
+
+
+def backend_tls(tls: str = "explicit", *, tls_verify: bool | None = None,
+                ca_file: Path | str | None = None, sni: str | None = None,
+                min_version: str | None = None, max_version: str | None = None,
+                **more) -> dict[str, object]:
+    """Keys of the [backend be] section for the gateway's TLS toward the backend:
+    GatewayFactory(backend, backend_keys=backend_tls("explicit", ca_file=cert))."""
+    return _keys(tls=tls, tls_verify=tls_verify, ca_file=ca_file, sni=sni,
+                 min_version=min_version, max_version=max_version, **more)
+
+
 @dataclass(eq=False)
 class Gateway:
     """One build/ftpsgate process with its configuration file and log."""
@@ -505,12 +604,24 @@ class Gateway:
     log_path: Path
     proc: subprocess.Popen | None = None
     signals_sent: list[int] = field(default_factory=list)
+    # Every frontend's listening port by section name ("fe" is the implicit one, `port`).
+    frontends: dict[str, int] = field(default_factory=dict)
+    # Ports the factory allocated for it, given back when it is stopped.
+    allocated: list[int] = field(default_factory=list)
 
     live: ClassVar[set["Gateway"]] = set()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def fport(self, frontend: str) -> int:
+        """The listening port of [frontend NAME]."""
+        return self.frontends[frontend]
+
+    def ftp_url(self, frontend: str, path: str, user: str, password: str) -> str:
+        """An ftp:// URL on an explicit or plain frontend (curl --ssl-reqd: AUTH, then TLS)."""
+        return f"ftp://{user}:{password}@{HOST}:{self.fport(frontend)}/{path}"
 
     @property
     def log(self) -> str:
@@ -544,8 +655,9 @@ class Gateway:
         out.close()
         Gateway.live.add(self)
         try:
-            wait_listening(self.proc, self.port, timeout, f"ftpsgate ({self.config})",
-                           self.log_path)
+            for port in dict.fromkeys([self.port, *self.frontends.values()]):
+                wait_listening(self.proc, port, timeout, f"ftpsgate ({self.config})",
+                               self.log_path)
         except Exception:
             self.stop()
             raise
@@ -626,8 +738,17 @@ class GatewayFactory:
         }
 
     def __call__(self, backend: Backend | None = None, *, backend_address: str | None = None,
-                 extra: dict[str, dict[str, object]] | None = None) -> Gateway:
-        """Start a gateway; `extra` adds or overrides INI keys: {"global": {"k": "v"}}."""
+                 extra: dict[str, dict[str, object]] | None = None,
+                 frontends: dict[str, dict[str, object]] | None = None,
+                 backend_keys: dict[str, object] | None = None,
+                 data_session_reuse: str | None = None) -> Gateway:
+        """Start a gateway; `extra` adds or overrides INI keys: {"global": {"k": "v"}}.
+
+        `frontends` adds frontends next to the implicit "fe": {"x": frontend("explicit",
+        allow_ccc=True), "p": frontend("plain")}; each gets its own listening port
+        (gw.fport("x")), backend "be" and fe's passive range unless its keys say otherwise.
+        `backend_keys` goes into [backend be] (see backend_tls()), `data_session_reuse`
+        (required | optional) into [tls]."""
         if backend_address is None:
             backend_address = backend.address
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -635,10 +756,29 @@ class GatewayFactory:
         name = f"gw{n}-{backend.name if backend else 'custom'}"
         port = self.ports.port()
         pasv = self.ports.range(40)  # enough for 20 parallel sessions and their TIME_WAITs
-        sections = merge_sections(self.base_sections(port, pasv, backend_address), extra)
+        sections = self.base_sections(port, pasv, backend_address)
+        fports = {"fe": port}
+        allocated = [port, *range(pasv[0], pasv[1] + 1)]
+        for fname, keys in (frontends or {}).items():
+            section = dict(keys)
+            if "listen" not in section:
+                fports[fname] = self.ports.port()
+                allocated.append(fports[fname])
+                section["listen"] = f"{HOST}:{fports[fname]}"
+            else:
+                fports[fname] = int(str(section["listen"]).rsplit(":", 1)[1])
+            section.setdefault("backend", "be")
+            section.setdefault("pasv_ports", f"{pasv[0]}-{pasv[1]}")
+            sections[f"frontend {fname}"] = section
+        if backend_keys:
+            sections["backend be"].update(backend_keys)
+        if data_session_reuse is not None:
+            sections["tls"]["data_session_reuse"] = data_session_reuse
+        sections = merge_sections(sections, extra)
         config = self.workdir / f"{name}.ini"
         config.write_text(render_ini(sections))
-        gw = Gateway(name, port, pasv, config, self.workdir / f"{name}.log")
+        gw = Gateway(name, port, pasv, config, self.workdir / f"{name}.log", frontends=fports,
+                     allocated=allocated)
         self.instances.append(gw)
         return gw.start()
 
@@ -648,6 +788,8 @@ class GatewayFactory:
             found = gw.stop()
             if found:
                 problems.append(f"{gw.name}: " + "\n".join(found))
+            elif gw.proc is not None and gw.proc.poll() is not None:
+                self.ports.release(gw.allocated)
         self.instances.clear()
         return problems
 
@@ -664,8 +806,9 @@ def curl(*args, timeout: float = 150) -> subprocess.CompletedProcess:
 
 
 def lftp(url: str, user: str, password: str, commands: Iterable[str],
-         timeout: float = 150) -> subprocess.CompletedProcess:
-    """Run lftp commands on an implicit FTPS URL (ftps://host:port) and exit."""
+         timeout: float = 150, settings: Iterable[str] = ()) -> subprocess.CompletedProcess:
+    """Run lftp commands on an implicit FTPS URL (ftps://host:port) and exit. `settings`
+    are more `set ...` commands, given before `open`."""
     script = "; ".join([
         "set cmd:fail-exit yes",
         "set ssl:verify-certificate no",
@@ -674,10 +817,19 @@ def lftp(url: str, user: str, password: str, commands: Iterable[str],
         "set net:timeout 30",
         "set net:reconnect-interval-base 1",
         "set xfer:clobber yes",
+        *settings,
         f"open -u {user},{password} {url}",
         *commands,
     ])
     return run(["lftp", "-c", script], timeout=timeout)
+
+
+def lftp_explicit(port: int, user: str, password: str, commands: Iterable[str],
+                  timeout: float = 150) -> subprocess.CompletedProcess:
+    """lftp on an explicit FTPS frontend (ftp://host:port): AUTH TLS before USER, PROT P."""
+    return lftp(f"ftp://{HOST}:{port}", user, password, commands, timeout,
+                settings=["set ftp:ssl-force true", "set ftp:ssl-protect-data true",
+                          "set ftp:ssl-allow true"])
 
 
 class ImplicitFTPS(ftplib.FTP_TLS):
@@ -705,6 +857,36 @@ class ImplicitFTPS(ftplib.FTP_TLS):
             conn = self.context.wrap_socket(conn, server_hostname=self.host,
                                             session=self.sock.session)
         return conn, size
+
+
+class ExplicitFTPS(ftplib.FTP_TLS):
+    """Explicit FTPS (AUTH TLS) that resumes the control connection's TLS session on data
+    connections (stock FTP_TLS does not: under data_session_reuse = required its transfers
+    get 522)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+@contextlib.contextmanager
+def ftplib_explicit_session(port: int, user: str, password: str, ctx: ssl.SSLContext,
+                            timeout: float = 30, reuse: bool = True):
+    """A logged-in explicit FTPS ftplib session (AUTH TLS, PBSZ 0, PROT P); reuse=False
+    uses the stock FTP_TLS, which does not resume the session on data connections."""
+    ftp = (ExplicitFTPS if reuse else ftplib.FTP_TLS)(context=ctx, timeout=timeout)
+    ftp.connect(HOST, port)
+    try:
+        ftp.auth()
+        ftp.login(user, password)
+        ftp.prot_p()
+        yield ftp
+        ftp.quit()
+    finally:
+        ftp.close()
 
 
 def client_context(cafile: Path) -> ssl.SSLContext:
@@ -759,6 +941,45 @@ class Control:
     def implicit(cls, port: int, ctx: ssl.SSLContext, timeout: float = 10) -> "Control":
         raw = socket.create_connection((HOST, port), timeout=timeout)
         return cls(ctx.wrap_socket(raw, server_hostname="localhost"), timeout)
+
+    @classmethod
+    def plain(cls, port: int, timeout: float = 10) -> "Control":
+        """A control connection in clear (explicit or plain frontends); nothing read yet."""
+        return cls(socket.create_connection((HOST, port), timeout=timeout), timeout)
+
+    @classmethod
+    def explicit(cls, port: int, ctx: ssl.SSLContext, timeout: float = 10,
+                 mechanism: str = "TLS") -> "Control":
+        """Greeting, AUTH <mechanism> (234), TLS handshake: ready for USER inside TLS."""
+        c = cls.plain(port, timeout)
+        try:
+            code, text = c.reply()
+            assert code == 220, text
+            code, text = c.cmd(f"AUTH {mechanism}")
+            assert code == 234, text
+            c.starttls(ctx)
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def starttls(self, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> None:
+        """TLS handshake on the connection as it is (after 234, or after REIN on an
+        implicit frontend)."""
+        assert not self.buf, f"clear bytes left before the handshake: {self.buf[:200]!r}"
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost", session=session)
+
+    def unwrap(self) -> None:
+        """Answer the peer's close_notify with ours and go on in clear (CCC, REIN)."""
+        assert not self.buf, f"protected bytes left after close_notify: {self.buf[:200]!r}"
+        tls = self.sock.unwrap()
+        family, timeout = tls.family, tls.gettimeout()
+        self.sock = socket.socket(family, socket.SOCK_STREAM, fileno=tls.detach())
+        self.sock.settimeout(timeout)
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
 
     @property
     def session(self) -> ssl.SSLSession | None:
@@ -823,6 +1044,43 @@ def parse_227(text: str) -> tuple[str, int]:
     return f"{h1}.{h2}.{h3}.{h4}", p1 * 256 + p2
 
 
+def parse_229(text: str) -> int:
+    """The port of a 229 reply: (|||port|)."""
+    m = re.search(r"\((.)\1\1(\d+)\1\)", text)
+    assert m, f"no port in {text!r}"
+    return int(m.group(2))
+
+
+def raw_transfer(ctl: Control, command: str, ctx: ssl.SSLContext | None,
+                 upload: bytes | None = None, session: ssl.SSLSession | None = None,
+                 timeout: float = 20) -> tuple[bytes, tuple[int, str]]:
+    """PASV, connect, `command` (LIST, RETR x, STOR x), TLS on the data connection when ctx
+    is given (resuming `session`, by default the control connection's), send `upload` or
+    read until the end; return (bytes read, final reply). Asserts 227 and 125/150."""
+    code, text = ctl.cmd("PASV")
+    assert code == 227, text
+    host, port = parse_227(text)
+    data = socket.create_connection((host, port), timeout=timeout)
+    try:
+        code, text = ctl.cmd(command)
+        assert code in (125, 150), text
+        if ctx is not None:
+            data = ctx.wrap_socket(data, server_hostname="localhost",
+                                   session=session if session is not None else ctl.session)
+        got = b""
+        if upload is not None:
+            data.sendall(upload)
+            if isinstance(data, ssl.SSLSocket):
+                data = data.unwrap()
+            data.shutdown(socket.SHUT_WR)
+            recv_until_closed(data, timeout)
+        else:
+            got, _ = recv_until_closed(data, timeout)
+    finally:
+        data.close()
+    return got, ctl.reply()
+
+
 def recv_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, str]:
     """Read until the peer closes; return (bytes received, how it ended: "eof", "reset",
     or "timeout")."""
@@ -840,6 +1098,74 @@ def recv_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, 
             return data, "eof"
         data += chunk
     return data, "timeout"
+
+
+class DelayProxy:
+    """A TCP relay on loopback that holds every chunk going toward `upstream` for `delay`
+    seconds (the other direction is not delayed): a slow link between the gateway and its
+    backend, for races between the control and the data connections. Stdlib threads only;
+    use as a context manager."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float):
+        self.upstream, self.delay = upstream, delay
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._socks: list[socket.socket] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                down.close()
+                continue
+            up.settimeout(None)
+            self.connections += 1
+            self._socks += [down, up]
+            for args in ((down, up, self.delay), (up, down, 0)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float):
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self):
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> "DelayProxy":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def unused_dir(prefix: str) -> Path:
