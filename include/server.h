@@ -60,6 +60,8 @@ struct gw_server {
     gw_ip_table *per_ip;         /* max_sessions_per_ip */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
     struct gw_session *session_list; /* every live session, for shutdown */
+    uv_timer_t fd_probe;               /* notices the descriptor limit (see listener.c) */
+    bool fd_probe_started;
     bool stopping;
 };
 

@@ -72,7 +72,7 @@ typedef struct gw_session {
     int held_code;
     gw_data *data;
     bool data_finished, data_ok;
-    uint64_t xfer_bytes, xfer_started_ms;
+    uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
     char user[64];      /* the USER argument, for the transfer log (never the password) */
     char data_fail_reply[128];

@@ -271,6 +271,22 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
     return 0;
 }
 
+/* At the descriptor limit libuv's accept loop closes new connections itself (with a spare
+ * descriptor) and tells nobody. A cheap probe each second makes it visible in the log. */
+static void on_fd_probe(uv_timer_t *t)
+{
+    gw_server *srv = t->data;
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        close(fd);
+        return;
+    }
+    if (errno == EMFILE || errno == ENFILE)
+        GW_LOG_WARN(0, "event=descriptor_limit sessions=%d note=\"new connections are closed "
+                       "at accept until descriptors are free\"",
+                    srv->sessions);
+}
+
 int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap)
 {
     memset(srv, 0, sizeof *srv);
@@ -283,6 +299,11 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, 
     srv->gen = build_generation(srv, cfg, err, cap);
     if (!srv->gen)
         return -1;
+    uv_timer_init(loop, &srv->fd_probe);
+    srv->fd_probe.data = srv;
+    srv->fd_probe_started = true;
+    uv_timer_start(&srv->fd_probe, on_fd_probe, 1000, 1000);
+    uv_unref((uv_handle_t *)&srv->fd_probe);
     return switch_listeners(srv, srv->gen, err, cap);
 }
 
@@ -303,6 +324,8 @@ int gw_server_reload(gw_server *srv, gw_config *cfg, char *err, size_t cap)
 
 void gw_server_stop_listening(gw_server *srv)
 {
+    if (srv->fd_probe_started && !uv_is_closing((uv_handle_t *)&srv->fd_probe))
+        uv_close((uv_handle_t *)&srv->fd_probe, NULL);
     for (int i = 0; i < srv->n_listeners; i++)
         close_listener(srv->listeners[i]);
     srv->n_listeners = 0;

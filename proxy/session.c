@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <strings.h>
 #include <time.h>
@@ -34,6 +35,7 @@ static void cmd_abort(gw_session *s);
 static void command_done(gw_session *s);
 static void on_tick(uv_timer_t *t);
 static void rearm(gw_session *s);
+static void abort_backend_transfer(gw_session *s, const char *text, const char *why);
 static void session_fail(gw_session *s, const char *reply, const char *why);
 
 static void set_client_state(gw_session *s, enum gw_client_state st)
@@ -75,6 +77,11 @@ static void release(gw_session *s)
     if (s->ip_counted)
         gw_ip_release(srv->per_ip, &s->client_peer);
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
+#ifdef __GLIBC__
+    /* After a burst glibc keeps the freed heap; give it back when the gateway goes idle. */
+    if (srv->sessions == 0)
+        malloc_trim(0);
+#endif
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -137,6 +144,7 @@ static void rearm(gw_session *s)
         return;
     uint64_t delay = 1000;
     bool fine = s->closing || s->reply_delay_until || s->pending == PEND_ABORT ||
+                (s->pending == PEND_TRANSFER && s->data_finished) ||
                 s->cstate != CS_READY || s->bstate != BS_READY || !s->logged_in;
     if (!fine) {
         uint64_t deadline = s->last_active_ms + (uint64_t)s->fe->cfg->idle_timeout * 1000;
@@ -174,6 +182,12 @@ static void check_deadlines(gw_session *s)
             reply(s, "226 ABOR successful.\r\n");
         session_fail(s, "421 Service not available: the server did not answer ABOR.\r\n",
                      "backend silent after ABOR");
+        return;
+    }
+    if (s->pending == PEND_TRANSFER && s->data_finished && !s->held_code &&
+        now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
+        abort_backend_transfer(s, "426 Transfer aborted: no final reply from the server.\r\n",
+                               "server silent after the data connection ended");
         return;
     }
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
@@ -273,38 +287,52 @@ static void complete_transfer(gw_session *s)
     command_done(s);
 }
 
+/* The transfer cannot end normally: the client gets `text` now, the backend an ABOR with a
+ * NOOP behind it. The NOOP's 200 marks the end of the exchange: it cannot be mistaken for
+ * the transfer's reply or ABOR's (225/226), however many of those come. A backend that
+ * answers nothing within ABORT_TIMEOUT_MS ends the session. */
+static void abort_backend_transfer(gw_session *s, const char *text, const char *why)
+{
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
+                       "note=\"ABOR sent to the server\"",
+                s->pending_verb, why);
+    drop_data(s, false);
+    reply(s, text);
+    write_xferlog(s, "failed");
+    free(s->held);
+    s->held = NULL;
+    s->heldlen = 0;
+    s->abort_internal = true;
+    s->abort_expect = 2;
+    s->abort_started_ms = now_ms(s);
+    forward(s, "ABOR", PEND_ABORT);
+    if (s->backend)
+        gw_conn_write_str(s->backend, "NOOP\r\n");
+    rearm(s);
+}
+
 void gw_session_data_finished(gw_session *s, bool ok, const char *text, uint64_t bytes)
 {
     s->data_finished = true;
+    s->data_done_ms = now_ms(s);
     s->xfer_bytes = bytes;
     s->data_ok = ok;
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", text);
-        /* Abort both legs now so the backend notices and sends its final reply. */
+        /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;
+        /* The backend may never end this transfer by itself (pyftpdlib waits for a new
+         * data connection after a reset one). */
         if (s->pending == PEND_TRANSFER && !s->held_code) {
-            /* The backend may never end this transfer by itself (pyftpdlib waits for a new
-             * data connection): the client gets its answer now, the backend an ABOR. */
-            GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed note=\"ABOR sent "
-                               "to the server\"",
-                        s->pending_verb);
-            reply(s, s->data_fail_reply);
-            write_xferlog(s, "failed");
-            s->abort_internal = true;
-            s->abort_expect = 2;
-            s->abort_started_ms = now_ms(s);
-            forward(s, "ABOR", PEND_ABORT);
-            /* A NOOP behind it marks the end: its 200 cannot be mistaken for the
-             * transfer's reply or ABOR's (225/226), however many of those come. */
-            if (s->backend)
-                gw_conn_write_str(s->backend, "NOOP\r\n");
-            rearm(s);
+            abort_backend_transfer(s, s->data_fail_reply, "data leg failed");
             return;
         }
     }
     if (s->pending == PEND_TRANSFER && s->held_code)
         complete_transfer(s);
+    else
+        rearm(s); /* the final reply now has data_timeout to arrive */
 }
 
 /* The backend leg is armed: now the client's leg, and the client's answer. */
