@@ -220,11 +220,13 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
 static void log_frontend(const gw_frontend *fe, const char *event)
 {
     char backend[GW_HOST_MAX + 8];
-    snprintf(backend, sizeof backend, "%s:%u", fe->backend->address.host,
+    const char *bh = fe->backend->address.host, *lh = fe->conf->listen.host;
+    bool b6 = strchr(bh, ':') != NULL, l6 = strchr(lh, ':') != NULL;
+    snprintf(backend, sizeof backend, "%s%s%s:%u", b6 ? "[" : "", bh, b6 ? "]" : "",
              fe->backend->address.port);
-    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s:%u backend=%s", event, fe->conf->name,
-                mode_name(fe->conf->mode), fe->conf->listen.host, fe->conf->listen.port,
-                backend);
+    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s%s%s:%u backend=%s", event,
+                fe->conf->name, mode_name(fe->conf->mode), l6 ? "[" : "", lh, l6 ? "]" : "",
+                fe->conf->listen.port, backend);
 }
 
 static void close_listener(gw_listener *l)
