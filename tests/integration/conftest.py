@@ -10,7 +10,9 @@ at the end of the module. `vsftpd_ftps` and `vsftpd_implicit` are vsftpd doing F
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import shutil
 
 import pytest
@@ -175,3 +177,39 @@ def pytest_runtest_makereport(item, call):
         if backend.log.exists():
             lines = backend.log.read_text(errors="replace").splitlines()[-80:]
             report.sections.append((f"{backend.name} log (tail)", "\n".join(lines)))
+
+
+# ---------------------------------------------------------------------------------------
+# No test may leave descriptors behind in a gateway that outlives it (issue: "descriptor
+# counts before and after each integration test are equal").
+
+FD_SETTLE_SECONDS = 6  # lingering data legs close at the peer's FIN, or after 5 s
+
+
+@pytest.fixture(autouse=True)
+def no_descriptor_leak(request):
+    before = {}
+    for g in list(Gateway.live):
+        if g.proc is not None and g.proc.poll() is None:
+            try:
+                before[g] = g.fd_count()
+            except FileNotFoundError:
+                pass
+    yield
+    leaks = []
+    for g, count in before.items():
+        deadline = time.monotonic() + FD_SETTLE_SECONDS
+        while g in Gateway.live and g.proc.poll() is None:
+            try:
+                now = g.fd_count()
+            except FileNotFoundError:
+                break
+            if now <= count:
+                break
+            if time.monotonic() > deadline:
+                leaks.append(f"{g.name}: {count} descriptors before the test, {now} after "
+                             f"{FD_SETTLE_SECONDS} s: {sorted(os.listdir(f'/proc/{g.pid}/fd'))}")
+                break
+            time.sleep(0.05)
+    if leaks:
+        pytest.fail("descriptor leak in a gateway:\n" + "\n".join(leaks))
