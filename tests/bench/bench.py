@@ -6,8 +6,8 @@ peer itself on free loopback ports, runs each case against all of them interleav
 repetitions, medians), prints a table and writes it between markers into
 tests/bench/RESULTS.md. What is measured and how: tests/bench/README.md.
 
-    tests/bench/bench.py                    full run (~10-15 min), writes RESULTS.md
-    tests/bench/bench.py --quick            smoke run (64 MiB file, 1 repetition, short cases)
+    tests/bench/bench.py                    full run (~15 min), writes RESULTS.md
+    tests/bench/bench.py --quick            smoke run (~2 min: 64 MiB file, 1 repetition, short cases)
     tests/bench/bench.py --only sessions    one case (throughput | sessions | mirror | memory)
 
 Partial runs (--quick, --only) write build/bench/RESULTS-partial.md unless --results says
@@ -178,9 +178,10 @@ def spawn(cmd: list, logfile: Path, env: dict | None = None, stdin_log: bool = F
                             start_new_session=True, cwd=REPO)
     out.close()
     STARTED.append(proc)
-    limit = nofile or ORIG_NOFILE[0]
-    with contextlib.suppress(OSError):
-        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (limit, max(limit, ORIG_NOFILE[1])))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = min(nofile or ORIG_NOFILE[0], hard)
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (limit, hard))
     return proc
 
 
@@ -261,6 +262,106 @@ def system_cpu() -> tuple[int, int]:
 # Servers
 
 
+class CpuAcct:
+    """CPU time of a server's whole process tree from a cgroup of its own.
+
+    Each server is moved into its own cgroup right after it is started (before it has forked
+    anything); every process it forks stays there, also one whose parent exits first and
+    that is re-parented to init (vsftpd's session parent can exit before reaping its
+    unprivileged child, whose CPU then never reaches the listener's cutime). The cgroup's
+    counter (cgroup v1 cpuacct.usage, or v2 cpu.stat usage_usec) keeps the CPU of tasks that
+    have exited. Without a usable cgroup hierarchy the bench falls back to the listener's
+    utime+stime+cutime+cstime (and says so in the report)."""
+
+    def __init__(self):
+        self.kind = ""
+        self.root: Path | None = None
+        self.problem = ""
+        mounts = [ln.split() for ln in Path("/proc/mounts").read_text().splitlines()]
+        base, rel = None, ""
+        for dev, mnt, fstype, opts, *_ in mounts:
+            if fstype == "cgroup" and "cpuacct" in opts.split(","):
+                self.kind, base = "v1", Path(mnt)
+                for line in Path("/proc/self/cgroup").read_text().splitlines():
+                    _, ctrls, path = line.split(":", 2)
+                    if "cpuacct" in ctrls.split(","):
+                        rel = path.lstrip("/")
+                break
+        else:
+            for dev, mnt, fstype, opts, *_ in mounts:
+                if fstype == "cgroup2":
+                    self.kind, base = "v2", Path(mnt)
+                    for line in Path("/proc/self/cgroup").read_text().splitlines():
+                        if line.startswith("0::"):
+                            rel = line[3:].lstrip("/")
+                    break
+        if base is None:
+            self.problem = "no cgroup cpuacct (v1) or cgroup2 hierarchy mounted"
+            return
+        root = base / rel / f"ftpsgate-bench-{os.getpid()}"
+        try:
+            root.mkdir()
+        except OSError as e:
+            self.problem = f"cannot create {root}: {e}"
+            self.kind = ""
+            return
+        self.root = root
+
+    @property
+    def method(self) -> str:
+        if self.kind == "v1":
+            return "cgroup v1 cpuacct.usage of a cgroup per server (whole process tree)"
+        if self.kind == "v2":
+            return "cgroup v2 cpu.stat usage_usec of a cgroup per server (whole process tree)"
+        return (f"utime+stime+cutime+cstime of the root process after its sessions were reaped "
+                f"(no cgroup: {self.problem}; CPU of a session process re-parented away from "
+                f"its server is missed)")
+
+    def attach(self, name: str, pid: int) -> Path | None:
+        if self.root is None:
+            return None
+        cg = self.root / re.sub(r"[^\w.-]", "_", name)
+        try:
+            cg.mkdir(exist_ok=True)
+            (cg / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError as e:
+            log(f"warning: cannot put {name} into {cg}: {e}")
+            return None
+        return cg
+
+    def usage_s(self, cg: Path) -> float:
+        if self.kind == "v1":
+            return int((cg / "cpuacct.usage").read_text()) / 1e9
+        for line in (cg / "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+        return 0.0
+
+    def cleanup(self) -> None:
+        if self.root is None:
+            return
+        for _ in range(50):
+            for cg in self.root.iterdir():
+                if cg.is_dir():
+                    # Leftovers of the servers this run started (e.g. a session process
+                    # re-parented away from its killed listener).
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in (cg / "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(int(pid), signal.SIGKILL)
+                    with contextlib.suppress(OSError):
+                        cg.rmdir()
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
+            if not self.root.exists():
+                return
+            time.sleep(0.1)
+        log(f"warning: could not remove {self.root}")
+
+
+CPUACCT: CpuAcct | None = None
+
+
 @dataclass
 class Server:
     name: str
@@ -268,27 +369,40 @@ class Server:
     proc: subprocess.Popen
     logfile: Path
     forks: bool  # one process (or two) per session: vsftpd, proftpd
+    cg: Path | None = None  # its cgroup (CpuAcct)
+
+    def __post_init__(self):
+        if CPUACCT is not None and self.cg is None:
+            self.cg = CPUACCT.attach(f"{self.name}-{self.pid}", self.pid)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def cpu_s(self) -> float:
+        """CPU seconds used so far by the server and every process it started."""
+        if self.cg is not None:
+            return CPUACCT.usage_s(self.cg)
         return proc_cpu_ticks(self.pid) / CLK_TCK
 
     def tree(self) -> list[int]:
+        """The server's processes: its cgroup's (re-parented ones included), else its
+        descendants in /proc."""
+        if self.cg is not None:
+            with contextlib.suppress(OSError):
+                return [int(x) for x in (self.cg / "cgroup.procs").read_text().split()]
         return [self.pid, *descendants(self.pid)]
 
     def pss_kib(self) -> int:
         return sum(pss_kib(p) for p in self.tree())
 
     def idle(self, timeout: float = 20) -> bool:
-        """Wait until a forking server has no session processes left (reaped: their CPU is
-        then in the listener's cutime/cstime)."""
+        """Wait until a forking server has no session processes left, so that all the CPU
+        of the sessions just run has been counted."""
         if not self.forks:
             return True
         deadline = time.monotonic() + timeout
-        while descendants(self.pid):
+        while len(self.tree()) > 1 or descendants(self.pid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -299,11 +413,17 @@ class Server:
 
 
 def ensure_root_and_limits() -> None:
+    """Root, and RLIMIT_NOFILE as high as allowed: 65536 where root may raise the hard limit
+    (CAP_SYS_RESOURCE); else the soft limit goes up to the hard one (20,000 on this
+    machine's containers, which lack CAP_SYS_RESOURCE)."""
     if os.geteuid() != 0:
         sys.exit("bench.py must run as root (vsftpd, proftpd, the test user, PAM)")
     want = 65536
-    with contextlib.suppress(ValueError, OSError):
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, ORIG_NOFILE[1])))
+    except (ValueError, OSError):
+        hard = ORIG_NOFILE[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def ensure_test_user() -> tuple[str, str]:
@@ -605,6 +725,10 @@ LoadModule mod_proxy.c
   ProxyTables {dir}/tables
   ProxyRole reverse
   ProxyReverseServers ftp://{backend}
+  # The default policy (RoundRobin) reads and updates its SQLite table on every login; with
+  # 8 parallel clients that fails now and then ("database is locked", then "error selecting
+  # backend server" and the session is dropped). Random picks without reading it.
+  ProxyReverseConnectPolicy Random
   ProxyTLSEngine off
 </IfModule>
 """
@@ -810,12 +934,15 @@ def full_session(kind: str, port: int, user: str, password: str, ctx: ssl.SSLCon
 
 
 def session_loop(kind: str, port: int, user: str, password: str, t_start: float, t_end: float,
-                 queue=None) -> tuple[int, int, str]:
-    """Complete sessions one after another from t_start to t_end (monotonic clock); returns
-    (sessions finished before t_end, failures, first error)."""
+                 queue=None) -> tuple[int, int, str, float]:
+    """Complete sessions one after another, starting new ones from t_start until t_end
+    (monotonic clock); returns (sessions completed, failures, first error, time the last one
+    ended). The one running at t_end is finished and counted: the rate is then taken over
+    the time actually used, so nothing in flight is thrown away."""
     ctx = client_ctx()
     count = errors = 0
     first_err = ""
+    last = t_start
     while time.monotonic() < t_start:
         time.sleep(0.005)
     while time.monotonic() < t_end:
@@ -826,26 +953,27 @@ def session_loop(kind: str, port: int, user: str, password: str, t_start: float,
             first_err = first_err or repr(e)
             time.sleep(0.05)
         else:
-            if time.monotonic() <= t_end:
-                count += 1
-    out = (count, errors, first_err)
+            count += 1
+        last = time.monotonic()
+    out = (count, errors, first_err, last)
     if queue is not None:
         queue.put(out)
     return out
 
 
 def session_rate(t: Target, user: str, password: str, seconds: float, clients: int
-                 ) -> tuple[float, int, str, float]:
-    """(sessions/s, failures, first error, gateway CPU ms per session)."""
+                 ) -> tuple[float, int, str, float, float | None]:
+    """(sessions/s, failures, first error, gateway CPU ms per session, backend CPU ms per
+    session or None). sessions/s = sessions completed / (end of the last one - start)."""
     cpu0 = t.server.cpu_s()
+    be0 = t.backend.cpu_s() if t.backend else 0.0
     if clients == 1:
         t_start = time.monotonic() + 0.05
-        count, errors, err = session_loop(t.kind, t.port, user, password, t_start,
-                                          t_start + seconds)
+        outs = [session_loop(t.kind, t.port, user, password, t_start, t_start + seconds)]
     else:
         mp = multiprocessing.get_context("fork")
         queue = mp.Queue()
-        t_start = time.monotonic() + 0.5  # all workers forked and waiting
+        t_start = time.monotonic() + 1.0  # all workers forked and waiting, also under load
         procs = [mp.Process(target=session_loop, args=(t.kind, t.port, user, password, t_start,
                                                        t_start + seconds, queue))
                  for _ in range(clients)]
@@ -854,22 +982,28 @@ def session_rate(t: Target, user: str, password: str, seconds: float, clients: i
         outs = [queue.get(timeout=seconds + 120) for _ in procs]
         for p in procs:
             p.join(30)
-        count = sum(o[0] for o in outs)
-        errors = sum(o[1] for o in outs)
-        err = next((o[2] for o in outs if o[2]), "")
+    count = sum(o[0] for o in outs)
+    errors = sum(o[1] for o in outs)
+    err = next((o[2] for o in outs if o[2]), "")
+    elapsed = max(max(o[3] for o in outs) - t_start, 1e-3)
     t.settle()
     cpu_ms = (t.server.cpu_s() - cpu0) * 1000 / max(count, 1)
-    return count / seconds, errors, err, cpu_ms
+    be_ms = (t.backend.cpu_s() - be0) * 1000 / max(count, 1) if t.backend else None
+    return count / elapsed, errors, err, cpu_ms, be_ms
 
 
 CURL = ["curl", "-sS", "--globoff", "-k", "--ftp-pasv", "--max-time", "600",
         "-w", "%{size_download} %{size_upload} %{time_total}\\n"]
 
 
+CURL_TLS13_CIPHERS = ""  # --curl-tls13-ciphers: the same suite on every path
+
+
 def prot_flags(t: Target, prot: str) -> list[str]:
     if t.kind == "plain":
         return []
-    return ["--ftp-ssl-control"] if prot == "C" else ["--ssl-reqd"]
+    pin = ["--tls13-ciphers", CURL_TLS13_CIPHERS] if CURL_TLS13_CIPHERS else []
+    return [*pin, "--ftp-ssl-control"] if prot == "C" else [*pin, "--ssl-reqd"]
 
 
 def curl_transfer(t: Target, prot: str, direction: str, data: Data, user: str, password: str,
@@ -898,23 +1032,31 @@ def curl_transfer(t: Target, prot: str, direction: str, data: Data, user: str, p
     return size / 1e6 / secs, secs
 
 
-def lftp_mirror(t: Target, data: Data, user: str, password: str, dest: Path) -> float:
+def lftp_mirror(t: Target, data: Data, user: str, password: str, dest: Path,
+                ca_file: Path, files: int) -> float:
     """lftp mirror of the small-file directory (one data connection, and one data TLS
-    handshake resuming the control session, per file); returns seconds."""
+    handshake resuming the control session, per file); returns seconds. ca_file: lftp
+    (GnuTLS) loads its CA file on every data connection; the one certificate instead of the
+    system store keeps that client CPU small (verification stays off). files < 1,000: only
+    the first `files` (a multiple of 100: f00*, f01*...)."""
     settings = ["set cmd:fail-exit yes", "set ssl:verify-certificate no",
+                f"set ssl:ca-file {ca_file}",
                 "set ftp:ssl-protect-data true", "set net:max-retries 1", "set net:timeout 60",
                 "set xfer:clobber yes"]
     if t.kind == "explicit":
         settings += ["set ftp:ssl-force true", "set ftp:ssl-allow true"]
     scheme = "ftps" if t.kind == "implicit" else "ftp"
+    include = ""
+    if files < data.small_count:
+        include = " ".join(f"-I f{i:02d}*.bin" for i in range(files // 100)) + " "
     script = "; ".join([*settings, f"open -u {user},{password} {scheme}://{HOST}:{t.port}",
-                        f"mirror {data.small_dir} {dest}"])
+                        f"mirror {include}{data.small_dir} {dest}"])
     shutil.rmtree(dest, ignore_errors=True)
     start = time.monotonic()
     res = run(["lftp", "-c", script], timeout=600)
     secs = time.monotonic() - start
     got = list(dest.glob("*.bin")) if dest.exists() else []
-    ok = len(got) == data.small_count and all(p.stat().st_size == 4 * KiB for p in got)
+    ok = len(got) == files and all(p.stat().st_size == 4 * KiB for p in got)
     shutil.rmtree(dest, ignore_errors=True)
     if res.returncode != 0 or not ok:
         raise RuntimeError(f"lftp exit {res.returncode}, {len(got)} files: "
@@ -1020,7 +1162,9 @@ def setup(env: Env) -> None:
         T[f"vs-imp{'-rsa' if kind == 'rsa' else ''}"] = Target(
             f"vs-imp{'-rsa' if kind == 'rsa' else ''}", "vs",
             f"vsftpd implicit FTPS ({'ECDSA' if kind == 'ec' else 'RSA'})", "implicit", vs.port, vs)
-    if not env.args.no_mod_proxy:
+    if env.args.no_mod_proxy:
+        env.mp_error = "left out (--no-mod-proxy)"
+    else:
         try:
             env.pf = ensure_proftpd()
             for kind in ("ec", "rsa"):
@@ -1111,26 +1255,30 @@ def case_sessions(env: Env, R: Results) -> None:
                 how = "sequential" if clients == 1 else "8 parallel"
                 row = f"sessions/s, {how}, {cert}"
                 for t in rotate(live(env, keys), rep):
-                    rate, errors, err, cpu_ms = session_rate(t, env.user, env.password,
-                                                             a.session_seconds, clients)
+                    rate, errors, err, cpu_ms, be_ms = session_rate(
+                        t, env.user, env.password, a.session_seconds, clients)
                     if errors:
                         R.fail(row, t.col, f"{errors} failed sessions: {err}")
                     R.add(row, t.col, rate)
                     if clients == 1:
                         R.add(f"CPU ms/session (sequential, {cert})", t.col, cpu_ms)
+                        if be_ms is not None:
+                            R.add(f"backend vsftpd CPU ms/session (sequential, {cert})", t.col,
+                                  be_ms)
                     log(f"  rep {rep + 1}: {row:42} {t.label:32} {rate:7.1f}/s "
                         f"{cpu_ms:6.2f} CPU ms/session{f' ({errors} failed)' if errors else ''}")
 
 
 def case_mirror(env: Env, R: Results) -> None:
     a, data = env.args, env.data
-    row = f"lftp mirror {data.small_count} x 4 KiB, files/s"
+    n = a.mirror_files
+    row = f"lftp mirror {n:,} x 4 KiB, files/s"
     for rep in range(a.reps):
         for t in rotate(live(env, ["gw-imp", "mp-exp", "vs-imp"]), rep):
             cpu0 = t.server.cpu_s()
             try:
                 secs = lftp_mirror(t, data, env.user, env.password,
-                                   env.workdir / f"mirror-{t.key}")
+                                   env.workdir / f"mirror-{t.key}", env.certs["ec"][0], n)
             except Exception as e:  # noqa: BLE001
                 R.fail(row, t.col, str(e))
                 log(f"  {row} {t.label}: FAILED: {e}")
@@ -1138,10 +1286,10 @@ def case_mirror(env: Env, R: Results) -> None:
                 continue
             t.settle()
             cpu = t.server.cpu_s() - cpu0
-            R.add(row, t.col, data.small_count / secs)
-            R.add("lftp mirror: CPU ms/file", t.col, cpu * 1000 / data.small_count)
+            R.add(row, t.col, n / secs)
+            R.add("lftp mirror: CPU ms/file", t.col, cpu * 1000 / n)
             log(f"  rep {rep + 1}: mirror {t.label:32} {secs:6.1f} s "
-                f"{data.small_count / secs:7.1f} files/s {cpu * 1000 / data.small_count:5.2f} CPU ms/file")
+                f"{n / secs:7.1f} files/s {cpu * 1000 / n:5.2f} CPU ms/file")
 
 
 def measure_memory(t: Target, n: int, env: Env) -> tuple[float, int, int, int, str, float]:
@@ -1152,13 +1300,17 @@ def measure_memory(t: Target, n: int, env: Env) -> tuple[float, int, int, int, s
     t.settle()
     base = settle_pss(t.server)
     sessions, fails, err, secs = open_idle_sessions(t, n, env.user, env.password)
+    t1 = time.monotonic()
     try:
         loaded = settle_pss(t.server, quiet=1.5)
     finally:
+        t2 = time.monotonic()
         for s in sessions:
             s.close()
     opened = len(sessions)
     t.settle()
+    log(f"    {t.label}: {opened} sessions opened in {secs:.1f} s, PSS settled in "
+        f"{t2 - t1:.1f} s, closed in {time.monotonic() - t2:.1f} s")
     return (loaded - base) / max(opened, 1), base, loaded, fails, err, secs
 
 
@@ -1169,18 +1321,20 @@ def case_memory(env: Env, R: Results) -> None:
     for rep in range(a.reps):
         order = rotate(["gw", "mp", "vs"], rep)
         for col in order:
-            if col == "gw":
-                # A fresh gateway: heap freed by earlier cases would hide per-session growth.
-                gw, fports = start_ftpsgate(env.workdir, f"ftpsgate-mem{rep}", env.ports,
-                                            env.backend, env.certs, {"imp": {"mode": "implicit"}})
-                t = Target("gw-mem", "gw", "ftpsgate implicit (fresh)", "implicit",
-                           fports["imp"], gw, env.backend)
-            else:
-                ts = live(env, ["mp-exp" if col == "mp" else "vs-imp"])
-                if not ts:
-                    continue
-                t = ts[0]
+            t = None
             try:
+                if col == "gw":
+                    # A fresh gateway: heap freed by earlier cases would hide per-session growth.
+                    gw, fports = start_ftpsgate(env.workdir, f"ftpsgate-mem{rep}", env.ports,
+                                                env.backend, env.certs,
+                                                {"imp": {"mode": "implicit"}})
+                    t = Target("gw-mem", "gw", "ftpsgate implicit (fresh)", "implicit",
+                               fports["imp"], gw, env.backend)
+                else:
+                    ts = live(env, ["mp-exp" if col == "mp" else "vs-imp"])
+                    if not ts:
+                        continue
+                    t = ts[0]
                 per, base, loaded, fails, err, secs = measure_memory(t, n_small, env)
                 R.add(row, col, per)
                 if fails:
@@ -1189,9 +1343,9 @@ def case_memory(env: Env, R: Results) -> None:
                     f"(tree PSS {base} -> {loaded} KiB)")
             except Exception as e:  # noqa: BLE001
                 R.fail(row, col, str(e))
-                log(f"  {row} {t.label}: FAILED: {e}")
+                log(f"  {row} {COL_TITLE[col]}: FAILED: {e}")
             finally:
-                if col == "gw":
+                if col == "gw" and t is not None:
                     kill_tree(t.server.proc, term_first=True)
                     STARTED.remove(t.server.proc)
     # Many sessions: the gateway alone, with pyftpdlib as the backend (vsftpd would fork
@@ -1199,9 +1353,18 @@ def case_memory(env: Env, R: Results) -> None:
     if not a.mem_big:
         return
     pyf = start_pyftpdlib(env.workdir, env.ports, env.data, env.user, env.password)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cap = (hard - 40) // 2  # the gateway holds 2 descriptors per session (client, backend)
     try:
-        for n in a.mem_big:
+        for asked in a.mem_big:
+            n = min(asked, cap)
             row = f"PSS KiB/session, {n:,} idle TLS sessions (pyftpdlib backend)"
+            if n < asked:
+                R.extra[f"{asked:,} sessions"] = (
+                    f"not possible here: RLIMIT_NOFILE's hard limit is {hard:,} and root may not "
+                    f"raise it (no CAP_SYS_RESOURCE in this container); the gateway needs 2 "
+                    f"descriptors per session, so {n:,} sessions were measured instead")
+                log(f"  {asked} sessions need more than {hard} descriptors: measuring {n}")
             gw, fports = start_ftpsgate(env.workdir, f"ftpsgate-mem-{n}", env.ports, pyf,
                                         env.certs, {"imp": {"mode": "implicit"}})
             t = Target("gw-mem", "gw", "ftpsgate implicit (fresh)", "implicit", fports["imp"], gw, pyf)
@@ -1210,7 +1373,7 @@ def case_memory(env: Env, R: Results) -> None:
                 R.add(row, "gw", per)
                 if fails:
                     R.fail(row, "gw", f"{fails} sessions failed to open: {err}")
-                R.extra[f"{n:,} sessions"] = (
+                R.extra[f"{n:,} sessions measured"] = (
                     f"opened in {secs:.1f} s with 16 client threads ({(n - fails) / secs:.0f}/s); "
                     f"gateway PSS {base:,} KiB idle -> {loaded:,} KiB ({loaded / 1024:.0f} MiB) "
                     f"with {n - fails:,} sessions")
@@ -1249,8 +1412,9 @@ def ratio(a: float | None, b: float | None) -> str:
 
 ROW_UNITS = [  # (prefix, unit, better)
     ("CPU s/GiB", "s/GiB", "lower"),
-    ("backend vsftpd CPU", "s/GiB", "lower"),
+    ("backend vsftpd CPU s", "s/GiB", "lower"),
     ("CPU ms/session", "ms", "lower"),
+    ("backend vsftpd CPU ms", "ms", "lower"),
     ("lftp mirror: CPU", "ms", "lower"),
     ("sessions/s", "1/s", "higher"),
     ("lftp mirror", "files/s", "higher"),
@@ -1279,7 +1443,7 @@ def table(R: Results, rows: list[str], reps: int) -> str:
             cell = fmt(v, row)
             n = len(R.values.get((row, col), []))
             f = R.fails.get((row, col), 0)
-            if v is not None and n < reps and not row.startswith("PSS KiB/session, 1"):
+            if v is not None and n < reps and "pyftpdlib backend" not in row:
                 cell += f" ({n}/{reps})"
             if f:
                 cell += f" [{f} fail]"
@@ -1297,8 +1461,8 @@ def ordered_rows(R: Results) -> list[str]:
     for row, _ in [*R.values.keys(), *R.fails.keys()]:
         if row not in seen:
             seen.append(row)
-    groups = ["RETR", "STOR", "CPU s/GiB", "backend vsftpd", "sessions/s", "CPU ms/session",
-              "lftp mirror ", "lftp mirror:", "PSS"]
+    groups = ["RETR", "STOR", "CPU s/GiB", "backend vsftpd CPU s", "sessions/s",
+              "CPU ms/session", "backend vsftpd CPU ms", "lftp mirror ", "lftp mirror:", "PSS"]
 
     def key(r: str):
         g = next((i for i, p in enumerate(groups) if r.startswith(p)), len(groups))
@@ -1345,6 +1509,18 @@ def machine_info(env: Env) -> list[tuple[str, str]]:
     ]
 
 
+def cross_check(env: Env, R: Results) -> None:
+    """The main gateway is one process: its cgroup CPU and its /proc utime+stime over the
+    whole run must agree (a check of the accounting)."""
+    gw = next((t.server for t in env.targets.values() if t.col == "gw"), None)
+    if gw is None or gw.cg is None or not gw.alive():
+        return
+    with contextlib.suppress(OSError):
+        R.extra["CPU accounting check"] = (
+            f"main ftpsgate process over the run: cgroup {gw.cpu_s():.2f} s, /proc utime+stime "
+            f"{proc_cpu_ticks(gw.pid) / CLK_TCK:.2f} s")
+
+
 def report(env: Env, R: Results, ran: list[str], started_at: float, load0: str,
            cpu0: tuple[int, int], own_cpu: float) -> str:
     a = env.args
@@ -1366,8 +1542,11 @@ def report(env: Env, R: Results, ran: list[str], started_at: float, load0: str,
                  f"was busy {machine_busy:.0f} CPU-s of {wall * ncpu:.0f} available, of which "
                  f"{other:.0f} CPU-s ({100 * other / max(wall * ncpu, 1):.0f}% of {ncpu} cores) "
                  f"were not this benchmark (other tests share the machine: figures are noisy) |")
+    lines.append(f"| CPU accounting | {CPUACCT.method} |")
+    if CURL_TLS13_CIPHERS:
+        lines.append(f"| curl pinned | curl offered only {CURL_TLS13_CIPHERS} (throughput rows) |")
     for k, v in sorted(env.versions.items()):
-        lines.append(f"| {k} | {v} |")
+        lines.append(f"| {k} (Python probe) | {v} |")
     lines.append("")
     if env.mp_error:
         lines.append(f"**mod_proxy:** {env.mp_error}")
@@ -1380,11 +1559,23 @@ def report(env: Env, R: Results, ran: list[str], started_at: float, load0: str,
                  "the plain rows a mode = plain frontend, the explicit rows its explicit "
                  "frontend); mod_proxy = ProFTPD mod_proxy, explicit FTPS front (AUTH TLS), "
                  "in front of the same vsftpd; vsftpd = vsftpd doing implicit FTPS itself "
-                 "(plain rows: the plain vsftpd directly). CPU = utime+stime of the gateway "
-                 "process, or of the server's whole process tree (sessions reaped into "
-                 "cutime/cstime); the backend vsftpd's CPU is listed separately. "
+                 "(plain rows: the plain vsftpd directly). CPU = the server's whole process "
+                 "tree (ftpsgate: its one process; vsftpd, ProFTPD: listener and every "
+                 "session process); the backend vsftpd's CPU is listed separately. "
                  "`(k/N)`: only k of N repetitions succeeded; `[n fail]`: failed attempts "
                  "(retried up to 3 times for transfers). ↓: lower is better.")
+    if a.reps > 1:
+        lines.append("")
+        lines.append("<details><summary>Every repetition (in the order measured), to judge the "
+                     "spread</summary>")
+        lines.append("")
+        lines.append("| case | ftpsgate | mod_proxy | vsftpd |\n|---|---|---|---|")
+        for row in rows:
+            cells = [", ".join(fmt(v, row) for v in R.values.get((row, col), [])) or "—"
+                     for col in COLS]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("</details>")
     if R.extra:
         lines.append("")
         for k, v in R.extra.items():
@@ -1423,13 +1614,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 64 MiB file, 1 repetition, 1.5 s session runs, memory at "
-                        "20 and 1,000 sessions")
+                   help="smoke run: 64 MiB file, 1 repetition, 1.5 s session runs, mirror of "
+                        "100 files, memory at 20 and 1,000 sessions")
     p.add_argument("--only", action="append", default=[],
                    help=f"run only these cases (repeatable, or comma-separated): {', '.join(CASES)}")
     p.add_argument("--reps", type=int, help="repetitions per case (default 3, quick 1)")
     p.add_argument("--size-mib", type=int, help="size of the RETR/STOR file (default 1024)")
     p.add_argument("--session-seconds", type=float, help="length of one session-rate run (3)")
+    p.add_argument("--mem-peers", type=int, help="idle sessions for the three-way memory "
+                   "comparison (default 100, quick 20)")
+    p.add_argument("--mem-big", help="idle session counts for ftpsgate alone, comma-separated "
+                   "(default 1000,10000, quick 1000; 0 for none)")
+    p.add_argument("--curl-tls13-ciphers", default="",
+                   help="make curl offer only these TLS 1.3 suites (e.g. TLS_AES_256_GCM_SHA384), "
+                        "so every path of the throughput case runs the same cipher; by default "
+                        "each server picks its own (ftpsgate prefers AES-128-GCM, vsftpd and "
+                        "ProFTPD take the client's first, AES-256-GCM)")
     p.add_argument("--results", type=Path, help="file to write the generated section into")
     p.add_argument("--no-mod-proxy", action="store_true", help="leave ProFTPD mod_proxy out")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
@@ -1439,13 +1639,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if c not in CASES:
             p.error(f"unknown case {c!r} (cases: {', '.join(CASES)})")
     a.cases = [c for c in CASES if not only or c in only]
+    a.results_given = a.results is not None
     a.reps = a.reps or (1 if a.quick else 3)
     a.size = (a.size_mib or (64 if a.quick else 1024)) * MiB
     a.session_seconds = a.session_seconds or (1.5 if a.quick else 3.0)
-    a.mem_peers = 20 if a.quick else 100
-    a.mem_big = [1000] if a.quick else [1000, 10000]
+    a.mem_peers = a.mem_peers or (20 if a.quick else 100)
+    a.mirror_files = 100 if a.quick else 1000
+    if a.mem_big is not None:
+        a.mem_big = [int(x) for x in a.mem_big.split(",") if int(x) > 0]
+    else:
+        a.mem_big = [1000] if a.quick else [1000, 10000]
     if a.results is None:
-        a.results = PARTIAL_MD if (a.quick or only or a.reps < 3 or a.size < GiB) else RESULTS_MD
+        partial = (a.quick or only or a.reps < 3 or a.size < GiB or a.no_mod_proxy
+                   or a.curl_tls13_ciphers
+                   or a.mem_big != [1000, 10000] or a.mem_peers != 100)
+        a.results = PARTIAL_MD if partial else RESULTS_MD
     return a
 
 
@@ -1461,6 +1669,10 @@ def main(argv: list[str]) -> int:
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    global CPUACCT, CURL_TLS13_CIPHERS
+    CPUACCT = CpuAcct()
+    CURL_TLS13_CIPHERS = a.curl_tls13_ciphers
 
     started_at = time.monotonic()
     load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -1473,6 +1685,7 @@ def main(argv: list[str]) -> int:
     log(f"work directory {workdir}; cases {', '.join(a.cases)}; {a.reps} repetition(s)")
     R = Results()
     env = None
+    interrupted = False
     try:
         user, password = ensure_test_user()
         data = ensure_data(a.size)
@@ -1483,12 +1696,21 @@ def main(argv: list[str]) -> int:
         setup(env)
         for case in a.cases:
             log(f"== {case}")
-            {"throughput": case_throughput, "sessions": case_sessions,
-             "mirror": case_mirror, "memory": case_memory}[case](env, R)
+            try:
+                {"throughput": case_throughput, "sessions": case_sessions,
+                 "mirror": case_mirror, "memory": case_memory}[case](env, R)
+            except Exception as e:  # noqa: BLE001 - the other cases still run
+                R.extra[f"case {case} aborted"] = repr(e)[:500]
+                log(f"case {case} aborted: {e!r}")
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}): reporting what was measured")
+        interrupted = True
+        R.extra["interrupted"] = f"the run was stopped ({e}): the figures are incomplete"
     finally:
+        if env is not None:
+            cross_check(env, R)
         stop_all()
+        CPUACCT.cleanup()
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = sum(getattr(r1, f) - getattr(r0, f) for r0, r1 in ((self0, self1), (kids0, kids1))
@@ -1498,6 +1720,8 @@ def main(argv: list[str]) -> int:
     body = report(env, R, a.cases, started_at, load0, cpu0, own)
     print()
     print(body)
+    if interrupted and a.results == RESULTS_MD and not a.results_given:
+        a.results = PARTIAL_MD
     write_results(a.results, body)
     log(f"results written to {a.results}")
     if a.keep:
