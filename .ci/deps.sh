@@ -6,8 +6,8 @@ set -euo pipefail
 PACKAGES=(
   build-essential pkg-config libuv1-dev libssl-dev libinih-dev libcmocka-dev
   clang libclang-rt-14-dev valgrind
-  vsftpd python3-pyftpdlib python3-pytest python3-openssl
-  curl lftp wget openssl procps iproute2
+  vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
+  curl lftp wget openssl procps iproute2 util-linux
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
