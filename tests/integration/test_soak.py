@@ -436,7 +436,13 @@ def test_soak_200_sessions(request, soak_gw, soak_backend, client_ctx):
     faults.normal_session(gw.port, backend.user, backend.password, client_ctx,
                           upload=os.urandom(256 * KiB))
     assert gw.alive()
-    if growth >= 0.05:
+    # Under ASan (make test SAN=1) freed memory sits in the sanitizer's quarantine and PSS
+    # says nothing about the gateway's own memory: the figures are reported, not judged.
+    with open(f"/proc/{gw.pid}/maps") as maps:
+        sanitized = "libasan" in maps.read()
+    if sanitized:
+        faults.report(request, "PSS criterion not applied: the gateway runs under ASan")
+    if growth >= 0.05 and not sanitized:
         # Diagnose before failing: how much of it is freed heap that glibc keeps?
         live = faults.trimmed_anon_kib(gw.pid)
         note = (f"; after malloc_trim(0) in the gateway its anonymous memory is {live} KiB "
