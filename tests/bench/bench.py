@@ -41,6 +41,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The harness's process and INI helpers, shared rather than copied.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from peers import _socket_inodes, descendants, render_ini  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = Path(os.environ.get("FTPSGATE_BIN", REPO / "build" / "ftpsgate"))
 BENCH_BUILD = REPO / "build" / "bench"
@@ -88,27 +92,6 @@ def log(msg: str) -> None:
 STARTED: list[subprocess.Popen] = []
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    children = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
 
 def kill_tree(proc: subprocess.Popen, term_first: bool = False) -> None:
     """Stop a server and everything it started (vsftpd's and proftpd's session processes
@@ -131,16 +114,6 @@ def stop_all() -> None:
     while STARTED:
         kill_tree(STARTED.pop())
 
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    with contextlib.suppress(FileNotFoundError, PermissionError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    return inodes
 
 
 def _listening_inodes(port: int) -> set[str]:
@@ -767,14 +740,6 @@ def start_proftpd(workdir: Path, name: str, ports: Ports, pf_root: Path, env: di
 
 # --- ftpsgate
 
-
-def render_ini(sections: dict[str, dict[str, object]]) -> str:
-    out = []
-    for section, keys in sections.items():
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {v}" for k, v in keys.items())
-        out.append("")
-    return "\n".join(out)
 
 
 def start_ftpsgate(workdir: Path, name: str, ports: Ports, backend: Server,
