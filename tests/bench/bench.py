@@ -1021,7 +1021,8 @@ def lftp_mirror(t: Target, data: Data, user: str, password: str, dest: Path,
     res = run(["lftp", "-c", script], timeout=600)
     secs = time.monotonic() - start
     got = list(dest.glob("*.bin")) if dest.exists() else []
-    ok = len(got) == files and all(p.stat().st_size == 4 * KiB for p in got)
+    src = data.root / data.small_dir
+    ok = len(got) == files and all(p.read_bytes() == (src / p.name).read_bytes() for p in got)
     shutil.rmtree(dest, ignore_errors=True)
     if res.returncode != 0 or not ok:
         raise RuntimeError(f"lftp exit {res.returncode}, {len(got)} files: "
