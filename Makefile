@@ -86,3 +86,14 @@ format:
 
 clean:
 	rm -rf build
+
+# TLS I/O path microbenchmark (standalone, OpenSSL + libc): memory BIO vs socket BIO, CPU per
+# GiB of the encrypting and of the decrypting side. BENCH_TLSIO_ARGS: [MiB] [--read-ahead].
+BENCH_TLSIO_ARGS ?=
+build/bench/tls_io_path: tests/bench/tls_io_path.c
+	@mkdir -p build/bench
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE -o $@ $< -lssl -lcrypto
+
+.PHONY: bench-tlsio
+bench-tlsio: build/bench/tls_io_path
+	./build/bench/tls_io_path $(BENCH_TLSIO_ARGS)

@@ -52,6 +52,8 @@ typedef struct gw_backend_conf {
     int connect_timeout;
 } gw_backend_conf;
 
+enum gw_splice_mode { GW_SPLICE_NO, GW_SPLICE_DOWNLOADS, GW_SPLICE_YES };
+
 typedef struct gw_config {
     /* [global] */
     int workers; /* 0 = auto */
@@ -61,6 +63,7 @@ typedef struct gw_config {
     char xferlog[GW_PATH_MAX];
     int max_sessions, max_sessions_per_ip;
     int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
+    enum gw_splice_mode splice; /* which clear-to-clear relays use splice(2) */
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;

@@ -65,6 +65,11 @@ void gw_conn_clear_tls(gw_conn *c, SSL_CTX *restart_ctx);
 void gw_conn_shutdown(gw_conn *c);
 void gw_conn_close(gw_conn *c); /* idempotent */
 void gw_conn_reset(gw_conn *c); /* close with RST: the peer must not see a clean end */
+/* Zero-copy relays (splice.h) move bytes past the conn on its descriptor; these keep its
+ * state true: the descriptor (-1 if none), the byte counts, and the source's end. */
+int gw_conn_fd(const gw_conn *c);
+void gw_conn_count_spliced(gw_conn *src, gw_conn *dst, size_t n);
+void gw_conn_input_ended(gw_conn *c); /* like a read EOF, without the callback */
 int gw_conn_peer(const gw_conn *c, gw_addr *a);
 int gw_conn_local(const gw_conn *c, gw_addr *a);
 

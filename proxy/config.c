@@ -373,6 +373,8 @@ static const struct word w_be_tls[] = {{"none", GW_BE_TLS_NONE},
                                        {"explicit", GW_BE_TLS_EXPLICIT},
                                        {"implicit", GW_BE_TLS_IMPLICIT},
                                        {NULL, 0}};
+static const struct word w_splice[] = {
+    {"no", GW_SPLICE_NO}, {"downloads", GW_SPLICE_DOWNLOADS}, {"yes", GW_SPLICE_YES}, {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -392,6 +394,7 @@ static const struct keydef keys[] = {
     {"data_connect_timeout", S_GLOBAL, p_int, G(data_connect_timeout), "60", true, DUR, NULL},
     {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
     {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
+    {"splice", S_GLOBAL, p_enum, G(splice), "downloads", true, 0, 0, w_splice},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},

@@ -402,6 +402,24 @@ void gw_conn_resume(gw_conn *c)
         process_input(c);
 }
 
+int gw_conn_fd(const gw_conn *c)
+{
+    uv_os_fd_t fd;
+    return uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 ? fd : -1;
+}
+
+void gw_conn_count_spliced(gw_conn *src, gw_conn *dst, size_t n)
+{
+    src->bytes_in += n;
+    dst->bytes_out += n;
+    dst->payload_out += n;
+}
+
+void gw_conn_input_ended(gw_conn *c)
+{
+    c->eof = true;
+}
+
 static void on_shut(uv_shutdown_t *req, int status)
 {
     gw_conn *c = req->handle->data;

@@ -13,6 +13,7 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "session.h"
+#include "splice.h"
 
 #define LINGER_MS 5000
 
@@ -24,6 +25,7 @@ struct gw_data {
     gw_pasv_pool *pool; /* the client listener's port comes from here */
     uint16_t client_port;
     gw_conn *client, *backend;
+    gw_splice *splice; /* both legs clear: the relay runs in the kernel */
     int strays; /* refused connections still closing */
     uv_timer_t *timer;
     gw_addr expect_client, expect_backend; /* who may connect to our listeners */
@@ -36,6 +38,7 @@ struct gw_data {
     bool client_active, backend_passive;
     bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
     bool reuse_required, strict_eof, timer_closing;
+    enum gw_splice_mode splice_mode;
 };
 
 static const gw_conn_ops client_ops, backend_ops;
@@ -77,11 +80,18 @@ static void close_listener(gw_data *d, uv_tcp_t *l)
     uv_close((uv_handle_t *)l, on_listener_closed);
 }
 
+static void stop_splice(gw_data *d)
+{
+    gw_splice_stop(d->splice);
+    d->splice = NULL;
+}
+
 static void finish(gw_data *d, bool ok, const char *reply)
 {
     if (d->finished)
         return;
     d->finished = true;
+    stop_splice(d);
     uv_timer_stop(d->timer);
     gw_conn *dst = d->upload ? d->backend : d->client;
     if (d->s)
@@ -104,13 +114,64 @@ static bool is_source(gw_data *d, gw_conn *c)
     return d->upload ? c == d->client : c == d->backend;
 }
 
+static gw_conn *source(gw_data *d)
+{
+    return d->upload ? d->client : d->backend;
+}
+
+static void on_spliced(void *arg, size_t n)
+{
+    gw_data *d = arg;
+    d->last_progress = uv_now(d->loop);
+    gw_conn_count_spliced(source(d), other(d, source(d)), n);
+}
+
+static void on_leg_eof(gw_conn *c, bool clean);
+
+static void on_splice_eof(void *arg)
+{
+    gw_data *d = arg;
+    d->splice = NULL; /* it stopped itself */
+    gw_conn_input_ended(source(d));
+    on_leg_eof(source(d), true); /* a FIN is the clean end of a clear leg */
+}
+
+static void on_splice_error(void *arg, const char *why)
+{
+    gw_data *d = arg;
+    d->splice = NULL;
+    fail(d, "426 Connection closed; transfer aborted.\r\n", why);
+}
+
+static const gw_splice_ops splice_ops = {on_spliced, on_splice_eof, on_splice_error};
+
+/* Both legs in clear: splice(2) them, no byte passes through user space. By default only
+ * downloads: on a backend on the same host, spliced upload pages made the backend's own
+ * reads dearer than the copy they saved (tests/bench/RESULTS.md). */
+static bool start_splice(gw_data *d)
+{
+    if (d->splice_mode == GW_SPLICE_NO || (d->splice_mode == GW_SPLICE_DOWNLOADS && d->upload) ||
+        d->client->tls || d->backend->tls)
+        return false;
+    gw_conn *src = source(d), *dst = other(d, src);
+    int sfd = gw_conn_fd(src), dfd = gw_conn_fd(dst);
+    if (sfd < 0 || dfd < 0 || dst->queued)
+        return false;
+    d->splice = gw_splice_start(d->loop, sfd, dfd, &splice_ops, d);
+    return d->splice != NULL;
+}
+
 static void maybe_relay(gw_data *d)
 {
     if (d->relaying || !d->client_up || !d->backend_up || d->finished)
         return;
     d->relaying = true;
     d->last_progress = uv_now(d->loop);
-    GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s", d->upload ? "upload" : "download");
+    bool spliced = start_splice(d);
+    GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s",
+                 d->upload ? "upload" : "download", spliced ? "splice" : "copy");
+    if (spliced)
+        return;
     gw_conn_resume(d->client);
     gw_conn_resume(d->backend);
     gw_conn_start_read(d->client);
@@ -404,6 +465,7 @@ gw_data *gw_data_new(struct gw_session *s)
     const gw_config *cfg = s->fe->cfg;
     d->connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000;
     d->data_timeout_ms = (uint64_t)cfg->data_timeout * 1000;
+    d->splice_mode = cfg->splice;
     d->last_progress = uv_now(d->loop);
     uv_timer_start(t, on_timer, 1000, 1000);
     return d;
@@ -548,6 +610,7 @@ void gw_data_release(gw_data *d, bool ok)
         return;
     d->released = true;
     d->s = NULL;
+    stop_splice(d);
     close_listener(d, d->client_listener);
     close_listener(d, d->backend_listener);
     d->lingering = true;

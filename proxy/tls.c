@@ -139,7 +139,6 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
     if (!t || t->role != GW_TLS_CLIENT_CONTROL)
         return 0;
     SSL_SESSION_free(t->session);
-    free(t->out);
     t->session = sess;
     return 1; /* we keep the reference */
 }

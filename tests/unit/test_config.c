@@ -68,6 +68,7 @@ static void test_default_parses(void **state)
     assert_int_equal(cfg.tls_min_version, GW_TLS_1_2);
     assert_true(cfg.data_session_reuse_required);
     assert_int_equal(cfg.strict_tls_eof, -1);
+    assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
 
     assert_int_equal(cfg.n_frontends, 2);
     assert_string_equal(cfg.frontends[1].name, "explicit");
@@ -194,6 +195,19 @@ static void test_full_file(void **state)
     assert_string_equal(cfg.backends[1].address.host, "ftp.example.net");
     assert_int_equal(cfg.backends[1].address.port, 21);
     assert_int_equal(cfg.backends[1].connect_timeout, 10);
+}
+
+static void test_splice(void **state)
+{
+    (void)state;
+    expect_ok("[global]\nsplice = yes\n" FE BE);
+    assert_int_equal(cfg.splice, GW_SPLICE_YES);
+    expect_ok("[global]\nsplice = NO\n" FE BE);
+    assert_int_equal(cfg.splice, GW_SPLICE_NO);
+    expect_ok("[global]\nsplice = downloads\n" FE BE);
+    assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
+    expect_error("[global]\nsplice = uploads\n" FE BE, "t.conf:2: [global] splice: ",
+                 "expected no | downloads | yes");
 }
 
 static void test_unknown_key(void **state)
@@ -545,6 +559,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_parses),
         cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_splice),
         cmocka_unit_test(test_unknown_key),
         cmocka_unit_test(test_unknown_section),
         cmocka_unit_test(test_bad_number),
