@@ -744,15 +744,18 @@ def start_proftpd(workdir: Path, name: str, ports: Ports, pf_root: Path, env: di
 
 def start_ftpsgate(workdir: Path, name: str, ports: Ports, backend: Server,
                    certs: dict[str, tuple[Path, Path]],
-                   frontends: dict[str, dict[str, object]]) -> tuple[Server, dict[str, int]]:
+                   frontends: dict[str, dict[str, object]],
+                   global_keys: dict[str, object] | None = None) -> tuple[Server, dict[str, int]]:
     """build/ftpsgate -c a generated config: the given frontends (each gets a free port and
-    one shared passive range), backend = `backend` (plain), session limits raised to 20,000."""
+    one shared passive range), backend = `backend` (plain), session limits raised to 20,000,
+    `global_keys` added to [global]."""
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     lo, hi = ports.range(200)
     sections: dict[str, dict[str, object]] = {
         "global": {"log_level": "info", "max_sessions": 20000, "max_sessions_per_ip": 20000,
-                   "idle_timeout": 3600, "login_timeout": 60, "shutdown_grace": 5},
+                   "idle_timeout": 3600, "login_timeout": 60, "shutdown_grace": 5,
+                   **(global_keys or {})},
         "tls": {"cert": certs["ec"][0], "key": certs["ec"][1]},
     }
     fports = {}
@@ -1122,6 +1125,13 @@ def setup(env: Env) -> None:
     T["gw-exp"] = Target("gw-exp", "gw", "ftpsgate explicit (ECDSA)", "explicit", fports["exp"], gw, backend)
     T["gw-protc"] = Target("gw-protc", "gw", "ftpsgate implicit, require_prot_p = no", "implicit", fports["protc"], gw, backend)
     T["gw-plain"] = Target("gw-plain", "gw", "ftpsgate mode = plain", "plain", fports["plain"], gw, backend)
+    # The splice(2) relay measured against its alternative (plain legs only): downloads
+    # without it, uploads with it, each in a gateway of its own ([global] key).
+    for key, splice in (("gw-plain-copy", "no"), ("gw-plain-splice", "yes")):
+        g, p = start_ftpsgate(wd, f"ftpsgate-splice-{splice}", ports, backend, certs,
+                              {"plain": {"mode": "plain"}}, {"splice": splice})
+        T[key] = Target(key, "gw", f"ftpsgate mode = plain, splice = {splice}", "plain",
+                        p["plain"], g, backend)
     T["vs-plain"] = Target("vs-plain", "vs", "vsftpd plain, direct", "plain", backend.port, backend)
     for kind in ("ec", "rsa"):
         vs = start_vsftpd(wd, f"vsftpd-implicit-{kind}", ports, data, tls=certs[kind])
@@ -1177,10 +1187,16 @@ def case_throughput(env: Env, R: Results) -> None:
         ("C", "STOR", ["gw-protc", "mp-exp", "vs-imp"]),
         ("-", "RETR", ["gw-plain", "vs-plain"]),
         ("-", "STOR", ["gw-plain", "vs-plain"]),
+        ("-", "RETR", ["gw-plain-copy"]),  # the default splices downloads: without it
+        ("-", "STOR", ["gw-plain-splice"]),  # and uploads, which it copies: with it
     ]
     for rep in range(a.reps):
         for prot, direction, keys in rows:
             what = "plain" if prot == "-" else f"PROT {prot}"
+            if keys == ["gw-plain-copy"]:
+                what += ", splice = no"
+            elif keys == ["gw-plain-splice"]:
+                what += ", splice = yes"
             row = f"{direction} {label}, {what}"
             for t in rotate(live(env, keys), rep):
                 for attempt in range(3):  # vsftpd's TLS 1.3 uploads fail now and then
@@ -1525,7 +1541,10 @@ def report(env: Env, R: Results, ran: list[str], started_at: float, load0: str,
                  "the plain rows a mode = plain frontend, the explicit rows its explicit "
                  "frontend); mod_proxy = ProFTPD mod_proxy, explicit FTPS front (AUTH TLS), "
                  "in front of the same vsftpd; vsftpd = vsftpd doing implicit FTPS itself "
-                 "(plain rows: the plain vsftpd directly). CPU = the server's whole process "
+                 "(plain rows: the plain vsftpd directly). ftpsgate's default relays clear "
+                 "downloads with splice(2) and copies clear uploads ([global] splice = "
+                 "downloads); the rows marked splice = no / yes come from a gateway of their "
+                 "own with that setting. CPU = the server's whole process "
                  "tree (ftpsgate: its one process; vsftpd, ProFTPD: listener and every "
                  "session process); the backend vsftpd's CPU is listed separately. "
                  "`(k/N)`: only k of N repetitions succeeded; `[n fail]`: failed attempts "
