@@ -394,7 +394,7 @@ static const struct keydef keys[] = {
     {"data_connect_timeout", S_GLOBAL, p_int, G(data_connect_timeout), "60", true, DUR, NULL},
     {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
     {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
-    {"splice", S_GLOBAL, p_enum, G(splice), "downloads", true, 0, 0, w_splice},
+    {"splice", S_GLOBAL, p_enum, G(splice), "no", true, 0, 0, w_splice},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},

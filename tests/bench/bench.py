@@ -1125,13 +1125,12 @@ def setup(env: Env) -> None:
     T["gw-exp"] = Target("gw-exp", "gw", "ftpsgate explicit (ECDSA)", "explicit", fports["exp"], gw, backend)
     T["gw-protc"] = Target("gw-protc", "gw", "ftpsgate implicit, require_prot_p = no", "implicit", fports["protc"], gw, backend)
     T["gw-plain"] = Target("gw-plain", "gw", "ftpsgate mode = plain", "plain", fports["plain"], gw, backend)
-    # The splice(2) relay measured against its alternative (plain legs only): downloads
-    # without it, uploads with it, each in a gateway of its own ([global] key).
-    for key, splice in (("gw-plain-copy", "no"), ("gw-plain-splice", "yes")):
-        g, p = start_ftpsgate(wd, f"ftpsgate-splice-{splice}", ports, backend, certs,
-                              {"plain": {"mode": "plain"}}, {"splice": splice})
-        T[key] = Target(key, "gw", f"ftpsgate mode = plain, splice = {splice}", "plain",
-                        p["plain"], g, backend)
+    # The splice(2) relay (off by default) against the default copy: a gateway of its own
+    # with [global] splice = yes, plain legs.
+    g, p = start_ftpsgate(wd, "ftpsgate-splice", ports, backend, certs,
+                          {"plain": {"mode": "plain"}}, {"splice": "yes"})
+    T["gw-plain-splice"] = Target("gw-plain-splice", "gw", "ftpsgate mode = plain, splice = yes",
+                                  "plain", p["plain"], g, backend)
     T["vs-plain"] = Target("vs-plain", "vs", "vsftpd plain, direct", "plain", backend.port, backend)
     for kind in ("ec", "rsa"):
         vs = start_vsftpd(wd, f"vsftpd-implicit-{kind}", ports, data, tls=certs[kind])
@@ -1187,15 +1186,13 @@ def case_throughput(env: Env, R: Results) -> None:
         ("C", "STOR", ["gw-protc", "mp-exp", "vs-imp"]),
         ("-", "RETR", ["gw-plain", "vs-plain"]),
         ("-", "STOR", ["gw-plain", "vs-plain"]),
-        ("-", "RETR", ["gw-plain-copy"]),  # the default splices downloads: without it
-        ("-", "STOR", ["gw-plain-splice"]),  # and uploads, which it copies: with it
+        ("-", "RETR", ["gw-plain-splice"]),
+        ("-", "STOR", ["gw-plain-splice"]),
     ]
     for rep in range(a.reps):
         for prot, direction, keys in rows:
             what = "plain" if prot == "-" else f"PROT {prot}"
-            if keys == ["gw-plain-copy"]:
-                what += ", splice = no"
-            elif keys == ["gw-plain-splice"]:
+            if keys == ["gw-plain-splice"]:
                 what += ", splice = yes"
             row = f"{direction} {label}, {what}"
             for t in rotate(live(env, keys), rep):
@@ -1541,10 +1538,9 @@ def report(env: Env, R: Results, ran: list[str], started_at: float, load0: str,
                  "the plain rows a mode = plain frontend, the explicit rows its explicit "
                  "frontend); mod_proxy = ProFTPD mod_proxy, explicit FTPS front (AUTH TLS), "
                  "in front of the same vsftpd; vsftpd = vsftpd doing implicit FTPS itself "
-                 "(plain rows: the plain vsftpd directly). ftpsgate's default relays clear "
-                 "downloads with splice(2) and copies clear uploads ([global] splice = "
-                 "downloads); the rows marked splice = no / yes come from a gateway of their "
-                 "own with that setting. CPU = the server's whole process "
+                 "(plain rows: the plain vsftpd directly); the rows marked splice = yes come "
+                 "from a gateway of its own with [global] splice = yes (the default, no, "
+                 "copies through user space). CPU = the server's whole process "
                  "tree (ftpsgate: its one process; vsftpd, ProFTPD: listener and every "
                  "session process); the backend vsftpd's CPU is listed separately. "
                  "`(k/N)`: only k of N repetitions succeeded; `[n fail]`: failed attempts "

@@ -68,7 +68,7 @@ static void test_default_parses(void **state)
     assert_int_equal(cfg.tls_min_version, GW_TLS_1_2);
     assert_true(cfg.data_session_reuse_required);
     assert_int_equal(cfg.strict_tls_eof, -1);
-    assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
+    assert_int_equal(cfg.splice, GW_SPLICE_NO);
 
     assert_int_equal(cfg.n_frontends, 2);
     assert_string_equal(cfg.frontends[1].name, "explicit");
