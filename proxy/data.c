@@ -109,14 +109,14 @@ static gw_conn *other(gw_data *d, gw_conn *c)
     return c == d->client ? d->backend : d->client;
 }
 
-static bool is_source(gw_data *d, gw_conn *c)
-{
-    return d->upload ? c == d->client : c == d->backend;
-}
-
 static gw_conn *source(gw_data *d)
 {
     return d->upload ? d->client : d->backend;
+}
+
+static bool is_source(gw_data *d, gw_conn *c)
+{
+    return c == source(d);
 }
 
 static void on_spliced(void *arg, size_t n)
