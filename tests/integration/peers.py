@@ -546,6 +546,29 @@ def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: st
 # The gateway
 
 
+def kill_after_progress(args: list[str], moved: Path, at_least: int, timeout: float = 15) -> None:
+    """Start `args` (a client transfer), wait until `moved` holds `at_least` bytes, kill it:
+    a client that dies in the middle of a transfer."""
+    proc = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: moved.exists() and moved.stat().st_size >= at_least, timeout,
+                 "the transfer to start")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def put_sparse(backend, name, size):
+    """A big file that costs nothing to create (the transfers are cut long before its end)."""
+    path = backend.path(name)
+    if not path.exists() or path.stat().st_size != size:
+        with open(path, "wb") as f:
+            f.truncate(size)
+        backend.adopt(name)
+    return path
+
+
 def render_ini(sections: dict[str, dict[str, object]]) -> str:
     out = []
     for section, keys in sections.items():

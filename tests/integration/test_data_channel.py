@@ -21,14 +21,13 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
 import peers
-from peers import (HOST, KiB, MiB, Control, check, parse_227, recv_until_closed, run,
-                   sha256_file, wait_for)
+from peers import (HOST, KiB, MiB, Control, check, kill_after_progress, parse_227, put_sparse,
+                   recv_until_closed, run, sha256_file, wait_for)
 
 DATA_VERBS = ("PASV", "EPSV", "PORT", "EPRT")
 SIZE = 1 * MiB
@@ -164,16 +163,6 @@ def scratch(workdir, request):
     d.mkdir(parents=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def put_sparse(backend, name, size):
-    """A big file that costs nothing to create (the transfers are cut long before its end)."""
-    path = backend.path(name)
-    if not path.exists() or path.stat().st_size != size:
-        with open(path, "wb") as f:
-            f.truncate(size)
-        backend.adopt(name)
-    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -875,15 +864,8 @@ def test_client_dies_mid_transfer(gateway, backend, client_ctx, blobs, scratch, 
             args = ["curl", "-sS", "-k", "--ssl-reqd", "--ftp-pasv", "--limit-rate", "2M",
                     *(["-o", str(got), url] if direction == "download" else
                       ["-T", str(src), url])]
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            moved = got if direction == "download" else backend.path(name_up)
-            try:
-                wait_for(lambda: moved.exists() and moved.stat().st_size >= 256 * KiB, 15,
-                         "the transfer to start")
-            finally:
-                proc.kill()
-                proc.wait(10)
+            kill_after_progress(args, got if direction == "download" else backend.path(name_up),
+                                256 * KiB)
         else:
             ftp = ImplicitClient(context=client_ctx, timeout=30)
             ftp.connect(HOST, gw.port)

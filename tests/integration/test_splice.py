@@ -8,13 +8,13 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import re
-import subprocess
 import time
 
 import pytest
 
 import peers
-from peers import HOST, KiB, MiB, check, run, sha256_file, wait_for
+from peers import (HOST, KiB, MiB, check, kill_after_progress, put_sparse, run, sha256_file,
+                   wait_for)
 
 SIZE = 24 * MiB + 12345  # not a multiple of the pipe, the read size or a page
 
@@ -75,15 +75,6 @@ def test_protected_legs_never_splice(gateway, backend, blobs, tmp_path):
     assert relay_paths(gw.log_since(mark)) == [("download", "copy")]
 
 
-def put_sparse(backend, name, size):
-    path = backend.path(name)
-    if not path.exists() or path.stat().st_size != size:
-        with open(path, "wb") as f:
-            f.truncate(size)
-        backend.adopt(name)
-    return path
-
-
 @pytest.mark.parametrize("direction", ["download", "upload"])
 def test_client_killed_mid_splice(gateway, backend, blobs, tmp_path, direction):
     """curl killed while a spliced transfer runs: the gateway's descriptors (legs, their
@@ -106,15 +97,8 @@ def test_client_killed_mid_splice(gateway, backend, blobs, tmp_path, direction):
     args = ["curl", "-sS", "--ftp-pasv", "--limit-rate", "4M",
             *(["-o", str(got), url] if direction == "download" else ["-T", str(src), url])]
     mark = gw.log_size()
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    moved = got if direction == "download" else backend.path(name_up)
-    try:
-        wait_for(lambda: moved.exists() and moved.stat().st_size >= 512 * KiB, 15,
-                 "the transfer to start")
-    finally:
-        proc.kill()
-        proc.wait(10)
+    kill_after_progress(args, got if direction == "download" else backend.path(name_up),
+                        512 * KiB)
     assert relay_paths(gw.log_since(mark)) == [(direction, "splice")]
     now = gw.wait_fd_count(baseline, timeout=8)
     assert now == baseline, f"gateway fds: {now}, {baseline} before the transfer"
