@@ -49,11 +49,11 @@ integration: build/ftpsgate
 test: unit integration
 
 # The named subset that CI runs under valgrind: dialogue, files <= 1 MiB, ABOR, faults, and
-# the splice relay (its bytes stay in the kernel, so 24 MiB cost valgrind little).
+# the splice relay (its bytes stay in the kernel, so 24 MiB cost valgrind little), workers.
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite
 VALGRIND_TESTS ?= tests/integration/test_implicit.py tests/integration/test_explicit_tls.py \
-	tests/integration/test_splice.py \
+	tests/integration/test_splice.py tests/integration/test_workers.py \
 	-k "not 64 and not parallel and not fd_count and not upload_series and not slow_backend"
 valgrind: build/ftpsgate
 	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS)

@@ -5,6 +5,7 @@
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -15,6 +16,15 @@
 #include "tls.h"
 
 typedef struct gw_server gw_server;
+
+/* What the workers (one gw_server and event loop each, [global] workers) share: the
+ * process-wide session limits and session numbers. */
+typedef struct gw_shared {
+    pthread_mutex_t lock;   /* guards per_ip */
+    gw_ip_table *per_ip;    /* max_sessions_per_ip */
+    _Atomic int sessions;   /* max_sessions counts the whole process */
+    _Atomic uint64_t next_session_id;
+} gw_shared;
 typedef struct gw_generation gw_generation;
 struct gw_session;
 
@@ -52,12 +62,13 @@ typedef struct gw_listener {
 
 struct gw_server {
     uv_loop_t *loop;
+    gw_shared *shared;
+    int worker;     /* 0 .. workers-1, named in session_start lines when there are several */
+    bool reuseport; /* several workers: every listener is opened with SO_REUSEPORT */
     gw_generation *gen; /* current */
     int n_listeners;
     gw_listener *listeners[GW_MAX_FRONTENDS];
-    uint64_t next_session_id;
-    int sessions;
-    gw_ip_table *per_ip;         /* max_sessions_per_ip */
+    int sessions; /* this worker's */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
     struct gw_session *session_list; /* every live session, for shutdown */
     uv_timer_t fd_probe;               /* notices the descriptor limit (see listener.c) */
@@ -65,8 +76,9 @@ struct gw_server {
     bool stopping;
 };
 
-/* Build the first generation from cfg (taken over), bind and listen. 0, or -1 with a
- * message (and 2 is the exit status: nothing is left listening). */
+/* Build the first generation from cfg (copied), bind and listen. srv->shared, worker and
+ * reuseport are set by the caller beforehand. 0, or -1 with a message (and 2 is the exit
+ * status: nothing is left listening). */
 int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap);
 /* SIGHUP: a new generation from cfg (taken over; freed on failure). Listeners on addresses
  * that remain are kept, new ones opened, dropped ones closed. On failure nothing changes. */

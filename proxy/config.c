@@ -381,7 +381,7 @@ static const struct word w_data_mode[] = {
 /* Lifting a "not implemented yet" restriction: set `implemented` to true on its row. */
 static const struct keydef keys[] = {
     /* name, section, parser, field, default, implemented, min, max, words */
-    {"workers", S_GLOBAL, p_int, G(workers), "1", false, 1, MAX_WORKERS, w_auto},
+    {"workers", S_GLOBAL, p_int, G(workers), "1", true, 1, MAX_WORKERS, w_auto},
     {"user", S_GLOBAL, p_str, G(user), "", true, 0, 0, NULL},
     {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
     {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", true, 0, 0, w_log_format},

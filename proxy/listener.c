@@ -185,6 +185,31 @@ static gw_listener *find_listener(gw_server *srv, const gw_hostport *addr)
     return NULL;
 }
 
+/* Several workers listen on one address, each with a socket of its own: the kernel spreads
+ * new connections over them (SO_REUSEPORT). libuv 1.44 has no flag for it. */
+static int bind_reuseport(uv_tcp_t *tcp, const struct sockaddr_storage *ss)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1;
+    socklen_t len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                             : sizeof(struct sockaddr_in6);
+    if (ss->ss_family == AF_INET6) /* as uv_tcp_bind: [::] is dual stack */
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0) {
+        int e = errno;
+        close(fd);
+        return uv_translate_sys_error(e);
+    }
+    int r = uv_tcp_open(tcp, fd);
+    if (r != 0)
+        close(fd);
+    return r;
+}
+
 static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, size_t cap)
 {
     const gw_frontend_conf *fc = fe->conf;
@@ -205,7 +230,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     l->srv = srv;
     l->addr = fc->listen;
     l->fe = fe;
-    int r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+    int r = srv->reuseport ? bind_reuseport(&l->tcp, &ss) : uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
@@ -291,13 +316,7 @@ static void on_fd_probe(uv_timer_t *t)
 
 int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap)
 {
-    memset(srv, 0, sizeof *srv);
     srv->loop = loop;
-    srv->per_ip = gw_ip_table_new();
-    if (!srv->per_ip) {
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
     srv->gen = build_generation(srv, cfg, err, cap);
     if (!srv->gen)
         return -1;
@@ -338,7 +357,4 @@ void gw_server_free(gw_server *srv)
     if (srv->gen)
         gw_generation_unref(srv->gen);
     srv->gen = NULL;
-    gw_pasv_pool_free_all();
-    gw_ip_table_free(srv->per_ip);
-    srv->per_ip = NULL;
 }

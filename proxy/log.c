@@ -8,8 +8,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum gw_log_level current_level = GW_LOG_INFO;
-static bool json_format;
+/* Set by the main thread (start, reload), read by every worker. */
+static _Atomic int current_level = GW_LOG_INFO;
+static _Atomic bool json_format;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void gw_log_set_level(enum gw_log_level level)
@@ -87,7 +88,7 @@ static size_t to_json(const char *text, size_t n, char *out, size_t cap)
 
 bool gw_log_enabled(enum gw_log_level level)
 {
-    return level <= current_level;
+    return (int)level <= current_level;
 }
 
 void gw_log(enum gw_log_level level, uint64_t session, const char *fmt, ...)

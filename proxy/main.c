@@ -14,17 +14,14 @@
 
 #include "config.h"
 #include "log.h"
-#include "server.h"
-#include "session.h"
 #include "tls.h"
+#include "worker.h"
 
 #define GW_VERSION "0.1.0"
 
-static gw_server server;
+static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
 static uv_signal_t sig_int, sig_term, sig_hup;
-static uv_timer_t stop_timer;
-static uint64_t stop_deadline;
 
 static void usage(FILE *f)
 {
@@ -87,27 +84,21 @@ static int load(gw_config *cfg, char *err, size_t cap)
                                          "<embedded default>", cfg, err, cap);
 }
 
-/* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. */
+/* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. Each
+ * worker switches on its own loop and logs the outcome. */
 static void reload(void)
 {
-    if (server.stopping)
+    if (stopping)
         return;
     gw_config *cfg = calloc(1, sizeof *cfg);
     char err[1024] = "see the previous line";
     if (!cfg)
         return;
-    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0) {
+    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0)
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
                    err);
-    } else if (gw_server_reload(&server, cfg, err, sizeof err) != 0) {
-        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
-                   err);
-    } else {
-        gw_log_set_level(server.gen->cfg.log_level);
-        gw_log_set_json(server.gen->cfg.log_json);
-        GW_LOG_INFO(0, "event=reloaded config=\"%s\" sessions=%d",
-                    config_path ? config_path : "<embedded default>", server.sessions);
-    }
+    else
+        gw_workers_reload(cfg);
     free(cfg);
 }
 
@@ -138,42 +129,16 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
-static void on_stop_tick(uv_timer_t *t)
-{
-    if (server.sessions == 0) {
-        uv_stop(t->loop);
-        return;
-    }
-    if (uv_now(t->loop) >= stop_deadline) {
-        GW_LOG_INFO(0, "event=shutdown_grace_over sessions=%d", server.sessions);
-        gw_session_close_all(&server, "gateway shutting down");
-        stop_deadline = UINT64_MAX;
-    }
-}
-
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
         reload();
         return;
     }
-    if (server.stopping) {
-        GW_LOG_INFO(0, "event=stop_now signal=%d", signum);
-        gw_session_close_all(&server, "gateway stopped");
-        return;
-    }
-    server.stopping = true;
-    GW_LOG_INFO(0, "event=stopping signal=%d sessions=%d grace=%d", signum, server.sessions,
-                server.gen->cfg.shutdown_grace);
-    gw_server_stop_listening(&server);
-    stop_deadline = uv_now(h->loop) + (uint64_t)server.gen->cfg.shutdown_grace * 1000;
-    uv_timer_start(&stop_timer, on_stop_tick, 0, 100);
-}
-
-static void close_any(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
+    GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
+                signum);
+    stopping = true;
+    gw_workers_stop();
 }
 
 int main(int argc, char **argv)
@@ -225,37 +190,29 @@ int main(int argc, char **argv)
     if (ensure_cert(&cfg) != 0)
         return 2;
     uv_loop_t *loop = uv_default_loop();
-    if (gw_server_start(&server, loop, &cfg, err, sizeof err) != 0) {
-        GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
-        fprintf(stderr, "ftpsgate: %s\n", err);
-        gw_server_stop_listening(&server);
-        uv_run(loop, UV_RUN_NOWAIT);
-        gw_server_free(&server);
-        uv_loop_close(loop);
-        return 2;
-    }
-    if (drop_privileges(cfg.user) != 0) {
-        gw_server_stop_listening(&server);
-        uv_run(loop, UV_RUN_NOWAIT);
-        gw_server_free(&server);
-        return 2;
-    }
-    GW_LOG_INFO(0, "event=started version=%s config=\"%s\"", GW_VERSION,
-                path ? path : "<embedded default>");
-    uv_timer_init(loop, &stop_timer);
+    /* Handlers first: a SIGHUP that arrives once the ports listen must not kill us. */
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_hup);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    if (gw_workers_start(cfg.workers, loop, &cfg, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        return 2;
+    }
+    if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0) {
+        gw_workers_stop();
+        gw_workers_finish();
+        return 2;
+    }
+    GW_LOG_INFO(0, "event=started version=%s config=\"%s\" workers=%d", GW_VERSION,
+                path ? path : "<embedded default>", gw_workers_count());
     uv_run(loop, UV_RUN_DEFAULT);
-    /* Sessions are gone; close our own handles and let the loop finish. */
-    gw_session_close_all(&server, "gateway stopped");
-    uv_walk(loop, close_any, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
+    /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
+    gw_workers_finish();
     uv_loop_close(loop);
-    gw_server_free(&server);
     GW_LOG_INFO(0, "event=stopped");
     return 0;
 }

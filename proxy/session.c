@@ -3,6 +3,8 @@
  * are the ordered queue (PROTOCOL.md §4) and local replies can never overtake relayed ones. */
 #include "session.h"
 
+#include <pthread.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,8 +76,12 @@ static void release(gw_session *s)
     GW_LOG_INFO(s->id, "event=session_end");
     gw_server *srv = s->fe->srv;
     srv->sessions--;
-    if (s->ip_counted)
-        gw_ip_release(srv->per_ip, &s->client_peer);
+    srv->shared->sessions--;
+    if (s->ip_counted) {
+        pthread_mutex_lock(&srv->shared->lock);
+        gw_ip_release(srv->shared->per_ip, &s->client_peer);
+        pthread_mutex_unlock(&srv->shared->lock);
+    }
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
 #ifdef __GLIBC__
     /* After a burst glibc keeps the freed heap; give it back when the gateway goes idle. */
@@ -1365,17 +1371,22 @@ static const gw_conn_ops client_ops = {
 static bool refuse_over_limit(gw_session *s)
 {
     const gw_config *cfg = s->fe->cfg;
+    gw_shared *sh = s->fe->srv->shared;
     const char *why = NULL;
-    if (s->fe->srv->sessions > cfg->max_sessions)
+    if (sh->sessions > cfg->max_sessions) {
         why = "max_sessions reached";
-    else if (gw_ip_acquire(s->fe->srv->per_ip, &s->client_peer, cfg->max_sessions_per_ip) != 0)
-        why = "max_sessions_per_ip reached";
-    else
-        s->ip_counted = true;
+    } else {
+        pthread_mutex_lock(&sh->lock);
+        if (gw_ip_acquire(sh->per_ip, &s->client_peer, cfg->max_sessions_per_ip) != 0)
+            why = "max_sessions_per_ip reached";
+        else
+            s->ip_counted = true;
+        pthread_mutex_unlock(&sh->lock);
+    }
     if (!why)
         return false;
-    GW_LOG_WARN(s->id, "event=session_refused peer=%s reason=\"%s\"",
-                gw_addr_str(&s->client_peer), why);
+    GW_LOG_WARN(s->id, "event=session_refused peer=%s reason=\"%s\" worker=%d",
+                gw_addr_str(&s->client_peer), why, s->fe->srv->worker);
     if (s->fe->conf->mode != GW_FE_IMPLICIT) {
         set_client_state(s, CS_READY);
         session_fail(s, "421 Too many connections, try again later.\r\n", why);
@@ -1391,7 +1402,7 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
     gw_session *s = calloc(1, sizeof *s);
     if (!s)
         return;
-    s->id = ++srv->next_session_id;
+    s->id = ++srv->shared->next_session_id;
     s->fe = fe;
     gw_generation_ref(fe->gen);
     s->loop = srv->loop;
@@ -1404,6 +1415,7 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
     s->timer.data = s;
     s->handles = 2; /* client conn and timer */
     srv->sessions++;
+    srv->shared->sessions++;
     s->next = srv->session_list;
     if (s->next)
         s->next->prev = s;
@@ -1420,8 +1432,8 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
     gw_addr_normalize(&s->client_peer);
     if (refuse_over_limit(s))
         return;
-    GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s", fe->conf->name,
-                gw_addr_str(&s->client_peer));
+    GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
+                gw_addr_str(&s->client_peer), srv->worker);
     if (fe->conf->mode != GW_FE_IMPLICIT) {
         set_client_state(s, CS_READY); /* the backend's greeting is relayed in clear */
         int r = gw_conn_start_read(s->client);

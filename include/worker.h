@@ -1,0 +1,27 @@
+/* Workers ([global] workers): one event loop and one gw_server each. Worker 0 runs on the
+ * main thread's loop, beside the signal handlers; the others on threads of their own. All
+ * listen on every frontend address (SO_REUSEPORT when there are several) and share the
+ * process-wide limits (server.h, gw_shared). The main thread reaches the others through a
+ * mailbox and a uv_async. */
+#ifndef GW_WORKER_H
+#define GW_WORKER_H
+
+#include <stdbool.h>
+#include <uv.h>
+#include "config.h"
+
+/* n workers (0 = one per available core) on cfg, every listener bound when it returns.
+ * Worker 0 uses main_loop. 0, or -1 with a message (nothing is left listening). */
+int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, char *err, size_t cap);
+/* Start the other workers' threads (after the privileges are dropped). */
+int gw_workers_run(void);
+int gw_workers_count(void);
+/* From the main thread. Reload: every worker switches to cfg (copied) for new sessions.
+ * Stop: the first call stops accepting and lets sessions finish for shutdown_grace; a
+ * second one closes every session at once. */
+void gw_workers_reload(const gw_config *cfg);
+void gw_workers_stop(void);
+/* Main thread, after its loop returned: wait for the other workers, free everything. */
+void gw_workers_finish(void);
+
+#endif
