@@ -23,7 +23,8 @@ typedef struct gw_worker {
     uint64_t stop_deadline;
     uv_thread_t thread;
     bool thread_started;
-    pthread_mutex_t lock; /* the mailbox: */
+    pthread_mutex_t lock; /* guards done and the mailbox */
+    _Atomic bool done;    /* its loop has ended: nothing may be posted to it any more */
     gw_config *reload_cfg;
     int stop_requests;
     int stops_seen; /* the worker's own count of stop requests handled */
@@ -38,11 +39,22 @@ int gw_workers_count(void)
     return n_workers;
 }
 
+static bool others_done(void)
+{
+    for (int i = 1; i < n_workers; i++)
+        if (!workers[i].done)
+            return false;
+    return true;
+}
+
 static void on_stop_tick(uv_timer_t *t)
 {
     gw_worker *w = t->data;
     if (w->srv.sessions == 0) {
-        uv_stop(w->loop);
+        /* Worker 0 keeps the main loop, and with it the signal handlers (a second SIGTERM
+         * closes every session at once), until every other worker is done. */
+        if (w->index != 0 || others_done())
+            uv_stop(w->loop);
         return;
     }
     if (uv_now(w->loop) >= w->stop_deadline) {
@@ -123,10 +135,18 @@ static void wind_down(gw_worker *w)
     uv_run(w->loop, UV_RUN_DEFAULT);
 }
 
+static void mark_done(gw_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_mutex_unlock(&w->lock);
+}
+
 static void run_worker(void *arg)
 {
     gw_worker *w = arg;
     uv_run(w->loop, UV_RUN_DEFAULT);
+    mark_done(w); /* before its async handle closes */
     wind_down(w);
     uv_loop_close(w->loop);
 }
@@ -206,8 +226,11 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, char *er
 int gw_workers_run(void)
 {
     for (int i = 1; i < n_workers; i++) {
-        if (uv_thread_create(&workers[i].thread, run_worker, &workers[i]) != 0)
+        if (uv_thread_create(&workers[i].thread, run_worker, &workers[i]) != 0) {
+            for (int j = i; j < n_workers; j++)
+                mark_done(&workers[j]); /* never run: nothing to wait for */
             return -1;
+        }
         workers[i].thread_started = true;
     }
     return 0;
@@ -216,14 +239,18 @@ int gw_workers_run(void)
 static void post(gw_worker *w, gw_config *cfg, bool stop)
 {
     pthread_mutex_lock(&w->lock);
-    if (cfg) {
-        free(w->reload_cfg); /* a newer reload replaces one not yet applied */
-        w->reload_cfg = cfg;
+    if (w->done) {
+        free(cfg);
+    } else {
+        if (cfg) {
+            free(w->reload_cfg); /* a newer reload replaces one not yet applied */
+            w->reload_cfg = cfg;
+        }
+        if (stop)
+            w->stop_requests++;
+        uv_async_send(&w->wake); /* under the lock: its loop cannot close meanwhile */
     }
-    if (stop)
-        w->stop_requests++;
     pthread_mutex_unlock(&w->lock);
-    uv_async_send(&w->wake);
 }
 
 void gw_workers_reload(const gw_config *cfg)
@@ -249,6 +276,7 @@ void gw_workers_finish(void)
 {
     if (n_workers == 0)
         return;
+    mark_done(&workers[0]);
     wind_down(&workers[0]);
     for (int i = 1; i < n_workers; i++)
         if (workers[i].thread_started)

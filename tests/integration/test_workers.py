@@ -114,3 +114,27 @@ def test_workers_auto(gateway, backend):
     n = len(os.sched_getaffinity(0))  # what uv_available_parallelism() counts
     assert f"workers={n}" in gw.log, gw.log[-2000:]
     check(curl("-o", "/dev/null", gw.url("", backend.user, backend.password)))
+
+
+def test_second_sigterm_with_a_finished_worker(gateway, backend, client_ctx):
+    """SIGTERM with one idle worker (it finishes at once) and one holding a session (it
+    waits for shutdown_grace): a second SIGTERM closes that session at once and the gateway
+    exits 0, whichever worker had finished."""
+    gw = started(gateway(backend, extra={"global": {"workers": 2, "shutdown_grace": 30}}))
+    held = []
+    try:
+        c = Control.implicit(gw.port, client_ctx)  # one session: one worker busy, one idle
+        held.append(c)
+        assert c.reply()[0] == 220
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: gw.log.count("event=stopping worker=") == 2, 10, "both to stop")
+        time.sleep(0.5)  # the idle worker is done by now
+        assert gw.alive(), "the session's worker must wait for its session"
+        gw.stopped_by_test = True
+        gw.proc.send_signal(signal.SIGTERM)
+        gw.proc.wait(10)
+        assert gw.proc.returncode == 0, gw.log[-3000:]
+        assert "event=stop_now" in gw.log
+    finally:
+        for c in held:
+            c.close()
