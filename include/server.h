@@ -79,10 +79,11 @@ struct gw_server {
 /* Build the first generation from cfg (copied), bind and listen. srv->shared, worker and
  * reuseport are set by the caller beforehand. 0, or -1 with a message (and 2 is the exit
  * status: nothing is left listening). */
-int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap);
-/* SIGHUP: a new generation from cfg (taken over; freed on failure). Listeners on addresses
- * that remain are kept, new ones opened, dropped ones closed. On failure nothing changes. */
-int gw_server_reload(gw_server *srv, gw_config *cfg, char *err, size_t cap);
+int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err,
+                    size_t cap);
+/* SIGHUP: a new generation from cfg (copied). Listeners on addresses that remain are kept,
+ * new ones opened, dropped ones closed. On failure nothing changes. */
+int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap);
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);

@@ -123,7 +123,8 @@ void gw_generation_unref(gw_generation *g)
         free_generation(g);
 }
 
-static gw_generation *build_generation(gw_server *srv, gw_config *cfg, char *err, size_t cap)
+static gw_generation *build_generation(gw_server *srv, const gw_config *cfg, char *err,
+                                       size_t cap)
 {
     gw_generation *g = calloc(1, sizeof *g);
     if (!g) {
@@ -230,7 +231,8 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     l->srv = srv;
     l->addr = fc->listen;
     l->fe = fe;
-    int r = srv->reuseport ? bind_reuseport(&l->tcp, &ss) : uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+    int r = srv->reuseport ? bind_reuseport(&l->tcp, &ss)
+                           : uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
@@ -314,7 +316,8 @@ static void on_fd_probe(uv_timer_t *t)
                     srv->sessions);
 }
 
-int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, size_t cap)
+int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err,
+                    size_t cap)
 {
     srv->loop = loop;
     srv->gen = build_generation(srv, cfg, err, cap);
@@ -328,7 +331,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, gw_config *cfg, char *err, 
     return switch_listeners(srv, srv->gen, err, cap);
 }
 
-int gw_server_reload(gw_server *srv, gw_config *cfg, char *err, size_t cap)
+int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
 {
     gw_generation *g = build_generation(srv, cfg, err, cap);
     if (!g)

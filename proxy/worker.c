@@ -192,11 +192,10 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, char *er
                 w->loop = NULL;
             }
         }
-        gw_config copy = *cfg; /* gw_server_start copies it again into its generation */
         w->srv.shared = &shared;
         w->srv.worker = i;
         w->srv.reuseport = n > 1;
-        if (!w->loop || gw_server_start(&w->srv, w->loop, &copy, err, cap) != 0) {
+        if (!w->loop || gw_server_start(&w->srv, w->loop, cfg, err, cap) != 0) {
             /* Undo: nothing may stay listening. */
             for (int j = 0; j <= i; j++) {
                 if (!workers[j].loop)
