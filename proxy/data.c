@@ -244,7 +244,14 @@ static void on_leg_shutdown(gw_conn *c, int status)
     gw_data *d = c->owner;
     if (is_source(d, c) || d->finished)
         return; /* our answer to the source's close; the transfer ends at the destination */
-    if (status != 0) {
+    /* A client may stop reading at the size SIZE told it and close before our close_notify
+     * and FIN go out (curl does, under load): its reset makes shutdown() fail with
+     * ENOTCONN although every byte was written and the write queue drained. That download
+     * was delivered, as vsftpd also counts it; any other failure is a cut transfer. */
+    if (status == UV_ENOTCONN && !d->upload) {
+        GW_LOG_INFO(d->sid, "event=data_peer_closed_first bytes=%llu",
+                    (unsigned long long)c->payload_out);
+    } else if (status != 0) {
         fail(d, "426 Connection closed; transfer aborted.\r\n", uv_strerror(status));
         return;
     }
