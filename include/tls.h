@@ -58,6 +58,10 @@ void gw_tls_free(gw_tls *t);
 int gw_tls_feed(gw_tls *t, const void *buf, size_t n);  /* 0 or GW_TLS_ERROR */
 int gw_tls_handshake(gw_tls *t);                        /* DONE, AGAIN or ERROR */
 bool gw_tls_handshake_done(const gw_tls *t);
+/* Control connection under TLS 1.3: queue one more tagged ticket; it leaves with the next
+ * write. A client that resumes each ticket once (OpenSSL's) needs one per data connection.
+ * 0 (also when nothing is needed: TLS 1.2, not a server control engine) or -1. */
+int gw_tls_new_ticket(gw_tls *t);
 int gw_tls_read(gw_tls *t, void *buf, size_t cap);      /* >0 bytes, AGAIN, EOF or ERROR */
 int gw_tls_write(gw_tls *t, const void *buf, size_t n); /* 0 or ERROR; all bytes taken */
 void gw_tls_close_notify(gw_tls *t);                    /* queue our close_notify once */

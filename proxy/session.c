@@ -341,6 +341,15 @@ void gw_session_data_finished(gw_session *s, bool ok, const char *text, uint64_t
         rearm(s); /* the final reply now has data_timeout to arrive */
 }
 
+/* A client that resumes each TLS 1.3 ticket once (curl, OpenSSL) finds a fresh one, tagged
+ * for this control connection, in front of the reply that precedes its data connection. */
+static void offer_data_ticket(gw_session *s)
+{
+    if (s->prot_p && s->tls_up && s->client && s->client->tls &&
+        gw_tls_new_ticket(s->client->tls) != 0)
+        GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
+}
+
 /* The backend leg is armed: now the client's leg, and the client's answer. */
 static void arm_client_leg(gw_session *s)
 {
@@ -354,6 +363,7 @@ static void arm_client_leg(gw_session *s)
                                                 : 20;
         from.port = (uint16_t)port;
         gw_data_client_active(s->data, &s->want_addr, &from);
+        offer_data_ticket(s);
         reply(s, s->want == WANT_PORT ? "200 PORT command successful.\r\n"
                                       : "200 EPRT command successful.\r\n");
         return;
@@ -375,6 +385,7 @@ static void arm_client_leg(gw_session *s)
         gw_format_227(buf, sizeof buf, &adv);
     }
     GW_LOG_DEBUG(s->id, "event=client_data_armed port=%u", bind.port);
+    offer_data_ticket(s);
     reply(s, buf);
 }
 

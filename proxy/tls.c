@@ -454,6 +454,21 @@ int gw_tls_handshake(gw_tls *t)
     return GW_TLS_ERROR;
 }
 
+int gw_tls_new_ticket(gw_tls *t)
+{
+    /* TLS 1.2 resumes by session ID as often as it likes; only TLS 1.3 tickets are single
+     * use in OpenSSL's client (and most others). */
+    if (t->role != GW_TLS_SERVER_CONTROL || !t->handshake_done ||
+        SSL_version(t->ssl) != TLS1_3_VERSION)
+        return 0;
+    ERR_clear_error();
+    if (SSL_new_session_ticket(t->ssl) != 1) {
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
 bool gw_tls_handshake_done(const gw_tls *t)
 {
     return t->handshake_done;

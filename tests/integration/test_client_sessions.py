@@ -1,0 +1,125 @@
+"""What real clients do in one session: many transfers on one control connection, commands
+pipelined behind REIN, a refused data connection followed by more commands.
+
+Each test here was written against a defect seen with a real client (see the README's
+"Tested with real clients" section).
+"""
+
+from __future__ import annotations
+
+import ftplib
+import shutil
+import socket
+import ssl
+
+import pytest
+
+from peers import HOST, KiB, Control, check, curl, sha256_file
+
+TRANSFERS = 30
+
+
+@pytest.fixture
+def scratch(workdir, request):
+    d = workdir / "client" / request.node.name.replace("[", "_").replace("]", "_")
+    d.mkdir(parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def tls13_only(gw_port: int) -> bool:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((HOST, gw_port), 5) as raw:
+        with ctx.wrap_socket(raw) as s:
+            return s.version() == "TLSv1.3"
+
+
+# ---------------------------------------------------------------------------------------
+# curl with 30 URLs on one command line: one control connection, 30 data connections, each
+# resuming a ticket it took once (OpenSSL's client uses a TLS 1.3 ticket once).
+
+
+@pytest.mark.parametrize("frontend", ["implicit", "explicit"])
+def test_curl_30_downloads_one_session(gateway, backend, blobs, scratch, frontend):
+    gw = gateway(backend, frontends={"x": {"mode": "explicit"}})
+    assert tls13_only(gw.port)
+    names, sums = [], {}
+    for i in range(TRANSFERS):
+        name = f"many-{frontend}-{i}.bin"
+        sums[name] = backend.put(blobs, name, 64 * KiB + i, unique=True)
+        names.append(name)
+    args = []
+    for name in names:
+        url = (gw.url(name, backend.user, backend.password) if frontend == "implicit"
+               else gw.ftp_url("x", name, backend.user, backend.password))
+        args += ["-o", str(scratch / name), url]
+    start = gw.log_size()
+    check(curl(*args))
+    got = {n: sha256_file(scratch / n) for n in names if (scratch / n).exists()}
+    assert got == sums
+    log = gw.log_since(start)
+    assert "data_tls_refused" not in log
+    assert log.count("event=session_start") == 1, "curl had to reconnect"
+
+
+@pytest.mark.parametrize("frontend", ["implicit", "explicit"])
+def test_curl_30_uploads_one_session(gateway, backend, blobs, scratch, frontend):
+    gw = gateway(backend, frontends={"x": {"mode": "explicit"}})
+    args, sums = [], {}
+    for i in range(TRANSFERS):
+        name = f"up-{frontend}-{i}.bin"
+        src = scratch / name
+        src.write_bytes(bytes([i]) * (48 * KiB + i))
+        sums[name] = sha256_file(src)
+        url = (gw.url(name, backend.user, backend.password) if frontend == "implicit"
+               else gw.ftp_url("x", name, backend.user, backend.password))
+        args += ["-T", str(src), url]
+    start = gw.log_size()
+    check(curl(*args))
+    got = {n: sha256_file(backend.path(n)) for n in sums if backend.path(n).exists()}
+    assert got == sums
+    log = gw.log_since(start)
+    assert "data_tls_refused" not in log
+    assert log.count("event=session_start") == 1, "curl had to reconnect"
+
+
+class OneTicketFTPS(ftplib.FTP_TLS):
+    """Takes the newest session of the control connection before each data connection and
+    uses it for exactly that one: a client that never resumes a ticket twice."""
+
+    used: list[bytes]
+    reused: list[bool]
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        session = self.sock.session
+        assert session is not None
+        assert session.id not in self.used, "no fresh session on the control connection"
+        self.used.append(session.id)
+        conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        self.reused.append(conn.session_reused)
+        return conn, size
+
+
+def test_each_data_connection_gets_a_fresh_ticket(gateway, backend, client_ctx):
+    gw = gateway(backend, frontends={"x": {"mode": "explicit"}})
+    backend.put_bytes("ticket.txt", b"one ticket per transfer\n")
+    ctx = client_ctx
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ftp = OneTicketFTPS(context=ctx, timeout=30)
+    ftp.used, ftp.reused = [], []
+    ftp.connect(HOST, gw.fport("x"))
+    try:
+        ftp.auth()
+        assert ftp.sock.version() == "TLSv1.3"
+        ftp.login(backend.user, backend.password)
+        ftp.prot_p()
+        for i in range(50):
+            chunks: list[bytes] = []
+            ftp.retrbinary("RETR ticket.txt", chunks.append)
+            assert b"".join(chunks) == b"one ticket per transfer\n", f"transfer {i}"
+        ftp.quit()
+    finally:
+        ftp.close()
+    assert ftp.reused == [True] * 50
