@@ -982,6 +982,32 @@ static void cmd_ccc(gw_session *s)
 
 static void connect_backend(gw_session *s);
 
+/* REIN under TLS: the protection ends with the reset, so what the client queued behind it
+ * is not run in the new state (SECURITY: nothing crosses from TLS into clear); each
+ * complete command gets 503 inside TLS and a partial line is dropped. In clear the queue is
+ * simply taken after the reset, in order. */
+static void answer_queued_before_reset(gw_session *s)
+{
+    int answered = 0;
+    size_t off = 0, partial = 0;
+    while (off < s->inlen) {
+        size_t used = 0;
+        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf + off, s->inlen - off, &used);
+        off += used;
+        if (r == GW_CMD_AGAIN) {
+            partial = s->cmd.len;
+            break;
+        }
+        reply(s, "503 Command sent before REIN completed; send it again.\r\n");
+        answered++;
+    }
+    if (answered || partial)
+        GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered,
+                    partial);
+    s->inlen = 0;
+    gw_cmd_init(&s->cmd);
+}
+
 /* REIN: the gateway answers it (vsftpd says 502); the session starts over with a fresh
  * backend connection (PROTOCOL.md §2, §3, §6). */
 static void cmd_rein(gw_session *s)
@@ -989,8 +1015,8 @@ static void cmd_rein(gw_session *s)
     bool implicit = s->fe->conf->mode == GW_FE_IMPLICIT;
     reply(s, "220 Service ready for new user.\r\n");
     drop_data(s, false);
-    s->inlen = 0; /* SECURITY: nothing pipelined across the reset */
-    gw_cmd_init(&s->cmd);
+    if (s->tls_up)
+        answer_queued_before_reset(s);
     s->logged_in = s->user_sent = s->prot_p = s->pbsz = s->epsv_all = s->ccc = false;
     s->be_prot_p = s->be_prot_later = s->be_after_login = false;
     s->started_ms = s->last_active_ms = now_ms(s);

@@ -123,3 +123,43 @@ def test_each_data_connection_gets_a_fresh_ticket(gateway, backend, client_ctx):
     finally:
         ftp.close()
     assert ftp.reused == [True] * 50
+
+
+# ---------------------------------------------------------------------------------------
+# Commands pipelined behind REIN: every one gets a reply.
+
+
+def test_commands_pipelined_after_rein_on_plain(gateway, backend):
+    gw = gateway(backend, frontends={"p": {"mode": "plain"}})
+    c = Control.plain(gw.fport("p"))
+    try:
+        assert c.reply()[0] == 220
+        c.login(backend.user, backend.password)
+        start = gw.log_size()
+        c.send(f"NOOP\r\nREIN\r\nUSER {backend.user}\r\nPASS {backend.password}\r\n"
+               "PWD\r\n".encode())
+        codes = [c.reply()[0] for _ in range(5)]
+        assert codes == [200, 220, 331, 230, 257]
+        assert c.cmd("NOOP")[0] == 200
+        assert "event=rein" in gw.log_since(start)
+    finally:
+        c.close()
+
+
+def test_commands_pipelined_after_rein_under_tls_are_answered(gateway, backend, client_ctx):
+    """Under TLS the reset ends the protection: what the client queued behind REIN gets a
+    503 inside TLS (nothing of it runs in clear), then the close_notify."""
+    gw = gateway(backend, frontends={"x": {"mode": "explicit"}})
+    c = Control.explicit(gw.fport("x"), client_ctx)
+    try:
+        c.login(backend.user, backend.password)
+        start = gw.log_size()
+        c.send(b"NOOP\r\nREIN\r\nPWD\r\nSYST\r\n")
+        codes = [c.reply()[0] for _ in range(4)]
+        assert codes == [200, 220, 503, 503]
+        c.unwrap()
+        assert c.cmd("FEAT")[0] == 211  # in clear again, a fresh session
+        log = gw.log_since(start)
+        assert 'event=rein_pipelined answered=2' in log
+    finally:
+        c.close()
