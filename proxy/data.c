@@ -318,6 +318,12 @@ static void on_client_handshake(gw_conn *c)
 static void on_backend_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
+    if (d->released) {
+        /* Completed only so that the server does not see a cut handshake; now cut. */
+        GW_LOG_DEBUG(d->sid, "event=backend_data_completed note=\"handshake finished, leg reset\"");
+        gw_conn_reset(c);
+        return;
+    }
     GW_LOG_DEBUG(d->sid, "event=backend_data_tls tls=%s resumed=%s", gw_tls_describe(c->tls),
                  gw_tls_resumed(c->tls) ? "yes" : "no");
     leg_ready(d, c);
@@ -352,6 +358,14 @@ static void on_leg_connect(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
     bool client = c == d->client;
+    if (d->released) {
+        /* A backend leg kept to complete its handshake (see gw_data_release). */
+        if (status == 0 && !client && d->backend_engine)
+            start_backend_leg(d);
+        else
+            gw_conn_reset(c);
+        return;
+    }
     if (status != 0) {
         fail(d, client ? "425 Can't open data connection.\r\n"
                        : "425 Can't open data connection to the server.\r\n",
@@ -611,6 +625,16 @@ bool gw_data_usable(const gw_data *d)
     return client && backend;
 }
 
+/* The backend data leg was opened for a transfer and its TLS handshake has not finished.
+ * Cutting it now would fail the server's handshake, and vsftpd (among others) ends the
+ * whole session for that: it is completed first, then reset (under LINGER_MS). */
+static bool backend_handshake_due(const gw_data *d)
+{
+    const gw_conn *b = d->backend;
+    return d->started && b && !d->backend_up &&
+           (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
+}
+
 void gw_data_release(gw_data *d, bool ok)
 {
     if (d->released)
@@ -629,7 +653,9 @@ void gw_data_release(gw_data *d, bool ok)
         /* A leg we already shut down cleanly on purpose lingers; the rest are reset. */
         if (d->client)
             d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
-        if (d->backend)
+        if (d->backend && backend_handshake_due(d))
+            GW_LOG_DEBUG(d->sid, "event=backend_data_completing");
+        else if (d->backend)
             gw_conn_reset(d->backend);
     }
     maybe_free(d);

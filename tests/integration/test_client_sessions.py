@@ -7,14 +7,17 @@ Each test here was written against a defect seen with a real client (see the REA
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import shutil
 import socket
 import ssl
+import threading
 
 import pytest
 
-from peers import HOST, KiB, Control, check, curl, sha256_file
+from peers import (HOST, KiB, Control, backend_tls, check, curl, parse_227, raw_transfer,
+                   recv_until_closed, sha256_file)
 
 TRANSFERS = 30
 
@@ -163,3 +166,56 @@ def test_commands_pipelined_after_rein_under_tls_are_answered(gateway, backend, 
         assert 'event=rein_pipelined answered=2' in log
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# A refused data connection must not cost the session: the backend's data leg ends cleanly
+# (vsftpd ends the whole session when a data handshake of its own is cut).
+
+
+def refused_then_transfer(gw, server, ctx, name):
+    c = Control.implicit(gw.port, ctx)
+    try:
+        assert c.reply()[0] == 220
+        c.login(server.user, server.password)
+        assert c.cmd("PBSZ 0")[0] == 200 and c.cmd("PROT P")[0] == 200
+        code, text = c.cmd("PASV")
+        assert code == 227, text
+        host, port = parse_227(text)
+        data = socket.create_connection((host, port), timeout=10)
+        fresh = ssl.create_default_context()
+        fresh.check_hostname, fresh.verify_mode = False, ssl.CERT_NONE
+
+        def handshake():  # a full handshake, sent before RETR: it races the backend's leg
+            with contextlib.suppress(OSError):
+                recv_until_closed(fresh.wrap_socket(data, server_hostname="localhost"), 10)
+
+        t = threading.Thread(target=handshake)
+        t.start()
+        try:
+            code, text = c.cmd(f"RETR {name}")
+            if code in (125, 150):
+                code, text = c.reply()
+            assert code == 522, text
+        finally:
+            t.join(15)
+            data.close()
+        code, text = c.cmd("PWD")
+        assert code == 257, f"the session did not survive the refusal: {text}"
+        got, (code, text) = raw_transfer(c, f"RETR {name}", ctx)
+        assert code == 226, text
+        return got
+    finally:
+        c.close()
+
+
+def test_refused_data_connection_keeps_the_session(gateway, vsftpd_ftps, client_ctx):
+    gw = gateway(vsftpd_ftps, backend_keys=backend_tls("explicit", ca_file=vsftpd_ftps.cert))
+    vsftpd_ftps.put_bytes("refused.txt", b"still here\n" * 1000)
+    start = gw.log_size()
+    for _ in range(10):
+        assert refused_then_transfer(gw, vsftpd_ftps, client_ctx, "refused.txt") == \
+            b"still here\n" * 1000
+    log = gw.log_since(start, 5000)
+    assert log.count("data_tls_refused") == 10
+    assert "backend closed the connection" not in log
