@@ -29,8 +29,10 @@ int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool);
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from);
 /* Backend leg, active: listen on bind_addr (port written back); only `expect` may connect. */
 int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect);
-/* Backend leg, passive: connect to `to` when the transfer starts. */
-void gw_data_backend_passive(gw_data *d, const gw_addr *to);
+/* Backend leg, passive: connect to `to` now, as a client would right after the 227/229
+ * (servers with a short accept window refuse late connections); TLS starts with the
+ * transfer. 0, or -1 when the connect cannot even be started. */
+int gw_data_backend_passive(gw_data *d, const gw_addr *to);
 /* The transfer command was forwarded: open what is still closed, relay when both are up. */
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls);
 /* The session lets go. ok: the transfer finished, let shut legs linger until the peer's

@@ -30,12 +30,11 @@ struct gw_data {
     uv_timer_t *timer;
     gw_addr expect_client, expect_backend; /* who may connect to our listeners */
     gw_addr client_to, client_from;        /* client leg active: connect there from here */
-    gw_addr backend_to;                    /* backend leg passive: connect there */
     SSL_CTX *tls_ctx;
     gw_tls *backend_engine; /* attached once the backend data connection is open */
     uint8_t tag[GW_TLS_TAG_LEN];
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
-    bool client_active, backend_passive;
+    bool client_active, backend_passive, backend_connected;
     bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
     bool reuse_required, strict_eof, timer_closing;
     enum gw_splice_mode splice_mode;
@@ -366,12 +365,24 @@ static void on_leg_connect(gw_conn *c, int status)
             gw_conn_reset(c);
         return;
     }
+    if (status != 0 && !d->started) {
+        /* The early connect to the backend's passive port: the transfer command, if it
+         * comes, gets the 425. */
+        GW_LOG_WARN(d->sid, "event=data_connect_failed leg=%s reason=\"%s\"", c->name,
+                    uv_strerror(status));
+        gw_conn_close(c);
+        return;
+    }
     if (status != 0) {
         fail(d, client ? "425 Can't open data connection.\r\n"
                        : "425 Can't open data connection to the server.\r\n",
              uv_strerror(status));
         return;
     }
+    if (!client)
+        d->backend_connected = true;
+    if (!d->started)
+        return; /* connected as soon as the 227/229 came; the handshake waits for the command */
     if (client)
         start_client_leg(d);
     else
@@ -435,6 +446,7 @@ static void on_data_connection(uv_stream_t *server, int status)
             start_client_leg(d);
     } else {
         d->backend = c;
+        d->backend_connected = true;
         close_listener(d, d->backend_listener);
         if (d->started)
             start_backend_leg(d);
@@ -461,6 +473,8 @@ static void on_timer(uv_timer_t *t)
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
             close_listener(d, d->client_listener);
             close_listener(d, d->backend_listener);
+            if (d->backend)
+                gw_conn_close(d->backend); /* the early passive connection, unused */
         }
         return;
     }
@@ -556,10 +570,13 @@ int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect
     return 0;
 }
 
-void gw_data_backend_passive(gw_data *d, const gw_addr *to)
+static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw_addr *from);
+
+int gw_data_backend_passive(gw_data *d, const gw_addr *to)
 {
     d->backend_passive = true;
-    d->backend_to = *to;
+    d->backend = connect_leg(d, false, to, NULL);
+    return d->backend ? 0 : -1;
 }
 
 /* Open an outgoing leg; `from` with a port binds the source (989/20 by convention). */
@@ -597,15 +614,12 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     if (tls->tag)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);
     d->last_progress = uv_now(d->loop);
-    if (d->backend_passive) {
-        d->backend = connect_leg(d, false, &d->backend_to, NULL);
-        if (!d->backend) {
-            fail(d, "425 Can't open data connection to the server.\r\n", "connect failed");
-            return;
-        }
-    } else if (d->backend) {
-        start_backend_leg(d);
+    if (d->backend_passive && !d->backend) {
+        fail(d, "425 Can't open data connection to the server.\r\n", "connect failed");
+        return;
     }
+    if (d->backend && d->backend_connected)
+        start_backend_leg(d); /* else on_leg_connect starts it */
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
         if (!d->client)

@@ -452,7 +452,12 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
         command_done(s);
         return;
     }
-    gw_data_backend_passive(s->data, &addr);
+    if (gw_data_backend_passive(s->data, &addr) != 0) {
+        drop_data(s, false);
+        reply(s, "425 Can't open data connection to the server.\r\n");
+        command_done(s);
+        return;
+    }
     arm_client_leg(s);
     command_done(s);
 }

@@ -510,19 +510,22 @@ handler = FTPHandler
 handler.authorizer = authorizer
 handler.banner = banner
 handler.passive_ports = range(int(pasv_lo), int(pasv_hi) + 1)
+# EXTRA
 server = FTPServer((host, int(port)), handler)
 server.max_cons = 512
 server.serve_forever()
 """
 
 
-def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: str) -> Backend:
-    """pyftpdlib's plain FTPServer with one virtual user that may write in its root."""
+def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: str,
+                    extra: str = "") -> Backend:
+    """pyftpdlib's plain FTPServer with one virtual user that may write in its root.
+    `extra`: Python lines run before the server starts (handler settings)."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "root"
     root.mkdir(exist_ok=True)
     script = workdir / "server.py"
-    script.write_text(PYFTPDLIB_SERVER)
+    script.write_text(PYFTPDLIB_SERVER.replace("# EXTRA", extra))
     port = ports.port()
     pasv_lo, pasv_hi = ports.range(50)
     banner = "ftpsgate-test pyftpdlib ready"

@@ -13,11 +13,12 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
 from peers import (HOST, KiB, Control, backend_tls, check, curl, parse_227, raw_transfer,
-                   recv_until_closed, sha256_file)
+                   recv_until_closed, sha256_file, start_pyftpdlib)
 
 TRANSFERS = 30
 
@@ -219,3 +220,47 @@ def test_refused_data_connection_keeps_the_session(gateway, vsftpd_ftps, client_
     log = gw.log_since(start, 5000)
     assert log.count("data_tls_refused") == 10
     assert "backend closed the connection" not in log
+
+
+# ---------------------------------------------------------------------------------------
+# The backend's passive port is connected when its 227/229 arrives, as a client would: a
+# server with a short accept window (curl's test server waits 2 s) must not time out while
+# the client is still between PASV and RETR.
+
+
+@pytest.fixture
+def impatient_pyftpdlib(workdir, ports, test_user):
+    server = start_pyftpdlib(workdir / "pyftpdlib-impatient", ports, *test_user,
+                             extra="from pyftpdlib.handlers import PassiveDTP\n"
+                                   "PassiveDTP.timeout = 1\n")
+    yield server
+    server.stop()
+
+
+def test_backend_passive_port_connected_at_once(gateway, impatient_pyftpdlib, client_ctx):
+    server = impatient_pyftpdlib
+    server.put_bytes("early.txt", b"connected early\n")
+    gw = gateway(server, frontends={"p": {"mode": "plain"}})
+    for port, ctx in ((gw.fport("p"), None), (gw.port, client_ctx)):
+        c = Control.plain(port) if ctx is None else Control.implicit(port, ctx)
+        try:
+            assert c.reply()[0] == 220
+            c.login(server.user, server.password)
+            if ctx is not None:
+                assert c.cmd("PBSZ 0")[0] == 200 and c.cmd("PROT P")[0] == 200
+            assert c.cmd("TYPE I")[0] == 200
+            code, text = c.cmd("PASV")
+            assert code == 227, text
+            host, dport = parse_227(text)
+            data = socket.create_connection((host, dport), timeout=10)
+            time.sleep(2)  # past the server's accept window
+            code, text = c.cmd("RETR early.txt")
+            assert code in (125, 150), text
+            if ctx is not None:
+                data = ctx.wrap_socket(data, server_hostname="localhost", session=c.session)
+            got, _ = recv_until_closed(data, 10)
+            data.close()
+            assert got == b"connected early\n"
+            assert c.reply()[0] == 226
+        finally:
+            c.close()
