@@ -15,9 +15,8 @@
 #include "config.h"
 #include "log.h"
 #include "tls.h"
+#include "version.h"
 #include "worker.h"
-
-#define GW_VERSION "0.1.0"
 
 static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
