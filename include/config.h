@@ -1,5 +1,6 @@
 /* Configuration: INI (inih) -> an immutable, validated struct gw_config. Pure: no libuv, no
- * OpenSSL. Contract: ../shared/design/CONFIG.md. */
+ * OpenSSL. Reference: config/README.md (checked against keys[] by
+ * tests/unit/test_config_doc.c). */
 #ifndef GW_CONFIG_H
 #define GW_CONFIG_H
 

@@ -1,4 +1,4 @@
-/* Configuration: INI text -> validated struct gw_config (contract: CONFIG.md).
+/* Configuration: INI text -> validated struct gw_config (reference: config/README.md).
  *
  * inih splits "key = value" lines; our own reader feeds it one line at a time so that we
  * always know the current line number (Debian's inih has no INI_HANDLER_LINENO), reject
@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-/* CONFIG.md "Defaults that must hold": implicit on 9990, explicit on 2100, plain backend. */
+/* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
     "; ftpsgate embedded default configuration (used when no -c is given)\n"
     "[global]\n"
@@ -78,7 +78,7 @@ struct keydef {
     parse_fn parse;
     size_t off, size;         /* field in gw_config, gw_frontend_conf or gw_backend_conf */
     const char *def;          /* default as written in a file; NULL: the key is required */
-    bool implemented;         /* false: only the default value is accepted (CONFIG.md) */
+    bool implemented;         /* false: only the default value is accepted */
     long min, max;            /* integer range */
     const struct word *words; /* enum names; for integers extra names such as "auto" */
 };

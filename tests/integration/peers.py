@@ -2,7 +2,7 @@
 and the clients (curl, lftp, ftplib, raw TLS sockets).
 
 Stdlib only. Everything listens on 127.0.0.1; the tests run as root (vsftpd needs it).
-Facts about the peers: ../../../shared/design/PEERS.md.
+What each peer does differently is noted where a test depends on it.
 """
 
 from __future__ import annotations
