@@ -140,6 +140,19 @@ format:
 version:
 	@echo $(VERSION)
 
+# The binary, and the documentation in the repository's layout (so README.md's links to
+# config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
+DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf proxy/PROTOCOL.md
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy
+	install -m 755 build/ftpsgate $(DESTDIR)$(BINDIR)/ftpsgate
+	$(foreach f,$(DOCS),install -m 644 $(f) $(DESTDIR)$(DOCDIR)/$(f) &&) true
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/ftpsgate $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS))
+	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy \
+	  $(DESTDIR)$(DOCDIR)
+
 clean:
 	rm -rf build
 
