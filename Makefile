@@ -1,17 +1,42 @@
-# ftpsgate build. `make` builds build/ftpsgate; `make test` runs unit and integration tests;
-# SAN=1 builds everything with ASan+UBSan.
+# ftpsgate build. `make` builds build/ftpsgate; `make test` installs what is missing and runs
+# unit and integration tests; SAN=1 builds everything with ASan+UBSan.
+#
+# Variables a caller may set: CC, CPPFLAGS, CFLAGS (default -O2 -g), LDFLAGS, LDLIBS, SAN=1,
+# PREFIX (default /usr/local), DESTDIR. Includes, defines and warnings are always added:
+# `make CFLAGS=-O0` still builds with them.
 CC ?= cc
-PKGS := libuv openssl inih
 PYTHON := /usr/bin/python3
+VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/version.h)
+
+# pkg-config packages, and the Debian package that provides each.
+PKGS := libuv openssl inih
+DEB_libuv := libuv1-dev
+DEB_openssl := libssl-dev
+DEB_inih := libinih-dev
+DEB_cmocka := libcmocka-dev
+
+# Asked of pkg-config once, and only by a recipe (after check-libs has named what is
+# missing), so that `make deps` and `make clean` work on a machine without the libraries.
+PKG_CPPFLAGS = $(eval PKG_CPPFLAGS := $$(shell pkg-config --cflags $(PKGS)))$(PKG_CPPFLAGS)
+PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $(PKGS)))$(PKG_LIBS)
+CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $$(shell pkg-config --cflags cmocka))$(CMOCKA_CFLAGS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka inih))$(CMOCKA_LIBS)
 
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
-CFLAGS += $(WARN) -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+override CPPFLAGS += -Iinclude -D_GNU_SOURCE $(PKG_CPPFLAGS)
+override LDLIBS += $(PKG_LIBS)
+DEPFLAGS = -MMD -MP
 ifeq ($(SAN),1)
-CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+override CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+override LDFLAGS += -fsanitize=address,undefined
 endif
+COMPILE = $(CC) $(CPPFLAGS) $(WARN) $(CFLAGS)
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit
@@ -23,22 +48,42 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-# Rebuild everything when the flags change (SAN=1 and back).
-FLAGSTAMP := build/.flags
-$(shell mkdir -p build/obj build/unit build/fuzz; echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $(FLAGSTAMP) || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $(FLAGSTAMP))
-
-.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format
+.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format \
+	install uninstall version check-libs check-cmocka FORCE
 all: build/ftpsgate
+
+# A missing library is named with its Debian package (`make deps` installs them all).
+define require_pkgs
+	@command -v pkg-config >/dev/null || { echo 'missing tool: pkg-config (Debian package pkg-config; run `make deps`)' >&2; exit 1; }
+	@missing=0; $(foreach p,$(1),pkg-config --exists $(p) || { echo 'missing library: $(p) (Debian package $(DEB_$(p)); run `make deps`)' >&2; missing=1; };) exit $$missing
+endef
+check-libs:
+	$(call require_pkgs,$(PKGS))
+check-cmocka:
+	$(call require_pkgs,cmocka)
+
+# Rebuild everything when the flags change (SAN=1 and back, CFLAGS=...): the stamp is
+# rewritten only when its text differs, so an unchanged build stays up to date.
+FLAGSTAMP := build/.flags
+FLAGS_TEXT = $(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(LDFLAGS) $(LDLIBS)
+$(FLAGSTAMP): check-libs FORCE
+	@mkdir -p $(@D)
+	@echo '$(FLAGS_TEXT)' | cmp -s - $@ || echo '$(FLAGS_TEXT)' > $@
 
 build/ftpsgate: $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-build/obj/%.o: proxy/%.c $(wildcard include/*.h) $(FLAGSTAMP)
-	$(CC) $(CFLAGS) -c -o $@ $<
+# Header dependencies come from the compiler (-MMD -MP): build/obj/*.d, build/unit/*.d.
+build/obj/%.o: proxy/%.c $(FLAGSTAMP)
+	@mkdir -p $(@D)
+	$(COMPILE) $(DEPFLAGS) -c -o $@ $<
 
-build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP)
-	$(CC) $(CFLAGS) $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
-	  $(shell pkg-config --libs cmocka inih)
+build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP) | check-cmocka
+	@mkdir -p $(@D)
+	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
+	  $(CMOCKA_LIBS)
+
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(FUZZ_BINS:=.d)
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
@@ -46,7 +91,10 @@ unit: $(UNIT_BINS)
 integration: build/ftpsgate
 	$(PYTHON) -m pytest -q -ra tests/integration $(PYTEST_ARGS)
 
-test: unit integration
+# Like `make run`: the Debian packages first (quick when all are present), then the tests
+# in a second make, so that its pkg-config sees what deps has just installed.
+test: deps
+	@$(MAKE) --no-print-directory unit integration
 
 # The named subset that CI runs under valgrind: dialogue, files <= 1 MiB, ABOR, faults, and
 # the splice relay (its bytes stay in the kernel, so 24 MiB cost valgrind little), workers.
@@ -60,8 +108,10 @@ valgrind: build/ftpsgate
 
 # libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
 FUZZ_SECONDS ?= 60
-build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) $(wildcard include/*.h)
+build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
+	@mkdir -p $(@D)
 	clang -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
+	  $(DEPFLAGS) -MF $@.d -MT $@ \
 	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
@@ -74,7 +124,8 @@ fuzz-run: $(FUZZ_BINS)
 	    | grep -o '[0-9]*') executions, $$(grep -o 'cov: [0-9]*' $$log | tail -n 1) edges"; \
 	done
 
-run: deps all
+run: deps
+	@$(MAKE) --no-print-directory all
 	tests/tools/demo.sh
 
 deps:
@@ -85,6 +136,22 @@ bench: all
 
 format:
 	clang-format -i proxy/*.c include/*.h tests/unit/*.c tests/fuzz/*.c
+
+version:
+	@echo $(VERSION)
+
+# The binary, and the documentation in the repository's layout (so README.md's links to
+# config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
+DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf proxy/PROTOCOL.md
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy
+	install -m 755 build/ftpsgate $(DESTDIR)$(BINDIR)/ftpsgate
+	$(foreach f,$(DOCS),install -m 644 $(f) $(DESTDIR)$(DOCDIR)/$(f) &&) true
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/ftpsgate $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS))
+	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy \
+	  $(DESTDIR)$(DOCDIR)
 
 clean:
 	rm -rf build

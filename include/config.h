@@ -1,5 +1,6 @@
 /* Configuration: INI (inih) -> an immutable, validated struct gw_config. Pure: no libuv, no
- * OpenSSL. Contract: ../shared/design/CONFIG.md. */
+ * OpenSSL. Reference: config/README.md (checked against keys[] by
+ * tests/unit/test_config_doc.c). */
 #ifndef GW_CONFIG_H
 #define GW_CONFIG_H
 
@@ -91,5 +92,15 @@ int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errc
 
 /* "HOST:PORT" or "[V6]:PORT" -> hp. 0 or -1. */
 int gw_parse_hostport(const char *s, gw_hostport *hp);
+
+/* Whether the backend's TLS settings are below the gateway's defaults (min_version or
+ * max_version below TLSv1.2, any ciphers list, @SECLEVEL=0/1): 1 with what was lowered
+ * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
+ * seclevel=lowered"), else 0. A backend without TLS is never weak. */
+int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
+
+/* The key table, for documentation checks: the i-th key's name, its section kind
+ * ("global", "tls", "frontend", "backend") in *section; NULL past the last key. */
+const char *gw_config_key(size_t i, const char **section);
 
 #endif

@@ -1,4 +1,4 @@
-/* Configuration: INI text -> validated struct gw_config (contract: CONFIG.md).
+/* Configuration: INI text -> validated struct gw_config (reference: config/README.md).
  *
  * inih splits "key = value" lines; our own reader feeds it one line at a time so that we
  * always know the current line number (Debian's inih has no INI_HANDLER_LINENO), reject
@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-/* CONFIG.md "Defaults that must hold": implicit on 9990, explicit on 2100, plain backend. */
+/* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
     "; ftpsgate embedded default configuration (used when no -c is given)\n"
     "[global]\n"
@@ -78,7 +78,7 @@ struct keydef {
     parse_fn parse;
     size_t off, size;         /* field in gw_config, gw_frontend_conf or gw_backend_conf */
     const char *def;          /* default as written in a file; NULL: the key is required */
-    bool implemented;         /* false: only the default value is accepted (CONFIG.md) */
+    bool implemented;         /* false: only the default value is accepted */
     long min, max;            /* integer range */
     const struct word *words; /* enum names; for integers extra names such as "auto" */
 };
@@ -944,4 +944,49 @@ int gw_parse_hostport(const char *s, gw_hostport *hp)
     }
     hp->port = (uint16_t)port;
     return 0;
+}
+
+/* ---- questions about a loaded configuration ---- */
+
+static const char *tls_version_name(enum gw_tls_version v)
+{
+    for (const struct word *w = w_tls_back; w->name; w++)
+        if (w->value == (int)v) return w->name;
+    return "?";
+}
+
+int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
+{
+    size_t used = 0;
+    if (cap) out[0] = '\0';
+    if (b->tls == GW_BE_TLS_NONE) return 0; /* no TLS toward it: nothing was lowered */
+    if (b->min_version != GW_TLS_ANY && b->min_version < GW_TLS_1_2) {
+        int n = snprintf(out, cap, "min_version=%s", tls_version_name(b->min_version));
+        used = n > 0 && (size_t)n < cap ? (size_t)n : used;
+    }
+    if (b->max_version != GW_TLS_ANY && b->max_version < GW_TLS_1_2) {
+        int n = snprintf(out + used, cap - used, "%smax_version=%s", used ? " " : "",
+                         tls_version_name(b->max_version));
+        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+    }
+    if (b->ciphers[0]) {
+        /* Any list replaces OpenSSL's secure default; @SECLEVEL=0/1 also allows SHA-1 and
+         * short keys. The list is quoted, it may hold spaces. */
+        int n = snprintf(out + used, cap - used, "%sciphers=\"%s\"", used ? " " : "", b->ciphers);
+        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+        if (strstr(b->ciphers, "@SECLEVEL=0") || strstr(b->ciphers, "@SECLEVEL=1")) {
+            n = snprintf(out + used, cap - used, " seclevel=lowered");
+            used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+        }
+    }
+    return used > 0;
+}
+
+const char *gw_config_key(size_t i, const char **section)
+{
+    static const char *const names[] = {
+        [S_GLOBAL] = "global", [S_TLS] = "tls", [S_FRONTEND] = "frontend", [S_BACKEND] = "backend"};
+    if (i >= NKEYS) return NULL;
+    if (section) *section = names[keys[i].sect];
+    return keys[i].name;
 }

@@ -15,9 +15,8 @@
 #include "config.h"
 #include "log.h"
 #include "tls.h"
+#include "version.h"
 #include "worker.h"
-
-#define GW_VERSION "0.1.0"
 
 static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
@@ -77,6 +76,18 @@ static int ensure_cert(gw_config *cfg)
     return 0;
 }
 
+/* A backend whose TLS was lowered below the gateway's defaults (for a legacy server) says so
+ * at start and at every reload, once per backend. */
+static void warn_weak_tls(const gw_config *cfg)
+{
+    char what[GW_PATH_MAX + 96];
+    for (int i = 0; i < cfg->n_backends; i++)
+        if (gw_backend_weak_tls(&cfg->backends[i], what, sizeof what))
+            GW_LOG_WARN(0, "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
+                           "below the gateway's defaults\"",
+                        cfg->backends[i].name, what);
+}
+
 static int load(gw_config *cfg, char *err, size_t cap)
 {
     return config_path ? gw_config_load_file(config_path, cfg, err, cap)
@@ -97,8 +108,10 @@ static void reload(void)
     if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0)
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
                    err);
-    else
+    else {
+        warn_weak_tls(cfg);
         gw_workers_reload(cfg);
+    }
     free(cfg);
 }
 
@@ -189,6 +202,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (ensure_cert(&cfg) != 0)
         return 2;
+    warn_weak_tls(&cfg);
     uv_loop_t *loop = uv_default_loop();
     /* Handlers first: a SIGHUP that arrives once the ports listen must not kill us. */
     uv_signal_init(loop, &sig_int);

@@ -2,7 +2,7 @@
 and the clients (curl, lftp, ftplib, raw TLS sockets).
 
 Stdlib only. Everything listens on 127.0.0.1; the tests run as root (vsftpd needs it).
-Facts about the peers: ../../../shared/design/PEERS.md.
+What each peer does differently is noted where a test depends on it.
 """
 
 from __future__ import annotations
@@ -126,6 +126,30 @@ class Blobs:
     def unique(self, dest: Path, size: int) -> str:
         """Fresh random content (for tests that must tell files apart)."""
         return write_random(dest, size)
+
+
+def global_ipv6_address() -> str | None:
+    """The interface of a non-loopback IPv6 address of global scope, or None.
+
+    lftp (4.9, GnuTLS build) reaches [::1] only on such a machine: with the loopback alone,
+    or with link-local addresses only (fe80::), it says `open: ::1: No address found`
+    (checked in a namespace from `unshare -n` with lo up, then with a veth pair, then with
+    an fd01:: address added). Python's getaddrinfo("::1", port, flags=AI_ADDRCONFIG)
+    answers in all three cases, so it cannot tell; /proc/net/if_inet6 can (columns:
+    address, ifindex, prefix length, scope, flags, name; scope 00 is global)."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 6 and fields[3] == "00" and fields[5] != "lo":
+            return fields[5]
+    return None
+
+
+LFTP_IPV6_SKIP = ("lftp resolves [::1] only where a non-loopback interface has a global "
+                  "IPv6 address (none here: /proc/net/if_inet6)")
 
 
 # ---------------------------------------------------------------------------------------

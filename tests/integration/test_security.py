@@ -8,8 +8,10 @@ client sees is the gateway's own (pyftpdlib and vsftpd delay failed logins thems
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -205,6 +207,37 @@ def test_tls12_and_tls13_accepted(sgw, offset, tls_cert, mode, flag, name):
     assert s_client_protocol(res) == name, out[-2000:]
     assert "Verify return code: 0 (ok)" in out, out[-2000:]
     wait_log(sgw, rf"event=tls_established tls={re.escape(name)}/", offset)
+
+
+# The gateway is not asked to reach these backends: the warning is about the configuration,
+# logged at start and again at every reload (SIGHUP), once per backend.
+WEAK_TLS = re.compile(r"level=warn session=- event=weak_tls backend=be (.*)")
+
+
+@pytest.mark.parametrize("keys, logged", [
+    ({"min_version": "TLSv1", "ciphers": "DEFAULT:@SECLEVEL=0"},
+     'min_version=TLSv1 ciphers="DEFAULT:@SECLEVEL=0" seclevel=lowered'),
+    ({"min_version": "TLSv1.1"}, "min_version=TLSv1.1"),
+    ({"ciphers": "ECDHE+AESGCM"}, 'ciphers="ECDHE+AESGCM"'),
+], ids=["tls1-seclevel0", "tls1_1", "ciphers"])
+def test_weak_backend_tls_warned(gateway, pyftpdlib, keys, logged):
+    gw = gateway(pyftpdlib, backend_keys=peers.backend_tls("explicit", **keys))
+    lines = WEAK_TLS.findall(gw.log)
+    assert len(lines) == 1 and lines[0].startswith(logged + " "), gw.log[-3000:]
+    offset = gw.log_size()
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_log(gw, r"event=reloaded", offset)
+    assert len(WEAK_TLS.findall(log_from(gw, offset))) == 1, log_from(gw, offset)
+
+
+@pytest.mark.parametrize("keys", [
+    {"tls": "explicit"},
+    {"tls": "implicit", "min_version": "TLSv1.2", "max_version": "TLSv1.3"},
+    {"tls": "none", "ciphers": "DEFAULT:@SECLEVEL=0"},  # no TLS toward it: nothing lowered
+], ids=["defaults", "tls1_2-1_3", "plain-backend"])
+def test_default_backend_tls_not_warned(gateway, pyftpdlib, keys):
+    gw = gateway(pyftpdlib, backend_keys=keys)
+    assert "event=weak_tls" not in gw.log, gw.log[-3000:]
 
 
 def test_min_version_tls13_refuses_tls12(workdir, ports, tls_cert, pyftpdlib, tls_cert_ctx13):

@@ -551,6 +551,26 @@ static void test_sample_files(void **state)
     assert_int_equal(cfg.n_backends, 1);
 }
 
+static void test_weak_tls(void **state)
+{
+    char what[600];
+    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
+              "tls = explicit\n");
+    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 0);
+    assert_string_equal(what, "");
+    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
+              "tls = implicit\nmin_version = TLSv1\nmax_version = TLSv1.1\n"
+              "ciphers = DEFAULT:@SECLEVEL=0\n");
+    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 1);
+    assert_string_equal(what, "min_version=TLSv1 max_version=TLSv1.1 "
+                              "ciphers=\"DEFAULT:@SECLEVEL=0\" seclevel=lowered");
+    /* A plain backend uses none of them. */
+    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
+              "min_version = TLSv1\nciphers = HIGH\n");
+    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 0);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -577,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_sample_files),
+        cmocka_unit_test(test_weak_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
