@@ -1,33 +1,190 @@
-/* Reply codes the gateway writes itself (RFC 959, RFC 2228, RFC 4217, RFC 2428). */
+/* Every reply the gateway writes itself, named in one place (as vsftpd's ftpcodes.h).
+ * Texts are byte-for-byte what clients and tests see; change them here or not at all.
+ * Each text is one line: "ddd text\r\n". GW_REPLY_TEXTS lists them all so that a unit test
+ * can check the form of every one. */
 #ifndef GW_FTP_CODES_H
 #define GW_FTP_CODES_H
 
-#define FTP_DATACONN_ALREADY 125
-#define FTP_DATACONN_OPENING 150
-#define FTP_CMD_OK 200
-#define FTP_FEAT_OK 211
-#define FTP_GREET 220
-#define FTP_GOODBYE 221
-#define FTP_ABOR_NOCONN 225
-#define FTP_TRANSFER_OK 226
-#define FTP_PASV_OK 227
-#define FTP_EPSV_OK 229
-#define FTP_LOGIN_OK 230
-#define FTP_AUTH_OK 234
-#define FTP_UNAVAILABLE 421
-#define FTP_DATA_CANT_OPEN 425
-#define FTP_DATA_ABORTED 426
-#define FTP_LOCAL_ERROR 451
-#define FTP_BAD_COMMAND 500
-#define FTP_BAD_ARGS 501
-#define FTP_NOT_IMPLEMENTED 502
-#define FTP_BAD_SEQUENCE 503
-#define FTP_BAD_PARAM 504
-#define FTP_PROT_REFUSED 521
-#define FTP_BAD_NETPROTO 522
-#define FTP_NOT_LOGGED_IN 530
-#define FTP_CCC_NO_TLS 533
-#define FTP_POLICY_DENIED 534
-#define FTP_PROT_UNSUPPORTED 536
+/* Reply codes (RFC 959 §4.2, RFC 2228, RFC 4217, RFC 2428), for comparing replies from
+ * the backend. */
+#define GW_FTP_DATACONN_ALREADY 125
+#define GW_FTP_DATACONN_OPENING 150
+#define GW_FTP_CMD_OK 200
+#define GW_FTP_FEAT_OK 211
+#define GW_FTP_GREET 220
+#define GW_FTP_GOODBYE 221
+#define GW_FTP_ABOR_NOCONN 225
+#define GW_FTP_TRANSFER_OK 226
+#define GW_FTP_PASV_OK 227
+#define GW_FTP_EPSV_OK 229
+#define GW_FTP_LOGIN_OK 230
+#define GW_FTP_AUTH_OK 234
+#define GW_FTP_UNAVAILABLE 421
+#define GW_FTP_DATA_CANT_OPEN 425
+#define GW_FTP_DATA_ABORTED 426
+#define GW_FTP_LOCAL_ERROR 451
+#define GW_FTP_BAD_COMMAND 500
+#define GW_FTP_BAD_ARGS 501
+#define GW_FTP_NOT_IMPLEMENTED 502
+#define GW_FTP_BAD_SEQUENCE 503
+#define GW_FTP_BAD_PARAM 504
+#define GW_FTP_PROT_REFUSED 521
+#define GW_FTP_BAD_NETPROTO 522
+#define GW_FTP_NOT_LOGGED_IN 530
+#define GW_FTP_CCC_NO_TLS 533
+#define GW_FTP_POLICY_DENIED 534
+#define GW_FTP_PROT_UNSUPPORTED 536
+
+/* RFC 959: session and command syntax */
+#define GW_R_REIN_OK "220 Service ready for new user.\r\n"
+#define GW_R_FEAT_END "211 End\r\n"
+#define GW_R_SYNTAX "500 Syntax error, command unrecognized.\r\n"
+#define GW_R_LINE_TOO_LONG "500 Command line too long.\r\n"
+#define GW_R_NOT_IMPLEMENTED "502 Command not implemented.\r\n"
+#define GW_R_LOCAL_ERROR "451 Local error in processing.\r\n"
+#define GW_R_LOGIN_INCORRECT "530 Login incorrect.\r\n"
+
+/* RFC 959: the session ends (421) */
+#define GW_R_UNAVAILABLE "421 Service not available.\r\n"
+#define GW_R_OUT_OF_MEMORY "421 Out of memory.\r\n"
+#define GW_R_UNAVAILABLE_NOMEM "421 Service not available: out of memory.\r\n"
+#define GW_R_SHUTTING_DOWN "421 Service not available: the gateway is shutting down.\r\n"
+#define GW_R_TOO_MANY_CONNECTIONS "421 Too many connections, try again later.\r\n"
+#define GW_R_TOO_MANY_LOGINS "421 Too many failed logins.\r\n"
+#define GW_R_TOO_MANY_LONG_LINES "421 Too many overlong command lines.\r\n"
+#define GW_R_LOGIN_TIMEOUT "421 Login timeout.\r\n"
+#define GW_R_IDLE_TIMEOUT "421 Idle timeout, closing control connection.\r\n"
+#define GW_R_BACKEND_CONNECT_TIMEOUT "421 Service not available: backend connect timeout.\r\n"
+#define GW_R_BACKEND_UNREACHABLE "421 Service not available: backend unreachable.\r\n"
+#define GW_R_BACKEND_CLOSED "421 Service not available: the server closed the connection.\r\n"
+#define GW_R_BACKEND_BAD_REPLY "421 Service not available: invalid reply from the server.\r\n"
+#define GW_R_BACKEND_NO_ABOR_REPLY "421 Service not available: the server did not answer ABOR.\r\n"
+#define GW_R_BACKEND_REFUSED_AUTH "421 Service not available: the server refused AUTH TLS.\r\n"
+
+/* RFC 959: data connections (PORT, PASV, transfers, ABOR) */
+#define GW_R_PORT_OK "200 PORT command successful.\r\n"
+#define GW_R_BAD_PORT "501 Bad PORT argument.\r\n"
+#define GW_R_PORT_BOUNCE "504 Command not implemented for that parameter (bounce refused).\r\n"
+#define GW_R_NEED_DATA_CMD "425 Use PORT, EPRT, PASV or EPSV first.\r\n"
+#define GW_R_CANT_OPEN_DATA "425 Can't open data connection.\r\n"
+#define GW_R_CANT_OPEN_DATA_BACKEND "425 Can't open data connection to the server.\r\n"
+#define GW_R_CANT_OPEN_DATA_NOMEM "425 Can't open data connection: out of memory.\r\n"
+#define GW_R_CANT_OPEN_DATA_BAD_PASV                                                               \
+    "425 Can't open data connection: bad passive reply from the server.\r\n"
+#define GW_R_CANT_OPEN_DATA_NO_LISTEN                                                              \
+    "425 Can't open data connection: cannot listen toward the server.\r\n"
+#define GW_R_NO_PASV_PORT "425 Can't open passive connection: no free port.\r\n"
+#define GW_R_XFER_ABORTED "426 Connection closed; transfer aborted.\r\n"
+#define GW_R_XFER_DATA_TIMEOUT "426 Connection closed; transfer aborted (data timeout).\r\n"
+#define GW_R_XFER_NO_FINAL_REPLY "426 Transfer aborted: no final reply from the server.\r\n"
+#define GW_R_ABOR_OK "226 ABOR successful.\r\n"
+
+/* RFC 2428: EPRT, EPSV */
+#define GW_R_EPRT_OK "200 EPRT command successful.\r\n"
+#define GW_R_EPSV_ALL_OK "200 EPSV ALL ok.\r\n"
+#define GW_R_BAD_EPRT "501 Bad EPRT argument.\r\n"
+#define GW_R_BAD_EPSV "501 Bad EPSV argument.\r\n"
+#define GW_R_EPSV_ALL_IN_EFFECT "503 EPSV ALL in effect: use EPSV.\r\n"
+#define GW_R_BAD_NETPROTO "522 Network protocol not supported, use (1,2)\r\n"
+#define GW_R_PASV_IPV4_ONLY "522 PASV is IPv4 only: use EPSV.\r\n"
+
+/* RFC 2228, RFC 4217: AUTH, PBSZ, PROT, CCC and TLS policy */
+#define GW_R_AUTH_OK "234 Proceed with TLS negotiation.\r\n"
+#define GW_R_AUTH_UNSUPPORTED "502 AUTH not supported on this frontend.\r\n"
+#define GW_R_AUTH_IMPLICIT "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n"
+#define GW_R_AUTH_ALREADY "503 Already protected by TLS.\r\n"
+#define GW_R_AUTH_AFTER_USER "503 AUTH must come before USER.\r\n"
+#define GW_R_AUTH_BAD_MECH "504 AUTH mechanism not supported (use TLS or SSL).\r\n"
+#define GW_R_TLS_REQUIRED_LOGIN "530 TLS required: send AUTH TLS before USER and PASS.\r\n"
+#define GW_R_TLS_REQUIRED "530 Please log in over TLS (AUTH TLS) first.\r\n"
+#define GW_R_PBSZ_OK "200 PBSZ=0\r\n"
+#define GW_R_PBSZ_NEEDS_TLS "503 PBSZ needs a protected control connection (AUTH TLS first).\r\n"
+#define GW_R_PBSZ_BAD_ARG "501 PBSZ needs a number.\r\n"
+#define GW_R_PROT_C_OK "200 PROT now Clear.\r\n"
+#define GW_R_PROT_P_OK "200 PROT now Private.\r\n"
+#define GW_R_PROT_NEEDS_PBSZ "503 PROT needs PBSZ first.\r\n"
+#define GW_R_PROT_NO_ARG "501 PROT needs a level.\r\n"
+#define GW_R_PROT_BAD_LEVEL "504 PROT level not supported.\r\n"
+#define GW_R_PROT_UNSUPPORTED "536 PROT level not supported.\r\n"
+#define GW_R_PROT_P_REQUIRED "521 Data connection cannot be opened with this PROT setting.\r\n"
+#define GW_R_CCC_OK "200 Control connection now in clear.\r\n"
+#define GW_R_CCC_NEEDS_TLS "533 CCC needs a protected control connection.\r\n"
+#define GW_R_CCC_REFUSED "534 CCC refused by policy.\r\n"
+#define GW_R_CCC_IMPLICIT "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
+#define GW_R_DATA_TLS_NOT_RESUMED "522 TLS session of data connection not resumed.\r\n"
+#define GW_R_XFER_NO_CLOSE_NOTIFY "426 Transfer aborted: upload ended without TLS close_notify.\r\n"
+
+/* printf formats: one %s, the reason. Not fixed texts, so not in GW_REPLY_TEXTS. */
+#define GW_R_FMT_BACKEND_TLS_FAILED "421 Service not available: backend TLS failed (%s).\r\n"
+
+/* X(name) for every text above: tests walk the list (and check it is complete). */
+#define GW_REPLY_TEXTS(X)                                                                          \
+    X(GW_R_REIN_OK)                                                                                \
+    X(GW_R_FEAT_END)                                                                               \
+    X(GW_R_SYNTAX)                                                                                 \
+    X(GW_R_LINE_TOO_LONG)                                                                          \
+    X(GW_R_NOT_IMPLEMENTED)                                                                        \
+    X(GW_R_LOCAL_ERROR)                                                                            \
+    X(GW_R_LOGIN_INCORRECT)                                                                        \
+    X(GW_R_UNAVAILABLE)                                                                            \
+    X(GW_R_OUT_OF_MEMORY)                                                                          \
+    X(GW_R_UNAVAILABLE_NOMEM)                                                                      \
+    X(GW_R_SHUTTING_DOWN)                                                                          \
+    X(GW_R_TOO_MANY_CONNECTIONS)                                                                   \
+    X(GW_R_TOO_MANY_LOGINS)                                                                        \
+    X(GW_R_TOO_MANY_LONG_LINES)                                                                    \
+    X(GW_R_LOGIN_TIMEOUT)                                                                          \
+    X(GW_R_IDLE_TIMEOUT)                                                                           \
+    X(GW_R_BACKEND_CONNECT_TIMEOUT)                                                                \
+    X(GW_R_BACKEND_UNREACHABLE)                                                                    \
+    X(GW_R_BACKEND_CLOSED)                                                                         \
+    X(GW_R_BACKEND_BAD_REPLY)                                                                      \
+    X(GW_R_BACKEND_NO_ABOR_REPLY)                                                                  \
+    X(GW_R_BACKEND_REFUSED_AUTH)                                                                   \
+    X(GW_R_PORT_OK)                                                                                \
+    X(GW_R_BAD_PORT)                                                                               \
+    X(GW_R_PORT_BOUNCE)                                                                            \
+    X(GW_R_NEED_DATA_CMD)                                                                          \
+    X(GW_R_CANT_OPEN_DATA)                                                                         \
+    X(GW_R_CANT_OPEN_DATA_BACKEND)                                                                 \
+    X(GW_R_CANT_OPEN_DATA_NOMEM)                                                                   \
+    X(GW_R_CANT_OPEN_DATA_BAD_PASV)                                                                \
+    X(GW_R_CANT_OPEN_DATA_NO_LISTEN)                                                               \
+    X(GW_R_NO_PASV_PORT)                                                                           \
+    X(GW_R_XFER_ABORTED)                                                                           \
+    X(GW_R_XFER_DATA_TIMEOUT)                                                                      \
+    X(GW_R_XFER_NO_FINAL_REPLY)                                                                    \
+    X(GW_R_ABOR_OK)                                                                                \
+    X(GW_R_EPRT_OK)                                                                                \
+    X(GW_R_EPSV_ALL_OK)                                                                            \
+    X(GW_R_BAD_EPRT)                                                                               \
+    X(GW_R_BAD_EPSV)                                                                               \
+    X(GW_R_EPSV_ALL_IN_EFFECT)                                                                     \
+    X(GW_R_BAD_NETPROTO)                                                                           \
+    X(GW_R_PASV_IPV4_ONLY)                                                                         \
+    X(GW_R_AUTH_OK)                                                                                \
+    X(GW_R_AUTH_UNSUPPORTED)                                                                       \
+    X(GW_R_AUTH_IMPLICIT)                                                                          \
+    X(GW_R_AUTH_ALREADY)                                                                           \
+    X(GW_R_AUTH_AFTER_USER)                                                                        \
+    X(GW_R_AUTH_BAD_MECH)                                                                          \
+    X(GW_R_TLS_REQUIRED_LOGIN)                                                                     \
+    X(GW_R_TLS_REQUIRED)                                                                           \
+    X(GW_R_PBSZ_OK)                                                                                \
+    X(GW_R_PBSZ_NEEDS_TLS)                                                                         \
+    X(GW_R_PBSZ_BAD_ARG)                                                                           \
+    X(GW_R_PROT_C_OK)                                                                              \
+    X(GW_R_PROT_P_OK)                                                                              \
+    X(GW_R_PROT_NEEDS_PBSZ)                                                                        \
+    X(GW_R_PROT_NO_ARG)                                                                            \
+    X(GW_R_PROT_BAD_LEVEL)                                                                         \
+    X(GW_R_PROT_UNSUPPORTED)                                                                       \
+    X(GW_R_PROT_P_REQUIRED)                                                                        \
+    X(GW_R_CCC_OK)                                                                                 \
+    X(GW_R_CCC_NEEDS_TLS)                                                                          \
+    X(GW_R_CCC_REFUSED)                                                                            \
+    X(GW_R_CCC_IMPLICIT)                                                                           \
+    X(GW_R_DATA_TLS_NOT_RESUMED)                                                                   \
+    X(GW_R_XFER_NO_CLOSE_NOTIFY)
 
 #endif

@@ -58,6 +58,10 @@ typedef struct gw_listener {
     gw_server *srv;
     gw_hostport addr;
     gw_frontend *fe; /* the current generation's frontend on this address */
+    uv_tcp_t refuse; /* takes a connection no session could be allocated for */
+    bool refusing;   /* refuse is closing; it is initialized again once closed */
+    bool waiting;    /* a connection is left pending on tcp until refuse is free */
+    bool closed;     /* tcp is closed but refuse is not yet: on_refused frees l */
 } gw_listener;
 
 struct gw_server {
@@ -90,5 +94,8 @@ void gw_server_free(gw_server *srv);
 
 void gw_generation_ref(gw_generation *g);
 void gw_generation_unref(gw_generation *g);
+/* No memory to serve the connection pending on listener: accept it and close it, so that
+ * libuv keeps watching the listener. Allocates nothing. */
+void gw_listener_refuse(uv_stream_t *listener);
 
 #endif

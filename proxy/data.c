@@ -419,8 +419,16 @@ static void on_data_connection(uv_stream_t *server, int status)
         return;
     gw_conn *c = gw_conn_new(d->loop, client ? &client_ops : &backend_ops, d, d->sid,
                              client ? "client-data" : "backend-data");
-    if (!c)
+    if (!c) {
+        /* Left pending, the connection would stop libuv watching this listener; closing the
+         * listener closes it too (one connection per listener in any case). */
+        GW_LOG_WARN(d->sid, "event=accept_failed leg=%s reason=\"out of memory\"",
+                    client ? "client-data" : "backend-data");
+        close_listener(d, (uv_tcp_t *)server);
+        if (d->started)
+            fail(d, "425 Can't open data connection.\r\n", "out of memory");
         return;
+    }
     gw_addr peer;
     if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &peer) != 0) {
         d->strays++;

@@ -3,6 +3,7 @@
  * pieces; the result never depends on where the pieces were cut. */
 #include "ftp_cmd.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Telnet bytes (RFC 854). */
@@ -178,12 +179,105 @@ static bool is_alpha(char c)
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
 }
 
+/* Short names keep the table one entry per line. */
+#define BEFORE_TLS GW_CMDF_BEFORE_TLS
+#define XFER GW_CMDF_TRANSFER
+#define UPLOAD (GW_CMDF_TRANSFER | GW_CMDF_UPLOAD)
+#define LOGIN GW_CMDF_NEEDS_LOGIN
+#define LOCAL GW_CMDF_LOCAL
+
+/* Sorted by verb (strcmp order) for bsearch; a unit test walks it. NEEDS_LOGIN follows
+ * RFC 959 §4.1 and common servers: only the login sequence, session-level and TLS setup
+ * commands work before login. */
+static const gw_cmd_def cmd_table[] = {
+    {"ABOR", GW_CMD_ABOR, LOGIN},
+    {"ACCT", GW_CMD_ACCT, 0},
+    {"ALLO", GW_CMD_ALLO, LOGIN},
+    {"APPE", GW_CMD_APPE, UPLOAD | LOGIN},
+    {"AUTH", GW_CMD_AUTH, BEFORE_TLS | LOCAL},
+    {"CCC", GW_CMD_CCC, LOCAL},
+    {"CDUP", GW_CMD_CDUP, LOGIN},
+    {"CPSV", GW_CMD_CPSV, LOGIN | LOCAL},
+    {"CWD", GW_CMD_CWD, LOGIN},
+    {"DELE", GW_CMD_DELE, LOGIN},
+    {"EPRT", GW_CMD_EPRT, LOGIN | LOCAL},
+    {"EPSV", GW_CMD_EPSV, LOGIN | LOCAL},
+    {"FEAT", GW_CMD_FEAT, BEFORE_TLS},
+    {"HELP", GW_CMD_HELP, BEFORE_TLS},
+    {"HOST", GW_CMD_HOST, 0},
+    {"LANG", GW_CMD_LANG, 0},
+    {"LIST", GW_CMD_LIST, XFER | LOGIN},
+    {"MDTM", GW_CMD_MDTM, LOGIN},
+    {"MKD", GW_CMD_MKD, LOGIN},
+    {"MLSD", GW_CMD_MLSD, XFER | LOGIN},
+    {"MLST", GW_CMD_MLST, LOGIN},
+    {"MODE", GW_CMD_MODE, LOGIN},
+    {"NLST", GW_CMD_NLST, XFER | LOGIN},
+    {"NOOP", GW_CMD_NOOP, BEFORE_TLS},
+    {"OPTS", GW_CMD_OPTS, BEFORE_TLS},
+    {"PASS", GW_CMD_PASS, 0},
+    {"PASV", GW_CMD_PASV, LOGIN | LOCAL},
+    {"PBSZ", GW_CMD_PBSZ, BEFORE_TLS | LOCAL},
+    {"PORT", GW_CMD_PORT, LOGIN | LOCAL},
+    {"PROT", GW_CMD_PROT, BEFORE_TLS | LOCAL},
+    {"PWD", GW_CMD_PWD, LOGIN},
+    {"QUIT", GW_CMD_QUIT, BEFORE_TLS},
+    {"REIN", GW_CMD_REIN, LOCAL},
+    {"REST", GW_CMD_REST, LOGIN},
+    {"RETR", GW_CMD_RETR, XFER | LOGIN},
+    {"RMD", GW_CMD_RMD, LOGIN},
+    {"RNFR", GW_CMD_RNFR, LOGIN},
+    {"RNTO", GW_CMD_RNTO, LOGIN},
+    {"SITE", GW_CMD_SITE, LOGIN},
+    {"SIZE", GW_CMD_SIZE, LOGIN},
+    {"SMNT", GW_CMD_SMNT, LOGIN},
+    {"SSCN", GW_CMD_SSCN, LOGIN | LOCAL},
+    {"STAT", GW_CMD_STAT, LOGIN},
+    {"STOR", GW_CMD_STOR, UPLOAD | LOGIN},
+    {"STOU", GW_CMD_STOU, UPLOAD | LOGIN},
+    {"STRU", GW_CMD_STRU, LOGIN},
+    {"SYST", GW_CMD_SYST, BEFORE_TLS},
+    {"TYPE", GW_CMD_TYPE, LOGIN},
+    {"USER", GW_CMD_USER, 0},
+};
+
+static const gw_cmd_def cmd_other = {"", GW_CMD_OTHER, 0};
+
+static int cmp_def(const void *key, const void *elem)
+{
+    return strcmp(key, ((const gw_cmd_def *)elem)->verb);
+}
+
+const gw_cmd_def *gw_cmd_lookup(const char *verb)
+{
+    char up[8];
+    const gw_cmd_def *d;
+    size_t i;
+
+    /* Verbs are short ASCII letters; anything else cannot be in the table. */
+    for (i = 0; verb[i] != '\0'; i++) {
+        if (i == sizeof(up) - 1 || !is_alpha(verb[i])) return &cmd_other;
+        up[i] = (char)(verb[i] & ~0x20);
+    }
+    up[i] = '\0';
+    d = bsearch(up, cmd_table, sizeof(cmd_table) / sizeof(cmd_table[0]), sizeof(cmd_table[0]),
+                cmp_def);
+    return d ? d : &cmd_other;
+}
+
+const gw_cmd_def *gw_cmd_table(size_t *n)
+{
+    *n = sizeof(cmd_table) / sizeof(cmd_table[0]);
+    return cmd_table;
+}
+
 int gw_cmd_split(const char *line, gw_cmd *out)
 {
     size_t i;
 
     out->verb[0] = '\0';
     out->arg = "";
+    out->def = &cmd_other;
 
     for (i = 0; line[i] != '\0' && line[i] != ' '; i++) {
         if (i == sizeof(out->verb) - 1 || !is_alpha(line[i])) return -1;
@@ -193,6 +287,7 @@ int gw_cmd_split(const char *line, gw_cmd *out)
 
     out->verb[i] = '\0';
     out->arg = line[i] == ' ' ? line + i + 1 : line + i;
+    out->def = gw_cmd_lookup(out->verb);
     return 0;
 }
 

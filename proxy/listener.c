@@ -156,6 +156,53 @@ static gw_generation *build_generation(gw_server *srv, const gw_config *cfg, cha
     return g;
 }
 
+static void on_connection(uv_stream_t *server, int status);
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    gw_listener *l = h->data;
+    if (l->refusing)
+        l->closed = true; /* refuse still closing: on_refused frees l */
+    else
+        free(l);
+}
+
+static void on_refused(uv_handle_t *h)
+{
+    gw_listener *l = h->data;
+    l->refusing = false;
+    if (l->closed) {
+        free(l);
+    } else if (l->waiting && !uv_is_closing((uv_handle_t *)&l->tcp)) {
+        l->waiting = false;
+        on_connection((uv_stream_t *)&l->tcp, 0); /* memory may be back: try to serve it */
+    }
+}
+
+/* libuv stops watching a listener whose connection callback did not uv_accept(), until the
+ * next uv_accept(): one allocation failure would stop the frontend for good. The connection
+ * is accepted into the listener's own spare handle and closed. While that handle is still
+ * closing, a second one waits in libuv (the listener paused) until on_refused. */
+void gw_listener_refuse(uv_stream_t *listener)
+{
+    gw_listener *l = listener->data;
+    uint64_t now = uv_now(l->srv->loop);
+    if (now - l->srv->last_accept_warn >= 1000) {
+        l->srv->last_accept_warn = now;
+        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"out of memory\"",
+                    l->fe->conf->name);
+    }
+    if (l->refusing) {
+        l->waiting = true;
+        return;
+    }
+    uv_tcp_init(l->srv->loop, &l->refuse);
+    l->refuse.data = l;
+    l->refusing = true;
+    (void)uv_accept(listener, (uv_stream_t *)&l->refuse);
+    uv_close((uv_handle_t *)&l->refuse, on_refused);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     gw_listener *l = server->data;
@@ -259,7 +306,7 @@ static void log_frontend(const gw_frontend *fe, const char *event)
 static void close_listener(gw_listener *l)
 {
     if (!uv_is_closing((uv_handle_t *)&l->tcp))
-        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
 }
 
 /* Point listeners at generation g: keep those whose address stays, open new ones, close the

@@ -1442,15 +1442,19 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
 {
     gw_server *srv = fe->srv;
     gw_session *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        gw_listener_refuse(listener);
         return;
+    }
     s->id = ++srv->shared->next_session_id;
     s->fe = fe;
     gw_generation_ref(fe->gen);
     s->loop = srv->loop;
     s->client = gw_conn_new(s->loop, &client_ops, s, s->id, "client");
     if (!s->client) {
+        gw_generation_unref(fe->gen);
         free(s);
+        gw_listener_refuse(listener);
         return;
     }
     uv_timer_init(s->loop, &s->timer);

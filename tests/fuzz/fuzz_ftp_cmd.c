@@ -1,6 +1,7 @@
 /* libFuzzer target for proxy/ftp_cmd.c. The first byte picks a split position; the rest is
  * fed whole, in two pieces and one byte at a time, and the three runs must agree. Every
- * line is checked, split into verb/argument, formatted and parsed back. */
+ * line is checked, split into verb/argument (looked up in the command table), formatted
+ * and parsed back. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +52,12 @@ static void check_split(const gw_cmd_parser *p)
         if (i >= 7 || c.verb[i] < 'A' || c.verb[i] > 'Z') abort();
     if (i == 0 || c.arg < p->line || c.arg > p->line + p->len) abort();
     if (c.arg != p->line + p->len && c.arg != p->line + i + 1) abort();
+    /* The table entry: never NULL, the same as a fresh lookup, and a hit names this verb. */
+    if (c.def == NULL || c.def != gw_cmd_lookup(c.verb)) abort();
+    if (c.def->id == GW_CMD_OTHER ? c.def->flags != 0 : strcmp(c.def->verb, c.verb) != 0) abort();
+    if ((c.def->flags & GW_CMDF_UPLOAD) && !(c.def->flags & GW_CMDF_TRANSFER)) abort();
+    /* Lookups on raw line text must be safe too (any bytes, any length). */
+    if (gw_cmd_lookup(p->line) == NULL) abort();
 }
 
 static void check_parser(const gw_cmd_parser *p, int rc)

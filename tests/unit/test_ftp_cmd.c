@@ -1,5 +1,6 @@
 /* Unit tests for proxy/ftp_cmd.c: command lines, Telnet handling, line cap, split/format. */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -563,6 +564,146 @@ static void test_format_roundtrip(void **state)
     assert_string_equal(p.line, line);
 }
 
+/* The verb lists session.c used before the table; the table must give the same sets. */
+static const char *const old_download[] = {"RETR", "LIST", "NLST", "MLSD"};
+static const char *const old_upload[] = {"STOR", "STOU", "APPE"};
+static const char *const old_before_tls[] = {"AUTH", "FEAT", "HELP", "QUIT", "SYST",
+                                             "NOOP", "OPTS", "PBSZ", "PROT"};
+static const char *const old_local[] = {"AUTH", "PBSZ", "PROT", "CCC",  "CPSV", "SSCN",
+                                        "PASV", "EPSV", "PORT", "EPRT", "REIN"};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+static bool in_list(const char *verb, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(verb, list[i]) == 0) return true;
+    return false;
+}
+
+static void test_lookup_table_sorted_unique(void **state)
+{
+    size_t n, i;
+    const gw_cmd_def *t = gw_cmd_table(&n);
+
+    assert_true(n > 0);
+    for (i = 0; i < n; i++) {
+        assert_non_null(t[i].verb);
+        assert_true(strlen(t[i].verb) >= 3 && strlen(t[i].verb) <= 7);
+        for (const char *c = t[i].verb; *c; c++)
+            assert_true(*c >= 'A' && *c <= 'Z');
+        assert_int_not_equal(t[i].id, GW_CMD_OTHER);
+        if (i > 0) assert_true(strcmp(t[i - 1].verb, t[i].verb) < 0);
+        for (size_t j = 0; j < i; j++)
+            assert_int_not_equal(t[i].id, t[j].id); /* one entry per id */
+        assert_ptr_equal(gw_cmd_lookup(t[i].verb), &t[i]);
+        /* UPLOAD only qualifies a transfer. */
+        if (t[i].flags & GW_CMDF_UPLOAD) assert_true(t[i].flags & GW_CMDF_TRANSFER);
+    }
+}
+
+/* Each flag's set of verbs is exactly the old list's. */
+static void check_flag_set(unsigned mask, unsigned want, const char *const *list, size_t len)
+{
+    size_t n, i, hits = 0;
+    const gw_cmd_def *t = gw_cmd_table(&n);
+
+    for (i = 0; i < n; i++) {
+        bool set = (t[i].flags & mask) == want;
+        assert_int_equal(set, in_list(t[i].verb, list, len));
+        hits += set;
+    }
+    assert_int_equal(hits, len);
+    for (i = 0; i < len; i++)
+        assert_int_equal(gw_cmd_lookup(list[i])->flags & mask, want);
+}
+
+static void test_lookup_transfer_sets(void **state)
+{
+    check_flag_set(GW_CMDF_TRANSFER | GW_CMDF_UPLOAD, GW_CMDF_TRANSFER, old_download,
+                   COUNT(old_download));
+    check_flag_set(GW_CMDF_TRANSFER | GW_CMDF_UPLOAD, GW_CMDF_TRANSFER | GW_CMDF_UPLOAD, old_upload,
+                   COUNT(old_upload));
+    check_flag_set(GW_CMDF_UPLOAD, GW_CMDF_UPLOAD, old_upload, COUNT(old_upload));
+}
+
+static void test_lookup_before_tls_set(void **state)
+{
+    check_flag_set(GW_CMDF_BEFORE_TLS, GW_CMDF_BEFORE_TLS, old_before_tls, COUNT(old_before_tls));
+    /* SECURITY: credentials never in clear under require_tls. */
+    assert_false(gw_cmd_lookup("USER")->flags & GW_CMDF_BEFORE_TLS);
+    assert_false(gw_cmd_lookup("PASS")->flags & GW_CMDF_BEFORE_TLS);
+}
+
+static void test_lookup_local_set(void **state)
+{
+    check_flag_set(GW_CMDF_LOCAL, GW_CMDF_LOCAL, old_local, COUNT(old_local));
+}
+
+/* The ids handle_command dispatches on. */
+static void test_lookup_ids(void **state)
+{
+    static const struct {
+        const char *verb;
+        enum gw_cmd_id id;
+    } want[] = {
+        {"USER", GW_CMD_USER}, {"PASS", GW_CMD_PASS}, {"AUTH", GW_CMD_AUTH}, {"PBSZ", GW_CMD_PBSZ},
+        {"PROT", GW_CMD_PROT}, {"CCC", GW_CMD_CCC},   {"CPSV", GW_CMD_CPSV}, {"SSCN", GW_CMD_SSCN},
+        {"PASV", GW_CMD_PASV}, {"EPSV", GW_CMD_EPSV}, {"PORT", GW_CMD_PORT}, {"EPRT", GW_CMD_EPRT},
+        {"REIN", GW_CMD_REIN}, {"FEAT", GW_CMD_FEAT}, {"QUIT", GW_CMD_QUIT}, {"ABOR", GW_CMD_ABOR},
+        {"RETR", GW_CMD_RETR}, {"LIST", GW_CMD_LIST}, {"NLST", GW_CMD_NLST}, {"MLSD", GW_CMD_MLSD},
+        {"STOR", GW_CMD_STOR}, {"STOU", GW_CMD_STOU}, {"APPE", GW_CMD_APPE}, {"HELP", GW_CMD_HELP},
+        {"SYST", GW_CMD_SYST}, {"NOOP", GW_CMD_NOOP}, {"OPTS", GW_CMD_OPTS}, {"HOST", GW_CMD_HOST},
+    };
+
+    for (size_t i = 0; i < COUNT(want); i++) {
+        const gw_cmd_def *d = gw_cmd_lookup(want[i].verb);
+        assert_int_equal(d->id, want[i].id);
+        assert_string_equal(d->verb, want[i].verb);
+    }
+    /* Informational, but must not contradict RFC 959: the login sequence needs no login. */
+    assert_false(gw_cmd_lookup("USER")->flags & GW_CMDF_NEEDS_LOGIN);
+    assert_false(gw_cmd_lookup("PASS")->flags & GW_CMDF_NEEDS_LOGIN);
+    assert_false(gw_cmd_lookup("AUTH")->flags & GW_CMDF_NEEDS_LOGIN);
+    assert_true(gw_cmd_lookup("RETR")->flags & GW_CMDF_NEEDS_LOGIN);
+    assert_true(gw_cmd_lookup("PASV")->flags & GW_CMDF_NEEDS_LOGIN);
+    assert_true(gw_cmd_lookup("CWD")->flags & GW_CMDF_NEEDS_LOGIN);
+}
+
+static void test_lookup_unknown_and_case(void **state)
+{
+    static const char *const unknown[] = {"XYZZY", "",     "RET",  "RETRR", "ABCDEFGH", "RE TR",
+                                          "RETR ", "R3TR", "\xff", "XCWD",  "MACB"};
+    const gw_cmd_def *other = gw_cmd_lookup("XYZZY");
+
+    assert_non_null(other);
+    assert_int_equal(other->id, GW_CMD_OTHER);
+    assert_int_equal(other->flags, 0);
+    assert_string_equal(other->verb, "");
+    for (size_t i = 0; i < COUNT(unknown); i++)
+        assert_ptr_equal(gw_cmd_lookup(unknown[i]), other);
+
+    assert_ptr_equal(gw_cmd_lookup("retr"), gw_cmd_lookup("RETR"));
+    assert_ptr_equal(gw_cmd_lookup("Stor"), gw_cmd_lookup("STOR"));
+    assert_ptr_equal(gw_cmd_lookup("ePsV"), gw_cmd_lookup("EPSV"));
+    assert_ptr_equal(gw_cmd_lookup("ccc"), gw_cmd_lookup("CCC"));
+}
+
+static void test_split_fills_def(void **state)
+{
+    gw_cmd c;
+
+    assert_int_equal(gw_cmd_split("stor a.bin", &c), 0);
+    assert_int_equal(c.def->id, GW_CMD_STOR);
+    assert_int_equal(c.def->flags & (GW_CMDF_TRANSFER | GW_CMDF_UPLOAD),
+                     GW_CMDF_TRANSFER | GW_CMDF_UPLOAD);
+    assert_int_equal(gw_cmd_split("XYZZY 1", &c), 0);
+    assert_int_equal(c.def->id, GW_CMD_OTHER);
+    assert_int_equal(gw_cmd_split("US3R x", &c), -1);
+    assert_non_null(c.def);
+    assert_int_equal(c.def->id, GW_CMD_OTHER);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -595,6 +736,13 @@ int main(void)
         cmocka_unit_test(test_format_cap),
         cmocka_unit_test(test_format_rejects_line_breaks),
         cmocka_unit_test(test_format_roundtrip),
+        cmocka_unit_test(test_lookup_table_sorted_unique),
+        cmocka_unit_test(test_lookup_transfer_sets),
+        cmocka_unit_test(test_lookup_before_tls_set),
+        cmocka_unit_test(test_lookup_local_set),
+        cmocka_unit_test(test_lookup_ids),
+        cmocka_unit_test(test_lookup_unknown_and_case),
+        cmocka_unit_test(test_split_fills_def),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
