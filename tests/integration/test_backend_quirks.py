@@ -167,3 +167,100 @@ def test_unverified_backend_tls_error_is_not_a_verify_failure(gateway, backend_c
         errors = wait_for(lambda: re.findall(r"event=backend_error reason=\"([^\"]*)\"",
                                              gw.log_since(offset)), TIMEOUT, "backend_error")
         assert not any("certificate verify failed" in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Greetings other than 220
+
+
+def test_greeting_230_gets_a_421_naming_it(gateway):
+    def script(c: FakeConn):
+        c.send("230 no login needed")
+        c.readline()  # until the gateway closes
+
+    with FakeBackend(script) as fake:
+        gw = plain_gateway(gateway, fake)
+        offset = gw.log_size()
+        ctl = Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 421, text
+            assert "230" in text, text
+            assert ctl.closed_by_peer(), "the session goes on after a 230 greeting"
+        finally:
+            ctl.close()
+        fake.wait_done()
+        assert not fake.errors, fake.errors
+        wait_for(lambda: re.search(r"event=session_close reason=\"[^\"]*230",
+                                   gw.log_since(offset)), TIMEOUT, "session_close naming 230")
+
+
+def test_greeting_120_then_220_works(gateway):
+    def script(c: FakeConn):
+        c.send("120 wait")
+        time.sleep(0.2)
+        c.send("220 ready")
+        while (line := c.readline()) is not None:
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "USER":
+                c.send("331 password please")
+            elif verb == "QUIT":
+                c.send("221 bye")
+                return
+            else:
+                c.send("502 no")
+
+    with FakeBackend(script) as fake:
+        gw = plain_gateway(gateway, fake)
+        ctl = Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 120, text
+            code, text = ctl.reply()
+            assert code == 220, text
+            code, text = ctl.cmd("USER someone")
+            assert code == 331, text
+            code, text = ctl.cmd("QUIT")
+            assert code == 221, text
+        finally:
+            ctl.close()
+        fake.wait_done()
+        assert not fake.errors, fake.errors
+        assert fake.received[0][:2] == ["USER someone", "QUIT"], fake.received
+
+
+def test_rein_backend_greeting_120_then_220_is_swallowed(gateway):
+    """REIN: the gateway answered 220 itself; the new backend's 120 and 220 are not relayed
+    and the session goes on."""
+    def script(c: FakeConn):
+        if c.index == 1:
+            c.send("120 wait")
+            time.sleep(0.2)
+        c.send("220 ready")
+        while (line := c.readline()) is not None:
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "USER":
+                c.send("331 password please")
+            elif verb == "QUIT":
+                c.send("221 bye")
+                return
+            else:
+                c.send("502 no")
+
+    with FakeBackend(script, connections=2) as fake:
+        gw = plain_gateway(gateway, fake)
+        ctl = Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 220, text
+            code, text = ctl.cmd("REIN")
+            assert code == 220, text
+            code, text = ctl.cmd("USER someone")
+            assert code == 331, text
+            code, text = ctl.cmd("QUIT")
+            assert code == 221, text
+        finally:
+            ctl.close()
+        fake.wait_done()
+        assert not fake.errors, fake.errors
+        assert fake.received[1] == ["USER someone", "QUIT"], fake.received
