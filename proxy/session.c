@@ -401,6 +401,9 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
     if (!s->sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
         s->backend_peer.family != 4)
         return false;
+    /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
+    if (r->len >= 8 && memcmp(r->line, "500 OOPS", 8) == 0)
+        return false;
     if (!r->last)
         return true; /* wait for the end of the refusal */
     *no_extended(s) = true;

@@ -264,3 +264,52 @@ def test_rein_backend_greeting_120_then_220_is_swallowed(gateway):
         fake.wait_done()
         assert not fake.errors, fake.errors
         assert fake.received[1] == ["USER someone", "QUIT"], fake.received
+
+
+# ---------------------------------------------------------------------------------------
+# 3. vsftpd's "500 OOPS" to EPSV is fatal, not "EPSV unsupported"
+
+
+def test_500_oops_to_epsv_is_not_remembered_as_no_epsv(gateway):
+    def script(c: FakeConn):
+        c.send("220 fake")
+        while (line := c.readline()) is not None:
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "USER":
+                c.send("331 password please")
+            elif verb == "PASS":
+                c.send("230 in")
+            elif verb == "EPSV" and c.index == 0:
+                c.send("500 OOPS: vsf_sysutil_bind")
+                return  # vsftpd exits after an OOPS
+            elif verb in ("EPSV", "PASV"):
+                c.send("425 not today")
+            elif verb == "QUIT":
+                c.send("221 bye")
+                return
+            else:
+                c.send("502 no")
+
+    with FakeBackend(script, connections=2) as fake:
+        gw = plain_gateway(gateway, fake)
+        answers = []
+        for session in range(2):
+            ctl = Control.plain(gw.fport("p"))
+            try:
+                code, text = ctl.reply()
+                assert code == 220, text
+                ctl.login("someone", "secret")
+                answers.append(ctl.cmd("PASV"))
+                if session == 1:
+                    ctl.cmd("QUIT")
+            finally:
+                ctl.close()
+        fake.wait_done()
+        assert not fake.errors, fake.errors
+        verbs = [[line.split(" ", 1)[0] for line in lines] for lines in fake.received]
+        # The second session still tries EPSV first: nothing was remembered.
+        assert "EPSV" in verbs[1] and "PASV" not in verbs[1], verbs
+        # The OOPS is the client's answer (the server is going away); no PASV retry.
+        assert answers[0][0] == 500 and "OOPS" in answers[0][1], answers
+        assert verbs[0][-1] == "EPSV", verbs
+        assert answers[1][0] == 425, answers
