@@ -401,6 +401,9 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
     if (!s->sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
         s->backend_peer.family != 4)
         return false;
+    /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
+    if (r->len >= 8 && memcmp(r->line, "500 OOPS", 8) == 0)
+        return false;
     if (!r->last)
         return true; /* wait for the end of the refusal */
     *no_extended(s) = true;
@@ -630,13 +633,18 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
     case PEND_GREETING:
-        if (!s->swallow_greeting)
+        /* RFC 959: 120 (ready in nnn minutes) comes before the 220. Any other greeting is
+         * not relayed (a 230 or 5xx would mislead the client): it gets a 421 naming it. */
+        if (!s->swallow_greeting && (r->code == 120 || r->code == 220))
             reply(s, r->line);
-        if (!r->last)
+        if (!r->last || r->code == 120)
             return;
         if (r->code != 220) {
-            session_fail(s, s->swallow_greeting ? "421 Service not available.\r\n" : NULL,
-                         "backend refused the session");
+            char text[100], why[60];
+            snprintf(text, sizeof text,
+                     "421 Service not available: the server greeted with %d.\r\n", r->code);
+            snprintf(why, sizeof why, "backend greeted with %d", r->code);
+            session_fail(s, text, why);
             return;
         }
         s->swallow_greeting = false;

@@ -34,7 +34,9 @@ static void set_error(gw_tls *t, const char *what)
 {
     unsigned long e = ERR_peek_last_error();
     char buf[120] = "";
-    long v = SSL_get_verify_result(t->ssl);
+    /* Without tls_verify the result is computed but ignored: it is not the error. */
+    long v = SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER ? SSL_get_verify_result(t->ssl)
+                                                           : X509_V_OK;
     if (v != X509_V_OK && !SSL_is_server(t->ssl))
         snprintf(buf, sizeof buf, "certificate verify failed: %s",
                  X509_verify_cert_error_string(v));
