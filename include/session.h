@@ -45,6 +45,29 @@ enum gw_pending {
     PEND_BE_PROT,  /* internal PROT P toward the backend */
 };
 
+/* What one command carries across its round trip to the backend and back. Reset when the
+ * next command is taken from the queue. */
+typedef struct gw_cmd_ctx {
+    char verb[8];
+    /* PASV/EPSV/PORT/EPRT: what the client asked for on its leg, answered once the backend
+     * leg is armed. */
+    enum { WANT_PASV, WANT_EPSV, WANT_PORT, WANT_EPRT } want;
+    gw_addr want_addr;  /* WANT_PORT/WANT_EPRT: the client's address */
+    bool sent_extended; /* the backend leg was armed with EPSV/EPRT (fallback possible) */
+    gw_addr be_listen;  /* backend leg active: where the gateway listens */
+    /* A reply held back from the client: the transfer's final reply until its data legs are
+     * done, a failed PASS's 530 until the delay has passed, or the 230 until PBSZ/PROT
+     * toward the backend are answered. */
+    char *held;
+    size_t heldlen;
+    int held_code; /* PEND_TRANSFER: the final reply's code once it is complete */
+    /* ABOR (PEND_ABORT) */
+    int abort_expect;     /* final replies still due from the backend */
+    bool abort_xfer_sent; /* the client has its reply for the transfer */
+    bool abort_internal;  /* sent by the gateway after a data leg failed */
+    uint64_t abort_started_ms;
+} gw_cmd_ctx;
+
 typedef struct gw_session {
     uint64_t id;
     gw_frontend *fe;
@@ -55,28 +78,20 @@ typedef struct gw_session {
     enum gw_client_state cstate;
     enum gw_backend_state bstate;
     enum gw_pending pending;
-    /* What the client asked for on its leg, answered once the backend leg is armed. */
-    enum { WANT_PASV, WANT_EPSV, WANT_PORT, WANT_EPRT } want;
-    gw_addr want_addr; /* WANT_PORT/WANT_EPRT: the client's address */
-    bool sent_extended;  /* the backend leg was armed with EPSV/EPRT (fallback possible) */
-    gw_addr be_listen;   /* backend leg active: where the gateway listens */
-    char pending_verb[8];
+    gw_cmd_ctx cur; /* the command in progress */
     gw_cmd_parser cmd;
     gw_reply_parser reply;
     char *inbuf; /* client bytes not yet parsed: the ordered command queue */
     size_t inlen, incap;
     char *featbuf; /* PEND_FEAT: backend reply so far */
     size_t featlen;
-    char *held; /* PEND_TRANSFER: final reply waiting for the data legs */
-    size_t heldlen;
-    int held_code;
     gw_data *data;
     bool data_finished, data_ok;
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
     char user[64];      /* the USER argument, for the transfer log (never the password) */
     char data_fail_reply[128];
-    bool prot_p, pbsz, logged_in, closing, epsv_all, user_sent;
+    bool prot_p, pbsz, logged_in, epsv_all, user_sent;
     bool tls_up;           /* the control connection is protected now */
     bool ccc;              /* CCC cleared it: no AUTH, PBSZ or PROT any more */
     bool swallow_greeting; /* REIN: the client already got its 220 */
@@ -88,10 +103,6 @@ typedef struct gw_session {
     int too_long, failed_logins;
     bool ip_counted;         /* holds one of its address's max_sessions_per_ip */
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
-    int abort_expect;      /* PEND_ABORT: final replies still due from the backend */
-    bool abort_xfer_sent;  /* PEND_ABORT: the client has its reply for the transfer */
-    bool abort_internal;   /* PEND_ABORT sent by the gateway after a data leg failed */
-    uint64_t abort_started_ms;
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;
     int handles; /* open uv handles; the session is freed when this drops to 0 */

@@ -31,6 +31,10 @@
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
 static const char *const backend_state_names[] = {"idle",  "connecting", "greeting",
                                                   "tls",   "ready",      "closed"};
+static const char *const pending_names[] = {
+    "none", "greeting", "relay", "pasv", "port", "abort", "feat", "transfer", "quit",
+    "be_auth", "be_pbsz", "be_prot",
+};
 
 static void pump(gw_session *s);
 static void cmd_abort(gw_session *s);
@@ -56,6 +60,16 @@ static void set_backend_state(gw_session *s, enum gw_backend_state st)
     GW_LOG_DEBUG(s->id, "event=state leg=backend from=%s to=%s", backend_state_names[s->bstate],
                  backend_state_names[st]);
     s->bstate = st;
+}
+
+/* What the one outstanding exchange with the backend waits for (curl's _ftp_state). */
+static void set_pending(gw_session *s, enum gw_pending p)
+{
+    if (s->pending == p)
+        return;
+    GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", pending_names[s->pending],
+                 pending_names[p], s->cur.verb);
+    s->pending = p;
 }
 
 static uint64_t now_ms(gw_session *s)
@@ -96,7 +110,7 @@ static void release(gw_session *s)
         s->next->prev = s->prev;
     free(s->inbuf);
     free(s->featbuf);
-    free(s->held);
+    free(s->cur.held);
     free(s);
 }
 
@@ -119,16 +133,17 @@ static void drop_data(gw_session *s, bool ok)
  * closes it after CLOSE_GRACE_MS if the peer never lets the output drain. */
 static void session_fail(gw_session *s, const char *text, const char *why)
 {
-    if (s->closing)
+    if (s->cstate == CS_CLOSING)
         return;
-    s->closing = true;
+    bool was_ready = s->cstate == CS_READY;
+    set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     drop_data(s, false);
     if (s->backend)
         gw_conn_close(s->backend);
     set_backend_state(s, BS_CLOSED);
     if (s->client) {
-        if (s->cstate == CS_READY && !s->client->failed) {
+        if (was_ready && !s->client->failed) {
             if (text)
                 gw_conn_write_str(s->client, text);
             gw_conn_shutdown(s->client);
@@ -149,7 +164,7 @@ static void rearm(gw_session *s)
     if (uv_is_closing((uv_handle_t *)&s->timer))
         return;
     uint64_t delay = 1000;
-    bool fine = s->closing || s->reply_delay_until || s->pending == PEND_ABORT ||
+    bool fine = s->cstate == CS_CLOSING || s->reply_delay_until || s->pending == PEND_ABORT ||
                 (s->pending == PEND_TRANSFER && s->data_finished) ||
                 s->cstate != CS_READY || s->bstate != BS_READY || !s->logged_in;
     if (!fine) {
@@ -165,32 +180,32 @@ static void check_deadlines(gw_session *s)
     uint64_t now = now_ms(s);
     const gw_config *cfg = s->fe->cfg;
     uint64_t since_start = now - s->started_ms, idle = now - s->last_active_ms;
-    if (s->closing) {
+    if (s->cstate == CS_CLOSING) {
         if (idle >= CLOSE_GRACE_MS && s->client)
             gw_conn_close(s->client);
         return;
     }
     if (s->reply_delay_until && now >= s->reply_delay_until) {
         s->reply_delay_until = 0;
-        reply(s, s->held ? s->held : "530 Login incorrect.\r\n");
-        free(s->held);
-        s->held = NULL;
-        s->heldlen = 0;
+        reply(s, s->cur.held ? s->cur.held : "530 Login incorrect.\r\n");
+        free(s->cur.held);
+        s->cur.held = NULL;
+        s->cur.heldlen = 0;
         command_done(s);
         return;
     }
-    if (s->pending == PEND_ABORT && now - s->abort_started_ms >= ABORT_TIMEOUT_MS) {
+    if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
-        if (!s->abort_internal && !s->abort_xfer_sent)
+        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent)
             reply(s, "426 Connection closed; transfer aborted.\r\n");
-        if (!s->abort_internal)
+        if (!s->cur.abort_internal)
             reply(s, "226 ABOR successful.\r\n");
         session_fail(s, "421 Service not available: the server did not answer ABOR.\r\n",
                      "backend silent after ABOR");
         return;
     }
-    if (s->pending == PEND_TRANSFER && s->data_finished && !s->held_code &&
+    if (s->pending == PEND_TRANSFER && s->data_finished && !s->cur.held_code &&
         now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
         abort_backend_transfer(s, "426 Transfer aborted: no final reply from the server.\r\n",
                                "server silent after the data connection ended");
@@ -230,7 +245,7 @@ static void forward(gw_session *s, const char *line, enum gw_pending pending)
         return;
     }
     gw_conn_write(s->backend, buf, n);
-    s->pending = pending;
+    set_pending(s, pending);
 }
 
 static void append(char **buf, size_t *len, const char *p, size_t n, size_t max)
@@ -248,7 +263,7 @@ static void append(char **buf, size_t *len, const char *p, size_t n, size_t max)
 
 static void command_done(gw_session *s)
 {
-    s->pending = PEND_NONE;
+    set_pending(s, PEND_NONE);
     pump(s);
 }
 
@@ -267,8 +282,8 @@ static void write_xferlog(gw_session *s, const char *result)
                      "%s session=%llu peer=%s user=\"%s\" verb=%s file=\"%s\" bytes=%llu "
                      "ms=%llu code=%d result=%s\n",
                      ts, (unsigned long long)s->id, gw_addr_str(&s->client_peer), s->user,
-                     s->pending_verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
-                     (unsigned long long)(now_ms(s) - s->xfer_started_ms), s->held_code, result);
+                     s->cur.verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
+                     (unsigned long long)(now_ms(s) - s->xfer_started_ms), s->cur.held_code, result);
     if (n > 0) {
         ssize_t w = write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
         (void)w;
@@ -277,19 +292,19 @@ static void write_xferlog(gw_session *s, const char *result)
 
 static void complete_transfer(gw_session *s)
 {
-    bool backend_ok = s->held_code >= 200 && s->held_code < 300;
+    bool backend_ok = s->cur.held_code >= 200 && s->cur.held_code < 300;
     if (s->data_finished && !s->data_ok)
         reply(s, s->data_fail_reply); /* the client's leg broke: never report success */
-    else if (s->held)
-        reply(s, s->held);
+    else if (s->cur.held)
+        reply(s, s->cur.held);
     const char *result = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
-    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->pending_verb,
-                s->held_code, result, (unsigned long long)s->xfer_bytes);
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->cur.verb,
+                s->cur.held_code, result, (unsigned long long)s->xfer_bytes);
     write_xferlog(s, result);
     drop_data(s, backend_ok && s->data_ok);
-    free(s->held);
-    s->held = NULL;
-    s->heldlen = 0;
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
     command_done(s);
 }
 
@@ -301,16 +316,16 @@ static void abort_backend_transfer(gw_session *s, const char *text, const char *
 {
     GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
                        "note=\"ABOR sent to the server\"",
-                s->pending_verb, why);
+                s->cur.verb, why);
     drop_data(s, false);
     reply(s, text);
     write_xferlog(s, "failed");
-    free(s->held);
-    s->held = NULL;
-    s->heldlen = 0;
-    s->abort_internal = true;
-    s->abort_expect = 2;
-    s->abort_started_ms = now_ms(s);
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
+    s->cur.abort_internal = true;
+    s->cur.abort_expect = 2;
+    s->cur.abort_started_ms = now_ms(s);
     forward(s, "ABOR", PEND_ABORT);
     if (s->backend)
         gw_conn_write_str(s->backend, "NOOP\r\n");
@@ -330,12 +345,12 @@ void gw_session_data_finished(gw_session *s, bool ok, const char *text, uint64_t
         s->data = NULL;
         /* The backend may never end this transfer by itself (pyftpdlib waits for a new
          * data connection after a reset one). */
-        if (s->pending == PEND_TRANSFER && !s->held_code) {
+        if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
             abort_backend_transfer(s, s->data_fail_reply, "data leg failed");
             return;
         }
     }
-    if (s->pending == PEND_TRANSFER && s->held_code)
+    if (s->pending == PEND_TRANSFER && s->cur.held_code)
         complete_transfer(s);
     else
         rearm(s); /* the final reply now has data_timeout to arrive */
@@ -355,16 +370,16 @@ static void arm_client_leg(gw_session *s)
 {
     char buf[128];
     const gw_frontend_conf *fc = s->fe->conf;
-    if (s->want == WANT_PORT || s->want == WANT_EPRT) {
+    if (s->cur.want == WANT_PORT || s->cur.want == WANT_EPRT) {
         gw_addr from = s->client_local;
         gw_addr_normalize(&from);
         int port = fc->active_source_port >= 0 ? fc->active_source_port
                    : fc->mode == GW_FE_IMPLICIT ? 989
                                                 : 20;
         from.port = (uint16_t)port;
-        gw_data_client_active(s->data, &s->want_addr, &from);
+        gw_data_client_active(s->data, &s->cur.want_addr, &from);
         offer_data_ticket(s);
-        reply(s, s->want == WANT_PORT ? "200 PORT command successful.\r\n"
+        reply(s, s->cur.want == WANT_PORT ? "200 PORT command successful.\r\n"
                                       : "200 EPRT command successful.\r\n");
         return;
     }
@@ -377,7 +392,7 @@ static void arm_client_leg(gw_session *s)
         reply(s, "425 Can't open passive connection: no free port.\r\n");
         return;
     }
-    if (s->want == WANT_EPSV) {
+    if (s->cur.want == WANT_EPSV) {
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
         gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : bind;
@@ -398,7 +413,7 @@ static bool *no_extended(gw_session *s)
  * PASV/PORT, which an IPv4 backend understands. True when the retry was sent. */
 static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive)
 {
-    if (!s->sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
+    if (!s->cur.sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
         s->backend_peer.family != 4)
         return false;
     /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
@@ -407,7 +422,7 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
     if (!r->last)
         return true; /* wait for the end of the refusal */
     *no_extended(s) = true;
-    s->sent_extended = false;
+    s->cur.sent_extended = false;
     GW_LOG_INFO(s->id, "event=backend_no_%s note=\"using %s from now on\"",
                 passive ? "epsv" : "eprt", passive ? "PASV" : "PORT");
     if (passive) {
@@ -415,7 +430,7 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
         return true;
     }
     char line[128];
-    size_t n = gw_format_port(line, sizeof line, &s->be_listen);
+    size_t n = gw_format_port(line, sizeof line, &s->cur.be_listen);
     if (n < 2)
         return false;
     line[n - 2] = 0;
@@ -491,7 +506,7 @@ static void arm_backend_leg(gw_session *s)
     drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
     bool v6 = s->backend_peer.family == 6;
     bool ext = v6 || !*no_extended(s);
-    s->sent_extended = ext;
+    s->cur.sent_extended = ext;
     if (s->fe->backend->data_mode == GW_DATA_PASSIVE) {
         forward(s, ext ? "EPSV" : "PASV", PEND_PASV);
         return;
@@ -504,7 +519,7 @@ static void arm_backend_leg(gw_session *s)
         reply(s, "425 Can't open data connection: cannot listen toward the server.\r\n");
         return;
     }
-    s->be_listen = local;
+    s->cur.be_listen = local;
     char line[128];
     size_t n = ext ? gw_format_eprt(line, sizeof line, &local)
                    : gw_format_port(line, sizeof line, &local);
@@ -523,10 +538,10 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
         reply(s, r->line);
         return;
     }
-    append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
+    append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
     if (!r->last)
         return;
-    s->held_code = r->code;
+    s->cur.held_code = r->code;
     bool backend_ok = r->code < 300;
     if (!backend_ok || !s->data || s->data_finished) {
         if (!backend_ok && s->data) {
@@ -542,11 +557,11 @@ static void backend_ready(gw_session *s)
     set_backend_state(s, BS_READY);
     if (s->be_after_login) {
         s->be_after_login = false;
-        if (s->held)
-            reply(s, s->held);
-        free(s->held);
-        s->held = NULL;
-        s->heldlen = 0;
+        if (s->cur.held)
+            reply(s, s->cur.held);
+        free(s->cur.held);
+        s->cur.held = NULL;
+        s->cur.heldlen = 0;
     }
     command_done(s);
 }
@@ -600,16 +615,16 @@ static void on_backend_tls_reply(gw_session *s, gw_reply_parser *r)
 
 static void on_abort_reply(gw_session *s, gw_reply_parser *r)
 {
-    if (s->abort_internal) {
+    if (s->cur.abort_internal) {
         /* Nothing of this reaches the client: it has its answer. The transfer's reply (if
          * any) and ABOR's come first; the NOOP's 200 ends the exchange. */
         if (r->last && r->code == 200) {
-            s->abort_internal = false;
+            s->cur.abort_internal = false;
             command_done(s);
         }
         return;
     }
-    bool for_transfer = !s->abort_xfer_sent && s->abort_expect == 2;
+    bool for_transfer = !s->cur.abort_xfer_sent && s->cur.abort_expect == 2;
     if (r->code < 200)
         return; /* a late 150 for the aborted transfer */
     if (for_transfer) {
@@ -624,36 +639,115 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
     if (!r->last)
         return;
     if (for_transfer)
-        s->abort_xfer_sent = true;
-    if (--s->abort_expect <= 0)
+        s->cur.abort_xfer_sent = true;
+    if (--s->cur.abort_expect <= 0)
         command_done(s);
+}
+
+/* The backend greeting (PEND_GREETING): relayed, or swallowed after REIN. */
+static void on_greeting_line(gw_session *s, gw_reply_parser *r)
+{
+    /* RFC 959: 120 (ready in nnn minutes) comes before the 220. Any other greeting is
+     * not relayed (a 230 or 5xx would mislead the client): it gets a 421 naming it. */
+    if (!s->swallow_greeting && (r->code == 120 || r->code == 220))
+        reply(s, r->line);
+    if (!r->last || r->code == 120)
+        return;
+    if (r->code != 220) {
+        char text[100], why[60];
+        snprintf(text, sizeof text,
+                 "421 Service not available: the server greeted with %d.\r\n", r->code);
+        snprintf(why, sizeof why, "backend greeted with %d", r->code);
+        session_fail(s, text, why);
+        return;
+    }
+    s->swallow_greeting = false;
+    if (s->fe->backend->tls == GW_BE_TLS_EXPLICIT)
+        forward(s, "AUTH TLS", PEND_BE_AUTH);
+    else if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT)
+        forward(s, "PBSZ 0", PEND_BE_PBSZ);
+    else
+        backend_ready(s);
+}
+
+/* FEAT is buffered whole and rewritten (PROTOCOL.md §3). */
+static void on_feat_line(gw_session *s, gw_reply_parser *r)
+{
+    append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
+    if (r->last) {
+        char out[FEAT_MAX + 512];
+        gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
+                          .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
+        if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
+            reply(s, out);
+        else
+            reply(s, "211 End\r\n");
+        free(s->featbuf);
+        s->featbuf = NULL;
+        s->featlen = 0;
+        command_done(s);
+    }
+}
+
+/* A relayed command's reply; USER/PASS and QUIT have their extra duties here. */
+static void on_relayed_line(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code == 530 && !strcmp(s->cur.verb, "PASS")) {
+        append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+        if (!r->last)
+            return;
+    } else if (r->code == 230 && s->be_prot_later) {
+        if (!r->last) {
+            append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+            return;
+        }
+    } else {
+        reply(s, r->line);
+    }
+    if (!r->last || r->code < 200)
+        return;
+    if (r->code == 230) {
+        s->logged_in = true;
+        if (s->be_prot_later) {
+            /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
+            append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+            s->be_prot_later = false;
+            s->be_after_login = true;
+            forward(s, "PBSZ 0", PEND_BE_PBSZ);
+            return;
+        }
+    }
+    if (s->pending == PEND_QUIT) {
+        session_fail(s, NULL, "quit");
+        return;
+    }
+    if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
+        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        if (++s->failed_logins >= 3) {
+            session_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
+            return;
+        }
+        s->reply_delay_until = now_ms(s) + FAILED_LOGIN_DELAY_MS;
+        rearm(s);
+        return; /* on_tick releases the 530 and the queue */
+    }
+    command_done(s);
+}
+
+/* Nothing outstanding: typically a 421 before the server closes. */
+static void on_unsolicited_line(gw_session *s, gw_reply_parser *r)
+{
+    /* Unsolicited: typically 421 before the server closes. */
+    reply(s, r->line);
+    if (r->last && r->code == 421)
+        session_fail(s, NULL, "backend sent 421");
 }
 
 static void on_reply_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
     case PEND_GREETING:
-        /* RFC 959: 120 (ready in nnn minutes) comes before the 220. Any other greeting is
-         * not relayed (a 230 or 5xx would mislead the client): it gets a 421 naming it. */
-        if (!s->swallow_greeting && (r->code == 120 || r->code == 220))
-            reply(s, r->line);
-        if (!r->last || r->code == 120)
-            return;
-        if (r->code != 220) {
-            char text[100], why[60];
-            snprintf(text, sizeof text,
-                     "421 Service not available: the server greeted with %d.\r\n", r->code);
-            snprintf(why, sizeof why, "backend greeted with %d", r->code);
-            session_fail(s, text, why);
-            return;
-        }
-        s->swallow_greeting = false;
-        if (s->fe->backend->tls == GW_BE_TLS_EXPLICIT)
-            forward(s, "AUTH TLS", PEND_BE_AUTH);
-        else if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT)
-            forward(s, "PBSZ 0", PEND_BE_PBSZ);
-        else
-            backend_ready(s);
+        on_greeting_line(s, r);
         return;
     case PEND_BE_AUTH:
     case PEND_BE_PBSZ:
@@ -670,72 +764,17 @@ static void on_reply_line(gw_session *s, gw_reply_parser *r)
         on_abort_reply(s, r);
         return;
     case PEND_FEAT:
-        append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
-        if (r->last) {
-            char out[FEAT_MAX + 512];
-            gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
-                              .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
-            if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
-                reply(s, out);
-            else
-                reply(s, "211 End\r\n");
-            free(s->featbuf);
-            s->featbuf = NULL;
-            s->featlen = 0;
-            command_done(s);
-        }
+        on_feat_line(s, r);
         return;
     case PEND_TRANSFER:
         on_transfer_reply(s, r);
         return;
     case PEND_RELAY:
     case PEND_QUIT:
-        if (r->code == 530 && !strcmp(s->pending_verb, "PASS")) {
-            append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
-            if (!r->last)
-                return;
-        } else if (r->code == 230 && s->be_prot_later) {
-            if (!r->last) {
-                append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
-                return;
-            }
-        } else {
-            reply(s, r->line);
-        }
-        if (!r->last || r->code < 200)
-            return;
-        if (r->code == 230) {
-            s->logged_in = true;
-            if (s->be_prot_later) {
-                /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
-                append(&s->held, &s->heldlen, r->line, r->len, HELD_MAX);
-                s->be_prot_later = false;
-                s->be_after_login = true;
-                forward(s, "PBSZ 0", PEND_BE_PBSZ);
-                return;
-            }
-        }
-        if (s->pending == PEND_QUIT) {
-            session_fail(s, NULL, "quit");
-            return;
-        }
-        if (r->code == 530 && strcmp(s->pending_verb, "PASS") == 0) {
-            GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
-            if (++s->failed_logins >= 3) {
-                session_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
-                return;
-            }
-            s->reply_delay_until = now_ms(s) + FAILED_LOGIN_DELAY_MS;
-            rearm(s);
-            return; /* on_tick releases the 530 and the queue */
-        }
-        command_done(s);
+        on_relayed_line(s, r);
         return;
     case PEND_NONE:
-        /* Unsolicited: typically 421 before the server closes. */
-        reply(s, r->line);
-        if (r->last && r->code == 421)
-            session_fail(s, NULL, "backend sent 421");
+        on_unsolicited_line(s, r);
         return;
     }
 }
@@ -744,7 +783,7 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
 {
     gw_session *s = c->owner;
     const uint8_t *p = (const uint8_t *)buf;
-    while (n > 0 && !s->closing) {
+    while (n > 0 && s->cstate != CS_CLOSING) {
         size_t used = 0;
         int r = gw_reply_feed(&s->reply, p, n, &used);
         p += used;
@@ -871,7 +910,7 @@ static void on_backend_resolved(uv_getaddrinfo_t *req, int status, struct addrin
         to.port = s->fe->backend->address.port;
     }
     uv_freeaddrinfo(res);
-    if (s->backend && !s->closing) {
+    if (s->backend && s->cstate != CS_CLOSING) {
         if (to.family)
             connect_backend_to(s, &to);
         else
@@ -889,7 +928,7 @@ static void connect_backend(gw_session *s)
     }
     s->handles++;
     set_backend_state(s, BS_CONNECTING);
-    s->pending = PEND_GREETING;
+    set_pending(s, PEND_GREETING);
     if (!s->fe->backend_by_name) {
         connect_backend_to(s, &s->fe->backend_addr);
         return;
@@ -1121,7 +1160,7 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
         reply(s, "522 PASV is IPv4 only: use EPSV.\r\n");
         return;
     }
-    s->want = epsv ? WANT_EPSV : WANT_PASV;
+    s->cur.want = epsv ? WANT_EPSV : WANT_PASV;
     arm_backend_leg(s);
 }
 
@@ -1150,8 +1189,8 @@ static void cmd_port(gw_session *s, bool eprt, const char *arg)
         reply(s, "504 Command not implemented for that parameter (bounce refused).\r\n");
         return;
     }
-    s->want = eprt ? WANT_EPRT : WANT_PORT;
-    s->want_addr = a;
+    s->cur.want = eprt ? WANT_EPRT : WANT_PORT;
+    s->cur.want_addr = a;
     arm_backend_leg(s);
 }
 
@@ -1168,7 +1207,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
         return;
     }
     forward(s, line, PEND_TRANSFER);
-    s->held_code = 0;
+    s->cur.held_code = 0;
     s->data_finished = false;
     s->xfer_bytes = 0;
     s->xfer_started_ms = now_ms(s);
@@ -1202,7 +1241,9 @@ static void handle_command(gw_session *s, const char *line)
     /* SECURITY: the PASS argument never reaches a log line. */
     GW_LOG_DEBUG(s->id, "event=command verb=%s arg=\"%.64s\"", cmd.verb,
                  strcmp(cmd.verb, "PASS") == 0 ? "***" : cmd.arg);
-    snprintf(s->pending_verb, sizeof s->pending_verb, "%s", cmd.verb);
+    free(s->cur.held); /* released with the previous command's reply; never carried over */
+    memset(&s->cur, 0, sizeof s->cur);
+    snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);
     const char *v = cmd.verb;
     bool upload;
     if (gate_before_tls(s, v))
@@ -1250,18 +1291,18 @@ static void cmd_abort(gw_session *s)
     }
     /* Close both legs now; the backend then reports the transfer, then ABOR. */
     drop_data(s, false);
-    s->abort_expect = 2;
-    s->abort_xfer_sent = false;
-    if (s->held_code) { /* the transfer's final reply is already here */
+    s->cur.abort_expect = 2;
+    s->cur.abort_xfer_sent = false;
+    if (s->cur.held_code) { /* the transfer's final reply is already here */
         reply(s, "426 Connection closed; transfer aborted.\r\n");
-        s->abort_xfer_sent = true;
-        s->abort_expect = 1;
+        s->cur.abort_xfer_sent = true;
+        s->cur.abort_expect = 1;
     }
-    free(s->held);
-    s->held = NULL;
-    s->heldlen = 0;
-    s->held_code = 0;
-    s->abort_started_ms = now_ms(s);
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
+    s->cur.held_code = 0;
+    s->cur.abort_started_ms = now_ms(s);
     forward(s, "ABOR", PEND_ABORT);
     rearm(s);
 }
@@ -1298,9 +1339,9 @@ static void consume(gw_session *s, size_t n)
 /* Take commands from the queue while nothing is outstanding. */
 static void pump(gw_session *s)
 {
-    if (s->pending == PEND_TRANSFER && s->inlen && !s->closing)
+    if (s->pending == PEND_TRANSFER && s->inlen && s->cstate != CS_CLOSING)
         peek_abort(s);
-    while (!s->closing && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
+    while (s->cstate != CS_CLOSING && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
         size_t used = 0;
         int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);
         consume(s, used);
@@ -1318,14 +1359,14 @@ static void pump(gw_session *s)
                 reply(s, "500 Command line too long.\r\n");
         }
     }
-    if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && !s->closing)
+    if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && s->cstate != CS_CLOSING)
         gw_conn_resume(s->client);
 }
 
 static void on_client_data(gw_conn *c, const char *buf, size_t n)
 {
     gw_session *s = c->owner;
-    if (s->closing)
+    if (s->cstate == CS_CLOSING)
         return;
     if (s->inlen + n > s->incap) {
         size_t cap = s->inlen + n;
@@ -1367,7 +1408,7 @@ static void on_client_handshake(gw_conn *c)
 static void on_client_eof(gw_conn *c, bool clean)
 {
     gw_session *s = c->owner;
-    if (s->closing) {
+    if (s->cstate == CS_CLOSING) {
         gw_conn_close(c);
         return;
     }
@@ -1378,7 +1419,7 @@ static void on_client_error(gw_conn *c, const char *why)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=client_error reason=\"%s\"", why);
-    if (s->closing)
+    if (s->cstate == CS_CLOSING)
         gw_conn_close(c);
     else
         session_fail(s, NULL, s->cstate == CS_HANDSHAKE ? "TLS handshake failed" : "client error");
@@ -1400,7 +1441,7 @@ static void on_client_close(gw_conn *c)
 {
     gw_session *s = c->owner;
     s->client = NULL;
-    if (!s->closing)
+    if (s->cstate != CS_CLOSING)
         session_fail(s, NULL, "client gone");
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
     release(s);

@@ -62,7 +62,7 @@ def test_curl_30_downloads_one_session(gateway, backend, blobs, scratch, fronten
     check(curl(*args))
     got = {n: sha256_file(scratch / n) for n in names if (scratch / n).exists()}
     assert got == sums
-    log = gw.log_since(start)
+    log = gw.log_since(start, 100000)
     assert "data_tls_refused" not in log
     assert log.count("event=session_start") == 1, "curl had to reconnect"
 
@@ -83,7 +83,7 @@ def test_curl_30_uploads_one_session(gateway, backend, blobs, scratch, frontend)
     check(curl(*args))
     got = {n: sha256_file(backend.path(n)) for n in sums if backend.path(n).exists()}
     assert got == sums
-    log = gw.log_since(start)
+    log = gw.log_since(start, 100000)
     assert "data_tls_refused" not in log
     assert log.count("event=session_start") == 1, "curl had to reconnect"
 
@@ -163,7 +163,7 @@ def test_commands_pipelined_after_rein_under_tls_are_answered(gateway, backend, 
         assert codes == [200, 220, 503, 503]
         c.unwrap()
         assert c.cmd("FEAT")[0] == 211  # in clear again, a fresh session
-        log = gw.log_since(start)
+        log = gw.log_since(start, 100000)
         assert 'event=rein_pipelined answered=2' in log
     finally:
         c.close()
