@@ -5,12 +5,34 @@
 #define GW_DATA_H
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
 #include "ftp_addr.h"
 #include "pasv_pool.h"
 #include "tls.h"
 
-struct gw_session;
 typedef struct gw_data gw_data;
+
+/* How the data legs of a transfer ended; the owner maps it to the client's reply. */
+enum gw_data_result {
+    GW_DATA_OK,
+    GW_DATA_ABORTED,        /* a leg broke: 426 */
+    GW_DATA_TIMEOUT,        /* no progress for data_timeout: 426 */
+    GW_DATA_UNSAFE_EOF,     /* upload ended without close_notify (strict_tls_eof): 426 */
+    GW_DATA_NOT_RESUMED,    /* data TLS did not resume this control session: 522 */
+    GW_DATA_CLIENT_FAILED,  /* the client's leg could not be opened: 425 */
+    GW_DATA_BACKEND_FAILED, /* the backend's leg could not be opened: 425 */
+};
+
+/* Called once per transfer when its legs are done; bytes: payload that reached the
+ * destination. Never called after gw_data_release. */
+typedef void (*gw_data_done_cb)(void *owner, enum gw_data_result result, uint64_t bytes);
+
+typedef struct gw_data_limits {
+    uint64_t connect_timeout_ms; /* data_connect_timeout */
+    uint64_t data_timeout_ms;    /* data_timeout */
+    enum gw_splice_mode splice;
+} gw_data_limits;
 
 /* TLS of the two data legs; a NULL context or engine means that leg is in clear. */
 typedef struct gw_data_tls {
@@ -21,10 +43,12 @@ typedef struct gw_data_tls {
     gw_tls *backend_engine; /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
 
-gw_data *gw_data_new(struct gw_session *s);
+gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim,
+                     gw_data_done_cb done, void *owner);
 /* Client leg, passive: listen on bind_addr with a port from the pool (written back). 0 or -1
- * when no port is free. Only the control peer may connect. */
-int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool);
+ * when no port is free. Only `expect` (the control peer) may connect. */
+int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
+                           const gw_addr *expect);
 /* Client leg, active: connect to `to` from `from` (port 0: any) when the transfer starts. */
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from);
 /* Backend leg, active: listen on bind_addr (port written back); only `expect` may connect. */

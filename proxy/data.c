@@ -12,13 +12,13 @@
 #include "conn.h"
 #include "ftp_codes.h"
 #include "log.h"
-#include "session.h"
 #include "splice.h"
 
 #define LINGER_MS 5000
 
 struct gw_data {
-    struct gw_session *s; /* NULL once released by the session */
+    gw_data_done_cb done; /* the owner's callback; NULL once released by the owner */
+    void *owner;
     uv_loop_t *loop;
     uint64_t sid;
     uv_tcp_t *client_listener, *backend_listener;
@@ -85,7 +85,7 @@ static void stop_splice(gw_data *d)
     d->splice = NULL;
 }
 
-static void finish(gw_data *d, bool ok, const char *reply)
+static void finish(gw_data *d, enum gw_data_result result)
 {
     if (d->finished)
         return;
@@ -93,14 +93,14 @@ static void finish(gw_data *d, bool ok, const char *reply)
     stop_splice(d);
     uv_timer_stop(d->timer);
     gw_conn *dst = d->upload ? d->backend : d->client;
-    if (d->s)
-        gw_session_data_finished(d->s, ok, reply, dst ? dst->payload_out : 0);
+    if (d->done)
+        d->done(d->owner, result, dst ? dst->payload_out : 0);
 }
 
-static void fail(gw_data *d, const char *reply, const char *why)
+static void fail_data(gw_data *d, enum gw_data_result result, const char *why)
 {
     GW_LOG_WARN(d->sid, "event=data_failed reason=\"%s\"", why);
-    finish(d, false, reply);
+    finish(d, result);
 }
 
 static gw_conn *other(gw_data *d, gw_conn *c)
@@ -139,7 +139,7 @@ static void on_splice_error(void *arg, const char *why)
 {
     gw_data *d = arg;
     d->splice = NULL;
-    fail(d, "426 Connection closed; transfer aborted.\r\n", why);
+    fail_data(d, GW_DATA_ABORTED, why);
 }
 
 static const gw_splice_ops splice_ops = {on_spliced, on_splice_eof, on_splice_error};
@@ -227,7 +227,7 @@ static void on_leg_eof(gw_conn *c, bool clean)
         /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload.
          * Fail it, and reset the backend leg so the server cannot report success. */
         if (d->strict_eof && c == d->client) {
-            fail(d, "426 Transfer aborted: upload ended without TLS close_notify.\r\n",
+            fail_data(d, GW_DATA_UNSAFE_EOF,
                  "upload without close_notify (strict_tls_eof)");
             return;
         }
@@ -251,12 +251,12 @@ static void on_leg_shutdown(gw_conn *c, int status)
         GW_LOG_INFO(d->sid, "event=data_peer_closed_first bytes=%llu",
                     (unsigned long long)c->payload_out);
     } else if (status != 0) {
-        fail(d, "426 Connection closed; transfer aborted.\r\n", uv_strerror(status));
+        fail_data(d, GW_DATA_ABORTED, uv_strerror(status));
         return;
     }
     GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
                  d->upload ? "upload" : "download", (unsigned long long)c->payload_out);
-    finish(d, true, NULL);
+    finish(d, GW_DATA_OK);
 }
 
 static void on_leg_error(gw_conn *c, const char *why)
@@ -267,7 +267,7 @@ static void on_leg_error(gw_conn *c, const char *why)
         gw_conn_close(c);
         return;
     }
-    fail(d, "426 Connection closed; transfer aborted.\r\n", why);
+    fail_data(d, GW_DATA_ABORTED, why);
 }
 
 static void on_leg_close(gw_conn *c)
@@ -305,7 +305,7 @@ static void on_client_handshake(gw_conn *c)
                         r == 0 ? "session not resumed" : "resumed another client's session");
             /* A clean close, as vsftpd does, so that the client goes on to read the 522. */
             gw_conn_shutdown(c);
-            finish(d, false, "522 TLS session of data connection not resumed.\r\n");
+            finish(d, GW_DATA_NOT_RESUMED);
             return;
         }
         GW_LOG_INFO(d->sid, "event=data_tls_not_resumed policy=optional");
@@ -337,7 +337,7 @@ static void start_client_leg(gw_data *d)
     /* The gateway is the TLS server toward the client whichever side connected. */
     int r = gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA);
     if (r != 0)
-        fail(d, "425 Can't open data connection.\r\n", uv_strerror(r));
+        fail_data(d, GW_DATA_CLIENT_FAILED, uv_strerror(r));
 }
 
 static void start_backend_leg(gw_data *d)
@@ -350,7 +350,7 @@ static void start_backend_leg(gw_data *d)
     d->backend_engine = NULL;
     int r = gw_conn_attach_tls(d->backend, t);
     if (r != 0)
-        fail(d, "425 Can't open data connection to the server.\r\n", uv_strerror(r));
+        fail_data(d, GW_DATA_BACKEND_FAILED, uv_strerror(r));
 }
 
 static void on_leg_connect(gw_conn *c, int status)
@@ -374,8 +374,7 @@ static void on_leg_connect(gw_conn *c, int status)
         return;
     }
     if (status != 0) {
-        fail(d, client ? "425 Can't open data connection.\r\n"
-                       : "425 Can't open data connection to the server.\r\n",
+        fail_data(d, client ? GW_DATA_CLIENT_FAILED : GW_DATA_BACKEND_FAILED,
              uv_strerror(status));
         return;
     }
@@ -426,7 +425,7 @@ static void on_data_connection(uv_stream_t *server, int status)
                     client ? "client-data" : "backend-data");
         close_listener(d, (uv_tcp_t *)server);
         if (d->started)
-            fail(d, "425 Can't open data connection.\r\n", "out of memory");
+            fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
         return;
     }
     gw_addr peer;
@@ -476,7 +475,7 @@ static void on_timer(uv_timer_t *t)
         if (now - d->last_progress < d->connect_timeout_ms)
             return;
         if (d->started) {
-            fail(d, "425 Can't open data connection.\r\n", "data connection timeout");
+            fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
             close_listener(d, d->client_listener);
@@ -487,10 +486,11 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     if (now - d->last_progress >= d->data_timeout_ms)
-        fail(d, "426 Connection closed; transfer aborted (data timeout).\r\n", "data timeout");
+        fail_data(d, GW_DATA_TIMEOUT, "data timeout");
 }
 
-gw_data *gw_data_new(struct gw_session *s)
+gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim,
+                     gw_data_done_cb done, void *owner)
 {
     gw_data *d = calloc(1, sizeof *d);
     uv_timer_t *t = malloc(sizeof *t);
@@ -499,16 +499,16 @@ gw_data *gw_data_new(struct gw_session *s)
         free(t);
         return NULL;
     }
-    uv_timer_init(s->loop, t);
+    uv_timer_init(loop, t);
     t->data = d;
-    d->s = s;
-    d->loop = s->loop;
-    d->sid = s->id;
+    d->done = done;
+    d->owner = owner;
+    d->loop = loop;
+    d->sid = sid;
     d->timer = t;
-    const gw_config *cfg = s->fe->cfg;
-    d->connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000;
-    d->data_timeout_ms = (uint64_t)cfg->data_timeout * 1000;
-    d->splice_mode = cfg->splice;
+    d->connect_timeout_ms = lim->connect_timeout_ms;
+    d->data_timeout_ms = lim->data_timeout_ms;
+    d->splice_mode = lim->splice;
     d->last_progress = uv_now(d->loop);
     uv_timer_start(t, on_timer, 1000, 1000);
     return d;
@@ -530,7 +530,8 @@ static uv_tcp_t *listen_on_fd(gw_data *d, int fd)
     return l;
 }
 
-int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool)
+int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
+                           const gw_addr *expect)
 {
     int fd = gw_pasv_pool_listen(pool, bind_addr);
     if (fd < 0)
@@ -542,7 +543,7 @@ int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool)
     }
     d->pool = pool;
     d->client_port = bind_addr->port;
-    d->expect_client = d->s->client_peer;
+    d->expect_client = *expect;
     gw_addr_normalize(&d->expect_client);
     return 0;
 }
@@ -623,7 +624,7 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);
     d->last_progress = uv_now(d->loop);
     if (d->backend_passive && !d->backend) {
-        fail(d, "425 Can't open data connection to the server.\r\n", "connect failed");
+        fail_data(d, GW_DATA_BACKEND_FAILED, "connect failed");
         return;
     }
     if (d->backend && d->backend_connected)
@@ -631,7 +632,7 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
         if (!d->client)
-            fail(d, "425 Can't open data connection.\r\n", "connect failed");
+            fail_data(d, GW_DATA_CLIENT_FAILED, "connect failed");
     } else if (d->client) {
         start_client_leg(d);
     }
@@ -662,7 +663,7 @@ void gw_data_release(gw_data *d, bool ok)
     if (d->released)
         return;
     d->released = true;
-    d->s = NULL;
+    d->done = NULL;
     stop_splice(d);
     close_listener(d, d->client_listener);
     close_listener(d, d->backend_listener);

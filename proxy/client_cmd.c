@@ -1,0 +1,455 @@
+/* The client command pipeline: the queue of the client's bytes, one command at a time,
+ * the policy gate before TLS, and the commands the gateway answers itself (AUTH, PBSZ,
+ * PROT, CCC, REIN, PASV/EPSV/PORT/EPRT, ABOR, the PROT check of transfers). Everything else
+ * is relayed to the backend. */
+#include "session_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "data.h"
+#include "log.h"
+
+#define MAX_LONG_LINES 3
+
+/* RFC 4217 §4 / PROTOCOL.md §3: with require_tls only a few commands are served in clear. */
+static bool gate_before_tls(gw_session *s, const gw_cmd_def *def)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->tls_up || s->ccc)
+        return false;
+    if (def->flags & GW_CMDF_BEFORE_TLS)
+        return false;
+    /* SECURITY: no credentials in clear. */
+    if (def->id == GW_CMD_USER || def->id == GW_CMD_PASS)
+        gw_sess_reply(s, "530 TLS required: send AUTH TLS before USER and PASS.\r\n");
+    else
+        gw_sess_reply(s, "530 Please log in over TLS (AUTH TLS) first.\r\n");
+    return true;
+}
+
+static void cmd_auth(gw_session *s, const char *arg)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (fc->mode == GW_FE_PLAIN) {
+        gw_sess_reply(s, "502 AUTH not supported on this frontend.\r\n");
+        return;
+    }
+    if (s->tls_up || s->ccc) {
+        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
+                     ? "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n"
+                     : "503 Already protected by TLS.\r\n");
+        return;
+    }
+    if (s->user_sent) {
+        gw_sess_reply(s, "503 AUTH must come before USER.\r\n");
+        return;
+    }
+    if (strcasecmp(arg, "TLS") && strcasecmp(arg, "TLS-C") && strcasecmp(arg, "SSL")) {
+        gw_sess_reply(s, "504 AUTH mechanism not supported (use TLS or SSL).\r\n");
+        return;
+    }
+    gw_sess_reply(s, "234 Proceed with TLS negotiation.\r\n");
+    /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
+    if (s->inlen)
+        GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);
+    s->inlen = 0;
+    gw_cmd_init(&s->cmd);
+    gw_sess_set_client_state(s, CS_AUTH);
+    int r = gw_conn_start_tls(s->client, s->fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+    if (r != 0)
+        gw_sess_fail(s, NULL, uv_strerror(r));
+}
+
+/* RFC 4217 §5: 200, then our close_notify at once (curl never answers with its own). */
+static void cmd_ccc(gw_session *s)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (!s->tls_up) {
+        gw_sess_reply(s, "533 CCC needs a protected control connection.\r\n");
+        return;
+    }
+    if (fc->mode == GW_FE_IMPLICIT || !fc->allow_ccc) {
+        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
+                     ? "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
+                     : "534 CCC refused by policy.\r\n");
+        return;
+    }
+    gw_sess_reply(s, "200 Control connection now in clear.\r\n");
+    gw_conn_clear_tls(s->client, NULL);
+    s->tls_up = false;
+    s->ccc = true;
+    GW_LOG_INFO(s->id, "event=ccc note=\"control connection in clear from now on\"");
+}
+
+/* REIN under TLS: the protection ends with the reset, so what the client queued behind it
+ * is not run in the new state (SECURITY: nothing crosses from TLS into clear); each
+ * complete command gets 503 inside TLS and a partial line is dropped. In clear the queue is
+ * simply taken after the reset, in order. */
+static void answer_queued_before_reset(gw_session *s)
+{
+    int answered = 0;
+    size_t off = 0, partial = 0;
+    while (off < s->inlen) {
+        size_t used = 0;
+        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf + off, s->inlen - off, &used);
+        off += used;
+        if (r == GW_CMD_AGAIN) {
+            partial = s->cmd.len;
+            break;
+        }
+        gw_sess_reply(s, "503 Command sent before REIN completed; send it again.\r\n");
+        answered++;
+    }
+    if (answered || partial)
+        GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered,
+                    partial);
+    s->inlen = 0;
+    gw_cmd_init(&s->cmd);
+}
+
+/* REIN: the gateway answers it (vsftpd says 502); the session starts over with a fresh
+ * backend connection (PROTOCOL.md §2, §3, §6). */
+static void cmd_rein(gw_session *s)
+{
+    bool implicit = s->fe->conf->mode == GW_FE_IMPLICIT;
+    gw_sess_reply(s, "220 Service ready for new user.\r\n");
+    gw_sess_drop_data(s, false);
+    if (s->tls_up)
+        answer_queued_before_reset(s);
+    s->logged_in = s->user_sent = s->prot_p = s->pbsz = s->epsv_all = s->ccc = false;
+    s->be_prot_p = s->be_prot_later = s->be_after_login = false;
+    s->started_ms = s->last_active_ms = gw_sess_now(s);
+    if (s->backend)
+        gw_conn_close(s->backend);
+    s->backend = NULL;
+    gw_sess_set_backend_state(s, BS_IDLE);
+    gw_reply_init(&s->reply);
+    GW_LOG_INFO(s->id, "event=rein");
+    gw_sess_rearm(s);
+    if (s->tls_up) {
+        s->tls_up = false;
+        gw_conn_clear_tls(s->client, implicit ? s->fe->tls_ctx : NULL);
+    }
+    if (implicit) {
+        gw_sess_set_client_state(s, CS_HANDSHAKE); /* a new ClientHello, then a fresh greeting */
+        return;
+    }
+    s->swallow_greeting = true;
+    gw_backend_connect(s);
+}
+
+static void cmd_pbsz(gw_session *s, const char *arg)
+{
+    if (!s->tls_up) {
+        gw_sess_reply(s, "503 PBSZ needs a protected control connection (AUTH TLS first).\r\n");
+        return;
+    }
+    if (!*arg || strspn(arg, "0123456789") != strlen(arg)) {
+        gw_sess_reply(s, "501 PBSZ needs a number.\r\n");
+        return;
+    }
+    s->pbsz = true;
+    gw_sess_reply(s, "200 PBSZ=0\r\n");
+}
+
+static void cmd_prot(gw_session *s, const char *arg)
+{
+    if (!s->tls_up || !s->pbsz) {
+        gw_sess_reply(s, "503 PROT needs PBSZ first.\r\n");
+        return;
+    }
+    if (!arg[0] || arg[1]) {
+        gw_sess_reply(s, arg[0] ? "504 PROT level not supported.\r\n" : "501 PROT needs a level.\r\n");
+        return;
+    }
+    switch (arg[0] | 0x20) {
+    case 'c':
+        s->prot_p = false;
+        gw_sess_reply(s, "200 PROT now Clear.\r\n");
+        return;
+    case 'p':
+        s->prot_p = true;
+        gw_sess_reply(s, "200 PROT now Private.\r\n");
+        return;
+    case 's':
+    case 'e':
+        gw_sess_reply(s, "536 PROT level not supported.\r\n");
+        return;
+    default:
+        gw_sess_reply(s, "504 PROT level not supported.\r\n");
+    }
+}
+
+static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
+{
+    gw_addr_normalize(&s->client_local);
+    if (epsv && arg[0]) {
+        int family = 0;
+        int r = gw_parse_epsv_arg(arg, &family);
+        if (r == 1) {
+            s->epsv_all = true;
+            gw_sess_drop_data(s, false);
+            gw_sess_reply(s, "200 EPSV ALL ok.\r\n");
+            return;
+        }
+        if (r < 0 || (family && family != s->client_local.family)) {
+            gw_sess_reply(s, r == -1 ? "501 Bad EPSV argument.\r\n"
+                             : "522 Network protocol not supported, use (1,2)\r\n");
+            return;
+        }
+    }
+    if (!epsv && s->epsv_all) {
+        gw_sess_reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        return;
+    }
+    /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
+    if (!epsv && !s->fe->pasv_addr.family && s->client_local.family == 6) {
+        gw_sess_reply(s, "522 PASV is IPv4 only: use EPSV.\r\n");
+        return;
+    }
+    s->cur.want = epsv ? WANT_EPSV : WANT_PASV;
+    gw_relay_arm_backend_leg(s);
+}
+
+/* PORT/EPRT: the gateway will connect to the client. */
+static void cmd_port(gw_session *s, bool eprt, const char *arg)
+{
+    if (s->epsv_all) {
+        gw_sess_reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        return;
+    }
+    gw_addr a;
+    int r = eprt ? gw_parse_eprt_arg(arg, &a) : gw_parse_port_arg(arg, &a);
+    if (r == -2) {
+        gw_sess_reply(s, "522 Network protocol not supported, use (1,2)\r\n");
+        return;
+    }
+    if (r != 0) {
+        gw_sess_reply(s, eprt ? "501 Bad EPRT argument.\r\n" : "501 Bad PORT argument.\r\n");
+        return;
+    }
+    gw_addr_normalize(&a);
+    /* SECURITY: RFC 2577 bounce attack: only the control peer, only unprivileged ports. */
+    if (!gw_addr_same_host(&a, &s->client_peer) || a.port < 1024) {
+        GW_LOG_WARN(s->id, "event=port_refused addr=%s reason=\"%s\"", gw_addr_str(&a),
+                    a.port < 1024 ? "privileged port" : "not the control peer");
+        gw_sess_reply(s, "504 Command not implemented for that parameter (bounce refused).\r\n");
+        return;
+    }
+    s->cur.want = eprt ? WANT_EPRT : WANT_PORT;
+    s->cur.want_addr = a;
+    gw_relay_arm_backend_leg(s);
+}
+
+static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
+{
+    /* SECURITY: require_prot_p keeps data off the wire in clear (RFC 4217 §10.2). */
+    if (s->fe->conf->require_prot_p && s->fe->conf->mode != GW_FE_PLAIN && !s->prot_p) {
+        gw_sess_reply(s, "521 Data connection cannot be opened with this PROT setting.\r\n");
+        return;
+    }
+    if (!s->data || !gw_data_usable(s->data)) {
+        gw_sess_drop_data(s, false);
+        gw_sess_reply(s, "425 Use PORT, EPRT, PASV or EPSV first.\r\n");
+        return;
+    }
+    gw_backend_send(s, line, PEND_TRANSFER);
+    s->cur.held_code = 0;
+    s->data_finished = false;
+    s->xfer_bytes = 0;
+    s->xfer_started_ms = gw_sess_now(s);
+    const char *sp = strchr(line, ' ');
+    snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
+    GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
+    gw_data_tls tls = {
+        .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
+        .tag = s->has_tag ? s->tag : NULL,
+        .reuse_required = s->fe->cfg->data_session_reuse_required,
+        /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured). */
+        .strict_eof = s->fe->cfg->strict_tls_eof != 0,
+    };
+    if (s->be_prot_p) {
+        /* Offer the backend control session: servers such as vsftpd require it. */
+        tls.backend_engine =
+            gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_DATA, s->fe->backend_host,
+                              s->fe->backend->tls_verify, s->backend->tls);
+    }
+    gw_data_start(s->data, upload, &tls);
+}
+
+static void cmd_abort(gw_session *s);
+
+static void handle_command(gw_session *s, const char *line)
+{
+    gw_cmd cmd;
+    s->last_active_ms = gw_sess_now(s);
+    if (gw_cmd_split(line, &cmd) != 0) {
+        gw_sess_reply(s, "500 Syntax error, command unrecognized.\r\n");
+        return;
+    }
+    const gw_cmd_def *def = cmd.def;
+    /* SECURITY: the PASS argument never reaches a log line. */
+    GW_LOG_DEBUG(s->id, "event=command verb=%s arg=\"%.64s\"", cmd.verb,
+                 def->id == GW_CMD_PASS ? "***" : cmd.arg);
+    free(s->cur.held); /* released with the previous command's reply; never carried over */
+    memset(&s->cur, 0, sizeof s->cur);
+    snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);
+    if (gate_before_tls(s, def))
+        return;
+    if (def->flags & GW_CMDF_TRANSFER) {
+        cmd_transfer(s, line, cmd.verb, (def->flags & GW_CMDF_UPLOAD) != 0);
+        return;
+    }
+    switch (def->id) {
+    case GW_CMD_AUTH:
+        cmd_auth(s, cmd.arg);
+        break;
+    case GW_CMD_PBSZ:
+        cmd_pbsz(s, cmd.arg);
+        break;
+    case GW_CMD_PROT:
+        cmd_prot(s, cmd.arg);
+        break;
+    case GW_CMD_CCC:
+        cmd_ccc(s);
+        break;
+    case GW_CMD_CPSV:
+    case GW_CMD_SSCN:
+        gw_sess_reply(s, "502 Command not implemented.\r\n");
+        break;
+    case GW_CMD_PASV:
+    case GW_CMD_EPSV:
+        cmd_pasv(s, def->id == GW_CMD_EPSV, cmd.arg);
+        break;
+    case GW_CMD_PORT:
+    case GW_CMD_EPRT:
+        cmd_port(s, def->id == GW_CMD_EPRT, cmd.arg);
+        break;
+    case GW_CMD_REIN:
+        cmd_rein(s);
+        break;
+    case GW_CMD_FEAT:
+        gw_backend_send(s, "FEAT", PEND_FEAT);
+        break;
+    case GW_CMD_QUIT:
+        gw_backend_send(s, "QUIT", PEND_QUIT);
+        break;
+    case GW_CMD_ABOR:
+        cmd_abort(s);
+        break;
+    case GW_CMD_USER:
+        s->user_sent = true;
+        snprintf(s->user, sizeof s->user, "%s", cmd.arg);
+        gw_backend_send(s, line, PEND_RELAY);
+        break;
+    default: /* every other verb is relayed verbatim */
+        gw_backend_send(s, line, PEND_RELAY);
+        break;
+    }
+}
+
+static void cmd_abort(gw_session *s)
+{
+    GW_LOG_INFO(s->id, "event=abort during_transfer=%s", s->pending == PEND_TRANSFER ? "yes" : "no");
+    if (s->pending != PEND_TRANSFER) {
+        gw_sess_drop_data(s, false);
+        gw_backend_send(s, "ABOR", PEND_RELAY);
+        return;
+    }
+    /* Close both legs now; the backend then reports the transfer, then ABOR. */
+    gw_sess_drop_data(s, false);
+    s->cur.abort_expect = 2;
+    s->cur.abort_xfer_sent = false;
+    if (s->cur.held_code) { /* the transfer's final reply is already here */
+        gw_sess_reply(s, "426 Connection closed; transfer aborted.\r\n");
+        s->cur.abort_xfer_sent = true;
+        s->cur.abort_expect = 1;
+    }
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
+    s->cur.held_code = 0;
+    s->cur.abort_started_ms = gw_sess_now(s);
+    gw_backend_send(s, "ABOR", PEND_ABORT);
+    gw_sess_rearm(s);
+}
+
+/* During a transfer only ABOR (with or without IAC IP / IAC DM before it) is taken out of
+ * the queue; anything else waits for the transfer's end. */
+static void consume(gw_session *s, size_t n);
+
+static void peek_abort(gw_session *s)
+{
+    gw_cmd_parser *tmp = malloc(sizeof *tmp);
+    if (!tmp)
+        return;
+    *tmp = s->cmd;
+    size_t used = 0;
+    gw_cmd c;
+    if (gw_cmd_feed(tmp, (const uint8_t *)s->inbuf, s->inlen, &used) == GW_CMD_LINE &&
+        gw_cmd_split(tmp->line, &c) == 0 && c.def->id == GW_CMD_ABOR) {
+        s->cmd = *tmp;
+        s->cmd.tn_reply_len = 0;
+        consume(s, used);
+        s->last_active_ms = gw_sess_now(s);
+        cmd_abort(s);
+    }
+    free(tmp);
+}
+
+static void consume(gw_session *s, size_t n)
+{
+    memmove(s->inbuf, s->inbuf + n, s->inlen - n);
+    s->inlen -= n;
+}
+
+/* Take commands from the queue while nothing is outstanding. */
+void gw_cmdq_pump(gw_session *s)
+{
+    if (s->pending == PEND_TRANSFER && s->inlen && s->cstate != CS_CLOSING)
+        peek_abort(s);
+    while (s->cstate != CS_CLOSING && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
+        size_t used = 0;
+        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);
+        consume(s, used);
+        if (s->cmd.tn_reply_len) {
+            gw_conn_write(s->client, s->cmd.tn_reply, s->cmd.tn_reply_len);
+            s->cmd.tn_reply_len = 0;
+        }
+        if (r == GW_CMD_LINE) {
+            handle_command(s, s->cmd.line);
+        } else if (r == GW_CMD_TOOLONG) {
+            GW_LOG_WARN(s->id, "event=line_too_long max=%d", GW_CMD_LINE_MAX);
+            if (++s->too_long >= MAX_LONG_LINES)
+                gw_sess_fail(s, "421 Too many overlong command lines.\r\n", "line abuse");
+            else
+                gw_sess_reply(s, "500 Command line too long.\r\n");
+        }
+    }
+    if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && s->cstate != CS_CLOSING)
+        gw_conn_resume(s->client);
+}
+
+/* The client's bytes join the queue; commands are taken while nothing is outstanding. */
+void gw_cmdq_receive(gw_session *s, const char *buf, size_t n)
+{
+    if (s->inlen + n > s->incap) {
+        size_t cap = s->inlen + n;
+        char *nb = realloc(s->inbuf, cap);
+        if (!nb) {
+            gw_sess_fail(s, "421 Out of memory.\r\n", "out of memory");
+            return;
+        }
+        s->inbuf = nb;
+        s->incap = cap;
+    }
+    memcpy(s->inbuf + s->inlen, buf, n);
+    s->inlen += n;
+    gw_cmdq_pump(s);
+    /* The queue is full: stop reading until commands are answered. */
+    if (s->inlen > INBUF_MAX)
+        gw_conn_pause(s->client);
+}

@@ -1,0 +1,478 @@
+/* The reply relay: each backend reply goes where the pending exchange says (PROTOCOL.md
+ * §4-§6): PASV/PORT replies arm the data channel, a transfer's final reply waits for its
+ * data legs, ABOR's replies are sequenced, FEAT is rewritten, USER/PASS replies count
+ * logins. Also the transfer log. */
+#include "session_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "data.h"
+#include "feat.h"
+#include "log.h"
+
+#define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
+#define FAILED_LOGIN_DELAY_MS 1000
+
+/* One line per finished transfer, key=value like the main log. */
+static void write_xferlog(gw_session *s, const char *result)
+{
+    int fd = s->fe->gen->xferlog_fd;
+    if (fd < 0)
+        return;
+    char line[768], ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int n = snprintf(line, sizeof line,
+                     "%s session=%llu peer=%s user=\"%s\" verb=%s file=\"%s\" bytes=%llu "
+                     "ms=%llu code=%d result=%s\n",
+                     ts, (unsigned long long)s->id, gw_addr_str(&s->client_peer), s->user,
+                     s->cur.verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
+                     (unsigned long long)(gw_sess_now(s) - s->xfer_started_ms), s->cur.held_code, result);
+    if (n > 0) {
+        ssize_t w = write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        (void)w;
+    }
+}
+
+static void complete_transfer(gw_session *s)
+{
+    bool backend_ok = s->cur.held_code >= 200 && s->cur.held_code < 300;
+    if (s->data_finished && !s->data_ok)
+        gw_sess_reply(s, s->data_fail_reply); /* the client's leg broke: never report success */
+    else if (s->cur.held)
+        gw_sess_reply(s, s->cur.held);
+    const char *result = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->cur.verb,
+                s->cur.held_code, result, (unsigned long long)s->xfer_bytes);
+    write_xferlog(s, result);
+    gw_sess_drop_data(s, backend_ok && s->data_ok);
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
+    gw_sess_command_done(s);
+}
+
+/* The transfer cannot end normally: the client gets `text` now, the backend an ABOR with a
+ * NOOP behind it. The NOOP's 200 marks the end of the exchange: it cannot be mistaken for
+ * the transfer's reply or ABOR's (225/226), however many of those come. A backend that
+ * answers nothing within ABORT_TIMEOUT_MS ends the session. */
+void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+{
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
+                       "note=\"ABOR sent to the server\"",
+                s->cur.verb, why);
+    gw_sess_drop_data(s, false);
+    gw_sess_reply(s, text);
+    write_xferlog(s, "failed");
+    free(s->cur.held);
+    s->cur.held = NULL;
+    s->cur.heldlen = 0;
+    s->cur.abort_internal = true;
+    s->cur.abort_expect = 2;
+    s->cur.abort_started_ms = gw_sess_now(s);
+    gw_backend_send(s, "ABOR", PEND_ABORT);
+    if (s->backend)
+        gw_conn_write_str(s->backend, "NOOP\r\n");
+    gw_sess_rearm(s);
+}
+
+static const char *data_result_reply(enum gw_data_result r)
+{
+    switch (r) {
+    case GW_DATA_OK:
+        return NULL;
+    case GW_DATA_TIMEOUT:
+        return "426 Connection closed; transfer aborted (data timeout).\r\n";
+    case GW_DATA_UNSAFE_EOF:
+        return "426 Transfer aborted: upload ended without TLS close_notify.\r\n";
+    case GW_DATA_NOT_RESUMED:
+        return "522 TLS session of data connection not resumed.\r\n";
+    case GW_DATA_CLIENT_FAILED:
+        return "425 Can't open data connection.\r\n";
+    case GW_DATA_BACKEND_FAILED:
+        return "425 Can't open data connection to the server.\r\n";
+    case GW_DATA_ABORTED:
+        break;
+    }
+    return "426 Connection closed; transfer aborted.\r\n";
+}
+
+/* data.c: the transfer's data legs are done (or failed). */
+static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes)
+{
+    gw_session *s = owner;
+    bool ok = result == GW_DATA_OK;
+    s->data_finished = true;
+    s->data_done_ms = gw_sess_now(s);
+    s->xfer_bytes = bytes;
+    s->data_ok = ok;
+    if (!ok) {
+        snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
+        /* Abort both legs now so the backend notices. */
+        gw_data_release(s->data, false);
+        s->data = NULL;
+        /* The backend may never end this transfer by itself (pyftpdlib waits for a new
+         * data connection after a reset one). */
+        if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
+            gw_relay_abort_transfer(s, s->data_fail_reply, "data leg failed");
+            return;
+        }
+    }
+    if (s->pending == PEND_TRANSFER && s->cur.held_code)
+        complete_transfer(s);
+    else
+        gw_sess_rearm(s); /* the final reply now has data_timeout to arrive */
+}
+
+static gw_data *new_data(gw_session *s)
+{
+    const gw_config *cfg = s->fe->cfg;
+    gw_data_limits lim = {
+        .connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000,
+        .data_timeout_ms = (uint64_t)cfg->data_timeout * 1000,
+        .splice = cfg->splice,
+    };
+    return gw_data_new(s->loop, s->id, &lim, on_data_done, s);
+}
+
+/* A client that resumes each TLS 1.3 ticket once (curl, OpenSSL) finds a fresh one, tagged
+ * for this control connection, in front of the reply that precedes its data connection. */
+static void offer_data_ticket(gw_session *s)
+{
+    if (s->prot_p && s->tls_up && s->client && s->client->tls &&
+        gw_tls_new_ticket(s->client->tls) != 0)
+        GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
+}
+
+/* The backend leg is armed: now the client's leg, and the client's answer. */
+static void arm_client_leg(gw_session *s)
+{
+    char buf[128];
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (s->cur.want == WANT_PORT || s->cur.want == WANT_EPRT) {
+        gw_addr from = s->client_local;
+        gw_addr_normalize(&from);
+        int port = fc->active_source_port >= 0 ? fc->active_source_port
+                   : fc->mode == GW_FE_IMPLICIT ? 989
+                                                : 20;
+        from.port = (uint16_t)port;
+        gw_data_client_active(s->data, &s->cur.want_addr, &from);
+        offer_data_ticket(s);
+        gw_sess_reply(s, s->cur.want == WANT_PORT ? "200 PORT command successful.\r\n"
+                                      : "200 EPRT command successful.\r\n");
+        return;
+    }
+    gw_addr bind = s->client_local;
+    gw_addr_normalize(&bind);
+    if (gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0) {
+        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
+                    fc->pasv_port_min, fc->pasv_port_max);
+        gw_sess_drop_data(s, false);
+        gw_sess_reply(s, "425 Can't open passive connection: no free port.\r\n");
+        return;
+    }
+    if (s->cur.want == WANT_EPSV) {
+        gw_format_229(buf, sizeof buf, bind.port);
+    } else {
+        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : bind;
+        adv.port = bind.port;
+        gw_format_227(buf, sizeof buf, &adv);
+    }
+    GW_LOG_DEBUG(s->id, "event=client_data_armed port=%u", bind.port);
+    offer_data_ticket(s);
+    gw_sess_reply(s, buf);
+}
+
+static bool *no_extended(gw_session *s)
+{
+    return &s->fe->gen->no_extended[s->fe->backend - s->fe->cfg->backends];
+}
+
+/* EPSV/EPRT refused as unknown (500/501/502): remember it for this backend and retry with
+ * PASV/PORT, which an IPv4 backend understands. True when the retry was sent. */
+static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive)
+{
+    if (!s->cur.sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
+        s->backend_peer.family != 4)
+        return false;
+    /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
+    if (r->len >= 8 && memcmp(r->line, "500 OOPS", 8) == 0)
+        return false;
+    if (!r->last)
+        return true; /* wait for the end of the refusal */
+    *no_extended(s) = true;
+    s->cur.sent_extended = false;
+    GW_LOG_INFO(s->id, "event=backend_no_%s note=\"using %s from now on\"",
+                passive ? "epsv" : "eprt", passive ? "PASV" : "PORT");
+    if (passive) {
+        gw_backend_send(s, "PASV", PEND_PASV);
+        return true;
+    }
+    char line[128];
+    size_t n = gw_format_port(line, sizeof line, &s->cur.be_listen);
+    if (n < 2)
+        return false;
+    line[n - 2] = 0;
+    gw_backend_send(s, line, PEND_PORT);
+    return true;
+}
+
+static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (fall_back_to_classic(s, r, true))
+        return;
+    if (r->code != 227 && r->code != 229) {
+        gw_sess_reply(s, r->line); /* the backend's refusal (530, 425 ...) is the client's answer */
+        if (r->last)
+            gw_sess_command_done(s);
+        return;
+    }
+    if (!r->last)
+        return;
+    gw_addr addr = s->backend_peer, parsed;
+    uint16_t port;
+    int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
+    if (ok != 0) {
+        GW_LOG_WARN(s->id, "event=bad_pasv_reply reply=\"%.*s\"", (int)r->len - 2, r->line);
+        gw_sess_reply(s, "425 Can't open data connection: bad passive reply from the server.\r\n");
+        gw_sess_command_done(s);
+        return;
+    }
+    /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
+     * (0.0.0.0, a private address behind NAT, or a third host). */
+    addr.port = r->code == 227 ? parsed.port : port;
+    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->backend_peer))
+        GW_LOG_DEBUG(s->id, "event=pasv_address_replaced named=%s", gw_addr_str(&parsed));
+    s->data = new_data(s);
+    if (!s->data) {
+        gw_sess_reply(s, "425 Can't open data connection: out of memory.\r\n");
+        gw_sess_command_done(s);
+        return;
+    }
+    if (gw_data_backend_passive(s->data, &addr) != 0) {
+        gw_sess_drop_data(s, false);
+        gw_sess_reply(s, "425 Can't open data connection to the server.\r\n");
+        gw_sess_command_done(s);
+        return;
+    }
+    arm_client_leg(s);
+    gw_sess_command_done(s);
+}
+
+static void on_port_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (fall_back_to_classic(s, r, false))
+        return;
+    if (r->code >= 300 || r->code < 200) {
+        gw_sess_reply(s, r->line);
+        if (r->last) {
+            gw_sess_drop_data(s, false);
+            gw_sess_command_done(s);
+        }
+        return;
+    }
+    if (!r->last)
+        return;
+    arm_client_leg(s);
+    gw_sess_command_done(s);
+}
+
+/* Arm the backend leg as data_mode says: EPSV/PASV (it listens) or EPRT/PORT (we do).
+ * EPSV/EPRT first (no address to parse or trust); PASV/PORT for IPv4 backends that refused
+ * them once. */
+void gw_relay_arm_backend_leg(gw_session *s)
+{
+    gw_sess_drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
+    bool v6 = s->backend_peer.family == 6;
+    bool ext = v6 || !*no_extended(s);
+    s->cur.sent_extended = ext;
+    if (s->fe->backend->data_mode == GW_DATA_PASSIVE) {
+        gw_backend_send(s, ext ? "EPSV" : "PASV", PEND_PASV);
+        return;
+    }
+    gw_addr local;
+    s->data = new_data(s);
+    if (!s->data || gw_conn_local(s->backend, &local) != 0 ||
+        (gw_addr_normalize(&local), gw_data_backend_active(s->data, &local, &s->backend_peer))) {
+        gw_sess_drop_data(s, false);
+        gw_sess_reply(s, "425 Can't open data connection: cannot listen toward the server.\r\n");
+        return;
+    }
+    s->cur.be_listen = local;
+    char line[128];
+    size_t n = ext ? gw_format_eprt(line, sizeof line, &local)
+                   : gw_format_port(line, sizeof line, &local);
+    if (n < 2) {
+        gw_sess_drop_data(s, false);
+        gw_sess_reply(s, "425 Can't open data connection.\r\n");
+        return;
+    }
+    line[n - 2] = 0; /* gw_backend_send() adds the CRLF */
+    gw_backend_send(s, line, PEND_PORT);
+}
+
+static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code < 200) {
+        gw_sess_reply(s, r->line);
+        return;
+    }
+    gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+    if (!r->last)
+        return;
+    s->cur.held_code = r->code;
+    bool backend_ok = r->code < 300;
+    if (!backend_ok || !s->data || s->data_finished) {
+        if (!backend_ok && s->data) {
+            gw_sess_drop_data(s, false);
+            s->data_finished = false;
+        }
+        complete_transfer(s);
+    }
+}
+
+static void on_abort_reply(gw_session *s, gw_reply_parser *r)
+{
+    if (s->cur.abort_internal) {
+        /* Nothing of this reaches the client: it has its answer. The transfer's reply (if
+         * any) and ABOR's come first; the NOOP's 200 ends the exchange. */
+        if (r->last && r->code == 200) {
+            s->cur.abort_internal = false;
+            gw_sess_command_done(s);
+        }
+        return;
+    }
+    bool for_transfer = !s->cur.abort_xfer_sent && s->cur.abort_expect == 2;
+    if (r->code < 200)
+        return; /* a late 150 for the aborted transfer */
+    if (for_transfer) {
+        /* The client's leg was cut: its transfer did not succeed, whatever the server says. */
+        if (r->last)
+            gw_sess_reply(s, r->code < 300 ? "426 Connection closed; transfer aborted.\r\n" : r->line);
+        else if (r->code >= 300)
+            gw_sess_reply(s, r->line);
+    } else {
+        gw_sess_reply(s, r->line);
+    }
+    if (!r->last)
+        return;
+    if (for_transfer)
+        s->cur.abort_xfer_sent = true;
+    if (--s->cur.abort_expect <= 0)
+        gw_sess_command_done(s);
+}
+
+/* FEAT is buffered whole and rewritten (PROTOCOL.md §3). */
+static void on_feat_line(gw_session *s, gw_reply_parser *r)
+{
+    gw_sess_append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
+    if (r->last) {
+        char out[FEAT_MAX + 512];
+        gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
+                          .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
+        if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
+            gw_sess_reply(s, out);
+        else
+            gw_sess_reply(s, "211 End\r\n");
+        free(s->featbuf);
+        s->featbuf = NULL;
+        s->featlen = 0;
+        gw_sess_command_done(s);
+    }
+}
+
+/* A relayed command's reply; USER/PASS and QUIT have their extra duties here. */
+static void on_relayed_line(gw_session *s, gw_reply_parser *r)
+{
+    if (r->code == 530 && !strcmp(s->cur.verb, "PASS")) {
+        gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+        if (!r->last)
+            return;
+    } else if (r->code == 230 && s->be_prot_later) {
+        if (!r->last) {
+            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+            return;
+        }
+    } else {
+        gw_sess_reply(s, r->line);
+    }
+    if (!r->last || r->code < 200)
+        return;
+    if (r->code == 230) {
+        s->logged_in = true;
+        if (s->be_prot_later) {
+            /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
+            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
+            s->be_prot_later = false;
+            s->be_after_login = true;
+            gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
+            return;
+        }
+    }
+    if (s->pending == PEND_QUIT) {
+        gw_sess_fail(s, NULL, "quit");
+        return;
+    }
+    if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
+        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        if (++s->failed_logins >= 3) {
+            gw_sess_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
+            return;
+        }
+        s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
+        gw_sess_rearm(s);
+        return; /* on_tick releases the 530 and the queue */
+    }
+    gw_sess_command_done(s);
+}
+
+/* Nothing outstanding: typically a 421 before the server closes. */
+static void on_unsolicited_line(gw_session *s, gw_reply_parser *r)
+{
+    /* Unsolicited: typically 421 before the server closes. */
+    gw_sess_reply(s, r->line);
+    if (r->last && r->code == 421)
+        gw_sess_fail(s, NULL, "backend sent 421");
+}
+
+void gw_relay_line(gw_session *s, gw_reply_parser *r)
+{
+    switch (s->pending) {
+    case PEND_GREETING:
+        gw_backend_greeting_line(s, r);
+        return;
+    case PEND_BE_AUTH:
+    case PEND_BE_PBSZ:
+    case PEND_BE_PROT:
+        gw_backend_tls_reply(s, r);
+        return;
+    case PEND_PASV:
+        on_pasv_reply(s, r);
+        return;
+    case PEND_PORT:
+        on_port_reply(s, r);
+        return;
+    case PEND_ABORT:
+        on_abort_reply(s, r);
+        return;
+    case PEND_FEAT:
+        on_feat_line(s, r);
+        return;
+    case PEND_TRANSFER:
+        on_transfer_reply(s, r);
+        return;
+    case PEND_RELAY:
+    case PEND_QUIT:
+        on_relayed_line(s, r);
+        return;
+    case PEND_NONE:
+        on_unsolicited_line(s, r);
+        return;
+    }
+}

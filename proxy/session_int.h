@@ -1,0 +1,153 @@
+/* Inside a session: the struct, its state enums and what the session files call of each
+ * other. Private to proxy/session.c (core: states, timers, the one fail/close path),
+ * proxy/client_cmd.c (the client's command queue and the gateway's own commands),
+ * proxy/backend.c (the backend control leg) and proxy/relay.c (backend replies, data
+ * channels, transfers). Nothing outside these files sees a gw_session's fields. */
+#ifndef GW_SESSION_INT_H
+#define GW_SESSION_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+#include "conn.h"
+#include "ftp_cmd.h"
+#include "ftp_reply.h"
+#include "server.h"
+#include "session.h"
+
+#define INBUF_MAX (16 * 1024) /* queued client bytes before we stop reading it */
+#define HELD_MAX (8 * 1024)   /* a held reply larger than this is cut */
+
+typedef struct gw_data gw_data;
+
+enum gw_client_state {
+    CS_HANDSHAKE, /* implicit: waiting for the ClientHello and handshake; nothing sent */
+    CS_READY,     /* commands flow (implicit: TLS up, PBSZ 0 / PROT P implied) */
+    CS_AUTH,      /* explicit: 234 sent, TLS handshake running, commands wait */
+    CS_CLOSING,   /* final reply and close_notify sent; waiting for handles to close */
+};
+
+enum gw_backend_state {
+    BS_IDLE,       /* not connected yet */
+    BS_CONNECTING, /* TCP connect under connect_timeout */
+    BS_GREETING,   /* waiting for the 220 (then AUTH/PBSZ/PROT when the backend is TLS) */
+    BS_TLS,        /* AUTH TLS answered 234: handshake with the backend running */
+    BS_READY,
+    BS_CLOSED,
+};
+
+/* What the one outstanding command to the backend is waiting for. */
+enum gw_pending {
+    PEND_NONE,
+    PEND_GREETING, /* backend greeting, relayed */
+    PEND_RELAY,    /* plain relay of the reply */
+    PEND_PASV,     /* internal PASV/EPSV: the backend's 227/229 is consumed */
+    PEND_PORT,     /* internal PORT/EPRT toward an active-mode backend */
+    PEND_ABORT,    /* ABOR during a transfer: the transfer's final reply, then ABOR's */
+    PEND_FEAT,     /* buffered, rewritten */
+    PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
+    PEND_QUIT,
+    PEND_BE_AUTH,  /* internal AUTH TLS toward the backend (234, then the handshake) */
+    PEND_BE_PBSZ,  /* internal PBSZ 0 toward the backend */
+    PEND_BE_PROT,  /* internal PROT P toward the backend */
+};
+
+/* What one command carries across its round trip to the backend and back. Reset when the
+ * next command is taken from the queue. */
+typedef struct gw_cmd_ctx {
+    char verb[8];
+    /* PASV/EPSV/PORT/EPRT: what the client asked for on its leg, answered once the backend
+     * leg is armed. */
+    enum { WANT_PASV, WANT_EPSV, WANT_PORT, WANT_EPRT } want;
+    gw_addr want_addr;  /* WANT_PORT/WANT_EPRT: the client's address */
+    bool sent_extended; /* the backend leg was armed with EPSV/EPRT (fallback possible) */
+    gw_addr be_listen;  /* backend leg active: where the gateway listens */
+    /* A reply held back from the client: the transfer's final reply until its data legs are
+     * done, a failed PASS's 530 until the delay has passed, or the 230 until PBSZ/PROT
+     * toward the backend are answered. */
+    char *held;
+    size_t heldlen;
+    int held_code; /* PEND_TRANSFER: the final reply's code once it is complete */
+    /* ABOR (PEND_ABORT) */
+    int abort_expect;     /* final replies still due from the backend */
+    bool abort_xfer_sent; /* the client has its reply for the transfer */
+    bool abort_internal;  /* sent by the gateway after a data leg failed */
+    uint64_t abort_started_ms;
+} gw_cmd_ctx;
+
+struct gw_session {
+    uint64_t id;
+    gw_frontend *fe;
+    uv_loop_t *loop;
+    gw_conn *client, *backend;
+    uv_timer_t timer;
+    uv_getaddrinfo_t resolve_req; /* backend names are resolved per session */
+    enum gw_client_state cstate;
+    enum gw_backend_state bstate;
+    enum gw_pending pending;
+    gw_cmd_ctx cur; /* the command in progress */
+    gw_cmd_parser cmd;
+    gw_reply_parser reply;
+    char *inbuf; /* client bytes not yet parsed: the ordered command queue */
+    size_t inlen, incap;
+    char *featbuf; /* PEND_FEAT: backend reply so far */
+    size_t featlen;
+    gw_data *data;
+    bool data_finished, data_ok;
+    uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
+    char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
+    char user[64];      /* the USER argument, for the transfer log (never the password) */
+    char data_fail_reply[128];
+    bool prot_p, pbsz, logged_in, epsv_all, user_sent;
+    bool tls_up;           /* the control connection is protected now */
+    bool ccc;              /* CCC cleared it: no AUTH, PBSZ or PROT any more */
+    bool swallow_greeting; /* REIN: the client already got its 220 */
+    bool has_tag;
+    uint8_t tag[GW_TLS_TAG_LEN]; /* the client control session's tag (survives CCC) */
+    bool be_prot_p;       /* the backend accepted PROT P: its data legs are TLS */
+    bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
+    bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
+    int too_long, failed_logins;
+    bool ip_counted;         /* holds one of its address's max_sessions_per_ip */
+    uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
+    gw_addr client_peer, client_local, backend_peer;
+    uint64_t started_ms, last_active_ms;
+    int handles; /* open uv handles; the session is freed when this drops to 0 */
+    struct gw_session *next, *prev; /* in the server's session_list */
+};
+
+/* session.c: the core */
+void gw_sess_set_client_state(gw_session *s, enum gw_client_state st);
+void gw_sess_set_backend_state(gw_session *s, enum gw_backend_state st);
+void gw_sess_set_pending(gw_session *s, enum gw_pending p);
+uint64_t gw_sess_now(gw_session *s);
+/* A reply to the client (dropped unless its control leg is ready). */
+void gw_sess_reply(gw_session *s, const char *text);
+/* Append to a held buffer (cut at max). */
+void gw_sess_append(char **buf, size_t *len, const char *p, size_t n, size_t max);
+void gw_sess_drop_data(gw_session *s, bool ok);
+/* The single way a session ends: `text` is the client's last reply (or NULL). */
+void gw_sess_fail(gw_session *s, const char *text, const char *why);
+void gw_sess_rearm(gw_session *s);
+/* One of the session's handles (or a pending lookup) is gone; the last frees it. */
+void gw_sess_release(gw_session *s);
+/* The outstanding exchange is over: take the next command. */
+void gw_sess_command_done(gw_session *s);
+
+/* client_cmd.c: the command queue */
+void gw_cmdq_receive(gw_session *s, const char *buf, size_t n);
+void gw_cmdq_pump(gw_session *s);
+
+/* backend.c: the backend control leg */
+void gw_backend_connect(gw_session *s);
+void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending);
+void gw_backend_ready(gw_session *s);
+void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r);
+void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
+
+/* relay.c: backend replies by what is pending, data channels, transfers */
+void gw_relay_line(gw_session *s, gw_reply_parser *r);
+void gw_relay_arm_backend_leg(gw_session *s);
+void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+
+#endif
