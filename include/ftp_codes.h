@@ -113,13 +113,17 @@
 #define GW_R_CCC_IMPLICIT "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
 #define GW_R_DATA_TLS_NOT_RESUMED "522 TLS session of data connection not resumed.\r\n"
 #define GW_R_XFER_NO_CLOSE_NOTIFY "426 Transfer aborted: upload ended without TLS close_notify.\r\n"
+#define GW_R_REIN_PIPELINED "503 Command sent before REIN completed; send it again.\r\n"
 
 /* printf formats: one %s, the reason. Not fixed texts, so not in GW_REPLY_TEXTS. */
 #define GW_R_FMT_BACKEND_TLS_FAILED "421 Service not available: backend TLS failed (%s).\r\n"
+/* one %d: the code of a greeting other than 120/220 */
+#define GW_R_FMT_BAD_GREETING "421 Service not available: the server greeted with %d.\r\n"
 
 /* X(name) for every text above: tests walk the list (and check it is complete). */
 #define GW_REPLY_TEXTS(X)                                                                          \
     X(GW_R_REIN_OK)                                                                                \
+    X(GW_R_REIN_PIPELINED)                                                                         \
     X(GW_R_FEAT_END)                                                                               \
     X(GW_R_SYNTAX)                                                                                 \
     X(GW_R_LINE_TOO_LONG)                                                                          \

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ftp_codes.h"
 #include "log.h"
 
 void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending)
@@ -15,7 +16,7 @@ void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending)
     char buf[2 * GW_CMD_LINE_MAX + 3];
     size_t n = gw_cmd_format(buf, sizeof buf, line);
     if (n == 0 || !s->backend) {
-        gw_sess_reply(s, "451 Local error in processing.\r\n");
+        gw_sess_reply(s, GW_R_LOCAL_ERROR);
         return;
     }
     gw_conn_write(s->backend, buf, n);
@@ -46,7 +47,7 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r)
     switch (s->pending) {
     case PEND_BE_AUTH:
         if (r->code != 234) {
-            gw_sess_fail(s, "421 Service not available: the server refused AUTH TLS.\r\n",
+            gw_sess_fail(s, GW_R_BACKEND_REFUSED_AUTH,
                          "backend refused AUTH TLS");
             return;
         }
@@ -57,7 +58,7 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r)
                                                              s->fe->backend_host,
                                                              s->fe->backend->tls_verify,
                                                              NULL)) != 0)
-            gw_sess_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+            gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     case PEND_BE_PBSZ:
         if (ok) {
@@ -95,7 +96,7 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
     if (r->code != 220) {
         char text[100], why[60];
         snprintf(text, sizeof text,
-                 "421 Service not available: the server greeted with %d.\r\n", r->code);
+                 GW_R_FMT_BAD_GREETING, r->code);
         snprintf(why, sizeof why, "backend greeted with %d", r->code);
         gw_sess_fail(s, text, why);
         return;
@@ -121,7 +122,7 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
         if (r == GW_REPLY_AGAIN)
             break;
         if (r != GW_REPLY_LINE) {
-            gw_sess_fail(s, "421 Service not available: invalid reply from the server.\r\n",
+            gw_sess_fail(s, GW_R_BACKEND_BAD_REPLY,
                          r == GW_REPLY_TOOLONG ? "backend reply line too long"
                                                : "backend sent an invalid reply");
             return;
@@ -140,7 +141,7 @@ static void on_backend_connect(gw_conn *c, int status)
         GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\"",
                     s->fe->backend->address.host, s->fe->backend->address.port,
                     uv_strerror(status));
-        gw_sess_fail(s, "421 Service not available: backend unreachable.\r\n",
+        gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE,
                      "backend unreachable");
         return;
     }
@@ -151,7 +152,7 @@ static void on_backend_connect(gw_conn *c, int status)
         if (gw_conn_attach_tls(c, gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
                                                     s->fe->backend_host,
                                                     s->fe->backend->tls_verify, NULL)) != 0)
-            gw_sess_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+            gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     }
     gw_conn_start_read(c);
@@ -161,8 +162,8 @@ static void on_backend_eof(gw_conn *c, bool clean)
 {
     gw_session *s = c->owner;
     if (s->pending == PEND_TRANSFER)
-        gw_sess_reply(s, "426 Connection closed; transfer aborted.\r\n");
-    gw_sess_fail(s, "421 Service not available: the server closed the connection.\r\n",
+        gw_sess_reply(s, GW_R_XFER_ABORTED);
+    gw_sess_fail(s, GW_R_BACKEND_CLOSED,
                  "backend closed the connection");
 }
 
@@ -173,7 +174,7 @@ static void on_backend_error(gw_conn *c, const char *why)
     if (c->tls && !gw_tls_handshake_done(c->tls)) {
         /* Name the reason: an operator must see "certificate verify failed" at once. */
         char text[300];
-        snprintf(text, sizeof text, "421 Service not available: backend TLS failed (%s).\r\n",
+        snprintf(text, sizeof text, GW_R_FMT_BACKEND_TLS_FAILED,
                  why);
         gw_sess_fail(s, text, "backend TLS handshake failed");
         return;
@@ -253,7 +254,7 @@ void gw_backend_connect(gw_session *s)
 {
     s->backend = gw_conn_new(s->loop, &backend_ops, s, s->id, "backend");
     if (!s->backend) {
-        gw_sess_fail(s, "421 Service not available: out of memory.\r\n", "out of memory");
+        gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     }
     s->handles++;

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "data.h"
+#include "ftp_codes.h"
 #include "log.h"
 
 #define MAX_LONG_LINES 3
@@ -24,9 +25,9 @@ static bool gate_before_tls(gw_session *s, const gw_cmd_def *def)
         return false;
     /* SECURITY: no credentials in clear. */
     if (def->id == GW_CMD_USER || def->id == GW_CMD_PASS)
-        gw_sess_reply(s, "530 TLS required: send AUTH TLS before USER and PASS.\r\n");
+        gw_sess_reply(s, GW_R_TLS_REQUIRED_LOGIN);
     else
-        gw_sess_reply(s, "530 Please log in over TLS (AUTH TLS) first.\r\n");
+        gw_sess_reply(s, GW_R_TLS_REQUIRED);
     return true;
 }
 
@@ -34,24 +35,24 @@ static void cmd_auth(gw_session *s, const char *arg)
 {
     const gw_frontend_conf *fc = s->fe->conf;
     if (fc->mode == GW_FE_PLAIN) {
-        gw_sess_reply(s, "502 AUTH not supported on this frontend.\r\n");
+        gw_sess_reply(s, GW_R_AUTH_UNSUPPORTED);
         return;
     }
     if (s->tls_up || s->ccc) {
         gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
-                     ? "503 AUTH not allowed: TLS is already active (implicit FTPS).\r\n"
-                     : "503 Already protected by TLS.\r\n");
+                     ? GW_R_AUTH_IMPLICIT
+                     : GW_R_AUTH_ALREADY);
         return;
     }
     if (s->user_sent) {
-        gw_sess_reply(s, "503 AUTH must come before USER.\r\n");
+        gw_sess_reply(s, GW_R_AUTH_AFTER_USER);
         return;
     }
     if (strcasecmp(arg, "TLS") && strcasecmp(arg, "TLS-C") && strcasecmp(arg, "SSL")) {
-        gw_sess_reply(s, "504 AUTH mechanism not supported (use TLS or SSL).\r\n");
+        gw_sess_reply(s, GW_R_AUTH_BAD_MECH);
         return;
     }
-    gw_sess_reply(s, "234 Proceed with TLS negotiation.\r\n");
+    gw_sess_reply(s, GW_R_AUTH_OK);
     /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
     if (s->inlen)
         GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);
@@ -68,16 +69,16 @@ static void cmd_ccc(gw_session *s)
 {
     const gw_frontend_conf *fc = s->fe->conf;
     if (!s->tls_up) {
-        gw_sess_reply(s, "533 CCC needs a protected control connection.\r\n");
+        gw_sess_reply(s, GW_R_CCC_NEEDS_TLS);
         return;
     }
     if (fc->mode == GW_FE_IMPLICIT || !fc->allow_ccc) {
         gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
-                     ? "534 CCC refused: implicit FTPS sessions stay protected.\r\n"
-                     : "534 CCC refused by policy.\r\n");
+                     ? GW_R_CCC_IMPLICIT
+                     : GW_R_CCC_REFUSED);
         return;
     }
-    gw_sess_reply(s, "200 Control connection now in clear.\r\n");
+    gw_sess_reply(s, GW_R_CCC_OK);
     gw_conn_clear_tls(s->client, NULL);
     s->tls_up = false;
     s->ccc = true;
@@ -100,7 +101,7 @@ static void answer_queued_before_reset(gw_session *s)
             partial = s->cmd.len;
             break;
         }
-        gw_sess_reply(s, "503 Command sent before REIN completed; send it again.\r\n");
+        gw_sess_reply(s, GW_R_REIN_PIPELINED);
         answered++;
     }
     if (answered || partial)
@@ -115,7 +116,7 @@ static void answer_queued_before_reset(gw_session *s)
 static void cmd_rein(gw_session *s)
 {
     bool implicit = s->fe->conf->mode == GW_FE_IMPLICIT;
-    gw_sess_reply(s, "220 Service ready for new user.\r\n");
+    gw_sess_reply(s, GW_R_REIN_OK);
     gw_sess_drop_data(s, false);
     if (s->tls_up)
         answer_queued_before_reset(s);
@@ -144,42 +145,42 @@ static void cmd_rein(gw_session *s)
 static void cmd_pbsz(gw_session *s, const char *arg)
 {
     if (!s->tls_up) {
-        gw_sess_reply(s, "503 PBSZ needs a protected control connection (AUTH TLS first).\r\n");
+        gw_sess_reply(s, GW_R_PBSZ_NEEDS_TLS);
         return;
     }
     if (!*arg || strspn(arg, "0123456789") != strlen(arg)) {
-        gw_sess_reply(s, "501 PBSZ needs a number.\r\n");
+        gw_sess_reply(s, GW_R_PBSZ_BAD_ARG);
         return;
     }
     s->pbsz = true;
-    gw_sess_reply(s, "200 PBSZ=0\r\n");
+    gw_sess_reply(s, GW_R_PBSZ_OK);
 }
 
 static void cmd_prot(gw_session *s, const char *arg)
 {
     if (!s->tls_up || !s->pbsz) {
-        gw_sess_reply(s, "503 PROT needs PBSZ first.\r\n");
+        gw_sess_reply(s, GW_R_PROT_NEEDS_PBSZ);
         return;
     }
     if (!arg[0] || arg[1]) {
-        gw_sess_reply(s, arg[0] ? "504 PROT level not supported.\r\n" : "501 PROT needs a level.\r\n");
+        gw_sess_reply(s, arg[0] ? GW_R_PROT_BAD_LEVEL : GW_R_PROT_NO_ARG);
         return;
     }
     switch (arg[0] | 0x20) {
     case 'c':
         s->prot_p = false;
-        gw_sess_reply(s, "200 PROT now Clear.\r\n");
+        gw_sess_reply(s, GW_R_PROT_C_OK);
         return;
     case 'p':
         s->prot_p = true;
-        gw_sess_reply(s, "200 PROT now Private.\r\n");
+        gw_sess_reply(s, GW_R_PROT_P_OK);
         return;
     case 's':
     case 'e':
-        gw_sess_reply(s, "536 PROT level not supported.\r\n");
+        gw_sess_reply(s, GW_R_PROT_UNSUPPORTED);
         return;
     default:
-        gw_sess_reply(s, "504 PROT level not supported.\r\n");
+        gw_sess_reply(s, GW_R_PROT_BAD_LEVEL);
     }
 }
 
@@ -192,22 +193,22 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
         if (r == 1) {
             s->epsv_all = true;
             gw_sess_drop_data(s, false);
-            gw_sess_reply(s, "200 EPSV ALL ok.\r\n");
+            gw_sess_reply(s, GW_R_EPSV_ALL_OK);
             return;
         }
         if (r < 0 || (family && family != s->client_local.family)) {
-            gw_sess_reply(s, r == -1 ? "501 Bad EPSV argument.\r\n"
-                             : "522 Network protocol not supported, use (1,2)\r\n");
+            gw_sess_reply(s, r == -1 ? GW_R_BAD_EPSV
+                             : GW_R_BAD_NETPROTO);
             return;
         }
     }
     if (!epsv && s->epsv_all) {
-        gw_sess_reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        gw_sess_reply(s, GW_R_EPSV_ALL_IN_EFFECT);
         return;
     }
     /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
     if (!epsv && !s->fe->pasv_addr.family && s->client_local.family == 6) {
-        gw_sess_reply(s, "522 PASV is IPv4 only: use EPSV.\r\n");
+        gw_sess_reply(s, GW_R_PASV_IPV4_ONLY);
         return;
     }
     s->cur.want = epsv ? WANT_EPSV : WANT_PASV;
@@ -218,17 +219,17 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
 static void cmd_port(gw_session *s, bool eprt, const char *arg)
 {
     if (s->epsv_all) {
-        gw_sess_reply(s, "503 EPSV ALL in effect: use EPSV.\r\n");
+        gw_sess_reply(s, GW_R_EPSV_ALL_IN_EFFECT);
         return;
     }
     gw_addr a;
     int r = eprt ? gw_parse_eprt_arg(arg, &a) : gw_parse_port_arg(arg, &a);
     if (r == -2) {
-        gw_sess_reply(s, "522 Network protocol not supported, use (1,2)\r\n");
+        gw_sess_reply(s, GW_R_BAD_NETPROTO);
         return;
     }
     if (r != 0) {
-        gw_sess_reply(s, eprt ? "501 Bad EPRT argument.\r\n" : "501 Bad PORT argument.\r\n");
+        gw_sess_reply(s, eprt ? GW_R_BAD_EPRT : GW_R_BAD_PORT);
         return;
     }
     gw_addr_normalize(&a);
@@ -236,7 +237,7 @@ static void cmd_port(gw_session *s, bool eprt, const char *arg)
     if (!gw_addr_same_host(&a, &s->client_peer) || a.port < 1024) {
         GW_LOG_WARN(s->id, "event=port_refused addr=%s reason=\"%s\"", gw_addr_str(&a),
                     a.port < 1024 ? "privileged port" : "not the control peer");
-        gw_sess_reply(s, "504 Command not implemented for that parameter (bounce refused).\r\n");
+        gw_sess_reply(s, GW_R_PORT_BOUNCE);
         return;
     }
     s->cur.want = eprt ? WANT_EPRT : WANT_PORT;
@@ -248,12 +249,12 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
 {
     /* SECURITY: require_prot_p keeps data off the wire in clear (RFC 4217 §10.2). */
     if (s->fe->conf->require_prot_p && s->fe->conf->mode != GW_FE_PLAIN && !s->prot_p) {
-        gw_sess_reply(s, "521 Data connection cannot be opened with this PROT setting.\r\n");
+        gw_sess_reply(s, GW_R_PROT_P_REQUIRED);
         return;
     }
     if (!s->data || !gw_data_usable(s->data)) {
         gw_sess_drop_data(s, false);
-        gw_sess_reply(s, "425 Use PORT, EPRT, PASV or EPSV first.\r\n");
+        gw_sess_reply(s, GW_R_NEED_DATA_CMD);
         return;
     }
     gw_backend_send(s, line, PEND_TRANSFER);
@@ -287,7 +288,7 @@ static void handle_command(gw_session *s, const char *line)
     gw_cmd cmd;
     s->last_active_ms = gw_sess_now(s);
     if (gw_cmd_split(line, &cmd) != 0) {
-        gw_sess_reply(s, "500 Syntax error, command unrecognized.\r\n");
+        gw_sess_reply(s, GW_R_SYNTAX);
         return;
     }
     const gw_cmd_def *def = cmd.def;
@@ -318,7 +319,7 @@ static void handle_command(gw_session *s, const char *line)
         break;
     case GW_CMD_CPSV:
     case GW_CMD_SSCN:
-        gw_sess_reply(s, "502 Command not implemented.\r\n");
+        gw_sess_reply(s, GW_R_NOT_IMPLEMENTED);
         break;
     case GW_CMD_PASV:
     case GW_CMD_EPSV:
@@ -364,7 +365,7 @@ static void cmd_abort(gw_session *s)
     s->cur.abort_expect = 2;
     s->cur.abort_xfer_sent = false;
     if (s->cur.held_code) { /* the transfer's final reply is already here */
-        gw_sess_reply(s, "426 Connection closed; transfer aborted.\r\n");
+        gw_sess_reply(s, GW_R_XFER_ABORTED);
         s->cur.abort_xfer_sent = true;
         s->cur.abort_expect = 1;
     }
@@ -424,9 +425,9 @@ void gw_cmdq_pump(gw_session *s)
         } else if (r == GW_CMD_TOOLONG) {
             GW_LOG_WARN(s->id, "event=line_too_long max=%d", GW_CMD_LINE_MAX);
             if (++s->too_long >= MAX_LONG_LINES)
-                gw_sess_fail(s, "421 Too many overlong command lines.\r\n", "line abuse");
+                gw_sess_fail(s, GW_R_TOO_MANY_LONG_LINES, "line abuse");
             else
-                gw_sess_reply(s, "500 Command line too long.\r\n");
+                gw_sess_reply(s, GW_R_LINE_TOO_LONG);
         }
     }
     if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && s->cstate != CS_CLOSING)
@@ -440,7 +441,7 @@ void gw_cmdq_receive(gw_session *s, const char *buf, size_t n)
         size_t cap = s->inlen + n;
         char *nb = realloc(s->inbuf, cap);
         if (!nb) {
-            gw_sess_fail(s, "421 Out of memory.\r\n", "out of memory");
+            gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
             return;
         }
         s->inbuf = nb;

@@ -43,7 +43,7 @@ gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint6
     return c;
 }
 
-static void fail(gw_conn *c, const char *why)
+static void fail_conn(gw_conn *c, const char *why)
 {
     if (c->closing || c->failed)
         return;
@@ -92,7 +92,7 @@ static void on_written(uv_write_t *req, int status)
     if (c->closing)
         return;
     if (status < 0) {
-        fail(c, uv_strerror(status));
+        fail_conn(c, uv_strerror(status));
         return;
     }
     if (c->want_drain && c->queued <= GW_LOW_WATERMARK) {
@@ -116,7 +116,7 @@ static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
         int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         if (r < 0 && r != UV_EAGAIN) {
             free(owned);
-            fail(c, uv_strerror(r));
+            fail_conn(c, uv_strerror(r));
             return;
         }
         done = r > 0 ? (size_t)r : 0;
@@ -130,7 +130,7 @@ static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
     if (!w || !rest) {
         free(w);
         free(rest);
-        fail(c, "out of memory");
+        fail_conn(c, "out of memory");
         return;
     }
     if (!owned)
@@ -142,7 +142,7 @@ static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
     if (r != 0) {
         free(rest);
         free(w);
-        fail(c, uv_strerror(r));
+        fail_conn(c, uv_strerror(r));
         return;
     }
     c->queued += w->len;
@@ -169,7 +169,7 @@ void gw_conn_write(gw_conn *c, const void *buf, size_t n)
         return;
     }
     if (gw_tls_write(c->tls, buf, n) != 0) {
-        fail(c, gw_tls_last_error(c->tls));
+        fail_conn(c, gw_tls_last_error(c->tls));
         return;
     }
     flush_tls(c);
@@ -208,7 +208,7 @@ static void process_tls(gw_conn *c)
         int r = gw_tls_handshake(c->tls);
         flush_tls(c);
         if (r == GW_TLS_ERROR) {
-            fail(c, gw_tls_last_error(c->tls));
+            fail_conn(c, gw_tls_last_error(c->tls));
             return;
         }
         if (r == GW_TLS_AGAIN && !c->closing)
@@ -235,7 +235,7 @@ static void process_tls(gw_conn *c)
         if (r == GW_TLS_EOF)
             deliver_eof(c, true);
         else if (r == GW_TLS_ERROR)
-            fail(c, gw_tls_last_error(c->tls));
+            fail_conn(c, gw_tls_last_error(c->tls));
         break;
     }
 }
@@ -283,11 +283,11 @@ static void finish_clearing(gw_conn *c, const char *rest, size_t n)
         c->tls = gw_tls_new(c->restart_ctx, GW_TLS_SERVER_CONTROL);
         c->restart_ctx = NULL;
         if (!c->tls) {
-            fail(c, "out of memory");
+            fail_conn(c, "out of memory");
             return;
         }
         if (n && gw_tls_feed(c->tls, rest, n) != 0) {
-            fail(c, gw_tls_last_error(c->tls));
+            fail_conn(c, gw_tls_last_error(c->tls));
             return;
         }
         process_input(c);
@@ -306,7 +306,7 @@ static void read_while_clearing(gw_conn *c, const char *buf, size_t n)
         return;
     }
     if (gw_tls_feed(c->tls, buf, n) != 0) {
-        fail(c, gw_tls_last_error(c->tls));
+        fail_conn(c, gw_tls_last_error(c->tls));
         return;
     }
     int r;
@@ -315,7 +315,7 @@ static void read_while_clearing(gw_conn *c, const char *buf, size_t n)
     if (r == GW_TLS_AGAIN)
         return;
     if (r == GW_TLS_ERROR) {
-        fail(c, gw_tls_last_error(c->tls));
+        fail_conn(c, gw_tls_last_error(c->tls));
         return;
     }
     size_t left = gw_tls_take_unread(c->tls, read_buf, sizeof read_buf);
@@ -332,7 +332,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        fail(c, uv_strerror((int)nread));
+        fail_conn(c, uv_strerror((int)nread));
         return;
     }
     c->bytes_in += (uint64_t)nread;
@@ -345,7 +345,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (gw_tls_feed(c->tls, buf->base, (size_t)nread) != 0) {
-        fail(c, gw_tls_last_error(c->tls));
+        fail_conn(c, gw_tls_last_error(c->tls));
         return;
     }
     process_input(c);
@@ -439,7 +439,7 @@ void gw_conn_shutdown(gw_conn *c)
     c->shut = true;
     int r = uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shut);
     if (r != 0)
-        fail(c, uv_strerror(r));
+        fail_conn(c, uv_strerror(r));
 }
 
 static void on_closed(uv_handle_t *h)

@@ -40,9 +40,9 @@ struct gw_data {
     enum gw_splice_mode splice_mode;
 };
 
-static const gw_conn_ops client_ops, backend_ops;
+static const gw_conn_ops client_leg_ops, backend_leg_ops;
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_data_timer_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
     free(h);
@@ -56,10 +56,10 @@ static void maybe_free(gw_data *d)
         d->strays || d->timer_closing)
         return;
     d->timer_closing = true;
-    uv_close((uv_handle_t *)d->timer, on_timer_closed);
+    uv_close((uv_handle_t *)d->timer, on_data_timer_closed);
 }
 
-static void on_listener_closed(uv_handle_t *h)
+static void on_data_listener_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
     if ((uv_tcp_t *)h == d->client_listener)
@@ -70,13 +70,13 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_free(d);
 }
 
-static void close_listener(gw_data *d, uv_tcp_t *l)
+static void close_data_listener(gw_data *d, uv_tcp_t *l)
 {
     if (!l || uv_is_closing((uv_handle_t *)l))
         return;
     if (l == d->client_listener && d->pool)
         gw_pasv_pool_release(d->pool, d->client_port);
-    uv_close((uv_handle_t *)l, on_listener_closed);
+    uv_close((uv_handle_t *)l, on_data_listener_closed);
 }
 
 static void stop_splice(gw_data *d)
@@ -293,7 +293,7 @@ static void leg_ready(gw_data *d, gw_conn *c)
     maybe_relay(d);
 }
 
-static void on_client_handshake(gw_conn *c)
+static void on_client_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
     int r = gw_tls_resumed_from(c->tls, d->tag);
@@ -314,7 +314,7 @@ static void on_client_handshake(gw_conn *c)
     leg_ready(d, c);
 }
 
-static void on_backend_handshake(gw_conn *c)
+static void on_backend_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
     if (d->released) {
@@ -388,9 +388,9 @@ static void on_leg_connect(gw_conn *c, int status)
         start_backend_leg(d);
 }
 
-static const gw_conn_ops client_ops = {
+static const gw_conn_ops client_leg_ops = {
     .on_connect = on_leg_connect,
-    .on_handshake = on_client_handshake,
+    .on_handshake = on_client_data_handshake,
     .on_data = on_leg_data,
     .on_eof = on_leg_eof,
     .on_error = on_leg_error,
@@ -399,9 +399,9 @@ static const gw_conn_ops client_ops = {
     .on_close = on_leg_close,
 };
 
-static const gw_conn_ops backend_ops = {
+static const gw_conn_ops backend_leg_ops = {
     .on_connect = on_leg_connect,
-    .on_handshake = on_backend_handshake,
+    .on_handshake = on_backend_data_handshake,
     .on_data = on_leg_data,
     .on_eof = on_leg_eof,
     .on_error = on_leg_error,
@@ -416,14 +416,14 @@ static void on_data_connection(uv_stream_t *server, int status)
     bool client = (uv_tcp_t *)server == d->client_listener;
     if (status < 0 || d->released)
         return;
-    gw_conn *c = gw_conn_new(d->loop, client ? &client_ops : &backend_ops, d, d->sid,
+    gw_conn *c = gw_conn_new(d->loop, client ? &client_leg_ops : &backend_leg_ops, d, d->sid,
                              client ? "client-data" : "backend-data");
     if (!c) {
         /* Left pending, the connection would stop libuv watching this listener; closing the
          * listener closes it too (one connection per listener in any case). */
         GW_LOG_WARN(d->sid, "event=accept_failed leg=%s reason=\"out of memory\"",
                     client ? "client-data" : "backend-data");
-        close_listener(d, (uv_tcp_t *)server);
+        close_data_listener(d, (uv_tcp_t *)server);
         if (d->started)
             fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
         return;
@@ -448,13 +448,13 @@ static void on_data_connection(uv_stream_t *server, int status)
     GW_LOG_DEBUG(d->sid, "event=data_accept leg=%s peer=%s", c->name, gw_addr_str(&peer));
     if (client) {
         d->client = c;
-        close_listener(d, d->client_listener); /* one connection per listener */
+        close_data_listener(d, d->client_listener); /* one connection per listener */
         if (d->started)
             start_client_leg(d);
     } else {
         d->backend = c;
         d->backend_connected = true;
-        close_listener(d, d->backend_listener);
+        close_data_listener(d, d->backend_listener);
         if (d->started)
             start_backend_leg(d);
     }
@@ -478,8 +478,8 @@ static void on_timer(uv_timer_t *t)
             fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
-            close_listener(d, d->client_listener);
-            close_listener(d, d->backend_listener);
+            close_data_listener(d, d->client_listener);
+            close_data_listener(d, d->backend_listener);
             if (d->backend)
                 gw_conn_close(d->backend); /* the early passive connection, unused */
         }
@@ -591,7 +591,7 @@ int gw_data_backend_passive(gw_data *d, const gw_addr *to)
 /* Open an outgoing leg; `from` with a port binds the source (989/20 by convention). */
 static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw_addr *from)
 {
-    gw_conn *c = gw_conn_new(d->loop, client ? &client_ops : &backend_ops, d, d->sid,
+    gw_conn *c = gw_conn_new(d->loop, client ? &client_leg_ops : &backend_leg_ops, d, d->sid,
                              client ? "client-data" : "backend-data");
     if (!c)
         return NULL;
@@ -665,8 +665,8 @@ void gw_data_release(gw_data *d, bool ok)
     d->released = true;
     d->done = NULL;
     stop_splice(d);
-    close_listener(d, d->client_listener);
-    close_listener(d, d->backend_listener);
+    close_data_listener(d, d->client_listener);
+    close_data_listener(d, d->backend_listener);
     d->lingering = true;
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
     if (ok && d->finished) {

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-static bool is_digit(char c)
+static bool is_addr_digit(char c)
 {
     return c >= '0' && c <= '9';
 }
@@ -15,7 +15,7 @@ static bool is_digit(char c)
 /* RFC 2428 delimiters are 33-126. Digits are refused: they would make the port ambiguous. */
 static bool is_delim(char c)
 {
-    return c >= 33 && c <= 126 && !is_digit(c);
+    return c >= 33 && c <= 126 && !is_addr_digit(c);
 }
 
 /* One byte value of PORT/227: 1-3 digits, 0-255. Returns the end, or NULL. */
@@ -24,7 +24,7 @@ static const char *parse_byte(const char *s, unsigned *v)
     unsigned val = 0;
     int digits = 0;
 
-    while (is_digit(*s) && digits < 4) {
+    while (is_addr_digit(*s) && digits < 4) {
         val = val * 10 + (unsigned)(*s++ - '0');
         digits++;
     }
@@ -39,7 +39,7 @@ static const char *parse_port(const char *s, char d, uint16_t *port)
     unsigned long val = 0;
     int digits = 0;
 
-    while (is_digit(*s) && digits < 6) {
+    while (is_addr_digit(*s) && digits < 6) {
         val = val * 10 + (unsigned long)(*s++ - '0');
         digits++;
     }
@@ -78,7 +78,7 @@ static int number_run(const char *s, unsigned v[6], const char **end, bool *ok)
 
         if (after == NULL) {
             *ok = false;
-            while (is_digit(*s))
+            while (is_addr_digit(*s))
                 s++;
         } else {
             s = after;
@@ -90,7 +90,7 @@ static int number_run(const char *s, unsigned v[6], const char **end, bool *ok)
         if (*t != ',') break;
         for (t++; *t == ' '; t++)
             ;
-        if (!is_digit(*t)) break;
+        if (!is_addr_digit(*t)) break;
         s = t;
     }
     *end = s;
@@ -108,7 +108,7 @@ int gw_parse_227(const char *text, gw_addr *out)
     /* Servers word 227 differently ("(h,h,h,h,p,p)", "=h,...", bare numbers): take the first
      * run of exactly six byte values after the code. */
     for (s = text + 3; *s != '\0';) {
-        if (!is_digit(*s)) {
+        if (!is_addr_digit(*s)) {
             s++;
             continue;
         }
@@ -168,7 +168,7 @@ int gw_parse_eprt_arg(const char *arg, gw_addr *out)
 
     if (addr - af < 2) return -1; /* empty family */
     for (i = 0; af + i < addr - 1; i++) {
-        if (!is_digit(af[i])) return -1;
+        if (!is_addr_digit(af[i])) return -1;
         if (fam < 1000) fam = fam * 10 + (unsigned long)(af[i] - '0');
     }
     if (fam != 1 && fam != 2) return -2;
@@ -203,7 +203,7 @@ int gw_parse_epsv_arg(const char *arg, int *family)
         return 1;
     }
     for (s = arg; *s != '\0'; s++)
-        if (!is_digit(*s)) return -1;
+        if (!is_addr_digit(*s)) return -1;
     if (strcmp(arg, "1") == 0) {
         *family = 4;
         return 0;

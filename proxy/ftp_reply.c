@@ -10,7 +10,7 @@ void gw_reply_init(gw_reply_parser *p)
     memset(p, 0, sizeof(*p));
 }
 
-static bool is_digit(char c)
+static bool is_reply_digit(char c)
 {
     return c >= '0' && c <= '9';
 }
@@ -23,7 +23,7 @@ static bool start_prefix_ok(const char *s, size_t len)
 
     if (len > 0 && (s[0] < '1' || s[0] > '5')) return false;
     for (i = 1; i < 3 && i < len; i++)
-        if (!is_digit(s[i])) return false;
+        if (!is_reply_digit(s[i])) return false;
     if (len > 3 && s[3] != ' ' && s[3] != '-' && s[3] != '\r') return false;
     if (len > 4 && s[3] == '\r') return false; /* only LF may follow "ddd\r" */
     return true;
@@ -58,7 +58,7 @@ static int end_line(gw_reply_parser *p)
         /* Only "ddd " with the same code ends a multi-line reply: middle lines may start
          * with digits, another code, or even "ddd-" or a bare "ddd". */
         p->first = false;
-        p->last = t >= 4 && is_digit(p->line[0]) && is_digit(p->line[1]) && is_digit(p->line[2]) &&
+        p->last = t >= 4 && is_reply_digit(p->line[0]) && is_reply_digit(p->line[1]) && is_reply_digit(p->line[2]) &&
                   code_of(p->line) == p->code && p->line[3] == ' ';
         p->in_multi = !p->last;
     }

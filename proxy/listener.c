@@ -220,7 +220,7 @@ static void on_connection(uv_stream_t *server, int status)
     gw_session_accept(l->fe, server);
 }
 
-static bool same_listen(const gw_hostport *a, const gw_hostport *b)
+static bool same_listen_addr(const gw_hostport *a, const gw_hostport *b)
 {
     return a->port == b->port && strcmp(a->host, b->host) == 0;
 }
@@ -228,7 +228,7 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
 static gw_listener *find_listener(gw_server *srv, const gw_hostport *addr)
 {
     for (int i = 0; i < srv->n_listeners; i++)
-        if (same_listen(&srv->listeners[i]->addr, addr))
+        if (same_listen_addr(&srv->listeners[i]->addr, addr))
             return srv->listeners[i];
     return NULL;
 }

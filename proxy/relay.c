@@ -12,6 +12,7 @@
 
 #include "data.h"
 #include "feat.h"
+#include "ftp_codes.h"
 #include "log.h"
 
 #define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
@@ -88,19 +89,19 @@ static const char *data_result_reply(enum gw_data_result r)
     case GW_DATA_OK:
         return NULL;
     case GW_DATA_TIMEOUT:
-        return "426 Connection closed; transfer aborted (data timeout).\r\n";
+        return GW_R_XFER_DATA_TIMEOUT;
     case GW_DATA_UNSAFE_EOF:
-        return "426 Transfer aborted: upload ended without TLS close_notify.\r\n";
+        return GW_R_XFER_NO_CLOSE_NOTIFY;
     case GW_DATA_NOT_RESUMED:
-        return "522 TLS session of data connection not resumed.\r\n";
+        return GW_R_DATA_TLS_NOT_RESUMED;
     case GW_DATA_CLIENT_FAILED:
-        return "425 Can't open data connection.\r\n";
+        return GW_R_CANT_OPEN_DATA;
     case GW_DATA_BACKEND_FAILED:
-        return "425 Can't open data connection to the server.\r\n";
+        return GW_R_CANT_OPEN_DATA_BACKEND;
     case GW_DATA_ABORTED:
         break;
     }
-    return "426 Connection closed; transfer aborted.\r\n";
+    return GW_R_XFER_ABORTED;
 }
 
 /* data.c: the transfer's data legs are done (or failed). */
@@ -164,8 +165,8 @@ static void arm_client_leg(gw_session *s)
         from.port = (uint16_t)port;
         gw_data_client_active(s->data, &s->cur.want_addr, &from);
         offer_data_ticket(s);
-        gw_sess_reply(s, s->cur.want == WANT_PORT ? "200 PORT command successful.\r\n"
-                                      : "200 EPRT command successful.\r\n");
+        gw_sess_reply(s, s->cur.want == WANT_PORT ? GW_R_PORT_OK
+                                      : GW_R_EPRT_OK);
         return;
     }
     gw_addr bind = s->client_local;
@@ -174,7 +175,7 @@ static void arm_client_leg(gw_session *s)
         GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
                     fc->pasv_port_min, fc->pasv_port_max);
         gw_sess_drop_data(s, false);
-        gw_sess_reply(s, "425 Can't open passive connection: no free port.\r\n");
+        gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
     }
     if (s->cur.want == WANT_EPSV) {
@@ -240,7 +241,7 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
     if (ok != 0) {
         GW_LOG_WARN(s->id, "event=bad_pasv_reply reply=\"%.*s\"", (int)r->len - 2, r->line);
-        gw_sess_reply(s, "425 Can't open data connection: bad passive reply from the server.\r\n");
+        gw_sess_reply(s, GW_R_CANT_OPEN_DATA_BAD_PASV);
         gw_sess_command_done(s);
         return;
     }
@@ -251,13 +252,13 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
         GW_LOG_DEBUG(s->id, "event=pasv_address_replaced named=%s", gw_addr_str(&parsed));
     s->data = new_data(s);
     if (!s->data) {
-        gw_sess_reply(s, "425 Can't open data connection: out of memory.\r\n");
+        gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NOMEM);
         gw_sess_command_done(s);
         return;
     }
     if (gw_data_backend_passive(s->data, &addr) != 0) {
         gw_sess_drop_data(s, false);
-        gw_sess_reply(s, "425 Can't open data connection to the server.\r\n");
+        gw_sess_reply(s, GW_R_CANT_OPEN_DATA_BACKEND);
         gw_sess_command_done(s);
         return;
     }
@@ -301,7 +302,7 @@ void gw_relay_arm_backend_leg(gw_session *s)
     if (!s->data || gw_conn_local(s->backend, &local) != 0 ||
         (gw_addr_normalize(&local), gw_data_backend_active(s->data, &local, &s->backend_peer))) {
         gw_sess_drop_data(s, false);
-        gw_sess_reply(s, "425 Can't open data connection: cannot listen toward the server.\r\n");
+        gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NO_LISTEN);
         return;
     }
     s->cur.be_listen = local;
@@ -310,7 +311,7 @@ void gw_relay_arm_backend_leg(gw_session *s)
                    : gw_format_port(line, sizeof line, &local);
     if (n < 2) {
         gw_sess_drop_data(s, false);
-        gw_sess_reply(s, "425 Can't open data connection.\r\n");
+        gw_sess_reply(s, GW_R_CANT_OPEN_DATA);
         return;
     }
     line[n - 2] = 0; /* gw_backend_send() adds the CRLF */
@@ -354,7 +355,7 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
     if (for_transfer) {
         /* The client's leg was cut: its transfer did not succeed, whatever the server says. */
         if (r->last)
-            gw_sess_reply(s, r->code < 300 ? "426 Connection closed; transfer aborted.\r\n" : r->line);
+            gw_sess_reply(s, r->code < 300 ? GW_R_XFER_ABORTED : r->line);
         else if (r->code >= 300)
             gw_sess_reply(s, r->line);
     } else {
@@ -379,7 +380,7 @@ static void on_feat_line(gw_session *s, gw_reply_parser *r)
         if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
             gw_sess_reply(s, out);
         else
-            gw_sess_reply(s, "211 End\r\n");
+            gw_sess_reply(s, GW_R_FEAT_END);
         free(s->featbuf);
         s->featbuf = NULL;
         s->featlen = 0;
@@ -422,7 +423,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
         GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
         if (++s->failed_logins >= 3) {
-            gw_sess_fail(s, "421 Too many failed logins.\r\n", "3 failed logins");
+            gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
             return;
         }
         s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "data.h"
+#include "ftp_codes.h"
 #include "log.h"
 
 #define HANDSHAKE_TIMEOUT 30 /* seconds, capped by login_timeout */
@@ -99,7 +100,7 @@ void gw_sess_release(gw_session *s)
     free(s);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_session_timer_closed(uv_handle_t *h)
 {
     gw_sess_release(h->data);
 }
@@ -172,7 +173,7 @@ static void check_deadlines(gw_session *s)
     }
     if (s->reply_delay_until && now >= s->reply_delay_until) {
         s->reply_delay_until = 0;
-        gw_sess_reply(s, s->cur.held ? s->cur.held : "530 Login incorrect.\r\n");
+        gw_sess_reply(s, s->cur.held ? s->cur.held : GW_R_LOGIN_INCORRECT);
         free(s->cur.held);
         s->cur.held = NULL;
         s->cur.heldlen = 0;
@@ -183,16 +184,16 @@ static void check_deadlines(gw_session *s)
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
         if (!s->cur.abort_internal && !s->cur.abort_xfer_sent)
-            gw_sess_reply(s, "426 Connection closed; transfer aborted.\r\n");
+            gw_sess_reply(s, GW_R_XFER_ABORTED);
         if (!s->cur.abort_internal)
-            gw_sess_reply(s, "226 ABOR successful.\r\n");
-        gw_sess_fail(s, "421 Service not available: the server did not answer ABOR.\r\n",
+            gw_sess_reply(s, GW_R_ABOR_OK);
+        gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY,
                      "backend silent after ABOR");
         return;
     }
     if (s->pending == PEND_TRANSFER && s->data_finished && !s->cur.held_code &&
         now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
-        gw_relay_abort_transfer(s, "426 Transfer aborted: no final reply from the server.\r\n",
+        gw_relay_abort_transfer(s, GW_R_XFER_NO_FINAL_REPLY,
                                "server silent after the data connection ended");
         return;
     }
@@ -203,13 +204,13 @@ static void check_deadlines(gw_session *s)
         gw_sess_fail(s, NULL, "TLS handshake timeout after AUTH");
     else if (s->bstate == BS_CONNECTING &&
              since_start >= (uint64_t)s->fe->backend->connect_timeout * 1000)
-        gw_sess_fail(s, "421 Service not available: backend connect timeout.\r\n",
+        gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT,
                      "backend connect timeout");
     else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
-        gw_sess_fail(s, "421 Login timeout.\r\n", "login timeout");
+        gw_sess_fail(s, GW_R_LOGIN_TIMEOUT, "login timeout");
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
              idle >= (uint64_t)cfg->idle_timeout * 1000)
-        gw_sess_fail(s, "421 Idle timeout, closing control connection.\r\n", "idle timeout");
+        gw_sess_fail(s, GW_R_IDLE_TIMEOUT, "idle timeout");
 }
 
 static void on_tick(uv_timer_t *t)
@@ -302,7 +303,7 @@ static void on_client_close(gw_conn *c)
     s->client = NULL;
     if (s->cstate != CS_CLOSING)
         gw_sess_fail(s, NULL, "client gone");
-    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&s->timer, on_session_timer_closed);
     gw_sess_release(s);
 }
 
@@ -339,7 +340,7 @@ static bool refuse_over_limit(gw_session *s)
                 gw_addr_str(&s->client_peer), why, s->fe->srv->worker);
     if (s->fe->conf->mode != GW_FE_IMPLICIT) {
         gw_sess_set_client_state(s, CS_READY);
-        gw_sess_fail(s, "421 Too many connections, try again later.\r\n", why);
+        gw_sess_fail(s, GW_R_TOO_MANY_CONNECTIONS, why);
     } else {
         gw_sess_fail(s, NULL, why);
     }
@@ -406,5 +407,5 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
 void gw_session_close_all(gw_server *srv, const char *why)
 {
     for (gw_session *s = srv->session_list; s; s = s->next)
-        gw_sess_fail(s, "421 Service not available: the gateway is shutting down.\r\n", why);
+        gw_sess_fail(s, GW_R_SHUTTING_DOWN, why);
 }

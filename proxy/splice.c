@@ -53,7 +53,7 @@ static void wait_for(gw_splice *sp, bool dst)
                   on_ready);
 }
 
-static void fail(gw_splice *sp, int err)
+static void fail_splice(gw_splice *sp, int err)
 {
     const gw_splice_ops *ops = sp->ops;
     void *arg = sp->arg;
@@ -82,7 +82,7 @@ static void pump(gw_splice *sp)
                     wait_for(sp, false);
                     return;
                 }
-                fail(sp, errno);
+                fail_splice(sp, errno);
                 return;
             }
             sp->in_pipe = (size_t)n;
@@ -96,7 +96,7 @@ static void pump(gw_splice *sp)
                 wait_for(sp, true);
                 return;
             }
-            fail(sp, errno);
+            fail_splice(sp, errno);
             return;
         }
         sp->in_pipe -= (size_t)m;

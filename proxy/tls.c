@@ -368,7 +368,7 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     return t;
 }
 
-static bool is_ip_literal(const char *host)
+static bool host_is_ip_literal(const char *host)
 {
     unsigned char buf[16];
     return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
@@ -382,7 +382,7 @@ gw_tls *gw_tls_new_client(SSL_CTX *ctx, enum gw_tls_role role, const char *host,
         return NULL;
     SSL_set_connect_state(t->ssl);
     if (host && *host) {
-        if (is_ip_literal(host)) {
+        if (host_is_ip_literal(host)) {
             /* RFC 6066: no SNI for addresses; check the certificate's IP SAN instead. */
             if (verify)
                 X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host);
