@@ -1,8 +1,8 @@
 """What real clients do in one session: many transfers on one control connection, commands
 pipelined behind REIN, a refused data connection followed by more commands.
 
-Each test here was written against a defect seen with a real client (see the README's
-"Tested with real clients" section).
+Each test here failed before the fix of a defect seen with a real client (the README's
+"What works" section describes the behaviour now).
 """
 
 from __future__ import annotations
