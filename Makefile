@@ -48,7 +48,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format \
+.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format format-check \
 	install uninstall version check-libs check-cmocka FORCE
 all: build/ftpsgate
 
@@ -134,8 +134,12 @@ deps:
 bench: all
 	$(PYTHON) tests/bench/bench.py
 
+# Every C file as .clang-format says; format-check (CI) only looks.
 format:
-	clang-format -i proxy/*.c include/*.h tests/unit/*.c tests/fuzz/*.c
+	clang-format -i $$(git ls-files -- '*.c' '*.h')
+
+format-check:
+	tests/tools/check_format.sh
 
 version:
 	@echo $(VERSION)
