@@ -73,10 +73,4 @@ void gw_conn_input_ended(gw_conn *c); /* like a read EOF, without the callback *
 int gw_conn_peer(const gw_conn *c, gw_addr *a);
 int gw_conn_local(const gw_conn *c, gw_addr *a);
 
-/* sockaddr <-> gw_addr */
-void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa);
-void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss);
-/* "1.2.3.4:5" / "[::1]:5" into a per-thread buffer for logs */
-const char *gw_addr_str(const gw_addr *a);
-
 #endif
