@@ -1,7 +1,6 @@
-/* The running gateway. A configuration *generation* (the config plus, per frontend, its TLS
- * contexts, resolved addresses and port pool) is immutable; SIGHUP builds a new one for new
- * sessions while live sessions keep a reference to theirs. Listeners outlive generations:
- * a listening address that stays in the configuration keeps its socket. */
+/* The running gateway: one per worker, its listeners and its sessions. Configuration
+ * generations (generation.h) come and go on SIGHUP; listeners outlive them: a listening
+ * address that stays in the configuration keeps its socket. */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
@@ -9,11 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
-#include "config.h"
-#include "ftp_addr.h"
+#include "generation.h"
 #include "ip_limit.h"
-#include "pasv_pool.h"
-#include "tls.h"
 
 typedef struct gw_server gw_server;
 
@@ -25,34 +21,6 @@ typedef struct gw_shared {
     _Atomic int sessions;   /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
 } gw_shared;
-typedef struct gw_generation gw_generation;
-struct gw_session;
-
-typedef struct gw_frontend {
-    const gw_frontend_conf *conf;
-    const gw_backend_conf *backend;
-    const gw_config *cfg; /* the generation's whole configuration */
-    gw_generation *gen;
-    gw_server *srv;
-    SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
-    SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
-    const char *backend_host; /* SNI and certificate name (sni, else the address host) */
-    gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
-    gw_addr backend_addr; /* an IP literal's address; for a name, the last resolution */
-    bool backend_by_name; /* the backend address is a host name: resolved per session */
-    gw_pasv_pool *pool;
-} gw_frontend;
-
-struct gw_generation {
-    gw_config cfg;
-    int xferlog_fd; /* -1: no transfer log */
-    /* Backends that answered EPSV/EPRT with 500/501/502: PASV/PORT from then on. */
-    bool no_extended[GW_MAX_BACKENDS];
-    int refs; /* 1 while current, plus one per live session */
-    int n_frontends;
-    gw_frontend frontends[GW_MAX_FRONTENDS];
-};
-
 typedef struct gw_listener {
     uv_tcp_t tcp;
     gw_server *srv;
@@ -92,8 +60,6 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);
 
-void gw_generation_ref(gw_generation *g);
-void gw_generation_unref(gw_generation *g);
 /* No memory to serve the connection pending on listener: accept it and close it, so that
  * libuv keeps watching the listener. Allocates nothing. */
 void gw_listener_refuse(uv_stream_t *listener);

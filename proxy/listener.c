@@ -1,5 +1,5 @@
-/* Frontends and listeners: build a configuration generation (resolve addresses, TLS
- * contexts, port pools), listen, accept, and swap generations on reload. */
+/* Listeners: listen on every frontend of the current generation (generation.c builds it),
+ * accept, and swap generations on reload. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,145 +15,9 @@
 #include "server.h"
 #include "session.h"
 
-static int resolve(const char *host, uint16_t port, gw_addr *out)
-{
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
-        return -1;
-    /* Prefer IPv4: legacy servers and 227 replies are IPv4. */
-    struct addrinfo *pick = res;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
-        if (ai->ai_family == AF_INET) {
-            pick = ai;
-            break;
-        }
-    gw_addr_from_sockaddr(out, pick->ai_addr);
-    out->port = port;
-    freeaddrinfo(res);
-    return 0;
-}
-
 static const char *mode_name(enum gw_fe_mode m)
 {
     return m == GW_FE_IMPLICIT ? "implicit" : m == GW_FE_EXPLICIT ? "explicit" : "plain";
-}
-
-/* Everything a frontend needs except its listening socket. */
-static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t cap)
-{
-    const gw_frontend_conf *fc = fe->conf;
-    const gw_config *cfg = &g->cfg;
-    fe->cfg = cfg;
-    fe->gen = g;
-    fe->backend = &cfg->backends[fc->backend_index];
-    unsigned char probe[16];
-    fe->backend_by_name = inet_pton(AF_INET, fe->backend->address.host, probe) != 1 &&
-                          inet_pton(AF_INET6, fe->backend->address.host, probe) != 1;
-    /* A name is resolved again for every session (containers come and go); failing now is
-     * only a warning, so the gateway can start before its backend. */
-    if (resolve(fe->backend->address.host, fe->backend->address.port, &fe->backend_addr)) {
-        if (!fe->backend_by_name) {
-            snprintf(err, cap, "[backend %s] address: bad address %s", fe->backend->name,
-                     fe->backend->address.host);
-            return -1;
-        }
-        GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per "
-                       "session\"",
-                    fe->backend->name, fe->backend->address.host);
-    }
-    if (fc->pasv_address[0] &&
-        (resolve(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
-        snprintf(err, cap, "[frontend %s] pasv_address: %s does not resolve to an IPv4 address",
-                 fc->name, fc->pasv_address);
-        return -1;
-    }
-    if (fc->pasv_address[0])
-        GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name,
-                    fc->pasv_address, gw_addr_str(&fe->pasv_addr));
-    fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
-    if (!fe->pool) {
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    char e[256];
-    if (fc->mode != GW_FE_PLAIN) {
-        const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
-        const char *key = fc->key[0] ? fc->key : cfg->key;
-        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, cfg->ciphers,
-                                            cfg->ciphersuites, e, sizeof e);
-        if (!fe->tls_ctx) {
-            snprintf(err, cap, "[frontend %s] %s", fc->name, e);
-            return -1;
-        }
-    }
-    if (fe->backend->tls != GW_BE_TLS_NONE) {
-        fe->backend_tls_ctx = gw_tls_client_ctx_new(fe->backend, e, sizeof e);
-        if (!fe->backend_tls_ctx) {
-            snprintf(err, cap, "[backend %s] %s", fe->backend->name, e);
-            return -1;
-        }
-        fe->backend_host = fe->backend->sni[0] ? fe->backend->sni : fe->backend->address.host;
-        if (!fe->backend->tls_verify)
-            GW_LOG_WARN(0, "event=tls_verify_off backend=%s note=\"the backend's certificate "
-                           "is not checked\"",
-                        fe->backend->name);
-    }
-    return 0;
-}
-
-static void free_generation(gw_generation *g)
-{
-    if (g->xferlog_fd >= 0)
-        close(g->xferlog_fd);
-    for (int i = 0; i < g->n_frontends; i++) {
-        gw_tls_ctx_free(g->frontends[i].tls_ctx);
-        gw_tls_ctx_free(g->frontends[i].backend_tls_ctx);
-    }
-    free(g);
-}
-
-void gw_generation_ref(gw_generation *g)
-{
-    g->refs++;
-}
-
-void gw_generation_unref(gw_generation *g)
-{
-    if (--g->refs == 0)
-        free_generation(g);
-}
-
-static gw_generation *build_generation(gw_server *srv, const gw_config *cfg, char *err,
-                                       size_t cap)
-{
-    gw_generation *g = calloc(1, sizeof *g);
-    if (!g) {
-        snprintf(err, cap, "out of memory");
-        return NULL;
-    }
-    g->cfg = *cfg;
-    g->refs = 1;
-    g->xferlog_fd = -1;
-    if (g->cfg.xferlog[0]) {
-        g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (g->xferlog_fd < 0) {
-            snprintf(err, cap, "[global] xferlog: cannot open %s: %s", g->cfg.xferlog,
-                     strerror(errno));
-            free(g);
-            return NULL;
-        }
-    }
-    for (int i = 0; i < g->cfg.n_frontends; i++) {
-        gw_frontend *fe = &g->frontends[i];
-        fe->conf = &g->cfg.frontends[i];
-        fe->srv = srv;
-        g->n_frontends = i + 1;
-        if (prepare_frontend(g, fe, err, cap) != 0) {
-            free_generation(g);
-            return NULL;
-        }
-    }
-    return g;
 }
 
 static void on_connection(uv_stream_t *server, int status);
@@ -262,7 +126,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
 {
     const gw_frontend_conf *fc = fe->conf;
     gw_addr la;
-    if (resolve(fc->listen.host, fc->listen.port, &la)) {
+    if (gw_resolve_host(fc->listen.host, fc->listen.port, &la)) {
         snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
         return NULL;
     }
@@ -367,9 +231,11 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
                     size_t cap)
 {
     srv->loop = loop;
-    srv->gen = build_generation(srv, cfg, err, cap);
+    srv->gen = gw_generation_new(cfg, err, cap);
     if (!srv->gen)
         return -1;
+    for (int i = 0; i < srv->gen->n_frontends; i++)
+        srv->gen->frontends[i].srv = srv;
     uv_timer_init(loop, &srv->fd_probe);
     srv->fd_probe.data = srv;
     srv->fd_probe_started = true;
@@ -380,9 +246,11 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
 {
-    gw_generation *g = build_generation(srv, cfg, err, cap);
+    gw_generation *g = gw_generation_new(cfg, err, cap);
     if (!g)
         return -1;
+    for (int i = 0; i < g->n_frontends; i++)
+        g->frontends[i].srv = srv;
     if (switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;

@@ -12,7 +12,7 @@
 #include "conn.h"
 #include "ftp_cmd.h"
 #include "ftp_reply.h"
-#include "server.h"
+#include "generation.h"
 #include "session.h"
 
 #define INBUF_MAX (16 * 1024) /* queued client bytes before we stop reading it */
