@@ -45,6 +45,9 @@ struct gw_conn {
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
                      const char *name);
 int gw_conn_accept(gw_conn *c, uv_stream_t *server);
+/* Hand the conn to another owner (the listener accepts, the session serves): its callbacks
+ * go to ops and owner from now on. */
+void gw_conn_set_owner(gw_conn *c, const gw_conn_ops *ops, void *owner);
 int gw_conn_connect(gw_conn *c, const gw_addr *to);
 /* Begin a TLS handshake as server on this connection; reading starts if it had not. */
 int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role);

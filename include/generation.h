@@ -19,7 +19,6 @@ typedef struct gw_frontend {
     const gw_backend_conf *backend;
     const gw_config *cfg; /* the generation's whole configuration */
     gw_generation *gen;
-    struct gw_server *srv; /* set by the listener */
     SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
     SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
     const char *backend_host; /* SNI and certificate name (sni, else the address host) */

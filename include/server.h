@@ -12,6 +12,7 @@
 #include "ip_limit.h"
 
 typedef struct gw_server gw_server;
+typedef struct gw_sess_entry gw_sess_entry; /* an accepted client (listener.c) */
 
 /* What the workers (one gw_server and event loop each, [global] workers) share: the
  * process-wide session limits and session numbers. */
@@ -42,7 +43,7 @@ struct gw_server {
     gw_listener *listeners[GW_MAX_FRONTENDS];
     int sessions; /* this worker's */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
-    struct gw_session *session_list; /* every live session, for shutdown */
+    gw_sess_entry *session_list; /* every accepted client until it ends, for shutdown */
     uv_timer_t fd_probe;               /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;
@@ -59,6 +60,9 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);
+/* End every live session with 421 (graceful stop after shutdown_grace); each is counted and
+ * listed until it has ended. */
+void gw_server_close_sessions(gw_server *srv, const char *why);
 
 /* No memory to serve the connection pending on listener: accept it and close it, so that
  * libuv keeps watching the listener. Allocates nothing. */

@@ -59,6 +59,12 @@ int gw_conn_accept(gw_conn *c, uv_stream_t *server)
     return r;
 }
 
+void gw_conn_set_owner(gw_conn *c, const gw_conn_ops *ops, void *owner)
+{
+    c->ops = ops;
+    c->owner = owner;
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     gw_conn *c = req->handle->data;

@@ -3,14 +3,17 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <unistd.h>
+#include <malloc.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
+#include "ftp_codes.h"
 #include "log.h"
 #include "server.h"
 #include "session.h"
@@ -43,6 +46,16 @@ static void on_refused(uv_handle_t *h)
     }
 }
 
+/* Accept errors are logged at most once a second. */
+static void warn_accept(gw_listener *l, const char *why)
+{
+    uint64_t now = uv_now(l->srv->loop);
+    if (now - l->srv->last_accept_warn >= 1000) {
+        l->srv->last_accept_warn = now;
+        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", l->fe->conf->name, why);
+    }
+}
+
 /* libuv stops watching a listener whose connection callback did not uv_accept(), until the
  * next uv_accept(): one allocation failure would stop the frontend for good. The connection
  * is accepted into the listener's own spare handle and closed. While that handle is still
@@ -50,12 +63,7 @@ static void on_refused(uv_handle_t *h)
 void gw_listener_refuse(uv_stream_t *listener)
 {
     gw_listener *l = listener->data;
-    uint64_t now = uv_now(l->srv->loop);
-    if (now - l->srv->last_accept_warn >= 1000) {
-        l->srv->last_accept_warn = now;
-        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"out of memory\"",
-                    l->fe->conf->name);
-    }
+    warn_accept(l, "out of memory");
     if (l->refusing) {
         l->waiting = true;
         return;
@@ -67,21 +75,178 @@ void gw_listener_refuse(uv_stream_t *listener)
     uv_close((uv_handle_t *)&l->refuse, on_refused);
 }
 
+/* One accepted client connection, from accept until its session (or its refusal) has ended:
+ * it holds a place in the session counters and, once counted, one of its address's
+ * max_sessions_per_ip, and it is linked into srv->session_list for shutdown. */
+struct gw_sess_entry {
+    gw_server *srv;
+    gw_session *s; /* NULL until the session runs, and for a refused connection */
+    uint64_t id;
+    gw_addr peer;
+    bool ip_counted;
+    struct gw_sess_entry *next, *prev;
+};
+
+static void entry_end(void *host)
+{
+    gw_sess_entry *e = host;
+    gw_server *srv = e->srv;
+    srv->sessions--;
+    srv->shared->sessions--;
+    if (e->ip_counted) {
+        pthread_mutex_lock(&srv->shared->lock);
+        gw_ip_release(srv->shared->per_ip, &e->peer);
+        pthread_mutex_unlock(&srv->shared->lock);
+    }
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        srv->session_list = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    free(e);
+#ifdef __GLIBC__
+    /* After a burst glibc keeps the freed heap; give it back when the gateway goes idle. */
+    if (srv->sessions == 0)
+        malloc_trim(0);
+#endif
+}
+
+static const gw_session_hooks entry_hooks = {.on_end = entry_end};
+
+/* A connection no session serves (refused, or its accept failed): its last reply is out,
+ * or it is closed at once. */
+static void on_unserved_error(gw_conn *c, const char *why)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_shutdown(gw_conn *c, int status)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_eof(gw_conn *c, bool clean)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_drain(gw_conn *c)
+{
+}
+
+static void on_unserved_close(gw_conn *c)
+{
+    gw_sess_entry *e = c->owner;
+    GW_LOG_INFO(e->id, "event=session_end");
+    entry_end(e);
+}
+
+static const gw_conn_ops unserved_ops = {
+    .on_error = on_unserved_error,
+    .on_eof = on_unserved_eof,
+    .on_drain = on_unserved_drain,
+    .on_shutdown = on_unserved_shutdown,
+    .on_close = on_unserved_close,
+};
+
+/* End a connection no session serves: text (in clear) then FIN, or a bare close. */
+static void unserved_close(gw_sess_entry *e, gw_conn *c, const char *text, const char *why)
+{
+    GW_LOG_INFO(e->id, "event=session_close reason=\"%s\"", why);
+    if (text) {
+        gw_conn_write_str(c, text);
+        gw_conn_shutdown(c);
+    } else {
+        gw_conn_close(c);
+    }
+}
+
+/* max_sessions and max_sessions_per_ip: 421 in clear on explicit/plain frontends, a bare
+ * close on implicit ones (never a byte in clear there, PROTOCOL.md §7). The connection is
+ * counted already; false when it may be served. */
+static bool refuse_over_limit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
+{
+    const gw_config *cfg = fe->cfg;
+    gw_shared *sh = e->srv->shared;
+    const char *why = NULL;
+    if (sh->sessions > cfg->max_sessions) {
+        why = "max_sessions reached";
+    } else {
+        pthread_mutex_lock(&sh->lock);
+        if (gw_ip_acquire(sh->per_ip, &e->peer, cfg->max_sessions_per_ip) != 0)
+            why = "max_sessions_per_ip reached";
+        else
+            e->ip_counted = true;
+        pthread_mutex_unlock(&sh->lock);
+    }
+    if (!why)
+        return false;
+    GW_LOG_WARN(e->id, "event=session_refused peer=%s reason=\"%s\" worker=%d",
+                gw_addr_str(&e->peer), why, e->srv->worker);
+    unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_TOO_MANY_CONNECTIONS : NULL,
+                   why);
+    return true;
+}
+
+/* A new client: counted and listed from here until its session (or refusal) ends. */
+static void accept_client(gw_listener *l, uv_stream_t *server)
+{
+    gw_server *srv = l->srv;
+    gw_frontend *fe = l->fe;
+    gw_sess_entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        gw_listener_refuse(server);
+        return;
+    }
+    e->srv = srv;
+    e->id = ++srv->shared->next_session_id;
+    gw_conn *c = gw_conn_new(srv->loop, &unserved_ops, e, e->id, "client");
+    if (!c) {
+        free(e);
+        gw_listener_refuse(server);
+        return;
+    }
+    srv->sessions++;
+    srv->shared->sessions++;
+    e->next = srv->session_list;
+    if (e->next)
+        e->next->prev = e;
+    srv->session_list = e;
+    gw_addr local;
+    if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &e->peer) || gw_conn_local(c, &local)) {
+        unserved_close(e, c, NULL, "accept failed");
+        return;
+    }
+    gw_addr_normalize(&e->peer);
+    if (refuse_over_limit(e, fe, c))
+        return;
+    GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
+                gw_addr_str(&e->peer), srv->worker);
+    e->s = gw_session_start(fe, srv->loop, e->id, c, &e->peer, &local, &entry_hooks, e);
+    if (!e->s) {
+        warn_accept(l, "out of memory");
+        unserved_close(e, c, NULL, "out of memory");
+    }
+}
+
+void gw_server_close_sessions(gw_server *srv, const char *why)
+{
+    for (gw_sess_entry *e = srv->session_list; e; e = e->next)
+        if (e->s)
+            gw_session_close(e->s, why);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     gw_listener *l = server->data;
     if (status < 0) {
         /* libuv closes the pending connection itself on EMFILE (its spare descriptor), so
          * the loop neither spins nor dies; we only keep the log readable. */
-        uint64_t now = uv_now(l->srv->loop);
-        if (now - l->srv->last_accept_warn >= 1000) {
-            l->srv->last_accept_warn = now;
-            GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", l->fe->conf->name,
-                        uv_strerror(status));
-        }
+        warn_accept(l, uv_strerror(status));
         return;
     }
-    gw_session_accept(l->fe, server);
+    accept_client(l, server);
 }
 
 static bool same_listen_addr(const gw_hostport *a, const gw_hostport *b)
@@ -234,8 +399,6 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
     srv->gen = gw_generation_new(cfg, err, cap);
     if (!srv->gen)
         return -1;
-    for (int i = 0; i < srv->gen->n_frontends; i++)
-        srv->gen->frontends[i].srv = srv;
     uv_timer_init(loop, &srv->fd_probe);
     srv->fd_probe.data = srv;
     srv->fd_probe_started = true;
@@ -249,8 +412,6 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
     gw_generation *g = gw_generation_new(cfg, err, cap);
     if (!g)
         return -1;
-    for (int i = 0; i < g->n_frontends; i++)
-        g->frontends[i].srv = srv;
     if (switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
