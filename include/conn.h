@@ -45,6 +45,9 @@ struct gw_conn {
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
                      const char *name);
 int gw_conn_accept(gw_conn *c, uv_stream_t *server);
+/* Hand the conn to another owner (the listener accepts, the session serves): its callbacks
+ * go to ops and owner from now on. */
+void gw_conn_set_owner(gw_conn *c, const gw_conn_ops *ops, void *owner);
 int gw_conn_connect(gw_conn *c, const gw_addr *to);
 /* Begin a TLS handshake as server on this connection; reading starts if it had not. */
 int gw_conn_start_tls(gw_conn *c, SSL_CTX *ctx, enum gw_tls_role role);
@@ -72,11 +75,5 @@ void gw_conn_count_spliced(gw_conn *src, gw_conn *dst, size_t n);
 void gw_conn_input_ended(gw_conn *c); /* like a read EOF, without the callback */
 int gw_conn_peer(const gw_conn *c, gw_addr *a);
 int gw_conn_local(const gw_conn *c, gw_addr *a);
-
-/* sockaddr <-> gw_addr */
-void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa);
-void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss);
-/* "1.2.3.4:5" / "[::1]:5" into a per-thread buffer for logs */
-const char *gw_addr_str(const gw_addr *a);
 
 #endif

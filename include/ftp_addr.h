@@ -1,10 +1,12 @@
-/* Pure parse/format of 227, 229, PORT and EPRT, and address helpers (RFC 959, RFC 2428). */
+/* Pure parse/format of 227, 229, PORT and EPRT, address helpers (RFC 959, RFC 2428), and
+ * sockaddr conversion and text forms for logs. */
 #ifndef GW_FTP_ADDR_H
 #define GW_FTP_ADDR_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef struct gw_addr {
     int family;     /* 4 or 6 (0: unset) */
@@ -40,5 +42,11 @@ bool gw_addr_same_host(const gw_addr *a, const gw_addr *b);
 const char *gw_addr_ip_str(const gw_addr *a, char *buf, size_t cap);
 /* 0.0.0.0, loopback excluded; true for RFC 1918, 0.0.0.0/8, link-local, ULA fc00::/7, :: */
 bool gw_addr_is_private_or_any(const gw_addr *a);
+
+/* sockaddr <-> gw_addr */
+void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa);
+void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss);
+/* "1.2.3.4:5" / "[::1]:5" into a per-thread buffer for logs */
+const char *gw_addr_str(const gw_addr *a);
 
 #endif

@@ -1,7 +1,6 @@
-/* The running gateway. A configuration *generation* (the config plus, per frontend, its TLS
- * contexts, resolved addresses and port pool) is immutable; SIGHUP builds a new one for new
- * sessions while live sessions keep a reference to theirs. Listeners outlive generations:
- * a listening address that stays in the configuration keeps its socket. */
+/* The running gateway: one per worker, its listeners and its sessions. Configuration
+ * generations (generation.h) come and go on SIGHUP; listeners outlive them: a listening
+ * address that stays in the configuration keeps its socket. */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
@@ -9,13 +8,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
-#include "config.h"
-#include "ftp_addr.h"
+#include "generation.h"
 #include "ip_limit.h"
-#include "pasv_pool.h"
-#include "tls.h"
 
 typedef struct gw_server gw_server;
+typedef struct gw_sess_entry gw_sess_entry; /* an accepted client (listener.c) */
 
 /* What the workers (one gw_server and event loop each, [global] workers) share: the
  * process-wide session limits and session numbers. */
@@ -25,34 +22,6 @@ typedef struct gw_shared {
     _Atomic int sessions;   /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
 } gw_shared;
-typedef struct gw_generation gw_generation;
-struct gw_session;
-
-typedef struct gw_frontend {
-    const gw_frontend_conf *conf;
-    const gw_backend_conf *backend;
-    const gw_config *cfg; /* the generation's whole configuration */
-    gw_generation *gen;
-    gw_server *srv;
-    SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
-    SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
-    const char *backend_host; /* SNI and certificate name (sni, else the address host) */
-    gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
-    gw_addr backend_addr; /* an IP literal's address; for a name, the last resolution */
-    bool backend_by_name; /* the backend address is a host name: resolved per session */
-    gw_pasv_pool *pool;
-} gw_frontend;
-
-struct gw_generation {
-    gw_config cfg;
-    int xferlog_fd; /* -1: no transfer log */
-    /* Backends that answered EPSV/EPRT with 500/501/502: PASV/PORT from then on. */
-    bool no_extended[GW_MAX_BACKENDS];
-    int refs; /* 1 while current, plus one per live session */
-    int n_frontends;
-    gw_frontend frontends[GW_MAX_FRONTENDS];
-};
-
 typedef struct gw_listener {
     uv_tcp_t tcp;
     gw_server *srv;
@@ -74,7 +43,7 @@ struct gw_server {
     gw_listener *listeners[GW_MAX_FRONTENDS];
     int sessions; /* this worker's */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
-    struct gw_session *session_list; /* every live session, for shutdown */
+    gw_sess_entry *session_list; /* every accepted client until it ends, for shutdown */
     uv_timer_t fd_probe;               /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;
@@ -91,9 +60,10 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);
+/* End every live session with 421 (graceful stop after shutdown_grace); each is counted and
+ * listed until it has ended. */
+void gw_server_close_sessions(gw_server *srv, const char *why);
 
-void gw_generation_ref(gw_generation *g);
-void gw_generation_unref(gw_generation *g);
 /* No memory to serve the connection pending on listener: accept it and close it, so that
  * libuv keeps watching the listener. Allocates nothing. */
 void gw_listener_refuse(uv_stream_t *listener);

@@ -1,16 +1,31 @@
-/* One client session, opaque outside the session files (proxy/session*.c, backend.c,
- * client_cmd.c, relay.c): the listener hands it an accepted connection, shutdown ends it. */
+/* One client session, opaque outside the session files (proxy/session.c, backend.c,
+ * client_cmd.c, relay.c): the listener accepts the client's connection, counts it against
+ * the limits and hands it over; the session tells it through its hooks when it has ended. */
 #ifndef GW_SESSION_H
 #define GW_SESSION_H
 
+#include <stdint.h>
 #include <uv.h>
-#include "server.h"
+#include "conn.h"
+#include "ftp_addr.h"
+#include "generation.h"
 
 typedef struct gw_session gw_session;
 
+typedef struct gw_session_hooks {
+    /* The session is gone (its last handle closed, its memory freed): called once. */
+    void (*on_end)(void *host);
+} gw_session_hooks;
 
-void gw_session_accept(gw_frontend *fe, uv_stream_t *listener);
-/* End every live session with 421 (graceful stop after shutdown_grace). */
-void gw_session_close_all(gw_server *srv, const char *why);
+/* Serve client, accepted on a listener of fe (peer: its normalised address, local: the
+ * address it reached): the session takes the connection over (its callbacks and owner) and
+ * a reference to fe's generation. NULL when out of memory: client is still the caller's and
+ * nothing else happened. */
+gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_conn *client,
+                             const gw_addr *peer, const gw_addr *local,
+                             const gw_session_hooks *hooks, void *host);
+/* End the session with 421 (graceful stop after shutdown_grace). Its end is reported later,
+ * through on_end. */
+void gw_session_close(gw_session *s, const char *why);
 
 #endif

@@ -59,6 +59,12 @@ int gw_conn_accept(gw_conn *c, uv_stream_t *server)
     return r;
 }
 
+void gw_conn_set_owner(gw_conn *c, const gw_conn_ops *ops, void *owner)
+{
+    c->ops = ops;
+    c->owner = owner;
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     gw_conn *c = req->handle->data;
@@ -467,38 +473,6 @@ void gw_conn_reset(gw_conn *c)
         uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
-void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa)
-{
-    memset(a, 0, sizeof *a);
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        a->family = 4;
-        memcpy(a->ip, &in->sin_addr, 4);
-        a->port = ntohs(in->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        a->family = 6;
-        memcpy(a->ip, &in6->sin6_addr, 16);
-        a->port = ntohs(in6->sin6_port);
-    }
-}
-
-void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof *ss);
-    if (a->family == 4) {
-        struct sockaddr_in *in = (struct sockaddr_in *)ss;
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, a->ip, 4);
-        in->sin_port = htons(a->port);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, a->ip, 16);
-        in6->sin6_port = htons(a->port);
-    }
-}
-
 static int name_of(const gw_conn *c, gw_addr *a, bool peer)
 {
     struct sockaddr_storage ss;
@@ -519,13 +493,4 @@ int gw_conn_peer(const gw_conn *c, gw_addr *a)
 int gw_conn_local(const gw_conn *c, gw_addr *a)
 {
     return name_of(c, a, false);
-}
-
-const char *gw_addr_str(const gw_addr *a)
-{
-    static __thread char buf[80];
-    char ip[64];
-    gw_addr_ip_str(a, ip, sizeof ip);
-    snprintf(buf, sizeof buf, a->family == 6 ? "[%s]:%u" : "%s:%u", ip, a->port);
-    return buf;
 }

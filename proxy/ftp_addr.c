@@ -3,6 +3,7 @@
 #include "ftp_addr.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -321,4 +322,45 @@ bool gw_addr_is_private_or_any(const gw_addr *a)
                (ip[0] == 0xfe && (ip[1] & 0xc0) == 0x80); /* link-local fe80::/10 */
     }
     return false;
+}
+
+void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa)
+{
+    memset(a, 0, sizeof *a);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        a->family = 4;
+        memcpy(a->ip, &in->sin_addr, 4);
+        a->port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        a->family = 6;
+        memcpy(a->ip, &in6->sin6_addr, 16);
+        a->port = ntohs(in6->sin6_port);
+    }
+}
+
+void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == 4) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, a->ip, 4);
+        in->sin_port = htons(a->port);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, a->ip, 16);
+        in6->sin6_port = htons(a->port);
+    }
+}
+
+const char *gw_addr_str(const gw_addr *a)
+{
+    static _Thread_local char buf[80]; /* per thread: workers log at once */
+    char ip[64];
+    gw_addr_ip_str(a, ip, sizeof ip);
+    snprintf(buf, sizeof buf, a->family == 6 ? "[%s]:%u" : "%s:%u", ip, a->port);
+    return buf;
 }

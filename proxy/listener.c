@@ -1,159 +1,26 @@
-/* Frontends and listeners: build a configuration generation (resolve addresses, TLS
- * contexts, port pools), listen, accept, and swap generations on reload. */
+/* Listeners: listen on every frontend of the current generation (generation.c builds it),
+ * accept, and swap generations on reload. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <unistd.h>
+#include <malloc.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
+#include "ftp_codes.h"
 #include "log.h"
 #include "server.h"
 #include "session.h"
 
-static int resolve(const char *host, uint16_t port, gw_addr *out)
-{
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
-        return -1;
-    /* Prefer IPv4: legacy servers and 227 replies are IPv4. */
-    struct addrinfo *pick = res;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
-        if (ai->ai_family == AF_INET) {
-            pick = ai;
-            break;
-        }
-    gw_addr_from_sockaddr(out, pick->ai_addr);
-    out->port = port;
-    freeaddrinfo(res);
-    return 0;
-}
-
 static const char *mode_name(enum gw_fe_mode m)
 {
     return m == GW_FE_IMPLICIT ? "implicit" : m == GW_FE_EXPLICIT ? "explicit" : "plain";
-}
-
-/* Everything a frontend needs except its listening socket. */
-static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t cap)
-{
-    const gw_frontend_conf *fc = fe->conf;
-    const gw_config *cfg = &g->cfg;
-    fe->cfg = cfg;
-    fe->gen = g;
-    fe->backend = &cfg->backends[fc->backend_index];
-    unsigned char probe[16];
-    fe->backend_by_name = inet_pton(AF_INET, fe->backend->address.host, probe) != 1 &&
-                          inet_pton(AF_INET6, fe->backend->address.host, probe) != 1;
-    /* A name is resolved again for every session (containers come and go); failing now is
-     * only a warning, so the gateway can start before its backend. */
-    if (resolve(fe->backend->address.host, fe->backend->address.port, &fe->backend_addr)) {
-        if (!fe->backend_by_name) {
-            snprintf(err, cap, "[backend %s] address: bad address %s", fe->backend->name,
-                     fe->backend->address.host);
-            return -1;
-        }
-        GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per "
-                       "session\"",
-                    fe->backend->name, fe->backend->address.host);
-    }
-    if (fc->pasv_address[0] &&
-        (resolve(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
-        snprintf(err, cap, "[frontend %s] pasv_address: %s does not resolve to an IPv4 address",
-                 fc->name, fc->pasv_address);
-        return -1;
-    }
-    if (fc->pasv_address[0])
-        GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name,
-                    fc->pasv_address, gw_addr_str(&fe->pasv_addr));
-    fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
-    if (!fe->pool) {
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    char e[256];
-    if (fc->mode != GW_FE_PLAIN) {
-        const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
-        const char *key = fc->key[0] ? fc->key : cfg->key;
-        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, cfg->ciphers,
-                                            cfg->ciphersuites, e, sizeof e);
-        if (!fe->tls_ctx) {
-            snprintf(err, cap, "[frontend %s] %s", fc->name, e);
-            return -1;
-        }
-    }
-    if (fe->backend->tls != GW_BE_TLS_NONE) {
-        fe->backend_tls_ctx = gw_tls_client_ctx_new(fe->backend, e, sizeof e);
-        if (!fe->backend_tls_ctx) {
-            snprintf(err, cap, "[backend %s] %s", fe->backend->name, e);
-            return -1;
-        }
-        fe->backend_host = fe->backend->sni[0] ? fe->backend->sni : fe->backend->address.host;
-        if (!fe->backend->tls_verify)
-            GW_LOG_WARN(0, "event=tls_verify_off backend=%s note=\"the backend's certificate "
-                           "is not checked\"",
-                        fe->backend->name);
-    }
-    return 0;
-}
-
-static void free_generation(gw_generation *g)
-{
-    if (g->xferlog_fd >= 0)
-        close(g->xferlog_fd);
-    for (int i = 0; i < g->n_frontends; i++) {
-        gw_tls_ctx_free(g->frontends[i].tls_ctx);
-        gw_tls_ctx_free(g->frontends[i].backend_tls_ctx);
-    }
-    free(g);
-}
-
-void gw_generation_ref(gw_generation *g)
-{
-    g->refs++;
-}
-
-void gw_generation_unref(gw_generation *g)
-{
-    if (--g->refs == 0)
-        free_generation(g);
-}
-
-static gw_generation *build_generation(gw_server *srv, const gw_config *cfg, char *err,
-                                       size_t cap)
-{
-    gw_generation *g = calloc(1, sizeof *g);
-    if (!g) {
-        snprintf(err, cap, "out of memory");
-        return NULL;
-    }
-    g->cfg = *cfg;
-    g->refs = 1;
-    g->xferlog_fd = -1;
-    if (g->cfg.xferlog[0]) {
-        g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (g->xferlog_fd < 0) {
-            snprintf(err, cap, "[global] xferlog: cannot open %s: %s", g->cfg.xferlog,
-                     strerror(errno));
-            free(g);
-            return NULL;
-        }
-    }
-    for (int i = 0; i < g->cfg.n_frontends; i++) {
-        gw_frontend *fe = &g->frontends[i];
-        fe->conf = &g->cfg.frontends[i];
-        fe->srv = srv;
-        g->n_frontends = i + 1;
-        if (prepare_frontend(g, fe, err, cap) != 0) {
-            free_generation(g);
-            return NULL;
-        }
-    }
-    return g;
 }
 
 static void on_connection(uv_stream_t *server, int status);
@@ -179,6 +46,16 @@ static void on_refused(uv_handle_t *h)
     }
 }
 
+/* Accept errors are logged at most once a second. */
+static void warn_accept(gw_listener *l, const char *why)
+{
+    uint64_t now = uv_now(l->srv->loop);
+    if (now - l->srv->last_accept_warn >= 1000) {
+        l->srv->last_accept_warn = now;
+        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", l->fe->conf->name, why);
+    }
+}
+
 /* libuv stops watching a listener whose connection callback did not uv_accept(), until the
  * next uv_accept(): one allocation failure would stop the frontend for good. The connection
  * is accepted into the listener's own spare handle and closed. While that handle is still
@@ -186,12 +63,7 @@ static void on_refused(uv_handle_t *h)
 void gw_listener_refuse(uv_stream_t *listener)
 {
     gw_listener *l = listener->data;
-    uint64_t now = uv_now(l->srv->loop);
-    if (now - l->srv->last_accept_warn >= 1000) {
-        l->srv->last_accept_warn = now;
-        GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"out of memory\"",
-                    l->fe->conf->name);
-    }
+    warn_accept(l, "out of memory");
     if (l->refusing) {
         l->waiting = true;
         return;
@@ -203,21 +75,178 @@ void gw_listener_refuse(uv_stream_t *listener)
     uv_close((uv_handle_t *)&l->refuse, on_refused);
 }
 
+/* One accepted client connection, from accept until its session (or its refusal) has ended:
+ * it holds a place in the session counters and, once counted, one of its address's
+ * max_sessions_per_ip, and it is linked into srv->session_list for shutdown. */
+struct gw_sess_entry {
+    gw_server *srv;
+    gw_session *s; /* NULL until the session runs, and for a refused connection */
+    uint64_t id;
+    gw_addr peer;
+    bool ip_counted;
+    struct gw_sess_entry *next, *prev;
+};
+
+static void entry_end(void *host)
+{
+    gw_sess_entry *e = host;
+    gw_server *srv = e->srv;
+    srv->sessions--;
+    srv->shared->sessions--;
+    if (e->ip_counted) {
+        pthread_mutex_lock(&srv->shared->lock);
+        gw_ip_release(srv->shared->per_ip, &e->peer);
+        pthread_mutex_unlock(&srv->shared->lock);
+    }
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        srv->session_list = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    free(e);
+#ifdef __GLIBC__
+    /* After a burst glibc keeps the freed heap; give it back when the gateway goes idle. */
+    if (srv->sessions == 0)
+        malloc_trim(0);
+#endif
+}
+
+static const gw_session_hooks entry_hooks = {.on_end = entry_end};
+
+/* A connection no session serves (refused, or its accept failed): its last reply is out,
+ * or it is closed at once. */
+static void on_unserved_error(gw_conn *c, const char *why)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_shutdown(gw_conn *c, int status)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_eof(gw_conn *c, bool clean)
+{
+    gw_conn_close(c);
+}
+
+static void on_unserved_drain(gw_conn *c)
+{
+}
+
+static void on_unserved_close(gw_conn *c)
+{
+    gw_sess_entry *e = c->owner;
+    GW_LOG_INFO(e->id, "event=session_end");
+    entry_end(e);
+}
+
+static const gw_conn_ops unserved_ops = {
+    .on_error = on_unserved_error,
+    .on_eof = on_unserved_eof,
+    .on_drain = on_unserved_drain,
+    .on_shutdown = on_unserved_shutdown,
+    .on_close = on_unserved_close,
+};
+
+/* End a connection no session serves: text (in clear) then FIN, or a bare close. */
+static void unserved_close(gw_sess_entry *e, gw_conn *c, const char *text, const char *why)
+{
+    GW_LOG_INFO(e->id, "event=session_close reason=\"%s\"", why);
+    if (text) {
+        gw_conn_write_str(c, text);
+        gw_conn_shutdown(c);
+    } else {
+        gw_conn_close(c);
+    }
+}
+
+/* max_sessions and max_sessions_per_ip: 421 in clear on explicit/plain frontends, a bare
+ * close on implicit ones (never a byte in clear there, PROTOCOL.md §7). The connection is
+ * counted already; false when it may be served. */
+static bool refuse_over_limit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
+{
+    const gw_config *cfg = fe->cfg;
+    gw_shared *sh = e->srv->shared;
+    const char *why = NULL;
+    if (sh->sessions > cfg->max_sessions) {
+        why = "max_sessions reached";
+    } else {
+        pthread_mutex_lock(&sh->lock);
+        if (gw_ip_acquire(sh->per_ip, &e->peer, cfg->max_sessions_per_ip) != 0)
+            why = "max_sessions_per_ip reached";
+        else
+            e->ip_counted = true;
+        pthread_mutex_unlock(&sh->lock);
+    }
+    if (!why)
+        return false;
+    GW_LOG_WARN(e->id, "event=session_refused peer=%s reason=\"%s\" worker=%d",
+                gw_addr_str(&e->peer), why, e->srv->worker);
+    unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_TOO_MANY_CONNECTIONS : NULL,
+                   why);
+    return true;
+}
+
+/* A new client: counted and listed from here until its session (or refusal) ends. */
+static void accept_client(gw_listener *l, uv_stream_t *server)
+{
+    gw_server *srv = l->srv;
+    gw_frontend *fe = l->fe;
+    gw_sess_entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        gw_listener_refuse(server);
+        return;
+    }
+    e->srv = srv;
+    e->id = ++srv->shared->next_session_id;
+    gw_conn *c = gw_conn_new(srv->loop, &unserved_ops, e, e->id, "client");
+    if (!c) {
+        free(e);
+        gw_listener_refuse(server);
+        return;
+    }
+    srv->sessions++;
+    srv->shared->sessions++;
+    e->next = srv->session_list;
+    if (e->next)
+        e->next->prev = e;
+    srv->session_list = e;
+    gw_addr local;
+    if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &e->peer) || gw_conn_local(c, &local)) {
+        unserved_close(e, c, NULL, "accept failed");
+        return;
+    }
+    gw_addr_normalize(&e->peer);
+    if (refuse_over_limit(e, fe, c))
+        return;
+    GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
+                gw_addr_str(&e->peer), srv->worker);
+    e->s = gw_session_start(fe, srv->loop, e->id, c, &e->peer, &local, &entry_hooks, e);
+    if (!e->s) {
+        warn_accept(l, "out of memory");
+        unserved_close(e, c, NULL, "out of memory");
+    }
+}
+
+void gw_server_close_sessions(gw_server *srv, const char *why)
+{
+    for (gw_sess_entry *e = srv->session_list; e; e = e->next)
+        if (e->s)
+            gw_session_close(e->s, why);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     gw_listener *l = server->data;
     if (status < 0) {
         /* libuv closes the pending connection itself on EMFILE (its spare descriptor), so
          * the loop neither spins nor dies; we only keep the log readable. */
-        uint64_t now = uv_now(l->srv->loop);
-        if (now - l->srv->last_accept_warn >= 1000) {
-            l->srv->last_accept_warn = now;
-            GW_LOG_WARN(0, "event=accept_failed frontend=%s reason=\"%s\"", l->fe->conf->name,
-                        uv_strerror(status));
-        }
+        warn_accept(l, uv_strerror(status));
         return;
     }
-    gw_session_accept(l->fe, server);
+    accept_client(l, server);
 }
 
 static bool same_listen_addr(const gw_hostport *a, const gw_hostport *b)
@@ -262,7 +291,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
 {
     const gw_frontend_conf *fc = fe->conf;
     gw_addr la;
-    if (resolve(fc->listen.host, fc->listen.port, &la)) {
+    if (gw_resolve_host(fc->listen.host, fc->listen.port, &la)) {
         snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
         return NULL;
     }
@@ -367,7 +396,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
                     size_t cap)
 {
     srv->loop = loop;
-    srv->gen = build_generation(srv, cfg, err, cap);
+    srv->gen = gw_generation_new(cfg, err, cap);
     if (!srv->gen)
         return -1;
     uv_timer_init(loop, &srv->fd_probe);
@@ -380,7 +409,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
 {
-    gw_generation *g = build_generation(srv, cfg, err, cap);
+    gw_generation *g = gw_generation_new(cfg, err, cap);
     if (!g)
         return -1;
     if (switch_listeners(srv, g, err, cap) != 0) {

@@ -3,6 +3,7 @@
 #include "pasv_pool.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 #include <unistd.h>
 #include <openssl/rand.h>
 
-#include "conn.h"
+#include "ftp_addr.h"
 
 struct gw_pasv_pool {
     uint16_t lo, hi;

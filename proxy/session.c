@@ -6,8 +6,6 @@
  * local replies can never overtake relayed ones. */
 #include "session_int.h"
 
-#include <malloc.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,30 +72,14 @@ void gw_sess_release(gw_session *s)
     if (--s->handles > 0)
         return;
     GW_LOG_INFO(s->id, "event=session_end");
-    gw_server *srv = s->fe->srv;
-    srv->sessions--;
-    srv->shared->sessions--;
-    if (s->ip_counted) {
-        pthread_mutex_lock(&srv->shared->lock);
-        gw_ip_release(srv->shared->per_ip, &s->client_peer);
-        pthread_mutex_unlock(&srv->shared->lock);
-    }
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
-#ifdef __GLIBC__
-    /* After a burst glibc keeps the freed heap; give it back when the gateway goes idle. */
-    if (srv->sessions == 0)
-        malloc_trim(0);
-#endif
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        srv->session_list = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    const gw_session_hooks *hooks = s->hooks;
+    void *host = s->host;
     free(s->inbuf);
     free(s->featbuf);
     free(s->cur.held);
     free(s);
+    hooks->on_end(host);
 }
 
 static void on_session_timer_closed(uv_handle_t *h)
@@ -317,78 +299,30 @@ static const gw_conn_ops client_ops = {
     .on_close = on_client_close,
 };
 
-/* max_sessions and max_sessions_per_ip: 421 in clear on explicit/plain frontends, a bare
- * close on implicit ones (never a byte in clear there, PROTOCOL.md §7). */
-static bool refuse_over_limit(gw_session *s)
+gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_conn *client,
+                             const gw_addr *peer, const gw_addr *local,
+                             const gw_session_hooks *hooks, void *host)
 {
-    const gw_config *cfg = s->fe->cfg;
-    gw_shared *sh = s->fe->srv->shared;
-    const char *why = NULL;
-    if (sh->sessions > cfg->max_sessions) {
-        why = "max_sessions reached";
-    } else {
-        pthread_mutex_lock(&sh->lock);
-        if (gw_ip_acquire(sh->per_ip, &s->client_peer, cfg->max_sessions_per_ip) != 0)
-            why = "max_sessions_per_ip reached";
-        else
-            s->ip_counted = true;
-        pthread_mutex_unlock(&sh->lock);
-    }
-    if (!why)
-        return false;
-    GW_LOG_WARN(s->id, "event=session_refused peer=%s reason=\"%s\" worker=%d",
-                gw_addr_str(&s->client_peer), why, s->fe->srv->worker);
-    if (s->fe->conf->mode != GW_FE_IMPLICIT) {
-        gw_sess_set_client_state(s, CS_READY);
-        gw_sess_fail(s, GW_R_TOO_MANY_CONNECTIONS, why);
-    } else {
-        gw_sess_fail(s, NULL, why);
-    }
-    return true;
-}
-
-void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
-{
-    gw_server *srv = fe->srv;
     gw_session *s = calloc(1, sizeof *s);
-    if (!s) {
-        gw_listener_refuse(listener);
-        return;
-    }
-    s->id = ++srv->shared->next_session_id;
+    if (!s)
+        return NULL;
+    s->id = id;
     s->fe = fe;
     gw_generation_ref(fe->gen);
-    s->loop = srv->loop;
-    s->client = gw_conn_new(s->loop, &client_ops, s, s->id, "client");
-    if (!s->client) {
-        gw_generation_unref(fe->gen);
-        free(s);
-        gw_listener_refuse(listener);
-        return;
-    }
+    s->loop = loop;
+    s->hooks = hooks;
+    s->host = host;
+    s->client = client;
+    gw_conn_set_owner(client, &client_ops, s);
+    s->client_peer = *peer;
+    s->client_local = *local;
     uv_timer_init(s->loop, &s->timer);
     s->timer.data = s;
     s->handles = 2; /* client conn and timer */
-    srv->sessions++;
-    srv->shared->sessions++;
-    s->next = srv->session_list;
-    if (s->next)
-        s->next->prev = s;
-    srv->session_list = s;
     gw_cmd_init(&s->cmd);
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = gw_sess_now(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
-    if (gw_conn_accept(s->client, listener) != 0 || gw_conn_peer(s->client, &s->client_peer) ||
-        gw_conn_local(s->client, &s->client_local)) {
-        gw_sess_fail(s, NULL, "accept failed");
-        return;
-    }
-    gw_addr_normalize(&s->client_peer);
-    if (refuse_over_limit(s))
-        return;
-    GW_LOG_INFO(s->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
-                gw_addr_str(&s->client_peer), srv->worker);
     if (fe->conf->mode != GW_FE_IMPLICIT) {
         gw_sess_set_client_state(s, CS_READY); /* the backend's greeting is relayed in clear */
         int r = gw_conn_start_read(s->client);
@@ -396,16 +330,16 @@ void gw_session_accept(gw_frontend *fe, uv_stream_t *listener)
             gw_sess_fail(s, NULL, uv_strerror(r));
         else
             gw_backend_connect(s);
-        return;
+        return s;
     }
     /* MS-FTPS: nothing is sent before the handshake completes. */
     int r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
     if (r != 0)
         gw_sess_fail(s, NULL, uv_strerror(r));
+    return s;
 }
 
-void gw_session_close_all(gw_server *srv, const char *why)
+void gw_session_close(gw_session *s, const char *why)
 {
-    for (gw_session *s = srv->session_list; s; s = s->next)
-        gw_sess_fail(s, GW_R_SHUTTING_DOWN, why);
+    gw_sess_fail(s, GW_R_SHUTTING_DOWN, why);
 }

@@ -12,7 +12,7 @@
 #include "conn.h"
 #include "ftp_cmd.h"
 #include "ftp_reply.h"
-#include "server.h"
+#include "generation.h"
 #include "session.h"
 
 #define INBUF_MAX (16 * 1024) /* queued client bytes before we stop reading it */
@@ -108,12 +108,12 @@ struct gw_session {
     bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
-    bool ip_counted;         /* holds one of its address's max_sessions_per_ip */
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;
     int handles; /* open uv handles; the session is freed when this drops to 0 */
-    struct gw_session *next, *prev; /* in the server's session_list */
+    const gw_session_hooks *hooks; /* the listener's: on_end(host) once it is freed */
+    void *host;
 };
 
 /* session.c: the core */

@@ -9,7 +9,6 @@
 
 #include "log.h"
 #include "server.h"
-#include "session.h"
 
 #define MAX_WORKERS 1024
 
@@ -60,7 +59,7 @@ static void on_stop_tick(uv_timer_t *t)
     if (uv_now(w->loop) >= w->stop_deadline) {
         GW_LOG_INFO(0, "event=shutdown_grace_over worker=%d sessions=%d", w->index,
                     w->srv.sessions);
-        gw_session_close_all(&w->srv, "gateway shutting down");
+        gw_server_close_sessions(&w->srv, "gateway shutting down");
         w->stop_deadline = UINT64_MAX;
     }
 }
@@ -69,7 +68,7 @@ static void begin_stop(gw_worker *w)
 {
     if (w->srv.stopping) {
         GW_LOG_INFO(0, "event=stop_now worker=%d", w->index);
-        gw_session_close_all(&w->srv, "gateway stopped");
+        gw_server_close_sessions(&w->srv, "gateway stopped");
         return;
     }
     w->srv.stopping = true;
@@ -130,7 +129,7 @@ static void close_any(uv_handle_t *h, void *arg)
 /* The loop returned (its sessions are gone): close what is left and let it finish. */
 static void wind_down(gw_worker *w)
 {
-    gw_session_close_all(&w->srv, "gateway stopped");
+    gw_server_close_sessions(&w->srv, "gateway stopped");
     uv_walk(w->loop, close_any, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
 }

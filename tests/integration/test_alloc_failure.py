@@ -87,8 +87,8 @@ def download_ok(gw, test_user, client_ctx, dest):
     assert sha256_file(dest) == sha256_bytes(PAYLOAD)
 
 
-# skip=0: the session's calloc fails; skip=1: the client connection's (gw_conn_new) does,
-# after the generation reference was taken.
+# skip=0: the listener's entry for the new session (its counters and list link) fails;
+# skip=1: the client connection's (gw_conn_new) does, after the entry was allocated.
 @pytest.mark.parametrize("skip", [0, 1], ids=["session", "conn"])
 def test_frontend_accept_survives_alloc_failure(failing_gateway, test_user, client_ctx,
                                                 tmp_path, skip):
