@@ -48,7 +48,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format format-check \
+.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format format-check lint \
 	install uninstall version check-libs check-cmocka FORCE
 all: build/ftpsgate
 
@@ -140,6 +140,10 @@ format:
 
 format-check:
 	tests/tools/check_format.sh
+
+# The architecture's layers (README "Architecture") and the format, as CI checks them.
+lint: format-check
+	$(PYTHON) tests/tools/check_layers.py
 
 version:
 	@echo $(VERSION)
