@@ -1,7 +1,12 @@
-/* Data channels. Per transfer: ARMED (listeners open or addresses known) -> the transfer
- * command opens the remaining legs -> both legs up -> relay with watermarks -> the source's
- * EOF becomes the destination's close_notify + FIN -> session told -> legs linger until the
- * peers close. */
+/* Data channels. Per transfer (enum data_state, changed only by set_state):
+ *   ARMED      listeners open or addresses known; the backend passive leg may be connecting
+ *   STARTED    the transfer command was forwarded: the remaining legs open, TLS handshakes
+ *   STREAMING  both legs up: relay with watermarks
+ *   DRAINING   the source ended: the destination's close_notify + FIN are in flight
+ *   DONE       the owner was told (any failure also leads here, from any earlier state)
+ * then the owner releases it: RELEASED after DONE, ABANDONED before (ABOR, session end;
+ * an abandoned transfer whose destination still completes its shutdown becomes RELEASED).
+ * Released legs linger until the peers close or LINGER_MS, then FREEING -> freed. */
 #include "data.h"
 
 #include <stdlib.h>
@@ -15,6 +20,24 @@
 #include "splice.h"
 
 #define LINGER_MS 5000
+
+enum data_state {
+    DS_ARMED,
+    DS_STARTED,
+    DS_STREAMING,
+    DS_DRAINING,
+    DS_DONE,
+    DS_ABANDONED, /* released before DONE */
+    DS_RELEASED,  /* released after DONE */
+    DS_FREEING,   /* nothing left open: the timer's close frees the object */
+};
+
+/* Per-leg facts (gw_data.legs). */
+enum {
+    LEG_CLIENT_UP = 1u << 0,         /* connected and, with TLS, handshake done */
+    LEG_BACKEND_UP = 1u << 1,        /* likewise */
+    LEG_BACKEND_CONNECTED = 1u << 2, /* TCP connected or accepted */
+};
 
 struct gw_data {
     gw_data_done_cb done; /* the owner's callback; NULL once released by the owner */
@@ -34,11 +57,35 @@ struct gw_data {
     gw_tls *backend_engine; /* attached once the backend data connection is open */
     uint8_t tag[GW_TLS_TAG_LEN];
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
-    bool client_active, backend_passive, backend_connected;
-    bool started, upload, client_up, backend_up, relaying, finished, released, lingering;
-    bool reuse_required, strict_eof, timer_closing;
+    enum data_state state;
+    unsigned legs; /* per-leg facts: LEG_* */
+    /* configuration of this transfer */
+    bool client_active, backend_passive, upload, reuse_required, strict_eof;
     enum gw_splice_mode splice_mode;
 };
+
+static const char *const state_names[] = {"armed", "started",   "streaming", "draining",
+                                          "done",  "abandoned", "released",  "freeing"};
+
+static void set_state(gw_data *d, enum data_state st)
+{
+    if (d->state == st)
+        return;
+    GW_LOG_DEBUG(d->sid, "event=data_state from=%s to=%s", state_names[d->state], state_names[st]);
+    d->state = st;
+}
+
+/* The owner has let go (gw_data_release). */
+static bool released(const gw_data *d)
+{
+    return d->state >= DS_ABANDONED;
+}
+
+/* The relay runs: bytes flow from the source to the destination. */
+static bool relaying(const gw_data *d)
+{
+    return d->state == DS_STREAMING || d->state == DS_DRAINING;
+}
 
 static const gw_conn_ops client_leg_ops, backend_leg_ops;
 
@@ -52,10 +99,10 @@ static void on_data_timer_closed(uv_handle_t *h)
 
 static void maybe_free(gw_data *d)
 {
-    if (!d->released || d->client || d->backend || d->client_listener || d->backend_listener ||
-        d->strays || d->timer_closing)
+    if (!released(d) || d->state == DS_FREEING || d->client || d->backend || d->client_listener ||
+        d->backend_listener || d->strays)
         return;
-    d->timer_closing = true;
+    set_state(d, DS_FREEING);
     uv_close((uv_handle_t *)d->timer, on_data_timer_closed);
 }
 
@@ -87,9 +134,10 @@ static void stop_splice(gw_data *d)
 
 static void finish(gw_data *d, enum gw_data_result result)
 {
-    if (d->finished)
+    if (d->state == DS_DONE || d->state >= DS_RELEASED)
         return;
-    d->finished = true;
+    /* Abandoned: the owner is gone and is not told; as ever, this stops the timer. */
+    set_state(d, d->state == DS_ABANDONED ? DS_RELEASED : DS_DONE);
     stop_splice(d);
     uv_timer_stop(d->timer);
     gw_conn *dst = d->upload ? d->backend : d->client;
@@ -162,9 +210,10 @@ static bool start_splice(gw_data *d)
 
 static void maybe_relay(gw_data *d)
 {
-    if (d->relaying || !d->client_up || !d->backend_up || d->finished)
+    const unsigned both = LEG_CLIENT_UP | LEG_BACKEND_UP;
+    if (d->state != DS_STARTED || (d->legs & both) != both)
         return;
-    d->relaying = true;
+    set_state(d, DS_STREAMING);
     d->last_progress = uv_now(d->loop);
     bool spliced = start_splice(d);
     GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s",
@@ -180,7 +229,7 @@ static void maybe_relay(gw_data *d)
 static void on_leg_data(gw_conn *c, const char *buf, size_t n)
 {
     gw_data *d = c->owner;
-    if (d->finished || !d->relaying || !is_source(d, c))
+    if (!relaying(d) || !is_source(d, c))
         return; /* bytes against the transfer's direction are dropped */
     gw_conn *dst = other(d, c);
     d->last_progress = uv_now(d->loop);
@@ -193,7 +242,7 @@ static void on_leg_drain(gw_conn *c)
 {
     gw_data *d = c->owner;
     gw_conn *src = other(d, c);
-    if (src && d->relaying && !d->finished)
+    if (src && relaying(d))
         gw_conn_resume(src);
 }
 
@@ -214,12 +263,12 @@ static void linger_or_close(gw_conn *c)
 static void on_leg_eof(gw_conn *c, bool clean)
 {
     gw_data *d = c->owner;
-    if (d->lingering || d->released) {
+    if (released(d)) {
         gw_conn_close(c);
         maybe_free(d);
         return;
     }
-    if (!d->relaying || !is_source(d, c))
+    if (!relaying(d) || !is_source(d, c))
         return; /* the sink half-closed; its final state comes from the other leg */
     if (!clean) {
         GW_LOG_WARN(d->sid, "event=data_eof leg=%s close_notify=no note=\"possible truncation\"",
@@ -232,6 +281,7 @@ static void on_leg_eof(gw_conn *c, bool clean)
             return;
         }
     }
+    set_state(d, DS_DRAINING);
     gw_conn_shutdown(other(d, c));
     /* Answer the source's close_notify too: servers such as vsftpd wait for it before they
      * send their final reply. */
@@ -241,7 +291,7 @@ static void on_leg_eof(gw_conn *c, bool clean)
 static void on_leg_shutdown(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
-    if (is_source(d, c) || d->finished)
+    if (is_source(d, c) || d->state == DS_DONE || d->state >= DS_RELEASED)
         return; /* our answer to the source's close; the transfer ends at the destination */
     /* A client may stop reading at the size SIZE told it and close before our close_notify
      * and FIN go out (curl does, under load): its reset makes shutdown() fail with
@@ -263,7 +313,7 @@ static void on_leg_error(gw_conn *c, const char *why)
 {
     gw_data *d = c->owner;
     GW_LOG_INFO(d->sid, "event=data_error leg=%s reason=\"%s\"", c->name, why);
-    if (d->finished || d->released) {
+    if (d->state >= DS_DONE) {
         gw_conn_close(c);
         return;
     }
@@ -284,11 +334,9 @@ static void on_leg_close(gw_conn *c)
 
 static void leg_ready(gw_data *d, gw_conn *c)
 {
-    if (c == d->client)
-        d->client_up = true;
-    else
-        d->backend_up = true;
-    if (!d->client_up || !d->backend_up)
+    const unsigned both = LEG_CLIENT_UP | LEG_BACKEND_UP;
+    d->legs |= c == d->client ? LEG_CLIENT_UP : LEG_BACKEND_UP;
+    if ((d->legs & both) != both)
         gw_conn_pause(c); /* nothing to relay to yet */
     maybe_relay(d);
 }
@@ -317,7 +365,7 @@ static void on_client_data_handshake(gw_conn *c)
 static void on_backend_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
-    if (d->released) {
+    if (released(d)) {
         /* Completed only so that the server does not see a cut handshake; now cut. */
         GW_LOG_DEBUG(d->sid, "event=backend_data_completed note=\"handshake finished, leg reset\"");
         gw_conn_reset(c);
@@ -357,7 +405,7 @@ static void on_leg_connect(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
     bool client = c == d->client;
-    if (d->released) {
+    if (released(d)) {
         /* A backend leg kept to complete its handshake (see gw_data_release). */
         if (status == 0 && !client && d->backend_engine)
             start_backend_leg(d);
@@ -365,7 +413,7 @@ static void on_leg_connect(gw_conn *c, int status)
             gw_conn_reset(c);
         return;
     }
-    if (status != 0 && !d->started) {
+    if (status != 0 && d->state == DS_ARMED) {
         /* The early connect to the backend's passive port: the transfer command, if it
          * comes, gets the 425. */
         GW_LOG_WARN(d->sid, "event=data_connect_failed leg=%s reason=\"%s\"", c->name,
@@ -379,8 +427,8 @@ static void on_leg_connect(gw_conn *c, int status)
         return;
     }
     if (!client)
-        d->backend_connected = true;
-    if (!d->started)
+        d->legs |= LEG_BACKEND_CONNECTED;
+    if (d->state == DS_ARMED)
         return; /* connected as soon as the 227/229 came; the handshake waits for the command */
     if (client)
         start_client_leg(d);
@@ -414,7 +462,7 @@ static void on_data_connection(uv_stream_t *server, int status)
 {
     gw_data *d = server->data;
     bool client = (uv_tcp_t *)server == d->client_listener;
-    if (status < 0 || d->released)
+    if (status < 0 || released(d))
         return;
     gw_conn *c = gw_conn_new(d->loop, client ? &client_leg_ops : &backend_leg_ops, d, d->sid,
                              client ? "client-data" : "backend-data");
@@ -424,7 +472,7 @@ static void on_data_connection(uv_stream_t *server, int status)
         GW_LOG_WARN(d->sid, "event=accept_failed leg=%s reason=\"out of memory\"",
                     client ? "client-data" : "backend-data");
         close_data_listener(d, (uv_tcp_t *)server);
-        if (d->started)
+        if (d->state != DS_ARMED)
             fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
         return;
     }
@@ -449,13 +497,13 @@ static void on_data_connection(uv_stream_t *server, int status)
     if (client) {
         d->client = c;
         close_data_listener(d, d->client_listener); /* one connection per listener */
-        if (d->started)
+        if (d->state != DS_ARMED)
             start_client_leg(d);
     } else {
         d->backend = c;
-        d->backend_connected = true;
+        d->legs |= LEG_BACKEND_CONNECTED;
         close_data_listener(d, d->backend_listener);
-        if (d->started)
+        if (d->state != DS_ARMED)
             start_backend_leg(d);
     }
 }
@@ -463,7 +511,7 @@ static void on_data_connection(uv_stream_t *server, int status)
 static void on_timer(uv_timer_t *t)
 {
     gw_data *d = t->data;
-    if (d->lingering || d->released) {
+    if (released(d)) {
         if (d->client)
             gw_conn_close(d->client);
         if (d->backend)
@@ -471,10 +519,10 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     uint64_t now = uv_now(d->loop);
-    if (!d->relaying) {
+    if (d->state == DS_ARMED || d->state == DS_STARTED) {
         if (now - d->last_progress < d->connect_timeout_ms)
             return;
-        if (d->started) {
+        if (d->state == DS_STARTED) {
             fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
@@ -614,7 +662,7 @@ static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw
 
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
 {
-    d->started = true;
+    set_state(d, DS_STARTED);
     d->upload = upload;
     d->tls_ctx = tls->client_ctx;
     d->reuse_required = tls->reuse_required;
@@ -627,7 +675,7 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
         fail_data(d, GW_DATA_BACKEND_FAILED, "connect failed");
         return;
     }
-    if (d->backend && d->backend_connected)
+    if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
         start_backend_leg(d); /* else on_leg_connect starts it */
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
@@ -654,29 +702,30 @@ bool gw_data_usable(const gw_data *d)
 static bool backend_handshake_due(const gw_data *d)
 {
     const gw_conn *b = d->backend;
-    return d->started && b && !d->backend_up &&
+    return d->state != DS_ARMED && b && !(d->legs & LEG_BACKEND_UP) &&
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 
 void gw_data_release(gw_data *d, bool ok)
 {
-    if (d->released)
+    if (released(d))
         return;
-    d->released = true;
+    bool finished = d->state == DS_DONE;
+    bool complete_backend = backend_handshake_due(d); /* judged before the state changes */
+    set_state(d, finished ? DS_RELEASED : DS_ABANDONED);
     d->done = NULL;
     stop_splice(d);
     close_data_listener(d, d->client_listener);
     close_data_listener(d, d->backend_listener);
-    d->lingering = true;
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
-    if (ok && d->finished) {
+    if (ok && finished) {
         linger_or_close(d->client);
         linger_or_close(d->backend);
     } else {
         /* A leg we already shut down cleanly on purpose lingers; the rest are reset. */
         if (d->client)
             d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
-        if (d->backend && backend_handshake_due(d))
+        if (d->backend && complete_backend)
             GW_LOG_DEBUG(d->sid, "event=backend_data_completing");
         else if (d->backend)
             gw_conn_reset(d->backend);
