@@ -136,10 +136,13 @@ static void finish(gw_data *d, enum gw_data_result result)
 {
     if (d->state == DS_DONE || d->state >= DS_RELEASED)
         return;
-    /* Abandoned: the owner is gone and is not told; as ever, this stops the timer. */
-    set_state(d, d->state == DS_ABANDONED ? DS_RELEASED : DS_DONE);
+    /* Abandoned: the owner is gone and is not told, and the LINGER_MS timer keeps running
+     * (it closes a leg whose peer never closes). */
+    bool abandoned = d->state == DS_ABANDONED;
+    set_state(d, abandoned ? DS_RELEASED : DS_DONE);
     stop_splice(d);
-    uv_timer_stop(d->timer);
+    if (!abandoned)
+        uv_timer_stop(d->timer);
     gw_conn *dst = d->upload ? d->backend : d->client;
     if (d->done)
         d->done(d->owner, result, dst ? dst->payload_out : 0);
