@@ -18,7 +18,13 @@ enum gw_log_level { GW_LOG_ERROR = 0, GW_LOG_WARN, GW_LOG_INFO, GW_LOG_DEBUG };
 enum gw_fe_mode { GW_FE_IMPLICIT = 0, GW_FE_EXPLICIT, GW_FE_PLAIN };
 enum gw_be_tls { GW_BE_TLS_NONE = 0, GW_BE_TLS_EXPLICIT, GW_BE_TLS_IMPLICIT };
 enum gw_data_mode { GW_DATA_PASSIVE = 0, GW_DATA_ACTIVE };
-enum gw_tls_version { GW_TLS_ANY = 0, GW_TLS_1_0 = 10, GW_TLS_1_1 = 11, GW_TLS_1_2 = 12, GW_TLS_1_3 = 13 };
+enum gw_tls_version {
+    GW_TLS_ANY = 0,
+    GW_TLS_1_0 = 10,
+    GW_TLS_1_1 = 11,
+    GW_TLS_1_2 = 12,
+    GW_TLS_1_3 = 13
+};
 
 typedef struct gw_hostport {
     char host[GW_HOST_MAX]; /* as written, brackets removed for IPv6 */
@@ -84,8 +90,8 @@ extern const char gw_config_default_ini[];
  * default). Returns 0, or -1 with a message "ORIGIN:LINE: [section] key: problem" (LINE 0
  * when the problem is not on one line) written to err. cfg is fully initialised with
  * defaults first. */
-int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg,
-                    char *err, size_t errcap);
+int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
+                    size_t errcap);
 
 /* Read the file and parse it (error message names the file on read failure too). */
 int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errcap);

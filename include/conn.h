@@ -10,15 +10,15 @@
 #include "tls.h"
 
 #define GW_HIGH_WATERMARK (1024 * 1024) /* stop reading the source above this */
-#define GW_LOW_WATERMARK (256 * 1024)  /* resume it below this */
+#define GW_LOW_WATERMARK (256 * 1024)   /* resume it below this */
 
 typedef struct gw_conn gw_conn;
 
 typedef struct gw_conn_ops {
-    void (*on_connect)(gw_conn *c, int status);            /* outgoing connect: 0 or uv error */
-    void (*on_handshake)(gw_conn *c);                      /* TLS established */
+    void (*on_connect)(gw_conn *c, int status);             /* outgoing connect: 0 or uv error */
+    void (*on_handshake)(gw_conn *c);                       /* TLS established */
     void (*on_data)(gw_conn *c, const char *buf, size_t n); /* plaintext; take it all */
-    void (*on_eof)(gw_conn *c, bool clean); /* peer done; clean: plain FIN or close_notify */
+    void (*on_eof)(gw_conn *c, bool clean);        /* peer done; clean: plain FIN or close_notify */
     void (*on_error)(gw_conn *c, const char *why); /* fatal: the owner closes */
     void (*on_drain)(gw_conn *c);                  /* output fell below the low watermark */
     void (*on_shutdown)(gw_conn *c, int status);   /* all output, close_notify and FIN sent */
@@ -34,7 +34,7 @@ struct gw_conn {
     uint64_t sid;     /* session id for logs */
     const char *name; /* which leg, for logs */
     gw_tls *tls;
-    size_t queued; /* bytes written but not yet sent */
+    size_t queued;                /* bytes written but not yet sent */
     uint64_t bytes_in, bytes_out; /* on the wire (ciphertext when TLS) */
     uint64_t payload_out;         /* plaintext the owner wrote */
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;

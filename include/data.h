@@ -43,8 +43,8 @@ typedef struct gw_data_tls {
     gw_tls *backend_engine; /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
 
-gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim,
-                     gw_data_done_cb done, void *owner);
+gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, gw_data_done_cb done,
+                     void *owner);
 /* Client leg, passive: listen on bind_addr with a port from the pool (written back). 0 or -1
  * when no port is free. Only `expect` (the control peer) may connect. */
 int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,

@@ -6,8 +6,8 @@
 #include <stddef.h>
 
 typedef struct gw_feat_opts {
-    bool tls;  /* frontend offers TLS: write AUTH TLS;SSL;, PBSZ, PROT C;P; */
-    bool ccc;  /* write CCC (only when allowed) */
+    bool tls; /* frontend offers TLS: write AUTH TLS;SSL;, PBSZ, PROT C;P; */
+    bool ccc; /* write CCC (only when allowed) */
 } gw_feat_opts;
 
 /* backend: the backend's whole FEAT reply as received (may be a 211 multi-line reply, a

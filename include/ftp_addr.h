@@ -29,10 +29,14 @@ int gw_parse_eprt_arg(const char *arg, gw_addr *out);
 int gw_parse_epsv_arg(const char *arg, int *family);
 
 /* Each formatter writes a NUL-terminated line ending in "\r\n"; returns its length or 0. */
-size_t gw_format_227(char *buf, size_t cap, const gw_addr *a); /* "227 Entering Passive Mode (h1,h2,h3,h4,p1,p2).\r\n" */
-size_t gw_format_229(char *buf, size_t cap, uint16_t port);    /* "229 Entering Extended Passive Mode (|||port|)\r\n" */
-size_t gw_format_port(char *buf, size_t cap, const gw_addr *a); /* "PORT h1,h2,h3,h4,p1,p2\r\n" (family 4) */
-size_t gw_format_eprt(char *buf, size_t cap, const gw_addr *a); /* "EPRT |1|a.b.c.d|port|\r\n" or |2|v6| */
+/* "227 Entering Passive Mode (h1,h2,h3,h4,p1,p2).\r\n" */
+size_t gw_format_227(char *buf, size_t cap, const gw_addr *a);
+/* "229 Entering Extended Passive Mode (|||port|)\r\n" */
+size_t gw_format_229(char *buf, size_t cap, uint16_t port);
+/* "PORT h1,h2,h3,h4,p1,p2\r\n" (family 4) */
+size_t gw_format_port(char *buf, size_t cap, const gw_addr *a);
+/* "EPRT |1|a.b.c.d|port|\r\n" or |2|v6| */
+size_t gw_format_eprt(char *buf, size_t cap, const gw_addr *a);
 
 /* ::ffff:a.b.c.d -> family 4. */
 void gw_addr_normalize(gw_addr *a);

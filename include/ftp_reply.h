@@ -16,12 +16,12 @@ enum gw_reply_status {
 };
 
 typedef struct gw_reply_parser {
-    bool in_multi;  /* inside a ddd- ... ddd reply */
-    bool done;      /* previous call returned a line; reset on the next call */
-    int code;       /* code of the reply the current line belongs to (100..599) */
-    bool first;     /* this line starts a reply */
-    bool last;      /* this line ends the reply */
-    size_t len;     /* bytes in line including the trailing "\r\n" */
+    bool in_multi;                    /* inside a ddd- ... ddd reply */
+    bool done;                        /* previous call returned a line; reset on the next call */
+    int code;                         /* code of the reply the current line belongs to (100..599) */
+    bool first;                       /* this line starts a reply */
+    bool last;                        /* this line ends the reply */
+    size_t len;                       /* bytes in line including the trailing "\r\n" */
     char line[GW_REPLY_LINE_MAX + 3]; /* NUL-terminated, always ends in "\r\n" */
 } gw_reply_parser;
 

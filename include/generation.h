@@ -22,9 +22,9 @@ typedef struct gw_frontend {
     SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
     SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
     const char *backend_host; /* SNI and certificate name (sni, else the address host) */
-    gw_addr pasv_addr;    /* family 0: advertise the control connection's local address */
-    gw_addr backend_addr; /* an IP literal's address; for a name, the last resolution */
-    bool backend_by_name; /* the backend address is a host name: resolved per session */
+    gw_addr pasv_addr;        /* family 0: advertise the control connection's local address */
+    gw_addr backend_addr;     /* an IP literal's address; for a name, the last resolution */
+    bool backend_by_name;     /* the backend address is a host name: resolved per session */
     gw_pasv_pool *pool;
 } gw_frontend;
 

@@ -17,9 +17,9 @@ typedef struct gw_sess_entry gw_sess_entry; /* an accepted client (listener.c) *
 /* What the workers (one gw_server and event loop each, [global] workers) share: the
  * process-wide session limits and session numbers. */
 typedef struct gw_shared {
-    pthread_mutex_t lock;   /* guards per_ip */
-    gw_ip_table *per_ip;    /* max_sessions_per_ip */
-    _Atomic int sessions;   /* max_sessions counts the whole process */
+    pthread_mutex_t lock; /* guards per_ip */
+    gw_ip_table *per_ip;  /* max_sessions_per_ip */
+    _Atomic int sessions; /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
 } gw_shared;
 typedef struct gw_listener {
@@ -36,15 +36,15 @@ typedef struct gw_listener {
 struct gw_server {
     uv_loop_t *loop;
     gw_shared *shared;
-    int worker;     /* 0 .. workers-1, named in session_start lines when there are several */
-    bool reuseport; /* several workers: every listener is opened with SO_REUSEPORT */
+    int worker;         /* 0 .. workers-1, named in session_start lines when there are several */
+    bool reuseport;     /* several workers: every listener is opened with SO_REUSEPORT */
     gw_generation *gen; /* current */
     int n_listeners;
     gw_listener *listeners[GW_MAX_FRONTENDS];
-    int sessions; /* this worker's */
+    int sessions;                /* this worker's */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
     gw_sess_entry *session_list; /* every accepted client until it ends, for shutdown */
-    uv_timer_t fd_probe;               /* notices the descriptor limit (see listener.c) */
+    uv_timer_t fd_probe;         /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;
 };
@@ -52,8 +52,7 @@ struct gw_server {
 /* Build the first generation from cfg (copied), bind and listen. srv->shared, worker and
  * reuseport are set by the caller beforehand. 0, or -1 with a message (and 2 is the exit
  * status: nothing is left listening). */
-int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err,
-                    size_t cap);
+int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap);
 /* SIGHUP: a new generation from cfg (copied). Listeners on addresses that remain are kept,
  * new ones opened, dropped ones closed. On failure nothing changes. */
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap);

@@ -55,8 +55,8 @@ size_t gw_tls_take_unread(gw_tls *t, void *buf, size_t cap);
 bool gw_tls_resumed(const gw_tls *t);
 void gw_tls_free(gw_tls *t);
 
-int gw_tls_feed(gw_tls *t, const void *buf, size_t n);  /* 0 or GW_TLS_ERROR */
-int gw_tls_handshake(gw_tls *t);                        /* DONE, AGAIN or ERROR */
+int gw_tls_feed(gw_tls *t, const void *buf, size_t n); /* 0 or GW_TLS_ERROR */
+int gw_tls_handshake(gw_tls *t);                       /* DONE, AGAIN or ERROR */
 bool gw_tls_handshake_done(const gw_tls *t);
 /* Control connection under TLS 1.3: queue one more tagged ticket; it leaves with the next
  * write. A client that resumes each ticket once (OpenSSL's) needs one per data connection.
@@ -65,7 +65,7 @@ int gw_tls_new_ticket(gw_tls *t);
 int gw_tls_read(gw_tls *t, void *buf, size_t cap);      /* >0 bytes, AGAIN, EOF or ERROR */
 int gw_tls_write(gw_tls *t, const void *buf, size_t n); /* 0 or ERROR; all bytes taken */
 void gw_tls_close_notify(gw_tls *t);                    /* queue our close_notify once */
-size_t gw_tls_out_pending(const gw_tls *t); /* ciphertext waiting to be sent */
+size_t gw_tls_out_pending(const gw_tls *t);             /* ciphertext waiting to be sent */
 /* Hand the waiting ciphertext over: *buf is malloc'ed and now the caller's to free. */
 size_t gw_tls_out_take_buffer(gw_tls *t, char **buf);
 const char *gw_tls_last_error(const gw_tls *t);

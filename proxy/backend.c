@@ -47,17 +47,15 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r)
     switch (s->pending) {
     case PEND_BE_AUTH:
         if (r->code != 234) {
-            gw_sess_fail(s, GW_R_BACKEND_REFUSED_AUTH,
-                         "backend refused AUTH TLS");
+            gw_sess_fail(s, GW_R_BACKEND_REFUSED_AUTH, "backend refused AUTH TLS");
             return;
         }
         /* Bytes after the 234 line are TLS: the engine takes over this connection. */
         gw_sess_set_backend_state(s, BS_TLS);
-        if (gw_conn_attach_tls(s->backend, gw_tls_new_client(s->fe->backend_tls_ctx,
-                                                             GW_TLS_CLIENT_CONTROL,
-                                                             s->fe->backend_host,
-                                                             s->fe->backend->tls_verify,
-                                                             NULL)) != 0)
+        if (gw_conn_attach_tls(s->backend,
+                               gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
+                                                 s->fe->backend_host, s->fe->backend->tls_verify,
+                                                 NULL)) != 0)
             gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     case PEND_BE_PBSZ:
@@ -95,8 +93,7 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
         return;
     if (r->code != 220) {
         char text[100], why[60];
-        snprintf(text, sizeof text,
-                 GW_R_FMT_BAD_GREETING, r->code);
+        snprintf(text, sizeof text, GW_R_FMT_BAD_GREETING, r->code);
         snprintf(why, sizeof why, "backend greeted with %d", r->code);
         gw_sess_fail(s, text, why);
         return;
@@ -141,8 +138,7 @@ static void on_backend_connect(gw_conn *c, int status)
         GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\"",
                     s->fe->backend->address.host, s->fe->backend->address.port,
                     uv_strerror(status));
-        gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE,
-                     "backend unreachable");
+        gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE, "backend unreachable");
         return;
     }
     gw_conn_peer(c, &s->backend_peer);
@@ -150,8 +146,8 @@ static void on_backend_connect(gw_conn *c, int status)
     gw_sess_set_backend_state(s, BS_GREETING);
     if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT) {
         if (gw_conn_attach_tls(c, gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
-                                                    s->fe->backend_host,
-                                                    s->fe->backend->tls_verify, NULL)) != 0)
+                                                    s->fe->backend_host, s->fe->backend->tls_verify,
+                                                    NULL)) != 0)
             gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     }
@@ -163,8 +159,7 @@ static void on_backend_eof(gw_conn *c, bool clean)
     gw_session *s = c->owner;
     if (s->pending == PEND_TRANSFER)
         gw_sess_reply(s, GW_R_XFER_ABORTED);
-    gw_sess_fail(s, GW_R_BACKEND_CLOSED,
-                 "backend closed the connection");
+    gw_sess_fail(s, GW_R_BACKEND_CLOSED, "backend closed the connection");
 }
 
 static void on_backend_error(gw_conn *c, const char *why)
@@ -174,8 +169,7 @@ static void on_backend_error(gw_conn *c, const char *why)
     if (c->tls && !gw_tls_handshake_done(c->tls)) {
         /* Name the reason: an operator must see "certificate verify failed" at once. */
         char text[300];
-        snprintf(text, sizeof text, GW_R_FMT_BACKEND_TLS_FAILED,
-                 why);
+        snprintf(text, sizeof text, GW_R_FMT_BACKEND_TLS_FAILED, why);
         gw_sess_fail(s, text, "backend TLS handshake failed");
         return;
     }
@@ -192,13 +186,9 @@ static void on_backend_handshake(gw_conn *c)
     }
 }
 
-static void on_backend_drain(gw_conn *c)
-{
-}
+static void on_backend_drain(gw_conn *c) {}
 
-static void on_backend_shutdown(gw_conn *c, int status)
-{
-}
+static void on_backend_shutdown(gw_conn *c, int status) {}
 
 static void on_backend_close(gw_conn *c)
 {

@@ -39,9 +39,7 @@ static void cmd_auth(gw_session *s, const char *arg)
         return;
     }
     if (s->tls_up || s->ccc) {
-        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
-                     ? GW_R_AUTH_IMPLICIT
-                     : GW_R_AUTH_ALREADY);
+        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT ? GW_R_AUTH_IMPLICIT : GW_R_AUTH_ALREADY);
         return;
     }
     if (s->user_sent) {
@@ -73,9 +71,7 @@ static void cmd_ccc(gw_session *s)
         return;
     }
     if (fc->mode == GW_FE_IMPLICIT || !fc->allow_ccc) {
-        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT
-                     ? GW_R_CCC_IMPLICIT
-                     : GW_R_CCC_REFUSED);
+        gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT ? GW_R_CCC_IMPLICIT : GW_R_CCC_REFUSED);
         return;
     }
     gw_sess_reply(s, GW_R_CCC_OK);
@@ -105,8 +101,7 @@ static void answer_queued_before_reset(gw_session *s)
         answered++;
     }
     if (answered || partial)
-        GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered,
-                    partial);
+        GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered, partial);
     s->inlen = 0;
     gw_cmd_init(&s->cmd);
 }
@@ -197,8 +192,7 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
             return;
         }
         if (r < 0 || (family && family != s->client_local.family)) {
-            gw_sess_reply(s, r == -1 ? GW_R_BAD_EPSV
-                             : GW_R_BAD_NETPROTO);
+            gw_sess_reply(s, r == -1 ? GW_R_BAD_EPSV : GW_R_BAD_NETPROTO);
             return;
         }
     }
@@ -354,7 +348,8 @@ static void handle_command(gw_session *s, const char *line)
 
 static void cmd_abort(gw_session *s)
 {
-    GW_LOG_INFO(s->id, "event=abort during_transfer=%s", s->pending == PEND_TRANSFER ? "yes" : "no");
+    GW_LOG_INFO(s->id, "event=abort during_transfer=%s",
+                s->pending == PEND_TRANSFER ? "yes" : "no");
     if (s->pending != PEND_TRANSFER) {
         gw_sess_drop_data(s, false);
         gw_backend_send(s, "ABOR", PEND_RELAY);
@@ -412,7 +407,8 @@ void gw_cmdq_pump(gw_session *s)
 {
     if (s->pending == PEND_TRANSFER && s->inlen && s->cstate != CS_CLOSING)
         peek_abort(s);
-    while (s->cstate != CS_CLOSING && s->pending == PEND_NONE && s->cstate == CS_READY && s->inlen) {
+    while (s->cstate != CS_CLOSING && s->pending == PEND_NONE && s->cstate == CS_READY &&
+           s->inlen) {
         size_t used = 0;
         int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);
         consume(s, used);

@@ -106,9 +106,11 @@ static bool is_name_char(char c)
 static bool valid_name(const char *s)
 {
     size_t n = strlen(s);
-    if (n == 0 || n >= GW_NAME_MAX) return false;
+    if (n == 0 || n >= GW_NAME_MAX)
+        return false;
     for (size_t i = 0; i < n; i++)
-        if (!is_name_char(s[i])) return false;
+        if (!is_name_char(s[i]))
+            return false;
     return true;
 }
 
@@ -122,10 +124,13 @@ static int parse_long(const char *v, long *out)
         neg = true;
         p++;
     }
-    if (*p == '\0') return -1;
+    if (*p == '\0')
+        return -1;
     for (; *p; p++) {
-        if (*p < '0' || *p > '9') return -1;
-        if (n > 100000000L) return -2;
+        if (*p < '0' || *p > '9')
+            return -1;
+        if (n > 100000000L)
+            return -2;
         n = n * 10 + (*p - '0');
     }
     *out = neg ? -n : n;
@@ -137,9 +142,11 @@ static void words_list(const struct word *w, const char *sep, char *buf, size_t 
     size_t used = 0;
     buf[0] = '\0';
     for (; w && w->name; w++) {
-        if (w->name[0] == '\0') continue; /* the "unset" spelling is not advertised */
+        if (w->name[0] == '\0')
+            continue; /* the "unset" spelling is not advertised */
         int n = snprintf(buf + used, cap - used, "%s%s", used ? sep : "", w->name);
-        if (n < 0 || (size_t)n >= cap - used) break;
+        if (n < 0 || (size_t)n >= cap - used)
+            break;
         used += (size_t)n;
     }
 }
@@ -147,7 +154,8 @@ static void words_list(const struct word *w, const char *sep, char *buf, size_t 
 static const struct word *find_word(const struct word *w, const char *v)
 {
     for (; w && w->name; w++)
-        if (strcasecmp(w->name, v) == 0) return w;
+        if (strcasecmp(w->name, v) == 0)
+            return w;
     return NULL;
 }
 
@@ -194,7 +202,8 @@ static int parse_bool(const char *v, bool *b)
     static const struct word yes_no[] = {{"yes", 1},   {"true", 1}, {"on", 1}, {"1", 1}, {"no", 0},
                                          {"false", 0}, {"off", 0},  {"0", 0},  {NULL, 0}};
     const struct word *w = find_word(yes_no, v);
-    if (!w) return -1;
+    if (!w)
+        return -1;
     *b = w->value != 0;
     return 0;
 }
@@ -242,7 +251,8 @@ static const struct word *enum_word(const struct keydef *k, const char *v, char 
 static int p_enum(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     const struct word *w = enum_word(k, v, why, cap);
-    if (!w) return -1;
+    if (!w)
+        return -1;
     memcpy(out, &w->value, sizeof w->value);
     return 0;
 }
@@ -251,7 +261,8 @@ static int p_enum(const struct keydef *k, const char *v, void *out, char *why, s
 static int p_enum_bool(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     const struct word *w = enum_word(k, v, why, cap);
-    if (!w) return -1;
+    if (!w)
+        return -1;
     bool b = w->value != 0;
     memcpy(out, &b, sizeof b);
     return 0;
@@ -291,8 +302,9 @@ static bool is_ip_literal(const char *host)
 static int p_pasv_host(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     unsigned char buf[4];
-    bool name = v[0] && strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                  "0123456789-.") == strlen(v) &&
+    bool name = v[0] &&
+                strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                          "0123456789-.") == strlen(v) &&
                 strpbrk(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
     if (v[0] != '\0' && inet_pton(AF_INET, v, buf) != 1 && !name) {
         snprintf(why, cap, "\"%s\": expected an IPv4 address or a host name", v);
@@ -333,11 +345,14 @@ static int p_portrange(const struct keydef *k, const char *v, void *out, char *w
     long lo, hi;
     const char *dash = strchr(v, '-');
     size_t n = dash ? (size_t)(dash - v) : 0;
-    if (!dash || n == 0 || n >= sizeof buf) goto bad;
+    if (!dash || n == 0 || n >= sizeof buf)
+        goto bad;
     memcpy(buf, v, n);
     buf[n] = '\0';
-    if (parse_long(buf, &lo) < 0 || dash[1] == '-' || parse_long(dash + 1, &hi) < 0) goto bad;
-    if (lo < 1024 || lo > hi || hi > 65535) goto bad;
+    if (parse_long(buf, &lo) < 0 || dash[1] == '-' || parse_long(dash + 1, &hi) < 0)
+        goto bad;
+    if (lo < 1024 || lo > hi || hi > 65535)
+        goto bad;
     uint16_t r[2] = {(uint16_t)lo, (uint16_t)hi};
     memcpy(out, r, sizeof r);
     return 0;
@@ -457,9 +472,11 @@ struct state {
 __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
                                                       const char *key, const char *fmt, ...)
 {
-    if (st->failed) return 0;
+    if (st->failed)
+        return 0;
     st->failed = true;
-    if (!st->err || st->errcap == 0) return 0;
+    if (!st->err || st->errcap == 0)
+        return 0;
     char problem[512];
     va_list ap;
     va_start(ap, fmt);
@@ -491,7 +508,8 @@ static char *section_base(struct state *st, enum sect s, int idx)
 static int key_index(enum sect s, const char *name)
 {
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].sect == s && strcmp(keys[i].name, name) == 0) return (int)i;
+        if (keys[i].sect == s && strcmp(keys[i].name, name) == 0)
+            return (int)i;
     return -1;
 }
 
@@ -508,7 +526,8 @@ static int set_value(struct state *st, int line, const struct keydef *k, char *b
 {
     union scratch val, def;
     char why[400];
-    if (k->size > sizeof val) return fail(st, line, st->label, k->name, "internal: field size");
+    if (k->size > sizeof val)
+        return fail(st, line, st->label, k->name, "internal: field size");
     memset(&val, 0, sizeof val);
     if (k->parse(k, v, &val, why, sizeof why) < 0)
         return fail(st, line, st->label, k->name, "%s", why);
@@ -541,7 +560,8 @@ static int apply_defaults(struct state *st, enum sect s, char *base)
 
 static int close_section(struct state *st)
 {
-    if (st->sect == S_NONE) return 1;
+    if (st->sect == S_NONE)
+        return 1;
     /* Required keys are reported at the section header. */
     for (size_t i = 0; i < NKEYS; i++)
         if (keys[i].sect == st->sect && !keys[i].def && !st->key_line[i])
@@ -588,9 +608,11 @@ static int open_section(struct state *st, const char *inner)
     int line = st->lineno;
     enum sect s = S_NONE;
 
-    if (!close_section(st)) return 0;
+    if (!close_section(st))
+        return 0;
     for (int i = 0; i < 4; i++)
-        if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0) s = (enum sect)i;
+        if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0)
+            s = (enum sect)i;
     if (s == S_NONE)
         return fail(st, line, inner, NULL,
                     "unknown section (expected [global], [tls], [frontend NAME] or "
@@ -607,7 +629,8 @@ static int open_section(struct state *st, const char *inner)
 
     if (s == S_GLOBAL || s == S_TLS) {
         int *seen = s == S_GLOBAL ? &st->global_line : &st->tls_line;
-        if (*seen) return fail(st, line, type, NULL, "duplicate section (first on line %d)", *seen);
+        if (*seen)
+            return fail(st, line, type, NULL, "duplicate section (first on line %d)", *seen);
         *seen = line;
         st->idx = 0;
         st->key_line = s == S_GLOBAL ? st->global_keys : st->tls_keys;
@@ -655,17 +678,20 @@ static int handler(void *user, const char *section, const char *name, const char
     struct state *st = user;
     int line = st->lineno;
     (void)section; /* ours is tracked by the reader (inih truncates long names) */
-    if (st->failed) return 0;
+    if (st->failed)
+        return 0;
     if (st->sect == S_NONE)
         return fail(st, line, NULL, name,
                     "outside of any section (start with [global], [tls], "
                     "[frontend NAME] or [backend NAME])");
     int k = key_index(st->sect, name);
-    if (k < 0) return fail(st, line, st->label, name, "unknown key");
+    if (k < 0)
+        return fail(st, line, st->label, name, "unknown key");
     if (st->key_line[k])
         return fail(st, line, st->label, name, "duplicate key (first set on line %d)",
                     st->key_line[k]);
-    if (!set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value)) return 0;
+    if (!set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value))
+        return 0;
     st->key_line[k] = line;
     return 1;
 }
@@ -681,14 +707,16 @@ static bool is_blank(char c)
 static char *reader(char *buf, int num, void *stream)
 {
     struct state *st = stream;
-    if (st->failed || st->p >= st->end || num < 3) return NULL;
+    if (st->failed || st->p >= st->end || num < 3)
+        return NULL;
 
     const char *line = st->p;
     const char *nl = memchr(line, '\n', (size_t)(st->end - line));
     size_t len = (size_t)((nl ? nl : st->end) - line);
     st->p = nl ? nl + 1 : st->end;
     st->lineno++;
-    if (len > 0 && line[len - 1] == '\r') len--;
+    if (len > 0 && line[len - 1] == '\r')
+        len--;
     if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
         line += 3; /* UTF-8 byte order mark */
         len -= 3;
@@ -734,7 +762,8 @@ static char *reader(char *buf, int num, void *stream)
         while (b > a && is_blank(buf[b - 1]))
             b--;
         buf[b] = '\0';
-        if (!open_section(st, buf + a)) return NULL;
+        if (!open_section(st, buf + a))
+            return NULL;
         n = 0; /* inih need not see headers: we track sections ourselves */
     } else if (n > 0) {
         size_t sep = strcspn(buf, "=:");
@@ -759,7 +788,8 @@ static char *reader(char *buf, int num, void *stream)
 static bool same_listen(const gw_hostport *a, const gw_hostport *b)
 {
     unsigned char x[16], y[16];
-    if (a->port != b->port) return false;
+    if (a->port != b->port)
+        return false;
     if (inet_pton(AF_INET, a->host, x) == 1 && inet_pton(AF_INET, b->host, y) == 1)
         return memcmp(x, y, 4) == 0;
     if (inet_pton(AF_INET6, a->host, x) == 1 && inet_pton(AF_INET6, b->host, y) == 1)
@@ -792,7 +822,8 @@ static int validate(struct state *st)
         }
         f->backend_index = -1;
         for (int j = 0; j < cfg->n_backends; j++)
-            if (strcmp(cfg->backends[j].name, f->backend) == 0) f->backend_index = j;
+            if (strcmp(cfg->backends[j].name, f->backend) == 0)
+                f->backend_index = j;
         if (f->backend_index < 0)
             return fail(st, kl[k_backend], label, "backend", "no [backend %s] section", f->backend);
 
@@ -825,7 +856,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     struct state *st = calloc(1, sizeof *st); /* ~11 KiB of line numbers: keep it off the stack */
     int rc;
 
-    if (err && errcap) err[0] = '\0';
+    if (err && errcap)
+        err[0] = '\0';
     memset(cfg, 0, sizeof *cfg);
     if (!st) {
         if (err && errcap)
@@ -845,7 +877,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
         /* Every line inih sees has been checked, so r != 0 means our handler failed. */
         if (r != 0 && !st->failed)
             fail(st, r > 0 ? r : 0, NULL, NULL, "%s", r > 0 ? "syntax error" : "out of memory");
-        if (!st->failed && close_section(st)) validate(st);
+        if (!st->failed && close_section(st))
+            validate(st);
     }
     rc = st->failed ? -1 : 0;
     free(st);
@@ -860,7 +893,8 @@ int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errc
     int rc = -1;
 
     memset(cfg, 0, sizeof *cfg);
-    if (!f) goto io_error;
+    if (!f)
+        goto io_error;
     buf = malloc(MAX_FILE + 1);
     if (!buf) {
         errno = ENOMEM;
@@ -879,10 +913,12 @@ int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errc
     rc = gw_config_parse(buf, len, path, cfg, err, errcap);
     goto out;
 io_error:
-    if (err && errcap) snprintf(err, errcap, "%s:0: cannot read: %s", path, strerror(errno));
+    if (err && errcap)
+        snprintf(err, errcap, "%s:0: cannot read: %s", path, strerror(errno));
 out:
     free(buf);
-    if (f) fclose(f);
+    if (f)
+        fclose(f);
     return rc;
 }
 
@@ -891,20 +927,27 @@ static bool valid_hostname(const char *h)
 {
     size_t n = strlen(h), label = 0;
     bool numeric = true;
-    if (n == 0 || n > 253) return false;
+    if (n == 0 || n > 253)
+        return false;
     for (size_t i = 0; i < n; i++) {
         char c = h[i];
         if (c == '.') {
-            if (label == 0) return false;
+            if (label == 0)
+                return false;
             label = 0;
             continue;
         }
-        if (!is_name_char(c)) return false;
-        if (c < '0' || c > '9') numeric = false;
-        if (++label > 63) return false;
+        if (!is_name_char(c))
+            return false;
+        if (c < '0' || c > '9')
+            numeric = false;
+        if (++label > 63)
+            return false;
     }
-    if (label == 0 && n > 1 && h[n - 1] == '.') label = 1; /* trailing dot: FQDN */
-    if (label == 0) return false;
+    if (label == 0 && n > 1 && h[n - 1] == '.')
+        label = 1; /* trailing dot: FQDN */
+    if (label == 0)
+        return false;
     if (numeric) {
         unsigned char a[4];
         return inet_pton(AF_INET, h, a) == 1;
@@ -919,20 +962,24 @@ int gw_parse_hostport(const char *s, gw_hostport *hp)
     long port;
 
     memset(hp, 0, sizeof *hp);
-    if (!s) return -1;
+    if (!s)
+        return -1;
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
-        if (!close || close[1] != ':') return -1;
+        if (!close || close[1] != ':')
+            return -1;
         host = s + 1;
         hlen = (size_t)(close - host);
         colon = close + 1;
     } else {
         colon = strrchr(s, ':');
-        if (!colon || memchr(s, ':', (size_t)(colon - s))) return -1; /* v6 needs brackets */
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
+            return -1; /* v6 needs brackets */
         host = s;
         hlen = (size_t)(colon - s);
     }
-    if (hlen == 0 || hlen >= sizeof hp->host) return -1;
+    if (hlen == 0 || hlen >= sizeof hp->host)
+        return -1;
     if (strlen(colon + 1) > 5 || parse_long(colon + 1, &port) < 0 || port < 1 || port > 65535)
         return -1;
     memcpy(hp->host, host, hlen);
@@ -951,15 +998,18 @@ int gw_parse_hostport(const char *s, gw_hostport *hp)
 static const char *tls_version_name(enum gw_tls_version v)
 {
     for (const struct word *w = w_tls_back; w->name; w++)
-        if (w->value == (int)v) return w->name;
+        if (w->value == (int)v)
+            return w->name;
     return "?";
 }
 
 int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
 {
     size_t used = 0;
-    if (cap) out[0] = '\0';
-    if (b->tls == GW_BE_TLS_NONE) return 0; /* no TLS toward it: nothing was lowered */
+    if (cap)
+        out[0] = '\0';
+    if (b->tls == GW_BE_TLS_NONE)
+        return 0; /* no TLS toward it: nothing was lowered */
     if (b->min_version != GW_TLS_ANY && b->min_version < GW_TLS_1_2) {
         int n = snprintf(out, cap, "min_version=%s", tls_version_name(b->min_version));
         used = n > 0 && (size_t)n < cap ? (size_t)n : used;
@@ -986,7 +1036,9 @@ const char *gw_config_key(size_t i, const char **section)
 {
     static const char *const names[] = {
         [S_GLOBAL] = "global", [S_TLS] = "tls", [S_FRONTEND] = "frontend", [S_BACKEND] = "backend"};
-    if (i >= NKEYS) return NULL;
-    if (section) *section = names[keys[i].sect];
+    if (i >= NKEYS)
+        return NULL;
+    if (section)
+        *section = names[keys[i].sect];
     return keys[i].name;
 }

@@ -14,8 +14,8 @@
 
 typedef struct write_req {
     uv_write_t req;
-    size_t len;  /* bytes queued by this request */
-    char *base;  /* malloc'ed block holding them, freed with the request */
+    size_t len; /* bytes queued by this request */
+    char *base; /* malloc'ed block holding them, freed with the request */
 } write_req;
 
 /* Reads are handled synchronously in the read callback, so one buffer per thread serves

@@ -49,7 +49,7 @@ struct gw_data {
     uint16_t client_port;
     gw_conn *client, *backend;
     gw_splice *splice; /* both legs clear: the relay runs in the kernel */
-    int strays; /* refused connections still closing */
+    int strays;        /* refused connections still closing */
     uv_timer_t *timer;
     gw_addr expect_client, expect_backend; /* who may connect to our listeners */
     gw_addr client_to, client_from;        /* client leg active: connect there from here */
@@ -219,8 +219,8 @@ static void maybe_relay(gw_data *d)
     set_state(d, DS_STREAMING);
     d->last_progress = uv_now(d->loop);
     bool spliced = start_splice(d);
-    GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s",
-                 d->upload ? "upload" : "download", spliced ? "splice" : "copy");
+    GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s", d->upload ? "upload" : "download",
+                 spliced ? "splice" : "copy");
     if (spliced)
         return;
     gw_conn_resume(d->client);
@@ -279,8 +279,7 @@ static void on_leg_eof(gw_conn *c, bool clean)
         /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload.
          * Fail it, and reset the backend leg so the server cannot report success. */
         if (d->strict_eof && c == d->client) {
-            fail_data(d, GW_DATA_UNSAFE_EOF,
-                 "upload without close_notify (strict_tls_eof)");
+            fail_data(d, GW_DATA_UNSAFE_EOF, "upload without close_notify (strict_tls_eof)");
             return;
         }
     }
@@ -425,8 +424,7 @@ static void on_leg_connect(gw_conn *c, int status)
         return;
     }
     if (status != 0) {
-        fail_data(d, client ? GW_DATA_CLIENT_FAILED : GW_DATA_BACKEND_FAILED,
-             uv_strerror(status));
+        fail_data(d, client ? GW_DATA_CLIENT_FAILED : GW_DATA_BACKEND_FAILED, uv_strerror(status));
         return;
     }
     if (!client)
@@ -540,8 +538,8 @@ static void on_timer(uv_timer_t *t)
         fail_data(d, GW_DATA_TIMEOUT, "data timeout");
 }
 
-gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim,
-                     gw_data_done_cb done, void *owner)
+gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, gw_data_done_cb done,
+                     void *owner)
 {
     gw_data *d = calloc(1, sizeof *d);
     uv_timer_t *t = malloc(sizeof *t);
@@ -612,8 +610,8 @@ int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect
     bind_addr->port = 0;
     gw_addr_to_sockaddr(bind_addr, &ss);
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                            : sizeof(struct sockaddr_in6);
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (fd < 0)
         return -1;
     if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 1) != 0 ||
@@ -651,8 +649,8 @@ static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw
         gw_addr_to_sockaddr(from, &ss);
         int r = uv_tcp_bind(&c->tcp, (struct sockaddr *)&ss, 0);
         if (r != 0) /* a low port needs the privilege we may have dropped: use any port */
-            GW_LOG_WARN(d->sid, "event=active_source_port_failed port=%u reason=\"%s\"",
-                        from->port, uv_strerror(r));
+            GW_LOG_WARN(d->sid, "event=active_source_port_failed port=%u reason=\"%s\"", from->port,
+                        uv_strerror(r));
     }
     int r = gw_conn_connect(c, to);
     if (r != 0) {
@@ -693,9 +691,9 @@ bool gw_data_usable(const gw_data *d)
 {
     bool client = d->client_active || d->client ||
                   (d->client_listener && !uv_is_closing((const uv_handle_t *)d->client_listener));
-    bool backend = d->backend_passive || d->backend ||
-                   (d->backend_listener &&
-                    !uv_is_closing((const uv_handle_t *)d->backend_listener));
+    bool backend =
+        d->backend_passive || d->backend ||
+        (d->backend_listener && !uv_is_closing((const uv_handle_t *)d->backend_listener));
     return client && backend;
 }
 

@@ -20,7 +20,8 @@ static const char *const dropped[] = {"AUTH", "PBSZ", "PROT", "CCC",
 
 static void put(struct out *o, const char *s, size_t n)
 {
-    if (!o->ok) return;
+    if (!o->ok)
+        return;
     if (o->cap - o->len <= n) { /* keep room for the NUL */
         o->ok = false;
         return;
@@ -49,7 +50,8 @@ static bool is_dropped(const char *s, size_t n)
     for (w = 0; w < n && s[w] != ' '; w++)
         ;
     for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
-        if (strlen(dropped[i]) == w && strncasecmp(s, dropped[i], w) == 0) return true;
+        if (strlen(dropped[i]) == w && strncasecmp(s, dropped[i], w) == 0)
+            return true;
     return false;
 }
 
@@ -60,9 +62,11 @@ static bool is_duplicate(const struct out *o, size_t from, const char *s, size_t
 
     for (; p < end; p = eol + 1) {
         eol = memchr(p, '\n', (size_t)(end - p));
-        if (eol == NULL) break;
+        if (eol == NULL)
+            break;
         /* each line is " <feature>\r\n" */
-        if ((size_t)(eol - p) == n + 2 && strncasecmp(p + 1, s, n) == 0) return true;
+        if ((size_t)(eol - p) == n + 2 && strncasecmp(p + 1, s, n) == 0)
+            return true;
     }
     return false;
 }
@@ -82,17 +86,21 @@ static void backend_feature(struct out *o, size_t from, const char *s, size_t n)
     }
     while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
         n--;
-    if (n == 0) return;
+    if (n == 0)
+        return;
 
     /* SECURITY: backend text goes to the client; only printable ASCII, so no control bytes,
      * NULs or Telnet IACs ride along. */
     for (i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) return;
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return;
 
     /* A bare "211" is no feature; lenient clients might take it for the end. */
-    if (n == 3 && memcmp(s, "211", 3) == 0) return;
+    if (n == 3 && memcmp(s, "211", 3) == 0)
+        return;
 
-    if (is_dropped(s, n) || is_duplicate(o, from, s, n)) return;
+    if (is_dropped(s, n) || is_duplicate(o, from, s, n))
+        return;
     put_feature(o, s, n);
 }
 
@@ -109,14 +117,17 @@ static void backend_features(struct out *o, const char *s, size_t len)
         eol = memchr(line, '\n', len - pos);
         n = eol ? (size_t)(eol - line) : len - pos;
         pos += n + 1;
-        if (n > 0 && line[n - 1] == '\r') n--;
+        if (n > 0 && line[n - 1] == '\r')
+            n--;
 
         if (first) {
-            if (n < 4 || memcmp(line, "211-", 4) != 0) return;
+            if (n < 4 || memcmp(line, "211-", 4) != 0)
+                return;
             first = false;
             continue;
         }
-        if (n >= 4 && memcmp(line, "211 ", 4) == 0) return; /* end of the reply */
+        if (n >= 4 && memcmp(line, "211 ", 4) == 0)
+            return; /* end of the reply */
         backend_feature(o, from, line, n);
     }
 }
@@ -131,15 +142,18 @@ size_t gw_feat_rewrite(const char *backend, size_t len, const gw_feat_opts *o, c
         put_str_feature(&b, "AUTH TLS;SSL;");
         put_str_feature(&b, "PBSZ");
         put_str_feature(&b, "PROT C;P;");
-        if (o->ccc) put_str_feature(&b, "CCC");
+        if (o->ccc)
+            put_str_feature(&b, "CCC");
     }
     put_str_feature(&b, "EPSV");
     put_str_feature(&b, "EPRT");
-    if (backend != NULL) backend_features(&b, backend, len);
+    if (backend != NULL)
+        backend_features(&b, backend, len);
     put(&b, "211 End\r\n", 9);
 
     if (!b.ok) {
-        if (cap > 0) out[0] = '\0';
+        if (cap > 0)
+            out[0] = '\0';
         return 0;
     }
     return b.len;

@@ -29,7 +29,8 @@ static const char *parse_byte(const char *s, unsigned *v)
         val = val * 10 + (unsigned)(*s++ - '0');
         digits++;
     }
-    if (digits == 0 || digits > 3 || val > 255) return NULL;
+    if (digits == 0 || digits > 3 || val > 255)
+        return NULL;
     *v = val;
     return s;
 }
@@ -45,7 +46,8 @@ static const char *parse_port(const char *s, char d, uint16_t *port)
         digits++;
     }
     /* SECURITY: port 0 would mean "any port" to connect()/bind(). */
-    if (digits == 0 || digits > 5 || val == 0 || val > 65535 || *s != d) return NULL;
+    if (digits == 0 || digits > 5 || val == 0 || val > 65535 || *s != d)
+        return NULL;
     *port = (uint16_t)val;
     return s + 1;
 }
@@ -55,7 +57,8 @@ static int set_v4(gw_addr *out, const unsigned v[6])
     unsigned port = v[4] * 256 + v[5];
     int i;
 
-    if (port == 0) return -1;
+    if (port == 0)
+        return -1;
     memset(out, 0, sizeof(*out));
     out->family = 4;
     for (i = 0; i < 4; i++)
@@ -84,14 +87,18 @@ static int number_run(const char *s, unsigned v[6], const char **end, bool *ok)
         } else {
             s = after;
         }
-        if (count < 6) v[count] = after ? val : 0;
-        if (count < 7) count++;
+        if (count < 6)
+            v[count] = after ? val : 0;
+        if (count < 7)
+            count++;
 
         t = s;
-        if (*t != ',') break;
+        if (*t != ',')
+            break;
         for (t++; *t == ' '; t++)
             ;
-        if (!is_addr_digit(*t)) break;
+        if (!is_addr_digit(*t))
+            break;
         s = t;
     }
     *end = s;
@@ -104,7 +111,8 @@ int gw_parse_227(const char *text, gw_addr *out)
     unsigned v[6];
     bool ok;
 
-    if (strncmp(text, "227", 3) != 0) return -1;
+    if (strncmp(text, "227", 3) != 0)
+        return -1;
 
     /* Servers word 227 differently ("(h,h,h,h,p,p)", "=h,...", bare numbers): take the first
      * run of exactly six byte values after the code. */
@@ -113,7 +121,8 @@ int gw_parse_227(const char *text, gw_addr *out)
             s++;
             continue;
         }
-        if (number_run(s, v, &end, &ok) == 6 && ok) return set_v4(out, v);
+        if (number_run(s, v, &end, &ok) == 6 && ok)
+            return set_v4(out, v);
         s = end;
     }
     return -1;
@@ -124,12 +133,15 @@ int gw_parse_229(const char *text, uint16_t *port)
     const char *s;
     char d;
 
-    if (strncmp(text, "229", 3) != 0) return -1;
+    if (strncmp(text, "229", 3) != 0)
+        return -1;
 
     for (s = strchr(text + 3, '('); s != NULL; s = strchr(s + 1, '(')) {
         d = s[1];
-        if (!is_delim(d) || s[2] != d || s[3] != d) continue;
-        if (parse_port(s + 4, d, port) != NULL) return 0;
+        if (!is_delim(d) || s[2] != d || s[3] != d)
+            continue;
+        if (parse_port(s + 4, d, port) != NULL)
+            return 0;
     }
     return -1;
 }
@@ -142,10 +154,13 @@ int gw_parse_port_arg(const char *arg, gw_addr *out)
 
     for (i = 0; i < 6; i++) {
         s = parse_byte(s, &v[i]);
-        if (s == NULL) return -1;
-        if (i < 5 && *s++ != ',') return -1;
+        if (s == NULL)
+            return -1;
+        if (i < 5 && *s++ != ',')
+            return -1;
     }
-    if (*s != '\0') return -1;
+    if (*s != '\0')
+        return -1;
     return set_v4(out, v);
 }
 
@@ -158,34 +173,44 @@ int gw_parse_eprt_arg(const char *arg, gw_addr *out)
     uint16_t p;
     gw_addr a;
 
-    if (!is_delim(d)) return -1;
+    if (!is_delim(d))
+        return -1;
     af = arg + 1;
     addr = strchr(af, d);
-    if (addr == NULL) return -1;
+    if (addr == NULL)
+        return -1;
     addr++;
     port = strchr(addr, d);
-    if (port == NULL) return -1;
+    if (port == NULL)
+        return -1;
     port++;
 
-    if (addr - af < 2) return -1; /* empty family */
+    if (addr - af < 2)
+        return -1; /* empty family */
     for (i = 0; af + i < addr - 1; i++) {
-        if (!is_addr_digit(af[i])) return -1;
-        if (fam < 1000) fam = fam * 10 + (unsigned long)(af[i] - '0');
+        if (!is_addr_digit(af[i]))
+            return -1;
+        if (fam < 1000)
+            fam = fam * 10 + (unsigned long)(af[i] - '0');
     }
-    if (fam != 1 && fam != 2) return -2;
+    if (fam != 1 && fam != 2)
+        return -2;
 
     len = (size_t)(port - 1 - addr);
-    if (len == 0 || len >= sizeof(host)) return -1;
+    if (len == 0 || len >= sizeof(host))
+        return -1;
     memcpy(host, addr, len);
     host[len] = '\0';
 
     memset(&a, 0, sizeof(a));
     a.family = fam == 1 ? 4 : 6;
     /* inet_pton takes only dotted quads for AF_INET and no zone ids for AF_INET6. */
-    if (inet_pton(fam == 1 ? AF_INET : AF_INET6, host, a.ip) != 1) return -1;
+    if (inet_pton(fam == 1 ? AF_INET : AF_INET6, host, a.ip) != 1)
+        return -1;
 
     port = parse_port(port, d, &p);
-    if (port == NULL || *port != '\0') return -1;
+    if (port == NULL || *port != '\0')
+        return -1;
     a.port = p;
     *out = a;
     return 0;
@@ -204,7 +229,8 @@ int gw_parse_epsv_arg(const char *arg, int *family)
         return 1;
     }
     for (s = arg; *s != '\0'; s++)
-        if (!is_addr_digit(*s)) return -1;
+        if (!is_addr_digit(*s))
+            return -1;
     if (strcmp(arg, "1") == 0) {
         *family = 4;
         return 0;
@@ -219,8 +245,10 @@ int gw_parse_epsv_arg(const char *arg, int *family)
 /* snprintf's result as a formatter's: the length, or 0 (and "") if it did not fit. */
 static size_t fitted(int n, char *buf, size_t cap)
 {
-    if (n > 0 && (size_t)n < cap) return (size_t)n;
-    if (cap > 0) buf[0] = '\0';
+    if (n > 0 && (size_t)n < cap)
+        return (size_t)n;
+    if (cap > 0)
+        buf[0] = '\0';
     return 0;
 }
 
@@ -236,7 +264,8 @@ size_t gw_format_227(char *buf, size_t cap, const gw_addr *a)
 {
     gw_addr v;
 
-    if (!as_v4(a, &v)) return fitted(-1, buf, cap);
+    if (!as_v4(a, &v))
+        return fitted(-1, buf, cap);
     return fitted(snprintf(buf, cap, "227 Entering Passive Mode (%u,%u,%u,%u,%u,%u).\r\n", v.ip[0],
                            v.ip[1], v.ip[2], v.ip[3], v.port >> 8, v.port & 0xff),
                   buf, cap);
@@ -252,7 +281,8 @@ size_t gw_format_port(char *buf, size_t cap, const gw_addr *a)
 {
     gw_addr v;
 
-    if (!as_v4(a, &v)) return fitted(-1, buf, cap);
+    if (!as_v4(a, &v))
+        return fitted(-1, buf, cap);
     return fitted(snprintf(buf, cap, "PORT %u,%u,%u,%u,%u,%u\r\n", v.ip[0], v.ip[1], v.ip[2],
                            v.ip[3], v.port >> 8, v.port & 0xff),
                   buf, cap);
@@ -264,7 +294,8 @@ size_t gw_format_eprt(char *buf, size_t cap, const gw_addr *a)
     gw_addr v = *a;
 
     gw_addr_normalize(&v);
-    if (v.family != 4 && v.family != 6) return fitted(-1, buf, cap);
+    if (v.family != 4 && v.family != 6)
+        return fitted(-1, buf, cap);
     gw_addr_ip_str(&v, ip, sizeof(ip));
     return fitted(snprintf(buf, cap, "EPRT |%d|%s|%u|\r\n", v.family == 4 ? 1 : 2, ip, v.port), buf,
                   cap);
@@ -274,7 +305,8 @@ static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
 
 void gw_addr_normalize(gw_addr *a)
 {
-    if (a->family != 6 || memcmp(a->ip, v4_mapped_prefix, sizeof(v4_mapped_prefix)) != 0) return;
+    if (a->family != 6 || memcmp(a->ip, v4_mapped_prefix, sizeof(v4_mapped_prefix)) != 0)
+        return;
     a->family = 4;
     memmove(a->ip, a->ip + 12, 4);
     memset(a->ip + 4, 0, sizeof(a->ip) - 4); /* so that memcmp of whole addresses works */
@@ -286,9 +318,12 @@ bool gw_addr_same_host(const gw_addr *a, const gw_addr *b)
 
     gw_addr_normalize(&x);
     gw_addr_normalize(&y);
-    if (x.family != y.family) return false;
-    if (x.family == 4) return memcmp(x.ip, y.ip, 4) == 0;
-    if (x.family == 6) return memcmp(x.ip, y.ip, 16) == 0;
+    if (x.family != y.family)
+        return false;
+    if (x.family == 4)
+        return memcmp(x.ip, y.ip, 4) == 0;
+    if (x.family == 6)
+        return memcmp(x.ip, y.ip, 16) == 0;
     return false; /* unset addresses match nothing */
 }
 
@@ -296,7 +331,8 @@ const char *gw_addr_ip_str(const gw_addr *a, char *buf, size_t cap)
 {
     int af = a->family == 4 ? AF_INET : a->family == 6 ? AF_INET6 : -1;
 
-    if (cap == 0) return buf;
+    if (cap == 0)
+        return buf;
     if (af < 0 || cap > 0x7fffffff || inet_ntop(af, a->ip, buf, (socklen_t)cap) == NULL)
         buf[0] = '\0';
     return buf;

@@ -39,8 +39,10 @@ void gw_cmd_init(gw_cmd_parser *p)
 static void put_text(gw_cmd_parser *p, uint8_t ch)
 {
     /* NUL is a Telnet no-op; CR only pairs with LF (or NUL) and carries no text. */
-    if (ch == '\r' || ch == '\0') return;
-    if (p->overflow) return;
+    if (ch == '\r' || ch == '\0')
+        return;
+    if (p->overflow)
+        return;
     /* SECURITY: the line buffer is fixed; a longer line is discarded up to its LF. */
     if (p->len == GW_CMD_LINE_MAX) {
         p->overflow = true;
@@ -54,7 +56,8 @@ static void queue_refusal(gw_cmd_parser *p, uint8_t verb, uint8_t opt)
 {
     /* SECURITY: a flood of option requests must not grow our output; once the queue is full
      * further refusals are dropped (the caller drains it after every call). */
-    if (sizeof(p->tn_reply) - p->tn_reply_len < 3) return;
+    if (sizeof(p->tn_reply) - p->tn_reply_len < 3)
+        return;
     p->tn_reply[p->tn_reply_len++] = TN_IAC;
     p->tn_reply[p->tn_reply_len++] = verb;
     p->tn_reply[p->tn_reply_len++] = opt;
@@ -118,7 +121,8 @@ int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
         switch (state) {
         case sw_iac:
             state = after_iac(p, ch);
-            if (state >= 0) break;
+            if (state >= 0)
+                break;
             /* Not a command: the IAC was stray and the byte is text, so a LF still ends the
              * line. */
             state = sw_data;
@@ -155,7 +159,8 @@ int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
             break;
 
         case sw_sb:
-            if (ch == TN_IAC) state = sw_sb_iac;
+            if (ch == TN_IAC)
+                state = sw_sb_iac;
             break;
         case sw_sb_iac:
             /* IAC IAC is escaped data inside SB; only IAC SE ends it. */
@@ -256,7 +261,8 @@ const gw_cmd_def *gw_cmd_lookup(const char *verb)
 
     /* Verbs are short ASCII letters; anything else cannot be in the table. */
     for (i = 0; verb[i] != '\0'; i++) {
-        if (i == sizeof(up) - 1 || !is_alpha(verb[i])) return &cmd_other;
+        if (i == sizeof(up) - 1 || !is_alpha(verb[i]))
+            return &cmd_other;
         up[i] = (char)(verb[i] & ~0x20);
     }
     up[i] = '\0';
@@ -280,10 +286,12 @@ int gw_cmd_split(const char *line, gw_cmd *out)
     out->def = &cmd_other;
 
     for (i = 0; line[i] != '\0' && line[i] != ' '; i++) {
-        if (i == sizeof(out->verb) - 1 || !is_alpha(line[i])) return -1;
+        if (i == sizeof(out->verb) - 1 || !is_alpha(line[i]))
+            return -1;
         out->verb[i] = (char)(line[i] & ~0x20); /* ASCII upper case */
     }
-    if (i == 0) return -1;
+    if (i == 0)
+        return -1;
 
     out->verb[i] = '\0';
     out->arg = line[i] == ' ' ? line + i + 1 : line + i;
@@ -298,14 +306,17 @@ size_t gw_cmd_format(char *out, size_t cap, const char *line)
 
     for (s = (const unsigned char *)line; *s != '\0'; s++) {
         /* SECURITY: a CR or LF would smuggle a second command to the peer. */
-        if (*s == '\r' || *s == '\n') return 0;
+        if (*s == '\r' || *s == '\n')
+            return 0;
         need += *s == TN_IAC ? 2 : 1;
     }
-    if (need > cap) return 0;
+    if (need > cap)
+        return 0;
 
     for (s = (const unsigned char *)line; *s != '\0'; s++) {
         out[n++] = (char)*s;
-        if (*s == TN_IAC) out[n++] = (char)TN_IAC; /* literal 0xFF is IAC IAC on the wire */
+        if (*s == TN_IAC)
+            out[n++] = (char)TN_IAC; /* literal 0xFF is IAC IAC on the wire */
     }
     out[n++] = '\r';
     out[n++] = '\n';

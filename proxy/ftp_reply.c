@@ -21,18 +21,23 @@ static bool start_prefix_ok(const char *s, size_t len)
 {
     size_t i;
 
-    if (len > 0 && (s[0] < '1' || s[0] > '5')) return false;
+    if (len > 0 && (s[0] < '1' || s[0] > '5'))
+        return false;
     for (i = 1; i < 3 && i < len; i++)
-        if (!is_reply_digit(s[i])) return false;
-    if (len > 3 && s[3] != ' ' && s[3] != '-' && s[3] != '\r') return false;
-    if (len > 4 && s[3] == '\r') return false; /* only LF may follow "ddd\r" */
+        if (!is_reply_digit(s[i]))
+            return false;
+    if (len > 3 && s[3] != ' ' && s[3] != '-' && s[3] != '\r')
+        return false;
+    if (len > 4 && s[3] == '\r')
+        return false; /* only LF may follow "ddd\r" */
     return true;
 }
 
 /* A complete first line (text without CRLF): "ddd", "ddd ..." or "ddd-...". */
 static bool start_ok(const char *s, size_t len)
 {
-    if (len < 3 || !start_prefix_ok(s, 3)) return false;
+    if (len < 3 || !start_prefix_ok(s, 3))
+        return false;
     return len == 3 || s[3] == ' ' || s[3] == '-';
 }
 
@@ -46,10 +51,12 @@ static int end_line(gw_reply_parser *p)
 {
     size_t t = p->len;
 
-    if (t > 0 && p->line[t - 1] == '\r') t--;
+    if (t > 0 && p->line[t - 1] == '\r')
+        t--;
 
     if (!p->in_multi) {
-        if (!start_ok(p->line, t)) return GW_REPLY_INVALID;
+        if (!start_ok(p->line, t))
+            return GW_REPLY_INVALID;
         p->code = code_of(p->line);
         p->first = true;
         p->last = t == 3 || p->line[3] == ' ';
@@ -58,8 +65,8 @@ static int end_line(gw_reply_parser *p)
         /* Only "ddd " with the same code ends a multi-line reply: middle lines may start
          * with digits, another code, or even "ddd-" or a bare "ddd". */
         p->first = false;
-        p->last = t >= 4 && is_reply_digit(p->line[0]) && is_reply_digit(p->line[1]) && is_reply_digit(p->line[2]) &&
-                  code_of(p->line) == p->code && p->line[3] == ' ';
+        p->last = t >= 4 && is_reply_digit(p->line[0]) && is_reply_digit(p->line[1]) &&
+                  is_reply_digit(p->line[2]) && code_of(p->line) == p->code && p->line[3] == ' ';
         p->in_multi = !p->last;
     }
 
@@ -92,7 +99,8 @@ int gw_reply_feed(gw_reply_parser *p, const uint8_t *in, size_t n, size_t *used)
             return end_line(p);
         }
         /* NUL is a Telnet no-op; dropping it keeps p->line a C string of length len. */
-        if (ch == '\0') continue;
+        if (ch == '\0')
+            continue;
 
         /* SECURITY: the line buffer is fixed. One byte past the cap is allowed only because
          * it may be the CR of the CRLF, which is not counted. */

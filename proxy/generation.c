@@ -45,15 +45,15 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t
                           inet_pton(AF_INET6, fe->backend->address.host, probe) != 1;
     /* A name is resolved again for every session (containers come and go); failing now is
      * only a warning, so the gateway can start before its backend. */
-    if (gw_resolve_host(fe->backend->address.host, fe->backend->address.port,
-                        &fe->backend_addr)) {
+    if (gw_resolve_host(fe->backend->address.host, fe->backend->address.port, &fe->backend_addr)) {
         if (!fe->backend_by_name) {
             snprintf(err, cap, "[backend %s] address: bad address %s", fe->backend->name,
                      fe->backend->address.host);
             return -1;
         }
-        GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per "
-                       "session\"",
+        GW_LOG_WARN(0,
+                    "event=backend_unresolved backend=%s host=%s note=\"retried per "
+                    "session\"",
                     fe->backend->name, fe->backend->address.host);
     }
     if (fc->pasv_address[0] &&
@@ -63,8 +63,8 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t
         return -1;
     }
     if (fc->pasv_address[0])
-        GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name,
-                    fc->pasv_address, gw_addr_str(&fe->pasv_addr));
+        GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name, fc->pasv_address,
+                    gw_addr_str(&fe->pasv_addr));
     fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
     if (!fe->pool) {
         snprintf(err, cap, "out of memory");
@@ -89,8 +89,9 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t
         }
         fe->backend_host = fe->backend->sni[0] ? fe->backend->sni : fe->backend->address.host;
         if (!fe->backend->tls_verify)
-            GW_LOG_WARN(0, "event=tls_verify_off backend=%s note=\"the backend's certificate "
-                           "is not checked\"",
+            GW_LOG_WARN(0,
+                        "event=tls_verify_off backend=%s note=\"the backend's certificate "
+                        "is not checked\"",
                         fe->backend->name);
     }
     return 0;

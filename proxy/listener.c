@@ -131,9 +131,7 @@ static void on_unserved_eof(gw_conn *c, bool clean)
     gw_conn_close(c);
 }
 
-static void on_unserved_drain(gw_conn *c)
-{
-}
+static void on_unserved_drain(gw_conn *c) {}
 
 static void on_unserved_close(gw_conn *c)
 {
@@ -184,8 +182,7 @@ static bool refuse_over_limit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
         return false;
     GW_LOG_WARN(e->id, "event=session_refused peer=%s reason=\"%s\" worker=%d",
                 gw_addr_str(&e->peer), why, e->srv->worker);
-    unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_TOO_MANY_CONNECTIONS : NULL,
-                   why);
+    unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_TOO_MANY_CONNECTIONS : NULL, why);
     return true;
 }
 
@@ -270,8 +267,8 @@ static int bind_reuseport(uv_tcp_t *tcp, const struct sockaddr_storage *ss)
     if (fd < 0)
         return uv_translate_sys_error(errno);
     int one = 1;
-    socklen_t len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                             : sizeof(struct sockaddr_in6);
+    socklen_t len =
+        ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (ss->ss_family == AF_INET6) /* as uv_tcp_bind: [::] is dual stack */
         (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
@@ -327,9 +324,9 @@ static void log_frontend(const gw_frontend *fe, const char *event)
     bool b6 = strchr(bh, ':') != NULL, l6 = strchr(lh, ':') != NULL;
     snprintf(backend, sizeof backend, "%s%s%s:%u", b6 ? "[" : "", bh, b6 ? "]" : "",
              fe->backend->address.port);
-    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s%s%s:%u backend=%s", event,
-                fe->conf->name, mode_name(fe->conf->mode), l6 ? "[" : "", lh, l6 ? "]" : "",
-                fe->conf->listen.port, backend);
+    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s%s%s:%u backend=%s", event, fe->conf->name,
+                mode_name(fe->conf->mode), l6 ? "[" : "", lh, l6 ? "]" : "", fe->conf->listen.port,
+                backend);
 }
 
 static void close_listener(gw_listener *l)
@@ -387,13 +384,13 @@ static void on_fd_probe(uv_timer_t *t)
         return;
     }
     if (errno == EMFILE || errno == ENFILE)
-        GW_LOG_WARN(0, "event=descriptor_limit sessions=%d note=\"new connections are closed "
-                       "at accept until descriptors are free\"",
+        GW_LOG_WARN(0,
+                    "event=descriptor_limit sessions=%d note=\"new connections are closed "
+                    "at accept until descriptors are free\"",
                     srv->sessions);
 }
 
-int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err,
-                    size_t cap)
+int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap)
 {
     srv->loop = loop;
     srv->gen = gw_generation_new(cfg, err, cap);

@@ -67,8 +67,9 @@ static int ensure_cert(gw_config *cfg)
     state_dir(dir, sizeof dir);
     if (mkdirs(dir) != 0 ||
         gw_tls_ensure_selfsigned(dir, cfg->cert, cfg->key, sizeof cfg->cert, err, sizeof err)) {
-        GW_LOG_ERR(0, "event=start_failed reason=\"cannot prepare a self-signed certificate in "
-                      "%s\"",
+        GW_LOG_ERR(0,
+                   "event=start_failed reason=\"cannot prepare a self-signed certificate in "
+                   "%s\"",
                    dir);
         return -1;
     }
@@ -83,8 +84,9 @@ static void warn_weak_tls(const gw_config *cfg)
     char what[GW_PATH_MAX + 96];
     for (int i = 0; i < cfg->n_backends; i++)
         if (gw_backend_weak_tls(&cfg->backends[i], what, sizeof what))
-            GW_LOG_WARN(0, "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
-                           "below the gateway's defaults\"",
+            GW_LOG_WARN(0,
+                        "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
+                        "below the gateway's defaults\"",
                         cfg->backends[i].name, what);
 }
 
@@ -106,8 +108,7 @@ static void reload(void)
     if (!cfg)
         return;
     if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0)
-        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"",
-                   err);
+        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
     else {
         warn_weak_tls(cfg);
         gw_workers_reload(cfg);

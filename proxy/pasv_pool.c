@@ -53,8 +53,8 @@ static int try_port(gw_addr *bind_addr, uint16_t port)
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                            : sizeof(struct sockaddr_in6);
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     /* A port we used a moment ago sits in TIME_WAIT: the pool, not the kernel, says whether
      * it is free. */
     int one = 1;

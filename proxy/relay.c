@@ -34,7 +34,8 @@ static void write_xferlog(gw_session *s, const char *result)
                      "ms=%llu code=%d result=%s\n",
                      ts, (unsigned long long)s->id, gw_addr_str(&s->client_peer), s->user,
                      s->cur.verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
-                     (unsigned long long)(gw_sess_now(s) - s->xfer_started_ms), s->cur.held_code, result);
+                     (unsigned long long)(gw_sess_now(s) - s->xfer_started_ms), s->cur.held_code,
+                     result);
     if (n > 0) {
         ssize_t w = write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
         (void)w;
@@ -65,8 +66,9 @@ static void complete_transfer(gw_session *s)
  * answers nothing within ABORT_TIMEOUT_MS ends the session. */
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
 {
-    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
-                       "note=\"ABOR sent to the server\"",
+    GW_LOG_INFO(s->id,
+                "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
+                "note=\"ABOR sent to the server\"",
                 s->cur.verb, why);
     gw_sess_drop_data(s, false);
     gw_sess_reply(s, text);
@@ -159,21 +161,20 @@ static void arm_client_leg(gw_session *s)
     if (s->cur.want == WANT_PORT || s->cur.want == WANT_EPRT) {
         gw_addr from = s->client_local;
         gw_addr_normalize(&from);
-        int port = fc->active_source_port >= 0 ? fc->active_source_port
+        int port = fc->active_source_port >= 0  ? fc->active_source_port
                    : fc->mode == GW_FE_IMPLICIT ? 989
                                                 : 20;
         from.port = (uint16_t)port;
         gw_data_client_active(s->data, &s->cur.want_addr, &from);
         offer_data_ticket(s);
-        gw_sess_reply(s, s->cur.want == WANT_PORT ? GW_R_PORT_OK
-                                      : GW_R_EPRT_OK);
+        gw_sess_reply(s, s->cur.want == WANT_PORT ? GW_R_PORT_OK : GW_R_EPRT_OK);
         return;
     }
     gw_addr bind = s->client_local;
     gw_addr_normalize(&bind);
     if (gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0) {
-        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
-                    fc->pasv_port_min, fc->pasv_port_max);
+        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"", fc->pasv_port_min,
+                    fc->pasv_port_max);
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
@@ -307,8 +308,8 @@ void gw_relay_arm_backend_leg(gw_session *s)
     }
     s->cur.be_listen = local;
     char line[128];
-    size_t n = ext ? gw_format_eprt(line, sizeof line, &local)
-                   : gw_format_port(line, sizeof line, &local);
+    size_t n =
+        ext ? gw_format_eprt(line, sizeof line, &local) : gw_format_port(line, sizeof line, &local);
     if (n < 2) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA);

@@ -14,16 +14,16 @@
 #include "ftp_codes.h"
 #include "log.h"
 
-#define HANDSHAKE_TIMEOUT 30 /* seconds, capped by login_timeout */
-#define CLOSE_GRACE_MS 5000  /* waiting for our final reply and close_notify to leave */
+#define HANDSHAKE_TIMEOUT 30  /* seconds, capped by login_timeout */
+#define CLOSE_GRACE_MS 5000   /* waiting for our final reply and close_notify to leave */
 #define ABORT_TIMEOUT_MS 5000 /* a backend that does not answer ABOR by then is given up */
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
-static const char *const backend_state_names[] = {"idle",  "connecting", "greeting",
-                                                  "tls",   "ready",      "closed"};
+static const char *const backend_state_names[] = {"idle", "connecting", "greeting",
+                                                  "tls",  "ready",      "closed"};
 static const char *const pending_names[] = {
-    "none", "greeting", "relay", "pasv", "port", "abort", "feat", "transfer", "quit",
-    "be_auth", "be_pbsz", "be_prot",
+    "none", "greeting", "relay", "pasv",    "port",    "abort",
+    "feat", "transfer", "quit",  "be_auth", "be_pbsz", "be_prot",
 };
 
 static void on_tick(uv_timer_t *t);
@@ -133,8 +133,8 @@ void gw_sess_rearm(gw_session *s)
         return;
     uint64_t delay = 1000;
     bool fine = s->cstate == CS_CLOSING || s->reply_delay_until || s->pending == PEND_ABORT ||
-                (s->pending == PEND_TRANSFER && s->data_finished) ||
-                s->cstate != CS_READY || s->bstate != BS_READY || !s->logged_in;
+                (s->pending == PEND_TRANSFER && s->data_finished) || s->cstate != CS_READY ||
+                s->bstate != BS_READY || !s->logged_in;
     if (!fine) {
         uint64_t deadline = s->last_active_ms + (uint64_t)s->fe->cfg->idle_timeout * 1000;
         uint64_t now = gw_sess_now(s);
@@ -169,14 +169,13 @@ static void check_deadlines(gw_session *s)
             gw_sess_reply(s, GW_R_XFER_ABORTED);
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
-        gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY,
-                     "backend silent after ABOR");
+        gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY, "backend silent after ABOR");
         return;
     }
     if (s->pending == PEND_TRANSFER && s->data_finished && !s->cur.held_code &&
         now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
         gw_relay_abort_transfer(s, GW_R_XFER_NO_FINAL_REPLY,
-                               "server silent after the data connection ended");
+                                "server silent after the data connection ended");
         return;
     }
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
@@ -186,8 +185,7 @@ static void check_deadlines(gw_session *s)
         gw_sess_fail(s, NULL, "TLS handshake timeout after AUTH");
     else if (s->bstate == BS_CONNECTING &&
              since_start >= (uint64_t)s->fe->backend->connect_timeout * 1000)
-        gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT,
-                     "backend connect timeout");
+        gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT, "backend connect timeout");
     else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
         gw_sess_fail(s, GW_R_LOGIN_TIMEOUT, "login timeout");
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
@@ -237,7 +235,8 @@ static void on_client_handshake(gw_conn *c)
     s->has_tag = true;
     memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
     if (s->cstate == CS_AUTH) {
-        gw_sess_set_client_state(s, CS_READY); /* explicit: PROT stays C until the client sends PROT */
+        gw_sess_set_client_state(s,
+                                 CS_READY); /* explicit: PROT stays C until the client sends PROT */
         gw_cmdq_pump(s);
         return;
     }

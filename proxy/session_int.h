@@ -47,9 +47,9 @@ enum gw_pending {
     PEND_FEAT,     /* buffered, rewritten */
     PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
     PEND_QUIT,
-    PEND_BE_AUTH,  /* internal AUTH TLS toward the backend (234, then the handshake) */
-    PEND_BE_PBSZ,  /* internal PBSZ 0 toward the backend */
-    PEND_BE_PROT,  /* internal PROT P toward the backend */
+    PEND_BE_AUTH, /* internal AUTH TLS toward the backend (234, then the handshake) */
+    PEND_BE_PBSZ, /* internal PBSZ 0 toward the backend */
+    PEND_BE_PROT, /* internal PROT P toward the backend */
 };
 
 /* What one command carries across its round trip to the backend and back. Reset when the
@@ -104,14 +104,14 @@ struct gw_session {
     bool swallow_greeting; /* REIN: the client already got its 220 */
     bool has_tag;
     uint8_t tag[GW_TLS_TAG_LEN]; /* the client control session's tag (survives CCC) */
-    bool be_prot_p;       /* the backend accepted PROT P: its data legs are TLS */
-    bool be_prot_later;   /* it refused PBSZ/PROT before login: send them after its 230 */
-    bool be_after_login;  /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
+    bool be_prot_p;              /* the backend accepted PROT P: its data legs are TLS */
+    bool be_prot_later;          /* it refused PBSZ/PROT before login: send them after its 230 */
+    bool be_after_login; /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     gw_addr client_peer, client_local, backend_peer;
     uint64_t started_ms, last_active_ms;
-    int handles; /* open uv handles; the session is freed when this drops to 0 */
+    int handles;                   /* open uv handles; the session is freed when this drops to 0 */
     const gw_session_hooks *hooks; /* the listener's: on_end(host) once it is freed */
     void *host;
 };

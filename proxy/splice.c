@@ -13,9 +13,9 @@
 
 struct gw_splice {
     uv_poll_t src_poll, dst_poll;
-    int src, dst;       /* our duplicates; each is closed once its poll handle has closed */
+    int src, dst; /* our duplicates; each is closed once its poll handle has closed */
     int pipe_r, pipe_w;
-    size_t in_pipe;     /* bytes taken from the source, not yet given to the destination */
+    size_t in_pipe; /* bytes taken from the source, not yet given to the destination */
     size_t pipe_size;
     const gw_splice_ops *ops;
     void *arg;
@@ -49,8 +49,7 @@ static void on_ready(uv_poll_t *p, int status, int events);
 static void wait_for(gw_splice *sp, bool dst)
 {
     uv_poll_stop(dst ? &sp->src_poll : &sp->dst_poll);
-    uv_poll_start(dst ? &sp->dst_poll : &sp->src_poll, dst ? UV_WRITABLE : UV_READABLE,
-                  on_ready);
+    uv_poll_start(dst ? &sp->dst_poll : &sp->src_poll, dst ? UV_WRITABLE : UV_READABLE, on_ready);
 }
 
 static void fail_splice(gw_splice *sp, int err)
@@ -87,8 +86,8 @@ static void pump(gw_splice *sp)
             }
             sp->in_pipe = (size_t)n;
         }
-        ssize_t m = splice(sp->pipe_r, NULL, sp->dst, NULL, sp->in_pipe,
-                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        ssize_t m =
+            splice(sp->pipe_r, NULL, sp->dst, NULL, sp->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (m < 0) {
             if (errno == EINTR)
                 continue;

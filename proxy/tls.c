@@ -35,8 +35,8 @@ static void set_error(gw_tls *t, const char *what)
     unsigned long e = ERR_peek_last_error();
     char buf[120] = "";
     /* Without tls_verify the result is computed but ignored: it is not the error. */
-    long v = SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER ? SSL_get_verify_result(t->ssl)
-                                                           : X509_V_OK;
+    long v =
+        SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER ? SSL_get_verify_result(t->ssl) : X509_V_OK;
     if (v != X509_V_OK && !SSL_is_server(t->ssl))
         snprintf(buf, sizeof buf, "certificate verify failed: %s",
                  X509_verify_cert_error_string(v));
@@ -186,8 +186,7 @@ SSL_CTX *gw_tls_client_ctx_new(const gw_backend_conf *be, char *err, size_t errc
             goto fail;
         }
     }
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
-                                            SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, on_new_session);
     return ctx;
 fail:
@@ -251,14 +250,14 @@ int gw_tls_ensure_selfsigned(const char *dir, char *cert, char *key, size_t cap,
     X509_gmtime_adj(X509_getm_notAfter(x), 10L * 365 * 24 * 3600);
     X509_set_pubkey(x, pk);
     X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
-                               -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
+                               0);
     X509_set_issuer_name(x, name);
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);
     X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name,
-                                              "DNS:localhost,IP:127.0.0.1,IP:::1");
+    X509_EXTENSION *ext =
+        X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
     if (!ext)
         goto out;
     X509_add_ext(x, ext, -1);

@@ -87,12 +87,14 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
         return;
     }
     if (cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
-        GW_LOG_WARN(0, "event=reload_note note=\"workers is read at start: %d stay until a "
-                       "restart\"",
+        GW_LOG_WARN(0,
+                    "event=reload_note note=\"workers is read at start: %d stay until a "
+                    "restart\"",
                     n_workers);
     if (gw_server_reload(&w->srv, cfg, err, sizeof err) != 0) {
-        GW_LOG_ERR(0, "event=reload_failed worker=%d reason=\"%s\" note=\"old configuration "
-                      "stays\"",
+        GW_LOG_ERR(0,
+                   "event=reload_failed worker=%d reason=\"%s\" note=\"old configuration "
+                   "stays\"",
                    w->index, err);
     } else {
         if (w->index == 0) {

@@ -49,7 +49,9 @@ static unsigned char plain_dst[CHUNK]; /* where receivers decrypt to */
 static unsigned char net_buf[CHUNK];   /* conn.c's read_buf */
 static uint64_t total;                 /* bytes per transfer */
 static int read_ahead;                 /* --read-ahead */
-static struct { long reads, writes, polls; } sys_n; /* syscalls of the measured side */
+static struct {
+    long reads, writes, polls;
+} sys_n; /* syscalls of the measured side */
 
 static void die(const char *what)
 {
@@ -59,7 +61,11 @@ static void die(const char *what)
 }
 
 /* Order-sensitive checksum over the byte stream (Fletcher-style on 64-bit words). */
-typedef struct { uint64_t s1, s2, bytes; unsigned char tail[8]; unsigned nt; } cksum;
+typedef struct {
+    uint64_t s1, s2, bytes;
+    unsigned char tail[8];
+    unsigned nt;
+} cksum;
 
 static void ck_word(cksum *c, const unsigned char *p)
 {
@@ -137,7 +143,10 @@ static SSL_CTX *client_ctx(void)
 
 /* --- the sink BIO of tls.c --------------------------------------------------------------- */
 
-typedef struct { char *buf; size_t len, cap; } sink;
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sink;
 
 static int sink_write(BIO *b, const char *data, int len)
 {
@@ -160,8 +169,9 @@ static long sink_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
     (void)num, (void)ptr;
     sink *s = BIO_get_data(b);
-    return cmd == BIO_CTRL_FLUSH ? 1
-           : (cmd == BIO_CTRL_PENDING || cmd == BIO_CTRL_WPENDING) ? (long)s->len : 0;
+    return cmd == BIO_CTRL_FLUSH                                   ? 1
+           : (cmd == BIO_CTRL_PENDING || cmd == BIO_CTRL_WPENDING) ? (long)s->len
+                                                                   : 0;
 }
 
 static BIO *sink_new(sink *s)
@@ -179,8 +189,8 @@ static BIO *sink_new(sink *s)
 }
 
 /* Counts the socket BIO's calls: each BIO_read/BIO_write on it is one read(2)/write(2). */
-static long count_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
-                     int ret, size_t *processed)
+static long count_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                     size_t *processed)
 {
     (void)b, (void)argp, (void)len, (void)argi, (void)argl, (void)processed;
     if (oper == (BIO_CB_READ | BIO_CB_RETURN))
@@ -328,7 +338,9 @@ static void decrypt_sock(SSL *ssl, int fd, cksum *ck)
 
 /* --- the peer (forked; its CPU is not counted) ------------------------------------------- */
 
-typedef struct { uint64_t bytes, s1, s2; } result;
+typedef struct {
+    uint64_t bytes, s1, s2;
+} result;
 
 static void peer(SSL_CTX *ctx, uint16_t port, int encrypt_side, int go_fd, int res_fd)
 {
@@ -370,12 +382,17 @@ static void peer(SSL_CTX *ctx, uint16_t port, int encrypt_side, int go_fd, int r
 
 /* --- one run ------------------------------------------------------------------------------ */
 
-typedef struct { double wall, user, sys; long reads, writes, polls; } sample;
+typedef struct {
+    double wall, user, sys;
+    long reads, writes, polls;
+} sample;
 
-static double secs(struct timeval t) { return (double)t.tv_sec + t.tv_usec / 1e6; }
+static double secs(struct timeval t)
+{
+    return (double)t.tv_sec + t.tv_usec / 1e6;
+}
 
-static sample run(SSL_CTX *sctx, SSL_CTX *cctx, int encrypt_side, int sock_bio,
-                  const cksum *expect)
+static sample run(SSL_CTX *sctx, SSL_CTX *cctx, int encrypt_side, int sock_bio, const cksum *expect)
 {
     int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1, go[2], res[2];
     struct sockaddr_in a = {.sin_family = AF_INET};
@@ -447,8 +464,11 @@ static sample run(SSL_CTX *sctx, SSL_CTX *cctx, int encrypt_side, int sock_bio,
     close(fd);
     close(go[0]), close(go[1]), close(res[0]), close(res[1]);
     return (sample){(double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
-                    secs(r1.ru_utime) - secs(r0.ru_utime), secs(r1.ru_stime) - secs(r0.ru_stime),
-                    sys_n.reads, sys_n.writes, sys_n.polls};
+                    secs(r1.ru_utime) - secs(r0.ru_utime),
+                    secs(r1.ru_stime) - secs(r0.ru_stime),
+                    sys_n.reads,
+                    sys_n.writes,
+                    sys_n.polls};
 }
 
 /* --- report ------------------------------------------------------------------------------- */
@@ -513,8 +533,8 @@ int main(int argc, char **argv)
     printf("the receiver's checksum alone: %.3f CPU s/GiB (in both decrypt-side variants)\n",
            ck_cpu / ((double)total / (1 << 30)));
     printf("CPU = the measured process only; syscalls = its read(2)/write(2)/poll(2) calls\n\n");
-    printf("%-7s %-7s %-10s %7s %8s %8s %8s %8s %9s %9s %9s\n", "run", "side", "variant",
-           "wall s", "usr/GiB", "sys/GiB", "cpu/GiB", "MB/s", "reads", "writes", "polls");
+    printf("%-7s %-7s %-10s %7s %8s %8s %8s %8s %9s %9s %9s\n", "run", "side", "variant", "wall s",
+           "usr/GiB", "sys/GiB", "cpu/GiB", "MB/s", "reads", "writes", "polls");
 
     sample s[2][2][RUNS]; /* side, variant, run */
     for (int i = 0; i < RUNS; i++)
@@ -536,14 +556,15 @@ int main(int argc, char **argv)
             double v[7][RUNS];
             for (int i = 0; i < RUNS; i++) {
                 sample *p = &s[side][var][i];
-                double row[7] = {p->wall, p->user, p->sys, p->user + p->sys, (double)p->reads,
-                                 (double)p->writes, (double)p->polls};
+                double row[7] = {p->wall,          p->user,          p->sys,
+                                 p->user + p->sys, (double)p->reads, (double)p->writes,
+                                 (double)p->polls};
                 for (int k = 0; k < 7; k++)
                     v[k][i] = row[k];
             }
             cpu[side][var] = median(v[3]);
-            print_row("median", side, var, median(v[0]), median(v[1]), median(v[2]),
-                      cpu[side][var], median(v[4]), median(v[5]), median(v[6]));
+            print_row("median", side, var, median(v[0]), median(v[1]), median(v[2]), cpu[side][var],
+                      median(v[4]), median(v[5]), median(v[6]));
         }
     printf("\nratio b/a of median CPU s/GiB (user+sys): encrypt side %.3f, decrypt side %.3f\n",
            cpu[1][1] / cpu[1][0], cpu[0][1] / cpu[0][0]);

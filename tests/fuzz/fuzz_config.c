@@ -12,7 +12,8 @@ static gw_config cfg;
 
 static void check(int ok)
 {
-    if (!ok) abort();
+    if (!ok)
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -32,14 +32,19 @@ static void check_format_roundtrip(const gw_cmd_parser *p)
     size_t n, used;
 
     n = gw_cmd_format(out, sizeof(out), p->line);
-    if (n < 2 || n > sizeof(out) - 1 || out[n] != '\0') abort();
-    if (gw_cmd_format(out, n, p->line) != 0) abort(); /* no room for the NUL */
+    if (n < 2 || n > sizeof(out) - 1 || out[n] != '\0')
+        abort();
+    if (gw_cmd_format(out, n, p->line) != 0)
+        abort(); /* no room for the NUL */
     n = gw_cmd_format(out, sizeof(out), p->line);
 
     gw_cmd_init(&q);
-    if (gw_cmd_feed(&q, (const uint8_t *)out, n, &used) != GW_CMD_LINE) abort();
-    if (used != n || q.len != p->len || memcmp(q.line, p->line, p->len + 1) != 0) abort();
-    if (q.tn_reply_len != 0 || q.got_ip) abort();
+    if (gw_cmd_feed(&q, (const uint8_t *)out, n, &used) != GW_CMD_LINE)
+        abort();
+    if (used != n || q.len != p->len || memcmp(q.line, p->line, p->len + 1) != 0)
+        abort();
+    if (q.tn_reply_len != 0 || q.got_ip)
+        abort();
 }
 
 static void check_split(const gw_cmd_parser *p)
@@ -47,32 +52,46 @@ static void check_split(const gw_cmd_parser *p)
     gw_cmd c;
     size_t i;
 
-    if (gw_cmd_split(p->line, &c) != 0) return;
+    if (gw_cmd_split(p->line, &c) != 0)
+        return;
     for (i = 0; c.verb[i] != '\0'; i++)
-        if (i >= 7 || c.verb[i] < 'A' || c.verb[i] > 'Z') abort();
-    if (i == 0 || c.arg < p->line || c.arg > p->line + p->len) abort();
-    if (c.arg != p->line + p->len && c.arg != p->line + i + 1) abort();
+        if (i >= 7 || c.verb[i] < 'A' || c.verb[i] > 'Z')
+            abort();
+    if (i == 0 || c.arg < p->line || c.arg > p->line + p->len)
+        abort();
+    if (c.arg != p->line + p->len && c.arg != p->line + i + 1)
+        abort();
     /* The table entry: never NULL, the same as a fresh lookup, and a hit names this verb. */
-    if (c.def == NULL || c.def != gw_cmd_lookup(c.verb)) abort();
-    if (c.def->id == GW_CMD_OTHER ? c.def->flags != 0 : strcmp(c.def->verb, c.verb) != 0) abort();
-    if ((c.def->flags & GW_CMDF_UPLOAD) && !(c.def->flags & GW_CMDF_TRANSFER)) abort();
+    if (c.def == NULL || c.def != gw_cmd_lookup(c.verb))
+        abort();
+    if (c.def->id == GW_CMD_OTHER ? c.def->flags != 0 : strcmp(c.def->verb, c.verb) != 0)
+        abort();
+    if ((c.def->flags & GW_CMDF_UPLOAD) && !(c.def->flags & GW_CMDF_TRANSFER))
+        abort();
     /* Lookups on raw line text must be safe too (any bytes, any length). */
-    if (gw_cmd_lookup(p->line) == NULL) abort();
+    if (gw_cmd_lookup(p->line) == NULL)
+        abort();
 }
 
 static void check_parser(const gw_cmd_parser *p, int rc)
 {
     size_t i;
 
-    if (p->len > GW_CMD_LINE_MAX || p->line[p->len] != '\0') abort();
-    if (p->tn_reply_len > sizeof(p->tn_reply) || p->tn_reply_len % 3 != 0) abort();
+    if (p->len > GW_CMD_LINE_MAX || p->line[p->len] != '\0')
+        abort();
+    if (p->tn_reply_len > sizeof(p->tn_reply) || p->tn_reply_len % 3 != 0)
+        abort();
     for (i = 0; i < p->tn_reply_len; i += 3)
         if (p->tn_reply[i] != 0xff || (p->tn_reply[i + 1] != 0xfc && p->tn_reply[i + 1] != 0xfe))
             abort();
-    if (rc == GW_CMD_AGAIN) return;
-    if (strlen(p->line) != p->len) abort(); /* no NUL inside */
-    if (memchr(p->line, '\r', p->len) || memchr(p->line, '\n', p->len)) abort();
-    if (rc == GW_CMD_TOOLONG && p->len != 0) abort();
+    if (rc == GW_CMD_AGAIN)
+        return;
+    if (strlen(p->line) != p->len)
+        abort(); /* no NUL inside */
+    if (memchr(p->line, '\r', p->len) || memchr(p->line, '\n', p->len))
+        abort();
+    if (rc == GW_CMD_TOOLONG && p->len != 0)
+        abort();
 }
 
 static void feed(gw_cmd_parser *p, const uint8_t *in, size_t n, struct result *r)
@@ -82,11 +101,13 @@ static void feed(gw_cmd_parser *p, const uint8_t *in, size_t n, struct result *r
 
     do {
         rc = gw_cmd_feed(p, in + off, n - off, &used);
-        if (used > n - off) abort();
+        if (used > n - off)
+            abort();
         off += used;
         check_parser(p, rc);
 
-        if (p->tn_reply_len + 3 > sizeof(p->tn_reply)) r->tn_full = true;
+        if (p->tn_reply_len + 3 > sizeof(p->tn_reply))
+            r->tn_full = true;
         r->tn = mix(r->tn, p->tn_reply, p->tn_reply_len);
         p->tn_reply_len = 0;
 
@@ -131,8 +152,10 @@ static void run(const uint8_t *in, size_t n, size_t step, size_t split, struct r
 
 static void same(const struct result *a, const struct result *b)
 {
-    if (a->events != b->events) abort();
-    if (!a->tn_full && !b->tn_full && a->tn != b->tn) abort();
+    if (a->events != b->events)
+        abort();
+    if (!a->tn_full && !b->tn_full && a->tn != b->tn)
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -140,7 +163,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct result whole, split, bytes;
     size_t n;
 
-    if (size == 0) return 0;
+    if (size == 0)
+        return 0;
     n = size - 1;
     run(data + 1, n, n ? n : 1, 0, &whole);
     run(data + 1, n, 0, (size_t)data[0] * n / 255, &split);

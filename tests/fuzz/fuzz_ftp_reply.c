@@ -25,18 +25,28 @@ static bool starts_with_code(const char *s, int code)
 
 static void check_line(const gw_reply_parser *p)
 {
-    if (p->code < 100 || p->code > 599) abort();
-    if (p->len < 2 || p->len > GW_REPLY_LINE_MAX + 2) abort();
-    if (p->line[p->len] != '\0' || strlen(p->line) != p->len) abort();
-    if (p->line[p->len - 2] != '\r' || p->line[p->len - 1] != '\n') abort();
-    if (memchr(p->line, '\n', p->len - 1) != NULL) abort();
-    if (p->in_multi == p->last) abort();
+    if (p->code < 100 || p->code > 599)
+        abort();
+    if (p->len < 2 || p->len > GW_REPLY_LINE_MAX + 2)
+        abort();
+    if (p->line[p->len] != '\0' || strlen(p->line) != p->len)
+        abort();
+    if (p->line[p->len - 2] != '\r' || p->line[p->len - 1] != '\n')
+        abort();
+    if (memchr(p->line, '\n', p->len - 1) != NULL)
+        abort();
+    if (p->in_multi == p->last)
+        abort();
     if (p->first) {
-        if (p->len < 5 || !starts_with_code(p->line, p->code)) abort();
-        if (p->line[3] != ' ' && p->line[3] != '-' && p->len != 5) abort();
-        if (p->last != (p->line[3] != '-')) abort();
+        if (p->len < 5 || !starts_with_code(p->line, p->code))
+            abort();
+        if (p->line[3] != ' ' && p->line[3] != '-' && p->len != 5)
+            abort();
+        if (p->last != (p->line[3] != '-'))
+            abort();
     } else if (p->last) {
-        if (p->len < 6 || !starts_with_code(p->line, p->code) || p->line[3] != ' ') abort();
+        if (p->len < 6 || !starts_with_code(p->line, p->code) || p->line[3] != ' ')
+            abort();
     }
 }
 
@@ -48,15 +58,19 @@ static uint64_t feed(gw_reply_parser *p, const uint8_t *in, size_t n, size_t bas
 
     do {
         rc = gw_reply_feed(p, in + off, n - off, &used);
-        if (used > n - off) abort();
+        if (used > n - off)
+            abort();
         off += used;
         at = base + off;
         if (rc == GW_REPLY_AGAIN) {
-            if (off != n) abort();
-            if (p->len > GW_REPLY_LINE_MAX + 1 || p->line[p->len] != '\0') abort();
+            if (off != n)
+                abort();
+            if (p->len > GW_REPLY_LINE_MAX + 1 || p->line[p->len] != '\0')
+                abort();
             continue;
         }
-        if (used == 0) abort();
+        if (used == 0)
+            abort();
         h = mix(h, &rc, sizeof(rc));
         h = mix(h, &at, sizeof(at));
         if (rc == GW_REPLY_LINE) {
@@ -99,10 +113,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t whole;
     size_t n;
 
-    if (size == 0) return 0;
+    if (size == 0)
+        return 0;
     n = size - 1;
     whole = run(data + 1, n, n ? n : 1, 0);
-    if (run(data + 1, n, 0, (size_t)data[0] * n / 255) != whole) abort();
-    if (run(data + 1, n, 1, 0) != whole) abort();
+    if (run(data + 1, n, 0, (size_t)data[0] * n / 255) != whole)
+        abort();
+    if (run(data + 1, n, 1, 0) != whole)
+        abort();
     return 0;
 }

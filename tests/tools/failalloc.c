@@ -39,7 +39,8 @@ static atomic_ulong seen;
 static void *boot_alloc(size_t n)
 {
     size_t a = (n + 15) & ~(size_t)15;
-    if (a < n || a > sizeof boot - boot_used) return NULL;
+    if (a < n || a > sizeof boot - boot_used)
+        return NULL;
     void *p = boot + boot_used;
     boot_used += a;
     return p; /* static storage: already zero */
@@ -70,14 +71,17 @@ static void init(void)
 
 static int should_fail(int which)
 {
-    if (!trigger || !(funcs & which)) return 0;
+    if (!trigger || !(funcs & which))
+        return 0;
     if (access(trigger, F_OK) != 0) {
         atomic_store(&seen, 0);
         return 0;
     }
-    if (atomic_fetch_add(&seen, 1) < skip) return 0;
+    if (atomic_fetch_add(&seen, 1) < skip)
+        return 0;
     /* One failure per trigger: whoever removes the file fails (threads may race here). */
-    if (unlink(trigger) != 0) return 0;
+    if (unlink(trigger) != 0)
+        return 0;
     errno = ENOMEM;
     return 1;
 }
@@ -85,7 +89,8 @@ static int should_fail(int which)
 void *malloc(size_t n)
 {
     if (!real_malloc) {
-        if (resolving) return boot_alloc(n);
+        if (resolving)
+            return boot_alloc(n);
         init();
     }
     return should_fail(F_MALLOC) ? NULL : real_malloc(n);
@@ -94,7 +99,8 @@ void *malloc(size_t n)
 void *calloc(size_t n, size_t size)
 {
     if (!real_calloc) {
-        if (resolving) return size && n > SIZE_MAX / size ? NULL : boot_alloc(n * size);
+        if (resolving)
+            return size && n > SIZE_MAX / size ? NULL : boot_alloc(n * size);
         init();
     }
     return should_fail(F_CALLOC) ? NULL : real_calloc(n, size);
@@ -102,7 +108,8 @@ void *calloc(size_t n, size_t size)
 
 void *realloc(void *p, size_t n)
 {
-    if (!real_realloc) init();
+    if (!real_realloc)
+        init();
     if (in_boot(p)) {
         void *q = malloc(n);
         if (q)
@@ -117,7 +124,9 @@ void *realloc(void *p, size_t n)
 
 void free(void *p)
 {
-    if (!p || in_boot(p)) return;
-    if (!real_free) init();
+    if (!p || in_boot(p))
+        return;
+    if (!real_free)
+        init();
     real_free(p);
 }

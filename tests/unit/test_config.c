@@ -35,13 +35,15 @@ static void expect_error(const char *text, const char *prefix, const char *part)
                     rc ? err : "", prefix, part ? part : "");
     assert_int_equal(rc, -1);
     assert_true(strncmp(err, prefix, strlen(prefix)) == 0);
-    if (part) assert_non_null(strstr(err, part));
+    if (part)
+        assert_non_null(strstr(err, part));
 }
 
 static void expect_ok(const char *text)
 {
     int rc = parse(text);
-    if (rc != 0) print_error("text:\n%s\nerr=%s\n", text, err);
+    if (rc != 0)
+        print_error("text:\n%s\nerr=%s\n", text, err);
     assert_int_equal(rc, 0);
 }
 
@@ -206,8 +208,8 @@ static void test_splice(void **state)
     assert_int_equal(cfg.splice, GW_SPLICE_NO);
     expect_ok("[global]\nsplice = downloads\n" FE BE);
     assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
-    expect_error("[global]\nsplice = uploads\n" FE BE, "t.conf:2: [global] splice: ",
-                 "expected no | downloads | yes");
+    expect_error("[global]\nsplice = uploads\n" FE BE,
+                 "t.conf:2: [global] splice: ", "expected no | downloads | yes");
 }
 
 static void test_unknown_key(void **state)
@@ -297,7 +299,8 @@ static void test_bad_address(void **state)
     expect_error("[frontend a]\nlisten = localhost:990\n" BE,
                  "t.conf:2: [frontend a] listen: ", "expected IP:PORT");
     expect_error(FE "pasv_address = ::1\n" BE, "t.conf:3: [frontend a] pasv_address: ", "IPv4");
-    expect_error(FE "pasv_address = a b\n" BE, "t.conf:3: [frontend a] pasv_address: ", "host name");
+    expect_error(FE "pasv_address = a b\n" BE,
+                 "t.conf:3: [frontend a] pasv_address: ", "host name");
     expect_ok(FE "pasv_address = ftp.example.net\n" BE);
     expect_error(FE BE "[frontend c]\n", "t.conf:5: [frontend c] listen: ", "missing");
     expect_error(FE "[backend b]\ntls = none\n", "t.conf:3: [backend b] address: ", "missing");
@@ -540,7 +543,8 @@ static void test_load_file(void **state)
 static void test_sample_files(void **state)
 {
     (void)state;
-    if (access("config/ftpsgate.conf", R_OK) != 0) skip();
+    if (access("config/ftpsgate.conf", R_OK) != 0)
+        skip();
     if (gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err) != 0)
         print_error("%s\n", err);
     assert_int_equal(gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err), 0);

@@ -30,16 +30,19 @@ static bool known(const char *section, const char *key)
 {
     const char *s, *k;
     for (size_t i = 0; (k = gw_config_key(i, &s)) != NULL; i++)
-        if (strcmp(s, section) == 0 && strcmp(k, key) == 0) return true;
+        if (strcmp(s, section) == 0 && strcmp(k, key) == 0)
+            return true;
     return false;
 }
 
 /* "`word`" at p: copy word, return the character after the closing backquote or NULL. */
 static const char *backquoted(const char *p, char *out, size_t cap)
 {
-    if (*p != '`') return NULL;
+    if (*p != '`')
+        return NULL;
     const char *end = strchr(p + 1, '`');
-    if (!end || (size_t)(end - p - 1) >= cap) return NULL;
+    if (!end || (size_t)(end - p - 1) >= cap)
+        return NULL;
     memcpy(out, p + 1, (size_t)(end - p - 1));
     out[end - p - 1] = '\0';
     return end + 1;
@@ -48,7 +51,8 @@ static const char *backquoted(const char *p, char *out, size_t cap)
 static void read_doc(void)
 {
     FILE *f = fopen(DOC, "r");
-    if (!f) fail_msg("cannot open %s: run the unit tests from the repository root", DOC);
+    if (!f)
+        fail_msg("cannot open %s: run the unit tests from the repository root", DOC);
     char line[1024], section[16] = "";
     bool in_planned = false;
     int lineno = 0;
@@ -81,7 +85,8 @@ static void read_doc(void)
                 if (sscanf(item, "[%15[^]]] %63s", r->section, r->key) != 2)
                     fail_msg("%s:%d: a planned item is `[section] key`", DOC, lineno);
                 r->line = lineno;
-                if (strncmp(p, ", ", 2) != 0) break;
+                if (strncmp(p, ", ", 2) != 0)
+                    break;
                 p += 2;
             }
         }
@@ -122,8 +127,8 @@ static void test_every_documented_key_exists(void **state)
         for (int j = i + 1; j < n_rows; j++)
             if (strcmp(rows[i].section, rows[j].section) == 0 &&
                 strcmp(rows[i].key, rows[j].key) == 0) {
-                print_error("%s:%d: [%s] %s documented twice\n", DOC, rows[j].line,
-                            rows[j].section, rows[j].key);
+                print_error("%s:%d: [%s] %s documented twice\n", DOC, rows[j].line, rows[j].section,
+                            rows[j].key);
                 unknown++;
             }
     assert_int_equal(unknown, 0);

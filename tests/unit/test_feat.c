@@ -216,7 +216,8 @@ static void test_cap(void **state)
     for (cap = 0; cap <= n; cap++) {
         memset(out, 'x', sizeof(out));
         assert_int_equal(gw_feat_rewrite(backend, sizeof(backend) - 1, &tls_opts, out, cap), 0);
-        if (cap > 0) assert_int_equal(out[0], '\0');
+        if (cap > 0)
+            assert_int_equal(out[0], '\0');
         assert_int_equal(out[cap], 'x'); /* nothing written past cap */
     }
 }

@@ -71,7 +71,8 @@ static void test_227_variants(void **state)
     for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         gw_addr a;
 
-        if (gw_parse_227(ok[i], &a) != 0) fail_msg("rejected: %s", ok[i]);
+        if (gw_parse_227(ok[i], &a) != 0)
+            fail_msg("rejected: %s", ok[i]);
         assert_v4(&a, 127, 0, 0, 1, 1025);
     }
 }
@@ -100,7 +101,8 @@ static void test_227_rejects(void **state)
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         gw_addr a;
 
-        if (gw_parse_227(bad[i], &a) != -1) fail_msg("accepted: %s", bad[i]);
+        if (gw_parse_227(bad[i], &a) != -1)
+            fail_msg("accepted: %s", bad[i]);
     }
 }
 
@@ -152,11 +154,13 @@ static void test_229_variants(void **state)
 
     for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         port = 0;
-        if (gw_parse_229(ok[i].text, &port) != 0) fail_msg("rejected: %s", ok[i].text);
+        if (gw_parse_229(ok[i].text, &port) != 0)
+            fail_msg("rejected: %s", ok[i].text);
         assert_int_equal(port, ok[i].port);
     }
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (gw_parse_229(bad[i], &port) != -1) fail_msg("accepted: %s", bad[i]);
+        if (gw_parse_229(bad[i], &port) != -1)
+            fail_msg("accepted: %s", bad[i]);
 }
 
 static void test_port_arg(void **state)
@@ -188,7 +192,8 @@ static void test_port_arg(void **state)
     assert_int_equal(gw_parse_port_arg("192,168,001,010,255,255", &a), 0);
     assert_v4(&a, 192, 168, 1, 10, 65535);
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (gw_parse_port_arg(bad[i], &a) != -1) fail_msg("accepted: %s", bad[i]);
+        if (gw_parse_port_arg(bad[i], &a) != -1)
+            fail_msg("accepted: %s", bad[i]);
 }
 
 static void test_eprt_ok(void **state)
@@ -272,7 +277,8 @@ static void test_eprt_syntax(void **state)
     size_t i;
 
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (gw_parse_eprt_arg(bad[i], &a) != -1) fail_msg("not a syntax error: %s", bad[i]);
+        if (gw_parse_eprt_arg(bad[i], &a) != -1)
+            fail_msg("not a syntax error: %s", bad[i]);
 }
 
 static void test_epsv_arg(void **state)
@@ -476,7 +482,8 @@ static void test_private_or_any(void **state)
 
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         assert_int_equal(gw_parse_eprt_arg(cases[i].ip, &a), 0);
-        if (gw_addr_is_private_or_any(&a) != cases[i].want) fail_msg("%s", cases[i].ip);
+        if (gw_addr_is_private_or_any(&a) != cases[i].want)
+            fail_msg("%s", cases[i].ip);
     }
     memset(&a, 0, sizeof(a));
     assert_false(gw_addr_is_private_or_any(&a));

@@ -97,7 +97,8 @@ static void assert_same(const struct transcript *a, const struct transcript *b)
     assert_int_equal(a->ev_len, b->ev_len);
     assert_memory_equal(a->ev, b->ev, a->ev_len);
     assert_int_equal(a->tn_len, b->tn_len);
-    if (a->tn_len > 0) assert_memory_equal(a->tn, b->tn, a->tn_len);
+    if (a->tn_len > 0)
+        assert_memory_equal(a->tn, b->tn, a->tn_len);
 }
 
 /* Whole, split at every position, and one byte at a time must all agree. */
@@ -577,7 +578,8 @@ static const char *const old_local[] = {"AUTH", "PBSZ", "PROT", "CCC",  "CPSV", 
 static bool in_list(const char *verb, const char *const *list, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (strcmp(verb, list[i]) == 0) return true;
+        if (strcmp(verb, list[i]) == 0)
+            return true;
     return false;
 }
 
@@ -593,12 +595,14 @@ static void test_lookup_table_sorted_unique(void **state)
         for (const char *c = t[i].verb; *c; c++)
             assert_true(*c >= 'A' && *c <= 'Z');
         assert_int_not_equal(t[i].id, GW_CMD_OTHER);
-        if (i > 0) assert_true(strcmp(t[i - 1].verb, t[i].verb) < 0);
+        if (i > 0)
+            assert_true(strcmp(t[i - 1].verb, t[i].verb) < 0);
         for (size_t j = 0; j < i; j++)
             assert_int_not_equal(t[i].id, t[j].id); /* one entry per id */
         assert_ptr_equal(gw_cmd_lookup(t[i].verb), &t[i]);
         /* UPLOAD only qualifies a transfer. */
-        if (t[i].flags & GW_CMDF_UPLOAD) assert_true(t[i].flags & GW_CMDF_TRANSFER);
+        if (t[i].flags & GW_CMDF_UPLOAD)
+            assert_true(t[i].flags & GW_CMDF_TRANSFER);
     }
 }
 

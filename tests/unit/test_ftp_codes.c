@@ -32,13 +32,15 @@ static bool well_formed(const char *t)
         t[3] != ' ' || t[4] == ' ' || t[n - 2] != '\r' || t[n - 1] != '\n')
         return false;
     for (i = 4; i < n - 2; i++)
-        if (t[i] < 0x20 || t[i] >= 0x7f) return false; /* no CR, LF or other control bytes */
+        if (t[i] < 0x20 || t[i] >= 0x7f)
+            return false; /* no CR, LF or other control bytes */
     return true;
 }
 
 static void check_form(const char *name, const char *t)
 {
-    if (!well_formed(t)) fail_msg("%s is not \"ddd text\\r\\n\": \"%s\"", name, t);
+    if (!well_formed(t))
+        fail_msg("%s is not \"ddd text\\r\\n\": \"%s\"", name, t);
 }
 
 static void test_form_checker(void **state)
@@ -98,14 +100,17 @@ static void test_list_complete(void **state)
     char line[512], name[128];
     size_t defined = 0;
 
-    if (!f) skip();
+    if (!f)
+        skip();
     while (fgets(line, sizeof(line), f))
         if (sscanf(line, "#define %127[A-Z0-9_]", name) == 1 && strncmp(name, "GW_R_", 5) == 0 &&
             strncmp(name, "GW_R_FMT_", 9) != 0) {
             size_t i;
             for (i = 0; i < COUNT(texts); i++)
-                if (strcmp(texts[i].name, name) == 0) break;
-            if (i == COUNT(texts)) fail_msg("%s is missing from GW_REPLY_TEXTS", name);
+                if (strcmp(texts[i].name, name) == 0)
+                    break;
+            if (i == COUNT(texts))
+                fail_msg("%s is missing from GW_REPLY_TEXTS", name);
             defined++;
         }
     fclose(f);
