@@ -279,14 +279,36 @@ static int p_str(const struct keydef *k, const char *v, void *out, char *why, si
     return 0;
 }
 
-static int p_name(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+/* A comma-separated list of section names (spaces around items ignored); checked against
+ * the [backend] sections by validate(). */
+static int p_name_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
-    if (v[0] != '\0' && !valid_name(v)) {
-        snprintf(why, cap,
-                 "\"%s\": expected a section name (letters, digits, '.', '-', '_'; "
-                 "at most %d characters)",
-                 v, GW_NAME_MAX - 1);
-        return -1;
+    char item[GW_NAME_MAX + 1];
+    const char *p = v;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == 0 || n >= sizeof item) {
+            snprintf(why, cap, "\"%s\": expected section names separated by commas", v);
+            return -1;
+        }
+        memcpy(item, p, n);
+        item[n] = 0;
+        if (!valid_name(item)) {
+            snprintf(why, cap, "\"%s\": not a section name", item);
+            return -1;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+        if (!*p) {
+            snprintf(why, cap, "\"%s\": ends with a comma", v);
+            return -1;
+        }
     }
     return p_str(k, v, out, why, cap);
 }
@@ -390,6 +412,10 @@ static const struct word w_be_tls[] = {{"none", GW_BE_TLS_NONE},
                                        {NULL, 0}};
 static const struct word w_splice[] = {
     {"no", GW_SPLICE_NO}, {"downloads", GW_SPLICE_DOWNLOADS}, {"yes", GW_SPLICE_YES}, {NULL, 0}};
+static const struct word w_balance[] = {
+    {"roundrobin", GW_BALANCE_ROUNDROBIN}, {"leastconn", GW_BALANCE_LEASTCONN},
+    {"random", GW_BALANCE_RANDOM},         {"source", GW_BALANCE_SOURCE},
+    {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -422,7 +448,8 @@ static const struct keydef keys[] = {
 
     {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
     {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},
-    {"backend", S_FRONTEND, p_name, F(backend), "", true, 0, 0, NULL},
+    {"backend", S_FRONTEND, p_name_list, F(backend), "", true, 0, 0, NULL},
+    {"balance", S_FRONTEND, p_enum, F(balance), "roundrobin", false, 0, 0, w_balance},
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
@@ -442,6 +469,12 @@ static const struct keydef keys[] = {
     {"ciphers", S_BACKEND, p_str, B(ciphers), "", true, 0, 0, NULL},
     {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", true, 0, 0, w_data_mode},
     {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
+    {"weight", S_BACKEND, p_int, B(weight), "1", false, 1, 1000, NULL},
+    {"max_sessions", S_BACKEND, p_int, B(max_sessions), "0", false, 0, MAX_SESSIONS, NULL},
+    {"health_interval", S_BACKEND, p_int, B(health_interval), "10", false, 0, 3600, NULL},
+    {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", false, 1, 3600, NULL},
+    {"health_rise", S_BACKEND, p_int, B(health_rise), "2", false, 1, 100, NULL},
+    {"health_fall", S_BACKEND, p_int, B(health_fall), "3", false, 1, 100, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -797,6 +830,37 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
     return strcasecmp(a->host, b->host) == 0;
 }
 
+/* frontend backend = a, b, c -> backend_list (p_name_list checked the syntax). */
+static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
+                                const char *label)
+{
+    const gw_config *cfg = st->cfg;
+    char list[sizeof f->backend];
+    snprintf(list, sizeof list, "%s", f->backend);
+    f->n_backends = 0;
+    for (char *save = NULL, *item = strtok_r(list, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        item += strspn(item, " \t");
+        size_t n = strlen(item);
+        while (n && (item[n - 1] == ' ' || item[n - 1] == '\t'))
+            item[--n] = 0;
+        int found = -1;
+        for (int j = 0; j < cfg->n_backends; j++)
+            if (strcmp(cfg->backends[j].name, item) == 0)
+                found = j;
+        if (found < 0)
+            return fail(st, line, label, "backend", "no [backend %s] section", item);
+        for (int j = 0; j < f->n_backends; j++)
+            if (f->backend_list[j] == found)
+                return fail(st, line, label, "backend", "%s named twice", item);
+        f->backend_list[f->n_backends++] = found;
+    }
+    if (f->n_backends > 1) /* TODO(#8): selection and failover land with the balancer */
+        return fail(st, line, label, "backend", "several backends: not implemented yet");
+    f->backend_index = f->backend_list[0];
+    return 0;
+}
+
 static int validate(struct state *st)
 {
     gw_config *cfg = st->cfg;
@@ -818,14 +882,10 @@ static int validate(struct state *st)
             if (cfg->n_backends != 1)
                 return fail(st, st->fe_line[i], label, "backend",
                             "missing (required when there is more than one [backend])");
-            memcpy(f->backend, cfg->backends[0].name, sizeof f->backend);
+            snprintf(f->backend, sizeof f->backend, "%s", cfg->backends[0].name);
         }
-        f->backend_index = -1;
-        for (int j = 0; j < cfg->n_backends; j++)
-            if (strcmp(cfg->backends[j].name, f->backend) == 0)
-                f->backend_index = j;
-        if (f->backend_index < 0)
-            return fail(st, kl[k_backend], label, "backend", "no [backend %s] section", f->backend);
+        if (resolve_backend_list(st, f, kl[k_backend], label) != 0)
+            return -1;
 
         for (int j = 0; j < i; j++) {
             const gw_frontend_conf *o = &cfg->frontends[j];
