@@ -1,0 +1,31 @@
+/* Backend health, one table for the whole process (every worker reads it): FTP probes
+ * (connect, the 220, TLS first when the backend is implicit, QUIT) every health_interval,
+ * health_rise good probes mark a backend up, health_fall bad probes or failed session
+ * connects in a row mark it down. State is kept by backend name and address, so a reload
+ * keeps it for a backend whose address did not change. Thread-safe. */
+#ifndef GW_HEALTH_H
+#define GW_HEALTH_H
+
+#include <stdbool.h>
+#include <uv.h>
+#include "config.h"
+
+typedef struct gw_health gw_health;
+
+gw_health *gw_health_new(void);
+/* At start and after each reload: the table follows cfg's backends (new ones start up,
+ * kept ones keep their state, dropped ones go). Logs event=frontend_unavailable /
+ * frontend_available once per transition of a frontend whose backends are all down. */
+int gw_health_configure(gw_health *h, const gw_config *cfg);
+/* Probe on this loop (worker 0 only); gw_health_stop closes the probe handles. */
+int gw_health_start(gw_health *h, uv_loop_t *loop);
+void gw_health_stop(gw_health *h);
+void gw_health_free(gw_health *h); /* after the loop has run the close callbacks */
+
+/* May the backend get new sessions? Unknown names are up. */
+bool gw_health_is_up(gw_health *h, const char *backend);
+/* A session's connect to the backend: a failure counts like a failed probe (logged with
+ * reason), a success resets the failure count. */
+void gw_health_report(gw_health *h, const char *backend, bool ok, const char *reason);
+
+#endif
