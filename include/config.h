@@ -19,8 +19,12 @@ enum gw_fe_mode { GW_FE_IMPLICIT = 0, GW_FE_EXPLICIT, GW_FE_PLAIN };
 enum gw_be_tls { GW_BE_TLS_NONE = 0, GW_BE_TLS_EXPLICIT, GW_BE_TLS_IMPLICIT };
 enum gw_data_mode { GW_DATA_PASSIVE = 0, GW_DATA_ACTIVE };
 /* How a frontend picks one of its backends for a new session. */
-enum gw_balance { GW_BALANCE_ROUNDROBIN = 0, GW_BALANCE_LEASTCONN, GW_BALANCE_RANDOM,
-                  GW_BALANCE_SOURCE };
+enum gw_balance {
+    GW_BALANCE_ROUNDROBIN = 0,
+    GW_BALANCE_LEASTCONN,
+    GW_BALANCE_RANDOM,
+    GW_BALANCE_SOURCE
+};
 enum gw_tls_version {
     GW_TLS_ANY = 0,
     GW_TLS_1_0 = 10,
@@ -38,8 +42,8 @@ typedef struct gw_frontend_conf {
     char name[GW_NAME_MAX];
     gw_hostport listen;
     enum gw_fe_mode mode;
-    char backend[GW_PATH_MAX]; /* as written: one or more names, comma-separated */
-    int n_backends;            /* resolved by validation: */
+    char backend[GW_PATH_MAX];         /* as written: one or more names, comma-separated */
+    int n_backends;                    /* resolved by validation: */
     int backend_list[GW_MAX_BACKENDS]; /* indexes into backends[], in the written order */
     int backend_index;                 /* backend_list[0] */
     enum gw_balance balance;

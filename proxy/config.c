@@ -412,10 +412,11 @@ static const struct word w_be_tls[] = {{"none", GW_BE_TLS_NONE},
                                        {NULL, 0}};
 static const struct word w_splice[] = {
     {"no", GW_SPLICE_NO}, {"downloads", GW_SPLICE_DOWNLOADS}, {"yes", GW_SPLICE_YES}, {NULL, 0}};
-static const struct word w_balance[] = {
-    {"roundrobin", GW_BALANCE_ROUNDROBIN}, {"leastconn", GW_BALANCE_LEASTCONN},
-    {"random", GW_BALANCE_RANDOM},         {"source", GW_BALANCE_SOURCE},
-    {NULL, 0}};
+static const struct word w_balance[] = {{"roundrobin", GW_BALANCE_ROUNDROBIN},
+                                        {"leastconn", GW_BALANCE_LEASTCONN},
+                                        {"random", GW_BALANCE_RANDOM},
+                                        {"source", GW_BALANCE_SOURCE},
+                                        {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -831,8 +832,7 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
 }
 
 /* frontend backend = a, b, c -> backend_list (p_name_list checked the syntax). */
-static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
-                                const char *label)
+static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line, const char *label)
 {
     const gw_config *cfg = st->cfg;
     char list[sizeof f->backend];
