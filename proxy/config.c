@@ -450,7 +450,7 @@ static const struct keydef keys[] = {
     {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
     {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},
     {"backend", S_FRONTEND, p_name_list, F(backend), "", true, 0, 0, NULL},
-    {"balance", S_FRONTEND, p_enum, F(balance), "roundrobin", false, 0, 0, w_balance},
+    {"balance", S_FRONTEND, p_enum, F(balance), "roundrobin", true, 0, 0, w_balance},
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
@@ -470,8 +470,8 @@ static const struct keydef keys[] = {
     {"ciphers", S_BACKEND, p_str, B(ciphers), "", true, 0, 0, NULL},
     {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", true, 0, 0, w_data_mode},
     {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
-    {"weight", S_BACKEND, p_int, B(weight), "1", false, 1, 1000, NULL},
-    {"max_sessions", S_BACKEND, p_int, B(max_sessions), "0", false, 0, MAX_SESSIONS, NULL},
+    {"weight", S_BACKEND, p_int, B(weight), "1", true, 1, 1000, NULL},
+    {"max_sessions", S_BACKEND, p_int, B(max_sessions), "0", true, 0, MAX_SESSIONS, NULL},
     {"health_interval", S_BACKEND, p_int, B(health_interval), "10", false, 0, 3600, NULL},
     {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", false, 1, 3600, NULL},
     {"health_rise", S_BACKEND, p_int, B(health_rise), "2", false, 1, 100, NULL},
@@ -855,8 +855,6 @@ static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
                 return fail(st, line, label, "backend", "%s named twice", item);
         f->backend_list[f->n_backends++] = found;
     }
-    if (f->n_backends > 1) /* TODO(#8): selection and failover land with the balancer */
-        return fail(st, line, label, "backend", "several backends: not implemented yet");
     f->backend_index = f->backend_list[0];
     return 0;
 }

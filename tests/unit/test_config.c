@@ -320,6 +320,17 @@ static void test_unknown_backend(void **state)
     expect_error("[global]\n", "t.conf:0: ", "no [frontend NAME] section");
     expect_error(FE, "t.conf:0: ", "no [backend NAME] section");
     expect_error(FE "backend = a/b\n" BE, "t.conf:3: [frontend a] backend: ", "section name");
+    /* Several backends, balance, weight and max_sessions. */
+    expect_ok("[frontend a]\nlisten = 127.0.0.1:990\nbackend = c, b\nbalance = leastconn\n" BE
+              "weight = 3\nmax_sessions = 5\n[backend c]\naddress = 127.0.0.1:22\n");
+    assert_int_equal(cfg.frontends[0].n_backends, 2);
+    assert_int_equal(cfg.frontends[0].backend_list[0], 1);
+    assert_int_equal(cfg.frontends[0].backend_list[1], 0);
+    assert_int_equal(cfg.frontends[0].balance, GW_BALANCE_LEASTCONN);
+    assert_int_equal(cfg.backends[0].weight, 3);
+    assert_int_equal(cfg.backends[0].max_sessions, 5);
+    expect_error("[frontend a]\nlisten = 127.0.0.1:990\nbackend = b, b\n" BE,
+                 "t.conf:3: [frontend a] backend: ", "b named twice");
 }
 
 static void test_not_implemented(void **state)

@@ -1,0 +1,38 @@
+/* Backend selection for a new session. Pure: no libuv, no OpenSSL; the caller gathers the
+ * candidates (a frontend's backends in its written order) and keeps the per-frontend state. */
+#ifndef GW_BALANCE_H
+#define GW_BALANCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+typedef struct gw_bal_cand {
+    int weight;       /* 1..1000; 0 or less: never picked */
+    int live;         /* live sessions on the backend, all workers */
+    int max_sessions; /* 0: no limit; live >= max_sessions: full, skipped */
+    bool up;          /* health */
+} gw_bal_cand;
+
+/* Per-frontend state: smooth weighted round robin (nginx) and the leastconn tie rotation. */
+typedef struct gw_bal_state {
+    int current[GW_MAX_BACKENDS];
+    int next;
+} gw_bal_state;
+
+/* May candidate i get a session (up, not full, not excluded, weight > 0)? */
+bool gw_balance_eligible(const gw_bal_cand *c, int i, uint32_t exclude);
+
+/* Pick one of c[0..n-1] (n <= GW_MAX_BACKENDS) by policy, skipping those whose bit is set in
+ * exclude (already tried by this session) and those not eligible. rnd: a random number from
+ * the caller (random); key/keylen: the client address bytes (source). Returns the index, or
+ * -1 when none is eligible. Under source the same key gets the same backend while it is
+ * eligible; when it is not, the next eligible one in the same order. */
+int gw_balance_pick(enum gw_balance policy, const gw_bal_cand *c, int n, gw_bal_state *st,
+                    uint32_t exclude, uint32_t rnd, const uint8_t *key, size_t keylen);
+
+/* The policy's name in logs ("roundrobin", ...). */
+const char *gw_balance_name(enum gw_balance policy);
+
+#endif
