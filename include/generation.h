@@ -4,44 +4,68 @@
 #ifndef GW_GENERATION_H
 #define GW_GENERATION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"
+#include "balance.h"
 #include "ftp_addr.h"
+#include "health.h"
 #include "pasv_pool.h"
 #include "tls.h"
 
 typedef struct gw_generation gw_generation;
 
+/* Live session counts per backend name, one table for the whole process (every worker and
+ * every generation): a reload keeps the count of a backend that remains. Thread-safe. */
+typedef struct gw_live_table gw_live_table;
+gw_live_table *gw_live_table_new(void);
+void gw_live_table_free(gw_live_table *t);
+/* The counter of the backend named name (0 the first time); NULL when the table is full. */
+_Atomic int *gw_live_counter(gw_live_table *t, const char *name);
+
+/* A backend as a generation runs it. */
+typedef struct gw_backend_rt {
+    const gw_backend_conf *conf;
+    SSL_CTX *tls_ctx;     /* NULL when its tls = none */
+    const char *host;     /* SNI and certificate name (sni, else the address host) */
+    gw_addr addr;         /* an IP literal's address; for a name, the last resolution */
+    bool by_name;         /* the address is a host name: resolved per session */
+    bool no_extended;     /* it answered EPSV/EPRT with 500/501/502: PASV/PORT from then on */
+    bool prepared;        /* some frontend uses it: addresses and TLS context ready */
+    _Atomic int *live;    /* its live sessions, process-wide (gw_live_table) */
+    _Atomic int own_live; /* used when the process-wide table is full or absent */
+} gw_backend_rt;
+
 typedef struct gw_frontend {
     const gw_frontend_conf *conf;
-    const gw_backend_conf *backend;
     const gw_config *cfg; /* the generation's whole configuration */
     gw_generation *gen;
-    SSL_CTX *tls_ctx;         /* client-facing, NULL on plain frontends */
-    SSL_CTX *backend_tls_ctx; /* toward the backend, NULL when its tls = none */
-    const char *backend_host; /* SNI and certificate name (sni, else the address host) */
-    gw_addr pasv_addr;        /* family 0: advertise the control connection's local address */
-    gw_addr backend_addr;     /* an IP literal's address; for a name, the last resolution */
-    bool backend_by_name;     /* the backend address is a host name: resolved per session */
+    SSL_CTX *tls_ctx;  /* client-facing, NULL on plain frontends */
+    gw_addr pasv_addr; /* family 0: advertise the control connection's local address */
     gw_pasv_pool *pool;
+    int n_backends;
+    gw_backend_rt *backends[GW_MAX_BACKENDS]; /* conf->backend_list, in its order */
+    gw_bal_state bal; /* selection state: this worker's, the one mutable part */
 } gw_frontend;
 
 struct gw_generation {
     gw_config cfg;
-    int xferlog_fd; /* -1: no transfer log */
-    /* Backends that answered EPSV/EPRT with 500/501/502: PASV/PORT from then on. */
-    bool no_extended[GW_MAX_BACKENDS];
-    int refs; /* 1 while current, plus one per live session */
+    int xferlog_fd;                          /* -1: no transfer log */
+    gw_health *health;                       /* process-wide; NULL: every backend is up */
+    gw_backend_rt backends[GW_MAX_BACKENDS]; /* cfg.backends, same indexes */
+    int refs;                                /* 1 while current, plus one per live session */
     int n_frontends;
     gw_frontend frontends[GW_MAX_FRONTENDS];
 };
 
 /* A generation for cfg (copied): every frontend prepared (addresses resolved, TLS contexts,
- * port pools), the transfer log opened. Its one reference is the caller's. NULL with a
- * message in err. */
-gw_generation *gw_generation_new(const gw_config *cfg, char *err, size_t cap);
+ * port pools; its backends with their process-wide live counters from live), the transfer
+ * log opened; health (may be NULL) is kept for the sessions. Its one reference is the caller's.
+ * NULL with a message in err. */
+gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_live_table *live,
+                                 char *err, size_t cap);
 void gw_generation_ref(gw_generation *g);
 /* The last reference frees it (TLS contexts, transfer log). */
 void gw_generation_unref(gw_generation *g);

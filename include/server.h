@@ -15,12 +15,14 @@ typedef struct gw_server gw_server;
 typedef struct gw_sess_entry gw_sess_entry; /* an accepted client (listener.c) */
 
 /* What the workers (one gw_server and event loop each, [global] workers) share: the
- * process-wide session limits and session numbers. */
+ * process-wide session limits, session numbers, backend counts and health. */
 typedef struct gw_shared {
     pthread_mutex_t lock; /* guards per_ip */
     gw_ip_table *per_ip;  /* max_sessions_per_ip */
     _Atomic int sessions; /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
+    gw_live_table *live; /* live sessions per backend (max_sessions, leastconn) */
+    gw_health *health;   /* backend health, main.c's (NULL: every backend is up) */
 } gw_shared;
 typedef struct gw_listener {
     uv_tcp_t tcp;

@@ -11,6 +11,90 @@
 #include "ftp_codes.h"
 #include "log.h"
 
+/* random: a per-thread generator (splitmix64), seeded once from the clock. */
+static uint32_t next_random(uint64_t salt)
+{
+    static _Thread_local uint64_t x;
+    if (!x)
+        x = uv_hrtime() ^ (salt * 0x9e3779b97f4a7c15ull) ^ 1;
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+bool gw_backend_choose(gw_session *s)
+{
+    gw_frontend *fe = s->fe;
+    gw_health *h = fe->gen->health;
+    for (;;) {
+        gw_bal_cand c[GW_MAX_BACKENDS];
+        for (int i = 0; i < fe->n_backends; i++) {
+            const gw_backend_rt *be = fe->backends[i];
+            c[i] = (gw_bal_cand){.weight = be->conf->weight,
+                                 .live = atomic_load(be->live),
+                                 .max_sessions = be->conf->max_sessions,
+                                 .up = !(s->be_tried & (1u << i)) &&
+                                       (!h || gw_health_is_up(h, be->conf->name))};
+        }
+        size_t keylen = s->client_peer.family == 6 ? 16 : 4;
+        int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, s->be_tried,
+                                next_random(s->id), s->client_peer.ip, keylen);
+        if (i < 0)
+            return false;
+        gw_backend_rt *be = fe->backends[i];
+        s->be_tried |= 1u << i;
+        /* Another worker may have taken the last place meanwhile: count first, then look. */
+        int now = atomic_fetch_add(be->live, 1) + 1;
+        if (be->conf->max_sessions > 0 && now > be->conf->max_sessions) {
+            atomic_fetch_sub(be->live, 1);
+            continue;
+        }
+        s->be = be;
+        s->be_counted = true;
+        GW_LOG_INFO(s->id, "event=backend_chosen backend=%s policy=%s live=%d", be->conf->name,
+                    gw_balance_name(fe->conf->balance), now);
+        return true;
+    }
+}
+
+void gw_backend_uncount(gw_session *s)
+{
+    if (s->be_counted)
+        atomic_fetch_sub(s->be->live, 1);
+    s->be_counted = false;
+}
+
+bool gw_backend_failover(gw_session *s, const char *reason)
+{
+    if (!s->be || s->cstate == CS_CLOSING)
+        return false;
+    if (!s->be_reported) {
+        s->be_reported = true;
+        if (s->fe->gen->health)
+            gw_health_report(s->fe->gen->health, s->be->conf->name, false, reason);
+    }
+    if (s->be_committed || s->be_resolving)
+        return false;
+    gw_backend_rt *from = s->be;
+    gw_backend_uncount(s);
+    if (!gw_backend_choose(s)) {
+        s->be = from; /* for the failure's messages; no longer counted */
+        GW_LOG_WARN(s->id, "event=backend_failover from=%s reason=\"%s\" to=none", from->conf->name,
+                    reason);
+        return false;
+    }
+    GW_LOG_WARN(s->id, "event=backend_failover from=%s reason=\"%s\" to=%s", from->conf->name,
+                reason, s->be->conf->name);
+    if (s->backend)
+        gw_conn_close(s->backend); /* its close callback releases its handle */
+    s->backend = NULL;
+    gw_reply_init(&s->reply);
+    gw_sess_set_backend_state(s, BS_IDLE);
+    gw_backend_connect(s);
+    return true;
+}
+
 void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending)
 {
     char buf[2 * GW_CMD_LINE_MAX + 3];
@@ -53,9 +137,8 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r)
         /* Bytes after the 234 line are TLS: the engine takes over this connection. */
         gw_sess_set_backend_state(s, BS_TLS);
         if (gw_conn_attach_tls(s->backend,
-                               gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
-                                                 s->fe->backend_host, s->fe->backend->tls_verify,
-                                                 NULL)) != 0)
+                               gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_CONTROL, s->be->host,
+                                                 s->be->conf->tls_verify, NULL)) != 0)
             gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     case PEND_BE_PBSZ:
@@ -95,13 +178,20 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
         char text[100], why[60];
         snprintf(text, sizeof text, GW_R_FMT_BAD_GREETING, r->code);
         snprintf(why, sizeof why, "backend greeted with %d", r->code);
-        gw_sess_fail(s, text, why);
+        if (!gw_backend_failover(s, why))
+            gw_sess_fail(s, text, why);
         return;
     }
     s->swallow_greeting = false;
-    if (s->fe->backend->tls == GW_BE_TLS_EXPLICIT)
+    s->be_committed = true; /* from here on the client's commands reach this backend */
+    if (!s->be_reported) {
+        s->be_reported = true;
+        if (s->fe->gen->health)
+            gw_health_report(s->fe->gen->health, s->be->conf->name, true, "greeting");
+    }
+    if (s->be->conf->tls == GW_BE_TLS_EXPLICIT)
         gw_backend_send(s, "AUTH TLS", PEND_BE_AUTH);
-    else if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT)
+    else if (s->be->conf->tls == GW_BE_TLS_IMPLICIT)
         gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
     else
         gw_backend_ready(s);
@@ -111,7 +201,7 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
 {
     gw_session *s = c->owner;
     const uint8_t *p = (const uint8_t *)buf;
-    while (n > 0 && s->cstate != CS_CLOSING) {
+    while (n > 0 && s->cstate != CS_CLOSING && s->backend == c) { /* c is gone on failover */
         size_t used = 0;
         int r = gw_reply_feed(&s->reply, p, n, &used);
         p += used;
@@ -127,7 +217,7 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
         gw_relay_line(s, &s->reply);
     }
     /* Backpressure on the control leg: a client that does not read its replies. */
-    if (s->client && s->client->want_drain)
+    if (s->client && s->client->want_drain && s->backend == c)
         gw_conn_pause(c);
 }
 
@@ -135,19 +225,20 @@ static void on_backend_connect(gw_conn *c, int status)
 {
     gw_session *s = c->owner;
     if (status != 0) {
-        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\"",
-                    s->fe->backend->address.host, s->fe->backend->address.port,
-                    uv_strerror(status));
-        gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE, "backend unreachable");
+        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\" name=%s",
+                    s->be->conf->address.host, s->be->conf->address.port, uv_strerror(status),
+                    s->be->conf->name);
+        if (!gw_backend_failover(s, uv_strerror(status)))
+            gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE, "backend unreachable");
         return;
     }
     gw_conn_peer(c, &s->backend_peer);
     gw_addr_normalize(&s->backend_peer);
     gw_sess_set_backend_state(s, BS_GREETING);
-    if (s->fe->backend->tls == GW_BE_TLS_IMPLICIT) {
-        if (gw_conn_attach_tls(c, gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_CONTROL,
-                                                    s->fe->backend_host, s->fe->backend->tls_verify,
-                                                    NULL)) != 0)
+    if (s->be->conf->tls == GW_BE_TLS_IMPLICIT) {
+        if (gw_conn_attach_tls(c, gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_CONTROL,
+                                                    s->be->host, s->be->conf->tls_verify, NULL)) !=
+            0)
             gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
     }
@@ -157,6 +248,8 @@ static void on_backend_connect(gw_conn *c, int status)
 static void on_backend_eof(gw_conn *c, bool clean)
 {
     gw_session *s = c->owner;
+    if (!s->be_committed && gw_backend_failover(s, "closed before the greeting"))
+        return;
     if (s->pending == PEND_TRANSFER)
         gw_sess_reply(s, GW_R_XFER_ABORTED);
     gw_sess_fail(s, GW_R_BACKEND_CLOSED, "backend closed the connection");
@@ -166,6 +259,8 @@ static void on_backend_error(gw_conn *c, const char *why)
 {
     gw_session *s = c->owner;
     GW_LOG_WARN(s->id, "event=backend_error reason=\"%s\"", why);
+    if (!s->be_committed && gw_backend_failover(s, why))
+        return;
     if (c->tls && !gw_tls_handshake_done(c->tls)) {
         /* Name the reason: an operator must see "certificate verify failed" at once. */
         char text[300];
@@ -228,9 +323,10 @@ static void on_backend_resolved(uv_getaddrinfo_t *req, int status, struct addrin
                 break;
             }
         gw_addr_from_sockaddr(&to, pick->ai_addr);
-        to.port = s->fe->backend->address.port;
+        to.port = s->be->conf->address.port;
     }
     uv_freeaddrinfo(res);
+    s->be_resolving = false;
     if (s->backend && s->cstate != CS_CLOSING) {
         if (to.family)
             connect_backend_to(s, &to);
@@ -248,18 +344,22 @@ void gw_backend_connect(gw_session *s)
         return;
     }
     s->handles++;
+    s->be_reported = false;
+    s->be_attempt_ms = gw_sess_now(s);
     gw_sess_set_backend_state(s, BS_CONNECTING);
     gw_sess_set_pending(s, PEND_GREETING);
-    if (!s->fe->backend_by_name) {
-        connect_backend_to(s, &s->fe->backend_addr);
+    if (!s->be->by_name) {
+        connect_backend_to(s, &s->be->addr);
         return;
     }
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
     s->resolve_req.data = s;
     s->handles++;
-    int r = uv_getaddrinfo(s->loop, &s->resolve_req, on_backend_resolved,
-                           s->fe->backend->address.host, NULL, &hints);
+    s->be_resolving = true;
+    int r = uv_getaddrinfo(s->loop, &s->resolve_req, on_backend_resolved, s->be->conf->address.host,
+                           NULL, &hints);
     if (r != 0) {
+        s->be_resolving = false;
         s->handles--;
         on_backend_connect(s->backend, r);
     }

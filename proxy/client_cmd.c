@@ -268,9 +268,8 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     };
     if (s->be_prot_p) {
         /* Offer the backend control session: servers such as vsftpd require it. */
-        tls.backend_engine =
-            gw_tls_new_client(s->fe->backend_tls_ctx, GW_TLS_CLIENT_DATA, s->fe->backend_host,
-                              s->fe->backend->tls_verify, s->backend->tls);
+        tls.backend_engine = gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_DATA, s->be->host,
+                                               s->be->conf->tls_verify, s->backend->tls);
     }
     gw_data_start(s->data, upload, &tls);
 }

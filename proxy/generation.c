@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,29 +33,110 @@ int gw_resolve_host(const char *host, uint16_t port, gw_addr *out)
     return 0;
 }
 
+#define LIVE_SLOTS 256
+
+struct gw_live_table {
+    pthread_mutex_t lock; /* guards n and the names; the counts are atomic */
+    int n;
+    struct {
+        char name[GW_NAME_MAX];
+        _Atomic int live;
+    } slot[LIVE_SLOTS];
+};
+
+gw_live_table *gw_live_table_new(void)
+{
+    gw_live_table *t = calloc(1, sizeof *t);
+    if (t)
+        pthread_mutex_init(&t->lock, NULL);
+    return t;
+}
+
+void gw_live_table_free(gw_live_table *t)
+{
+    if (!t)
+        return;
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
+
+_Atomic int *gw_live_counter(gw_live_table *t, const char *name)
+{
+    if (!t)
+        return NULL;
+    _Atomic int *c = NULL;
+    pthread_mutex_lock(&t->lock);
+    for (int i = 0; i < t->n && !c; i++)
+        if (strcmp(t->slot[i].name, name) == 0)
+            c = &t->slot[i].live;
+    if (!c && t->n < LIVE_SLOTS) {
+        snprintf(t->slot[t->n].name, sizeof t->slot[t->n].name, "%s", name);
+        c = &t->slot[t->n++].live;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return c;
+}
+
+/* A backend some frontend uses: its address (resolved now when it is an IP literal), TLS
+ * context and live counter. Once per generation. */
+static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, gw_live_table *live,
+                           char *err, size_t cap)
+{
+    if (be->prepared)
+        return 0;
+    be->prepared = true;
+    be->conf = bc;
+    be->live = gw_live_counter(live, bc->name);
+    if (!be->live) {
+        GW_LOG_WARN(0,
+                    "event=backend_counter_local backend=%s note=\"max_sessions counts this "
+                    "worker's sessions only\"",
+                    bc->name);
+        be->live = &be->own_live;
+    }
+    unsigned char probe[16];
+    be->by_name = inet_pton(AF_INET, bc->address.host, probe) != 1 &&
+                  inet_pton(AF_INET6, bc->address.host, probe) != 1;
+    /* A name is resolved again for every session (containers come and go); failing now is
+     * only a warning, so the gateway can start before its backend. */
+    if (gw_resolve_host(bc->address.host, bc->address.port, &be->addr)) {
+        if (!be->by_name) {
+            snprintf(err, cap, "[backend %s] address: bad address %s", bc->name, bc->address.host);
+            return -1;
+        }
+        GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per session\"",
+                    bc->name, bc->address.host);
+    }
+    if (bc->tls != GW_BE_TLS_NONE) {
+        char e[256];
+        be->tls_ctx = gw_tls_client_ctx_new(bc, e, sizeof e);
+        if (!be->tls_ctx) {
+            snprintf(err, cap, "[backend %s] %s", bc->name, e);
+            return -1;
+        }
+        be->host = bc->sni[0] ? bc->sni : bc->address.host;
+        if (!bc->tls_verify)
+            GW_LOG_WARN(0,
+                        "event=tls_verify_off backend=%s note=\"the backend's certificate "
+                        "is not checked\"",
+                        bc->name);
+    }
+    return 0;
+}
+
 /* Everything a frontend needs except its listening socket. */
-static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t cap)
+static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *live, char *err,
+                            size_t cap)
 {
     const gw_frontend_conf *fc = fe->conf;
     const gw_config *cfg = &g->cfg;
     fe->cfg = cfg;
     fe->gen = g;
-    fe->backend = &cfg->backends[fc->backend_index];
-    unsigned char probe[16];
-    fe->backend_by_name = inet_pton(AF_INET, fe->backend->address.host, probe) != 1 &&
-                          inet_pton(AF_INET6, fe->backend->address.host, probe) != 1;
-    /* A name is resolved again for every session (containers come and go); failing now is
-     * only a warning, so the gateway can start before its backend. */
-    if (gw_resolve_host(fe->backend->address.host, fe->backend->address.port, &fe->backend_addr)) {
-        if (!fe->backend_by_name) {
-            snprintf(err, cap, "[backend %s] address: bad address %s", fe->backend->name,
-                     fe->backend->address.host);
+    for (int i = 0; i < fc->n_backends; i++) {
+        int k = fc->backend_list[i];
+        if (prepare_backend(&g->backends[k], &cfg->backends[k], live, err, cap) != 0)
             return -1;
-        }
-        GW_LOG_WARN(0,
-                    "event=backend_unresolved backend=%s host=%s note=\"retried per "
-                    "session\"",
-                    fe->backend->name, fe->backend->address.host);
+        fe->backends[fe->n_backends++] = &g->backends[k];
     }
     if (fc->pasv_address[0] &&
         (gw_resolve_host(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
@@ -81,19 +163,6 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, char *err, size_t
             return -1;
         }
     }
-    if (fe->backend->tls != GW_BE_TLS_NONE) {
-        fe->backend_tls_ctx = gw_tls_client_ctx_new(fe->backend, e, sizeof e);
-        if (!fe->backend_tls_ctx) {
-            snprintf(err, cap, "[backend %s] %s", fe->backend->name, e);
-            return -1;
-        }
-        fe->backend_host = fe->backend->sni[0] ? fe->backend->sni : fe->backend->address.host;
-        if (!fe->backend->tls_verify)
-            GW_LOG_WARN(0,
-                        "event=tls_verify_off backend=%s note=\"the backend's certificate "
-                        "is not checked\"",
-                        fe->backend->name);
-    }
     return 0;
 }
 
@@ -101,10 +170,10 @@ static void free_generation(gw_generation *g)
 {
     if (g->xferlog_fd >= 0)
         close(g->xferlog_fd);
-    for (int i = 0; i < g->n_frontends; i++) {
+    for (int i = 0; i < g->n_frontends; i++)
         gw_tls_ctx_free(g->frontends[i].tls_ctx);
-        gw_tls_ctx_free(g->frontends[i].backend_tls_ctx);
-    }
+    for (int i = 0; i < GW_MAX_BACKENDS; i++)
+        gw_tls_ctx_free(g->backends[i].tls_ctx);
     free(g);
 }
 
@@ -119,7 +188,8 @@ void gw_generation_unref(gw_generation *g)
         free_generation(g);
 }
 
-gw_generation *gw_generation_new(const gw_config *cfg, char *err, size_t cap)
+gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_live_table *live,
+                                 char *err, size_t cap)
 {
     gw_generation *g = calloc(1, sizeof *g);
     if (!g) {
@@ -128,6 +198,7 @@ gw_generation *gw_generation_new(const gw_config *cfg, char *err, size_t cap)
     }
     g->cfg = *cfg;
     g->refs = 1;
+    g->health = health;
     g->xferlog_fd = -1;
     if (g->cfg.xferlog[0]) {
         g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
@@ -142,7 +213,7 @@ gw_generation *gw_generation_new(const gw_config *cfg, char *err, size_t cap)
         gw_frontend *fe = &g->frontends[i];
         fe->conf = &g->cfg.frontends[i];
         g->n_frontends = i + 1;
-        if (prepare_frontend(g, fe, err, cap) != 0) {
+        if (prepare_frontend(g, fe, live, err, cap) != 0) {
             free_generation(g);
             return NULL;
         }

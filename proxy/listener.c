@@ -319,14 +319,23 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
 
 static void log_frontend(const gw_frontend *fe, const char *event)
 {
-    char backend[GW_HOST_MAX + 8];
-    const char *bh = fe->backend->address.host, *lh = fe->conf->listen.host;
-    bool b6 = strchr(bh, ':') != NULL, l6 = strchr(lh, ':') != NULL;
-    snprintf(backend, sizeof backend, "%s%s%s:%u", b6 ? "[" : "", bh, b6 ? "]" : "",
-             fe->backend->address.port);
-    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s%s%s:%u backend=%s", event, fe->conf->name,
-                mode_name(fe->conf->mode), l6 ? "[" : "", lh, l6 ? "]" : "", fe->conf->listen.port,
-                backend);
+    char backend[GW_MAX_BACKENDS * (GW_HOST_MAX + 9)];
+    size_t used = 0;
+    backend[0] = 0;
+    for (int i = 0; i < fe->n_backends && used < sizeof backend; i++) {
+        const gw_hostport *a = &fe->backends[i]->conf->address;
+        bool b6 = strchr(a->host, ':') != NULL;
+        int n = snprintf(backend + used, sizeof backend - used, "%s%s%s%s:%u", i ? "," : "",
+                         b6 ? "[" : "", a->host, b6 ? "]" : "", a->port);
+        if (n > 0)
+            used += (size_t)n;
+    }
+    const char *lh = fe->conf->listen.host;
+    bool l6 = strchr(lh, ':') != NULL;
+    GW_LOG_INFO(0, "event=%s frontend=%s mode=%s addr=%s%s%s:%u backend=%s%s%s", event,
+                fe->conf->name, mode_name(fe->conf->mode), l6 ? "[" : "", lh, l6 ? "]" : "",
+                fe->conf->listen.port, backend, fe->n_backends > 1 ? " balance=" : "",
+                fe->n_backends > 1 ? gw_balance_name(fe->conf->balance) : "");
 }
 
 static void close_listener(gw_listener *l)
@@ -393,7 +402,7 @@ static void on_fd_probe(uv_timer_t *t)
 int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap)
 {
     srv->loop = loop;
-    srv->gen = gw_generation_new(cfg, err, cap);
+    srv->gen = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
     if (!srv->gen)
         return -1;
     uv_timer_init(loop, &srv->fd_probe);
@@ -406,7 +415,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
 {
-    gw_generation *g = gw_generation_new(cfg, err, cap);
+    gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
     if (!g)
         return -1;
     if (switch_listeners(srv, g, err, cap) != 0) {

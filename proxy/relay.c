@@ -193,7 +193,7 @@ static void arm_client_leg(gw_session *s)
 
 static bool *no_extended(gw_session *s)
 {
-    return &s->fe->gen->no_extended[s->fe->backend - s->fe->cfg->backends];
+    return &s->be->no_extended;
 }
 
 /* EPSV/EPRT refused as unknown (500/501/502): remember it for this backend and retry with
@@ -294,7 +294,7 @@ void gw_relay_arm_backend_leg(gw_session *s)
     bool v6 = s->backend_peer.family == 6;
     bool ext = v6 || !*no_extended(s);
     s->cur.sent_extended = ext;
-    if (s->fe->backend->data_mode == GW_DATA_PASSIVE) {
+    if (s->be->conf->data_mode == GW_DATA_PASSIVE) {
         gw_backend_send(s, ext ? "EPSV" : "PASV", PEND_PASV);
         return;
     }

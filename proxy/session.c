@@ -72,6 +72,7 @@ void gw_sess_release(gw_session *s)
     if (--s->handles > 0)
         return;
     GW_LOG_INFO(s->id, "event=session_end");
+    gw_backend_uncount(s);
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     const gw_session_hooks *hooks = s->hooks;
     void *host = s->host;
@@ -184,9 +185,10 @@ static void check_deadlines(gw_session *s)
     else if (s->cstate == CS_AUTH && idle >= (uint64_t)hs * 1000)
         gw_sess_fail(s, NULL, "TLS handshake timeout after AUTH");
     else if (s->bstate == BS_CONNECTING &&
-             since_start >= (uint64_t)s->fe->backend->connect_timeout * 1000)
-        gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT, "backend connect timeout");
-    else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
+             now - s->be_attempt_ms >= (uint64_t)s->be->conf->connect_timeout * 1000) {
+        if (!gw_backend_failover(s, "connect timeout"))
+            gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT, "backend connect timeout");
+    } else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
         gw_sess_fail(s, GW_R_LOGIN_TIMEOUT, "login timeout");
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
              idle >= (uint64_t)cfg->idle_timeout * 1000)
@@ -322,13 +324,24 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = gw_sess_now(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
+    bool chosen = gw_backend_choose(s);
+    if (!chosen)
+        GW_LOG_DEBUG(s->id, "event=no_backend frontend=%s", fe->conf->name);
     if (fe->conf->mode != GW_FE_IMPLICIT) {
         gw_sess_set_client_state(s, CS_READY); /* the backend's greeting is relayed in clear */
+        if (!chosen) {
+            gw_sess_fail(s, GW_R_UNAVAILABLE, "no backend available");
+            return s;
+        }
         int r = gw_conn_start_read(s->client);
         if (r != 0)
             gw_sess_fail(s, NULL, uv_strerror(r));
         else
             gw_backend_connect(s);
+        return s;
+    }
+    if (!chosen) { /* implicit: not a byte in clear (PROTOCOL.md §7) */
+        gw_sess_fail(s, NULL, "no backend available");
         return s;
     }
     /* MS-FTPS: nothing is sent before the handshake completes. */

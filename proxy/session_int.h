@@ -78,6 +78,13 @@ typedef struct gw_cmd_ctx {
 struct gw_session {
     uint64_t id;
     gw_frontend *fe;
+    gw_backend_rt *be;      /* chosen at the start, kept for the session's life (REIN too) */
+    uint32_t be_tried;      /* bits of fe->backends[] tried by this session (failover) */
+    bool be_counted;        /* be->live counts this session */
+    bool be_committed;      /* a 220 arrived: the client talks to this backend, no failover */
+    bool be_reported;       /* this connect attempt's outcome went to health */
+    bool be_resolving;      /* uv_getaddrinfo pending on resolve_req */
+    uint64_t be_attempt_ms; /* the current connect attempt started (connect_timeout) */
     uv_loop_t *loop;
     gw_conn *client, *backend;
     uv_timer_t timer;
@@ -139,6 +146,15 @@ void gw_cmdq_receive(gw_session *s, const char *buf, size_t n);
 void gw_cmdq_pump(gw_session *s);
 
 /* backend.c: the backend control leg */
+/* Choose s->be among the frontend's eligible backends not tried yet (counted in its live
+ * sessions, logged). false when none is eligible. */
+bool gw_backend_choose(gw_session *s);
+/* s->be no longer counts this session (at its end, or when it fails over). */
+void gw_backend_uncount(gw_session *s);
+/* A connect attempt failed before the 220: reported to health; when nothing of the client's
+ * has reached a backend yet, the next eligible backend is tried (true: a new attempt runs,
+ * the caller does nothing more). */
+bool gw_backend_failover(gw_session *s, const char *reason);
 void gw_backend_connect(gw_session *s);
 void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending);
 void gw_backend_ready(gw_session *s);

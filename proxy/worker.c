@@ -164,20 +164,27 @@ static void free_workers(int n)
     n_workers = 0;
     gw_ip_table_free(shared.per_ip);
     shared.per_ip = NULL;
+    gw_live_table_free(shared.live);
+    shared.live = NULL;
     gw_pasv_pool_free_all();
 }
 
-int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, char *err, size_t cap)
+int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_health *health,
+                     char *err, size_t cap)
 {
     if (n <= 0)
         n = (int)uv_available_parallelism();
     if (n > MAX_WORKERS)
         n = MAX_WORKERS;
     shared.per_ip = gw_ip_table_new();
+    shared.live = gw_live_table_new();
+    shared.health = health;
     workers = calloc((size_t)n, sizeof *workers);
-    if (!shared.per_ip || !workers) {
+    if (!shared.per_ip || !shared.live || !workers) {
         snprintf(err, cap, "out of memory");
         free(workers);
+        workers = NULL;
+        free_workers(0);
         return -1;
     }
     n_workers = n;
