@@ -150,7 +150,8 @@ version:
 
 # The binary, and the documentation in the repository's layout (so README.md's links to
 # config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
-DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf proxy/PROTOCOL.md
+DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf \
+	config/three-backends.conf proxy/PROTOCOL.md
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy
 	install -m 755 build/ftpsgate $(DESTDIR)$(BINDIR)/ftpsgate

@@ -564,6 +564,12 @@ static void test_sample_files(void **state)
     assert_int_equal(gw_config_load_file("config/minimal.conf", &cfg, err, sizeof err), 0);
     assert_int_equal(cfg.n_frontends, 1);
     assert_int_equal(cfg.n_backends, 1);
+    if (gw_config_load_file("config/three-backends.conf", &cfg, err, sizeof err) != 0)
+        print_error("%s\n", err);
+    assert_int_equal(gw_config_load_file("config/three-backends.conf", &cfg, err, sizeof err), 0);
+    assert_int_equal(cfg.frontends[0].n_backends, 3);
+    assert_int_equal(cfg.backends[0].weight, 3);
+    assert_int_equal(cfg.backends[2].max_sessions, 20);
 }
 
 static void test_weak_tls(void **state)

@@ -1,0 +1,263 @@
+"""Several backends behind one frontend (`backend = be, b, c`): the balance policies,
+max_sessions, failover before the greeting, REIN keeping the backend, and the 421 / bare
+close when no backend is eligible. Three pyftpdlib servers, each with a marker file of its
+own size in its root, so SIZE tells a client which backend served it."""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import re
+import socket
+import ssl
+import threading
+from collections import Counter
+
+import pytest
+
+import peers
+from peers import HOST, frontend
+
+NAMES = {1: "be", 2: "b", 3: "c"}
+
+
+@pytest.fixture(scope="module")
+def three(workdir, ports, test_user):
+    backends = []
+    for i, name in enumerate(["be", "b", "c"], 1):
+        be = peers.start_pyftpdlib(workdir / f"balance-{name}", ports, *test_user)
+        (be.root / "marker").write_bytes(b"x" * i)
+        backends.append(be)
+    yield backends
+    for be in backends:
+        be.stop()
+
+
+def start(gateway, three, *, policy="roundrobin", weights=None, max_sessions=None,
+          addresses=None, mode="plain", names="be, b, c"):
+    """A gateway whose frontend "p" (mode) and implicit "fe" balance over be, b, c."""
+    addresses = addresses or {n: be.address for n, be in zip(["be", "b", "c"], three)}
+    extra = {"frontend fe": {"backend": names, "balance": policy}}
+    for name, addr in addresses.items():
+        section = extra.setdefault(f"backend {name}", {})
+        section.update({"address": addr, "tls": "none", "connect_timeout": 2})
+        if weights and name in weights:
+            section["weight"] = weights[name]
+        if max_sessions and name in max_sessions:
+            section["max_sessions"] = max_sessions[name]
+    return gateway(backend_address=addresses["be"], extra=extra,
+                   frontends={"p": frontend(mode, backend=names, balance=policy)})
+
+
+def login(gw, user, password, mode="plain", source=None, ctx=None):
+    if mode == "implicit":
+        ftp = peers.ImplicitFTPS(context=ctx, timeout=10)
+        ftp.connect(HOST, gw.port)
+        ftp.login(user, password)
+        return ftp
+    ftp = peers.ExplicitFTPS(context=ctx, timeout=10) if mode == "explicit" else \
+        ftplib.FTP(timeout=10)
+    ftp.connect(HOST, gw.fport("p"), source_address=(source, 0) if source else None)
+    if mode == "explicit":
+        ftp.auth()
+    ftp.login(user, password)
+    return ftp
+
+
+def which(ftp) -> str:
+    ftp.voidcmd("TYPE I")
+    return NAMES[ftp.size("marker")]
+
+
+def served(gw, user, password, n, **kw) -> Counter:
+    counts = Counter()
+    for _ in range(n):
+        ftp = login(gw, user, password, **kw)
+        try:
+            counts[which(ftp)] += 1
+            ftp.quit()
+        finally:
+            ftp.close()
+    return counts
+
+
+def test_roundrobin_even(gateway, three, test_user):
+    gw = start(gateway, three)
+    assert served(gw, *test_user, 60) == {"be": 20, "b": 20, "c": 20}
+    assert "event=backend_chosen backend=b policy=roundrobin" in gw.log
+
+
+def test_roundrobin_weighted(gateway, three, test_user):
+    gw = start(gateway, three, weights={"be": 3})
+    assert served(gw, *test_user, 60) == {"be": 36, "b": 12, "c": 12}
+
+
+def test_random_weighted_reaches_all(gateway, three, test_user):
+    gw = start(gateway, three, policy="random", weights={"be": 3})
+    counts = served(gw, *test_user, 60)
+    assert set(counts) == {"be", "b", "c"} and counts["be"] > counts["b"], counts
+
+
+def test_source_sticky(gateway, three, test_user):
+    gw = start(gateway, three, policy="source")
+    seen = {}
+    for last in range(2, 12):
+        src = f"127.0.0.{last}"
+        got = {which_once(gw, test_user, src) for _ in range(3)}
+        assert len(got) == 1, (src, got)
+        seen[src] = got.pop()
+    assert len(set(seen.values())) >= 2, seen
+
+
+def which_once(gw, test_user, source):
+    ftp = login(gw, *test_user, source=source)
+    try:
+        return which(ftp)
+    finally:
+        ftp.close()
+
+
+def test_leastconn(gateway, three, test_user):
+    gw = start(gateway, three, policy="leastconn")
+    held = [login(gw, *test_user) for _ in range(3)]
+    try:
+        on = [which(f) for f in held]
+        assert sorted(on) == ["b", "be", "c"], on
+        # Two more on each but one: the next goes to the least loaded.
+        more = [login(gw, *test_user) for _ in range(3)]
+        held += more
+        assert sorted(which(f) for f in more) == ["b", "be", "c"]
+        gone = on[1]
+        for f in held:
+            if which(f) == gone:
+                f.quit()
+                f.close()
+                held.remove(f)
+                break
+        peers.wait_for(lambda: gw.log.count("event=session_end") >= 1, 5, "the session end")
+        nxt = login(gw, *test_user)
+        held.append(nxt)
+        assert which(nxt) == gone
+    finally:
+        for f in held:
+            f.close()
+
+
+def test_max_sessions_skips_full_backend(gateway, three, test_user):
+    gw = start(gateway, three, max_sessions={"be": 1})
+    first = login(gw, *test_user)
+    try:
+        assert which(first) == "be"
+        counts = served(gw, *test_user, 8)
+        assert "be" not in counts and counts["b"] + counts["c"] == 8, counts
+    finally:
+        first.quit()
+        first.close()
+    peers.wait_for(lambda: gw.log.count("event=session_end") >= 9, 5, "the session ends")
+    assert served(gw, *test_user, 3)["be"] == 1
+
+
+def closed_port(ports) -> str:
+    port = ports.port()  # allocated for us: nobody listens there
+    return f"{HOST}:{port}"
+
+
+@contextlib.contextmanager
+def slammer():
+    """Accepts TCP connections and closes them at once (a server that dies before 220)."""
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(64)
+    stop = threading.Event()
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            c.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"{HOST}:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+@pytest.mark.parametrize("mode", ["plain", "explicit", "implicit"])
+@pytest.mark.parametrize("kind", ["refused", "closes"])
+def test_failover(gateway, three, test_user, ports, client_ctx, mode, kind):
+    with contextlib.ExitStack() as stack:
+        dead = closed_port(ports) if kind == "refused" else stack.enter_context(slammer())
+        gw = start(gateway, three, mode=mode, addresses={"be": three[0].address, "b": dead,
+                                                         "c": three[2].address})
+        counts = Counter()
+        for _ in range(9):
+            ftp = login(gw, *test_user, mode=mode, ctx=client_ctx)
+            try:
+                assert ftp.welcome.startswith("220 "), ftp.welcome
+                counts[which(ftp)] += 1
+                ftp.quit()
+            finally:
+                ftp.close()
+        assert set(counts) == {"be", "c"} and sum(counts.values()) == 9, counts
+        assert re.search(r"event=backend_failover from=b reason=\"[^\"]+\" to=(be|c)", gw.log)
+        assert gw.log.count("event=backend_failover") == 3
+
+
+def test_all_refused_gives_421(gateway, three, test_user, ports):
+    gw = start(gateway, three, addresses={"be": closed_port(ports), "b": closed_port(ports),
+                                          "c": closed_port(ports)})
+    ctl = peers.Control.plain(gw.fport("p"))
+    try:
+        code, text = ctl.reply()
+        assert code == 421, text
+    finally:
+        ctl.close()
+    assert "to=none" in gw.log
+
+
+def test_none_eligible_421_or_bare_close(gateway, three, test_user, client_ctx):
+    gw = start(gateway, three, max_sessions={"be": 1, "b": 1, "c": 1})
+    held = [login(gw, *test_user) for _ in range(3)]
+    try:
+        assert sorted(which(f) for f in held) == ["b", "be", "c"]
+        ctl = peers.Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 421 and "Service not available" in text, text
+        finally:
+            ctl.close()
+        # Implicit: not a byte in clear, no handshake: the connection is just closed.
+        raw = socket.create_connection((HOST, gw.port), timeout=10)
+        try:
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                client_ctx.wrap_socket(raw, server_hostname="localhost").recv(100)
+        finally:
+            raw.close()
+        assert "event=no_backend frontend=p" in gw.log
+        assert "event=no_backend frontend=fe" in gw.log
+    finally:
+        for f in held:
+            f.close()
+
+
+def test_rein_keeps_backend(gateway, three, test_user):
+    gw = start(gateway, three)
+    for _ in range(4):
+        ftp = login(gw, *test_user)
+        try:
+            before = which(ftp)
+            assert ftp.sendcmd("REIN").startswith("220")
+            ftp.login(*test_user)
+            assert which(ftp) == before
+            with open(three[0].root.parent / "dl", "wb") as f:  # a data transfer too
+                ftp.retrbinary("RETR marker", f.write)
+            ftp.quit()
+        finally:
+            ftp.close()
