@@ -245,14 +245,19 @@ static void on_backend_connect(gw_conn *c, int status)
     gw_conn_start_read(c);
 }
 
+static void backend_gone(gw_session *s)
+{
+    if (s->pending == PEND_TRANSFER)
+        gw_sess_reply(s, GW_R_XFER_ABORTED);
+    gw_sess_fail(s, GW_R_BACKEND_CLOSED, "backend closed the connection");
+}
+
 static void on_backend_eof(gw_conn *c, bool clean)
 {
     gw_session *s = c->owner;
     if (!s->be_committed && gw_backend_failover(s, "closed before the greeting"))
         return;
-    if (s->pending == PEND_TRANSFER)
-        gw_sess_reply(s, GW_R_XFER_ABORTED);
-    gw_sess_fail(s, GW_R_BACKEND_CLOSED, "backend closed the connection");
+    backend_gone(s);
 }
 
 static void on_backend_error(gw_conn *c, const char *why)
@@ -268,7 +273,7 @@ static void on_backend_error(gw_conn *c, const char *why)
         gw_sess_fail(s, text, "backend TLS handshake failed");
         return;
     }
-    on_backend_eof(c, false);
+    backend_gone(s);
 }
 
 static void on_backend_handshake(gw_conn *c)

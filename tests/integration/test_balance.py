@@ -6,6 +6,8 @@ own size in its root, so SIZE tells a client which backend served it."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import ftplib
 import re
 import socket
@@ -261,3 +263,72 @@ def test_rein_keeps_backend(gateway, three, test_user):
             ftp.quit()
         finally:
             ftp.close()
+
+
+@contextlib.contextmanager
+def blackhole():
+    """A listener whose backlog is full and never accepted: connects to it hang (SYNs are
+    dropped), so the gateway's connect_timeout runs out."""
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(0)
+    addr = srv.getsockname()
+    fillers = []
+    try:
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(addr)
+            fillers.append(f)
+        yield f"{HOST}:{addr[1]}"
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()
+
+
+def test_failover_on_connect_timeout(gateway, three, test_user):
+    with blackhole() as hole:
+        gw = start(gateway, three, addresses={"be": hole, "b": three[1].address,
+                                              "c": three[2].address})
+        counts = served(gw, *test_user, 3)  # be, b, c: the first waits out connect_timeout
+        assert set(counts) <= {"b", "c"} and sum(counts.values()) == 3, counts
+        assert re.search(r"event=backend_failover from=be reason=\"connect timeout\"", gw.log)
+
+
+def test_max_sessions_across_workers(gateway, three, test_user):
+    gw2 = gateway(backend_address=three[0].address, extra={
+        "global": {"workers": 2},
+        "frontend fe": {"backend": "be, b, c"},
+        "backend be": {"max_sessions": 1},
+        "backend b": {"address": three[1].address, "tls": "none"},
+        "backend c": {"address": three[2].address, "tls": "none"}},
+        frontends={"p": frontend("plain", backend="be, b, c")})
+    first = login(gw2, *test_user)
+    try:
+        assert which(first) == "be"  # each worker's round robin starts with be
+        counts = served(gw2, *test_user, 10)  # spread over both workers by the kernel
+        assert "be" not in counts and sum(counts.values()) == 10, counts
+        assert "worker=0" in gw2.log and "worker=1" in gw2.log
+    finally:
+        first.close()
+
+
+def test_reload_keeps_live_counts(gateway, three, test_user):
+    gw = start(gateway, three, max_sessions={"be": 1})
+    first = login(gw, *test_user)
+    try:
+        assert which(first) == "be"
+        mark = gw.log_size()
+        gw.config.write_text(gw.config.read_text().replace("idle_timeout = 120",
+                                                           "idle_timeout = 100"))
+        os.kill(gw.pid, signal.SIGHUP)
+        peers.wait_for(lambda: "event=reloaded" in gw.log_since(mark), 10, "the reload")
+        counts = served(gw, *test_user, 6)  # the new generation still sees be full
+        assert "be" not in counts and sum(counts.values()) == 6, counts
+        assert which(first) == "be"  # the old generation's session goes on
+    finally:
+        first.quit()
+        first.close()
+    peers.wait_for(lambda: gw.log.count("event=session_end") >= 7, 5, "the session ends")
+    assert served(gw, *test_user, 3)["be"] == 1
