@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include "config.h"
 #include "ftp_addr.h"
+#include "health.h"
 #include "pasv_pool.h"
 #include "tls.h"
 
@@ -34,6 +35,10 @@ struct gw_generation {
     /* Backends that answered EPSV/EPRT with 500/501/502: PASV/PORT from then on. */
     bool no_extended[GW_MAX_BACKENDS];
     int refs; /* 1 while current, plus one per live session */
+    /* The process's backend health (gw_health_is_up, gw_health_report from any worker);
+     * set by the listener when it builds the generation, NULL when there is none. Not
+     * owned: it outlives every generation. */
+    gw_health *health;
     int n_frontends;
     gw_frontend frontends[GW_MAX_FRONTENDS];
 };

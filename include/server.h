@@ -21,6 +21,7 @@ typedef struct gw_shared {
     gw_ip_table *per_ip;  /* max_sessions_per_ip */
     _Atomic int sessions; /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
+    gw_health *health; /* backend health, one per process (health.h); set by main */
 } gw_shared;
 typedef struct gw_listener {
     uv_tcp_t tcp;

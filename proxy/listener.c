@@ -396,6 +396,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
     srv->gen = gw_generation_new(cfg, err, cap);
     if (!srv->gen)
         return -1;
+    srv->gen->health = srv->shared->health;
     uv_timer_init(loop, &srv->fd_probe);
     srv->fd_probe.data = srv;
     srv->fd_probe_started = true;
@@ -409,6 +410,7 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
     gw_generation *g = gw_generation_new(cfg, err, cap);
     if (!g)
         return -1;
+    g->health = srv->shared->health;
     if (switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
