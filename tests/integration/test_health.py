@@ -289,3 +289,11 @@ def test_implicit_tls_probe_untrusted(gateway, vsftpd_implicit, tls_cert):
         "implicit", ca_file=tls_cert[0], **FAST)))
     down = wait_line(gw, 0, r"event=backend_down backend=be ", DOWN_WITHIN)
     assert 'reason="TLS handshake failed' in down, down
+
+
+def test_backend_by_name(gateway, servers):
+    """A host name is resolved for every probe, as for every session."""
+    busy = servers(b"421 not today\r\n", close_after=True)
+    gw = started(gateway(backend_address=f"localhost:{busy.port}", backend_keys=FAST))
+    down = wait_line(gw, 0, r"event=backend_down backend=be ", DOWN_WITHIN)
+    assert 'reason="greeted 421"' in down, down
