@@ -52,8 +52,10 @@ typedef struct gw_frontend {
 
 struct gw_generation {
     gw_config cfg;
-    int xferlog_fd;                          /* -1: no transfer log */
-    gw_health *health;                       /* process-wide; NULL: every backend is up */
+    int xferlog_fd; /* -1: no transfer log */
+    /* The process's backend health (gw_health_is_up, gw_health_report from any worker),
+     * NULL when there is none. Not owned: it outlives every generation. */
+    gw_health *health;
     gw_backend_rt backends[GW_MAX_BACKENDS]; /* cfg.backends, same indexes */
     int refs;                                /* 1 while current, plus one per live session */
     int n_frontends;

@@ -2,7 +2,10 @@
  * (connect, the 220, TLS first when the backend is implicit, QUIT) every health_interval,
  * health_rise good probes mark a backend up, health_fall bad probes or failed session
  * connects in a row mark it down. State is kept by backend name and address, so a reload
- * keeps it for a backend whose address did not change. Thread-safe. */
+ * keeps it for a backend whose address did not change. gw_health_is_up and gw_health_report
+ * may be called from any worker; configure, start and stop from the thread of the loop
+ * given to gw_health_start (the main thread: worker 0). Sessions find the table through
+ * their generation (gw_generation.health). */
 #ifndef GW_HEALTH_H
 #define GW_HEALTH_H
 

@@ -22,7 +22,7 @@ typedef struct gw_shared {
     _Atomic int sessions; /* max_sessions counts the whole process */
     _Atomic uint64_t next_session_id;
     gw_live_table *live; /* live sessions per backend (max_sessions, leastconn) */
-    gw_health *health;   /* backend health, main.c's (NULL: every backend is up) */
+    gw_health *health;   /* backend health, one per process (health.h); set by main */
 } gw_shared;
 typedef struct gw_listener {
     uv_tcp_t tcp;

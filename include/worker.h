@@ -12,7 +12,8 @@
 #include "health.h"
 
 /* n workers (0 = one per available core) on cfg, every listener bound when it returns.
- * Worker 0 uses main_loop. health (main's, may be NULL) is shared by every worker's sessions.
+ * Worker 0 uses main_loop. health (may be NULL) is the process's backend health: every
+ * generation points to it, and worker 0 reconfigures it after each successful reload.
  * 0, or -1 with a message (nothing is left listening). */
 int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_health *health,
                      char *err, size_t cap);

@@ -472,10 +472,10 @@ static const struct keydef keys[] = {
     {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
     {"weight", S_BACKEND, p_int, B(weight), "1", true, 1, 1000, NULL},
     {"max_sessions", S_BACKEND, p_int, B(max_sessions), "0", true, 0, MAX_SESSIONS, NULL},
-    {"health_interval", S_BACKEND, p_int, B(health_interval), "10", false, 0, 3600, NULL},
-    {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", false, 1, 3600, NULL},
-    {"health_rise", S_BACKEND, p_int, B(health_rise), "2", false, 1, 100, NULL},
-    {"health_fall", S_BACKEND, p_int, B(health_fall), "3", false, 1, 100, NULL},
+    {"health_interval", S_BACKEND, p_int, B(health_interval), "10", true, 0, 3600, NULL},
+    {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", true, 1, 3600, NULL},
+    {"health_rise", S_BACKEND, p_int, B(health_rise), "2", true, 1, 100, NULL},
+    {"health_fall", S_BACKEND, p_int, B(health_fall), "3", true, 1, 100, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 

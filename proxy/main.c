@@ -22,7 +22,7 @@
 static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
 static uv_signal_t sig_int, sig_term, sig_hup;
-static gw_health *health; /* one for the process: probes on the main loop, read by every worker */
+static gw_health *health; /* backend health: probes on the main loop (worker 0) */
 
 static void usage(FILE *f)
 {
@@ -113,8 +113,6 @@ static void reload(void)
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
     else {
         warn_weak_tls(cfg);
-        if (gw_health_configure(health, cfg) != 0)
-            GW_LOG_WARN(0, "event=health_configure_failed note=\"health table not updated\"");
         gw_workers_reload(cfg);
     }
     free(cfg);
@@ -155,9 +153,8 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
                 signum);
-    if (!stopping)
-        gw_health_stop(health);
     stopping = true;
+    gw_health_stop(health);
     gw_workers_stop();
 }
 
@@ -221,27 +218,29 @@ int main(int argc, char **argv)
     health = gw_health_new();
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");
-        fprintf(stderr, "ftpsgate: out of memory\n");
+        gw_health_free(health);
         return 2;
     }
     if (gw_workers_start(cfg.workers, loop, &cfg, health, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_health_free(health);
         return 2;
     }
-    if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0 ||
-        gw_health_start(health, loop) != 0) {
-        gw_health_stop(health);
+    if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0) {
         gw_workers_stop();
         gw_workers_finish();
+        gw_health_free(health);
         return 2;
     }
+    gw_health_start(health, loop);
     GW_LOG_INFO(0, "event=started version=%s config=\"%s\" workers=%d", GW_VERSION,
                 path ? path : "<embedded default>", gw_workers_count());
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_workers_finish();
-    gw_health_free(health);
+    gw_health_free(health); /* its handles closed with the loop's last run */
+    health = NULL;
     uv_loop_close(loop);
     GW_LOG_INFO(0, "event=stopped");
     return 0;

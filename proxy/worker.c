@@ -100,6 +100,9 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
         if (w->index == 0) {
             gw_log_set_level(w->srv.gen->cfg.log_level);
             gw_log_set_json(w->srv.gen->cfg.log_json);
+            /* Once per reload: worker 0 runs on the main loop, where the probes run. */
+            if (shared.health && gw_health_configure(shared.health, &w->srv.gen->cfg) != 0)
+                GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
         }
         GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
     }
@@ -167,18 +170,19 @@ static void free_workers(int n)
     gw_live_table_free(shared.live);
     shared.live = NULL;
     gw_pasv_pool_free_all();
+    shared.health = NULL;
 }
 
 int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_health *health,
                      char *err, size_t cap)
 {
+    shared.health = health;
     if (n <= 0)
         n = (int)uv_available_parallelism();
     if (n > MAX_WORKERS)
         n = MAX_WORKERS;
     shared.per_ip = gw_ip_table_new();
     shared.live = gw_live_table_new();
-    shared.health = health;
     workers = calloc((size_t)n, sizeof *workers);
     if (!shared.per_ip || !shared.live || !workers) {
         snprintf(err, cap, "out of memory");

@@ -828,6 +828,13 @@ class GatewayFactory:
         if data_session_reuse is not None:
             sections["tls"]["data_session_reuse"] = data_session_reuse
         sections = merge_sections(sections, extra)
+        # No health probes unless a test asks for them (test_health.py): a probe every 10 s
+        # (the default) would add connections to backend counts and logs, descriptors to
+        # the leak check, and scripted fake backends would answer a probe instead of a
+        # session.
+        for section, keys in sections.items():
+            if section.startswith("backend "):
+                keys.setdefault("health_interval", 0)
         config = self.workdir / f"{name}.ini"
         config.write_text(render_ini(sections))
         gw = Gateway(name, port, pasv, config, self.workdir / f"{name}.log", frontends=fports,

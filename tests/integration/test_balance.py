@@ -332,3 +332,46 @@ def test_reload_keeps_live_counts(gateway, three, test_user):
         first.close()
     peers.wait_for(lambda: gw.log.count("event=session_end") >= 7, 5, "the session ends")
     assert served(gw, *test_user, 3)["be"] == 1
+
+
+FAST_HEALTH = {"health_interval": 1, "health_timeout": 1, "health_rise": 1, "health_fall": 1}
+
+
+def test_health_down_backends_skipped_then_421(gateway, three, test_user, ports, client_ctx):
+    """With probes: a backend marked down is not tried at all (no failover needed); all
+    down: 421 in clear on plain, a bare close on implicit."""
+    dead = closed_port(ports)
+    addresses = {"be": three[0].address, "b": dead, "c": three[2].address}
+    extra = {"frontend fe": {"backend": "be, b, c"}}
+    for name, addr in addresses.items():
+        extra[f"backend {name}"] = {"address": addr, "tls": "none", **FAST_HEALTH}
+    gw = gateway(backend_address=three[0].address, extra=extra,
+                 frontends={"p": frontend("plain", backend="be, b, c")})
+    peers.wait_for(lambda: "event=backend_down backend=b " in gw.log, 10, "b marked down")
+    mark = gw.log_size()
+    counts = served(gw, *test_user, 6)
+    assert counts == {"be": 3, "c": 3}, counts
+    assert "event=backend_failover" not in gw.log_since(mark)
+
+    # Every backend down: the frontend is unavailable.
+    text = gw.config.read_text().replace(three[0].address, closed_port(ports)) \
+        .replace(three[2].address, closed_port(ports))
+    gw.config.write_text(text)
+    mark = gw.log_size()
+    os.kill(gw.pid, signal.SIGHUP)
+    peers.wait_for(lambda: "event=frontend_unavailable frontend=p" in gw.log_since(mark), 15,
+                   "the frontend to be unavailable")
+    ctl = peers.Control.plain(gw.fport("p"))
+    try:
+        code, text = ctl.reply()
+        assert code == 421 and "Service not available" in text, text
+        assert ctl.closed_by_peer()
+    finally:
+        ctl.close()
+    raw = socket.create_connection((HOST, gw.port), timeout=10)
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            client_ctx.wrap_socket(raw, server_hostname="localhost").recv(100)
+    finally:
+        raw.close()
+    assert "event=no_backend frontend=p" in gw.log_since(mark)

@@ -10,7 +10,7 @@ LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
-    ("generation", ["generation", "health", "health_stub", "balance"]),
+    ("generation", ["generation", "health", "balance"]),
     ("data", ["data"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),
     ("listener/workers", ["server", "listener", "worker"]),

@@ -1,0 +1,625 @@
+/* Backend health: see health.h. The table (state, counts, the frontends' view) is guarded by
+ * one mutex, because every worker asks it; the probes (timers, lookups, connections) live on
+ * the loop given to gw_health_start and are touched only by its thread, which is also the
+ * thread that calls gw_health_configure and gw_health_stop (the main thread, worker 0). */
+#include "health.h"
+
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "conn.h"
+#include "ftp_addr.h"
+#include "ftp_reply.h"
+#include "log.h"
+#include "tls.h"
+
+#define REASON_MAX 160
+
+typedef struct hb hb;
+
+/* One probe: lookup, connection, deadline. Freed when all three are over. */
+typedef struct probe {
+    hb *b;
+    uv_getaddrinfo_t gai;
+    uv_timer_t timer;
+    gw_conn *c;
+    gw_reply_parser rp;
+    bool resolving, timer_open, finished;
+} probe;
+
+/* One backend, keyed by name and address. */
+struct hb {
+    gw_health *h;
+    gw_backend_conf conf;
+    /* Under h->lock: */
+    bool up;
+    int good, bad;
+    char reason[REASON_MAX];
+    /* Loop thread only: */
+    SSL_CTX *ctx; /* tls = implicit: the probe's client context */
+    uv_timer_t tick;
+    bool tick_open;
+    probe *p;     /* the running probe, if any */
+    int handles;  /* open handles and probes: the struct is freed at 0 once dropped */
+    bool dropped; /* no longer in the table */
+    hb *next_dropped;
+};
+
+typedef struct hfe {
+    char name[GW_NAME_MAX];
+    int n;
+    char backends[GW_MAX_BACKENDS][GW_NAME_MAX];
+    bool unavailable;
+} hfe;
+
+struct gw_health {
+    pthread_mutex_t lock;
+    int n;
+    hb *b[GW_MAX_BACKENDS];
+    int n_fe;
+    hfe fe[GW_MAX_FRONTENDS];
+    hb *dropped; /* waiting for their handles to close */
+    uv_loop_t *loop;
+    bool stopping;
+};
+
+static void probe_begin(hb *b);
+static void probe_cancel(probe *p);
+
+gw_health *gw_health_new(void)
+{
+    gw_health *h = calloc(1, sizeof *h);
+    if (h)
+        pthread_mutex_init(&h->lock, NULL);
+    return h;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * State (under the lock) */
+
+static hb *find(gw_health *h, const char *name)
+{
+    for (int i = 0; i < h->n; i++)
+        if (strcmp(h->b[i]->conf.name, name) == 0)
+            return h->b[i];
+    return NULL;
+}
+
+/* Log a frontend's transition when all of its backends went down, or one came back. */
+static void check_frontends(gw_health *h)
+{
+    for (int i = 0; i < h->n_fe; i++) {
+        hfe *f = &h->fe[i];
+        bool all_down = f->n > 0;
+        for (int j = 0; j < f->n && all_down; j++) {
+            hb *b = find(h, f->backends[j]);
+            if (!b || b->up)
+                all_down = false;
+        }
+        if (all_down && !f->unavailable)
+            GW_LOG_WARN(0, "event=frontend_unavailable frontend=%s backends=%d", f->name, f->n);
+        else if (!all_down && f->unavailable)
+            GW_LOG_INFO(0, "event=frontend_available frontend=%s", f->name);
+        f->unavailable = all_down;
+    }
+}
+
+/* A good or bad probe, or a session's connect (probe false: never counts toward rise). */
+static void record(gw_health *h, hb *b, bool ok, bool probe_result, const char *reason)
+{
+    if (ok) {
+        b->bad = 0;
+        if (!probe_result) /* a session's connect: only probes bring a backend back */
+            return;
+        if (b->up) {
+            b->good = 0;
+            return;
+        }
+        if (++b->good < b->conf.health_rise) {
+            GW_LOG_DEBUG(0, "event=health_probe backend=%s result=good count=%d rise=%d",
+                         b->conf.name, b->good, b->conf.health_rise);
+            return;
+        }
+        b->up = true;
+        b->good = 0;
+        b->reason[0] = 0;
+        GW_LOG_INFO(0, "event=backend_up backend=%s address=%s:%u", b->conf.name,
+                    b->conf.address.host, b->conf.address.port);
+        check_frontends(h);
+        return;
+    }
+    b->good = 0;
+    snprintf(b->reason, sizeof b->reason, "%s", reason ? reason : "failed");
+    if (b->conf.health_interval == 0) /* no probes: never marked down */
+        return;
+    b->bad++;
+    if (!b->up || b->bad < b->conf.health_fall) {
+        GW_LOG_DEBUG(0, "event=health_probe backend=%s result=bad count=%d fall=%d reason=\"%s\"",
+                     b->conf.name, b->bad, b->conf.health_fall, b->reason);
+        return;
+    }
+    b->up = false;
+    GW_LOG_WARN(0, "event=backend_down backend=%s address=%s:%u reason=\"%s\" count=%d",
+                b->conf.name, b->conf.address.host, b->conf.address.port, b->reason, b->bad);
+    check_frontends(h);
+}
+
+bool gw_health_is_up(gw_health *h, const char *backend)
+{
+    if (!h)
+        return true;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
+    bool up = !b || b->up;
+    pthread_mutex_unlock(&h->lock);
+    return up;
+}
+
+void gw_health_report(gw_health *h, const char *backend, bool ok, const char *reason)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
+    if (b)
+        record(h, b, ok, false, reason);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Handles (loop thread) */
+
+static void hb_free(hb *b)
+{
+    gw_tls_ctx_free(b->ctx);
+    free(b);
+}
+
+/* A handle or probe of b is gone: a dropped backend is freed with its last one. */
+static void hb_release(hb *b)
+{
+    if (--b->handles > 0 || !b->dropped)
+        return;
+    gw_health *h = b->h;
+    for (hb **pp = &h->dropped; *pp; pp = &(*pp)->next_dropped)
+        if (*pp == b) {
+            *pp = b->next_dropped;
+            break;
+        }
+    hb_free(b);
+}
+
+static void on_tick_closed(uv_handle_t *t)
+{
+    hb *b = t->data;
+    b->tick_open = false;
+    hb_release(b);
+}
+
+/* Timers and the running probe closed (stop, drop, or a changed configuration). */
+static void hb_quiesce(hb *b)
+{
+    if (b->p)
+        probe_cancel(b->p);
+    if (b->tick_open && !uv_is_closing((uv_handle_t *)&b->tick))
+        uv_close((uv_handle_t *)&b->tick, on_tick_closed);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    hb *b = t->data;
+    if (!b->p && !b->h->stopping)
+        probe_begin(b);
+}
+
+/* Probes every health_interval from now, the first after first_ms. */
+static void hb_schedule(hb *b, uint64_t first_ms)
+{
+    gw_health *h = b->h;
+    if (!h->loop || h->stopping || b->conf.health_interval <= 0)
+        return;
+    if (!b->tick_open) {
+        if (uv_timer_init(h->loop, &b->tick) != 0)
+            return;
+        b->tick.data = b;
+        b->tick_open = true;
+        b->handles++;
+    }
+    uint64_t every = (uint64_t)b->conf.health_interval * 1000;
+    uv_timer_start(&b->tick, on_tick, first_ms, every);
+}
+
+/* The client context of an implicit-TLS probe, as sessions build theirs. */
+static void hb_make_ctx(hb *b)
+{
+    if (b->conf.tls != GW_BE_TLS_IMPLICIT || b->conf.health_interval <= 0)
+        return;
+    char e[256];
+    b->ctx = gw_tls_client_ctx_new(&b->conf, e, sizeof e);
+    if (!b->ctx)
+        GW_LOG_WARN(0, "event=health_tls_failed backend=%s reason=\"%s\"", b->conf.name, e);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * A probe: resolve, connect, (TLS,) read the 220, QUIT. */
+
+static void probe_maybe_free(probe *p)
+{
+    if (p->resolving || p->timer_open || p->c)
+        return;
+    hb *b = p->b;
+    if (b->p == p)
+        b->p = NULL;
+    free(p);
+    hb_release(b);
+}
+
+static void on_probe_timer_closed(uv_handle_t *t)
+{
+    probe *p = t->data;
+    p->timer_open = false;
+    probe_maybe_free(p);
+}
+
+/* The result (once), then everything closed. A cancelled probe records nothing. */
+static void probe_end(probe *p, bool record_it, bool ok, const char *reason)
+{
+    if (!p->finished) {
+        p->finished = true;
+        if (record_it) {
+            gw_health *h = p->b->h;
+            pthread_mutex_lock(&h->lock);
+            record(h, p->b, ok, true, reason);
+            pthread_mutex_unlock(&h->lock);
+        }
+    }
+    if (p->b->p == p)
+        p->b->p = NULL; /* the next tick may start another */
+    if (p->timer_open && !uv_is_closing((uv_handle_t *)&p->timer))
+        uv_close((uv_handle_t *)&p->timer, on_probe_timer_closed);
+    if (p->resolving)
+        uv_cancel((uv_req_t *)&p->gai); /* else its callback comes and sees finished */
+    if (p->c)
+        gw_conn_close(p->c);
+}
+
+static void probe_cancel(probe *p)
+{
+    probe_end(p, false, false, NULL);
+}
+
+static void probe_fail(probe *p, const char *reason)
+{
+    probe_end(p, true, false, reason);
+}
+
+static void on_probe_timeout(uv_timer_t *t)
+{
+    probe *p = t->data;
+    char why[64];
+    snprintf(why, sizeof why, "timeout after %d s", p->b->conf.health_timeout);
+    probe_fail(p, why);
+}
+
+static void on_probe_connect(gw_conn *c, int status)
+{
+    probe *p = c->owner;
+    if (p->finished)
+        return;
+    if (status != 0) {
+        char why[REASON_MAX];
+        if (status == UV_ECONNREFUSED)
+            snprintf(why, sizeof why, "connect refused");
+        else
+            snprintf(why, sizeof why, "connect failed: %s", uv_strerror(status));
+        probe_fail(p, why);
+        return;
+    }
+    hb *b = p->b;
+    if (b->conf.tls == GW_BE_TLS_IMPLICIT) {
+        if (!b->ctx) {
+            probe_fail(p, "no TLS context");
+            return;
+        }
+        const char *host = b->conf.sni[0] ? b->conf.sni : b->conf.address.host;
+        if (gw_conn_attach_tls(c, gw_tls_new_client(b->ctx, GW_TLS_CLIENT_CONTROL, host,
+                                                    b->conf.tls_verify, NULL)) != 0)
+            probe_fail(p, "out of memory");
+        return;
+    }
+    if (gw_conn_start_read(c) != 0)
+        probe_fail(p, "cannot read");
+}
+
+static void on_probe_handshake(gw_conn *c) {}
+
+static void on_probe_data(gw_conn *c, const char *buf, size_t n)
+{
+    probe *p = c->owner;
+    size_t used;
+    while (n > 0 && !p->finished) {
+        int r = gw_reply_feed(&p->rp, (const uint8_t *)buf, n, &used);
+        buf += used;
+        n -= used;
+        if (r == GW_REPLY_AGAIN)
+            return;
+        if (r != GW_REPLY_LINE) {
+            probe_fail(p, r == GW_REPLY_TOOLONG ? "greeting line too long" : "invalid greeting");
+            return;
+        }
+        if (!p->rp.last)
+            continue;
+        if (p->rp.code >= 100 && p->rp.code < 200) /* 120: ready in a while; 220 follows */
+            continue;
+        if (p->rp.code != 220) {
+            char why[32];
+            snprintf(why, sizeof why, "greeted %d", p->rp.code);
+            probe_fail(p, why);
+            return;
+        }
+        /* Up: record it now, then say goodbye politely and close once it is out. */
+        p->finished = true;
+        gw_health *h = p->b->h;
+        pthread_mutex_lock(&h->lock);
+        record(h, p->b, true, true, NULL);
+        pthread_mutex_unlock(&h->lock);
+        gw_conn_write_str(c, "QUIT\r\n");
+        gw_conn_pause(c);
+        gw_conn_shutdown(c);
+        return;
+    }
+}
+
+static void on_probe_eof(gw_conn *c, bool clean)
+{
+    probe *p = c->owner;
+    if (p->finished) {
+        probe_end(p, false, false, NULL);
+        return;
+    }
+    probe_fail(p, "closed before greeting");
+}
+
+static void on_probe_error(gw_conn *c, const char *why)
+{
+    probe *p = c->owner;
+    if (p->finished) {
+        probe_end(p, false, false, NULL);
+        return;
+    }
+    char text[REASON_MAX];
+    if (c->tls && !gw_tls_handshake_done(c->tls))
+        snprintf(text, sizeof text, "TLS handshake failed: %s", why);
+    else
+        snprintf(text, sizeof text, "%s", why);
+    for (char *q = text; *q; q++)
+        if (*q == '"')
+            *q = '\'';
+    probe_fail(p, text);
+}
+
+static void on_probe_drain(gw_conn *c) {}
+
+static void on_probe_shutdown(gw_conn *c, int status)
+{
+    probe_end(c->owner, false, false, NULL);
+}
+
+static void on_probe_close(gw_conn *c)
+{
+    probe *p = c->owner;
+    p->c = NULL;
+    probe_maybe_free(p);
+}
+
+static const gw_conn_ops probe_ops = {
+    .on_connect = on_probe_connect,
+    .on_handshake = on_probe_handshake,
+    .on_data = on_probe_data,
+    .on_eof = on_probe_eof,
+    .on_error = on_probe_error,
+    .on_drain = on_probe_drain,
+    .on_shutdown = on_probe_shutdown,
+    .on_close = on_probe_close,
+};
+
+static void probe_connect(probe *p, const gw_addr *to)
+{
+    p->c = gw_conn_new(p->b->h->loop, &probe_ops, p, 0, "probe");
+    if (!p->c) {
+        probe_fail(p, "out of memory");
+        return;
+    }
+    int r = gw_conn_connect(p->c, to);
+    if (r != 0)
+        on_probe_connect(p->c, r);
+}
+
+static void on_probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    probe *p = req->data;
+    p->resolving = false;
+    gw_addr to = {0};
+    if (status == 0 && res) {
+        const struct addrinfo *pick = res;
+        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+            if (ai->ai_family == AF_INET) { /* as sessions pick: IPv4 first */
+                pick = ai;
+                break;
+            }
+        gw_addr_from_sockaddr(&to, pick->ai_addr);
+        to.port = p->b->conf.address.port;
+    }
+    uv_freeaddrinfo(res);
+    if (!p->finished) {
+        if (to.family)
+            probe_connect(p, &to);
+        else
+            probe_fail(p, "cannot resolve the address");
+    }
+    probe_maybe_free(p);
+}
+
+static void probe_begin(hb *b)
+{
+    gw_health *h = b->h;
+    probe *p = calloc(1, sizeof *p);
+    if (!p)
+        return;
+    p->b = b;
+    gw_reply_init(&p->rp);
+    if (uv_timer_init(h->loop, &p->timer) != 0) {
+        free(p);
+        return;
+    }
+    b->handles++;
+    b->p = p;
+    p->timer.data = p;
+    p->timer_open = true;
+    uv_timer_start(&p->timer, on_probe_timeout, (uint64_t)b->conf.health_timeout * 1000, 0);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    p->gai.data = p;
+    p->resolving = true;
+    int r = uv_getaddrinfo(h->loop, &p->gai, on_probe_resolved, b->conf.address.host, NULL, &hints);
+    if (r != 0) {
+        p->resolving = false;
+        probe_fail(p, "cannot resolve the address");
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Configuration, start, stop */
+
+static bool same_key(const gw_backend_conf *a, const gw_backend_conf *b)
+{
+    return strcmp(a->name, b->name) == 0 && strcmp(a->address.host, b->address.host) == 0 &&
+           a->address.port == b->address.port;
+}
+
+/* Out of the table (the lock is held): freed now, or once its handles have closed. */
+static void hb_drop(gw_health *h, hb *b)
+{
+    b->dropped = true;
+    hb_quiesce(b);
+    if (b->handles == 0) {
+        hb_free(b);
+        return;
+    }
+    b->next_dropped = h->dropped;
+    h->dropped = b;
+}
+
+int gw_health_configure(gw_health *h, const gw_config *cfg)
+{
+    hb *next[GW_MAX_BACKENDS] = {0};
+    bool fresh[GW_MAX_BACKENDS] = {0};
+    pthread_mutex_lock(&h->lock);
+    hb *old[GW_MAX_BACKENDS];
+    int n_old = h->n;
+    memcpy(old, h->b, sizeof old);
+    for (int i = 0; i < cfg->n_backends; i++) {
+        const gw_backend_conf *bc = &cfg->backends[i];
+        for (int j = 0; j < n_old; j++)
+            if (old[j] && same_key(&old[j]->conf, bc)) {
+                next[i] = old[j];
+                old[j] = NULL;
+                break;
+            }
+        if (!next[i]) {
+            next[i] = calloc(1, sizeof *next[i]);
+            if (!next[i]) {
+                for (int k = 0; k < i; k++)
+                    if (fresh[k])
+                        free(next[k]);
+                pthread_mutex_unlock(&h->lock);
+                return -1;
+            }
+            fresh[i] = true;
+            next[i]->h = h;
+            next[i]->up = true;
+        }
+    }
+    for (int j = 0; j < n_old; j++)
+        if (old[j])
+            hb_drop(h, old[j]);
+    for (int i = 0; i < cfg->n_backends; i++) {
+        hb *b = next[i];
+        bool changed = fresh[i] || memcmp(&b->conf, &cfg->backends[i], sizeof b->conf) != 0;
+        b->conf = cfg->backends[i];
+        if (b->conf.health_interval == 0 && !b->up) {
+            b->up = true; /* no probes: never down */
+            GW_LOG_INFO(0, "event=backend_up backend=%s note=\"health_interval = 0\"",
+                        b->conf.name);
+        }
+        if (!changed)
+            continue;
+        /* New settings: a running probe is cancelled and the timer restarted. */
+        b->good = b->bad = 0;
+        if (b->p)
+            probe_cancel(b->p);
+        gw_tls_ctx_free(b->ctx);
+        b->ctx = NULL;
+        hb_make_ctx(b);
+        if (b->conf.health_interval > 0)
+            hb_schedule(b, fresh[i] ? 0 : (uint64_t)b->conf.health_interval * 1000);
+        else if (b->tick_open)
+            uv_timer_stop(&b->tick);
+    }
+    h->n = cfg->n_backends;
+    memcpy(h->b, next, sizeof next);
+    /* Frontends keep their "unavailable" flag by name, so a reload logs no transition
+     * that did not happen. */
+    hfe fe[GW_MAX_FRONTENDS];
+    memset(fe, 0, sizeof fe);
+    for (int i = 0; i < cfg->n_frontends; i++) {
+        const gw_frontend_conf *fc = &cfg->frontends[i];
+        snprintf(fe[i].name, sizeof fe[i].name, "%s", fc->name);
+        fe[i].n = fc->n_backends;
+        for (int j = 0; j < fc->n_backends; j++)
+            snprintf(fe[i].backends[j], GW_NAME_MAX, "%s", cfg->backends[fc->backend_list[j]].name);
+        for (int k = 0; k < h->n_fe; k++)
+            if (strcmp(h->fe[k].name, fc->name) == 0)
+                fe[i].unavailable = h->fe[k].unavailable;
+    }
+    h->n_fe = cfg->n_frontends;
+    memcpy(h->fe, fe, sizeof fe);
+    check_frontends(h);
+    pthread_mutex_unlock(&h->lock);
+    return 0;
+}
+
+int gw_health_start(gw_health *h, uv_loop_t *loop)
+{
+    h->loop = loop;
+    for (int i = 0; i < h->n; i++)
+        hb_schedule(h->b[i], 0);
+    return 0;
+}
+
+void gw_health_stop(gw_health *h)
+{
+    if (!h || h->stopping)
+        return;
+    h->stopping = true;
+    for (int i = 0; i < h->n; i++)
+        hb_quiesce(h->b[i]);
+}
+
+void gw_health_free(gw_health *h)
+{
+    if (!h)
+        return;
+    for (int i = 0; i < h->n; i++)
+        hb_free(h->b[i]);
+    while (h->dropped) {
+        hb *b = h->dropped;
+        h->dropped = b->next_dropped;
+        hb_free(b);
+    }
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
