@@ -97,12 +97,17 @@ test: deps
 	@$(MAKE) --no-print-directory unit integration
 
 # The named subset that CI runs under valgrind: dialogue, files <= 1 MiB, ABOR, faults, and
-# the splice relay (its bytes stay in the kernel, so 24 MiB cost valgrind little), workers.
+# the splice relay (its bytes stay in the kernel, so 24 MiB cost valgrind little), workers,
+# the real-client sessions (REIN pipelining, refused data legs), backend quirks, health
+# probes and balancing. Left out: the 30-URL and 50-transfer cases (minutes under valgrind).
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite
 VALGRIND_TESTS ?= tests/integration/test_implicit.py tests/integration/test_explicit_tls.py \
 	tests/integration/test_splice.py tests/integration/test_workers.py \
-	-k "not 64 and not parallel and not fd_count and not upload_series and not slow_backend"
+	tests/integration/test_client_sessions.py tests/integration/test_backend_quirks.py \
+	tests/integration/test_health.py tests/integration/test_balance.py \
+	-k "not 64 and not parallel and not fd_count and not upload_series and not slow_backend \
+	and not curl_30 and not fresh_ticket"
 valgrind: build/ftpsgate
 	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS)
 

@@ -513,6 +513,19 @@ static void hb_drop(gw_health *h, hb *b)
     h->dropped = b;
 }
 
+/* What a probe depends on. Field by field: the strings' bytes past their NUL are not
+ * defined (a memcmp of the structs read uninitialised memory under valgrind). */
+static bool probe_conf_same(const gw_backend_conf *a, const gw_backend_conf *b)
+{
+    return strcmp(a->address.host, b->address.host) == 0 && a->address.port == b->address.port &&
+           a->tls == b->tls && a->tls_verify == b->tls_verify &&
+           strcmp(a->ca_file, b->ca_file) == 0 && strcmp(a->sni, b->sni) == 0 &&
+           a->min_version == b->min_version && a->max_version == b->max_version &&
+           strcmp(a->ciphers, b->ciphers) == 0 && a->health_interval == b->health_interval &&
+           a->health_timeout == b->health_timeout && a->health_rise == b->health_rise &&
+           a->health_fall == b->health_fall;
+}
+
 int gw_health_configure(gw_health *h, const gw_config *cfg)
 {
     hb *next[GW_MAX_BACKENDS] = {0};
@@ -548,7 +561,7 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             hb_drop(h, old[j]);
     for (int i = 0; i < cfg->n_backends; i++) {
         hb *b = next[i];
-        bool changed = fresh[i] || memcmp(&b->conf, &cfg->backends[i], sizeof b->conf) != 0;
+        bool changed = fresh[i] || !probe_conf_same(&b->conf, &cfg->backends[i]);
         b->conf = cfg->backends[i];
         if (b->conf.health_interval == 0 && !b->up) {
             b->up = true; /* no probes: never down */
