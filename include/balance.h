@@ -26,9 +26,10 @@ bool gw_balance_eligible(const gw_bal_cand *c, int i, uint32_t exclude);
 
 /* Pick one of c[0..n-1] (n <= GW_MAX_BACKENDS) by policy, skipping those whose bit is set in
  * exclude (already tried by this session) and those not eligible. rnd: a random number from
- * the caller (random); key/keylen: the client address bytes (source). Returns the index, or
- * -1 when none is eligible. Under source the same key gets the same backend while it is
- * eligible; when it is not, the next eligible one in the same order. */
+ * the caller (random); key/keylen: the client address bytes (source) or the USER name
+ * (user). Returns the index, or -1 when none is eligible. Under source and user the same key
+ * gets the same backend while it is eligible; when it is not, the next eligible one in the
+ * same order. */
 int gw_balance_pick(enum gw_balance policy, const gw_bal_cand *c, int n, gw_bal_state *st,
                     uint32_t exclude, uint32_t rnd, const uint8_t *key, size_t keylen);
 

@@ -23,7 +23,8 @@ enum gw_balance {
     GW_BALANCE_ROUNDROBIN = 0,
     GW_BALANCE_LEASTCONN,
     GW_BALANCE_RANDOM,
-    GW_BALANCE_SOURCE
+    GW_BALANCE_SOURCE,
+    GW_BALANCE_USER /* hash of the USER name: needs the gateway's own greeting */
 };
 enum gw_tls_version {
     GW_TLS_ANY = 0,
@@ -50,6 +51,8 @@ typedef struct gw_frontend_conf {
     bool require_tls;
     bool require_prot_p;
     bool allow_ccc;
+    bool route_user;                /* USER name@BACKEND picks BACKEND */
+    char greeting[GW_HOST_MAX];     /* set: the gateway greets itself ("220 <greeting>") */
     char pasv_address[GW_HOST_MAX]; /* empty: local address of the control connection */
     uint16_t pasv_port_min, pasv_port_max;
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
@@ -95,6 +98,12 @@ typedef struct gw_config {
     gw_frontend_conf frontends[GW_MAX_FRONTENDS];
     gw_backend_conf backends[GW_MAX_BACKENDS];
 } gw_config;
+
+/* Does this frontend send its own 220 and open the backend connection at USER? (greeting
+ * set, balance = user or route_user = yes) */
+bool gw_fe_self_greets(const gw_frontend_conf *fc);
+/* The text after "220 " of such a frontend's greeting. */
+const char *gw_fe_greeting(const gw_frontend_conf *fc);
 
 /* The embedded default configuration (INI text) used when no -c is given. */
 extern const char gw_config_default_ini[];

@@ -115,6 +115,19 @@
 #define GW_R_XFER_NO_CLOSE_NOTIFY "426 Transfer aborted: upload ended without TLS close_notify.\r\n"
 #define GW_R_REIN_PIPELINED "503 Command sent before REIN completed; send it again.\r\n"
 
+/* Frontends that greet themselves (greeting, balance = user, route_user): before USER there
+ * is no backend, the gateway answers these itself. */
+#define GW_R_PRELOGIN "530 Please login with USER and PASS.\r\n"
+#define GW_R_SYST "215 UNIX Type: L8\r\n"
+#define GW_R_NOOP_OK "200 NOOP ok.\r\n"
+#define GW_R_HELP "214 Log in with USER and PASS; the server's help follows login.\r\n"
+#define GW_R_OPTS_UTF8_OK "200 UTF8 mode on.\r\n"
+#define GW_R_GOODBYE "221 Goodbye.\r\n"
+#define GW_R_ROUTE_UNKNOWN "530 Unknown server in USER name@server.\r\n"
+#define GW_R_ROUTE_REIN_OTHER "530 This session stays on its server (REIN keeps it).\r\n"
+/* one %s: the frontend's greeting text */
+#define GW_R_FMT_GREETING "220 %s\r\n"
+
 /* printf formats: one %s, the reason. Not fixed texts, so not in GW_REPLY_TEXTS. */
 #define GW_R_FMT_BACKEND_TLS_FAILED "421 Service not available: backend TLS failed (%s).\r\n"
 /* one %d: the code of a greeting other than 120/220 */
@@ -124,6 +137,14 @@
 #define GW_REPLY_TEXTS(X)                                                                          \
     X(GW_R_REIN_OK)                                                                                \
     X(GW_R_REIN_PIPELINED)                                                                         \
+    X(GW_R_PRELOGIN)                                                                               \
+    X(GW_R_SYST)                                                                                   \
+    X(GW_R_NOOP_OK)                                                                                \
+    X(GW_R_HELP)                                                                                   \
+    X(GW_R_OPTS_UTF8_OK)                                                                           \
+    X(GW_R_GOODBYE)                                                                                \
+    X(GW_R_ROUTE_UNKNOWN)                                                                          \
+    X(GW_R_ROUTE_REIN_OTHER)                                                                       \
     X(GW_R_FEAT_END)                                                                               \
     X(GW_R_SYNTAX)                                                                                 \
     X(GW_R_LINE_TOO_LONG)                                                                          \

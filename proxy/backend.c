@@ -37,9 +37,14 @@ bool gw_backend_choose(gw_session *s)
                                  .up = !(s->be_tried & (1u << i)) &&
                                        (!h || gw_health_is_up(h, be->conf->name))};
         }
+        const uint8_t *key = s->client_peer.ip;
         size_t keylen = s->client_peer.family == 6 ? 16 : 4;
+        if (fe->conf->balance == GW_BALANCE_USER) { /* the name sent to the backend */
+            key = (const uint8_t *)s->be_user;
+            keylen = strlen(s->be_user);
+        }
         int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, s->be_tried,
-                                next_random(s->id), s->client_peer.ip, keylen);
+                                next_random(s->id), key, keylen);
         if (i < 0)
             return false;
         gw_backend_rt *be = fe->backends[i];
@@ -58,6 +63,24 @@ bool gw_backend_choose(gw_session *s)
     }
 }
 
+bool gw_backend_choose_index(gw_session *s, int i)
+{
+    gw_backend_rt *be = s->fe->backends[i];
+    int now = atomic_fetch_add(be->live, 1) + 1;
+    if (be->conf->max_sessions > 0 && now > be->conf->max_sessions) {
+        atomic_fetch_sub(be->live, 1);
+        GW_LOG_WARN(s->id, "event=backend_full backend=%s policy=route_user", be->conf->name);
+        return false;
+    }
+    s->be_tried |= 1u << i;
+    s->be = be;
+    s->be_counted = true;
+    s->be_pinned = true;
+    GW_LOG_INFO(s->id, "event=backend_chosen backend=%s policy=route_user live=%d", be->conf->name,
+                now);
+    return true;
+}
+
 void gw_backend_uncount(gw_session *s)
 {
     if (s->be_counted)
@@ -74,7 +97,7 @@ bool gw_backend_failover(gw_session *s, const char *reason)
         if (s->fe->gen->health)
             gw_health_report(s->fe->gen->health, s->be->conf->name, false, reason);
     }
-    if (s->be_committed || s->be_resolving)
+    if (s->be_committed || s->be_resolving || s->be_pinned)
         return false;
     gw_backend_rt *from = s->be;
     gw_backend_uncount(s);
@@ -110,6 +133,20 @@ void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending)
 void gw_backend_ready(gw_session *s)
 {
     gw_sess_set_backend_state(s, BS_READY);
+    if (s->user_waiting) {
+        /* self_greet: the client's OPTS UTF8 ON (answered by the gateway), then its USER,
+         * whose reply is the answer to the client's USER. */
+        if (s->utf8_replay) {
+            s->utf8_replay = false;
+            gw_backend_send(s, "OPTS UTF8 ON", PEND_BE_OPTS);
+            return;
+        }
+        s->user_waiting = false;
+        char line[GW_CMD_LINE_MAX + 8];
+        snprintf(line, sizeof line, s->be_user[0] ? "USER %s" : "USER", s->be_user);
+        gw_backend_send(s, line, PEND_RELAY);
+        return;
+    }
     if (s->be_after_login) {
         s->be_after_login = false;
         if (s->cur.held)
@@ -170,7 +207,7 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
 {
     /* RFC 959: 120 (ready in nnn minutes) comes before the 220. Any other greeting is
      * not relayed (a 230 or 5xx would mislead the client): it gets a 421 naming it. */
-    if (!s->swallow_greeting && (r->code == 120 || r->code == 220))
+    if (!s->swallow_greeting && !s->self_greet && (r->code == 120 || r->code == 220))
         gw_sess_reply(s, r->line);
     if (!r->last || r->code == 120)
         return;

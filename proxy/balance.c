@@ -117,6 +117,7 @@ int gw_balance_pick(enum gw_balance policy, const gw_bal_cand *c, int n, gw_bal_
     case GW_BALANCE_RANDOM:
         return pick_random(c, n, exclude, rnd);
     case GW_BALANCE_SOURCE:
+    case GW_BALANCE_USER: /* the key is the USER name instead of the client address */
         return pick_source(c, n, exclude, key, keylen);
     case GW_BALANCE_ROUNDROBIN:
     default:
@@ -133,6 +134,8 @@ const char *gw_balance_name(enum gw_balance policy)
         return "random";
     case GW_BALANCE_SOURCE:
         return "source";
+    case GW_BALANCE_USER:
+        return "user";
     default:
         return "roundrobin";
     }

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "data.h"
+#include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
 
@@ -116,6 +117,7 @@ static void cmd_rein(gw_session *s)
     if (s->tls_up)
         answer_queued_before_reset(s);
     s->logged_in = s->user_sent = s->prot_p = s->pbsz = s->epsv_all = s->ccc = false;
+    s->user_waiting = s->utf8_replay = false;
     s->be_prot_p = s->be_prot_later = s->be_after_login = false;
     s->started_ms = s->last_active_ms = gw_sess_now(s);
     if (s->backend)
@@ -133,6 +135,8 @@ static void cmd_rein(gw_session *s)
         gw_sess_set_client_state(s, CS_HANDSHAKE); /* a new ClientHello, then a fresh greeting */
         return;
     }
+    if (s->self_greet)
+        return; /* the 220 above is the greeting; the same backend is connected at USER */
     s->swallow_greeting = true;
     gw_backend_connect(s);
 }
@@ -276,6 +280,113 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
 
 static void cmd_abort(gw_session *s);
 
+/* self_greet frontends before their backend exists: the gateway's own FEAT, the lines it
+ * honours without a backend (after login FEAT is the backend's, rewritten, as always). */
+static void cmd_feat_own(gw_session *s)
+{
+    static const char own[] = "211-Features:\r\n UTF8\r\n211 End\r\n";
+    char out[512];
+    gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
+                      .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
+    if (gw_feat_rewrite(own, sizeof own - 1, &o, out, sizeof out))
+        gw_sess_reply(s, out);
+    else
+        gw_sess_reply(s, GW_R_FEAT_END);
+}
+
+/* USER on a self_greet frontend: route_user takes BACKEND from name@BACKEND (the last '@'),
+ * balance = user hashes the name, else the frontend's policy; then the backend is connected
+ * and gets "USER name" once it is ready (gw_backend_ready). After REIN the session keeps its
+ * backend: another name@BACKEND gets 530. */
+static void cmd_user_routed(gw_session *s, const char *arg)
+{
+    char name[GW_CMD_LINE_MAX + 1];
+    snprintf(name, sizeof name, "%s", arg);
+    int want = -1;
+    char *at = s->fe->conf->route_user ? strrchr(name, '@') : NULL;
+    if (at) {
+        *at = 0;
+        for (int i = 0; i < s->fe->n_backends; i++)
+            if (strcmp(s->fe->backends[i]->conf->name, at + 1) == 0) {
+                want = i;
+                break;
+            }
+        if (want < 0) {
+            GW_LOG_INFO(s->id, "event=route_refused backend=\"%.64s\" reason=unknown", at + 1);
+            gw_sess_reply(s, GW_R_ROUTE_UNKNOWN);
+            return;
+        }
+        if (s->be && s->fe->backends[want] != s->be) {
+            GW_LOG_INFO(s->id, "event=route_refused backend=%s reason=\"the session keeps %s\"",
+                        at + 1, s->be->conf->name);
+            gw_sess_reply(s, GW_R_ROUTE_REIN_OTHER);
+            return;
+        }
+    }
+    s->user_sent = true;
+    size_t n = strnlen(name, sizeof s->user - 1); /* the transfer log's copy may be cut */
+    memcpy(s->user, name, n);
+    s->user[n] = 0;
+    snprintf(s->be_user, sizeof s->be_user, "%s", name);
+    if (s->backend) { /* connected already: a second USER */
+        char line[GW_CMD_LINE_MAX + 8];
+        snprintf(line, sizeof line, name[0] ? "USER %s" : "USER", name);
+        gw_backend_send(s, line, PEND_RELAY);
+        return;
+    }
+    if (!s->be) {
+        bool ok = want >= 0 ? gw_backend_choose_index(s, want) : gw_backend_choose(s);
+        if (!ok) {
+            gw_sess_fail(s, want >= 0 ? GW_R_TOO_MANY_CONNECTIONS : GW_R_UNAVAILABLE,
+                         "no backend available");
+            return;
+        }
+    }
+    s->user_waiting = true;
+    gw_backend_connect(s);
+}
+
+/* self_greet and no backend yet: true when the gateway answered the command itself. */
+static bool cmd_before_backend(gw_session *s, const gw_cmd_def *def, const char *arg)
+{
+    switch (def->id) {
+    case GW_CMD_AUTH:
+    case GW_CMD_PBSZ:
+    case GW_CMD_PROT:
+    case GW_CMD_CCC:
+    case GW_CMD_REIN:
+    case GW_CMD_USER:
+        return false; /* the gateway's own in any case */
+    case GW_CMD_FEAT:
+        cmd_feat_own(s);
+        break;
+    case GW_CMD_SYST:
+        gw_sess_reply(s, GW_R_SYST);
+        break;
+    case GW_CMD_NOOP:
+        gw_sess_reply(s, GW_R_NOOP_OK);
+        break;
+    case GW_CMD_HELP:
+        gw_sess_reply(s, GW_R_HELP);
+        break;
+    case GW_CMD_OPTS:
+        if (strcasecmp(arg, "UTF8 ON") == 0 || strcasecmp(arg, "UTF8") == 0) {
+            s->utf8_replay = true; /* sent to the backend once it greets */
+            gw_sess_reply(s, GW_R_OPTS_UTF8_OK);
+        } else {
+            gw_sess_reply(s, GW_R_PRELOGIN);
+        }
+        break;
+    case GW_CMD_QUIT:
+        gw_sess_fail(s, GW_R_GOODBYE, "quit");
+        break;
+    default:
+        gw_sess_reply(s, GW_R_PRELOGIN);
+        break;
+    }
+    return true;
+}
+
 static void handle_command(gw_session *s, const char *line)
 {
     gw_cmd cmd;
@@ -292,6 +403,8 @@ static void handle_command(gw_session *s, const char *line)
     memset(&s->cur, 0, sizeof s->cur);
     snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);
     if (gate_before_tls(s, def))
+        return;
+    if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
         cmd_transfer(s, line, cmd.verb, (def->flags & GW_CMDF_UPLOAD) != 0);
@@ -335,6 +448,10 @@ static void handle_command(gw_session *s, const char *line)
         cmd_abort(s);
         break;
     case GW_CMD_USER:
+        if (s->self_greet) {
+            cmd_user_routed(s, cmd.arg);
+            break;
+        }
         s->user_sent = true;
         snprintf(s->user, sizeof s->user, "%s", cmd.arg);
         gw_backend_send(s, line, PEND_RELAY);

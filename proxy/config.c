@@ -416,6 +416,7 @@ static const struct word w_balance[] = {{"roundrobin", GW_BALANCE_ROUNDROBIN},
                                         {"leastconn", GW_BALANCE_LEASTCONN},
                                         {"random", GW_BALANCE_RANDOM},
                                         {"source", GW_BALANCE_SOURCE},
+                                        {"user", GW_BALANCE_USER},
                                         {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
@@ -454,6 +455,8 @@ static const struct keydef keys[] = {
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
+    {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
+    {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
     {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
@@ -1099,4 +1102,14 @@ const char *gw_config_key(size_t i, const char **section)
     if (section)
         *section = names[keys[i].sect];
     return keys[i].name;
+}
+
+bool gw_fe_self_greets(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+}
+
+const char *gw_fe_greeting(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] ? fc->greeting : "FTP gateway ready";
 }

@@ -454,6 +454,10 @@ void gw_relay_line(gw_session *s, gw_reply_parser *r)
     case PEND_BE_PROT:
         gw_backend_tls_reply(s, r);
         return;
+    case PEND_BE_OPTS:
+        if (r->last) /* swallowed: the client had its 200 from the gateway */
+            gw_backend_ready(s);
+        return;
     case PEND_PASV:
         on_pasv_reply(s, r);
         return;

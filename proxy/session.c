@@ -22,8 +22,8 @@ static const char *const client_state_names[] = {"handshake", "ready", "auth", "
 static const char *const backend_state_names[] = {"idle", "connecting", "greeting",
                                                   "tls",  "ready",      "closed"};
 static const char *const pending_names[] = {
-    "none", "greeting", "relay", "pasv",    "port",    "abort",
-    "feat", "transfer", "quit",  "be_auth", "be_pbsz", "be_prot",
+    "none",     "greeting", "relay",   "pasv",    "port",    "abort",   "feat",
+    "transfer", "quit",     "be_auth", "be_pbsz", "be_prot", "be_opts",
 };
 
 static void on_tick(uv_timer_t *t);
@@ -65,6 +65,16 @@ void gw_sess_reply(gw_session *s, const char *text)
 {
     if (s->client && s->cstate == CS_READY)
         gw_conn_write_str(s->client, text);
+}
+
+void gw_sess_greet(gw_session *s)
+{
+    char text[GW_HOST_MAX + 8];
+    snprintf(text, sizeof text, GW_R_FMT_GREETING, gw_fe_greeting(s->fe->conf));
+    for (char *p = text + 4; p < text + strlen(text) - 2; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' '; /* one reply line, whatever the configuration holds */
+    gw_sess_reply(s, text);
 }
 
 void gw_sess_release(gw_session *s)
@@ -245,6 +255,11 @@ static void on_client_handshake(gw_conn *c)
     /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
     s->prot_p = s->pbsz = true;
     gw_sess_set_client_state(s, CS_READY);
+    if (s->self_greet) {
+        gw_sess_greet(s);
+        gw_cmdq_pump(s);
+        return;
+    }
     gw_backend_connect(s);
 }
 
@@ -324,6 +339,22 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = gw_sess_now(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
+    if (gw_fe_self_greets(fe->conf)) {
+        /* The backend is chosen and connected at USER (routing needs the name). */
+        s->self_greet = true;
+        int r = 0;
+        if (fe->conf->mode == GW_FE_IMPLICIT) {
+            r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+        } else {
+            gw_sess_set_client_state(s, CS_READY);
+            r = gw_conn_start_read(s->client);
+            if (r == 0)
+                gw_sess_greet(s);
+        }
+        if (r != 0)
+            gw_sess_fail(s, NULL, uv_strerror(r));
+        return s;
+    }
     bool chosen = gw_backend_choose(s);
     if (!chosen)
         GW_LOG_DEBUG(s->id, "event=no_backend frontend=%s", fe->conf->name);

@@ -50,6 +50,7 @@ enum gw_pending {
     PEND_BE_AUTH, /* internal AUTH TLS toward the backend (234, then the handshake) */
     PEND_BE_PBSZ, /* internal PBSZ 0 toward the backend */
     PEND_BE_PROT, /* internal PROT P toward the backend */
+    PEND_BE_OPTS, /* internal OPTS UTF8 ON (the client had the gateway's 200): swallowed */
 };
 
 /* What one command carries across its round trip to the backend and back. Reset when the
@@ -83,6 +84,10 @@ struct gw_session {
     bool be_counted;        /* be->live counts this session */
     bool be_committed;      /* a 220 arrived: the client talks to this backend, no failover */
     bool be_reported;       /* this connect attempt's outcome went to health */
+    bool be_pinned;         /* route_user named it: no failover to another */
+    bool self_greet;        /* the gateway sent the 220; the backend is connected at USER */
+    bool user_waiting;      /* self_greet: the client's USER waits for the backend's 220 */
+    bool utf8_replay;       /* self_greet: send OPTS UTF8 ON to the backend before USER */
     bool be_resolving;      /* uv_getaddrinfo pending on resolve_req */
     uint64_t be_attempt_ms; /* the current connect attempt started (connect_timeout) */
     uv_loop_t *loop;
@@ -104,6 +109,7 @@ struct gw_session {
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
     char user[64];      /* the USER argument, for the transfer log (never the password) */
+    char be_user[GW_CMD_LINE_MAX + 1]; /* self_greet: the name sent to the backend's USER */
     char data_fail_reply[128];
     bool prot_p, pbsz, logged_in, epsv_all, user_sent;
     bool tls_up;           /* the control connection is protected now */
@@ -130,6 +136,8 @@ void gw_sess_set_pending(gw_session *s, enum gw_pending p);
 uint64_t gw_sess_now(gw_session *s);
 /* A reply to the client (dropped unless its control leg is ready). */
 void gw_sess_reply(gw_session *s, const char *text);
+/* self_greet: the frontend's own "220 <greeting>". */
+void gw_sess_greet(gw_session *s);
 /* Append to a held buffer (cut at max). */
 void gw_sess_append(char **buf, size_t *len, const char *p, size_t n, size_t max);
 void gw_sess_drop_data(gw_session *s, bool ok);
@@ -149,6 +157,9 @@ void gw_cmdq_pump(gw_session *s);
 /* Choose s->be among the frontend's eligible backends not tried yet (counted in its live
  * sessions, logged). false when none is eligible. */
 bool gw_backend_choose(gw_session *s);
+/* route_user: s->be = the frontend's backends[i], whatever the policy and health (pinned:
+ * no failover). false when it is full. */
+bool gw_backend_choose_index(gw_session *s, int i);
 /* s->be no longer counts this session (at its end, or when it fails over). */
 void gw_backend_uncount(gw_session *s);
 /* A connect attempt failed before the 220: reported to health; when nothing of the client's

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "balance.h"
@@ -147,11 +148,44 @@ static void test_source(void **state)
         assert_true(seen[i] >= 8);
 }
 
+/* balance = user: the USER name is the key; sticky, next in order when down, spread. */
+static void test_user(void **state)
+{
+    (void)state;
+    gw_bal_cand c[3];
+    gw_bal_state st;
+    memset(&st, 0, sizeof st);
+    cands(c, 3, (int[]){1, 1, 1});
+    int seen[3] = {0};
+    for (int k = 0; k < 60; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "user%d", k);
+        const uint8_t *key = (const uint8_t *)name;
+        size_t len = strlen(name);
+        int first = gw_balance_pick(GW_BALANCE_USER, c, 3, &st, 0, (uint32_t)k, key, len);
+        assert_true(first >= 0);
+        seen[first]++;
+        for (int again = 0; again < 5; again++)
+            assert_int_equal(
+                gw_balance_pick(GW_BALANCE_USER, c, 3, &st, 0, (uint32_t)again, key, len), first);
+        c[first].up = false;
+        assert_int_equal(gw_balance_pick(GW_BALANCE_USER, c, 3, &st, 0, 0, key, len),
+                         (first + 1) % 3);
+        c[first].up = true;
+        /* failover: the home backend tried already, the next in hash order */
+        assert_int_equal(gw_balance_pick(GW_BALANCE_USER, c, 3, &st, 1u << first, 0, key, len),
+                         (first + 1) % 3);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_true(seen[i] >= 8);
+    assert_string_equal(gw_balance_name(GW_BALANCE_USER), "user");
+}
+
 static void test_exclusions_and_none(void **state)
 {
     (void)state;
     const enum gw_balance all[] = {GW_BALANCE_ROUNDROBIN, GW_BALANCE_LEASTCONN, GW_BALANCE_RANDOM,
-                                   GW_BALANCE_SOURCE};
+                                   GW_BALANCE_SOURCE, GW_BALANCE_USER};
     uint8_t key[4] = {127, 0, 0, 1};
     for (size_t p = 0; p < sizeof all / sizeof all[0]; p++) {
         gw_bal_cand c[3];
@@ -181,11 +215,9 @@ static void test_exclusions_and_none(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundrobin),
-        cmocka_unit_test(test_leastconn),
-        cmocka_unit_test(test_random),
-        cmocka_unit_test(test_source),
-        cmocka_unit_test(test_exclusions_and_none),
+        cmocka_unit_test(test_roundrobin), cmocka_unit_test(test_leastconn),
+        cmocka_unit_test(test_random),     cmocka_unit_test(test_source),
+        cmocka_unit_test(test_user),       cmocka_unit_test(test_exclusions_and_none),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
