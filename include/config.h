@@ -57,6 +57,7 @@ typedef struct gw_frontend_conf {
     uint16_t pasv_port_min, pasv_port_max;
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
+    char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {
@@ -104,6 +105,10 @@ typedef struct gw_config {
 bool gw_fe_self_greets(const gw_frontend_conf *fc);
 /* The text after "220 " of such a frontend's greeting. */
 const char *gw_fe_greeting(const gw_frontend_conf *fc);
+
+/* Virtual hosts: does name (an SNI or HOST argument) match one of list ("a.example.org,
+ * *.example.org": case-insensitive, a wildcard stands for exactly one label)? */
+bool gw_server_name_match(const char *list, const char *name);
 
 /* The embedded default configuration (INI text) used when no -c is given. */
 extern const char gw_config_default_ini[];

@@ -125,6 +125,12 @@
 #define GW_R_GOODBYE "221 Goodbye.\r\n"
 #define GW_R_ROUTE_UNKNOWN "530 Unknown server in USER name@server.\r\n"
 #define GW_R_ROUTE_REIN_OTHER "530 This session stays on its server (REIN keeps it).\r\n"
+/* Virtual hosts (RFC 7151 HOST, TLS SNI) */
+#define GW_R_HOST_OK "220 Host accepted.\r\n"
+#define GW_R_HOST_UNKNOWN "504 Unknown host.\r\n"
+#define GW_R_HOST_OTHER "504 HOST names another host than the TLS server name.\r\n"
+#define GW_R_HOST_LATE "503 HOST must come before USER.\r\n"
+#define GW_R_HOST_NONE "530 No host chosen: send HOST first.\r\n"
 /* one %s: the frontend's greeting text */
 #define GW_R_FMT_GREETING "220 %s\r\n"
 
@@ -145,6 +151,11 @@
     X(GW_R_GOODBYE)                                                                                \
     X(GW_R_ROUTE_UNKNOWN)                                                                          \
     X(GW_R_ROUTE_REIN_OTHER)                                                                       \
+    X(GW_R_HOST_OK)                                                                                \
+    X(GW_R_HOST_UNKNOWN)                                                                           \
+    X(GW_R_HOST_OTHER)                                                                             \
+    X(GW_R_HOST_LATE)                                                                              \
+    X(GW_R_HOST_NONE)                                                                              \
     X(GW_R_FEAT_END)                                                                               \
     X(GW_R_SYNTAX)                                                                                 \
     X(GW_R_LINE_TOO_LONG)                                                                          \

@@ -48,6 +48,10 @@ typedef struct gw_frontend {
     int n_backends;
     gw_backend_rt *backends[GW_MAX_BACKENDS]; /* conf->backend_list, in its order */
     gw_bal_state bal; /* selection state: this worker's, the one mutable part */
+    /* Virtual hosts: the frontend whose listener accepts for this one (of those sharing its
+     * address, the one without server_name, else the first); itself when alone. */
+    struct gw_frontend *vh_listen;
+    bool vhosted; /* shares its address or has server_name: the gateway greets, SNI/HOST pick */
 } gw_frontend;
 
 struct gw_generation {
@@ -71,6 +75,10 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
 void gw_generation_ref(gw_generation *g);
 /* The last reference frees it (TLS contexts, transfer log). */
 void gw_generation_unref(gw_generation *g);
+
+/* Virtual hosts: of the frontends listening with lfe (lfe->vh_listen == lfe), the one whose
+ * server_name matches name, else the one without server_name, else NULL. */
+gw_frontend *gw_vhost_find(gw_frontend *lfe, const char *name);
 
 /* host (a name or an IP literal) and port to an address, IPv4 preferred (blocking: for
  * configuration only). 0 or -1. */

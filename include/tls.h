@@ -36,6 +36,14 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
                                size_t errcap);
 void gw_tls_ctx_free(SSL_CTX *ctx);
 
+/* Virtual hosts: pick(arg, name) gives the context for a client's SNI name (the handshake
+ * switches to it: its certificate), or NULL to refuse the handshake (unrecognized_name).
+ * Without SNI the context stays. pick is the same function for every context. */
+typedef SSL_CTX *(*gw_tls_sni_pick)(void *arg, const char *name);
+void gw_tls_server_ctx_set_sni(SSL_CTX *ctx, gw_tls_sni_pick pick, void *arg);
+/* The SNI name a server engine's client sent, NULL when none. */
+const char *gw_tls_sni(const gw_tls *t);
+
 /* Make sure DIR holds a self-signed certificate and key (creating them if missing); writes
  * their paths. 0 or -1 with a message. */
 int gw_tls_ensure_selfsigned(const char *dir, char *cert, char *key, size_t cap, char *err,

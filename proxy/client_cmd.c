@@ -58,9 +58,30 @@ static void cmd_auth(gw_session *s, const char *arg)
     s->inlen = 0;
     gw_cmd_init(&s->cmd);
     gw_sess_set_client_state(s, CS_AUTH);
-    int r = gw_conn_start_tls(s->client, s->fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+    int r = gw_sess_start_tls(s);
     if (r != 0)
         gw_sess_fail(s, NULL, uv_strerror(r));
+}
+
+/* RFC 7151 HOST on a frontend with virtual hosts: before USER, choose the frontend by name
+ * (unknown: the default, else 504); TLS SNI chose already: only the same frontend. */
+static void cmd_host(gw_session *s, const char *arg)
+{
+    if (s->user_sent || s->logged_in || s->backend) {
+        gw_sess_reply(s, GW_R_HOST_LATE);
+        return;
+    }
+    char name[GW_HOST_MAX];
+    snprintf(name, sizeof name, "%s", arg);
+    gw_frontend *fe = gw_vhost_find(s->fe->vh_listen, name);
+    if (!fe || (s->vh_sni && fe != s->fe)) {
+        GW_LOG_INFO(s->id, "event=host_refused host=\"%.64s\" reason=%s", name,
+                    fe ? "sni_other" : "unknown");
+        gw_sess_reply(s, fe ? GW_R_HOST_OTHER : GW_R_HOST_UNKNOWN);
+        return;
+    }
+    gw_sess_set_frontend(s, fe, "host");
+    gw_sess_reply(s, GW_R_HOST_OK);
 }
 
 /* RFC 4217 §5: 200, then our close_notify at once (curl never answers with its own). */
@@ -129,7 +150,7 @@ static void cmd_rein(gw_session *s)
     gw_sess_rearm(s);
     if (s->tls_up) {
         s->tls_up = false;
-        gw_conn_clear_tls(s->client, implicit ? s->fe->tls_ctx : NULL);
+        gw_conn_clear_tls(s->client, implicit ? s->ctl_ctx : NULL);
     }
     if (implicit) {
         gw_sess_set_client_state(s, CS_HANDSHAKE); /* a new ClientHello, then a fresh greeting */
@@ -264,7 +285,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
     gw_data_tls tls = {
-        .client_ctx = s->prot_p ? s->fe->tls_ctx : NULL,
+        .client_ctx = s->prot_p ? (s->ctl_ctx ? s->ctl_ctx : s->fe->tls_ctx) : NULL,
         .tag = s->has_tag ? s->tag : NULL,
         .reuse_required = s->fe->cfg->data_session_reuse_required,
         /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured). */
@@ -300,6 +321,10 @@ static void cmd_feat_own(gw_session *s)
  * backend: another name@BACKEND gets 530. */
 static void cmd_user_routed(gw_session *s, const char *arg)
 {
+    if (s->vh_none) { /* virtual hosts without a default: SNI or HOST must name one */
+        gw_sess_reply(s, GW_R_HOST_NONE);
+        return;
+    }
     char name[GW_CMD_LINE_MAX + 1];
     snprintf(name, sizeof name, "%s", arg);
     int want = -1;
@@ -402,6 +427,10 @@ static void handle_command(gw_session *s, const char *line)
     free(s->cur.held); /* released with the previous command's reply; never carried over */
     memset(&s->cur, 0, sizeof s->cur);
     snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);
+    if (def->id == GW_CMD_HOST && s->fe->vhosted) { /* RFC 7151: before AUTH too */
+        cmd_host(s, cmd.arg);
+        return;
+    }
     if (gate_before_tls(s, def))
         return;
     if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))

@@ -281,6 +281,37 @@ static int p_str(const struct keydef *k, const char *v, void *out, char *why, si
 
 /* A comma-separated list of section names (spaces around items ignored); checked against
  * the [backend] sections by validate(). */
+/* server_name: host names or *.suffix, separated by commas. */
+static int p_server_names(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    const char *p = v;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == 0 || n >= GW_HOST_MAX) {
+            snprintf(why, cap, "\"%s\": expected host names separated by commas", v);
+            return -1;
+        }
+        for (size_t i = 0; i < n; i++) {
+            char c = p[i];
+            bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '.' || c == '_' || (c == '*' && i == 0);
+            if (!ok || (c == '*' && (n < 3 || p[1] != '.'))) {
+                snprintf(why, cap, "\"%.*s\": not a host name or *.suffix", (int)n, p);
+                return -1;
+            }
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
 static int p_name_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     char item[GW_NAME_MAX + 1];
@@ -462,6 +493,7 @@ static const struct keydef keys[] = {
     {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
     {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},
     {"key", S_FRONTEND, p_str, F(key), "", true, 0, 0, NULL},
+    {"server_name", S_FRONTEND, p_server_names, F(server_name), "", true, 0, 0, NULL},
 
     {"address", S_BACKEND, p_hostport, B(address), NULL, true, 0, 0, NULL},
     {"tls", S_BACKEND, p_enum, B(tls), "none", true, 0, 0, w_be_tls},
@@ -890,9 +922,15 @@ static int validate(struct state *st)
 
         for (int j = 0; j < i; j++) {
             const gw_frontend_conf *o = &cfg->frontends[j];
-            if (same_listen(&f->listen, &o->listen))
+            /* Virtual hosts: one address, told apart by server_name (SNI or HOST). */
+            if (same_listen(&f->listen, &o->listen) && (!f->server_name[0] && !o->server_name[0]))
                 return fail(st, kl[k_listen], label, "listen",
-                            "same address as [frontend %s] (line %d)", o->name,
+                            "same address as [frontend %s] (line %d): set server_name on all "
+                            "but one of them",
+                            o->name, st->fe_keys[j][k_listen]);
+            if (same_listen(&f->listen, &o->listen) && f->mode != o->mode)
+                return fail(st, kl[k_listen], label, "listen",
+                            "same address as [frontend %s] (line %d) with another mode", o->name,
                             st->fe_keys[j][k_listen]);
             /* One pool per range: ranges are either identical (shared) or disjoint. */
             bool same =
@@ -1107,6 +1145,42 @@ const char *gw_config_key(size_t i, const char **section)
 bool gw_fe_self_greets(const gw_frontend_conf *fc)
 {
     return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+}
+
+/* One pattern (n bytes) against name: case-insensitive; "*.suffix" needs one more label. */
+static bool name_matches(const char *pat, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    if (len && name[len - 1] == '.') /* an absolute name */
+        len--;
+    if (n >= 2 && pat[0] == '*' && pat[1] == '.') {
+        size_t sl = n - 1; /* ".suffix" */
+        if (len <= sl || strncasecmp(name + len - sl, pat + 1, sl) != 0)
+            return false;
+        return memchr(name, '.', len - sl) == NULL; /* exactly one label before it */
+    }
+    return len == n && strncasecmp(name, pat, n) == 0;
+}
+
+bool gw_server_name_match(const char *list, const char *name)
+{
+    if (!list || !name || !name[0])
+        return false;
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n && name_matches(p, n, name))
+            return true;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return false;
 }
 
 const char *gw_fe_greeting(const gw_frontend_conf *fc)

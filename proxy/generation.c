@@ -166,6 +166,60 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
     return 0;
 }
 
+gw_frontend *gw_vhost_find(gw_frontend *lfe, const char *name)
+{
+    gw_generation *g = lfe->gen;
+    gw_frontend *dflt = NULL;
+    for (int i = 0; i < g->n_frontends; i++) {
+        gw_frontend *fe = &g->frontends[i];
+        if (fe->vh_listen != lfe)
+            continue;
+        if (!fe->conf->server_name[0])
+            dflt = fe;
+        else if (gw_server_name_match(fe->conf->server_name, name))
+            return fe;
+    }
+    return dflt;
+}
+
+static SSL_CTX *vhost_ctx(void *arg, const char *name)
+{
+    gw_frontend *fe = gw_vhost_find(arg, name);
+    return fe ? fe->tls_ctx : NULL;
+}
+
+static bool same_address(const gw_frontend_conf *a, const gw_frontend_conf *b)
+{
+    return a->listen.port == b->listen.port && strcmp(a->listen.host, b->listen.host) == 0;
+}
+
+/* Frontends sharing a listen address: one listener (the default's, else the first's), and
+ * TLS contexts that switch to the frontend the client's SNI names. */
+static void group_vhosts(gw_generation *g)
+{
+    for (int i = 0; i < g->n_frontends; i++) {
+        gw_frontend *fe = &g->frontends[i], *first = NULL, *dflt = NULL;
+        int n = 0;
+        for (int j = 0; j < g->n_frontends; j++) {
+            gw_frontend *o = &g->frontends[j];
+            if (!same_address(fe->conf, o->conf))
+                continue;
+            n++;
+            if (!first)
+                first = o;
+            if (!o->conf->server_name[0] && !dflt)
+                dflt = o;
+        }
+        fe->vh_listen = dflt ? dflt : first;
+        fe->vhosted = n > 1 || fe->conf->server_name[0];
+    }
+    for (int i = 0; i < g->n_frontends; i++) {
+        gw_frontend *fe = &g->frontends[i];
+        if (fe->vhosted && fe->tls_ctx)
+            gw_tls_server_ctx_set_sni(fe->tls_ctx, vhost_ctx, fe->vh_listen);
+    }
+}
+
 static void free_generation(gw_generation *g)
 {
     if (g->xferlog_fd >= 0)
@@ -218,5 +272,6 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
             return NULL;
         }
     }
+    group_vhosts(g);
     return g;
 }

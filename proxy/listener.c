@@ -351,6 +351,8 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
     gw_listener *next[GW_MAX_FRONTENDS] = {0};
     bool fresh[GW_MAX_FRONTENDS] = {0};
     for (int i = 0; i < g->n_frontends; i++) {
+        if (g->frontends[i].vh_listen != &g->frontends[i])
+            continue; /* virtual hosts: accepted by the listener of their address */
         next[i] = find_listener(srv, &g->frontends[i].conf->listen);
         if (!next[i]) {
             next[i] = open_listener(srv, &g->frontends[i], err, cap);
@@ -373,12 +375,16 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
             close_listener(srv->listeners[i]);
         }
     }
+    int n = 0;
     for (int i = 0; i < g->n_frontends; i++) {
+        long li = g->frontends[i].vh_listen - g->frontends; /* its address's listener */
+        log_frontend(&g->frontends[i], fresh[li] ? "listening" : "listening_kept");
+        if (!next[i])
+            continue;
         next[i]->fe = &g->frontends[i];
-        srv->listeners[i] = next[i];
-        log_frontend(&g->frontends[i], fresh[i] ? "listening" : "listening_kept");
+        srv->listeners[n++] = next[i];
     }
-    srv->n_listeners = g->n_frontends;
+    srv->n_listeners = n;
     return 0;
 }
 

@@ -238,10 +238,32 @@ static void on_client_data(gw_conn *c, const char *buf, size_t n)
         gw_cmdq_receive(s, buf, n);
 }
 
+void gw_sess_set_frontend(gw_session *s, gw_frontend *fe, const char *by)
+{
+    s->vh_none = false;
+    if (fe == s->fe)
+        return;
+    GW_LOG_INFO(s->id, "event=vhost frontend=%s from=%s by=%s", fe->conf->name, s->fe->conf->name,
+                by);
+    s->fe = fe; /* the same generation: its reference stays */
+}
+
+int gw_sess_start_tls(gw_session *s)
+{
+    s->ctl_ctx = s->fe->tls_ctx;
+    return gw_conn_start_tls(s->client, s->ctl_ctx, GW_TLS_SERVER_CONTROL);
+}
+
 static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
+    const char *sni = s->fe->vhosted ? gw_tls_sni(c->tls) : NULL;
+    gw_frontend *vfe = sni ? gw_vhost_find(s->fe->vh_listen, sni) : NULL;
+    if (vfe) { /* the handshake switched to its certificate already (gw_tls_server_ctx_set_sni) */
+        gw_sess_set_frontend(s, vfe, "sni");
+        s->vh_sni = true;
+    }
     s->last_active_ms = gw_sess_now(s);
     s->tls_up = true;
     s->has_tag = true;
@@ -339,12 +361,14 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = gw_sess_now(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
-    if (gw_fe_self_greets(fe->conf)) {
+    /* Virtual hosts: the default frontend serves until SNI or HOST names another. */
+    s->vh_none = fe->vhosted && fe->conf->server_name[0];
+    if (gw_fe_self_greets(fe->conf) || fe->vhosted) {
         /* The backend is chosen and connected at USER (routing needs the name). */
         s->self_greet = true;
         int r = 0;
         if (fe->conf->mode == GW_FE_IMPLICIT) {
-            r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+            r = gw_sess_start_tls(s);
         } else {
             gw_sess_set_client_state(s, CS_READY);
             r = gw_conn_start_read(s->client);
@@ -376,7 +400,7 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
         return s;
     }
     /* MS-FTPS: nothing is sent before the handshake completes. */
-    int r = gw_conn_start_tls(s->client, fe->tls_ctx, GW_TLS_SERVER_CONTROL);
+    int r = gw_sess_start_tls(s);
     if (r != 0)
         gw_sess_fail(s, NULL, uv_strerror(r));
     return s;

@@ -89,6 +89,9 @@ struct gw_session {
     bool user_waiting;      /* self_greet: the client's USER waits for the backend's 220 */
     bool utf8_replay;       /* self_greet: send OPTS UTF8 ON to the backend before USER */
     bool be_resolving;      /* uv_getaddrinfo pending on resolve_req */
+    bool vh_none;           /* virtual hosts without a default: no frontend chosen yet */
+    bool vh_sni;            /* the client's TLS SNI chose s->fe: HOST cannot change it */
+    SSL_CTX *ctl_ctx;       /* the control TLS's context (its tickets): data legs use it */
     uint64_t be_attempt_ms; /* the current connect attempt started (connect_timeout) */
     uv_loop_t *loop;
     gw_conn *client, *backend;
@@ -138,6 +141,10 @@ uint64_t gw_sess_now(gw_session *s);
 void gw_sess_reply(gw_session *s, const char *text);
 /* self_greet: the frontend's own "220 <greeting>". */
 void gw_sess_greet(gw_session *s);
+/* Virtual hosts: the session serves fe (of those sharing its address) from now on. */
+void gw_sess_set_frontend(gw_session *s, gw_frontend *fe, const char *by);
+/* Start the client control TLS on s->fe's context. 0 or a libuv error. */
+int gw_sess_start_tls(gw_session *s);
 /* Append to a held buffer (cut at max). */
 void gw_sess_append(char **buf, size_t *len, const char *p, size_t n, size_t max);
 void gw_sess_drop_data(gw_session *s, bool ok);

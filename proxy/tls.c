@@ -133,6 +133,38 @@ fail:
     return NULL;
 }
 
+static gw_tls_sni_pick _Atomic sni_pick;
+
+static int on_servername(SSL *ssl, int *al, void *arg)
+{
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    gw_tls_sni_pick pick = sni_pick;
+    if (!name || !pick)
+        return SSL_TLSEXT_ERR_NOACK;
+    SSL_CTX *ctx = pick(arg, name);
+    if (!ctx) {
+        *al = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (ctx != SSL_get_SSL_CTX(ssl) && !SSL_set_SSL_CTX(ssl, ctx)) {
+        *al = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void gw_tls_server_ctx_set_sni(SSL_CTX *ctx, gw_tls_sni_pick pick, void *arg)
+{
+    sni_pick = pick;
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+
+const char *gw_tls_sni(const gw_tls *t)
+{
+    return SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+}
+
 /* TLS 1.3 sends tickets after the handshake: the session for data-leg resumption must be
  * taken here, not right after the handshake (vsftpd's require_ssl_reuse depends on it). */
 static int on_new_session(SSL *ssl, SSL_SESSION *sess)

@@ -455,6 +455,33 @@ static void test_duplicate_listen(void **state)
     expect_ok(FE "[frontend c]\nlisten = 127.0.0.1:991\npasv_ports = 30100-30150\n" BE);
 }
 
+static void test_server_name(void **state)
+{
+    (void)state;
+    /* Frontends share an address when all but one have server_name, and the same mode. */
+    expect_ok(FE "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = a.example, *.b.example\n" BE);
+    assert_string_equal(cfg.frontends[1].server_name, "a.example, *.b.example");
+    expect_ok("[frontend a]\nlisten = 127.0.0.1:990\nserver_name = a.example\n"
+              "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = c.example\n" BE);
+    expect_error(FE "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = c\nmode = explicit\n" BE,
+                 "t.conf:4: [frontend c] listen: ", "with another mode");
+    expect_error(FE "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = a*.example\n" BE,
+                 "t.conf:5: [frontend c] server_name: ", "not a host name or *.suffix");
+    expect_error(FE "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = a,,b\n" BE,
+                 "t.conf:5: [frontend c] server_name: ", "expected host names");
+    /* Matching: case-insensitive, a wildcard is exactly one label. */
+    assert_true(gw_server_name_match("a.example", "A.Example"));
+    assert_true(gw_server_name_match("x.y, a.example", "a.example."));
+    assert_false(gw_server_name_match("a.example", "b.example"));
+    assert_false(gw_server_name_match("a.example", "xa.example"));
+    assert_true(gw_server_name_match("*.example.org", "www.EXAMPLE.org"));
+    assert_false(gw_server_name_match("*.example.org", "example.org"));
+    assert_false(gw_server_name_match("*.example.org", "a.b.example.org"));
+    assert_false(gw_server_name_match("*.example.org", ".example.org"));
+    assert_false(gw_server_name_match("", "a"));
+    assert_false(gw_server_name_match("a", ""));
+}
+
 static void test_syntax(void **state)
 {
     (void)state;
@@ -612,6 +639,7 @@ int main(void)
         cmocka_unit_test(test_comment_needs_blank),
         cmocka_unit_test(test_ipv6_listen),
         cmocka_unit_test(test_duplicate_listen),
+        cmocka_unit_test(test_server_name),
         cmocka_unit_test(test_syntax),
         cmocka_unit_test(test_line_endings_and_bom),
         cmocka_unit_test(test_small_error_buffer),
