@@ -103,6 +103,10 @@ def test_implicit_sni_chooses_frontend(gateway, ports, two, certs, test_user):
     for name, want in [("a.example", b"A"), ("x.b.example", b"B"), ("zzz.example", b"B")]:
         res = curl(f"ftps://{name}:{port}/marker", name, port, user, password)
         assert res.returncode == 0 and res.stdout.encode() == want, peers.describe(res)
+    # TLS 1.2: the data leg resumes the control session (tickets of the listening context).
+    res = curl(f"ftps://a.example:{port}/marker", "a.example", port, user, password,
+               "--tls-max", "1.2")
+    assert res.returncode == 0 and res.stdout == "A", peers.describe(res)
     assert handshake(port, "a.example") == der(certs["a"][0])
     assert handshake(port, "X.B.Example") == der(certs["b"][0])
     assert handshake(port, "zzz.example") == der(certs["d"][0])  # unknown: the default
