@@ -234,6 +234,7 @@ static void on_backend_connect(gw_conn *c, int status)
     }
     gw_conn_peer(c, &s->backend_peer);
     gw_addr_normalize(&s->backend_peer);
+    s->be_attempt_ms = gw_sess_now(s); /* the greeting gets its own connect_timeout */
     gw_sess_set_backend_state(s, BS_GREETING);
     if (s->be->conf->tls == GW_BE_TLS_IMPLICIT) {
         if (gw_conn_attach_tls(c, gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_CONTROL,

@@ -84,7 +84,8 @@ struct gw_session {
     bool be_committed;      /* a 220 arrived: the client talks to this backend, no failover */
     bool be_reported;       /* this connect attempt's outcome went to health */
     bool be_resolving;      /* uv_getaddrinfo pending on resolve_req */
-    uint64_t be_attempt_ms; /* the current connect attempt started (connect_timeout) */
+    uint64_t be_attempt_ms; /* the connect attempt, then the wait for its 220, started
+                               (connect_timeout each) */
     uv_loop_t *loop;
     gw_conn *client, *backend;
     uv_timer_t timer;
