@@ -27,23 +27,31 @@ bool gw_backend_choose(gw_session *s)
 {
     gw_frontend *fe = s->fe;
     gw_health *h = fe->gen->health;
+    if (!s->be_tried)
+        s->be_tried = calloc((size_t)fe->n_backends / 32 + 1, sizeof *s->be_tried);
+    gw_bal_cand *c = malloc((size_t)(fe->n_backends ? fe->n_backends : 1) * sizeof *c);
+    if (!s->be_tried || !c) {
+        free(c);
+        return false;
+    }
     for (;;) {
-        gw_bal_cand c[GW_MAX_BACKENDS];
         for (int i = 0; i < fe->n_backends; i++) {
             const gw_backend_rt *be = fe->backends[i];
             c[i] = (gw_bal_cand){.weight = be->conf->weight,
                                  .live = atomic_load(be->live),
                                  .max_sessions = be->conf->max_sessions,
-                                 .up = !(s->be_tried & (1u << i)) &&
+                                 .up = !(s->be_tried[i / 32] & (1u << i % 32)) &&
                                        (!h || gw_health_is_up(h, be->conf->name))};
         }
         size_t keylen = s->client_peer.family == 6 ? 16 : 4;
-        int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, s->be_tried,
+        int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, 0,
                                 next_random(s->id), s->client_peer.ip, keylen);
-        if (i < 0)
+        if (i < 0) {
+            free(c);
             return false;
+        }
         gw_backend_rt *be = fe->backends[i];
-        s->be_tried |= 1u << i;
+        s->be_tried[i / 32] |= 1u << i % 32;
         /* Another worker may have taken the last place meanwhile: count first, then look. */
         int now = atomic_fetch_add(be->live, 1) + 1;
         if (be->conf->max_sessions > 0 && now > be->conf->max_sessions) {
@@ -54,6 +62,7 @@ bool gw_backend_choose(gw_session *s)
         s->be_counted = true;
         GW_LOG_INFO(s->id, "event=backend_chosen backend=%s policy=%s live=%d", be->conf->name,
                     gw_balance_name(fe->conf->balance), now);
+        free(c);
         return true;
     }
 }

@@ -79,6 +79,7 @@ void gw_sess_release(gw_session *s)
     free(s->inbuf);
     free(s->featbuf);
     free(s->cur.held);
+    free(s->be_tried);
     free(s);
     hooks->on_end(host);
 }

@@ -79,7 +79,7 @@ struct gw_session {
     uint64_t id;
     gw_frontend *fe;
     gw_backend_rt *be;      /* chosen at the start, kept for the session's life (REIN too) */
-    uint32_t be_tried;      /* bits of fe->backends[] tried by this session (failover) */
+    uint32_t *be_tried;     /* bitmap of fe->backends[] tried by this session (heap) */
     bool be_counted;        /* be->live counts this session */
     bool be_committed;      /* a 220 arrived: the client talks to this backend, no failover */
     bool be_reported;       /* this connect attempt's outcome went to health */
