@@ -15,16 +15,24 @@ typedef struct gw_bal_cand {
     bool up;          /* health */
 } gw_bal_cand;
 
-/* Per-frontend state: smooth weighted round robin (nginx) and the leastconn tie rotation. */
+/* Per-frontend state: smooth weighted round robin (nginx) and the leastconn tie rotation.
+ * A zeroed state is valid; current[] grows to the candidate count on first use (heap:
+ * release it with gw_bal_state_free). */
 typedef struct gw_bal_state {
-    int current[GW_MAX_BACKENDS];
+    int *current;
+    int n_current;
     int next;
 } gw_bal_state;
 
-/* May candidate i get a session (up, not full, not excluded, weight > 0)? */
+/* A zeroed state with room for n candidates: 0, or -1 when out of memory. */
+int gw_bal_state_init(gw_bal_state *st, int n);
+void gw_bal_state_free(gw_bal_state *st);
+
+/* May candidate i get a session (up, not full, not excluded, weight > 0)? exclude covers
+ * candidates 0..31 only (bit i); a caller with more marks tried ones not up instead. */
 bool gw_balance_eligible(const gw_bal_cand *c, int i, uint32_t exclude);
 
-/* Pick one of c[0..n-1] (n <= GW_MAX_BACKENDS) by policy, skipping those whose bit is set in
+/* Pick one of c[0..n-1] by policy, skipping those whose bit is set in
  * exclude (already tried by this session) and those not eligible. rnd: a random number from
  * the caller (random); key/keylen: the client address bytes (source) or the USER name
  * (user). Returns the index, or -1 when none is eligible. Under source and user the same key

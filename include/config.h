@@ -8,8 +8,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GW_MAX_FRONTENDS 16
-#define GW_MAX_BACKENDS 16
 #define GW_NAME_MAX 64
 #define GW_PATH_MAX 512
 #define GW_HOST_MAX 256
@@ -43,10 +41,10 @@ typedef struct gw_frontend_conf {
     char name[GW_NAME_MAX];
     gw_hostport listen;
     enum gw_fe_mode mode;
-    char backend[GW_PATH_MAX];         /* as written: one or more names, comma-separated */
-    int n_backends;                    /* resolved by validation: */
-    int backend_list[GW_MAX_BACKENDS]; /* indexes into backends[], in the written order */
-    int backend_index;                 /* backend_list[0] */
+    char backend[GW_PATH_MAX]; /* as written: one or more names, comma-separated */
+    int n_backends;            /* resolved by validation: */
+    int *backend_list;         /* n_backends indexes into backends[], in the written order (heap) */
+    int backend_index;         /* backend_list[0] */
     enum gw_balance balance;
     bool require_tls;
     bool require_prot_p;
@@ -95,9 +93,11 @@ typedef struct gw_config {
     bool data_session_reuse_required;
     int strict_tls_eof; /* -1 unset (default), 0 no, 1 yes */
 
+    /* As many sections as the file has: heap arrays owned by the gw_config. Copy one with
+     * gw_config_copy, release it with gw_config_free (never a plain struct assignment). */
     int n_frontends, n_backends;
-    gw_frontend_conf frontends[GW_MAX_FRONTENDS];
-    gw_backend_conf backends[GW_MAX_BACKENDS];
+    gw_frontend_conf *frontends;
+    gw_backend_conf *backends;
 } gw_config;
 
 /* Does this frontend send its own 220 and open the backend connection at USER? (greeting
@@ -116,9 +116,18 @@ extern const char gw_config_default_ini[];
 /* Parse INI text. `origin` names the file in messages ("<embedded default>" for the
  * default). Returns 0, or -1 with a message "ORIGIN:LINE: [section] key: problem" (LINE 0
  * when the problem is not on one line) written to err. cfg is fully initialised with
- * defaults first. */
+ * defaults first (its previous contents are not freed: gw_config_free them before reusing
+ * a cfg); on success release it with gw_config_free, on failure it holds nothing. */
 int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
                     size_t errcap);
+
+/* A deep copy of src into dst (dst's previous contents are not freed). 0, or -1 when out
+ * of memory (dst is then empty: nothing to free). */
+int gw_config_copy(gw_config *dst, const gw_config *src);
+
+/* Free the section arrays and leave cfg empty (NULL arrays, no sections); idempotent on a
+ * zeroed, freed or failed-to-parse cfg. */
+void gw_config_free(gw_config *cfg);
 
 /* Read the file and parse it (error message names the file on read failure too). */
 int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errcap);

@@ -56,6 +56,7 @@
 #define GW_R_IDLE_TIMEOUT "421 Idle timeout, closing control connection.\r\n"
 #define GW_R_BACKEND_CONNECT_TIMEOUT "421 Service not available: backend connect timeout.\r\n"
 #define GW_R_BACKEND_UNREACHABLE "421 Service not available: backend unreachable.\r\n"
+#define GW_R_BACKEND_NO_GREETING "421 Service not available: no greeting from the server.\r\n"
 #define GW_R_BACKEND_CLOSED "421 Service not available: the server closed the connection.\r\n"
 #define GW_R_BACKEND_BAD_REPLY "421 Service not available: invalid reply from the server.\r\n"
 #define GW_R_BACKEND_NO_ABOR_REPLY "421 Service not available: the server did not answer ABOR.\r\n"
@@ -173,6 +174,7 @@
     X(GW_R_IDLE_TIMEOUT)                                                                           \
     X(GW_R_BACKEND_CONNECT_TIMEOUT)                                                                \
     X(GW_R_BACKEND_UNREACHABLE)                                                                    \
+    X(GW_R_BACKEND_NO_GREETING)                                                                    \
     X(GW_R_BACKEND_CLOSED)                                                                         \
     X(GW_R_BACKEND_BAD_REPLY)                                                                      \
     X(GW_R_BACKEND_NO_ABOR_REPLY)                                                                  \

@@ -22,7 +22,7 @@ typedef struct gw_generation gw_generation;
 typedef struct gw_live_table gw_live_table;
 gw_live_table *gw_live_table_new(void);
 void gw_live_table_free(gw_live_table *t);
-/* The counter of the backend named name (0 the first time); NULL when the table is full. */
+/* The counter of the backend named name (0 the first time); NULL when out of memory. */
 _Atomic int *gw_live_counter(gw_live_table *t, const char *name);
 
 /* A backend as a generation runs it. */
@@ -35,7 +35,7 @@ typedef struct gw_backend_rt {
     bool no_extended;     /* it answered EPSV/EPRT with 500/501/502: PASV/PORT from then on */
     bool prepared;        /* some frontend uses it: addresses and TLS context ready */
     _Atomic int *live;    /* its live sessions, process-wide (gw_live_table) */
-    _Atomic int own_live; /* used when the process-wide table is full or absent */
+    _Atomic int own_live; /* used when the process-wide table is absent (no memory) */
 } gw_backend_rt;
 
 typedef struct gw_frontend {
@@ -46,8 +46,8 @@ typedef struct gw_frontend {
     gw_addr pasv_addr; /* family 0: advertise the control connection's local address */
     gw_pasv_pool *pool;
     int n_backends;
-    gw_backend_rt *backends[GW_MAX_BACKENDS]; /* conf->backend_list, in its order */
-    gw_bal_state bal; /* selection state: this worker's, the one mutable part */
+    gw_backend_rt **backends; /* n_backends: conf->backend_list, in its order (heap) */
+    gw_bal_state bal;         /* selection state: this worker's, the one mutable part */
     /* Virtual hosts: the frontend whose listener accepts for this one (of those sharing its
      * address, the one without server_name, else the first); itself when alone. */
     struct gw_frontend *vh_listen;
@@ -60,10 +60,10 @@ struct gw_generation {
     /* The process's backend health (gw_health_is_up, gw_health_report from any worker),
      * NULL when there is none. Not owned: it outlives every generation. */
     gw_health *health;
-    gw_backend_rt backends[GW_MAX_BACKENDS]; /* cfg.backends, same indexes */
-    int refs;                                /* 1 while current, plus one per live session */
+    gw_backend_rt *backends; /* cfg.n_backends: cfg.backends, same indexes (heap) */
+    int refs;                /* 1 while current, plus one per live session */
     int n_frontends;
-    gw_frontend frontends[GW_MAX_FRONTENDS];
+    gw_frontend *frontends; /* cfg.n_frontends (heap) */
 };
 
 /* A generation for cfg (copied): every frontend prepared (addresses resolved, TLS contexts,

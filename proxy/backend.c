@@ -27,14 +27,20 @@ bool gw_backend_choose(gw_session *s)
 {
     gw_frontend *fe = s->fe;
     gw_health *h = fe->gen->health;
+    if (!s->be_tried)
+        s->be_tried = calloc((size_t)fe->n_backends / 32 + 1, sizeof *s->be_tried);
+    gw_bal_cand *c = malloc((size_t)(fe->n_backends ? fe->n_backends : 1) * sizeof *c);
+    if (!s->be_tried || !c) {
+        free(c);
+        return false;
+    }
     for (;;) {
-        gw_bal_cand c[GW_MAX_BACKENDS];
         for (int i = 0; i < fe->n_backends; i++) {
             const gw_backend_rt *be = fe->backends[i];
             c[i] = (gw_bal_cand){.weight = be->conf->weight,
                                  .live = atomic_load(be->live),
                                  .max_sessions = be->conf->max_sessions,
-                                 .up = !(s->be_tried & (1u << i)) &&
+                                 .up = !(s->be_tried[i / 32] & (1u << i % 32)) &&
                                        (!h || gw_health_is_up(h, be->conf->name))};
         }
         const uint8_t *key = s->client_peer.ip;
@@ -43,12 +49,14 @@ bool gw_backend_choose(gw_session *s)
             key = (const uint8_t *)s->be_user;
             keylen = strlen(s->be_user);
         }
-        int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, s->be_tried,
+        int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, 0,
                                 next_random(s->id), key, keylen);
-        if (i < 0)
+        if (i < 0) {
+            free(c);
             return false;
+        }
         gw_backend_rt *be = fe->backends[i];
-        s->be_tried |= 1u << i;
+        s->be_tried[i / 32] |= 1u << i % 32;
         /* Another worker may have taken the last place meanwhile: count first, then look. */
         int now = atomic_fetch_add(be->live, 1) + 1;
         if (be->conf->max_sessions > 0 && now > be->conf->max_sessions) {
@@ -59,6 +67,7 @@ bool gw_backend_choose(gw_session *s)
         s->be_counted = true;
         GW_LOG_INFO(s->id, "event=backend_chosen backend=%s policy=%s live=%d", be->conf->name,
                     gw_balance_name(fe->conf->balance), now);
+        free(c);
         return true;
     }
 }
@@ -72,7 +81,7 @@ bool gw_backend_choose_index(gw_session *s, int i)
         GW_LOG_WARN(s->id, "event=backend_full backend=%s policy=route_user", be->conf->name);
         return false;
     }
-    s->be_tried |= 1u << i;
+    /* Pinned: never failed over, so the tried set is not needed. */
     s->be = be;
     s->be_counted = true;
     s->be_pinned = true;
@@ -271,6 +280,7 @@ static void on_backend_connect(gw_conn *c, int status)
     }
     gw_conn_peer(c, &s->backend_peer);
     gw_addr_normalize(&s->backend_peer);
+    s->be_attempt_ms = gw_sess_now(s); /* the greeting gets its own connect_timeout */
     gw_sess_set_backend_state(s, BS_GREETING);
     if (s->be->conf->tls == GW_BE_TLS_IMPLICIT) {
         if (gw_conn_attach_tls(c, gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_CONTROL,

@@ -1,9 +1,37 @@
 /* Backend selection: see balance.h. */
 #include "balance.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+static int grow(gw_bal_state *st, int n)
+{
+    if (n <= st->n_current)
+        return 0;
+    int *cur = realloc(st->current, (size_t)n * sizeof *cur);
+    if (!cur)
+        return -1;
+    memset(cur + st->n_current, 0, (size_t)(n - st->n_current) * sizeof *cur);
+    st->current = cur;
+    st->n_current = n;
+    return 0;
+}
+
+int gw_bal_state_init(gw_bal_state *st, int n)
+{
+    memset(st, 0, sizeof *st);
+    return grow(st, n);
+}
+
+void gw_bal_state_free(gw_bal_state *st)
+{
+    free(st->current);
+    memset(st, 0, sizeof *st);
+}
+
 bool gw_balance_eligible(const gw_bal_cand *c, int i, uint32_t exclude)
 {
-    if (exclude & (1u << i))
+    if (i < 32 && (exclude & (1u << i)))
         return false;
     if (!c[i].up || c[i].weight <= 0)
         return false;
@@ -15,6 +43,12 @@ bool gw_balance_eligible(const gw_bal_cand *c, int i, uint32_t exclude)
 static int pick_rr(const gw_bal_cand *c, int n, gw_bal_state *st, uint32_t exclude)
 {
     int best = -1, total = 0;
+    if (grow(st, n) != 0) { /* out of memory: the first eligible one */
+        for (int i = 0; i < n; i++)
+            if (gw_balance_eligible(c, i, exclude))
+                return i;
+        return -1;
+    }
     for (int i = 0; i < n; i++) {
         if (!gw_balance_eligible(c, i, exclude))
             continue;
@@ -109,8 +143,6 @@ int gw_balance_pick(enum gw_balance policy, const gw_bal_cand *c, int n, gw_bal_
 {
     if (!c || n <= 0)
         return -1;
-    if (n > GW_MAX_BACKENDS)
-        n = GW_MAX_BACKENDS;
     switch (policy) {
     case GW_BALANCE_LEASTCONN:
         return pick_leastconn(c, n, st, exclude);

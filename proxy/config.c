@@ -532,10 +532,40 @@ struct state {
     char label[80]; /* "frontend NAME", for messages */
     int *key_line;  /* line each key of this section was set on (0: not set) */
     int global_line, tls_line;
-    int fe_line[GW_MAX_FRONTENDS], be_line[GW_MAX_BACKENDS];
     int global_keys[NKEYS], tls_keys[NKEYS];
-    int fe_keys[GW_MAX_FRONTENDS][NKEYS], be_keys[GW_MAX_BACKENDS][NKEYS];
+    /* Per frontend/backend section, grown with cfg->frontends/backends (room for *_cap). */
+    int fe_cap, be_cap;
+    int *fe_line, *be_line;
+    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
 };
+
+/* Room for one more frontend (fe) or backend section: 0, or -1 when out of memory. */
+static int grow_sections(struct state *st, bool fe)
+{
+    int *cap = fe ? &st->fe_cap : &st->be_cap;
+    int count = fe ? st->cfg->n_frontends : st->cfg->n_backends;
+    if (count < *cap)
+        return 0;
+    int ncap = *cap ? *cap * 2 : 8;
+    size_t conf = fe ? sizeof(gw_frontend_conf) : sizeof(gw_backend_conf);
+    void **arr = fe ? (void **)&st->cfg->frontends : (void **)&st->cfg->backends;
+    int **lines = fe ? &st->fe_line : &st->be_line;
+    int(**kl)[NKEYS] = fe ? &st->fe_keys : &st->be_keys;
+    void *a = realloc(*arr, (size_t)ncap * conf);
+    if (!a)
+        return -1;
+    *arr = a;
+    int *l = realloc(*lines, (size_t)ncap * sizeof **lines);
+    if (!l)
+        return -1;
+    *lines = l;
+    int(*k)[NKEYS] = realloc(*kl, (size_t)ncap * sizeof **kl);
+    if (!k)
+        return -1;
+    *kl = k;
+    *cap = ncap;
+    return 0;
+}
 
 /* Record the first error as "ORIGIN:LINE: [label] key: problem"; returns 0 for inih. */
 __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
@@ -707,19 +737,17 @@ static int open_section(struct state *st, const char *inner)
     } else {
         bool fe = s == S_FRONTEND;
         int *count = fe ? &st->cfg->n_frontends : &st->cfg->n_backends;
-        int max = fe ? GW_MAX_FRONTENDS : GW_MAX_BACKENDS;
-        int *lines = fe ? st->fe_line : st->be_line;
         snprintf(st->label, sizeof st->label, "%s %s", type, name);
         for (int i = 0; i < *count; i++) {
             const char *other = fe ? st->cfg->frontends[i].name : st->cfg->backends[i].name;
             if (strcmp(other, name) == 0)
                 return fail(st, line, st->label, NULL, "duplicate section (first on line %d)",
-                            lines[i]);
+                            (fe ? st->fe_line : st->be_line)[i]);
         }
-        if (*count >= max)
-            return fail(st, line, st->label, NULL, "more than %d [%s] sections", max, type);
+        if (grow_sections(st, fe) != 0)
+            return fail(st, line, st->label, NULL, "out of memory");
         st->idx = (*count)++;
-        lines[st->idx] = line;
+        (fe ? st->fe_line : st->be_line)[st->idx] = line;
         st->key_line = fe ? st->fe_keys[st->idx] : st->be_keys[st->idx];
         if (fe) {
             gw_frontend_conf *f = &st->cfg->frontends[st->idx];
@@ -873,6 +901,13 @@ static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
     char list[sizeof f->backend];
     snprintf(list, sizeof list, "%s", f->backend);
     f->n_backends = 0;
+    size_t most = 1;
+    for (const char *c = list; *c; c++)
+        most += *c == ',';
+    free(f->backend_list);
+    f->backend_list = malloc(most * sizeof *f->backend_list);
+    if (!f->backend_list)
+        return fail(st, line, label, "backend", "out of memory");
     for (char *save = NULL, *item = strtok_r(list, ",", &save); item;
          item = strtok_r(NULL, ",", &save)) {
         item += strspn(item, " \t");
@@ -952,7 +987,7 @@ static int validate(struct state *st)
 int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
                     size_t errcap)
 {
-    struct state *st = calloc(1, sizeof *st); /* ~11 KiB of line numbers: keep it off the stack */
+    struct state *st = calloc(1, sizeof *st);
     int rc;
 
     if (err && errcap)
@@ -980,8 +1015,64 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
             validate(st);
     }
     rc = st->failed ? -1 : 0;
+    if (rc != 0)
+        gw_config_free(cfg);
+    free(st->fe_line);
+    free(st->be_line);
+    free(st->fe_keys);
+    free(st->be_keys);
     free(st);
     return rc;
+}
+
+void gw_config_free(gw_config *cfg)
+{
+    if (!cfg)
+        return;
+    for (int i = 0; cfg->frontends && i < cfg->n_frontends; i++)
+        free(cfg->frontends[i].backend_list);
+    free(cfg->frontends);
+    free(cfg->backends);
+    cfg->frontends = NULL;
+    cfg->backends = NULL;
+    cfg->n_frontends = cfg->n_backends = 0;
+}
+
+int gw_config_copy(gw_config *dst, const gw_config *src)
+{
+    *dst = *src;
+    dst->frontends = NULL;
+    dst->backends = NULL;
+    dst->n_frontends = dst->n_backends = 0;
+    if (src->n_backends > 0) {
+        dst->backends = malloc((size_t)src->n_backends * sizeof *dst->backends);
+        if (!dst->backends)
+            return -1;
+        memcpy(dst->backends, src->backends, (size_t)src->n_backends * sizeof *dst->backends);
+        dst->n_backends = src->n_backends;
+    }
+    if (src->n_frontends > 0) {
+        dst->frontends = calloc((size_t)src->n_frontends, sizeof *dst->frontends);
+        if (!dst->frontends)
+            goto nomem;
+        for (int i = 0; i < src->n_frontends; i++) {
+            const gw_frontend_conf *f = &src->frontends[i];
+            dst->frontends[i] = *f;
+            dst->frontends[i].backend_list = NULL;
+            dst->n_frontends = i + 1;
+            if (f->n_backends > 0 && f->backend_list) {
+                size_t sz = (size_t)f->n_backends * sizeof *f->backend_list;
+                dst->frontends[i].backend_list = malloc(sz);
+                if (!dst->frontends[i].backend_list)
+                    goto nomem;
+                memcpy(dst->frontends[i].backend_list, f->backend_list, sz);
+            }
+        }
+    }
+    return 0;
+nomem:
+    gw_config_free(dst);
+    return -1;
 }
 
 int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errcap)

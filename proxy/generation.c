@@ -33,15 +33,22 @@ int gw_resolve_host(const char *host, uint16_t port, gw_addr *out)
     return 0;
 }
 
-#define LIVE_SLOTS 256
+/* Live counts by backend name. Counters are handed out as pointers and must never move:
+ * the table is a list of fixed chunks, a new one added when the last is full. */
+#define LIVE_CHUNK 64
 
-struct gw_live_table {
-    pthread_mutex_t lock; /* guards n and the names; the counts are atomic */
+struct live_chunk {
+    struct live_chunk *next;
     int n;
     struct {
         char name[GW_NAME_MAX];
         _Atomic int live;
-    } slot[LIVE_SLOTS];
+    } slot[LIVE_CHUNK];
+};
+
+struct gw_live_table {
+    pthread_mutex_t lock; /* guards the chunk list and the names; the counts are atomic */
+    struct live_chunk *first;
 };
 
 gw_live_table *gw_live_table_new(void)
@@ -56,6 +63,10 @@ void gw_live_table_free(gw_live_table *t)
 {
     if (!t)
         return;
+    for (struct live_chunk *c = t->first, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
     pthread_mutex_destroy(&t->lock);
     free(t);
 }
@@ -66,12 +77,22 @@ _Atomic int *gw_live_counter(gw_live_table *t, const char *name)
         return NULL;
     _Atomic int *c = NULL;
     pthread_mutex_lock(&t->lock);
-    for (int i = 0; i < t->n && !c; i++)
-        if (strcmp(t->slot[i].name, name) == 0)
-            c = &t->slot[i].live;
-    if (!c && t->n < LIVE_SLOTS) {
-        snprintf(t->slot[t->n].name, sizeof t->slot[t->n].name, "%s", name);
-        c = &t->slot[t->n++].live;
+    struct live_chunk **tail = &t->first, *last = NULL;
+    for (struct live_chunk *k = t->first; k && !c; k = k->next) {
+        for (int i = 0; i < k->n && !c; i++)
+            if (strcmp(k->slot[i].name, name) == 0)
+                c = &k->slot[i].live;
+        last = k;
+        tail = &k->next;
+    }
+    if (!c && (!last || last->n == LIVE_CHUNK)) {
+        last = calloc(1, sizeof *last); /* NULL: the caller counts per worker */
+        if (last)
+            *tail = last;
+    }
+    if (!c && last) {
+        snprintf(last->slot[last->n].name, sizeof last->slot[last->n].name, "%s", name);
+        c = &last->slot[last->n++].live;
     }
     pthread_mutex_unlock(&t->lock);
     return c;
@@ -132,6 +153,11 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
     const gw_config *cfg = &g->cfg;
     fe->cfg = cfg;
     fe->gen = g;
+    fe->backends = calloc((size_t)(fc->n_backends ? fc->n_backends : 1), sizeof *fe->backends);
+    if (!fe->backends || gw_bal_state_init(&fe->bal, fc->n_backends) != 0) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
     for (int i = 0; i < fc->n_backends; i++) {
         int k = fc->backend_list[i];
         if (prepare_backend(&g->backends[k], &cfg->backends[k], live, err, cap) != 0)
@@ -224,10 +250,16 @@ static void free_generation(gw_generation *g)
 {
     if (g->xferlog_fd >= 0)
         close(g->xferlog_fd);
-    for (int i = 0; i < g->n_frontends; i++)
+    for (int i = 0; i < g->n_frontends; i++) {
         gw_tls_ctx_free(g->frontends[i].tls_ctx);
-    for (int i = 0; i < GW_MAX_BACKENDS; i++)
+        free(g->frontends[i].backends);
+        gw_bal_state_free(&g->frontends[i].bal);
+    }
+    for (int i = 0; g->backends && i < g->cfg.n_backends; i++)
         gw_tls_ctx_free(g->backends[i].tls_ctx);
+    free(g->frontends);
+    free(g->backends);
+    gw_config_free(&g->cfg);
     free(g);
 }
 
@@ -250,16 +282,24 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
         snprintf(err, cap, "out of memory");
         return NULL;
     }
-    g->cfg = *cfg;
+    g->xferlog_fd = -1;
+    if (gw_config_copy(&g->cfg, cfg) != 0 ||
+        !(g->backends =
+              calloc((size_t)(cfg->n_backends ? cfg->n_backends : 1), sizeof *g->backends)) ||
+        !(g->frontends =
+              calloc((size_t)(cfg->n_frontends ? cfg->n_frontends : 1), sizeof *g->frontends))) {
+        snprintf(err, cap, "out of memory");
+        free_generation(g);
+        return NULL;
+    }
     g->refs = 1;
     g->health = health;
-    g->xferlog_fd = -1;
     if (g->cfg.xferlog[0]) {
         g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (g->xferlog_fd < 0) {
             snprintf(err, cap, "[global] xferlog: cannot open %s: %s", g->cfg.xferlog,
                      strerror(errno));
-            free(g);
+            free_generation(g);
             return NULL;
         }
     }

@@ -52,16 +52,16 @@ struct hb {
 typedef struct hfe {
     char name[GW_NAME_MAX];
     int n;
-    char backends[GW_MAX_BACKENDS][GW_NAME_MAX];
+    char (*backends)[GW_NAME_MAX]; /* n (heap) */
     bool unavailable;
 } hfe;
 
 struct gw_health {
     pthread_mutex_t lock;
     int n;
-    hb *b[GW_MAX_BACKENDS];
+    hb **b; /* n (heap) */
     int n_fe;
-    hfe fe[GW_MAX_FRONTENDS];
+    hfe *fe;     /* n_fe (heap) */
     hb *dropped; /* waiting for their handles to close */
     uv_loop_t *loop;
     bool stopping;
@@ -528,12 +528,37 @@ static bool probe_conf_same(const gw_backend_conf *a, const gw_backend_conf *b)
 
 int gw_health_configure(gw_health *h, const gw_config *cfg)
 {
-    hb *next[GW_MAX_BACKENDS] = {0};
-    bool fresh[GW_MAX_BACKENDS] = {0};
+    size_t nb = (size_t)cfg->n_backends + 1, nf = (size_t)cfg->n_frontends + 1;
+    hb **next = calloc(nb, sizeof *next);
+    bool *fresh = calloc(nb, sizeof *fresh);
+    hfe *fe = calloc(nf, sizeof *fe);
+    bool nomem = !next || !fresh || !fe;
+    for (int i = 0; !nomem && i < cfg->n_frontends; i++) {
+        fe[i].backends = calloc((size_t)cfg->frontends[i].n_backends + 1, GW_NAME_MAX);
+        nomem = !fe[i].backends;
+    }
+    if (nomem) {
+        for (int i = 0; fe && i < cfg->n_frontends; i++)
+            free(fe[i].backends);
+        free(fe);
+        free(next);
+        free(fresh);
+        return -1;
+    }
     pthread_mutex_lock(&h->lock);
-    hb *old[GW_MAX_BACKENDS];
     int n_old = h->n;
-    memcpy(old, h->b, sizeof old);
+    hb **old = malloc(((size_t)n_old + 1) * sizeof *old); /* taken ones become NULL */
+    if (!old) {
+        pthread_mutex_unlock(&h->lock);
+        for (int k = 0; k < cfg->n_frontends; k++)
+            free(fe[k].backends);
+        free(fe);
+        free(next);
+        free(fresh);
+        return -1;
+    }
+    if (n_old)
+        memcpy(old, h->b, (size_t)n_old * sizeof *old);
     for (int i = 0; i < cfg->n_backends; i++) {
         const gw_backend_conf *bc = &cfg->backends[i];
         for (int j = 0; j < n_old; j++)
@@ -549,6 +574,12 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
                     if (fresh[k])
                         free(next[k]);
                 pthread_mutex_unlock(&h->lock);
+                free(old);
+                for (int k = 0; k < cfg->n_frontends; k++)
+                    free(fe[k].backends);
+                free(fe);
+                free(next);
+                free(fresh);
                 return -1;
             }
             fresh[i] = true;
@@ -559,6 +590,7 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
     for (int j = 0; j < n_old; j++)
         if (old[j])
             hb_drop(h, old[j]);
+    free(old);
     for (int i = 0; i < cfg->n_backends; i++) {
         hb *b = next[i];
         bool changed = fresh[i] || !probe_conf_same(&b->conf, &cfg->backends[i]);
@@ -583,11 +615,11 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             uv_timer_stop(&b->tick);
     }
     h->n = cfg->n_backends;
-    memcpy(h->b, next, sizeof next);
+    free(h->b);
+    h->b = next;
+    free(fresh);
     /* Frontends keep their "unavailable" flag by name, so a reload logs no transition
      * that did not happen. */
-    hfe fe[GW_MAX_FRONTENDS];
-    memset(fe, 0, sizeof fe);
     for (int i = 0; i < cfg->n_frontends; i++) {
         const gw_frontend_conf *fc = &cfg->frontends[i];
         snprintf(fe[i].name, sizeof fe[i].name, "%s", fc->name);
@@ -598,8 +630,11 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             if (strcmp(h->fe[k].name, fc->name) == 0)
                 fe[i].unavailable = h->fe[k].unavailable;
     }
+    for (int k = 0; k < h->n_fe; k++)
+        free(h->fe[k].backends);
+    free(h->fe);
     h->n_fe = cfg->n_frontends;
-    memcpy(h->fe, fe, sizeof fe);
+    h->fe = fe;
     check_frontends(h);
     pthread_mutex_unlock(&h->lock);
     return 0;
@@ -633,6 +668,10 @@ void gw_health_free(gw_health *h)
         h->dropped = b->next_dropped;
         hb_free(b);
     }
+    free(h->b);
+    for (int k = 0; k < h->n_fe; k++)
+        free(h->fe[k].backends);
+    free(h->fe);
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

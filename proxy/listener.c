@@ -319,7 +319,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
 
 static void log_frontend(const gw_frontend *fe, const char *event)
 {
-    char backend[GW_MAX_BACKENDS * (GW_HOST_MAX + 9)];
+    char backend[4096]; /* a long list is cut: the rest is in the configuration */
     size_t used = 0;
     backend[0] = 0;
     for (int i = 0; i < fe->n_backends && used < sizeof backend; i++) {
@@ -348,8 +348,15 @@ static void close_listener(gw_listener *l)
  * rest. On failure the new listeners are closed and nothing else changes. */
 static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t cap)
 {
-    gw_listener *next[GW_MAX_FRONTENDS] = {0};
-    bool fresh[GW_MAX_FRONTENDS] = {0};
+    size_t n = (size_t)(g->n_frontends ? g->n_frontends : 1);
+    gw_listener **next = calloc(n, sizeof *next);
+    bool *fresh = calloc(n, sizeof *fresh);
+    if (!next || !fresh) {
+        free(next);
+        free(fresh);
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
     for (int i = 0; i < g->n_frontends; i++) {
         if (g->frontends[i].vh_listen != &g->frontends[i])
             continue; /* virtual hosts: accepted by the listener of their address */
@@ -361,6 +368,8 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
                 for (int j = 0; j < i; j++)
                     if (fresh[j])
                         close_listener(next[j]);
+                free(next);
+                free(fresh);
                 return -1;
             }
         }
@@ -375,16 +384,19 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
             close_listener(srv->listeners[i]);
         }
     }
-    int n = 0;
+    int kept_n = 0;
     for (int i = 0; i < g->n_frontends; i++) {
         long li = g->frontends[i].vh_listen - g->frontends; /* its address's listener */
         log_frontend(&g->frontends[i], fresh[li] ? "listening" : "listening_kept");
         if (!next[i])
             continue;
         next[i]->fe = &g->frontends[i];
-        srv->listeners[n++] = next[i];
+        next[kept_n++] = next[i]; /* compacted: one listener per address */
     }
-    srv->n_listeners = n;
+    free(srv->listeners);
+    srv->listeners = next;
+    srv->n_listeners = kept_n;
+    free(fresh);
     return 0;
 }
 
@@ -448,4 +460,7 @@ void gw_server_free(gw_server *srv)
     if (srv->gen)
         gw_generation_unref(srv->gen);
     srv->gen = NULL;
+    free(srv->listeners);
+    srv->listeners = NULL;
+    srv->n_listeners = 0;
 }

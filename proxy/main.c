@@ -113,8 +113,9 @@ static void reload(void)
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
     else {
         warn_weak_tls(cfg);
-        gw_workers_reload(cfg);
+        gw_workers_reload(cfg); /* each worker gets its own copy */
     }
+    gw_config_free(cfg);
     free(cfg);
 }
 
@@ -198,14 +199,17 @@ int main(int argc, char **argv)
     }
     if (test_only) {
         printf("ok\n");
+        gw_config_free(&cfg);
         return 0;
     }
     config_path = path;
     gw_log_set_level(cfg.log_level);
     gw_log_set_json(cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
-    if (ensure_cert(&cfg) != 0)
+    if (ensure_cert(&cfg) != 0) {
+        gw_config_free(&cfg);
         return 2;
+    }
     warn_weak_tls(&cfg);
     uv_loop_t *loop = uv_default_loop();
     /* Handlers first: a SIGHUP that arrives once the ports listen must not kill us. */
@@ -219,23 +223,27 @@ int main(int argc, char **argv)
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");
         gw_health_free(health);
+        gw_config_free(&cfg);
         return 2;
     }
     if (gw_workers_start(cfg.workers, loop, &cfg, health, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);
         gw_health_free(health);
+        gw_config_free(&cfg);
         return 2;
     }
     if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0) {
         gw_workers_stop();
         gw_workers_finish();
         gw_health_free(health);
+        gw_config_free(&cfg);
         return 2;
     }
     gw_health_start(health, loop);
     GW_LOG_INFO(0, "event=started version=%s config=\"%s\" workers=%d", GW_VERSION,
                 path ? path : "<embedded default>", gw_workers_count());
+    gw_config_free(&cfg); /* the generations and health hold their own copies */
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_workers_finish();

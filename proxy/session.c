@@ -89,6 +89,7 @@ void gw_sess_release(gw_session *s)
     free(s->inbuf);
     free(s->featbuf);
     free(s->cur.held);
+    free(s->be_tried);
     free(s);
     hooks->on_end(host);
 }
@@ -198,6 +199,13 @@ static void check_deadlines(gw_session *s)
              now - s->be_attempt_ms >= (uint64_t)s->be->conf->connect_timeout * 1000) {
         if (!gw_backend_failover(s, "connect timeout"))
             gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT, "backend connect timeout");
+    } else if (s->bstate == BS_GREETING && !s->be_committed &&
+               now - s->be_attempt_ms >= (uint64_t)s->be->conf->connect_timeout * 1000) {
+        /* Accepted but silent (or an implicit-TLS handshake that stalls): like a refusal. */
+        char why[48];
+        snprintf(why, sizeof why, "no greeting within %d s", s->be->conf->connect_timeout);
+        if (!gw_backend_failover(s, why))
+            gw_sess_fail(s, GW_R_BACKEND_NO_GREETING, why);
     } else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
         gw_sess_fail(s, GW_R_LOGIN_TIMEOUT, "login timeout");
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&

@@ -80,7 +80,7 @@ struct gw_session {
     uint64_t id;
     gw_frontend *fe;
     gw_backend_rt *be;      /* chosen at the start, kept for the session's life (REIN too) */
-    uint32_t be_tried;      /* bits of fe->backends[] tried by this session (failover) */
+    uint32_t *be_tried;     /* bitmap of fe->backends[] tried by this session (heap) */
     bool be_counted;        /* be->live counts this session */
     bool be_committed;      /* a 220 arrived: the client talks to this backend, no failover */
     bool be_reported;       /* this connect attempt's outcome went to health */
@@ -92,7 +92,8 @@ struct gw_session {
     bool vh_none;           /* virtual hosts without a default: no frontend chosen yet */
     bool vh_sni;            /* the client's TLS SNI chose s->fe: HOST cannot change it */
     SSL_CTX *ctl_ctx;       /* the control TLS's context (its tickets): data legs use it */
-    uint64_t be_attempt_ms; /* the current connect attempt started (connect_timeout) */
+    uint64_t be_attempt_ms; /* the connect attempt, then the wait for its 220, started
+                               (connect_timeout each) */
     uv_loop_t *loop;
     gw_conn *client, *backend;
     uv_timer_t timer;

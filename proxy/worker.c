@@ -79,11 +79,19 @@ static void begin_stop(gw_worker *w)
     uv_timer_start(&w->stop_timer, on_stop_tick, 0, 100);
 }
 
+/* A configuration posted to a worker (gw_workers_reload's deep copy). */
+static void drop_cfg(gw_config *cfg)
+{
+    if (cfg)
+        gw_config_free(cfg);
+    free(cfg);
+}
+
 static void apply_reload(gw_worker *w, gw_config *cfg)
 {
     char err[1024];
     if (w->srv.stopping) {
-        free(cfg);
+        drop_cfg(cfg);
         return;
     }
     if (cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
@@ -106,7 +114,7 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
         }
         GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
     }
-    free(cfg);
+    drop_cfg(cfg);
 }
 
 static void on_wake(uv_async_t *a)
@@ -160,7 +168,7 @@ static void free_workers(int n)
     for (int i = 0; i < n; i++) {
         gw_server_free(&workers[i].srv);
         pthread_mutex_destroy(&workers[i].lock);
-        free(workers[i].reload_cfg);
+        drop_cfg(workers[i].reload_cfg);
     }
     free(workers);
     workers = NULL;
@@ -251,10 +259,10 @@ static void post(gw_worker *w, gw_config *cfg, bool stop)
 {
     pthread_mutex_lock(&w->lock);
     if (w->done) {
-        free(cfg);
+        drop_cfg(cfg);
     } else {
         if (cfg) {
-            free(w->reload_cfg); /* a newer reload replaces one not yet applied */
+            drop_cfg(w->reload_cfg); /* a newer reload replaces one not yet applied */
             w->reload_cfg = cfg;
         }
         if (stop)
@@ -268,11 +276,11 @@ void gw_workers_reload(const gw_config *cfg)
 {
     for (int i = 0; i < n_workers; i++) {
         gw_config *copy = malloc(sizeof *copy);
-        if (!copy) {
+        if (!copy || gw_config_copy(copy, cfg) != 0) {
+            free(copy);
             GW_LOG_ERR(0, "event=reload_failed worker=%d reason=\"out of memory\"", i);
             continue;
         }
-        *copy = *cfg;
         post(&workers[i], copy, false);
     }
 }

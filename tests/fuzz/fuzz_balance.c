@@ -10,17 +10,19 @@
 
 #include "balance.h"
 
+#define MAX_CANDS 40 /* past 32: exclude covers candidates 0..31 only */
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 5)
         return 0;
     enum gw_balance policy = (enum gw_balance)(data[0] & 3);
-    int n = (data[0] >> 2) % (GW_MAX_BACKENDS + 1);
+    int n = (data[0] >> 2) % (MAX_CANDS + 1);
     uint32_t exclude = (uint32_t)data[1] | (uint32_t)data[2] << 8;
     uint32_t rnd = (uint32_t)data[3] << 8 | data[4];
     data += 5;
     size -= 5;
-    gw_bal_cand c[GW_MAX_BACKENDS];
+    gw_bal_cand c[MAX_CANDS];
     int have = 0;
     for (; have < n && size >= 4; have++, data += 4, size -= 4)
         c[have] = (gw_bal_cand){.weight = data[0] % 12 - 1,
@@ -43,5 +45,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             gw_balance_pick(policy, c, have, &st, exclude, 0, data, size) != i)
             abort();
     }
+    gw_bal_state_free(&st);
     return 0;
 }

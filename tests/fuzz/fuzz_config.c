@@ -31,12 +31,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(strcmp(tiny, "fuzz") == 0);
         return 0;
     }
-    check(cfg.n_frontends >= 1 && cfg.n_frontends <= GW_MAX_FRONTENDS);
-    check(cfg.n_backends >= 1 && cfg.n_backends <= GW_MAX_BACKENDS);
+    check(cfg.n_frontends >= 1 && cfg.n_backends >= 1);
     for (int i = 0; i < cfg.n_frontends; i++) {
         const gw_frontend_conf *f = &cfg.frontends[i];
-        check(f->backend_index >= 0 && f->backend_index < cfg.n_backends);
-        check(strcmp(f->backend, cfg.backends[f->backend_index].name) == 0);
+        check(f->n_backends >= 1 && f->n_backends <= cfg.n_backends && f->backend_list);
+        check(f->backend_index == f->backend_list[0]);
+        for (int j = 0; j < f->n_backends; j++)
+            check(f->backend_list[j] >= 0 && f->backend_list[j] < cfg.n_backends);
         check(f->listen.port != 0 && memchr(f->listen.host, '\0', sizeof f->listen.host));
         check(f->pasv_port_min >= 1024 && f->pasv_port_min <= f->pasv_port_max);
         check(memchr(f->name, '\0', sizeof f->name) && f->name[0]);
@@ -44,5 +45,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < cfg.n_backends; i++)
         check(cfg.backends[i].address.port != 0 && cfg.backends[i].connect_timeout > 0);
     check(cfg.idle_timeout > 0 && cfg.login_timeout > 0);
+    /* A deep copy matches and outlives the original (leaks are caught by libFuzzer). */
+    gw_config copy;
+    if (gw_config_copy(&copy, &cfg) == 0) {
+        check(copy.n_frontends == cfg.n_frontends && copy.n_backends == cfg.n_backends);
+        for (int i = 0; i < cfg.n_frontends; i++)
+            check(memcmp(copy.frontends[i].backend_list, cfg.frontends[i].backend_list,
+                         (size_t)cfg.frontends[i].n_backends * sizeof(int)) == 0);
+        gw_config_free(&cfg);
+        check(copy.backends[0].name[0] != '\0'); /* still readable */
+        gw_config_free(&copy);
+    }
+    gw_config_free(&cfg);
     return 0;
 }

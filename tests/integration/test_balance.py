@@ -375,3 +375,71 @@ def test_health_down_backends_skipped_then_421(gateway, three, test_user, ports,
     finally:
         raw.close()
     assert "event=no_backend frontend=p" in gw.log_since(mark)
+
+
+@contextlib.contextmanager
+def silent():
+    """Accepts TCP connections and never writes a byte (a server hung before its 220)."""
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(64)
+    stop = threading.Event()
+    held = []
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            held.append(c)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"{HOST}:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+
+@pytest.mark.parametrize("mode", ["plain", "implicit"])
+def test_failover_on_no_greeting(gateway, three, test_user, client_ctx, mode):
+    """A backend that accepts but never greets is left after its connect_timeout (counted
+    from the TCP connect), not after login_timeout: failover to the next one."""
+    with silent() as mute:
+        addresses = {"be": mute, "b": three[1].address}
+        extra = {"frontend fe": {"backend": "be, b", "balance": "roundrobin"}}
+        for name, addr in addresses.items():
+            extra[f"backend {name}"] = {"address": addr, "tls": "none", "connect_timeout": 1}
+        gw = gateway(backend_address=mute, extra=extra,
+                     frontends={"p": frontend(mode, backend="be, b", balance="roundrobin")})
+        for _ in range(4):  # roundrobin: every other session starts on the silent one
+            ftp = login(gw, *test_user, mode=mode, ctx=client_ctx)
+            try:
+                assert ftp.welcome.startswith("220 "), ftp.welcome
+                assert which(ftp) == "b"
+                ftp.quit()
+            finally:
+                ftp.close()
+        assert re.search(r"event=backend_failover from=be reason=\"no greeting within 1 s\" "
+                         r"to=b", gw.log), gw.log
+        assert "login timeout" not in gw.log
+
+
+def test_no_greeting_anywhere_gives_421(gateway, three, test_user):
+    with silent() as mute:
+        extra = {"backend be": {"address": mute, "tls": "none", "connect_timeout": 1}}
+        gw = gateway(backend_address=mute, extra=extra,
+                     frontends={"p": frontend("plain", backend="be")})
+        ctl = peers.Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 421 and "no greeting" in text, text
+        finally:
+            ctl.close()
+        assert 'reason="no greeting within 1 s" to=none' in gw.log

@@ -13,12 +13,13 @@
 
 #include "config.h"
 
-static gw_config cfg; /* ~56 KiB: not on the stack */
+static gw_config cfg;
 static char err[512];
 
 static int parse(const char *text)
 {
     memset(err, 'X', sizeof err);
+    gw_config_free(&cfg); /* the previous test's result */
     return gw_config_parse(text, strlen(text), "t.conf", &cfg, err, sizeof err);
 }
 
@@ -47,9 +48,69 @@ static void expect_ok(const char *text)
     assert_int_equal(rc, 0);
 }
 
+/* No fixed cap: 100 frontends and 100 backends (the last frontend balances over 40 of them:
+ * as many names as fit on one line, inih's limit), then a deep copy that outlives the
+ * original. */
+static void test_many_sections(void **state)
+{
+    (void)state;
+    enum { N = 100, ALL = 40 };
+    size_t cap = (size_t)N * 200 + 1024, used = 0;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    for (int i = 0; i < N; i++)
+        used += (size_t)snprintf(text + used, cap - used,
+                                 "[backend b%d]\naddress = 127.0.0.1:%d\nweight = %d\n", i,
+                                 20000 + i, 1 + i % 7);
+    for (int i = 0; i < N - 1; i++)
+        used += (size_t)snprintf(text + used, cap - used,
+                                 "[frontend f%d]\nlisten = 127.0.0.1:%d\nmode = plain\n"
+                                 "backend = b%d, b%d\n",
+                                 i, 30000 + i, i, (i + 1) % N);
+    used += (size_t)snprintf(text + used, cap - used,
+                             "[frontend all]\nlisten = 127.0.0.1:31000\nmode = plain\nbackend = ");
+    for (int i = 0; i < ALL; i++)
+        used += (size_t)snprintf(text + used, cap - used, "%sb%d", i ? "," : "", i);
+    used += (size_t)snprintf(text + used, cap - used, "\n");
+    assert_true(used < cap);
+    expect_ok(text);
+    free(text);
+    assert_int_equal(cfg.n_backends, N);
+    assert_int_equal(cfg.n_frontends, N);
+    assert_string_equal(cfg.backends[N - 1].name, "b99");
+    assert_int_equal(cfg.backends[N - 1].address.port, 20000 + N - 1);
+    assert_int_equal(cfg.frontends[42].n_backends, 2);
+    assert_int_equal(cfg.frontends[42].backend_list[1], 43);
+    assert_int_equal(cfg.frontends[N - 2].backend_list[1], N - 1);
+    const gw_frontend_conf *all = &cfg.frontends[N - 1];
+    assert_int_equal(all->n_backends, ALL);
+    for (int i = 0; i < ALL; i++)
+        assert_int_equal(all->backend_list[i], i);
+
+    gw_config copy;
+    assert_int_equal(gw_config_copy(&copy, &cfg), 0);
+    gw_config_free(&cfg);
+    assert_null(cfg.frontends);
+    assert_int_equal(cfg.n_backends, 0);
+    gw_config_free(&cfg); /* idempotent */
+    assert_int_equal(copy.n_frontends, N);
+    assert_int_equal(copy.frontends[N - 1].backend_list[ALL - 1], ALL - 1);
+    assert_string_equal(copy.frontends[7].name, "f7");
+    assert_int_equal(copy.backends[5].weight, 1 + 5 % 7);
+    gw_config_free(&copy);
+
+    /* A failed parse leaves nothing to free. */
+    expect_error("[backend b]\naddress = 127.0.0.1:1\n[frontend a]\nlisten = 127.0.0.1:2\n"
+                 "backend = nope\n",
+                 "t.conf:", "no [backend nope]");
+    assert_null(cfg.frontends);
+    assert_null(cfg.backends);
+}
+
 static void test_default_parses(void **state)
 {
     (void)state;
+    gw_config_free(&cfg);
     assert_int_equal(gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
                                      "<embedded default>", &cfg, err, sizeof err),
                      0);
@@ -623,6 +684,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_parses),
+        cmocka_unit_test(test_many_sections),
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
         cmocka_unit_test(test_unknown_key),
