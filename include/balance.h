@@ -44,4 +44,10 @@ int gw_balance_pick(enum gw_balance policy, const gw_bal_cand *c, int n, gw_bal_
 /* The policy's name in logs ("roundrobin", ...). */
 const char *gw_balance_name(enum gw_balance policy);
 
+/* route_user: "name@BACKEND" -> the user name the backend sees and the backend's name, split
+ * at the LAST '@' (user names may hold '@' themselves: "a@corp@b" is user "a@corp" on b).
+ * Returns the backend part (inside `user`, which is cut at the '@'), or NULL when there is
+ * no '@' or nothing after it (then `user` is unchanged: routed by the policy). */
+char *gw_route_user_split(char *user);
+
 #endif

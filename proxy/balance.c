@@ -172,3 +172,12 @@ const char *gw_balance_name(enum gw_balance policy)
         return "roundrobin";
     }
 }
+
+char *gw_route_user_split(char *user)
+{
+    char *at = strrchr(user, '@');
+    if (!at || !at[1])
+        return NULL;
+    *at = 0;
+    return at + 1;
+}

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "balance.h"
 #include "data.h"
 #include "feat.h"
 #include "ftp_codes.h"
@@ -328,22 +329,21 @@ static void cmd_user_routed(gw_session *s, const char *arg)
     char name[GW_CMD_LINE_MAX + 1];
     snprintf(name, sizeof name, "%s", arg);
     int want = -1;
-    char *at = s->fe->conf->route_user ? strrchr(name, '@') : NULL;
-    if (at) {
-        *at = 0;
+    const char *named = s->fe->conf->route_user ? gw_route_user_split(name) : NULL;
+    if (named) {
         for (int i = 0; i < s->fe->n_backends; i++)
-            if (strcmp(s->fe->backends[i]->conf->name, at + 1) == 0) {
+            if (strcmp(s->fe->backends[i]->conf->name, named) == 0) {
                 want = i;
                 break;
             }
         if (want < 0) {
-            GW_LOG_INFO(s->id, "event=route_refused backend=\"%.64s\" reason=unknown", at + 1);
+            GW_LOG_INFO(s->id, "event=route_refused backend=\"%.64s\" reason=unknown", named);
             gw_sess_reply(s, GW_R_ROUTE_UNKNOWN);
             return;
         }
         if (s->be && s->fe->backends[want] != s->be) {
             GW_LOG_INFO(s->id, "event=route_refused backend=%s reason=\"the session keeps %s\"",
-                        at + 1, s->be->conf->name);
+                        named, s->be->conf->name);
             gw_sess_reply(s, GW_R_ROUTE_REIN_OTHER);
             return;
         }

@@ -14,6 +14,15 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    /* route_user's split: any bytes as a user name (NUL-terminated copy). */
+    char user[256];
+    size_t ulen = size < sizeof user - 1 ? size : sizeof user - 1;
+    memcpy(user, data, ulen);
+    user[ulen] = 0;
+    size_t before = strlen(user);
+    const char *be = gw_route_user_split(user);
+    if (be && strlen(user) + 1 + strlen(be) != before)
+        __builtin_trap();
     if (size < 5)
         return 0;
     enum gw_balance policy = (enum gw_balance)(data[0] & 3);

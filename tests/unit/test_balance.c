@@ -212,12 +212,37 @@ static void test_exclusions_and_none(void **state)
     assert_string_equal(gw_balance_name(GW_BALANCE_SOURCE), "source");
 }
 
+/* route_user: the LAST '@' separates; no '@' or nothing after it: routed by the policy. */
+static void test_route_user_split(void **state)
+{
+    (void)state;
+    char a[] = "alice@b";
+    assert_string_equal(gw_route_user_split(a), "b");
+    assert_string_equal(a, "alice");
+    char b[] = "a@corp.example@c";
+    assert_string_equal(gw_route_user_split(b), "c");
+    assert_string_equal(b, "a@corp.example");
+    char c[] = "bob";
+    assert_null(gw_route_user_split(c));
+    assert_string_equal(c, "bob");
+    char d[] = "carol@";
+    assert_null(gw_route_user_split(d));
+    assert_string_equal(d, "carol@");
+    char e[] = "@b";
+    assert_string_equal(gw_route_user_split(e), "b");
+    assert_string_equal(e, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundrobin), cmocka_unit_test(test_leastconn),
-        cmocka_unit_test(test_random),     cmocka_unit_test(test_source),
-        cmocka_unit_test(test_user),       cmocka_unit_test(test_exclusions_and_none),
+        cmocka_unit_test(test_roundrobin),
+        cmocka_unit_test(test_leastconn),
+        cmocka_unit_test(test_random),
+        cmocka_unit_test(test_source),
+        cmocka_unit_test(test_user),
+        cmocka_unit_test(test_exclusions_and_none),
+        cmocka_unit_test(test_route_user_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
