@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -36,13 +37,15 @@ def three(workdir, ports, test_user):
 
 
 def start(gateway, three, *, policy="roundrobin", weights=None, max_sessions=None,
-          addresses=None, mode="plain", names="be, b, c"):
-    """A gateway whose frontend "p" (mode) and implicit "fe" balance over be, b, c."""
+          addresses=None, mode="plain", names="be, b, c", backend_keys=None):
+    """A gateway whose frontend "p" (mode) and implicit "fe" balance over be, b, c.
+    `backend_keys`: merged into every [backend NAME] section (health probes, ...)."""
     addresses = addresses or {n: be.address for n, be in zip(["be", "b", "c"], three)}
     extra = {"frontend fe": {"backend": names, "balance": policy}}
     for name, addr in addresses.items():
         section = extra.setdefault(f"backend {name}", {})
         section.update({"address": addr, "tls": "none", "connect_timeout": 2})
+        section.update(backend_keys or {})
         if weights and name in weights:
             section["weight"] = weights[name]
         if max_sessions and name in max_sessions:
@@ -332,6 +335,80 @@ def test_reload_keeps_live_counts(gateway, three, test_user):
         first.close()
     peers.wait_for(lambda: gw.log.count("event=session_end") >= 7, 5, "the session ends")
     assert served(gw, *test_user, 3)["be"] == 1
+
+
+MIDRUN_HEALTH = {"health_interval": 1, "health_rise": 2, "health_fall": 2, "health_timeout": 1}
+
+
+def test_backend_out_of_service_midrun(gateway, workdir, ports, test_user):
+    """An operator pulls b out of service while clients keep coming: no session fails
+    (failover until the probes mark b down, then b is not tried at all), and once b is
+    back on the same port and root the probes bring it up and round robin reaches it."""
+    h = MIDRUN_HEALTH
+    servers = {}
+
+    def serve(name, i, port=None):
+        be = peers.start_pyftpdlib(workdir / f"midrun-{name}", ports, *test_user, port=port)
+        (be.root / "marker").write_bytes(b"x" * i)
+        servers[name] = be
+        return be
+
+    try:
+        for i, name in NAMES.items():
+            serve(name, i)
+        gw = start(gateway, list(servers.values()), backend_keys=h,
+                   addresses={n: be.address for n, be in servers.items()})
+        runs = []  # (monotonic start, log offset at start, backend that served it)
+
+        def session():
+            t0, mark = time.monotonic(), gw.log_size()
+            ftp = login(gw, *test_user)  # any failure here fails the test
+            try:
+                who = which(ftp)
+                ftp.quit()
+            finally:
+                ftp.close()
+            runs.append((t0, mark, who))
+            time.sleep(0.05)
+            return who
+
+        for _ in range(10):
+            session()
+        assert {w for _, _, w in runs} == {"be", "b", "c"}, runs
+
+        port_b = servers["b"].port
+        servers["b"].stop()
+        killed = time.monotonic()
+        while time.monotonic() - killed < 6:
+            session()
+        after = [r for r in runs if r[0] > killed]
+        assert {w for _, _, w in after} <= {"be", "c"}, after
+        assert "event=backend_down backend=b " in gw.log
+        settle = h["health_fall"] * h["health_interval"] + h["health_timeout"] + 1
+        late = [r for r in after if r[0] > killed + settle]
+        assert len(late) >= 6, (len(late), settle)
+        assert "backend_failover from=b" not in gw.log_since(late[0][1], max_lines=100000)
+        failovers = gw.log.count("backend_failover from=b")
+        down_by = [t for t, m, _ in after
+                   if "event=backend_down backend=b " not in gw.log_since(m, max_lines=100000)]
+        print(f"midrun: {len(after)} sessions in 6 s after the kill, {failovers} failovers "
+              f"from b, b down by {down_by[0] - killed:.2f} s, {len(late)} sessions after "
+              f"{settle} s")
+
+        mark = gw.log_size()
+        serve("b", 2, port=port_b)
+        back = time.monotonic()
+        deadline = back + h["health_rise"] * h["health_interval"] + 2
+        while "event=backend_up backend=b " not in gw.log_since(mark, max_lines=100000):
+            assert time.monotonic() < deadline, "b not back up in time"
+            session()
+        up_after = time.monotonic() - back
+        nxt = [session() for _ in range(3)]
+        assert "b" in nxt, nxt
+        print(f"midrun: b up {up_after:.2f} s after the restart, next sessions {nxt}")
+    finally:
+        for be in servers.values():
+            be.stop()
 
 
 FAST_HEALTH = {"health_interval": 1, "health_timeout": 1, "health_rise": 1, "health_fall": 1}
