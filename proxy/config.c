@@ -279,29 +279,39 @@ static int p_str(const struct keydef *k, const char *v, void *out, char *why, si
     return 0;
 }
 
-/* A comma-separated list of section names (spaces around items ignored); checked against
- * the [backend] sections by validate(). */
+/* Lists are comma-separated and spaces around items are ignored: the item starting at p
+ * (*item, *n, trimmed). Returns the comma after it, or NULL for the last item. */
+static const char *list_next(const char *p, const char **item, size_t *n)
+{
+    const char *comma = strchr(p, ',');
+    size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    while (len && (*p == ' ' || *p == '\t'))
+        p++, len--;
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+        len--;
+    *item = p;
+    *n = len;
+    return comma;
+}
+
 /* server_name: host names or *.suffix, separated by commas. */
 static int p_server_names(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     const char *p = v;
     while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && (*p == ' ' || *p == '\t'))
-            p++, n--;
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-            n--;
+        const char *name;
+        size_t n;
+        const char *comma = list_next(p, &name, &n);
         if (n == 0 || n >= GW_HOST_MAX) {
             snprintf(why, cap, "\"%s\": expected host names separated by commas", v);
             return -1;
         }
         for (size_t i = 0; i < n; i++) {
-            char c = p[i];
+            char c = name[i];
             bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                       c == '-' || c == '.' || c == '_' || (c == '*' && i == 0);
-            if (!ok || (c == '*' && (n < 3 || p[1] != '.'))) {
-                snprintf(why, cap, "\"%.*s\": not a host name or *.suffix", (int)n, p);
+            if (!ok || (c == '*' && (n < 3 || name[1] != '.'))) {
+                snprintf(why, cap, "\"%.*s\": not a host name or *.suffix", (int)n, name);
                 return -1;
             }
         }
@@ -312,22 +322,20 @@ static int p_server_names(const struct keydef *k, const char *v, void *out, char
     return p_str(k, v, out, why, cap);
 }
 
+/* backend: section names, checked against the [backend] sections by validate(). */
 static int p_name_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     char item[GW_NAME_MAX + 1];
     const char *p = v;
     while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && (*p == ' ' || *p == '\t'))
-            p++, n--;
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-            n--;
+        const char *name;
+        size_t n;
+        const char *comma = list_next(p, &name, &n);
         if (n == 0 || n >= sizeof item) {
             snprintf(why, cap, "\"%s\": expected section names separated by commas", v);
             return -1;
         }
-        memcpy(item, p, n);
+        memcpy(item, name, n);
         item[n] = 0;
         if (!valid_name(item)) {
             snprintf(why, cap, "\"%s\": not a section name", item);
