@@ -30,6 +30,7 @@ static void run(enum gw_balance p, gw_bal_cand *c, int n, int picks, bool hold, 
         if (hold)
             c[i].live++;
     }
+    gw_bal_state_free(&st);
 }
 
 static void test_roundrobin(void **state)
@@ -66,6 +67,7 @@ static void test_roundrobin(void **state)
     assert_int_equal(three[0], 36);
     assert_int_equal(three[1], 12);
     assert_int_equal(three[2], 12);
+    gw_bal_state_free(&st);
 }
 
 static void test_leastconn(void **state)
@@ -98,6 +100,7 @@ static void test_leastconn(void **state)
     assert_int_equal(gw_balance_pick(GW_BALANCE_LEASTCONN, c, 3, &st, 0, 0, NULL, 0), 1);
     c[2].weight = 4; /* 3/4 < 1/1 */
     assert_int_equal(gw_balance_pick(GW_BALANCE_LEASTCONN, c, 3, &st, 0, 0, NULL, 0), 2);
+    gw_bal_state_free(&st);
 }
 
 static void test_random(void **state)
@@ -119,6 +122,7 @@ static void test_random(void **state)
     assert_int_equal(gw_balance_pick(GW_BALANCE_RANDOM, c, 2, &st, 0, 2, NULL, 0), 0);
     assert_int_equal(gw_balance_pick(GW_BALANCE_RANDOM, c, 2, &st, 0, 3, NULL, 0), 1);
     assert_int_equal(gw_balance_pick(GW_BALANCE_RANDOM, c, 2, &st, 0, 7, NULL, 0), 1);
+    gw_bal_state_free(&st);
 }
 
 static void test_source(void **state)
@@ -146,6 +150,7 @@ static void test_source(void **state)
     }
     for (int i = 0; i < 3; i++) /* 60 neighbouring addresses spread over all three */
         assert_true(seen[i] >= 8);
+    gw_bal_state_free(&st);
 }
 
 /* balance = user: the USER name is the key; sticky, next in order when down, spread. */
@@ -179,6 +184,7 @@ static void test_user(void **state)
     for (int i = 0; i < 3; i++)
         assert_true(seen[i] >= 8);
     assert_string_equal(gw_balance_name(GW_BALANCE_USER), "user");
+    gw_bal_state_free(&st);
 }
 
 static void test_exclusions_and_none(void **state)
@@ -208,6 +214,7 @@ static void test_exclusions_and_none(void **state)
         c[1].live = 1; /* a place frees up */
         assert_int_equal(gw_balance_pick(all[p], c, 3, &st, 0, 0, key, 4), 1);
         assert_int_equal(gw_balance_pick(all[p], c, 0, &st, 0, 0, key, 4), -1);
+        gw_bal_state_free(&st);
     }
     assert_string_equal(gw_balance_name(GW_BALANCE_SOURCE), "source");
 }

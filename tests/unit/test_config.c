@@ -638,26 +638,32 @@ static void test_load_file(void **state)
     assert_non_null(strstr(err, "/nonexistent/ftpsgate.conf:0: cannot read"));
 }
 
+/* Load one sample; its error is printed when it does not parse. */
+static int load_sample(const char *path)
+{
+    int r = gw_config_load_file(path, &cfg, err, sizeof err);
+    if (r != 0)
+        print_error("%s\n", err);
+    return r;
+}
+
 /* The samples shipped in config/ parse today. */
 static void test_sample_files(void **state)
 {
     (void)state;
     if (access("config/ftpsgate.conf", R_OK) != 0)
         skip();
-    if (gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err) != 0)
-        print_error("%s\n", err);
-    assert_int_equal(gw_config_load_file("config/ftpsgate.conf", &cfg, err, sizeof err), 0);
-    if (gw_config_load_file("config/minimal.conf", &cfg, err, sizeof err) != 0)
-        print_error("%s\n", err);
-    assert_int_equal(gw_config_load_file("config/minimal.conf", &cfg, err, sizeof err), 0);
+    assert_int_equal(load_sample("config/ftpsgate.conf"), 0);
+    gw_config_free(&cfg);
+    assert_int_equal(load_sample("config/minimal.conf"), 0);
     assert_int_equal(cfg.n_frontends, 1);
     assert_int_equal(cfg.n_backends, 1);
-    if (gw_config_load_file("config/three-backends.conf", &cfg, err, sizeof err) != 0)
-        print_error("%s\n", err);
-    assert_int_equal(gw_config_load_file("config/three-backends.conf", &cfg, err, sizeof err), 0);
+    gw_config_free(&cfg);
+    assert_int_equal(load_sample("config/three-backends.conf"), 0);
     assert_int_equal(cfg.frontends[0].n_backends, 3);
     assert_int_equal(cfg.backends[0].weight, 3);
     assert_int_equal(cfg.backends[2].max_sessions, 20);
+    gw_config_free(&cfg);
 }
 
 static void test_weak_tls(void **state)
