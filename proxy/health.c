@@ -529,34 +529,23 @@ static bool probe_conf_same(const gw_backend_conf *a, const gw_backend_conf *b)
 int gw_health_configure(gw_health *h, const gw_config *cfg)
 {
     size_t nb = (size_t)cfg->n_backends + 1, nf = (size_t)cfg->n_frontends + 1;
-    hb **next = calloc(nb, sizeof *next);
+    hb **next = calloc(nb, sizeof *next), **old = NULL;
     bool *fresh = calloc(nb, sizeof *fresh);
     hfe *fe = calloc(nf, sizeof *fe);
-    bool nomem = !next || !fresh || !fe;
-    for (int i = 0; !nomem && i < cfg->n_frontends; i++) {
+    bool locked = false;
+    if (!next || !fresh || !fe)
+        goto fail;
+    for (int i = 0; i < cfg->n_frontends; i++) {
         fe[i].backends = calloc((size_t)cfg->frontends[i].n_backends + 1, GW_NAME_MAX);
-        nomem = !fe[i].backends;
-    }
-    if (nomem) {
-        for (int i = 0; fe && i < cfg->n_frontends; i++)
-            free(fe[i].backends);
-        free(fe);
-        free(next);
-        free(fresh);
-        return -1;
+        if (!fe[i].backends)
+            goto fail;
     }
     pthread_mutex_lock(&h->lock);
+    locked = true;
     int n_old = h->n;
-    hb **old = malloc(((size_t)n_old + 1) * sizeof *old); /* taken ones become NULL */
-    if (!old) {
-        pthread_mutex_unlock(&h->lock);
-        for (int k = 0; k < cfg->n_frontends; k++)
-            free(fe[k].backends);
-        free(fe);
-        free(next);
-        free(fresh);
-        return -1;
-    }
+    old = malloc(((size_t)n_old + 1) * sizeof *old); /* taken ones become NULL */
+    if (!old)
+        goto fail;
     if (n_old)
         memcpy(old, h->b, (size_t)n_old * sizeof *old);
     for (int i = 0; i < cfg->n_backends; i++) {
@@ -569,19 +558,8 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             }
         if (!next[i]) {
             next[i] = calloc(1, sizeof *next[i]);
-            if (!next[i]) {
-                for (int k = 0; k < i; k++)
-                    if (fresh[k])
-                        free(next[k]);
-                pthread_mutex_unlock(&h->lock);
-                free(old);
-                for (int k = 0; k < cfg->n_frontends; k++)
-                    free(fe[k].backends);
-                free(fe);
-                free(next);
-                free(fresh);
-                return -1;
-            }
+            if (!next[i])
+                goto fail;
             fresh[i] = true;
             next[i]->h = h;
             next[i]->up = true;
@@ -638,6 +616,20 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
     check_frontends(h);
     pthread_mutex_unlock(&h->lock);
     return 0;
+
+fail: /* out of memory: nothing changed; what was taken over from old is still in h->b */
+    if (locked)
+        pthread_mutex_unlock(&h->lock);
+    for (int k = 0; next && fresh && k < cfg->n_backends; k++)
+        if (fresh[k])
+            free(next[k]);
+    for (int i = 0; fe && i < cfg->n_frontends; i++)
+        free(fe[i].backends);
+    free(old);
+    free(fe);
+    free(next);
+    free(fresh);
+    return -1;
 }
 
 int gw_health_start(gw_health *h, uv_loop_t *loop)
