@@ -24,6 +24,8 @@ enum gw_balance {
     GW_BALANCE_SOURCE,
     GW_BALANCE_USER /* hash of the USER name: needs the gateway's own greeting */
 };
+/* client_cert: ask clients for a certificate (none), verify one when sent, or demand it. */
+enum gw_client_cert { GW_CERT_NONE = 0, GW_CERT_OPTIONAL, GW_CERT_REQUIRED };
 enum gw_tls_version {
     GW_TLS_ANY = 0,
     GW_TLS_1_0 = 10,
@@ -56,6 +58,17 @@ typedef struct gw_frontend_conf {
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
     char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */
+    /* TLS policy: the [tls] keys of the same names; one not set in the section holds the
+     * [tls] value after parsing (per-frontend keys replace, lists are not merged). */
+    enum gw_tls_version tls_min_version;
+    char ciphers[GW_PATH_MAX], ciphersuites[GW_PATH_MAX];
+    bool data_session_reuse_required;
+    int strict_tls_eof; /* -1 unset (= yes), 0 no, 1 yes */
+    enum gw_client_cert client_cert;
+    char client_ca[GW_PATH_MAX], client_crl[GW_PATH_MAX];
+    bool client_cert_user;                       /* USER must equal the certificate's name */
+    char data_session_reuse_exempt[GW_PATH_MAX]; /* CIDR list (gw_cidr_list_match) */
+    char strict_tls_eof_exempt[GW_PATH_MAX];     /* CIDR list */
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {
@@ -92,6 +105,10 @@ typedef struct gw_config {
     char ciphers[GW_PATH_MAX], ciphersuites[GW_PATH_MAX];
     bool data_session_reuse_required;
     int strict_tls_eof; /* -1 unset (default), 0 no, 1 yes */
+    enum gw_client_cert client_cert;
+    char client_ca[GW_PATH_MAX], client_crl[GW_PATH_MAX];
+    bool client_cert_user;
+    char data_session_reuse_exempt[GW_PATH_MAX], strict_tls_eof_exempt[GW_PATH_MAX];
 
     /* As many sections as the file has: heap arrays owned by the gw_config. Copy one with
      * gw_config_copy, release it with gw_config_free (never a plain struct assignment). */

@@ -36,12 +36,18 @@ typedef struct gw_data_limits {
 
 /* TLS of the two data legs; a NULL context or engine means that leg is in clear. */
 typedef struct gw_data_tls {
-    SSL_CTX *client_ctx;    /* PROT P toward the client: the gateway is the TLS server */
-    const uint8_t *tag;     /* the client control session's tag, for the resumption check */
-    bool reuse_required;    /* data_session_reuse = required */
-    bool strict_eof;        /* strict_tls_eof: a protected upload must end with close_notify */
-    gw_tls *backend_engine; /* PROT P toward the backend: a client engine, owned by data */
+    SSL_CTX *client_ctx;        /* PROT P toward the client: the gateway is the TLS server */
+    const uint8_t *tag;         /* the client control session's tag, for the resumption check */
+    bool reuse_required;        /* data_session_reuse = required */
+    bool strict_eof;            /* strict_tls_eof: a protected upload must end with close_notify */
+    bool reuse_exempt;          /* data_session_reuse_exempt: this client may skip resumption */
+    const uint8_t *cert_sha256; /* the control connection's client certificate, NULL: none */
+    gw_tls *backend_engine;     /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
+
+/* Data connections opened without resumption under data_session_reuse_exempt, process-wide
+ * (for metrics). */
+uint64_t gw_data_reuse_exempt_count(void);
 
 gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, gw_data_done_cb done,
                      void *owner);

@@ -36,6 +36,23 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
                                size_t errcap);
 void gw_tls_ctx_free(SSL_CTX *ctx);
 
+/* Client certificates on a server context: optional asks for one and refuses one that does
+ * not verify against ca (PEM) and crl (PEM, may be empty: no revocation check); required also
+ * fails the handshake without one. none: nothing. 0 or -1 with a message. */
+int gw_tls_server_ctx_client_certs(SSL_CTX *ctx, enum gw_client_cert mode, const char *ca,
+                                   const char *crl, char *err, size_t errcap);
+
+/* The client certificate of a server engine (the resumed session's on a data leg): subject and
+ * issuer (one line each, RFC 2253), its CN and first DNS or email SAN (empty when absent) and
+ * its SHA-256. 1 with the fields filled, 0 when the peer sent none. Any pointer may be NULL. */
+#define GW_TLS_NAME_MAX 256
+typedef struct gw_tls_peer {
+    char subject[GW_TLS_NAME_MAX], issuer[GW_TLS_NAME_MAX];
+    char cn[GW_TLS_NAME_MAX], san[GW_TLS_NAME_MAX];
+    uint8_t sha256[32];
+} gw_tls_peer;
+int gw_tls_peer_cert(const gw_tls *t, gw_tls_peer *out);
+
 /* Virtual hosts: pick(arg, name) gives the context for a client's SNI name (the handshake
  * switches to it: its certificate), or NULL to refuse the handshake (unrecognized_name).
  * Without SNI the context stays. pick is the same function for every context. */

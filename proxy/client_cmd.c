@@ -33,6 +33,27 @@ static bool gate_before_tls(gw_session *s, const gw_cmd_def *def)
     return true;
 }
 
+/* client_cert_user: USER (its name part under route_user) must equal the client
+ * certificate's CN or its first DNS/email SAN. False after answering 530. */
+static bool cert_user_ok(gw_session *s, const char *arg)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (!fc->client_cert_user)
+        return true;
+    char name[GW_CMD_LINE_MAX + 1];
+    snprintf(name, sizeof name, "%s", arg);
+    if (fc->route_user)
+        gw_route_user_split(name);
+    /* SECURITY: exact, case-sensitive comparison; no certificate never matches. */
+    const gw_tls_peer *c = s->cert;
+    bool ok = c && name[0] && (!strcmp(name, c->cn) || !strcmp(name, c->san));
+    GW_LOG_INFO(s->id, "event=cert_user result=%s user=\"%.64s\" cn=\"%s\" san=\"%s\"",
+                ok ? "match" : "mismatch", name, c ? c->cn : "", c ? c->san : "");
+    if (!ok)
+        gw_sess_reply(s, GW_R_CERT_USER_MISMATCH);
+    return ok;
+}
+
 static void cmd_auth(gw_session *s, const char *arg)
 {
     const gw_frontend_conf *fc = s->fe->conf;
@@ -288,10 +309,16 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     gw_data_tls tls = {
         .client_ctx = s->prot_p ? (s->ctl_ctx ? s->ctl_ctx : s->fe->tls_ctx) : NULL,
         .tag = s->has_tag ? s->tag : NULL,
-        .reuse_required = s->fe->cfg->data_session_reuse_required,
-        /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured). */
-        .strict_eof = s->fe->cfg->strict_tls_eof != 0,
+        .reuse_required = s->fe->conf->data_session_reuse_required,
+        .reuse_exempt = gw_cidr_list_match(s->fe->conf->data_session_reuse_exempt, &s->client_peer),
+        /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured);
+         * netkit ftp-ssl does not (strict_tls_eof_exempt, or strict_tls_eof = no). */
+        .strict_eof = s->fe->conf->strict_tls_eof != 0 &&
+                      !gw_cidr_list_match(s->fe->conf->strict_tls_eof_exempt, &s->client_peer),
+        .cert_sha256 = s->cert ? s->cert->sha256 : NULL,
     };
+    if (upload && tls.client_ctx && !tls.strict_eof && s->fe->conf->strict_tls_eof != 0)
+        GW_LOG_DEBUG(s->id, "event=strict_tls_eof_exempt");
     if (s->be_prot_p) {
         /* Offer the backend control session: servers such as vsftpd require it. */
         tls.backend_engine = gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_DATA, s->be->host,
@@ -477,6 +504,8 @@ static void handle_command(gw_session *s, const char *line)
         cmd_abort(s);
         break;
     case GW_CMD_USER:
+        if (!cert_user_ok(s, cmd.arg))
+            break;
         if (s->self_greet) {
             cmd_user_routed(s, cmd.arg);
             break;

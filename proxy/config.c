@@ -6,6 +6,7 @@
  * (inih reports neither empty sections nor the header's line). Every key is described by
  * one row of `keys[]` below. */
 #include "config.h"
+#include "ftp_addr.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -422,6 +423,15 @@ bad:
     return -1;
 }
 
+/* CIDR lists (data_session_reuse_exempt, strict_tls_eof_exempt, ...): checked here, matched
+ * by gw_cidr_list_match. */
+static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (gw_cidr_list_check(v, why, cap) != 0)
+        return -1;
+    return p_str(k, v, out, why, cap);
+}
+
 /* ---- the key table ---- */
 
 #define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f)
@@ -457,6 +467,10 @@ static const struct word w_balance[] = {{"roundrobin", GW_BALANCE_ROUNDROBIN},
                                         {"source", GW_BALANCE_SOURCE},
                                         {"user", GW_BALANCE_USER},
                                         {NULL, 0}};
+static const struct word w_client_cert[] = {{"none", GW_CERT_NONE},
+                                            {"optional", GW_CERT_OPTIONAL},
+                                            {"required", GW_CERT_REQUIRED},
+                                            {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -486,6 +500,14 @@ static const struct keydef keys[] = {
     {"data_session_reuse", S_TLS, p_enum_bool, G(data_session_reuse_required), "required", true, 0,
      0, w_reuse},
     {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", true, 0, 0, NULL},
+    /* TLS policy (issue 14); each [tls] key is also a [frontend] key (TLS_POLICY_KEYS). */
+    {"client_cert", S_TLS, p_enum, G(client_cert), "none", true, 0, 0, w_client_cert},
+    {"client_ca", S_TLS, p_str, G(client_ca), "", true, 0, 0, NULL},
+    {"client_crl", S_TLS, p_str, G(client_crl), "", true, 0, 0, NULL},
+    {"client_cert_user", S_TLS, p_bool, G(client_cert_user), "no", true, 0, 0, NULL},
+    {"data_session_reuse_exempt", S_TLS, p_cidr_list, G(data_session_reuse_exempt), "", true, 0, 0,
+     NULL},
+    {"strict_tls_eof_exempt", S_TLS, p_cidr_list, G(strict_tls_eof_exempt), "", true, 0, 0, NULL},
 
     {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
     {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},
@@ -502,6 +524,21 @@ static const struct keydef keys[] = {
     {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},
     {"key", S_FRONTEND, p_str, F(key), "", true, 0, 0, NULL},
     {"server_name", S_FRONTEND, p_server_names, F(server_name), "", true, 0, 0, NULL},
+    /* Per-frontend [tls] keys: unset ones take the [tls] value (inherit_tls_keys). */
+    {"min_version", S_FRONTEND, p_enum, F(tls_min_version), "TLSv1.2", true, 0, 0, w_tls_front},
+    {"ciphers", S_FRONTEND, p_str, F(ciphers), "", true, 0, 0, NULL},
+    {"ciphersuites", S_FRONTEND, p_str, F(ciphersuites), "", true, 0, 0, NULL},
+    {"data_session_reuse", S_FRONTEND, p_enum_bool, F(data_session_reuse_required), "required",
+     true, 0, 0, w_reuse},
+    {"strict_tls_eof", S_FRONTEND, p_tristate, F(strict_tls_eof), "", true, 0, 0, NULL},
+    {"client_cert", S_FRONTEND, p_enum, F(client_cert), "none", true, 0, 0, w_client_cert},
+    {"client_ca", S_FRONTEND, p_str, F(client_ca), "", true, 0, 0, NULL},
+    {"client_crl", S_FRONTEND, p_str, F(client_crl), "", true, 0, 0, NULL},
+    {"client_cert_user", S_FRONTEND, p_bool, F(client_cert_user), "no", true, 0, 0, NULL},
+    {"data_session_reuse_exempt", S_FRONTEND, p_cidr_list, F(data_session_reuse_exempt), "", true,
+     0, 0, NULL},
+    {"strict_tls_eof_exempt", S_FRONTEND, p_cidr_list, F(strict_tls_eof_exempt), "", true, 0, 0,
+     NULL},
 
     {"address", S_BACKEND, p_hostport, B(address), NULL, true, 0, 0, NULL},
     {"tls", S_BACKEND, p_enum, B(tls), "none", true, 0, 0, w_be_tls},
@@ -686,12 +723,13 @@ static int close_section(struct state *st)
                         "set without cert (set both, or neither)");
     }
     if (st->sect == S_FRONTEND && st->cfg->frontends[st->idx].mode == GW_FE_PLAIN) {
-        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc", "cert",
-                                               "key"};
-        for (size_t i = 0; i < sizeof tls_keys / sizeof tls_keys[0]; i++) {
-            int k = key_index(S_FRONTEND, tls_keys[i]);
-            if (st->key_line[k])
-                return fail(st, st->key_line[k], st->label, tls_keys[i],
+        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc"};
+        for (size_t i = 0; i < NKEYS; i++) {
+            bool tls = keys[i].sect == S_FRONTEND && key_index(S_TLS, keys[i].name) >= 0;
+            for (size_t j = 0; j < sizeof tls_keys / sizeof tls_keys[0]; j++)
+                tls = tls || (keys[i].sect == S_FRONTEND && !strcmp(keys[i].name, tls_keys[j]));
+            if (tls && st->key_line[i])
+                return fail(st, st->key_line[i], st->label, keys[i].name,
                             "not allowed on a mode = plain frontend");
         }
     }
@@ -937,6 +975,32 @@ static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
     return 0;
 }
 
+/* TLS policy: a [tls] key not set in a [frontend] section takes the [tls] value (replace
+ * semantics: a set key, lists included, is the frontend's alone). Then the combinations. */
+static int inherit_tls_keys(struct state *st, int i, const char *label)
+{
+    gw_frontend_conf *f = &st->cfg->frontends[i];
+    for (size_t k = 0; k < NKEYS; k++) {
+        int t = keys[k].sect == S_FRONTEND ? key_index(S_TLS, keys[k].name) : -1;
+        if (t < 0 || st->fe_keys[i][k])
+            continue;
+        if (keys[t].size != keys[k].size)
+            return fail(st, 0, label, keys[k].name, "internal: field size");
+        memcpy((char *)f + keys[k].off, (const char *)st->cfg + keys[t].off, keys[k].size);
+    }
+    if (f->mode == GW_FE_PLAIN)
+        return 0;
+    int line = st->fe_keys[i][key_index(S_FRONTEND, "client_cert")];
+    if (f->client_cert != GW_CERT_NONE && !f->client_ca[0])
+        return fail(st, line ? line : st->tls_keys[key_index(S_TLS, "client_cert")], label,
+                    "client_cert", "needs client_ca (the trust anchors for client certificates)");
+    line = st->fe_keys[i][key_index(S_FRONTEND, "client_cert_user")];
+    if (f->client_cert_user && f->client_cert == GW_CERT_NONE)
+        return fail(st, line ? line : st->tls_keys[key_index(S_TLS, "client_cert_user")], label,
+                    "client_cert_user", "needs client_cert = optional or required");
+    return 0;
+}
+
 static int validate(struct state *st)
 {
     gw_config *cfg = st->cfg;
@@ -961,6 +1025,8 @@ static int validate(struct state *st)
             snprintf(f->backend, sizeof f->backend, "%s", cfg->backends[0].name);
         }
         if (resolve_backend_list(st, f, kl[k_backend], label) != 0)
+            return -1;
+        if (inherit_tls_keys(st, i, label) != 0)
             return -1;
 
         for (int j = 0; j < i; j++) {

@@ -61,8 +61,17 @@ struct gw_data {
     unsigned legs; /* per-leg facts: LEG_* */
     /* configuration of this transfer */
     bool client_active, backend_passive, upload, reuse_required, strict_eof;
+    bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
+    uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;
 };
+
+static _Atomic uint64_t reuse_exempt_used;
+
+uint64_t gw_data_reuse_exempt_count(void)
+{
+    return reuse_exempt_used;
+}
 
 static const char *const state_names[] = {"armed", "started",   "streaming", "draining",
                                           "done",  "abandoned", "released",  "freeing"};
@@ -347,6 +356,26 @@ static void on_client_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
     int r = gw_tls_resumed_from(c->tls, d->tag);
+    gw_tls_peer peer;
+    /* SECURITY: a data leg presenting a client certificate (its own, or the resumed
+     * session's) must present the control connection's. */
+    if (gw_tls_peer_cert(c->tls, &peer) &&
+        (!d->has_cert || memcmp(peer.sha256, d->cert_sha256, sizeof peer.sha256) != 0)) {
+        GW_LOG_WARN(d->sid,
+                    "event=data_tls_refused reason=\"another client certificate\" "
+                    "subject=\"%s\"",
+                    peer.subject);
+        gw_conn_shutdown(c);
+        finish(d, GW_DATA_NOT_RESUMED);
+        return;
+    }
+    if (r == 0 && d->reuse_required && d->reuse_exempt) {
+        /* Clients that cannot resume (some .NET, Go, Java stacks), by network. A session
+         * resumed from another client (r == -1) is never exempt. */
+        reuse_exempt_used++;
+        GW_LOG_INFO(d->sid, "event=data_reuse_exempt tls=%s", gw_tls_describe(c->tls));
+        r = 1;
+    }
     /* SECURITY: only a handshake that resumes this control connection's own session proves
      * the data connection belongs to the control connection's owner. */
     if (r != 1) {
@@ -668,6 +697,10 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     d->tls_ctx = tls->client_ctx;
     d->reuse_required = tls->reuse_required;
     d->strict_eof = tls->strict_eof;
+    d->reuse_exempt = tls->reuse_exempt;
+    d->has_cert = tls->cert_sha256 != NULL;
+    if (d->has_cert)
+        memcpy(d->cert_sha256, tls->cert_sha256, sizeof d->cert_sha256);
     d->backend_engine = tls->backend_engine;
     if (tls->tag)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);

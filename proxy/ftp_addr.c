@@ -400,3 +400,114 @@ const char *gw_addr_str(const gw_addr *a)
     snprintf(buf, sizeof buf, a->family == 6 ? "[%s]:%u" : "%s:%u", ip, a->port);
     return buf;
 }
+
+/* One CIDR item (n bytes at p) into net (normalised) and prefix length. 0 or -1. */
+static int parse_cidr(const char *p, size_t n, gw_addr *net, int *bits)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    if (n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, p, n);
+    buf[n] = 0;
+    char *slash = strchr(buf, '/');
+    memset(net, 0, sizeof *net);
+    if (slash)
+        *slash = 0;
+    if (inet_pton(AF_INET, buf, net->ip) == 1)
+        net->family = 4;
+    else if (inet_pton(AF_INET6, buf, net->ip) == 1)
+        net->family = 6;
+    else
+        return -1;
+    int max = net->family == 4 ? 32 : 128;
+    *bits = max;
+    if (slash) {
+        const char *d = slash + 1;
+        int v = 0;
+        if (!*d || strlen(d) > 3)
+            return -1;
+        for (; *d; d++) {
+            if (!is_addr_digit(*d))
+                return -1;
+            v = v * 10 + (*d - '0');
+        }
+        if (v > max)
+            return -1;
+        *bits = v;
+    }
+    if (net->family == 6 && memcmp(net->ip, v4_mapped_prefix, sizeof v4_mapped_prefix) == 0) {
+        gw_addr_normalize(net);
+        *bits = *bits >= 96 ? *bits - 96 : 0;
+    }
+    return 0;
+}
+
+/* Calls fn for each item of list; stops at the first nonzero return, which it returns. */
+static int cidr_each(const char *list, int (*fn)(const char *item, size_t n, void *arg), void *arg)
+{
+    const char *p = list && *list ? list : NULL;
+    while (p) { /* "a," has an empty second item */
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        int r = fn(p, n, arg);
+        if (r)
+            return r;
+        p = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
+struct cidr_why {
+    char *why;
+    size_t cap;
+};
+
+static int cidr_check_one(const char *item, size_t n, void *arg)
+{
+    struct cidr_why *w = arg;
+    gw_addr net;
+    int bits;
+    if (parse_cidr(item, n, &net, &bits) == 0)
+        return 0;
+    if (w->cap)
+        snprintf(w->why, w->cap, "\"%.*s\": not an ADDRESS or ADDRESS/BITS", (int)(n > 64 ? 64 : n),
+                 item);
+    return -1;
+}
+
+int gw_cidr_list_check(const char *list, char *why, size_t cap)
+{
+    struct cidr_why w = {why, cap};
+    return cidr_each(list, cidr_check_one, &w);
+}
+
+static int cidr_match_one(const char *item, size_t n, void *arg)
+{
+    const gw_addr *a = arg;
+    gw_addr net;
+    int bits;
+    if (parse_cidr(item, n, &net, &bits) != 0 || net.family != a->family)
+        return 0;
+    int whole = bits / 8, rest = bits % 8;
+    if (memcmp(net.ip, a->ip, (size_t)whole) != 0)
+        return 0;
+    if (rest) {
+        uint8_t mask = (uint8_t)(0xff << (8 - rest));
+        if ((net.ip[whole] & mask) != (a->ip[whole] & mask))
+            return 0;
+    }
+    return 1;
+}
+
+bool gw_cidr_list_match(const char *list, const gw_addr *a)
+{
+    if (!list || !a || !a->family)
+        return false;
+    gw_addr v = *a;
+    gw_addr_normalize(&v);
+    return cidr_each(list, cidr_match_one, &v) == 1;
+}

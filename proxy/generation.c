@@ -182,9 +182,12 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
     if (fc->mode != GW_FE_PLAIN) {
         const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
         const char *key = fc->key[0] ? fc->key : cfg->key;
-        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, cfg->tls_min_version, cfg->ciphers,
-                                            cfg->ciphersuites, e, sizeof e);
-        if (!fe->tls_ctx) {
+        /* The frontend's TLS policy: its own keys, else the [tls] values (config.c). */
+        fe->tls_ctx = gw_tls_server_ctx_new(cert, key, fc->tls_min_version, fc->ciphers,
+                                            fc->ciphersuites, e, sizeof e);
+        if (!fe->tls_ctx ||
+            gw_tls_server_ctx_client_certs(fe->tls_ctx, fc->client_cert, fc->client_ca,
+                                           fc->client_crl, e, sizeof e) != 0) {
             snprintf(err, cap, "[frontend %s] %s", fc->name, e);
             return -1;
         }

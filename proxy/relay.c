@@ -408,6 +408,9 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
         return;
     if (r->code == 230) {
         s->logged_in = true;
+        if (s->cert) /* client_cert: who logged in with which certificate */
+            GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
+                        s->cert->subject, s->cert->issuer);
         if (s->be_prot_later) {
             /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
             gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);

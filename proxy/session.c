@@ -90,6 +90,7 @@ void gw_sess_release(gw_session *s)
     free(s->featbuf);
     free(s->cur.held);
     free(s->be_tried);
+    free(s->cert);
     free(s);
     hooks->on_end(host);
 }
@@ -276,6 +277,12 @@ static void on_client_handshake(gw_conn *c)
     s->tls_up = true;
     s->has_tag = true;
     memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
+    gw_tls_peer peer;
+    if (!s->cert && gw_tls_peer_cert(c->tls, &peer) && (s->cert = malloc(sizeof peer))) {
+        *s->cert = peer; /* verified by OpenSSL against client_ca (and client_crl) */
+        GW_LOG_INFO(s->id, "event=client_cert subject=\"%s\" issuer=\"%s\"", peer.subject,
+                    peer.issuer);
+    }
     if (s->cstate == CS_AUTH) {
         gw_sess_set_client_state(s,
                                  CS_READY); /* explicit: PROT stays C until the client sends PROT */

@@ -133,6 +133,78 @@ fail:
     return NULL;
 }
 
+/* SECURITY: optional still refuses a certificate that does not verify (OpenSSL's default
+ * with SSL_VERIFY_PEER and no callback); required also refuses a client without one. */
+int gw_tls_server_ctx_client_certs(SSL_CTX *ctx, enum gw_client_cert mode, const char *ca,
+                                   const char *crl, char *err, size_t errcap)
+{
+    if (mode == GW_CERT_NONE)
+        return 0;
+    ERR_clear_error();
+    if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+        ctx_error(err, errcap, "cannot load client_ca", ca);
+        return -1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca);
+    if (names)
+        SSL_CTX_set_client_CA_list(ctx, names); /* the CertificateRequest names them */
+    if (crl && *crl) {
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        X509_LOOKUP *lu = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+        if (!lu || X509_load_crl_file(lu, crl, X509_FILETYPE_PEM) < 1) {
+            ctx_error(err, errcap, "cannot load client_crl", crl);
+            return -1;
+        }
+        /* On the store: an SNI switch to this context keeps it (SSL_set_SSL_CTX). */
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+    }
+    int v = SSL_VERIFY_PEER | (mode == GW_CERT_REQUIRED ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
+    SSL_CTX_set_verify(ctx, v, NULL);
+    SSL_CTX_set_verify_depth(ctx, 8);
+    ERR_clear_error();
+    return 0;
+}
+
+int gw_tls_peer_cert(const gw_tls *t, gw_tls_peer *out)
+{
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    if (!x || !out)
+        return x != NULL;
+    memset(out, 0, sizeof *out);
+    struct {
+        const X509_NAME *name;
+        char *buf;
+    } lines[] = {{X509_get_subject_name(x), out->subject}, {X509_get_issuer_name(x), out->issuer}};
+    for (size_t i = 0; i < 2; i++) {
+        BIO *b = BIO_new(BIO_s_mem());
+        if (!b)
+            continue;
+        X509_NAME_print_ex(b, lines[i].name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+        int n = BIO_read(b, lines[i].buf, GW_TLS_NAME_MAX - 1);
+        lines[i].buf[n > 0 ? n : 0] = 0;
+        BIO_free(b);
+    }
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out->cn, sizeof out->cn);
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type != GEN_DNS && g->type != GEN_EMAIL)
+            continue;
+        const ASN1_IA5STRING *v = g->d.ia5;
+        int n = ASN1_STRING_length(v);
+        if (n > 0 && (size_t)n < sizeof out->san &&
+            !memchr(ASN1_STRING_get0_data(v), 0, (size_t)n)) { /* SECURITY: no embedded NUL */
+            memcpy(out->san, ASN1_STRING_get0_data(v), (size_t)n);
+            out->san[n] = 0;
+        }
+        break;
+    }
+    GENERAL_NAMES_free(gens);
+    unsigned int len = 0;
+    X509_digest(x, EVP_sha256(), out->sha256, &len);
+    return 1;
+}
+
 static gw_tls_sni_pick _Atomic sni_pick;
 
 static int on_servername(SSL *ssl, int *al, void *arg)
@@ -146,9 +218,15 @@ static int on_servername(SSL *ssl, int *al, void *arg)
         *al = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    if (ctx != SSL_get_SSL_CTX(ssl) && !SSL_set_SSL_CTX(ssl, ctx)) {
-        *al = SSL_AD_INTERNAL_ERROR;
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    if (ctx != SSL_get_SSL_CTX(ssl)) {
+        if (!SSL_set_SSL_CTX(ssl, ctx)) {
+            *al = SSL_AD_INTERNAL_ERROR;
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+        /* The client-certificate policy is the chosen frontend's (SSL_set_SSL_CTX keeps the
+         * first context's verify mode). */
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), NULL);
+        SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
     }
     return SSL_TLSEXT_ERR_OK;
 }

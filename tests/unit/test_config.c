@@ -415,6 +415,59 @@ static void test_not_implemented(void **state)
                  "t.conf:2: [tls] min_version: ", "expected TLSv1.2 | TLSv1.3");
 }
 
+/* Issue 14: every [tls] key may be set per frontend and replaces the [tls] value there
+ * (lists are not merged); unset keys take the [tls] value wherever [tls] is in the file. */
+static void test_tls_policy_overrides(void **state)
+{
+    (void)state;
+    expect_ok("[frontend legacy]\nlisten = 127.0.0.1:990\nmin_version = TLSv1.2\n"
+              "ciphers = AES128-SHA\ndata_session_reuse = optional\nstrict_tls_eof = no\n"
+              "data_session_reuse_exempt = 10.0.0.0/8\n"
+              "[frontend strict]\nlisten = 127.0.0.1:991\n"
+              "[tls]\nmin_version = TLSv1.3\nciphersuites = TLS_AES_256_GCM_SHA384\n"
+              "data_session_reuse_exempt = 127.0.0.2, 192.0.2.0/24\n"
+              "strict_tls_eof_exempt = ::1\nclient_cert = optional\nclient_ca = ca.pem\n" BE);
+    const gw_frontend_conf *l = &cfg.frontends[0], *st = &cfg.frontends[1];
+    assert_int_equal(l->tls_min_version, GW_TLS_1_2);
+    assert_string_equal(l->ciphers, "AES128-SHA");
+    assert_string_equal(l->ciphersuites, "TLS_AES_256_GCM_SHA384"); /* from [tls] */
+    assert_false(l->data_session_reuse_required);
+    assert_int_equal(l->strict_tls_eof, 0);
+    assert_string_equal(l->data_session_reuse_exempt, "10.0.0.0/8"); /* replaced, not merged */
+    assert_string_equal(l->strict_tls_eof_exempt, "::1");
+    assert_int_equal(l->client_cert, GW_CERT_OPTIONAL);
+    assert_int_equal(st->tls_min_version, GW_TLS_1_3);
+    assert_string_equal(st->ciphers, "");
+    assert_true(st->data_session_reuse_required);
+    assert_int_equal(st->strict_tls_eof, -1);
+    assert_string_equal(st->data_session_reuse_exempt, "127.0.0.2, 192.0.2.0/24");
+    assert_string_equal(st->client_ca, "ca.pem");
+    /* Defaults: strict, no client certificates. */
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].client_cert, GW_CERT_NONE);
+    assert_true(cfg.frontends[0].data_session_reuse_required);
+    assert_string_equal(cfg.frontends[0].data_session_reuse_exempt, "");
+    /* A frontend may set client_cert = none under a [tls] that asks for certificates. */
+    expect_ok("[tls]\nclient_cert = required\nclient_ca = ca.pem\nclient_cert_user = yes\n" FE
+              "client_cert = none\nclient_cert_user = no\n" BE);
+    assert_int_equal(cfg.frontends[0].client_cert, GW_CERT_NONE);
+
+    expect_error(FE "client_cert = required\n" BE,
+                 "t.conf:3: [frontend a] client_cert: ", "needs client_ca");
+    expect_error("[tls]\nclient_cert_user = yes\n" FE BE,
+                 "t.conf:2: [frontend a] client_cert_user: ", "needs client_cert");
+    expect_error(FE "client_cert = sometimes\n" BE,
+                 "t.conf:3: [frontend a] client_cert: ", "expected none | optional | required");
+    expect_error(FE "data_session_reuse_exempt = 10.0.0.0/33\n" BE,
+                 "t.conf:3: [frontend a] data_session_reuse_exempt: ", "10.0.0.0/33");
+    expect_error("[tls]\nstrict_tls_eof_exempt = 10.0.0.1,\n" FE BE,
+                 "t.conf:2: [tls] strict_tls_eof_exempt: ", "not an ADDRESS");
+    expect_error(FE "min_version = TLSv1\n" BE,
+                 "t.conf:3: [frontend a] min_version: ", "expected TLSv1.2 | TLSv1.3");
+    expect_error("[frontend p]\nlisten = 127.0.0.1:21\nmode = plain\nclient_cert = none\n" BE,
+                 "t.conf:4: [frontend p] client_cert: ", "not allowed on a mode = plain");
+}
+
 static void test_line_too_long(void **state)
 {
     (void)state;
@@ -708,6 +761,7 @@ int main(void)
         cmocka_unit_test(test_ipv6_listen),
         cmocka_unit_test(test_duplicate_listen),
         cmocka_unit_test(test_server_name),
+        cmocka_unit_test(test_tls_policy_overrides),
         cmocka_unit_test(test_syntax),
         cmocka_unit_test(test_line_endings_and_bom),
         cmocka_unit_test(test_small_error_buffer),
