@@ -37,9 +37,9 @@ static void set_error(gw_tls *t, const char *what)
     /* Without tls_verify the result is computed but ignored: it is not the error. */
     long v =
         SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER ? SSL_get_verify_result(t->ssl) : X509_V_OK;
-    if (v != X509_V_OK && !SSL_is_server(t->ssl))
-        snprintf(buf, sizeof buf, "certificate verify failed: %s",
-                 X509_verify_cert_error_string(v));
+    if (v != X509_V_OK) /* a server's: the client certificate (client_cert) */
+        snprintf(buf, sizeof buf, "%scertificate verify failed: %s",
+                 SSL_is_server(t->ssl) ? "client " : "", X509_verify_cert_error_string(v));
     else if (e)
         ERR_error_string_n(e, buf, sizeof buf);
     snprintf(t->error, sizeof t->error, "%s%s%s", what, *buf ? ": " : "", buf);
