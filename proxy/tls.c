@@ -283,6 +283,12 @@ SSL_CTX *gw_tls_client_ctx_new(const gw_backend_conf *be, char *err, size_t errc
     if (be->max_version)
         SSL_CTX_set_max_proto_version(ctx, proto_version(be->max_version));
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    /* A backend allowed below TLS 1.2 is an old server: OpenSSL 3 refuses servers without
+     * RFC 5746 (secure renegotiation) by default; renegotiation itself stays off. This
+     * backend only, and logged as event=weak_tls at start. TLS 1.0/1.1 and SHA-1
+     * signatures also need "@SECLEVEL=0" in its ciphers. */
+    if (be->min_version != GW_TLS_ANY && be->min_version < GW_TLS_1_2)
+        SSL_CTX_set_options(ctx, SSL_OP_LEGACY_SERVER_CONNECT);
     if (be->ciphers[0] && SSL_CTX_set_cipher_list(ctx, be->ciphers) != 1) {
         ctx_error(err, errcap, "bad cipher list", be->ciphers);
         goto fail;

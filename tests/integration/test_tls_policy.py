@@ -403,3 +403,157 @@ def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
         return  # the backend leg was reset: the server must not take the upload as complete
     peers.wait_for(lambda: pyftpdlib.path(name).exists() and
                    sha256_file(pyftpdlib.path(name)) == digest, 10, f"{name} complete")
+
+
+# ---------------------------------------------------------------------------------------
+# Legacy TLS toward old backends, while clients keep TLS 1.3
+
+LEGACY_SERVER = """\
+import sys
+from OpenSSL import SSL
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import TLS_FTPHandler
+from pyftpdlib.servers import FTPServer
+
+host, port, root, user, password, pem, kind = sys.argv[1:]
+ctx = SSL.Context(SSL.TLS_METHOD)
+if kind == "tls1":  # an old server: TLS 1.0 only (OpenSSL 3 needs SECLEVEL 0 for it)
+    ctx.set_min_proto_version(SSL.TLS1_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_VERSION)
+    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+else:  # TLS 1.2 with nothing but AES128-SHA (RSA key exchange, SHA-1 MAC)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(b"AES128-SHA:@SECLEVEL=0")
+ctx.use_certificate_chain_file(pem)
+ctx.use_privatekey_file(pem)
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elradfmwMT")
+handler = TLS_FTPHandler
+handler.authorizer = authorizer
+handler.ssl_context = ctx
+handler.tls_control_required = True
+handler.tls_data_required = True
+server = FTPServer((host, int(port)), handler)
+server.max_cons = 64
+server.serve_forever()
+"""
+
+LEGACY = {"tls1": ({"min_version": "TLSv1", "ciphers": "DEFAULT:@SECLEVEL=0"}, "TLSv1/"),
+          "aes128sha": ({"max_version": "TLSv1.2", "ciphers": "AES128-SHA"},
+                        "TLSv1.2/AES128-SHA")}
+
+
+@pytest.fixture(scope="module", params=list(LEGACY))
+def legacy_backend(request, workdir, ports, test_user):
+    kind = request.param
+    d = workdir / f"legacy-{kind}"
+    d.mkdir(exist_ok=True)
+    root = d / "root"
+    root.mkdir(exist_ok=True)
+    # RSA: AES128-SHA has RSA key exchange only.
+    cert, key = d / "server.crt", d / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "7", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    pem = d / "server.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    script = d / "server.py"
+    script.write_text(LEGACY_SERVER)
+    port = ports.port()
+    log = d / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([peers.PYTHON, str(script), HOST, str(port), str(root),
+                                 *test_user, str(pem), kind], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    peers.wait_listening(proc, port, 15, f"legacy {kind} server", log)
+    backend = replace(peers.Backend(f"legacy-{kind}", port, *test_user, root, "", proc, log),
+                      tls="explicit", cert=cert)
+    yield kind, backend
+    backend.stop()
+
+
+def test_legacy_backend(gateway, legacy_backend, client_ctx):
+    """A backend limited to TLS 1.0 (or to TLS 1.2 with only AES128-SHA) is reached with
+    min_version/ciphers lowered for it alone: the client negotiates TLS 1.3 with the
+    gateway, the backend leg runs the legacy protocol, the upload and download match by
+    SHA-256, and event=weak_tls backend=be is logged at start. The same backend without
+    those keys (the strict default) fails cleanly: 421 to the client."""
+    kind, server = legacy_backend
+    keys, negotiated = LEGACY[kind]
+    gw = gateway(server, backend_keys=backend_tls("explicit", ca_file=server.cert, **keys),
+                 frontends={"x": frontend("explicit")})
+    assert re.search(r"level=warn session=- event=weak_tls backend=be ", gw.log), gw.log[-2000:]
+    data = os.urandom(1_200_000)
+    offset = gw.log_size()
+    for port, session in ((gw.port, peers.ftplib_session),
+                          (gw.fport("x"), peers.ftplib_explicit_session)):
+        with session(port, server.user, server.password, client_ctx) as ftp:
+            assert ftp.sock.version() == "TLSv1.3"
+            name = f"legacy-{kind}-{port}.bin"
+            ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+            chunks: list[bytes] = []
+            ftp.retrbinary(f"RETR {name}", chunks.append)
+            assert sha256_bytes(b"".join(chunks)) == sha256_bytes(data)
+        assert sha256_file(server.path(name)) == sha256_bytes(data)
+    log = log_from(gw, offset)
+    assert f"event=backend_tls tls={negotiated}" in log, log[-3000:]
+    assert "event=tls_established tls=TLSv1.3/" in log, log[-3000:]
+    if kind != "tls1":
+        return  # OpenSSL's default list (empty ciphers) still has AES128-SHA at TLS 1.2
+
+    # The strict default toward backends (TLS 1.2 and up) fails cleanly against it.
+    strict = gateway(server, backend_keys=backend_tls("explicit", ca_file=server.cert))
+    assert "event=weak_tls" not in strict.log
+    offset = strict.log_size()
+    with pytest.raises(ftplib.error_temp, match=r"^421 .*backend TLS failed"):
+        with peers.ftplib_session(strict.port, server.user, server.password, client_ctx):
+            pass
+    wait_log(strict, r"event=backend_\w+ .*(handshake|TLS)", offset)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-frontend [tls] overrides: one listener legacy, another strict
+
+
+def test_frontend_tls_overrides(gateway, pyftpdlib, tls_cert):
+    """[tls] min_version = TLSv1.3 for every frontend but "legacy", which sets TLSv1.2, a
+    CBC cipher and data_session_reuse = optional for itself: a TLS 1.2 client (stock
+    FTP_TLS, no resumption) transfers there with that cipher and is refused on the strict
+    frontends (implicit "fe" and explicit "x")."""
+    gw = gateway(pyftpdlib, frontends={
+        "legacy": frontend("explicit", min_version="TLSv1.2",
+                           ciphers="ECDHE-ECDSA-AES128-SHA", data_session_reuse="optional"),
+        "x": frontend("explicit")},
+        extra={"tls": {"min_version": "TLSv1.3"}})
+    ctx12 = peers.client_context(tls_cert[0])
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx12.set_ciphers("ECDHE-ECDSA-AES128-SHA")
+    data = os.urandom(400_000)
+    ftp = ftplib.FTP_TLS(context=ctx12, timeout=20)
+    ftp.connect(HOST, gw.fport("legacy"))
+    try:
+        ftp.auth()
+        assert ftp.sock.version() == "TLSv1.2"
+        assert ftp.sock.cipher()[0] == "ECDHE-ECDSA-AES128-SHA"
+        ftp.login(pyftpdlib.user, pyftpdlib.password)
+        ftp.prot_p()
+        ftp.storbinary("STOR override.bin", io.BytesIO(data))
+        chunks: list[bytes] = []
+        ftp.retrbinary("RETR override.bin", chunks.append)
+        assert sha256_bytes(b"".join(chunks)) == sha256_bytes(data)
+        ftp.quit()
+    finally:
+        ftp.close()
+    assert sha256_file(pyftpdlib.path("override.bin")) == sha256_bytes(data)
+    with socket.create_connection((HOST, gw.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            ctx12.wrap_socket(raw, server_hostname="localhost")
+    ftp = ftplib.FTP_TLS(context=ctx12, timeout=20)
+    ftp.connect(HOST, gw.fport("x"))
+    try:
+        with pytest.raises(ssl.SSLError):
+            ftp.auth()
+    finally:
+        ftp.close()
