@@ -557,3 +557,30 @@ def test_frontend_tls_overrides(gateway, pyftpdlib, tls_cert):
             ftp.auth()
     finally:
         ftp.close()
+
+
+def test_client_cert_policy_follows_sni(gateway, pyftpdlib, ports, pki, tls_cert):
+    """Virtual hosts on one address: the frontend SNI picks also brings its client_cert
+    policy (the handshake switches context after the ClientHello): "secure.example" requires
+    a certificate, the default frontend does not."""
+    listen = f"{HOST}:{ports.port()}"
+    gw = gateway(pyftpdlib, frontends={
+        "d": frontend("implicit", listen=listen),
+        "secure": frontend("implicit", listen=listen, server_name="secure.example",
+                           client_cert="required", client_ca=pki.ca_file)})
+    port = int(listen.rsplit(":", 1)[1])
+
+    def handshake(sni: str, who: str | None) -> str:
+        ctx = cert_ctx(tls_cert, pki, who)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((HOST, port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+                return tls.recv(200).decode(errors="replace")  # TLS 1.3: the alert arrives here
+
+    assert handshake("other.example", None).startswith("220 ")
+    assert handshake("secure.example", "alice").startswith("220 ")
+    offset = gw.log_size()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        handshake("secure.example", None)
+    wait_log(gw, r"event=client_error reason=\"handshake failed: .*peer did not return a "
+                 r"certificate", offset)
