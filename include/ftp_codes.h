@@ -133,6 +133,7 @@
 #define GW_R_HOST_LATE "503 HOST must come before USER.\r\n"
 #define GW_R_HOST_NONE "530 No host chosen: send HOST first.\r\n"
 /* client_cert_user = yes: USER is not the client certificate's name (or there is none) */
+#define GW_R_CERT_REQUIRED "530 A TLS client certificate is required: send AUTH TLS with one.\r\n"
 #define GW_R_CERT_USER_MISMATCH "530 USER does not match the TLS client certificate.\r\n"
 /* one %s: the frontend's greeting text */
 #define GW_R_FMT_GREETING "220 %s\r\n"
@@ -226,6 +227,7 @@
     X(GW_R_CCC_IMPLICIT)                                                                           \
     X(GW_R_DATA_TLS_NOT_RESUMED)                                                                   \
     X(GW_R_XFER_NO_CLOSE_NOTIFY)                                                                   \
+    X(GW_R_CERT_REQUIRED)                                                                          \
     X(GW_R_CERT_USER_MISMATCH)
 
 #endif

@@ -38,6 +38,13 @@ static bool gate_before_tls(gw_session *s, const gw_cmd_def *def)
 static bool cert_user_ok(gw_session *s, const char *arg)
 {
     const gw_frontend_conf *fc = s->fe->conf;
+    /* SECURITY: client_cert = required also when an explicit client skipped AUTH
+     * (require_tls = no): no login without a verified certificate. */
+    if (fc->client_cert == GW_CERT_REQUIRED && !s->cert) {
+        GW_LOG_INFO(s->id, "event=cert_user result=no_certificate");
+        gw_sess_reply(s, GW_R_CERT_REQUIRED);
+        return false;
+    }
     if (!fc->client_cert_user)
         return true;
     char name[GW_CMD_LINE_MAX + 1];

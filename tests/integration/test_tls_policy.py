@@ -133,7 +133,8 @@ def cgw(workdir, ports, tls_cert, pyftpdlib, pki):
                        "u": frontend("implicit", client_cert_user=True, **req),
                        "xo": frontend("explicit", client_cert="optional",
                                       client_ca=pki.ca_file, client_cert_user=True),
-                       "n": frontend("implicit")},
+                       "n": frontend("implicit"),
+                       "xp": frontend("explicit", require_tls=False, **req)},
             extra={"frontend fe": req, "global": {"max_sessions_per_ip": 500}})
 
 
@@ -584,3 +585,13 @@ def test_client_cert_policy_follows_sni(gateway, pyftpdlib, ports, pki, tls_cert
         handshake("secure.example", None)
     wait_log(gw, r"event=client_error reason=\"handshake failed: .*peer did not return a "
                  r"certificate", offset)
+
+
+def test_client_cert_required_without_auth(cgw, pyftpdlib):
+    """explicit + required + require_tls = no: a client that skips AUTH gets a clear 530
+    at USER (no login without a verified certificate)."""
+    with ftplib.FTP(timeout=20) as ftp:
+        ftp.connect(HOST, cgw.fport("xp"))
+        with pytest.raises(ftplib.error_perm, match=r"^530 A TLS client certificate is "
+                                                    r"required"):
+            ftp.sendcmd(f"USER {pyftpdlib.user}")
