@@ -310,21 +310,22 @@ def test_no_client_cert_by_default(cgw, pyftpdlib, pki):
 
 @pytest.fixture(scope="module")
 def xgw(workdir, ports, tls_cert, pyftpdlib):
-    """x: explicit, data_session_reuse_exempt = 127.0.0.2 (per frontend); xs: explicit with
-    the defaults; fe (implicit) inherits [tls] strict_tls_eof_exempt = 127.0.0.2."""
+    """[tls] data_session_reuse_exempt = 127.0.0.2 (and a net): x (explicit) inherits it, xs
+    replaces it with an empty list; eof: strict_tls_eof = no; eofx/eofn: exemptions of
+    127.0.0.0/8 (where ftp-ssl connects from) and of 127.0.0.2 only."""
     with faults.gateway_factory(workdir, ports, tls_cert, "tls-policy-exempt") as factory:
         yield factory(
             pyftpdlib,
-            frontends={"x": frontend("explicit",
-                                     data_session_reuse_exempt=f"192.0.2.0/24, {EXEMPT_HOST}"),
-                       "xs": frontend("explicit"),
+            frontends={"x": frontend("explicit"),
+                       "xs": frontend("explicit", data_session_reuse_exempt=""),
                        "eof": frontend("explicit", strict_tls_eof="no",
                                        data_session_reuse="optional"),
                        "eofx": frontend("explicit", data_session_reuse="optional",
                                         strict_tls_eof_exempt="::1, 127.0.0.0/8"),
                        "eofn": frontend("explicit", data_session_reuse="optional",
                                         strict_tls_eof_exempt=EXEMPT_HOST)},
-            extra={"global": {"max_sessions_per_ip": 500}})
+            extra={"global": {"max_sessions_per_ip": 500},
+                   "tls": {"data_session_reuse_exempt": f"192.0.2.0/24, {EXEMPT_HOST}"}})
 
 
 def stock_ftplib(port: int, source: str, ctx: ssl.SSLContext) -> ftplib.FTP_TLS:
@@ -337,7 +338,7 @@ def stock_ftplib(port: int, source: str, ctx: ssl.SSLContext) -> ftplib.FTP_TLS:
 def test_data_reuse_exempt(xgw, pyftpdlib, client_ctx):
     """Stock FTP_TLS does not resume: from 127.0.0.2 (exempt) it transfers (SHA-256 both
     ways, logged event=data_reuse_exempt), from 127.0.0.1 it gets 522 as before; on a
-    frontend without the exemption 127.0.0.2 gets 522 too."""
+    frontend whose own (empty) list replaces [tls]'s, 127.0.0.2 gets 522 too."""
     data = os.urandom(500_000)
     pyftpdlib.put_bytes("exempt.bin", data)
     offset = xgw.log_size()
