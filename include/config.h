@@ -86,6 +86,10 @@ typedef struct gw_config {
     int max_sessions, max_sessions_per_ip;
     int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
     enum gw_splice_mode splice; /* which clear-to-clear relays use splice(2) */
+    /* the ban list (bans.h): ban_after failed logins within ban_window seconds ban the
+     * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */
+    int ban_after, ban_window, ban_time;
+    char ban_exempt[GW_PATH_MAX];
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;

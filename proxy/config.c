@@ -17,6 +17,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ban.h"  /* GW_BAN_AFTER_MAX */
+#include "cidr.h" /* CIDR lists */
+
 /* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
     "; ftpsgate embedded default configuration (used when no -c is given)\n"
@@ -422,6 +425,14 @@ bad:
     return -1;
 }
 
+/* A CIDR list (cidr.h): ban_exempt. */
+static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (gw_cidr_list_check(v, why, cap) != 0)
+        return -1;
+    return p_str(k, v, out, why, cap);
+}
+
 /* ---- the key table ---- */
 
 #define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f)
@@ -477,6 +488,10 @@ static const struct keydef keys[] = {
     {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
     {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
     {"splice", S_GLOBAL, p_enum, G(splice), "no", true, 0, 0, w_splice},
+    {"ban_after", S_GLOBAL, p_int, G(ban_after), "0", true, 0, GW_BAN_AFTER_MAX, NULL},
+    {"ban_window", S_GLOBAL, p_int, G(ban_window), "600", true, DUR, NULL},
+    {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
+    {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},

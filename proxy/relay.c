@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bans.h"
 #include "data.h"
 #include "feat.h"
 #include "ftp_codes.h"
@@ -17,6 +18,13 @@
 
 #define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
 #define FAILED_LOGIN_DELAY_MS 1000
+
+/* The client address the ban list counts: the control connection's peer, normalised (with
+ * a PROXY header, its source: wherever the session keeps the client's address). */
+static const gw_addr *ban_peer(const gw_session *s)
+{
+    return &s->client_peer;
+}
 
 /* One line per finished transfer, key=value like the main log. */
 static void write_xferlog(gw_session *s, const char *result)
@@ -423,6 +431,12 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
         GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        /* The ban list counts it per client address (bans.h): a banned address's session
+         * ends now, its other sessions at their next failure, new ones at accept. */
+        if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
+            gw_sess_fail(s, GW_R_BANNED, "client address banned");
+            return;
+        }
         if (++s->failed_logins >= 3) {
             gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
             return;
