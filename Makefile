@@ -157,6 +157,9 @@ version:
 # config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
 DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf \
 	config/three-backends.conf proxy/PROTOCOL.md
+# Operations: the systemd unit, the logrotate snippet, Prometheus alerting rules and their test.
+DOCS += config/ftpsgate.service config/ftpsgate.logrotate config/ftpsgate.rules.yml \
+	config/ftpsgate.rules.test.yml
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy
 	install -m 755 build/ftpsgate $(DESTDIR)$(BINDIR)/ftpsgate
