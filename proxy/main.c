@@ -15,6 +15,7 @@
 #include "config.h"
 #include "health.h"
 #include "log.h"
+#include "logfile.h"
 #include "notify.h"
 #include "tls.h"
 #include "version.h"
@@ -22,7 +23,7 @@
 
 static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
-static uv_signal_t sig_int, sig_term, sig_hup;
+static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1;
 static gw_health *health;   /* backend health: probes on the main loop (worker 0) */
 static uv_timer_t watchdog; /* systemd WatchdogSec: pings from the main loop, so a stuck loop
                              * stops them and systemd restarts the gateway */
@@ -175,6 +176,16 @@ static void notify_ready(uv_loop_t *loop, const char *status)
 
 static void on_signal(uv_signal_t *h, int signum)
 {
+    if (signum == SIGUSR1) { /* log rotation: the xferlog is reopened by path */
+        char err[GW_PATH_MAX + 64] = "";
+        int failed, n = gw_logfile_reopen_all(&failed, err, sizeof err);
+        if (failed)
+            GW_LOG_ERR(0, "event=logs_reopen_failed reopened=%d failed=%d reason=\"%s\"", n, failed,
+                       err);
+        else
+            GW_LOG_INFO(0, "event=logs_reopened files=%d", n);
+        return;
+    }
     if (signum == SIGHUP) {
         if (stopping)
             return; /* no READY=1 after STOPPING=1 */
@@ -253,9 +264,11 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_usr1);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
     health = gw_health_new();
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");

@@ -8,7 +8,8 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log", "notify"]),
+              "version", "log", "notify", "xferlog",
+              "logfile"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data"]),
