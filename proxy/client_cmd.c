@@ -485,6 +485,10 @@ static void handle_command(gw_session *s, const char *line)
         snprintf(s->user, sizeof s->user, "%s", cmd.arg);
         gw_backend_send(s, line, PEND_RELAY);
         break;
+    case GW_CMD_TYPE: /* relayed; remembered for the transfer log */
+        s->type_ascii = cmd.arg[0] == 'A' || cmd.arg[0] == 'a';
+        gw_backend_send(s, line, PEND_RELAY);
+        break;
     default: /* every other verb is relayed verbatim */
         gw_backend_send(s, line, PEND_RELAY);
         break;

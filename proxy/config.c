@@ -448,6 +448,8 @@ static const struct word w_log_level[] = {{"error", GW_LOG_ERROR},
                                           {"debug", GW_LOG_DEBUG},
                                           {NULL, 0}};
 static const struct word w_log_format[] = {{"text", 0}, {"json", 1}, {NULL, 0}};
+static const struct word w_xferlog_format[] = {
+    {"kv", GW_XFERLOG_KV}, {"wuftpd", GW_XFERLOG_WUFTPD}, {NULL, 0}};
 static const struct word w_reuse[] = {{"required", 1}, {"optional", 0}, {NULL, 0}};
 static const struct word w_tls_front[] = {
     {"TLSv1.2", GW_TLS_1_2}, {"TLSv1.3", GW_TLS_1_3}, {NULL, 0}};
@@ -479,6 +481,7 @@ static const struct keydef keys[] = {
     {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
     {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", true, 0, 0, w_log_format},
     {"xferlog", S_GLOBAL, p_str, G(xferlog), "", true, 0, 0, NULL},
+    {"xferlog_format", S_GLOBAL, p_enum, G(xferlog_format), "kv", true, 0, 0, w_xferlog_format},
     {"max_sessions", S_GLOBAL, p_int, G(max_sessions), "10000", true, 1, MAX_SESSIONS, NULL},
     {"max_sessions_per_ip", S_GLOBAL, p_int, G(max_sessions_per_ip), "50", true, 1, MAX_SESSIONS,
      NULL},
