@@ -39,7 +39,7 @@ BINDIR ?= $(PREFIX)/bin
 DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
-PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance
+PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))
@@ -157,6 +157,9 @@ version:
 # config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
 DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf \
 	config/three-backends.conf proxy/PROTOCOL.md
+# Operations: the systemd unit, the logrotate snippet, Prometheus alerting rules and their test.
+DOCS += config/ftpsgate.service config/ftpsgate.logrotate config/ftpsgate.rules.yml \
+	config/ftpsgate.rules.test.yml
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)/config $(DESTDIR)$(DOCDIR)/proxy
 	install -m 755 build/ftpsgate $(DESTDIR)$(BINDIR)/ftpsgate

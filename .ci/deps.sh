@@ -8,6 +8,8 @@ PACKAGES=(
   clang clang-format libclang-rt-14-dev valgrind
   vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
   curl lftp wget openssl procps iproute2 util-linux
+  fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
+  systemd logrotate prometheus strace
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.

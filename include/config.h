@@ -88,6 +88,7 @@ typedef struct gw_backend_conf {
 } gw_backend_conf;
 
 enum gw_splice_mode { GW_SPLICE_NO, GW_SPLICE_DOWNLOADS, GW_SPLICE_YES };
+enum gw_xferlog_format { GW_XFERLOG_KV, GW_XFERLOG_WUFTPD }; /* xferlog.h */
 
 typedef struct gw_config {
     /* [global] */
@@ -96,9 +97,14 @@ typedef struct gw_config {
     enum gw_log_level log_level;
     bool log_json;
     char xferlog[GW_PATH_MAX];
+    enum gw_xferlog_format xferlog_format;
     int max_sessions, max_sessions_per_ip;
     int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
     enum gw_splice_mode splice; /* which clear-to-clear relays use splice(2) */
+    /* the ban list (bans.h): ban_after failed logins within ban_window seconds ban the
+     * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */
+    int ban_after, ban_window, ban_time;
+    char ban_exempt[GW_PATH_MAX];
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;

@@ -47,13 +47,6 @@ const char *gw_addr_ip_str(const gw_addr *a, char *buf, size_t cap);
 /* 0.0.0.0, loopback excluded; true for RFC 1918, 0.0.0.0/8, link-local, ULA fc00::/7, :: */
 bool gw_addr_is_private_or_any(const gw_addr *a);
 
-/* CIDR lists ("10.0.0.0/8, 192.0.2.7, 2001:db8::/32": commas, spaces around items ignored,
- * a bare address is a /32 or /128). Check: 0, or -1 with the bad item named in why. */
-int gw_cidr_list_check(const char *list, char *why, size_t cap);
-/* Is a (IPv4-mapped IPv6 counts as IPv4) in one of list's networks? An empty or malformed
- * list matches nothing. */
-bool gw_cidr_list_match(const char *list, const gw_addr *a);
-
 /* sockaddr <-> gw_addr */
 void gw_addr_from_sockaddr(gw_addr *a, const struct sockaddr *sa);
 void gw_addr_to_sockaddr(const gw_addr *a, struct sockaddr_storage *ss);

@@ -51,6 +51,7 @@
 #define GW_R_SHUTTING_DOWN "421 Service not available: the gateway is shutting down.\r\n"
 #define GW_R_TOO_MANY_CONNECTIONS "421 Too many connections, try again later.\r\n"
 #define GW_R_TOO_MANY_LOGINS "421 Too many failed logins.\r\n"
+#define GW_R_BANNED "421 Too many failed logins from your address, try again later.\r\n"
 #define GW_R_TOO_MANY_LONG_LINES "421 Too many overlong command lines.\r\n"
 #define GW_R_LOGIN_TIMEOUT "421 Login timeout.\r\n"
 #define GW_R_IDLE_TIMEOUT "421 Idle timeout, closing control connection.\r\n"
@@ -172,6 +173,7 @@
     X(GW_R_SHUTTING_DOWN)                                                                          \
     X(GW_R_TOO_MANY_CONNECTIONS)                                                                   \
     X(GW_R_TOO_MANY_LOGINS)                                                                        \
+    X(GW_R_BANNED)                                                                                 \
     X(GW_R_TOO_MANY_LONG_LINES)                                                                    \
     X(GW_R_LOGIN_TIMEOUT)                                                                          \
     X(GW_R_IDLE_TIMEOUT)                                                                           \

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "balance.h"
+#include "cidr.h"
 #include "data.h"
 #include "feat.h"
 #include "ftp_codes.h"
@@ -519,6 +520,10 @@ static void handle_command(gw_session *s, const char *line)
         }
         s->user_sent = true;
         snprintf(s->user, sizeof s->user, "%s", cmd.arg);
+        gw_backend_send(s, line, PEND_RELAY);
+        break;
+    case GW_CMD_TYPE: /* relayed; remembered for the transfer log */
+        s->type_ascii = cmd.arg[0] == 'A' || cmd.arg[0] == 'a';
         gw_backend_send(s, line, PEND_RELAY);
         break;
     default: /* every other verb is relayed verbatim */

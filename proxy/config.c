@@ -6,7 +6,6 @@
  * (inih reports neither empty sections nor the header's line). Every key is described by
  * one row of `keys[]` below. */
 #include "config.h"
-#include "ftp_addr.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -17,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include "ban.h"  /* GW_BAN_AFTER_MAX */
+#include "cidr.h" /* CIDR lists */
 
 /* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
@@ -423,8 +425,7 @@ bad:
     return -1;
 }
 
-/* CIDR lists (data_session_reuse_exempt, strict_tls_eof_exempt, ...): checked here, matched
- * by gw_cidr_list_match. */
+/* A CIDR list (cidr.h): ban_exempt, data_session_reuse_exempt, strict_tls_eof_exempt. */
 static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     if (gw_cidr_list_check(v, why, cap) != 0)
@@ -447,6 +448,8 @@ static const struct word w_log_level[] = {{"error", GW_LOG_ERROR},
                                           {"debug", GW_LOG_DEBUG},
                                           {NULL, 0}};
 static const struct word w_log_format[] = {{"text", 0}, {"json", 1}, {NULL, 0}};
+static const struct word w_xferlog_format[] = {
+    {"kv", GW_XFERLOG_KV}, {"wuftpd", GW_XFERLOG_WUFTPD}, {NULL, 0}};
 static const struct word w_reuse[] = {{"required", 1}, {"optional", 0}, {NULL, 0}};
 static const struct word w_tls_front[] = {
     {"TLSv1.2", GW_TLS_1_2}, {"TLSv1.3", GW_TLS_1_3}, {NULL, 0}};
@@ -482,6 +485,7 @@ static const struct keydef keys[] = {
     {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
     {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", true, 0, 0, w_log_format},
     {"xferlog", S_GLOBAL, p_str, G(xferlog), "", true, 0, 0, NULL},
+    {"xferlog_format", S_GLOBAL, p_enum, G(xferlog_format), "kv", true, 0, 0, w_xferlog_format},
     {"max_sessions", S_GLOBAL, p_int, G(max_sessions), "10000", true, 1, MAX_SESSIONS, NULL},
     {"max_sessions_per_ip", S_GLOBAL, p_int, G(max_sessions_per_ip), "50", true, 1, MAX_SESSIONS,
      NULL},
@@ -491,6 +495,10 @@ static const struct keydef keys[] = {
     {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
     {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
     {"splice", S_GLOBAL, p_enum, G(splice), "no", true, 0, 0, w_splice},
+    {"ban_after", S_GLOBAL, p_int, G(ban_after), "0", true, 0, GW_BAN_AFTER_MAX, NULL},
+    {"ban_window", S_GLOBAL, p_int, G(ban_window), "600", true, DUR, NULL},
+    {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
+    {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "logfile.h"
 
 int gw_resolve_host(const char *host, uint16_t port, gw_addr *out)
 {
@@ -251,8 +252,7 @@ static void group_vhosts(gw_generation *g)
 
 static void free_generation(gw_generation *g)
 {
-    if (g->xferlog_fd >= 0)
-        close(g->xferlog_fd);
+    gw_logfile_close(g->xferlog_fd);
     for (int i = 0; i < g->n_frontends; i++) {
         gw_tls_ctx_free(g->frontends[i].tls_ctx);
         free(g->frontends[i].backends);
@@ -298,10 +298,10 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
     g->refs = 1;
     g->health = health;
     if (g->cfg.xferlog[0]) {
-        g->xferlog_fd = open(g->cfg.xferlog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        char why[GW_PATH_MAX + 64];
+        g->xferlog_fd = gw_logfile_open(g->cfg.xferlog, why, sizeof why); /* SIGUSR1 reopens */
         if (g->xferlog_fd < 0) {
-            snprintf(err, cap, "[global] xferlog: cannot open %s: %s", g->cfg.xferlog,
-                     strerror(errno));
+            snprintf(err, cap, "[global] xferlog: %s", why);
             free_generation(g);
             return NULL;
         }

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bans.h"
 #include "conn.h"
 #include "ftp_codes.h"
 #include "log.h"
@@ -186,6 +187,19 @@ static bool refuse_over_limit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
     return true;
 }
 
+/* A banned address (bans.h): refused before anything else, like the limits above (421 in
+ * clear, a bare close on implicit) and before any backend connection. With a PROXY header
+ * the same check belongs after the header, on its source address. */
+static bool refuse_banned(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
+{
+    if (!gw_bans_check(fe->cfg, &e->peer))
+        return false;
+    GW_LOG_INFO(e->id, "event=session_refused peer=%s reason=banned worker=%d",
+                gw_addr_str(&e->peer), e->srv->worker);
+    unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_BANNED : NULL, "banned");
+    return true;
+}
+
 /* A new client: counted and listed from here until its session (or refusal) ends. */
 static void accept_client(gw_listener *l, uv_stream_t *server)
 {
@@ -216,7 +230,7 @@ static void accept_client(gw_listener *l, uv_stream_t *server)
         return;
     }
     gw_addr_normalize(&e->peer);
-    if (refuse_over_limit(e, fe, c))
+    if (refuse_banned(e, fe, c) || refuse_over_limit(e, fe, c))
         return;
     GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
                 gw_addr_str(&e->peer), srv->worker);
@@ -405,6 +419,8 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
 static void on_fd_probe(uv_timer_t *t)
 {
     gw_server *srv = t->data;
+    if (srv->gen)
+        gw_bans_tick(&srv->gen->cfg); /* ended bans are logged within a second */
     int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         close(fd);

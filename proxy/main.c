@@ -15,14 +15,18 @@
 #include "config.h"
 #include "health.h"
 #include "log.h"
+#include "logfile.h"
+#include "notify.h"
 #include "tls.h"
 #include "version.h"
 #include "worker.h"
 
 static bool stopping;
 static const char *config_path; /* NULL: the embedded default */
-static uv_signal_t sig_int, sig_term, sig_hup;
-static gw_health *health; /* backend health: probes on the main loop (worker 0) */
+static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1;
+static gw_health *health;   /* backend health: probes on the main loop (worker 0) */
+static uv_timer_t watchdog; /* systemd WatchdogSec: pings from the main loop, so a stuck loop
+                             * stops them and systemd restarts the gateway */
 
 static void usage(FILE *f)
 {
@@ -101,22 +105,25 @@ static int load(gw_config *cfg, char *err, size_t cap)
 
 /* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. Each
  * worker switches on its own loop and logs the outcome. */
-static void reload(void)
+static bool reload(void)
 {
+    bool ok = false;
     if (stopping)
-        return;
+        return false;
     gw_config *cfg = calloc(1, sizeof *cfg);
     char err[1024] = "see the previous line";
     if (!cfg)
-        return;
+        return false;
     if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0)
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
     else {
         warn_weak_tls(cfg);
         gw_workers_reload(cfg); /* each worker gets its own copy */
+        ok = true;
     }
     gw_config_free(cfg);
     free(cfg);
+    return ok;
 }
 
 /* [global] user: after binding (990/21 need root), run as an unprivileged user. Ports below
@@ -146,12 +153,53 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
+/* systemd (Type=notify): the readiness protocol, see notify.h. Without NOTIFY_SOCKET these
+ * do nothing. */
+static void on_watchdog(uv_timer_t *t)
+{
+    gw_notify("WATCHDOG=1");
+}
+
+static void notify_ready(uv_loop_t *loop, const char *status)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s, %d worker(s)\nMAINPID=%ld", status,
+             gw_workers_count(), (long)getpid());
+    gw_notify(msg);
+    uint64_t usec = gw_notify_watchdog_usec();
+    if (usec && !uv_is_active((uv_handle_t *)&watchdog)) {
+        uint64_t ms = usec / 2000 ? usec / 2000 : 1;
+        uv_timer_init(loop, &watchdog);
+        uv_timer_start(&watchdog, on_watchdog, 0, ms);
+    }
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
-    if (signum == SIGHUP) {
-        reload();
+    if (signum == SIGUSR1) { /* log rotation: the xferlog is reopened by path */
+        char err[GW_PATH_MAX + 64] = "";
+        int failed, n = gw_logfile_reopen_all(&failed, err, sizeof err);
+        if (failed)
+            GW_LOG_ERR(0, "event=logs_reopen_failed reopened=%d failed=%d reason=\"%s\"", n, failed,
+                       err);
+        else
+            GW_LOG_INFO(0, "event=logs_reopened files=%d", n);
         return;
     }
+    if (signum == SIGHUP) {
+        if (stopping)
+            return; /* no READY=1 after STOPPING=1 */
+        char msg[80];
+        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)gw_notify_monotonic_usec());
+        gw_notify(msg);
+        /* Parsed and posted to every worker (each applies it on its own loop). */
+        notify_ready(h->loop, reload() ? "serving, reloaded"
+                                       : "serving, reload failed: old configuration stays");
+        return;
+    }
+    if (!stopping)
+        gw_notify("STOPPING=1\nSTATUS=stopping: sessions finish within shutdown_grace");
     GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
                 signum);
     stopping = true;
@@ -216,9 +264,11 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_usr1);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
     health = gw_health_new();
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");
@@ -243,7 +293,8 @@ int main(int argc, char **argv)
     gw_health_start(health, loop);
     GW_LOG_INFO(0, "event=started version=%s config=\"%s\" workers=%d", GW_VERSION,
                 path ? path : "<embedded default>", gw_workers_count());
-    gw_config_free(&cfg); /* the generations and health hold their own copies */
+    gw_config_free(&cfg);          /* the generations and health hold their own copies */
+    notify_ready(loop, "serving"); /* every listener bound, every worker running */
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_workers_finish();

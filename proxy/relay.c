@@ -10,34 +10,46 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bans.h"
 #include "data.h"
 #include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "xferlog.h"
 
 #define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
 #define FAILED_LOGIN_DELAY_MS 1000
 
-/* One line per finished transfer, key=value like the main log. */
+/* The client address the ban list counts: the control connection's peer, normalised (with
+ * a PROXY header, its source: wherever the session keeps the client's address). */
+static const gw_addr *ban_peer(const gw_session *s)
+{
+    return &s->client_peer;
+}
+
+/* One line per finished transfer, in the configured xferlog_format (xferlog.h). */
 static void write_xferlog(gw_session *s, const char *result)
 {
     int fd = s->fe->gen->xferlog_fd;
     if (fd < 0)
         return;
-    char line[768], ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    int n = snprintf(line, sizeof line,
-                     "%s session=%llu peer=%s user=\"%s\" verb=%s file=\"%s\" bytes=%llu "
-                     "ms=%llu code=%d result=%s\n",
-                     ts, (unsigned long long)s->id, gw_addr_str(&s->client_peer), s->user,
-                     s->cur.verb, s->xfer_arg, (unsigned long long)s->xfer_bytes,
-                     (unsigned long long)(gw_sess_now(s) - s->xfer_started_ms), s->cur.held_code,
-                     result);
+    char line[1024], host[64];
+    gw_addr_ip_str(&s->client_peer, host, sizeof host);
+    gw_xfer_rec rec = {.end = time(NULL),
+                       .ms = gw_sess_now(s) - s->xfer_started_ms,
+                       .session = s->id,
+                       .peer = gw_addr_str(&s->client_peer),
+                       .host = host,
+                       .user = s->user,
+                       .verb = s->cur.verb,
+                       .file = s->xfer_arg,
+                       .bytes = s->xfer_bytes,
+                       .code = s->cur.held_code,
+                       .result = result,
+                       .ascii = s->type_ascii};
+    size_t n = gw_xferlog_line(line, sizeof line, s->fe->cfg->xferlog_format, &rec);
     if (n > 0) {
-        ssize_t w = write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        ssize_t w = write(fd, line, n); /* one write(2): lines never interleave */
         (void)w;
     }
 }
@@ -426,6 +438,12 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
         GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        /* The ban list counts it per client address (bans.h): a banned address's session
+         * ends now, its other sessions at their next failure, new ones at accept. */
+        if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
+            gw_sess_fail(s, GW_R_BANNED, "client address banned");
+            return;
+        }
         if (++s->failed_logins >= 3) {
             gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
             return;

@@ -116,6 +116,7 @@ struct gw_session {
     char be_user[GW_CMD_LINE_MAX + 1]; /* self_greet: the name sent to the backend's USER */
     char data_fail_reply[128];
     bool prot_p, pbsz, logged_in, epsv_all, user_sent;
+    bool type_ascii;       /* TYPE A in force (the wu-ftpd transfer log says a or b) */
     bool tls_up;           /* the control connection is protected now */
     bool ccc;              /* CCC cleared it: no AUTH, PBSZ or PROT any more */
     bool swallow_greeting; /* REIN: the client already got its 220 */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bans.h"
 #include "log.h"
 #include "server.h"
 
@@ -178,6 +179,7 @@ static void free_workers(int n)
     gw_live_table_free(shared.live);
     shared.live = NULL;
     gw_pasv_pool_free_all();
+    gw_bans_free_all();
     shared.health = NULL;
 }
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log"]),
-    ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
+              "version", "log", "cidr", "ban", "notify", "xferlog", "logfile"]),
+    ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),

@@ -460,8 +460,8 @@ static void test_tls_policy_overrides(void **state)
                  "t.conf:3: [frontend a] client_cert: ", "expected none | optional | required");
     expect_error(FE "data_session_reuse_exempt = 10.0.0.0/33\n" BE,
                  "t.conf:3: [frontend a] data_session_reuse_exempt: ", "10.0.0.0/33");
-    expect_error("[tls]\nstrict_tls_eof_exempt = 10.0.0.1,\n" FE BE,
-                 "t.conf:2: [tls] strict_tls_eof_exempt: ", "not an ADDRESS");
+    expect_error("[tls]\nstrict_tls_eof_exempt = 10.0.0.1/8\n" FE BE,
+                 "t.conf:2: [tls] strict_tls_eof_exempt: ", "expected ADDRESS");
     expect_error(FE "min_version = TLSv1\n" BE,
                  "t.conf:3: [frontend a] min_version: ", "expected TLSv1.2 | TLSv1.3");
     expect_error("[frontend p]\nlisten = 127.0.0.1:21\nmode = plain\nclient_cert = none\n" BE,
