@@ -10,6 +10,7 @@ PACKAGES=(
   curl lftp wget openssl procps iproute2 util-linux
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace
+  ftp-ssl  # netkit ftp-ssl: uploads without close_notify (tests/integration/test_tls_policy.py)
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
