@@ -16,9 +16,9 @@ typedef struct gw_data gw_data;
 /* How the data legs of a transfer ended; the owner maps it to the client's reply. */
 enum gw_data_result {
     GW_DATA_OK,
-    GW_DATA_ABORTED,        /* a leg broke: 426 */
-    GW_DATA_TIMEOUT,        /* no progress for data_timeout: 426 */
-    GW_DATA_UNSAFE_EOF,     /* upload ended without close_notify (strict_tls_eof): 426 */
+    GW_DATA_ABORTED,    /* a leg broke: 426 */
+    GW_DATA_TIMEOUT,    /* no progress for data_timeout: 426 */
+    GW_DATA_UNSAFE_EOF, /* upload delivered, but ended without close_notify (strict_tls_eof): 426 */
     GW_DATA_NOT_RESUMED,    /* data TLS did not resume this control session: 522 */
     GW_DATA_CLIENT_FAILED,  /* the client's leg could not be opened: 425 */
     GW_DATA_BACKEND_FAILED, /* the backend's leg could not be opened: 425 */

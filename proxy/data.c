@@ -61,6 +61,7 @@ struct gw_data {
     unsigned legs; /* per-leg facts: LEG_* */
     /* configuration of this transfer */
     bool client_active, backend_passive, upload, reuse_required, strict_eof;
+    bool unsafe_eof;             /* strict_eof: the upload ended without close_notify (426) */
     bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
     uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;
@@ -285,18 +286,21 @@ static void on_leg_eof(gw_conn *c, bool clean)
     if (!clean) {
         GW_LOG_WARN(d->sid, "event=data_eof leg=%s close_notify=no note=\"possible truncation\"",
                     c->name);
-        /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload.
-         * Fail it, and reset the backend leg so the server cannot report success. */
+        /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload,
+         * so the client is never told it succeeded (426). Every byte it sent still reaches
+         * the server: a reset here would cut a whole upload at the backend (a legacy
+         * client's file lost) without stopping a server that counts it done anyway. */
         if (d->strict_eof && c == d->client) {
-            fail_data(d, GW_DATA_UNSAFE_EOF, "upload without close_notify (strict_tls_eof)");
-            return;
+            GW_LOG_WARN(d->sid, "event=data_unsafe_eof note=\"delivered whole, answered 426\"");
+            d->unsafe_eof = true;
         }
     }
     set_state(d, DS_DRAINING);
     gw_conn_shutdown(other(d, c));
     /* Answer the source's close_notify too: servers such as vsftpd wait for it before they
-     * send their final reply. */
-    gw_conn_shutdown(c);
+     * send their final reply. A peer that sent none is gone or never reads one. */
+    if (clean)
+        gw_conn_shutdown(c);
 }
 
 static void on_leg_shutdown(gw_conn *c, int status)
@@ -317,7 +321,7 @@ static void on_leg_shutdown(gw_conn *c, int status)
     }
     GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
                  d->upload ? "upload" : "download", (unsigned long long)c->payload_out);
-    finish(d, GW_DATA_OK);
+    finish(d, d->unsafe_eof ? GW_DATA_UNSAFE_EOF : GW_DATA_OK);
 }
 
 static void on_leg_error(gw_conn *c, const char *why)

@@ -129,6 +129,10 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     s->data_ok = ok;
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
+    }
+    /* Delivered whole, but not to be reported as a success: wait for the server's final
+     * reply and send the 426 in its place (complete_transfer). */
+    if (!ok && result != GW_DATA_UNSAFE_EOF) {
         /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;

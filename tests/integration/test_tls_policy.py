@@ -402,7 +402,8 @@ def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
         assert re.search(r"^226 ", out, re.M) and "426" not in out, out
     wait_log(xgw, r"event=data_eof leg=client-data close_notify=no", offset)
     if strict:
-        return  # the backend leg was reset: the server must not take the upload as complete
+        wait_log(xgw, r"event=data_unsafe_eof", offset)
+    # Nothing is lost either way: every byte the client sent reaches the server.
     peers.wait_for(lambda: pyftpdlib.path(name).exists() and
                    sha256_file(pyftpdlib.path(name)) == digest, 10, f"{name} complete")
 
