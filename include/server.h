@@ -46,6 +46,7 @@ struct gw_server {
     int sessions;                /* this worker's */
     uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
     gw_sess_entry *session_list; /* every accepted client until it ends, for shutdown */
+    struct gw_shport_set *shport; /* pasv_shared_port listeners (shared_port.h) */
     uv_timer_t fd_probe;         /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "server.h"
 #include "session.h"
+#include "shared_port.h"
 
 static const char *mode_name(enum gw_fe_mode m)
 {
@@ -428,7 +429,9 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
     srv->fd_probe_started = true;
     uv_timer_start(&srv->fd_probe, on_fd_probe, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->fd_probe);
-    return switch_listeners(srv, srv->gen, err, cap);
+    if (switch_listeners(srv, srv->gen, err, cap) != 0)
+        return -1;
+    return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, err, cap);
 }
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
@@ -436,7 +439,8 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
     gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
     if (!g)
         return -1;
-    if (switch_listeners(srv, g, err, cap) != 0) {
+    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, err, cap) != 0 ||
+        switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
     }
@@ -453,6 +457,9 @@ void gw_server_stop_listening(gw_server *srv)
     for (int i = 0; i < srv->n_listeners; i++)
         close_listener(srv->listeners[i]);
     srv->n_listeners = 0;
+    /* A graceful stop keeps the shared passive port: live sessions still transfer. */
+    if (!srv->stopping)
+        gw_shport_close(srv->shport);
 }
 
 void gw_server_free(gw_server *srv)
@@ -463,4 +470,6 @@ void gw_server_free(gw_server *srv)
     free(srv->listeners);
     srv->listeners = NULL;
     srv->n_listeners = 0;
+    gw_shport_set_free(srv->shport);
+    srv->shport = NULL;
 }

@@ -121,6 +121,7 @@ struct gw_session {
     bool swallow_greeting; /* REIN: the client already got its 220 */
     bool has_tag;
     uint8_t tag[GW_TLS_TAG_LEN]; /* the client control session's tag (survives CCC) */
+    int8_t data_resumed; /* the last TLS data connection: 1 resumed, -1 did not, 0 none yet */
     bool be_prot_p;              /* the backend accepted PROT P: its data legs are TLS */
     bool be_prot_later;          /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login; /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */

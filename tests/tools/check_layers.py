@@ -8,10 +8,10 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log"]),
+              "version", "log", "tls_hello"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
     ("generation", ["generation", "health", "balance"]),
-    ("data", ["data"]),
+    ("data", ["data", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),
     ("listener/workers", ["server", "listener", "worker"]),
     ("main", ["main"]),
