@@ -365,7 +365,7 @@ static void test_shared_port(void **state)
     const char *hosts = "[frontend a]\nlisten = 127.0.0.1:990\npasv_shared_port = 2121\n"
                         "[frontend b]\nlisten = 127.0.0.2:21\nmode = explicit\n"
                         "pasv_ports = 31000-31009\npasv_shared_port = 2121\n" BE;
-    expect_error(hosts, "t.conf:", "shared with [frontend a], which listens on another host");
+    expect_error(hosts, "t.conf:", "shared with [frontend b], which listens on another host");
 }
 
 static void test_bad_address(void **state)
