@@ -233,6 +233,7 @@ typedef struct handoff {
     int fd;
     gw_addr peer;
     uint16_t port;
+    bool via_inbox; /* accepted by another worker */
     size_t n;
     uint8_t buf[]; /* bytes already read (the ClientHello) */
 } handoff;
@@ -271,8 +272,8 @@ static void deliver(handoff *h)
             stats.matched_resumption++;
         else
             stats.matched_address++;
-        GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s", gw_addr_str(&h->peer),
-                    h->port, h->c.rule);
+        GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s via=%s",
+                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_inbox ? "worker" : "direct");
         gw_data_shared_connection(d, h->fd, h->buf, h->n);
     }
     free(h);
@@ -289,7 +290,8 @@ static inbox *inbox_of(uv_loop_t *loop)
 
 static void post(handoff *h, uv_loop_t *here)
 {
-    if (h->c.loop == here) {
+    h->via_inbox = h->c.loop != here;
+    if (!h->via_inbox) {
         deliver(h);
         return;
     }

@@ -41,7 +41,7 @@ def shared_gateway(gateway, backend, ports, *, ranges=True, workers=1, reuse=Non
         keys["pasv_ports"] = ""
     fronts = {"x": {"mode": "explicit", **keys}}
     if plain:
-        fronts["p"] = {"mode": "plain", "require_tls": "no", **keys}
+        fronts["p"] = {"mode": "plain", **keys}
     gw = gateway(backend, extra={"frontend fe": dict(keys), "global": {"workers": workers}},
                  frontends=fronts, data_session_reuse=reuse)
     gw.shared_port = sp
@@ -55,10 +55,10 @@ def tls13(ctx: ssl.SSLContext) -> ssl.SSLContext:
 
 def control_from(src: str, port: int, ctx: ssl.SSLContext | None, implicit=True) -> Control:
     raw = socket.create_connection((HOST, port), timeout=20, source_address=(src, 0))
-    if implicit:
-        return Control(ctx.wrap_socket(raw, server_hostname="localhost"), 20)
-    c = Control(raw, 20)
+    c = Control(ctx.wrap_socket(raw, server_hostname="localhost") if implicit else raw, 20)
     assert c.reply()[0] == 220
+    if implicit:
+        return c
     if ctx is not None:
         assert c.cmd("AUTH TLS")[0] == 234
         c.starttls(ctx)
@@ -67,6 +67,7 @@ def control_from(src: str, port: int, ctx: ssl.SSLContext | None, implicit=True)
 
 def logged_in(c: Control, backend, prot: str | None = "P") -> Control:
     c.login(backend.user, backend.password)
+    assert c.cmd("TYPE I")[0] == 200
     if prot:
         assert c.cmd("PBSZ 0")[0] == 200
         assert c.cmd(f"PROT {prot}")[0] == 200
@@ -435,3 +436,4 @@ def test_two_workers(gateway, pyftpdlib, ports, blobs, client_ctx):
     assert matches(log, "resumption") == 60
     assert "shared_port_unmatched" not in log
     assert {m for m in re.findall(r"event=session_start .*worker=(\d)", log)} == {"0", "1"}
+    assert "via=worker" in log, "no connection was handed from one worker to another"
