@@ -40,7 +40,7 @@ struct gw_conn {
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
     bool clearing;        /* CCC/REIN: our close_notify is out, the peer's may follow */
     SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */
-    char *unread; /* bytes read by someone else before this conn existed (gw_conn_unread) */
+    char *unread;         /* bytes read by someone else before this conn existed (gw_conn_unread) */
     size_t unread_len;
 };
 

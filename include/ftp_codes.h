@@ -78,7 +78,7 @@
 /* pasv_shared_port without pasv_ports: another session from this address waits on the
  * shared port and this one could only be matched by address. */
 #define GW_R_SHARED_PORT_BUSY                                                                      \
-    "425 Can't open passive connection: another session from your address is waiting on the "    \
+    "425 Can't open passive connection: another session from your address is waiting on the "      \
     "shared data port; try again.\r\n"
 #define GW_R_XFER_ABORTED "426 Connection closed; transfer aborted.\r\n"
 #define GW_R_XFER_DATA_TIMEOUT "426 Connection closed; transfer aborted (data timeout).\r\n"

@@ -17,12 +17,12 @@ typedef struct gw_data gw_data;
 /* What a session's PASV/EPSV waits for on the shared port. */
 typedef struct gw_shport_want {
     uint16_t port;
-    bool tls;            /* the data connection will be TLS (PROT P) */
-    bool by_ticket;      /* matched by the route of its ticket/ID (else by address alone) */
-    const uint8_t *tag;  /* by_ticket: the control session's tag (GW_TLS_TAG_LEN) */
-    bool unproven;       /* by_ticket, and the client never resumed yet: if its hello offers
-                            nothing of ours while it is the only waiter of its address, it is
-                            still given the connection (the resumption check then refuses it) */
+    bool tls;           /* the data connection will be TLS (PROT P) */
+    bool by_ticket;     /* matched by the route of its ticket/ID (else by address alone) */
+    const uint8_t *tag; /* by_ticket: the control session's tag (GW_TLS_TAG_LEN) */
+    bool unproven;      /* by_ticket, and the client never resumed yet: if its hello offers
+                           nothing of ours while it is the only waiter of its address, it is
+                           still given the connection (the resumption check then refuses it) */
 } gw_shport_want;
 
 /* Counters for metrics (process-wide). */

@@ -50,7 +50,6 @@ void gw_session_id_make(uint8_t id[GW_SESSION_ID_LEN], const uint8_t route[GW_RO
 /* The route of a ticket, PSK identity or session ID this gateway issued: 1 and route
  * written, or 0 when it is not one of ours (too short, other magic). *gen: the key
  * generation (tickets), 0xff for session IDs; may be NULL. */
-int gw_route_from_identity(const uint8_t *p, size_t len, uint8_t route[GW_ROUTE_LEN],
-                           uint8_t *gen);
+int gw_route_from_identity(const uint8_t *p, size_t len, uint8_t route[GW_ROUTE_LEN], uint8_t *gen);
 
 #endif

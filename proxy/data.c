@@ -645,13 +645,15 @@ void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n)
      * matched on this address already; checked again on the adopted descriptor). */
     if (gw_conn_peer(c, &peer) != 0 || (gw_addr_normalize(&peer), 0) ||
         !gw_addr_same_host(&peer, &d->expect_client) || gw_conn_unread(c, buf, n) != 0) {
-        GW_LOG_WARN(d->sid, "event=data_refused leg=client-data peer=%s reason=\"not the control peer\"",
+        GW_LOG_WARN(d->sid,
+                    "event=data_refused leg=client-data peer=%s reason=\"not the control peer\"",
                     gw_addr_str(&peer));
         d->strays++;
         gw_conn_reset(c);
         return;
     }
-    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes", gw_addr_str(&peer));
+    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes",
+                 gw_addr_str(&peer));
     d->client = c;
     if (d->state != DS_ARMED)
         start_client_leg(d);

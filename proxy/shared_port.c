@@ -26,9 +26,9 @@
 #include "tls.h"
 #include "tls_hello.h"
 
-#define HELLO_MAX (20 * 1024)     /* a ClientHello larger than this is refused */
-#define HELLO_TIMEOUT_MS 10000    /* a connection has this long to send its ClientHello */
-#define PENDING_MAX 1024          /* per worker: connections still sending their ClientHello */
+#define HELLO_MAX (20 * 1024)  /* a ClientHello larger than this is refused */
+#define HELLO_TIMEOUT_MS 10000 /* a connection has this long to send its ClientHello */
+#define PENDING_MAX 1024       /* per worker: connections still sending their ClientHello */
 #define MAX_INBOXES 1024
 
 /* ---- the registry ---- */
@@ -478,12 +478,14 @@ static void on_pending_data(gw_conn *c, const char *buf, size_t n)
     memcpy(p->buf + p->n, buf, n);
     p->n += n;
     gw_tls_hello h;
-    enum gw_hello_status st = gw_tls_hello_parse(p->buf, p->n, hello_scratch, sizeof hello_scratch, &h);
+    enum gw_hello_status st =
+        gw_tls_hello_parse(p->buf, p->n, hello_scratch, sizeof hello_scratch, &h);
     if (st == GW_HELLO_AGAIN)
         return;
     if (st != GW_HELLO_OK) {
-        pending_unmatched(p, st == GW_HELLO_NOT_TLS ? "not a TLS ClientHello (only TLS sessions wait)"
-                                                    : "malformed ClientHello");
+        pending_unmatched(p, st == GW_HELLO_NOT_TLS
+                                 ? "not a TLS ClientHello (only TLS sessions wait)"
+                                 : "malformed ClientHello");
         return;
     }
     uint8_t routes[2 + GW_HELLO_MAX_PSK][GW_ROUTE_LEN];
@@ -704,8 +706,8 @@ int gw_shport_switch(gw_shport_set **setp, uv_loop_t *loop, bool reuseport, gw_g
             continue;
         next[n] = find_shport(old, fc->listen.host, (uint16_t)fc->pasv_shared_port);
         if (!next[n]) {
-            next[n] = open_shport(loop, reuseport, fc->listen.host,
-                                  (uint16_t)fc->pasv_shared_port, err, cap);
+            next[n] = open_shport(loop, reuseport, fc->listen.host, (uint16_t)fc->pasv_shared_port,
+                                  err, cap);
             fresh[n] = true;
             if (!next[n]) {
                 for (int j = 0; j < n; j++)

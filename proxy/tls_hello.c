@@ -64,7 +64,7 @@ static void parse_psk(rd ext, gw_tls_hello *h)
 
 static enum gw_hello_status parse_body(rd body, gw_tls_hello *h)
 {
-    rd_int(&body, 2);  /* legacy_version */
+    rd_int(&body, 2); /* legacy_version */
     rd rnd = {body.p, 32, 0};
     if (body.n < 32)
         return GW_HELLO_BAD;
@@ -151,8 +151,7 @@ void gw_session_id_make(uint8_t id[GW_SESSION_ID_LEN], const uint8_t route[GW_RO
     memcpy(id + 16, rnd, 16);
 }
 
-int gw_route_from_identity(const uint8_t *p, size_t len, uint8_t route[GW_ROUTE_LEN],
-                           uint8_t *gen)
+int gw_route_from_identity(const uint8_t *p, size_t len, uint8_t route[GW_ROUTE_LEN], uint8_t *gen)
 {
     if (!p || len < GW_TICKET_NAME_LEN || memcmp(p, gw_ticket_magic, 3) != 0)
         return 0;

@@ -326,9 +326,9 @@ static void test_out_of_range(void **state)
 static void test_bad_port_range(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"30000",  "30100-30000",  "80-100", "30000-70000",
-                                      "-30000", "30000-",       "a-b",    "30000--30001",
-                                      "30000 - 30001"};
+    static const char *const bad[] = {"30000",       "30100-30000",  "80-100",
+                                      "30000-70000", "-30000",       "30000-",
+                                      "a-b",         "30000--30001", "30000 - 30001"};
     char text[256];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(text, sizeof text,
@@ -360,8 +360,8 @@ static void test_shared_port(void **state)
                  "30005 is inside pasv_ports 30000-30099");
     expect_error("[frontend a]\nlisten = 127.0.0.1:2100\npasv_shared_port = 2100\n" BE,
                  "t.conf:3: [frontend a] pasv_shared_port: ", "2100 is the listen port");
-    expect_error(FE "pasv_shared_port = 80\n" BE, "t.conf:3: [frontend a] pasv_shared_port: ",
-                 NULL);
+    expect_error(FE "pasv_shared_port = 80\n" BE,
+                 "t.conf:3: [frontend a] pasv_shared_port: ", NULL);
     const char *hosts = "[frontend a]\nlisten = 127.0.0.1:990\npasv_shared_port = 2121\n"
                         "[frontend b]\nlisten = 127.0.0.2:21\nmode = explicit\n"
                         "pasv_ports = 31000-31009\npasv_shared_port = 2121\n" BE;
