@@ -12,6 +12,7 @@ import ftplib
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -437,3 +438,41 @@ def test_two_workers(gateway, pyftpdlib, ports, blobs, client_ctx):
     assert "shared_port_unmatched" not in log
     assert {m for m in re.findall(r"event=session_start .*worker=(\d)", log)} == {"0", "1"}
     assert "via=worker" in log, "no connection was handed from one worker to another"
+
+
+# ---------------------------------------------------------------------------------------
+# Reload: a kept port keeps its listener (a session waiting across the reload is served);
+# a changed port is opened, the old one closed.
+
+
+def test_reload_keeps_or_moves_the_port(gateway, pyftpdlib, ports, client_ctx):
+    gw = shared_gateway(gateway, pyftpdlib, ports, workers=2)
+    ctx = tls13(client_ctx)
+    pyftpdlib.put_bytes("sp-r.txt", b"reload\n" * 3000)
+    c = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        text = gw.config.read_text()
+        mark = gw.log_size()
+        gw.config.write_text(text.replace("idle_timeout = 120", "idle_timeout = 121"))
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+        got = finish_retr(c, data_socket(HOST, port), "sp-r.txt", ctx, c.session)
+        assert got == b"reload\n" * 3000
+        new = ports.port()
+        mark = gw.log_size()
+        gw.config.write_text(text.replace(f"pasv_shared_port = {gw.shared_port}",
+                                          f"pasv_shared_port = {new}"))
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+        # The live session keeps its generation (the old port) until it ends; new ones
+        # get the new port.
+        d = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
+        try:
+            assert retr(d, "sp-r.txt", ctx, expect_port=new) == b"reload\n" * 3000
+        finally:
+            d.close()
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, gw.shared_port), timeout=5).close()
+    finally:
+        c.close()
