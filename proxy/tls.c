@@ -193,13 +193,13 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv
     if (enc) {
         uint8_t route[GW_ROUTE_LEN];
         if (route_keys_current(&k) != 0 || RAND_bytes(iv, 16) != 1)
-            return -1;
+            return 0; /* no ticket this time */
         ticket_route(ssl, route);
         gw_ticket_name_make(key_name, k.gen, route);
         int ok = EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
                  set_ticket_mac(hctx, k.hmac) == 1;
         OPENSSL_cleanse(&k, sizeof k);
-        return ok ? 1 : -1;
+        return ok ? 1 : 0;
     }
     uint8_t route[GW_ROUTE_LEN], gen;
     if (!gw_route_from_identity(key_name, GW_TICKET_NAME_LEN, route, &gen) || gen == 0xff)
