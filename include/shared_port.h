@@ -52,10 +52,11 @@ void gw_shport_free_all(void);         /* after every worker has finished */
 
 /* A worker's shared-port listeners (one per distinct port of the generation's frontends). */
 typedef struct gw_shport_set gw_shport_set;
-/* Listen on every shared port of g (keeping those already open); close the others. 0 or -1
- * with a message (nothing changed). */
+/* Listen on every shared port of g (keeping those already open); close the others when
+ * close_others (a reload first opens, then, once the rest of the switch succeeded, closes).
+ * 0 or -1 with a message (nothing changed). */
 int gw_shport_switch(gw_shport_set **set, uv_loop_t *loop, bool reuseport, gw_generation *g,
-                     char *err, size_t cap);
+                     bool close_others, char *err, size_t cap);
 /* Stop listening (the memory stays until gw_shport_set_free). */
 void gw_shport_close(gw_shport_set *set);
 /* After the loop has ended (its handles closed): free the set. */

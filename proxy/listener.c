@@ -431,7 +431,7 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
     uv_unref((uv_handle_t *)&srv->fd_probe);
     if (switch_listeners(srv, srv->gen, err, cap) != 0)
         return -1;
-    return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, err, cap);
+    return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, true, err, cap);
 }
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
@@ -439,11 +439,13 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
     gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
     if (!g)
         return -1;
-    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, err, cap) != 0 ||
+    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, false, err, cap) != 0 ||
         switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
     }
+    /* Only the ports the new generation names stay (nothing to open now: cannot fail). */
+    (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, true, err, cap);
     gw_generation *old = srv->gen;
     srv->gen = g;
     gw_generation_unref(old); /* freed when its last session ends */

@@ -679,10 +679,10 @@ static shport_listener *find_shport(gw_shport_set *set, const char *host, uint16
 }
 
 int gw_shport_switch(gw_shport_set **setp, uv_loop_t *loop, bool reuseport, gw_generation *g,
-                     char *err, size_t cap)
+                     bool close_others, char *err, size_t cap)
 {
     gw_shport_set *old = *setp;
-    size_t max = (size_t)g->n_frontends + 1;
+    size_t max = (size_t)g->n_frontends + 1 + (size_t)(old ? old->n : 0);
     shport_listener **next = calloc(max, sizeof *next);
     bool *fresh = calloc(max, sizeof *fresh);
     gw_shport_set *set = old ? old : calloc(1, sizeof *set);
@@ -726,7 +726,13 @@ int gw_shport_switch(gw_shport_set **setp, uv_loop_t *loop, bool reuseport, gw_g
         bool kept = false;
         for (int j = 0; j < n; j++)
             kept |= next[j] == old->v[i];
-        if (!kept && !uv_is_closing((uv_handle_t *)&old->v[i]->tcp))
+        if (kept)
+            continue;
+        if (!close_others) {
+            next[n++] = old->v[i]; /* kept until the switch is final */
+            continue;
+        }
+        if (!uv_is_closing((uv_handle_t *)&old->v[i]->tcp))
             uv_close((uv_handle_t *)&old->v[i]->tcp, on_shport_listener_closed);
     }
     free(fresh);
