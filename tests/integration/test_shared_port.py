@@ -476,3 +476,51 @@ def test_reload_keeps_or_moves_the_port(gateway, pyftpdlib, ports, client_ctx):
             socket.create_connection((HOST, gw.shared_port), timeout=5).close()
     finally:
         c.close()
+
+
+def test_stock_ftplib_gets_522_when_reuse_required(gateway, pyftpdlib, ports, client_ctx):
+    """Under data_session_reuse = required a client that never resumed is presumed to: alone
+    on its address, its ticketless ClientHello is still given to it, and the resumption
+    check answers with the clear 522 (not a bare close)."""
+    gw = shared_gateway(gateway, pyftpdlib, ports)
+    ctx = tls13(client_ctx)
+    pyftpdlib.put_bytes("sp-522.txt", b"x" * 1000)
+    c = logged_in(control_from(HOST, gw.fport("x"), ctx, implicit=False), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        assert port == gw.shared_port
+        data = data_socket(HOST, port)
+        code, text = c.cmd("RETR sp-522.txt")
+        assert code in (125, 150), text
+        tls = ctx.wrap_socket(data, server_hostname="localhost")  # no session: stock
+        got, _ = recv_until_closed(tls, 10)
+        assert got == b""  # closed cleanly after the handshake, nothing sent
+        tls.close()
+        code, text = c.reply()
+        assert code == 522, text
+        assert c.cmd("NOOP")[0] == 200
+    finally:
+        c.close()
+    log = gw.log
+    assert matches(log, "address") == 1 and "event=data_tls_refused" in log
+
+
+def test_late_connection_after_the_wait_ended(gateway, pyftpdlib, ports, client_ctx):
+    gw = shared_gateway(gateway, pyftpdlib, ports)
+    gw.stop()
+    gw.config.write_text(gw.config.read_text().replace("[global]\n",
+                                                       "[global]\ndata_connect_timeout = 1\n"))
+    gw.start()
+    ctx = tls13(client_ctx)
+    c = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        wait_for(lambda: "event=data_listener_timeout" in gw.log, 10, "the wait to end")
+        start = gw.log_size()
+        with data_socket(HOST, port) as s:
+            assert closed(s)
+        wait_for(lambda: "event=shared_port_unmatched" in gw.log_since(start), 5, "the log")
+        assert "no session from this address waits" in gw.log_since(start)
+        assert c.cmd("NOOP")[0] == 200
+    finally:
+        c.close()
