@@ -210,8 +210,11 @@ static void arm_client_leg(gw_session *s)
         return;
     if (!shared && (!s->fe->pool ||
                     gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0)) {
-        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"", fc->pasv_port_min,
-                    fc->pasv_port_max);
+        if (s->fe->pool)
+            GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
+                        fc->pasv_port_min, fc->pasv_port_max);
+        else
+            GW_LOG_WARN(s->id, "event=pasv_failed reason=\"pasv_ports is empty\"");
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
