@@ -51,10 +51,11 @@ typedef struct gw_frontend_conf {
     bool require_tls;
     bool require_prot_p;
     bool allow_ccc;
-    bool route_user;                /* USER name@BACKEND picks BACKEND */
-    char greeting[GW_HOST_MAX];     /* set: the gateway greets itself ("220 <greeting>") */
-    char pasv_address[GW_HOST_MAX]; /* empty: local address of the control connection */
-    uint16_t pasv_port_min, pasv_port_max;
+    bool route_user;                       /* USER name@BACKEND picks BACKEND */
+    char greeting[GW_HOST_MAX];            /* set: the gateway greets itself ("220 <greeting>") */
+    char pasv_address[GW_HOST_MAX];        /* empty: local address of the control connection */
+    uint16_t pasv_port_min, pasv_port_max; /* 0-0: no range (pasv_ports empty) */
+    int pasv_shared_port;   /* -1: none; else every PASV/EPSV names it (shared_port.h) */
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
     char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */

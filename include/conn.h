@@ -40,11 +40,19 @@ struct gw_conn {
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
     bool clearing;        /* CCC/REIN: our close_notify is out, the peer's may follow */
     SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */
+    char *unread;         /* bytes read by someone else before this conn existed (gw_conn_unread) */
+    size_t unread_len;
 };
 
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
                      const char *name);
 int gw_conn_accept(gw_conn *c, uv_stream_t *server);
+/* Adopt a connected descriptor (handed over from another loop). 0 or a libuv error (the
+ * descriptor is then still the caller's). */
+int gw_conn_open(gw_conn *c, int fd);
+/* Bytes already taken from the socket by someone else: the TLS engine attached next reads
+ * them first. 0 or UV_ENOMEM. */
+int gw_conn_unread(gw_conn *c, const void *buf, size_t n);
 /* Hand the conn to another owner (the listener accepts, the session serves): its callbacks
  * go to ops and owner from now on. */
 void gw_conn_set_owner(gw_conn *c, const gw_conn_ops *ops, void *owner);

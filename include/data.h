@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "ftp_addr.h"
 #include "pasv_pool.h"
+#include "shared_port.h"
 #include "tls.h"
 
 typedef struct gw_data gw_data;
@@ -55,6 +56,16 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
  * when no port is free. Only `expect` (the control peer) may connect. */
 int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
                            const gw_addr *expect);
+/* Client leg, passive on the frontend's shared port: wait there for the connection the
+ * shared port matches to this session. 0, or -1 when the gateway cannot guarantee the
+ * match now (the caller uses pasv_ports, or refuses). */
+int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect);
+/* shared_port.c, on d's loop: the connection matched to d (its descriptor, now d's, and
+ * the bytes already read from it). */
+void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n);
+/* The client's TLS data connection: 1 resumed the control session, -1 it did not, 0 no TLS
+ * handshake finished (yet). */
+int gw_data_client_resumed(const gw_data *d);
 /* Client leg, active: connect to `to` from `from` (port 0: any) when the transfer starts. */
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from);
 /* Backend leg, active: listen on bind_addr (port written back); only `expect` may connect. */

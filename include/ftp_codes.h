@@ -76,6 +76,11 @@
 #define GW_R_CANT_OPEN_DATA_NO_LISTEN                                                              \
     "425 Can't open data connection: cannot listen toward the server.\r\n"
 #define GW_R_NO_PASV_PORT "425 Can't open passive connection: no free port.\r\n"
+/* pasv_shared_port without pasv_ports: another session from this address waits on the
+ * shared port and this one could only be matched by address. */
+#define GW_R_SHARED_PORT_BUSY                                                                      \
+    "425 Can't open passive connection: another session from your address is waiting on the "      \
+    "shared data port; try again.\r\n"
 #define GW_R_XFER_ABORTED "426 Connection closed; transfer aborted.\r\n"
 #define GW_R_XFER_DATA_TIMEOUT "426 Connection closed; transfer aborted (data timeout).\r\n"
 #define GW_R_XFER_NO_FINAL_REPLY "426 Transfer aborted: no final reply from the server.\r\n"
@@ -194,6 +199,7 @@
     X(GW_R_CANT_OPEN_DATA_BAD_PASV)                                                                \
     X(GW_R_CANT_OPEN_DATA_NO_LISTEN)                                                               \
     X(GW_R_NO_PASV_PORT)                                                                           \
+    X(GW_R_SHARED_PORT_BUSY)                                                                       \
     X(GW_R_XFER_ABORTED)                                                                           \
     X(GW_R_XFER_DATA_TIMEOUT)                                                                      \
     X(GW_R_XFER_NO_FINAL_REPLY)                                                                    \

@@ -42,11 +42,12 @@ struct gw_server {
     bool reuseport;     /* several workers: every listener is opened with SO_REUSEPORT */
     gw_generation *gen; /* current */
     int n_listeners;
-    gw_listener **listeners;     /* n_listeners, one per frontend (heap, gw_server_free) */
-    int sessions;                /* this worker's */
-    uint64_t last_accept_warn;   /* accept errors are logged at most once a second */
-    gw_sess_entry *session_list; /* every accepted client until it ends, for shutdown */
-    uv_timer_t fd_probe;         /* notices the descriptor limit (see listener.c) */
+    gw_listener **listeners;      /* n_listeners, one per frontend (heap, gw_server_free) */
+    int sessions;                 /* this worker's */
+    uint64_t last_accept_warn;    /* accept errors are logged at most once a second */
+    gw_sess_entry *session_list;  /* every accepted client until it ends, for shutdown */
+    struct gw_shport_set *shport; /* pasv_shared_port listeners (shared_port.h) */
+    uv_timer_t fd_probe;          /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;
 };

@@ -35,6 +35,9 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
                                const char *ciphers, const char *ciphersuites, char *err,
                                size_t errcap);
 void gw_tls_ctx_free(SSL_CTX *ctx);
+/* pasv_shared_port: tickets and TLS 1.2 session IDs of ctx carry the route of the control
+ * connection that got them, readable in the ClientHello (tls_hello.h). */
+void gw_tls_server_ctx_route(SSL_CTX *ctx);
 
 /* Client certificates on a server context: optional asks for one and refuses one that does
  * not verify against ca (PEM) and crl (PEM, may be empty: no revocation check); required also

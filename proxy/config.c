@@ -405,6 +405,10 @@ static int p_listen(const struct keydef *k, const char *v, void *out, char *why,
 static int p_portrange(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     (void)k;
+    if (v[0] == '\0') { /* no range */
+        memset(out, 0, 2 * sizeof(uint16_t));
+        return 0;
+    }
     char buf[32];
     long lo, hi;
     const char *dash = strchr(v, '-');
@@ -528,6 +532,8 @@ static const struct keydef keys[] = {
     {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
     {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
+    /* pasv_shared_port (one shared passive port, proxy/shared_port.c) */
+    {"pasv_shared_port", S_FRONTEND, p_int_opt, F(pasv_shared_port), "", true, 1024, 65535, NULL},
     {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
     {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},
     {"key", S_FRONTEND, p_str, F(key), "", true, 0, 0, NULL},
@@ -1009,6 +1015,32 @@ static int inherit_tls_keys(struct state *st, int i, const char *label)
     return 0;
 }
 
+/* pasv_shared_port: outside every passive range and listen port; frontends naming the same
+ * port share its listener, so they must listen on the same host. */
+static int validate_shared_port(struct state *st, int i, int line, const char *label)
+{
+    const gw_config *cfg = st->cfg;
+    const gw_frontend_conf *f = &cfg->frontends[i];
+    int port = f->pasv_shared_port;
+    if (port < 0)
+        return 1;
+    for (int j = 0; j < cfg->n_frontends; j++) {
+        const gw_frontend_conf *o = &cfg->frontends[j];
+        if (o->listen.port == port)
+            return fail(st, line, label, "pasv_shared_port",
+                        "%d is the listen port of [frontend %s]", port, o->name);
+        if (o->pasv_port_min && port >= o->pasv_port_min && port <= o->pasv_port_max)
+            return fail(st, line, label, "pasv_shared_port",
+                        "%d is inside pasv_ports %u-%u of [frontend %s]", port, o->pasv_port_min,
+                        o->pasv_port_max, o->name);
+        if (j != i && o->pasv_shared_port == port && strcmp(o->listen.host, f->listen.host) != 0)
+            return fail(st, line, label, "pasv_shared_port",
+                        "%d is shared with [frontend %s], which listens on another host", port,
+                        o->name);
+    }
+    return 1;
+}
+
 static int validate(struct state *st)
 {
     gw_config *cfg = st->cfg;
@@ -1016,6 +1048,7 @@ static int validate(struct state *st)
     int k_backend = key_index(S_FRONTEND, "backend");
     int k_listen = key_index(S_FRONTEND, "listen");
     int k_pasv = key_index(S_FRONTEND, "pasv_ports");
+    int k_shared = key_index(S_FRONTEND, "pasv_shared_port");
 
     if (cfg->n_frontends == 0)
         return fail(st, 0, NULL, NULL, "no [frontend NAME] section: nothing to listen on");
@@ -1036,6 +1069,8 @@ static int validate(struct state *st)
             return -1;
         if (inherit_tls_keys(st, i, label) != 0)
             return -1;
+        if (!validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label))
+            return 0;
 
         for (int j = 0; j < i; j++) {
             const gw_frontend_conf *o = &cfg->frontends[j];
@@ -1052,8 +1087,9 @@ static int validate(struct state *st)
             /* One pool per range: ranges are either identical (shared) or disjoint. */
             bool same =
                 f->pasv_port_min == o->pasv_port_min && f->pasv_port_max == o->pasv_port_max;
-            bool overlap =
-                f->pasv_port_min <= o->pasv_port_max && o->pasv_port_min <= f->pasv_port_max;
+            bool overlap = f->pasv_port_min && o->pasv_port_min &&
+                           f->pasv_port_min <= o->pasv_port_max &&
+                           o->pasv_port_min <= f->pasv_port_max;
             if (overlap && !same)
                 return fail(st, kl[k_pasv] ? kl[k_pasv] : st->fe_line[i], label, "pasv_ports",
                             "overlaps %u-%u of [frontend %s] (use the same range to share a "

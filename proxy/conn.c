@@ -368,11 +368,40 @@ int gw_conn_start_read(gw_conn *c)
     return r;
 }
 
+int gw_conn_open(gw_conn *c, int fd)
+{
+    int r = uv_tcp_open(&c->tcp, fd);
+    if (r == 0)
+        uv_tcp_nodelay(&c->tcp, 1);
+    return r;
+}
+
+int gw_conn_unread(gw_conn *c, const void *buf, size_t n)
+{
+    char *p = n ? malloc(n) : NULL;
+    if (n && !p)
+        return UV_ENOMEM;
+    if (n)
+        memcpy(p, buf, n);
+    free(c->unread);
+    c->unread = p;
+    c->unread_len = n;
+    return 0;
+}
+
 int gw_conn_attach_tls(gw_conn *c, gw_tls *t)
 {
     if (!t)
         return UV_ENOMEM;
     c->tls = t;
+    if (c->unread) { /* read before the engine existed (a shared port's ClientHello) */
+        int f = gw_tls_feed(t, c->unread, c->unread_len);
+        free(c->unread);
+        c->unread = NULL;
+        c->unread_len = 0;
+        if (f != 0)
+            return UV_ENOMEM;
+    }
     int r = gw_conn_start_read(c);
     /* A client engine speaks first: this sends the ClientHello. */
     if (r == 0)
@@ -453,6 +482,7 @@ static void on_closed(uv_handle_t *h)
     gw_conn *c = h->data;
     c->ops->on_close(c);
     gw_tls_free(c->tls);
+    free(c->unread);
     free(c);
 }
 

@@ -56,6 +56,8 @@ struct gw_data {
     SSL_CTX *tls_ctx;
     gw_tls *backend_engine; /* attached once the backend data connection is open */
     uint8_t tag[GW_TLS_TAG_LEN];
+    uint64_t shared_id; /* waiting on the shared port (gw_shport_wait), 0 when not */
+    int client_resumed; /* see gw_data_client_resumed */
     uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
     enum data_state state;
     unsigned legs; /* per-leg facts: LEG_* */
@@ -134,6 +136,13 @@ static void close_data_listener(gw_data *d, uv_tcp_t *l)
     if (l == d->client_listener && d->pool)
         gw_pasv_pool_release(d->pool, d->client_port);
     uv_close((uv_handle_t *)l, on_data_listener_closed);
+}
+
+static void stop_shared_wait(gw_data *d)
+{
+    if (d->shared_id)
+        gw_shport_cancel(d->shared_id);
+    d->shared_id = 0;
 }
 
 static void stop_splice(gw_data *d)
@@ -360,6 +369,7 @@ static void on_client_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
     int r = gw_tls_resumed_from(c->tls, d->tag);
+    d->client_resumed = r == 1 ? 1 : -1; /* before an exemption: the client's own record */
     gw_tls_peer peer;
     /* SECURITY: a data leg presenting a client certificate (its own, or the resumed
      * session's) must present the control connection's. */
@@ -413,6 +423,11 @@ static void on_backend_data_handshake(gw_conn *c)
 
 static void start_client_leg(gw_data *d)
 {
+    if (!d->tls_ctx && d->client->unread) {
+        /* Matched on the shared port by its ClientHello, then PROT C: not this transfer. */
+        fail_data(d, GW_DATA_CLIENT_FAILED, "TLS ClientHello on a clear data connection");
+        return;
+    }
     if (!d->tls_ctx) {
         leg_ready(d, d->client);
         return;
@@ -560,6 +575,7 @@ static void on_timer(uv_timer_t *t)
             fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
+            stop_shared_wait(d);
             close_data_listener(d, d->client_listener);
             close_data_listener(d, d->backend_listener);
             if (d->backend)
@@ -628,6 +644,57 @@ int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
     d->expect_client = *expect;
     gw_addr_normalize(&d->expect_client);
     return 0;
+}
+
+int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect)
+{
+    d->expect_client = *expect;
+    gw_addr_normalize(&d->expect_client);
+    return gw_shport_wait(w, &d->expect_client, d->loop, d->sid, d, &d->shared_id);
+}
+
+void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n)
+{
+    d->shared_id = 0; /* no longer waiting */
+    if (released(d) || d->client) {
+        close(fd);
+        return;
+    }
+    gw_conn *c = gw_conn_new(d->loop, &client_leg_ops, d, d->sid, "client-data");
+    if (!c) {
+        close(fd);
+        if (d->state != DS_ARMED)
+            fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
+        return;
+    }
+    gw_addr peer;
+    if (gw_conn_open(c, fd) != 0) {
+        close(fd);
+        d->strays++;
+        gw_conn_close(c);
+        return;
+    }
+    /* SECURITY: the passive source check holds on the shared port too (shared_port.c
+     * matched on this address already; checked again on the adopted descriptor). */
+    if (gw_conn_peer(c, &peer) != 0 || (gw_addr_normalize(&peer), 0) ||
+        !gw_addr_same_host(&peer, &d->expect_client) || gw_conn_unread(c, buf, n) != 0) {
+        GW_LOG_WARN(d->sid,
+                    "event=data_refused leg=client-data peer=%s reason=\"not the control peer\"",
+                    gw_addr_str(&peer));
+        d->strays++;
+        gw_conn_reset(c);
+        return;
+    }
+    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes",
+                 gw_addr_str(&peer));
+    d->client = c;
+    if (d->state != DS_ARMED)
+        start_client_leg(d);
+}
+
+int gw_data_client_resumed(const gw_data *d)
+{
+    return d->client_resumed;
 }
 
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from)
@@ -726,7 +793,7 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
 
 bool gw_data_usable(const gw_data *d)
 {
-    bool client = d->client_active || d->client ||
+    bool client = d->client_active || d->client || d->shared_id ||
                   (d->client_listener && !uv_is_closing((const uv_handle_t *)d->client_listener));
     bool backend =
         d->backend_passive || d->backend ||
@@ -753,6 +820,7 @@ void gw_data_release(gw_data *d, bool ok)
     set_state(d, finished ? DS_RELEASED : DS_ABANDONED);
     d->done = NULL;
     stop_splice(d);
+    stop_shared_wait(d);
     close_data_listener(d, d->client_listener);
     close_data_listener(d, d->backend_listener);
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);

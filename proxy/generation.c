@@ -174,8 +174,9 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
     if (fc->pasv_address[0])
         GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name, fc->pasv_address,
                     gw_addr_str(&fe->pasv_addr));
-    fe->pool = gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max);
-    if (!fe->pool) {
+    /* pasv_ports empty: no range (PASV uses the shared port, or gets 425). */
+    fe->pool = fc->pasv_port_min ? gw_pasv_pool_get(fc->pasv_port_min, fc->pasv_port_max) : NULL;
+    if (fc->pasv_port_min && !fe->pool) {
         snprintf(err, cap, "out of memory");
         return -1;
     }
@@ -192,6 +193,8 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
             snprintf(err, cap, "[frontend %s] %s", fc->name, e);
             return -1;
         }
+        if (fc->pasv_shared_port > 0)
+            gw_tls_server_ctx_route(fe->tls_ctx);
     }
     return 0;
 }

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "server.h"
 #include "session.h"
+#include "shared_port.h"
 
 static const char *mode_name(enum gw_fe_mode m)
 {
@@ -444,7 +445,9 @@ int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char 
     srv->fd_probe_started = true;
     uv_timer_start(&srv->fd_probe, on_fd_probe, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->fd_probe);
-    return switch_listeners(srv, srv->gen, err, cap);
+    if (switch_listeners(srv, srv->gen, err, cap) != 0)
+        return -1;
+    return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, true, err, cap);
 }
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
@@ -452,10 +455,13 @@ int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap
     gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
     if (!g)
         return -1;
-    if (switch_listeners(srv, g, err, cap) != 0) {
+    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, false, err, cap) != 0 ||
+        switch_listeners(srv, g, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
     }
+    /* Only the ports the new generation names stay (nothing to open now: cannot fail). */
+    (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, true, err, cap);
     gw_generation *old = srv->gen;
     srv->gen = g;
     gw_generation_unref(old); /* freed when its last session ends */
@@ -469,6 +475,9 @@ void gw_server_stop_listening(gw_server *srv)
     for (int i = 0; i < srv->n_listeners; i++)
         close_listener(srv->listeners[i]);
     srv->n_listeners = 0;
+    /* A graceful stop keeps the shared passive port: live sessions still transfer. */
+    if (!srv->stopping)
+        gw_shport_close(srv->shport);
 }
 
 void gw_server_free(gw_server *srv)
@@ -479,4 +488,6 @@ void gw_server_free(gw_server *srv)
     free(srv->listeners);
     srv->listeners = NULL;
     srv->n_listeners = 0;
+    gw_shport_set_free(srv->shport);
+    srv->shport = NULL;
 }

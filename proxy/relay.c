@@ -169,6 +169,39 @@ static void offer_data_ticket(gw_session *s)
         GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
 }
 
+/* pasv_shared_port: 1 when the client leg waits on the shared port (bind->port set), 0 to
+ * use pasv_ports, -1 when refused (425 sent). A TLS client is matched by the route of its
+ * ticket unless it showed it does not resume (or may not, with data_session_reuse =
+ * optional): then, like clear data, by address, which needs it alone on that address. */
+static int arm_shared_port(gw_session *s, gw_addr *bind)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    if (fc->pasv_shared_port <= 0)
+        return 0;
+    bool tls = s->prot_p && s->has_tag;
+    bool presumed = s->data_resumed == 0 && s->fe->cfg->data_session_reuse_required;
+    gw_shport_want w = {
+        .port = (uint16_t)fc->pasv_shared_port,
+        .tls = tls,
+        .by_ticket = tls && (s->data_resumed == 1 || presumed),
+        .tag = s->tag,
+        .unproven = s->data_resumed == 0,
+    };
+    if (gw_data_client_shared(s->data, &w, &s->client_peer) == 0) {
+        bind->port = w.port;
+        return 1;
+    }
+    bool range = s->fe->pool != NULL;
+    gw_shport_count_fallback(!range);
+    GW_LOG_INFO(s->id, "event=shared_port_%s reason=\"another session from this address waits\"",
+                range ? "fallback" : "refused");
+    if (range)
+        return 0;
+    gw_sess_drop_data(s, false);
+    gw_sess_reply(s, GW_R_SHARED_PORT_BUSY);
+    return -1;
+}
+
 /* The backend leg is armed: now the client's leg, and the client's answer. */
 static void arm_client_leg(gw_session *s)
 {
@@ -188,9 +221,16 @@ static void arm_client_leg(gw_session *s)
     }
     gw_addr bind = s->client_local;
     gw_addr_normalize(&bind);
-    if (gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0) {
-        GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"", fc->pasv_port_min,
-                    fc->pasv_port_max);
+    int shared = arm_shared_port(s, &bind);
+    if (shared < 0)
+        return;
+    if (!shared && (!s->fe->pool ||
+                    gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0)) {
+        if (s->fe->pool)
+            GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
+                        fc->pasv_port_min, fc->pasv_port_max);
+        else
+            GW_LOG_WARN(s->id, "event=pasv_failed reason=\"pasv_ports is empty\"");
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;

@@ -103,6 +103,9 @@ static void on_session_timer_closed(uv_handle_t *h)
 void gw_sess_drop_data(gw_session *s, bool ok)
 {
     if (s->data) {
+        int r = gw_data_client_resumed(s->data); /* pasv_shared_port learns how it matches */
+        if (r)
+            s->data_resumed = (int8_t)r;
         gw_data_release(s->data, ok);
         s->data = NULL;
     }

@@ -123,8 +123,9 @@ struct gw_session {
     bool has_tag;
     uint8_t tag[GW_TLS_TAG_LEN]; /* the client control session's tag (survives CCC) */
     gw_tls_peer *cert;           /* the client's certificate (client_cert), NULL: none (heap) */
-    bool be_prot_p;              /* the backend accepted PROT P: its data legs are TLS */
-    bool be_prot_later;          /* it refused PBSZ/PROT before login: send them after its 230 */
+    int8_t data_resumed; /* the last TLS data connection: 1 resumed, -1 did not, 0 none yet */
+    bool be_prot_p;      /* the backend accepted PROT P: its data legs are TLS */
+    bool be_prot_later;  /* it refused PBSZ/PROT before login: send them after its 230 */
     bool be_after_login; /* PEND_BE_PBSZ/PROT are the after-230 round; `held` holds the 230 */
     int too_long, failed_logins;
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */

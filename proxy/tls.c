@@ -11,12 +11,16 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/core_names.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "tls_hello.h"
 
 struct gw_tls {
     SSL *ssl;
@@ -80,6 +84,155 @@ static SSL_TICKET_RETURN on_ticket_decrypt(SSL *ssl, SSL_SESSION *ss, const unsi
     default:
         return SSL_TICKET_RETURN_ABORT;
     }
+}
+
+/* ---- routed tickets (pasv_shared_port) ----
+ * On a shared passive port the data connection must be matched to its control connection
+ * from the ClientHello alone, before any TLS engine runs. OpenSSL puts a ticket's 16-byte
+ * key_name in clear at its start, and the name is ours to choose: it carries a magic, the
+ * key generation and the route (a prefix of the issuing control connection's tag). The
+ * encryption and HMAC keys do not depend on it: random per process and generation, rotated
+ * every ROUTE_KEY_LIFETIME seconds, the previous generation still accepted (and renewed).
+ * SECURITY: the route only chooses which waiting session may take the connection; the
+ * proof of ownership is unchanged (the tag inside the encrypted ticket, gw_tls_resumed_from,
+ * and the passive source address). */
+#define ROUTE_KEY_LIFETIME 3600
+
+typedef struct route_keys {
+    uint8_t gen; /* 0..254 (0xff marks session IDs) */
+    time_t born;
+    unsigned char aes[32], hmac[32];
+} route_keys;
+
+static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
+static route_keys route_cur, route_prev;
+static bool route_have_cur, route_have_prev;
+
+static int route_keys_fresh(route_keys *k, uint8_t gen)
+{
+    k->gen = gen;
+    k->born = time(NULL);
+    return RAND_priv_bytes(k->aes, sizeof k->aes) == 1 &&
+                   RAND_priv_bytes(k->hmac, sizeof k->hmac) == 1
+               ? 0
+               : -1;
+}
+
+/* The keys to encrypt with now (rotating when due). */
+static int route_keys_current(route_keys *out)
+{
+    int rc = 0;
+    pthread_mutex_lock(&route_lock);
+    if (!route_have_cur || time(NULL) - route_cur.born >= ROUTE_KEY_LIFETIME) {
+        route_keys next;
+        uint8_t gen = route_have_cur ? (uint8_t)((route_cur.gen + 1) % 0xff) : 0;
+        if (route_keys_fresh(&next, gen) == 0) {
+            route_prev = route_cur;
+            route_have_prev = route_have_cur;
+            route_cur = next;
+            route_have_cur = true;
+        } else {
+            rc = -1;
+        }
+    }
+    bool have = route_have_cur;
+    if (have)
+        *out = route_cur;
+    pthread_mutex_unlock(&route_lock);
+    return have ? 0 : rc;
+}
+
+/* The keys of generation gen: 1 current, 2 previous (renew), 0 unknown or expired. */
+static int route_keys_find(uint8_t gen, route_keys *out)
+{
+    int r = 0;
+    time_t now = time(NULL);
+    pthread_mutex_lock(&route_lock);
+    if (route_have_cur && route_cur.gen == gen) {
+        *out = route_cur;
+        r = 1;
+    } else if (route_have_prev && route_prev.gen == gen &&
+               now - route_prev.born < 2 * ROUTE_KEY_LIFETIME) {
+        *out = route_prev;
+        r = 2;
+    }
+    pthread_mutex_unlock(&route_lock);
+    return r;
+}
+
+/* The route of the session being ticketed: its tag (set by on_ticket_generate), else the
+ * control engine's own, else random (matches nothing). */
+static void ticket_route(SSL *ssl, uint8_t route[GW_ROUTE_LEN])
+{
+    void *appdata = NULL;
+    size_t len = 0;
+    gw_tls *t = SSL_get_app_data(ssl);
+    SSL_SESSION *sess = SSL_get0_session(ssl);
+    if (sess && SSL_SESSION_get0_ticket_appdata(sess, &appdata, &len) && appdata &&
+        len == GW_TLS_TAG_LEN)
+        memcpy(route, appdata, GW_ROUTE_LEN);
+    else if (t && t->role == GW_TLS_SERVER_CONTROL)
+        memcpy(route, t->tag, GW_ROUTE_LEN);
+    else
+        RAND_bytes(route, GW_ROUTE_LEN);
+}
+
+static int set_ticket_mac(EVP_MAC_CTX *hctx, unsigned char *key)
+{
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, 32);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
+                         EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+    route_keys k;
+    if (enc) {
+        uint8_t route[GW_ROUTE_LEN];
+        if (route_keys_current(&k) != 0 || RAND_bytes(iv, 16) != 1)
+            return 0; /* no ticket this time */
+        ticket_route(ssl, route);
+        gw_ticket_name_make(key_name, k.gen, route);
+        int ok = EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+                 set_ticket_mac(hctx, k.hmac) == 1;
+        OPENSSL_cleanse(&k, sizeof k);
+        return ok ? 1 : 0;
+    }
+    uint8_t route[GW_ROUTE_LEN], gen;
+    if (!gw_route_from_identity(key_name, GW_TICKET_NAME_LEN, route, &gen) || gen == 0xff)
+        return 0; /* not ours: a full handshake */
+    int r = route_keys_find(gen, &k);
+    if (r == 0)
+        return 0;
+    int ok = EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+             set_ticket_mac(hctx, k.hmac) == 1;
+    OPENSSL_cleanse(&k, sizeof k);
+    return ok ? r : -1;
+}
+
+/* TLS 1.2 session-ID resumption: the ID carries the route too. */
+static int on_generate_session_id(SSL *ssl, unsigned char *id, unsigned int *id_len)
+{
+    uint8_t route[GW_ROUTE_LEN], rnd[16];
+    gw_tls *t = SSL_get_app_data(ssl);
+    if (*id_len < GW_SESSION_ID_LEN || RAND_bytes(rnd, sizeof rnd) != 1)
+        return 0;
+    if (t && t->role == GW_TLS_SERVER_CONTROL)
+        memcpy(route, t->tag, GW_ROUTE_LEN);
+    else if (RAND_bytes(route, sizeof route) != 1)
+        return 0;
+    gw_session_id_make(id, route, rnd);
+    *id_len = GW_SESSION_ID_LEN;
+    return 1;
+}
+
+void gw_tls_server_ctx_route(SSL_CTX *ctx)
+{
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+    SSL_CTX_set_generate_session_id(ctx, on_generate_session_id);
 }
 
 #define DEFAULT_CIPHERSUITES                                                                       \

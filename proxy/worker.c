@@ -10,6 +10,7 @@
 #include "bans.h"
 #include "log.h"
 #include "server.h"
+#include "shared_port.h"
 
 #define MAX_WORKERS 1024
 
@@ -153,6 +154,7 @@ static void mark_done(gw_worker *w)
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_mutex_unlock(&w->lock);
+    gw_shport_worker_done(w->index);
 }
 
 static void run_worker(void *arg)
@@ -180,6 +182,7 @@ static void free_workers(int n)
     shared.live = NULL;
     gw_pasv_pool_free_all();
     gw_bans_free_all();
+    gw_shport_free_all();
     shared.health = NULL;
 }
 
@@ -236,6 +239,8 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
         }
         uv_async_init(w->loop, &w->wake, on_wake);
         w->wake.data = w;
+        if (gw_shport_worker_init(i, w->loop) != 0)
+            GW_LOG_ERR(0, "event=shared_port_inbox_failed worker=%d", i);
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
     }

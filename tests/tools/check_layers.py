@@ -8,10 +8,10 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log", "cidr", "ban", "notify", "xferlog", "logfile"]),
+              "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
-    ("data", ["data"]),
+    ("data", ["data", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),
     ("listener/workers", ["server", "listener", "worker"]),
     ("main", ["main"]),

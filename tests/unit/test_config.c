@@ -326,9 +326,9 @@ static void test_out_of_range(void **state)
 static void test_bad_port_range(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"30000",  "30100-30000",  "80-100", "30000-70000",
-                                      "-30000", "30000-",       "a-b",    "30000--30001",
-                                      "",       "30000 - 30001"};
+    static const char *const bad[] = {"30000",       "30100-30000",  "80-100",
+                                      "30000-70000", "-30000",       "30000-",
+                                      "a-b",         "30000--30001", "30000 - 30001"};
     char text[256];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(text, sizeof text,
@@ -338,10 +338,34 @@ static void test_bad_port_range(void **state)
                      "<= HIGH <= 65535",
                      NULL);
     }
+    expect_ok(FE "pasv_ports =\n" BE); /* empty: no range */
     expect_ok(FE "pasv_ports = 1024-1024\n" BE);
     assert_int_equal(cfg.frontends[0].pasv_port_min, 1024);
     assert_int_equal(cfg.frontends[0].pasv_port_max, 1024);
     expect_ok(FE "pasv_ports = 65535-65535\n" BE);
+}
+
+static void test_shared_port(void **state)
+{
+    (void)state;
+    const char *ok = "[frontend a]\nlisten = 127.0.0.1:990\npasv_shared_port = 2121\n"
+                     "[frontend b]\nlisten = 127.0.0.1:21\nmode = explicit\n"
+                     "pasv_ports = 31000-31009\npasv_shared_port = 2121\n" BE;
+    expect_ok(ok);
+    assert_int_equal(cfg.frontends[0].pasv_shared_port, 2121);
+    assert_int_equal(cfg.frontends[1].pasv_shared_port, 2121);
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].pasv_shared_port, -1);
+    expect_error(FE "pasv_shared_port = 30005\n" BE, "t.conf:3: [frontend a] pasv_shared_port: ",
+                 "30005 is inside pasv_ports 30000-30099");
+    expect_error("[frontend a]\nlisten = 127.0.0.1:2100\npasv_shared_port = 2100\n" BE,
+                 "t.conf:3: [frontend a] pasv_shared_port: ", "2100 is the listen port");
+    expect_error(FE "pasv_shared_port = 80\n" BE,
+                 "t.conf:3: [frontend a] pasv_shared_port: ", NULL);
+    const char *hosts = "[frontend a]\nlisten = 127.0.0.1:990\npasv_shared_port = 2121\n"
+                        "[frontend b]\nlisten = 127.0.0.2:21\nmode = explicit\n"
+                        "pasv_ports = 31000-31009\npasv_shared_port = 2121\n" BE;
+    expect_error(hosts, "t.conf:", "shared with [frontend b], which listens on another host");
 }
 
 static void test_bad_address(void **state)
@@ -752,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_out_of_range),
         cmocka_unit_test(test_bad_port_range),
         cmocka_unit_test(test_bad_address),
+        cmocka_unit_test(test_shared_port),
         cmocka_unit_test(test_unknown_backend),
         cmocka_unit_test(test_not_implemented),
         cmocka_unit_test(test_line_too_long),

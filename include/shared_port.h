@@ -1,0 +1,65 @@
+/* pasv_shared_port: one passive port for every data connection of a frontend. Sessions
+ * register what they wait for (gw_shport_wait); each connection to the port is matched to
+ * exactly one waiting session (by the route in its TLS ClientHello, else by client address
+ * when that is unambiguous) and handed to that session's worker, or closed and logged. */
+#ifndef GW_SHARED_PORT_H
+#define GW_SHARED_PORT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+#include "ftp_addr.h"
+#include "generation.h"
+
+typedef struct gw_data gw_data;
+
+/* What a session's PASV/EPSV waits for on the shared port. */
+typedef struct gw_shport_want {
+    uint16_t port;
+    bool tls;           /* the data connection will be TLS (PROT P) */
+    bool by_ticket;     /* matched by the route of its ticket/ID (else by address alone) */
+    const uint8_t *tag; /* by_ticket: the control session's tag (GW_TLS_TAG_LEN) */
+    bool unproven;      /* by_ticket, and the client never resumed yet: if its hello offers
+                           nothing of ours while it is the only waiter of its address, it is
+                           still given the connection (the resumption check then refuses it) */
+} gw_shport_want;
+
+/* Counters for metrics (process-wide). */
+typedef struct gw_shport_stats {
+    _Atomic uint64_t matched_resumption; /* connections matched by their ClientHello's route */
+    _Atomic uint64_t matched_address;    /* matched by client address */
+    _Atomic uint64_t unmatched;          /* closed: no waiting session matched */
+    _Atomic uint64_t fallback_range;     /* PASV answered from pasv_ports instead */
+    _Atomic uint64_t refused;            /* PASV refused with 425 (no pasv_ports) */
+} gw_shport_stats;
+const gw_shport_stats *gw_shport_stats_get(void);
+void gw_shport_count_fallback(bool refused);
+
+/* A session waits on the shared port: 0 with *id set, or -1 when the match cannot be
+ * guaranteed now (another session from the same address waits and one of the two can
+ * only be matched by address). d is told through gw_data_shared_connection on its own
+ * loop. */
+int gw_shport_wait(const gw_shport_want *w, const gw_addr *client, uv_loop_t *loop, uint64_t sid,
+                   gw_data *d, uint64_t *id);
+/* The session stops waiting (its own loop); a connection already on its way is closed. */
+void gw_shport_cancel(uint64_t id);
+
+/* Workers: each worker's inbox for connections accepted by another worker. */
+int gw_shport_worker_init(int index, uv_loop_t *loop);
+void gw_shport_worker_done(int index); /* its loop has ended: hand-offs to it are closed */
+void gw_shport_free_all(void);         /* after every worker has finished */
+
+/* A worker's shared-port listeners (one per distinct port of the generation's frontends). */
+typedef struct gw_shport_set gw_shport_set;
+/* Listen on every shared port of g (keeping those already open); close the others when
+ * close_others (a reload first opens, then, once the rest of the switch succeeded, closes).
+ * 0 or -1 with a message (nothing changed). */
+int gw_shport_switch(gw_shport_set **set, uv_loop_t *loop, bool reuseport, gw_generation *g,
+                     bool close_others, char *err, size_t cap);
+/* Stop listening (the memory stays until gw_shport_set_free). */
+void gw_shport_close(gw_shport_set *set);
+/* After the loop has ended (its handles closed): free the set. */
+void gw_shport_set_free(gw_shport_set *set);
+
+#endif

@@ -1,0 +1,761 @@
+/* pasv_shared_port (shared_port.h). Three parts:
+ *   the registry: every session waiting on a shared port (one process-wide list, one lock);
+ *   the acceptors: each worker listens on each shared port (SO_REUSEPORT with several
+ *     workers), reads a TLS ClientHello when that is needed to choose, and claims one waiter;
+ *   the hand-off: the connection (a duplicate of its descriptor and the bytes already read)
+ *     goes to the waiter's worker, directly or through that worker's inbox.
+ * SECURITY: a connection is handed to a session only when the choice is unambiguous: the
+ * route its ClientHello offers (a ticket or session ID issued to that session's control
+ * connection) from the session's own client address, or the client address alone when
+ * exactly one session from it waits and that session may be matched by address. A waiter
+ * is claimed once, under the lock, so no two connections can reach one session and no
+ * connection reaches two. Everything else is closed and logged. */
+#include "shared_port.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "data.h"
+#include "log.h"
+#include "tls.h"
+#include "tls_hello.h"
+
+#define HELLO_MAX (20 * 1024)  /* a ClientHello larger than this is refused */
+#define HELLO_TIMEOUT_MS 10000 /* a connection has this long to send its ClientHello */
+#define PENDING_MAX 1024       /* per worker: connections still sending their ClientHello */
+#define MAX_INBOXES 1024
+
+/* ---- the registry ---- */
+
+typedef struct waiter {
+    struct waiter *next;
+    uint64_t id, sid;
+    uint16_t port;
+    gw_addr client;
+    bool by_ticket, unproven, claimed;
+    uint8_t route[GW_ROUTE_LEN];
+    uv_loop_t *loop;
+    gw_data *d; /* NULL once the session cancelled while a connection was on its way */
+} waiter;
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static waiter *reg;
+static uint64_t reg_next_id;
+static gw_shport_stats stats;
+
+const gw_shport_stats *gw_shport_stats_get(void)
+{
+    return &stats;
+}
+
+void gw_shport_count_fallback(bool refused)
+{
+    if (refused)
+        stats.refused++;
+    else
+        stats.fallback_range++;
+}
+
+static bool waits_for(const waiter *w, uint16_t port, const gw_addr *client)
+{
+    return !w->claimed && w->port == port && gw_addr_same_host(&w->client, client);
+}
+
+int gw_shport_wait(const gw_shport_want *want, const gw_addr *client, uv_loop_t *loop, uint64_t sid,
+                   gw_data *d, uint64_t *id)
+{
+    waiter *n = calloc(1, sizeof *n);
+    if (!n)
+        return -1;
+    n->port = want->port;
+    n->client = *client;
+    gw_addr_normalize(&n->client);
+    n->by_ticket = want->by_ticket && want->tag;
+    n->unproven = want->unproven;
+    if (n->by_ticket)
+        memcpy(n->route, want->tag, GW_ROUTE_LEN);
+    n->loop = loop;
+    n->sid = sid;
+    n->d = d;
+    pthread_mutex_lock(&reg_lock);
+    /* Admission keeps matching unambiguous: per port and client address, either one waiter
+     * matched by address and nothing else, or only waiters matched by their route. */
+    int others = 0, by_addr = 0;
+    for (waiter *w = reg; w; w = w->next)
+        if (waits_for(w, n->port, &n->client)) {
+            others++;
+            by_addr += !w->by_ticket;
+        }
+    bool ok = n->by_ticket ? by_addr == 0 : others == 0;
+    if (ok) {
+        n->id = ++reg_next_id;
+        n->next = reg;
+        reg = n;
+        *id = n->id;
+    }
+    pthread_mutex_unlock(&reg_lock);
+    if (!ok) {
+        free(n);
+        return -1;
+    }
+    return 0;
+}
+
+/* Unlink waiter id (under the lock); NULL when absent. */
+static waiter *unlink_waiter(uint64_t id)
+{
+    for (waiter **pp = &reg; *pp; pp = &(*pp)->next)
+        if ((*pp)->id == id) {
+            waiter *w = *pp;
+            *pp = w->next;
+            return w;
+        }
+    return NULL;
+}
+
+void gw_shport_cancel(uint64_t id)
+{
+    pthread_mutex_lock(&reg_lock);
+    waiter *w = NULL;
+    for (waiter *x = reg; x; x = x->next)
+        if (x->id == id)
+            w = x;
+    if (w && w->claimed)
+        w->d = NULL; /* the hand-off in flight finds it gone and closes the connection */
+    else if (w)
+        free(unlink_waiter(id));
+    pthread_mutex_unlock(&reg_lock);
+}
+
+/* What a claim hands on. */
+typedef struct claim {
+    uint64_t id, sid;
+    uv_loop_t *loop;
+    const char *rule;
+} claim;
+
+static void take(waiter *w, const char *rule, claim *out)
+{
+    w->claimed = true;
+    out->id = w->id;
+    out->sid = w->sid;
+    out->loop = w->loop;
+    out->rule = rule;
+}
+
+static void unclaim(uint64_t id)
+{
+    pthread_mutex_lock(&reg_lock);
+    waiter *w = reg;
+    while (w && w->id != id)
+        w = w->next;
+    if (w && w->d)
+        w->claimed = false; /* waiting again */
+    else if (w)
+        free(unlink_waiter(id)); /* cancelled meanwhile */
+    pthread_mutex_unlock(&reg_lock);
+}
+
+enum verdict { V_UNMATCHED, V_MATCHED, V_NEED_HELLO };
+
+/* At accept: the only waiter of this address matched by address takes it at once (a clear
+ * download's client sends nothing); waiters matched by route need the ClientHello. */
+static enum verdict classify(uint16_t port, const gw_addr *peer, claim *c, const char **why)
+{
+    enum verdict v = V_UNMATCHED;
+    int n = 0;
+    waiter *addr = NULL;
+    pthread_mutex_lock(&reg_lock);
+    for (waiter *w = reg; w; w = w->next)
+        if (waits_for(w, port, peer)) {
+            n++;
+            if (!w->by_ticket)
+                addr = w;
+        }
+    if (n == 0) {
+        *why = "no session from this address waits";
+    } else if (addr && n == 1) {
+        take(addr, "address", c);
+        v = V_MATCHED;
+    } else if (addr) {
+        *why = "ambiguous: several sessions from this address wait";
+    } else {
+        v = V_NEED_HELLO;
+    }
+    pthread_mutex_unlock(&reg_lock);
+    return v;
+}
+
+/* After the ClientHello: the waiter whose route it offers; else the only waiter of this
+ * address if it never proved that it resumes (it then fails the resumption check with its
+ * clear 522 rather than a bare close). */
+static bool match_hello(uint16_t port, const gw_addr *peer, uint8_t (*routes)[GW_ROUTE_LEN], int nr,
+                        claim *c, const char **why)
+{
+    bool ok = false;
+    int n = 0;
+    waiter *only = NULL;
+    pthread_mutex_lock(&reg_lock);
+    for (waiter *w = reg; w && !ok; w = w->next) {
+        if (!waits_for(w, port, peer))
+            continue;
+        n++;
+        only = w;
+        for (int i = 0; i < nr && !ok; i++)
+            if (w->by_ticket && memcmp(w->route, routes[i], GW_ROUTE_LEN) == 0) {
+                take(w, "resumption", c);
+                ok = true;
+            }
+    }
+    if (!ok && n == 1 && only->by_ticket && only->unproven && nr == 0) {
+        take(only, "address", c);
+        ok = true;
+    }
+    if (!ok)
+        *why = n == 0    ? "no session from this address waits"
+               : nr == 0 ? "the ClientHello resumes no session of this gateway"
+                         : "the ClientHello resumes no waiting session";
+    pthread_mutex_unlock(&reg_lock);
+    return ok;
+}
+
+/* ---- hand-off ---- */
+
+typedef struct handoff {
+    struct handoff *next;
+    claim c;
+    int fd;
+    gw_addr peer;
+    uint16_t port;
+    bool via_inbox; /* accepted by another worker */
+    size_t n;
+    uint8_t buf[]; /* bytes already read (the ClientHello) */
+} handoff;
+
+typedef struct inbox {
+    uv_async_t async;
+    uv_loop_t *loop;
+    pthread_mutex_t lock;
+    handoff *head, *tail;
+    bool open;
+} inbox;
+
+static inbox *inboxes[MAX_INBOXES];
+static _Atomic int n_inboxes;
+
+static void unmatched(const gw_addr *peer, uint16_t port, const char *why)
+{
+    stats.unmatched++;
+    GW_LOG_WARN(0, "event=shared_port_unmatched peer=%s port=%u reason=\"%s\"", gw_addr_str(peer),
+                port, why);
+}
+
+/* On the waiter's own loop. */
+static void deliver(handoff *h)
+{
+    pthread_mutex_lock(&reg_lock);
+    waiter *w = unlink_waiter(h->c.id);
+    gw_data *d = w ? w->d : NULL;
+    pthread_mutex_unlock(&reg_lock);
+    free(w);
+    if (!d) {
+        unmatched(&h->peer, h->port, "its session stopped waiting");
+        close(h->fd);
+    } else {
+        if (strcmp(h->c.rule, "resumption") == 0)
+            stats.matched_resumption++;
+        else
+            stats.matched_address++;
+        GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s via=%s",
+                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_inbox ? "worker" : "direct");
+        gw_data_shared_connection(d, h->fd, h->buf, h->n);
+    }
+    free(h);
+}
+
+static inbox *inbox_of(uv_loop_t *loop)
+{
+    int n = n_inboxes;
+    for (int i = 0; i < n; i++)
+        if (inboxes[i] && inboxes[i]->loop == loop)
+            return inboxes[i];
+    return NULL;
+}
+
+static void post(handoff *h, uv_loop_t *here)
+{
+    h->via_inbox = h->c.loop != here;
+    if (!h->via_inbox) {
+        deliver(h);
+        return;
+    }
+    inbox *ib = inbox_of(h->c.loop);
+    bool queued = false;
+    if (ib) {
+        pthread_mutex_lock(&ib->lock);
+        if (ib->open) {
+            h->next = NULL;
+            if (ib->tail)
+                ib->tail->next = h;
+            else
+                ib->head = h;
+            ib->tail = h;
+            queued = true;
+            uv_async_send(&ib->async); /* under the lock: the loop cannot end meanwhile */
+        }
+        pthread_mutex_unlock(&ib->lock);
+    }
+    if (!queued) {
+        pthread_mutex_lock(&reg_lock);
+        free(unlink_waiter(h->c.id));
+        pthread_mutex_unlock(&reg_lock);
+        unmatched(&h->peer, h->port, "the session's worker has stopped");
+        close(h->fd);
+        free(h);
+    }
+}
+
+static void on_inbox(uv_async_t *a)
+{
+    inbox *ib = a->data;
+    pthread_mutex_lock(&ib->lock);
+    handoff *h = ib->head;
+    ib->head = ib->tail = NULL;
+    pthread_mutex_unlock(&ib->lock);
+    while (h) {
+        handoff *next = h->next;
+        deliver(h);
+        h = next;
+    }
+}
+
+int gw_shport_worker_init(int index, uv_loop_t *loop)
+{
+    if (index < 0 || index >= MAX_INBOXES)
+        return -1;
+    inbox *ib = calloc(1, sizeof *ib);
+    if (!ib)
+        return -1;
+    pthread_mutex_init(&ib->lock, NULL);
+    ib->loop = loop;
+    ib->open = true;
+    uv_async_init(loop, &ib->async, on_inbox);
+    ib->async.data = ib;
+    uv_unref((uv_handle_t *)&ib->async);
+    inboxes[index] = ib;
+    if (index >= n_inboxes)
+        n_inboxes = index + 1;
+    return 0;
+}
+
+void gw_shport_worker_done(int index)
+{
+    inbox *ib = index >= 0 && index < MAX_INBOXES ? inboxes[index] : NULL;
+    if (!ib)
+        return;
+    pthread_mutex_lock(&ib->lock);
+    ib->open = false;
+    pthread_mutex_unlock(&ib->lock);
+}
+
+void gw_shport_free_all(void)
+{
+    for (int i = 0; i < n_inboxes; i++) {
+        inbox *ib = inboxes[i];
+        if (!ib)
+            continue;
+        for (handoff *h = ib->head, *next; h; h = next) {
+            next = h->next;
+            close(h->fd);
+            free(h);
+        }
+        pthread_mutex_destroy(&ib->lock);
+        free(ib);
+        inboxes[i] = NULL;
+    }
+    n_inboxes = 0;
+    pthread_mutex_lock(&reg_lock);
+    while (reg) {
+        waiter *w = reg;
+        reg = w->next;
+        free(w);
+    }
+    pthread_mutex_unlock(&reg_lock);
+}
+
+/* ---- acceptors ---- */
+
+static __thread int pendings; /* this worker's connections still sending their ClientHello */
+
+typedef struct pending {
+    gw_conn *c;
+    uv_timer_t timer;
+    uv_loop_t *loop;
+    uint16_t port;
+    gw_addr peer;
+    uint8_t *buf;
+    size_t n;
+    int handles;
+    bool finished, counted;
+} pending;
+
+static void pending_release(pending *p)
+{
+    if (--p->handles > 0)
+        return;
+    if (p->counted)
+        pendings--;
+    free(p->buf);
+    free(p);
+}
+
+static void on_pending_timer_closed(uv_handle_t *h)
+{
+    pending_release(h->data);
+}
+
+/* The pending connection is done with: its handles close (the descriptor, if handed on,
+ * lives on as a duplicate). */
+static void pending_finish(pending *p)
+{
+    if (p->finished)
+        return;
+    p->finished = true;
+    if (p->handles > 1) {
+        uv_timer_stop(&p->timer);
+        uv_close((uv_handle_t *)&p->timer, on_pending_timer_closed);
+    }
+    gw_conn_close(p->c);
+}
+
+static void pending_unmatched(pending *p, const char *why)
+{
+    unmatched(&p->peer, p->port, why);
+    pending_finish(p);
+}
+
+/* Hand the connection (a duplicate of its descriptor and the bytes read) to its claim. */
+static void hand_over(pending *p, const claim *c)
+{
+    int fd = gw_conn_fd(p->c);
+    int dup = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    handoff *h = dup >= 0 ? malloc(sizeof *h + p->n) : NULL;
+    if (!h) {
+        if (dup >= 0)
+            close(dup);
+        unclaim(c->id);
+        pending_unmatched(p, dup < 0 ? strerror(errno) : "out of memory");
+        return;
+    }
+    h->c = *c;
+    h->fd = dup;
+    h->peer = p->peer;
+    h->port = p->port;
+    h->n = p->n;
+    if (p->n)
+        memcpy(h->buf, p->buf, p->n);
+    pending_finish(p);
+    post(h, p->loop);
+}
+
+static __thread uint8_t hello_scratch[HELLO_MAX];
+
+static void on_pending_data(gw_conn *c, const char *buf, size_t n)
+{
+    pending *p = c->owner;
+    if (p->finished)
+        return;
+    if (n > HELLO_MAX - p->n) {
+        pending_unmatched(p, "ClientHello too large");
+        return;
+    }
+    memcpy(p->buf + p->n, buf, n);
+    p->n += n;
+    gw_tls_hello h;
+    enum gw_hello_status st =
+        gw_tls_hello_parse(p->buf, p->n, hello_scratch, sizeof hello_scratch, &h);
+    if (st == GW_HELLO_AGAIN)
+        return;
+    if (st != GW_HELLO_OK) {
+        pending_unmatched(p, st == GW_HELLO_NOT_TLS
+                                 ? "not a TLS ClientHello (only TLS sessions wait)"
+                                 : "malformed ClientHello");
+        return;
+    }
+    uint8_t routes[2 + GW_HELLO_MAX_PSK][GW_ROUTE_LEN];
+    int nr = 0;
+    nr += gw_route_from_identity(h.session_id.p, h.session_id.len, routes[nr], NULL);
+    nr += gw_route_from_identity(h.ticket.p, h.ticket.len, routes[nr], NULL);
+    for (int i = 0; i < h.n_psk; i++)
+        nr += gw_route_from_identity(h.psk[i].p, h.psk[i].len, routes[nr], NULL);
+    claim cl;
+    const char *why = NULL;
+    gw_conn_pause(c);
+    if (match_hello(p->port, &p->peer, routes, nr, &cl, &why))
+        hand_over(p, &cl);
+    else
+        pending_unmatched(p, why);
+}
+
+static void on_pending_eof(gw_conn *c, bool clean)
+{
+    pending_unmatched(c->owner, "closed before its ClientHello");
+}
+
+static void on_pending_error(gw_conn *c, const char *why)
+{
+    pending_unmatched(c->owner, why);
+}
+
+static void on_pending_close(gw_conn *c)
+{
+    pending_release(c->owner);
+}
+
+static void on_pending_connect(gw_conn *c, int status) {}
+static void on_pending_handshake(gw_conn *c) {}
+static void on_pending_drain(gw_conn *c) {}
+static void on_pending_shutdown(gw_conn *c, int status) {}
+
+static const gw_conn_ops pending_ops = {
+    .on_connect = on_pending_connect,
+    .on_handshake = on_pending_handshake,
+    .on_data = on_pending_data,
+    .on_eof = on_pending_eof,
+    .on_error = on_pending_error,
+    .on_drain = on_pending_drain,
+    .on_shutdown = on_pending_shutdown,
+    .on_close = on_pending_close,
+};
+
+static void on_pending_timeout(uv_timer_t *t)
+{
+    pending_unmatched(t->data, "no ClientHello in time");
+}
+
+typedef struct shport_listener {
+    uv_tcp_t tcp;
+    uint16_t port;
+    char host[GW_HOST_MAX];
+} shport_listener;
+
+struct gw_shport_set {
+    int n;
+    shport_listener **v;
+};
+
+/* Accept and close at once without allocating (libuv stops watching a listener whose
+ * connection was not accepted). */
+static void drop_connection(uv_stream_t *server)
+{
+    uv_os_fd_t lfd;
+    if (uv_fileno((uv_handle_t *)server, &lfd) == 0) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
+static void on_shport_connection(uv_stream_t *server, int status)
+{
+    shport_listener *l = server->data;
+    if (status < 0)
+        return;
+    uv_loop_t *loop = server->loop;
+    pending *p = calloc(1, sizeof *p);
+    gw_conn *c = p ? gw_conn_new(loop, &pending_ops, p, 0, "shared-port") : NULL;
+    if (!c) {
+        free(p);
+        drop_connection(server);
+        GW_LOG_WARN(0, "event=shared_port_unmatched port=%u reason=\"out of memory\"", l->port);
+        stats.unmatched++;
+        return;
+    }
+    p->c = c;
+    p->loop = loop;
+    p->port = l->port;
+    p->handles = 1;
+    if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &p->peer) != 0) {
+        pending_finish(p);
+        return;
+    }
+    gw_addr_normalize(&p->peer);
+    claim cl;
+    const char *why = NULL;
+    switch (classify(p->port, &p->peer, &cl, &why)) {
+    case V_UNMATCHED:
+        pending_unmatched(p, why);
+        return;
+    case V_MATCHED:
+        hand_over(p, &cl);
+        return;
+    case V_NEED_HELLO:
+        break;
+    }
+    if (pendings >= PENDING_MAX || !(p->buf = malloc(HELLO_MAX))) {
+        pending_unmatched(p, "too many connections waiting for their ClientHello");
+        return;
+    }
+    pendings++;
+    p->counted = true;
+    uv_timer_init(loop, &p->timer);
+    p->timer.data = p;
+    p->handles++;
+    uv_timer_start(&p->timer, on_pending_timeout, HELLO_TIMEOUT_MS, 0);
+    if (gw_conn_start_read(c) != 0)
+        pending_unmatched(p, "cannot read");
+}
+
+static void on_shport_listener_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static shport_listener *open_shport(uv_loop_t *loop, bool reuseport, const char *host,
+                                    uint16_t port, char *err, size_t cap)
+{
+    gw_addr a;
+    if (gw_resolve_host(host, port, &a) != 0) {
+        snprintf(err, cap, "pasv_shared_port: cannot resolve %s", host);
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    gw_addr_to_sockaddr(&a, &ss);
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) {
+        snprintf(err, cap, "pasv_shared_port %u: %s", port, strerror(errno));
+        return NULL;
+    }
+    if (ss.ss_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        snprintf(err, cap, "cannot listen on pasv_shared_port %s: %s", gw_addr_str(&a),
+                 strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    shport_listener *l = calloc(1, sizeof *l);
+    if (!l) {
+        close(fd);
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    uv_tcp_init(loop, &l->tcp);
+    l->tcp.data = l;
+    l->port = port;
+    snprintf(l->host, sizeof l->host, "%s", host);
+    int r = uv_tcp_open(&l->tcp, fd);
+    if (r != 0)
+        close(fd);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&l->tcp, 511, on_shport_connection);
+    if (r != 0) {
+        snprintf(err, cap, "cannot listen on pasv_shared_port %s: %s", gw_addr_str(&a),
+                 uv_strerror(r));
+        uv_close((uv_handle_t *)&l->tcp, on_shport_listener_closed);
+        return NULL;
+    }
+    GW_LOG_INFO(0, "event=shared_port_listening addr=%s", gw_addr_str(&a));
+    return l;
+}
+
+static shport_listener *find_shport(gw_shport_set *set, const char *host, uint16_t port)
+{
+    for (int i = 0; set && i < set->n; i++)
+        if (set->v[i]->port == port && strcmp(set->v[i]->host, host) == 0)
+            return set->v[i];
+    return NULL;
+}
+
+int gw_shport_switch(gw_shport_set **setp, uv_loop_t *loop, bool reuseport, gw_generation *g,
+                     bool close_others, char *err, size_t cap)
+{
+    gw_shport_set *old = *setp;
+    size_t max = (size_t)g->n_frontends + 1 + (size_t)(old ? old->n : 0);
+    shport_listener **next = calloc(max, sizeof *next);
+    bool *fresh = calloc(max, sizeof *fresh);
+    gw_shport_set *set = old ? old : calloc(1, sizeof *set);
+    if (!next || !fresh || !set) {
+        free(next);
+        free(fresh);
+        if (set != old)
+            free(set);
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    int n = 0;
+    for (int i = 0; i < g->n_frontends; i++) {
+        const gw_frontend_conf *fc = g->frontends[i].conf;
+        if (fc->pasv_shared_port <= 0)
+            continue;
+        bool dup = false;
+        for (int j = 0; j < n; j++)
+            dup |= next[j]->port == fc->pasv_shared_port;
+        if (dup)
+            continue;
+        next[n] = find_shport(old, fc->listen.host, (uint16_t)fc->pasv_shared_port);
+        if (!next[n]) {
+            next[n] = open_shport(loop, reuseport, fc->listen.host, (uint16_t)fc->pasv_shared_port,
+                                  err, cap);
+            fresh[n] = true;
+            if (!next[n]) {
+                for (int j = 0; j < n; j++)
+                    if (fresh[j])
+                        uv_close((uv_handle_t *)&next[j]->tcp, on_shport_listener_closed);
+                free(next);
+                free(fresh);
+                if (set != old)
+                    free(set);
+                return -1;
+            }
+        }
+        n++;
+    }
+    for (int i = 0; old && i < old->n; i++) {
+        bool kept = false;
+        for (int j = 0; j < n; j++)
+            kept |= next[j] == old->v[i];
+        if (kept)
+            continue;
+        if (!close_others) {
+            next[n++] = old->v[i]; /* kept until the switch is final */
+            continue;
+        }
+        if (!uv_is_closing((uv_handle_t *)&old->v[i]->tcp))
+            uv_close((uv_handle_t *)&old->v[i]->tcp, on_shport_listener_closed);
+    }
+    free(fresh);
+    free(set->v);
+    set->v = next;
+    set->n = n;
+    *setp = set;
+    return 0;
+}
+
+void gw_shport_close(gw_shport_set *set)
+{
+    for (int i = 0; set && i < set->n; i++)
+        if (!uv_is_closing((uv_handle_t *)&set->v[i]->tcp))
+            uv_close((uv_handle_t *)&set->v[i]->tcp, NULL);
+}
+
+void gw_shport_set_free(gw_shport_set *set)
+{
+    if (!set)
+        return;
+    for (int i = 0; i < set->n; i++)
+        free(set->v[i]); /* closed with the loop's other handles */
+    free(set->v);
+    free(set);
+}
