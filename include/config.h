@@ -56,6 +56,11 @@ typedef struct gw_frontend_conf {
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
     char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */
+    /* PROXY protocol from a load balancer (proxy_proto.h), pasv_address = auto/_for */
+    int proxy_protocol;                    /* enum gw_pp_mode: 0 no, 1 v1, 2 v2, 3 any */
+    char proxy_protocol_from[GW_PATH_MAX]; /* CIDR list allowed to send it */
+    bool proxy_protocol_data;              /* passive data connections carry one too */
+    char pasv_address_for[GW_PATH_MAX];    /* CIDR=ADDR, ...: first match names the 227 address */
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {
@@ -72,6 +77,7 @@ typedef struct gw_backend_conf {
     int weight;       /* share under roundrobin and random */
     int max_sessions; /* 0: no limit; a full backend is skipped */
     int health_interval, health_timeout, health_rise, health_fall; /* interval 0: no probes */
+    int proxy_protocol; /* 0 no, 1 v1, 2 v2: a PROXY header names the client to it */
 } gw_backend_conf;
 
 enum gw_splice_mode { GW_SPLICE_NO, GW_SPLICE_DOWNLOADS, GW_SPLICE_YES };

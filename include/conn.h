@@ -40,6 +40,8 @@ struct gw_conn {
     bool reading, paused, want_drain, eof, closing, shut, failed, in_process, again;
     bool clearing;        /* CCC/REIN: our close_notify is out, the peer's may follow */
     SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */
+    size_t read_max;      /* > 0: read at most this many bytes at a time (a PROXY header is
+                             read without taking a byte past it: proxy_proto.h) */
 };
 
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,

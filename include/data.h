@@ -49,6 +49,11 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
  * when no port is free. Only `expect` (the control peer) may connect. */
 int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
                            const gw_addr *expect);
+/* Client leg, passive, behind a load balancer (proxy_protocol_data): the connection must
+ * come from an address in `from` (a CIDR list, read at accept time: it must outlive the
+ * listener) and start with a PROXY header of the versions in mode (proxy_proto.h) whose
+ * source is `expect`; the data leg proceeds once it is read. */
+void gw_data_client_proxy(gw_data *d, int mode, const char *from);
 /* Client leg, active: connect to `to` from `from` (port 0: any) when the transfer starts. */
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from);
 /* Backend leg, active: listen on bind_addr (port written back); only `expect` may connect. */

@@ -14,6 +14,7 @@
 #include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "proxy_proto.h"
 
 #define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
 #define FAILED_LOGIN_DELAY_MS 1000
@@ -153,6 +154,17 @@ static void offer_data_ticket(gw_session *s)
         GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
 }
 
+bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
+{
+    const gw_frontend *fe = s->fe;
+    if (fe->conf->pasv_address_for[0] &&
+        gw_pp_addr_for(fe->conf->pasv_address_for, &s->client_peer, adv))
+        return true;
+    *adv = fe->pasv_auto ? s->client_reached : fe->pasv_addr.family ? fe->pasv_addr : *bind;
+    gw_addr_normalize(adv);
+    return adv->family == 4;
+}
+
 /* The backend leg is armed: now the client's leg, and the client's answer. */
 static void arm_client_leg(gw_session *s)
 {
@@ -179,10 +191,13 @@ static void arm_client_leg(gw_session *s)
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
     }
+    if (fc->proxy_protocol_data)
+        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
     if (s->cur.want == WANT_EPSV) {
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
-        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : bind;
+        gw_addr adv;
+        (void)gw_relay_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
         adv.port = bind.port;
         gw_format_227(buf, sizeof buf, &adv);
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log"]),
+              "version", "log", "proxy_proto"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data"]),
