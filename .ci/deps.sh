@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential pkg-config libuv1-dev libssl-dev libinih-dev libcmocka-dev
   clang clang-format libclang-rt-14-dev valgrind
   vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
-  curl lftp wget openssl procps iproute2 util-linux
+  curl lftp wget openssl procps iproute2 util-linux haproxy
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
