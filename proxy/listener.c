@@ -348,7 +348,10 @@ static void accept_client(gw_listener *l, uv_stream_t *server)
     srv->session_list = e;
     gw_addr local;
     if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &e->peer) || gw_conn_local(c, &local)) {
-        unserved_close(e, c, NULL, "accept failed");
+        /* Most often a peer gone before the accept (a balancer's TCP check): not news. */
+        GW_LOG_DEBUG(e->id, "event=accept_gone reason=\"accept failed\"");
+        e->quiet = true;
+        gw_conn_close(c);
         return;
     }
     gw_addr_normalize(&e->peer);
