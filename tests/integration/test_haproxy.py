@@ -167,10 +167,18 @@ backend gw
         ha.stop()
 
 
-def test_docker_example_haproxy_cfg_parses():
+def test_docker_example_parses():
+    """docker/compose-haproxy.yml's HAProxy and gateway configurations load."""
     cfg = peers.REPO / "docker" / "haproxy.cfg"
     r = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    for conf in sorted((peers.REPO / "docker").glob("ftpsgate-lb*.conf")):
+        r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+    text = cfg.read_text()
+    for directive in ["send-proxy-v2 check check-send-proxy", "option redispatch"]:
+        assert directive in text and directive in haproxy_cfg(scaleout_cfg(1, [("a", 1, 2, 3)]))
 
 
 def scaleout_cfg(ctrl: int, instances: list[tuple[str, int, int, int]]) -> str:
