@@ -135,8 +135,19 @@ static void on_unserved_shutdown(gw_conn *c, int status)
     gw_conn_close(c);
 }
 
+static void pp_refuse(gw_sess_entry *e, const char *why);
+
 static void on_unserved_eof(gw_conn *c, bool clean)
 {
+    gw_sess_entry *e = c->owner;
+    if (e->pp && e->pp->n == 0) { /* a balancer's plain TCP check: not news */
+        GW_LOG_DEBUG(e->id, "event=proxy_missing peer=%s reason=\"closed before a byte\"",
+                     gw_addr_str(&e->real_peer));
+        e->quiet = true;
+    } else if (e->pp) {
+        pp_refuse(e, "closed inside the PROXY header");
+        return;
+    }
     gw_conn_close(c);
 }
 

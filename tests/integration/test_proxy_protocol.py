@@ -181,19 +181,24 @@ def test_refused_headers(gateway, pyftpd):
     t0 = time.monotonic()
     assert raw_exchange(x, b"PROX", wait=8) == b""  # slow: login_timeout
     assert 1.5 < time.monotonic() - t0 < 6
+    half = socket.create_connection((HOST, x), 5)
+    half.sendall(b"PROXY TCP4 1.2")
+    half.close()
+    peers.wait_for(lambda: "closed inside the PROXY header" in gw.log_since(start), 5, "log")
     log = gw.log_since(start)
-    assert log.count("event=proxy_refused") == 6, log
+    assert log.count("event=proxy_refused") == 7, log
     for why in ["not a PROXY header", "v1: bad port", "v1: expected four fields",
                 "v1 header where v2 is expected", "not in proxy_protocol_from",
-                "no PROXY header within login_timeout"]:
+                "no PROXY header within login_timeout", "closed inside the PROXY header"]:
         assert why in log, why
     assert "event=session_start" not in log
-    # LOCAL: closed, no session, no warning
+    # LOCAL, or a TCP check that sends nothing: closed, no session, no warning
     start = gw.log_size()
     assert raw_exchange(x, header(2, None, None, local=True)) == b""
+    socket.create_connection((HOST, x), 5).close()
     time.sleep(0.3)
     log = gw.log_since(start)
-    assert "event=proxy_local" in log
+    assert "event=proxy_local" in log and "event=proxy_missing" in log
     assert "proxy_refused" not in log and "session_start" not in log and "session_end" not in log
     # A good header still works after all that.
     ftp = ProxiedFTP(header(1, ("127.0.0.5", 1000), (HOST, x)), False)
