@@ -286,6 +286,24 @@ def test_proxy_protocol_data(gateway, pyftpd, blobs, test_user):
     assert "event=data_refused leg=client-data peer=127.0.0.6" in gw.log
 
 
+@pytest.mark.parametrize("splice", ["no", "yes"])
+def test_proxy_protocol_data_in_clear(gateway, pyftpd, blobs, test_user, splice):
+    """The same on a plain frontend (clear data legs, with and without the splice relay):
+    the header is taken off and nothing more."""
+    gw = gateway(pyftpd, extra={"global": {"splice": splice}}, frontends={
+        "p": frontend("plain", **pp_keys(proxy_protocol_data="yes"))})
+    p = gw.fport("p")
+    sha = pyftpd.put(blobs, f"ppclear-{splice}.bin", 600 * 1024)
+    ftp = ProxiedFTP(header(1, ("127.0.0.5", 7), (HOST, p)), False, data_header=(1, "127.0.0.5"))
+    ftp.connect(HOST, p)
+    ftplib.FTP.login(ftp, *test_user)
+    assert peers.sha256_bytes(get_bytes(ftp, f"ppclear-{splice}.bin")) == sha
+    data = bytes(range(256)) * 2000
+    ftp.storbinary(f"STOR ppclear-up-{splice}.bin", io.BytesIO(data))
+    assert (pyftpd.root / f"ppclear-up-{splice}.bin").read_bytes() == data
+    ftp.quit()
+
+
 def pasv_login(user: tuple[str, str], port: int, connect_to: str, source: str | None = None,
                hdr: bytes = b"") -> str:
     """Log in raw and return the address the 227 names."""
