@@ -18,19 +18,19 @@ size_t gw_pp_first_read(int mode)
     return mode == GW_PP_V2 ? V2_HDR : V1_MIN;
 }
 
-static int bad(const char **why, const char *text)
+static int pp_bad(const char **why, const char *text)
 {
     *why = text;
     return GW_PP_BAD;
 }
 
-static size_t min_size(size_t a, size_t b)
+static size_t pp_min(size_t a, size_t b)
 {
     return a < b ? a : b;
 }
 
 /* A decimal port: 0..65535, digits only, no leading zero. */
-static int parse_port(const char *s, size_t n, uint16_t *out)
+static int pp_parse_port(const char *s, size_t n, uint16_t *out)
 {
     if (n == 0 || n > 5 || (n > 1 && s[0] == '0'))
         return -1;
@@ -46,7 +46,7 @@ static int parse_port(const char *s, size_t n, uint16_t *out)
     return 0;
 }
 
-static int parse_ip(const char *s, size_t n, int family, gw_addr *a)
+static int pp_parse_ip(const char *s, size_t n, int family, gw_addr *a)
 {
     char tmp[64];
     if (n == 0 || n >= sizeof tmp)
@@ -72,7 +72,7 @@ static int parse_v1_line(const char *line, size_t len, gw_pp_header *h, const ch
     else if (end - p >= 5 && memcmp(p, "TCP6 ", 5) == 0)
         family = 6;
     else
-        return bad(why, "v1: unknown protocol");
+        return pp_bad(why, "v1: unknown protocol");
     p += 5;
     const char *f[4];
     size_t fl[4];
@@ -80,15 +80,15 @@ static int parse_v1_line(const char *line, size_t len, gw_pp_header *h, const ch
         const char *sp = memchr(p, ' ', (size_t)(end - p));
         const char *stop = i < 3 ? sp : end;
         if (!stop || (i == 3 && sp))
-            return bad(why, "v1: expected four fields separated by single spaces");
+            return pp_bad(why, "v1: expected four fields separated by single spaces");
         f[i] = p;
         fl[i] = (size_t)(stop - p);
         p = stop + 1;
     }
-    if (parse_ip(f[0], fl[0], family, &h->src) || parse_ip(f[1], fl[1], family, &h->dst))
-        return bad(why, "v1: bad address");
-    if (parse_port(f[2], fl[2], &h->src.port) || parse_port(f[3], fl[3], &h->dst.port))
-        return bad(why, "v1: bad port");
+    if (pp_parse_ip(f[0], fl[0], family, &h->src) || pp_parse_ip(f[1], fl[1], family, &h->dst))
+        return pp_bad(why, "v1: bad address");
+    if (pp_parse_port(f[2], fl[2], &h->src.port) || pp_parse_port(f[3], fl[3], &h->dst.port))
+        return pp_bad(why, "v1: bad port");
     return GW_PP_DONE;
 }
 
@@ -107,52 +107,52 @@ static size_t v1_need(const char *buf, size_t n)
         if (spaces <= 5) /* each missing separator needs a field after it */
             need = (5 - spaces) * 2 + 2 + (buf[n - 1] == ' ');
     }
-    return min_size(need, GW_PP_V1_MAX - n);
+    return pp_min(need, GW_PP_V1_MAX - n);
 }
 
 static int parse_v1(const uint8_t *ubuf, size_t n, gw_pp_header *h, size_t *need, const char **why)
 {
     const char *buf = (const char *)ubuf;
-    size_t cmp = min_size(n, sizeof v1_sig - 1);
+    size_t cmp = pp_min(n, sizeof v1_sig - 1);
     if (memcmp(buf, v1_sig, cmp) != 0)
-        return bad(why, "not a PROXY header");
-    size_t scan = min_size(n, GW_PP_V1_MAX);
+        return pp_bad(why, "not a PROXY header");
+    size_t scan = pp_min(n, GW_PP_V1_MAX);
     for (size_t i = 0; i < scan; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (c == '\n') {
             if (i == 0 || buf[i - 1] != '\r')
-                return bad(why, "v1: LF without CR");
+                return pp_bad(why, "v1: LF without CR");
             h->version = 1;
             h->len = i + 1;
             return parse_v1_line(buf, i + 1, h, why);
         }
         if (c == '\r' && i + 1 < scan && buf[i + 1] != '\n')
-            return bad(why, "v1: CR without LF");
+            return pp_bad(why, "v1: CR without LF");
         if (c != '\r' && (c < 0x20 || c > 0x7e))
-            return bad(why, "v1: control character");
+            return pp_bad(why, "v1: control character");
     }
     if (n >= GW_PP_V1_MAX)
-        return bad(why, "v1: longer than 107 bytes");
+        return pp_bad(why, "v1: longer than 107 bytes");
     *need = v1_need(buf, n);
     return GW_PP_MORE;
 }
 
 static int parse_v2(const uint8_t *buf, size_t n, gw_pp_header *h, size_t *need, const char **why)
 {
-    size_t cmp = min_size(n, sizeof v2_sig);
+    size_t cmp = pp_min(n, sizeof v2_sig);
     if (memcmp(buf, v2_sig, cmp) != 0)
-        return bad(why, "not a PROXY header");
+        return pp_bad(why, "not a PROXY header");
     if (n >= 13 && (buf[12] >> 4) != 2)
-        return bad(why, "v2: unknown version");
+        return pp_bad(why, "v2: unknown version");
     if (n >= 13 && (buf[12] & 0x0f) > 1)
-        return bad(why, "v2: unknown command");
+        return pp_bad(why, "v2: unknown command");
     if (n < V2_HDR) {
         *need = V2_HDR - n;
         return GW_PP_MORE;
     }
     size_t len = ((size_t)buf[14] << 8) | buf[15];
     if (V2_HDR + len > GW_PP_V2_MAX)
-        return bad(why, "v2: header too long");
+        return pp_bad(why, "v2: header too long");
     if (n < V2_HDR + len) {
         *need = V2_HDR + len - n;
         return GW_PP_MORE;
@@ -169,11 +169,11 @@ static int parse_v2(const uint8_t *buf, size_t n, gw_pp_header *h, size_t *need,
         return GW_PP_DONE;
     }
     if (proto != 1)
-        return bad(why, "v2: not a stream");
+        return pp_bad(why, "v2: not a stream");
     const uint8_t *a = buf + V2_HDR;
     if (fam == 1) {
         if (len < 12)
-            return bad(why, "v2: address block too short");
+            return pp_bad(why, "v2: address block too short");
         h->src.family = h->dst.family = 4;
         memcpy(h->src.ip, a, 4);
         memcpy(h->dst.ip, a + 4, 4);
@@ -183,7 +183,7 @@ static int parse_v2(const uint8_t *buf, size_t n, gw_pp_header *h, size_t *need,
     }
     if (fam == 2) {
         if (len < 36)
-            return bad(why, "v2: address block too short");
+            return pp_bad(why, "v2: address block too short");
         h->src.family = h->dst.family = 6;
         memcpy(h->src.ip, a, 16);
         memcpy(h->dst.ip, a + 16, 16);
@@ -191,7 +191,7 @@ static int parse_v2(const uint8_t *buf, size_t n, gw_pp_header *h, size_t *need,
         h->dst.port = (uint16_t)(a[34] << 8 | a[35]);
         return GW_PP_DONE;
     }
-    return bad(why, "v2: unsupported address family"); /* AF_UNIX: no client address */
+    return pp_bad(why, "v2: unsupported address family"); /* AF_UNIX: no client address */
 }
 
 int gw_pp_parse(const uint8_t *buf, size_t n, int mode, gw_pp_header *h, size_t *need,
@@ -209,9 +209,9 @@ int gw_pp_parse(const uint8_t *buf, size_t n, int mode, gw_pp_header *h, size_t 
     if (buf[0] == v2_sig[0] && (mode & GW_PP_V2))
         return parse_v2(buf, n, h, need, why);
     if (buf[0] == 'P' || buf[0] == v2_sig[0])
-        return bad(why, mode == GW_PP_V1 ? "v2 header where v1 is expected"
-                                         : "v1 header where v2 is expected");
-    return bad(why, "not a PROXY header");
+        return pp_bad(why, mode == GW_PP_V1 ? "v2 header where v1 is expected"
+                                            : "v1 header where v2 is expected");
+    return pp_bad(why, "not a PROXY header");
 }
 
 int gw_pp_feed(gw_pp_reader *r, const void *data, size_t n, int mode, gw_pp_header *h, size_t *need,
@@ -226,7 +226,7 @@ int gw_pp_feed(gw_pp_reader *r, const void *data, size_t n, int mode, gw_pp_head
 }
 
 /* Both of one family: IPv4 stays IPv4 when both are; otherwise IPv6 (IPv4-mapped). */
-static int common_family(const gw_addr *src, const gw_addr *dst, gw_addr *s, gw_addr *d)
+static int pp_common_family(const gw_addr *src, const gw_addr *dst, gw_addr *s, gw_addr *d)
 {
     *s = *src;
     *d = *dst;
@@ -247,7 +247,7 @@ static int common_family(const gw_addr *src, const gw_addr *dst, gw_addr *s, gw_
 size_t gw_pp_build(int version, uint8_t *buf, size_t cap, const gw_addr *src, const gw_addr *dst)
 {
     gw_addr s, d;
-    int fam = common_family(src, dst, &s, &d);
+    int fam = pp_common_family(src, dst, &s, &d);
     if (version == 1) {
         char a[64], b[64];
         gw_addr_ip_str(&s, a, sizeof a);
@@ -295,7 +295,7 @@ size_t gw_pp_build_local(int version, uint8_t *buf, size_t cap)
 /* ---- CIDR lists ---- */
 
 /* Next comma-separated item of *p, trimmed, into out; false at the end of the list. */
-static bool next_item(const char **p, char *out, size_t cap, bool *toolong)
+static bool pp_next_item(const char **p, char *out, size_t cap, bool *toolong)
 {
     const char *s = *p;
     *toolong = false;
@@ -319,7 +319,7 @@ static bool next_item(const char **p, char *out, size_t cap, bool *toolong)
 }
 
 /* "ADDR" or "ADDR/BITS" into net and bits. */
-static int parse_cidr(const char *item, gw_addr *net, int *bits)
+static int pp_parse_cidr(const char *item, gw_addr *net, int *bits)
 {
     char ip[64];
     const char *slash = strchr(item, '/');
@@ -356,7 +356,7 @@ static int parse_cidr(const char *item, gw_addr *net, int *bits)
     return 0;
 }
 
-static bool in_net(const gw_addr *net, int bits, const gw_addr *a)
+static bool pp_in_net(const gw_addr *net, int bits, const gw_addr *a)
 {
     gw_addr x = *a;
     gw_addr_normalize(&x);
@@ -376,10 +376,10 @@ bool gw_pp_cidr_match(const char *list, const gw_addr *a)
     char item[128];
     bool toolong;
     const char *p = list;
-    while (next_item(&p, item, sizeof item, &toolong)) {
+    while (pp_next_item(&p, item, sizeof item, &toolong)) {
         gw_addr net;
         int bits;
-        if (!toolong && parse_cidr(item, &net, &bits) == 0 && in_net(&net, bits, a))
+        if (!toolong && pp_parse_cidr(item, &net, &bits) == 0 && pp_in_net(&net, bits, a))
             return true;
     }
     return false;
@@ -390,10 +390,10 @@ int gw_pp_cidr_list_check(const char *list, char *why, size_t cap)
     char item[128];
     bool toolong;
     const char *p = list;
-    while (next_item(&p, item, sizeof item, &toolong)) {
+    while (pp_next_item(&p, item, sizeof item, &toolong)) {
         gw_addr net;
         int bits;
-        if (toolong || !item[0] || parse_cidr(item, &net, &bits) != 0) {
+        if (toolong || !item[0] || pp_parse_cidr(item, &net, &bits) != 0) {
             snprintf(why, cap,
                      "\"%s\": expected addresses or networks (ADDR/BITS) separated by commas",
                      item[0] ? item : list);
@@ -417,7 +417,7 @@ static int parse_for_item(char *item, gw_addr *net, int *bits, gw_addr *to)
     while (*r == ' ' || *r == '\t')
         r++;
     memset(to, 0, sizeof *to);
-    if (parse_cidr(l, net, bits) != 0 || inet_pton(AF_INET, r, to->ip) != 1)
+    if (pp_parse_cidr(l, net, bits) != 0 || inet_pton(AF_INET, r, to->ip) != 1)
         return -1;
     to->family = 4;
     return 0;
@@ -428,10 +428,11 @@ bool gw_pp_addr_for(const char *list, const gw_addr *client, gw_addr *out)
     char item[160];
     bool toolong;
     const char *p = list;
-    while (next_item(&p, item, sizeof item, &toolong)) {
+    while (pp_next_item(&p, item, sizeof item, &toolong)) {
         gw_addr net, to;
         int bits;
-        if (!toolong && parse_for_item(item, &net, &bits, &to) == 0 && in_net(&net, bits, client)) {
+        if (!toolong && parse_for_item(item, &net, &bits, &to) == 0 &&
+            pp_in_net(&net, bits, client)) {
             *out = to;
             return true;
         }
@@ -444,7 +445,7 @@ int gw_pp_addr_for_check(const char *list, char *why, size_t cap)
     char item[160], shown[160];
     bool toolong;
     const char *p = list;
-    while (next_item(&p, item, sizeof item, &toolong)) {
+    while (pp_next_item(&p, item, sizeof item, &toolong)) {
         gw_addr net, to;
         int bits;
         snprintf(shown, sizeof shown, "%s", item);
