@@ -9,6 +9,7 @@ test client opens them from the header's source address."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ftplib
 import io
 import re
@@ -431,3 +432,29 @@ def test_config_errors(workdir):
         r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)],
                            capture_output=True, text=True)
         assert r.returncode == 1 and why in r.stderr, (body, r.stderr)
+
+
+def test_two_workers(gateway, pyftpd, blobs, test_user):
+    """workers = 2: each worker reads its connections' headers; 12 parallel sessions from
+    12 header sources, each with a transfer, all named right in the log."""
+    gw = gateway(pyftpd, extra={"global": {"workers": 2}}, frontends={
+        "x": frontend("implicit", **pp_keys(proxy_protocol_data="yes"))})
+    x = gw.fport("x")
+    sha = pyftpd.put(blobs, "w2.bin", 200 * 1024)
+
+    def one(i: int) -> str:
+        src = f"127.0.1.{i + 1}"
+        ftp = ProxiedFTP(header(2 if i % 2 else 1, (src, 1000 + i), (HOST, x)), True,
+                         data_header=(2, src))
+        ftp.connect(HOST, x)
+        login(ftp, *test_user)
+        got = peers.sha256_bytes(get_bytes(ftp, "w2.bin"))
+        ftp.quit()
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        assert list(pool.map(one, range(12))) == [sha] * 12
+    log = gw.log
+    for i in range(12):
+        assert f"peer=127.0.1.{i + 1}:{1000 + i} via=127.0.0.1" in log
+    assert "worker=0" in log and "worker=1" in log
