@@ -1008,6 +1008,13 @@ static int validate(struct state *st)
                             "same address as [frontend %s] (line %d): set server_name on all "
                             "but one of them",
                             o->name, st->fe_keys[j][k_listen]);
+            if (same_listen(&f->listen, &o->listen) &&
+                (f->proxy_protocol != o->proxy_protocol ||
+                 strcmp(f->proxy_protocol_from, o->proxy_protocol_from) != 0))
+                return fail(st, kl[k_listen], label, "proxy_protocol",
+                            "differs from [frontend %s] on the same address (the header is read "
+                            "before the frontend is known)",
+                            o->name);
             if (same_listen(&f->listen, &o->listen) && f->mode != o->mode)
                 return fail(st, kl[k_listen], label, "listen",
                             "same address as [frontend %s] (line %d) with another mode", o->name,

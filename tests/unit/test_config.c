@@ -297,6 +297,10 @@ static void test_proxy_protocol_keys(void **state)
                  "t.conf:3: [frontend a] pasv_address_for: ", "CIDR=IPV4ADDR");
     expect_error(FE BE "proxy_protocol = any\n",
                  "t.conf:5: [backend b] proxy_protocol: ", "expected no | v1 | v2");
+    expect_error(FE "server_name = a.example\n" BE
+                    "[frontend c]\nlisten = 127.0.0.1:990\nproxy_protocol = v1\n"
+                    "proxy_protocol_from = 10.0.0.1\n",
+                 "t.conf:7: [frontend c] proxy_protocol: ", "differs from [frontend a]");
 }
 
 static void test_unknown_key(void **state)
