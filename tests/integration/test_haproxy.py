@@ -80,12 +80,16 @@ def unverified() -> ssl.SSLContext:
 
 
 class Implicit(peers.ImplicitFTPS):
-    """ImplicitFTPS with a source address for control and data connections."""
+    """ImplicitFTPS with a source address for control and data connections, and optionally
+    a PROXY header (`proxy_header`, bytes) sent on the control connection first."""
+
+    proxy_header = b""
 
     def connect(self, host="", port=0, timeout=-999, source_address=None):
         self.host, self.port = host, port
         raw = socket.create_connection((host, port), self.timeout,
-                                       source_address=self.source_address)
+                                       source_address=source_address or self.source_address)
+        raw.sendall(self.proxy_header)
         self.af = raw.family
         self.sock = self.context.wrap_socket(raw, server_hostname=host)
         self.file = self.sock.makefile("r", encoding=self.encoding)
@@ -305,3 +309,53 @@ def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_
     finally:
         ha.stop()
     assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_backend_haproxy_accept_proxy(gateway, legacy, blobs, workdir, ports, test_user,
+                                      version):
+    """[backend] proxy_protocol toward a real HAProxy with accept-proxy in front of the
+    legacy server: HAProxy's log names the gateway's client (127.0.0.5), not the gateway."""
+    hport = ports.port()
+    ha = HAProxy(workdir, f"haproxy-accept-{version}", f"""\
+global
+    log stdout format raw local0
+
+defaults
+    mode tcp
+    log global
+    log-format "client=%ci:%cp frontend=%ft"
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend legacy_in
+    bind {HOST}:{hport} accept-proxy
+    default_backend legacy
+backend legacy
+    server l1 {HOST}:{legacy.port}
+""")
+    try:
+        ha.wait(HOST, hport)
+        gw = gateway(backend_address=f"{HOST}:{hport}", backend_keys={"proxy_protocol": version},
+                     frontends={"x": frontend("implicit", proxy_protocol="v1",
+                                              proxy_protocol_from="127.0.0.1")})
+        sha = legacy.put(blobs, f"accept-{version}.bin", 500 * 1024)
+        dest = workdir / f"accept-{version}.out"
+        user, pw = test_user
+        # The gateway's client is 127.0.0.5: a v1 header says so (sent from 127.0.0.1, in
+        # proxy_protocol_from); its data connections come from 127.0.0.5 itself.
+        ftp = Implicit(context=unverified(), timeout=30)
+        ftp.source_address = (CLIENT, 0)
+        ftp.proxy_header = f"PROXY TCP4 {CLIENT} {HOST} 41000 {gw.fport('x')}\r\n".encode()
+        ftp.connect(HOST, gw.fport("x"), source_address=(HOST, 0))
+        ftp.login(user, pw)
+        ftp.prot_p()
+        with open(dest, "wb") as f:
+            ftp.retrbinary(f"RETR accept-{version}.bin", f.write)
+        ftp.quit()
+        assert peers.sha256_file(dest) == sha
+        peers.wait_for(lambda: f"client={CLIENT}:41000" in ha.log.read_text(errors="replace"),
+                       10, "HAProxy's log line")
+    finally:
+        ha.stop()
