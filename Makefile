@@ -39,7 +39,7 @@ BINDIR ?= $(PREFIX)/bin
 DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
-PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello
+PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello proxy_proto
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))

@@ -70,6 +70,11 @@ typedef struct gw_frontend_conf {
     bool client_cert_user;                       /* USER must equal the certificate's name */
     char data_session_reuse_exempt[GW_PATH_MAX]; /* CIDR list (gw_cidr_list_match) */
     char strict_tls_eof_exempt[GW_PATH_MAX];     /* CIDR list */
+    /* PROXY protocol from a load balancer (proxy_proto.h), pasv_address = auto/_for */
+    int proxy_protocol;                    /* enum gw_pp_mode: 0 no, 1 v1, 2 v2, 3 any */
+    char proxy_protocol_from[GW_PATH_MAX]; /* CIDR list allowed to send it */
+    bool proxy_protocol_data;              /* passive data connections carry one too */
+    char pasv_address_for[GW_PATH_MAX];    /* CIDR=ADDR, ...: first match names the 227 address */
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {
@@ -86,6 +91,7 @@ typedef struct gw_backend_conf {
     int weight;       /* share under roundrobin and random */
     int max_sessions; /* 0: no limit; a full backend is skipped */
     int health_interval, health_timeout, health_rise, health_fall; /* interval 0: no probes */
+    int proxy_protocol; /* 0 no, 1 v1, 2 v2: a PROXY header names the client to it */
 } gw_backend_conf;
 
 enum gw_splice_mode { GW_SPLICE_NO, GW_SPLICE_DOWNLOADS, GW_SPLICE_YES };

@@ -42,6 +42,8 @@ struct gw_conn {
     SSL_CTX *restart_ctx; /* REIN on implicit: a new handshake follows on this connection */
     char *unread;         /* bytes read by someone else before this conn existed (gw_conn_unread) */
     size_t unread_len;
+    size_t read_max; /* > 0: read at most this many bytes at a time (a PROXY header is
+                        read without taking a byte past it: proxy_proto.h) */
 };
 
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,

@@ -66,6 +66,11 @@ void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n)
 /* The client's TLS data connection: 1 resumed the control session, -1 it did not, 0 no TLS
  * handshake finished (yet). */
 int gw_data_client_resumed(const gw_data *d);
+/* Client leg, passive, behind a load balancer (proxy_protocol_data): the connection must
+ * come from an address in `from` (a CIDR list, read at accept time: it must outlive the
+ * listener) and start with a PROXY header of the versions in mode (proxy_proto.h) whose
+ * source is `expect`; the data leg proceeds once it is read. */
+void gw_data_client_proxy(gw_data *d, int mode, const char *from);
 /* Client leg, active: connect to `to` from `from` (port 0: any) when the transfer starts. */
 void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from);
 /* Backend leg, active: listen on bind_addr (port written back); only `expect` may connect. */

@@ -44,6 +44,7 @@ typedef struct gw_frontend {
     gw_generation *gen;
     SSL_CTX *tls_ctx;  /* client-facing, NULL on plain frontends */
     gw_addr pasv_addr; /* family 0: advertise the control connection's local address */
+    bool pasv_auto;    /* pasv_address = auto: the address the client connected to */
     gw_pasv_pool *pool;
     int n_backends;
     gw_backend_rt **backends; /* n_backends: conf->backend_list, in its order (heap) */

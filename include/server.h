@@ -50,6 +50,7 @@ struct gw_server {
     uv_timer_t fd_probe;          /* notices the descriptor limit (see listener.c) */
     bool fd_probe_started;
     bool stopping;
+    int pp_waiting; /* connections still sending their PROXY header (listener.c) */
 };
 
 /* Build the first generation from cfg (copied), bind and listen. srv->shared, worker and

@@ -17,12 +17,13 @@ typedef struct gw_session_hooks {
     void (*on_end)(void *host);
 } gw_session_hooks;
 
-/* Serve client, accepted on a listener of fe (peer: its normalised address, local: the
- * address it reached): the session takes the connection over (its callbacks and owner) and
- * a reference to fe's generation. NULL when out of memory: client is still the caller's and
- * nothing else happened. */
+/* Serve client, accepted on a listener of fe (peer: its normalised address, or the PROXY
+ * header's source; local: the socket's local address; reached: the address the client
+ * connected to, the PROXY header's destination, else local): the session takes the
+ * connection over (its callbacks and owner) and a reference to fe's generation. NULL when
+ * out of memory: client is still the caller's and nothing else happened. */
 gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_conn *client,
-                             const gw_addr *peer, const gw_addr *local,
+                             const gw_addr *peer, const gw_addr *local, const gw_addr *reached,
                              const gw_session_hooks *hooks, void *host);
 /* End the session with 421 (graceful stop after shutdown_grace). Its end is reported later,
  * through on_end. */

@@ -10,6 +10,7 @@
 
 #include "ftp_codes.h"
 #include "log.h"
+#include "proxy_proto.h"
 
 /* random: a per-thread generator (splitmix64), seeded once from the clock. */
 static uint32_t next_random(uint64_t salt)
@@ -282,6 +283,13 @@ static void on_backend_connect(gw_conn *c, int status)
     gw_addr_normalize(&s->backend_peer);
     s->be_attempt_ms = gw_sess_now(s); /* the greeting gets its own connect_timeout */
     gw_sess_set_backend_state(s, BS_GREETING);
+    if (s->be->conf->proxy_protocol) { /* before anything else, TLS included */
+        uint8_t hdr[GW_PP_BUILD_MAX];
+        size_t n = gw_pp_build(s->be->conf->proxy_protocol, hdr, sizeof hdr, &s->client_peer,
+                               &s->client_reached);
+        if (n)
+            gw_conn_write(c, hdr, n);
+    }
     if (s->be->conf->tls == GW_BE_TLS_IMPLICIT) {
         if (gw_conn_attach_tls(c, gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_CONTROL,
                                                     s->be->host, s->be->conf->tls_verify, NULL)) !=

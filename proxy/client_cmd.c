@@ -256,7 +256,8 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
         return;
     }
     /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
-    if (!epsv && !s->fe->pasv_addr.family && s->client_local.family == 6) {
+    gw_addr adv;
+    if (!epsv && !gw_relay_pasv_addr(s, &s->client_local, &adv)) {
         gw_sess_reply(s, GW_R_PASV_IPV4_ONLY);
         return;
     }

@@ -6,6 +6,7 @@
  * (inih reports neither empty sections nor the header's line). Every key is described by
  * one row of `keys[]` below. */
 #include "config.h"
+#include "proxy_proto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -325,6 +326,14 @@ static int p_server_names(const struct keydef *k, const char *v, void *out, char
     return p_str(k, v, out, why, cap);
 }
 
+/* pasv_address_for: CIDR=IPV4ADDR, ... */
+static int p_addr_for(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (gw_pp_addr_for_check(v, why, cap) != 0)
+        return -1;
+    return p_str(k, v, out, why, cap);
+}
+
 /* backend: section names, checked against the [backend] sections by validate(). */
 static int p_name_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
@@ -429,7 +438,7 @@ bad:
     return -1;
 }
 
-/* A CIDR list (cidr.h): ban_exempt, data_session_reuse_exempt, strict_tls_eof_exempt. */
+/* A CIDR list (cidr.h): ban_exempt, the *_exempt lists, proxy_protocol_from. */
 static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     if (gw_cidr_list_check(v, why, cap) != 0)
@@ -478,6 +487,10 @@ static const struct word w_client_cert[] = {{"none", GW_CERT_NONE},
                                             {"optional", GW_CERT_OPTIONAL},
                                             {"required", GW_CERT_REQUIRED},
                                             {NULL, 0}};
+static const struct word w_pp_in[] = {
+    {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {"any", GW_PP_ANY}, {NULL, 0}};
+static const struct word w_pp_out[] = {
+    {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -553,6 +566,10 @@ static const struct keydef keys[] = {
      0, 0, NULL},
     {"strict_tls_eof_exempt", S_FRONTEND, p_cidr_list, F(strict_tls_eof_exempt), "", true, 0, 0,
      NULL},
+    {"proxy_protocol", S_FRONTEND, p_enum, F(proxy_protocol), "no", true, 0, 0, w_pp_in},
+    {"proxy_protocol_from", S_FRONTEND, p_cidr_list, F(proxy_protocol_from), "", true, 0, 0, NULL},
+    {"proxy_protocol_data", S_FRONTEND, p_bool, F(proxy_protocol_data), "no", true, 0, 0, NULL},
+    {"pasv_address_for", S_FRONTEND, p_addr_for, F(pasv_address_for), "", true, 0, 0, NULL},
 
     {"address", S_BACKEND, p_hostport, B(address), NULL, true, 0, 0, NULL},
     {"tls", S_BACKEND, p_enum, B(tls), "none", true, 0, 0, w_be_tls},
@@ -570,6 +587,7 @@ static const struct keydef keys[] = {
     {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", true, 1, 3600, NULL},
     {"health_rise", S_BACKEND, p_int, B(health_rise), "2", true, 1, 100, NULL},
     {"health_fall", S_BACKEND, p_int, B(health_fall), "3", true, 1, 100, NULL},
+    {"proxy_protocol", S_BACKEND, p_enum, B(proxy_protocol), "no", true, 0, 0, w_pp_out},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -746,6 +764,17 @@ static int close_section(struct state *st)
                 return fail(st, st->key_line[i], st->label, keys[i].name,
                             "not allowed on a mode = plain frontend");
         }
+    }
+    if (st->sect == S_FRONTEND) { /* PROXY protocol: only from the balancers named */
+        const gw_frontend_conf *f = &st->cfg->frontends[st->idx];
+        int kp = key_index(S_FRONTEND, "proxy_protocol");
+        int kd = key_index(S_FRONTEND, "proxy_protocol_data");
+        if (f->proxy_protocol && !f->proxy_protocol_from[0])
+            return fail(st, st->key_line[kp], st->label, "proxy_protocol",
+                        "needs proxy_protocol_from (the load balancers' addresses)");
+        if (f->proxy_protocol_data && !f->proxy_protocol)
+            return fail(st, st->key_line[kd], st->label, "proxy_protocol_data",
+                        "needs proxy_protocol on the control connections too");
     }
     if (st->sect == S_BACKEND) {
         const gw_backend_conf *b = &st->cfg->backends[st->idx];
@@ -1080,6 +1109,13 @@ static int validate(struct state *st)
                             "same address as [frontend %s] (line %d): set server_name on all "
                             "but one of them",
                             o->name, st->fe_keys[j][k_listen]);
+            if (same_listen(&f->listen, &o->listen) &&
+                (f->proxy_protocol != o->proxy_protocol ||
+                 strcmp(f->proxy_protocol_from, o->proxy_protocol_from) != 0))
+                return fail(st, kl[k_listen], label, "proxy_protocol",
+                            "differs from [frontend %s] on the same address (the header is read "
+                            "before the frontend is known)",
+                            o->name);
             if (same_listen(&f->listen, &o->listen) && f->mode != o->mode)
                 return fail(st, kl[k_listen], label, "listen",
                             "same address as [frontend %s] (line %d) with another mode", o->name,

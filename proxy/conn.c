@@ -84,8 +84,9 @@ int gw_conn_connect(gw_conn *c, const gw_addr *to)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
+    const gw_conn *c = h->data;
     buf->base = read_buf;
-    buf->len = sizeof read_buf;
+    buf->len = c->read_max && c->read_max < sizeof read_buf ? c->read_max : sizeof read_buf;
 }
 
 static void on_written(uv_write_t *req, int status)

@@ -17,6 +17,7 @@
 #include "conn.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "splice.h"
 
 #define LINGER_MS 5000
@@ -67,6 +68,11 @@ struct gw_data {
     bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
     uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;
+    /* proxy_protocol_data: the client leg's PROXY header (gw_data_client_proxy) */
+    int pp_mode;
+    const char *pp_from;
+    gw_conn *pp_conn; /* accepted, its header being read (counted in strays) */
+    gw_pp_reader *pp;
 };
 
 static _Atomic uint64_t reuse_exempt_used;
@@ -106,6 +112,7 @@ static void on_data_timer_closed(uv_handle_t *h)
     gw_data *d = h->data;
     free(h);
     gw_tls_free(d->backend_engine);
+    free(d->pp);
     free(d);
 }
 
@@ -507,6 +514,130 @@ static const gw_conn_ops backend_leg_ops = {
     .on_close = on_leg_close,
 };
 
+static void client_leg_accepted(gw_data *d, gw_conn *c)
+{
+    d->client = c;
+    close_data_listener(d, d->client_listener); /* one connection per listener */
+    if (d->state != DS_ARMED)
+        start_client_leg(d);
+}
+
+/* ---- proxy_protocol_data: a PROXY header before the client data leg proceeds ---- */
+
+static void pp_leg_refuse(gw_data *d, gw_conn *c, const gw_addr *peer, const char *why)
+{
+    GW_LOG_WARN(d->sid, "event=data_refused leg=client-data peer=%s reason=\"%s\"",
+                gw_addr_str(peer), why);
+    if (c == d->pp_conn)
+        d->pp_conn = NULL; /* still counted in strays until it has closed */
+    gw_conn_reset(c);
+}
+
+static void on_pp_leg_data(gw_conn *c, const char *buf, size_t n)
+{
+    gw_data *d = c->owner;
+    if (c != d->pp_conn || c->closing)
+        return;
+    gw_pp_header h;
+    size_t need;
+    const char *why;
+    int rc = gw_pp_feed(d->pp, buf, n, d->pp_mode, &h, &need, &why);
+    if (rc == GW_PP_MORE) {
+        c->read_max = need;
+        return;
+    }
+    gw_addr peer;
+    if (gw_conn_peer(c, &peer) != 0)
+        memset(&peer, 0, sizeof peer);
+    if (rc == GW_PP_BAD) {
+        pp_leg_refuse(d, c, &peer, why);
+        return;
+    }
+    gw_addr src = h.src;
+    gw_addr_normalize(&src);
+    /* SECURITY: port theft behind the balancer: the header must name the control client. */
+    if (h.local || h.unknown || !gw_addr_same_host(&src, &d->expect_client) || d->client) {
+        pp_leg_refuse(d, c, h.local || h.unknown ? &peer : &src,
+                      "PROXY source not the control peer");
+        return;
+    }
+    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s via=proxy", gw_addr_str(&src));
+    c->read_max = 0;
+    gw_conn_pause(c); /* the TLS handshake or the relay starts it again */
+    d->pp_conn = NULL;
+    d->strays--;
+    gw_conn_set_owner(c, &client_leg_ops, d);
+    client_leg_accepted(d, c);
+}
+
+static void on_pp_leg_eof(gw_conn *c, bool clean)
+{
+    gw_data *d = c->owner;
+    if (c == d->pp_conn)
+        d->pp_conn = NULL;
+    gw_conn_close(c);
+}
+
+static void on_pp_leg_error(gw_conn *c, const char *why)
+{
+    on_pp_leg_eof(c, false);
+}
+
+static void on_pp_leg_close(gw_conn *c)
+{
+    gw_data *d = c->owner;
+    if (c == d->pp_conn)
+        d->pp_conn = NULL;
+    d->strays--;
+    maybe_free(d);
+}
+
+static void on_pp_leg_nop(gw_conn *c) {}
+
+static void on_pp_leg_shutdown(gw_conn *c, int status)
+{
+    gw_conn_close(c);
+}
+
+static const gw_conn_ops pp_leg_ops = {
+    .on_data = on_pp_leg_data,
+    .on_eof = on_pp_leg_eof,
+    .on_error = on_pp_leg_error,
+    .on_drain = on_pp_leg_nop,
+    .on_shutdown = on_pp_leg_shutdown,
+    .on_close = on_pp_leg_close,
+};
+
+/* Accepted on the client listener: from a balancer in pp_from, one header read at a time. */
+static void pp_leg_accepted(gw_data *d, gw_conn *c, const gw_addr *peer)
+{
+    d->strays++;
+    gw_conn_set_owner(c, &pp_leg_ops, d);
+    if (!gw_cidr_list_match(d->pp_from, peer)) {
+        pp_leg_refuse(d, c, peer, "not in proxy_protocol_from");
+        return;
+    }
+    if (d->client || d->pp_conn) {
+        pp_leg_refuse(d, c, peer, "a data connection is already open");
+        return;
+    }
+    if (!d->pp && !(d->pp = malloc(sizeof *d->pp))) {
+        pp_leg_refuse(d, c, peer, "out of memory");
+        return;
+    }
+    d->pp->n = 0;
+    d->pp_conn = c;
+    c->read_max = gw_pp_first_read(d->pp_mode);
+    if (gw_conn_start_read(c) != 0)
+        pp_leg_refuse(d, c, peer, "read failed");
+}
+
+void gw_data_client_proxy(gw_data *d, int mode, const char *from)
+{
+    d->pp_mode = mode;
+    d->pp_from = from;
+}
+
 static void on_data_connection(uv_stream_t *server, int status)
 {
     gw_data *d = server->data;
@@ -535,6 +666,10 @@ static void on_data_connection(uv_stream_t *server, int status)
     /* SECURITY: port theft. Only the control connection's peer (or, on the backend side, the
      * backend) may connect; anyone else is reset at once and the listener stays open. */
     const gw_addr *expect = client ? &d->expect_client : &d->expect_backend;
+    if (client && d->pp_mode) {
+        pp_leg_accepted(d, c, &peer);
+        return;
+    }
     if (!gw_addr_same_host(&peer, expect) || (client ? d->client : d->backend)) {
         GW_LOG_WARN(d->sid, "event=data_refused leg=%s peer=%s reason=\"not the %s\"", c->name,
                     gw_addr_str(&peer), client ? "control peer" : "backend");
@@ -544,10 +679,7 @@ static void on_data_connection(uv_stream_t *server, int status)
     }
     GW_LOG_DEBUG(d->sid, "event=data_accept leg=%s peer=%s", c->name, gw_addr_str(&peer));
     if (client) {
-        d->client = c;
-        close_data_listener(d, d->client_listener); /* one connection per listener */
-        if (d->state != DS_ARMED)
-            start_client_leg(d);
+        client_leg_accepted(d, c);
     } else {
         d->backend = c;
         d->legs |= LEG_BACKEND_CONNECTED;
@@ -565,6 +697,8 @@ static void on_timer(uv_timer_t *t)
             gw_conn_close(d->client);
         if (d->backend)
             gw_conn_close(d->backend);
+        if (d->pp_conn)
+            gw_conn_close(d->pp_conn);
         return;
     }
     uint64_t now = uv_now(d->loop);
@@ -576,6 +710,8 @@ static void on_timer(uv_timer_t *t)
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
             stop_shared_wait(d);
+            if (d->pp_conn)
+                gw_conn_close(d->pp_conn);
             close_data_listener(d, d->client_listener);
             close_data_listener(d, d->backend_listener);
             if (d->backend)
@@ -823,6 +959,8 @@ void gw_data_release(gw_data *d, bool ok)
     stop_shared_wait(d);
     close_data_listener(d, d->client_listener);
     close_data_listener(d, d->backend_listener);
+    if (d->pp_conn)
+        gw_conn_reset(d->pp_conn);
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
     if (ok && finished) {
         linger_or_close(d->client);

@@ -165,13 +165,14 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
             return -1;
         fe->backends[fe->n_backends++] = &g->backends[k];
     }
-    if (fc->pasv_address[0] &&
+    fe->pasv_auto = strcmp(fc->pasv_address, "auto") == 0;
+    if (fc->pasv_address[0] && !fe->pasv_auto &&
         (gw_resolve_host(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
         snprintf(err, cap, "[frontend %s] pasv_address: %s does not resolve to an IPv4 address",
                  fc->name, fc->pasv_address);
         return -1;
     }
-    if (fc->pasv_address[0])
+    if (fc->pasv_address[0] && !fe->pasv_auto)
         GW_LOG_INFO(0, "event=pasv_address frontend=%s name=%s addr=%s", fc->name, fc->pasv_address,
                     gw_addr_str(&fe->pasv_addr));
     /* pasv_ports empty: no range (PASV uses the shared port, or gets 425). */

@@ -15,6 +15,7 @@
 #include "ftp_addr.h"
 #include "ftp_reply.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "tls.h"
 
 #define REASON_MAX 160
@@ -320,6 +321,11 @@ static void on_probe_connect(gw_conn *c, int status)
         return;
     }
     hb *b = p->b;
+    if (b->conf.proxy_protocol) { /* a backend that expects a header gets one naming no client */
+        uint8_t hdr[GW_PP_BUILD_MAX];
+        size_t n = gw_pp_build_local(b->conf.proxy_protocol, hdr, sizeof hdr);
+        gw_conn_write(c, hdr, n);
+    }
     if (b->conf.tls == GW_BE_TLS_IMPLICIT) {
         if (!b->ctx) {
             probe_fail(p, "no TLS context");

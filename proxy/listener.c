@@ -16,6 +16,7 @@
 #include "conn.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "server.h"
 #include "session.h"
 #include "shared_port.h"
@@ -84,9 +85,17 @@ struct gw_sess_entry {
     gw_server *srv;
     gw_session *s; /* NULL until the session runs, and for a refused connection */
     uint64_t id;
-    gw_addr peer;
+    gw_addr peer; /* the client: the PROXY header's source when there is one */
     bool ip_counted;
     struct gw_sess_entry *next, *prev;
+    /* Until a session serves it: the connection, and while a PROXY header is read (pp set)
+     * the frontend it came to (its generation referenced), the real peer, and when. */
+    gw_conn *c;
+    gw_frontend *fe;
+    gw_pp_reader *pp;
+    uint64_t pp_started;
+    gw_addr real_peer, local, reached; /* reached: the PROXY destination, else local */
+    bool quiet;                        /* a balancer's health check (v2 LOCAL): no session lines */
 };
 
 static void entry_end(void *host)
@@ -128,21 +137,39 @@ static void on_unserved_shutdown(gw_conn *c, int status)
     gw_conn_close(c);
 }
 
+static void pp_refuse(gw_sess_entry *e, const char *why);
+
 static void on_unserved_eof(gw_conn *c, bool clean)
 {
+    gw_sess_entry *e = c->owner;
+    if (e->pp && e->pp->n == 0) { /* a balancer's plain TCP check: not news */
+        GW_LOG_DEBUG(e->id, "event=proxy_missing peer=%s reason=\"closed before a byte\"",
+                     gw_addr_str(&e->real_peer));
+        e->quiet = true;
+    } else if (e->pp) {
+        pp_refuse(e, "closed inside the PROXY header");
+        return;
+    }
     gw_conn_close(c);
 }
 
 static void on_unserved_drain(gw_conn *c) {}
 
+static void pp_done(gw_sess_entry *e);
+
 static void on_unserved_close(gw_conn *c)
 {
     gw_sess_entry *e = c->owner;
-    GW_LOG_INFO(e->id, "event=session_end");
+    pp_done(e);
+    if (!e->quiet)
+        GW_LOG_INFO(e->id, "event=session_end");
     entry_end(e);
 }
 
+static void on_unserved_data(gw_conn *c, const char *buf, size_t n);
+
 static const gw_conn_ops unserved_ops = {
+    .on_data = on_unserved_data,
     .on_error = on_unserved_error,
     .on_eof = on_unserved_eof,
     .on_drain = on_unserved_drain,
@@ -189,8 +216,8 @@ static bool refuse_over_limit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
 }
 
 /* A banned address (bans.h): refused before anything else, like the limits above (421 in
- * clear, a bare close on implicit) and before any backend connection. With a PROXY header
- * the same check belongs after the header, on its source address. */
+ * clear, a bare close on implicit) and before any backend connection; behind a balancer,
+ * once the PROXY header is read, on its source address. */
 static bool refuse_banned(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
 {
     if (!gw_bans_check(fe->cfg, &e->peer))
@@ -199,6 +226,126 @@ static bool refuse_banned(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
                 gw_addr_str(&e->peer), e->srv->worker);
     unserved_close(e, c, fe->conf->mode != GW_FE_IMPLICIT ? GW_R_BANNED : NULL, "banned");
     return true;
+}
+
+/* The client is known (its PROXY header read, when there is one): limits, then a session. */
+static void admit(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
+{
+    gw_server *srv = e->srv;
+    if (refuse_banned(e, fe, c) || refuse_over_limit(e, fe, c))
+        return;
+    if (e->real_peer.family) {
+        char via[64];
+        gw_addr_ip_str(&e->real_peer, via, sizeof via);
+        GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s via=%s worker=%d",
+                    fe->conf->name, gw_addr_str(&e->peer), via, srv->worker);
+    } else {
+        GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
+                    gw_addr_str(&e->peer), srv->worker);
+    }
+    e->s = gw_session_start(fe, srv->loop, e->id, c, &e->peer, &e->local, &e->reached, &entry_hooks,
+                            e);
+    if (!e->s) {
+        GW_LOG_WARN(e->id, "event=accept_failed frontend=%s reason=\"out of memory\"",
+                    fe->conf->name);
+        unserved_close(e, c, NULL, "out of memory");
+    }
+}
+
+/* ---- PROXY protocol (proxy_proto.h): the header is read before anything else ---- */
+
+/* The header is read or given up: the reader and the generation reference go. */
+static void pp_done(gw_sess_entry *e)
+{
+    if (!e->pp)
+        return;
+    free(e->pp);
+    e->pp = NULL;
+    e->srv->pp_waiting--;
+    if (e->c)
+        e->c->read_max = 0;
+    gw_generation_unref(e->fe->gen);
+}
+
+static void pp_refuse(gw_sess_entry *e, const char *why)
+{
+    GW_LOG_WARN(e->id, "event=proxy_refused frontend=%s peer=%s reason=\"%s\"", e->fe->conf->name,
+                gw_addr_str(&e->real_peer), why);
+    pp_done(e);
+    unserved_close(e, e->c, NULL, why);
+}
+
+static void pp_start(gw_sess_entry *e, gw_frontend *fe, gw_conn *c)
+{
+    e->real_peer = e->peer;
+    e->fe = fe;
+    if (!gw_cidr_list_match(fe->conf->proxy_protocol_from, &e->peer)) {
+        GW_LOG_WARN(e->id, "event=proxy_refused frontend=%s peer=%s reason=\"%s\"", fe->conf->name,
+                    gw_addr_str(&e->peer), "not in proxy_protocol_from");
+        unserved_close(e, c, NULL, "PROXY header from an address not in proxy_protocol_from");
+        return;
+    }
+    e->pp = malloc(sizeof *e->pp);
+    if (!e->pp) {
+        unserved_close(e, c, NULL, "out of memory");
+        return;
+    }
+    e->pp->n = 0;
+    gw_generation_ref(fe->gen);
+    e->srv->pp_waiting++;
+    e->pp_started = uv_now(e->srv->loop);
+    c->read_max = gw_pp_first_read(fe->conf->proxy_protocol);
+    int r = gw_conn_start_read(c);
+    if (r != 0)
+        pp_refuse(e, uv_strerror(r));
+}
+
+static void on_unserved_data(gw_conn *c, const char *buf, size_t n)
+{
+    gw_sess_entry *e = c->owner;
+    if (!e->pp || c->closing)
+        return;
+    gw_pp_header h;
+    size_t need;
+    const char *why;
+    int rc = gw_pp_feed(e->pp, buf, n, e->fe->conf->proxy_protocol, &h, &need, &why);
+    if (rc == GW_PP_MORE) {
+        c->read_max = need;
+        return;
+    }
+    if (rc == GW_PP_BAD) {
+        pp_refuse(e, why);
+        return;
+    }
+    gw_conn_pause(c); /* what follows is the session's (TLS ClientHello or commands) */
+    gw_frontend *fe = e->fe;
+    gw_generation_ref(fe->gen);
+    pp_done(e);
+    if (h.local) { /* a balancer's health check: closed quietly */
+        GW_LOG_DEBUG(e->id, "event=proxy_local peer=%s", gw_addr_str(&e->real_peer));
+        e->quiet = true;
+        gw_conn_close(c);
+    } else {
+        if (!h.unknown) {
+            e->peer = h.src;
+            e->reached = h.dst;
+            gw_addr_normalize(&e->peer);
+            gw_addr_normalize(&e->reached);
+        }
+        GW_LOG_DEBUG(e->id, "event=proxy_header version=%d src=%s", h.version,
+                     h.unknown ? "unknown" : gw_addr_str(&e->peer));
+        admit(e, fe, c);
+    }
+    gw_generation_unref(fe->gen);
+}
+
+/* Headers that do not come within login_timeout (from the fd probe's tick). */
+static void pp_sweep(gw_server *srv)
+{
+    uint64_t now = uv_now(srv->loop);
+    for (gw_sess_entry *e = srv->session_list; e && srv->pp_waiting > 0; e = e->next)
+        if (e->pp && now - e->pp_started >= (uint64_t)e->fe->cfg->login_timeout * 1000)
+            pp_refuse(e, "no PROXY header within login_timeout");
 }
 
 /* A new client: counted and listed from here until its session (or refusal) ends. */
@@ -227,19 +374,20 @@ static void accept_client(gw_listener *l, uv_stream_t *server)
     srv->session_list = e;
     gw_addr local;
     if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &e->peer) || gw_conn_local(c, &local)) {
-        unserved_close(e, c, NULL, "accept failed");
+        /* Most often a peer gone before the accept (a balancer's TCP check): not news. */
+        GW_LOG_DEBUG(e->id, "event=accept_gone reason=\"accept failed\"");
+        e->quiet = true;
+        gw_conn_close(c);
         return;
     }
     gw_addr_normalize(&e->peer);
-    if (refuse_banned(e, fe, c) || refuse_over_limit(e, fe, c))
+    e->c = c;
+    e->local = e->reached = local;
+    if (fe->conf->proxy_protocol) {
+        pp_start(e, fe, c);
         return;
-    GW_LOG_INFO(e->id, "event=session_start frontend=%s peer=%s worker=%d", fe->conf->name,
-                gw_addr_str(&e->peer), srv->worker);
-    e->s = gw_session_start(fe, srv->loop, e->id, c, &e->peer, &local, &entry_hooks, e);
-    if (!e->s) {
-        warn_accept(l, "out of memory");
-        unserved_close(e, c, NULL, "out of memory");
     }
+    admit(e, fe, c);
 }
 
 void gw_server_close_sessions(gw_server *srv, const char *why)
@@ -247,6 +395,8 @@ void gw_server_close_sessions(gw_server *srv, const char *why)
     for (gw_sess_entry *e = srv->session_list; e; e = e->next)
         if (e->s)
             gw_session_close(e->s, why);
+        else if (e->pp)
+            pp_refuse(e, why);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -422,6 +572,8 @@ static void on_fd_probe(uv_timer_t *t)
     gw_server *srv = t->data;
     if (srv->gen)
         gw_bans_tick(&srv->gen->cfg); /* ended bans are logged within a second */
+    if (srv->pp_waiting > 0)
+        pp_sweep(srv);
     int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         close(fd);

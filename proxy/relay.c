@@ -15,6 +15,7 @@
 #include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "xferlog.h"
 
 #define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
@@ -202,6 +203,17 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     return -1;
 }
 
+bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
+{
+    const gw_frontend *fe = s->fe;
+    if (fe->conf->pasv_address_for[0] &&
+        gw_pp_addr_for(fe->conf->pasv_address_for, &s->client_peer, adv))
+        return true;
+    *adv = fe->pasv_auto ? s->client_reached : fe->pasv_addr.family ? fe->pasv_addr : *bind;
+    gw_addr_normalize(adv);
+    return adv->family == 4;
+}
+
 /* The backend leg is armed: now the client's leg, and the client's answer. */
 static void arm_client_leg(gw_session *s)
 {
@@ -235,10 +247,13 @@ static void arm_client_leg(gw_session *s)
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
     }
+    if (fc->proxy_protocol_data)
+        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
     if (s->cur.want == WANT_EPSV) {
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
-        gw_addr adv = s->fe->pasv_addr.family ? s->fe->pasv_addr : bind;
+        gw_addr adv;
+        (void)gw_relay_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
         adv.port = bind.port;
         gw_format_227(buf, sizeof buf, &adv);
     }

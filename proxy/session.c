@@ -356,7 +356,7 @@ static const gw_conn_ops client_ops = {
 };
 
 gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_conn *client,
-                             const gw_addr *peer, const gw_addr *local,
+                             const gw_addr *peer, const gw_addr *local, const gw_addr *reached,
                              const gw_session_hooks *hooks, void *host)
 {
     gw_session *s = calloc(1, sizeof *s);
@@ -372,6 +372,7 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     gw_conn_set_owner(client, &client_ops, s);
     s->client_peer = *peer;
     s->client_local = *local;
+    s->client_reached = *reached;
     uv_timer_init(s->loop, &s->timer);
     s->timer.data = s;
     s->handles = 2; /* client conn and timer */

@@ -130,6 +130,8 @@ struct gw_session {
     int too_long, failed_logins;
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     gw_addr client_peer, client_local, backend_peer;
+    gw_addr client_reached; /* the address the client connected to: the PROXY header's
+                               destination, else client_local (pasv_address = auto) */
     uint64_t started_ms, last_active_ms;
     int handles;                   /* open uv handles; the session is freed when this drops to 0 */
     const gw_session_hooks *hooks; /* the listener's: on_end(host) once it is freed */
@@ -187,5 +189,8 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
 void gw_relay_line(gw_session *s, gw_reply_parser *r);
 void gw_relay_arm_backend_leg(gw_session *s);
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+/* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
+ * address, else bind). false when it is not IPv4. */
+bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
 
 #endif

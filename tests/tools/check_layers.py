@@ -8,7 +8,8 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello"]),
+              "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
+              "proxy_proto"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data", "shared_port"]),

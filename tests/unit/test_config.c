@@ -273,6 +273,36 @@ static void test_splice(void **state)
                  "t.conf:2: [global] splice: ", "expected no | downloads | yes");
 }
 
+static void test_proxy_protocol_keys(void **state)
+{
+    (void)state;
+    expect_ok(FE "proxy_protocol = any\nproxy_protocol_from = 10.0.0.0/8, ::1\n"
+                 "proxy_protocol_data = yes\npasv_address = auto\n"
+                 "pasv_address_for = 10.0.0.0/8=10.0.0.5, 0.0.0.0/0 = 203.0.113.7\n" BE
+                 "proxy_protocol = v2\n");
+    assert_int_equal(cfg.frontends[0].proxy_protocol, 3);
+    assert_true(cfg.frontends[0].proxy_protocol_data);
+    assert_string_equal(cfg.frontends[0].pasv_address, "auto");
+    assert_int_equal(cfg.backends[0].proxy_protocol, 2);
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].proxy_protocol, 0);
+    assert_int_equal(cfg.backends[0].proxy_protocol, 0);
+    expect_error(FE "proxy_protocol = v2\n" BE,
+                 "t.conf:3: [frontend a] proxy_protocol: ", "needs proxy_protocol_from");
+    expect_error(FE "proxy_protocol_data = yes\n" BE,
+                 "t.conf:3: [frontend a] proxy_protocol_data: ", "needs proxy_protocol");
+    expect_error(FE "proxy_protocol_from = 10.0.0.0/40\n" BE,
+                 "t.conf:3: [frontend a] proxy_protocol_from: ", "NETWORK/BITS");
+    expect_error(FE "pasv_address_for = 10.0.0.0/8\n" BE,
+                 "t.conf:3: [frontend a] pasv_address_for: ", "CIDR=IPV4ADDR");
+    expect_error(FE BE "proxy_protocol = any\n",
+                 "t.conf:5: [backend b] proxy_protocol: ", "expected no | v1 | v2");
+    expect_error(FE "server_name = a.example\n" BE
+                    "[frontend c]\nlisten = 127.0.0.1:990\nproxy_protocol = v1\n"
+                    "proxy_protocol_from = 10.0.0.1\n",
+                 "t.conf:7: [frontend c] proxy_protocol: ", "differs from [frontend a]");
+}
+
 static void test_unknown_key(void **state)
 {
     (void)state;
@@ -770,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_many_sections),
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
+        cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_unknown_key),
         cmocka_unit_test(test_unknown_section),
         cmocka_unit_test(test_bad_number),
