@@ -425,7 +425,7 @@ def test_config_errors(workdir):
     for body, why in [("proxy_protocol = v2", "needs proxy_protocol_from"),
                       ("proxy_protocol_data = yes", "needs proxy_protocol"),
                       ("proxy_protocol = v3", "proxy_protocol"),
-                      ("proxy_protocol = v1\nproxy_protocol_from = 10.0.0.0/33", "ADDR/BITS"),
+                      ("proxy_protocol = v1\nproxy_protocol_from = 10.0.0.0/33", "NETWORK/BITS"),
                       ("pasv_address_for = 10.0.0.0/8", "CIDR=IPV4ADDR")]:
         conf = workdir / "pp-bad.ini"
         conf.write_text(base.format(body))
