@@ -8,6 +8,7 @@ PACKAGES=(
   clang clang-format libclang-rt-14-dev valgrind
   vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
   curl lftp wget openssl procps iproute2 util-linux
+  libmicrohttpd-dev prometheus
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.

@@ -86,6 +86,7 @@ typedef struct gw_config {
     int max_sessions, max_sessions_per_ip;
     int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
     enum gw_splice_mode splice; /* which clear-to-clear relays use splice(2) */
+    gw_hostport admin_listen;   /* HTTP admin endpoint; port 0: off */
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;

@@ -386,6 +386,9 @@ static int p_hostport(const struct keydef *k, const char *v, void *out, char *wh
     return 0;
 }
 
+/* admin_listen: empty is off (port 0), else like listen. */
+static int p_admin_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap);
+
 /* Listening needs an address, not a name: we bind without resolving. */
 static int p_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
@@ -397,6 +400,15 @@ static int p_listen(const struct keydef *k, const char *v, void *out, char *why,
     }
     memcpy(out, &hp, sizeof hp);
     return 0;
+}
+
+static int p_admin_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] == '\0') {
+        memset(out, 0, sizeof(gw_hostport));
+        return 0;
+    }
+    return p_listen(k, v, out, why, cap);
 }
 
 static int p_portrange(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
@@ -477,6 +489,7 @@ static const struct keydef keys[] = {
     {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
     {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
     {"splice", S_GLOBAL, p_enum, G(splice), "no", true, 0, 0, w_splice},
+    {"admin_listen", S_GLOBAL, p_admin_listen, G(admin_listen), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
@@ -902,6 +915,25 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
     return strcasecmp(a->host, b->host) == 0;
 }
 
+/* SECURITY: the admin endpoint never shares a port with a frontend (a wildcard address
+ * overlaps every address of its port). */
+static int validate_admin(struct state *st)
+{
+    const gw_hostport *a = &st->cfg->admin_listen;
+    if (a->port == 0)
+        return 0;
+    for (int i = 0; i < st->cfg->n_frontends; i++) {
+        const gw_hostport *l = &st->cfg->frontends[i].listen;
+        bool wild = strcmp(a->host, "0.0.0.0") == 0 || strcmp(a->host, "::") == 0 ||
+                    strcmp(l->host, "0.0.0.0") == 0 || strcmp(l->host, "::") == 0;
+        if (same_listen(a, l) || (wild && a->port == l->port))
+            return fail(st, st->global_keys[key_index(S_GLOBAL, "admin_listen")], NULL,
+                        "admin_listen", "%s:%u is the listen address of [frontend %s]", a->host,
+                        a->port, st->cfg->frontends[i].name);
+    }
+    return 0;
+}
+
 /* frontend backend = a, b, c -> backend_list (p_name_list checked the syntax). */
 static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line, const char *label)
 {
@@ -947,6 +979,8 @@ static int validate(struct state *st)
 
     if (cfg->n_frontends == 0)
         return fail(st, 0, NULL, NULL, "no [frontend NAME] section: nothing to listen on");
+    if (validate_admin(st) != 0)
+        return -1;
     if (cfg->n_backends == 0)
         return fail(st, 0, NULL, NULL, "no [backend NAME] section: nowhere to forward to");
 

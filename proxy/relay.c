@@ -53,6 +53,7 @@ static void complete_transfer(gw_session *s)
     GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->cur.verb,
                 s->cur.held_code, result, (unsigned long long)s->xfer_bytes);
     write_xferlog(s, result);
+    gw_sinfo_transfer_end(s, result);
     gw_sess_drop_data(s, backend_ok && s->data_ok);
     free(s->cur.held);
     s->cur.held = NULL;
@@ -73,6 +74,7 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     gw_sess_drop_data(s, false);
     gw_sess_reply(s, text);
     write_xferlog(s, "failed");
+    gw_sinfo_transfer_end(s, "failed");
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
@@ -115,6 +117,8 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     s->data_done_ms = gw_sess_now(s);
     s->xfer_bytes = bytes;
     s->data_ok = ok;
+    gw_tl_add(&s->tl, GW_TL_DATA, "data legs done: result %d, %llu bytes", (int)result,
+              (unsigned long long)bytes);
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
         /* Abort both legs now so the backend notices. */
@@ -187,6 +191,7 @@ static void arm_client_leg(gw_session *s)
         gw_format_227(buf, sizeof buf, &adv);
     }
     GW_LOG_DEBUG(s->id, "event=client_data_armed port=%u", bind.port);
+    gw_tl_add(&s->tl, GW_TL_DATA, "passive port %u", bind.port);
     offer_data_ticket(s);
     gw_sess_reply(s, buf);
 }
@@ -407,6 +412,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     if (!r->last || r->code < 200)
         return;
     if (r->code == 230) {
+        gw_sinfo_login(s, true);
         s->logged_in = true;
         if (s->be_prot_later) {
             /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
@@ -423,6 +429,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
         GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        gw_sinfo_login(s, false);
         if (++s->failed_logins >= 3) {
             gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
             return;

@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define MAX_WORKERS 1024
@@ -104,6 +106,8 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
                    "event=reload_failed worker=%d reason=\"%s\" note=\"old configuration "
                    "stays\"",
                    w->index, err);
+        if (w->index == 0)
+            gw_metric_reload(false);
     } else {
         if (w->index == 0) {
             gw_log_set_level(w->srv.gen->cfg.log_level);
@@ -111,6 +115,8 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
             /* Once per reload: worker 0 runs on the main loop, where the probes run. */
             if (shared.health && gw_health_configure(shared.health, &w->srv.gen->cfg) != 0)
                 GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
+            gw_admin_config(&w->srv.gen->cfg);
+            gw_metric_reload(true);
         }
         GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
     }
@@ -149,6 +155,7 @@ static void wind_down(gw_worker *w)
 
 static void mark_done(gw_worker *w)
 {
+    gw_admin_detach(w->index);
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_mutex_unlock(&w->lock);
@@ -236,6 +243,7 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
         w->wake.data = w;
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
+        gw_admin_attach(i, w->loop, &w->srv);
     }
     if (n > 1)
         GW_LOG_INFO(0, "event=workers count=%d note=\"listeners shared with SO_REUSEPORT\"", n);

@@ -8,12 +8,13 @@ from pathlib import Path
 
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
-              "version", "log"]),
+              "version", "log", "admin_text", "metrics", "timeline"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data"]),
-    ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),
-    ("listener/workers", ["server", "listener", "worker"]),
+    ("session", ["session_int", "backend", "client_cmd", "relay", "session",
+                 "session_info"]),
+    ("listener/workers", ["server", "listener", "worker", "admin"]),
     ("main", ["main"]),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
