@@ -43,6 +43,7 @@ gw_pasv_pool *gw_pasv_pool_get(uint16_t lo, uint16_t hi)
         }
     }
     pthread_mutex_unlock(&pools_lock);
+    gw_metric_pasv(lo, hi, 0); /* the range's series exist from the start */
     return p;
 }
 

@@ -117,8 +117,7 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     s->data_done_ms = gw_sess_now(s);
     s->xfer_bytes = bytes;
     s->data_ok = ok;
-    gw_tl_add(&s->tl, GW_TL_DATA, "data legs done: result %d, %llu bytes", (int)result,
-              (unsigned long long)bytes);
+    gw_sinfo_data_done(s, result, bytes);
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
         /* Abort both legs now so the backend notices. */

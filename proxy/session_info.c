@@ -89,9 +89,23 @@ void gw_sinfo_transfer_end(gw_session *s, const char *result)
     gw_metric_transfer(dir == 1, r, s->xfer_bytes, gw_sess_now(s) - s->xfer_started_ms);
 }
 
-void gw_sinfo_data(gw_session *s, const char *what)
+void gw_sinfo_data_done(gw_session *s, int result, uint64_t bytes)
 {
-    gw_tl_add(&s->tl, GW_TL_DATA, "%s", what);
+    static const char *const names[] = {
+        [GW_DATA_OK] = "ok",
+        [GW_DATA_ABORTED] = "aborted",
+        [GW_DATA_TIMEOUT] = "timeout",
+        [GW_DATA_UNSAFE_EOF] = "upload without close_notify",
+        [GW_DATA_NOT_RESUMED] = "data TLS did not resume the control session",
+        [GW_DATA_CLIENT_FAILED] = "client data connection failed",
+        [GW_DATA_BACKEND_FAILED] = "backend data connection failed",
+    };
+    const char *name =
+        result >= 0 && result < (int)(sizeof names / sizeof names[0]) && names[result]
+            ? names[result]
+            : "?";
+    gw_tl_add(&s->tl, GW_TL_DATA, "data connection done: %s, %llu bytes", name,
+              (unsigned long long)bytes);
 }
 
 static const char *state_name(const gw_session *s)
