@@ -927,7 +927,7 @@ static int validate_admin(struct state *st)
         bool wild = strcmp(a->host, "0.0.0.0") == 0 || strcmp(a->host, "::") == 0 ||
                     strcmp(l->host, "0.0.0.0") == 0 || strcmp(l->host, "::") == 0;
         if (same_listen(a, l) || (wild && a->port == l->port))
-            return fail(st, st->global_keys[key_index(S_GLOBAL, "admin_listen")], NULL,
+            return fail(st, st->global_keys[key_index(S_GLOBAL, "admin_listen")], "global",
                         "admin_listen", "%s:%u is the listen address of [frontend %s]", a->host,
                         a->port, st->cfg->frontends[i].name);
     }

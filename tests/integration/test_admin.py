@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -157,6 +158,21 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
                     assert thief.recv(10) == b""  # reset or closed by the gateway
             except ConnectionResetError:
                 pass
+            # The real client's data connection, but its TLS does not resume the control
+            # session (data_session_reuse = required): refused, counted as not_resumed.
+            data = socket.create_connection((HOST, pasv_port(text)), timeout=10)
+            c.send(b"RETR adm-prom-down.bin\r\n")
+            try:
+                with client_ctx.wrap_socket(data, server_hostname="localhost") as tdata:
+                    assert not tdata.session_reused
+                    while tdata.recv(65536):
+                        pass
+            except (ssl.SSLError, OSError):
+                pass
+            codes = []
+            while not codes or codes[-1] < 200:
+                codes.append(c.reply()[0])
+            assert codes[-1] == 522, codes
             c.cmd("QUIT")
         finally:
             c.sock.close()
@@ -169,11 +185,13 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
         prom.wait_value('sum(ftpsgate_sessions_total{frontend="fe"})', 3)
         prom.wait_value('ftpsgate_logins_total{frontend="fe",result="ok"}', 3)
         prom.wait_value('ftpsgate_data_connections_refused_total{reason="foreign_address"}', 1)
+        prom.wait_value('ftpsgate_data_connections_refused_total{reason="not_resumed"}', 1)
+        prom.wait_value('sum(ftpsgate_tls_handshakes_total{side="data",result="ok"})', 3)
         prom.wait_value('ftpsgate_backend_up{backend="be"}', 1)
         prom.wait_value('ftpsgate_backend_connects_total{backend="be",result="ok"}', 3)
-        prom.wait_value('ftpsgate_transfer_duration_seconds_count', 2)
+        prom.wait_value('ftpsgate_transfers_total{direction="download",result="failed"}', 1)
+        prom.wait_value('ftpsgate_transfer_duration_seconds_count', 3)
         prom.wait_value('sum(ftpsgate_tls_handshakes_total{side="client",result="ok"})', 3)
-        prom.wait_value('sum(ftpsgate_tls_handshakes_total{side="data",result="ok"})', 2)
         prom.wait_value('count(ftpsgate_build_info{version!=""})', 1)
         prom.wait_value('sum(ftpsgate_sessions_active)', 0)
     finally:
