@@ -194,6 +194,9 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
         prom.wait_value('sum(ftpsgate_tls_handshakes_total{side="client",result="ok"})', 3)
         prom.wait_value('count(ftpsgate_build_info{version!=""})', 1)
         prom.wait_value('sum(ftpsgate_sessions_active)', 0)
+        pasv = gw.pasv_ports
+        prom.wait_value(f'count(ftpsgate_pasv_ports_in_use{{range="{pasv[0]}-{pasv[1]}"}})', 1)
+        prom.wait_value('sum(ftpsgate_pasv_ports_exhausted_total)', 0)
     finally:
         prom.stop()
     status, text = get(gw, "/metrics")
