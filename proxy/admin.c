@@ -78,6 +78,8 @@ static be_view *bes;
 static int n_bes;
 
 static struct MHD_Daemon *daemon_h;
+static gw_hostport started_on; /* admin_listen at start (port 0: off) */
+static bool config_seen;
 static gw_health *health;
 static atomic_bool stopping;
 static time_t started_at;
@@ -233,6 +235,11 @@ void gw_admin_config(const gw_config *cfg)
         hostport_str(&c->address, b[i].address, sizeof b[i].address);
         snprintf(b[i].tls, sizeof b[i].tls, "%s", be_tls[c->tls % 3]);
     }
+    if (config_seen && (cfg->admin_listen.port != started_on.port ||
+                        strcmp(cfg->admin_listen.host, started_on.host) != 0))
+        GW_LOG_WARN(0, "event=reload_note note=\"admin_listen is read at start: the admin "
+                       "endpoint stays as it was until a restart\"");
+    config_seen = true;
     pthread_mutex_lock(&cfg_lock);
     free_view();
     fes = f;
@@ -620,6 +627,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
 {
     const gw_hostport *hp = &cfg->admin_listen;
+    started_on = *hp;
+    config_seen = true;
     if (hp->port == 0)
         return 0;
     struct sockaddr_storage ss;
