@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -78,7 +79,8 @@ static be_view *bes;
 static int n_bes;
 
 static struct MHD_Daemon *daemon_h;
-static gw_hostport started_on; /* admin_listen at start (port 0: off) */
+static int request_marker, listing_marker; /* what a connection's request is (con_cls) */
+static gw_hostport started_on;             /* admin_listen at start (port 0: off) */
 static bool config_seen;
 static gw_health *health;
 static atomic_bool stopping;
@@ -185,6 +187,16 @@ static void snapshot(bool timeline, uint64_t id)
     for (int i = 0; i < n_aw; i++)
         aw[i].asked = false;
     req.active = false;
+}
+
+/* The request's copies are freed at once: idle sessions should cost the same whether or not
+ * the endpoint lists them every second. Releases snap_lock. */
+static void snapshot_done(void)
+{
+    free(req.list);
+    req.list = NULL;
+    req.n = req.cap = 0;
+    pthread_mutex_unlock(&snap_lock);
 }
 
 /* ---- configuration view ---- */
@@ -320,7 +332,7 @@ static void render_sessions_json(gw_sbuf *o)
         gw_sess_summary_json(&req.list[i], o);
     }
     gw_sbuf_str(o, "]\n");
-    pthread_mutex_unlock(&snap_lock);
+    snapshot_done();
 }
 
 static bool render_timeline(gw_sbuf *o, uint64_t id)
@@ -331,7 +343,7 @@ static bool render_timeline(gw_sbuf *o, uint64_t id)
         gw_tl_json(&req.tl, id, o);
         gw_sbuf_str(o, "\n");
     }
-    pthread_mutex_unlock(&snap_lock);
+    snapshot_done();
     return found;
 }
 
@@ -474,7 +486,7 @@ static void html_sessions(gw_sbuf *o)
         gw_sbuf_str(o, "</td></tr>\n");
     }
     gw_sbuf_str(o, "</table>\n");
-    pthread_mutex_unlock(&snap_lock);
+    snapshot_done();
 }
 
 static void render_html(gw_sbuf *o)
@@ -539,11 +551,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
-    static int first_call_marker;
     gw_sbuf body = {0};
     const char *text = "text/plain; charset=utf-8";
     bool first = *con_cls == NULL;
-    *con_cls = &first_call_marker;
+    *con_cls = &request_marker;
     if (first)
         atomic_fetch_add_explicit(&gw_metrics_g.admin_requests, 1, memory_order_relaxed);
     /* Refused at the headers (first call), before any body is read. */
@@ -569,6 +580,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     /* The session routes wait for the workers: never while holding cfg_lock, which worker 0
      * takes on reload. */
     bool locked = route != GW_ADMIN_SESSIONS && route != GW_ADMIN_SESSION;
+    if (route == GW_ADMIN_SESSIONS || route == GW_ADMIN_ROOT)
+        *con_cls = &listing_marker;
     if (locked)
         pthread_mutex_lock(&cfg_lock);
     switch (route) {
@@ -611,6 +624,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (locked)
         pthread_mutex_unlock(&cfg_lock);
     return respond(c, status, text, &body);
+}
+
+/* A listing's buffers (the session copies, the JSON or HTML body) are gone once the
+ * response is sent: give the memory back, as listener.c does when the gateway goes idle. */
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+#ifdef __GLIBC__
+    if (*con_cls == &listing_marker)
+        malloc_trim(0);
+#endif
+    *con_cls = NULL;
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -656,13 +681,13 @@ int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
     health = h;
     started_at = time(NULL);
     gw_admin_config(cfg);
-    daemon_h = MHD_start_daemon(flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-                                (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-                                (unsigned)ADMIN_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                (unsigned)ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
-                                (unsigned)ADMIN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                (size_t)ADMIN_REQUEST_MEM, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
-                                MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    daemon_h = MHD_start_daemon(
+        flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_CONNECTIONS,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)ADMIN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_REQUEST_MEM,
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!daemon_h) {
         snprintf(err, cap, "admin_listen: cannot listen on %s:%u", hp->host, hp->port);
         return -1;

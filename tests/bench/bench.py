@@ -1730,10 +1730,14 @@ def case_admin(env: Env, R: Results) -> None:
             for t in rotate([off, on], rep):
                 is_on = t is on
                 for direction in ("RETR", "STOR"):
+                    cpu0 = t.server.cpu_s()
                     mbs, _ = curl_transfer(t, "P", direction, env.data, env.user, env.password,
                                            a.size)
                     t.settle()
+                    cpu = (t.server.cpu_s() - cpu0) / (a.size / GiB)
                     figures.setdefault((f"{direction} {label}, PROT P, MB/s", is_on), []).append(mbs)
+                    figures.setdefault((f"{direction} {label}, PROT P, gateway CPU s/GiB", is_on),
+                                       []).append(cpu)
                 rate, errors, err, cpu_ms, _ = session_rate(t, env.user, env.password,
                                                             a.session_seconds, 1)
                 figures.setdefault(("sessions/s, sequential", is_on), []).append(rate)
