@@ -9,10 +9,11 @@ PYTHON := /usr/bin/python3
 VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/version.h)
 
 # pkg-config packages, and the Debian package that provides each.
-PKGS := libuv openssl inih
+PKGS := libuv openssl inih libmicrohttpd
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_inih := libinih-dev
+DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
 # Asked of pkg-config once, and only by a recipe (after check-libs has named what is
@@ -39,7 +40,8 @@ BINDIR ?= $(PREFIX)/bin
 DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
-PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello proxy_proto
+PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
+	proxy_proto admin_text metrics timeline
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))

@@ -11,6 +11,7 @@ PACKAGES=(
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace
   ftp-ssl  # netkit ftp-ssl: uploads without close_notify (tests/integration/test_tls_policy.py)
+  libmicrohttpd-dev  # admin_listen (proxy/admin.c)
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.

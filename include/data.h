@@ -88,4 +88,7 @@ void gw_data_release(gw_data *d, bool ok);
 /* Still able to carry a transfer (listeners open or legs connected). */
 bool gw_data_usable(const gw_data *d);
 
+/* Payload bytes that reached the destination so far (the admin endpoint's live view). */
+uint64_t gw_data_progress(const gw_data *d);
+
 #endif

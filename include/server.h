@@ -13,6 +13,7 @@
 
 typedef struct gw_server gw_server;
 typedef struct gw_sess_entry gw_sess_entry; /* an accepted client (listener.c) */
+typedef struct gw_session gw_session;       /* session.h */
 
 /* What the workers (one gw_server and event loop each, [global] workers) share: the
  * process-wide session limits, session numbers, backend counts and health. */
@@ -66,6 +67,9 @@ void gw_server_free(gw_server *srv);
 /* End every live session with 421 (graceful stop after shutdown_grace); each is counted and
  * listed until it has ended. */
 void gw_server_close_sessions(gw_server *srv, const char *why);
+
+/* The admin endpoint: fn for every live session of this worker (on its loop's thread). */
+void gw_server_each_session(gw_server *srv, void (*fn)(gw_session *s, void *arg), void *arg);
 
 /* No memory to serve the connection pending on listener: accept it and close it, so that
  * libuv keeps watching the listener. Allocates nothing. */

@@ -9,6 +9,7 @@
 #include "conn.h"
 #include "ftp_addr.h"
 #include "generation.h"
+#include "timeline.h"
 
 typedef struct gw_session gw_session;
 
@@ -28,5 +29,10 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
 /* End the session with 421 (graceful stop after shutdown_grace). Its end is reported later,
  * through on_end. */
 void gw_session_close(gw_session *s, const char *why);
+
+/* The admin endpoint (session_info.c), on the session's worker thread only. */
+uint64_t gw_session_get_id(const gw_session *s);
+void gw_session_summarize(gw_session *s, gw_sess_summary *out);
+void gw_session_timeline(gw_session *s, gw_timeline *out);
 
 #endif

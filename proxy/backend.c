@@ -106,6 +106,7 @@ bool gw_backend_failover(gw_session *s, const char *reason)
         s->be_reported = true;
         if (s->fe->gen->health)
             gw_health_report(s->fe->gen->health, s->be->conf->name, false, reason);
+        gw_sinfo_backend(s, false, reason);
     }
     if (s->be_committed || s->be_resolving || s->be_pinned)
         return false;
@@ -235,6 +236,7 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
         s->be_reported = true;
         if (s->fe->gen->health)
             gw_health_report(s->fe->gen->health, s->be->conf->name, true, "greeting");
+        gw_sinfo_backend(s, true, "greeting");
     }
     if (s->be->conf->tls == GW_BE_TLS_EXPLICIT)
         gw_backend_send(s, "AUTH TLS", PEND_BE_AUTH);

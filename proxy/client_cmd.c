@@ -460,6 +460,7 @@ static void handle_command(gw_session *s, const char *line)
     /* SECURITY: the PASS argument never reaches a log line. */
     GW_LOG_DEBUG(s->id, "event=command verb=%s arg=\"%.64s\"", cmd.verb,
                  def->id == GW_CMD_PASS ? "***" : cmd.arg);
+    gw_sinfo_command(s, cmd.verb, cmd.arg); /* PASS masked there */
     free(s->cur.held); /* released with the previous command's reply; never carried over */
     memset(&s->cur, 0, sizeof s->cur);
     snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);

@@ -398,6 +398,9 @@ static int p_hostport(const struct keydef *k, const char *v, void *out, char *wh
     return 0;
 }
 
+/* admin_listen: empty is off (port 0), else like listen. */
+static int p_admin_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap);
+
 /* Listening needs an address, not a name: we bind without resolving. */
 static int p_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
@@ -409,6 +412,15 @@ static int p_listen(const struct keydef *k, const char *v, void *out, char *why,
     }
     memcpy(out, &hp, sizeof hp);
     return 0;
+}
+
+static int p_admin_listen(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] == '\0') {
+        memset(out, 0, sizeof(gw_hostport));
+        return 0;
+    }
+    return p_listen(k, v, out, why, cap);
 }
 
 static int p_portrange(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
@@ -516,6 +528,7 @@ static const struct keydef keys[] = {
     {"ban_window", S_GLOBAL, p_int, G(ban_window), "600", true, DUR, NULL},
     {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
     {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
+    {"admin_listen", S_GLOBAL, p_admin_listen, G(admin_listen), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
@@ -983,6 +996,25 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
     return strcasecmp(a->host, b->host) == 0;
 }
 
+/* SECURITY: the admin endpoint never shares a port with a frontend (a wildcard address
+ * overlaps every address of its port). */
+static int validate_admin(struct state *st)
+{
+    const gw_hostport *a = &st->cfg->admin_listen;
+    if (a->port == 0)
+        return 0;
+    for (int i = 0; i < st->cfg->n_frontends; i++) {
+        const gw_hostport *l = &st->cfg->frontends[i].listen;
+        bool wild = strcmp(a->host, "0.0.0.0") == 0 || strcmp(a->host, "::") == 0 ||
+                    strcmp(l->host, "0.0.0.0") == 0 || strcmp(l->host, "::") == 0;
+        if (same_listen(a, l) || (wild && a->port == l->port))
+            return fail(st, st->global_keys[key_index(S_GLOBAL, "admin_listen")], "global",
+                        "admin_listen", "%s:%u is the listen address of [frontend %s]", a->host,
+                        a->port, st->cfg->frontends[i].name);
+    }
+    return 0;
+}
+
 /* frontend backend = a, b, c -> backend_list (p_name_list checked the syntax). */
 static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line, const char *label)
 {
@@ -1081,6 +1113,8 @@ static int validate(struct state *st)
 
     if (cfg->n_frontends == 0)
         return fail(st, 0, NULL, NULL, "no [frontend NAME] section: nothing to listen on");
+    if (validate_admin(st) != 0)
+        return -1;
     if (cfg->n_backends == 0)
         return fail(st, 0, NULL, NULL, "no [backend NAME] section: nowhere to forward to");
 

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
+
 #define READ_BUF_SIZE (256 * 1024)
 
 typedef struct write_req {
@@ -215,6 +217,7 @@ static void process_tls(gw_conn *c)
         int r = gw_tls_handshake(c->tls);
         flush_tls(c);
         if (r == GW_TLS_ERROR) {
+            gw_metric_tls_conn(c->name, false, NULL);
             fail_conn(c, gw_tls_last_error(c->tls));
             return;
         }
@@ -222,6 +225,7 @@ static void process_tls(gw_conn *c)
             ack_now(c);
         if (r == GW_TLS_AGAIN || c->closing)
             return;
+        gw_metric_tls_conn(c->name, true, gw_tls_describe(c->tls));
         c->ops->on_handshake(c);
     }
     while (!c->closing && !c->paused && !c->eof) {

@@ -18,6 +18,7 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "proxy_proto.h"
+#include "metrics.h"
 #include "splice.h"
 
 #define LINGER_MS 5000
@@ -403,6 +404,7 @@ static void on_client_data_handshake(gw_conn *c)
         if (d->reuse_required) {
             GW_LOG_WARN(d->sid, "event=data_tls_refused reason=\"%s\"",
                         r == 0 ? "session not resumed" : "resumed another client's session");
+            gw_metric_data_refused(GW_M_REFUSED_NOT_RESUMED);
             /* A clean close, as vsftpd does, so that the client goes on to read the 522. */
             gw_conn_shutdown(c);
             finish(d, GW_DATA_NOT_RESUMED);
@@ -673,6 +675,7 @@ static void on_data_connection(uv_stream_t *server, int status)
     if (!gw_addr_same_host(&peer, expect) || (client ? d->client : d->backend)) {
         GW_LOG_WARN(d->sid, "event=data_refused leg=%s peer=%s reason=\"not the %s\"", c->name,
                     gw_addr_str(&peer), client ? "control peer" : "backend");
+        gw_metric_data_refused(GW_M_REFUSED_FOREIGN_ADDRESS);
         d->strays++;
         gw_conn_reset(c);
         return;
@@ -705,6 +708,7 @@ static void on_timer(uv_timer_t *t)
     if (d->state == DS_ARMED || d->state == DS_STARTED) {
         if (now - d->last_progress < d->connect_timeout_ms)
             return;
+        gw_metric_data_refused(GW_M_REFUSED_TIMEOUT);
         if (d->state == DS_STARTED) {
             fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
@@ -975,4 +979,10 @@ void gw_data_release(gw_data *d, bool ok)
             gw_conn_reset(d->backend);
     }
     maybe_free(d);
+}
+
+uint64_t gw_data_progress(const gw_data *d)
+{
+    const gw_conn *dst = d->upload ? d->backend : d->client;
+    return dst ? dst->payload_out : 0;
 }

@@ -17,6 +17,7 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "proxy_proto.h"
+#include "metrics.h"
 #include "server.h"
 #include "session.h"
 #include "shared_port.h"
@@ -399,6 +400,13 @@ void gw_server_close_sessions(gw_server *srv, const char *why)
             pp_refuse(e, why);
 }
 
+void gw_server_each_session(gw_server *srv, void (*fn)(gw_session *s, void *arg), void *arg)
+{
+    for (gw_sess_entry *e = srv->session_list; e; e = e->next)
+        if (e->s)
+            fn(e->s, arg);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     gw_listener *l = server->data;
@@ -579,6 +587,8 @@ static void on_fd_probe(uv_timer_t *t)
         close(fd);
         return;
     }
+    if (errno == EMFILE || errno == ENFILE)
+        gw_metric_fd_limit();
     if (errno == EMFILE || errno == ENFILE)
         GW_LOG_WARN(0,
                     "event=descriptor_limit sessions=%d note=\"new connections are closed "

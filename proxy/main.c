@@ -12,11 +12,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "config.h"
 #include "health.h"
 #include "log.h"
 #include "logfile.h"
 #include "notify.h"
+#include "metrics.h"
 #include "tls.h"
 #include "version.h"
 #include "worker.h"
@@ -114,9 +116,10 @@ static bool reload(void)
     char err[1024] = "see the previous line";
     if (!cfg)
         return false;
-    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0)
+    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0) {
         GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
-    else {
+        gw_metric_reload(false);
+    } else {
         warn_weak_tls(cfg);
         gw_workers_reload(cfg); /* each worker gets its own copy */
         ok = true;
@@ -203,6 +206,7 @@ static void on_signal(uv_signal_t *h, int signum)
     GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
                 signum);
     stopping = true;
+    gw_admin_set_stopping();
     gw_health_stop(health);
     gw_workers_stop();
 }
@@ -283,7 +287,17 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
+    if (gw_admin_start(&cfg, health, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_workers_stop();
+        gw_workers_finish();
+        gw_health_free(health);
+        gw_config_free(&cfg);
+        return 2;
+    }
     if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0) {
+        gw_admin_stop();
         gw_workers_stop();
         gw_workers_finish();
         gw_health_free(health);
@@ -298,6 +312,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_workers_finish();
+    gw_admin_stop();
     gw_health_free(health); /* its handles closed with the loop's last run */
     health = NULL;
     uv_loop_close(loop);

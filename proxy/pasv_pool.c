@@ -12,6 +12,7 @@
 #include <openssl/rand.h>
 
 #include "ftp_addr.h"
+#include "metrics.h"
 
 struct gw_pasv_pool {
     uint16_t lo, hi;
@@ -42,6 +43,7 @@ gw_pasv_pool *gw_pasv_pool_get(uint16_t lo, uint16_t hi)
         }
     }
     pthread_mutex_unlock(&pools_lock);
+    gw_metric_pasv(lo, hi, 0); /* the range's series exist from the start */
     return p;
 }
 
@@ -80,6 +82,9 @@ int gw_pasv_pool_listen(gw_pasv_pool *p, gw_addr *bind_addr)
             p->used[idx] = 1;
     }
     pthread_mutex_unlock(&pools_lock);
+    gw_metric_pasv(p->lo, p->hi, fd >= 0 ? 1 : 0);
+    if (fd < 0)
+        gw_metric_pasv_exhausted(p->lo, p->hi);
     return fd;
 }
 
@@ -88,8 +93,10 @@ void gw_pasv_pool_release(gw_pasv_pool *p, uint16_t port)
     if (port < p->lo || port > p->hi)
         return;
     pthread_mutex_lock(&pools_lock);
+    bool was = p->used[port - p->lo];
     p->used[port - p->lo] = 0;
     pthread_mutex_unlock(&pools_lock);
+    gw_metric_pasv(p->lo, p->hi, was ? -1 : 0);
 }
 
 void gw_pasv_pool_free_all(void)

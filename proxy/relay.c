@@ -66,6 +66,7 @@ static void complete_transfer(gw_session *s)
     GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->cur.verb,
                 s->cur.held_code, result, (unsigned long long)s->xfer_bytes);
     write_xferlog(s, result);
+    gw_sinfo_transfer_end(s, result);
     gw_sess_drop_data(s, backend_ok && s->data_ok);
     free(s->cur.held);
     s->cur.held = NULL;
@@ -86,6 +87,7 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     gw_sess_drop_data(s, false);
     gw_sess_reply(s, text);
     write_xferlog(s, "failed");
+    gw_sinfo_transfer_end(s, "failed");
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
@@ -128,6 +130,7 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     s->data_done_ms = gw_sess_now(s);
     s->xfer_bytes = bytes;
     s->data_ok = ok;
+    gw_sinfo_data_done(s, result, bytes);
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
     }
@@ -258,6 +261,7 @@ static void arm_client_leg(gw_session *s)
         gw_format_227(buf, sizeof buf, &adv);
     }
     GW_LOG_DEBUG(s->id, "event=client_data_armed port=%u", bind.port);
+    gw_tl_add(&s->tl, GW_TL_DATA, "passive port %u", bind.port);
     offer_data_ticket(s);
     gw_sess_reply(s, buf);
 }
@@ -478,6 +482,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     if (!r->last || r->code < 200)
         return;
     if (r->code == 230) {
+        gw_sinfo_login(s, true);
         s->logged_in = true;
         if (s->cert) /* client_cert: who logged in with which certificate */
             GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
@@ -497,6 +502,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
         GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        gw_sinfo_login(s, false);
         /* The ban list counts it per client address (bans.h): a banned address's session
          * ends now, its other sessions at their next failure, new ones at accept. */
         if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {

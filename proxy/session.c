@@ -63,6 +63,7 @@ uint64_t gw_sess_now(gw_session *s)
 
 void gw_sess_reply(gw_session *s, const char *text)
 {
+    gw_sinfo_reply(s, text);
     if (s->client && s->cstate == CS_READY)
         gw_conn_write_str(s->client, text);
 }
@@ -82,6 +83,7 @@ void gw_sess_release(gw_session *s)
     if (--s->handles > 0)
         return;
     GW_LOG_INFO(s->id, "event=session_end");
+    gw_sinfo_end(s);
     gw_backend_uncount(s);
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     const gw_session_hooks *hooks = s->hooks;
@@ -122,6 +124,7 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     bool was_ready = s->cstate == CS_READY;
     gw_sess_set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
+    gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
     gw_sess_drop_data(s, false);
     if (s->backend)
         gw_conn_close(s->backend);
@@ -257,6 +260,7 @@ void gw_sess_set_frontend(gw_session *s, gw_frontend *fe, const char *by)
         return;
     GW_LOG_INFO(s->id, "event=vhost frontend=%s from=%s by=%s", fe->conf->name, s->fe->conf->name,
                 by);
+    gw_sinfo_frontend(s, fe);
     s->fe = fe; /* the same generation: its reference stays */
 }
 
@@ -270,6 +274,7 @@ static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
+    gw_sinfo_handshake(s);
     const char *sni = s->fe->vhosted ? gw_tls_sni(c->tls) : NULL;
     gw_frontend *vfe = sni ? gw_vhost_find(s->fe->vh_listen, sni) : NULL;
     if (vfe) { /* the handshake switched to its certificate already (gw_tls_server_ctx_set_sni) */
@@ -379,6 +384,7 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     gw_cmd_init(&s->cmd);
     gw_reply_init(&s->reply);
     s->started_ms = s->last_active_ms = gw_sess_now(s);
+    gw_sinfo_start(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
     /* Virtual hosts: the default frontend serves until SNI or HOST names another. */
     s->vh_none = fe->vhosted && fe->conf->server_name[0];

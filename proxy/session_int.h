@@ -14,6 +14,7 @@
 #include "ftp_reply.h"
 #include "generation.h"
 #include "session.h"
+#include "timeline.h"
 
 #define INBUF_MAX (16 * 1024) /* queued client bytes before we stop reading it */
 #define HELD_MAX (8 * 1024)   /* a held reply larger than this is cut */
@@ -136,6 +137,7 @@ struct gw_session {
     int handles;                   /* open uv handles; the session is freed when this drops to 0 */
     const gw_session_hooks *hooks; /* the listener's: on_end(host) once it is freed */
     void *host;
+    gw_timeline tl; /* the admin endpoint's recent events (session_info.c) */
 };
 
 /* session.c: the core */
@@ -192,5 +194,17 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
+
+/* session_info.c: the admin endpoint's view (timeline ring, metrics of session events) */
+void gw_sinfo_start(gw_session *s);
+void gw_sinfo_end(gw_session *s);
+void gw_sinfo_frontend(gw_session *s, gw_frontend *to);
+void gw_sinfo_handshake(gw_session *s);
+void gw_sinfo_command(gw_session *s, const char *verb, const char *arg);
+void gw_sinfo_reply(gw_session *s, const char *text);
+void gw_sinfo_login(gw_session *s, bool ok);
+void gw_sinfo_backend(gw_session *s, bool ok, const char *why);
+void gw_sinfo_transfer_end(gw_session *s, const char *result);
+void gw_sinfo_data_done(gw_session *s, int result, uint64_t bytes); /* enum gw_data_result */
 
 #endif

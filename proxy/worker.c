@@ -8,7 +8,9 @@
 #include <string.h>
 
 #include "bans.h"
+#include "admin.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "shared_port.h"
 
@@ -106,6 +108,8 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
                    "event=reload_failed worker=%d reason=\"%s\" note=\"old configuration "
                    "stays\"",
                    w->index, err);
+        if (w->index == 0)
+            gw_metric_reload(false);
     } else {
         if (w->index == 0) {
             gw_log_set_level(w->srv.gen->cfg.log_level);
@@ -113,6 +117,8 @@ static void apply_reload(gw_worker *w, gw_config *cfg)
             /* Once per reload: worker 0 runs on the main loop, where the probes run. */
             if (shared.health && gw_health_configure(shared.health, &w->srv.gen->cfg) != 0)
                 GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
+            gw_admin_config(&w->srv.gen->cfg);
+            gw_metric_reload(true);
         }
         GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
     }
@@ -151,6 +157,7 @@ static void wind_down(gw_worker *w)
 
 static void mark_done(gw_worker *w)
 {
+    gw_admin_detach(w->index);
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_mutex_unlock(&w->lock);
@@ -243,6 +250,7 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
             GW_LOG_ERR(0, "event=shared_port_inbox_failed worker=%d", i);
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
+        gw_admin_attach(i, w->loop, &w->srv);
     }
     if (n > 1)
         GW_LOG_INFO(0, "event=workers count=%d note=\"listeners shared with SO_REUSEPORT\"", n);

@@ -9,12 +9,13 @@ from pathlib import Path
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
-              "proxy_proto"]),
+              "proxy_proto", "admin_text", "metrics", "timeline"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data", "shared_port"]),
-    ("session", ["session_int", "backend", "client_cmd", "relay", "session"]),
-    ("listener/workers", ["server", "listener", "worker"]),
+    ("session", ["session_int", "backend", "client_cmd", "relay", "session",
+                 "session_info"]),
+    ("listener/workers", ["server", "listener", "worker", "admin"]),
     ("main", ["main"]),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

@@ -303,6 +303,26 @@ static void test_proxy_protocol_keys(void **state)
                  "t.conf:7: [frontend c] proxy_protocol: ", "differs from [frontend a]");
 }
 
+/* admin_listen: empty is off; an IP literal and port; never a frontend's address or port. */
+static void test_admin_listen(void **state)
+{
+    (void)state;
+    expect_ok(FE BE);
+    assert_int_equal(cfg.admin_listen.port, 0);
+    expect_ok("[global]\nadmin_listen = 127.0.0.1:9100\n" FE BE);
+    assert_string_equal(cfg.admin_listen.host, "127.0.0.1");
+    assert_int_equal(cfg.admin_listen.port, 9100);
+    expect_ok("[global]\nadmin_listen = [::1]:9100\n" FE BE);
+    assert_string_equal(cfg.admin_listen.host, "::1");
+    expect_error("[global]\nadmin_listen = localhost:9100\n" FE BE,
+                 "t.conf:2: [global] admin_listen: ", "expected IP:PORT");
+    expect_error("[global]\nadmin_listen = 127.0.0.1:990\n" FE BE,
+                 "t.conf:2: [global] admin_listen: ", "[frontend a]");
+    expect_error("[global]\nadmin_listen = 0.0.0.0:990\n" FE BE,
+                 "t.conf:2: [global] admin_listen: ", "[frontend a]");
+    expect_ok("[global]\nadmin_listen = 127.0.0.2:991\n" FE BE);
+}
+
 static void test_unknown_key(void **state)
 {
     (void)state;
@@ -801,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
         cmocka_unit_test(test_proxy_protocol_keys),
+        cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_unknown_key),
         cmocka_unit_test(test_unknown_section),
         cmocka_unit_test(test_bad_number),

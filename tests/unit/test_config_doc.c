@@ -138,8 +138,7 @@ static void test_every_documented_key_exists(void **state)
 static void test_planned_keys_not_known(void **state)
 {
     int wrong = 0;
-    read_doc();
-    assert_true(n_planned > 0);
+    read_doc(); /* every reserved name is built now: the list may be empty or absent */
     for (int j = 0; j < n_planned; j++)
         if (known(planned[j].section, planned[j].key)) {
             print_error("%s:%d: [%s] %s is listed as planned but the parser knows it: "

@@ -1,0 +1,147 @@
+/* Unit tests for the admin endpoint's pure parts: escaping, the path router, the session
+ * timeline ring (PASS masked), the /sessions summary and the Prometheus exposition. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin_text.h"
+#include "metrics.h"
+#include "timeline.h"
+
+static void test_json_escape(void **state)
+{
+    (void)state;
+    gw_sbuf b = {0};
+    gw_sbuf_json(&b, "a\"b\\c\n\x01\xc3\xa9</script>");
+    assert_string_equal(b.p, "\"a\\\"b\\\\c\\u000a\\u0001\\u00c3\\u00a9</script>\"");
+    gw_sbuf_free(&b);
+}
+
+static void test_html_escape(void **state)
+{
+    (void)state;
+    gw_sbuf b = {0};
+    gw_sbuf_html(&b, "<img src=x onerror='a'>&\"\r");
+    assert_string_equal(b.p, "&lt;img src=x onerror=&#39;a&#39;&gt;&amp;&quot;?");
+    gw_sbuf_free(&b);
+}
+
+static void test_label_escape(void **state)
+{
+    (void)state;
+    gw_sbuf b = {0};
+    gw_sbuf_label(&b, "a\"b\\c\nd");
+    assert_string_equal(b.p, "a\\\"b\\\\c\\nd");
+    gw_sbuf_free(&b);
+}
+
+static void test_routes(void **state)
+{
+    (void)state;
+    uint64_t id = 0;
+    assert_int_equal(gw_admin_route("/", &id), GW_ADMIN_ROOT);
+    assert_int_equal(gw_admin_route("/metrics", &id), GW_ADMIN_METRICS);
+    assert_int_equal(gw_admin_route("/healthz", &id), GW_ADMIN_HEALTHZ);
+    assert_int_equal(gw_admin_route("/readyz", &id), GW_ADMIN_READYZ);
+    assert_int_equal(gw_admin_route("/sessions", &id), GW_ADMIN_SESSIONS);
+    assert_int_equal(gw_admin_route("/sessions/17", &id), GW_ADMIN_SESSION);
+    assert_int_equal(id, 17);
+    assert_int_equal(gw_admin_route("/sessions/18446744073709551615", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route("/sessions/9999999999999999999", &id), GW_ADMIN_SESSION);
+    assert_int_equal(gw_admin_route("/sessions/", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route("/sessions/-1", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route("/sessions/01", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route("/sessions/1/..", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route("/metrics/", &id), GW_ADMIN_NOT_FOUND);
+    assert_int_equal(gw_admin_route("metrics", &id), GW_ADMIN_BAD);
+    assert_int_equal(gw_admin_route(NULL, &id), GW_ADMIN_BAD);
+}
+
+static void test_timeline_masks_pass_and_wraps(void **state)
+{
+    (void)state;
+    gw_timeline *t = calloc(1, sizeof *t);
+    gw_tl_command(t, "USER", "alice");
+    gw_tl_command(t, "PASS", "hunter2");
+    gw_tl_command(t, "pass", "hunter2");
+    gw_tl_command(t, "ACCT", "hunter2");
+    gw_sbuf b = {0};
+    gw_tl_json(t, 5, &b);
+    assert_null(strstr(b.p, "hunter2"));
+    assert_non_null(strstr(b.p, "\"USER alice\""));
+    assert_non_null(strstr(b.p, "\"PASS ****\""));
+    assert_non_null(strstr(b.p, "\"id\":5"));
+    gw_sbuf_free(&b);
+    for (int i = 0; i < 3 * GW_TL_EVENTS; i++)
+        gw_tl_add(t, GW_TL_DATA, "event %d", i);
+    gw_tl_json(t, 5, &b);
+    assert_null(strstr(b.p, "USER"));         /* fell out of the ring */
+    assert_non_null(strstr(b.p, "event 47")); /* the newest stays */
+    assert_null(strstr(b.p, "\"event 31\""));
+    gw_sbuf_free(&b);
+    free(t);
+}
+
+static void test_summary_json(void **state)
+{
+    (void)state;
+    gw_sess_summary s = {.id = 9, .age_s = 3, .idle_s = 1, .in_transfer = true, .bytes = 42};
+    strcpy(s.frontend, "fe");
+    strcpy(s.user, "bob\"<");
+    strcpy(s.verb, "RETR");
+    strcpy(s.file, "a\nb");
+    gw_sbuf b = {0};
+    gw_sess_summary_json(&s, &b);
+    assert_string_equal(b.p, "{\"id\":9,\"worker\":0,\"frontend\":\"fe\",\"client\":\"\",\"user\":"
+                             "\"bob\\\"<\",\"backend\":\"\",\"state\":\"\",\"tls\":\"\","
+                             "\"age_seconds\":3,\"idle_seconds\":1,\"transfer\":{\"verb\":"
+                             "\"RETR\",\"file\":\"a\\u000ab\",\"bytes\":42}}");
+    gw_sbuf_free(&b);
+}
+
+static void test_exposition(void **state)
+{
+    (void)state;
+    gw_metric_session_start("fe\"x");
+    gw_metric_transfer(true, GW_M_XFER_OK, 1000, 20);
+    gw_metric_backend_connect("be", true, 3);
+    gw_metric_tls_conn("client", true, "TLSv1.3/TLS_AES_256_GCM_SHA384");
+    gw_metric_tls_conn("probe", true, "TLSv1.3/x"); /* not counted */
+    gw_metric_pasv(30000, 30009, 1);
+    const char *fes[] = {"fe\"x", "other"}, *bes[] = {"be"};
+    bool up[] = {true};
+    gw_metrics_view v = {2, fes, 1, bes, up, "1", "OpenSSL 3", "1.44"};
+    gw_sbuf b = {0};
+    gw_metrics_render(&gw_metrics_g, &v, &b);
+    assert_false(b.oom);
+    assert_non_null(strstr(b.p, "ftpsgate_sessions_total{frontend=\"fe\\\"x\"} 1\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_sessions_total{frontend=\"other\"} 0\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_transfer_bytes_total{direction=\"upload\"} 1000\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_transfer_duration_seconds_bucket{le=\"0.1\"} 1\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_transfer_duration_seconds_count 1\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_backend_up{backend=\"be\"} 1\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_pasv_ports_in_use{range=\"30000-30009\"} 1\n"));
+    assert_non_null(strstr(b.p, "side=\"client\",result=\"ok\",version=\"TLSv1.3\"} 1\n"));
+    assert_non_null(strstr(b.p, "# TYPE ftpsgate_backend_connect_seconds histogram\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_build_info{version=\"1\",openssl=\"OpenSSL 3\","
+                                "libuv=\"1.44\"} 1\n"));
+    gw_sbuf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_json_escape),
+        cmocka_unit_test(test_html_escape),
+        cmocka_unit_test(test_label_escape),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_timeline_masks_pass_and_wraps),
+        cmocka_unit_test(test_summary_json),
+        cmocka_unit_test(test_exposition),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
