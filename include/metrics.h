@@ -103,6 +103,11 @@ typedef struct gw_metrics_view {
     const char *const *backends;
     const bool *backend_up;
     const char *version, *openssl, *libuv;
+    /* Counted by the modules above this one (bans.h, data.h, shared_port.h). */
+    uint64_t bans_active;
+    uint64_t data_reuse_exempt;
+    bool shared_port; /* some frontend has pasv_shared_port: its counters follow */
+    uint64_t shport_resumption, shport_address, shport_unmatched, shport_fallback, shport_refused;
 } gw_metrics_view;
 
 /* Prometheus text format 0.0.4, HELP and TYPE for every family. */

@@ -25,9 +25,12 @@
 #include <time.h>
 
 #include "admin_text.h"
+#include "bans.h"
+#include "data.h"
 #include "log.h"
 #include "metrics.h"
 #include "session.h"
+#include "shared_port.h"
 #include "timeline.h"
 #include "version.h"
 
@@ -85,6 +88,9 @@ static bool config_seen;
 static gw_health *health;
 static atomic_bool stopping;
 static time_t started_at;
+
+/* Some frontend has a pasv_shared_port (under cfg_lock). */
+static bool any_shared_port;
 
 /* ---- worker side ---- */
 
@@ -252,7 +258,11 @@ void gw_admin_config(const gw_config *cfg)
         GW_LOG_WARN(0, "event=reload_note note=\"admin_listen is read at start: the admin "
                        "endpoint stays as it was until a restart\"");
     config_seen = true;
+    bool shared = false;
+    for (int i = 0; i < cfg->n_frontends; i++)
+        shared = shared || cfg->frontends[i].pasv_shared_port > 0;
     pthread_mutex_lock(&cfg_lock);
+    any_shared_port = shared;
     free_view();
     fes = f;
     n_fes = cfg->n_frontends;
@@ -289,7 +299,16 @@ static void render_metrics(gw_sbuf *o)
                              .backend_up = up,
                              .version = GW_VERSION,
                              .openssl = OpenSSL_version(OPENSSL_VERSION),
-                             .libuv = uv_version_string()};
+                             .libuv = uv_version_string(),
+                             .bans_active = gw_bans_active(),
+                             .data_reuse_exempt = gw_data_reuse_exempt_count(),
+                             .shared_port = any_shared_port};
+        const gw_shport_stats *sp = gw_shport_stats_get();
+        v.shport_resumption = atomic_load_explicit(&sp->matched_resumption, memory_order_relaxed);
+        v.shport_address = atomic_load_explicit(&sp->matched_address, memory_order_relaxed);
+        v.shport_unmatched = atomic_load_explicit(&sp->unmatched, memory_order_relaxed);
+        v.shport_fallback = atomic_load_explicit(&sp->fallback_range, memory_order_relaxed);
+        v.shport_refused = atomic_load_explicit(&sp->refused, memory_order_relaxed);
         gw_metrics_render(&gw_metrics_g, &v, o);
     }
     free(fnames);

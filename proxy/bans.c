@@ -9,6 +9,7 @@
 
 #include "ban.h"
 #include "log.h"
+#include "metrics.h"
 
 static pthread_mutex_t bans_lock = PTHREAD_MUTEX_INITIALIZER;
 static gw_ban_table *bans_table; /* guarded by bans_lock */
@@ -82,6 +83,7 @@ bool gw_bans_login_failed(const gw_config *cfg, const gw_addr *a, uint64_t sessi
     switch (r.what) {
     case GW_BAN_NEW:
         bans_total++;
+        gw_metric_ban();
         bans_active++;
         GW_LOG_WARN(session, "event=ban %s failures=%d ban_time=%d",
                     bans_peer(a, &r.key, who, sizeof who), r.failures, p.time);

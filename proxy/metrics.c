@@ -387,6 +387,40 @@ static void render_pasv(const gw_metrics *m, gw_sbuf *o)
         series1(o, "ftpsgate_pasv_ports_exhausted_total", "range", m->range_names[i].name);
         gw_sbuf_printf(o, " %llu\n", (unsigned long long)GET(m->range[i].exhausted));
     }
+    /* The size of each range, so that alerts can compare in_use with it. */
+    family(o, "ftpsgate_pasv_ports_capacity", "gauge", "Passive data ports in each range.");
+    for (int i = 0; i < used; i++) {
+        unsigned lo, hi;
+        if (sscanf(m->range_names[i].name, "%u-%u", &lo, &hi) != 2 || hi < lo)
+            continue;
+        series1(o, "ftpsgate_pasv_ports_capacity", "range", m->range_names[i].name);
+        gw_sbuf_printf(o, " %u\n", hi - lo + 1);
+    }
+}
+
+static void render_policy(const gw_metrics_view *v, gw_sbuf *o)
+{
+    family(o, "ftpsgate_bans_active", "gauge", "Client addresses banned right now.");
+    gw_sbuf_printf(o, "ftpsgate_bans_active %llu\n", (unsigned long long)v->bans_active);
+    family(o, "ftpsgate_data_reuse_exempt_total", "counter",
+           "Data TLS handshakes let in without resumption by data_session_reuse_exempt.");
+    gw_sbuf_printf(o, "ftpsgate_data_reuse_exempt_total %llu\n",
+                   (unsigned long long)v->data_reuse_exempt);
+    if (!v->shared_port)
+        return;
+    family(o, "ftpsgate_shared_port_connections_total", "counter",
+           "Connections to a pasv_shared_port by how they were matched to a session.");
+    const char *how[] = {"resumption", "address", "unmatched"};
+    uint64_t n[] = {v->shport_resumption, v->shport_address, v->shport_unmatched};
+    for (int i = 0; i < 3; i++)
+        gw_sbuf_printf(o, "ftpsgate_shared_port_connections_total{match=\"%s\"} %llu\n", how[i],
+                       (unsigned long long)n[i]);
+    family(o, "ftpsgate_shared_port_pasv_elsewhere_total", "counter",
+           "PASV/EPSV that could not use the shared port: a pasv_ports port, or refused (425).");
+    gw_sbuf_printf(o, "ftpsgate_shared_port_pasv_elsewhere_total{result=\"range\"} %llu\n",
+                   (unsigned long long)v->shport_fallback);
+    gw_sbuf_printf(o, "ftpsgate_shared_port_pasv_elsewhere_total{result=\"refused\"} %llu\n",
+                   (unsigned long long)v->shport_refused);
 }
 
 void gw_metrics_render(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o)
@@ -406,6 +440,7 @@ void gw_metrics_render(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o
     render_backends(m, v, o);
     family(o, "ftpsgate_bans_total", "counter", "Client addresses banned.");
     gw_sbuf_printf(o, "ftpsgate_bans_total %llu\n", (unsigned long long)GET(m->bans));
+    render_policy(v, o);
     family(o, "ftpsgate_reloads_total", "counter", "Configuration reloads by result.");
     gw_sbuf_printf(o, "ftpsgate_reloads_total{result=\"ok\"} %llu\n",
                    (unsigned long long)GET(m->reloads_ok));
