@@ -197,6 +197,9 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
         pasv = gw.pasv_ports
         prom.wait_value(f'count(ftpsgate_pasv_ports_in_use{{range="{pasv[0]}-{pasv[1]}"}})', 1)
         prom.wait_value('sum(ftpsgate_pasv_ports_exhausted_total)', 0)
+        # What the shipped alert (config/ftpsgate.rules.yml) divides by: the range's size.
+        prom.wait_value(f'ftpsgate_pasv_ports_capacity{{range="{pasv[0]}-{pasv[1]}"}}',
+                        pasv[1] - pasv[0] + 1)
     finally:
         prom.stop()
     status, text = get(gw, "/metrics")

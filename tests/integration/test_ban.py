@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,14 +94,16 @@ def assert_refused(gw, src: str, client_ctx) -> None:
 
 
 def test_ban_after_failures_and_another_address_works(gateway, server, test_user, client_ctx,
-                                                      tmp_path, blobs):
+                                                      tmp_path, blobs, ports):
     """ban_after = 3 from 127.0.0.2, spread over three sessions with a successful login in
     between (which does not reset the count): the third failure ends its session with the
     ban's 421, then every frontend refuses 127.0.0.2 before the backend hears of it, while
     127.0.0.3 logs in and downloads. The ban is logged once, survives SIGHUP, and the
     fail2ban filter in config/ matches its line."""
     user, password = test_user
-    gw = start(gateway, server, ban_after=3, ban_window=60, ban_time=60)
+    admin = ports.port()
+    gw = start(gateway, server, ban_after=3, ban_window=60, ban_time=60,
+               admin_listen=f"{HOST}:{admin}")
     offset = gw.log_size()
     ftp = explicit(gw, "127.0.0.2", client_ctx)
     try:
@@ -138,6 +141,11 @@ def test_ban_after_failures_and_another_address_works(gateway, server, test_user
     log = log_from(gw, offset)
     assert len(re.findall(r"event=ban ", log)) == 1, log
     assert len(re.findall(r"event=session_refused peer=127\.0\.0\.2:\d+ reason=banned", log)) >= 4
+    # The admin endpoint counts it: one ban in all, one in force.
+    with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert re.search(r"^ftpsgate_bans_total 1$", text, re.M), text
+    assert re.search(r"^ftpsgate_bans_active 1$", text, re.M), text
 
     # SIGHUP keeps the ban.
     reload_at = gw.log_size()

@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import subprocess
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -313,8 +314,9 @@ def xgw(workdir, ports, tls_cert, pyftpdlib):
     """[tls] data_session_reuse_exempt = 127.0.0.2 (and a net): x (explicit) inherits it, xs
     replaces it with an empty list; eof: strict_tls_eof = no; eofx/eofn: exemptions of
     127.0.0.0/8 (where ftp-ssl connects from) and of 127.0.0.2 only."""
+    admin = ports.port()
     with faults.gateway_factory(workdir, ports, tls_cert, "tls-policy-exempt") as factory:
-        yield factory(
+        gw = factory(
             pyftpdlib,
             frontends={"x": frontend("explicit"),
                        "xs": frontend("explicit", data_session_reuse_exempt=""),
@@ -324,8 +326,10 @@ def xgw(workdir, ports, tls_cert, pyftpdlib):
                                         strict_tls_eof_exempt="::1, 127.0.0.0/8"),
                        "eofn": frontend("explicit", data_session_reuse="optional",
                                         strict_tls_eof_exempt=EXEMPT_HOST)},
-            extra={"global": {"max_sessions_per_ip": 500},
+            extra={"global": {"max_sessions_per_ip": 500, "admin_listen": f"{HOST}:{admin}"},
                    "tls": {"data_session_reuse_exempt": f"192.0.2.0/24, {EXEMPT_HOST}"}})
+        gw.admin = f"http://{HOST}:{admin}"
+        yield gw
 
 
 def stock_ftplib(port: int, source: str, ctx: ssl.SSLContext) -> ftplib.FTP_TLS:
@@ -356,6 +360,8 @@ def test_data_reuse_exempt(xgw, pyftpdlib, client_ctx):
     assert sha256_file(pyftpdlib.path("exempt-up.bin")) == sha256_bytes(data)
     lines = [ln for ln in log_from(xgw, offset).splitlines() if "event=data_reuse_exempt" in ln]
     assert len(lines) == 2, log_from(xgw, offset)[-3000:]
+    with urllib.request.urlopen(xgw.admin + "/metrics", timeout=10) as r:  # and counted
+        assert re.search(r"^ftpsgate_data_reuse_exempt_total 2$", r.read().decode(), re.M)
     for port, source in ((xgw.fport("x"), HOST), (xgw.fport("xs"), EXEMPT_HOST)):
         offset = xgw.log_size()
         ftp = stock_ftplib(port, source, client_ctx)
