@@ -171,6 +171,69 @@ backend gw
         ha.stop()
 
 
+def test_haproxy_shared_port(gateway, legacy, blobs, workdir, ports, test_user):
+    """Three published ports: HAProxy on 127.0.0.10 publishes the control port and the
+    gateway's one pasv_shared_port, both with send-proxy-v2 (proxy_protocol_data = yes).
+    curl (several URLs, EPSV), lftp (PASV, pasv_address = the balancer) and ftplib (resuming
+    the session) move files through it, SHA-256 checked, with no pasv_ports at all; the log
+    names the client (127.0.0.5) on the control and on every shared-port match."""
+    sp = ports.port()
+    gw = gateway(legacy, frontends={"x": frontend(
+        "implicit", pasv_ports="", pasv_shared_port=sp, pasv_address=BALANCER,
+        proxy_protocol="v2", proxy_protocol_from=HOST, proxy_protocol_data="yes")})
+    hport = ports.port()
+    ha = HAProxy(workdir, "haproxy-shared", haproxy_cfg(f"""\
+frontend ftps
+    bind {BALANCER}:{hport}
+    default_backend gw
+backend gw
+    server g1 {HOST}:{gw.fport('x')} send-proxy-v2
+
+frontend ftps_data
+    bind {BALANCER}:{sp}
+    default_backend gw_data
+backend gw_data
+    server g1 {HOST}:{sp} send-proxy-v2
+"""))
+    try:
+        ha.wait(BALANCER, hport)
+        user, pw = test_user
+        sums = {f"hasp-{i}.bin": legacy.put(blobs, f"hasp-{i}.bin", 300 * 1024 + i, unique=True)
+                for i in range(5)}
+        args = []
+        for name in sums:
+            args += ["-o", str(workdir / f"{name}.curl"),
+                     f"ftps://{user}:{pw}@{BALANCER}:{hport}/{name}"]
+        peers.check(peers.curl("--interface", CLIENT, *args))
+        assert {n: peers.sha256_file(workdir / f"{n}.curl") for n in sums} == sums
+        up = workdir / "hasp.up"
+        up_sha = peers.write_random(up, 700 * 1024)
+        peers.check(peers.curl("--interface", CLIENT, "-T", str(up),
+                               f"ftps://{user}:{pw}@{BALANCER}:{hport}/hasp-up.bin"))
+        assert peers.sha256_file(legacy.path("hasp-up.bin")) == up_sha
+        cmds = [f"get {n} -o {workdir / (n + '.lftp')}" for n in list(sums)[:3]]
+        cmds.append(f"put {up} -o hasp-up-lftp.bin")
+        peers.check(peers.lftp(f"ftps://{BALANCER}:{hport}", user, pw, cmds,
+                               settings=[f"set net:socket-bind-ipv4 {CLIENT}"]))
+        for n in list(sums)[:3]:
+            assert peers.sha256_file(workdir / f"{n}.lftp") == sums[n]
+        assert peers.sha256_file(legacy.path("hasp-up-lftp.bin")) == up_sha
+        data = b"ftplib through haproxy and the shared port " * 20000
+        assert ftplib_roundtrip(BALANCER, hport, test_user, "hasp-ftplib.bin", data,
+                                source=CLIENT) == data
+        log = gw.log
+        assert f"event=session_start frontend=x peer={CLIENT}:" in log
+        n_match = log.count("event=shared_port_match")
+        assert n_match >= 5 + 1 + 4 + 2, n_match
+        assert log.count(f"event=shared_port_match peer={CLIENT}:") == n_match
+        assert "balancer=127.0.0.1" in log
+        for bad in ("shared_port_unmatched", "data_refused", "proxy_refused",
+                    "shared_port_refused"):
+            assert bad not in log, bad
+    finally:
+        ha.stop()
+
+
 def test_docker_example_parses():
     """docker/compose-haproxy.yml's HAProxy and gateway configurations load."""
     cfg = peers.REPO / "docker" / "haproxy.cfg"
