@@ -264,9 +264,10 @@ backend gateways
 {servers}
 """
     for i, (a, _, lo, hi) in enumerate(instances):
+        ports_ = f"{lo}" if lo == hi else f"{lo}-{hi}"  # one port: a pasv_shared_port
         out += f"""
 frontend pasv_g{i + 1}
-    bind {BALANCER}:{lo}-{hi}
+    bind {BALANCER}:{ports_}
     default_backend pasv_g{i + 1}
 
 backend pasv_g{i + 1}
@@ -301,19 +302,28 @@ def run_session(kind: str, i: int, ctrl: int, user, workdir: Path, blob: tuple[P
     return name, sha
 
 
-def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_user):
+@pytest.mark.parametrize("passive", ["range", "shared"])
+def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_user, passive):
     """50 parallel sessions (curl EPSV, lftp PASV, ftplib PASV) over three instances behind
     one HAProxy address, every transfer checked; then one instance stops: its sessions end,
-    HAProxy's health check sends the next sessions to the other two."""
+    HAProxy's health check sends the next sessions to the other two. passive = shared: each
+    instance has its own pasv_shared_port (and no range), the one port HAProxy publishes
+    for it; every data connection is matched by its ClientHello among sessions that all
+    share one client address (HAProxy's header names 127.0.0.1 for all of them)."""
     ctrl = ports.port()
     instances, gws = [], []
     for n, addr in enumerate(["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
-        lo, hi = ports.range(40)
+        if passive == "range":
+            lo, hi = ports.range(40)
+            pkeys = {"pasv_ports": f"{lo}-{hi}"}
+        else:
+            lo = hi = ports.port()
+            pkeys = {"pasv_ports": "", "pasv_shared_port": lo}
         p = ports.port()
         gws.append(gateway(legacy, extra={"global": {"shutdown_grace": 1,
                                                      "max_sessions_per_ip": 200}},
                            frontends={"lb": frontend(
-                               "implicit", listen=f"{addr}:{p}", pasv_ports=f"{lo}-{hi}",
+                               "implicit", listen=f"{addr}:{p}", **pkeys,
                                pasv_address=BALANCER, proxy_protocol="v2",
                                proxy_protocol_from="127.0.0.1", proxy_protocol_data="yes")}))
         instances.append((addr, p, lo, hi))
@@ -334,6 +344,9 @@ def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_
         assert all(c >= 10 for c in counts), counts  # spread over all three
         for g in gws:
             assert "data_refused" not in g.log and "proxy_refused" not in g.log
+            assert "shared_port_unmatched" not in g.log and "shared_port_refused" not in g.log
+            if passive == "shared":
+                assert g.log.count("event=shared_port_match") >= 20
             # HAProxy's checks (a v2 LOCAL header, often reset before the accept): quiet
             assert 'event=session_close reason="accept failed"' not in g.log
         # Stop one instance mid-run: idle sessions on every instance first.
