@@ -235,10 +235,13 @@ backend gw_data
 
 
 def test_docker_example_parses():
-    """docker/compose-haproxy.yml's HAProxy and gateway configurations load."""
+    """docker/compose-haproxy.yml's and compose-haproxy-shared.yml's HAProxy and gateway
+    configurations load."""
     cfg = peers.REPO / "docker" / "haproxy.cfg"
-    r = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    for path in (cfg, peers.REPO / "docker" / "haproxy-shared.cfg"):
+        r = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list((peers.REPO / "docker").glob("ftpsgate-lb*-shared.conf"))) == 3
     for conf in sorted((peers.REPO / "docker").glob("ftpsgate-lb*.conf")):
         r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
                            text=True)
