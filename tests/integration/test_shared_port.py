@@ -543,11 +543,13 @@ def pp_header(src: str, dst_port: int, version: int = 2, local: bool = False) ->
     return PP_SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
 
 
-def pp_gateway(gateway, backend, ports, admin_port=None):
+def pp_gateway(gateway, backend, ports, admin_port=None, workers=1):
     sp = ports.port()
     keys = {"pasv_shared_port": sp, "proxy_protocol": "v2", "proxy_protocol_from": HOST,
             "proxy_protocol_data": "yes"}
-    glob = {"admin_listen": f"{HOST}:{admin_port}"} if admin_port else {}
+    glob = {"workers": workers}
+    if admin_port:
+        glob["admin_listen"] = f"{HOST}:{admin_port}"
     gw = gateway(backend, extra={"frontend fe": keys, "global": glob})
     gw.shared_port = sp
     return gw
@@ -570,11 +572,15 @@ def balanced_data(src: str, port: int, version: int = 2, local_src: str = HOST,
     return s
 
 
-def test_behind_a_balancer_two_clients_crossed_timing(gateway, pyftpdlib, ports, client_ctx):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_behind_a_balancer_two_clients_crossed_timing(gateway, pyftpdlib, ports, client_ctx,
+                                                      workers):
     """Two clients behind one balancer (one TCP peer), with different header sources and
     with the same one: both wait before either connects, the later one connects first;
-    each gets its own file (SHA-256), the log names the header's source and the balancer."""
-    gw = pp_gateway(gateway, pyftpdlib, ports)
+    each gets its own file (SHA-256), the log names the header's source and the balancer.
+    Two workers: a connection accepted by the other worker is handed over with its header's
+    source."""
+    gw = pp_gateway(gateway, pyftpdlib, ports, workers=workers)
     ctx = tls13(client_ctx)
     body = {"a": os.urandom(70000), "b": os.urandom(90000)}
     for k, v in body.items():
@@ -583,7 +589,7 @@ def test_behind_a_balancer_two_clients_crossed_timing(gateway, pyftpdlib, ports,
         a = logged_in(balanced_control(sa, gw.port, ctx), pyftpdlib)
         b = logged_in(balanced_control(sb, gw.port, ctx), pyftpdlib)
         try:
-            for _ in range(3):
+            for _ in range(3 if workers == 1 else 6):
                 _, pa = pasv(a)
                 _, pb = pasv(b)
                 assert pa == pb == gw.shared_port
@@ -598,7 +604,9 @@ def test_behind_a_balancer_two_clients_crossed_timing(gateway, pyftpdlib, ports,
             b.close()
     log = gw.log
     assert "shared_port_unmatched" not in log and "data_refused" not in log
-    assert matches(log, "resumption") + matches(log, "address") == 12
+    assert matches(log, "resumption") + matches(log, "address") == (12 if workers == 1 else 24)
+    if workers == 2:
+        assert "via=worker balancer=127.0.0.1" in log and "via=direct balancer=" in log
     for src in ("127.0.0.5", "127.0.0.6", "127.0.0.7"):
         assert re.search(rf"event=shared_port_match peer={src}:40000 .*balancer=127\.0\.0\.1",
                          log), src
