@@ -685,3 +685,39 @@ def test_behind_a_balancer_config_must_agree(workdir):
     r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
                        text=True)
     assert r.returncode == 1 and "proxy_protocol_data" in r.stderr, r.stderr
+
+
+def test_behind_a_balancer_reload_switches_the_header(gateway, pyftpdlib, ports, client_ctx):
+    """A reload that turns proxy_protocol_data off keeps the shared port's listener and
+    stops expecting a header there: a new session's client connects straight (from the
+    control header's source) and transfers; the balancer's connection (now taken for a
+    client at 127.0.0.1) matches nothing."""
+    gw = pp_gateway(gateway, pyftpdlib, ports, workers=2)
+    ctx = tls13(client_ctx)
+    body = os.urandom(40000)
+    pyftpdlib.put_bytes("spp-r.bin", body)
+    c = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        got = finish_retr(c, balanced_data("127.0.0.5", port), "spp-r.bin", ctx, c.session)
+        assert sha256_bytes(got) == sha256_bytes(body)
+    finally:
+        c.close()
+    mark = gw.log_size()
+    gw.config.write_text(gw.config.read_text().replace("proxy_protocol_data = yes",
+                                                       "proxy_protocol_data = no"))
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+    c = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        assert port == gw.shared_port
+        start = gw.log_size()
+        with balanced_data("127.0.0.5", port) as s:
+            assert closed(s)
+        wait_for(lambda: "peer=127.0.0.1:" in gw.log_since(start) and
+                 "no session from this address waits" in gw.log_since(start), 5, "the refusal")
+        got = finish_retr(c, data_socket("127.0.0.5", port), "spp-r.bin", ctx, c.session)
+        assert sha256_bytes(got) == sha256_bytes(body)
+    finally:
+        c.close()
