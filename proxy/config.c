@@ -1098,6 +1098,17 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
             return fail(st, line, label, "pasv_shared_port",
                         "%d is shared with [frontend %s], which listens on another host", port,
                         o->name);
+        /* One acceptor reads the port's connections before any frontend is known: either
+         * all expect a PROXY header (the same versions, from the same balancers) or none. */
+        if (j != i && o->pasv_shared_port == port &&
+            (f->proxy_protocol_data != o->proxy_protocol_data ||
+             (f->proxy_protocol_data &&
+              (f->proxy_protocol != o->proxy_protocol ||
+               strcmp(f->proxy_protocol_from, o->proxy_protocol_from) != 0))))
+            return fail(st, line, label, "pasv_shared_port",
+                        "%d is shared with [frontend %s], whose proxy_protocol_data (or "
+                        "proxy_protocol, proxy_protocol_from) differs",
+                        port, o->name);
     }
     return 1;
 }

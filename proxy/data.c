@@ -793,7 +793,8 @@ int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *ex
     return gw_shport_wait(w, &d->expect_client, d->loop, d->sid, d, &d->shared_id);
 }
 
-void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n)
+void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n,
+                               const gw_addr *pp_src)
 {
     d->shared_id = 0; /* no longer waiting */
     if (released(d) || d->client) {
@@ -815,18 +816,33 @@ void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n)
         return;
     }
     /* SECURITY: the passive source check holds on the shared port too (shared_port.c
-     * matched on this address already; checked again on the adopted descriptor). */
-    if (gw_conn_peer(c, &peer) != 0 || (gw_addr_normalize(&peer), 0) ||
-        !gw_addr_same_host(&peer, &d->expect_client) || gw_conn_unread(c, buf, n) != 0) {
-        GW_LOG_WARN(d->sid,
-                    "event=data_refused leg=client-data peer=%s reason=\"not the control peer\"",
-                    gw_addr_str(&peer));
+     * matched on this address already; checked again on the adopted descriptor). Behind a
+     * balancer (proxy_protocol_data) the TCP peer must be a balancer and the client is the
+     * PROXY header's source, which must be the control connection's client. */
+    const char *why = NULL;
+    gw_addr client;
+    if (gw_conn_peer(c, &peer) != 0)
+        memset(&peer, 0, sizeof peer);
+    gw_addr_normalize(&peer);
+    client = pp_src ? *pp_src : peer;
+    gw_addr_normalize(&client);
+    if (!pp_src != !d->pp_mode)
+        why = d->pp_mode ? "no PROXY header" : "a PROXY header where none is expected";
+    else if (pp_src && !gw_cidr_list_match(d->pp_from, &peer))
+        why = "not in proxy_protocol_from";
+    else if (!gw_addr_same_host(&client, &d->expect_client))
+        why = pp_src ? "PROXY source not the control peer" : "not the control peer";
+    else if (gw_conn_unread(c, buf, n) != 0)
+        why = "out of memory";
+    if (why) {
+        GW_LOG_WARN(d->sid, "event=data_refused leg=client-data peer=%s reason=\"%s\"",
+                    gw_addr_str(&client), why);
         d->strays++;
         gw_conn_reset(c);
         return;
     }
-    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes",
-                 gw_addr_str(&peer));
+    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes%s",
+                 gw_addr_str(&client), pp_src ? " via=proxy" : "");
     d->client = c;
     if (d->state != DS_ARMED)
         start_client_leg(d);

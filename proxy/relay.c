@@ -236,6 +236,9 @@ static void arm_client_leg(gw_session *s)
     }
     gw_addr bind = s->client_local;
     gw_addr_normalize(&bind);
+    /* Before the wait on the shared port starts: its hand-off checks the header source. */
+    if (fc->proxy_protocol_data)
+        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
     int shared = arm_shared_port(s, &bind);
     if (shared < 0)
         return;
@@ -250,8 +253,6 @@ static void arm_client_leg(gw_session *s)
         gw_sess_reply(s, GW_R_NO_PASV_PORT);
         return;
     }
-    if (fc->proxy_protocol_data)
-        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
     if (s->cur.want == WANT_EPSV) {
         gw_format_229(buf, sizeof buf, bind.port);
     } else {

@@ -9,7 +9,10 @@
  * connection) from the session's own client address, or the client address alone when
  * exactly one session from it waits and that session may be matched by address. A waiter
  * is claimed once, under the lock, so no two connections can reach one session and no
- * connection reaches two. Everything else is closed and logged. */
+ * connection reaches two. Everything else is closed and logged.
+ * Behind a load balancer (proxy_protocol_data on the frontends of the port): the connection
+ * must come from proxy_protocol_from and start with a PROXY header; its source is the client
+ * address for the match and for the session's passive source check. */
 #include "shared_port.h"
 
 #include <errno.h>
@@ -23,12 +26,15 @@
 #include "conn.h"
 #include "data.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "tls.h"
 #include "tls_hello.h"
 
-#define HELLO_MAX (20 * 1024)  /* a ClientHello larger than this is refused */
-#define HELLO_TIMEOUT_MS 10000 /* a connection has this long to send its ClientHello */
-#define PENDING_MAX 1024       /* per worker: connections still sending their ClientHello */
+#define HELLO_MAX (20 * 1024) /* a ClientHello larger than this is refused */
+#define HELLO_TIMEOUT_MS                                                                           \
+    10000                /* a connection has this long to send its ClientHello (and its            \
+                            PROXY header before it) */
+#define PENDING_MAX 1024 /* per worker: connections still sending their ClientHello */
 #define MAX_INBOXES 1024
 
 /* ---- the registry ---- */
@@ -231,7 +237,9 @@ typedef struct handoff {
     struct handoff *next;
     claim c;
     int fd;
-    gw_addr peer;
+    gw_addr peer; /* the client: the PROXY header's source when proxied */
+    gw_addr via;  /* proxied: the balancer (the TCP peer) */
+    bool proxied;
     uint16_t port;
     bool via_inbox; /* accepted by another worker */
     size_t n;
@@ -249,11 +257,20 @@ typedef struct inbox {
 static inbox *inboxes[MAX_INBOXES];
 static _Atomic int n_inboxes;
 
-static void unmatched(const gw_addr *peer, uint16_t port, const char *why)
+/* via: the balancer when the connection came with a PROXY header (peer is then its source),
+ * else NULL. */
+static void unmatched(const gw_addr *peer, const gw_addr *via, uint16_t port, const char *why)
 {
     stats.unmatched++;
-    GW_LOG_WARN(0, "event=shared_port_unmatched peer=%s port=%u reason=\"%s\"", gw_addr_str(peer),
-                port, why);
+    if (via) {
+        char b[64];
+        gw_addr_ip_str(via, b, sizeof b);
+        GW_LOG_WARN(0, "event=shared_port_unmatched peer=%s via=%s port=%u reason=\"%s\"",
+                    gw_addr_str(peer), b, port, why);
+    } else {
+        GW_LOG_WARN(0, "event=shared_port_unmatched peer=%s port=%u reason=\"%s\"",
+                    gw_addr_str(peer), port, why);
+    }
 }
 
 /* On the waiter's own loop. */
@@ -265,16 +282,20 @@ static void deliver(handoff *h)
     pthread_mutex_unlock(&reg_lock);
     free(w);
     if (!d) {
-        unmatched(&h->peer, h->port, "its session stopped waiting");
+        unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port, "its session stopped waiting");
         close(h->fd);
     } else {
         if (strcmp(h->c.rule, "resumption") == 0)
             stats.matched_resumption++;
         else
             stats.matched_address++;
-        GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s via=%s",
-                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_inbox ? "worker" : "direct");
-        gw_data_shared_connection(d, h->fd, h->buf, h->n);
+        char b[64] = "";
+        if (h->proxied)
+            gw_addr_ip_str(&h->via, b, sizeof b);
+        GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s via=%s%s%s",
+                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_inbox ? "worker" : "direct",
+                    h->proxied ? " balancer=" : "", b);
+        gw_data_shared_connection(d, h->fd, h->buf, h->n, h->proxied ? &h->peer : NULL);
     }
     free(h);
 }
@@ -315,7 +336,8 @@ static void post(handoff *h, uv_loop_t *here)
         pthread_mutex_lock(&reg_lock);
         free(unlink_waiter(h->c.id));
         pthread_mutex_unlock(&reg_lock);
-        unmatched(&h->peer, h->port, "the session's worker has stopped");
+        unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port,
+                  "the session's worker has stopped");
         close(h->fd);
         free(h);
     }
@@ -398,7 +420,10 @@ typedef struct pending {
     uv_timer_t timer;
     uv_loop_t *loop;
     uint16_t port;
-    gw_addr peer;
+    gw_addr peer; /* the client: the TCP peer, or the PROXY header's source once read */
+    gw_addr via;  /* proxied: the balancer (the TCP peer) */
+    int pp_mode;  /* > 0 while the PROXY header is still due (enum gw_pp_mode) */
+    bool proxied; /* the header was read: peer is its source */
     uint8_t *buf;
     size_t n;
     int handles;
@@ -436,7 +461,7 @@ static void pending_finish(pending *p)
 
 static void pending_unmatched(pending *p, const char *why)
 {
-    unmatched(&p->peer, p->port, why);
+    unmatched(&p->peer, p->proxied ? &p->via : NULL, p->port, why);
     pending_finish(p);
 }
 
@@ -456,6 +481,8 @@ static void hand_over(pending *p, const claim *c)
     h->c = *c;
     h->fd = dup;
     h->peer = p->peer;
+    h->via = p->via;
+    h->proxied = p->proxied;
     h->port = p->port;
     h->n = p->n;
     if (p->n)
@@ -466,17 +493,10 @@ static void hand_over(pending *p, const claim *c)
 
 static __thread uint8_t hello_scratch[HELLO_MAX];
 
-static void on_pending_data(gw_conn *c, const char *buf, size_t n)
+/* The ClientHello in p->buf so far: wait for more, or match and hand over, or refuse. */
+static void pending_hello(pending *p)
 {
-    pending *p = c->owner;
-    if (p->finished)
-        return;
-    if (n > HELLO_MAX - p->n) {
-        pending_unmatched(p, "ClientHello too large");
-        return;
-    }
-    memcpy(p->buf + p->n, buf, n);
-    p->n += n;
+    gw_conn *c = p->c;
     gw_tls_hello h;
     enum gw_hello_status st =
         gw_tls_hello_parse(p->buf, p->n, hello_scratch, sizeof hello_scratch, &h);
@@ -503,9 +523,63 @@ static void on_pending_data(gw_conn *c, const char *buf, size_t n)
         pending_unmatched(p, why);
 }
 
+/* The connection starts as classify() says: matched by address at once, refused, or its
+ * ClientHello is awaited (reading, with the time limit running). */
+static void pending_classify(pending *p);
+
+/* proxy_protocol_data: the PROXY header in p->buf so far (read no further than its end). */
+static void pending_header(pending *p)
+{
+    gw_pp_header h;
+    size_t need;
+    const char *why;
+    int rc = gw_pp_parse(p->buf, p->n, p->pp_mode, &h, &need, &why);
+    if (rc == GW_PP_MORE) {
+        p->c->read_max = need;
+        return;
+    }
+    if (rc == GW_PP_BAD) {
+        pending_unmatched(p, why);
+        return;
+    }
+    if (h.local || h.unknown) {
+        pending_unmatched(p, h.local ? "PROXY LOCAL header (no client behind it)"
+                                     : "PROXY header names no client (UNKNOWN/UNSPEC)");
+        return;
+    }
+    /* SECURITY: from here on the header's source is the client: the match and the
+     * session's passive source check use it (the TCP peer is the balancer). */
+    p->pp_mode = 0;
+    p->proxied = true;
+    p->peer = h.src;
+    gw_addr_normalize(&p->peer);
+    p->n = 0; /* exactly the header was read */
+    p->c->read_max = 0;
+    pending_classify(p);
+}
+
+static void on_pending_data(gw_conn *c, const char *buf, size_t n)
+{
+    pending *p = c->owner;
+    if (p->finished)
+        return;
+    if (n > HELLO_MAX - p->n) {
+        pending_unmatched(p, p->pp_mode ? "PROXY header too large" : "ClientHello too large");
+        return;
+    }
+    memcpy(p->buf + p->n, buf, n);
+    p->n += n;
+    if (p->pp_mode)
+        pending_header(p);
+    else
+        pending_hello(p);
+}
+
 static void on_pending_eof(gw_conn *c, bool clean)
 {
-    pending_unmatched(c->owner, "closed before its ClientHello");
+    pending *p = c->owner;
+    pending_unmatched(p, p->pp_mode ? "closed before its PROXY header"
+                                    : "closed before its ClientHello");
 }
 
 static void on_pending_error(gw_conn *c, const char *why)
@@ -536,13 +610,18 @@ static const gw_conn_ops pending_ops = {
 
 static void on_pending_timeout(uv_timer_t *t)
 {
-    pending_unmatched(t->data, "no ClientHello in time");
+    pending *p = t->data;
+    pending_unmatched(p, p->pp_mode ? "no PROXY header in time" : "no ClientHello in time");
 }
 
 typedef struct shport_listener {
     uv_tcp_t tcp;
     uint16_t port;
     char host[GW_HOST_MAX];
+    /* proxy_protocol_data of the port's frontends (config.c makes them agree): the
+     * versions accepted (0: no header expected) and from where */
+    int pp_mode;
+    char pp_from[GW_PATH_MAX];
 } shport_listener;
 
 struct gw_shport_set {
@@ -560,6 +639,46 @@ static void drop_connection(uv_stream_t *server)
         if (fd >= 0)
             close(fd);
     }
+}
+
+/* Reading starts (the ClientHello or the PROXY header is due): the buffer, the time limit. */
+static void pending_read(pending *p)
+{
+    if (pendings >= PENDING_MAX || !(p->buf = malloc(HELLO_MAX))) {
+        pending_unmatched(p, p->pp_mode ? "too many connections waiting for their PROXY header"
+                                        : "too many connections waiting for their ClientHello");
+        return;
+    }
+    pendings++;
+    p->counted = true;
+    uv_timer_init(p->loop, &p->timer);
+    p->timer.data = p;
+    p->handles++;
+    uv_timer_start(&p->timer, on_pending_timeout, HELLO_TIMEOUT_MS, 0);
+    if (p->pp_mode)
+        p->c->read_max = gw_pp_first_read(p->pp_mode);
+    if (gw_conn_start_read(p->c) != 0)
+        pending_unmatched(p, "cannot read");
+}
+
+static void pending_classify(pending *p)
+{
+    claim cl;
+    const char *why = NULL;
+    switch (classify(p->port, &p->peer, &cl, &why)) {
+    case V_UNMATCHED:
+        pending_unmatched(p, why);
+        return;
+    case V_MATCHED:
+        if (p->buf)
+            gw_conn_pause(p->c); /* reading already (after a PROXY header) */
+        hand_over(p, &cl);
+        return;
+    case V_NEED_HELLO:
+        break;
+    }
+    if (!p->buf)
+        pending_read(p); /* else reading goes on: the ClientHello follows the header */
 }
 
 static void on_shport_connection(uv_stream_t *server, int status)
@@ -586,30 +705,19 @@ static void on_shport_connection(uv_stream_t *server, int status)
         return;
     }
     gw_addr_normalize(&p->peer);
-    claim cl;
-    const char *why = NULL;
-    switch (classify(p->port, &p->peer, &cl, &why)) {
-    case V_UNMATCHED:
-        pending_unmatched(p, why);
-        return;
-    case V_MATCHED:
-        hand_over(p, &cl);
-        return;
-    case V_NEED_HELLO:
-        break;
-    }
-    if (pendings >= PENDING_MAX || !(p->buf = malloc(HELLO_MAX))) {
-        pending_unmatched(p, "too many connections waiting for their ClientHello");
+    if (!l->pp_mode) {
+        pending_classify(p);
         return;
     }
-    pendings++;
-    p->counted = true;
-    uv_timer_init(loop, &p->timer);
-    p->timer.data = p;
-    p->handles++;
-    uv_timer_start(&p->timer, on_pending_timeout, HELLO_TIMEOUT_MS, 0);
-    if (gw_conn_start_read(c) != 0)
-        pending_unmatched(p, "cannot read");
+    /* SECURITY: behind a balancer only the balancer may connect, and its PROXY header names
+     * the client; nothing is matched before the header has been read. */
+    if (!gw_cidr_list_match(l->pp_from, &p->peer)) {
+        pending_unmatched(p, "not in proxy_protocol_from");
+        return;
+    }
+    p->via = p->peer;
+    p->pp_mode = l->pp_mode;
+    pending_read(p);
 }
 
 static void on_shport_listener_closed(uv_handle_t *h)
@@ -719,6 +827,12 @@ int gw_shport_switch(gw_shport_set **setp, uv_loop_t *loop, bool reuseport, gw_g
                     free(set);
                 return -1;
             }
+        }
+        /* What a connection must start with follows the configuration (on a reload too:
+         * the header check applies from the switch on). */
+        if (close_others || fresh[n]) {
+            next[n]->pp_mode = fc->proxy_protocol_data ? fc->proxy_protocol : 0;
+            snprintf(next[n]->pp_from, sizeof next[n]->pp_from, "%s", fc->proxy_protocol_from);
         }
         n++;
     }

@@ -171,11 +171,77 @@ backend gw
         ha.stop()
 
 
+def test_haproxy_shared_port(gateway, legacy, blobs, workdir, ports, test_user):
+    """Three published ports: HAProxy on 127.0.0.10 publishes the control port and the
+    gateway's one pasv_shared_port, both with send-proxy-v2 (proxy_protocol_data = yes).
+    curl (several URLs, EPSV), lftp (PASV, pasv_address = the balancer) and ftplib (resuming
+    the session) move files through it, SHA-256 checked, with no pasv_ports at all; the log
+    names the client (127.0.0.5) on the control and on every shared-port match."""
+    sp = ports.port()
+    gw = gateway(legacy, frontends={"x": frontend(
+        "implicit", pasv_ports="", pasv_shared_port=sp, pasv_address=BALANCER,
+        proxy_protocol="v2", proxy_protocol_from=HOST, proxy_protocol_data="yes")})
+    hport = ports.port()
+    ha = HAProxy(workdir, "haproxy-shared", haproxy_cfg(f"""\
+frontend ftps
+    bind {BALANCER}:{hport}
+    default_backend gw
+backend gw
+    server g1 {HOST}:{gw.fport('x')} send-proxy-v2
+
+frontend ftps_data
+    bind {BALANCER}:{sp}
+    default_backend gw_data
+backend gw_data
+    server g1 {HOST}:{sp} send-proxy-v2
+"""))
+    try:
+        ha.wait(BALANCER, hport)
+        user, pw = test_user
+        sums = {f"hasp-{i}.bin": legacy.put(blobs, f"hasp-{i}.bin", 300 * 1024 + i, unique=True)
+                for i in range(5)}
+        args = []
+        for name in sums:
+            args += ["-o", str(workdir / f"{name}.curl"),
+                     f"ftps://{user}:{pw}@{BALANCER}:{hport}/{name}"]
+        peers.check(peers.curl("--interface", CLIENT, *args))
+        assert {n: peers.sha256_file(workdir / f"{n}.curl") for n in sums} == sums
+        up = workdir / "hasp.up"
+        up_sha = peers.write_random(up, 700 * 1024)
+        peers.check(peers.curl("--interface", CLIENT, "-T", str(up),
+                               f"ftps://{user}:{pw}@{BALANCER}:{hport}/hasp-up.bin"))
+        assert peers.sha256_file(legacy.path("hasp-up.bin")) == up_sha
+        cmds = [f"get {n} -o {workdir / (n + '.lftp')}" for n in list(sums)[:3]]
+        cmds.append(f"put {up} -o hasp-up-lftp.bin")
+        peers.check(peers.lftp(f"ftps://{BALANCER}:{hport}", user, pw, cmds,
+                               settings=[f"set net:socket-bind-ipv4 {CLIENT}"]))
+        for n in list(sums)[:3]:
+            assert peers.sha256_file(workdir / f"{n}.lftp") == sums[n]
+        assert peers.sha256_file(legacy.path("hasp-up-lftp.bin")) == up_sha
+        data = b"ftplib through haproxy and the shared port " * 20000
+        assert ftplib_roundtrip(BALANCER, hport, test_user, "hasp-ftplib.bin", data,
+                                source=CLIENT) == data
+        log = gw.log
+        assert f"event=session_start frontend=x peer={CLIENT}:" in log
+        n_match = log.count("event=shared_port_match")
+        assert n_match >= 5 + 1 + 4 + 2, n_match
+        assert log.count(f"event=shared_port_match peer={CLIENT}:") == n_match
+        assert "balancer=127.0.0.1" in log
+        for bad in ("shared_port_unmatched", "data_refused", "proxy_refused",
+                    "shared_port_refused"):
+            assert bad not in log, bad
+    finally:
+        ha.stop()
+
+
 def test_docker_example_parses():
-    """docker/compose-haproxy.yml's HAProxy and gateway configurations load."""
+    """docker/compose-haproxy.yml's and compose-haproxy-shared.yml's HAProxy and gateway
+    configurations load."""
     cfg = peers.REPO / "docker" / "haproxy.cfg"
-    r = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    for path in (cfg, peers.REPO / "docker" / "haproxy-shared.cfg"):
+        r = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list((peers.REPO / "docker").glob("ftpsgate-lb*-shared.conf"))) == 3
     for conf in sorted((peers.REPO / "docker").glob("ftpsgate-lb*.conf")):
         r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
                            text=True)
@@ -201,9 +267,10 @@ backend gateways
 {servers}
 """
     for i, (a, _, lo, hi) in enumerate(instances):
+        ports_ = f"{lo}" if lo == hi else f"{lo}-{hi}"  # one port: a pasv_shared_port
         out += f"""
 frontend pasv_g{i + 1}
-    bind {BALANCER}:{lo}-{hi}
+    bind {BALANCER}:{ports_}
     default_backend pasv_g{i + 1}
 
 backend pasv_g{i + 1}
@@ -238,19 +305,28 @@ def run_session(kind: str, i: int, ctrl: int, user, workdir: Path, blob: tuple[P
     return name, sha
 
 
-def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_user):
+@pytest.mark.parametrize("passive", ["range", "shared"])
+def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_user, passive):
     """50 parallel sessions (curl EPSV, lftp PASV, ftplib PASV) over three instances behind
     one HAProxy address, every transfer checked; then one instance stops: its sessions end,
-    HAProxy's health check sends the next sessions to the other two."""
+    HAProxy's health check sends the next sessions to the other two. passive = shared: each
+    instance has its own pasv_shared_port (and no range), the one port HAProxy publishes
+    for it; every data connection is matched by its ClientHello among sessions that all
+    share one client address (HAProxy's header names 127.0.0.1 for all of them)."""
     ctrl = ports.port()
     instances, gws = [], []
     for n, addr in enumerate(["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
-        lo, hi = ports.range(40)
+        if passive == "range":
+            lo, hi = ports.range(40)
+            pkeys = {"pasv_ports": f"{lo}-{hi}"}
+        else:
+            lo = hi = ports.port()
+            pkeys = {"pasv_ports": "", "pasv_shared_port": lo}
         p = ports.port()
         gws.append(gateway(legacy, extra={"global": {"shutdown_grace": 1,
                                                      "max_sessions_per_ip": 200}},
                            frontends={"lb": frontend(
-                               "implicit", listen=f"{addr}:{p}", pasv_ports=f"{lo}-{hi}",
+                               "implicit", listen=f"{addr}:{p}", **pkeys,
                                pasv_address=BALANCER, proxy_protocol="v2",
                                proxy_protocol_from="127.0.0.1", proxy_protocol_data="yes")}))
         instances.append((addr, p, lo, hi))
@@ -271,6 +347,9 @@ def test_scale_out_three_instances(gateway, legacy, blobs, workdir, ports, test_
         assert all(c >= 10 for c in counts), counts  # spread over all three
         for g in gws:
             assert "data_refused" not in g.log and "proxy_refused" not in g.log
+            assert "shared_port_unmatched" not in g.log and "shared_port_refused" not in g.log
+            if passive == "shared":
+                assert g.log.count("event=shared_port_match") >= 20
             # HAProxy's checks (a v2 LOCAL header, often reset before the accept): quiet
             assert 'event=session_close reason="accept failed"' not in g.log
         # Stop one instance mid-run: idle sessions on every instance first.

@@ -524,3 +524,200 @@ def test_late_connection_after_the_wait_ended(gateway, pyftpdlib, ports, client_
         assert c.cmd("NOOP")[0] == 200
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Behind a load balancer (proxy_protocol_data): the shared port's connections come from the
+# balancer (127.0.0.1 here) with a PROXY header naming the client; the header's source is
+# the client for the match and for the session's passive source check.
+
+PP_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def pp_header(src: str, dst_port: int, version: int = 2, local: bool = False) -> bytes:
+    if version == 1:
+        return f"PROXY TCP4 {src} {HOST} 40000 {dst_port}\r\n".encode()
+    if local:
+        return PP_SIG + bytes([0x20, 0x00, 0, 0])
+    body = socket.inet_aton(src) + socket.inet_aton(HOST) + struct.pack("!HH", 40000, dst_port)
+    return PP_SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+
+
+def pp_gateway(gateway, backend, ports, admin_port=None, workers=1):
+    sp = ports.port()
+    keys = {"pasv_shared_port": sp, "proxy_protocol": "v2", "proxy_protocol_from": HOST,
+            "proxy_protocol_data": "yes"}
+    glob = {"workers": workers}
+    if admin_port:
+        glob["admin_listen"] = f"{HOST}:{admin_port}"
+    gw = gateway(backend, extra={"frontend fe": keys, "global": glob})
+    gw.shared_port = sp
+    return gw
+
+
+def balanced_control(src: str, port: int, ctx: ssl.SSLContext) -> Control:
+    """An implicit control connection through a pretend balancer: from 127.0.0.1, with a
+    v2 header naming src."""
+    raw = socket.create_connection((HOST, port), timeout=20)
+    raw.sendall(pp_header(src, port))
+    c = Control(ctx.wrap_socket(raw, server_hostname="localhost"), 20)
+    assert c.reply()[0] == 220
+    return c
+
+
+def balanced_data(src: str, port: int, version: int = 2, local_src: str = HOST,
+                  local: bool = False) -> socket.socket:
+    s = data_socket(local_src, port)
+    s.sendall(pp_header(src, port, version, local))
+    return s
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_behind_a_balancer_two_clients_crossed_timing(gateway, pyftpdlib, ports, client_ctx,
+                                                      workers):
+    """Two clients behind one balancer (one TCP peer), with different header sources and
+    with the same one: both wait before either connects, the later one connects first;
+    each gets its own file (SHA-256), the log names the header's source and the balancer.
+    Two workers: a connection accepted by the other worker is handed over with its header's
+    source."""
+    gw = pp_gateway(gateway, pyftpdlib, ports, workers=workers)
+    ctx = tls13(client_ctx)
+    body = {"a": os.urandom(70000), "b": os.urandom(90000)}
+    for k, v in body.items():
+        pyftpdlib.put_bytes(f"spp-{k}.bin", v)
+    for sa, sb in (("127.0.0.5", "127.0.0.6"), ("127.0.0.7", "127.0.0.7")):
+        a = logged_in(balanced_control(sa, gw.port, ctx), pyftpdlib)
+        b = logged_in(balanced_control(sb, gw.port, ctx), pyftpdlib)
+        try:
+            for _ in range(3 if workers == 1 else 6):
+                _, pa = pasv(a)
+                _, pb = pasv(b)
+                assert pa == pb == gw.shared_port
+                db = balanced_data(sb, pb)
+                da = balanced_data(sa, pa)
+                got_b = finish_retr(b, db, "spp-b.bin", ctx, b.session)
+                got_a = finish_retr(a, da, "spp-a.bin", ctx, a.session)
+                assert sha256_bytes(got_b) == sha256_bytes(body["b"])
+                assert sha256_bytes(got_a) == sha256_bytes(body["a"])
+        finally:
+            a.close()
+            b.close()
+    log = gw.log
+    assert "shared_port_unmatched" not in log and "data_refused" not in log
+    assert matches(log, "resumption") + matches(log, "address") == (12 if workers == 1 else 24)
+    if workers == 2:
+        assert "via=worker balancer=127.0.0.1" in log and "via=direct balancer=" in log
+    for src in ("127.0.0.5", "127.0.0.6", "127.0.0.7"):
+        assert re.search(rf"event=shared_port_match peer={src}:40000 .*balancer=127\.0\.0\.1",
+                         log), src
+
+
+def shared_metric(admin_port: int, match: str) -> int:
+    import urllib.request
+    with urllib.request.urlopen(f"http://{HOST}:{admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf'^ftpsgate_shared_port_connections_total\{{match="{match}"\}} (\d+)$', text,
+                  re.M)
+    return int(m.group(1)) if m else -1
+
+
+def test_behind_a_balancer_strays(gateway, pyftpdlib, ports, client_ctx):
+    """A header naming a source with no waiting session, no header, a LOCAL header, a v1
+    header where v2 is expected, a header from outside proxy_protocol_from: each closed,
+    logged and counted as unmatched; the waiting session is unaffected."""
+    aport = ports.port()
+    gw = pp_gateway(gateway, pyftpdlib, ports, admin_port=aport)
+    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    ctx = tls13(client_ctx)
+    victim_bytes = os.urandom(50000)
+    pyftpdlib.put_bytes("spp-v.bin", victim_bytes)
+    victim = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(victim)
+        got = finish_retr(victim, balanced_data("127.0.0.5", port), "spp-v.bin", ctx,
+                          victim.session)
+        assert sha256_bytes(got) == sha256_bytes(victim_bytes)
+        _, port = pasv(victim)
+        assert port == gw.shared_port
+        before = shared_metric(aport, "unmatched")
+        hello = client_hello(os.urandom(120))
+        cases = [
+            (lambda: balanced_data("127.0.0.9", port), "no session from this address waits"),
+            (lambda: data_socket(HOST, port), "not a PROXY header"),
+            (lambda: balanced_data("127.0.0.5", port, local=True), "PROXY LOCAL header"),
+            (lambda: balanced_data("127.0.0.5", port, version=1),
+             "v1 header where v2 is expected"),
+            (lambda: balanced_data("127.0.0.5", port, local_src="127.0.0.2"),
+             "not in proxy_protocol_from"),
+        ]
+        for open_it, why in cases:
+            start = gw.log_size()
+            with open_it() as s:
+                try:
+                    s.sendall(hello)
+                except OSError:
+                    pass
+                assert closed(s)
+            wait_for(lambda: why in gw.log_since(start), 5, why)
+            assert "event=shared_port_unmatched" in gw.log_since(start)
+        assert shared_metric(aport, "unmatched") - before == len(cases)
+        # The victim's own data connection still finds it.
+        got = finish_retr(victim, balanced_data("127.0.0.5", port), "spp-v.bin", ctx,
+                          victim.session)
+        assert sha256_bytes(got) == sha256_bytes(victim_bytes)
+    finally:
+        victim.close()
+    assert "data_refused" not in gw.log
+
+
+def test_behind_a_balancer_config_must_agree(workdir):
+    """Frontends sharing one pasv_shared_port must agree on proxy_protocol_data (one
+    acceptor reads the port's connections before any frontend is known)."""
+    import subprocess
+    import peers
+    conf = workdir / "spp-bad.ini"
+    conf.write_text("[frontend a]\nlisten = 127.0.0.1:2100\nmode = implicit\n"
+                    "pasv_shared_port = 2200\nproxy_protocol = v2\n"
+                    "proxy_protocol_from = 127.0.0.1\nproxy_protocol_data = yes\n"
+                    "[frontend b]\nlisten = 127.0.0.1:2101\nmode = explicit\n"
+                    "pasv_shared_port = 2200\n"
+                    "[backend b]\naddress = 127.0.0.1:21\n")
+    r = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "proxy_protocol_data" in r.stderr, r.stderr
+
+
+def test_behind_a_balancer_reload_switches_the_header(gateway, pyftpdlib, ports, client_ctx):
+    """A reload that turns proxy_protocol_data off keeps the shared port's listener and
+    stops expecting a header there: a new session's client connects straight (from the
+    control header's source) and transfers; the balancer's connection (now taken for a
+    client at 127.0.0.1) matches nothing."""
+    gw = pp_gateway(gateway, pyftpdlib, ports, workers=2)
+    ctx = tls13(client_ctx)
+    body = os.urandom(40000)
+    pyftpdlib.put_bytes("spp-r.bin", body)
+    c = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        got = finish_retr(c, balanced_data("127.0.0.5", port), "spp-r.bin", ctx, c.session)
+        assert sha256_bytes(got) == sha256_bytes(body)
+    finally:
+        c.close()
+    mark = gw.log_size()
+    gw.config.write_text(gw.config.read_text().replace("proxy_protocol_data = yes",
+                                                       "proxy_protocol_data = no"))
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+    c = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
+    try:
+        _, port = pasv(c)
+        assert port == gw.shared_port
+        start = gw.log_size()
+        with balanced_data("127.0.0.5", port) as s:
+            assert closed(s)
+        wait_for(lambda: "peer=127.0.0.1:" in gw.log_since(start) and
+                 "no session from this address waits" in gw.log_since(start), 5, "the refusal")
+        got = finish_retr(c, data_socket("127.0.0.5", port), "spp-r.bin", ctx, c.session)
+        assert sha256_bytes(got) == sha256_bytes(body)
+    finally:
+        c.close()

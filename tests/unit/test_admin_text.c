@@ -114,7 +114,16 @@ static void test_exposition(void **state)
     gw_metric_pasv(30000, 30009, 1);
     const char *fes[] = {"fe\"x", "other"}, *bes[] = {"be"};
     bool up[] = {true};
-    gw_metrics_view v = {2, fes, 1, bes, up, "1", "OpenSSL 3", "1.44"};
+    gw_metrics_view v = {.n_frontends = 2,
+                         .frontends = fes,
+                         .n_backends = 1,
+                         .backends = bes,
+                         .backend_up = up,
+                         .version = "1",
+                         .openssl = "OpenSSL 3",
+                         .libuv = "1.44",
+                         .shared_port = true,
+                         .shport_unmatched = 5};
     gw_sbuf b = {0};
     gw_metrics_render(&gw_metrics_g, &v, &b);
     assert_false(b.oom);
@@ -127,6 +136,7 @@ static void test_exposition(void **state)
     assert_non_null(strstr(b.p, "ftpsgate_pasv_ports_in_use{range=\"30000-30009\"} 1\n"));
     assert_non_null(strstr(b.p, "side=\"client\",result=\"ok\",version=\"TLSv1.3\"} 1\n"));
     assert_non_null(strstr(b.p, "# TYPE ftpsgate_backend_connect_seconds histogram\n"));
+    assert_non_null(strstr(b.p, "ftpsgate_shared_port_connections_total{match=\"unmatched\"} 5\n"));
     assert_non_null(strstr(b.p, "ftpsgate_build_info{version=\"1\",openssl=\"OpenSSL 3\","
                                 "libuv=\"1.44\"} 1\n"));
     gw_sbuf_free(&b);
