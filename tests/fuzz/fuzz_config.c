@@ -39,7 +39,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int j = 0; j < f->n_backends; j++)
             check(f->backend_list[j] >= 0 && f->backend_list[j] < cfg.n_backends);
         check(f->listen.port != 0 && memchr(f->listen.host, '\0', sizeof f->listen.host));
-        check(f->pasv_port_min >= 1024 && f->pasv_port_min <= f->pasv_port_max);
+        /* pasv_ports: a range of unprivileged ports, or none at all ("pasv_ports =") */
+        check((f->pasv_port_min == 0 && f->pasv_port_max == 0) ||
+              (f->pasv_port_min >= 1024 && f->pasv_port_min <= f->pasv_port_max));
         check(memchr(f->name, '\0', sizeof f->name) && f->name[0]);
     }
     for (int i = 0; i < cfg.n_backends; i++)
