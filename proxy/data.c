@@ -7,74 +7,18 @@
  * then the owner releases it: RELEASED after DONE, ABANDONED before (ABOR, session end;
  * an abandoned transfer whose destination still completes its shutdown becomes RELEASED).
  * Released legs linger until the peers close or LINGER_MS, then FREEING -> freed. */
-#include "data.h"
+#include "data_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "conn.h"
 #include "ftp_codes.h"
 #include "log.h"
-#include "proxy_proto.h"
 #include "metrics.h"
-#include "splice.h"
 
 #define LINGER_MS 5000
-
-enum data_state {
-    DS_ARMED,
-    DS_STARTED,
-    DS_STREAMING,
-    DS_DRAINING,
-    DS_DONE,
-    DS_ABANDONED, /* released before DONE */
-    DS_RELEASED,  /* released after DONE */
-    DS_FREEING,   /* nothing left open: the timer's close frees the object */
-};
-
-/* Per-leg facts (gw_data.legs). */
-enum {
-    LEG_CLIENT_UP = 1u << 0,         /* connected and, with TLS, handshake done */
-    LEG_BACKEND_UP = 1u << 1,        /* likewise */
-    LEG_BACKEND_CONNECTED = 1u << 2, /* TCP connected or accepted */
-};
-
-struct gw_data {
-    gw_data_done_cb done; /* the owner's callback; NULL once released by the owner */
-    void *owner;
-    uv_loop_t *loop;
-    uint64_t sid;
-    uv_tcp_t *client_listener, *backend_listener;
-    gw_pasv_pool *pool; /* the client listener's port comes from here */
-    uint16_t client_port;
-    gw_conn *client, *backend;
-    gw_splice *splice; /* both legs clear: the relay runs in the kernel */
-    int strays;        /* refused connections still closing */
-    uv_timer_t *timer;
-    gw_addr expect_client, expect_backend; /* who may connect to our listeners */
-    gw_addr client_to, client_from;        /* client leg active: connect there from here */
-    SSL_CTX *tls_ctx;
-    gw_tls *backend_engine; /* attached once the backend data connection is open */
-    uint8_t tag[GW_TLS_TAG_LEN];
-    uint64_t shared_id; /* waiting on the shared port (gw_shport_wait), 0 when not */
-    int client_resumed; /* see gw_data_client_resumed */
-    uint64_t last_progress, connect_timeout_ms, data_timeout_ms;
-    enum data_state state;
-    unsigned legs; /* per-leg facts: LEG_* */
-    /* configuration of this transfer */
-    bool client_active, backend_passive, upload, reuse_required, strict_eof;
-    bool unsafe_eof;             /* strict_eof: the upload ended without close_notify (426) */
-    bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
-    uint8_t cert_sha256[32];
-    enum gw_splice_mode splice_mode;
-    /* proxy_protocol_data: the client leg's PROXY header (gw_data_client_proxy) */
-    int pp_mode;
-    const char *pp_from;
-    gw_conn *pp_conn; /* accepted, its header being read (counted in strays) */
-    gw_pp_reader *pp;
-};
 
 static _Atomic uint64_t reuse_exempt_used;
 
@@ -83,8 +27,8 @@ uint64_t gw_data_reuse_exempt_count(void)
     return reuse_exempt_used;
 }
 
-static const char *const state_names[] = {"armed", "started",   "streaming", "draining",
-                                          "done",  "abandoned", "released",  "freeing"};
+static const char *const state_names[] = {"armed", "started",   "streaming",     "draining",
+                                          "done",  "abandoned", "data_released", "freeing"};
 
 static void set_state(gw_data *d, enum data_state st)
 {
@@ -95,7 +39,7 @@ static void set_state(gw_data *d, enum data_state st)
 }
 
 /* The owner has let go (gw_data_release). */
-static bool released(const gw_data *d)
+bool data_released(const gw_data *d)
 {
     return d->state >= DS_ABANDONED;
 }
@@ -106,8 +50,6 @@ static bool relaying(const gw_data *d)
     return d->state == DS_STREAMING || d->state == DS_DRAINING;
 }
 
-static const gw_conn_ops client_leg_ops, backend_leg_ops;
-
 static void on_data_timer_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
@@ -117,10 +59,10 @@ static void on_data_timer_closed(uv_handle_t *h)
     free(d);
 }
 
-static void maybe_free(gw_data *d)
+void data_maybe_free(gw_data *d)
 {
-    if (!released(d) || d->state == DS_FREEING || d->client || d->backend || d->client_listener ||
-        d->backend_listener || d->strays)
+    if (!data_released(d) || d->state == DS_FREEING || d->client || d->backend ||
+        d->client_listener || d->backend_listener || d->strays)
         return;
     set_state(d, DS_FREEING);
     uv_close((uv_handle_t *)d->timer, on_data_timer_closed);
@@ -134,10 +76,10 @@ static void on_data_listener_closed(uv_handle_t *h)
     else
         d->backend_listener = NULL;
     free(h);
-    maybe_free(d);
+    data_maybe_free(d);
 }
 
-static void close_data_listener(gw_data *d, uv_tcp_t *l)
+void data_close_listener(gw_data *d, uv_tcp_t *l)
 {
     if (!l || uv_is_closing((uv_handle_t *)l))
         return;
@@ -175,7 +117,7 @@ static void finish(gw_data *d, enum gw_data_result result)
         d->done(d->owner, result, dst ? dst->payload_out : 0);
 }
 
-static void fail_data(gw_data *d, enum gw_data_result result, const char *why)
+void data_fail(gw_data *d, enum gw_data_result result, const char *why)
 {
     GW_LOG_WARN(d->sid, "event=data_failed reason=\"%s\"", why);
     finish(d, result);
@@ -217,7 +159,7 @@ static void on_splice_error(void *arg, const char *why)
 {
     gw_data *d = arg;
     d->splice = NULL;
-    fail_data(d, GW_DATA_ABORTED, why);
+    data_fail(d, GW_DATA_ABORTED, why);
 }
 
 static const gw_splice_ops splice_ops = {on_spliced, on_splice_eof, on_splice_error};
@@ -293,9 +235,9 @@ static void linger_or_close(gw_conn *c)
 static void on_leg_eof(gw_conn *c, bool clean)
 {
     gw_data *d = c->owner;
-    if (released(d)) {
+    if (data_released(d)) {
         gw_conn_close(c);
-        maybe_free(d);
+        data_maybe_free(d);
         return;
     }
     if (!relaying(d) || !is_source(d, c))
@@ -333,7 +275,7 @@ static void on_leg_shutdown(gw_conn *c, int status)
         GW_LOG_INFO(d->sid, "event=data_peer_closed_first bytes=%llu",
                     (unsigned long long)c->payload_out);
     } else if (status != 0) {
-        fail_data(d, GW_DATA_ABORTED, uv_strerror(status));
+        data_fail(d, GW_DATA_ABORTED, uv_strerror(status));
         return;
     }
     GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
@@ -349,7 +291,7 @@ static void on_leg_error(gw_conn *c, const char *why)
         gw_conn_close(c);
         return;
     }
-    fail_data(d, GW_DATA_ABORTED, why);
+    data_fail(d, GW_DATA_ABORTED, why);
 }
 
 static void on_leg_close(gw_conn *c)
@@ -361,7 +303,7 @@ static void on_leg_close(gw_conn *c)
         d->backend = NULL;
     else
         d->strays--;
-    maybe_free(d);
+    data_maybe_free(d);
 }
 
 static void leg_ready(gw_data *d, gw_conn *c)
@@ -419,7 +361,7 @@ static void on_client_data_handshake(gw_conn *c)
 static void on_backend_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
-    if (released(d)) {
+    if (data_released(d)) {
         /* Completed only so that the server does not see a cut handshake; now cut. */
         GW_LOG_DEBUG(d->sid, "event=backend_data_completed note=\"handshake finished, leg reset\"");
         gw_conn_reset(c);
@@ -430,11 +372,11 @@ static void on_backend_data_handshake(gw_conn *c)
     leg_ready(d, c);
 }
 
-static void start_client_leg(gw_data *d)
+void data_start_client_leg(gw_data *d)
 {
     if (!d->tls_ctx && d->client->unread) {
         /* Matched on the shared port by its ClientHello, then PROT C: not this transfer. */
-        fail_data(d, GW_DATA_CLIENT_FAILED, "TLS ClientHello on a clear data connection");
+        data_fail(d, GW_DATA_CLIENT_FAILED, "TLS ClientHello on a clear data connection");
         return;
     }
     if (!d->tls_ctx) {
@@ -444,10 +386,10 @@ static void start_client_leg(gw_data *d)
     /* The gateway is the TLS server toward the client whichever side connected. */
     int r = gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA);
     if (r != 0)
-        fail_data(d, GW_DATA_CLIENT_FAILED, uv_strerror(r));
+        data_fail(d, GW_DATA_CLIENT_FAILED, uv_strerror(r));
 }
 
-static void start_backend_leg(gw_data *d)
+void data_start_backend_leg(gw_data *d)
 {
     if (!d->backend_engine) {
         leg_ready(d, d->backend);
@@ -457,17 +399,17 @@ static void start_backend_leg(gw_data *d)
     d->backend_engine = NULL;
     int r = gw_conn_attach_tls(d->backend, t);
     if (r != 0)
-        fail_data(d, GW_DATA_BACKEND_FAILED, uv_strerror(r));
+        data_fail(d, GW_DATA_BACKEND_FAILED, uv_strerror(r));
 }
 
 static void on_leg_connect(gw_conn *c, int status)
 {
     gw_data *d = c->owner;
     bool client = c == d->client;
-    if (released(d)) {
+    if (data_released(d)) {
         /* A backend leg kept to complete its handshake (see gw_data_release). */
         if (status == 0 && !client && d->backend_engine)
-            start_backend_leg(d);
+            data_start_backend_leg(d);
         else
             gw_conn_reset(c);
         return;
@@ -481,7 +423,7 @@ static void on_leg_connect(gw_conn *c, int status)
         return;
     }
     if (status != 0) {
-        fail_data(d, client ? GW_DATA_CLIENT_FAILED : GW_DATA_BACKEND_FAILED, uv_strerror(status));
+        data_fail(d, client ? GW_DATA_CLIENT_FAILED : GW_DATA_BACKEND_FAILED, uv_strerror(status));
         return;
     }
     if (!client)
@@ -489,12 +431,12 @@ static void on_leg_connect(gw_conn *c, int status)
     if (d->state == DS_ARMED)
         return; /* connected as soon as the 227/229 came; the handshake waits for the command */
     if (client)
-        start_client_leg(d);
+        data_start_client_leg(d);
     else
-        start_backend_leg(d);
+        data_start_backend_leg(d);
 }
 
-static const gw_conn_ops client_leg_ops = {
+const gw_conn_ops data_client_leg_ops = {
     .on_connect = on_leg_connect,
     .on_handshake = on_client_data_handshake,
     .on_data = on_leg_data,
@@ -505,7 +447,7 @@ static const gw_conn_ops client_leg_ops = {
     .on_close = on_leg_close,
 };
 
-static const gw_conn_ops backend_leg_ops = {
+const gw_conn_ops data_backend_leg_ops = {
     .on_connect = on_leg_connect,
     .on_handshake = on_backend_data_handshake,
     .on_data = on_leg_data,
@@ -516,186 +458,10 @@ static const gw_conn_ops backend_leg_ops = {
     .on_close = on_leg_close,
 };
 
-static void client_leg_accepted(gw_data *d, gw_conn *c)
-{
-    d->client = c;
-    close_data_listener(d, d->client_listener); /* one connection per listener */
-    if (d->state != DS_ARMED)
-        start_client_leg(d);
-}
-
-/* ---- proxy_protocol_data: a PROXY header before the client data leg proceeds ---- */
-
-static void pp_leg_refuse(gw_data *d, gw_conn *c, const gw_addr *peer, const char *why)
-{
-    GW_LOG_WARN(d->sid, "event=data_refused leg=client-data peer=%s reason=\"%s\"",
-                gw_addr_str(peer), why);
-    if (c == d->pp_conn)
-        d->pp_conn = NULL; /* still counted in strays until it has closed */
-    gw_conn_reset(c);
-}
-
-static void on_pp_leg_data(gw_conn *c, const char *buf, size_t n)
-{
-    gw_data *d = c->owner;
-    if (c != d->pp_conn || c->closing)
-        return;
-    gw_pp_header h;
-    size_t need;
-    const char *why;
-    int rc = gw_pp_feed(d->pp, buf, n, d->pp_mode, &h, &need, &why);
-    if (rc == GW_PP_MORE) {
-        c->read_max = need;
-        return;
-    }
-    gw_addr peer;
-    if (gw_conn_peer(c, &peer) != 0)
-        memset(&peer, 0, sizeof peer);
-    if (rc == GW_PP_BAD) {
-        pp_leg_refuse(d, c, &peer, why);
-        return;
-    }
-    gw_addr src = h.src;
-    gw_addr_normalize(&src);
-    /* SECURITY: port theft behind the balancer: the header must name the control client. */
-    if (h.local || h.unknown || !gw_addr_same_host(&src, &d->expect_client) || d->client) {
-        pp_leg_refuse(d, c, h.local || h.unknown ? &peer : &src,
-                      "PROXY source not the control peer");
-        return;
-    }
-    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s via=proxy", gw_addr_str(&src));
-    c->read_max = 0;
-    gw_conn_pause(c); /* the TLS handshake or the relay starts it again */
-    d->pp_conn = NULL;
-    d->strays--;
-    gw_conn_set_owner(c, &client_leg_ops, d);
-    client_leg_accepted(d, c);
-}
-
-static void on_pp_leg_eof(gw_conn *c, bool clean)
-{
-    gw_data *d = c->owner;
-    if (c == d->pp_conn)
-        d->pp_conn = NULL;
-    gw_conn_close(c);
-}
-
-static void on_pp_leg_error(gw_conn *c, const char *why)
-{
-    on_pp_leg_eof(c, false);
-}
-
-static void on_pp_leg_close(gw_conn *c)
-{
-    gw_data *d = c->owner;
-    if (c == d->pp_conn)
-        d->pp_conn = NULL;
-    d->strays--;
-    maybe_free(d);
-}
-
-static void on_pp_leg_nop(gw_conn *c) {}
-
-static void on_pp_leg_shutdown(gw_conn *c, int status)
-{
-    gw_conn_close(c);
-}
-
-static const gw_conn_ops pp_leg_ops = {
-    .on_data = on_pp_leg_data,
-    .on_eof = on_pp_leg_eof,
-    .on_error = on_pp_leg_error,
-    .on_drain = on_pp_leg_nop,
-    .on_shutdown = on_pp_leg_shutdown,
-    .on_close = on_pp_leg_close,
-};
-
-/* Accepted on the client listener: from a balancer in pp_from, one header read at a time. */
-static void pp_leg_accepted(gw_data *d, gw_conn *c, const gw_addr *peer)
-{
-    d->strays++;
-    gw_conn_set_owner(c, &pp_leg_ops, d);
-    if (!gw_cidr_list_match(d->pp_from, peer)) {
-        pp_leg_refuse(d, c, peer, "not in proxy_protocol_from");
-        return;
-    }
-    if (d->client || d->pp_conn) {
-        pp_leg_refuse(d, c, peer, "a data connection is already open");
-        return;
-    }
-    if (!d->pp && !(d->pp = malloc(sizeof *d->pp))) {
-        pp_leg_refuse(d, c, peer, "out of memory");
-        return;
-    }
-    d->pp->n = 0;
-    d->pp_conn = c;
-    c->read_max = gw_pp_first_read(d->pp_mode);
-    if (gw_conn_start_read(c) != 0)
-        pp_leg_refuse(d, c, peer, "read failed");
-}
-
-void gw_data_client_proxy(gw_data *d, int mode, const char *from)
-{
-    d->pp_mode = mode;
-    d->pp_from = from;
-}
-
-static void on_data_connection(uv_stream_t *server, int status)
-{
-    gw_data *d = server->data;
-    bool client = (uv_tcp_t *)server == d->client_listener;
-    if (status < 0 || released(d))
-        return;
-    gw_conn *c = gw_conn_new(d->loop, client ? &client_leg_ops : &backend_leg_ops, d, d->sid,
-                             client ? "client-data" : "backend-data");
-    if (!c) {
-        /* Left pending, the connection would stop libuv watching this listener; closing the
-         * listener closes it too (one connection per listener in any case). */
-        GW_LOG_WARN(d->sid, "event=accept_failed leg=%s reason=\"out of memory\"",
-                    client ? "client-data" : "backend-data");
-        close_data_listener(d, (uv_tcp_t *)server);
-        if (d->state != DS_ARMED)
-            fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
-        return;
-    }
-    gw_addr peer;
-    if (gw_conn_accept(c, server) != 0 || gw_conn_peer(c, &peer) != 0) {
-        d->strays++;
-        gw_conn_close(c);
-        return;
-    }
-    gw_addr_normalize(&peer);
-    /* SECURITY: port theft. Only the control connection's peer (or, on the backend side, the
-     * backend) may connect; anyone else is reset at once and the listener stays open. */
-    const gw_addr *expect = client ? &d->expect_client : &d->expect_backend;
-    if (client && d->pp_mode) {
-        pp_leg_accepted(d, c, &peer);
-        return;
-    }
-    if (!gw_addr_same_host(&peer, expect) || (client ? d->client : d->backend)) {
-        GW_LOG_WARN(d->sid, "event=data_refused leg=%s peer=%s reason=\"not the %s\"", c->name,
-                    gw_addr_str(&peer), client ? "control peer" : "backend");
-        gw_metric_data_refused(GW_M_REFUSED_FOREIGN_ADDRESS);
-        d->strays++;
-        gw_conn_reset(c);
-        return;
-    }
-    GW_LOG_DEBUG(d->sid, "event=data_accept leg=%s peer=%s", c->name, gw_addr_str(&peer));
-    if (client) {
-        client_leg_accepted(d, c);
-    } else {
-        d->backend = c;
-        d->legs |= LEG_BACKEND_CONNECTED;
-        close_data_listener(d, d->backend_listener);
-        if (d->state != DS_ARMED)
-            start_backend_leg(d);
-    }
-}
-
 static void on_timer(uv_timer_t *t)
 {
     gw_data *d = t->data;
-    if (released(d)) {
+    if (data_released(d)) {
         if (d->client)
             gw_conn_close(d->client);
         if (d->backend)
@@ -710,21 +476,21 @@ static void on_timer(uv_timer_t *t)
             return;
         gw_metric_data_refused(GW_M_REFUSED_TIMEOUT);
         if (d->state == DS_STARTED) {
-            fail_data(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
+            data_fail(d, GW_DATA_CLIENT_FAILED, "data connection timeout");
         } else {
             GW_LOG_INFO(d->sid, "event=data_listener_timeout");
             stop_shared_wait(d);
             if (d->pp_conn)
                 gw_conn_close(d->pp_conn);
-            close_data_listener(d, d->client_listener);
-            close_data_listener(d, d->backend_listener);
+            data_close_listener(d, d->client_listener);
+            data_close_listener(d, d->backend_listener);
             if (d->backend)
                 gw_conn_close(d->backend); /* the early passive connection, unused */
         }
         return;
     }
     if (now - d->last_progress >= d->data_timeout_ms)
-        fail_data(d, GW_DATA_TIMEOUT, "data timeout");
+        data_fail(d, GW_DATA_TIMEOUT, "data timeout");
 }
 
 gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, gw_data_done_cb done,
@@ -752,102 +518,6 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
     return d;
 }
 
-static uv_tcp_t *listen_on_fd(gw_data *d, int fd)
-{
-    uv_tcp_t *l = malloc(sizeof *l);
-    if (!l) {
-        close(fd);
-        return NULL;
-    }
-    uv_tcp_init(d->loop, l);
-    l->data = d;
-    if (uv_tcp_open(l, fd) != 0 || uv_listen((uv_stream_t *)l, 4, on_data_connection) != 0) {
-        uv_close((uv_handle_t *)l, (uv_close_cb)free);
-        return NULL;
-    }
-    return l;
-}
-
-int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
-                           const gw_addr *expect)
-{
-    int fd = gw_pasv_pool_listen(pool, bind_addr);
-    if (fd < 0)
-        return -1;
-    d->client_listener = listen_on_fd(d, fd);
-    if (!d->client_listener) {
-        gw_pasv_pool_release(pool, bind_addr->port);
-        return -1;
-    }
-    d->pool = pool;
-    d->client_port = bind_addr->port;
-    d->expect_client = *expect;
-    gw_addr_normalize(&d->expect_client);
-    return 0;
-}
-
-int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect)
-{
-    d->expect_client = *expect;
-    gw_addr_normalize(&d->expect_client);
-    return gw_shport_wait(w, &d->expect_client, d->loop, d->sid, d, &d->shared_id);
-}
-
-void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n,
-                               const gw_addr *pp_src)
-{
-    d->shared_id = 0; /* no longer waiting */
-    if (released(d) || d->client) {
-        close(fd);
-        return;
-    }
-    gw_conn *c = gw_conn_new(d->loop, &client_leg_ops, d, d->sid, "client-data");
-    if (!c) {
-        close(fd);
-        if (d->state != DS_ARMED)
-            fail_data(d, GW_DATA_CLIENT_FAILED, "out of memory");
-        return;
-    }
-    gw_addr peer;
-    if (gw_conn_open(c, fd) != 0) {
-        close(fd);
-        d->strays++;
-        gw_conn_close(c);
-        return;
-    }
-    /* SECURITY: the passive source check holds on the shared port too (shared_port.c
-     * matched on this address already; checked again on the adopted descriptor). Behind a
-     * balancer (proxy_protocol_data) the TCP peer must be a balancer and the client is the
-     * PROXY header's source, which must be the control connection's client. */
-    const char *why = NULL;
-    gw_addr client;
-    if (gw_conn_peer(c, &peer) != 0)
-        memset(&peer, 0, sizeof peer);
-    gw_addr_normalize(&peer);
-    client = pp_src ? *pp_src : peer;
-    gw_addr_normalize(&client);
-    if (!pp_src != !d->pp_mode)
-        why = d->pp_mode ? "no PROXY header" : "a PROXY header where none is expected";
-    else if (pp_src && !gw_cidr_list_match(d->pp_from, &peer))
-        why = "not in proxy_protocol_from";
-    else if (!gw_addr_same_host(&client, &d->expect_client))
-        why = pp_src ? "PROXY source not the control peer" : "not the control peer";
-    else if (gw_conn_unread(c, buf, n) != 0)
-        why = "out of memory";
-    if (why) {
-        GW_LOG_WARN(d->sid, "event=data_refused leg=client-data peer=%s reason=\"%s\"",
-                    gw_addr_str(&client), why);
-        d->strays++;
-        gw_conn_reset(c);
-        return;
-    }
-    GW_LOG_DEBUG(d->sid, "event=data_accept leg=client-data peer=%s shared=yes%s",
-                 gw_addr_str(&client), pp_src ? " via=proxy" : "");
-    d->client = c;
-    if (d->state != DS_ARMED)
-        start_client_leg(d);
-}
-
 int gw_data_client_resumed(const gw_data *d)
 {
     return d->client_resumed;
@@ -858,30 +528,6 @@ void gw_data_client_active(gw_data *d, const gw_addr *to, const gw_addr *from)
     d->client_active = true;
     d->client_to = *to;
     d->client_from = *from;
-}
-
-int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect)
-{
-    struct sockaddr_storage ss;
-    bind_addr->port = 0;
-    gw_addr_to_sockaddr(bind_addr, &ss);
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    socklen_t len =
-        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    if (fd < 0)
-        return -1;
-    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 1) != 0 ||
-        getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
-        close(fd);
-        return -1;
-    }
-    gw_addr_from_sockaddr(bind_addr, (struct sockaddr *)&ss);
-    d->backend_listener = listen_on_fd(d, fd);
-    if (!d->backend_listener)
-        return -1;
-    d->expect_backend = *expect;
-    gw_addr_normalize(&d->expect_backend);
-    return 0;
 }
 
 static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw_addr *from);
@@ -896,8 +542,8 @@ int gw_data_backend_passive(gw_data *d, const gw_addr *to)
 /* Open an outgoing leg; `from` with a port binds the source (989/20 by convention). */
 static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw_addr *from)
 {
-    gw_conn *c = gw_conn_new(d->loop, client ? &client_leg_ops : &backend_leg_ops, d, d->sid,
-                             client ? "client-data" : "backend-data");
+    gw_conn *c = gw_conn_new(d->loop, client ? &data_client_leg_ops : &data_backend_leg_ops, d,
+                             d->sid, client ? "client-data" : "backend-data");
     if (!c)
         return NULL;
     if (from && from->port) {
@@ -933,17 +579,17 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
         memcpy(d->tag, tls->tag, GW_TLS_TAG_LEN);
     d->last_progress = uv_now(d->loop);
     if (d->backend_passive && !d->backend) {
-        fail_data(d, GW_DATA_BACKEND_FAILED, "connect failed");
+        data_fail(d, GW_DATA_BACKEND_FAILED, "connect failed");
         return;
     }
     if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
-        start_backend_leg(d); /* else on_leg_connect starts it */
+        data_start_backend_leg(d); /* else on_leg_connect starts it */
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
         if (!d->client)
-            fail_data(d, GW_DATA_CLIENT_FAILED, "connect failed");
+            data_fail(d, GW_DATA_CLIENT_FAILED, "connect failed");
     } else if (d->client) {
-        start_client_leg(d);
+        data_start_client_leg(d);
     }
 }
 
@@ -969,7 +615,7 @@ static bool backend_handshake_due(const gw_data *d)
 
 void gw_data_release(gw_data *d, bool ok)
 {
-    if (released(d))
+    if (data_released(d))
         return;
     bool finished = d->state == DS_DONE;
     bool complete_backend = backend_handshake_due(d); /* judged before the state changes */
@@ -977,8 +623,8 @@ void gw_data_release(gw_data *d, bool ok)
     d->done = NULL;
     stop_splice(d);
     stop_shared_wait(d);
-    close_data_listener(d, d->client_listener);
-    close_data_listener(d, d->backend_listener);
+    data_close_listener(d, d->client_listener);
+    data_close_listener(d, d->backend_listener);
     if (d->pp_conn)
         gw_conn_reset(d->pp_conn);
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
@@ -994,7 +640,7 @@ void gw_data_release(gw_data *d, bool ok)
         else if (d->backend)
             gw_conn_reset(d->backend);
     }
-    maybe_free(d);
+    data_maybe_free(d);
 }
 
 uint64_t gw_data_progress(const gw_data *d)

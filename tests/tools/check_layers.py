@@ -12,7 +12,7 @@ LAYERS = [
               "proxy_proto", "admin_text", "metrics", "timeline"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
-    ("data", ["data", "shared_port"]),
+    ("data", ["data", "data_int", "data_accept", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
                  "session_info"]),
     ("listener/workers", ["server", "listener", "worker", "admin"]),
