@@ -104,9 +104,12 @@ static void cmd_host(gw_session *s, const char *arg)
     char name[GW_HOST_MAX];
     snprintf(name, sizeof name, "%s", arg);
     gw_frontend *fe = gw_vhost_find(s->fe->vh_listen, name);
-    if (!fe || (s->vh_sni && fe != s->fe)) {
+    /* SECURITY: after the handshake the session stays under the TLS policy that ran it. */
+    if (!fe || ((s->vh_sni || s->tls_up) && fe != s->fe)) {
         GW_LOG_INFO(s->id, "event=host_refused host=\"%.64s\" reason=%s", name,
-                    fe ? "sni_other" : "unknown");
+                    !fe         ? "unknown"
+                    : s->vh_sni ? "sni_other"
+                                : "tls_other");
         gw_sess_reply(s, fe ? GW_R_HOST_OTHER : GW_R_HOST_UNKNOWN);
         return;
     }

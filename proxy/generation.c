@@ -194,6 +194,10 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
             snprintf(err, cap, "[frontend %s] %s", fc->name, e);
             return -1;
         }
+        if (gw_tls_server_ctx_policy(fe->tls_ctx, fc, cert, key) != 0) {
+            snprintf(err, cap, "[frontend %s] cannot set the TLS session context", fc->name);
+            return -1;
+        }
         if (fc->pasv_shared_port > 0)
             gw_tls_server_ctx_route(fe->tls_ctx);
     }

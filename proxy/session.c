@@ -270,17 +270,31 @@ int gw_sess_start_tls(gw_session *s)
     return gw_conn_start_tls(s->client, s->ctl_ctx, GW_TLS_SERVER_CONTROL);
 }
 
+/* Of the virtual hosts sharing fe's listener, the one whose TLS context is ctx. */
+static gw_frontend *vhost_of_ctx(gw_frontend *fe, SSL_CTX *ctx)
+{
+    gw_generation *g = fe->gen;
+    for (int i = 0; i < g->n_frontends; i++)
+        if (g->frontends[i].vh_listen == fe->vh_listen && g->frontends[i].tls_ctx == ctx)
+            return &g->frontends[i];
+    return NULL;
+}
+
 static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
     gw_sinfo_handshake(s);
+    /* The handshake switched to the frontend SNI named already (gw_tls_server_ctx_set_sni):
+     * the session is the frontend whose TLS policy ran it. */
     const char *sni = s->fe->vhosted ? gw_tls_sni(c->tls) : NULL;
-    gw_frontend *vfe = sni ? gw_vhost_find(s->fe->vh_listen, sni) : NULL;
-    if (vfe) { /* the handshake switched to its certificate already (gw_tls_server_ctx_set_sni) */
+    gw_frontend *vfe = s->fe->vhosted ? vhost_of_ctx(s->fe, gw_tls_ctx(c->tls)) : NULL;
+    if (vfe && (sni || vfe != s->fe)) {
         gw_sess_set_frontend(s, vfe, "sni");
         s->vh_sni = true;
     }
+    /* Data connections start under the same policy (and session cache). */
+    s->ctl_ctx = gw_tls_ctx(c->tls);
     s->last_active_ms = gw_sess_now(s);
     s->tls_up = true;
     s->has_tag = true;

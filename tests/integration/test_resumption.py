@@ -1,0 +1,223 @@
+"""TLS session resumption across policies and between sibling connections (issue 18).
+
+1. A TLS session (ticket or session ID, TLS 1.2 and 1.3) resumes only on the frontend whose
+   TLS policy issued it: virtual hosts on one address chosen by SNI or HOST, a session of
+   open.example (no client certificate) offered to strict.example (client_cert = required
+   or optional, other ciphers) is never resumed there: a full handshake asks for the
+   certificate (none: refused).
+2. Sibling resumption: a data connection that resumes a session issued to another control
+   connection of the same user from the same address is accepted (rule=sibling, counted);
+   another user's session is refused with 522 and a reason naming it.
+Real clients: Python ssl/ftplib (session=), openssl s_client, curl, rclone."""
+
+from __future__ import annotations
+
+import ftplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+import peers
+from faults import wait_log
+from peers import HOST, frontend
+from test_tls_policy import PKI
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@pytest.fixture(scope="module")
+def pki(workdir):
+    return PKI(workdir / "resumption-pki")
+
+
+def tls_ctx(version: str, pki: PKI | None = None, who: str | None = None,
+            ciphers: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = VERSIONS[version]
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if who:
+        ctx.load_cert_chain(*map(str, pki.certs[who]))
+    return ctx
+
+
+def vhosts(gateway, pyftpdlib, ports, mode: str, strict: dict, open_keys: dict | None = None):
+    """Frontends "open" (open.example, no client certificate) and "strict" (strict.example,
+    the given policy) on one address; returns (gw, port)."""
+    listen = f"{HOST}:{ports.port()}"
+    gw = gateway(pyftpdlib, frontends={
+        "open": frontend(mode, listen=listen, server_name="open.example", **(open_keys or {})),
+        "strict": frontend(mode, listen=listen, server_name="strict.example", **strict)})
+    return gw, int(listen.rsplit(":", 1)[1])
+
+
+def required(pki: PKI) -> dict:
+    return {"client_cert": "required", "client_ca": pki.ca_file}
+
+
+def implicit_conn(port: int, ctx: ssl.SSLContext, sni: str,
+                  session: ssl.SSLSession | None = None) -> peers.Control:
+    raw = socket.create_connection((HOST, port), 10)
+    try:
+        tls = ctx.wrap_socket(raw, server_hostname=sni, session=session)
+    except BaseException:
+        raw.close()
+        raise
+    return peers.Control(tls)
+
+
+def explicit_conn(port: int, ctx: ssl.SSLContext, sni: str | None,
+                  session: ssl.SSLSession | None = None, host: str | None = None
+                  ) -> peers.Control:
+    """AUTH TLS with the given SNI (None: no SNI), after HOST host when given."""
+    ctl = peers.Control(socket.create_connection((HOST, port), 10))
+    try:
+        assert ctl.reply()[0] == 220
+        if host:
+            assert ctl.cmd(f"HOST {host}")[0] == 220
+        assert ctl.cmd("AUTH TLS")[0] == 234
+        ctl.sock = ctx.wrap_socket(ctl.sock, server_hostname=sni, session=session)
+    except BaseException:
+        ctl.close()
+        raise
+    return ctl
+
+
+def take_session(ctl: peers.Control, implicit: bool) -> ssl.SSLSession:
+    """Read past the greeting (TLS 1.3 tickets come after the handshake) and keep the
+    session."""
+    if implicit:
+        assert ctl.reply()[0] == 220
+    assert ctl.cmd("NOOP")[0] == 200
+    sess = ctl.sock.session
+    ctl.close()
+    return sess
+
+
+def login_outcome(ctl: peers.Control, implicit: bool, user: str, password: str) -> str:
+    """What a client gets after a handshake: 'refused' (the handshake or the first read
+    fails) or the codes of greeting, USER, PASS."""
+    try:
+        codes = []
+        if implicit:
+            codes.append(ctl.reply()[0])
+        codes.append(ctl.cmd(f"USER {user}")[0])
+        if codes[-1] == 331:
+            codes.append(ctl.cmd(f"PASS {password}")[0])
+        return " ".join(map(str, codes))
+    except (ssl.SSLError, ConnectionError, TimeoutError, EOFError, OSError):
+        return "refused"
+    finally:
+        ctl.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("mode", ["implicit", "explicit"])
+def test_no_resumption_across_sni_policies(gateway, pyftpdlib, ports, pki, mode, version):
+    """The issue's bypass: a session of open.example offered with SNI strict.example
+    (client_cert = required) is not resumed; without a certificate the full handshake
+    fails, with one it succeeds (the certificate was asked for) and logs in."""
+    user, password = pyftpdlib.user, pyftpdlib.password
+    gw, port = vhosts(gateway, pyftpdlib, ports, mode, required(pki))
+    implicit = mode == "implicit"
+    connect = implicit_conn if implicit else explicit_conn
+    for who in [None, "alice"]:
+        ctx = tls_ctx(version, pki, who)
+        sess = take_session(connect(port, ctx, "open.example"), implicit)
+        assert sess is not None
+        # The session resumes on its own frontend (so the test can fail).
+        ctl = connect(port, ctx, "open.example", session=sess)
+        assert ctl.sock.session_reused, "resumption on the issuing frontend"
+        ctl.close()
+        offset = gw.log_size()
+        try:
+            ctl = connect(port, ctx, "strict.example", session=sess)
+        except (ssl.SSLError, ConnectionError):
+            assert who is None, "a client with a certificate completes a full handshake"
+            continue
+        assert not ctl.sock.session_reused, f"{mode} TLS {version}: resumed across policies"
+        got = login_outcome(ctl, implicit, user, password)
+        if who is None:
+            assert got == "refused", f"without a certificate: {got}"
+        else:
+            want = "220 331 230" if implicit else "331 230"
+            assert got == want, gw.log_since(offset)
+            assert "event=client_cert subject=\"CN=alice\"" in gw.log_since(offset)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_no_resumption_into_optional_or_other_ciphers(gateway, pyftpdlib, ports, pki, version):
+    """client_cert = optional and other ciphers: the session of open.example is not resumed
+    on strict.example (a full handshake, with strict's own cipher)."""
+    gw, port = vhosts(gateway, pyftpdlib, ports, "implicit",
+                      {"client_cert": "optional", "client_ca": pki.ca_file,
+                       "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384",
+                       "ciphersuites": "TLS_AES_256_GCM_SHA384"},
+                      {"ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256",
+                       "ciphersuites": "TLS_AES_128_GCM_SHA256"})
+    ctx = tls_ctx(version)
+    sess = take_session(implicit_conn(port, ctx, "open.example"), True)
+    ctl = implicit_conn(port, ctx, "strict.example", session=sess)
+    try:
+        assert not ctl.sock.session_reused
+        assert "AES_256" in ctl.sock.cipher()[0] or "AES256" in ctl.sock.cipher()[0]
+        assert ctl.reply()[0] == 220
+    finally:
+        ctl.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_no_resumption_across_host_policies(gateway, pyftpdlib, ports, pki, version):
+    """HOST chooses before AUTH (no SNI): a session taken after HOST open.example is not
+    resumed after HOST strict.example; HOST after AUTH cannot move the session to a
+    frontend of another TLS policy (504)."""
+    user, password = pyftpdlib.user, pyftpdlib.password
+    gw, port = vhosts(gateway, pyftpdlib, ports, "explicit", required(pki))
+    ctx = tls_ctx(version)
+    sess = take_session(explicit_conn(port, ctx, None, host="open.example"), False)
+    ctl = explicit_conn(port, ctx, None, host="open.example", session=sess)
+    assert ctl.sock.session_reused
+    ctl.close()
+    try:
+        ctl = explicit_conn(port, ctx, None, session=sess, host="strict.example")
+    except (ssl.SSLError, ConnectionError):
+        pass
+    else:
+        assert not ctl.sock.session_reused
+        assert login_outcome(ctl, False, user, password) == "refused"
+    # TLS negotiated for open.example (no SNI, no HOST: the listener's), then HOST strict.
+    ctl = explicit_conn(port, ctx, None)
+    try:
+        code, text = ctl.cmd("HOST strict.example")
+        assert code == 504, text
+        assert ctl.cmd("HOST open.example")[0] == 220  # the policy the handshake ran under
+        assert ctl.cmd(f"USER {user}")[0] == 331
+    finally:
+        ctl.close()
+
+
+def s_client(port: int, version: str, sni: str, *more) -> subprocess.CompletedProcess:
+    """One s_client connection that reads the greeting, sends NOOP (TLS 1.3 tickets come
+    after the handshake) and QUIT."""
+    return subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{port}", version,
+                           "-servername", sni, "-ign_eof", *map(str, more)],
+                          input="NOOP\r\nQUIT\r\n", capture_output=True, text=True,
+                          timeout=20)
+
+
+def test_openssl_s_client_sess_in(gateway, pyftpdlib, ports, pki, tmp_path):
+    """openssl s_client -sess_out on open.example, -sess_in with -servername strict.example
+    (TLS 1.2 and 1.3): never 'Reused'."""
+    gw, port = vhosts(gateway, pyftpdlib, ports, "implicit", required(pki))
+    for version in ["-tls1_2", "-tls1_3"]:
+        sess = tmp_path / f"sess{version}.pem"
+        res = s_client(port, version, "open.example", "-sess_out", sess)
+        assert sess.exists(), peers.describe(res)
+        res = s_client(port, version, "open.example", "-sess_in", sess)
+        assert "Reused," in res.stdout, peers.describe(res)
+        res = s_client(port, version, "strict.example", "-sess_in", sess)
+        assert "Reused," not in res.stdout, peers.describe(res)
+        assert "\n220 " not in res.stdout, peers.describe(res)
