@@ -49,6 +49,9 @@ typedef struct gw_data_tls {
 /* Data connections opened without resumption under data_session_reuse_exempt, process-wide
  * (for metrics). */
 uint64_t gw_data_reuse_exempt_count(void);
+/* Data connections accepted resuming a sibling control connection's session (siblings.h),
+ * process-wide (for metrics). */
+uint64_t gw_data_sibling_count(void);
 
 gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, gw_data_done_cb done,
                      void *owner);

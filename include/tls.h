@@ -115,5 +115,8 @@ const uint8_t *gw_tls_tag(const gw_tls *t);
 /* Data-leg resumption check: 1 resumed the session tagged `tag`; 0 not resumed; -1 resumed
  * another session (another client's). */
 int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag);
+/* The tag of the control connection whose session a data leg resumed: 1 with out set, 0
+ * when it did not resume or the session carries no tag. */
+int gw_tls_resumed_tag(const gw_tls *data, uint8_t out[GW_TLS_TAG_LEN]);
 
 #endif

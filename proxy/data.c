@@ -17,6 +17,7 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "metrics.h"
+#include "siblings.h"
 
 #define LINGER_MS 5000
 
@@ -25,6 +26,13 @@ static _Atomic uint64_t reuse_exempt_used;
 uint64_t gw_data_reuse_exempt_count(void)
 {
     return reuse_exempt_used;
+}
+
+static _Atomic uint64_t sibling_used;
+
+uint64_t gw_data_sibling_count(void)
+{
+    return sibling_used;
 }
 
 static const char *const state_names[] = {"armed", "started",   "streaming",     "draining",
@@ -319,6 +327,24 @@ static void on_client_data_handshake(gw_conn *c)
 {
     gw_data *d = c->owner;
     int r = gw_tls_resumed_from(c->tls, d->tag);
+    const char *why = "session not resumed";
+    uint8_t other[GW_TLS_TAG_LEN];
+    if (r == -1) {
+        /* Another control connection's session: accepted from a sibling (the same user on
+         * the same backend from the same address: Go's one session cache per host, rclone),
+         * else the reason names what differs. */
+        enum gw_sib_verdict v = gw_tls_resumed_tag(c->tls, other)
+                                    ? gw_sib_check(d->tag, other, uv_hrtime() / 1000000000u)
+                                    : GW_SIB_UNKNOWN;
+        if (v == GW_SIB_SIBLING) {
+            sibling_used++;
+            GW_LOG_INFO(d->sid, "event=data_tls_resumed rule=sibling tls=%s",
+                        gw_tls_describe(c->tls));
+            r = 1;
+        } else {
+            why = gw_sib_reason(v);
+        }
+    }
     d->client_resumed = r == 1 ? 1 : -1; /* before an exemption: the client's own record */
     gw_tls_peer peer;
     /* SECURITY: a data leg presenting a client certificate (its own, or the resumed
@@ -344,8 +370,7 @@ static void on_client_data_handshake(gw_conn *c)
      * the data connection belongs to the control connection's owner. */
     if (r != 1) {
         if (d->reuse_required) {
-            GW_LOG_WARN(d->sid, "event=data_tls_refused reason=\"%s\"",
-                        r == 0 ? "session not resumed" : "resumed another client's session");
+            GW_LOG_WARN(d->sid, "event=data_tls_refused reason=\"%s\"", why);
             gw_metric_data_refused(GW_M_REFUSED_NOT_RESUMED);
             /* A clean close, as vsftpd does, so that the client goes on to read the 522. */
             gw_conn_shutdown(c);

@@ -406,6 +406,11 @@ static void render_policy(const gw_metrics_view *v, gw_sbuf *o)
            "Data TLS handshakes let in without resumption by data_session_reuse_exempt.");
     gw_sbuf_printf(o, "ftpsgate_data_reuse_exempt_total %llu\n",
                    (unsigned long long)v->data_reuse_exempt);
+    family(o, "ftpsgate_data_tls_sibling_resumptions_total", "counter",
+           "Data TLS handshakes accepted resuming the session of another control connection "
+           "of the same user, backend and client address.");
+    gw_sbuf_printf(o, "ftpsgate_data_tls_sibling_resumptions_total %llu\n",
+                   (unsigned long long)v->data_sibling);
     if (!v->shared_port)
         return;
     family(o, "ftpsgate_shared_port_connections_total", "counter",

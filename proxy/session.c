@@ -13,6 +13,7 @@
 #include "data.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "siblings.h"
 
 #define HANDSHAKE_TIMEOUT 30  /* seconds, capped by login_timeout */
 #define CLOSE_GRACE_MS 5000   /* waiting for our final reply and close_notify to leave */
@@ -297,8 +298,12 @@ static void on_client_handshake(gw_conn *c)
     s->ctl_ctx = gw_tls_ctx(c->tls);
     s->last_active_ms = gw_sess_now(s);
     s->tls_up = true;
+    uint64_t now_s = uv_hrtime() / 1000000000u;
+    if (s->has_tag) /* a new handshake (implicit REIN): the old tag's connection is over */
+        gw_sib_ended(s->tag, now_s);
     s->has_tag = true;
     memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
+    gw_sib_issued(s->tag, &s->client_peer, now_s);
     gw_tls_peer peer;
     if (!s->cert && gw_tls_peer_cert(c->tls, &peer) && (s->cert = malloc(sizeof peer))) {
         *s->cert = peer; /* verified by OpenSSL against client_ca (and client_crl) */

@@ -1043,3 +1043,15 @@ int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag)
         return -1;
     return (len == GW_TLS_TAG_LEN && memcmp(appdata, tag, len) == 0) ? 1 : -1;
 }
+
+int gw_tls_resumed_tag(const gw_tls *data, uint8_t out[GW_TLS_TAG_LEN])
+{
+    void *appdata = NULL;
+    size_t len = 0;
+    SSL_SESSION *sess = SSL_get0_session(data->ssl);
+    if (!SSL_session_reused(data->ssl) || !sess ||
+        !SSL_SESSION_get0_ticket_appdata(sess, &appdata, &len) || len != GW_TLS_TAG_LEN)
+        return 0;
+    memcpy(out, appdata, GW_TLS_TAG_LEN);
+    return 1;
+}

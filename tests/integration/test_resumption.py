@@ -221,3 +221,133 @@ def test_openssl_s_client_sess_in(gateway, pyftpdlib, ports, pki, tmp_path):
         res = s_client(port, version, "strict.example", "-sess_in", sess)
         assert "Reused," not in res.stdout, peers.describe(res)
         assert "\n220 " not in res.stdout, peers.describe(res)
+
+
+# ---------------------------------------------------------------------------------------
+# Sibling resumption: another control connection of the same user and address
+
+OTHER_USER, OTHER_PASSWORD = "sibling-other", "other-secret-7"
+OTHER_HOST = "127.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def two_users(workdir, ports, test_user):
+    """pyftpdlib with the test user and OTHER_USER, sharing one root."""
+    be = peers.start_pyftpdlib(
+        workdir / "resumption-pyftpdlib", ports, *test_user,
+        extra=f"authorizer.add_user({OTHER_USER!r}, {OTHER_PASSWORD!r}, root, "
+              f"perm='elradfmwMT')")
+    yield be
+    be.stop()
+
+
+@pytest.fixture(scope="module")
+def sgw(workdir, ports, tls_cert, two_users):
+    """fe: implicit, x: explicit, sp: explicit with a shared passive port; /metrics."""
+    import faults
+    admin = ports.port()
+    with faults.gateway_factory(workdir, ports, tls_cert, "resumption-siblings") as factory:
+        gw = factory(two_users,
+                     frontends={"x": frontend("explicit"),
+                                "sp": frontend("explicit", pasv_shared_port=ports.port())},
+                     extra={"global": {"admin_listen": f"{HOST}:{admin}",
+                                       "data_connect_timeout": 3}})
+        gw.admin = f"http://{HOST}:{admin}"
+        yield gw
+
+
+def metric(gw, name: str) -> int:
+    import re
+    import urllib.request
+    with urllib.request.urlopen(gw.admin + "/metrics", timeout=10) as r:
+        m = re.search(rf"^{name} (\d+)$", r.read().decode(), re.M)
+    assert m, name
+    return int(m.group(1))
+
+
+def control(gw, fe: str, ctx: ssl.SSLContext, user: str, password: str,
+            source: str = HOST) -> peers.Control:
+    port = gw.fport(fe)
+    raw = socket.create_connection((HOST, port), 10, source_address=(source, 0))
+    if fe == "fe":
+        ctl = peers.Control(ctx.wrap_socket(raw, server_hostname="localhost"))
+        assert ctl.reply()[0] == 220
+    else:
+        ctl = peers.Control(raw)
+        assert ctl.reply()[0] == 220
+        assert ctl.cmd("AUTH TLS")[0] == 234
+        ctl.starttls(ctx)
+    ctl.login(user, password)
+    assert ctl.cmd("PBSZ 0")[0] == 200
+    assert ctl.cmd("PROT P")[0] == 200
+    assert ctl.cmd("TYPE I")[0] == 200
+    return ctl
+
+
+def retr(ctl: peers.Control, ctx: ssl.SSLContext, name: str, session: ssl.SSLSession,
+         source: str = HOST) -> tuple[bytes, int, bool]:
+    """EPSV, RETR name, data TLS resuming `session`: (bytes, final code, resumed)."""
+    code, text = ctl.cmd("EPSV")
+    assert code == 229, text
+    data = socket.create_connection((HOST, peers.parse_229(text)), 10,
+                                    source_address=(source, 0))
+    reused = False
+    try:
+        code, text = ctl.cmd(f"RETR {name}")
+        assert code in (125, 150), text
+        try:
+            data = ctx.wrap_socket(data, server_hostname="localhost", session=session)
+            reused = data.session_reused
+            got, _ = peers.recv_until_closed(data, 20)
+        except (ssl.SSLError, ConnectionError):
+            got = b""
+    finally:
+        data.close()
+    return got, ctl.reply()[0], reused
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("fe", ["fe", "x", "sp"], ids=["implicit", "explicit", "shared-port"])
+def test_sibling_resumption(sgw, two_users, fe, version):
+    """A and B: same user, same address; B's data connection resumes A's session: accepted
+    (rule=sibling, counted), the file arrives whole. C (another user) and D (the same user
+    from 127.0.0.2) offering A's session get 522 and a reason naming which."""
+    blob = bytes(range(256)) * 4000
+    two_users.put_bytes("sibling.bin", blob)
+    ctx = tls_ctx(version)
+    user, password = two_users.user, two_users.password
+    a = control(sgw, fe, ctx, user, password)
+    b = control(sgw, fe, ctx, user, password)
+    try:
+        # The own session first (so the test can fail), then A's through B.
+        got, code, reused = retr(b, ctx, "sibling.bin", b.session)
+        assert (got, code, reused) == (blob, 226, True)
+        before = metric(sgw, "ftpsgate_data_tls_sibling_resumptions_total")
+        offset = sgw.log_size()
+        got, code, reused = retr(b, ctx, "sibling.bin", a.session)
+        assert code == 226 and reused and got == blob, sgw.log_since(offset)
+        wait_log(sgw, r"event=data_tls_resumed rule=sibling", offset)
+        assert metric(sgw, "ftpsgate_data_tls_sibling_resumptions_total") == before + 1
+        for who, source, reason in [((OTHER_USER, OTHER_PASSWORD), HOST, "another user"),
+                                    ((user, password), OTHER_HOST, "another client address")]:
+            c = control(sgw, fe, ctx, *who, source=source)
+            try:
+                offset = sgw.log_size()
+                got, code, _ = retr(c, ctx, "sibling.bin", a.session, source=source)
+                # The shared port hands the connection to no one (425 after
+                # data_connect_timeout); elsewhere the data handshake is refused (522).
+                assert code == (425 if fe == "sp" else 522) and got == b"", \
+                    sgw.log_since(offset)
+                event = "shared_port_unmatched .*" if fe == "sp" else "data_tls_refused "
+                wait_log(sgw, rf"event={event}reason=\"resumed the session of {reason}\"",
+                         offset)
+            finally:
+                c.close()
+        # A ended: "recently ended" still counts.
+        a_session = a.session
+        a.close()
+        got, code, reused = retr(b, ctx, "sibling.bin", a_session)
+        assert code == 226 and reused and got == blob
+    finally:
+        a.close()
+        b.close()
