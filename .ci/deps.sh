@@ -12,6 +12,7 @@ PACKAGES=(
   systemd logrotate prometheus strace
   ftp-ssl  # netkit ftp-ssl: uploads without close_notify (tests/integration/test_tls_policy.py)
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
+  rclone  # Go's shared TLS session cache: sibling resumption (tests/integration/test_resumption.py)
 )
 
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.

@@ -12,13 +12,17 @@ Real clients: Python ssl/ftplib (session=), openssl s_client, curl, rclone."""
 
 from __future__ import annotations
 
-import ftplib
+import os
+import re
+import shutil
 import socket
 import ssl
 import subprocess
+import urllib.request
 
 import pytest
 
+import faults
 import peers
 from faults import wait_log
 from peers import HOST, frontend
@@ -244,7 +248,6 @@ def two_users(workdir, ports, test_user):
 @pytest.fixture(scope="module")
 def sgw(workdir, ports, tls_cert, two_users):
     """fe: implicit, x: explicit, sp: explicit with a shared passive port; /metrics."""
-    import faults
     admin = ports.port()
     with faults.gateway_factory(workdir, ports, tls_cert, "resumption-siblings") as factory:
         gw = factory(two_users,
@@ -257,8 +260,6 @@ def sgw(workdir, ports, tls_cert, two_users):
 
 
 def metric(gw, name: str) -> int:
-    import re
-    import urllib.request
     with urllib.request.urlopen(gw.admin + "/metrics", timeout=10) as r:
         m = re.search(rf"^{name} (\d+)$", r.read().decode(), re.M)
     assert m, name
@@ -351,3 +352,114 @@ def test_sibling_resumption(sgw, two_users, fe, version):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_data_leg_no_resumption_across_policies(gateway, pyftpdlib, ports, pki, version):
+    """A data connection of a strict.example session (alice's certificate) offering a
+    session of open.example is not resumed: 522; its own session works."""
+    user, password = pyftpdlib.user, pyftpdlib.password
+    pyftpdlib.put_bytes("policy.bin", b"x" * 10000)
+    gw, port = vhosts(gateway, pyftpdlib, ports, "implicit", required(pki))
+    ctx = tls_ctx(version, pki, "alice")
+    open_sess = take_session(implicit_conn(port, ctx, "open.example"), True)
+    ctl = implicit_conn(port, ctx, "strict.example")
+    try:
+        assert ctl.reply()[0] == 220
+        ctl.login(user, password)
+        for cmd in ("PBSZ 0", "PROT P", "TYPE I"):
+            assert ctl.cmd(cmd)[0] == 200
+        for sess, want in [(ctl.sock.session, 226), (open_sess, 522)]:
+            code, text = ctl.cmd("EPSV")
+            assert code == 229, text
+            data = socket.create_connection((HOST, peers.parse_229(text)), 10)
+            try:
+                assert ctl.cmd("RETR policy.bin")[0] in (125, 150)
+                try:
+                    data = ctx.wrap_socket(data, server_hostname="strict.example",
+                                           session=sess)
+                    reused = data.session_reused
+                    got, _ = peers.recv_until_closed(data, 20)
+                except (ssl.SSLError, ConnectionError):
+                    reused, got = False, b""
+            finally:
+                data.close()
+            assert ctl.reply()[0] == want
+            assert reused == (want == 226) and len(got) == (10000 if want == 226 else 0)
+    finally:
+        ctl.close()
+
+
+# ---------------------------------------------------------------------------------------
+# rclone (Go's TLS: one session cache per host:port for all its connections)
+
+
+def rclone_env(gw, fe: str, user: str, password: str, implicit: bool, tmp_path) -> dict:
+    obscured = peers.run(["rclone", "obscure", password], timeout=30)
+    peers.check(obscured)
+    env = dict(os.environ)
+    env.update({
+        "RCLONE_CONFIG": str(tmp_path / "rclone.conf"),  # none of the user's remotes
+        "RCLONE_CONFIG_GW_TYPE": "ftp",
+        "RCLONE_CONFIG_GW_HOST": HOST,
+        "RCLONE_CONFIG_GW_PORT": str(gw.fport(fe)),
+        "RCLONE_CONFIG_GW_USER": user,
+        "RCLONE_CONFIG_GW_PASS": obscured.stdout.strip(),
+        "RCLONE_CONFIG_GW_NO_CHECK_CERTIFICATE": "true",
+        "RCLONE_CONFIG_GW_TLS": "true" if implicit else "false",
+        "RCLONE_CONFIG_GW_EXPLICIT_TLS": "false" if implicit else "true",
+    })
+    return env
+
+
+def rclone(env: dict, *args) -> subprocess.CompletedProcess:
+    # No retries: a refused data connection must show, not be papered over.
+    return subprocess.run(["rclone", "--transfers", "4", "--checkers", "4", "--retries", "1",
+                           "--low-level-retries", "1", "--contimeout", "10s", "--timeout",
+                           "60s", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def tree_digests(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): peers.sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed")
+@pytest.mark.parametrize("fe", ["fe", "x"], ids=["implicit", "explicit"])
+def test_rclone(sgw, two_users, fe, tmp_path):
+    """rclone copy up and down with --transfers 4 (12 files), check, sync, purge through
+    the gateway to pyftpdlib; every file compared by SHA-256."""
+    env = rclone_env(sgw, fe, two_users.user, two_users.password, fe == "fe", tmp_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(12):
+        d = src / "sub" if i % 3 == 0 else src
+        (d / f"f{i:02}.bin").write_bytes(os.urandom(50_000 + i * 37_000))
+    remote = f"gw:rclone-{fe}"
+    # pyftpdlib answers MLSD of a missing directory with 501, which rclone takes for an
+    # error (it expects 550): the destination exists beforehand.
+    (two_users.root / f"rclone-{fe}").mkdir()
+    offset = sgw.log_size()
+    res = rclone(env, "copy", str(src), remote)
+    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert tree_digests(two_users.root / f"rclone-{fe}") == tree_digests(src)
+    down = tmp_path / "down"
+    res = rclone(env, "copy", remote, str(down))
+    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert tree_digests(down) == tree_digests(src)
+    res = rclone(env, "check", str(src), remote)
+    assert res.returncode == 0, peers.describe(res)
+    # sync: one file changed, one removed, one added.
+    (src / "f01.bin").write_bytes(os.urandom(70_000))
+    (src / "f02.bin").unlink()
+    (src / "new.bin").write_bytes(os.urandom(30_000))
+    res = rclone(env, "sync", str(src), remote)
+    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert tree_digests(two_users.root / f"rclone-{fe}") == tree_digests(src)
+    res = rclone(env, "purge", remote)
+    assert res.returncode == 0, peers.describe(res)
+    assert not (two_users.root / f"rclone-{fe}").exists()
+    log = sgw.log_since(offset, max_lines=100000)
+    assert "event=data_tls_refused" not in log
+    print(f"rclone {fe}: {log.count('rule=sibling')} sibling resumptions, "
+          f"{log.count('event=transfer_end')} transfers")
