@@ -28,7 +28,9 @@ from faults import wait_log
 from peers import HOST, frontend
 from test_tls_policy import PKI
 
-VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# "1.2-id": TLS 1.2 without tickets (session-ID resumption only).
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.2-id": ssl.TLSVersion.TLSv1_2,
+            "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,8 @@ def tls_ctx(version: str, pki: PKI | None = None, who: str | None = None,
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.minimum_version = ctx.maximum_version = VERSIONS[version]
+    if version == "1.2-id":
+        ctx.options |= ssl.OP_NO_TICKET
     if ciphers:
         ctx.set_ciphers(ciphers)
     if who:
@@ -118,7 +122,7 @@ def login_outcome(ctl: peers.Control, implicit: bool, user: str, password: str) 
         ctl.close()
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("version", ["1.2", "1.2-id", "1.3"])
 @pytest.mark.parametrize("mode", ["implicit", "explicit"])
 def test_no_resumption_across_sni_policies(gateway, pyftpdlib, ports, pki, mode, version):
     """The issue's bypass: a session of open.example offered with SNI strict.example
@@ -173,7 +177,7 @@ def test_no_resumption_into_optional_or_other_ciphers(gateway, pyftpdlib, ports,
         ctl.close()
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("version", ["1.2", "1.2-id", "1.3"])
 def test_no_resumption_across_host_policies(gateway, pyftpdlib, ports, pki, version):
     """HOST chooses before AUTH (no SNI): a session taken after HOST open.example is not
     resumed after HOST strict.example; HOST after AUTH cannot move the session to a
@@ -307,7 +311,7 @@ def retr(ctl: peers.Control, ctx: ssl.SSLContext, name: str, session: ssl.SSLSes
     return got, ctl.reply()[0], reused
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("version", ["1.2", "1.2-id", "1.3"])
 @pytest.mark.parametrize("fe", ["fe", "x", "sp"], ids=["implicit", "explicit", "shared-port"])
 def test_sibling_resumption(sgw, two_users, fe, version):
     """A and B: same user, same address; B's data connection resumes A's session: accepted
@@ -354,7 +358,7 @@ def test_sibling_resumption(sgw, two_users, fe, version):
         b.close()
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("version", ["1.2", "1.2-id", "1.3"])
 def test_data_leg_no_resumption_across_policies(gateway, pyftpdlib, ports, pki, version):
     """A data connection of a strict.example session (alice's certificate) offering a
     session of open.example is not resumed: 522; its own session works."""
