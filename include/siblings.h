@@ -10,17 +10,17 @@
 #include <stdint.h>
 #include "ftp_addr.h"
 
-#define GW_SIB_TAG_LEN 16     /* GW_TLS_TAG_LEN */
-#define GW_SIB_ROUTE_LEN 12   /* GW_ROUTE_LEN: a tag's prefix */
-#define GW_SIB_GRACE_S 600    /* a session stays a sibling this long after its end */
-#define GW_SIB_MAX 200000     /* entries kept at most (oldest ended ones go first) */
+#define GW_SIB_TAG_LEN 16   /* GW_TLS_TAG_LEN */
+#define GW_SIB_ROUTE_LEN 12 /* GW_ROUTE_LEN: a tag's prefix */
+#define GW_SIB_GRACE_S 600  /* a session stays a sibling this long after its end */
+#define GW_SIB_MAX 200000   /* entries kept at most (oldest ended ones go first) */
 
 enum gw_sib_verdict {
-    GW_SIB_SIBLING = 0,     /* same user, backend and client address: accept */
-    GW_SIB_UNKNOWN,         /* not issued here, or ended too long ago */
-    GW_SIB_NOT_LOGGED_IN,   /* one of the two has no login (yet or any more) */
-    GW_SIB_OTHER_USER,      /* another user (or the same name on another backend) */
-    GW_SIB_OTHER_ADDRESS,   /* the same user from another client address */
+    GW_SIB_SIBLING = 0,   /* same user, backend and client address: accept */
+    GW_SIB_UNKNOWN,       /* not issued here, or ended too long ago */
+    GW_SIB_NOT_LOGGED_IN, /* one of the two has no login (yet or any more) */
+    GW_SIB_OTHER_USER,    /* another user (or the same name on another backend) */
+    GW_SIB_OTHER_ADDRESS, /* the same user from another client address */
 };
 
 /* The control connection with this tag finished its TLS handshake from client. */
