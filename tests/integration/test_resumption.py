@@ -12,6 +12,8 @@ Real clients: Python ssl/ftplib (session=), openssl s_client, curl, rclone."""
 
 from __future__ import annotations
 
+import ftplib
+import io
 import os
 import re
 import shutil
@@ -394,6 +396,62 @@ def test_data_leg_no_resumption_across_policies(gateway, pyftpdlib, ports, pki, 
         ctl.close()
 
 
+class SiblingFTPS(peers.ExplicitFTPS):
+    """ftplib.FTP_TLS whose data connections offer `data_session` (another control
+    connection's session), as Go's shared session cache does."""
+
+    data_session: ssl.SSLSession | None = None
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.data_session or self.sock.session)
+        return conn, size
+
+
+def test_sibling_ftplib(sgw, two_users, client_ctx):
+    """Two ftplib FTP_TLS control connections A and B of the same user: B's data
+    connections offering A's session download and upload (SHA-256); C, another user,
+    offering A's session gets 522 and the log says another user."""
+    blob = os.urandom(300_000)
+    two_users.put_bytes("sib-ftplib.bin", blob)
+    conns = []
+
+    def connect(user, password):
+        ftp = SiblingFTPS(context=client_ctx, timeout=20)
+        conns.append(ftp)
+        ftp.connect(HOST, sgw.fport("x"))
+        ftp.auth()
+        ftp.login(user, password)
+        ftp.prot_p()
+        return ftp
+
+    try:
+        a = connect(two_users.user, two_users.password)
+        b = connect(two_users.user, two_users.password)
+        a.voidcmd("NOOP")  # TLS 1.3: A's tickets arrive after the handshake
+        b.data_session = a.sock.session
+        offset = sgw.log_size()
+        got: list[bytes] = []
+        b.retrbinary("RETR sib-ftplib.bin", got.append)
+        assert peers.sha256_bytes(b"".join(got)) == peers.sha256_bytes(blob)
+        b.storbinary("STOR sib-ftplib-up.bin", io.BytesIO(blob))
+        assert peers.sha256_file(two_users.path("sib-ftplib-up.bin")) == \
+            peers.sha256_bytes(blob)
+        assert faults.log_from(sgw, offset).count("event=data_tls_resumed rule=sibling") == 2
+        c = connect(OTHER_USER, OTHER_PASSWORD)
+        c.data_session = a.sock.session
+        offset = sgw.log_size()
+        with pytest.raises(ftplib.error_perm, match="^522"):
+            c.retrbinary("RETR sib-ftplib.bin", lambda _: None)
+        wait_log(sgw, r"event=data_tls_refused reason=\"resumed the session of another "
+                      r"user\"", offset)
+    finally:
+        for ftp in conns:
+            ftp.close()
+
+
 # ---------------------------------------------------------------------------------------
 # rclone (Go's TLS: one session cache per host:port for all its connections)
 
@@ -428,25 +486,37 @@ def tree_digests(root) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def sgw2(workdir, ports, tls_cert, two_users):
+    """Like sgw, with two workers: siblings on different workers (process-wide tickets and
+    registry)."""
+    with faults.gateway_factory(workdir, ports, tls_cert, "resumption-workers") as factory:
+        yield factory(two_users, frontends={"x": frontend("explicit")},
+                      extra={"global": {"workers": 2}})
+
+
 @pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed")
-@pytest.mark.parametrize("fe", ["fe", "x"], ids=["implicit", "explicit"])
-def test_rclone(sgw, two_users, fe, tmp_path):
+@pytest.mark.parametrize("fe,workers", [("fe", 1), ("x", 1), ("x", 2)],
+                         ids=["implicit", "explicit", "explicit-2-workers"])
+def test_rclone(request, two_users, fe, workers, tmp_path):
     """rclone copy up and down with --transfers 4 (12 files), check, sync, purge through
     the gateway to pyftpdlib; every file compared by SHA-256."""
+    sgw = request.getfixturevalue("sgw2" if workers == 2 else "sgw")
+    fe_dir = f"{fe}-{workers}"
     env = rclone_env(sgw, fe, two_users.user, two_users.password, fe == "fe", tmp_path)
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     for i in range(12):
         d = src / "sub" if i % 3 == 0 else src
         (d / f"f{i:02}.bin").write_bytes(os.urandom(50_000 + i * 37_000))
-    remote = f"gw:rclone-{fe}"
+    remote = f"gw:rclone-{fe_dir}"
     # pyftpdlib answers MLSD of a missing directory with 501, which rclone takes for an
     # error (it expects 550): the destination exists beforehand.
-    (two_users.root / f"rclone-{fe}").mkdir()
+    (two_users.root / f"rclone-{fe_dir}").mkdir()
     offset = sgw.log_size()
     res = rclone(env, "copy", str(src), remote)
     assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
-    assert tree_digests(two_users.root / f"rclone-{fe}") == tree_digests(src)
+    assert tree_digests(two_users.root / f"rclone-{fe_dir}") == tree_digests(src)
     down = tmp_path / "down"
     res = rclone(env, "copy", remote, str(down))
     assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
@@ -459,11 +529,12 @@ def test_rclone(sgw, two_users, fe, tmp_path):
     (src / "new.bin").write_bytes(os.urandom(30_000))
     res = rclone(env, "sync", str(src), remote)
     assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
-    assert tree_digests(two_users.root / f"rclone-{fe}") == tree_digests(src)
+    assert tree_digests(two_users.root / f"rclone-{fe_dir}") == tree_digests(src)
     res = rclone(env, "purge", remote)
     assert res.returncode == 0, peers.describe(res)
-    assert not (two_users.root / f"rclone-{fe}").exists()
+    assert not (two_users.root / f"rclone-{fe_dir}").exists()
     log = sgw.log_since(offset, max_lines=100000)
     assert "event=data_tls_refused" not in log
-    print(f"rclone {fe}: {log.count('rule=sibling')} sibling resumptions, "
-          f"{log.count('event=transfer_end')} transfers")
+    print(f"rclone {fe_dir}: {log.count('rule=sibling')} sibling resumptions, "
+          f"{log.count('event=transfer_end')} transfers, "
+          f"{log.count('event=session_start')} sessions ({log.count('worker=1')} on worker 1)")
