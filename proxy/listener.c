@@ -464,7 +464,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     const gw_frontend_conf *fc = fe->conf;
     gw_addr la;
     if (gw_resolve_host(fc->listen.host, fc->listen.port, &la)) {
-        snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
+        snprintf(err, cap, "cannot resolve %s", fc->listen.host);
         return NULL;
     }
     gw_listener *l = calloc(1, sizeof *l);
@@ -484,8 +484,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
-        snprintf(err, cap, "[frontend %s] cannot listen on %s: %s", fc->name, gw_addr_str(&la),
-                 uv_strerror(r));
+        snprintf(err, cap, "cannot listen on %s: %s", gw_addr_str(&la), uv_strerror(r));
         uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         return NULL;
     }
@@ -521,7 +520,8 @@ static void close_listener(gw_listener *l)
 
 /* Point listeners at generation g: keep those whose address stays, open new ones, close the
  * rest. On failure the new listeners are closed and nothing else changes. */
-static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t cap)
+static int switch_listeners(gw_server *srv, gw_generation *g, gw_cfg_where *where, char *err,
+                            size_t cap)
 {
     size_t n = (size_t)(g->n_frontends ? g->n_frontends : 1);
     gw_listener **next = calloc(n, sizeof *next);
@@ -540,6 +540,7 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
             next[i] = open_listener(srv, &g->frontends[i], err, cap);
             fresh[i] = true;
             if (!next[i]) {
+                *where = (gw_cfg_where){"frontend", i, "listen"};
                 for (int j = 0; j < i; j++)
                     if (fresh[j])
                         close_listener(next[j]);
@@ -600,27 +601,36 @@ static void on_fd_probe(uv_timer_t *t)
 
 int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap)
 {
+    gw_cfg_where where;
+    char problem[1024];
     srv->loop = loop;
-    srv->gen = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
-    if (!srv->gen)
+    srv->gen = gw_generation_new(cfg, srv->shared->health, srv->shared->live, &where, problem,
+                                 sizeof problem);
+    if (!srv->gen) {
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
         return -1;
+    }
     uv_timer_init(loop, &srv->fd_probe);
     srv->fd_probe.data = srv;
     srv->fd_probe_started = true;
     uv_timer_start(&srv->fd_probe, on_fd_probe, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->fd_probe);
-    if (switch_listeners(srv, srv->gen, err, cap) != 0)
+    if (switch_listeners(srv, srv->gen, &where, problem, sizeof problem) != 0) {
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
         return -1;
+    }
     return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, true, err, cap);
 }
 
 int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
 {
-    gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
+    gw_cfg_where where;
+    gw_generation *g =
+        gw_generation_new(cfg, srv->shared->health, srv->shared->live, &where, err, cap);
     if (!g)
         return -1;
     if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, false, err, cap) != 0 ||
-        switch_listeners(srv, g, err, cap) != 0) {
+        switch_listeners(srv, g, &where, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
     }

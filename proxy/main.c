@@ -14,6 +14,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "generation.h"
 #include "health.h"
 #include "log.h"
 #include "logfile.h"
@@ -96,6 +97,26 @@ static void warn_weak_tls(const gw_config *cfg)
                         "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
                         "below the gateway's defaults\"",
                         cfg->backends[i].name, what);
+}
+
+/* What start needs beyond a file that parses (-t checks the same, and start before binding,
+ * so a file that cannot start exits 1 with its line): err gets "FILE:LINE: [section] key:
+ * problem". */
+static int check_config(const gw_config *cfg, char *err, size_t cap)
+{
+    gw_cfg_where where = {NULL, 0, NULL};
+    char problem[1024];
+    int r = 0;
+    if (cfg->user[0] && geteuid() == 0 && !getpwnam(cfg->user)) { /* as drop_privileges */
+        where = (gw_cfg_where){"global", 0, "user"};
+        snprintf(problem, sizeof problem, "no such user %s", cfg->user);
+        r = -1;
+    } else {
+        r = gw_generation_check(cfg, &where, problem, sizeof problem);
+    }
+    if (r != 0)
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
+    return r;
 }
 
 static int load(gw_config *cfg, char *err, size_t cap)
@@ -249,18 +270,28 @@ int main(int argc, char **argv)
         fprintf(stderr, "ftpsgate: %s\n", err);
         return 1;
     }
-    if (test_only) {
-        printf("ok\n");
-        gw_config_free(&cfg);
-        return 0;
-    }
     config_path = path;
-    gw_log_set_level(cfg.log_level);
+    /* -t: warnings (weak TLS, a backend name that does not resolve yet) but not the
+     * information lines of a start. */
+    gw_log_set_level(test_only && cfg.log_level > GW_LOG_WARN ? GW_LOG_WARN : cfg.log_level);
     gw_log_set_json(cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
     if (ensure_cert(&cfg) != 0) {
         gw_config_free(&cfg);
         return 2;
+    }
+    if (check_config(&cfg, err, sizeof err) != 0) {
+        if (!test_only)
+            GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    if (test_only) {
+        warn_weak_tls(&cfg);
+        printf("ok\n");
+        gw_config_free(&cfg);
+        return 0;
     }
     warn_weak_tls(&cfg);
     uv_loop_t *loop = uv_default_loop();
