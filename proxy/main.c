@@ -126,28 +126,86 @@ static int load(gw_config *cfg, char *err, size_t cap)
                                          "<embedded default>", cfg, err, cap);
 }
 
-/* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. Each
- * worker switches on its own loop and logs the outcome. */
-static bool reload(void)
+/* Reload (SIGHUP): new settings and certificates for new sessions; live sessions keep
+ * theirs. The file is parsed here, then every worker prepares it and all switch, or none
+ * (worker.c); reload_finished hears the outcome. One at a time: a request meanwhile runs
+ * once the current one is over (it may have read the file before the last edit). */
+static gw_config *reloading; /* the configuration being applied, NULL when none */
+static bool reload_again;
+
+static void notify_ready(uv_loop_t *loop, const char *status);
+static void start_reload(void);
+
+/* The outcome, told to the log, the metric and systemd. */
+static void reload_finished(bool ok, const char *why)
 {
-    bool ok = false;
-    if (stopping)
-        return false;
-    gw_config *cfg = calloc(1, sizeof *cfg);
-    char err[1024] = "see the previous line";
-    if (!cfg)
-        return false;
-    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0) {
-        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
-        gw_metric_reload(false);
+    gw_metric_reload(ok);
+    char status[1200];
+    if (ok) {
+        GW_LOG_INFO(0, "event=reload_complete workers=%d", gw_workers_count());
+        snprintf(status, sizeof status, "serving, reloaded");
     } else {
-        warn_weak_tls(cfg);
-        gw_workers_reload(cfg); /* each worker gets its own copy */
-        ok = true;
+        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", why);
+        snprintf(status, sizeof status, "serving, reload failed: %s; old configuration stays", why);
     }
+    for (char *p = status; *p; p++)
+        if (*p == '\n')
+            *p = ' '; /* STATUS= is one line */
+    if (!stopping)    /* no READY=1 after STOPPING=1 */
+        notify_ready(uv_default_loop(), status);
+}
+
+/* Every worker switched (ok) or every one kept the old generation. */
+static void on_reload_done(bool ok, const char *err, void *arg)
+{
+    gw_config *cfg = reloading;
+    reloading = NULL;
+    if (ok) {
+        /* Process-wide settings, on the main thread where the probes run. */
+        gw_log_set_level(cfg->log_level);
+        gw_log_set_json(cfg->log_json);
+        if (health && gw_health_configure(health, cfg) != 0)
+            GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
+        gw_admin_config(cfg);
+    }
+    reload_finished(ok, err);
     gw_config_free(cfg);
     free(cfg);
-    return ok;
+    if (reload_again && !stopping) {
+        reload_again = false;
+        start_reload();
+    }
+}
+
+static void start_reload(void)
+{
+    if (stopping)
+        return;
+    if (reloading) {
+        reload_again = true;
+        return;
+    }
+    char msg[80];
+    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)gw_notify_monotonic_usec());
+    gw_notify(msg);
+    gw_config *cfg = calloc(1, sizeof *cfg);
+    char err[1024] = "out of memory";
+    int r = cfg ? load(cfg, err, sizeof err) : -1;
+    if (r == 0 && ensure_cert(cfg) != 0) {
+        snprintf(err, sizeof err, "cannot prepare a self-signed certificate");
+        r = -1;
+    }
+    if (r != 0) {
+        gw_config_free(cfg);
+        free(cfg);
+        reload_finished(false, err);
+        return;
+    }
+    warn_weak_tls(cfg);
+    reloading = cfg;
+    if (gw_workers_reload(cfg, on_reload_done, NULL) != 0)
+        on_reload_done(false, "a reload is already under way", NULL);
 }
 
 /* [global] user: after binding (990/21 need root), run as an unprivileged user. Ports below
@@ -186,7 +244,7 @@ static void on_watchdog(uv_timer_t *t)
 
 static void notify_ready(uv_loop_t *loop, const char *status)
 {
-    char msg[200];
+    char msg[1400];
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s, %d worker(s)\nMAINPID=%ld", status,
              gw_workers_count(), (long)getpid());
     gw_notify(msg);
@@ -211,15 +269,7 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     if (signum == SIGHUP) {
-        if (stopping)
-            return; /* no READY=1 after STOPPING=1 */
-        char msg[80];
-        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
-                 (unsigned long long)gw_notify_monotonic_usec());
-        gw_notify(msg);
-        /* Parsed and posted to every worker (each applies it on its own loop). */
-        notify_ready(h->loop, reload() ? "serving, reloaded"
-                                       : "serving, reload failed: old configuration stays");
+        start_reload();
         return;
     }
     if (!stopping)
