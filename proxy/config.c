@@ -529,6 +529,7 @@ static const struct keydef keys[] = {
     {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
     {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
     {"admin_listen", S_GLOBAL, p_admin_listen, G(admin_listen), "", true, 0, 0, NULL},
+    {"control_socket", S_GLOBAL, p_str, G(control_socket), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},

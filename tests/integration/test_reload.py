@@ -1,18 +1,22 @@
-"""A reload tells the truth: READY/STATUS (sd_notify) and ftpsgate_reloads_total{result}
-say "reloaded" only when every worker switched to the new configuration. A reload that
-fails anywhere (a port in use, an xferlog that cannot be opened, a missing key file, a file
-that does not parse) says `reload failed` and what failed, counts as failed, and leaves the
-old configuration serving on every worker (two workers here: each is seen greeting with
-the old text, and a transfer works)."""
+"""A reload tells the truth: `ftpsgate -s reload` (through the control socket), READY/STATUS
+(sd_notify) and ftpsgate_reloads_total{result} say "reloaded" only when every worker switched
+to the new configuration. A reload that fails anywhere (a port in use, an xferlog that
+cannot be opened, a missing key file, a file that does not parse) makes `-s reload` exit 1
+with the reason, says `reload failed` and what failed in STATUS, counts as failed, and
+leaves the old configuration serving on every worker (two workers here: each is seen
+greeting with the old text, and a transfer works)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
-import os
+import shutil
 import socket
-import time
+import subprocess
+import tempfile
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -39,10 +43,19 @@ def metric(gw, result: str) -> int:
     return int(m.group(1))
 
 
-def start(gateway, backend, ports, ns, tmp_path):
+@pytest.fixture
+def short_dir():
+    """A unix socket path must fit 107 bytes: tmp_path is too deep."""
+    d = Path(tempfile.mkdtemp(prefix="fgctl-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start(gateway, backend, ports, ns, tmp_path, short_dir):
     admin = ports.port()
     gw = gateway(backend, extra={"global": {"workers": 2, "admin_listen": f"{HOST}:{admin}",
-                                            "xferlog": tmp_path / "xferlog"}},
+                                            "xferlog": tmp_path / "xferlog",
+                                            "control_socket": short_dir / "ctl.sock"}},
                  frontends={"p": frontend("plain", greeting=OLD)})
     gw.admin_port = admin
     ns.wait("READY")
@@ -63,12 +76,14 @@ def greetings(gw, n: int = 16) -> tuple[set[str], set[str]]:
     return seen, workers
 
 
-def reload(gw, ns) -> dict[str, str]:
-    """SIGHUP; the READY=1 that ends it."""
+def reload(gw, ns) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """`ftpsgate -s reload`, which returns once the reload's outcome is known; and the
+    READY=1 that ended it (sent before the answer)."""
     n = len(ns.with_key("READY", "1"))
-    os.kill(gw.pid, signal.SIGHUP)
-    ns.wait("READY", n + 1, timeout=30)
-    return ns.with_key("READY", "1")[n]
+    res = subprocess.run([str(peers.GATEWAY_BIN), "-s", "reload", "-c", str(gw.config)],
+                         capture_output=True, text=True, timeout=120)
+    assert len(ns.with_key("READY", "1")) == n + 1 or ns.wait("READY", n + 1) is None
+    return res, ns.with_key("READY", "1")[n]
 
 
 def transfer_works(gw, backend, blobs, tmp_path, name):
@@ -78,12 +93,14 @@ def transfer_works(gw, backend, blobs, tmp_path, name):
     assert peers.sha256_file(out) == digest
 
 
-def test_good_reload(gateway, pyftpdlib, ports, ns, tmp_path, blobs):
-    gw = start(gateway, pyftpdlib, ports, ns, tmp_path)
+def test_good_reload(gateway, pyftpdlib, ports, ns, tmp_path, blobs, short_dir):
+    gw = start(gateway, pyftpdlib, ports, ns, tmp_path, short_dir)
     assert greetings(gw) == ({f"220 {OLD}"}, {"0", "1"})
+    assert oct((short_dir / "ctl.sock").stat().st_mode & 0o777) == "0o600"
     ok = metric(gw, "ok")
     gw.config.write_text(gw.config.read_text().replace(OLD, NEW))
-    ready = reload(gw, ns)
+    res, ready = reload(gw, ns)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "reloaded\n", ""), res
     assert ready["STATUS"].startswith("serving, reloaded"), ready
     assert metric(gw, "ok") == ok + 1
     assert gw.log.count("event=reloaded worker=") == 2
@@ -116,15 +133,18 @@ BREAKS = {
 
 @pytest.mark.parametrize("what", list(BREAKS))
 def test_failed_reload_keeps_the_old_configuration_everywhere(gateway, pyftpdlib, ports, ns,
-                                                              tmp_path, blobs, what):
-    gw = start(gateway, pyftpdlib, ports, ns, tmp_path)
+                                                              tmp_path, blobs, what, short_dir):
+    gw = start(gateway, pyftpdlib, ports, ns, tmp_path, short_dir)
     good = gw.config.read_text()
     holder = socket.socket()
     try:
         bad, reason = BREAKS[what](good.replace(OLD, NEW), tmp_path, ports, holder)
         gw.config.write_text(bad)
         ok, failed = metric(gw, "ok"), metric(gw, "failed")
-        ready = reload(gw, ns)
+        res, ready = reload(gw, ns)
+        assert res.returncode == 1 and res.stdout == "", res
+        assert res.stderr.startswith("ftpsgate: reload failed: ") and \
+            re.search(reason, res.stderr), res.stderr
         status = ready["STATUS"]
         assert "reload failed" in status and re.search(reason, status), status
         assert re.search(rf"{re.escape(str(gw.config))}:\d+: ", status)
@@ -137,5 +157,49 @@ def test_failed_reload_keeps_the_old_configuration_everywhere(gateway, pyftpdlib
         holder.close()
     # Fixed: the next reload succeeds on both.
     gw.config.write_text(good.replace(OLD, NEW))
-    assert reload(gw, ns)["STATUS"].startswith("serving, reloaded")
+    res, ready = reload(gw, ns)
+    assert res.returncode == 0 and ready["STATUS"].startswith("serving, reloaded"), res
     assert greetings(gw) == ({f"220 {NEW}"}, {"0", "1"})
+
+
+def test_sighup_and_queued_requests(gateway, pyftpdlib, ports, ns, tmp_path, short_dir):
+    """SIGHUP reloads as before (the same path); requests that arrive during a reload get
+    the outcome of the next one, which runs once the first is over."""
+    gw = start(gateway, pyftpdlib, ports, ns, tmp_path, short_dir)
+    gw.config.write_text(gw.config.read_text().replace(OLD, NEW))
+    os.kill(gw.pid, signal.SIGHUP)
+    procs = [subprocess.Popen([str(peers.GATEWAY_BIN), "-s", "reload", "-c", str(gw.config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out) == (0, "reloaded\n"), err
+    ns.wait("READY", 3)  # start, then at least the SIGHUP's
+    statuses = [m["STATUS"] for m in ns.with_key("READY", "1")[1:]]
+    assert all(s.startswith("serving, reloaded") for s in statuses), statuses
+    assert greetings(gw) == ({f"220 {NEW}"}, {"0", "1"})
+
+
+def test_no_gateway_to_answer(tmp_path, short_dir):
+    """Nothing listens on the control socket: exit 2, the path named."""
+    conf = tmp_path / "gw.conf"
+    conf.write_text(f"[global]\ncontrol_socket = {short_dir}/none.sock\n[frontend f]\n"
+                    "listen = 127.0.0.1:2990\nmode = plain\n[backend b]\n"
+                    "address = 127.0.0.1:2121\n")
+    res = subprocess.run([str(peers.GATEWAY_BIN), "-s", "reload", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res
+    assert f"cannot reach the running gateway at {short_dir}/none.sock" in res.stderr
+    res = subprocess.run([str(peers.GATEWAY_BIN), "-s", "restart", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "unknown command" in res.stderr
+
+
+def test_control_socket_too_long(tmp_path):
+    conf = tmp_path / "gw.conf"
+    conf.write_text(f"[global]\ncontrol_socket = /{'x' * 120}/ctl.sock\n[frontend f]\n"
+                    "listen = 127.0.0.1:2990\nmode = plain\n[backend b]\n"
+                    "address = 127.0.0.1:2121\n")
+    res = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 1 and f"{conf}:2: [global] control_socket: " in res.stderr, res

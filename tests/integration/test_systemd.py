@@ -220,13 +220,21 @@ def test_unit_verifies(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     text = UNIT.read_text()
-    execs = set(re.findall(r"^Exec(?:Start|StartPre)=(\S+)", text, re.M))
+    execs = set(re.findall(r"^Exec(?:Start|StartPre|Reload)=(\S+)", text, re.M))
     assert execs == {"/usr/local/bin/ftpsgate"}, execs
     installed = dest / "usr/local/bin/ftpsgate"
     assert installed.read_bytes() == (REPO / "build" / "ftpsgate").read_bytes()
     shipped = dest / "usr/local/share/doc/ftpsgate/config/ftpsgate.service"
     assert shipped.read_text() == text, "make install ships the unit"
-    for directive in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=",
+    # systemctl reload fails when the reload fails (systemd 252 has no Type=notify-reload):
+    # the file is checked, then `-s reload` waits for every worker's answer.
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.M)
+    assert reloads == ["/usr/local/bin/ftpsgate -t -c /etc/ftpsgate/ftpsgate.conf",
+                       "/usr/local/bin/ftpsgate -s reload -c /etc/ftpsgate/ftpsgate.conf"]
+    # A configuration error (exit 1) is not retried; other start failures only a few times.
+    assert re.search(r"^RestartPreventExitStatus=1$", text, re.M)
+    assert re.search(r"^StartLimitBurst=\d+$", text, re.M)
+    for directive in ("Type=notify", "WatchdogSec=",
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                       "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
         assert directive in text, directive
