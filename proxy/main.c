@@ -502,6 +502,11 @@ int main(int argc, char **argv)
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_control_stop();
     gw_workers_finish();
+    if (reloading) { /* stopped while every worker was asked: nothing will answer now */
+        gw_config_free(reloading);
+        free(reloading);
+        reloading = NULL;
+    }
     gw_admin_stop();
     gw_health_free(health); /* its handles closed with the loop's last run */
     health = NULL;
