@@ -435,7 +435,11 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
-    if (check_config(&cfg, err, sizeof err) != 0) {
+    if (!test_only) /* the workers log the same warnings once, building their own */
+        gw_log_set_level(GW_LOG_ERROR);
+    r = check_config(&cfg, err, sizeof err);
+    gw_log_set_level(test_only && cfg.log_level > GW_LOG_WARN ? GW_LOG_WARN : cfg.log_level);
+    if (r != 0) {
         if (!test_only)
             GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);
