@@ -203,3 +203,64 @@ def test_control_socket_too_long(tmp_path):
     res = subprocess.run([str(peers.GATEWAY_BIN), "-t", "-c", str(conf)], capture_output=True,
                          text=True, timeout=30)
     assert res.returncode == 1 and f"{conf}:2: [global] control_socket: " in res.stderr, res
+
+
+@pytest.fixture(scope="module")
+def failopen():
+    """tests/tools/failopen.c built as an LD_PRELOAD shim (not under ASan, whose runtime
+    must come first)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build tests/tools/failopen.c")
+    ldd = subprocess.run(["ldd", str(peers.GATEWAY_BIN)], capture_output=True, text=True)
+    if "libasan" in ldd.stdout:
+        pytest.skip("ASan build: its runtime must come first in LD_PRELOAD")
+    out = peers.REPO / "build" / "failopen.so"
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2",
+                    "-o", str(out), str(peers.REPO / "tests" / "tools" / "failopen.c"), "-ldl"],
+                   check=True)
+    return out
+
+
+def test_one_worker_fails_and_the_other_rolls_back(gateway, pyftpdlib, ports, ns, tmp_path,
+                                                   blobs, short_dir, failopen, monkeypatch,
+                                                   tls_cert):
+    """Only the second worker to read the new key file fails (the shim): the first had
+    prepared everything, a new listener included, and must drop it. Both keep the old
+    configuration, the new port is closed again, and no descriptor is left behind."""
+    new_key = tmp_path / "new.key"
+    shutil.copy(tls_cert[1], new_key)
+    with monkeypatch.context() as m:
+        m.setenv("LD_PRELOAD", str(failopen))
+        m.setenv("FAILOPEN_PATH", str(new_key))
+        m.setenv("FAILOPEN_NTH", "2")
+        gw = start(gateway, pyftpdlib, ports, ns, tmp_path, short_dir)
+    assert "failopen" in open(f"/proc/{gw.pid}/maps").read()
+    assert greetings(gw) == ({f"220 {OLD}"}, {"0", "1"})
+    good = gw.config.read_text()
+    new_port = ports.port()
+    bad = re.sub(r"^key = .*$", f"key = {new_key}", good.replace(OLD, NEW), flags=re.M)
+    gw.config.write_text(bad + render_ini({"frontend added": {
+        "listen": f"{HOST}:{new_port}", "mode": "plain", "backend": "be"}}))
+    fds = gw.settled_fd_count()
+    failed = metric(gw, "failed")
+    res, ready = reload(gw, ns)
+    assert res.returncode == 1, res
+    assert re.search(r"\[tls\] key: cannot load private key .*new\.key", res.stderr), res.stderr
+    assert "reload failed" in ready["STATUS"]
+    assert metric(gw, "failed") == failed + 1
+    # One worker had prepared (its TLS context, the new port) before the abort.
+    assert gw.log.count("event=reload_prepare_failed ") == 1, gw.log[-3000:]
+    assert "event=reloaded worker=" not in gw.log
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((HOST, new_port), timeout=5).close()
+    assert greetings(gw, 24) == ({f"220 {OLD}"}, {"0", "1"})
+    transfer_works(gw, pyftpdlib, blobs, tmp_path, "rolled-back")
+    assert gw.wait_fd_count(fds) == fds
+    # The key is read fine from now on: the next reload switches both.
+    res, ready = reload(gw, ns)
+    assert res.returncode == 0, res
+    assert greetings(gw) == ({f"220 {NEW}"}, {"0", "1"})
+    with socket.create_connection((HOST, new_port), timeout=5) as s:
+        assert s.recv(4096).startswith(b"220")
