@@ -132,6 +132,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     uv_read_stop(s);
     *nl = 0;
+    /* SECURITY: the file is 0600, and the peer must be root or the gateway's own user. The
+     * check comes once the request is read: closing a socket with unread data would reset
+     * it, and the peer would not read why. */
+    uv_os_fd_t fd;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (uv_fileno((uv_handle_t *)s, &fd) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        (cred.uid != 0 && cred.uid != geteuid())) {
+        GW_LOG_WARN(0, "event=control_refused reason=\"not root nor the gateway's user\"");
+        client_reply(c, "failed %s\n", "permission denied");
+        return;
+    }
     if (nl > c->line && nl[-1] == '\r')
         nl[-1] = 0;
     if (strcmp(c->line, "reload") != 0) {
@@ -168,17 +181,6 @@ static void on_connection(uv_stream_t *srv, int status)
     ctl.n_clients++;
     if (uv_accept(srv, (uv_stream_t *)p) != 0) {
         client_close(c);
-        return;
-    }
-    /* SECURITY: the file is 0600, and the peer must be root or the gateway's own user. */
-    uv_os_fd_t fd;
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-    if (uv_fileno((uv_handle_t *)p, &fd) != 0 ||
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
-        (cred.uid != 0 && cred.uid != geteuid())) {
-        GW_LOG_WARN(0, "event=control_refused reason=\"not root nor the gateway's user\"");
-        client_reply(c, "failed %s\n", "permission denied");
         return;
     }
     uv_read_start((uv_stream_t *)p, on_alloc, on_read);
@@ -308,13 +310,15 @@ int gw_control_send(const char *path, const char *command, int timeout_s, char *
     }
     snprintf(req, sizeof req, "%s\n", command);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         snprintf(out, cap, "cannot reach the running gateway at %s: %s", path, strerror(errno));
         if (fd >= 0)
             close(fd);
         return 2;
     }
+    /* A refusal may be written and the socket closed before our request is: its answer is
+     * read all the same. */
+    int send_errno = send(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t)strlen(req) ? 0 : errno;
     char buf[1400];
     size_t n = 0;
     int64_t deadline = now_ms() + (int64_t)timeout_s * 1000;
@@ -326,9 +330,13 @@ int gw_control_send(const char *path, const char *command, int timeout_s, char *
             continue;
         ssize_t got = r > 0 ? recv(fd, buf + n, sizeof buf - 1 - n, 0) : -1;
         if (got <= 0) {
-            snprintf(out, cap, "%s",
-                     r == 0 ? "no answer from the gateway in time"
-                            : "the gateway closed the connection (stopping?)");
+            if (send_errno)
+                snprintf(out, cap, "cannot reach the running gateway at %s: %s", path,
+                         strerror(send_errno));
+            else
+                snprintf(out, cap, "%s",
+                         r == 0 ? "no answer from the gateway in time"
+                                : "the gateway closed the connection (stopping?)");
             close(fd);
             return 2;
         }

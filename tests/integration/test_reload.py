@@ -264,3 +264,30 @@ def test_one_worker_fails_and_the_other_rolls_back(gateway, pyftpdlib, ports, ns
     assert greetings(gw) == ({f"220 {NEW}"}, {"0", "1"})
     with socket.create_connection((HOST, new_port), timeout=5) as s:
         assert s.recv(4096).startswith(b"220")
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv absent (util-linux)")
+def test_only_root_and_the_gateways_user(gateway, pyftpdlib, ports, ns, tmp_path, short_dir):
+    """SECURITY: the socket is 0600 (another user cannot connect), and even on a socket
+    opened up by mistake the peer's credentials are checked: nobody is refused, nothing is
+    reloaded."""
+    gw = start(gateway, pyftpdlib, ports, ns, tmp_path, short_dir)
+    sock = short_dir / "ctl.sock"
+    os.chmod(short_dir, 0o755)
+    conf = tmp_path / "readable.conf"  # the client reads the file as nobody
+    conf.write_text(f"[global]\ncontrol_socket = {sock}\n")
+    conf.chmod(0o644)
+    for p in [tmp_path, *tmp_path.parents]:
+        if p != Path("/"):
+            os.chmod(p, os.stat(p).st_mode | 0o005)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 str(peers.GATEWAY_BIN), "-s", "reload", "-c", str(conf)]
+    res = subprocess.run(as_nobody, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "Permission denied" in res.stderr, res
+    os.chmod(sock, 0o666)
+    mark = gw.log_size()
+    res = subprocess.run(as_nobody, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "permission denied" in res.stderr, res
+    assert "event=control_refused" in gw.log_since(mark)
+    assert "event=control_command" not in gw.log_since(mark)
+    assert len(ns.with_key("RELOADING")) == 0
