@@ -46,9 +46,10 @@ static gw_worker *workers;
 static int n_workers;
 static gw_shared shared = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* The reload coordinator, on the main thread: round 2k-1 prepares on every worker, round 2k
- * commits (all prepared) or aborts (any failed); the caller hears once every worker has
- * answered both. The workers answer through rl.async. */
+/* The reload coordinator, on the main thread: a first round prepares on every worker, a
+ * second commits (all prepared) or aborts (any failed); the caller hears once every worker
+ * has answered both. Each round has a number of its own (a reply counts for that round
+ * only); the workers answer through rl.async. */
 static struct {
     pthread_mutex_t lock; /* guards async_open (workers poke from their threads) */
     uv_async_t async;
