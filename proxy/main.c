@@ -412,7 +412,7 @@ int main(int argc, char **argv)
     int r = path ? gw_config_load_file(path, &cfg, err, sizeof err)
                  : gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
                                    "<embedded default>", &cfg, err, sizeof err);
-    if (r != 0 && command && path) {
+    if (r != 0 && command && path && access(path, R_OK) == 0) {
         /* The running gateway is asked all the same: it says why the file does not load,
          * counts the failure and tells systemd. */
         memset(&cfg, 0, sizeof cfg);
