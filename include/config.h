@@ -112,7 +112,8 @@ typedef struct gw_config {
      * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */
     int ban_after, ban_window, ban_time;
     char ban_exempt[GW_PATH_MAX];
-    gw_hostport admin_listen; /* HTTP admin endpoint; port 0: off */
+    gw_hostport admin_listen;         /* HTTP admin endpoint; port 0: off */
+    char control_socket[GW_PATH_MAX]; /* control.h; empty: STATE_DIR/control.sock, "off" */
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;
@@ -129,6 +130,9 @@ typedef struct gw_config {
     int n_frontends, n_backends;
     gw_frontend_conf *frontends;
     gw_backend_conf *backends;
+    /* Where the parsed text set each key (gw_config_where): for messages about the running
+     * configuration. Owned; NULL in a copy (gw_config_copy does not carry it). */
+    struct gw_config_lines *lines;
 } gw_config;
 
 /* Does this frontend send its own 220 and open the backend connection at USER? (greeting
@@ -171,6 +175,15 @@ int gw_parse_hostport(const char *s, gw_hostport *hp);
  * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
  * seclevel=lowered"), else 0. A backend without TLS is never weak. */
 int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
+
+/* "ORIGIN:LINE: [section] key" of a key of the parsed file, for problems found after
+ * parsing (a certificate that does not load, a port in use). section: "global", "tls",
+ * "frontend" or "backend"; index: the frontend or backend; key NULL: the section itself.
+ * A frontend key it did not set names the [tls] line of the same key when [tls] set it
+ * (the frontend inherits it), else the frontend's header line. LINE 0 when unknown (a
+ * copy, a default value). */
+void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
+                     char *out, size_t cap);
 
 /* The key table, for documentation checks: the i-th key's name, its section kind
  * ("global", "tls", "frontend", "backend") in *section; NULL past the last key. */

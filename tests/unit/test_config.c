@@ -813,6 +813,37 @@ static void test_weak_tls(void **state)
     (void)state;
 }
 
+/* Where keys were set, for problems found after parsing (-t, a reload). */
+static void test_where(void **state)
+{
+    (void)state;
+    char at[GW_PATH_MAX + 128];
+    assert_int_equal(parse("[global]\nxferlog = /x\n[tls]\nkey = /k\ncert = /c\n"
+                           "[frontend a]\nlisten = 127.0.0.1:990\n"
+                           "[frontend b]\nlisten = 127.0.0.1:991\nkey = /kb\ncert = /cb\n" BE),
+                     0);
+    gw_config_where(&cfg, "global", 0, "xferlog", at, sizeof at);
+    assert_string_equal(at, "t.conf:2: [global] xferlog");
+    gw_config_where(&cfg, "frontend", 1, "key", at, sizeof at);
+    assert_string_equal(at, "t.conf:10: [frontend b] key");
+    /* a frontend without its own key inherits [tls]'s: that line is named */
+    gw_config_where(&cfg, "frontend", 0, "key", at, sizeof at);
+    assert_string_equal(at, "t.conf:4: [tls] key");
+    /* a key set nowhere: the section's header */
+    gw_config_where(&cfg, "frontend", 0, "pasv_address", at, sizeof at);
+    assert_string_equal(at, "t.conf:6: [frontend a] pasv_address");
+    gw_config_where(&cfg, "backend", 0, "address", at, sizeof at);
+    assert_string_equal(at, "t.conf:13: [backend b] address");
+    gw_config_where(&cfg, "backend", 0, NULL, at, sizeof at);
+    assert_string_equal(at, "t.conf:12: [backend b]");
+    gw_config copy;
+    assert_int_equal(gw_config_copy(&copy, &cfg), 0);
+    assert_null(copy.lines); /* copies do not carry the lines */
+    gw_config_where(&copy, "global", 0, "xferlog", at, sizeof at);
+    assert_string_equal(at, "<config>:0: [global] xferlog");
+    gw_config_free(&copy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -846,6 +877,7 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_sample_files),
         cmocka_unit_test(test_weak_tls),
+        cmocka_unit_test(test_where),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
