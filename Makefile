@@ -85,6 +85,12 @@ build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP) | check-cmocka
 	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
 	  $(CMOCKA_LIBS)
 
+# The mailbox's test runs threads and a libuv loop: it links mailbox.o and libuv.
+build/unit/test_mailbox: tests/unit/test_mailbox.c build/obj/mailbox.o $(FLAGSTAMP) | check-cmocka
+	@mkdir -p $(@D)
+	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< \
+	  build/obj/mailbox.o $(CMOCKA_LIBS) $(LDLIBS) -lpthread
+
 -include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(FUZZ_BINS:=.d)
 
 unit: $(UNIT_BINS)

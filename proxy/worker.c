@@ -1,8 +1,8 @@
 /* Workers: see worker.h. Everything a worker owns (loop, server, sessions, handles) is
- * touched only by its own thread; the main thread writes only the mailbox, under its lock. */
+ * touched only by its own thread; other threads reach it only through its mailbox. */
 #include "worker.h"
 
-#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "mailbox.h"
 #include "shared_port.h"
 
 #define MAX_WORKERS 1024
@@ -21,25 +22,24 @@ typedef struct gw_worker {
     uv_loop_t *loop;
     uv_loop_t own_loop; /* workers other than 0 */
     gw_server srv;
-    uv_async_t wake;
+    gw_mailbox mailbox;
+    bool mailbox_ready;
     uv_timer_t stop_timer;
     uint64_t stop_deadline;
     uv_thread_t thread;
     bool thread_started;
-    pthread_mutex_t lock; /* guards done, the mailbox and the reply */
-    _Atomic bool done;    /* its loop has ended: nothing may be posted to it any more */
-    /* mailbox: a reload to prepare, then commit or abort, each tagged with its round */
-    gw_config *reload_cfg;
-    unsigned prepare_round;
-    enum { RL_NONE, RL_COMMIT, RL_ABORT } finish;
-    unsigned finish_round;
-    int stop_requests;
+    _Atomic bool done; /* its loop has ended (its mailbox is closed) */
+    /* Stops coalesce into one message: the requests are counted, the message is posted
+     * when it is not queued already, and the worker handles each request once. */
+    gw_mail stop_mail;
+    _Atomic bool stop_posted;
+    _Atomic int stop_requests;
     int stops_seen; /* the worker's own count of stop requests handled */
-    /* reply to the coordinator: the last round answered and how */
-    unsigned reply_round;
-    bool reply_ok;
-    gw_cfg_where reply_where;
-    char reply_err[512];
+    /* the coordinator's (main thread): this worker's answer to the current round */
+    unsigned answered_round;
+    bool answer_ok;
+    gw_cfg_where answer_where;
+    char answer_err[512];
 } gw_worker;
 
 static gw_worker *workers;
@@ -48,12 +48,11 @@ static gw_shared shared = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* The reload coordinator, on the main thread: a first round prepares on every worker, a
  * second commits (all prepared) or aborts (any failed); the caller hears once every worker
- * has answered both. Each round has a number of its own (a reply counts for that round
- * only); the workers answer through rl.async. */
+ * has answered both. Each round has a number of its own (an answer counts for that round
+ * only). A round's message goes to the worker's mailbox and comes back, answered, through
+ * worker 0's (the main loop's); one that cannot run (the worker's loop has ended) answers
+ * "worker N has stopped". */
 static struct {
-    pthread_mutex_t lock; /* guards async_open (workers poke from their threads) */
-    uv_async_t async;
-    bool async_open;
     bool active;
     unsigned round; /* of the workers' replies expected now */
     bool second;    /* the round is the second one (commit or abort) */
@@ -62,28 +61,21 @@ static struct {
     gw_reload_done done;
     void *arg;
     char err[1024];
-} rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} rl;
 
-static void on_reload_reply(uv_async_t *a);
+/* One round's message to one worker, and its answer on the way back. */
+typedef struct rl_msg {
+    gw_mail mail;
+    gw_worker *w;
+    unsigned round;
+    enum { RL_PREPARE, RL_COMMIT, RL_ABORT } what;
+    gw_config *cfg; /* RL_PREPARE: a deep copy, freed by the worker */
+    bool ok;
+    gw_cfg_where where;
+    char err[512];
+} rl_msg;
 
-static void rl_poke(void)
-{
-    pthread_mutex_lock(&rl.lock);
-    if (rl.async_open)
-        uv_async_send(&rl.async);
-    pthread_mutex_unlock(&rl.lock);
-}
-
-static void reply(gw_worker *w, unsigned round, bool ok, const gw_cfg_where *where, const char *err)
-{
-    pthread_mutex_lock(&w->lock);
-    w->reply_round = round;
-    w->reply_ok = ok;
-    w->reply_where = where ? *where : (gw_cfg_where){NULL, 0, NULL};
-    snprintf(w->reply_err, sizeof w->reply_err, "%s", err ? err : "");
-    pthread_mutex_unlock(&w->lock);
-    rl_poke();
-}
+static void on_reload_answer(gw_mail *m, bool cancelled);
 
 int gw_workers_count(void)
 {
@@ -140,56 +132,64 @@ static void drop_cfg(gw_config *cfg)
 }
 
 /* Round one: everything that can fail, nothing switched yet. */
-static void prepare_reload(gw_worker *w, gw_config *cfg, unsigned round)
+static void prepare_reload(gw_worker *w, rl_msg *m)
 {
-    char err[512];
-    gw_cfg_where where = {NULL, 0, NULL};
-    bool ok = false;
+    m->ok = false;
     if (w->srv.stopping) {
-        snprintf(err, sizeof err, "the gateway is stopping");
-    } else if (gw_server_reload_prepare(&w->srv, cfg, &where, err, sizeof err) != 0) {
-        GW_LOG_INFO(0, "event=reload_prepare_failed worker=%d reason=\"%s\"", w->index, err);
+        snprintf(m->err, sizeof m->err, "the gateway is stopping");
+    } else if (gw_server_reload_prepare(&w->srv, m->cfg, &m->where, m->err, sizeof m->err) != 0) {
+        GW_LOG_INFO(0, "event=reload_prepare_failed worker=%d reason=\"%s\"", w->index, m->err);
     } else {
-        if (cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
+        if (m->cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
             GW_LOG_WARN(0,
                         "event=reload_note note=\"workers is read at start: %d stay until a "
                         "restart\"",
                         n_workers);
-        ok = true;
+        m->ok = true;
     }
-    drop_cfg(cfg);
-    reply(w, round, ok, &where, ok ? NULL : err);
 }
 
 /* Round two: switch (cannot fail) or drop what round one prepared. */
-static void finish_reload(gw_worker *w, bool commit, unsigned round)
+static void finish_reload(gw_worker *w, rl_msg *m)
 {
-    bool staged = w->srv.staged != NULL;
-    if (commit && staged && !w->srv.stopping) {
+    bool commit = m->what == RL_COMMIT;
+    if (commit && w->srv.staged && !w->srv.stopping) {
         gw_server_reload_commit(&w->srv);
         GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
-        reply(w, round, true, NULL, NULL);
+        m->ok = true;
         return;
     }
     gw_server_reload_abort(&w->srv);
-    reply(w, round, !commit, NULL, commit ? "the gateway is stopping" : NULL);
+    m->ok = !commit;
+    if (commit)
+        snprintf(m->err, sizeof m->err, "the gateway is stopping");
 }
 
-static void on_wake(uv_async_t *a)
+/* On the worker's loop: do the round's work and send the answer to the coordinator. */
+static void on_reload_mail(gw_mail *mail, bool cancelled)
 {
-    gw_worker *w = a->data;
-    pthread_mutex_lock(&w->lock);
-    gw_config *cfg = w->reload_cfg;
-    w->reload_cfg = NULL;
-    unsigned prepare_round = w->prepare_round, finish_round = w->finish_round;
-    int finish = w->finish;
-    w->finish = RL_NONE;
-    int stops = w->stop_requests;
-    pthread_mutex_unlock(&w->lock);
-    if (cfg)
-        prepare_reload(w, cfg, prepare_round);
-    if (finish != RL_NONE)
-        finish_reload(w, finish == RL_COMMIT, finish_round);
+    rl_msg *m = GW_MAIL_OWNER(mail, rl_msg, mail);
+    if (cancelled) {
+        m->ok = false;
+        snprintf(m->err, sizeof m->err, "worker %d has stopped", m->w->index);
+    } else if (m->what == RL_PREPARE) {
+        prepare_reload(m->w, m);
+    } else {
+        finish_reload(m->w, m);
+    }
+    drop_cfg(m->cfg);
+    m->cfg = NULL;
+    if (gw_mailbox_post(&workers[0].mailbox, &m->mail, on_reload_answer) != 0)
+        free(m); /* the main loop has ended: nobody waits */
+}
+
+static void on_stop_mail(gw_mail *mail, bool cancelled)
+{
+    gw_worker *w = GW_MAIL_OWNER(mail, gw_worker, stop_mail);
+    atomic_store(&w->stop_posted, false); /* before the count is read: no request is missed */
+    if (cancelled)
+        return;
+    int stops = atomic_load(&w->stop_requests);
     while (w->stops_seen < stops) {
         w->stops_seen++;
         begin_stop(w);
@@ -210,21 +210,22 @@ static void wind_down(gw_worker *w)
     uv_run(w->loop, UV_RUN_DEFAULT);
 }
 
+/* What is still posted to it runs as cancelled (mailbox.h): a reload counts the worker as
+ * failed, a snapshot stops waiting for it, a shared-port hand-off is closed. */
 static void mark_done(gw_worker *w)
 {
     gw_admin_detach(w->index);
-    pthread_mutex_lock(&w->lock);
-    w->done = true;
-    pthread_mutex_unlock(&w->lock);
     gw_shport_worker_done(w->index);
-    rl_poke(); /* a reload waiting for it counts it as failed */
+    w->done = true;
+    if (w->mailbox_ready)
+        gw_mailbox_close(&w->mailbox);
 }
 
 static void run_worker(void *arg)
 {
     gw_worker *w = arg;
     uv_run(w->loop, UV_RUN_DEFAULT);
-    mark_done(w); /* before its async handle closes */
+    mark_done(w); /* before its mailbox's handle closes */
     wind_down(w);
     uv_loop_close(w->loop);
 }
@@ -233,8 +234,8 @@ static void free_workers(int n)
 {
     for (int i = 0; i < n; i++) {
         gw_server_free(&workers[i].srv);
-        pthread_mutex_destroy(&workers[i].lock);
-        drop_cfg(workers[i].reload_cfg);
+        if (workers[i].mailbox_ready)
+            gw_mailbox_destroy(&workers[i].mailbox);
     }
     free(workers);
     workers = NULL;
@@ -272,7 +273,6 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
     for (int i = 0; i < n; i++) {
         gw_worker *w = &workers[i];
         w->index = i;
-        pthread_mutex_init(&w->lock, NULL);
         w->loop = main_loop;
         if (i > 0) {
             w->loop = &w->own_loop;
@@ -301,19 +301,15 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
             free_workers(i + 1);
             return -1;
         }
-        uv_async_init(w->loop, &w->wake, on_wake);
-        w->wake.data = w;
+        if (gw_mailbox_init(&w->mailbox, w->loop) != 0)
+            GW_LOG_ERR(0, "event=mailbox_failed worker=%d", i);
+        w->mailbox_ready = true;
         if (gw_shport_worker_init(i, w->loop) != 0)
             GW_LOG_ERR(0, "event=shared_port_inbox_failed worker=%d", i);
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
         gw_admin_attach(i, w->loop, &w->srv);
     }
-    uv_async_init(main_loop, &rl.async, on_reload_reply);
-    uv_unref((uv_handle_t *)&rl.async);
-    pthread_mutex_lock(&rl.lock);
-    rl.async_open = true;
-    pthread_mutex_unlock(&rl.lock);
     if (n > 1)
         GW_LOG_INFO(0, "event=workers count=%d note=\"listeners shared with SO_REUSEPORT\"", n);
     return 0;
@@ -332,27 +328,25 @@ int gw_workers_run(void)
     return 0;
 }
 
-/* Into w's mailbox: a configuration to prepare, a finish command, or a stop. */
-static void post(gw_worker *w, gw_config *cfg, int finish, bool stop)
+/* The coordinator's record of w's answer to the current round. */
+static void answered(gw_worker *w, bool ok, const gw_cfg_where *where, const char *err)
 {
-    pthread_mutex_lock(&w->lock);
-    if (w->done) {
-        drop_cfg(cfg);
-    } else {
-        if (cfg) {
-            drop_cfg(w->reload_cfg); /* the coordinator never has two in flight */
-            w->reload_cfg = cfg;
-            w->prepare_round = rl.round;
-        }
-        if (finish != RL_NONE) {
-            w->finish = finish;
-            w->finish_round = rl.round;
-        }
-        if (stop)
-            w->stop_requests++;
-        uv_async_send(&w->wake); /* under the lock: its loop cannot close meanwhile */
-    }
-    pthread_mutex_unlock(&w->lock);
+    w->answered_round = rl.round;
+    w->answer_ok = ok;
+    w->answer_where = where ? *where : (gw_cfg_where){NULL, 0, NULL};
+    snprintf(w->answer_err, sizeof w->answer_err, "%s", err ? err : "");
+}
+
+/* m to its worker; a worker whose loop has ended answers at once. */
+static void send_round(gw_worker *w, rl_msg *m)
+{
+    if (gw_mailbox_post(&w->mailbox, &m->mail, on_reload_mail) == 0)
+        return;
+    char err[64];
+    snprintf(err, sizeof err, "worker %d has stopped", w->index);
+    answered(w, false, NULL, err);
+    drop_cfg(m->cfg);
+    free(m);
 }
 
 static void start_second(bool commit)
@@ -360,36 +354,34 @@ static void start_second(bool commit)
     rl.second = true;
     rl.commit = commit;
     rl.round++;
-    for (int i = 0; i < n_workers; i++)
-        post(&workers[i], NULL, commit ? RL_COMMIT : RL_ABORT, false);
+    for (int i = 0; i < n_workers; i++) {
+        rl_msg *m = calloc(1, sizeof *m);
+        if (!m) {
+            answered(&workers[i], false, NULL, "out of memory");
+            continue;
+        }
+        m->w = &workers[i];
+        m->round = rl.round;
+        m->what = commit ? RL_COMMIT : RL_ABORT;
+        send_round(&workers[i], m);
+    }
 }
 
-/* Main thread, on rl.async: once every worker answered the round (a worker whose loop has
- * ended counts as failed), start the second round or report. */
-static void on_reload_reply(uv_async_t *a)
+/* Main thread: once every worker answered the round, start the second round or report. */
+static void round_progress(void)
 {
-    if (!rl.active)
-        return;
     bool all_ok = true;
     for (int i = 0; i < n_workers; i++) {
         gw_worker *w = &workers[i];
-        pthread_mutex_lock(&w->lock);
-        bool answered = w->reply_round == rl.round, ok = answered && w->reply_ok;
-        bool done = w->done;
-        if (!ok && (answered || done) && !rl.err[0]) {
-            if (answered)
-                gw_cfg_where_format(rl.cfg, &w->reply_where, w->reply_err, rl.err, sizeof rl.err);
-            else
-                snprintf(rl.err, sizeof rl.err, "worker %d has stopped", i);
-        }
-        pthread_mutex_unlock(&w->lock);
-        if (!answered && !done)
+        if (w->answered_round != rl.round)
             return; /* wait for it */
-        all_ok &= ok;
+        if (!w->answer_ok && !rl.err[0])
+            gw_cfg_where_format(rl.cfg, &w->answer_where, w->answer_err, rl.err, sizeof rl.err);
+        all_ok &= w->answer_ok;
     }
     if (!rl.second) { /* prepared everywhere, or not: commit or abort everywhere */
         start_second(all_ok);
-        on_reload_reply(a); /* in case every worker has ended meanwhile */
+        round_progress(); /* in case every worker has ended meanwhile */
         return;
     }
     bool ok = rl.commit && all_ok;
@@ -401,6 +393,18 @@ static void on_reload_reply(uv_async_t *a)
     rl.cfg = NULL;
     rl.done = NULL;
     done(ok, err, arg); /* may start the next reload */
+}
+
+/* Main thread, a worker's answer (through worker 0's mailbox). */
+static void on_reload_answer(gw_mail *mail, bool cancelled)
+{
+    rl_msg *m = GW_MAIL_OWNER(mail, rl_msg, mail);
+    bool current = !cancelled && rl.active && m->round == rl.round;
+    if (current)
+        answered(m->w, m->ok, &m->where, m->err);
+    free(m);
+    if (current)
+        round_progress();
 }
 
 int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg)
@@ -415,34 +419,44 @@ int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg)
     rl.arg = arg;
     rl.commit = false;
     rl.err[0] = 0;
+    bool oom = false;
     for (int i = 0; i < n_workers; i++) {
-        gw_config *copy = malloc(sizeof *copy);
+        rl_msg *m = calloc(1, sizeof *m);
+        gw_config *copy = m ? malloc(sizeof *copy) : NULL;
         if (!copy || gw_config_copy(copy, cfg) != 0) {
             free(copy);
+            free(m);
             snprintf(rl.err, sizeof rl.err, "out of memory");
+            oom = true;
             continue;
         }
-        post(&workers[i], copy, RL_NONE, false);
+        m->w = &workers[i];
+        m->round = rl.round;
+        m->what = RL_PREPARE;
+        m->cfg = copy;
+        send_round(&workers[i], m);
     }
-    if (rl.err[0]) /* a worker got nothing to prepare: abort at once, everywhere */
+    if (oom) /* a worker got nothing to prepare: abort at once, everywhere */
         start_second(false);
-    return 0;
+    return 0; /* worker 0 runs this loop: it answers later, so done is never called here */
 }
 
 void gw_workers_stop(void)
 {
-    for (int i = 0; i < n_workers; i++)
-        post(&workers[i], NULL, RL_NONE, true);
+    for (int i = 0; i < n_workers; i++) {
+        gw_worker *w = &workers[i];
+        atomic_fetch_add(&w->stop_requests, 1);
+        if (!atomic_exchange(&w->stop_posted, true) &&
+            gw_mailbox_post(&w->mailbox, &w->stop_mail, on_stop_mail) != 0)
+            atomic_store(&w->stop_posted, false); /* its loop has ended */
+    }
 }
 
 void gw_workers_finish(void)
 {
     if (n_workers == 0)
         return;
-    mark_done(&workers[0]);
-    pthread_mutex_lock(&rl.lock);
-    rl.async_open = false; /* wind_down closes it with the loop's other handles */
-    pthread_mutex_unlock(&rl.lock);
+    mark_done(&workers[0]); /* answers still on their way to the coordinator are dropped */
     wind_down(&workers[0]);
     for (int i = 1; i < n_workers; i++)
         if (workers[i].thread_started)

@@ -10,7 +10,7 @@ LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
               "proxy_proto", "admin_text", "metrics", "timeline", "siblings"]),
-    ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
+    ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data", "data_int", "data_accept", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
