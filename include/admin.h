@@ -1,26 +1,21 @@
 /* The HTTP admin endpoint ([global] admin_listen): /metrics, /healthz, /readyz, /sessions,
  * /sessions/ID and an HTML status page at /. libmicrohttpd serves it on a thread of its own;
  * metrics are read from the process-wide atomics (metrics.h), and live sessions are copied
- * out by each worker on its own loop (a uv_async per worker) while the HTTP thread waits. */
+ * out by each worker on its own loop (a message to its mailbox, worker.h) while the HTTP
+ * thread waits. */
 #ifndef GW_ADMIN_H
 #define GW_ADMIN_H
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <uv.h>
 #include "config.h"
 #include "health.h"
-#include "server.h"
 
 /* Start serving when cfg->admin_listen is set (read at start only). 0, or -1 with a message
  * (the address cannot be bound). */
 int gw_admin_start(const gw_config *cfg, gw_health *health, char *err, size_t cap);
 /* The configuration the status page and /readyz describe (at start and after each reload). */
 void gw_admin_config(const gw_config *cfg);
-/* Worker `index` serves sessions on loop (from gw_workers_start, before its thread runs). */
-void gw_admin_attach(int index, uv_loop_t *loop, gw_server *srv);
-/* Its loop has ended: it is asked nothing more (its handle closes with the loop's others). */
-void gw_admin_detach(int index);
 /* A stop was requested: /readyz answers 503 from now on. */
 void gw_admin_set_stopping(void);
 /* After the workers are done. */

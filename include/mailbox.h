@@ -25,7 +25,7 @@ struct gw_mail {
     gw_mail_fn fn;
 };
 /* The message that holds m as its field `member`. */
-#define GW_MAIL_OWNER(m, type, member) ((type *)(void *)((char *)(m) - offsetof(type, member)))
+#define GW_MAIL_OWNER(m, type, member) ((type *)(void *)((char *)(m)-offsetof(type, member)))
 
 typedef struct gw_mailbox {
     uv_async_t async;

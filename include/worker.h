@@ -1,8 +1,9 @@
 /* Workers ([global] workers): one event loop and one gw_server each. Worker 0 runs on the
  * main thread's loop, beside the signal handlers; the others on threads of their own. All
  * listen on every frontend address (SO_REUSEPORT when there are several) and share the
- * process-wide limits (server.h, gw_shared). The main thread reaches the others through a
- * mailbox and a uv_async. */
+ * process-wide limits (server.h, gw_shared). Other threads reach a worker only through its
+ * mailbox (mailbox.h): reload rounds and stops, the admin endpoint's snapshots, the shared
+ * port's hand-offs. */
 #ifndef GW_WORKER_H
 #define GW_WORKER_H
 
@@ -10,6 +11,8 @@
 #include <uv.h>
 #include "config.h"
 #include "health.h"
+#include "mailbox.h"
+#include "server.h"
 
 /* n workers (0 = one per available core) on cfg, every listener bound when it returns.
  * Worker 0 uses main_loop. health (may be NULL) is the process's backend health: every
@@ -31,6 +34,12 @@ int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg);
 /* Stop: the first call stops accepting and lets sessions finish for shutdown_grace; a
  * second one closes every session at once. */
 void gw_workers_stop(void);
+/* Any thread: fn(m, ...) runs on worker i's loop (mailbox.h). 0, or -1 when there is no
+ * such worker or its loop has ended (m is the caller's again); safe to call until and
+ * during gw_workers_finish. */
+int gw_workers_post(int i, gw_mail *m, gw_mail_fn fn);
+/* Worker i's server: only for a function posted to worker i (its loop's thread). */
+gw_server *gw_workers_server(int i);
 /* Main thread, after its loop returned: wait for the other workers, free everything. */
 void gw_workers_finish(void);
 

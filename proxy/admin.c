@@ -6,10 +6,11 @@
  * request memory, idle timeout). Requests are answered one at a time on that thread.
  *
  * Threads: metrics are atomics (no lock). The configuration view is a copy under cfg_lock.
- * Live sessions belong to their worker's loop: the HTTP thread posts a request (under
- * snap_lock), wakes every worker's uv_async and waits on snap_cond (at most SNAP_WAIT_MS);
- * each worker copies its sessions' summaries (or the asked session's timeline) under
- * snap_lock and counts itself done. A worker that is late finds the request withdrawn. */
+ * Live sessions belong to their worker's loop: the HTTP thread opens a request (under
+ * snap_lock), posts a message to every worker's mailbox and waits on snap_cond (at most
+ * SNAP_WAIT_MS); each worker copies its sessions' summaries (or the asked session's
+ * timeline) under snap_lock and counts itself done (a worker whose loop ends first counts
+ * itself done with nothing). A worker that is late finds its request withdrawn. */
 #include "admin.h"
 
 #include <arpa/inet.h>
@@ -33,8 +34,8 @@
 #include "shared_port.h"
 #include "timeline.h"
 #include "version.h"
+#include "worker.h"
 
-#define ADMIN_MAX_WORKERS 1024
 #define ADMIN_CONNECTIONS 32     /* at once, all clients */
 #define ADMIN_PER_IP 8           /* at once, one client address */
 #define ADMIN_TIMEOUT_S 5        /* a connection idle (or a request unfinished) this long ends */
@@ -42,21 +43,12 @@
 #define SNAP_WAIT_MS 2000        /* workers answering a /sessions request */
 #define SNAP_MAX_SESSIONS 100000 /* listed at most */
 
-typedef struct admin_worker {
-    uv_async_t async;
-    gw_server *srv;
-    bool attached;
-    bool asked; /* the current request waits for this worker */
-} admin_worker;
-
-static admin_worker aw[ADMIN_MAX_WORKERS];
-static int n_aw;
-
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t snap_cond;
 static bool snap_cond_ready;
 static struct {
     bool active;
+    unsigned no;   /* of the request: a late answer to an earlier one is dropped */
     bool timeline; /* /sessions/ID: only that session's timeline */
     uint64_t id;
     int pending;
@@ -117,52 +109,30 @@ static void on_snapshot_session(gw_session *s, void *arg)
     gw_session_summarize(s, &req.list[req.n++]);
 }
 
-static void on_admin_wake(uv_async_t *a)
+/* A request to one worker. */
+typedef struct snap_mail {
+    gw_mail mail;
+    int worker;
+    unsigned no;
+} snap_mail;
+
+/* On the worker's loop (or, cancelled, as its loop ends). */
+static void on_snapshot_mail(gw_mail *m, bool cancelled)
 {
-    admin_worker *w = a->data;
+    snap_mail *sm = GW_MAIL_OWNER(m, snap_mail, mail);
     pthread_mutex_lock(&snap_lock);
-    if (req.active && w->asked) {
-        size_t first = req.n;
-        gw_server_each_session(w->srv, on_snapshot_session, NULL);
-        for (size_t i = first; i < req.n; i++)
-            req.list[i].worker = w->srv->worker;
-        w->asked = false;
+    if (req.active && req.no == sm->no) {
+        if (!cancelled) {
+            size_t first = req.n;
+            gw_server_each_session(gw_workers_server(sm->worker), on_snapshot_session, NULL);
+            for (size_t i = first; i < req.n; i++)
+                req.list[i].worker = sm->worker;
+        }
         req.pending--;
         pthread_cond_broadcast(&snap_cond);
     }
     pthread_mutex_unlock(&snap_lock);
-}
-
-void gw_admin_attach(int index, uv_loop_t *loop, gw_server *srv)
-{
-    if (index < 0 || index >= ADMIN_MAX_WORKERS)
-        return;
-    admin_worker *w = &aw[index];
-    if (uv_async_init(loop, &w->async, on_admin_wake) != 0)
-        return;
-    w->async.data = w;
-    uv_unref((uv_handle_t *)&w->async); /* never keeps a loop alive */
-    pthread_mutex_lock(&snap_lock);
-    w->srv = srv;
-    w->attached = true;
-    if (index >= n_aw)
-        n_aw = index + 1;
-    pthread_mutex_unlock(&snap_lock);
-}
-
-void gw_admin_detach(int index)
-{
-    if (index < 0 || index >= ADMIN_MAX_WORKERS)
-        return;
-    admin_worker *w = &aw[index];
-    pthread_mutex_lock(&snap_lock);
-    if (w->attached && w->asked) {
-        w->asked = false;
-        req.pending--;
-        pthread_cond_broadcast(&snap_cond);
-    }
-    w->attached = false; /* no uv_async_send from now on: the handle may close */
-    pthread_mutex_unlock(&snap_lock);
+    free(sm);
 }
 
 /* ---- HTTP side: ask every worker, wait for them ---- */
@@ -177,22 +147,25 @@ static void snapshot(bool timeline, uint64_t id)
     req.n = 0;
     req.found = false;
     req.pending = 0;
-    for (int i = 0; i < n_aw; i++)
-        if (aw[i].attached) {
-            aw[i].asked = true;
+    req.no++;
+    for (int i = 0; i < gw_workers_count(); i++) {
+        snap_mail *m = malloc(sizeof *m);
+        if (!m)
+            continue; /* that worker's sessions are left out */
+        m->worker = i;
+        m->no = req.no;
+        if (gw_workers_post(i, &m->mail, on_snapshot_mail) == 0)
             req.pending++;
-            uv_async_send(&aw[i].async);
-        }
+        else
+            free(m); /* its loop has ended */
+    }
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += SNAP_WAIT_MS / 1000;
     while (req.pending > 0)
         if (pthread_cond_timedwait(&snap_cond, &snap_lock, &until) == ETIMEDOUT)
             break;
-    /* A worker that did not answer in time is not waited for again. */
-    for (int i = 0; i < n_aw; i++)
-        aw[i].asked = false;
-    req.active = false;
+    req.active = false; /* a worker that did not answer in time is not waited for again */
 }
 
 /* The request's copies are freed at once: idle sessions should cost the same whether or not

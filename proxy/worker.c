@@ -2,13 +2,13 @@
  * touched only by its own thread; other threads reach it only through its mailbox. */
 #include "worker.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bans.h"
-#include "admin.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -43,7 +43,10 @@ typedef struct gw_worker {
 } gw_worker;
 
 static gw_worker *workers;
-static int n_workers;
+static _Atomic int n_workers; /* read by other threads (gw_workers_count) */
+/* Other threads post to workers (gw_workers_post) until free_workers frees them. */
+static pthread_mutex_t post_lock = PTHREAD_MUTEX_INITIALIZER;
+static int n_postable;
 static gw_shared shared = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* The reload coordinator, on the main thread: a first round prepares on every worker, a
@@ -214,7 +217,6 @@ static void wind_down(gw_worker *w)
  * failed, a snapshot stops waiting for it, a shared-port hand-off is closed. */
 static void mark_done(gw_worker *w)
 {
-    gw_admin_detach(w->index);
     gw_shport_worker_done(w->index);
     w->done = true;
     if (w->mailbox_ready)
@@ -232,6 +234,9 @@ static void run_worker(void *arg)
 
 static void free_workers(int n)
 {
+    pthread_mutex_lock(&post_lock);
+    n_postable = 0;
+    pthread_mutex_unlock(&post_lock);
     for (int i = 0; i < n; i++) {
         gw_server_free(&workers[i].srv);
         if (workers[i].mailbox_ready)
@@ -308,8 +313,10 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
             GW_LOG_ERR(0, "event=shared_port_inbox_failed worker=%d", i);
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
-        gw_admin_attach(i, w->loop, &w->srv);
     }
+    pthread_mutex_lock(&post_lock);
+    n_postable = n;
+    pthread_mutex_unlock(&post_lock);
     if (n > 1)
         GW_LOG_INFO(0, "event=workers count=%d note=\"listeners shared with SO_REUSEPORT\"", n);
     return 0;
@@ -439,6 +446,19 @@ int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg)
     if (oom) /* a worker got nothing to prepare: abort at once, everywhere */
         start_second(false);
     return 0; /* worker 0 runs this loop: it answers later, so done is never called here */
+}
+
+int gw_workers_post(int i, gw_mail *m, gw_mail_fn fn)
+{
+    pthread_mutex_lock(&post_lock);
+    int r = i >= 0 && i < n_postable ? gw_mailbox_post(&workers[i].mailbox, m, fn) : -1;
+    pthread_mutex_unlock(&post_lock);
+    return r;
+}
+
+gw_server *gw_workers_server(int i)
+{
+    return &workers[i].srv;
 }
 
 void gw_workers_stop(void)
