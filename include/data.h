@@ -63,11 +63,6 @@ int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
  * shared port matches to this session. 0, or -1 when the gateway cannot guarantee the
  * match now (the caller uses pasv_ports, or refuses). */
 int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect);
-/* shared_port.c, on d's loop: the connection matched to d (its descriptor, now d's, and
- * the bytes already read from it). pp_src: the source its PROXY header named (the TCP
- * peer is then a balancer), NULL when it came without one. */
-void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n,
-                               const gw_addr *pp_src);
 /* The client's TLS data connection: 1 resumed the control session, -1 it did not, 0 no TLS
  * handshake finished (yet). */
 int gw_data_client_resumed(const gw_data *d);

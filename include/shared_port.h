@@ -1,7 +1,9 @@
 /* pasv_shared_port: one passive port for every data connection of a frontend. Sessions
  * register what they wait for (gw_shport_wait); each connection to the port is matched to
  * exactly one waiting session (by the route in its TLS ClientHello, else by client address
- * when that is unambiguous) and handed to that session's worker, or closed and logged. */
+ * when that is unambiguous) and handed to the waiter's callback on the waiter's own loop
+ * (through that loop's mailbox when another worker accepted it), or closed and logged. The
+ * shared port knows nothing of what waits (a data channel, data_accept.c). */
 #ifndef GW_SHARED_PORT_H
 #define GW_SHARED_PORT_H
 
@@ -11,8 +13,6 @@
 #include <uv.h>
 #include "ftp_addr.h"
 #include "generation.h"
-
-typedef struct gw_data gw_data;
 
 /* What a session's PASV/EPSV waits for on the shared port. */
 typedef struct gw_shport_want {
@@ -36,19 +36,22 @@ typedef struct gw_shport_stats {
 const gw_shport_stats *gw_shport_stats_get(void);
 void gw_shport_count_fallback(bool refused);
 
+/* The connection matched to a waiter, on the waiter's loop: its descriptor (now the
+ * callee's), the bytes already read from it, and pp_src, the source its PROXY header named
+ * (the TCP peer is then a balancer), NULL when it came without one. */
+typedef void (*gw_shport_conn_fn)(void *arg, int fd, const uint8_t *buf, size_t n,
+                                  const gw_addr *pp_src);
 /* A session waits on the shared port: 0 with *id set, or -1 when the match cannot be
  * guaranteed now (another session from the same address waits and one of the two can
- * only be matched by address). d is told through gw_data_shared_connection on its own
- * loop. */
+ * only be matched by address). fn(arg, ...) is called on loop (which has a mailbox,
+ * mailbox.h) unless the wait is cancelled first. */
 int gw_shport_wait(const gw_shport_want *w, const gw_addr *client, uv_loop_t *loop, uint64_t sid,
-                   gw_data *d, uint64_t *id);
+                   gw_shport_conn_fn fn, void *arg, uint64_t *id);
 /* The session stops waiting (its own loop); a connection already on its way is closed. */
 void gw_shport_cancel(uint64_t id);
 
-/* Workers: each worker's inbox for connections accepted by another worker. */
-int gw_shport_worker_init(int index, uv_loop_t *loop);
-void gw_shport_worker_done(int index); /* its loop has ended: hand-offs to it are closed */
-void gw_shport_free_all(void);         /* after every worker has finished */
+/* After every worker has finished: the waiters left. */
+void gw_shport_free_all(void);
 
 /* A worker's shared-port listeners (one per distinct port of the generation's frontends). */
 typedef struct gw_shport_set gw_shport_set;

@@ -224,16 +224,12 @@ int gw_data_client_passive(gw_data *d, gw_addr *bind_addr, gw_pasv_pool *pool,
     return 0;
 }
 
-int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect)
+/* The shared port's hand-off (gw_shport_conn_fn), on d's loop: the connection matched to
+ * d, its descriptor now d's. */
+static void on_shared_connection(void *arg, int fd, const uint8_t *buf, size_t n,
+                                 const gw_addr *pp_src)
 {
-    d->expect_client = *expect;
-    gw_addr_normalize(&d->expect_client);
-    return gw_shport_wait(w, &d->expect_client, d->loop, d->sid, d, &d->shared_id);
-}
-
-void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n,
-                               const gw_addr *pp_src)
-{
+    gw_data *d = arg;
     d->shared_id = 0; /* no longer waiting */
     if (data_released(d) || d->client) {
         close(fd);
@@ -284,6 +280,14 @@ void gw_data_shared_connection(gw_data *d, int fd, const uint8_t *buf, size_t n,
     d->client = c;
     if (d->state != DS_ARMED)
         data_start_client_leg(d);
+}
+
+int gw_data_client_shared(gw_data *d, const gw_shport_want *w, const gw_addr *expect)
+{
+    d->expect_client = *expect;
+    gw_addr_normalize(&d->expect_client);
+    return gw_shport_wait(w, &d->expect_client, d->loop, d->sid, on_shared_connection, d,
+                          &d->shared_id);
 }
 
 int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect)

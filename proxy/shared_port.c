@@ -3,7 +3,8 @@
  *   the acceptors: each worker listens on each shared port (SO_REUSEPORT with several
  *     workers), reads a TLS ClientHello when that is needed to choose, and claims one waiter;
  *   the hand-off: the connection (a duplicate of its descriptor and the bytes already read)
- *     goes to the waiter's worker, directly or through that worker's inbox.
+ *     goes to the waiter's callback on the waiter's loop, directly or as a message to that
+ *     loop's mailbox (mailbox.h). What the waiter does with it is not this file's concern.
  * SECURITY: a connection is handed to a session only when the choice is unambiguous: the
  * route its ClientHello offers (a ticket or session ID issued to that session's control
  * connection) from the session's own client address, or the client address alone when
@@ -24,8 +25,8 @@
 #include <unistd.h>
 
 #include "conn.h"
-#include "data.h"
 #include "log.h"
+#include "mailbox.h"
 #include "proxy_proto.h"
 #include "siblings.h"
 #include "tls.h"
@@ -36,7 +37,6 @@
     10000                /* a connection has this long to send its ClientHello (and its            \
                             PROXY header before it) */
 #define PENDING_MAX 1024 /* per worker: connections still sending their ClientHello */
-#define MAX_INBOXES 1024
 
 /* ---- the registry ---- */
 
@@ -48,7 +48,8 @@ typedef struct waiter {
     bool by_ticket, unproven, claimed;
     uint8_t route[GW_ROUTE_LEN];
     uv_loop_t *loop;
-    gw_data *d; /* NULL once the session cancelled while a connection was on its way */
+    gw_shport_conn_fn fn; /* NULL once the session cancelled while a connection was on its way */
+    void *arg;
 } waiter;
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -75,7 +76,7 @@ static bool waits_for(const waiter *w, uint16_t port, const gw_addr *client)
 }
 
 int gw_shport_wait(const gw_shport_want *want, const gw_addr *client, uv_loop_t *loop, uint64_t sid,
-                   gw_data *d, uint64_t *id)
+                   gw_shport_conn_fn fn, void *arg, uint64_t *id)
 {
     waiter *n = calloc(1, sizeof *n);
     if (!n)
@@ -89,7 +90,8 @@ int gw_shport_wait(const gw_shport_want *want, const gw_addr *client, uv_loop_t 
         memcpy(n->route, want->tag, GW_ROUTE_LEN);
     n->loop = loop;
     n->sid = sid;
-    n->d = d;
+    n->fn = fn;
+    n->arg = arg;
     pthread_mutex_lock(&reg_lock);
     /* Admission keeps matching unambiguous: per port and client address, either one waiter
      * matched by address and nothing else, or only waiters matched by their route. */
@@ -134,7 +136,7 @@ void gw_shport_cancel(uint64_t id)
         if (x->id == id)
             w = x;
     if (w && w->claimed)
-        w->d = NULL; /* the hand-off in flight finds it gone and closes the connection */
+        w->fn = NULL; /* the hand-off in flight finds it gone and closes the connection */
     else if (w)
         free(unlink_waiter(id));
     pthread_mutex_unlock(&reg_lock);
@@ -162,7 +164,7 @@ static void unclaim(uint64_t id)
     waiter *w = reg;
     while (w && w->id != id)
         w = w->next;
-    if (w && w->d)
+    if (w && w->fn)
         w->claimed = false; /* waiting again */
     else if (w)
         free(unlink_waiter(id)); /* cancelled meanwhile */
@@ -264,28 +266,17 @@ static bool match_hello(uint16_t port, const gw_addr *peer, uint8_t (*routes)[GW
 /* ---- hand-off ---- */
 
 typedef struct handoff {
-    struct handoff *next;
+    gw_mail mail; /* to the waiter's loop, when another worker accepted it */
     claim c;
     int fd;
     gw_addr peer; /* the client: the PROXY header's source when proxied */
     gw_addr via;  /* proxied: the balancer (the TCP peer) */
     bool proxied;
     uint16_t port;
-    bool via_inbox; /* accepted by another worker */
+    bool via_mailbox; /* accepted by another worker */
     size_t n;
     uint8_t buf[]; /* bytes already read (the ClientHello) */
 } handoff;
-
-typedef struct inbox {
-    uv_async_t async;
-    uv_loop_t *loop;
-    pthread_mutex_t lock;
-    handoff *head, *tail;
-    bool open;
-} inbox;
-
-static inbox *inboxes[MAX_INBOXES];
-static _Atomic int n_inboxes;
 
 /* via: the balancer when the connection came with a PROXY header (peer is then its source),
  * else NULL. */
@@ -308,10 +299,11 @@ static void deliver(handoff *h)
 {
     pthread_mutex_lock(&reg_lock);
     waiter *w = unlink_waiter(h->c.id);
-    gw_data *d = w ? w->d : NULL;
+    gw_shport_conn_fn fn = w ? w->fn : NULL;
+    void *arg = w ? w->arg : NULL;
     pthread_mutex_unlock(&reg_lock);
     free(w);
-    if (!d) {
+    if (!fn) {
         unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port, "its session stopped waiting");
         close(h->fd);
     } else {
@@ -323,115 +315,47 @@ static void deliver(handoff *h)
         if (h->proxied)
             gw_addr_ip_str(&h->via, b, sizeof b);
         GW_LOG_INFO(h->c.sid, "event=shared_port_match peer=%s port=%u rule=%s via=%s%s%s",
-                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_inbox ? "worker" : "direct",
+                    gw_addr_str(&h->peer), h->port, h->c.rule, h->via_mailbox ? "worker" : "direct",
                     h->proxied ? " balancer=" : "", b);
-        gw_data_shared_connection(d, h->fd, h->buf, h->n, h->proxied ? &h->peer : NULL);
+        fn(arg, h->fd, h->buf, h->n, h->proxied ? &h->peer : NULL);
     }
     free(h);
 }
 
-static inbox *inbox_of(uv_loop_t *loop)
+/* The waiter's worker has stopped (its loop ended before the hand-off could run there). */
+static void undeliverable(handoff *h)
 {
-    int n = n_inboxes;
-    for (int i = 0; i < n; i++)
-        if (inboxes[i] && inboxes[i]->loop == loop)
-            return inboxes[i];
-    return NULL;
+    pthread_mutex_lock(&reg_lock);
+    free(unlink_waiter(h->c.id));
+    pthread_mutex_unlock(&reg_lock);
+    unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port, "the session's worker has stopped");
+    close(h->fd);
+    free(h);
+}
+
+static void on_handoff_mail(gw_mail *m, bool cancelled)
+{
+    handoff *h = GW_MAIL_OWNER(m, handoff, mail);
+    if (cancelled)
+        undeliverable(h);
+    else
+        deliver(h);
 }
 
 static void post(handoff *h, uv_loop_t *here)
 {
-    h->via_inbox = h->c.loop != here;
-    if (!h->via_inbox) {
+    h->via_mailbox = h->c.loop != here;
+    if (!h->via_mailbox) {
         deliver(h);
         return;
     }
-    inbox *ib = inbox_of(h->c.loop);
-    bool queued = false;
-    if (ib) {
-        pthread_mutex_lock(&ib->lock);
-        if (ib->open) {
-            h->next = NULL;
-            if (ib->tail)
-                ib->tail->next = h;
-            else
-                ib->head = h;
-            ib->tail = h;
-            queued = true;
-            uv_async_send(&ib->async); /* under the lock: the loop cannot end meanwhile */
-        }
-        pthread_mutex_unlock(&ib->lock);
-    }
-    if (!queued) {
-        pthread_mutex_lock(&reg_lock);
-        free(unlink_waiter(h->c.id));
-        pthread_mutex_unlock(&reg_lock);
-        unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port,
-                  "the session's worker has stopped");
-        close(h->fd);
-        free(h);
-    }
-}
-
-static void on_inbox(uv_async_t *a)
-{
-    inbox *ib = a->data;
-    pthread_mutex_lock(&ib->lock);
-    handoff *h = ib->head;
-    ib->head = ib->tail = NULL;
-    pthread_mutex_unlock(&ib->lock);
-    while (h) {
-        handoff *next = h->next;
-        deliver(h);
-        h = next;
-    }
-}
-
-int gw_shport_worker_init(int index, uv_loop_t *loop)
-{
-    if (index < 0 || index >= MAX_INBOXES)
-        return -1;
-    inbox *ib = calloc(1, sizeof *ib);
-    if (!ib)
-        return -1;
-    pthread_mutex_init(&ib->lock, NULL);
-    ib->loop = loop;
-    ib->open = true;
-    uv_async_init(loop, &ib->async, on_inbox);
-    ib->async.data = ib;
-    uv_unref((uv_handle_t *)&ib->async);
-    inboxes[index] = ib;
-    if (index >= n_inboxes)
-        n_inboxes = index + 1;
-    return 0;
-}
-
-void gw_shport_worker_done(int index)
-{
-    inbox *ib = index >= 0 && index < MAX_INBOXES ? inboxes[index] : NULL;
-    if (!ib)
-        return;
-    pthread_mutex_lock(&ib->lock);
-    ib->open = false;
-    pthread_mutex_unlock(&ib->lock);
+    gw_mailbox *mb = gw_mailbox_of(h->c.loop);
+    if (!mb || gw_mailbox_post(mb, &h->mail, on_handoff_mail) != 0)
+        undeliverable(h);
 }
 
 void gw_shport_free_all(void)
 {
-    for (int i = 0; i < n_inboxes; i++) {
-        inbox *ib = inboxes[i];
-        if (!ib)
-            continue;
-        for (handoff *h = ib->head, *next; h; h = next) {
-            next = h->next;
-            close(h->fd);
-            free(h);
-        }
-        pthread_mutex_destroy(&ib->lock);
-        free(ib);
-        inboxes[i] = NULL;
-    }
-    n_inboxes = 0;
     pthread_mutex_lock(&reg_lock);
     while (reg) {
         waiter *w = reg;

@@ -217,7 +217,6 @@ static void wind_down(gw_worker *w)
  * failed, a snapshot stops waiting for it, a shared-port hand-off is closed. */
 static void mark_done(gw_worker *w)
 {
-    gw_shport_worker_done(w->index);
     w->done = true;
     if (w->mailbox_ready)
         gw_mailbox_close(&w->mailbox);
@@ -309,8 +308,6 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
         if (gw_mailbox_init(&w->mailbox, w->loop) != 0)
             GW_LOG_ERR(0, "event=mailbox_failed worker=%d", i);
         w->mailbox_ready = true;
-        if (gw_shport_worker_init(i, w->loop) != 0)
-            GW_LOG_ERR(0, "event=shared_port_inbox_failed worker=%d", i);
         uv_timer_init(w->loop, &w->stop_timer);
         w->stop_timer.data = w;
     }

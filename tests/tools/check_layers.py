@@ -12,7 +12,10 @@ LAYERS = [
               "proxy_proto", "admin_text", "metrics", "timeline", "siblings"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
-    ("data", ["data", "data_int", "data_accept", "shared_port"]),
+    # Below data: the shared port hands a connection to a callback (on the waiter's loop,
+    # through its mailbox) and knows nothing of data channels, so data -> shared_port only.
+    ("shared port", ["shared_port"]),
+    ("data", ["data", "data_int", "data_accept"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
                  "session_info"]),
     ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
