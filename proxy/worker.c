@@ -12,7 +12,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
-#include "mailbox.h"
 #include "shared_port.h"
 
 #define MAX_WORKERS 1024
@@ -226,7 +225,7 @@ static void run_worker(void *arg)
 {
     gw_worker *w = arg;
     uv_run(w->loop, UV_RUN_DEFAULT);
-    mark_done(w); /* before its mailbox's handle closes */
+    mark_done(w); /* its mailbox first: what is queued there runs (cancelled) now */
     wind_down(w);
     uv_loop_close(w->loop);
 }
