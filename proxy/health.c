@@ -729,6 +729,7 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             continue;
         /* New settings: a running probe is cancelled and the timer restarted. */
         b->good = b->bad = 0;
+        b->confirm = false;
         if (b->p)
             probe_cancel(b->p);
         gw_tls_ctx_free(b->ctx);

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ftplib
 import re
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -303,3 +304,36 @@ def test_silent_connections_open_bounded_backend_connections(gateway, plain_pyft
         assert text.startswith(banner), text
     finally:
         c.sock.close()
+
+
+def test_descriptor_limit_is_not_the_backends_fault(gateway, plain_pyftpdlib, test_user):
+    """The gateway at its own descriptor limit (RLIMIT_NOFILE lowered under it): the
+    client's connection is accepted, the backend socket cannot be made (EMFILE). That
+    client gets 421 naming the gateway; neither backend is counted a failure (health_fall
+    = 1 would have marked both down) nor tried in turn; once descriptors are back, the
+    next client is served."""
+    addr = plain_pyftpdlib.address
+    extra = {"backend b2": {"address": addr, "tls": "none", "health_interval": 60,
+                            "health_fall": 1},
+             "frontend fe": {"backend": "be, b2"}}
+    gw = gateway(plain_pyftpdlib, extra=extra,
+                 backend_keys={"health_interval": 60, "health_fall": 1},
+                 frontends={"p": frontend("plain", backend="be, b2")})
+    wait_for(lambda: plain_pyftpdlib.connections() >= 2, 10, "the start-up probes")
+    n = gw.settled_fd_count()
+    soft = subprocess.run(["prlimit", f"--pid={gw.pid}", "--nofile", "--noheadings",
+                           "--output=SOFT"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["prlimit", f"--pid={gw.pid}", f"--nofile={n + 1}:"], check=True)
+    try:
+        ctl = peers.Control.plain(gw.fport("p"))
+        try:
+            code, text = ctl.reply()
+            assert code == 421 and "gateway is short of resources" in text, text
+        finally:
+            ctl.sock.close()
+    finally:
+        subprocess.run(["prlimit", f"--pid={gw.pid}", f"--nofile={soft}:"], check=True)
+    assert lines(gw, r"event=backend_connect_failed .* side=gateway")
+    assert not lines(gw, r"event=backend_failover |event=backend_down "), gw.log[-4000:]
+    served(gw, gw.fport("p"), *test_user)
