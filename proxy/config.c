@@ -556,7 +556,7 @@ static const struct keydef keys[] = {
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
     {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
     {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
-    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "10", true, 0,
+    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", true, 0,
      MAX_SESSIONS, NULL},
     {"prelogin_backend_max", S_FRONTEND, p_int, F(prelogin_backend_max), "100", true, 0,
      MAX_SESSIONS, NULL},

@@ -278,7 +278,7 @@ static void test_prelogin_keys(void **state)
 {
     (void)state;
     expect_ok(FE BE);
-    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 10);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 20);
     assert_int_equal(cfg.frontends[0].prelogin_backend_max, 100);
     expect_ok(FE "prelogin_backend_per_ip = 0\nprelogin_backend_max = 3\n" BE);
     assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 0);
