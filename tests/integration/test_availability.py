@@ -252,18 +252,21 @@ def test_session_failures_alone_never_mark_the_last_backend_down(gateway, plain_
         relay.stop()
 
 
-@pytest.mark.parametrize("bound", [
-    {"prelogin_backend_per_ip": 5, "prelogin_backend_max": 0},
-    {"prelogin_backend_per_ip": 0, "prelogin_backend_max": 7},
-], ids=["per_ip", "max"])
+@pytest.mark.parametrize("bound,workers", [
+    ({"prelogin_backend_per_ip": 5, "prelogin_backend_max": 0}, 1),
+    ({"prelogin_backend_per_ip": 0, "prelogin_backend_max": 7}, 1),
+    ({"prelogin_backend_per_ip": 6, "prelogin_backend_max": 0}, 2),
+], ids=["per_ip", "max", "per_ip-2-workers"])
 def test_silent_connections_open_bounded_backend_connections(gateway, plain_pyftpdlib,
-                                                             test_user, client_ctx, bound):
+                                                             test_user, client_ctx, bound,
+                                                             workers):
     """200 TCP connections that never send a command: at most the bound of them reach the
-    backend; the rest are greeted by the gateway. A real client still logs in and works
-    while they are held, and once they are gone a new connection is relayed again."""
+    backend (counted over all workers); the rest are greeted by the gateway. A real client
+    still logs in and works while they are held, and once they are gone a new connection
+    is relayed again."""
     limit = max(bound.values())
     gw = gateway(plain_pyftpdlib,
-                 extra={"global": {"max_sessions_per_ip": 1000}},
+                 extra={"global": {"max_sessions_per_ip": 1000, "workers": workers}},
                  frontends={"x": frontend("explicit", **bound)})
     before = plain_pyftpdlib.connections()
     banner = "220 " + plain_pyftpdlib.banner
@@ -337,3 +340,20 @@ def test_descriptor_limit_is_not_the_backends_fault(gateway, plain_pyftpdlib, te
     assert lines(gw, r"event=backend_connect_failed .* side=gateway")
     assert not lines(gw, r"event=backend_failover |event=backend_down "), gw.log[-4000:]
     served(gw, gw.fport("p"), *test_user)
+
+
+def test_implicit_bound_applies_after_the_handshake(gateway, plain_pyftpdlib, client_ctx):
+    """Implicit frontends connect the backend after the TLS handshake; past the bound the
+    session gets the gateway's greeting inside TLS instead."""
+    gw = gateway(plain_pyftpdlib, extra={"frontend fe": {"prelogin_backend_per_ip": 2}})
+    held = []
+    try:
+        for _ in range(4):
+            held.append(peers.Control.implicit(gw.port, client_ctx))
+        texts = [c.reply()[1] for c in held]
+    finally:
+        for c in held:
+            c.sock.close()
+    assert texts[:2] == ["220 " + plain_pyftpdlib.banner] * 2, texts
+    assert texts[2:] == ["220 FTP gateway ready"] * 2, texts
+    assert plain_pyftpdlib.connections() == 2
