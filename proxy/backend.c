@@ -10,6 +10,7 @@
 
 #include "ftp_codes.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_proto.h"
 
 /* random: a per-thread generator (splitmix64), seeded once from the clock. */
@@ -266,7 +267,7 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
         GW_LOG_INFO(s->id, "event=backend_busy backend=%s code=%d", s->be->conf->name, r->code);
         if (!s->be_reported) {
             s->be_reported = true;
-            gw_sinfo_backend(s, false, why);
+            gw_sinfo_backend_busy(s, r->code);
         }
         if (!gw_backend_failover(s, why))
             gw_sess_fail(s, text, why);
@@ -329,6 +330,8 @@ static void on_backend_connect(gw_conn *c, int status)
                     s->be->conf->name, local_failure(status) ? " side=gateway" : "");
         if (local_failure(status)) {
             s->be_reported = true; /* not the backend's failure: health is not told */
+            if (status == UV_EMFILE || status == UV_ENFILE)
+                gw_metric_fd_limit();
             gw_sess_fail(s, GW_R_UNAVAILABLE_RESOURCES, uv_strerror(status));
             return;
         }

@@ -214,6 +214,7 @@ void gw_sinfo_command(gw_session *s, const char *verb, const char *arg);
 void gw_sinfo_reply(gw_session *s, const char *text);
 void gw_sinfo_login(gw_session *s, bool ok);
 void gw_sinfo_backend(gw_session *s, bool ok, const char *why);
+void gw_sinfo_backend_busy(gw_session *s, int code);
 void gw_sinfo_transfer_end(gw_session *s, const char *result);
 void gw_sinfo_data_done(gw_session *s, int result, uint64_t bytes); /* enum gw_data_result */
 

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -36,6 +37,26 @@ PROBES = {"health_interval": 3, "health_timeout": 2, "health_rise": 1, "health_f
 
 def lines(gw, pattern: str) -> list[str]:
     return [l for l in gw.log_since(0, max_lines=1000000).splitlines() if re.search(pattern, l)]
+
+
+def metric(gw, name: str, **labels) -> float:
+    """One series of the gateway's /metrics (admin_listen from with_admin)."""
+    with urllib.request.urlopen(f"http://{HOST}:{gw.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(have.get(k) == v for k, v in labels.items()):
+                return float(m.group(3))
+    raise AssertionError(f"no {name}{labels} in /metrics")
+
+
+def with_admin(ports, extra: dict | None = None) -> tuple[dict, int]:
+    extra = {k: dict(v) for k, v in (extra or {}).items()}
+    port = ports.port()
+    extra.setdefault("global", {})["admin_listen"] = f"{HOST}:{port}"
+    return extra, port
 
 
 def served(gw, port: int, user: str, password: str) -> None:
@@ -152,11 +173,15 @@ def plain_pyftpdlib(workdir, ports, test_user, request):
     be.stop()
 
 
-def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, test_user):
+def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, test_user,
+                                                      ports):
     """Ten clients at once on a backend that takes three: the extra ones get 421 (the
     backend's refusal, named busy), none of it counts toward health_fall (three in a row
     marked the only backend down before), and a client right after is served."""
-    gw = gateway(full_pyftpdlib, backend_keys=PROBES, frontends={"p": frontend("plain")})
+    extra, admin = with_admin(ports)
+    gw = gateway(full_pyftpdlib, backend_keys=PROBES, extra=extra,
+                 frontends={"p": frontend("plain")})
+    gw.admin_port = admin
     wait_for(lambda: "event=started " in gw.log, 30, "the started line")
     user, password = test_user
     barrier = threading.Barrier(10)
@@ -188,20 +213,25 @@ def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, t
     time.sleep(PROBES["health_interval"] + 1)  # a probe after the burst: still up
     served(gw, gw.fport("p"), user, password)
     assert not lines(gw, r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
+    assert metric(gw, "ftpsgate_backend_up", backend="be") == 1
+    assert metric(gw, "ftpsgate_backend_connects_total", backend="be",
+                  result="busy") == len(refused)
 
 
-def test_busy_greeting_fails_over(gateway, plain_pyftpdlib, test_user):
+def test_busy_greeting_fails_over(gateway, plain_pyftpdlib, test_user, ports):
     """Two backends, one full (421 greeting): every client is served by the other, the
     busy one is never marked down by the sessions it refused."""
     busy = Busy()
     try:
         # Probes on, but only the start-up one within the test: it finds the 421 (one bad
         # probe of three); the sessions' 421s must not add the other two.
-        extra = {"backend busy": {"address": f"{HOST}:{busy.port}", "tls": "none",
-                                  "health_interval": 60, "health_fall": 3},
-                 "frontend fe": {"backend": "busy, be"}}
+        extra, admin = with_admin(ports, {
+            "backend busy": {"address": f"{HOST}:{busy.port}", "tls": "none",
+                             "health_interval": 60, "health_fall": 3},
+            "frontend fe": {"backend": "busy, be"}})
         gw = gateway(plain_pyftpdlib, extra=extra,
                      frontends={"p": frontend("plain", backend="busy, be")})
+        gw.admin_port = admin
         wait_for(lambda: busy.accepts >= 1, 10, "the start-up probe")
         time.sleep(0.3)
         probes = busy.accepts
@@ -219,6 +249,11 @@ def test_busy_greeting_fails_over(gateway, plain_pyftpdlib, test_user):
                               r"\(greeted 421\)\" to=be")
         assert len(failovers) == busy.accepts - probes, gw.log[-4000:]
         assert not lines(gw, r"event=backend_down ")
+        assert metric(gw, "ftpsgate_backend_up", backend="busy") == 1
+        assert metric(gw, "ftpsgate_backend_connects_total", backend="busy",
+                      result="busy") == len(failovers)
+        assert metric(gw, "ftpsgate_backend_connects_total", backend="busy",
+                      result="failed") == 0
     finally:
         busy.stop()
 
