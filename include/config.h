@@ -75,6 +75,11 @@ typedef struct gw_frontend_conf {
     char proxy_protocol_from[GW_PATH_MAX]; /* CIDR list allowed to send it */
     bool proxy_protocol_data;              /* passive data connections carry one too */
     char pasv_address_for[GW_PATH_MAX];    /* CIDR=ADDR, ...: first match names the 227 address */
+
+    /* Backend connections held by sessions not logged in yet, per client address and for
+     * the whole frontend (0: no bound); over either one a new connection is greeted by the
+     * gateway and its backend connection waits for USER. */
+    int prelogin_backend_per_ip, prelogin_backend_max;
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {

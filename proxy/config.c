@@ -557,6 +557,10 @@ static const struct keydef keys[] = {
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
     {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
     {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
+    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", true, 0,
+     MAX_SESSIONS, NULL},
+    {"prelogin_backend_max", S_FRONTEND, p_int, F(prelogin_backend_max), "100", true, 0,
+     MAX_SESSIONS, NULL},
     {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     /* pasv_shared_port (one shared passive port, proxy/shared_port.c) */

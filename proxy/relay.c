@@ -485,6 +485,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     if (r->code == 230) {
         gw_sinfo_login(s, true);
         s->logged_in = true;
+        gw_backend_prelogin_release(s);
         if (s->cert) /* client_cert: who logged in with which certificate */
             GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
                         s->cert->subject, s->cert->issuer);

@@ -273,6 +273,24 @@ static void test_splice(void **state)
                  "t.conf:2: [global] splice: ", "expected no | downloads | yes");
 }
 
+/* prelogin_backend_per_ip / prelogin_backend_max: defaults, 0 (no bound), range. */
+static void test_prelogin_keys(void **state)
+{
+    (void)state;
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 20);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 100);
+    expect_ok(FE "prelogin_backend_per_ip = 0\nprelogin_backend_max = 3\n" BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 0);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 3);
+    expect_error(FE "prelogin_backend_per_ip = -1\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_per_ip: ", NULL);
+    expect_error(FE "prelogin_backend_max = many\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_max: ", NULL);
+    expect_error("[global]\nprelogin_backend_max = 5\n" FE BE,
+                 "t.conf:2: ", "prelogin_backend_max");
+}
+
 static void test_proxy_protocol_keys(void **state)
 {
     (void)state;
@@ -851,6 +869,7 @@ int main(void)
         cmocka_unit_test(test_many_sections),
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
+        cmocka_unit_test(test_prelogin_keys),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_unknown_key),
