@@ -448,6 +448,13 @@ static bool cmd_before_backend(gw_session *s, const gw_cmd_def *def, const char 
     return true;
 }
 
+/* Transfers and the commands that set up their data connection. */
+static bool opens_data(const gw_cmd_def *def)
+{
+    return (def->flags & GW_CMDF_TRANSFER) || def->id == GW_CMD_PASV || def->id == GW_CMD_EPSV ||
+           def->id == GW_CMD_PORT || def->id == GW_CMD_EPRT;
+}
+
 static void handle_command(gw_session *s, const char *line)
 {
     gw_cmd cmd;
@@ -470,6 +477,10 @@ static void handle_command(gw_session *s, const char *line)
     }
     if (gate_before_tls(s, def))
         return;
+    if (!s->logged_in && opens_data(def)) { /* vsftpd's answer, before any data port opens */
+        gw_sess_reply(s, GW_R_PRELOGIN);
+        return;
+    }
     if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
