@@ -312,6 +312,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     s->data_finished = false;
     s->xfer_bytes = 0;
     s->xfer_started_ms = gw_sess_now(s);
+    s->xfer_open = true;
     const char *sp = strchr(line, ' ');
     snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
@@ -560,6 +561,7 @@ static void cmd_abort(gw_session *s)
     s->cur.abort_xfer_sent = false;
     if (s->cur.held_code) { /* the transfer's final reply is already here */
         gw_sess_reply(s, GW_R_XFER_ABORTED);
+        gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         s->cur.abort_xfer_sent = true;
         s->cur.abort_expect = 1;
     }

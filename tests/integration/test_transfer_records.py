@@ -7,14 +7,19 @@ failure too; Telnet subnegotiations cannot swallow commands; transfers before lo
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import socket
-import ssl
+import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from peers import HOST, Control, parse_227
+from peers import (HOST, PYTHON, KiB, MiB, Control, check, curl, frontend,
+                   kill_after_progress, parse_227, put_sparse, recv_until_closed,
+                   start_pyftpdlib, wait_for)
 
 PRELOGIN = "530 Please login with USER and PASS."
 
@@ -58,3 +63,220 @@ def test_transfer_verbs_before_login_get_530(gateway, vsftpd, client_ctx, verb):
         parse_227(text)
     finally:
         ctl.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Items 5-7: one record per transfer, with the reply the client got; cut uploads fail at
+# the server too
+
+
+def xfer_lines(path, name: str | None = None) -> list[str]:
+    """The transfer log's lines (kv format), those of file `name` when given."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    if name is not None:
+        lines = [x for x in lines if re.search(r'file="/?%s"' % re.escape(name), x)]
+    return lines
+
+
+def metrics(gw) -> str:
+    with urllib.request.urlopen(gw.admin + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def recording_gateway(gateway, backend, ports, tmp_path, **global_keys):
+    """A gateway with a transfer log, the admin endpoint, and a plain ("p") and an explicit
+    ("x") frontend beside the implicit "fe"."""
+    aport = ports.port()
+    xferlog = tmp_path / "xferlog"
+    keys = {"xferlog": xferlog, "admin_listen": f"{HOST}:{aport}", **global_keys}
+    gw = gateway(backend, extra={"global": keys},
+                 frontends={"p": frontend("plain"), "x": frontend("explicit")})
+    gw.admin = f"http://{HOST}:{aport}"
+    gw.xferlog = xferlog
+    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    return gw
+
+
+def test_record_names_the_reply_the_client_got(gateway, vsftpd, ports, client_ctx, tmp_path):
+    """A data connection refused with 522 after the 150: the record says 522, not the
+    server's 226."""
+    gw = recording_gateway(gateway, vsftpd, ports, tmp_path)
+    ctl = Control.explicit(gw.fport("x"), client_ctx)
+    try:
+        ctl.login(vsftpd.user, vsftpd.password)
+        assert ctl.cmd("PBSZ 0")[0] == 200
+        assert ctl.cmd("PROT P")[0] == 200
+        code, text = ctl.cmd("PASV")
+        assert code == 227, text
+        data = socket.create_connection(parse_227(text), timeout=10)
+        code, text = ctl.cmd("NLST")
+        assert code in (125, 150), text
+        with contextlib.suppress(OSError):  # a fresh session: not the control one's
+            data = client_ctx.wrap_socket(data, server_hostname="localhost")
+            recv_until_closed(data, 10)
+        data.close()
+        code, text = ctl.reply()
+        assert code == 522, text
+    finally:
+        ctl.close()
+    wait_for(lambda: xfer_lines(gw.xferlog), 10, "the transfer log line")
+    [line] = xfer_lines(gw.xferlog)
+    assert "verb=NLST" in line and "code=522 result=failed" in line, line
+    assert re.search(r"event=transfer_end verb=NLST code=522 data=failed", gw.log), gw.log[-3000:]
+
+
+SLOW_UPLOAD = """\
+import ftplib, ssl, sys, time
+mode, port, user, password, name = sys.argv[1:]
+
+
+class FTPS(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):  # resume the control session (required)
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+if mode == "tls":
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ftp = FTPS(context=ctx, timeout=30)
+    ftp.connect("127.0.0.1", int(port))
+    ftp.auth()
+    ftp.login(user, password)
+    ftp.prot_p()
+else:
+    ftp = ftplib.FTP(timeout=30)
+    ftp.connect("127.0.0.1", int(port))
+    ftp.login(user, password)
+conn = ftp.transfercmd("STOR " + name)
+block = b"u" * 65536
+while True:  # until killed
+    conn.sendall(block)
+    time.sleep(0.05)
+"""
+
+
+def backend_says_upload_failed(backend, name: str) -> bool:
+    """vsftpd: "FAIL UPLOAD" (not "OK UPLOAD") for the file; pyftpdlib: completed=0."""
+    log = backend.log.read_text(errors="replace")
+    lines = [x for x in log.splitlines() if name in x]
+    if backend.name.startswith("vsftpd"):
+        ok = [x for x in lines if "OK UPLOAD" in x]
+        return not ok and any("FAIL UPLOAD" in x for x in lines)
+    done = [x for x in lines if re.search(r"STOR .*completed=", x)]
+    return bool(done) and all("completed=0" in x for x in done)
+
+
+@pytest.mark.parametrize("client", ["curl", "python"])
+@pytest.mark.parametrize("tls", ["tls", "clear"])
+def test_client_killed_mid_upload(gateway, backend, ports, blobs, tmp_path, client, tls):
+    """SIGKILL of the uploading client: one `failed` line, the metric moved, and the server
+    records a failed upload (it must not keep a cut file as complete)."""
+    gw = recording_gateway(gateway, backend, ports, tmp_path)
+    name = f"killed-{client}-{tls}-{backend.name}.bin"
+    before = metric(metrics(gw), "ftpsgate_transfers_total", direction="upload",
+                    result="failed")
+    user, pw = backend.user, backend.password
+    if client == "curl":
+        src, _ = blobs.blob(32 * MiB)
+        url = (gw.url(name, user, pw) if tls == "tls"
+               else f"ftp://{user}:{pw}@{HOST}:{gw.fport('p')}/{name}")
+        args = ["curl", "-sS", "-k", "--ftp-pasv", "--limit-rate", "1M", "-T", src, url]
+    else:
+        script = tmp_path / "slow_upload.py"
+        script.write_text(SLOW_UPLOAD)
+        port = gw.fport("x") if tls == "tls" else gw.fport("p")
+        args = [PYTHON, script, tls, port, user, pw, name]
+    kill_after_progress(args, backend.path(name), 256 * KiB, timeout=30)
+    wait_for(lambda: xfer_lines(gw.xferlog, name), 15, "the transfer log line")
+    time.sleep(0.5)  # a second line would come now
+    lines = xfer_lines(gw.xferlog, name)
+    assert len(lines) == 1 and "verb=STOR" in lines[0] and "result=failed" in lines[0], lines
+    wait_for(lambda: metric(metrics(gw), "ftpsgate_transfers_total", direction="upload",
+                            result="failed") == before + 1, 5, "the failed upload counted")
+
+
+@pytest.fixture
+def own_pyftpdlib(workdir, ports, test_user, request):
+    """A pyftpdlib of this test only (the test kills it)."""
+    b = start_pyftpdlib(workdir / f"pyftpdlib-{request.node.name}", ports, *test_user)
+    yield b
+    b.stop()
+
+
+def test_backend_killed_mid_download(gateway, own_pyftpdlib, ports, blobs, tmp_path,
+                                     client_ctx):
+    gw = recording_gateway(gateway, own_pyftpdlib, ports, tmp_path)
+    b = own_pyftpdlib
+    put_sparse(b, "big.bin", 64 * MiB)
+    out = tmp_path / "big.bin"
+    proc = subprocess.Popen(["curl", "-sS", "-k", "--limit-rate", "1M", "-o", str(out),
+                             gw.url("big.bin", b.user, b.password)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size >= 256 * KiB, 30,
+                 "the download to run")
+        b.stop()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode != 0
+    wait_for(lambda: xfer_lines(gw.xferlog, "big.bin"), 15, "the transfer log line")
+    time.sleep(0.5)
+    lines = xfer_lines(gw.xferlog, "big.bin")
+    assert len(lines) == 1 and "verb=RETR" in lines[0] and "result=failed" in lines[0], lines
+    assert metric(metrics(gw), "ftpsgate_transfers_total", direction="download",
+                  result="failed") == 1
+
+
+def test_sigterm_with_20_transfers_running(gateway, pyftpdlib, ports, blobs, tmp_path):
+    """10 transfers done, 20 running (rate-limited) when SIGTERM comes; shutdown_grace ends
+    before them: 30 sessions, 30 lines, one each."""
+    gw = recording_gateway(gateway, pyftpdlib, ports, tmp_path, shutdown_grace=2)
+    user, pw = pyftpdlib.user, pyftpdlib.password
+    put_sparse(pyftpdlib, "sigterm.bin", 64 * MiB)
+    pyftpdlib.put(blobs, "small.bin", 64 * KiB)
+    for i in range(10):
+        check(curl("-o", tmp_path / f"small{i}.bin", gw.url("small.bin", user, pw)))
+    outs = [tmp_path / f"slow{i}.bin" for i in range(20)]
+    procs = [subprocess.Popen(["curl", "-sS", "-k", "--limit-rate", "200k", "-o", str(o),
+                               gw.url("sigterm.bin", user, pw)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for o in outs]
+    try:
+        wait_for(lambda: all(o.exists() and o.stat().st_size > 0 for o in outs), 60,
+                 "20 downloads running")
+        gw.signals_sent.append(signal.SIGTERM)
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
+        gw.stopped_by_test = True
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+    lines = xfer_lines(gw.xferlog)
+    sessions = [re.search(r"session=(\d+)", x).group(1) for x in lines]
+    assert len(lines) == 30 and len(set(sessions)) == 30, "\n".join(lines)
+    assert sum("small.bin" in x and "result=ok" in x for x in lines) == 10, lines
+    slow = [x for x in lines if "sigterm.bin" in x]
+    assert len(slow) == 20 and all("result=failed" in x and "code=421" in x for x in slow), slow
