@@ -33,6 +33,9 @@ typedef struct gw_data_limits {
     uint64_t connect_timeout_ms; /* data_connect_timeout */
     uint64_t data_timeout_ms;    /* data_timeout */
     enum gw_splice_mode splice;
+    /* Optional: true when the client's control connection is gone (or going), asked when
+     * an upload ends without a close_notify to prove it: such an upload is cut, not done. */
+    bool (*client_gone)(void *owner);
 } gw_data_limits;
 
 /* TLS of the two data legs; a NULL context or engine means that leg is in clear. */

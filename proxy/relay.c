@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bans.h"
@@ -110,16 +113,17 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     gw_sess_reply(s, text);
     gw_relay_record_transfer(s, text, "failed", why);
     GW_LOG_INFO(s->id, "event=transfer_abort note=\"ABOR sent to the server\"");
-    gw_sess_drop_data(s, false);
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
     s->cur.abort_internal = true;
     s->cur.abort_expect = 2;
     s->cur.abort_started_ms = gw_sess_now(s);
+    /* ABOR before the data legs are cut: the server then takes the cut for an abort. */
     gw_backend_send(s, "ABOR", PEND_ABORT);
     if (s->backend)
         gw_conn_write_str(s->backend, "NOOP\r\n");
+    gw_sess_drop_data(s, false);
     gw_sess_rearm(s);
 }
 
@@ -157,9 +161,7 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
     }
-    /* Delivered whole, but not to be reported as a success: wait for the server's final
-     * reply and send the 426 in its place (complete_transfer). */
-    if (!ok && result != GW_DATA_UNSAFE_EOF) {
+    if (!ok) {
         /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;
@@ -176,6 +178,21 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
         gw_sess_rearm(s); /* the final reply now has data_timeout to arrive */
 }
 
+/* The client's control connection is gone or going: closed here, or its FIN (or reset)
+ * arrived and waits to be read (a killed client's kernel sends it before the data
+ * connection's, both in one go). */
+static bool client_gone(void *owner)
+{
+    gw_session *s = owner;
+    if (!s->client || s->cstate == CS_CLOSING || s->client->eof || s->client->failed)
+        return true;
+    int fd = gw_conn_fd(s->client);
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    return fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+           ti.tcpi_state != TCP_ESTABLISHED;
+}
+
 static gw_data *new_data(gw_session *s)
 {
     const gw_config *cfg = s->fe->cfg;
@@ -183,6 +200,7 @@ static gw_data *new_data(gw_session *s)
         .connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000,
         .data_timeout_ms = (uint64_t)cfg->data_timeout * 1000,
         .splice = cfg->splice,
+        .client_gone = client_gone,
     };
     return gw_data_new(s->loop, s->id, &lim, on_data_done, s);
 }

@@ -212,6 +212,8 @@ def test_client_killed_mid_upload(gateway, backend, ports, blobs, tmp_path, clie
     assert len(lines) == 1 and "verb=STOR" in lines[0] and "result=failed" in lines[0], lines
     wait_for(lambda: metric(metrics(gw), "ftpsgate_transfers_total", direction="upload",
                             result="failed") == before + 1, 5, "the failed upload counted")
+    wait_for(lambda: backend_says_upload_failed(backend, name), 15,
+             f"{backend.name} to record the upload as failed")
 
 
 @pytest.fixture
