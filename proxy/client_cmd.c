@@ -82,6 +82,13 @@ static void cmd_auth(gw_session *s, const char *arg)
         return;
     }
     gw_sess_reply(s, GW_R_AUTH_OK);
+    /* vsftpd protects an AUTH SSL session's data at once: legacy clients (weex) expect it
+     * and never send PBSZ/PROT. [MS-FTPS] makes SSL a synonym of TLS: opt-in. (arg lives
+     * in s->cmd, cleared below.) */
+    if (fc->auth_ssl_protects_data && !strcasecmp(arg, "SSL")) {
+        s->prot_p = true;
+        GW_LOG_INFO(s->id, "event=auth_ssl_protects_data");
+    }
     /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
     if (s->inlen)
         GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from peers import (HOST, PYTHON, KiB, MiB, Control, check, curl, frontend,
-                   kill_after_progress, parse_227, put_sparse, recv_until_closed,
+                   kill_after_progress, parse_227, put_sparse, raw_transfer, recv_until_closed,
                    start_pyftpdlib, wait_for)
 
 PRELOGIN = "530 Please login with USER and PASS."
@@ -282,3 +282,41 @@ def test_sigterm_with_20_transfers_running(gateway, pyftpdlib, ports, blobs, tmp
     assert sum("small.bin" in x and "result=ok" in x for x in lines) == 10, lines
     slow = [x for x in lines if "sigterm.bin" in x]
     assert len(slow) == 20 and all("result=failed" in x and "code=421" in x for x in slow), slow
+
+
+# ---------------------------------------------------------------------------------------
+# Item 4: auth_ssl_protects_data (weex-style clients: AUTH SSL, never PBSZ/PROT)
+
+
+@pytest.mark.parametrize("mechanism", ["SSL", "TLS"])
+def test_auth_ssl_protects_data(gateway, vsftpd, client_ctx, mechanism):
+    """With auth_ssl_protects_data = yes, AUTH SSL alone protects the data connections
+    (listing and upload over TLS data, no PBSZ/PROT); AUTH TLS stays [MS-FTPS] (521), and
+    so does AUTH SSL on a frontend without the key."""
+    gw = gateway(vsftpd, frontends={"weex": frontend("explicit", auth_ssl_protects_data=True),
+                                    "x": frontend("explicit")})
+    name = f"weex-{mechanism}.txt"
+    body = b"weex-style upload\n" * 100
+    for fe, protected in (("weex", mechanism == "SSL"), ("x", False)):
+        ctl = Control.explicit(gw.fport(fe), client_ctx, mechanism=mechanism)
+        try:
+            ctl.login(vsftpd.user, vsftpd.password)
+            if not protected:
+                assert ctl.cmd("LIST")[0] == 521
+                assert ctl.cmd(f"STOR {name}")[0] == 521
+                continue
+            assert ctl.cmd("TYPE I")[0] == 200
+            _, reply = raw_transfer(ctl, f"STOR {name}", client_ctx, upload=body)
+            assert reply[0] == 226, reply
+            listing, reply = raw_transfer(ctl, "NLST", client_ctx)
+            assert reply[0] == 226, reply
+            assert name.encode() in listing, listing
+            assert vsftpd.path(name).read_bytes() == body
+            # PROT C still clears it, as after PROT P
+            assert ctl.cmd("PBSZ 0")[0] == 200
+            assert ctl.cmd("PROT C")[0] == 200
+            assert ctl.cmd("LIST")[0] == 521
+        finally:
+            ctl.close()
+    if mechanism == "SSL":
+        assert "event=auth_ssl_protects_data" in gw.log
