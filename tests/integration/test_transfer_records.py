@@ -17,9 +17,9 @@ import urllib.request
 
 import pytest
 
-from peers import (HOST, PYTHON, KiB, MiB, Control, check, curl, frontend,
+from peers import (HOST, PYTHON, KiB, MiB, Control, backend_tls, check, curl, frontend,
                    kill_after_progress, parse_227, put_sparse, raw_transfer, recv_until_closed,
-                   start_pyftpdlib, wait_for)
+                   start_pyftpdlib, start_vsftpd, wait_for)
 
 PRELOGIN = "530 Please login with USER and PASS."
 
@@ -216,18 +216,20 @@ def test_client_killed_mid_upload(gateway, backend, ports, blobs, tmp_path, clie
              f"{backend.name} to record the upload as failed")
 
 
-@pytest.fixture
-def own_pyftpdlib(workdir, ports, test_user, request):
-    """A pyftpdlib of this test only (the test kills it)."""
-    b = start_pyftpdlib(workdir / f"pyftpdlib-{request.node.name}", ports, *test_user)
+@pytest.fixture(params=["vsftpd", "pyftpdlib"])
+def own_backend(workdir, ports, test_user, request):
+    """A backend of this test only (the test kills it)."""
+    d = workdir / ("own-" + re.sub(r"[^\w.-]", "_", request.node.name))
+    start = start_vsftpd if request.param == "vsftpd" else start_pyftpdlib
+    b = start(d, ports, *test_user)
     yield b
     b.stop()
 
 
-def test_backend_killed_mid_download(gateway, own_pyftpdlib, ports, blobs, tmp_path,
-                                     client_ctx):
-    gw = recording_gateway(gateway, own_pyftpdlib, ports, tmp_path)
-    b = own_pyftpdlib
+def test_backend_killed_mid_download(gateway, own_backend, ports, tmp_path):
+    """SIGKILL of the server (its whole process tree) mid-download: one `failed` line."""
+    b = own_backend
+    gw = recording_gateway(gateway, b, ports, tmp_path)
     put_sparse(b, "big.bin", 64 * MiB)
     out = tmp_path / "big.bin"
     proc = subprocess.Popen(["curl", "-sS", "-k", "--limit-rate", "1M", "-o", str(out),
@@ -249,6 +251,26 @@ def test_backend_killed_mid_download(gateway, own_pyftpdlib, ports, blobs, tmp_p
     assert len(lines) == 1 and "verb=RETR" in lines[0] and "result=failed" in lines[0], lines
     assert metric(metrics(gw), "ftpsgate_transfers_total", direction="download",
                   result="failed") == 1
+
+
+def test_client_killed_mid_upload_ftps_backend(gateway, vsftpd_ftps, ports, blobs, tmp_path):
+    """The same against vsftpd doing FTPS itself (the backend data leg is TLS too): its
+    log says FAIL UPLOAD, never OK UPLOAD."""
+    b = vsftpd_ftps
+    aport = ports.port()
+    xferlog = tmp_path / "xferlog"
+    gw = gateway(b, extra={"global": {"xferlog": xferlog, "admin_listen": f"{HOST}:{aport}"}},
+                 backend_keys=backend_tls("explicit", ca_file=b.cert))
+    name = "killed-ftps-backend.bin"
+    src, _ = blobs.blob(32 * MiB)
+    args = ["curl", "-sS", "-k", "--ftp-pasv", "--limit-rate", "1M", "-T", src,
+            gw.url(name, b.user, b.password)]
+    kill_after_progress(args, b.path(name), 256 * KiB, timeout=30)
+    wait_for(lambda: xfer_lines(xferlog, name), 15, "the transfer log line")
+    time.sleep(0.5)
+    lines = xfer_lines(xferlog, name)
+    assert len(lines) == 1 and "result=failed" in lines[0], lines
+    wait_for(lambda: backend_says_upload_failed(b, name), 15, "vsftpd's FAIL UPLOAD")
 
 
 def test_sigterm_with_20_transfers_running(gateway, pyftpdlib, ports, blobs, tmp_path):
