@@ -113,17 +113,18 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     gw_sess_reply(s, text);
     gw_relay_record_transfer(s, text, "failed", why);
     GW_LOG_INFO(s->id, "event=transfer_abort note=\"ABOR sent to the server\"");
+    /* Before the ABOR: the server's reply for a download cut now comes before the NOOP's
+     * 200 (an upload's backend leg is reset only after the ABOR: gw_data_release). */
+    gw_sess_drop_data(s, false);
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
     s->cur.abort_internal = true;
     s->cur.abort_expect = 2;
     s->cur.abort_started_ms = gw_sess_now(s);
-    /* ABOR before the data legs are cut: the server then takes the cut for an abort. */
     gw_backend_send(s, "ABOR", PEND_ABORT);
     if (s->backend)
         gw_conn_write_str(s->backend, "NOOP\r\n");
-    gw_sess_drop_data(s, false);
     gw_sess_rearm(s);
 }
 

@@ -128,11 +128,9 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     /* A transfer cut with its session is recorded too, with the session's last reply. */
     gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
                              "failed", why);
-    /* The server's control connection goes first: a server that sees its data connection
-     * cut before it may count a cut upload complete (pyftpdlib). */
+    gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
     if (s->backend)
         gw_conn_close(s->backend);
-    gw_sess_drop_data(s, false);
     gw_sess_set_backend_state(s, BS_CLOSED);
     if (s->client) {
         if (was_ready && !s->client->failed) {
