@@ -648,6 +648,16 @@ static bool backend_handshake_due(const gw_data *d)
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 
+/* SO_LINGER 0: whoever closes the socket (a timer, the worker's wind-down, the process's
+ * exit), the peer gets a reset, not a FIN. */
+static void reset_on_close(gw_conn *c)
+{
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    int fd = gw_conn_fd(c);
+    if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0)
+        GW_LOG_DEBUG(0, "event=so_linger_failed");
+}
+
 void gw_data_release(gw_data *d, bool ok)
 {
     if (data_released(d))
@@ -678,6 +688,7 @@ void gw_data_release(gw_data *d, bool ok)
              * connection's close that the owner sends now: a server that sees the reset
              * first may count the upload complete (pyftpdlib does). */
             gw_conn_pause(d->backend);
+            reset_on_close(d->backend); /* also if the process ends first */
             d->reset_backend = true;
             uv_timer_start(d->timer, on_timer, ABORT_RESET_MS, 0);
         } else if (d->backend) {

@@ -342,3 +342,30 @@ def test_auth_ssl_protects_data(gateway, vsftpd, client_ctx, mechanism):
             ctl.close()
     if mechanism == "SSL":
         assert "event=auth_ssl_protects_data" in gw.log
+
+
+def test_sigterm_with_uploads_running(gateway, vsftpd, ports, blobs, tmp_path):
+    """Uploads cut by a shutdown (after shutdown_grace) fail at the server too: the gateway
+    exits right after, and its exit must not end them with a clean FIN."""
+    gw = recording_gateway(gateway, vsftpd, ports, tmp_path, shutdown_grace=1)
+    src, _ = blobs.blob(32 * MiB)
+    names = [f"sigterm-up{i}.bin" for i in range(4)]
+    procs = [subprocess.Popen(["curl", "-sS", "-k", "--ftp-pasv", "--limit-rate", "500k", "-T",
+                               str(src), gw.url(n, vsftpd.user, vsftpd.password)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for n in names]
+    try:
+        wait_for(lambda: all(vsftpd.path(n).exists() and vsftpd.path(n).stat().st_size > 0
+                             for n in names), 30, "4 uploads running")
+        gw.signals_sent.append(signal.SIGTERM)
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
+        gw.stopped_by_test = True
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+    for n in names:
+        lines = xfer_lines(gw.xferlog, n)
+        assert len(lines) == 1 and "result=failed" in lines[0], lines
+        wait_for(lambda: backend_says_upload_failed(vsftpd, n), 15, f"FAIL UPLOAD of {n}")
