@@ -49,6 +49,10 @@ typedef struct gw_data_tls {
     gw_tls *backend_engine;     /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
 
+/* Cut uploads whose backend leg waits for its reset (gw_data_release), process-wide: a
+ * stopping worker lets them go out before it closes its loop. */
+int gw_data_resets_pending(void);
+
 /* Data connections opened without resumption under data_session_reuse_exempt, process-wide
  * (for metrics). */
 uint64_t gw_data_reuse_exempt_count(void);

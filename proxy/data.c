@@ -23,6 +23,20 @@
 #define ABORT_RESET_MS 300 /* a cut upload's backend leg is reset this long after its ABOR */
 
 static _Atomic uint64_t reuse_exempt_used;
+static _Atomic int resets_pending;
+
+int gw_data_resets_pending(void)
+{
+    return resets_pending;
+}
+
+/* The backend leg's delayed reset is done, or no longer due (the leg is gone). */
+static void reset_done(gw_data *d)
+{
+    if (d->reset_backend)
+        resets_pending--;
+    d->reset_backend = false;
+}
 
 uint64_t gw_data_reuse_exempt_count(void)
 {
@@ -328,10 +342,12 @@ static void on_leg_close(gw_conn *c)
     gw_data *d = c->owner;
     if (c == d->client)
         d->client = NULL;
-    else if (c == d->backend)
+    else if (c == d->backend) {
         d->backend = NULL;
-    else
+        reset_done(d);
+    } else {
         d->strays--;
+    }
     data_maybe_free(d);
 }
 
@@ -494,8 +510,7 @@ static void on_timer(uv_timer_t *t)
         if (d->client)
             gw_conn_close(d->client);
         if (d->backend && d->reset_backend) {
-            d->reset_backend = false;
-            gw_conn_reset(d->backend);
+            gw_conn_reset(d->backend); /* its close counts the reset done */
             uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
         } else if (d->backend) {
             gw_conn_close(d->backend);
@@ -690,6 +705,7 @@ void gw_data_release(gw_data *d, bool ok)
             gw_conn_pause(d->backend);
             reset_on_close(d->backend); /* also if the process ends first */
             d->reset_backend = true;
+            resets_pending++;
             uv_timer_start(d->timer, on_timer, ABORT_RESET_MS, 0);
         } else if (d->backend) {
             gw_conn_reset(d->backend);
