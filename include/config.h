@@ -51,6 +51,7 @@ typedef struct gw_frontend_conf {
     bool require_tls;
     bool require_prot_p;
     bool allow_ccc;
+    bool auth_ssl_protects_data;           /* AUTH SSL implies PROT P (vsftpd), not only AUTH TLS */
     bool route_user;                       /* USER name@BACKEND picks BACKEND */
     char greeting[GW_HOST_MAX];            /* set: the gateway greets itself ("220 <greeting>") */
     char pasv_address[GW_HOST_MAX];        /* empty: local address of the control connection */

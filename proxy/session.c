@@ -127,7 +127,10 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     gw_sess_set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
-    gw_sess_drop_data(s, false);
+    /* A transfer cut with its session is recorded too, with the session's last reply. */
+    gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
+                             "failed", why);
+    gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
     if (s->backend)
         gw_conn_close(s->backend);
     gw_backend_prelogin_release(s);
@@ -187,8 +190,10 @@ static void check_deadlines(gw_session *s)
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
-        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent)
+        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent) {
             gw_sess_reply(s, GW_R_XFER_ABORTED);
+            gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+        }
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY, "backend silent after ABOR");

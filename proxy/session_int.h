@@ -111,6 +111,7 @@ struct gw_session {
     size_t featlen;
     gw_data *data;
     bool data_finished, data_ok;
+    bool xfer_open; /* a transfer started and is not recorded yet (gw_relay_record_transfer) */
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
     char user[64];      /* the USER argument, for the transfer log (never the password) */
@@ -201,6 +202,11 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
 void gw_relay_line(gw_session *s, gw_reply_parser *r);
 void gw_relay_arm_backend_leg(gw_session *s);
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+/* The transfer's one record (the transfer_end line, the transfer log, the metrics), once
+ * however it ended: `reply` is the final reply the client got for it (NULL: none), result
+ * ok | failed | aborted | unused, why the reason of a failure (or NULL). */
+void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result,
+                              const char *why);
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);

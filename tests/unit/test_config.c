@@ -148,6 +148,7 @@ static void test_default_parses(void **state)
     assert_true(f->require_tls);
     assert_true(f->require_prot_p);
     assert_false(f->allow_ccc);
+    assert_false(f->auth_ssl_protects_data);
     assert_string_equal(f->pasv_address, "");
     assert_int_equal(f->pasv_port_min, 30000);
     assert_int_equal(f->pasv_port_max, 30099);
@@ -498,6 +499,8 @@ static void test_not_implemented(void **state)
     /* The default value spelled differently is the default. */
     expect_ok("[global]\nworkers = 1\nlog_format = TEXT\n[tls]\nstrict_tls_eof =\n" FE
               "require_tls = on\nallow_ccc = false\n" BE "tls_verify = 1\n");
+    expect_ok(FE "auth_ssl_protects_data = yes\n" BE);
+    assert_true(cfg.frontends[0].auth_ssl_protects_data);
     /* An invalid value is reported as invalid, not as unimplemented. */
     expect_error(FE "mode = sideways\n" BE,
                  "t.conf:3: [frontend a] mode: ", "expected implicit | explicit | plain");
