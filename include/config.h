@@ -51,6 +51,7 @@ typedef struct gw_frontend_conf {
     bool require_tls;
     bool require_prot_p;
     bool allow_ccc;
+    bool auth_ssl_protects_data;           /* AUTH SSL implies PROT P (vsftpd), not only AUTH TLS */
     bool route_user;                       /* USER name@BACKEND picks BACKEND */
     char greeting[GW_HOST_MAX];            /* set: the gateway greets itself ("220 <greeting>") */
     char pasv_address[GW_HOST_MAX];        /* empty: local address of the control connection */
@@ -75,6 +76,11 @@ typedef struct gw_frontend_conf {
     char proxy_protocol_from[GW_PATH_MAX]; /* CIDR list allowed to send it */
     bool proxy_protocol_data;              /* passive data connections carry one too */
     char pasv_address_for[GW_PATH_MAX];    /* CIDR=ADDR, ...: first match names the 227 address */
+
+    /* Backend connections held by sessions not logged in yet, per client address and for
+     * the whole frontend (0: no bound); over either one a new connection is greeted by the
+     * gateway and its backend connection waits for USER. */
+    int prelogin_backend_per_ip, prelogin_backend_max;
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {

@@ -555,8 +555,14 @@ static const struct keydef keys[] = {
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
+    {"auth_ssl_protects_data", S_FRONTEND, p_bool, F(auth_ssl_protects_data), "no", true, 0, 0,
+     NULL},
     {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
     {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
+    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", true, 0,
+     MAX_SESSIONS, NULL},
+    {"prelogin_backend_max", S_FRONTEND, p_int, F(prelogin_backend_max), "100", true, 0,
+     MAX_SESSIONS, NULL},
     {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     /* pasv_shared_port (one shared passive port, proxy/shared_port.c) */
@@ -778,7 +784,8 @@ static int close_section(struct state *st)
                         "set without cert (set both, or neither)");
     }
     if (st->sect == S_FRONTEND && st->cfg->frontends[st->idx].mode == GW_FE_PLAIN) {
-        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc"};
+        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc",
+                                               "auth_ssl_protects_data"};
         for (size_t i = 0; i < NKEYS; i++) {
             bool tls = keys[i].sect == S_FRONTEND && key_index(S_TLS, keys[i].name) >= 0;
             for (size_t j = 0; j < sizeof tls_keys / sizeof tls_keys[0]; j++)

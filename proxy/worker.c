@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "bans.h"
+#include "data.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -25,6 +26,7 @@ typedef struct gw_worker {
     bool mailbox_ready;
     uv_timer_t stop_timer;
     uint64_t stop_deadline;
+    int idle_ticks; /* stop ticks since the last session ended */
     uv_thread_t thread;
     bool thread_started;
     _Atomic bool done; /* its loop has ended (its mailbox is closed) */
@@ -95,6 +97,9 @@ static bool others_done(void)
 static void on_stop_tick(uv_timer_t *t)
 {
     gw_worker *w = t->data;
+    /* Cut uploads still owe their servers a reset (data.c): a few ticks for them. */
+    if (w->srv.sessions == 0 && gw_data_resets_pending() > 0 && ++w->idle_ticks < 10)
+        return;
     if (w->srv.sessions == 0) {
         /* Worker 0 keeps the main loop, and with it the signal handlers (a second SIGTERM
          * closes every session at once), until every other worker is done. */

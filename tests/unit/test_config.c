@@ -148,6 +148,7 @@ static void test_default_parses(void **state)
     assert_true(f->require_tls);
     assert_true(f->require_prot_p);
     assert_false(f->allow_ccc);
+    assert_false(f->auth_ssl_protects_data);
     assert_string_equal(f->pasv_address, "");
     assert_int_equal(f->pasv_port_min, 30000);
     assert_int_equal(f->pasv_port_max, 30099);
@@ -271,6 +272,24 @@ static void test_splice(void **state)
     assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
     expect_error("[global]\nsplice = uploads\n" FE BE,
                  "t.conf:2: [global] splice: ", "expected no | downloads | yes");
+}
+
+/* prelogin_backend_per_ip / prelogin_backend_max: defaults, 0 (no bound), range. */
+static void test_prelogin_keys(void **state)
+{
+    (void)state;
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 20);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 100);
+    expect_ok(FE "prelogin_backend_per_ip = 0\nprelogin_backend_max = 3\n" BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 0);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 3);
+    expect_error(FE "prelogin_backend_per_ip = -1\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_per_ip: ", NULL);
+    expect_error(FE "prelogin_backend_max = many\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_max: ", NULL);
+    expect_error("[global]\nprelogin_backend_max = 5\n" FE BE,
+                 "t.conf:2: ", "prelogin_backend_max");
 }
 
 static void test_proxy_protocol_keys(void **state)
@@ -480,6 +499,8 @@ static void test_not_implemented(void **state)
     /* The default value spelled differently is the default. */
     expect_ok("[global]\nworkers = 1\nlog_format = TEXT\n[tls]\nstrict_tls_eof =\n" FE
               "require_tls = on\nallow_ccc = false\n" BE "tls_verify = 1\n");
+    expect_ok(FE "auth_ssl_protects_data = yes\n" BE);
+    assert_true(cfg.frontends[0].auth_ssl_protects_data);
     /* An invalid value is reported as invalid, not as unimplemented. */
     expect_error(FE "mode = sideways\n" BE,
                  "t.conf:3: [frontend a] mode: ", "expected implicit | explicit | plain");
@@ -851,6 +872,7 @@ int main(void)
         cmocka_unit_test(test_many_sections),
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
+        cmocka_unit_test(test_prelogin_keys),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_unknown_key),
