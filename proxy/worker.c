@@ -345,15 +345,21 @@ static void answered(gw_worker *w, bool ok, const gw_cfg_where *where, const cha
     snprintf(w->answer_err, sizeof w->answer_err, "%s", err ? err : "");
 }
 
-/* m to its worker; a worker whose loop has ended answers at once. */
-static void send_round(gw_worker *w, rl_msg *m)
+/* The round's message to w (cfg: RL_PREPARE's copy, the message's from here on). A
+ * message that cannot go (no memory, or w's loop has ended) is answered at once: failed. */
+static void send_round(gw_worker *w, int what, gw_config *cfg)
 {
-    if (gw_mailbox_post(&w->mailbox, &m->mail, on_reload_mail) == 0)
-        return;
-    char err[64];
-    snprintf(err, sizeof err, "worker %d has stopped", w->index);
+    rl_msg *m = calloc(1, sizeof *m);
+    if (m) {
+        *m = (rl_msg){.w = w, .round = rl.round, .what = what, .cfg = cfg};
+        if (gw_mailbox_post(&w->mailbox, &m->mail, on_reload_mail) == 0)
+            return;
+    }
+    char err[64] = "out of memory";
+    if (m)
+        snprintf(err, sizeof err, "worker %d has stopped", w->index);
     answered(w, false, NULL, err);
-    drop_cfg(m->cfg);
+    drop_cfg(cfg);
     free(m);
 }
 
@@ -362,17 +368,8 @@ static void start_second(bool commit)
     rl.second = true;
     rl.commit = commit;
     rl.round++;
-    for (int i = 0; i < n_workers; i++) {
-        rl_msg *m = calloc(1, sizeof *m);
-        if (!m) {
-            answered(&workers[i], false, NULL, "out of memory");
-            continue;
-        }
-        m->w = &workers[i];
-        m->round = rl.round;
-        m->what = commit ? RL_COMMIT : RL_ABORT;
-        send_round(&workers[i], m);
-    }
+    for (int i = 0; i < n_workers; i++)
+        send_round(&workers[i], commit ? RL_COMMIT : RL_ABORT, NULL);
 }
 
 /* Main thread: once every worker answered the round, start the second round or report. */
@@ -429,20 +426,14 @@ int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg)
     rl.err[0] = 0;
     bool oom = false;
     for (int i = 0; i < n_workers; i++) {
-        rl_msg *m = calloc(1, sizeof *m);
-        gw_config *copy = m ? malloc(sizeof *copy) : NULL;
+        gw_config *copy = malloc(sizeof *copy);
         if (!copy || gw_config_copy(copy, cfg) != 0) {
             free(copy);
-            free(m);
             snprintf(rl.err, sizeof rl.err, "out of memory");
             oom = true;
             continue;
         }
-        m->w = &workers[i];
-        m->round = rl.round;
-        m->what = RL_PREPARE;
-        m->cfg = copy;
-        send_round(&workers[i], m);
+        send_round(&workers[i], RL_PREPARE, copy);
     }
     if (oom) /* a worker got nothing to prepare: abort at once, everywhere */
         start_second(false);
