@@ -23,7 +23,7 @@ import pytest
 
 from peers import (HOST, KiB, Control, check, curl, ftplib_download, ftplib_explicit_session,
                    ftplib_session, ftplib_upload, lftp, lftp_explicit, parse_227, parse_229,
-                   recv_until_closed, sha256_bytes, sha256_file, wait_for)
+                   recv_until_closed, sha256_bytes, sha256_file, wait_for, wait_listening)
 
 
 @pytest.fixture
@@ -32,6 +32,12 @@ def scratch(workdir, request):
     d.mkdir(parents=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_shared_port(gw):
+    """The gateway fixture waited for the first frontend's port; the shared port opens after
+    it (a slow start, under valgrind, refused a test's first connection)."""
+    wait_listening(gw.proc, gw.shared_port, 30, "the gateway's shared port")
 
 
 def shared_gateway(gateway, backend, ports, *, ranges=True, workers=1, reuse=None, plain=False):
@@ -47,6 +53,7 @@ def shared_gateway(gateway, backend, ports, *, ranges=True, workers=1, reuse=Non
     gw = gateway(backend, extra={"frontend fe": dict(keys), "global": {"workers": workers}},
                  frontends=fronts, data_session_reuse=reuse)
     gw.shared_port = sp
+    wait_shared_port(gw)
     return gw
 
 
@@ -568,6 +575,7 @@ def pp_gateway(gateway, backend, ports, admin_port=None, workers=1):
         glob["admin_listen"] = f"{HOST}:{admin_port}"
     gw = gateway(backend, extra={"frontend fe": keys, "global": glob})
     gw.shared_port = sp
+    wait_shared_port(gw)
     return gw
 
 
