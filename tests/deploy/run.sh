@@ -231,14 +231,21 @@ image_alone() {
   fi
   echo "  -t (unknown key): $out"
   # Alone, as docker/README.md runs it: non-root, no capability, read-only, the sysctl.
-  inns podman run -d --name ftpsgate-deploy-alone --cap-drop ALL \
+  # --add-host: legacy-ftp resolves at once (no DNS in the namespace) and refuses (no server).
+  inns podman run -d --name ftpsgate-deploy-alone --add-host legacy-ftp:127.0.0.1 --cap-drop ALL \
     --security-opt no-new-privileges --read-only \
     --sysctl net.ipv4.ip_unprivileged_port_start=0 \
     -p 990:990 -p 21:21 -p 30000-30019:30000-30019 \
     -v "$REPO/docker/ftpsgate.docker.conf:/etc/ftpsgate/ftpsgate.conf:ro" \
     "$GATEWAY_IMAGE" >/dev/null
-  # Its backend (legacy-ftp) is not there: the listener answers, the backend is refused.
   wait_for 20 "the gateway alone listens" inns bash -c 'exec 3<>/dev/tcp/127.0.0.1/990'
+  # curl reports the 421 as "(28) Timeout"; the gateway's log says what happened.
+  inns "${CURL[@]}" ftps://127.0.0.1/ >/dev/null 2>&1 && fail "a session without a backend succeeded"
+  inns podman logs ftpsgate-deploy-alone 2>&1 | grep -q 'event=tls_established' ||
+    fail "no TLS session in the gateway's log"
+  inns podman logs ftpsgate-deploy-alone 2>&1 | grep -q 'event=session_close reason="backend unreachable"' ||
+    fail "the session did not end with 'backend unreachable'"
+  echo "  an implicit TLS session without a backend: handshake, then 421 backend unreachable"
   local status
   status=$(inns podman exec ftpsgate-deploy-alone sh -c 'grep -E "^(Uid|CapEff|NoNewPrivs)" /proc/1/status' | tr -s '\t\n' '  ')
   echo "  running: $status"
@@ -288,10 +295,14 @@ clients_through_lb() { # one round of every client through the balancer on 127.0
 }
 
 compose_haproxy() { # compose_haproxy FILE
-  local file=$1 p=deploy-${1%%.*} gw n
+  local file=$1 p=deploy-${1%%.*} gw n t0
+  t0=$(date +%s.%N)
+  mark() { echo "  ($(elapsed "$t0") s) $*"; }
   inns podman-compose -p "$p" -f "docker/$file" up -d >"$WORK/$p-up.log" 2>&1 ||
     { tail -n 30 "$WORK/$p-up.log"; return 1; }
+  mark "up"
   wait_for 40 "$file serves" inns "${CURL[@]}" --user demo:demo -o /dev/null ftps://127.0.0.1/hello.txt
+  mark "serving"
   [[ -s $WORK/payload.bin ]] || head -c 3000000 /dev/urandom >"$WORK/payload.bin"
   inns "${CURL[@]}" --user demo:demo -T "$WORK/payload.bin" ftps://127.0.0.1/payload.bin
   local round
@@ -302,13 +313,17 @@ compose_haproxy() { # compose_haproxy FILE
     ((n > 0)) || fail "$gw got no session"
   done
   # One gateway gone: HAProxy's checks take it out (fall 2, inter 2s), the others serve.
+  mark "two rounds of clients done"
   inns podman stop -t 10 "${p}_gw2_1" >/dev/null
+  mark "gw2 stopped"
   wait_for 30 "HAProxy marks gw2 down" bash -c \
     "nsenter --net=/run/netns/$NS podman logs ${p}_haproxy_1 2>&1 | grep -q 'gateways_990/gw2 is DOWN' &&
      nsenter --net=/run/netns/$NS podman logs ${p}_haproxy_1 2>&1 | grep -q 'gateways_21/gw2 is DOWN'"
   echo "  gw2 stopped, HAProxy marked it down"
   clients_through_lb "$p-gw2-stopped"
+  mark "clients done without gw2"
   inns podman-compose -p "$p" -f "docker/$file" down -v >"$WORK/$p-down.log" 2>&1
+  mark "down"
 }
 
 # --- 4. the unit under systemd ---------------------------------------------------------
