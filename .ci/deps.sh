@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace
   ftp-ssl  # netkit ftp-ssl: uploads without close_notify (tests/integration/test_tls_policy.py)
+  rclone  # Go's shared TLS session cache: sibling resumption (tests/integration/test_resumption.py)
 )
 
 case ${1:-all} in

@@ -35,6 +35,13 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
                                const char *ciphers, const char *ciphersuites, char *err,
                                size_t errcap);
 void gw_tls_ctx_free(SSL_CTX *ctx);
+/* The identity of a frontend's TLS policy (SHA-256 of its name, certificate, versions,
+ * ciphers, client-certificate rule and CA/CRL files): the session ID context of ctx. A
+ * session resumes only under the policy that issued it; every server handshake is checked
+ * against it (and against a required client certificate), full or resumed. 0 or -1. */
+#define GW_TLS_POLICY_LEN 32
+int gw_tls_server_ctx_policy(SSL_CTX *ctx, const gw_frontend_conf *fc, const char *cert,
+                             const char *key);
 /* pasv_shared_port: tickets and TLS 1.2 session IDs of ctx carry the route of the control
  * connection that got them, readable in the ClientHello (tls_hello.h). */
 void gw_tls_server_ctx_route(SSL_CTX *ctx);
@@ -57,12 +64,16 @@ typedef struct gw_tls_peer {
 int gw_tls_peer_cert(const gw_tls *t, gw_tls_peer *out);
 
 /* Virtual hosts: pick(arg, name) gives the context for a client's SNI name (the handshake
- * switches to it: its certificate), or NULL to refuse the handshake (unrecognized_name).
- * Without SNI the context stays. pick is the same function for every context. */
+ * switches to it, from the ClientHello on: its certificate, client-certificate rule and
+ * policy identity), or NULL to refuse the handshake (unrecognized_name). Without SNI the
+ * context stays. pick is the same function for every context. */
 typedef SSL_CTX *(*gw_tls_sni_pick)(void *arg, const char *name);
 void gw_tls_server_ctx_set_sni(SSL_CTX *ctx, gw_tls_sni_pick pick, void *arg);
 /* The SNI name a server engine's client sent, NULL when none. */
 const char *gw_tls_sni(const gw_tls *t);
+/* The context whose policy the engine runs under (after a virtual-host switch: the chosen
+ * frontend's). */
+SSL_CTX *gw_tls_ctx(const gw_tls *t);
 
 /* Make sure DIR holds a self-signed certificate and key (creating them if missing); writes
  * their paths. 0 or -1 with a message. */
@@ -104,5 +115,8 @@ const uint8_t *gw_tls_tag(const gw_tls *t);
 /* Data-leg resumption check: 1 resumed the session tagged `tag`; 0 not resumed; -1 resumed
  * another session (another client's). */
 int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag);
+/* The tag of the control connection whose session a data leg resumed: 1 with out set, 0
+ * when it did not resume or the session carries no tag. */
+int gw_tls_resumed_tag(const gw_tls *data, uint8_t out[GW_TLS_TAG_LEN]);
 
 #endif

@@ -303,6 +303,7 @@ static void render_metrics(gw_sbuf *o)
                              .libuv = uv_version_string(),
                              .bans_active = gw_bans_active(),
                              .data_reuse_exempt = gw_data_reuse_exempt_count(),
+                             .data_sibling = gw_data_sibling_count(),
                              .shared_port = any_shared_port};
         const gw_shport_stats *sp = gw_shport_stats_get();
         v.shport_resumption = atomic_load_explicit(&sp->matched_resumption, memory_order_relaxed);

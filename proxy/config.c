@@ -529,6 +529,7 @@ static const struct keydef keys[] = {
     {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
     {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
     {"admin_listen", S_GLOBAL, p_admin_listen, G(admin_listen), "", true, 0, 0, NULL},
+    {"control_socket", S_GLOBAL, p_str, G(control_socket), "", true, 0, 0, NULL},
 
     {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
     {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
@@ -554,8 +555,14 @@ static const struct keydef keys[] = {
     {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
     {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
     {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
+    {"auth_ssl_protects_data", S_FRONTEND, p_bool, F(auth_ssl_protects_data), "no", true, 0, 0,
+     NULL},
     {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
     {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
+    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", true, 0,
+     MAX_SESSIONS, NULL},
+    {"prelogin_backend_max", S_FRONTEND, p_int, F(prelogin_backend_max), "100", true, 0,
+     MAX_SESSIONS, NULL},
     {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
     {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
     /* pasv_shared_port (one shared passive port, proxy/shared_port.c) */
@@ -625,6 +632,15 @@ struct state {
     int global_keys[NKEYS], tls_keys[NKEYS];
     /* Per frontend/backend section, grown with cfg->frontends/backends (room for *_cap). */
     int fe_cap, be_cap;
+    int *fe_line, *be_line;
+    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
+};
+
+/* The key lines kept after a successful parse (gw_config_where). */
+struct gw_config_lines {
+    char origin[GW_PATH_MAX];
+    int global[NKEYS], tls[NKEYS];
+    int global_line, tls_line;
     int *fe_line, *be_line;
     int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
 };
@@ -768,7 +784,8 @@ static int close_section(struct state *st)
                         "set without cert (set both, or neither)");
     }
     if (st->sect == S_FRONTEND && st->cfg->frontends[st->idx].mode == GW_FE_PLAIN) {
-        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc"};
+        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc",
+                                               "auth_ssl_protects_data"};
         for (size_t i = 0; i < NKEYS; i++) {
             bool tls = keys[i].sect == S_FRONTEND && key_index(S_TLS, keys[i].name) >= 0;
             for (size_t j = 0; j < sizeof tls_keys / sizeof tls_keys[0]; j++)
@@ -1183,6 +1200,72 @@ static int validate(struct state *st)
 
 /* ---- public API ---- */
 
+static void keep_lines(struct state *st)
+{
+    struct gw_config_lines *l = calloc(1, sizeof *l);
+    if (!l)
+        return; /* messages then say line 0 */
+    snprintf(l->origin, sizeof l->origin, "%s", st->origin);
+    memcpy(l->global, st->global_keys, sizeof l->global);
+    memcpy(l->tls, st->tls_keys, sizeof l->tls);
+    l->global_line = st->global_line;
+    l->tls_line = st->tls_line;
+    l->fe_line = st->fe_line;
+    l->be_line = st->be_line;
+    l->fe_keys = st->fe_keys;
+    l->be_keys = st->be_keys;
+    st->fe_line = st->be_line = NULL;
+    st->fe_keys = st->be_keys = NULL;
+    st->cfg->lines = l;
+}
+
+static void free_lines(struct gw_config_lines *l)
+{
+    if (!l)
+        return;
+    free(l->fe_line);
+    free(l->be_line);
+    free(l->fe_keys);
+    free(l->be_keys);
+    free(l);
+}
+
+void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
+                     char *out, size_t cap)
+{
+    const struct gw_config_lines *l = cfg->lines;
+    enum sect s = strcmp(section, "global") == 0     ? S_GLOBAL
+                  : strcmp(section, "tls") == 0      ? S_TLS
+                  : strcmp(section, "frontend") == 0 ? S_FRONTEND
+                                                     : S_BACKEND;
+    bool fe = s == S_FRONTEND;
+    const char *name = fe               ? cfg->frontends[index].name
+                       : s == S_BACKEND ? cfg->backends[index].name
+                                        : NULL;
+    int k = key ? key_index(s, key) : -1, line = 0;
+    if (l) {
+        const int *kl = s == S_GLOBAL ? l->global
+                        : s == S_TLS  ? l->tls
+                        : fe          ? l->fe_keys[index]
+                                      : l->be_keys[index];
+        line = k >= 0 ? kl[k] : 0;
+        int tk = fe && key ? key_index(S_TLS, key) : -1;
+        if (!line && tk >= 0 && l->tls[tk]) {
+            line = l->tls[tk]; /* inherited from [tls] */
+            s = S_TLS;
+            name = NULL;
+        }
+        if (!line)
+            line = s == S_GLOBAL ? l->global_line
+                   : s == S_TLS  ? l->tls_line
+                   : fe          ? l->fe_line[index]
+                                 : l->be_line[index];
+    }
+    const char *kind = s == S_GLOBAL ? "global" : s == S_TLS ? "tls" : fe ? "frontend" : "backend";
+    snprintf(out, cap, "%s:%d: [%s%s%s]%s%s", l ? l->origin : "<config>", line, kind,
+             name ? " " : "", name ? name : "", key ? " " : "", key ? key : "");
+}
+
 int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
                     size_t errcap)
 {
@@ -1216,6 +1299,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     rc = st->failed ? -1 : 0;
     if (rc != 0)
         gw_config_free(cfg);
+    else
+        keep_lines(st); /* the arrays move to cfg->lines (or are freed: out of memory) */
     free(st->fe_line);
     free(st->be_line);
     free(st->fe_keys);
@@ -1232,8 +1317,10 @@ void gw_config_free(gw_config *cfg)
         free(cfg->frontends[i].backend_list);
     free(cfg->frontends);
     free(cfg->backends);
+    free_lines(cfg->lines);
     cfg->frontends = NULL;
     cfg->backends = NULL;
+    cfg->lines = NULL;
     cfg->n_frontends = cfg->n_backends = 0;
 }
 
@@ -1242,6 +1329,7 @@ int gw_config_copy(gw_config *dst, const gw_config *src)
     *dst = *src;
     dst->frontends = NULL;
     dst->backends = NULL;
+    dst->lines = NULL;
     dst->n_frontends = dst->n_backends = 0;
     if (src->n_backends > 0) {
         dst->backends = malloc((size_t)src->n_backends * sizeof *dst->backends);

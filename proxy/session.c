@@ -13,6 +13,7 @@
 #include "data.h"
 #include "ftp_codes.h"
 #include "log.h"
+#include "siblings.h"
 
 #define HANDSHAKE_TIMEOUT 30  /* seconds, capped by login_timeout */
 #define CLOSE_GRACE_MS 5000   /* waiting for our final reply and close_notify to leave */
@@ -85,6 +86,7 @@ void gw_sess_release(gw_session *s)
     GW_LOG_INFO(s->id, "event=session_end");
     gw_sinfo_end(s);
     gw_backend_uncount(s);
+    gw_backend_prelogin_release(s);
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     const gw_session_hooks *hooks = s->hooks;
     void *host = s->host;
@@ -125,9 +127,13 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     gw_sess_set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
-    gw_sess_drop_data(s, false);
+    /* A transfer cut with its session is recorded too, with the session's last reply. */
+    gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
+                             "failed", why);
+    gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
     if (s->backend)
         gw_conn_close(s->backend);
+    gw_backend_prelogin_release(s);
     gw_sess_set_backend_state(s, BS_CLOSED);
     if (s->client) {
         if (was_ready && !s->client->failed) {
@@ -184,8 +190,10 @@ static void check_deadlines(gw_session *s)
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
-        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent)
+        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent) {
             gw_sess_reply(s, GW_R_XFER_ABORTED);
+            gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+        }
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY, "backend silent after ABOR");
@@ -270,21 +278,39 @@ int gw_sess_start_tls(gw_session *s)
     return gw_conn_start_tls(s->client, s->ctl_ctx, GW_TLS_SERVER_CONTROL);
 }
 
+/* Of the virtual hosts sharing fe's listener, the one whose TLS context is ctx. */
+static gw_frontend *vhost_of_ctx(gw_frontend *fe, SSL_CTX *ctx)
+{
+    gw_generation *g = fe->gen;
+    for (int i = 0; i < g->n_frontends; i++)
+        if (g->frontends[i].vh_listen == fe->vh_listen && g->frontends[i].tls_ctx == ctx)
+            return &g->frontends[i];
+    return NULL;
+}
+
 static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
     gw_sinfo_handshake(s);
+    /* The handshake switched to the frontend SNI named already (gw_tls_server_ctx_set_sni):
+     * the session is the frontend whose TLS policy ran it. */
     const char *sni = s->fe->vhosted ? gw_tls_sni(c->tls) : NULL;
-    gw_frontend *vfe = sni ? gw_vhost_find(s->fe->vh_listen, sni) : NULL;
-    if (vfe) { /* the handshake switched to its certificate already (gw_tls_server_ctx_set_sni) */
+    gw_frontend *vfe = s->fe->vhosted ? vhost_of_ctx(s->fe, gw_tls_ctx(c->tls)) : NULL;
+    if (vfe && (sni || vfe != s->fe)) {
         gw_sess_set_frontend(s, vfe, "sni");
         s->vh_sni = true;
     }
+    /* Data connections start under the same policy (and session cache). */
+    s->ctl_ctx = gw_tls_ctx(c->tls);
     s->last_active_ms = gw_sess_now(s);
     s->tls_up = true;
+    uint64_t now_s = uv_hrtime() / 1000000000u;
+    if (s->has_tag) /* a new handshake (implicit REIN): the old tag's connection is over */
+        gw_sib_ended(s->tag, now_s);
     s->has_tag = true;
     memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
+    gw_sib_issued(s->tag, &s->client_peer, now_s);
     gw_tls_peer peer;
     if (!s->cert && gw_tls_peer_cert(c->tls, &peer) && (s->cert = malloc(sizeof peer))) {
         *s->cert = peer; /* verified by OpenSSL against client_ca (and client_crl) */
@@ -300,6 +326,8 @@ static void on_client_handshake(gw_conn *c)
     /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
     s->prot_p = s->pbsz = true;
     gw_sess_set_client_state(s, CS_READY);
+    if (!s->self_greet && !s->be_committed && !gw_backend_prelogin_admit(s))
+        s->self_greet = true; /* over the pre-login bound: connected at USER */
     if (s->self_greet) {
         gw_sess_greet(s);
         gw_cmdq_pump(s);
@@ -388,7 +416,14 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     uv_timer_start(&s->timer, on_tick, 1000, 0);
     /* Virtual hosts: the default frontend serves until SNI or HOST names another. */
     s->vh_none = fe->vhosted && fe->conf->server_name[0];
-    if (gw_fe_self_greets(fe->conf) || fe->vhosted) {
+    /* Explicit and plain frontends connect the backend now, before any command, unless too
+     * many sessions (of this address, of this frontend) hold one without a login: silent
+     * connections must not fill the backend's max_clients. Implicit ones ask after the
+     * handshake. */
+    bool eager = !gw_fe_self_greets(fe->conf) && !fe->vhosted;
+    if (eager && fe->conf->mode != GW_FE_IMPLICIT && !gw_backend_prelogin_admit(s))
+        eager = false;
+    if (!eager) {
         /* The backend is chosen and connected at USER (routing needs the name). */
         s->self_greet = true;
         int r = 0;

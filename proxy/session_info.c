@@ -8,6 +8,7 @@
 #include "data.h"
 #include "metrics.h"
 #include "session_int.h"
+#include "siblings.h"
 
 static bool verb_is(const char *verb, const char *a)
 {
@@ -34,6 +35,8 @@ void gw_sinfo_start(gw_session *s)
 void gw_sinfo_end(gw_session *s)
 {
     gw_metric_session_end(s->fe->conf->name);
+    if (s->has_tag) /* its tickets stay good for its siblings a while (siblings.h) */
+        gw_sib_ended(s->tag, uv_hrtime() / 1000000000u);
 }
 
 void gw_sinfo_frontend(gw_session *s, gw_frontend *to)
@@ -63,6 +66,8 @@ void gw_sinfo_reply(gw_session *s, const char *text)
 void gw_sinfo_login(gw_session *s, bool ok)
 {
     gw_metric_login(s->fe->conf->name, ok);
+    if (ok && s->has_tag)
+        gw_sib_login(s->tag, s->user, s->be ? s->be->conf->name : "");
     gw_tl_add(&s->tl, ok ? GW_TL_LOGIN : GW_TL_LOGIN_FAILED, "user %.64s", s->user);
 }
 
@@ -74,6 +79,12 @@ void gw_sinfo_backend(gw_session *s, bool ok, const char *why)
     gw_metric_backend_connect(s->be->conf->name, ok, ms);
     gw_tl_add(&s->tl, GW_TL_BACKEND, "%s %s (%s, %llu ms)", s->be->conf->name,
               ok ? "greeted" : "failed", why ? why : "", (unsigned long long)ms);
+}
+
+void gw_sinfo_backend_busy(gw_session *s, int code)
+{
+    gw_metric_backend_busy(s->be->conf->name);
+    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s busy (greeted %d)", s->be->conf->name, code);
 }
 
 void gw_sinfo_transfer_end(gw_session *s, const char *result)

@@ -27,6 +27,7 @@
 #include "data.h"
 #include "log.h"
 #include "proxy_proto.h"
+#include "siblings.h"
 #include "tls.h"
 #include "tls_hello.h"
 
@@ -223,10 +224,39 @@ static bool match_hello(uint16_t port, const gw_addr *peer, uint8_t (*routes)[GW
         take(only, "address", c);
         ok = true;
     }
-    if (!ok)
-        *why = n == 0    ? "no session from this address waits"
-               : nr == 0 ? "the ClientHello resumes no session of this gateway"
-                         : "the ClientHello resumes no waiting session";
+    /* Sibling resumption (siblings.h): the session of another control connection of the
+     * same user and address goes to the one waiting sibling; several: ambiguous. */
+    int siblings = 0;
+    waiter *sib = NULL;
+    enum gw_sib_verdict refused = GW_SIB_UNKNOWN; /* what a refusal found, for the log */
+    uint64_t now_s = uv_hrtime() / 1000000000u;
+    for (waiter *w = reg; !ok && w; w = w->next) {
+        if (!waits_for(w, port, peer) || !w->by_ticket)
+            continue;
+        for (int i = 0; i < nr; i++) {
+            enum gw_sib_verdict v = gw_sib_check_route(w->route, routes[i], now_s);
+            if (v == GW_SIB_SIBLING) {
+                siblings++;
+                sib = w;
+                break;
+            }
+            if (v != GW_SIB_UNKNOWN)
+                refused = v;
+        }
+    }
+    if (!ok && siblings == 1) {
+        take(sib, "sibling", c);
+        ok = true;
+    }
+    if (!ok && n == 0)
+        *why = "no session from this address waits";
+    else if (!ok && nr == 0)
+        *why = "the ClientHello resumes no session of this gateway";
+    else if (!ok && siblings > 1)
+        *why = "ambiguous: several sibling sessions from this address wait";
+    else if (!ok)
+        *why = refused != GW_SIB_UNKNOWN ? gw_sib_reason(refused)
+                                         : "the ClientHello resumes no waiting session";
     pthread_mutex_unlock(&reg_lock);
     return ok;
 }
@@ -285,7 +315,7 @@ static void deliver(handoff *h)
         unmatched(&h->peer, h->proxied ? &h->via : NULL, h->port, "its session stopped waiting");
         close(h->fd);
     } else {
-        if (strcmp(h->c.rule, "resumption") == 0)
+        if (strcmp(h->c.rule, "address") != 0) /* resumption, sibling: by route */
             stats.matched_resumption++;
         else
             stats.matched_address++;

@@ -28,6 +28,7 @@ struct gw_tls {
     enum gw_tls_role role;
     bool handshake_done, close_notify_sent;
     uint8_t tag[GW_TLS_TAG_LEN];
+    SSL_CTX *ctx0;        /* the context SSL_new took: its session cache holds TLS 1.2 IDs */
     SSL_SESSION *session; /* client control: newest session from the server, for data legs */
     char *out;            /* ciphertext written by OpenSSL, handed over whole to the socket */
     size_t out_len, out_cap;
@@ -60,6 +61,91 @@ static void ctx_error(char *err, size_t cap, const char *what, const char *path)
     ERR_clear_error();
 }
 
+/* ---- TLS policy identity ----
+ * SECURITY: every server context carries the identity of its frontend's TLS policy (name,
+ * certificate, versions, ciphers, client-certificate rule, CA and CRL files): it is the
+ * session ID context of every session the context issues, and a session (ticket or TLS 1.2
+ * session ID, control or data) resumes only under the same identity. Virtual hosts switch
+ * context before OpenSSL looks at the offered session (on_client_hello), so a session of
+ * open.example is never resumed by strict.example, whose policy then runs a full handshake. */
+static int policy_idx = -1;
+
+static void policy_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    free(ptr);
+}
+
+static void policy_index_init(void)
+{
+    policy_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, policy_free);
+}
+
+static const uint8_t *ctx_policy(const SSL_CTX *ctx)
+{
+    return ctx && policy_idx >= 0 ? SSL_CTX_get_ex_data(ctx, policy_idx) : NULL;
+}
+
+static void digest_str(EVP_MD_CTX *md, const char *s)
+{
+    EVP_DigestUpdate(md, s, strlen(s) + 1); /* with the NUL: fields cannot run together */
+}
+
+/* A file's identity (a CA or CRL replaced in place is another policy after a reload). */
+static void digest_file(EVP_MD_CTX *md, const char *path)
+{
+    struct stat st;
+    digest_str(md, path);
+    if (*path && stat(path, &st) == 0) {
+        long long v[4] = {(long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtime,
+                          (long long)st.st_mtim.tv_nsec};
+        EVP_DigestUpdate(md, v, sizeof v);
+    }
+}
+
+int gw_tls_server_ctx_policy(SSL_CTX *ctx, const gw_frontend_conf *fc, const char *cert,
+                             const char *key)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, policy_index_init);
+    uint8_t *id = malloc(GW_TLS_POLICY_LEN);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int ints[3] = {(int)fc->mode, (int)fc->tls_min_version, (int)fc->client_cert};
+    bool ok = id && md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    if (ok) {
+        digest_str(md, "ftpsgate policy 1");
+        digest_str(md, fc->name);
+        EVP_DigestUpdate(md, ints, sizeof ints);
+        digest_file(md, cert);
+        digest_str(md, key);
+        digest_str(md, fc->ciphers);
+        digest_str(md, fc->ciphersuites);
+        digest_file(md, fc->client_cert != GW_CERT_NONE ? fc->client_ca : "");
+        digest_file(md, fc->client_cert != GW_CERT_NONE ? fc->client_crl : "");
+        ok = EVP_DigestFinal_ex(md, id, &n) == 1 && n == GW_TLS_POLICY_LEN && policy_idx >= 0 &&
+             SSL_CTX_set_session_id_context(ctx, id, GW_TLS_POLICY_LEN) == 1 &&
+             SSL_CTX_set_ex_data(ctx, policy_idx, id) == 1;
+    }
+    EVP_MD_CTX_free(md);
+    if (!ok) {
+        free(id);
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
+/* Does the session belong to the policy of the context now in force on ssl? */
+static bool session_of_policy(SSL *ssl, const SSL_SESSION *sess)
+{
+    const uint8_t *want = ctx_policy(SSL_get_SSL_CTX(ssl));
+    unsigned int len = 0;
+    const unsigned char *got = SSL_SESSION_get0_id_context(sess, &len);
+    if (!want)
+        return true; /* a context without a policy (unit tests): OpenSSL's own check only */
+    return got && len == GW_TLS_POLICY_LEN && memcmp(got, want, len) == 0;
+}
+
 /* SECURITY: the ticket carries the tag of the control session that issued it, so a data
  * connection can prove it resumed *this* control connection's session, not any session. */
 static int on_ticket_generate(SSL *ssl, void *arg)
@@ -75,9 +161,12 @@ static SSL_TICKET_RETURN on_ticket_decrypt(SSL *ssl, SSL_SESSION *ss, const unsi
 {
     switch (status) {
     case SSL_TICKET_SUCCESS:
-        return SSL_TICKET_RETURN_USE;
     case SSL_TICKET_SUCCESS_RENEW:
-        return SSL_TICKET_RETURN_USE_RENEW;
+        /* SECURITY: another frontend's (or an older policy's) ticket: a full handshake under
+         * this policy (client certificate asked for), and a fresh ticket. */
+        if (!ss || !session_of_policy(ssl, ss))
+            return SSL_TICKET_RETURN_IGNORE_RENEW;
+        return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
     case SSL_TICKET_EMPTY:
     case SSL_TICKET_NO_DECRYPT:
         return SSL_TICKET_RETURN_IGNORE_RENEW;
@@ -275,11 +364,15 @@ SSL_CTX *gw_tls_server_ctx_new(const char *cert, const char *key, enum gw_tls_ve
         ctx_error(err, errcap, "private key does not match certificate", key);
         goto fail;
     }
+    /* Replaced by the frontend's policy identity (gw_tls_server_ctx_policy). */
     static const unsigned char sid_ctx[] = "ftpsgate";
     SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, 20000);
     SSL_CTX_set_session_ticket_cb(ctx, on_ticket_generate, on_ticket_decrypt, NULL);
+    /* One set of ticket keys for the process (rotated): a ticket opens in every context and
+     * worker, and the policy identity inside it alone decides where it may resume. */
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -360,35 +453,90 @@ int gw_tls_peer_cert(const gw_tls *t, gw_tls_peer *out)
 
 static gw_tls_sni_pick _Atomic sni_pick;
 
-static int on_servername(SSL *ssl, int *al, void *arg)
+/* The host_name of a server_name extension (RFC 6066 §3) as a C string; false when absent
+ * or malformed. */
+static bool hello_sni(SSL *ssl, char *out, size_t cap)
 {
-    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    const unsigned char *p;
+    size_t len;
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) || len < 2)
+        return false;
+    size_t list = (size_t)p[0] << 8 | p[1];
+    if (list + 2 != len)
+        return false;
+    for (size_t i = 2; i + 3 <= len;) {
+        unsigned type = p[i];
+        size_t n = (size_t)p[i + 1] << 8 | p[i + 2];
+        if (i + 3 + n > len)
+            return false;
+        if (type == TLSEXT_NAMETYPE_host_name) {
+            if (n == 0 || n >= cap || memchr(p + i + 3, 0, n))
+                return false;
+            memcpy(out, p + i + 3, n);
+            out[n] = 0;
+            return true;
+        }
+        i += 3 + n;
+    }
+    return false;
+}
+
+/* Make ctx the policy of this handshake: certificate, verification, session ID context. */
+static int switch_ctx(SSL *ssl, SSL_CTX *ctx)
+{
+    if (ctx == SSL_get_SSL_CTX(ssl))
+        return 1;
+    if (!SSL_set_SSL_CTX(ssl, ctx))
+        return 0;
+    /* SSL_set_SSL_CTX keeps the first context's verify mode and, when it was changed,
+     * session ID context: the chosen frontend's, explicitly. */
+    SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), NULL);
+    SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
+    const uint8_t *id = ctx_policy(ctx);
+    return !id || SSL_set_session_id_context(ssl, id, GW_TLS_POLICY_LEN) == 1;
+}
+
+/* SECURITY: virtual hosts choose their context here, from the ClientHello's SNI, before
+ * OpenSSL looks at the session the client offers (the servername callback runs after it:
+ * a switch there let a session of one frontend resume under another's policy). Without
+ * SNI the context stays: the listener's on a control connection, the control
+ * connection's own on a data connection. */
+static int on_client_hello(SSL *ssl, int *al, void *arg)
+{
+    char name[256];
     gw_tls_sni_pick pick = sni_pick;
-    if (!name || !pick)
-        return SSL_TLSEXT_ERR_NOACK;
+    if (!pick || !hello_sni(ssl, name, sizeof name))
+        return SSL_CLIENT_HELLO_SUCCESS;
     SSL_CTX *ctx = pick(arg, name);
     if (!ctx) {
         *al = SSL_AD_UNRECOGNIZED_NAME;
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
+        return SSL_CLIENT_HELLO_ERROR;
     }
-    if (ctx != SSL_get_SSL_CTX(ssl)) {
-        if (!SSL_set_SSL_CTX(ssl, ctx)) {
-            *al = SSL_AD_INTERNAL_ERROR;
-            return SSL_TLSEXT_ERR_ALERT_FATAL;
-        }
-        /* The client-certificate policy is the chosen frontend's (SSL_set_SSL_CTX keeps the
-         * first context's verify mode). */
-        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), NULL);
-        SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
+    if (!switch_ctx(ssl, ctx)) {
+        *al = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
     }
-    return SSL_TLSEXT_ERR_OK;
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* The context was chosen in on_client_hello: acknowledge the name, switch nothing (for a
+ * TLS 1.2 resumption OpenSSL would show the session's old name here). */
+static int on_servername(SSL *ssl, int *al, void *arg)
+{
+    return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) ? SSL_TLSEXT_ERR_OK
+                                                              : SSL_TLSEXT_ERR_NOACK;
 }
 
 void gw_tls_server_ctx_set_sni(SSL_CTX *ctx, gw_tls_sni_pick pick, void *arg)
 {
     sni_pick = pick;
+    SSL_CTX_set_client_hello_cb(ctx, on_client_hello, arg);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
-    SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+
+SSL_CTX *gw_tls_ctx(const gw_tls *t)
+{
+    return SSL_get_SSL_CTX(t->ssl);
 }
 
 const char *gw_tls_sni(const gw_tls *t)
@@ -614,6 +762,7 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
         return NULL;
     ERR_clear_error();
     t->role = role;
+    t->ctx0 = ctx;
     t->ssl = SSL_new(ctx);
     t->rbio = BIO_new(BIO_s_mem());
     t->wbio = new_sink(t);
@@ -704,6 +853,47 @@ int gw_tls_feed(gw_tls *t, const void *buf, size_t n)
     return 0;
 }
 
+/* SECURITY: checked after every server handshake, full or resumed, control or data:
+ * whatever path OpenSSL took, the session must be this policy's, and a client certificate
+ * the policy requires must be there (a resumed session carries the one verified when it
+ * was issued). NULL when the handshake stands. */
+static const char *server_policy_refuses(gw_tls *t)
+{
+    if (t->role != GW_TLS_SERVER_CONTROL && t->role != GW_TLS_SERVER_DATA)
+        return NULL;
+    SSL *ssl = t->ssl;
+    if (SSL_session_reused(ssl) && !session_of_policy(ssl, SSL_get0_session(ssl)))
+        return "handshake refused: resumed a session of another TLS policy";
+    int mode = SSL_get_verify_mode(ssl);
+    if (!(mode & SSL_VERIFY_PEER))
+        return NULL;
+    if (!SSL_get0_peer_certificate(ssl))
+        return mode & SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                   ? "handshake refused: no client certificate (client_cert = required)"
+                   : NULL;
+    if (SSL_get_verify_result(ssl) != X509_V_OK)
+        return "handshake refused: the client certificate did not verify";
+    return NULL;
+}
+
+/* A TLS 1.2 session is cached by the context SSL_new took (the listener's); a virtual
+ * host's data connections start from the chosen frontend's context, whose cache must know
+ * it too (a copy: a session object sits in one cache list only). */
+static void cache_in_policy_ctx(gw_tls *t)
+{
+    SSL_CTX *ctx = SSL_get_SSL_CTX(t->ssl);
+    SSL_SESSION *sess = SSL_get0_session(t->ssl);
+    if (ctx == t->ctx0 || !sess || SSL_session_reused(t->ssl) ||
+        SSL_version(t->ssl) >= TLS1_3_VERSION)
+        return;
+    SSL_SESSION *copy = SSL_SESSION_dup(sess);
+    if (copy) {
+        SSL_CTX_add_session(ctx, copy);
+        SSL_SESSION_free(copy);
+    }
+    ERR_clear_error();
+}
+
 int gw_tls_handshake(gw_tls *t)
 {
     if (t->handshake_done)
@@ -711,10 +901,17 @@ int gw_tls_handshake(gw_tls *t)
     ERR_clear_error();
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
+        const char *refused = server_policy_refuses(t);
+        if (refused) {
+            snprintf(t->error, sizeof t->error, "%s", refused);
+            return GW_TLS_ERROR;
+        }
         t->handshake_done = true;
         /* TLS 1.2 session-id resumption reuses this cached object: tag it too. */
-        if (t->role == GW_TLS_SERVER_CONTROL)
+        if (t->role == GW_TLS_SERVER_CONTROL) {
             SSL_SESSION_set1_ticket_appdata(SSL_get0_session(t->ssl), t->tag, sizeof t->tag);
+            cache_in_policy_ctx(t);
+        }
         return GW_TLS_DONE;
     }
     int e = SSL_get_error(t->ssl, r);
@@ -845,4 +1042,16 @@ int gw_tls_resumed_from(const gw_tls *data, const uint8_t *tag)
     if (!sess || !SSL_SESSION_get0_ticket_appdata(sess, &appdata, &len))
         return -1;
     return (len == GW_TLS_TAG_LEN && memcmp(appdata, tag, len) == 0) ? 1 : -1;
+}
+
+int gw_tls_resumed_tag(const gw_tls *data, uint8_t out[GW_TLS_TAG_LEN])
+{
+    void *appdata = NULL;
+    size_t len = 0;
+    SSL_SESSION *sess = SSL_get0_session(data->ssl);
+    if (!SSL_session_reused(data->ssl) || !sess ||
+        !SSL_SESSION_get0_ticket_appdata(sess, &appdata, &len) || len != GW_TLS_TAG_LEN)
+        return 0;
+    memcpy(out, appdata, GW_TLS_TAG_LEN);
+    return 1;
 }

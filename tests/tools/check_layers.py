@@ -9,13 +9,13 @@ from pathlib import Path
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
-              "proxy_proto", "admin_text", "metrics", "timeline"]),
+              "proxy_proto", "admin_text", "metrics", "timeline", "siblings"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans"]),
     ("generation", ["generation", "health", "balance"]),
     ("data", ["data", "data_int", "data_accept", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
                  "session_info"]),
-    ("listener/workers", ["server", "listener", "worker", "admin"]),
+    ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
     ("main", ["main"]),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
