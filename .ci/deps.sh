@@ -4,7 +4,7 @@
 #   .ci/deps.sh        everything: build, `make test`, lint, fuzz, valgrind (`make deps`)
 #   .ci/deps.sh demo   only what `make run` needs: a C compiler and the libraries, the demo
 #                      server (vsftpd) and a client (lftp); 60 packages on a minbase Debian 12
-#                      where everything is 191 (README "Checked on a fresh machine")
+#                      where everything is 192 (README "Checked on a fresh machine")
 set -euo pipefail
 
 # `make run` (tests/tools/demo.sh): gcc rather than build-essential (no g++, dpkg-dev, perl);
