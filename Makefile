@@ -8,8 +8,16 @@ CC ?= cc
 PYTHON := /usr/bin/python3
 VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/version.h)
 
-# pkg-config packages, and the Debian package that provides each.
-PKGS := libuv openssl inih libmicrohttpd
+# pkg-config packages, and the Debian package that provides each. ADMIN=no builds without
+# libmicrohttpd (no admin endpoint: admin_listen then fails at start); `make run` does so
+# when it is not installed, so the demo needs neither it nor its GnuTLS development chain.
+ADMIN ?= yes
+PKGS := libuv openssl inih
+ifeq ($(ADMIN),no)
+override CPPFLAGS += -DGW_NO_ADMIN
+else
+PKGS += libmicrohttpd
+endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_inih := libinih-dev
@@ -28,7 +36,9 @@ CFLAGS ?= -O2 -g
 override CPPFLAGS += -Iinclude -D_GNU_SOURCE $(PKG_CPPFLAGS)
 override LDLIBS += $(PKG_LIBS)
 DEPFLAGS = -MMD -MP
+# SAN=1 (and the fuzz targets): a GW_BUG_ON that fires aborts (bug.h); release logs it.
 ifeq ($(SAN),1)
+override CPPFLAGS += -DGW_BUG_ABORT
 override CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
 override LDFLAGS += -fsanitize=address,undefined
@@ -42,6 +52,8 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
 	proxy_proto admin_text metrics timeline siblings
+# bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
+PURE += bug log
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))
@@ -50,7 +62,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format format-check lint \
+.PHONY: all run test unit integration deps deps-demo clean fuzz fuzz-run bench valgrind format format-check lint \
 	install uninstall version check-libs check-cmocka FORCE
 all: build/ftpsgate
 
@@ -127,7 +139,7 @@ valgrind: build/ftpsgate
 FUZZ_SECONDS ?= 60
 build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
-	clang -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
 	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
 fuzz: $(FUZZ_BINS)
@@ -141,12 +153,18 @@ fuzz-run: $(FUZZ_BINS)
 	    | grep -o '[0-9]*') executions, $$(grep -o 'cov: [0-9]*' $$log | tail -n 1) edges"; \
 	done
 
-run: deps
-	@$(MAKE) --no-print-directory all
+# `make run` installs only what the demo needs (build, vsftpd, lftp); `make deps` and
+# `make test` everything.
+run: deps-demo
+	@$(MAKE) --no-print-directory all \
+	  ADMIN=$$(pkg-config --exists libmicrohttpd 2>/dev/null && echo yes || echo no)
 	tests/tools/demo.sh
 
 deps:
 	.ci/deps.sh
+
+deps-demo:
+	.ci/deps.sh demo
 
 bench: all
 	$(PYTHON) tests/bench/bench.py

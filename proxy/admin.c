@@ -13,6 +13,7 @@
  * itself done with nothing). A worker that is late finds its request withdrawn. */
 #include "admin.h"
 
+#ifndef GW_NO_ADMIN
 #include <arpa/inet.h>
 #include <errno.h>
 #include <malloc.h>
@@ -704,3 +705,25 @@ void gw_admin_stop(void)
     free_view();
     pthread_mutex_unlock(&cfg_lock);
 }
+
+#else /* GW_NO_ADMIN (`make ADMIN=no`: no libmicrohttpd): no endpoint, admin_listen refused */
+#include <stdio.h>
+
+int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
+{
+    (void)h;
+    if (cfg->admin_listen.port == 0)
+        return 0;
+    snprintf(err, cap, "admin_listen: this build has no admin endpoint (built with make ADMIN=no)");
+    return -1;
+}
+
+void gw_admin_config(const gw_config *cfg)
+{
+    (void)cfg;
+}
+
+void gw_admin_set_stopping(void) {}
+
+void gw_admin_stop(void) {}
+#endif
