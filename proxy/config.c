@@ -657,15 +657,14 @@ static int grow_sections(struct state *st, bool fe)
     return 0;
 }
 
-/* Record the first error as "ORIGIN:LINE: [label] key: problem"; returns 0 for inih. */
+/* Every step returns 0, or -1 after one call of fail(): the first -1 stops the parse, so
+ * the message written is the one reported. Writes "ORIGIN:LINE: [label] key: problem". */
 __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
                                                       const char *key, const char *fmt, ...)
 {
-    if (st->failed)
-        return 0;
-    st->failed = true;
+    st->failed = true; /* stops inih's reader */
     if (!st->err || st->errcap == 0)
-        return 0;
+        return -1;
     char problem[512];
     va_list ap;
     va_start(ap, fmt);
@@ -676,7 +675,7 @@ __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line
     snprintf(st->err, st->errcap, "%s:%d: %s%s%s%s%s%s%s", st->origin, line, has_label ? "[" : "",
              has_label ? label : "", has_label ? "]" : "", has_label && has_key ? " " : "",
              has_key ? key : "", has_label || has_key ? ": " : "", problem);
-    return 0;
+    return -1;
 }
 
 static char *section_base(struct state *st, enum sect s, int idx)
@@ -734,15 +733,15 @@ static int set_value(struct state *st, int line, const struct keydef *k, char *b
         }
     }
     memcpy(base + k->off, &val, k->size);
-    return 1;
+    return 0;
 }
 
 static int apply_defaults(struct state *st, enum sect s, char *base)
 {
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].sect == s && keys[i].def && !set_value(st, 0, &keys[i], base, keys[i].def))
-            return 0;
-    return 1;
+        if (keys[i].sect == s && keys[i].def && set_value(st, 0, &keys[i], base, keys[i].def) != 0)
+            return -1;
+    return 0;
 }
 
 /* ---- section handling (driven by the reader, which sees every header) ---- */
@@ -750,7 +749,7 @@ static int apply_defaults(struct state *st, enum sect s, char *base)
 static int close_section(struct state *st)
 {
     if (st->sect == S_NONE)
-        return 1;
+        return 0;
     /* Required keys are reported at the section header. */
     for (size_t i = 0; i < NKEYS; i++)
         if (keys[i].sect == st->sect && !keys[i].def && !st->key_line[i])
@@ -796,7 +795,7 @@ static int close_section(struct state *st)
                         "max_version", "is below min_version");
     }
     st->sect = S_NONE;
-    return 1;
+    return 0;
 }
 
 /* `inner` is the trimmed text between '[' and ']'. */
@@ -809,8 +808,8 @@ static int open_section(struct state *st, const char *inner)
     int line = st->lineno;
     enum sect s = S_NONE;
 
-    if (!close_section(st))
-        return 0;
+    if (close_section(st) != 0)
+        return -1;
     for (int i = 0; i < 4; i++)
         if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0)
             s = (enum sect)i;
@@ -865,20 +864,17 @@ static int open_section(struct state *st, const char *inner)
     st->sect = s;
     st->sect_line = line;
     memset(st->key_line, 0, NKEYS * sizeof st->key_line[0]);
-    if ((s == S_FRONTEND || s == S_BACKEND) && !apply_defaults(st, s, section_base(st, s, st->idx)))
-        return 0;
-    return 1;
+    if ((s == S_FRONTEND || s == S_BACKEND) &&
+        apply_defaults(st, s, section_base(st, s, st->idx)) != 0)
+        return -1;
+    return 0;
 }
 
 /* ---- inih callbacks ---- */
 
-static int handler(void *user, const char *section, const char *name, const char *value)
+static int set_key(struct state *st, const char *name, const char *value)
 {
-    struct state *st = user;
     int line = st->lineno;
-    (void)section; /* ours is tracked by the reader (inih truncates long names) */
-    if (st->failed)
-        return 0;
     if (st->sect == S_NONE)
         return fail(st, line, NULL, name,
                     "outside of any section (start with [global], [tls], "
@@ -889,10 +885,18 @@ static int handler(void *user, const char *section, const char *name, const char
     if (st->key_line[k])
         return fail(st, line, st->label, name, "duplicate key (first set on line %d)",
                     st->key_line[k]);
-    if (!set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value))
-        return 0;
+    if (set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value) != 0)
+        return -1;
     st->key_line[k] = line;
-    return 1;
+    return 0;
+}
+
+/* inih's convention: nonzero to go on. */
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct state *st = user;
+    (void)section; /* ours is tracked by the reader (inih truncates long names) */
+    return !st->failed && set_key(st, name, value) == 0;
 }
 
 static bool is_blank(char c)
@@ -961,7 +965,7 @@ static char *reader(char *buf, int num, void *stream)
         while (b > a && is_blank(buf[b - 1]))
             b--;
         buf[b] = '\0';
-        if (!open_section(st, buf + a))
+        if (open_section(st, buf + a) != 0)
             return NULL;
         n = 0; /* inih need not see headers: we track sections ourselves */
     } else if (n > 0) {
@@ -1084,7 +1088,7 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
     const gw_frontend_conf *f = &cfg->frontends[i];
     int port = f->pasv_shared_port;
     if (port < 0)
-        return 1;
+        return 0;
     for (int j = 0; j < cfg->n_frontends; j++) {
         const gw_frontend_conf *o = &cfg->frontends[j];
         if (o->listen.port == port)
@@ -1110,7 +1114,7 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
                         "proxy_protocol, proxy_protocol_from) differs",
                         port, o->name);
     }
-    return 1;
+    return 0;
 }
 
 static int validate(struct state *st)
@@ -1143,8 +1147,8 @@ static int validate(struct state *st)
             return -1;
         if (inherit_tls_keys(st, i, label) != 0)
             return -1;
-        if (!validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label))
-            return 0;
+        if (validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label) != 0)
+            return -1;
 
         for (int j = 0; j < i; j++) {
             const gw_frontend_conf *o = &cfg->frontends[j];
@@ -1178,7 +1182,7 @@ static int validate(struct state *st)
                             o->pasv_port_min, o->pasv_port_max, o->name);
         }
     }
-    return 1;
+    return 0;
 }
 
 /* ---- public API ---- */
@@ -1205,15 +1209,20 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     st->end = text ? text + len : st->p;
     st->sect = S_NONE;
 
-    if (apply_defaults(st, S_GLOBAL, (char *)cfg) && apply_defaults(st, S_TLS, (char *)cfg)) {
+    rc = apply_defaults(st, S_GLOBAL, (char *)cfg);
+    if (rc == 0)
+        rc = apply_defaults(st, S_TLS, (char *)cfg);
+    if (rc == 0) {
         int r = ini_parse_stream(reader, st, handler, st);
         /* Every line inih sees has been checked, so r != 0 means our handler failed. */
         if (r != 0 && !st->failed)
             fail(st, r > 0 ? r : 0, NULL, NULL, "%s", r > 0 ? "syntax error" : "out of memory");
-        if (!st->failed && close_section(st))
-            validate(st);
+        rc = r != 0 || st->failed ? -1 : 0;
     }
-    rc = st->failed ? -1 : 0;
+    if (rc == 0)
+        rc = close_section(st);
+    if (rc == 0)
+        rc = validate(st);
     if (rc != 0)
         gw_config_free(cfg);
     free(st->fe_line);

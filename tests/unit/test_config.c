@@ -542,6 +542,42 @@ static void test_tls_policy_overrides(void **state)
                  "t.conf:4: [frontend p] client_cert: ", "not allowed on a mode = plain");
 }
 
+/* The whole-file checks (admin_listen against the listeners, the backend list, the TLS
+ * policy after [tls] is merged) once returned 0 on failure as on success: the parse went on
+ * and only a latched flag made it fail. Now the result is their return value alone, so each
+ * case below fails only if its check stops the parse: alone in an otherwise valid file,
+ * and first of two problems (the later one must not be reported). */
+static void test_each_check_stops_the_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *prefix, *part;
+    } cases[] = {
+        {"[global]\nadmin_listen = 127.0.0.1:990\n" FE BE,
+         "t.conf:2: [global] admin_listen: ", "is the listen address of [frontend a]"},
+        {FE "backend = nope\n" BE, "t.conf:3: [frontend a] backend: ", "no [backend nope]"},
+        {FE "backend = b, b\n" BE, "t.conf:3: [frontend a] backend: ", "b named twice"},
+        {FE "client_cert = optional\n" BE,
+         "t.conf:3: [frontend a] client_cert: ", "needs client_ca"},
+        {"[tls]\nclient_cert_user = yes\n" FE BE,
+         "t.conf:2: [frontend a] client_cert_user: ", "needs client_cert"},
+        {"[frontend a]\nlisten = 127.0.0.1:2100\npasv_shared_port = 2100\n" BE,
+         "t.conf:3: [frontend a] pasv_shared_port: ", "is the listen port"},
+        /* first of two: the second problem (a shared port in the passive range) is not
+         * reached */
+        {FE "backend = nope\npasv_shared_port = 30001\n" BE,
+         "t.conf:3: [frontend a] backend: ", "no [backend nope]"},
+        {FE "client_cert = required\npasv_shared_port = 30001\n" BE,
+         "t.conf:3: [frontend a] client_cert: ", "needs client_ca"},
+        {"[global]\nadmin_listen = 127.0.0.1:990\n" FE,
+         "t.conf:2: [global] admin_listen: ", "[frontend a]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        expect_error(cases[i].text, cases[i].prefix, cases[i].part);
+        assert_null(cfg.frontends); /* a failed parse holds nothing */
+    }
+}
+
 static void test_line_too_long(void **state)
 {
     (void)state;
@@ -831,6 +867,7 @@ int main(void)
         cmocka_unit_test(test_shared_port),
         cmocka_unit_test(test_unknown_backend),
         cmocka_unit_test(test_not_implemented),
+        cmocka_unit_test(test_each_check_stops_the_parse),
         cmocka_unit_test(test_line_too_long),
         cmocka_unit_test(test_duplicate_section),
         cmocka_unit_test(test_comments),
