@@ -172,8 +172,9 @@ int gw_parse_hostport(const char *s, gw_hostport *hp);
  * seclevel=lowered"), else 0. A backend without TLS is never weak. */
 int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
 
-/* The key table, for documentation checks: the i-th key's name, its section kind
- * ("global", "tls", "frontend", "backend") in *section; NULL past the last key. */
+/* The key table, for documentation checks: the i-th (key, section) pair, its name returned
+ * and its section kind ("global", "tls", "frontend", "backend") in *section; a [tls] key
+ * comes twice, as "tls" then "frontend". NULL past the last pair. */
 const char *gw_config_key(size_t i, const char **section);
 
 #endif

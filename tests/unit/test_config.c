@@ -250,6 +250,10 @@ static void test_full_file(void **state)
     assert_string_equal(f->cert, "fe.crt");
     assert_string_equal(f->key, "fe.key");
     f = &cfg.frontends[1];
+    assert_string_equal(f->cert, "/etc/ftpsgate/gw.crt"); /* merged from [tls] */
+    assert_string_equal(f->key, "/etc/ftpsgate/gw.key");
+    assert_int_equal(f->tls_min_version, GW_TLS_1_3);
+    assert_false(f->data_session_reuse_required);
     assert_string_equal(f->listen.host, "::");
     assert_int_equal(f->backend_index, 0);
     assert_int_equal(f->active_source_port, 0);
@@ -468,10 +472,10 @@ static void test_unknown_backend(void **state)
                  "t.conf:3: [frontend a] backend: ", "b named twice");
 }
 
-static void test_not_implemented(void **state)
+static void test_spellings(void **state)
 {
     (void)state;
-    /* Every key is built now (workers was the last): auto is 0, a number is itself. */
+    /* workers: auto is 0, a number is itself. */
     expect_ok("[global]\nworkers = auto\n" FE BE);
     assert_int_equal(cfg.workers, 0);
     expect_ok("[global]\nworkers = 4\n" FE BE);
@@ -480,7 +484,7 @@ static void test_not_implemented(void **state)
     /* The default value spelled differently is the default. */
     expect_ok("[global]\nworkers = 1\nlog_format = TEXT\n[tls]\nstrict_tls_eof =\n" FE
               "require_tls = on\nallow_ccc = false\n" BE "tls_verify = 1\n");
-    /* An invalid value is reported as invalid, not as unimplemented. */
+    /* An invalid value names the valid ones. */
     expect_error(FE "mode = sideways\n" BE,
                  "t.conf:3: [frontend a] mode: ", "expected implicit | explicit | plain");
     expect_error(FE BE "min_version = SSLv3\n", "t.conf:5: [backend b] min_version: ",
@@ -866,7 +870,7 @@ int main(void)
         cmocka_unit_test(test_bad_address),
         cmocka_unit_test(test_shared_port),
         cmocka_unit_test(test_unknown_backend),
-        cmocka_unit_test(test_not_implemented),
+        cmocka_unit_test(test_spellings),
         cmocka_unit_test(test_each_check_stops_the_parse),
         cmocka_unit_test(test_line_too_long),
         cmocka_unit_test(test_duplicate_section),
