@@ -9,10 +9,9 @@ PYTHON := /usr/bin/python3
 VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/version.h)
 
 # pkg-config packages, and the Debian package that provides each.
-PKGS := libuv openssl inih libmicrohttpd
+PKGS := libuv openssl libmicrohttpd
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
-DEB_inih := libinih-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
@@ -21,7 +20,7 @@ DEB_cmocka := libcmocka-dev
 PKG_CPPFLAGS = $(eval PKG_CPPFLAGS := $$(shell pkg-config --cflags $(PKGS)))$(PKG_CPPFLAGS)
 PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $(PKGS)))$(PKG_LIBS)
 CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $$(shell pkg-config --cflags cmocka))$(CMOCKA_CFLAGS)
-CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka inih))$(CMOCKA_LIBS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka))$(CMOCKA_LIBS)
 
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
@@ -123,7 +122,7 @@ build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
 	clang -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
-	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
+	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE))
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \

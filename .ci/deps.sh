@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential pkg-config libuv1-dev libssl-dev libinih-dev libcmocka-dev
+  build-essential pkg-config libuv1-dev libssl-dev libcmocka-dev
   clang clang-format libclang-rt-14-dev valgrind
   vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
   curl lftp wget openssl procps iproute2 util-linux haproxy

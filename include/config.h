@@ -1,4 +1,4 @@
-/* Configuration: INI (inih) -> an immutable, validated struct gw_config. Pure: no libuv, no
+/* Configuration: INI -> an immutable, validated struct gw_config. Pure: no libuv, no
  * OpenSSL. Reference: config/README.md (checked against keys[] by
  * tests/unit/test_config_doc.c). */
 #ifndef GW_CONFIG_H
@@ -11,6 +11,7 @@
 #define GW_NAME_MAX 64
 #define GW_PATH_MAX 512
 #define GW_HOST_MAX 256
+#define GW_LIST_MAX 8192 /* a frontend's backend list: 100 names of 63 characters fit */
 
 enum gw_log_level { GW_LOG_ERROR = 0, GW_LOG_WARN, GW_LOG_INFO, GW_LOG_DEBUG };
 enum gw_fe_mode { GW_FE_IMPLICIT = 0, GW_FE_EXPLICIT, GW_FE_PLAIN };
@@ -43,7 +44,7 @@ typedef struct gw_frontend_conf {
     char name[GW_NAME_MAX];
     gw_hostport listen;
     enum gw_fe_mode mode;
-    char backend[GW_PATH_MAX]; /* as written: one or more names, comma-separated */
+    char backend[GW_LIST_MAX]; /* as written: one or more names, comma-separated */
     int n_backends;            /* resolved by validation: */
     int *backend_list;         /* n_backends indexes into backends[], in the written order (heap) */
     int backend_index;         /* backend_list[0] */

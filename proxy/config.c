@@ -1,16 +1,14 @@
 /* Configuration: INI text -> validated struct gw_config (reference: config/README.md).
  *
- * inih splits "key = value" lines; our own reader feeds it one line at a time so that we
- * always know the current line number (Debian's inih has no INI_HANDLER_LINENO), reject
- * over-long lines instead of letting inih split them, and see section headers ourselves
- * (inih reports neither empty sections nor the header's line). Every key is described by
- * one row of `keys[]` below. */
+ * Our own reader (parse_text): sections, KEY = VALUE, ';' and '#' comments, no line length
+ * limit. It replaced inih, which did only the KEY = VALUE split yet cut lines at 198
+ * characters (Debian builds it with INI_MAX_LINE 200). Every key is described by one row of
+ * `keys[]` below, naming the sections it may appear in. */
 #include "config.h"
 #include "proxy_proto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ini.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -614,7 +612,6 @@ struct state {
     const char *origin;
     char *err;
     size_t errcap;
-    bool failed;
     /* reader */
     const char *p, *end;
     int lineno;
@@ -665,7 +662,6 @@ static int grow_sections(struct state *st, bool fe)
 __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
                                                       const char *key, const char *fmt, ...)
 {
-    st->failed = true; /* stops inih's reader */
     if (!st->err || st->errcap == 0)
         return -1;
     char problem[512];
@@ -719,7 +715,7 @@ static char *field(const struct keydef *k, enum sect s, char *base)
 
 /* Scratch space big enough for any field. */
 union scratch {
-    char path[GW_PATH_MAX];
+    char list[GW_LIST_MAX]; /* the largest field */
     gw_hostport hp;
     max_align_t align;
 };
@@ -874,7 +870,7 @@ static int open_section(struct state *st, const char *inner)
     return 0;
 }
 
-/* ---- inih callbacks ---- */
+/* ---- the reader: sections, KEY = VALUE, comments ---- */
 
 static int set_key(struct state *st, const char *name, const char *value)
 {
@@ -895,99 +891,91 @@ static int set_key(struct state *st, const char *name, const char *value)
     return 0;
 }
 
-/* inih's convention: nonzero to go on. */
-static int handler(void *user, const char *section, const char *name, const char *value)
-{
-    struct state *st = user;
-    (void)section; /* ours is tracked by the reader (inih truncates long names) */
-    return !st->failed && set_key(st, name, value) == 0;
-}
-
 static bool is_blank(char c)
 {
     return c == ' ' || c == '\t';
 }
 
-/* fgets-like reader over the in-memory text. Each call hands inih exactly one line,
- * normalised: no leading blanks (so inih never treats a line as a multi-line continuation),
- * comments removed, section headers already processed. Returns NULL to stop at an error. */
-static char *reader(char *buf, int num, void *stream)
+/* s[0..n) without the blanks around it, copied NUL-terminated to out. */
+static char *trim_copy(const char *s, size_t n, char *out)
 {
-    struct state *st = stream;
-    if (st->failed || st->p >= st->end || num < 3)
-        return NULL;
+    while (n && is_blank(*s))
+        s++, n--;
+    while (n && is_blank(s[n - 1]))
+        n--;
+    memmove(out, s, n); /* out may be s itself, or before it */
+    out[n] = '\0';
+    return out;
+}
 
-    const char *line = st->p;
-    const char *nl = memchr(line, '\n', (size_t)(st->end - line));
-    size_t len = (size_t)((nl ? nl : st->end) - line);
-    st->p = nl ? nl + 1 : st->end;
-    st->lineno++;
-    if (len > 0 && line[len - 1] == '\r')
-        len--;
-    if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
-        line += 3; /* UTF-8 byte order mark */
-        len -= 3;
-    }
-    /* Content plus '\n' must fit the buffer, or inih would split the line. */
-    if (len > (size_t)num - 2) {
-        fail(st, st->lineno, NULL, NULL, "line too long (more than %d characters)", num - 2);
-        return NULL;
-    }
+/* One line (len bytes, no newline) with its comment removed: a header opens its section,
+ * KEY = VALUE (or KEY: VALUE, as inih read them) sets a key. */
+static int parse_line(struct state *st, const char *line, size_t len, char *buf)
+{
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)line[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            fail(st, st->lineno, NULL, NULL, "control character 0x%02x in line", c);
-            return NULL;
-        }
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(st, st->lineno, NULL, NULL, "control character 0x%02x in line", c);
     }
-
     /* Comments: ';' or '#' at the start, or after a blank anywhere. */
-    size_t start = 0, stop = len;
-    while (start < len && is_blank(line[start]))
-        start++;
-    for (size_t i = start; i < len; i++) {
-        if ((line[i] == ';' || line[i] == '#') && (i == start || is_blank(line[i - 1]))) {
-            stop = i;
+    for (size_t i = 0; i < len; i++)
+        if ((line[i] == ';' || line[i] == '#') && (i == 0 || is_blank(line[i - 1]))) {
+            len = i;
             break;
         }
+    char *text = trim_copy(line, len, buf);
+    size_t n = strlen(text);
+    if (n == 0)
+        return 0;
+    const char *label = st->sect == S_NONE ? NULL : st->label;
+    if (text[0] == '[') {
+        if (text[n - 1] != ']')
+            return fail(st, st->lineno, NULL, NULL,
+                        "syntax error: a section header is [NAME] alone on its line");
+        return open_section(st, trim_copy(text + 1, n - 2, text));
     }
-    while (stop > start && is_blank(line[stop - 1]))
-        stop--;
-    size_t n = stop - start;
-    memcpy(buf, line + start, n);
-    buf[n] = '\0';
+    size_t sep = strcspn(text, "=:");
+    if (sep == n)
+        return fail(st, st->lineno, label, NULL, "syntax error: expected KEY = VALUE");
+    if (sep == 0)
+        return fail(st, st->lineno, label, NULL, "syntax error: missing key before '%c'", text[0]);
+    /* Both trimmed in place: the value first, it lies after the key. */
+    char *value = trim_copy(text + sep + 1, n - sep - 1, text + sep + 1);
+    return set_key(st, trim_copy(text, sep, text), value);
+}
 
-    if (n > 0 && buf[0] == '[') {
-        if (buf[n - 1] != ']') {
-            fail(st, st->lineno, NULL, NULL,
-                 "syntax error: a section header is [NAME] alone on its line");
-            return NULL;
+/* Every line of the text, without a length limit: a value's own limit is its field's
+ * (a `backend` list holds a hundred names). */
+static int parse_text(struct state *st)
+{
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    while (rc == 0 && st->p < st->end) {
+        const char *line = st->p;
+        const char *nl = memchr(line, '\n', (size_t)(st->end - line));
+        size_t len = (size_t)((nl ? nl : st->end) - line);
+        st->p = nl ? nl + 1 : st->end;
+        st->lineno++;
+        if (len > 0 && line[len - 1] == '\r')
+            len--;
+        if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+            line += 3; /* UTF-8 byte order mark */
+            len -= 3;
         }
-        size_t a = 1, b = n - 1;
-        while (a < b && is_blank(buf[a]))
-            a++;
-        while (b > a && is_blank(buf[b - 1]))
-            b--;
-        buf[b] = '\0';
-        if (open_section(st, buf + a) != 0)
-            return NULL;
-        n = 0; /* inih need not see headers: we track sections ourselves */
-    } else if (n > 0) {
-        size_t sep = strcspn(buf, "=:");
-        if (sep == n) {
-            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
-                 "syntax error: expected KEY = VALUE");
-            return NULL;
+        if (len + 1 > cap) {
+            char *b = realloc(buf, len + 1);
+            if (!b) {
+                rc = fail(st, st->lineno, NULL, NULL, "out of memory");
+                break;
+            }
+            buf = b;
+            cap = len + 1;
         }
-        if (sep == 0) {
-            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
-                 "syntax error: missing key before '%c'", buf[0]);
-            return NULL;
-        }
+        rc = parse_line(st, line, len, buf);
     }
-    buf[n] = '\n';
-    buf[n + 1] = '\0';
-    return buf;
+    free(buf);
+    return rc;
 }
 
 /* ---- whole-file checks ---- */
@@ -1213,13 +1201,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     rc = apply_defaults(st, S_GLOBAL, (char *)cfg);
     if (rc == 0)
         rc = apply_defaults(st, S_TLS, (char *)cfg);
-    if (rc == 0) {
-        int r = ini_parse_stream(reader, st, handler, st);
-        /* Every line inih sees has been checked, so r != 0 means our handler failed. */
-        if (r != 0 && !st->failed)
-            fail(st, r > 0 ? r : 0, NULL, NULL, "%s", r > 0 ? "syntax error" : "out of memory");
-        rc = r != 0 || st->failed ? -1 : 0;
-    }
+    if (rc == 0)
+        rc = parse_text(st);
     if (rc == 0)
         rc = close_section(st);
     if (rc == 0)

@@ -48,13 +48,12 @@ static void expect_ok(const char *text)
     assert_int_equal(rc, 0);
 }
 
-/* No fixed cap: 100 frontends and 100 backends (the last frontend balances over 40 of them:
- * as many names as fit on one line, inih's limit), then a deep copy that outlives the
- * original. */
+/* No fixed cap: 100 frontends and 100 backends (the last frontend balances over all of
+ * them), then a deep copy that outlives the original. */
 static void test_many_sections(void **state)
 {
     (void)state;
-    enum { N = 100, ALL = 40 };
+    enum { N = 100, ALL = N };
     size_t cap = (size_t)N * 200 + 1024, used = 0;
     char *text = malloc(cap);
     assert_non_null(text);
@@ -345,7 +344,7 @@ static void test_unknown_section(void **state)
     (void)state;
     expect_error(FE BE "\n[frontned x]\nlisten = 127.0.0.1:1\n",
                  "t.conf:6: [frontned x]: ", "unknown section");
-    /* Empty sections are seen too (inih alone would never report them). */
+    /* Empty sections are seen too. */
     expect_error("[global]\n[bogus]\n" FE BE, "t.conf:2: [bogus]: ", "unknown section");
     expect_error("[global extra]\n" FE BE, "t.conf:1: [global extra]: ", "takes no name");
     expect_error("[frontend a b]\n" FE BE, "t.conf:1: [frontend a b]: ", "invalid section name");
@@ -582,29 +581,54 @@ static void test_each_check_stops_the_parse(void **state)
     }
 }
 
-static void test_line_too_long(void **state)
+/* No line length limit (inih cut lines at 198 characters): a frontend balancing over 100
+ * backends with long names, a line over 1,000 characters, loads; a value too long for its
+ * field is an error naming the key and its line. */
+static void test_long_lines(void **state)
 {
     (void)state;
-    char text[1024];
-    /* Line 3 is 198 characters: accepted. */
-    int n = snprintf(text, sizeof text, "[frontend a]\nlisten = 127.0.0.1:990\n; ");
-    memset(text + n, 'x', 196);
-    n += 196;
-    n += snprintf(text + n, sizeof text - (size_t)n, "\n" BE);
+    enum { N = 100 };
+    size_t cap = (size_t)N * 160 + 1024, used = 0;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    for (int i = 0; i < N; i++)
+        used += (size_t)snprintf(text + used, cap - used,
+                                 "[backend backend-server-%03d]\naddress = 127.0.0.1:%d\n", i,
+                                 20000 + i);
+    used += (size_t)snprintf(text + used, cap - used,
+                             "[frontend a]\nlisten = 127.0.0.1:990\nbackend = ");
+    size_t line_start = used - strlen("backend = ");
+    for (int i = 0; i < N; i++)
+        used += (size_t)snprintf(text + used, cap - used, "%sbackend-server-%03d", i ? ", " : "",
+                                 N - 1 - i);
+    size_t line_len = used - line_start;
+    used += (size_t)snprintf(text + used, cap - used, "   ; %0*d\nbalance = leastconn\n", 900, 0);
+    assert_true(used < cap && line_len > 1000);
     expect_ok(text);
+    assert_int_equal(cfg.frontends[0].n_backends, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(cfg.frontends[0].backend_list[i], N - 1 - i);
+    assert_int_equal(cfg.frontends[0].balance, GW_BALANCE_LEASTCONN);
+    assert_int_equal(strlen(cfg.frontends[0].backend), line_len - strlen("backend = "));
 
-    /* 199 characters on line 4: an error naming that line, not a split line. */
-    n = snprintf(text, sizeof text, "[frontend a]\nlisten = 127.0.0.1:990\n\ncert = ");
-    memset(text + n, 'c', 192);
-    n += 192;
-    n += snprintf(text + n, sizeof text - (size_t)n, "\nkey = k\n" BE);
-    expect_error(text, "t.conf:4: ", "line too long");
-
+    /* A long comment line, a long value within its field (GW_PATH_MAX - 1 characters). */
+    char path[GW_PATH_MAX + 1];
+    memset(path, 'p', sizeof path);
+    path[GW_PATH_MAX - 1] = '\0';
+    snprintf(text, cap, "; %0*d\n" FE "xferlog = %s\n" BE, 3000, 0, path);
+    expect_error(text, "t.conf:4: [frontend a] xferlog: ", "unknown key");
+    snprintf(text, cap, "; %0*d\n[global]\nxferlog = %s\n" FE BE, 3000, 0, path);
+    expect_ok(text);
+    assert_int_equal(strlen(cfg.xferlog), GW_PATH_MAX - 1);
+    /* One character more: the field's limit, on the right line. */
+    path[GW_PATH_MAX - 1] = 'p';
+    path[GW_PATH_MAX] = '\0';
+    snprintf(text, cap, "[global]\n\nxferlog = %s\n" FE BE, path);
+    expect_error(text, "t.conf:3: [global] xferlog: ", "too long (at most 511 characters)");
     /* Also on the last line without a newline. */
-    n = snprintf(text, sizeof text, FE BE "; ");
-    memset(text + n, 'x', 300);
-    text[n + 300] = '\0';
-    expect_error(text, "t.conf:5: ", "line too long");
+    snprintf(text, cap, FE BE "; %0*d", 5000, 0);
+    expect_ok(text);
+    free(text);
 }
 
 static void test_duplicate_section(void **state)
@@ -872,7 +896,7 @@ int main(void)
         cmocka_unit_test(test_unknown_backend),
         cmocka_unit_test(test_spellings),
         cmocka_unit_test(test_each_check_stops_the_parse),
-        cmocka_unit_test(test_line_too_long),
+        cmocka_unit_test(test_long_lines),
         cmocka_unit_test(test_duplicate_section),
         cmocka_unit_test(test_comments),
         cmocka_unit_test(test_comment_needs_blank),
