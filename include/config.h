@@ -132,16 +132,6 @@ typedef struct gw_config {
     gw_backend_conf *backends;
 } gw_config;
 
-/* Does this frontend send its own 220 and open the backend connection at USER? (greeting
- * set, balance = user or route_user = yes) */
-bool gw_fe_self_greets(const gw_frontend_conf *fc);
-/* The text after "220 " of such a frontend's greeting. */
-const char *gw_fe_greeting(const gw_frontend_conf *fc);
-
-/* Virtual hosts: does name (an SNI or HOST argument) match one of list ("a.example.org,
- * *.example.org": case-insensitive, a wildcard stands for exactly one label)? */
-bool gw_server_name_match(const char *list, const char *name);
-
 /* The embedded default configuration (INI text) used when no -c is given. */
 extern const char gw_config_default_ini[];
 
@@ -167,11 +157,8 @@ int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errc
 /* "HOST:PORT" or "[V6]:PORT" -> hp. 0 or -1. */
 int gw_parse_hostport(const char *s, gw_hostport *hp);
 
-/* Whether the backend's TLS settings are below the gateway's defaults (min_version or
- * max_version below TLSv1.2, any ciphers list, @SECLEVEL=0/1): 1 with what was lowered
- * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
- * seclevel=lowered"), else 0. A backend without TLS is never weak. */
-int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
+/* A TLS version as a file spells it ("TLSv1" ... "TLSv1.3"; "" for GW_TLS_ANY). */
+const char *gw_tls_version_name(enum gw_tls_version v);
 
 /* The key table, for documentation checks: the i-th (key, section) pair, its name returned
  * and its section kind ("global", "tls", "frontend", "backend") in *section; a [tls] key

@@ -1377,41 +1377,12 @@ int gw_parse_hostport(const char *s, gw_hostport *hp)
 
 /* ---- questions about a loaded configuration ---- */
 
-static const char *tls_version_name(enum gw_tls_version v)
+const char *gw_tls_version_name(enum gw_tls_version v)
 {
     for (const struct word *w = w_tls_back; w->name; w++)
         if (w->value == (int)v)
             return w->name;
     return "?";
-}
-
-int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
-{
-    size_t used = 0;
-    if (cap)
-        out[0] = '\0';
-    if (b->tls == GW_BE_TLS_NONE)
-        return 0; /* no TLS toward it: nothing was lowered */
-    if (b->min_version != GW_TLS_ANY && b->min_version < GW_TLS_1_2) {
-        int n = snprintf(out, cap, "min_version=%s", tls_version_name(b->min_version));
-        used = n > 0 && (size_t)n < cap ? (size_t)n : used;
-    }
-    if (b->max_version != GW_TLS_ANY && b->max_version < GW_TLS_1_2) {
-        int n = snprintf(out + used, cap - used, "%smax_version=%s", used ? " " : "",
-                         tls_version_name(b->max_version));
-        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-    }
-    if (b->ciphers[0]) {
-        /* Any list replaces OpenSSL's secure default; @SECLEVEL=0/1 also allows SHA-1 and
-         * short keys. The list is quoted, it may hold spaces. */
-        int n = snprintf(out + used, cap - used, "%sciphers=\"%s\"", used ? " " : "", b->ciphers);
-        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-        if (strstr(b->ciphers, "@SECLEVEL=0") || strstr(b->ciphers, "@SECLEVEL=1")) {
-            n = snprintf(out + used, cap - used, " seclevel=lowered");
-            used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-        }
-    }
-    return used > 0;
 }
 
 const char *gw_config_key(size_t i, const char **section)
@@ -1426,50 +1397,4 @@ const char *gw_config_key(size_t i, const char **section)
                 return keys[k].name;
             }
     return NULL;
-}
-
-bool gw_fe_self_greets(const gw_frontend_conf *fc)
-{
-    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
-}
-
-/* One pattern (n bytes) against name: case-insensitive; "*.suffix" needs one more label. */
-static bool name_matches(const char *pat, size_t n, const char *name)
-{
-    size_t len = strlen(name);
-    if (len && name[len - 1] == '.') /* an absolute name */
-        len--;
-    if (n >= 2 && pat[0] == '*' && pat[1] == '.') {
-        size_t sl = n - 1; /* ".suffix" */
-        if (len <= sl || strncasecmp(name + len - sl, pat + 1, sl) != 0)
-            return false;
-        return memchr(name, '.', len - sl) == NULL; /* exactly one label before it */
-    }
-    return len == n && strncasecmp(name, pat, n) == 0;
-}
-
-bool gw_server_name_match(const char *list, const char *name)
-{
-    if (!list || !name || !name[0])
-        return false;
-    const char *p = list;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && (*p == ' ' || *p == '\t'))
-            p++, n--;
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-            n--;
-        if (n && name_matches(p, n, name))
-            return true;
-        if (!comma)
-            break;
-        p = comma + 1;
-    }
-    return false;
-}
-
-const char *gw_fe_greeting(const gw_frontend_conf *fc)
-{
-    return fc->greeting[0] ? fc->greeting : "FTP gateway ready";
 }

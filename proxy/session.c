@@ -29,6 +29,19 @@ static const char *const pending_names[] = {
 
 static void on_tick(uv_timer_t *t);
 
+/* Does this frontend send its own 220 and open the backend connection at USER? (greeting
+ * set, balance = user or route_user = yes) */
+static bool gw_fe_self_greets(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+}
+
+/* The text after "220 " of such a frontend's greeting. */
+static const char *gw_fe_greeting(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] ? fc->greeting : "FTP gateway ready";
+}
+
 void gw_sess_set_client_state(gw_session *s, enum gw_client_state st)
 {
     if (s->cstate == st)

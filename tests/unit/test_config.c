@@ -721,17 +721,7 @@ static void test_server_name(void **state)
                  "t.conf:5: [frontend c] server_name: ", "not a host name or *.suffix");
     expect_error(FE "[frontend c]\nlisten = 127.0.0.1:990\nserver_name = a,,b\n" BE,
                  "t.conf:5: [frontend c] server_name: ", "expected host names");
-    /* Matching: case-insensitive, a wildcard is exactly one label. */
-    assert_true(gw_server_name_match("a.example", "A.Example"));
-    assert_true(gw_server_name_match("x.y, a.example", "a.example."));
-    assert_false(gw_server_name_match("a.example", "b.example"));
-    assert_false(gw_server_name_match("a.example", "xa.example"));
-    assert_true(gw_server_name_match("*.example.org", "www.EXAMPLE.org"));
-    assert_false(gw_server_name_match("*.example.org", "example.org"));
-    assert_false(gw_server_name_match("*.example.org", "a.b.example.org"));
-    assert_false(gw_server_name_match("*.example.org", ".example.org"));
-    assert_false(gw_server_name_match("", "a"));
-    assert_false(gw_server_name_match("a", ""));
+    /* Matching: tests/unit/test_server_name.c. */
 }
 
 static void test_syntax(void **state)
@@ -857,24 +847,14 @@ static void test_sample_files(void **state)
     gw_config_free(&cfg);
 }
 
-static void test_weak_tls(void **state)
+/* The spelling of TLS versions (the weak-TLS warning in main.c names them). */
+static void test_tls_version_name(void **state)
 {
-    char what[600];
-    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
-              "tls = explicit\n");
-    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 0);
-    assert_string_equal(what, "");
-    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
-              "tls = implicit\nmin_version = TLSv1\nmax_version = TLSv1.1\n"
-              "ciphers = DEFAULT:@SECLEVEL=0\n");
-    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 1);
-    assert_string_equal(what, "min_version=TLSv1 max_version=TLSv1.1 "
-                              "ciphers=\"DEFAULT:@SECLEVEL=0\" seclevel=lowered");
-    /* A plain backend uses none of them. */
-    expect_ok("[frontend f]\nlisten = 127.0.0.1:990\n[backend b]\naddress = 127.0.0.1:21\n"
-              "min_version = TLSv1\nciphers = HIGH\n");
-    assert_int_equal(gw_backend_weak_tls(&cfg.backends[0], what, sizeof what), 0);
     (void)state;
+    assert_string_equal(gw_tls_version_name(GW_TLS_1_0), "TLSv1");
+    assert_string_equal(gw_tls_version_name(GW_TLS_1_1), "TLSv1.1");
+    assert_string_equal(gw_tls_version_name(GW_TLS_1_3), "TLSv1.3");
+    assert_string_equal(gw_tls_version_name(GW_TLS_ANY), "");
 }
 
 int main(void)
@@ -910,7 +890,7 @@ int main(void)
         cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_sample_files),
-        cmocka_unit_test(test_weak_tls),
+        cmocka_unit_test(test_tls_version_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
