@@ -89,11 +89,11 @@ struct keydef {
     const char *name;
     unsigned in; /* IN_* sections, TLS_ONLY */
     parse_fn parse;
-    size_t off,
-        size;        /* field in gw_config ([global], [tls]), gw_frontend_conf or gw_backend_conf */
-    size_t fe_off;   /* a [tls] key: its field in gw_frontend_conf too */
-    const char *def; /* default as written in a file; NULL: the key is required */
-    long min, max;   /* integer range */
+    /* The field: in gw_config ([global], [tls]), gw_frontend_conf or gw_backend_conf; a
+     * [tls] key's field in gw_frontend_conf is at fe_off. */
+    size_t off, size, fe_off;
+    const char *def;          /* default as written in a file; NULL: the key is required */
+    long min, max;            /* integer range */
     const struct word *words; /* enum names; for integers extra names such as "auto" */
 };
 
