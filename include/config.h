@@ -52,6 +52,7 @@ typedef struct gw_frontend_conf {
     bool require_tls;
     bool require_prot_p;
     bool allow_ccc;
+    bool auth_ssl_protects_data;           /* AUTH SSL implies PROT P (vsftpd), not only AUTH TLS */
     bool route_user;                       /* USER name@BACKEND picks BACKEND */
     char greeting[GW_HOST_MAX];            /* set: the gateway greets itself ("220 <greeting>") */
     char pasv_address[GW_HOST_MAX];        /* empty: local address of the control connection */
@@ -76,6 +77,11 @@ typedef struct gw_frontend_conf {
     char proxy_protocol_from[GW_PATH_MAX]; /* CIDR list allowed to send it */
     bool proxy_protocol_data;              /* passive data connections carry one too */
     char pasv_address_for[GW_PATH_MAX];    /* CIDR=ADDR, ...: first match names the 227 address */
+
+    /* Backend connections held by sessions not logged in yet, per client address and for
+     * the whole frontend (0: no bound); over either one a new connection is greeted by the
+     * gateway and its backend connection waits for USER. */
+    int prelogin_backend_per_ip, prelogin_backend_max;
 } gw_frontend_conf;
 
 typedef struct gw_backend_conf {
@@ -113,7 +119,8 @@ typedef struct gw_config {
      * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */
     int ban_after, ban_window, ban_time;
     char ban_exempt[GW_PATH_MAX];
-    gw_hostport admin_listen; /* HTTP admin endpoint; port 0: off */
+    gw_hostport admin_listen;         /* HTTP admin endpoint; port 0: off */
+    char control_socket[GW_PATH_MAX]; /* control.h; empty: STATE_DIR/control.sock, "off" */
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */
     enum gw_tls_version tls_min_version;
@@ -130,6 +137,9 @@ typedef struct gw_config {
     int n_frontends, n_backends;
     gw_frontend_conf *frontends;
     gw_backend_conf *backends;
+    /* Where the parsed text set each key (gw_config_where): for messages about the running
+     * configuration. Owned; NULL in a copy (gw_config_copy does not carry it). */
+    struct gw_config_lines *lines;
 } gw_config;
 
 /* The embedded default configuration (INI text) used when no -c is given. */
@@ -159,6 +169,15 @@ int gw_parse_hostport(const char *s, gw_hostport *hp);
 
 /* A TLS version as a file spells it ("TLSv1" ... "TLSv1.3"; "" for GW_TLS_ANY). */
 const char *gw_tls_version_name(enum gw_tls_version v);
+
+/* "ORIGIN:LINE: [section] key" of a key of the parsed file, for problems found after
+ * parsing (a certificate that does not load, a port in use). section: "global", "tls",
+ * "frontend" or "backend"; index: the frontend or backend; key NULL: the section itself.
+ * A frontend key it did not set names the [tls] line of the same key when [tls] set it
+ * (the frontend inherits it), else the frontend's header line. LINE 0 when unknown (a
+ * copy, a default value). */
+void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
+                     char *out, size_t cap);
 
 /* The key table, for documentation checks: the i-th (key, section) pair, its name returned
  * and its section kind ("global", "tls", "frontend", "backend") in *section; a [tls] key

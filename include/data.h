@@ -33,6 +33,9 @@ typedef struct gw_data_limits {
     uint64_t connect_timeout_ms; /* data_connect_timeout */
     uint64_t data_timeout_ms;    /* data_timeout */
     enum gw_splice_mode splice;
+    /* Optional: true when the client's control connection is gone (or going), asked when
+     * an upload ends without a close_notify to prove it: such an upload is cut, not done. */
+    bool (*client_gone)(void *owner);
 } gw_data_limits;
 
 /* TLS of the two data legs; a NULL context or engine means that leg is in clear. */
@@ -45,6 +48,10 @@ typedef struct gw_data_tls {
     const uint8_t *cert_sha256; /* the control connection's client certificate, NULL: none */
     gw_tls *backend_engine;     /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
+
+/* Cut uploads whose backend leg waits for its reset (gw_data_release), process-wide: a
+ * stopping worker lets them go out before it closes its loop. */
+int gw_data_resets_pending(void);
 
 /* Data connections opened without resumption under data_session_reuse_exempt, process-wide
  * (for metrics). */

@@ -29,9 +29,10 @@ void gw_cmd_init(gw_cmd_parser *p);
 
 /* Consume bytes until a line ends (LF) or input runs out. *used is set to the bytes consumed.
  * Telnet: IAC IAC -> literal 0xFF; IAC DO/DONT/WILL/WONT x -> refusal queued in tn_reply
- * (DO -> WONT, WILL -> DONT, nothing for WONT/DONT); IAC IP sets got_ip; IAC SB..IAC SE,
- * IAC DM and other IAC commands are dropped. CR and NUL bytes are dropped. A line resets
- * `len` at the next call after GW_CMD_LINE/GW_CMD_TOOLONG was returned. */
+ * (DO -> WONT, WILL -> DONT, nothing for WONT/DONT); IAC IP sets got_ip; IAC SB..IAC SE
+ * (a LF also ends it, and the line), IAC DM and other IAC commands are dropped. CR and NUL bytes
+ * are dropped. A line resets `len` at the next call after GW_CMD_LINE/GW_CMD_TOOLONG was returned.
+ */
 int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used);
 
 /* Commands the gateway tells apart. Anything else is GW_CMD_OTHER and relayed verbatim. */

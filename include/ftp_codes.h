@@ -62,6 +62,8 @@
 #define GW_R_BACKEND_BAD_REPLY "421 Service not available: invalid reply from the server.\r\n"
 #define GW_R_BACKEND_NO_ABOR_REPLY "421 Service not available: the server did not answer ABOR.\r\n"
 #define GW_R_BACKEND_REFUSED_AUTH "421 Service not available: the server refused AUTH TLS.\r\n"
+#define GW_R_UNAVAILABLE_RESOURCES                                                                 \
+    "421 Service not available: the gateway is short of resources, try again later.\r\n"
 
 /* RFC 959: data connections (PORT, PASV, transfers, ABOR) */
 #define GW_R_PORT_OK "200 PORT command successful.\r\n"
@@ -148,6 +150,9 @@
 #define GW_R_FMT_BACKEND_TLS_FAILED "421 Service not available: backend TLS failed (%s).\r\n"
 /* one %d: the code of a greeting other than 120/220 */
 #define GW_R_FMT_BAD_GREETING "421 Service not available: the server greeted with %d.\r\n"
+/* one %d: the 4xx of a busy server's greeting (max_clients reached): try again later */
+#define GW_R_FMT_BUSY_GREETING                                                                     \
+    "421 Service not available: the server is busy (%d), try again later.\r\n"
 
 /* X(name) for every text above: tests walk the list (and check it is complete). */
 #define GW_REPLY_TEXTS(X)                                                                          \
@@ -189,6 +194,7 @@
     X(GW_R_BACKEND_BAD_REPLY)                                                                      \
     X(GW_R_BACKEND_NO_ABOR_REPLY)                                                                  \
     X(GW_R_BACKEND_REFUSED_AUTH)                                                                   \
+    X(GW_R_UNAVAILABLE_RESOURCES)                                                                  \
     X(GW_R_PORT_OK)                                                                                \
     X(GW_R_BAD_PORT)                                                                               \
     X(GW_R_PORT_BOUNCE)                                                                            \

@@ -67,12 +67,31 @@ struct gw_generation {
     gw_frontend *frontends; /* cfg.n_frontends (heap) */
 };
 
+/* Where a problem found while building a generation lies in the configuration: section
+ * ("global", "tls", "frontend", "backend"; NULL when no key is to blame), the frontend or
+ * backend index, and the key (NULL: the section). */
+typedef struct gw_cfg_where {
+    const char *section;
+    int index;
+    const char *key;
+} gw_cfg_where;
+/* "FILE:LINE: [section NAME] key: problem" (gw_config_where on cfg, the parsed file), or
+ * problem alone when w names no section. */
+void gw_cfg_where_format(const gw_config *cfg, const gw_cfg_where *w, const char *problem,
+                         char *out, size_t cap);
+
 /* A generation for cfg (copied): every frontend prepared (addresses resolved, TLS contexts,
  * port pools; its backends with their process-wide live counters from live), the transfer
  * log opened; health (may be NULL) is kept for the sessions. Its one reference is the caller's.
- * NULL with a message in err. */
+ * NULL with the problem in err and where it lies in *where (may be NULL). live may be NULL
+ * (-t: counts per generation). */
 gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_live_table *live,
-                                 char *err, size_t cap);
+                                 gw_cfg_where *where, char *err, size_t cap);
+/* What start needs from files and the network, checked by building a generation and
+ * dropping it (-t, and start before it binds): certificates, keys and their match, CA and
+ * CRL files, the transfer log opened for appending (created as start would), backend
+ * addresses, and listen addresses that are this host's. 0, or -1 as gw_generation_new. */
+int gw_generation_check(const gw_config *cfg, gw_cfg_where *where, char *err, size_t cap);
 void gw_generation_ref(gw_generation *g);
 /* The last reference frees it (TLS contexts, transfer log). */
 void gw_generation_unref(gw_generation *g);

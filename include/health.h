@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <uv.h>
 #include "config.h"
+#include "ftp_addr.h"
 
 typedef struct gw_health gw_health;
 
@@ -28,7 +29,18 @@ void gw_health_free(gw_health *h); /* after the loop has run the close callbacks
 /* May the backend get new sessions? Unknown names are up. */
 bool gw_health_is_up(gw_health *h, const char *backend);
 /* A session's connect to the backend: a failure counts like a failed probe (logged with
- * reason), a success resets the failure count. */
+ * reason), a success resets the failure count. Failures alone never mark down the last
+ * backend of a frontend that is up: at health_fall they start a probe, whose failure
+ * does (event=backend_suspect). */
 void gw_health_report(gw_health *h, const char *backend, bool ok, const char *reason);
+
+/* Backend connections of sessions not logged in yet, per frontend name and client address
+ * (prelogin_backend_per_ip, prelogin_backend_max; 0: no bound), process-wide. acquire: 1
+ * counted; 0 over a bound (not counted); -1 out of memory (not counted). force: counted
+ * whatever the bounds (a connection opened at USER). Each counted one is released once. */
+int gw_health_prelogin_acquire(gw_health *h, const char *frontend, const gw_addr *peer, int per_ip,
+                               int max, bool force);
+void gw_health_prelogin_release(gw_health *h, const char *frontend, const gw_addr *peer);
+int gw_health_prelogin_count(gw_health *h, const char *frontend);
 
 #endif

@@ -40,6 +40,7 @@ typedef struct gw_m_frontend {
 
 typedef struct gw_m_backend {
     _Atomic uint64_t connects_ok, connects_failed;
+    _Atomic uint64_t connects_busy; /* greeted 4xx (max_clients reached): not a failure */
     gw_m_hist connect;
 } gw_m_backend;
 
@@ -90,6 +91,8 @@ void gw_metric_data_refused(enum gw_m_refused reason);
 void gw_metric_pasv(unsigned lo, unsigned hi, int delta);
 void gw_metric_pasv_exhausted(unsigned lo, unsigned hi);
 void gw_metric_backend_connect(const char *backend, bool ok, uint64_t ms);
+/* A session's connect greeted 4xx: the backend is busy (counted as result="busy"). */
+void gw_metric_backend_busy(const char *backend);
 void gw_metric_reload(bool ok);
 void gw_metric_fd_limit(void);
 void gw_metric_ban(void);

@@ -34,14 +34,19 @@ typedef struct gw_listener {
     bool refusing;   /* refuse is closing; it is initialized again once closed */
     bool waiting;    /* a connection is left pending on tcp until refuse is free */
     bool closed;     /* tcp is closed but refuse is not yet: on_refused frees l */
+    bool staged;     /* opened by a reload not yet committed: connections wait in libuv */
+    bool held;       /* staged, and a connection is waiting */
 } gw_listener;
 
 struct gw_server {
     uv_loop_t *loop;
     gw_shared *shared;
-    int worker;         /* 0 .. workers-1, named in session_start lines when there are several */
-    bool reuseport;     /* several workers: every listener is opened with SO_REUSEPORT */
-    gw_generation *gen; /* current */
+    int worker;            /* 0 .. workers-1, named in session_start lines when there are several */
+    bool reuseport;        /* several workers: every listener is opened with SO_REUSEPORT */
+    gw_generation *gen;    /* current */
+    gw_generation *staged; /* a reload prepared, not yet committed (gw_server_reload_*) */
+    gw_listener **stage_next; /* its listeners, one per frontend (heap) */
+    bool *stage_fresh;        /* which of them it opened */
     int n_listeners;
     gw_listener **listeners;      /* n_listeners, one per frontend (heap, gw_server_free) */
     int sessions;                 /* this worker's */
@@ -58,9 +63,16 @@ struct gw_server {
  * reuseport are set by the caller beforehand. 0, or -1 with a message (and 2 is the exit
  * status: nothing is left listening). */
 int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap);
-/* SIGHUP: a new generation from cfg (copied). Listeners on addresses that remain are kept,
- * new ones opened, dropped ones closed. On failure nothing changes. */
-int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap);
+/* Reload in two steps, so that every worker switches or none does (worker.c). Prepare: a
+ * new generation from cfg (copied) with everything that can fail done (TLS contexts, the
+ * transfer log, new listeners opened but holding their connections); 0, or -1 with the
+ * problem in err and where it lies in *where, nothing changed. Commit: the prepared
+ * generation serves new sessions (listeners on addresses that remain kept, dropped ones
+ * closed); cannot fail. Abort: the prepared one is dropped, the current one stays. */
+int gw_server_reload_prepare(gw_server *srv, const gw_config *cfg, gw_cfg_where *where, char *err,
+                             size_t cap);
+void gw_server_reload_commit(gw_server *srv);
+void gw_server_reload_abort(gw_server *srv);
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);

@@ -20,10 +20,16 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
 /* Start the other workers' threads (after the privileges are dropped). */
 int gw_workers_run(void);
 int gw_workers_count(void);
-/* From the main thread. Reload: every worker switches to cfg (copied) for new sessions.
- * Stop: the first call stops accepting and lets sessions finish for shutdown_grace; a
+/* From the main thread. Reload: every worker prepares cfg (copied: TLS contexts, transfer
+ * log, new listeners), then, only if all of them could, every worker switches to it for new
+ * sessions; else every worker keeps the current one. done(ok, err, arg) is called on the
+ * main loop once every worker has answered both rounds; err names what failed ("FILE:LINE:
+ * [section] key: problem" from cfg, which must stay valid until then). -1 when a reload
+ * is already under way (one at a time). */
+typedef void (*gw_reload_done)(bool ok, const char *err, void *arg);
+int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg);
+/* Stop: the first call stops accepting and lets sessions finish for shutdown_grace; a
  * second one closes every session at once. */
-void gw_workers_reload(const gw_config *cfg);
 void gw_workers_stop(void);
 /* Main thread, after its loop returned: wait for the other workers, free everything. */
 void gw_workers_finish(void);

@@ -10,6 +10,7 @@
 
 #include "ftp_codes.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_proto.h"
 
 /* random: a per-thread generator (splitmix64), seeded once from the clock. */
@@ -96,6 +97,41 @@ void gw_backend_uncount(gw_session *s)
     if (s->be_counted)
         atomic_fetch_sub(s->be->live, 1);
     s->be_counted = false;
+}
+
+bool gw_backend_prelogin_admit(gw_session *s)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    int r =
+        gw_health_prelogin_acquire(s->fe->gen->health, fc->name, &s->client_peer,
+                                   fc->prelogin_backend_per_ip, fc->prelogin_backend_max, false);
+    if (r == 1) {
+        s->prelogin_counted = true;
+        s->prelogin_fe = s->fe;
+        return true;
+    }
+    GW_LOG_INFO(s->id,
+                "event=prelogin_deferred frontend=%s per_ip=%d max=%d note=\"the gateway greets; "
+                "the backend is connected at USER\"",
+                fc->name, fc->prelogin_backend_per_ip, fc->prelogin_backend_max);
+    return false;
+}
+
+void gw_backend_prelogin_release(gw_session *s)
+{
+    if (!s->prelogin_counted)
+        return;
+    s->prelogin_counted = false;
+    gw_health_prelogin_release(s->prelogin_fe->gen->health, s->prelogin_fe->conf->name,
+                               &s->client_peer);
+}
+
+/* Errors of the gateway's own making (descriptors, memory, local ports): never the
+ * backend's fault, so neither counted against it nor a reason to try another. */
+static bool local_failure(int status)
+{
+    return status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOMEM ||
+           status == UV_ENOBUFS || status == UV_EADDRNOTAVAIL || status == UV_EAI_MEMORY;
 }
 
 bool gw_backend_failover(gw_session *s, const char *reason)
@@ -222,6 +258,21 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r)
         gw_sess_reply(s, r->line);
     if (!r->last || r->code == 120)
         return;
+    if (r->code >= 400 && r->code < 500) {
+        /* Busy (max_clients reached, 421), not dead: another backend if there is one, else
+         * 421 to this client only; health does not count it. */
+        char text[100], why[60];
+        snprintf(text, sizeof text, GW_R_FMT_BUSY_GREETING, r->code);
+        snprintf(why, sizeof why, "backend busy (greeted %d)", r->code);
+        GW_LOG_INFO(s->id, "event=backend_busy backend=%s code=%d", s->be->conf->name, r->code);
+        if (!s->be_reported) {
+            s->be_reported = true;
+            gw_sinfo_backend_busy(s, r->code);
+        }
+        if (!gw_backend_failover(s, why))
+            gw_sess_fail(s, text, why);
+        return;
+    }
     if (r->code != 220) {
         char text[100], why[60];
         snprintf(text, sizeof text, GW_R_FMT_BAD_GREETING, r->code);
@@ -274,9 +325,16 @@ static void on_backend_connect(gw_conn *c, int status)
 {
     gw_session *s = c->owner;
     if (status != 0) {
-        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\" name=%s",
+        GW_LOG_WARN(s->id, "event=backend_connect_failed backend=%s:%u reason=\"%s\" name=%s%s",
                     s->be->conf->address.host, s->be->conf->address.port, uv_strerror(status),
-                    s->be->conf->name);
+                    s->be->conf->name, local_failure(status) ? " side=gateway" : "");
+        if (local_failure(status)) {
+            s->be_reported = true; /* not the backend's failure: health is not told */
+            if (status == UV_EMFILE || status == UV_ENFILE)
+                gw_metric_fd_limit();
+            gw_sess_fail(s, GW_R_UNAVAILABLE_RESOURCES, uv_strerror(status));
+            return;
+        }
         if (!gw_backend_failover(s, uv_strerror(status)))
             gw_sess_fail(s, GW_R_BACKEND_UNREACHABLE, "backend unreachable");
         return;
@@ -404,6 +462,12 @@ void gw_backend_connect(gw_session *s)
     if (!s->backend) {
         gw_sess_fail(s, GW_R_UNAVAILABLE_NOMEM, "out of memory");
         return;
+    }
+    if (!s->logged_in && !s->prelogin_counted && /* at USER, REIN: counted, never refused */
+        gw_health_prelogin_acquire(s->fe->gen->health, s->fe->conf->name, &s->client_peer, 0, 0,
+                                   true) == 1) {
+        s->prelogin_counted = true;
+        s->prelogin_fe = s->fe;
     }
     s->handles++;
     s->be_reported = false;

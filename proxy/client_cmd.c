@@ -82,6 +82,13 @@ static void cmd_auth(gw_session *s, const char *arg)
         return;
     }
     gw_sess_reply(s, GW_R_AUTH_OK);
+    /* vsftpd protects an AUTH SSL session's data at once: legacy clients (weex) expect it
+     * and never send PBSZ/PROT. [MS-FTPS] makes SSL a synonym of TLS: opt-in. (arg lives
+     * in s->cmd, cleared below.) */
+    if (fc->auth_ssl_protects_data && !strcasecmp(arg, "SSL")) {
+        s->prot_p = true;
+        GW_LOG_INFO(s->id, "event=auth_ssl_protects_data");
+    }
     /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
     if (s->inlen)
         GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);
@@ -315,6 +322,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     s->data_finished = false;
     s->xfer_bytes = 0;
     s->xfer_started_ms = gw_sess_now(s);
+    s->xfer_open = true;
     const char *sp = strchr(line, ' ');
     snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
     GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
@@ -451,6 +459,13 @@ static bool cmd_before_backend(gw_session *s, const gw_cmd_def *def, const char 
     return true;
 }
 
+/* Transfers and the commands that set up their data connection. */
+static bool opens_data(const gw_cmd_def *def)
+{
+    return (def->flags & GW_CMDF_TRANSFER) || def->id == GW_CMD_PASV || def->id == GW_CMD_EPSV ||
+           def->id == GW_CMD_PORT || def->id == GW_CMD_EPRT;
+}
+
 static void handle_command(gw_session *s, const char *line)
 {
     gw_cmd cmd;
@@ -473,6 +488,10 @@ static void handle_command(gw_session *s, const char *line)
     }
     if (gate_before_tls(s, def))
         return;
+    if (!s->logged_in && opens_data(def)) { /* vsftpd's answer, before any data port opens */
+        gw_sess_reply(s, GW_R_PRELOGIN);
+        return;
+    }
     if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
@@ -552,6 +571,7 @@ static void cmd_abort(gw_session *s)
     s->cur.abort_xfer_sent = false;
     if (s->cur.held_code) { /* the transfer's final reply is already here */
         gw_sess_reply(s, GW_R_XFER_ABORTED);
+        gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         s->cur.abort_xfer_sent = true;
         s->cur.abort_expect = 1;
     }

@@ -547,6 +547,7 @@ static const struct keydef keys[] = {
     {"ban_time", IN_GLOBAL, p_int, G(ban_time), "900", DUR, NULL},
     {"ban_exempt", IN_GLOBAL, p_cidr_list, G(ban_exempt), "", 0, 0, NULL},
     {"admin_listen", IN_GLOBAL, p_admin_listen, G(admin_listen), "", 0, 0, NULL},
+    {"control_socket", IN_GLOBAL, p_str, G(control_socket), "", 0, 0, NULL},
 
     {"cert", IN_TLS | IN_FRONTEND, p_str, TF(cert), "", 0, 0, NULL},
     {"key", IN_TLS | IN_FRONTEND, p_str, TF(key), "", 0, 0, NULL},
@@ -573,8 +574,14 @@ static const struct keydef keys[] = {
     {"require_tls", IN_FRONTEND | TLS_ONLY, p_bool, F(require_tls), "yes", 0, 0, NULL},
     {"require_prot_p", IN_FRONTEND | TLS_ONLY, p_bool, F(require_prot_p), "yes", 0, 0, NULL},
     {"allow_ccc", IN_FRONTEND | TLS_ONLY, p_bool, F(allow_ccc), "no", 0, 0, NULL},
+    {"auth_ssl_protects_data", IN_FRONTEND | TLS_ONLY, p_bool, F(auth_ssl_protects_data), "no", 0,
+     0, NULL},
     {"route_user", IN_FRONTEND, p_bool, F(route_user), "no", 0, 0, NULL},
     {"greeting", IN_FRONTEND, p_str, F(greeting), "", 0, 0, NULL},
+    {"prelogin_backend_per_ip", IN_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", 0,
+     MAX_SESSIONS, NULL},
+    {"prelogin_backend_max", IN_FRONTEND, p_int, F(prelogin_backend_max), "100", 0, MAX_SESSIONS,
+     NULL},
     {"pasv_address", IN_FRONTEND, p_pasv_host, F(pasv_address), "", 0, 0, NULL},
     {"pasv_ports", IN_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", 0, 0, NULL},
     {"pasv_shared_port", IN_FRONTEND, p_int_opt, F(pasv_shared_port), "", 1024, 65535, NULL},
@@ -625,6 +632,15 @@ struct state {
     int global_keys[NKEYS], tls_keys[NKEYS];
     /* Per frontend/backend section, grown with cfg->frontends/backends (room for *_cap). */
     int fe_cap, be_cap;
+    int *fe_line, *be_line;
+    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
+};
+
+/* The key lines kept after a successful parse (gw_config_where). */
+struct gw_config_lines {
+    char origin[GW_PATH_MAX];
+    int global[NKEYS], tls[NKEYS];
+    int global_line, tls_line;
     int *fe_line, *be_line;
     int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
 };
@@ -1176,6 +1192,72 @@ static int validate(struct state *st)
 
 /* ---- public API ---- */
 
+static void keep_lines(struct state *st)
+{
+    struct gw_config_lines *l = calloc(1, sizeof *l);
+    if (!l)
+        return; /* messages then say line 0 */
+    snprintf(l->origin, sizeof l->origin, "%s", st->origin);
+    memcpy(l->global, st->global_keys, sizeof l->global);
+    memcpy(l->tls, st->tls_keys, sizeof l->tls);
+    l->global_line = st->global_line;
+    l->tls_line = st->tls_line;
+    l->fe_line = st->fe_line;
+    l->be_line = st->be_line;
+    l->fe_keys = st->fe_keys;
+    l->be_keys = st->be_keys;
+    st->fe_line = st->be_line = NULL;
+    st->fe_keys = st->be_keys = NULL;
+    st->cfg->lines = l;
+}
+
+static void free_lines(struct gw_config_lines *l)
+{
+    if (!l)
+        return;
+    free(l->fe_line);
+    free(l->be_line);
+    free(l->fe_keys);
+    free(l->be_keys);
+    free(l);
+}
+
+void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
+                     char *out, size_t cap)
+{
+    const struct gw_config_lines *l = cfg->lines;
+    enum sect s = strcmp(section, "global") == 0     ? S_GLOBAL
+                  : strcmp(section, "tls") == 0      ? S_TLS
+                  : strcmp(section, "frontend") == 0 ? S_FRONTEND
+                                                     : S_BACKEND;
+    bool fe = s == S_FRONTEND;
+    const char *name = fe               ? cfg->frontends[index].name
+                       : s == S_BACKEND ? cfg->backends[index].name
+                                        : NULL;
+    int k = key ? key_index(s, key) : -1, line = 0;
+    if (l) {
+        const int *kl = s == S_GLOBAL ? l->global
+                        : s == S_TLS  ? l->tls
+                        : fe          ? l->fe_keys[index]
+                                      : l->be_keys[index];
+        line = k >= 0 ? kl[k] : 0;
+        int tk = fe && key ? key_index(S_TLS, key) : -1;
+        if (!line && tk >= 0 && l->tls[tk]) {
+            line = l->tls[tk]; /* inherited from [tls] */
+            s = S_TLS;
+            name = NULL;
+        }
+        if (!line)
+            line = s == S_GLOBAL ? l->global_line
+                   : s == S_TLS  ? l->tls_line
+                   : fe          ? l->fe_line[index]
+                                 : l->be_line[index];
+    }
+    const char *kind = s == S_GLOBAL ? "global" : s == S_TLS ? "tls" : fe ? "frontend" : "backend";
+    snprintf(out, cap, "%s:%d: [%s%s%s]%s%s", l ? l->origin : "<config>", line, kind,
+             name ? " " : "", name ? name : "", key ? " " : "", key ? key : "");
+}
+
 int gw_config_parse(const char *text, size_t len, const char *origin, gw_config *cfg, char *err,
                     size_t errcap)
 {
@@ -1209,6 +1291,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
         rc = validate(st);
     if (rc != 0)
         gw_config_free(cfg);
+    else
+        keep_lines(st); /* the arrays move to cfg->lines (or are freed: out of memory) */
     free(st->fe_line);
     free(st->be_line);
     free(st->fe_keys);
@@ -1225,8 +1309,10 @@ void gw_config_free(gw_config *cfg)
         free(cfg->frontends[i].backend_list);
     free(cfg->frontends);
     free(cfg->backends);
+    free_lines(cfg->lines);
     cfg->frontends = NULL;
     cfg->backends = NULL;
+    cfg->lines = NULL;
     cfg->n_frontends = cfg->n_backends = 0;
 }
 
@@ -1235,6 +1321,7 @@ int gw_config_copy(gw_config *dst, const gw_config *src)
     *dst = *src;
     dst->frontends = NULL;
     dst->backends = NULL;
+    dst->lines = NULL;
     dst->n_frontends = dst->n_backends = 0;
     if (src->n_backends > 0) {
         dst->backends = malloc((size_t)src->n_backends * sizeof *dst->backends);

@@ -20,8 +20,24 @@
 #include "siblings.h"
 
 #define LINGER_MS 5000
+#define EOF_SETTLE_MS 25   /* an upload's bare FIN waits this long for its control's */
+#define ABORT_RESET_MS 300 /* a cut upload's backend leg is reset this long after its ABOR */
 
 static _Atomic uint64_t reuse_exempt_used;
+static _Atomic int resets_pending;
+
+int gw_data_resets_pending(void)
+{
+    return resets_pending;
+}
+
+/* The backend leg's delayed reset is done, or no longer due (the leg is gone). */
+static void reset_done(gw_data *d)
+{
+    if (d->reset_backend)
+        resets_pending--;
+    d->reset_backend = false;
+}
 
 uint64_t gw_data_reuse_exempt_count(void)
 {
@@ -240,6 +256,16 @@ static void linger_or_close(gw_conn *c)
     gw_conn_start_read(c);
 }
 
+static void on_timer(uv_timer_t *t);
+
+static void on_eof_settled(uv_timer_t *t)
+{
+    gw_data *d = t->data;
+    uv_timer_start(d->timer, on_timer, 1000, 1000);
+    if (d->state == DS_STREAMING && d->client)
+        on_leg_eof(d->client, d->eof_clean);
+}
+
 static void on_leg_eof(gw_conn *c, bool clean)
 {
     gw_data *d = c->owner;
@@ -253,13 +279,30 @@ static void on_leg_eof(gw_conn *c, bool clean)
     if (!clean) {
         GW_LOG_WARN(d->sid, "event=data_eof leg=%s close_notify=no note=\"possible truncation\"",
                     c->name);
-        /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker cutting the upload,
-         * so the client is never told it succeeded (426). Every byte it sent still reaches
-         * the server: a reset here would cut a whole upload at the backend (a legacy
-         * client's file lost) without stopping a server that counts it done anyway. */
+        /* SECURITY: RFC 4217 §12.6: a TCP FIN alone may be an attacker (or a crash) cutting
+         * the upload: the client gets 426 and the server must not count the upload done
+         * either, so its leg is reset, never closed cleanly (the owner also sends ABOR). */
         if (d->strict_eof && c == d->client) {
-            GW_LOG_WARN(d->sid, "event=data_unsafe_eof note=\"delivered whole, answered 426\"");
-            d->unsafe_eof = true;
+            GW_LOG_WARN(d->sid, "event=data_unsafe_eof note=\"answered 426, aborted toward the "
+                                "server\"");
+            data_fail(d, GW_DATA_UNSAFE_EOF, "upload ended without close_notify");
+            return;
+        }
+    }
+    /* An upload whose end no close_notify proves (clear, or exempt from strict_tls_eof)
+     * while the client's control connection is gone: a killed client, not a finished
+     * upload (a client that finished waits for its reply). Its kernel closes both
+     * connections at once, in either order: the control one gets EOF_SETTLE_MS to show. */
+    if (d->upload && c == d->client && !(c->tls && clean) && d->client_gone) {
+        if (d->client_gone(d->owner)) {
+            data_fail(d, GW_DATA_ABORTED, "client gone before its upload's reply");
+            return;
+        }
+        if (!d->eof_settled) {
+            d->eof_settled = true;
+            d->eof_clean = clean;
+            uv_timer_start(d->timer, on_eof_settled, EOF_SETTLE_MS, 0);
+            return;
         }
     }
     set_state(d, DS_DRAINING);
@@ -288,7 +331,7 @@ static void on_leg_shutdown(gw_conn *c, int status)
     }
     GW_LOG_DEBUG(d->sid, "event=data_done direction=%s bytes=%llu",
                  d->upload ? "upload" : "download", (unsigned long long)c->payload_out);
-    finish(d, d->unsafe_eof ? GW_DATA_UNSAFE_EOF : GW_DATA_OK);
+    finish(d, GW_DATA_OK);
 }
 
 static void on_leg_error(gw_conn *c, const char *why)
@@ -307,10 +350,12 @@ static void on_leg_close(gw_conn *c)
     gw_data *d = c->owner;
     if (c == d->client)
         d->client = NULL;
-    else if (c == d->backend)
+    else if (c == d->backend) {
         d->backend = NULL;
-    else
+        reset_done(d);
+    } else {
         d->strays--;
+    }
     data_maybe_free(d);
 }
 
@@ -489,8 +534,12 @@ static void on_timer(uv_timer_t *t)
     if (data_released(d)) {
         if (d->client)
             gw_conn_close(d->client);
-        if (d->backend)
+        if (d->backend && d->reset_backend) {
+            gw_conn_reset(d->backend); /* its close counts the reset done */
+            uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
+        } else if (d->backend) {
             gw_conn_close(d->backend);
+        }
         if (d->pp_conn)
             gw_conn_close(d->pp_conn);
         return;
@@ -538,6 +587,7 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
     d->connect_timeout_ms = lim->connect_timeout_ms;
     d->data_timeout_ms = lim->data_timeout_ms;
     d->splice_mode = lim->splice;
+    d->client_gone = lim->client_gone;
     d->last_progress = uv_now(d->loop);
     uv_timer_start(t, on_timer, 1000, 1000);
     return d;
@@ -638,6 +688,16 @@ static bool backend_handshake_due(const gw_data *d)
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 
+/* SO_LINGER 0: whoever closes the socket (a timer, the worker's wind-down, the process's
+ * exit), the peer gets a reset, not a FIN. */
+static void reset_on_close(gw_conn *c)
+{
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    int fd = gw_conn_fd(c);
+    if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0)
+        GW_LOG_DEBUG(0, "event=so_linger_failed");
+}
+
 void gw_data_release(gw_data *d, bool ok)
 {
     if (data_released(d))
@@ -660,10 +720,21 @@ void gw_data_release(gw_data *d, bool ok)
         /* A leg we already shut down cleanly on purpose lingers; the rest are reset. */
         if (d->client)
             d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
-        if (d->backend && complete_backend)
+        if (d->backend && complete_backend) {
             GW_LOG_DEBUG(d->sid, "event=backend_data_completing");
-        else if (d->backend)
+        } else if (d->backend && d->upload && !d->backend->shut && d->state != DS_ARMED) {
+            /* A cut upload: the server must record a failure. Its leg is reset (a FIN or
+             * close_notify would be a clean end), but only after the ABOR or the control
+             * connection's close that the owner sends now: a server that sees the reset
+             * first may count the upload complete (pyftpdlib does). */
+            gw_conn_pause(d->backend);
+            reset_on_close(d->backend); /* also if the process ends first */
+            d->reset_backend = true;
+            resets_pending++;
+            uv_timer_start(d->timer, on_timer, ABORT_RESET_MS, 0);
+        } else if (d->backend) {
             gw_conn_reset(d->backend);
+        }
     }
     data_maybe_free(d);
 }

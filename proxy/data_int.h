@@ -56,7 +56,9 @@ struct gw_data {
     unsigned legs; /* per-leg facts: LEG_* */
     /* configuration of this transfer */
     bool client_active, backend_passive, upload, reuse_required, strict_eof;
-    bool unsafe_eof;             /* strict_eof: the upload ended without close_notify (426) */
+    bool eof_settled, eof_clean;      /* an upload's bare FIN waited for the control's (data.c) */
+    bool reset_backend;               /* released: reset (not close) the backend leg at the timer */
+    bool (*client_gone)(void *owner); /* gw_data_limits.client_gone */
     bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
     uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;

@@ -158,13 +158,20 @@ int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
             state = sw_data;
             break;
 
+        /* SECURITY: FTP negotiates no option, so no client has a subnegotiation to send; one
+         * left open (IAC SB without IAC SE) must not swallow every later command until
+         * idle_timeout: it also ends at the line's end, and the line with it. */
         case sw_sb:
-            if (ch == TN_IAC)
-                state = sw_sb_iac;
-            break;
         case sw_sb_iac:
-            /* IAC IAC is escaped data inside SB; only IAC SE ends it. */
-            state = ch == TN_SE ? sw_data : sw_sb;
+            if (ch == '\n') {
+                *used = i + 1;
+                return line_done(p, sw_data);
+            }
+            /* IAC IAC is escaped data inside SB; IAC SE ends it. */
+            if (state == sw_sb)
+                state = ch == TN_IAC ? sw_sb_iac : sw_sb;
+            else
+                state = ch == TN_SE ? sw_data : sw_sb;
             break;
 
         default:

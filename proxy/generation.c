@@ -100,10 +100,34 @@ _Atomic int *gw_live_counter(gw_live_table *t, const char *name)
     return c;
 }
 
+static void blame(gw_cfg_where *w, const char *section, int index, const char *key)
+{
+    if (w)
+        *w = (gw_cfg_where){section, index, key};
+}
+
+/* The key a TLS context's message is about (tls.c names what failed first). */
+static const char *tls_key(const char *msg)
+{
+    static const struct {
+        const char *prefix, *key;
+    } map[] = {
+        {"cannot load certificate", "cert"},         {"cannot load private key", "key"},
+        {"private key does not match", "key"},       {"bad [tls] ciphers:", "ciphers"},
+        {"bad [tls] ciphersuites:", "ciphersuites"}, {"cannot load client_ca", "client_ca"},
+        {"cannot load client_crl", "client_crl"},    {"bad cipher list", "ciphers"},
+        {"cannot load trust anchors", "ca_file"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strncmp(msg, map[i].prefix, strlen(map[i].prefix)) == 0)
+            return map[i].key;
+    return NULL;
+}
+
 /* A backend some frontend uses: its address (resolved now when it is an IP literal), TLS
  * context and live counter. Once per generation. */
-static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, gw_live_table *live,
-                           char *err, size_t cap)
+static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, int k, gw_live_table *live,
+                           gw_cfg_where *where, char *err, size_t cap)
 {
     if (be->prepared)
         return 0;
@@ -111,10 +135,11 @@ static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, gw_live
     be->conf = bc;
     be->live = gw_live_counter(live, bc->name);
     if (!be->live) {
-        GW_LOG_WARN(0,
-                    "event=backend_counter_local backend=%s note=\"max_sessions counts this "
-                    "worker's sessions only\"",
-                    bc->name);
+        if (live) /* no table at all: a check (-t), not a serving generation */
+            GW_LOG_WARN(0,
+                        "event=backend_counter_local backend=%s note=\"max_sessions counts "
+                        "this worker's sessions only\"",
+                        bc->name);
         be->live = &be->own_live;
     }
     unsigned char probe[16];
@@ -124,17 +149,17 @@ static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, gw_live
      * only a warning, so the gateway can start before its backend. */
     if (gw_resolve_host(bc->address.host, bc->address.port, &be->addr)) {
         if (!be->by_name) {
-            snprintf(err, cap, "[backend %s] address: bad address %s", bc->name, bc->address.host);
+            blame(where, "backend", k, "address");
+            snprintf(err, cap, "bad address %s", bc->address.host);
             return -1;
         }
         GW_LOG_WARN(0, "event=backend_unresolved backend=%s host=%s note=\"retried per session\"",
                     bc->name, bc->address.host);
     }
     if (bc->tls != GW_BE_TLS_NONE) {
-        char e[256];
-        be->tls_ctx = gw_tls_client_ctx_new(bc, e, sizeof e);
+        be->tls_ctx = gw_tls_client_ctx_new(bc, err, cap);
         if (!be->tls_ctx) {
-            snprintf(err, cap, "[backend %s] %s", bc->name, e);
+            blame(where, "backend", k, tls_key(err));
             return -1;
         }
         be->host = bc->sni[0] ? bc->sni : bc->address.host;
@@ -148,8 +173,8 @@ static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, gw_live
 }
 
 /* Everything a frontend needs except its listening socket. */
-static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *live, char *err,
-                            size_t cap)
+static int prepare_frontend(gw_generation *g, gw_frontend *fe, int index, gw_live_table *live,
+                            gw_cfg_where *where, char *err, size_t cap)
 {
     const gw_frontend_conf *fc = fe->conf;
     const gw_config *cfg = &g->cfg;
@@ -162,15 +187,15 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
     }
     for (int i = 0; i < fc->n_backends; i++) {
         int k = fc->backend_list[i];
-        if (prepare_backend(&g->backends[k], &cfg->backends[k], live, err, cap) != 0)
+        if (prepare_backend(&g->backends[k], &cfg->backends[k], k, live, where, err, cap) != 0)
             return -1;
         fe->backends[fe->n_backends++] = &g->backends[k];
     }
     fe->pasv_auto = strcmp(fc->pasv_address, "auto") == 0;
     if (fc->pasv_address[0] && !fe->pasv_auto &&
         (gw_resolve_host(fc->pasv_address, 0, &fe->pasv_addr) || fe->pasv_addr.family != 4)) {
-        snprintf(err, cap, "[frontend %s] pasv_address: %s does not resolve to an IPv4 address",
-                 fc->name, fc->pasv_address);
+        blame(where, "frontend", index, "pasv_address");
+        snprintf(err, cap, "%s does not resolve to an IPv4 address", fc->pasv_address);
         return -1;
     }
     if (fc->pasv_address[0] && !fe->pasv_auto)
@@ -182,17 +207,16 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, gw_live_table *li
         snprintf(err, cap, "out of memory");
         return -1;
     }
-    char e[256];
     if (fc->mode != GW_FE_PLAIN) {
         const char *cert = fc->cert[0] ? fc->cert : cfg->cert;
         const char *key = fc->key[0] ? fc->key : cfg->key;
         /* The frontend's TLS policy: its own keys, else the [tls] values (config.c). */
         fe->tls_ctx = gw_tls_server_ctx_new(cert, key, fc->tls_min_version, fc->ciphers,
-                                            fc->ciphersuites, e, sizeof e);
+                                            fc->ciphersuites, err, cap);
         if (!fe->tls_ctx ||
             gw_tls_server_ctx_client_certs(fe->tls_ctx, fc->client_cert, fc->client_ca,
-                                           fc->client_crl, e, sizeof e) != 0) {
-            snprintf(err, cap, "[frontend %s] %s", fc->name, e);
+                                           fc->client_crl, err, cap) != 0) {
+            blame(where, "frontend", index, tls_key(err));
             return -1;
         }
         if (gw_tls_server_ctx_policy(fe->tls_ctx, fc, cert, key) != 0) {
@@ -287,8 +311,9 @@ void gw_generation_unref(gw_generation *g)
 }
 
 gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_live_table *live,
-                                 char *err, size_t cap)
+                                 gw_cfg_where *where, char *err, size_t cap)
 {
+    blame(where, NULL, 0, NULL);
     gw_generation *g = calloc(1, sizeof *g);
     if (!g) {
         snprintf(err, cap, "out of memory");
@@ -307,10 +332,9 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
     g->refs = 1;
     g->health = health;
     if (g->cfg.xferlog[0]) {
-        char why[GW_PATH_MAX + 64];
-        g->xferlog_fd = gw_logfile_open(g->cfg.xferlog, why, sizeof why); /* SIGUSR1 reopens */
+        g->xferlog_fd = gw_logfile_open(g->cfg.xferlog, err, cap); /* SIGUSR1 reopens */
         if (g->xferlog_fd < 0) {
-            snprintf(err, cap, "[global] xferlog: %s", why);
+            blame(where, "global", 0, "xferlog");
             free_generation(g);
             return NULL;
         }
@@ -319,11 +343,65 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
         gw_frontend *fe = &g->frontends[i];
         fe->conf = &g->cfg.frontends[i];
         g->n_frontends = i + 1;
-        if (prepare_frontend(g, fe, live, err, cap) != 0) {
+        if (prepare_frontend(g, fe, i, live, where, err, cap) != 0) {
             free_generation(g);
             return NULL;
         }
     }
     group_vhosts(g);
     return g;
+}
+
+void gw_cfg_where_format(const gw_config *cfg, const gw_cfg_where *w, const char *problem,
+                         char *out, size_t cap)
+{
+    if (!w || !w->section) {
+        snprintf(out, cap, "%s", problem);
+        return;
+    }
+    char at[GW_PATH_MAX + GW_NAME_MAX + 64];
+    gw_config_where(cfg, w->section, w->index, w->key, at, sizeof at);
+    snprintf(out, cap, "%s: %s", at, problem);
+}
+
+/* Binding port 0 on the address proves it is one of this host's, without taking the
+ * port a running gateway holds. */
+static int check_local(const char *host, char *err, size_t cap)
+{
+    gw_addr a;
+    struct sockaddr_storage ss;
+    if (gw_resolve_host(host, 0, &a)) {
+        snprintf(err, cap, "cannot resolve %s", host);
+        return -1;
+    }
+    gw_addr_to_sockaddr(&a, &ss);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    int r = fd >= 0 ? bind(fd, (struct sockaddr *)&ss, len) : -1, e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (r != 0) {
+        snprintf(err, cap, "%s is not an address of this host: %s", host, strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+int gw_generation_check(const gw_config *cfg, gw_cfg_where *where, char *err, size_t cap)
+{
+    gw_generation *g = gw_generation_new(cfg, NULL, NULL, where, err, cap);
+    if (!g)
+        return -1;
+    gw_generation_unref(g);
+    for (int i = 0; i < cfg->n_frontends; i++)
+        if (check_local(cfg->frontends[i].listen.host, err, cap) != 0) {
+            blame(where, "frontend", i, "listen");
+            return -1;
+        }
+    if (cfg->admin_listen.port && check_local(cfg->admin_listen.host, err, cap) != 0) {
+        blame(where, "global", 0, "admin_listen");
+        return -1;
+    }
+    return 0;
 }

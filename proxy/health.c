@@ -4,6 +4,7 @@
  * thread that calls gw_health_configure and gw_health_stop (the main thread, worker 0). */
 #include "health.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "conn.h"
 #include "ftp_addr.h"
 #include "ftp_reply.h"
+#include "ip_limit.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "tls.h"
@@ -39,6 +41,7 @@ struct hb {
     /* Under h->lock: */
     bool up;
     int good, bad;
+    bool confirm; /* passive failures reached health_fall: a probe must confirm (now) */
     char reason[REASON_MAX];
     /* Loop thread only: */
     SSL_CTX *ctx; /* tls = implicit: the probe's client context */
@@ -57,6 +60,14 @@ typedef struct hfe {
     bool unavailable;
 } hfe;
 
+/* Pre-login backend connections of one frontend (by name: they outlive reloads). */
+typedef struct prelogin {
+    struct prelogin *next;
+    char name[GW_NAME_MAX];
+    int count;
+    gw_ip_table *per_ip;
+} prelogin;
+
 struct gw_health {
     pthread_mutex_t lock;
     int n;
@@ -64,7 +75,10 @@ struct gw_health {
     int n_fe;
     hfe *fe;     /* n_fe (heap) */
     hb *dropped; /* waiting for their handles to close */
+    prelogin *prelogin;
     uv_loop_t *loop;
+    uv_async_t wake; /* any worker -> the probe loop: a backend's fall wants a probe now */
+    bool wake_open;  /* under the lock: wake may be sent */
     bool stopping;
 };
 
@@ -109,11 +123,34 @@ static void check_frontends(gw_health *h)
     }
 }
 
+/* No other backend of some frontend of b's is up: marking b down empties that frontend. */
+static bool last_usable(gw_health *h, const hb *b)
+{
+    for (int i = 0; i < h->n_fe; i++) {
+        const hfe *f = &h->fe[i];
+        bool has = false, other = false;
+        for (int j = 0; j < f->n; j++) {
+            if (strcmp(f->backends[j], b->conf.name) == 0) {
+                has = true;
+                continue;
+            }
+            const hb *o = find(h, f->backends[j]);
+            if (!o || o->up)
+                other = true;
+        }
+        if (has && !other)
+            return true;
+    }
+    return false;
+}
+
 /* A good or bad probe, or a session's connect (probe false: never counts toward rise). */
 static void record(gw_health *h, hb *b, bool ok, bool probe_result, const char *reason)
 {
     if (ok) {
         b->bad = 0;
+        if (probe_result)
+            b->confirm = false;
         if (!probe_result) /* a session's connect: only probes bring a backend back */
             return;
         if (b->up) {
@@ -143,6 +180,21 @@ static void record(gw_health *h, hb *b, bool ok, bool probe_result, const char *
                      b->conf.name, b->bad, b->conf.health_fall, b->reason);
         return;
     }
+    /* Failed session connects alone (a burst, a moment at max_clients) never empty a
+     * frontend: a probe, started now, must confirm; until then sessions keep trying it. */
+    if (!probe_result && last_usable(h, b)) {
+        if (!b->confirm) {
+            b->confirm = true;
+            GW_LOG_INFO(0,
+                        "event=backend_suspect backend=%s reason=\"%s\" count=%d "
+                        "note=\"last usable backend: a probe decides\"",
+                        b->conf.name, b->reason, b->bad);
+            if (b->h->wake_open)
+                uv_async_send(&b->h->wake);
+        }
+        return;
+    }
+    b->confirm = false;
     b->up = false;
     GW_LOG_WARN(0, "event=backend_down backend=%s address=%s:%u reason=\"%s\" count=%d",
                 b->conf.name, b->conf.address.host, b->conf.address.port, b->reason, b->bad);
@@ -169,6 +221,73 @@ void gw_health_report(gw_health *h, const char *backend, bool ok, const char *re
     if (b)
         record(h, b, ok, false, reason);
     pthread_mutex_unlock(&h->lock);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Pre-login backend connections (under the lock) */
+
+static prelogin *prelogin_find(gw_health *h, const char *frontend, bool make)
+{
+    for (prelogin *p = h->prelogin; p; p = p->next)
+        if (strcmp(p->name, frontend) == 0)
+            return p;
+    if (!make)
+        return NULL;
+    prelogin *p = calloc(1, sizeof *p);
+    if (!p || !(p->per_ip = gw_ip_table_new())) {
+        free(p);
+        return NULL;
+    }
+    snprintf(p->name, sizeof p->name, "%s", frontend);
+    p->next = h->prelogin;
+    h->prelogin = p;
+    return p;
+}
+
+int gw_health_prelogin_acquire(gw_health *h, const char *frontend, const gw_addr *peer, int per_ip,
+                               int max, bool force)
+{
+    if (!h)
+        return force ? -1 : 1;
+    int r = -1;
+    pthread_mutex_lock(&h->lock);
+    prelogin *p = prelogin_find(h, frontend, true);
+    if (p) {
+        if (!force && max > 0 && p->count >= max) {
+            r = 0;
+        } else if (gw_ip_acquire(p->per_ip, peer, !force && per_ip > 0 ? per_ip : INT_MAX) != 0) {
+            r = force || gw_ip_count(p->per_ip, peer) < per_ip ? -1 : 0; /* -1: no memory */
+        } else {
+            p->count++;
+            r = 1;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return r;
+}
+
+void gw_health_prelogin_release(gw_health *h, const char *frontend, const gw_addr *peer)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    prelogin *p = prelogin_find(h, frontend, false);
+    if (p && p->count > 0) {
+        p->count--;
+        gw_ip_release(p->per_ip, peer);
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
+int gw_health_prelogin_count(gw_health *h, const char *frontend)
+{
+    if (!h)
+        return 0;
+    pthread_mutex_lock(&h->lock);
+    prelogin *p = prelogin_find(h, frontend, false);
+    int n = p ? p->count : 0;
+    pthread_mutex_unlock(&h->lock);
+    return n;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -298,6 +417,26 @@ static void probe_fail(probe *p, const char *reason)
     probe_end(p, true, false, reason);
 }
 
+/* A 4xx greeting (max_clients reached) to a probe that was to confirm session failures:
+ * the server is alive, only full, so nothing is confirmed and the count starts over.
+ * Otherwise (a routine probe) it is a bad probe as before. true: handled. */
+static bool probe_busy_answers(probe *p)
+{
+    gw_health *h = p->b->h;
+    pthread_mutex_lock(&h->lock);
+    bool confirming = p->b->confirm;
+    if (confirming) {
+        p->b->confirm = false;
+        p->b->bad = 0;
+        GW_LOG_INFO(0, "event=backend_busy backend=%s code=%d note=\"alive: not marked down\"",
+                    p->b->conf.name, p->rp.code);
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (confirming)
+        probe_end(p, false, false, NULL);
+    return confirming;
+}
+
 static void on_probe_timeout(uv_timer_t *t)
 {
     probe *p = t->data;
@@ -364,6 +503,8 @@ static void on_probe_data(gw_conn *c, const char *buf, size_t n)
         if (p->rp.code != 220) {
             char why[32];
             snprintf(why, sizeof why, "greeted %d", p->rp.code);
+            if (p->rp.code >= 400 && p->rp.code < 500 && probe_busy_answers(p))
+                return;
             probe_fail(p, why);
             return;
         }
@@ -588,6 +729,7 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             continue;
         /* New settings: a running probe is cancelled and the timer restarted. */
         b->good = b->bad = 0;
+        b->confirm = false;
         if (b->p)
             probe_cancel(b->p);
         gw_tls_ctx_free(b->ctx);
@@ -638,9 +780,31 @@ fail: /* out of memory: nothing changed; what was taken over from old is still i
     return -1;
 }
 
+/* A backend's passive failures want a probe at once (record(): the last usable one). */
+static void on_wake(uv_async_t *a)
+{
+    gw_health *h = a->data;
+    if (h->stopping)
+        return;
+    for (int i = 0; i < h->n; i++) { /* h->b changes only on this thread */
+        hb *b = h->b[i];
+        pthread_mutex_lock(&h->lock);
+        bool want = b->confirm;
+        pthread_mutex_unlock(&h->lock);
+        if (want && !b->p)
+            probe_begin(b);
+    }
+}
+
 int gw_health_start(gw_health *h, uv_loop_t *loop)
 {
     h->loop = loop;
+    if (uv_async_init(loop, &h->wake, on_wake) == 0) {
+        h->wake.data = h;
+        pthread_mutex_lock(&h->lock);
+        h->wake_open = true;
+        pthread_mutex_unlock(&h->lock);
+    }
     for (int i = 0; i < h->n; i++)
         hb_schedule(h->b[i], 0);
     return 0;
@@ -651,6 +815,12 @@ void gw_health_stop(gw_health *h)
     if (!h || h->stopping)
         return;
     h->stopping = true;
+    pthread_mutex_lock(&h->lock);
+    bool close_wake = h->wake_open;
+    h->wake_open = false;
+    pthread_mutex_unlock(&h->lock);
+    if (close_wake)
+        uv_close((uv_handle_t *)&h->wake, NULL);
     for (int i = 0; i < h->n; i++)
         hb_quiesce(h->b[i]);
 }
@@ -670,6 +840,12 @@ void gw_health_free(gw_health *h)
     for (int k = 0; k < h->n_fe; k++)
         free(h->fe[k].backends);
     free(h->fe);
+    while (h->prelogin) {
+        prelogin *p = h->prelogin;
+        h->prelogin = p->next;
+        gw_ip_table_free(p->per_ip);
+        free(p);
+    }
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

@@ -418,6 +418,10 @@ static void on_connection(uv_stream_t *server, int status)
         warn_accept(l, uv_strerror(status));
         return;
     }
+    if (l->staged) { /* a reload not yet committed: libuv keeps it until commit_listeners */
+        l->held = true;
+        return;
+    }
     accept_client(l, server);
 }
 
@@ -464,7 +468,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     const gw_frontend_conf *fc = fe->conf;
     gw_addr la;
     if (gw_resolve_host(fc->listen.host, fc->listen.port, &la)) {
-        snprintf(err, cap, "[frontend %s] listen: cannot resolve %s", fc->name, fc->listen.host);
+        snprintf(err, cap, "cannot resolve %s", fc->listen.host);
         return NULL;
     }
     gw_listener *l = calloc(1, sizeof *l);
@@ -484,8 +488,7 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
-        snprintf(err, cap, "[frontend %s] cannot listen on %s: %s", fc->name, gw_addr_str(&la),
-                 uv_strerror(r));
+        snprintf(err, cap, "cannot listen on %s: %s", gw_addr_str(&la), uv_strerror(r));
         uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         return NULL;
     }
@@ -519,9 +522,12 @@ static void close_listener(gw_listener *l)
         uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
 }
 
-/* Point listeners at generation g: keep those whose address stays, open new ones, close the
- * rest. On failure the new listeners are closed and nothing else changes. */
-static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t cap)
+/* Listeners for generation g, switched to only by commit_listeners: those whose address
+ * stays are kept, new ones opened, staged (they hold connections until the commit, so no
+ * client meets a generation that may still be dropped). On failure the new listeners are
+ * closed and nothing else changes. */
+static int stage_listeners(gw_server *srv, gw_generation *g, gw_cfg_where *where, char *err,
+                           size_t cap)
 {
     size_t n = (size_t)(g->n_frontends ? g->n_frontends : 1);
     gw_listener **next = calloc(n, sizeof *next);
@@ -540,6 +546,7 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
             next[i] = open_listener(srv, &g->frontends[i], err, cap);
             fresh[i] = true;
             if (!next[i]) {
+                *where = (gw_cfg_where){"frontend", i, "listen"};
                 for (int j = 0; j < i; j++)
                     if (fresh[j])
                         close_listener(next[j]);
@@ -547,8 +554,22 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
                 free(fresh);
                 return -1;
             }
+            next[i]->staged = true;
         }
     }
+    srv->stage_next = next;
+    srv->stage_fresh = fresh;
+    return 0;
+}
+
+/* Point the listeners at generation g (staged by stage_listeners): close those it does not
+ * name, let the new ones accept. Cannot fail. */
+static void commit_listeners(gw_server *srv, gw_generation *g)
+{
+    gw_listener **next = srv->stage_next;
+    bool *fresh = srv->stage_fresh;
+    srv->stage_next = NULL;
+    srv->stage_fresh = NULL;
     for (int i = 0; i < srv->n_listeners; i++) {
         bool kept = false;
         for (int j = 0; j < g->n_frontends; j++)
@@ -572,7 +593,27 @@ static int switch_listeners(gw_server *srv, gw_generation *g, char *err, size_t 
     srv->listeners = next;
     srv->n_listeners = kept_n;
     free(fresh);
-    return 0;
+    for (int i = 0; i < kept_n; i++) {
+        gw_listener *l = next[i];
+        if (!l->staged)
+            continue;
+        l->staged = false;
+        if (l->held) { /* a client came while staged: serve it now */
+            l->held = false;
+            on_connection((uv_stream_t *)&l->tcp, 0);
+        }
+    }
+}
+
+static void abort_listeners(gw_server *srv, gw_generation *g)
+{
+    for (int i = 0; srv->stage_next && i < g->n_frontends; i++)
+        if (srv->stage_fresh[i] && srv->stage_next[i])
+            close_listener(srv->stage_next[i]); /* a held connection is closed with it */
+    free(srv->stage_next);
+    free(srv->stage_fresh);
+    srv->stage_next = NULL;
+    srv->stage_fresh = NULL;
 }
 
 /* At the descriptor limit libuv's accept loop closes new connections itself (with a spare
@@ -600,40 +641,87 @@ static void on_fd_probe(uv_timer_t *t)
 
 int gw_server_start(gw_server *srv, uv_loop_t *loop, const gw_config *cfg, char *err, size_t cap)
 {
+    gw_cfg_where where;
+    char problem[1024];
     srv->loop = loop;
-    srv->gen = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
-    if (!srv->gen)
+    srv->gen = gw_generation_new(cfg, srv->shared->health, srv->shared->live, &where, problem,
+                                 sizeof problem);
+    if (!srv->gen) {
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
         return -1;
+    }
     uv_timer_init(loop, &srv->fd_probe);
     srv->fd_probe.data = srv;
     srv->fd_probe_started = true;
     uv_timer_start(&srv->fd_probe, on_fd_probe, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->fd_probe);
-    if (switch_listeners(srv, srv->gen, err, cap) != 0)
+    if (stage_listeners(srv, srv->gen, &where, problem, sizeof problem) != 0) {
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
         return -1;
+    }
+    commit_listeners(srv, srv->gen);
     return gw_shport_switch(&srv->shport, loop, srv->reuseport, srv->gen, true, err, cap);
 }
 
-int gw_server_reload(gw_server *srv, const gw_config *cfg, char *err, size_t cap)
+int gw_server_reload_prepare(gw_server *srv, const gw_config *cfg, gw_cfg_where *where, char *err,
+                             size_t cap)
 {
-    gw_generation *g = gw_generation_new(cfg, srv->shared->health, srv->shared->live, err, cap);
+    *where = (gw_cfg_where){NULL, 0, NULL};
+    if (srv->staged) {
+        snprintf(err, cap, "a reload is already prepared");
+        return -1;
+    }
+    gw_generation *g =
+        gw_generation_new(cfg, srv->shared->health, srv->shared->live, where, err, cap);
     if (!g)
         return -1;
-    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, false, err, cap) != 0 ||
-        switch_listeners(srv, g, err, cap) != 0) {
+    if (gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, false, err, cap) != 0) {
         gw_generation_unref(g);
         return -1;
     }
+    if (stage_listeners(srv, g, where, err, cap) != 0) {
+        char e[64];
+        /* Only the old generation's shared ports stay (nothing to open: cannot fail but
+         * for memory). */
+        (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, srv->gen, true, e,
+                               sizeof e);
+        gw_generation_unref(g);
+        return -1;
+    }
+    srv->staged = g;
+    return 0;
+}
+
+void gw_server_reload_commit(gw_server *srv)
+{
+    gw_generation *g = srv->staged;
+    char e[64];
+    if (!g)
+        return;
+    srv->staged = NULL;
+    commit_listeners(srv, g);
     /* Only the ports the new generation names stay (nothing to open now: cannot fail). */
-    (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, true, err, cap);
+    (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, g, true, e, sizeof e);
     gw_generation *old = srv->gen;
     srv->gen = g;
     gw_generation_unref(old); /* freed when its last session ends */
-    return 0;
+}
+
+void gw_server_reload_abort(gw_server *srv)
+{
+    gw_generation *g = srv->staged;
+    char e[64];
+    if (!g)
+        return;
+    srv->staged = NULL;
+    abort_listeners(srv, g);
+    (void)gw_shport_switch(&srv->shport, srv->loop, srv->reuseport, srv->gen, true, e, sizeof e);
+    gw_generation_unref(g);
 }
 
 void gw_server_stop_listening(gw_server *srv)
 {
+    gw_server_reload_abort(srv); /* a prepared reload's listeners close too */
     if (srv->fd_probe_started && !uv_is_closing((uv_handle_t *)&srv->fd_probe))
         uv_close((uv_handle_t *)&srv->fd_probe, NULL);
     for (int i = 0; i < srv->n_listeners; i++)
@@ -646,6 +734,13 @@ void gw_server_stop_listening(gw_server *srv)
 
 void gw_server_free(gw_server *srv)
 {
+    if (srv->staged)
+        gw_generation_unref(srv->staged);
+    srv->staged = NULL;
+    free(srv->stage_next); /* staged listeners were closed with the loop's handles */
+    free(srv->stage_fresh);
+    srv->stage_next = NULL;
+    srv->stage_fresh = NULL;
     if (srv->gen)
         gw_generation_unref(srv->gen);
     srv->gen = NULL;

@@ -14,6 +14,8 @@
 
 #include "admin.h"
 #include "config.h"
+#include "control.h"
+#include "generation.h"
 #include "health.h"
 #include "log.h"
 #include "logfile.h"
@@ -34,6 +36,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: ftpsgate [-c FILE]   run in the foreground (default: embedded config)\n"
                "       ftpsgate -t [-c FILE] check the configuration, print problems or \"ok\"\n"
+               "       ftpsgate -s reload [-c FILE]\n"
+               "                             reload the running gateway (its control_socket),\n"
+               "                             wait: exit 0 once the new configuration serves\n"
                "       ftpsgate -V           print versions\n"
                "       ftpsgate -h           this help\n");
 }
@@ -131,6 +136,31 @@ static void warn_weak_tls(const gw_config *cfg)
                         cfg->backends[i].name, what);
 }
 
+/* What start needs beyond a file that parses (-t checks the same, and start before binding,
+ * so a file that cannot start exits 1 with its line): err gets "FILE:LINE: [section] key:
+ * problem". */
+static int check_config(const gw_config *cfg, char *err, size_t cap)
+{
+    gw_cfg_where where = {NULL, 0, NULL};
+    char problem[1024];
+    int r = 0;
+    char dir[GW_PATH_MAX], path[GW_PATH_MAX];
+    state_dir(dir, sizeof dir);
+    if (cfg->user[0] && geteuid() == 0 && !getpwnam(cfg->user)) { /* as drop_privileges */
+        where = (gw_cfg_where){"global", 0, "user"};
+        snprintf(problem, sizeof problem, "no such user %s", cfg->user);
+        r = -1;
+    } else if (gw_control_path(cfg, dir, path, sizeof path, problem, sizeof problem) != 0) {
+        where = (gw_cfg_where){"global", 0, "control_socket"};
+        r = -1;
+    } else {
+        r = gw_generation_check(cfg, &where, problem, sizeof problem);
+    }
+    if (r != 0)
+        gw_cfg_where_format(cfg, &where, problem, err, cap);
+    return r;
+}
+
 static int load(gw_config *cfg, char *err, size_t cap)
 {
     return config_path ? gw_config_load_file(config_path, cfg, err, cap)
@@ -138,28 +168,164 @@ static int load(gw_config *cfg, char *err, size_t cap)
                                          "<embedded default>", cfg, err, cap);
 }
 
-/* SIGHUP: new settings and certificates for new sessions; live sessions keep theirs. Each
- * worker switches on its own loop and logs the outcome. */
-static bool reload(void)
+/* Reload (SIGHUP): new settings and certificates for new sessions; live sessions keep
+ * theirs. The file is parsed here, then every worker prepares it and all switch, or none
+ * (worker.c); reload_finished hears the outcome. One at a time: a request meanwhile runs
+ * once the current one is over (it may have read the file before the last edit). */
+static gw_config *reloading; /* the configuration being applied, NULL when none */
+static bool reload_again;
+
+static void notify_ready(uv_loop_t *loop, const char *status);
+static void start_reload(void);
+
+/* The outcome, told to the log, the metric and systemd. */
+static void reload_finished(bool ok, const char *why)
 {
-    bool ok = false;
-    if (stopping)
-        return false;
-    gw_config *cfg = calloc(1, sizeof *cfg);
-    char err[1024] = "see the previous line";
-    if (!cfg)
-        return false;
-    if (load(cfg, err, sizeof err) != 0 || ensure_cert(cfg) != 0) {
-        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", err);
-        gw_metric_reload(false);
+    gw_metric_reload(ok);
+    char status[1200];
+    if (ok) {
+        GW_LOG_INFO(0, "event=reload_complete workers=%d", gw_workers_count());
+        snprintf(status, sizeof status, "serving, reloaded");
     } else {
-        warn_weak_tls(cfg);
-        gw_workers_reload(cfg); /* each worker gets its own copy */
-        ok = true;
+        GW_LOG_ERR(0, "event=reload_failed reason=\"%s\" note=\"old configuration stays\"", why);
+        snprintf(status, sizeof status, "serving, reload failed: %s; old configuration stays", why);
     }
+    for (char *p = status; *p; p++)
+        if (*p == '\n')
+            *p = ' '; /* STATUS= is one line */
+    if (!stopping)    /* no READY=1 after STOPPING=1 */
+        notify_ready(uv_default_loop(), status);
+    gw_control_reload_finished(ok, why);
+}
+
+/* Every worker switched (ok) or every one kept the old generation. */
+static void on_reload_done(bool ok, const char *err, void *arg)
+{
+    gw_config *cfg = reloading;
+    reloading = NULL;
+    if (ok) {
+        /* Process-wide settings, on the main thread where the probes run. */
+        gw_log_set_level(cfg->log_level);
+        gw_log_set_json(cfg->log_json);
+        if (health && gw_health_configure(health, cfg) != 0)
+            GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
+        gw_admin_config(cfg);
+    }
+    reload_finished(ok, err);
     gw_config_free(cfg);
     free(cfg);
-    return ok;
+    if (reload_again && !stopping) {
+        reload_again = false;
+        start_reload();
+    }
+}
+
+static void start_reload(void)
+{
+    if (stopping)
+        return;
+    if (reloading) {
+        reload_again = true;
+        return;
+    }
+    char msg[80];
+    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)gw_notify_monotonic_usec());
+    gw_notify(msg);
+    gw_control_reload_started(); /* who asked until now hears this reload's outcome */
+    gw_config *cfg = calloc(1, sizeof *cfg);
+    char err[1024] = "out of memory";
+    int r = cfg ? load(cfg, err, sizeof err) : -1;
+    if (r == 0 && ensure_cert(cfg) != 0) {
+        snprintf(err, sizeof err, "cannot prepare a self-signed certificate");
+        r = -1;
+    }
+    if (r != 0) {
+        gw_config_free(cfg);
+        free(cfg);
+        reload_finished(false, err);
+        return;
+    }
+    warn_weak_tls(cfg);
+    reloading = cfg;
+    if (gw_workers_reload(cfg, on_reload_done, NULL) != 0)
+        on_reload_done(false, "a reload is already under way", NULL);
+}
+
+/* control_socket from a file that does not parse, read leniently: the [global] line
+ * "control_socket = VALUE" (comments after a blank cut); empty when absent. */
+static void peek_control_socket(const char *file, char *out, size_t cap)
+{
+    char line[1024];
+    bool global = false;
+    FILE *f = fopen(file, "r");
+    out[0] = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = line + strspn(line, " \t");
+        p[strcspn(p, "\r\n")] = 0;
+        if (*p == '[') {
+            global = strncmp(p, "[global]", 8) == 0;
+            continue;
+        }
+        size_t k = strlen("control_socket");
+        if (!global || strncmp(p, "control_socket", k) != 0)
+            continue;
+        p += k + strspn(p + k, " \t");
+        if (*p++ != '=')
+            continue;
+        p += strspn(p, " \t");
+        for (char *c = p; *c; c++)
+            if ((*c == ';' || *c == '#') && (c == p || c[-1] == ' ' || c[-1] == '\t')) {
+                *c = 0;
+                break;
+            }
+        size_t n = strlen(p);
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            p[--n] = 0;
+        snprintf(out, cap, "%s", p);
+    }
+    if (f)
+        fclose(f);
+}
+
+/* -s COMMAND: to the running gateway through its control socket; its answer decides the
+ * exit status (0 done, 1 the gateway says it failed, 2 no answer). */
+static int send_command(gw_config *cfg, const char *command)
+{
+    char dir[GW_PATH_MAX], sock[GW_PATH_MAX], out[1400];
+    state_dir(dir, sizeof dir);
+    int r = gw_control_path(cfg, dir, sock, sizeof sock, out, sizeof out);
+    gw_config_free(cfg);
+    if (r != 0) {
+        fprintf(stderr, "ftpsgate: control_socket: %s\n", out);
+        return 1;
+    }
+    if (!sock[0]) {
+        fprintf(stderr, "ftpsgate: control_socket = off: no way to reach the gateway\n");
+        return 2;
+    }
+    r = gw_control_send(sock, command, 90, out, sizeof out);
+    if (r == 0)
+        printf("%s\n", out);
+    else
+        fprintf(stderr, "ftpsgate: %s%s\n", r == 1 ? "reload failed: " : "", out);
+    return r;
+}
+
+/* The control socket (-s reload): a gateway without one still serves. */
+static void start_control(const gw_config *cfg, uv_loop_t *loop)
+{
+    char dir[GW_PATH_MAX], sock[GW_PATH_MAX], err[GW_PATH_MAX + 128];
+    state_dir(dir, sizeof dir);
+    if (gw_control_path(cfg, dir, sock, sizeof sock, err, sizeof err) != 0 || !sock[0])
+        return; /* off (checked by check_config) */
+    if (!cfg->control_socket[0])
+        (void)mkdirs(dir);
+    if (gw_control_start(loop, sock, start_reload, err, sizeof err) != 0)
+        GW_LOG_WARN(0,
+                    "event=control_socket_failed reason=\"%s\" note=\"ftpsgate -s cannot "
+                    "reach this gateway\"",
+                    err);
 }
 
 /* [global] user: after binding (990/21 need root), run as an unprivileged user. Ports below
@@ -198,7 +364,7 @@ static void on_watchdog(uv_timer_t *t)
 
 static void notify_ready(uv_loop_t *loop, const char *status)
 {
-    char msg[200];
+    char msg[1400];
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s, %d worker(s)\nMAINPID=%ld", status,
              gw_workers_count(), (long)getpid());
     gw_notify(msg);
@@ -223,19 +389,12 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     if (signum == SIGHUP) {
-        if (stopping)
-            return; /* no READY=1 after STOPPING=1 */
-        char msg[80];
-        snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
-                 (unsigned long long)gw_notify_monotonic_usec());
-        gw_notify(msg);
-        /* Parsed and posted to every worker (each applies it on its own loop). */
-        notify_ready(h->loop, reload() ? "serving, reloaded"
-                                       : "serving, reload failed: old configuration stays");
+        start_reload();
         return;
     }
     if (!stopping)
         gw_notify("STOPPING=1\nSTATUS=stopping: sessions finish within shutdown_grace");
+    gw_control_stop(); /* a client waiting for a reload hears the connection close */
     GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
                 signum);
     stopping = true;
@@ -248,11 +407,19 @@ int main(int argc, char **argv)
 {
     const char *path = NULL; /* as given; config_path once running */
     bool test_only = false;
+    const char *command = NULL; /* -s */
     int opt;
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:ts:Vh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
+            break;
+        case 's':
+            if (strcmp(optarg, "reload") != 0) {
+                fprintf(stderr, "ftpsgate: -s %s: unknown command (reload)\n", optarg);
+                return 1;
+            }
+            command = optarg;
             break;
         case 't':
             test_only = true;
@@ -278,22 +445,45 @@ int main(int argc, char **argv)
     int r = path ? gw_config_load_file(path, &cfg, err, sizeof err)
                  : gw_config_parse(gw_config_default_ini, strlen(gw_config_default_ini),
                                    "<embedded default>", &cfg, err, sizeof err);
+    if (r != 0 && command && path && access(path, R_OK) == 0) {
+        /* The running gateway is asked all the same: it says why the file does not load,
+         * counts the failure and tells systemd. */
+        memset(&cfg, 0, sizeof cfg);
+        peek_control_socket(path, cfg.control_socket, sizeof cfg.control_socket);
+        r = 0;
+    }
     if (r != 0) {
         fprintf(stderr, "ftpsgate: %s\n", err);
         return 1;
     }
-    if (test_only) {
-        printf("ok\n");
-        gw_config_free(&cfg);
-        return 0;
-    }
+    if (command)
+        return send_command(&cfg, command);
     config_path = path;
-    gw_log_set_level(cfg.log_level);
+    /* -t: warnings (weak TLS, a backend name that does not resolve yet) but not the
+     * information lines of a start. */
+    gw_log_set_level(test_only && cfg.log_level > GW_LOG_WARN ? GW_LOG_WARN : cfg.log_level);
     gw_log_set_json(cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
     if (ensure_cert(&cfg) != 0) {
         gw_config_free(&cfg);
         return 2;
+    }
+    if (!test_only) /* the workers log the same warnings once, building their own */
+        gw_log_set_level(GW_LOG_ERROR);
+    r = check_config(&cfg, err, sizeof err);
+    gw_log_set_level(test_only && cfg.log_level > GW_LOG_WARN ? GW_LOG_WARN : cfg.log_level);
+    if (r != 0) {
+        if (!test_only)
+            GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    if (test_only) {
+        warn_weak_tls(&cfg);
+        printf("ok\n");
+        gw_config_free(&cfg);
+        return 0;
     }
     warn_weak_tls(&cfg);
     uv_loop_t *loop = uv_default_loop();
@@ -320,9 +510,11 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
+    start_control(&cfg, loop); /* before any thread: it sets the umask around bind */
     if (gw_admin_start(&cfg, health, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_control_stop();
         gw_workers_stop();
         gw_workers_finish();
         gw_health_free(health);
@@ -330,6 +522,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (drop_privileges(cfg.user) != 0 || gw_workers_run() != 0) {
+        gw_control_stop();
         gw_admin_stop();
         gw_workers_stop();
         gw_workers_finish();
@@ -344,7 +537,13 @@ int main(int argc, char **argv)
     notify_ready(loop, "serving"); /* every listener bound, every worker running */
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
+    gw_control_stop();
     gw_workers_finish();
+    if (reloading) { /* stopped while every worker was asked: nothing will answer now */
+        gw_config_free(reloading);
+        free(reloading);
+        reloading = NULL;
+    }
     gw_admin_stop();
     gw_health_free(health); /* its handles closed with the loop's last run */
     health = NULL;

@@ -177,6 +177,13 @@ void gw_metric_backend_connect(const char *backend, bool ok, uint64_t ms)
     }
 }
 
+void gw_metric_backend_busy(const char *backend)
+{
+    int i = slot_find(gw_metrics_g.be_names, backend, true);
+    if (i >= 0)
+        ADD(gw_metrics_g.be[i].connects_busy, 1);
+}
+
 void gw_metric_reload(bool ok)
 {
     if (ok)
@@ -302,20 +309,22 @@ static void render_backends(const gw_metrics *m, const gw_metrics_view *v, gw_sb
     }
     int used = slots_used(m->be_names);
     family(o, "ftpsgate_backend_connects_total", "counter",
-           "Session connects to backends by result (ok, failed).");
+           "Session connects to backends by result (ok, failed, busy: greeted 4xx).");
     for (int pass = 0; pass < 2; pass++) {
         int n = pass == 0 ? used : v->n_backends;
         for (int i = 0; i < n; i++) {
             const char *name = pass == 0 ? m->be_names[i].name : v->backends[i];
             if (pass == 1 && slot_find((gw_m_slot_names *)m->be_names, name, false) >= 0)
                 continue;
-            for (int ok = 1; ok >= 0; ok--) {
+            static const char *const results[] = {"ok", "failed", "busy"};
+            for (int r = 0; r < 3; r++) {
                 gw_sbuf_str(o, "ftpsgate_backend_connects_total{backend=\"");
                 gw_sbuf_label(o, name);
                 unsigned long long val = pass == 1 ? 0
-                                         : ok      ? GET(m->be[i].connects_ok)
-                                                   : GET(m->be[i].connects_failed);
-                gw_sbuf_printf(o, "\",result=\"%s\"} %llu\n", ok ? "ok" : "failed", val);
+                                         : r == 0  ? GET(m->be[i].connects_ok)
+                                         : r == 1  ? GET(m->be[i].connects_failed)
+                                                   : GET(m->be[i].connects_busy);
+                gw_sbuf_printf(o, "\",result=\"%s\"} %llu\n", results[r], val);
             }
         }
     }

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bans.h"
@@ -29,7 +32,7 @@ static const gw_addr *ban_peer(const gw_session *s)
 }
 
 /* One line per finished transfer, in the configured xferlog_format (xferlog.h). */
-static void write_xferlog(gw_session *s, const char *result)
+static void write_xferlog(gw_session *s, int code, const char *result)
 {
     int fd = s->fe->gen->xferlog_fd;
     if (fd < 0)
@@ -45,7 +48,7 @@ static void write_xferlog(gw_session *s, const char *result)
                        .verb = s->cur.verb,
                        .file = s->xfer_arg,
                        .bytes = s->xfer_bytes,
-                       .code = s->cur.held_code,
+                       .code = code,
                        .result = result,
                        .ascii = s->type_ascii};
     size_t n = gw_xferlog_line(line, sizeof line, s->fe->cfg->xferlog_format, &rec);
@@ -55,18 +58,45 @@ static void write_xferlog(gw_session *s, const char *result)
     }
 }
 
+static int reply_code(const char *text)
+{
+    if (!text || text[0] < '1' || text[0] > '5')
+        return 0;
+    return (text[0] - '0') * 100 + (text[1] - '0') * 10 + (text[2] - '0');
+}
+
+void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result, const char *why)
+{
+    if (!s->xfer_open)
+        return; /* recorded already, or never started */
+    s->xfer_open = false;
+    int code = reply_code(reply);
+    if (s->data && !s->data_finished)
+        s->xfer_bytes = gw_data_progress(s->data); /* cut in the middle: what got through */
+    const char *data = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu result=%s%s%s%s",
+                s->cur.verb, code, data, (unsigned long long)s->xfer_bytes, result,
+                why ? " reason=\"" : "", why ? why : "", why ? "\"" : "");
+    write_xferlog(s, code, result);
+    gw_sinfo_transfer_end(s, result);
+}
+
 static void complete_transfer(gw_session *s)
 {
     bool backend_ok = s->cur.held_code >= 200 && s->cur.held_code < 300;
+    const char *sent = NULL;
     if (s->data_finished && !s->data_ok)
-        gw_sess_reply(s, s->data_fail_reply); /* the client's leg broke: never report success */
+        sent = s->data_fail_reply; /* the client's leg broke: never report success */
     else if (s->cur.held)
-        gw_sess_reply(s, s->cur.held);
-    const char *result = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
-    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu", s->cur.verb,
-                s->cur.held_code, result, (unsigned long long)s->xfer_bytes);
-    write_xferlog(s, result);
-    gw_sinfo_transfer_end(s, result);
+        sent = s->cur.held;
+    if (sent)
+        gw_sess_reply(s, sent);
+    /* What the client got decides: a 2xx after a data leg that did not fail is a success. */
+    int code = reply_code(sent);
+    const char *result = code >= 200 && code < 300 && (s->data_ok || !s->data_finished) ? "ok"
+                         : !s->data_finished && code >= 400                             ? "unused"
+                                                                                        : "failed";
+    gw_relay_record_transfer(s, sent, result, NULL);
     gw_sess_drop_data(s, backend_ok && s->data_ok);
     free(s->cur.held);
     s->cur.held = NULL;
@@ -80,14 +110,12 @@ static void complete_transfer(gw_session *s)
  * answers nothing within ABORT_TIMEOUT_MS ends the session. */
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
 {
-    GW_LOG_INFO(s->id,
-                "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
-                "note=\"ABOR sent to the server\"",
-                s->cur.verb, why);
-    gw_sess_drop_data(s, false);
     gw_sess_reply(s, text);
-    write_xferlog(s, "failed");
-    gw_sinfo_transfer_end(s, "failed");
+    gw_relay_record_transfer(s, text, "failed", why);
+    GW_LOG_INFO(s->id, "event=transfer_abort note=\"ABOR sent to the server\"");
+    /* Before the ABOR: the server's reply for a download cut now comes before the NOOP's
+     * 200 (an upload's backend leg is reset only after the ABOR: gw_data_release). */
+    gw_sess_drop_data(s, false);
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
@@ -134,9 +162,7 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
     }
-    /* Delivered whole, but not to be reported as a success: wait for the server's final
-     * reply and send the 426 in its place (complete_transfer). */
-    if (!ok && result != GW_DATA_UNSAFE_EOF) {
+    if (!ok) {
         /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;
@@ -153,6 +179,21 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
         gw_sess_rearm(s); /* the final reply now has data_timeout to arrive */
 }
 
+/* The client's control connection is gone or going: closed here, or its FIN (or reset)
+ * arrived and waits to be read (a killed client's kernel sends it before the data
+ * connection's, both in one go). */
+static bool client_gone(void *owner)
+{
+    gw_session *s = owner;
+    if (!s->client || s->cstate == CS_CLOSING || s->client->eof || s->client->failed)
+        return true;
+    int fd = gw_conn_fd(s->client);
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    return fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+           ti.tcpi_state != TCP_ESTABLISHED;
+}
+
 static gw_data *new_data(gw_session *s)
 {
     const gw_config *cfg = s->fe->cfg;
@@ -160,6 +201,7 @@ static gw_data *new_data(gw_session *s)
         .connect_timeout_ms = (uint64_t)cfg->data_connect_timeout * 1000,
         .data_timeout_ms = (uint64_t)cfg->data_timeout * 1000,
         .splice = cfg->splice,
+        .client_gone = client_gone,
     };
     return gw_data_new(s->loop, s->id, &lim, on_data_done, s);
 }
@@ -431,10 +473,13 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
         return; /* a late 150 for the aborted transfer */
     if (for_transfer) {
         /* The client's leg was cut: its transfer did not succeed, whatever the server says. */
-        if (r->last)
-            gw_sess_reply(s, r->code < 300 ? GW_R_XFER_ABORTED : r->line);
-        else if (r->code >= 300)
+        if (r->last) {
+            const char *sent = r->code < 300 ? GW_R_XFER_ABORTED : r->line;
+            gw_sess_reply(s, sent);
+            gw_relay_record_transfer(s, sent, "aborted", "ABOR");
+        } else if (r->code >= 300) {
             gw_sess_reply(s, r->line);
+        }
     } else {
         gw_sess_reply(s, r->line);
     }
@@ -485,6 +530,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
     if (r->code == 230) {
         gw_sinfo_login(s, true);
         s->logged_in = true;
+        gw_backend_prelogin_release(s);
         if (s->cert) /* client_cert: who logged in with which certificate */
             GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
                         s->cert->subject, s->cert->issuer);

@@ -99,6 +99,7 @@ void gw_sess_release(gw_session *s)
     GW_LOG_INFO(s->id, "event=session_end");
     gw_sinfo_end(s);
     gw_backend_uncount(s);
+    gw_backend_prelogin_release(s);
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     const gw_session_hooks *hooks = s->hooks;
     void *host = s->host;
@@ -139,9 +140,13 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     gw_sess_set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
-    gw_sess_drop_data(s, false);
+    /* A transfer cut with its session is recorded too, with the session's last reply. */
+    gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
+                             "failed", why);
+    gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
     if (s->backend)
         gw_conn_close(s->backend);
+    gw_backend_prelogin_release(s);
     gw_sess_set_backend_state(s, BS_CLOSED);
     if (s->client) {
         if (was_ready && !s->client->failed) {
@@ -198,8 +203,10 @@ static void check_deadlines(gw_session *s)
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
         /* PROTOCOL.md §5: answer for the silent backend, then end the session (a new
          * backend login would need the password and lose CWD, TYPE and REST). */
-        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent)
+        if (!s->cur.abort_internal && !s->cur.abort_xfer_sent) {
             gw_sess_reply(s, GW_R_XFER_ABORTED);
+            gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+        }
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY, "backend silent after ABOR");
@@ -332,6 +339,8 @@ static void on_client_handshake(gw_conn *c)
     /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
     s->prot_p = s->pbsz = true;
     gw_sess_set_client_state(s, CS_READY);
+    if (!s->self_greet && !s->be_committed && !gw_backend_prelogin_admit(s))
+        s->self_greet = true; /* over the pre-login bound: connected at USER */
     if (s->self_greet) {
         gw_sess_greet(s);
         gw_cmdq_pump(s);
@@ -420,7 +429,14 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     uv_timer_start(&s->timer, on_tick, 1000, 0);
     /* Virtual hosts: the default frontend serves until SNI or HOST names another. */
     s->vh_none = fe->vhosted && fe->conf->server_name[0];
-    if (gw_fe_self_greets(fe->conf) || fe->vhosted) {
+    /* Explicit and plain frontends connect the backend now, before any command, unless too
+     * many sessions (of this address, of this frontend) hold one without a login: silent
+     * connections must not fill the backend's max_clients. Implicit ones ask after the
+     * handshake. */
+    bool eager = !gw_fe_self_greets(fe->conf) && !fe->vhosted;
+    if (eager && fe->conf->mode != GW_FE_IMPLICIT && !gw_backend_prelogin_admit(s))
+        eager = false;
+    if (!eager) {
         /* The backend is chosen and connected at USER (routing needs the name). */
         s->self_greet = true;
         int r = 0;

@@ -81,6 +81,12 @@ void gw_sinfo_backend(gw_session *s, bool ok, const char *why)
               ok ? "greeted" : "failed", why ? why : "", (unsigned long long)ms);
 }
 
+void gw_sinfo_backend_busy(gw_session *s, int code)
+{
+    gw_metric_backend_busy(s->be->conf->name);
+    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s busy (greeted %d)", s->be->conf->name, code);
+}
+
 void gw_sinfo_transfer_end(gw_session *s, const char *result)
 {
     gw_tl_add(&s->tl, GW_TL_TRANSFER, "%s %.40s: %s, %llu bytes", s->cur.verb, s->xfer_arg, result,

@@ -111,6 +111,7 @@ struct gw_session {
     size_t featlen;
     gw_data *data;
     bool data_finished, data_ok;
+    bool xfer_open; /* a transfer started and is not recorded yet (gw_relay_record_transfer) */
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
     char user[64];      /* the USER argument, for the transfer log (never the password) */
@@ -138,6 +139,11 @@ struct gw_session {
     const gw_session_hooks *hooks; /* the listener's: on_end(host) once it is freed */
     void *host;
     gw_timeline tl; /* the admin endpoint's recent events (session_info.c) */
+
+    /* prelogin_backend_per_ip / _max: this session holds one of prelogin_fe's pre-login
+     * backend places (health.h) until it logs in or ends. */
+    bool prelogin_counted;
+    gw_frontend *prelogin_fe;
 };
 
 /* session.c: the core */
@@ -182,6 +188,11 @@ void gw_backend_uncount(gw_session *s);
  * the caller does nothing more). */
 bool gw_backend_failover(gw_session *s, const char *reason);
 void gw_backend_connect(gw_session *s);
+/* prelogin_backend_per_ip / _max: may the backend be connected before any command? true:
+ * counted. false: over a bound (the session greets itself and connects at USER). */
+bool gw_backend_prelogin_admit(gw_session *s);
+/* The session logged in or ends: its pre-login place is given back (once). */
+void gw_backend_prelogin_release(gw_session *s);
 void gw_backend_send(gw_session *s, const char *line, enum gw_pending pending);
 void gw_backend_ready(gw_session *s);
 void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r);
@@ -191,6 +202,11 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
 void gw_relay_line(gw_session *s, gw_reply_parser *r);
 void gw_relay_arm_backend_leg(gw_session *s);
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+/* The transfer's one record (the transfer_end line, the transfer log, the metrics), once
+ * however it ended: `reply` is the final reply the client got for it (NULL: none), result
+ * ok | failed | aborted | unused, why the reason of a failure (or NULL). */
+void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result,
+                              const char *why);
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
@@ -204,6 +220,7 @@ void gw_sinfo_command(gw_session *s, const char *verb, const char *arg);
 void gw_sinfo_reply(gw_session *s, const char *text);
 void gw_sinfo_login(gw_session *s, bool ok);
 void gw_sinfo_backend(gw_session *s, bool ok, const char *why);
+void gw_sinfo_backend_busy(gw_session *s, int code);
 void gw_sinfo_transfer_end(gw_session *s, const char *result);
 void gw_sinfo_data_done(gw_session *s, int result, uint64_t bytes); /* enum gw_data_result */
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bans.h"
+#include "data.h"
 #include "admin.h"
 #include "log.h"
 #include "metrics.h"
@@ -24,18 +25,67 @@ typedef struct gw_worker {
     uv_async_t wake;
     uv_timer_t stop_timer;
     uint64_t stop_deadline;
+    int idle_ticks; /* stop ticks since the last session ended */
     uv_thread_t thread;
     bool thread_started;
-    pthread_mutex_t lock; /* guards done and the mailbox */
+    pthread_mutex_t lock; /* guards done, the mailbox and the reply */
     _Atomic bool done;    /* its loop has ended: nothing may be posted to it any more */
+    /* mailbox: a reload to prepare, then commit or abort, each tagged with its round */
     gw_config *reload_cfg;
+    unsigned prepare_round;
+    enum { RL_NONE, RL_COMMIT, RL_ABORT } finish;
+    unsigned finish_round;
     int stop_requests;
     int stops_seen; /* the worker's own count of stop requests handled */
+    /* reply to the coordinator: the last round answered and how */
+    unsigned reply_round;
+    bool reply_ok;
+    gw_cfg_where reply_where;
+    char reply_err[512];
 } gw_worker;
 
 static gw_worker *workers;
 static int n_workers;
 static gw_shared shared = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The reload coordinator, on the main thread: a first round prepares on every worker, a
+ * second commits (all prepared) or aborts (any failed); the caller hears once every worker
+ * has answered both. Each round has a number of its own (a reply counts for that round
+ * only); the workers answer through rl.async. */
+static struct {
+    pthread_mutex_t lock; /* guards async_open (workers poke from their threads) */
+    uv_async_t async;
+    bool async_open;
+    bool active;
+    unsigned round; /* of the workers' replies expected now */
+    bool second;    /* the round is the second one (commit or abort) */
+    bool commit;    /* it commits */
+    const gw_config *cfg;
+    gw_reload_done done;
+    void *arg;
+    char err[1024];
+} rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_reload_reply(uv_async_t *a);
+
+static void rl_poke(void)
+{
+    pthread_mutex_lock(&rl.lock);
+    if (rl.async_open)
+        uv_async_send(&rl.async);
+    pthread_mutex_unlock(&rl.lock);
+}
+
+static void reply(gw_worker *w, unsigned round, bool ok, const gw_cfg_where *where, const char *err)
+{
+    pthread_mutex_lock(&w->lock);
+    w->reply_round = round;
+    w->reply_ok = ok;
+    w->reply_where = where ? *where : (gw_cfg_where){NULL, 0, NULL};
+    snprintf(w->reply_err, sizeof w->reply_err, "%s", err ? err : "");
+    pthread_mutex_unlock(&w->lock);
+    rl_poke();
+}
 
 int gw_workers_count(void)
 {
@@ -53,6 +103,9 @@ static bool others_done(void)
 static void on_stop_tick(uv_timer_t *t)
 {
     gw_worker *w = t->data;
+    /* Cut uploads still owe their servers a reset (data.c): a few ticks for them. */
+    if (w->srv.sessions == 0 && gw_data_resets_pending() > 0 && ++w->idle_ticks < 10)
+        return;
     if (w->srv.sessions == 0) {
         /* Worker 0 keeps the main loop, and with it the signal handlers (a second SIGTERM
          * closes every session at once), until every other worker is done. */
@@ -91,38 +144,40 @@ static void drop_cfg(gw_config *cfg)
     free(cfg);
 }
 
-static void apply_reload(gw_worker *w, gw_config *cfg)
+/* Round one: everything that can fail, nothing switched yet. */
+static void prepare_reload(gw_worker *w, gw_config *cfg, unsigned round)
 {
-    char err[1024];
+    char err[512];
+    gw_cfg_where where = {NULL, 0, NULL};
+    bool ok = false;
     if (w->srv.stopping) {
-        drop_cfg(cfg);
-        return;
-    }
-    if (cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
-        GW_LOG_WARN(0,
-                    "event=reload_note note=\"workers is read at start: %d stay until a "
-                    "restart\"",
-                    n_workers);
-    if (gw_server_reload(&w->srv, cfg, err, sizeof err) != 0) {
-        GW_LOG_ERR(0,
-                   "event=reload_failed worker=%d reason=\"%s\" note=\"old configuration "
-                   "stays\"",
-                   w->index, err);
-        if (w->index == 0)
-            gw_metric_reload(false);
+        snprintf(err, sizeof err, "the gateway is stopping");
+    } else if (gw_server_reload_prepare(&w->srv, cfg, &where, err, sizeof err) != 0) {
+        GW_LOG_INFO(0, "event=reload_prepare_failed worker=%d reason=\"%s\"", w->index, err);
     } else {
-        if (w->index == 0) {
-            gw_log_set_level(w->srv.gen->cfg.log_level);
-            gw_log_set_json(w->srv.gen->cfg.log_json);
-            /* Once per reload: worker 0 runs on the main loop, where the probes run. */
-            if (shared.health && gw_health_configure(shared.health, &w->srv.gen->cfg) != 0)
-                GW_LOG_ERR(0, "event=health_reload_failed reason=\"out of memory\"");
-            gw_admin_config(&w->srv.gen->cfg);
-            gw_metric_reload(true);
-        }
-        GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
+        if (cfg->workers != w->srv.gen->cfg.workers && w->index == 0)
+            GW_LOG_WARN(0,
+                        "event=reload_note note=\"workers is read at start: %d stay until a "
+                        "restart\"",
+                        n_workers);
+        ok = true;
     }
     drop_cfg(cfg);
+    reply(w, round, ok, &where, ok ? NULL : err);
+}
+
+/* Round two: switch (cannot fail) or drop what round one prepared. */
+static void finish_reload(gw_worker *w, bool commit, unsigned round)
+{
+    bool staged = w->srv.staged != NULL;
+    if (commit && staged && !w->srv.stopping) {
+        gw_server_reload_commit(&w->srv);
+        GW_LOG_INFO(0, "event=reloaded worker=%d sessions=%d", w->index, w->srv.sessions);
+        reply(w, round, true, NULL, NULL);
+        return;
+    }
+    gw_server_reload_abort(&w->srv);
+    reply(w, round, !commit, NULL, commit ? "the gateway is stopping" : NULL);
 }
 
 static void on_wake(uv_async_t *a)
@@ -131,10 +186,15 @@ static void on_wake(uv_async_t *a)
     pthread_mutex_lock(&w->lock);
     gw_config *cfg = w->reload_cfg;
     w->reload_cfg = NULL;
+    unsigned prepare_round = w->prepare_round, finish_round = w->finish_round;
+    int finish = w->finish;
+    w->finish = RL_NONE;
     int stops = w->stop_requests;
     pthread_mutex_unlock(&w->lock);
     if (cfg)
-        apply_reload(w, cfg);
+        prepare_reload(w, cfg, prepare_round);
+    if (finish != RL_NONE)
+        finish_reload(w, finish == RL_COMMIT, finish_round);
     while (w->stops_seen < stops) {
         w->stops_seen++;
         begin_stop(w);
@@ -162,6 +222,7 @@ static void mark_done(gw_worker *w)
     w->done = true;
     pthread_mutex_unlock(&w->lock);
     gw_shport_worker_done(w->index);
+    rl_poke(); /* a reload waiting for it counts it as failed */
 }
 
 static void run_worker(void *arg)
@@ -183,6 +244,7 @@ static void free_workers(int n)
     free(workers);
     workers = NULL;
     n_workers = 0;
+    rl.active = false;
     gw_ip_table_free(shared.per_ip);
     shared.per_ip = NULL;
     gw_live_table_free(shared.live);
@@ -252,6 +314,11 @@ int gw_workers_start(int n, uv_loop_t *main_loop, const gw_config *cfg, gw_healt
         w->stop_timer.data = w;
         gw_admin_attach(i, w->loop, &w->srv);
     }
+    uv_async_init(main_loop, &rl.async, on_reload_reply);
+    uv_unref((uv_handle_t *)&rl.async);
+    pthread_mutex_lock(&rl.lock);
+    rl.async_open = true;
+    pthread_mutex_unlock(&rl.lock);
     if (n > 1)
         GW_LOG_INFO(0, "event=workers count=%d note=\"listeners shared with SO_REUSEPORT\"", n);
     return 0;
@@ -270,15 +337,21 @@ int gw_workers_run(void)
     return 0;
 }
 
-static void post(gw_worker *w, gw_config *cfg, bool stop)
+/* Into w's mailbox: a configuration to prepare, a finish command, or a stop. */
+static void post(gw_worker *w, gw_config *cfg, int finish, bool stop)
 {
     pthread_mutex_lock(&w->lock);
     if (w->done) {
         drop_cfg(cfg);
     } else {
         if (cfg) {
-            drop_cfg(w->reload_cfg); /* a newer reload replaces one not yet applied */
+            drop_cfg(w->reload_cfg); /* the coordinator never has two in flight */
             w->reload_cfg = cfg;
+            w->prepare_round = rl.round;
+        }
+        if (finish != RL_NONE) {
+            w->finish = finish;
+            w->finish_round = rl.round;
         }
         if (stop)
             w->stop_requests++;
@@ -287,23 +360,84 @@ static void post(gw_worker *w, gw_config *cfg, bool stop)
     pthread_mutex_unlock(&w->lock);
 }
 
-void gw_workers_reload(const gw_config *cfg)
+static void start_second(bool commit)
 {
+    rl.second = true;
+    rl.commit = commit;
+    rl.round++;
+    for (int i = 0; i < n_workers; i++)
+        post(&workers[i], NULL, commit ? RL_COMMIT : RL_ABORT, false);
+}
+
+/* Main thread, on rl.async: once every worker answered the round (a worker whose loop has
+ * ended counts as failed), start the second round or report. */
+static void on_reload_reply(uv_async_t *a)
+{
+    if (!rl.active)
+        return;
+    bool all_ok = true;
+    for (int i = 0; i < n_workers; i++) {
+        gw_worker *w = &workers[i];
+        pthread_mutex_lock(&w->lock);
+        bool answered = w->reply_round == rl.round, ok = answered && w->reply_ok;
+        bool done = w->done;
+        if (!ok && (answered || done) && !rl.err[0]) {
+            if (answered)
+                gw_cfg_where_format(rl.cfg, &w->reply_where, w->reply_err, rl.err, sizeof rl.err);
+            else
+                snprintf(rl.err, sizeof rl.err, "worker %d has stopped", i);
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (!answered && !done)
+            return; /* wait for it */
+        all_ok &= ok;
+    }
+    if (!rl.second) { /* prepared everywhere, or not: commit or abort everywhere */
+        start_second(all_ok);
+        on_reload_reply(a); /* in case every worker has ended meanwhile */
+        return;
+    }
+    bool ok = rl.commit && all_ok;
+    char err[sizeof rl.err];
+    snprintf(err, sizeof err, "%s", ok ? "" : rl.err[0] ? rl.err : "the gateway is stopping");
+    gw_reload_done done = rl.done;
+    void *arg = rl.arg;
+    rl.active = false;
+    rl.cfg = NULL;
+    rl.done = NULL;
+    done(ok, err, arg); /* may start the next reload */
+}
+
+int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg)
+{
+    if (rl.active || n_workers == 0)
+        return -1;
+    rl.active = true;
+    rl.second = false;
+    rl.round++;
+    rl.cfg = cfg;
+    rl.done = done;
+    rl.arg = arg;
+    rl.commit = false;
+    rl.err[0] = 0;
     for (int i = 0; i < n_workers; i++) {
         gw_config *copy = malloc(sizeof *copy);
         if (!copy || gw_config_copy(copy, cfg) != 0) {
             free(copy);
-            GW_LOG_ERR(0, "event=reload_failed worker=%d reason=\"out of memory\"", i);
+            snprintf(rl.err, sizeof rl.err, "out of memory");
             continue;
         }
-        post(&workers[i], copy, false);
+        post(&workers[i], copy, RL_NONE, false);
     }
+    if (rl.err[0]) /* a worker got nothing to prepare: abort at once, everywhere */
+        start_second(false);
+    return 0;
 }
 
 void gw_workers_stop(void)
 {
     for (int i = 0; i < n_workers; i++)
-        post(&workers[i], NULL, true);
+        post(&workers[i], NULL, RL_NONE, true);
 }
 
 void gw_workers_finish(void)
@@ -311,6 +445,9 @@ void gw_workers_finish(void)
     if (n_workers == 0)
         return;
     mark_done(&workers[0]);
+    pthread_mutex_lock(&rl.lock);
+    rl.async_open = false; /* wind_down closes it with the loop's other handles */
+    pthread_mutex_unlock(&rl.lock);
     wind_down(&workers[0]);
     for (int i = 1; i < n_workers; i++)
         if (workers[i].thread_started)

@@ -542,15 +542,17 @@ server.serve_forever()
 
 
 def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: str,
-                    extra: str = "", port: int | None = None) -> Backend:
+                    extra: str = "", port: int | None = None, max_cons: int = 512) -> Backend:
     """pyftpdlib's plain FTPServer with one virtual user that may write in its root.
     `extra`: Python lines run before the server starts (handler settings). `port`: listen
-    there (a restart on a stopped server's port) instead of a fresh one from `ports`."""
+    there (a restart on a stopped server's port) instead of a fresh one from `ports`.
+    `max_cons`: its connection limit (over it a client is greeted with 421 and closed)."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "root"
     root.mkdir(exist_ok=True)
     script = workdir / "server.py"
-    script.write_text(PYFTPDLIB_SERVER.replace("# EXTRA", extra))
+    script.write_text(PYFTPDLIB_SERVER.replace("# EXTRA", extra)
+                      .replace("server.max_cons = 512", f"server.max_cons = {int(max_cons)}"))
     port = port or ports.port()
     pasv_lo, pasv_hi = ports.range(50)
     banner = "ftpsgate-test pyftpdlib ready"

@@ -906,15 +906,11 @@ def test_client_dies_mid_transfer(gateway, backend, client_ctx, blobs, scratch, 
         assert size < full, "the backend holds a complete file although the client died"
         reported = backend_upload_bytes(backend, name_up)
         assert reported is None or reported < full, reported
-        # A client leg that ends by reset makes the gateway reset the backend leg, so
-        # vsftpd records a failed upload (pyftpdlib cannot tell: it answers 226 even to a
-        # reset data connection). One that ends by FIN without close_notify (a killed
-        # curl) is delivered as far as it came and answered 426 (strict_tls_eof): the
-        # gateway cannot tell it from a legacy client that never sends close_notify.
-        fin_ended = "event=data_unsafe_eof" in gw.log  # Python's close may send a FIN
-        if backend.name == "vsftpd" and how == "reset_sockets" and not fin_ended:
-            assert backend_upload_outcome(backend, name_up) == "fail", \
-                f"vsftpd recorded the cut upload ({size} bytes) as complete"
+        # However the client leg ended (reset, or FIN without close_notify under the strict
+        # default), the gateway sends ABOR, then resets the backend leg: the server records
+        # a failed upload, not a complete one.
+        assert backend_upload_outcome(backend, name_up) == "fail", \
+            f"{backend.name} recorded the cut upload ({size} bytes) as complete"
 
 
 # ---------------------------------------------------------------------------------------

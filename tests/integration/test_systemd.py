@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -220,13 +221,21 @@ def test_unit_verifies(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     text = UNIT.read_text()
-    execs = set(re.findall(r"^Exec(?:Start|StartPre)=(\S+)", text, re.M))
+    execs = set(re.findall(r"^Exec(?:Start|StartPre|Reload)=(\S+)", text, re.M))
     assert execs == {"/usr/local/bin/ftpsgate"}, execs
     installed = dest / "usr/local/bin/ftpsgate"
     assert installed.read_bytes() == (REPO / "build" / "ftpsgate").read_bytes()
     shipped = dest / "usr/local/share/doc/ftpsgate/config/ftpsgate.service"
     assert shipped.read_text() == text, "make install ships the unit"
-    for directive in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=",
+    # systemctl reload fails when the reload fails (systemd 252 has no Type=notify-reload):
+    # the file is checked, then `-s reload` waits for every worker's answer.
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.M)
+    assert reloads == ["/usr/local/bin/ftpsgate -t -c /etc/ftpsgate/ftpsgate.conf",
+                       "/usr/local/bin/ftpsgate -s reload -c /etc/ftpsgate/ftpsgate.conf"]
+    # A configuration error (exit 1) is not retried; other start failures only a few times.
+    assert re.search(r"^RestartPreventExitStatus=1$", text, re.M)
+    assert re.search(r"^StartLimitBurst=\d+$", text, re.M)
+    for directive in ("Type=notify", "WatchdogSec=",
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                       "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
         assert directive in text, directive
@@ -292,8 +301,10 @@ def test_sandbox_allows_what_the_gateway_does(pyftpdlib, blobs, tls_cert, client
     port, pasv = ports.port(), ports.range(10)
     cert, key = tls_cert
     config = tmp_path / "gw.ini"
+    control = Path(tempfile.mkdtemp(prefix="fgsbx-")) / "ctl.sock"  # fits sun_path
     config.write_text(peers.render_ini({
-        "global": {"workers": 2, "xferlog": tmp_path / "xferlog", "log_level": "debug"},
+        "global": {"workers": 2, "xferlog": tmp_path / "xferlog", "log_level": "debug",
+                   "control_socket": control},
         "tls": {"cert": cert, "key": key},
         "frontend fe": {"listen": f"{HOST}:{port}", "mode": "implicit", "backend": "be",
                         "pasv_ports": f"{pasv[0]}-{pasv[1]}"},
@@ -321,8 +332,10 @@ def test_sandbox_allows_what_the_gateway_does(pyftpdlib, blobs, tls_cert, client
                 ftp.retrlines("LIST", lambda _: None)
             assert sha256_file_(tmp_path / f"got{i}.bin") == digest
             assert sha256_file_(pyftpdlib.path(f"sandbox-up{i}.bin")) == up
-            if i == 0:
-                os.kill(pid, signal.SIGHUP)
+            if i == 0:  # as the unit's ExecReload: through the control socket
+                res = subprocess.run([str(peers.GATEWAY_BIN), "-s", "reload", "-c",
+                                      str(config)], capture_output=True, text=True, timeout=60)
+                assert res.returncode == 0, res.stderr
                 ns.wait("READY", 2)
             if i == 1:
                 (tmp_path / "xferlog").rename(tmp_path / "xferlog.1")
@@ -336,6 +349,7 @@ def test_sandbox_allows_what_the_gateway_does(pyftpdlib, blobs, tls_cert, client
             peers.kill_tree(proc)
         log.close()
         ns.close()
+        shutil.rmtree(control.parent, ignore_errors=True)
     assert ns.sequence() == ["READY", "RELOADING", "READY", "STOPPING"]
     assert len((tmp_path / "xferlog").read_text().splitlines()) == 3  # RETR, STOR, LIST
     text = trace.read_text()

@@ -393,9 +393,10 @@ def ftp_ssl_put(port: int, user: str, password: str, src: Path, name: str) -> st
                          ids=["default", "strict_no", "exempt", "exempt-other-net"])
 def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
     """netkit ftp-ssl ends uploads without close_notify. Under the default strict_tls_eof
-    its put gets 426 although the file arrived whole; with strict_tls_eof = no on its
-    frontend, or its network (127.0.0.0/8: ftp-ssl cannot pick its source address) in
-    strict_tls_eof_exempt, the same put gets 226; an exemption for another network does not
+    its put gets 426 and the upload is aborted toward the server (which records a failure:
+    client and server agree); with strict_tls_eof = no on its frontend, or its network
+    (127.0.0.0/8: ftp-ssl cannot pick its source address) in strict_tls_eof_exempt, the
+    same put gets 226 and the file arrives whole; an exemption for another network does not
     help."""
     src, digest = blobs.blob(700_000)
     name = f"netkit-{fe}.bin"
@@ -409,7 +410,11 @@ def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
     wait_log(xgw, r"event=data_eof leg=client-data close_notify=no", offset)
     if strict:
         wait_log(xgw, r"event=data_unsafe_eof", offset)
-    # Nothing is lost either way: every byte the client sent reaches the server.
+        peers.wait_for(lambda: re.search(r"STOR .*%s completed=0" % re.escape(name),
+                                         pyftpdlib.log.read_text(errors="replace")),
+                       10, f"pyftpdlib to record {name} as failed")
+        return
+    # Exempt: every byte the client sent reaches the server, which counts it complete.
     peers.wait_for(lambda: pyftpdlib.path(name).exists() and
                    sha256_file(pyftpdlib.path(name)) == digest, 10, f"{name} complete")
 

@@ -15,7 +15,7 @@ LAYERS = [
     ("data", ["data", "data_int", "data_accept", "shared_port"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
                  "session_info"]),
-    ("listener/workers", ["server", "listener", "worker", "admin"]),
+    ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
     ("main", ["main"]),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

@@ -147,6 +147,7 @@ static void test_default_parses(void **state)
     assert_true(f->require_tls);
     assert_true(f->require_prot_p);
     assert_false(f->allow_ccc);
+    assert_false(f->auth_ssl_protects_data);
     assert_string_equal(f->pasv_address, "");
     assert_int_equal(f->pasv_port_min, 30000);
     assert_int_equal(f->pasv_port_max, 30099);
@@ -274,6 +275,24 @@ static void test_splice(void **state)
     assert_int_equal(cfg.splice, GW_SPLICE_DOWNLOADS);
     expect_error("[global]\nsplice = uploads\n" FE BE,
                  "t.conf:2: [global] splice: ", "expected no | downloads | yes");
+}
+
+/* prelogin_backend_per_ip / prelogin_backend_max: defaults, 0 (no bound), range. */
+static void test_prelogin_keys(void **state)
+{
+    (void)state;
+    expect_ok(FE BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 20);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 100);
+    expect_ok(FE "prelogin_backend_per_ip = 0\nprelogin_backend_max = 3\n" BE);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_per_ip, 0);
+    assert_int_equal(cfg.frontends[0].prelogin_backend_max, 3);
+    expect_error(FE "prelogin_backend_per_ip = -1\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_per_ip: ", NULL);
+    expect_error(FE "prelogin_backend_max = many\n" BE,
+                 "t.conf:3: [frontend a] prelogin_backend_max: ", NULL);
+    expect_error("[global]\nprelogin_backend_max = 5\n" FE BE,
+                 "t.conf:2: ", "prelogin_backend_max");
 }
 
 static void test_proxy_protocol_keys(void **state)
@@ -483,6 +502,8 @@ static void test_spellings(void **state)
     /* The default value spelled differently is the default. */
     expect_ok("[global]\nworkers = 1\nlog_format = TEXT\n[tls]\nstrict_tls_eof =\n" FE
               "require_tls = on\nallow_ccc = false\n" BE "tls_verify = 1\n");
+    expect_ok(FE "auth_ssl_protects_data = yes\n" BE);
+    assert_true(cfg.frontends[0].auth_ssl_protects_data);
     /* An invalid value names the valid ones. */
     expect_error(FE "mode = sideways\n" BE,
                  "t.conf:3: [frontend a] mode: ", "expected implicit | explicit | plain");
@@ -857,6 +878,37 @@ static void test_tls_version_name(void **state)
     assert_string_equal(gw_tls_version_name(GW_TLS_ANY), "");
 }
 
+/* Where keys were set, for problems found after parsing (-t, a reload). */
+static void test_where(void **state)
+{
+    (void)state;
+    char at[GW_PATH_MAX + 128];
+    assert_int_equal(parse("[global]\nxferlog = /x\n[tls]\nkey = /k\ncert = /c\n"
+                           "[frontend a]\nlisten = 127.0.0.1:990\n"
+                           "[frontend b]\nlisten = 127.0.0.1:991\nkey = /kb\ncert = /cb\n" BE),
+                     0);
+    gw_config_where(&cfg, "global", 0, "xferlog", at, sizeof at);
+    assert_string_equal(at, "t.conf:2: [global] xferlog");
+    gw_config_where(&cfg, "frontend", 1, "key", at, sizeof at);
+    assert_string_equal(at, "t.conf:10: [frontend b] key");
+    /* a frontend without its own key inherits [tls]'s: that line is named */
+    gw_config_where(&cfg, "frontend", 0, "key", at, sizeof at);
+    assert_string_equal(at, "t.conf:4: [tls] key");
+    /* a key set nowhere: the section's header */
+    gw_config_where(&cfg, "frontend", 0, "pasv_address", at, sizeof at);
+    assert_string_equal(at, "t.conf:6: [frontend a] pasv_address");
+    gw_config_where(&cfg, "backend", 0, "address", at, sizeof at);
+    assert_string_equal(at, "t.conf:13: [backend b] address");
+    gw_config_where(&cfg, "backend", 0, NULL, at, sizeof at);
+    assert_string_equal(at, "t.conf:12: [backend b]");
+    gw_config copy;
+    assert_int_equal(gw_config_copy(&copy, &cfg), 0);
+    assert_null(copy.lines); /* copies do not carry the lines */
+    gw_config_where(&copy, "global", 0, "xferlog", at, sizeof at);
+    assert_string_equal(at, "<config>:0: [global] xferlog");
+    gw_config_free(&copy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -864,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_many_sections),
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
+        cmocka_unit_test(test_prelogin_keys),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_unknown_key),
@@ -891,6 +944,7 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_sample_files),
         cmocka_unit_test(test_tls_version_name),
+        cmocka_unit_test(test_where),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

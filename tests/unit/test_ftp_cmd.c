@@ -301,8 +301,8 @@ static void test_iac_nop_dropped(void **state)
 
 static void test_iac_sb_dropped(void **state)
 {
-    /* SB TTYPE IS ... with an escaped IAC and a LF inside, then IAC SE */
-    static const char in[] = "US\xff\xfa\x18\x00xterm\xff\xff\n\xff\xf0"
+    /* SB TTYPE IS ... with an escaped IAC, then IAC SE */
+    static const char in[] = "US\xff\xfa\x18\x00xterm\xff\xff\xff\xf0"
                              "ER x\r\n";
     gw_cmd_parser p;
     size_t used;
@@ -311,6 +311,24 @@ static void test_iac_sb_dropped(void **state)
     assert_int_equal(feed_str(&p, in, sizeof(in) - 1, &used), GW_CMD_LINE);
     assert_int_equal(used, sizeof(in) - 1);
     assert_string_equal(p.line, "USER x");
+}
+
+static void test_iac_sb_unterminated_ends_at_lf(void **state)
+{
+    /* IAC SB never closed by IAC SE: the LF ends it and its line; the next command is read. */
+    static const char in[] = "NO\xff\xfa\x18xterm\xff\r\nNOOP\r\n";
+    gw_cmd_parser p;
+    size_t used, off;
+    struct transcript whole;
+
+    gw_cmd_init(&p);
+    assert_int_equal(feed_str(&p, in, sizeof(in) - 1, &used), GW_CMD_LINE);
+    assert_string_equal(p.line, "NO");
+    off = used;
+    assert_int_equal(feed_str(&p, in + off, sizeof(in) - 1 - off, &used), GW_CMD_LINE);
+    assert_string_equal(p.line, "NOOP");
+    assert_int_equal(off + used, sizeof(in) - 1);
+    check_split_invariance((const uint8_t *)in, sizeof(in) - 1, &whole);
 }
 
 static void test_stray_iac_keeps_byte(void **state)
@@ -724,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_iac_ip_dm_before_abor),
         cmocka_unit_test(test_iac_nop_dropped),
         cmocka_unit_test(test_iac_sb_dropped),
+        cmocka_unit_test(test_iac_sb_unterminated_ends_at_lf),
         cmocka_unit_test(test_stray_iac_keeps_byte),
         cmocka_unit_test(test_refusal_queue_bounded),
         cmocka_unit_test(test_line_cap_4096_ok),
