@@ -59,10 +59,13 @@ typedef struct gw_frontend_conf {
     uint16_t pasv_port_min, pasv_port_max; /* 0-0: no range (pasv_ports empty) */
     int pasv_shared_port;   /* -1: none; else every PASV/EPSV names it (shared_port.h) */
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
-    char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
+    /* Not set in the section: the [tls] values, merged in by the parser (cert and key
+     * empty there too: the generated certificate, gw_config's). */
+    char cert[GW_PATH_MAX], key[GW_PATH_MAX];
     char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */
-    /* TLS policy: the [tls] keys of the same names; one not set in the section holds the
-     * [tls] value after parsing (per-frontend keys replace, lists are not merged). */
+    /* TLS policy: the [tls] keys of the same names (one row each in config.c's table); one
+     * not set in the section holds the [tls] value after parsing (per-frontend keys
+     * replace, lists are not merged). */
     enum gw_tls_version tls_min_version;
     char ciphers[GW_PATH_MAX], ciphersuites[GW_PATH_MAX];
     bool data_session_reuse_required;
