@@ -94,7 +94,7 @@ static int ensure_cert(gw_config *cfg)
  * max_version below TLSv1.2, any ciphers list, @SECLEVEL=0/1): 1 with what was lowered
  * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
  * seclevel=lowered"), else 0. A backend without TLS is never weak. */
-static int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
+static int backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
 {
     size_t used = 0;
     if (cap)
@@ -129,7 +129,7 @@ static void warn_weak_tls(const gw_config *cfg)
 {
     char what[GW_PATH_MAX + 96];
     for (int i = 0; i < cfg->n_backends; i++)
-        if (gw_backend_weak_tls(&cfg->backends[i], what, sizeof what))
+        if (backend_weak_tls(&cfg->backends[i], what, sizeof what))
             GW_LOG_WARN(0,
                         "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
                         "below the gateway's defaults\"",
