@@ -8,8 +8,16 @@ CC ?= cc
 PYTHON := /usr/bin/python3
 VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/version.h)
 
-# pkg-config packages, and the Debian package that provides each.
-PKGS := libuv openssl libmicrohttpd
+# pkg-config packages, and the Debian package that provides each. ADMIN=no builds without
+# libmicrohttpd (no admin endpoint: admin_listen then fails at start); `make run` does so
+# when it is not installed, so the demo needs neither it nor its GnuTLS development chain.
+ADMIN ?= yes
+PKGS := libuv openssl
+ifeq ($(ADMIN),no)
+override CPPFLAGS += -DGW_NO_ADMIN
+else
+PKGS += libmicrohttpd
+endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
@@ -49,7 +57,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all run test unit integration deps clean fuzz fuzz-run bench valgrind format format-check lint \
+.PHONY: all run test unit integration deps deps-demo clean fuzz fuzz-run bench valgrind format format-check lint \
 	install uninstall version check-libs check-cmocka FORCE
 all: build/ftpsgate
 
@@ -134,12 +142,18 @@ fuzz-run: $(FUZZ_BINS)
 	    | grep -o '[0-9]*') executions, $$(grep -o 'cov: [0-9]*' $$log | tail -n 1) edges"; \
 	done
 
-run: deps
-	@$(MAKE) --no-print-directory all
+# `make run` installs only what the demo needs (build, vsftpd, lftp); `make deps` and
+# `make test` everything.
+run: deps-demo
+	@$(MAKE) --no-print-directory all \
+	  ADMIN=$$(pkg-config --exists libmicrohttpd 2>/dev/null && echo yes || echo no)
 	tests/tools/demo.sh
 
 deps:
 	.ci/deps.sh
+
+deps-demo:
+	.ci/deps.sh demo
 
 bench: all
 	$(PYTHON) tests/bench/bench.py

@@ -12,6 +12,7 @@
  * snap_lock and counts itself done. A worker that is late finds the request withdrawn. */
 #include "admin.h"
 
+#ifndef GW_NO_ADMIN
 #include <arpa/inet.h>
 #include <errno.h>
 #include <malloc.h>
@@ -731,3 +732,37 @@ void gw_admin_stop(void)
     free_view();
     pthread_mutex_unlock(&cfg_lock);
 }
+
+#else /* GW_NO_ADMIN (`make ADMIN=no`: no libmicrohttpd): no endpoint, admin_listen refused */
+#include <stdio.h>
+
+int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
+{
+    (void)h;
+    if (cfg->admin_listen.port == 0)
+        return 0;
+    snprintf(err, cap, "admin_listen: this build has no admin endpoint (built with make ADMIN=no)");
+    return -1;
+}
+
+void gw_admin_config(const gw_config *cfg)
+{
+    (void)cfg;
+}
+
+void gw_admin_attach(int index, uv_loop_t *loop, gw_server *srv)
+{
+    (void)index;
+    (void)loop;
+    (void)srv;
+}
+
+void gw_admin_detach(int index)
+{
+    (void)index;
+}
+
+void gw_admin_set_stopping(void) {}
+
+void gw_admin_stop(void) {}
+#endif

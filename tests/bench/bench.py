@@ -407,7 +407,7 @@ def ensure_root_and_limits() -> None:
 
 def ensure_test_user() -> tuple[str, str]:
     """The integration suite's user `ftpgw` with its password file; a SHA-512 hash (Debian's
-    default yescrypt would dominate session-rate figures, PEERS.md). chpasswd only when the
+    default yescrypt would dominate session-rate figures). chpasswd only when the
     stored hash is not SHA-512 of that password."""
     try:
         pw = pwd.getpwnam(TEST_USER)

@@ -147,8 +147,13 @@ def _snippet_for(xferlog: Path, pid: int) -> str:
 @pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate absent (Debian package "
                     "logrotate)")
 def test_logrotate_snippet(gateway, pyftpdlib, blobs, tmp_path):
-    # The shipped file as it is: logrotate reads it without an error.
-    res = subprocess.run(["logrotate", "-d", "-s", str(tmp_path / "debug.state"), str(SNIPPET)],
+    # The shipped text as it is: logrotate reads it without an error. From a copy with mode
+    # 0644, as `make install` installs it: logrotate skips a group-writable file, which the
+    # checkout is when extracted as root from `git archive` (0664).
+    shipped = tmp_path / "shipped.logrotate"
+    shipped.write_bytes(SNIPPET.read_bytes())
+    shipped.chmod(0o644)
+    res = subprocess.run(["logrotate", "-d", "-s", str(tmp_path / "debug.state"), str(shipped)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "error" not in res.stderr.lower(), res.stderr
 

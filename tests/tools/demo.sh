@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: a plain FTP backend on 127.0.0.1:2121 serving build/demo/ftproot, and
 # build/ftpsgate with its embedded default configuration in front of it (implicit FTPS on
-# 127.0.0.1:9990, explicit FTPS on 127.0.0.1:2100). Ctrl-C stops both.
+# 127.0.0.1:9990, explicit FTPS on 127.0.0.1:2100). Ctrl-C stops both (exit status 0).
 #
 # The backend is vsftpd with anonymous logins: read everything, upload only into upload/.
 # (Anonymous rather than a demo/demo account, so the demo adds no system user with a known
@@ -21,7 +21,15 @@ die() { echo "demo: $*" >&2; exit 1; }
 
 [[ -x $GATEWAY ]] || die "$GATEWAY is missing: run 'make' first"
 
-listener_on() { ss -Hltnp "sport = :$1" 2>/dev/null; }
+listener_on() { # what listens on TCP port $1: ss names the process; without iproute2
+  # (`make run` does not install it), /proc/net/tcp says that something does
+  if command -v ss >/dev/null; then
+    ss -Hltnp "sport = :$1" 2>/dev/null
+  else
+    awk -v port="$(printf ':%04X' "$1")" -v n="$1" '$4 == "0A" && substr($2, length($2) - 4) == port {
+      print "a listener on port " n; exit }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+  fi
+}
 for port in "$BACKEND_PORT" 9990 2100; do
   if [[ -n $(listener_on "$port") ]]; then
     echo "demo: port $port is already taken on this machine:" >&2
@@ -92,6 +100,8 @@ CONF
 }
 
 start_pyftpdlib() {
+  "$PYTHON" -c 'import pyftpdlib' 2>/dev/null ||
+    { echo "demo: pyftpdlib is not installed either: run 'make run' as root (vsftpd), or install python3-pyftpdlib" >&2; return 1; }
   cat >"$DEMO/pyftpd.py" <<'PY'
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
@@ -142,7 +152,10 @@ stop_backend() { # the backend and its session processes (vsftpd's outlive the l
 }
 
 trap stop_backend EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C is how the demo ends: exit 0, so that make does not report "Error 130". (bash runs
+# this once the gateway, which gets the same SIGINT from the terminal, has exited.)
+trap 'exit 0' INT
+trap 'exit 143' TERM
 
 start_vsftpd || start_pyftpdlib || die "no FTP backend could be started on $HOST:$BACKEND_PORT"
 
@@ -156,13 +169,16 @@ ftpsgate demo
            implicit FTPS on $HOST:9990, explicit FTPS on $HOST:2100,
            a self-signed certificate (hence -k / verify-certificate no)
 
-From another terminal:
+From another terminal, with lftp (implicit FTPS on 9990, then explicit FTPS on 2100):
+  lftp -e 'set ssl:verify-certificate no; set ftp:ssl-protect-data true' ftps://$HOST:9990
+  lftp -e 'set ssl:verify-certificate no; set ftp:ssl-allow-anonymous true; set ftp:ssl-force true; set ftp:ssl-protect-data true' ftp://$HOST:2100
+(lftp logs in anonymously when the URL names no user, and on an ftp:// URL it skips
+AUTH TLS for anonymous logins unless ftp:ssl-allow-anonymous is set: the gateway would then
+refuse the login.) Or with curl (\`make deps\` installs it):
   curl -k --ssl-reqd ftps://$HOST:9990/
   curl -k --ssl-reqd -O ftps://$HOST:9990/sample-1MiB.bin
   curl -k --ssl-reqd -T /etc/os-release ftps://$HOST:9990/upload/
-  lftp -e 'set ssl:verify-certificate no; set ftp:ssl-protect-data true' ftps://$HOST:9990
-  curl -k --ssl-reqd ftp://$HOST:2100/            (explicit FTPS: AUTH TLS on port 2100)
-(curl and lftp log in anonymously when the URL names no user.)
+  curl -k --ssl-reqd ftp://$HOST:2100/
 
 Ctrl-C stops the gateway and the backend. Gateway log follows.
 
