@@ -35,7 +35,9 @@ CFLAGS ?= -O2 -g
 override CPPFLAGS += -Iinclude -D_GNU_SOURCE $(PKG_CPPFLAGS)
 override LDLIBS += $(PKG_LIBS)
 DEPFLAGS = -MMD -MP
+# SAN=1 (and the fuzz targets): a GW_BUG_ON that fires aborts (bug.h); release logs it.
 ifeq ($(SAN),1)
+override CPPFLAGS += -DGW_BUG_ABORT
 override CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
 override LDFLAGS += -fsanitize=address,undefined
@@ -49,6 +51,8 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
 	proxy_proto admin_text metrics timeline siblings server_name
+# bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
+PURE += bug log
 SRCS := $(wildcard proxy/*.c)
 OBJS := $(patsubst proxy/%.c,build/obj/%.o,$(SRCS))
 PURE_OBJS := $(patsubst %,build/obj/%.o,$(PURE))
@@ -128,7 +132,7 @@ valgrind: build/ftpsgate
 FUZZ_SECONDS ?= 60
 build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
-	clang -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
 	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE))
 fuzz: $(FUZZ_BINS)

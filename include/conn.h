@@ -14,6 +14,8 @@
 
 typedef struct gw_conn gw_conn;
 
+/* Every slot is optional: NULL means the owner is not interested (a NULL on_data drops the
+ * bytes, a NULL on_error closes the conn). */
 typedef struct gw_conn_ops {
     void (*on_connect)(gw_conn *c, int status);             /* outgoing connect: 0 or uv error */
     void (*on_handshake)(gw_conn *c);                       /* TLS established */

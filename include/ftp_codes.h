@@ -48,6 +48,8 @@
 #define GW_R_UNAVAILABLE "421 Service not available.\r\n"
 #define GW_R_OUT_OF_MEMORY "421 Out of memory.\r\n"
 #define GW_R_UNAVAILABLE_NOMEM "421 Service not available: out of memory.\r\n"
+/* a "cannot happen" (bug.h) ended the session */
+#define GW_R_INTERNAL_ERROR "421 Service not available: internal error.\r\n"
 #define GW_R_SHUTTING_DOWN "421 Service not available: the gateway is shutting down.\r\n"
 #define GW_R_TOO_MANY_CONNECTIONS "421 Too many connections, try again later.\r\n"
 #define GW_R_TOO_MANY_LOGINS "421 Too many failed logins.\r\n"
@@ -180,6 +182,7 @@
     X(GW_R_UNAVAILABLE)                                                                            \
     X(GW_R_OUT_OF_MEMORY)                                                                          \
     X(GW_R_UNAVAILABLE_NOMEM)                                                                      \
+    X(GW_R_INTERNAL_ERROR)                                                                         \
     X(GW_R_SHUTTING_DOWN)                                                                          \
     X(GW_R_TOO_MANY_CONNECTIONS)                                                                   \
     X(GW_R_TOO_MANY_LOGINS)                                                                        \

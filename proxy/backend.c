@@ -238,7 +238,8 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r)
             return;
         }
         break;
-    default:
+    default: /* only the three internal commands above are routed here */
+        GW_SESS_BUG_ON(s, s->pending < PEND_BE_AUTH || s->pending > PEND_BE_PROT);
         return;
     }
     if (s->be_after_login || s->logged_in) {
@@ -395,15 +396,13 @@ static void on_backend_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
     GW_LOG_INFO(s->id, "event=backend_tls tls=%s", gw_tls_describe(c->tls));
-    if (s->pending == PEND_BE_AUTH) {
-        gw_sess_set_backend_state(s, BS_GREETING);
-        gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
-    }
+    if (s->be->conf->tls == GW_BE_TLS_IMPLICIT)
+        return;                                        /* the greeting comes over it */
+    if (GW_SESS_BUG_ON(s, s->pending != PEND_BE_AUTH)) /* explicit: only AUTH TLS's 234 */
+        return;
+    gw_sess_set_backend_state(s, BS_GREETING);
+    gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
 }
-
-static void on_backend_drain(gw_conn *c) {}
-
-static void on_backend_shutdown(gw_conn *c, int status) {}
 
 static void on_backend_close(gw_conn *c)
 {
@@ -419,8 +418,6 @@ static const gw_conn_ops backend_ops = {
     .on_data = on_backend_data,
     .on_eof = on_backend_eof,
     .on_error = on_backend_error,
-    .on_drain = on_backend_drain,
-    .on_shutdown = on_backend_shutdown,
     .on_close = on_backend_close,
 };
 

@@ -27,6 +27,13 @@ static __thread char plain_buf[READ_BUF_SIZE];
 
 static void process_input(gw_conn *c);
 
+/* Every ops slot is optional (NULL: the owner is not interested), as libuv's callbacks are. */
+static void deliver(gw_conn *c, const char *buf, size_t n)
+{
+    if (c->ops->on_data)
+        c->ops->on_data(c, buf, n); /* NULL: the bytes are dropped */
+}
+
 gw_conn *gw_conn_new(uv_loop_t *loop, const gw_conn_ops *ops, void *owner, uint64_t sid,
                      const char *name)
 {
@@ -50,7 +57,10 @@ static void fail_conn(gw_conn *c, const char *why)
     if (c->closing || c->failed)
         return;
     c->failed = true;
-    c->ops->on_error(c, why);
+    if (c->ops->on_error)
+        c->ops->on_error(c, why);
+    else
+        gw_conn_close(c); /* nobody to tell: the conn ends itself */
 }
 
 int gw_conn_accept(gw_conn *c, uv_stream_t *server)
@@ -74,7 +84,8 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     if (status == 0)
         uv_tcp_nodelay(&c->tcp, 1);
-    c->ops->on_connect(c, status);
+    if (c->ops->on_connect)
+        c->ops->on_connect(c, status);
 }
 
 int gw_conn_connect(gw_conn *c, const gw_addr *to)
@@ -106,7 +117,8 @@ static void on_written(uv_write_t *req, int status)
     }
     if (c->want_drain && c->queued <= GW_LOW_WATERMARK) {
         c->want_drain = false;
-        c->ops->on_drain(c);
+        if (c->ops->on_drain)
+            c->ops->on_drain(c);
     }
 }
 
@@ -196,7 +208,8 @@ static void deliver_eof(gw_conn *c, bool clean)
     c->eof = true;
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = false;
-    c->ops->on_eof(c, clean);
+    if (c->ops->on_eof)
+        c->ops->on_eof(c, clean);
 }
 
 /* A peer that writes the end of its handshake in two small segments without TCP_NODELAY
@@ -226,7 +239,8 @@ static void process_tls(gw_conn *c)
         if (r == GW_TLS_AGAIN || c->closing)
             return;
         gw_metric_tls_conn(c->name, true, gw_tls_describe(c->tls));
-        c->ops->on_handshake(c);
+        if (c->ops->on_handshake)
+            c->ops->on_handshake(c);
     }
     while (!c->closing && !c->paused && !c->eof) {
         /* Gather several records before handing them on: one write downstream per 64 KiB,
@@ -239,7 +253,7 @@ static void process_tls(gw_conn *c)
                 break;
         }
         if (got)
-            c->ops->on_data(c, plain_buf, got);
+            deliver(c, plain_buf, got);
         if (r > 0 || c->closing)
             continue;
         flush_tls(c); /* post-handshake messages may need an answer */
@@ -305,7 +319,7 @@ static void finish_clearing(gw_conn *c, const char *rest, size_t n)
         return;
     }
     if (n)
-        c->ops->on_data(c, rest, n);
+        deliver(c, rest, n);
 }
 
 /* Input while clearing: the peer's close_notify (consumed), a new ClientHello, or clear. */
@@ -352,7 +366,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (!c->tls) {
-        c->ops->on_data(c, buf->base, (size_t)nread);
+        deliver(c, buf->base, (size_t)nread);
         return;
     }
     if (gw_tls_feed(c->tls, buf->base, (size_t)nread) != 0) {
@@ -465,7 +479,8 @@ static void on_shut(uv_shutdown_t *req, int status)
     gw_conn *c = req->handle->data;
     if (c->closing)
         return;
-    c->ops->on_shutdown(c, status);
+    if (c->ops->on_shutdown)
+        c->ops->on_shutdown(c, status);
 }
 
 void gw_conn_shutdown(gw_conn *c)
@@ -485,7 +500,8 @@ void gw_conn_shutdown(gw_conn *c)
 static void on_closed(uv_handle_t *h)
 {
     gw_conn *c = h->data;
-    c->ops->on_close(c);
+    if (c->ops->on_close)
+        c->ops->on_close(c);
     gw_tls_free(c->tls);
     free(c->unread);
     free(c);

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bug.h"
 #include "ftp_codes.h"
 #include "log.h"
 #include "metrics.h"
@@ -56,7 +57,8 @@ static const char *const state_names[] = {"armed", "started",   "streaming",    
 
 static void set_state(gw_data *d, enum data_state st)
 {
-    if (d->state == st)
+    /* The states only move forward (the order of enum data_state). */
+    if (d->state == st || GW_BUG_ON_SID(d->sid, st < d->state || st > DS_FREEING))
         return;
     GW_LOG_DEBUG(d->sid, "event=data_state from=%s to=%s", state_names[d->state], state_names[st]);
     d->state = st;
@@ -353,7 +355,7 @@ static void on_leg_close(gw_conn *c)
     else if (c == d->backend) {
         d->backend = NULL;
         reset_done(d);
-    } else {
+    } else if (!GW_BUG_ON_SID(d->sid, d->strays <= 0)) {
         d->strays--;
     }
     data_maybe_free(d);

@@ -92,8 +92,6 @@ static void on_pp_leg_close(gw_conn *c)
     data_maybe_free(d);
 }
 
-static void on_pp_leg_nop(gw_conn *c) {}
-
 static void on_pp_leg_shutdown(gw_conn *c, int status)
 {
     gw_conn_close(c);
@@ -103,7 +101,6 @@ static const gw_conn_ops pp_leg_ops = {
     .on_data = on_pp_leg_data,
     .on_eof = on_pp_leg_eof,
     .on_error = on_pp_leg_error,
-    .on_drain = on_pp_leg_nop,
     .on_shutdown = on_pp_leg_shutdown,
     .on_close = on_pp_leg_close,
 };

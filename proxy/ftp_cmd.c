@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bug.h"
+
 /* Telnet bytes (RFC 854). */
 #define TN_SE 240
 #define TN_IP 244
@@ -176,6 +178,7 @@ int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
 
         default:
             /* Unreachable unless the caller scribbled on tstate: start over cleanly. */
+            GW_BUG_ON(state < sw_data || state > sw_sb_iac);
             state = sw_data;
             break;
         }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "bug.h"
 #include "conn.h"
 #include "ftp_addr.h"
 #include "ftp_reply.h"
@@ -302,8 +303,8 @@ static void hb_free(hb *b)
 /* A handle or probe of b is gone: a dropped backend is freed with its last one. */
 static void hb_release(hb *b)
 {
-    if (--b->handles > 0 || !b->dropped)
-        return;
+    if (GW_BUG_ON(b->handles <= 0) || --b->handles > 0 || !b->dropped)
+        return; /* (a release without a handle would free b twice) */
     gw_health *h = b->h;
     for (hb **pp = &h->dropped; *pp; pp = &(*pp)->next_dropped)
         if (*pp == b) {
@@ -480,8 +481,6 @@ static void on_probe_connect(gw_conn *c, int status)
         probe_fail(p, "cannot read");
 }
 
-static void on_probe_handshake(gw_conn *c) {}
-
 static void on_probe_data(gw_conn *c, const char *buf, size_t n)
 {
     probe *p = c->owner;
@@ -549,8 +548,6 @@ static void on_probe_error(gw_conn *c, const char *why)
     probe_fail(p, text);
 }
 
-static void on_probe_drain(gw_conn *c) {}
-
 static void on_probe_shutdown(gw_conn *c, int status)
 {
     probe_end(c->owner, false, false, NULL);
@@ -565,11 +562,9 @@ static void on_probe_close(gw_conn *c)
 
 static const gw_conn_ops probe_ops = {
     .on_connect = on_probe_connect,
-    .on_handshake = on_probe_handshake,
     .on_data = on_probe_data,
     .on_eof = on_probe_eof,
     .on_error = on_probe_error,
-    .on_drain = on_probe_drain,
     .on_shutdown = on_probe_shutdown,
     .on_close = on_probe_close,
 };

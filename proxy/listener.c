@@ -156,8 +156,6 @@ static void on_unserved_eof(gw_conn *c, bool clean)
     gw_conn_close(c);
 }
 
-static void on_unserved_drain(gw_conn *c) {}
-
 static void pp_done(gw_sess_entry *e);
 
 static void on_unserved_close(gw_conn *c)
@@ -175,7 +173,6 @@ static const gw_conn_ops unserved_ops = {
     .on_data = on_unserved_data,
     .on_error = on_unserved_error,
     .on_eof = on_unserved_eof,
-    .on_drain = on_unserved_drain,
     .on_shutdown = on_unserved_shutdown,
     .on_close = on_unserved_close,
 };

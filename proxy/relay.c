@@ -146,6 +146,7 @@ static const char *data_result_reply(enum gw_data_result r)
     case GW_DATA_ABORTED:
         break;
     }
+    GW_BUG_ON(r != GW_DATA_ABORTED); /* not a gw_data_result: answered as an abort */
     return GW_R_XFER_ABORTED;
 }
 
@@ -614,4 +615,5 @@ void gw_relay_line(gw_session *s, gw_reply_parser *r)
         on_unsolicited_line(s, r);
         return;
     }
+    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_BE_OPTS); /* not a gw_pending */
 }

@@ -44,7 +44,7 @@ static const char *fe_greeting(const gw_frontend_conf *fc)
 
 void gw_sess_set_client_state(gw_session *s, enum gw_client_state st)
 {
-    if (s->cstate == st)
+    if (s->cstate == st || GW_SESS_BUG_ON(s, (unsigned)st > CS_CLOSING))
         return;
     GW_LOG_DEBUG(s->id, "event=state leg=client from=%s to=%s", client_state_names[s->cstate],
                  client_state_names[st]);
@@ -53,7 +53,7 @@ void gw_sess_set_client_state(gw_session *s, enum gw_client_state st)
 
 void gw_sess_set_backend_state(gw_session *s, enum gw_backend_state st)
 {
-    if (s->bstate == st)
+    if (s->bstate == st || GW_SESS_BUG_ON(s, (unsigned)st > BS_CLOSED))
         return;
     GW_LOG_DEBUG(s->id, "event=state leg=backend from=%s to=%s", backend_state_names[s->bstate],
                  backend_state_names[st]);
@@ -63,7 +63,7 @@ void gw_sess_set_backend_state(gw_session *s, enum gw_backend_state st)
 /* What the one outstanding exchange with the backend waits for (curl's _ftp_state). */
 void gw_sess_set_pending(gw_session *s, enum gw_pending p)
 {
-    if (s->pending == p)
+    if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_BE_OPTS))
         return;
     GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", pending_names[s->pending],
                  pending_names[p], s->cur.verb);
@@ -94,7 +94,8 @@ void gw_sess_greet(gw_session *s)
 
 void gw_sess_release(gw_session *s)
 {
-    if (--s->handles > 0)
+    /* A release without a handle would free the session twice: report, keep it. */
+    if (GW_BUG_ON_SID(s->id, s->handles <= 0) || --s->handles > 0)
         return;
     GW_LOG_INFO(s->id, "event=session_end");
     gw_sinfo_end(s);
@@ -160,6 +161,13 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     gw_sess_set_client_state(s, CS_CLOSING);
     s->last_active_ms = gw_sess_now(s);
     gw_sess_rearm(s);
+}
+
+bool gw_sess_bug(gw_session *s, const char *file, int line, const char *cond)
+{
+    gw_bug(s->id, file, line, cond, GW_BUG_FATAL);
+    gw_sess_fail(s, GW_R_INTERNAL_ERROR, "internal error");
+    return true;
 }
 
 /* One timer per session. It ticks every second while a short deadline is near (handshake,
@@ -304,6 +312,9 @@ static gw_frontend *vhost_of_ctx(gw_frontend *fe, SSL_CTX *ctx)
 static void on_client_handshake(gw_conn *c)
 {
     gw_session *s = c->owner;
+    /* Handshakes run only after connect, AUTH TLS (CS_AUTH) or an implicit REIN. */
+    if (GW_SESS_BUG_ON(s, s->cstate != CS_HANDSHAKE && s->cstate != CS_AUTH))
+        return;
     GW_LOG_INFO(s->id, "event=tls_established tls=%s", gw_tls_describe(c->tls));
     gw_sinfo_handshake(s);
     /* The handshake switched to the frontend SNI named already (gw_tls_server_ctx_set_sni):

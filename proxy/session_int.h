@@ -9,7 +9,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
+#include "bug.h"
 #include "conn.h"
+#include "ftp_codes.h"
 #include "ftp_cmd.h"
 #include "ftp_reply.h"
 #include "generation.h"
@@ -164,6 +166,12 @@ void gw_sess_append(char **buf, size_t *len, const char *p, size_t n, size_t max
 void gw_sess_drop_data(gw_session *s, bool ok);
 /* The single way a session ends: `text` is the client's last reply (or NULL). */
 void gw_sess_fail(gw_session *s, const char *text, const char *why);
+/* A "cannot happen" inside session s (bug.h): aborts in SAN/fuzz builds; in release it is
+ * logged with the session and ends just that session (421) through gw_sess_fail. true when
+ * cond held: the caller returns. */
+#define GW_SESS_BUG_ON(s, cond)                                                                    \
+    (__builtin_expect(!!(cond), 0) ? gw_sess_bug((s), __FILE__, __LINE__, #cond) : false)
+bool gw_sess_bug(gw_session *s, const char *file, int line, const char *cond);
 void gw_sess_rearm(gw_session *s);
 /* One of the session's handles (or a pending lookup) is gone; the last frees it. */
 void gw_sess_release(gw_session *s);

@@ -622,19 +622,10 @@ static void on_pending_close(gw_conn *c)
     pending_release(c->owner);
 }
 
-static void on_pending_connect(gw_conn *c, int status) {}
-static void on_pending_handshake(gw_conn *c) {}
-static void on_pending_drain(gw_conn *c) {}
-static void on_pending_shutdown(gw_conn *c, int status) {}
-
 static const gw_conn_ops pending_ops = {
-    .on_connect = on_pending_connect,
-    .on_handshake = on_pending_handshake,
     .on_data = on_pending_data,
     .on_eof = on_pending_eof,
     .on_error = on_pending_error,
-    .on_drain = on_pending_drain,
-    .on_shutdown = on_pending_shutdown,
     .on_close = on_pending_close,
 };
 
