@@ -12,7 +12,7 @@ VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/versi
 # libmicrohttpd (no admin endpoint: admin_listen then fails at start); `make run` does so
 # when it is not installed, so the demo needs neither it nor its GnuTLS development chain.
 ADMIN ?= yes
-PKGS := libuv openssl inih
+PKGS := libuv openssl
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
@@ -20,7 +20,6 @@ PKGS += libmicrohttpd
 endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
-DEB_inih := libinih-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
@@ -29,7 +28,7 @@ DEB_cmocka := libcmocka-dev
 PKG_CPPFLAGS = $(eval PKG_CPPFLAGS := $$(shell pkg-config --cflags $(PKGS)))$(PKG_CPPFLAGS)
 PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $(PKGS)))$(PKG_LIBS)
 CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $$(shell pkg-config --cflags cmocka))$(CMOCKA_CFLAGS)
-CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka inih))$(CMOCKA_LIBS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka))$(CMOCKA_LIBS)
 
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
@@ -51,7 +50,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
-	proxy_proto admin_text metrics timeline siblings
+	proxy_proto admin_text metrics timeline siblings server_name
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)
@@ -141,7 +140,7 @@ build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
 	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
-	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(shell pkg-config --cflags --libs inih)
+	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE))
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \

@@ -11,7 +11,7 @@ set -euo pipefail
 # no libmicrohttpd-dev (its GnuTLS development chain is 14 packages: `make run` builds with
 # ADMIN=no when it is missing); vsftpd as the plain-FTP backend; lftp; ps (procps).
 DEMO_PACKAGES=(
-  gcc make libc6-dev pkg-config libuv1-dev libssl-dev libinih-dev
+  gcc make libc6-dev pkg-config libuv1-dev libssl-dev
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.

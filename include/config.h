@@ -1,4 +1,4 @@
-/* Configuration: INI (inih) -> an immutable, validated struct gw_config. Pure: no libuv, no
+/* Configuration: INI -> an immutable, validated struct gw_config. Pure: no libuv, no
  * OpenSSL. Reference: config/README.md (checked against keys[] by
  * tests/unit/test_config_doc.c). */
 #ifndef GW_CONFIG_H
@@ -11,6 +11,7 @@
 #define GW_NAME_MAX 64
 #define GW_PATH_MAX 512
 #define GW_HOST_MAX 256
+#define GW_LIST_MAX 8192 /* a frontend's backend list: 100 names of 63 characters fit */
 
 enum gw_log_level { GW_LOG_ERROR = 0, GW_LOG_WARN, GW_LOG_INFO, GW_LOG_DEBUG };
 enum gw_fe_mode { GW_FE_IMPLICIT = 0, GW_FE_EXPLICIT, GW_FE_PLAIN };
@@ -43,7 +44,7 @@ typedef struct gw_frontend_conf {
     char name[GW_NAME_MAX];
     gw_hostport listen;
     enum gw_fe_mode mode;
-    char backend[GW_PATH_MAX]; /* as written: one or more names, comma-separated */
+    char backend[GW_LIST_MAX]; /* as written: one or more names, comma-separated */
     int n_backends;            /* resolved by validation: */
     int *backend_list;         /* n_backends indexes into backends[], in the written order (heap) */
     int backend_index;         /* backend_list[0] */
@@ -58,10 +59,13 @@ typedef struct gw_frontend_conf {
     uint16_t pasv_port_min, pasv_port_max; /* 0-0: no range (pasv_ports empty) */
     int pasv_shared_port;   /* -1: none; else every PASV/EPSV names it (shared_port.h) */
     int active_source_port; /* -1: not set (mode default: 989 implicit, 20 explicit/plain) */
-    char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: [tls] values */
+    /* Not set in the section: the [tls] values, merged in by the parser (cert and key
+     * empty there too: the generated certificate, gw_config's). */
+    char cert[GW_PATH_MAX], key[GW_PATH_MAX];
     char server_name[GW_PATH_MAX]; /* virtual hosts: names, *.suffix; empty: the default */
-    /* TLS policy: the [tls] keys of the same names; one not set in the section holds the
-     * [tls] value after parsing (per-frontend keys replace, lists are not merged). */
+    /* TLS policy: the [tls] keys of the same names (one row each in config.c's table); one
+     * not set in the section holds the [tls] value after parsing (per-frontend keys
+     * replace, lists are not merged). */
     enum gw_tls_version tls_min_version;
     char ciphers[GW_PATH_MAX], ciphersuites[GW_PATH_MAX];
     bool data_session_reuse_required;
@@ -141,16 +145,6 @@ typedef struct gw_config {
     struct gw_config_lines *lines;
 } gw_config;
 
-/* Does this frontend send its own 220 and open the backend connection at USER? (greeting
- * set, balance = user or route_user = yes) */
-bool gw_fe_self_greets(const gw_frontend_conf *fc);
-/* The text after "220 " of such a frontend's greeting. */
-const char *gw_fe_greeting(const gw_frontend_conf *fc);
-
-/* Virtual hosts: does name (an SNI or HOST argument) match one of list ("a.example.org,
- * *.example.org": case-insensitive, a wildcard stands for exactly one label)? */
-bool gw_server_name_match(const char *list, const char *name);
-
 /* The embedded default configuration (INI text) used when no -c is given. */
 extern const char gw_config_default_ini[];
 
@@ -176,11 +170,8 @@ int gw_config_load_file(const char *path, gw_config *cfg, char *err, size_t errc
 /* "HOST:PORT" or "[V6]:PORT" -> hp. 0 or -1. */
 int gw_parse_hostport(const char *s, gw_hostport *hp);
 
-/* Whether the backend's TLS settings are below the gateway's defaults (min_version or
- * max_version below TLSv1.2, any ciphers list, @SECLEVEL=0/1): 1 with what was lowered
- * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
- * seclevel=lowered"), else 0. A backend without TLS is never weak. */
-int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
+/* A TLS version as a file spells it ("TLSv1" ... "TLSv1.3"; "" for GW_TLS_ANY). */
+const char *gw_tls_version_name(enum gw_tls_version v);
 
 /* "ORIGIN:LINE: [section] key" of a key of the parsed file, for problems found after
  * parsing (a certificate that does not load, a port in use). section: "global", "tls",
@@ -191,8 +182,9 @@ int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap);
 void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
                      char *out, size_t cap);
 
-/* The key table, for documentation checks: the i-th key's name, its section kind
- * ("global", "tls", "frontend", "backend") in *section; NULL past the last key. */
+/* The key table, for documentation checks: the i-th (key, section) pair, its name returned
+ * and its section kind ("global", "tls", "frontend", "backend") in *section; a [tls] key
+ * comes twice, as "tls" then "frontend". NULL past the last pair. */
 const char *gw_config_key(size_t i, const char **section);
 
 #endif

@@ -61,7 +61,7 @@ static struct {
 
 /* The configuration the page and /readyz describe. */
 typedef struct fe_view {
-    char name[GW_NAME_MAX], listen[GW_HOST_MAX + 8], mode[10], backends[GW_PATH_MAX];
+    char name[GW_NAME_MAX], listen[GW_HOST_MAX + 8], mode[10], backends[GW_LIST_MAX];
     int n_backends;
     int *backend_idx;
 } fe_view;

@@ -1,16 +1,14 @@
 /* Configuration: INI text -> validated struct gw_config (reference: config/README.md).
  *
- * inih splits "key = value" lines; our own reader feeds it one line at a time so that we
- * always know the current line number (Debian's inih has no INI_HANDLER_LINENO), reject
- * over-long lines instead of letting inih split them, and see section headers ourselves
- * (inih reports neither empty sections nor the header's line). Every key is described by
- * one row of `keys[]` below. */
+ * Our own reader (parse_text): sections, KEY = VALUE, ';' and '#' comments, no line length
+ * limit. It replaced inih, which did only the KEY = VALUE split yet cut lines at 198
+ * characters (Debian builds it with INI_MAX_LINE 200). Every key is described by one row of
+ * `keys[]` below, naming the sections it may appear in. */
 #include "config.h"
 #include "proxy_proto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ini.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -66,6 +64,17 @@ const char gw_config_default_ini[] =
 #define MAX_FILE (1024 * 1024)
 
 enum sect { S_NONE = -1, S_GLOBAL, S_TLS, S_FRONTEND, S_BACKEND };
+#define N_SECT 4
+
+/* keydef.in: the sections a key may appear in, plus TLS_ONLY (a frontend key refused on
+ * mode = plain frontends, as every [tls] key is). */
+enum {
+    IN_GLOBAL = 1 << S_GLOBAL,
+    IN_TLS = 1 << S_TLS,
+    IN_FRONTEND = 1 << S_FRONTEND,
+    IN_BACKEND = 1 << S_BACKEND,
+    TLS_ONLY = 1 << N_SECT,
+};
 
 struct word {
     const char *name;
@@ -78,11 +87,12 @@ typedef int (*parse_fn)(const struct keydef *k, const char *v, void *out, char *
 
 struct keydef {
     const char *name;
-    enum sect sect;
+    unsigned in; /* IN_* sections, TLS_ONLY */
     parse_fn parse;
-    size_t off, size;         /* field in gw_config, gw_frontend_conf or gw_backend_conf */
+    /* The field: in gw_config ([global], [tls]), gw_frontend_conf or gw_backend_conf; a
+     * [tls] key's field in gw_frontend_conf is at fe_off. */
+    size_t off, size, fe_off;
     const char *def;          /* default as written in a file; NULL: the key is required */
-    bool implemented;         /* false: only the default value is accepted */
     long min, max;            /* integer range */
     const struct word *words; /* enum names; for integers extra names such as "auto" */
 };
@@ -460,10 +470,16 @@ static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *w
 
 /* ---- the key table ---- */
 
-#define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f)
-#define F(f) offsetof(gw_frontend_conf, f), sizeof(((gw_frontend_conf *)0)->f)
-#define B(f) offsetof(gw_backend_conf, f), sizeof(((gw_backend_conf *)0)->f)
-#define PASV_RANGE offsetof(gw_frontend_conf, pasv_port_min), 2 * sizeof(uint16_t)
+#define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f), 0
+#define F(f) offsetof(gw_frontend_conf, f), sizeof(((gw_frontend_conf *)0)->f), 0
+#define B(f) offsetof(gw_backend_conf, f), sizeof(((gw_backend_conf *)0)->f), 0
+#define PASV_RANGE offsetof(gw_frontend_conf, pasv_port_min), 2 * sizeof(uint16_t), 0
+/* A [tls] key: the same field in gw_config and gw_frontend_conf (sizes must agree: the
+ * array size is negative, a compile error, when they do not). */
+#define SAME_SIZE(f)                                                                               \
+    (sizeof(((gw_config *)0)->f) +                                                                 \
+     0 * sizeof(char[sizeof(((gw_config *)0)->f) == sizeof(((gw_frontend_conf *)0)->f) ? 1 : -1]))
+#define TF(f) offsetof(gw_config, f), SAME_SIZE(f), offsetof(gw_frontend_conf, f)
 #define DUR 1, MAX_DURATION
 
 static const struct word w_auto[] = {{"auto", 0}, {NULL, 0}};
@@ -506,108 +522,93 @@ static const struct word w_pp_out[] = {
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
-/* Lifting a "not implemented yet" restriction: set `implemented` to true on its row. */
+/* One row per key, naming every section it may appear in (as nginx's NGX_MAIL_MAIN_CONF |
+ * NGX_MAIL_SRV_CONF). A [tls] key is also a [frontend] key: a frontend that does not set it
+ * takes the [tls] value (merge_tls_policy, the one merge step). The same name in another
+ * section (a backend's min_version) is another key with its own row. */
 static const struct keydef keys[] = {
-    /* name, section, parser, field, default, implemented, min, max, words */
-    {"workers", S_GLOBAL, p_int, G(workers), "1", true, 1, MAX_WORKERS, w_auto},
-    {"user", S_GLOBAL, p_str, G(user), "", true, 0, 0, NULL},
-    {"log_level", S_GLOBAL, p_enum, G(log_level), "info", true, 0, 0, w_log_level},
-    {"log_format", S_GLOBAL, p_enum_bool, G(log_json), "text", true, 0, 0, w_log_format},
-    {"xferlog", S_GLOBAL, p_str, G(xferlog), "", true, 0, 0, NULL},
-    {"xferlog_format", S_GLOBAL, p_enum, G(xferlog_format), "kv", true, 0, 0, w_xferlog_format},
-    {"max_sessions", S_GLOBAL, p_int, G(max_sessions), "10000", true, 1, MAX_SESSIONS, NULL},
-    {"max_sessions_per_ip", S_GLOBAL, p_int, G(max_sessions_per_ip), "50", true, 1, MAX_SESSIONS,
-     NULL},
-    {"idle_timeout", S_GLOBAL, p_int, G(idle_timeout), "600", true, DUR, NULL},
-    {"login_timeout", S_GLOBAL, p_int, G(login_timeout), "60", true, DUR, NULL},
-    {"data_connect_timeout", S_GLOBAL, p_int, G(data_connect_timeout), "60", true, DUR, NULL},
-    {"data_timeout", S_GLOBAL, p_int, G(data_timeout), "300", true, DUR, NULL},
-    {"shutdown_grace", S_GLOBAL, p_int, G(shutdown_grace), "30", true, DUR, NULL},
-    {"splice", S_GLOBAL, p_enum, G(splice), "no", true, 0, 0, w_splice},
-    {"ban_after", S_GLOBAL, p_int, G(ban_after), "0", true, 0, GW_BAN_AFTER_MAX, NULL},
-    {"ban_window", S_GLOBAL, p_int, G(ban_window), "600", true, DUR, NULL},
-    {"ban_time", S_GLOBAL, p_int, G(ban_time), "900", true, DUR, NULL},
-    {"ban_exempt", S_GLOBAL, p_cidr_list, G(ban_exempt), "", true, 0, 0, NULL},
-    {"admin_listen", S_GLOBAL, p_admin_listen, G(admin_listen), "", true, 0, 0, NULL},
-    {"control_socket", S_GLOBAL, p_str, G(control_socket), "", true, 0, 0, NULL},
+    /* name, sections, parser, field, default (NULL: required), min, max, words */
+    {"workers", IN_GLOBAL, p_int, G(workers), "1", 1, MAX_WORKERS, w_auto},
+    {"user", IN_GLOBAL, p_str, G(user), "", 0, 0, NULL},
+    {"log_level", IN_GLOBAL, p_enum, G(log_level), "info", 0, 0, w_log_level},
+    {"log_format", IN_GLOBAL, p_enum_bool, G(log_json), "text", 0, 0, w_log_format},
+    {"xferlog", IN_GLOBAL, p_str, G(xferlog), "", 0, 0, NULL},
+    {"xferlog_format", IN_GLOBAL, p_enum, G(xferlog_format), "kv", 0, 0, w_xferlog_format},
+    {"max_sessions", IN_GLOBAL, p_int, G(max_sessions), "10000", 1, MAX_SESSIONS, NULL},
+    {"max_sessions_per_ip", IN_GLOBAL, p_int, G(max_sessions_per_ip), "50", 1, MAX_SESSIONS, NULL},
+    {"idle_timeout", IN_GLOBAL, p_int, G(idle_timeout), "600", DUR, NULL},
+    {"login_timeout", IN_GLOBAL, p_int, G(login_timeout), "60", DUR, NULL},
+    {"data_connect_timeout", IN_GLOBAL, p_int, G(data_connect_timeout), "60", DUR, NULL},
+    {"data_timeout", IN_GLOBAL, p_int, G(data_timeout), "300", DUR, NULL},
+    {"shutdown_grace", IN_GLOBAL, p_int, G(shutdown_grace), "30", DUR, NULL},
+    {"splice", IN_GLOBAL, p_enum, G(splice), "no", 0, 0, w_splice},
+    {"ban_after", IN_GLOBAL, p_int, G(ban_after), "0", 0, GW_BAN_AFTER_MAX, NULL},
+    {"ban_window", IN_GLOBAL, p_int, G(ban_window), "600", DUR, NULL},
+    {"ban_time", IN_GLOBAL, p_int, G(ban_time), "900", DUR, NULL},
+    {"ban_exempt", IN_GLOBAL, p_cidr_list, G(ban_exempt), "", 0, 0, NULL},
+    {"admin_listen", IN_GLOBAL, p_admin_listen, G(admin_listen), "", 0, 0, NULL},
+    {"control_socket", IN_GLOBAL, p_str, G(control_socket), "", 0, 0, NULL},
 
-    {"cert", S_TLS, p_str, G(cert), "", true, 0, 0, NULL},
-    {"key", S_TLS, p_str, G(key), "", true, 0, 0, NULL},
-    {"min_version", S_TLS, p_enum, G(tls_min_version), "TLSv1.2", true, 0, 0, w_tls_front},
-    {"ciphers", S_TLS, p_str, G(ciphers), "", true, 0, 0, NULL},
-    {"ciphersuites", S_TLS, p_str, G(ciphersuites), "", true, 0, 0, NULL},
-    {"data_session_reuse", S_TLS, p_enum_bool, G(data_session_reuse_required), "required", true, 0,
-     0, w_reuse},
-    {"strict_tls_eof", S_TLS, p_tristate, G(strict_tls_eof), "", true, 0, 0, NULL},
-    /* TLS policy (issue 14); each [tls] key is also a [frontend] key (TLS_POLICY_KEYS). */
-    {"client_cert", S_TLS, p_enum, G(client_cert), "none", true, 0, 0, w_client_cert},
-    {"client_ca", S_TLS, p_str, G(client_ca), "", true, 0, 0, NULL},
-    {"client_crl", S_TLS, p_str, G(client_crl), "", true, 0, 0, NULL},
-    {"client_cert_user", S_TLS, p_bool, G(client_cert_user), "no", true, 0, 0, NULL},
-    {"data_session_reuse_exempt", S_TLS, p_cidr_list, G(data_session_reuse_exempt), "", true, 0, 0,
-     NULL},
-    {"strict_tls_eof_exempt", S_TLS, p_cidr_list, G(strict_tls_eof_exempt), "", true, 0, 0, NULL},
+    {"cert", IN_TLS | IN_FRONTEND, p_str, TF(cert), "", 0, 0, NULL},
+    {"key", IN_TLS | IN_FRONTEND, p_str, TF(key), "", 0, 0, NULL},
+    {"min_version", IN_TLS | IN_FRONTEND, p_enum, TF(tls_min_version), "TLSv1.2", 0, 0,
+     w_tls_front},
+    {"ciphers", IN_TLS | IN_FRONTEND, p_str, TF(ciphers), "", 0, 0, NULL},
+    {"ciphersuites", IN_TLS | IN_FRONTEND, p_str, TF(ciphersuites), "", 0, 0, NULL},
+    {"data_session_reuse", IN_TLS | IN_FRONTEND, p_enum_bool, TF(data_session_reuse_required),
+     "required", 0, 0, w_reuse},
+    {"strict_tls_eof", IN_TLS | IN_FRONTEND, p_tristate, TF(strict_tls_eof), "", 0, 0, NULL},
+    {"client_cert", IN_TLS | IN_FRONTEND, p_enum, TF(client_cert), "none", 0, 0, w_client_cert},
+    {"client_ca", IN_TLS | IN_FRONTEND, p_str, TF(client_ca), "", 0, 0, NULL},
+    {"client_crl", IN_TLS | IN_FRONTEND, p_str, TF(client_crl), "", 0, 0, NULL},
+    {"client_cert_user", IN_TLS | IN_FRONTEND, p_bool, TF(client_cert_user), "no", 0, 0, NULL},
+    {"data_session_reuse_exempt", IN_TLS | IN_FRONTEND, p_cidr_list, TF(data_session_reuse_exempt),
+     "", 0, 0, NULL},
+    {"strict_tls_eof_exempt", IN_TLS | IN_FRONTEND, p_cidr_list, TF(strict_tls_eof_exempt), "", 0,
+     0, NULL},
 
-    {"listen", S_FRONTEND, p_listen, F(listen), NULL, true, 0, 0, NULL},
-    {"mode", S_FRONTEND, p_enum, F(mode), "implicit", true, 0, 0, w_fe_mode},
-    {"backend", S_FRONTEND, p_name_list, F(backend), "", true, 0, 0, NULL},
-    {"balance", S_FRONTEND, p_enum, F(balance), "roundrobin", true, 0, 0, w_balance},
-    {"require_tls", S_FRONTEND, p_bool, F(require_tls), "yes", true, 0, 0, NULL},
-    {"require_prot_p", S_FRONTEND, p_bool, F(require_prot_p), "yes", true, 0, 0, NULL},
-    {"allow_ccc", S_FRONTEND, p_bool, F(allow_ccc), "no", true, 0, 0, NULL},
-    {"auth_ssl_protects_data", S_FRONTEND, p_bool, F(auth_ssl_protects_data), "no", true, 0, 0,
-     NULL},
-    {"route_user", S_FRONTEND, p_bool, F(route_user), "no", true, 0, 0, NULL},
-    {"greeting", S_FRONTEND, p_str, F(greeting), "", true, 0, 0, NULL},
-    {"prelogin_backend_per_ip", S_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", true, 0,
+    {"listen", IN_FRONTEND, p_listen, F(listen), NULL, 0, 0, NULL},
+    {"mode", IN_FRONTEND, p_enum, F(mode), "implicit", 0, 0, w_fe_mode},
+    {"backend", IN_FRONTEND, p_name_list, F(backend), "", 0, 0, NULL},
+    {"balance", IN_FRONTEND, p_enum, F(balance), "roundrobin", 0, 0, w_balance},
+    {"require_tls", IN_FRONTEND | TLS_ONLY, p_bool, F(require_tls), "yes", 0, 0, NULL},
+    {"require_prot_p", IN_FRONTEND | TLS_ONLY, p_bool, F(require_prot_p), "yes", 0, 0, NULL},
+    {"allow_ccc", IN_FRONTEND | TLS_ONLY, p_bool, F(allow_ccc), "no", 0, 0, NULL},
+    {"auth_ssl_protects_data", IN_FRONTEND | TLS_ONLY, p_bool, F(auth_ssl_protects_data), "no", 0,
+     0, NULL},
+    {"route_user", IN_FRONTEND, p_bool, F(route_user), "no", 0, 0, NULL},
+    {"greeting", IN_FRONTEND, p_str, F(greeting), "", 0, 0, NULL},
+    {"prelogin_backend_per_ip", IN_FRONTEND, p_int, F(prelogin_backend_per_ip), "20", 0,
      MAX_SESSIONS, NULL},
-    {"prelogin_backend_max", S_FRONTEND, p_int, F(prelogin_backend_max), "100", true, 0,
-     MAX_SESSIONS, NULL},
-    {"pasv_address", S_FRONTEND, p_pasv_host, F(pasv_address), "", true, 0, 0, NULL},
-    {"pasv_ports", S_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", true, 0, 0, NULL},
-    /* pasv_shared_port (one shared passive port, proxy/shared_port.c) */
-    {"pasv_shared_port", S_FRONTEND, p_int_opt, F(pasv_shared_port), "", true, 1024, 65535, NULL},
-    {"active_source_port", S_FRONTEND, p_int_opt, F(active_source_port), "", true, 0, 65535, NULL},
-    {"cert", S_FRONTEND, p_str, F(cert), "", true, 0, 0, NULL},
-    {"key", S_FRONTEND, p_str, F(key), "", true, 0, 0, NULL},
-    {"server_name", S_FRONTEND, p_server_names, F(server_name), "", true, 0, 0, NULL},
-    /* Per-frontend [tls] keys: unset ones take the [tls] value (inherit_tls_keys). */
-    {"min_version", S_FRONTEND, p_enum, F(tls_min_version), "TLSv1.2", true, 0, 0, w_tls_front},
-    {"ciphers", S_FRONTEND, p_str, F(ciphers), "", true, 0, 0, NULL},
-    {"ciphersuites", S_FRONTEND, p_str, F(ciphersuites), "", true, 0, 0, NULL},
-    {"data_session_reuse", S_FRONTEND, p_enum_bool, F(data_session_reuse_required), "required",
-     true, 0, 0, w_reuse},
-    {"strict_tls_eof", S_FRONTEND, p_tristate, F(strict_tls_eof), "", true, 0, 0, NULL},
-    {"client_cert", S_FRONTEND, p_enum, F(client_cert), "none", true, 0, 0, w_client_cert},
-    {"client_ca", S_FRONTEND, p_str, F(client_ca), "", true, 0, 0, NULL},
-    {"client_crl", S_FRONTEND, p_str, F(client_crl), "", true, 0, 0, NULL},
-    {"client_cert_user", S_FRONTEND, p_bool, F(client_cert_user), "no", true, 0, 0, NULL},
-    {"data_session_reuse_exempt", S_FRONTEND, p_cidr_list, F(data_session_reuse_exempt), "", true,
-     0, 0, NULL},
-    {"strict_tls_eof_exempt", S_FRONTEND, p_cidr_list, F(strict_tls_eof_exempt), "", true, 0, 0,
+    {"prelogin_backend_max", IN_FRONTEND, p_int, F(prelogin_backend_max), "100", 0, MAX_SESSIONS,
      NULL},
-    {"proxy_protocol", S_FRONTEND, p_enum, F(proxy_protocol), "no", true, 0, 0, w_pp_in},
-    {"proxy_protocol_from", S_FRONTEND, p_cidr_list, F(proxy_protocol_from), "", true, 0, 0, NULL},
-    {"proxy_protocol_data", S_FRONTEND, p_bool, F(proxy_protocol_data), "no", true, 0, 0, NULL},
-    {"pasv_address_for", S_FRONTEND, p_addr_for, F(pasv_address_for), "", true, 0, 0, NULL},
+    {"pasv_address", IN_FRONTEND, p_pasv_host, F(pasv_address), "", 0, 0, NULL},
+    {"pasv_ports", IN_FRONTEND, p_portrange, PASV_RANGE, "30000-30099", 0, 0, NULL},
+    {"pasv_shared_port", IN_FRONTEND, p_int_opt, F(pasv_shared_port), "", 1024, 65535, NULL},
+    {"active_source_port", IN_FRONTEND, p_int_opt, F(active_source_port), "", 0, 65535, NULL},
+    {"server_name", IN_FRONTEND, p_server_names, F(server_name), "", 0, 0, NULL},
+    {"proxy_protocol", IN_FRONTEND, p_enum, F(proxy_protocol), "no", 0, 0, w_pp_in},
+    {"proxy_protocol_from", IN_FRONTEND, p_cidr_list, F(proxy_protocol_from), "", 0, 0, NULL},
+    {"proxy_protocol_data", IN_FRONTEND, p_bool, F(proxy_protocol_data), "no", 0, 0, NULL},
+    {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
 
-    {"address", S_BACKEND, p_hostport, B(address), NULL, true, 0, 0, NULL},
-    {"tls", S_BACKEND, p_enum, B(tls), "none", true, 0, 0, w_be_tls},
-    {"tls_verify", S_BACKEND, p_bool, B(tls_verify), "yes", true, 0, 0, NULL},
-    {"ca_file", S_BACKEND, p_str, B(ca_file), "", true, 0, 0, NULL},
-    {"sni", S_BACKEND, p_str, B(sni), "", true, 0, 0, NULL},
-    {"min_version", S_BACKEND, p_enum, B(min_version), "TLSv1.2", true, 0, 0, w_tls_back},
-    {"max_version", S_BACKEND, p_enum, B(max_version), "", true, 0, 0, w_tls_back},
-    {"ciphers", S_BACKEND, p_str, B(ciphers), "", true, 0, 0, NULL},
-    {"data_mode", S_BACKEND, p_enum, B(data_mode), "passive", true, 0, 0, w_data_mode},
-    {"connect_timeout", S_BACKEND, p_int, B(connect_timeout), "10", true, DUR, NULL},
-    {"weight", S_BACKEND, p_int, B(weight), "1", true, 1, 1000, NULL},
-    {"max_sessions", S_BACKEND, p_int, B(max_sessions), "0", true, 0, MAX_SESSIONS, NULL},
-    {"health_interval", S_BACKEND, p_int, B(health_interval), "10", true, 0, 3600, NULL},
-    {"health_timeout", S_BACKEND, p_int, B(health_timeout), "5", true, 1, 3600, NULL},
-    {"health_rise", S_BACKEND, p_int, B(health_rise), "2", true, 1, 100, NULL},
-    {"health_fall", S_BACKEND, p_int, B(health_fall), "3", true, 1, 100, NULL},
-    {"proxy_protocol", S_BACKEND, p_enum, B(proxy_protocol), "no", true, 0, 0, w_pp_out},
+    {"address", IN_BACKEND, p_hostport, B(address), NULL, 0, 0, NULL},
+    {"tls", IN_BACKEND, p_enum, B(tls), "none", 0, 0, w_be_tls},
+    {"tls_verify", IN_BACKEND, p_bool, B(tls_verify), "yes", 0, 0, NULL},
+    {"ca_file", IN_BACKEND, p_str, B(ca_file), "", 0, 0, NULL},
+    {"sni", IN_BACKEND, p_str, B(sni), "", 0, 0, NULL},
+    {"min_version", IN_BACKEND, p_enum, B(min_version), "TLSv1.2", 0, 0, w_tls_back},
+    {"max_version", IN_BACKEND, p_enum, B(max_version), "", 0, 0, w_tls_back},
+    {"ciphers", IN_BACKEND, p_str, B(ciphers), "", 0, 0, NULL},
+    {"data_mode", IN_BACKEND, p_enum, B(data_mode), "passive", 0, 0, w_data_mode},
+    {"connect_timeout", IN_BACKEND, p_int, B(connect_timeout), "10", DUR, NULL},
+    {"weight", IN_BACKEND, p_int, B(weight), "1", 1, 1000, NULL},
+    {"max_sessions", IN_BACKEND, p_int, B(max_sessions), "0", 0, MAX_SESSIONS, NULL},
+    {"health_interval", IN_BACKEND, p_int, B(health_interval), "10", 0, 3600, NULL},
+    {"health_timeout", IN_BACKEND, p_int, B(health_timeout), "5", 1, 3600, NULL},
+    {"health_rise", IN_BACKEND, p_int, B(health_rise), "2", 1, 100, NULL},
+    {"health_fall", IN_BACKEND, p_int, B(health_fall), "3", 1, 100, NULL},
+    {"proxy_protocol", IN_BACKEND, p_enum, B(proxy_protocol), "no", 0, 0, w_pp_out},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -618,7 +619,6 @@ struct state {
     const char *origin;
     char *err;
     size_t errcap;
-    bool failed;
     /* reader */
     const char *p, *end;
     int lineno;
@@ -673,15 +673,13 @@ static int grow_sections(struct state *st, bool fe)
     return 0;
 }
 
-/* Record the first error as "ORIGIN:LINE: [label] key: problem"; returns 0 for inih. */
+/* Every step returns 0, or -1 after one call of fail(): the first -1 stops the parse, so
+ * the message written is the one reported. Writes "ORIGIN:LINE: [label] key: problem". */
 __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line, const char *label,
                                                       const char *key, const char *fmt, ...)
 {
-    if (st->failed)
-        return 0;
-    st->failed = true;
     if (!st->err || st->errcap == 0)
-        return 0;
+        return -1;
     char problem[512];
     va_list ap;
     va_start(ap, fmt);
@@ -692,7 +690,7 @@ __attribute__((format(printf, 5, 6))) static int fail(struct state *st, int line
     snprintf(st->err, st->errcap, "%s:%d: %s%s%s%s%s%s%s", st->origin, line, has_label ? "[" : "",
              has_label ? label : "", has_label ? "]" : "", has_label && has_key ? " " : "",
              has_key ? key : "", has_label || has_key ? ": " : "", problem);
-    return 0;
+    return -1;
 }
 
 static char *section_base(struct state *st, enum sect s, int idx)
@@ -710,55 +708,58 @@ static char *section_base(struct state *st, enum sect s, int idx)
     }
 }
 
+static bool key_in(const struct keydef *k, enum sect s)
+{
+    return s != S_NONE && (k->in & (1u << s));
+}
+
+/* The row of the key `name` of section s, or -1. A key's lines are kept per section
+ * under its row, so a [tls] key has one in [tls] and one in each [frontend]. */
 static int key_index(enum sect s, const char *name)
 {
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].sect == s && strcmp(keys[i].name, name) == 0)
+        if (key_in(&keys[i], s) && strcmp(keys[i].name, name) == 0)
             return (int)i;
     return -1;
 }
 
+/* Key k's field in section s of the current section's struct (base). */
+static char *field(const struct keydef *k, enum sect s, char *base)
+{
+    return base + (s == S_FRONTEND && (k->in & IN_TLS) ? k->fe_off : k->off);
+}
+
 /* Scratch space big enough for any field. */
 union scratch {
-    char path[GW_PATH_MAX];
+    char list[GW_LIST_MAX]; /* the largest field */
     gw_hostport hp;
     max_align_t align;
 };
 _Static_assert(sizeof(union scratch) >= sizeof(gw_hostport), "scratch size");
 
-/* Parse `v` for key k into the field, enforcing "only the default until implemented". */
-static int set_value(struct state *st, int line, const struct keydef *k, char *base, const char *v)
+/* Parse `v` for key k into its field of section s (base: the section's struct); the field
+ * is left as it was when v is not valid. */
+static int set_value(struct state *st, int line, const struct keydef *k, enum sect s, char *base,
+                     const char *v)
 {
-    union scratch val, def;
+    union scratch val;
     char why[400];
     if (k->size > sizeof val)
         return fail(st, line, st->label, k->name, "internal: field size");
     memset(&val, 0, sizeof val);
     if (k->parse(k, v, &val, why, sizeof why) < 0)
         return fail(st, line, st->label, k->name, "%s", why);
-    if (!k->implemented) {
-        memset(&def, 0, sizeof def);
-        if (k->parse(k, k->def, &def, why, sizeof why) < 0)
-            return fail(st, line, st->label, k->name, "internal: bad default: %s", why);
-        if (memcmp(&val, &def, k->size) != 0) {
-            if (k->def[0])
-                return fail(st, line, st->label, k->name,
-                            "\"%s\" is not implemented yet (only the default \"%s\" is accepted)",
-                            v, k->def);
-            return fail(st, line, st->label, k->name,
-                        "\"%s\" is not implemented yet (only the default, empty, is accepted)", v);
-        }
-    }
-    memcpy(base + k->off, &val, k->size);
-    return 1;
+    memcpy(field(k, s, base), &val, k->size);
+    return 0;
 }
 
 static int apply_defaults(struct state *st, enum sect s, char *base)
 {
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].sect == s && keys[i].def && !set_value(st, 0, &keys[i], base, keys[i].def))
-            return 0;
-    return 1;
+        if (key_in(&keys[i], s) && keys[i].def &&
+            set_value(st, 0, &keys[i], s, base, keys[i].def) != 0)
+            return -1;
+    return 0;
 }
 
 /* ---- section handling (driven by the reader, which sees every header) ---- */
@@ -766,16 +767,17 @@ static int apply_defaults(struct state *st, enum sect s, char *base)
 static int close_section(struct state *st)
 {
     if (st->sect == S_NONE)
-        return 1;
+        return 0;
     /* Required keys are reported at the section header. */
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].sect == st->sect && !keys[i].def && !st->key_line[i])
+        if (key_in(&keys[i], st->sect) && !keys[i].def && !st->key_line[i])
             return fail(st, st->sect_line, st->label, keys[i].name, "missing (required)");
 
     if (st->sect == S_TLS || st->sect == S_FRONTEND) {
         int c = key_index(st->sect, "cert"), k = key_index(st->sect, "key");
-        const char *cert = section_base(st, st->sect, st->idx) + keys[c].off;
-        const char *key = section_base(st, st->sect, st->idx) + keys[k].off;
+        char *base = section_base(st, st->sect, st->idx);
+        const char *cert = field(&keys[c], st->sect, base);
+        const char *key = field(&keys[k], st->sect, base);
         if (cert[0] && !key[0])
             return fail(st, st->key_line[c], st->label, "cert",
                         "set without key (set both, or neither)");
@@ -784,12 +786,8 @@ static int close_section(struct state *st)
                         "set without cert (set both, or neither)");
     }
     if (st->sect == S_FRONTEND && st->cfg->frontends[st->idx].mode == GW_FE_PLAIN) {
-        static const char *const tls_keys[] = {"require_tls", "require_prot_p", "allow_ccc",
-                                               "auth_ssl_protects_data"};
         for (size_t i = 0; i < NKEYS; i++) {
-            bool tls = keys[i].sect == S_FRONTEND && key_index(S_TLS, keys[i].name) >= 0;
-            for (size_t j = 0; j < sizeof tls_keys / sizeof tls_keys[0]; j++)
-                tls = tls || (keys[i].sect == S_FRONTEND && !strcmp(keys[i].name, tls_keys[j]));
+            bool tls = key_in(&keys[i], S_FRONTEND) && (keys[i].in & (IN_TLS | TLS_ONLY));
             if (tls && st->key_line[i])
                 return fail(st, st->key_line[i], st->label, keys[i].name,
                             "not allowed on a mode = plain frontend");
@@ -813,7 +811,7 @@ static int close_section(struct state *st)
                         "max_version", "is below min_version");
     }
     st->sect = S_NONE;
-    return 1;
+    return 0;
 }
 
 /* `inner` is the trimmed text between '[' and ']'. */
@@ -826,8 +824,8 @@ static int open_section(struct state *st, const char *inner)
     int line = st->lineno;
     enum sect s = S_NONE;
 
-    if (!close_section(st))
-        return 0;
+    if (close_section(st) != 0)
+        return -1;
     for (int i = 0; i < 4; i++)
         if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0)
             s = (enum sect)i;
@@ -882,20 +880,17 @@ static int open_section(struct state *st, const char *inner)
     st->sect = s;
     st->sect_line = line;
     memset(st->key_line, 0, NKEYS * sizeof st->key_line[0]);
-    if ((s == S_FRONTEND || s == S_BACKEND) && !apply_defaults(st, s, section_base(st, s, st->idx)))
-        return 0;
-    return 1;
+    if ((s == S_FRONTEND || s == S_BACKEND) &&
+        apply_defaults(st, s, section_base(st, s, st->idx)) != 0)
+        return -1;
+    return 0;
 }
 
-/* ---- inih callbacks ---- */
+/* ---- the reader: sections, KEY = VALUE, comments ---- */
 
-static int handler(void *user, const char *section, const char *name, const char *value)
+static int set_key(struct state *st, const char *name, const char *value)
 {
-    struct state *st = user;
     int line = st->lineno;
-    (void)section; /* ours is tracked by the reader (inih truncates long names) */
-    if (st->failed)
-        return 0;
     if (st->sect == S_NONE)
         return fail(st, line, NULL, name,
                     "outside of any section (start with [global], [tls], "
@@ -906,10 +901,10 @@ static int handler(void *user, const char *section, const char *name, const char
     if (st->key_line[k])
         return fail(st, line, st->label, name, "duplicate key (first set on line %d)",
                     st->key_line[k]);
-    if (!set_value(st, line, &keys[k], section_base(st, st->sect, st->idx), value))
-        return 0;
+    if (set_value(st, line, &keys[k], st->sect, section_base(st, st->sect, st->idx), value) != 0)
+        return -1;
     st->key_line[k] = line;
-    return 1;
+    return 0;
 }
 
 static bool is_blank(char c)
@@ -917,86 +912,86 @@ static bool is_blank(char c)
     return c == ' ' || c == '\t';
 }
 
-/* fgets-like reader over the in-memory text. Each call hands inih exactly one line,
- * normalised: no leading blanks (so inih never treats a line as a multi-line continuation),
- * comments removed, section headers already processed. Returns NULL to stop at an error. */
-static char *reader(char *buf, int num, void *stream)
+/* s[0..n) without the blanks around it, copied NUL-terminated to out. */
+static char *trim_copy(const char *s, size_t n, char *out)
 {
-    struct state *st = stream;
-    if (st->failed || st->p >= st->end || num < 3)
-        return NULL;
+    while (n && is_blank(*s))
+        s++, n--;
+    while (n && is_blank(s[n - 1]))
+        n--;
+    memmove(out, s, n); /* out may be s itself, or before it */
+    out[n] = '\0';
+    return out;
+}
 
-    const char *line = st->p;
-    const char *nl = memchr(line, '\n', (size_t)(st->end - line));
-    size_t len = (size_t)((nl ? nl : st->end) - line);
-    st->p = nl ? nl + 1 : st->end;
-    st->lineno++;
-    if (len > 0 && line[len - 1] == '\r')
-        len--;
-    if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
-        line += 3; /* UTF-8 byte order mark */
-        len -= 3;
-    }
-    /* Content plus '\n' must fit the buffer, or inih would split the line. */
-    if (len > (size_t)num - 2) {
-        fail(st, st->lineno, NULL, NULL, "line too long (more than %d characters)", num - 2);
-        return NULL;
-    }
+/* One line (len bytes, no newline) with its comment removed: a header opens its section,
+ * KEY = VALUE (or KEY: VALUE, as inih read them) sets a key. */
+static int parse_line(struct state *st, const char *line, size_t len, char *buf)
+{
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)line[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            fail(st, st->lineno, NULL, NULL, "control character 0x%02x in line", c);
-            return NULL;
-        }
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(st, st->lineno, NULL, NULL, "control character 0x%02x in line", c);
     }
-
     /* Comments: ';' or '#' at the start, or after a blank anywhere. */
-    size_t start = 0, stop = len;
-    while (start < len && is_blank(line[start]))
-        start++;
-    for (size_t i = start; i < len; i++) {
-        if ((line[i] == ';' || line[i] == '#') && (i == start || is_blank(line[i - 1]))) {
-            stop = i;
+    for (size_t i = 0; i < len; i++)
+        if ((line[i] == ';' || line[i] == '#') && (i == 0 || is_blank(line[i - 1]))) {
+            len = i;
             break;
         }
+    char *text = trim_copy(line, len, buf);
+    size_t n = strlen(text);
+    if (n == 0)
+        return 0;
+    const char *label = st->sect == S_NONE ? NULL : st->label;
+    if (text[0] == '[') {
+        if (text[n - 1] != ']')
+            return fail(st, st->lineno, NULL, NULL,
+                        "syntax error: a section header is [NAME] alone on its line");
+        return open_section(st, trim_copy(text + 1, n - 2, text));
     }
-    while (stop > start && is_blank(line[stop - 1]))
-        stop--;
-    size_t n = stop - start;
-    memcpy(buf, line + start, n);
-    buf[n] = '\0';
+    size_t sep = strcspn(text, "=:");
+    if (sep == n)
+        return fail(st, st->lineno, label, NULL, "syntax error: expected KEY = VALUE");
+    if (sep == 0)
+        return fail(st, st->lineno, label, NULL, "syntax error: missing key before '%c'", text[0]);
+    /* Both trimmed in place: the value first, it lies after the key. */
+    char *value = trim_copy(text + sep + 1, n - sep - 1, text + sep + 1);
+    return set_key(st, trim_copy(text, sep, text), value);
+}
 
-    if (n > 0 && buf[0] == '[') {
-        if (buf[n - 1] != ']') {
-            fail(st, st->lineno, NULL, NULL,
-                 "syntax error: a section header is [NAME] alone on its line");
-            return NULL;
+/* Every line of the text, without a length limit: a value's own limit is its field's
+ * (a `backend` list holds a hundred names). */
+static int parse_text(struct state *st)
+{
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    while (rc == 0 && st->p < st->end) {
+        const char *line = st->p;
+        const char *nl = memchr(line, '\n', (size_t)(st->end - line));
+        size_t len = (size_t)((nl ? nl : st->end) - line);
+        st->p = nl ? nl + 1 : st->end;
+        st->lineno++;
+        if (len > 0 && line[len - 1] == '\r')
+            len--;
+        if (st->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+            line += 3; /* UTF-8 byte order mark */
+            len -= 3;
         }
-        size_t a = 1, b = n - 1;
-        while (a < b && is_blank(buf[a]))
-            a++;
-        while (b > a && is_blank(buf[b - 1]))
-            b--;
-        buf[b] = '\0';
-        if (!open_section(st, buf + a))
-            return NULL;
-        n = 0; /* inih need not see headers: we track sections ourselves */
-    } else if (n > 0) {
-        size_t sep = strcspn(buf, "=:");
-        if (sep == n) {
-            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
-                 "syntax error: expected KEY = VALUE");
-            return NULL;
+        if (len + 1 > cap) {
+            char *b = realloc(buf, len + 1);
+            if (!b) {
+                rc = fail(st, st->lineno, NULL, NULL, "out of memory");
+                break;
+            }
+            buf = b;
+            cap = len + 1;
         }
-        if (sep == 0) {
-            fail(st, st->lineno, st->sect == S_NONE ? NULL : st->label, NULL,
-                 "syntax error: missing key before '%c'", buf[0]);
-            return NULL;
-        }
+        rc = parse_line(st, line, len, buf);
     }
-    buf[n] = '\n';
-    buf[n + 1] = '\0';
-    return buf;
+    free(buf);
+    return rc;
 }
 
 /* ---- whole-file checks ---- */
@@ -1067,19 +1062,16 @@ static int resolve_backend_list(struct state *st, gw_frontend_conf *f, int line,
     return 0;
 }
 
-/* TLS policy: a [tls] key not set in a [frontend] section takes the [tls] value (replace
- * semantics: a set key, lists included, is the frontend's alone). Then the combinations. */
-static int inherit_tls_keys(struct state *st, int i, const char *label)
+/* The merge step: a [tls] key not set in a [frontend] section takes the [tls] value
+ * (replace semantics: a set key, lists included, is the frontend's alone). Then the
+ * combinations of the merged policy. */
+static int merge_tls_policy(struct state *st, int i, const char *label)
 {
     gw_frontend_conf *f = &st->cfg->frontends[i];
-    for (size_t k = 0; k < NKEYS; k++) {
-        int t = keys[k].sect == S_FRONTEND ? key_index(S_TLS, keys[k].name) : -1;
-        if (t < 0 || st->fe_keys[i][k])
-            continue;
-        if (keys[t].size != keys[k].size)
-            return fail(st, 0, label, keys[k].name, "internal: field size");
-        memcpy((char *)f + keys[k].off, (const char *)st->cfg + keys[t].off, keys[k].size);
-    }
+    for (size_t k = 0; k < NKEYS; k++)
+        if ((keys[k].in & IN_TLS) && !st->fe_keys[i][k])
+            memcpy(field(&keys[k], S_FRONTEND, (char *)f), field(&keys[k], S_TLS, (char *)st->cfg),
+                   keys[k].size);
     if (f->mode == GW_FE_PLAIN)
         return 0;
     int line = st->fe_keys[i][key_index(S_FRONTEND, "client_cert")];
@@ -1101,7 +1093,7 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
     const gw_frontend_conf *f = &cfg->frontends[i];
     int port = f->pasv_shared_port;
     if (port < 0)
-        return 1;
+        return 0;
     for (int j = 0; j < cfg->n_frontends; j++) {
         const gw_frontend_conf *o = &cfg->frontends[j];
         if (o->listen.port == port)
@@ -1127,7 +1119,7 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
                         "proxy_protocol, proxy_protocol_from) differs",
                         port, o->name);
     }
-    return 1;
+    return 0;
 }
 
 static int validate(struct state *st)
@@ -1158,10 +1150,10 @@ static int validate(struct state *st)
         }
         if (resolve_backend_list(st, f, kl[k_backend], label) != 0)
             return -1;
-        if (inherit_tls_keys(st, i, label) != 0)
+        if (merge_tls_policy(st, i, label) != 0)
             return -1;
-        if (!validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label))
-            return 0;
+        if (validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label) != 0)
+            return -1;
 
         for (int j = 0; j < i; j++) {
             const gw_frontend_conf *o = &cfg->frontends[j];
@@ -1195,7 +1187,7 @@ static int validate(struct state *st)
                             o->pasv_port_min, o->pasv_port_max, o->name);
         }
     }
-    return 1;
+    return 0;
 }
 
 /* ---- public API ---- */
@@ -1288,15 +1280,15 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     st->end = text ? text + len : st->p;
     st->sect = S_NONE;
 
-    if (apply_defaults(st, S_GLOBAL, (char *)cfg) && apply_defaults(st, S_TLS, (char *)cfg)) {
-        int r = ini_parse_stream(reader, st, handler, st);
-        /* Every line inih sees has been checked, so r != 0 means our handler failed. */
-        if (r != 0 && !st->failed)
-            fail(st, r > 0 ? r : 0, NULL, NULL, "%s", r > 0 ? "syntax error" : "out of memory");
-        if (!st->failed && close_section(st))
-            validate(st);
-    }
-    rc = st->failed ? -1 : 0;
+    rc = apply_defaults(st, S_GLOBAL, (char *)cfg);
+    if (rc == 0)
+        rc = apply_defaults(st, S_TLS, (char *)cfg);
+    if (rc == 0)
+        rc = parse_text(st);
+    if (rc == 0)
+        rc = close_section(st);
+    if (rc == 0)
+        rc = validate(st);
     if (rc != 0)
         gw_config_free(cfg);
     else
@@ -1472,7 +1464,7 @@ int gw_parse_hostport(const char *s, gw_hostport *hp)
 
 /* ---- questions about a loaded configuration ---- */
 
-static const char *tls_version_name(enum gw_tls_version v)
+const char *gw_tls_version_name(enum gw_tls_version v)
 {
     for (const struct word *w = w_tls_back; w->name; w++)
         if (w->value == (int)v)
@@ -1480,88 +1472,16 @@ static const char *tls_version_name(enum gw_tls_version v)
     return "?";
 }
 
-int gw_backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
-{
-    size_t used = 0;
-    if (cap)
-        out[0] = '\0';
-    if (b->tls == GW_BE_TLS_NONE)
-        return 0; /* no TLS toward it: nothing was lowered */
-    if (b->min_version != GW_TLS_ANY && b->min_version < GW_TLS_1_2) {
-        int n = snprintf(out, cap, "min_version=%s", tls_version_name(b->min_version));
-        used = n > 0 && (size_t)n < cap ? (size_t)n : used;
-    }
-    if (b->max_version != GW_TLS_ANY && b->max_version < GW_TLS_1_2) {
-        int n = snprintf(out + used, cap - used, "%smax_version=%s", used ? " " : "",
-                         tls_version_name(b->max_version));
-        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-    }
-    if (b->ciphers[0]) {
-        /* Any list replaces OpenSSL's secure default; @SECLEVEL=0/1 also allows SHA-1 and
-         * short keys. The list is quoted, it may hold spaces. */
-        int n = snprintf(out + used, cap - used, "%sciphers=\"%s\"", used ? " " : "", b->ciphers);
-        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-        if (strstr(b->ciphers, "@SECLEVEL=0") || strstr(b->ciphers, "@SECLEVEL=1")) {
-            n = snprintf(out + used, cap - used, " seclevel=lowered");
-            used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
-        }
-    }
-    return used > 0;
-}
-
 const char *gw_config_key(size_t i, const char **section)
 {
     static const char *const names[] = {
         [S_GLOBAL] = "global", [S_TLS] = "tls", [S_FRONTEND] = "frontend", [S_BACKEND] = "backend"};
-    if (i >= NKEYS)
-        return NULL;
-    if (section)
-        *section = names[keys[i].sect];
-    return keys[i].name;
-}
-
-bool gw_fe_self_greets(const gw_frontend_conf *fc)
-{
-    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
-}
-
-/* One pattern (n bytes) against name: case-insensitive; "*.suffix" needs one more label. */
-static bool name_matches(const char *pat, size_t n, const char *name)
-{
-    size_t len = strlen(name);
-    if (len && name[len - 1] == '.') /* an absolute name */
-        len--;
-    if (n >= 2 && pat[0] == '*' && pat[1] == '.') {
-        size_t sl = n - 1; /* ".suffix" */
-        if (len <= sl || strncasecmp(name + len - sl, pat + 1, sl) != 0)
-            return false;
-        return memchr(name, '.', len - sl) == NULL; /* exactly one label before it */
-    }
-    return len == n && strncasecmp(name, pat, n) == 0;
-}
-
-bool gw_server_name_match(const char *list, const char *name)
-{
-    if (!list || !name || !name[0])
-        return false;
-    const char *p = list;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && (*p == ' ' || *p == '\t'))
-            p++, n--;
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-            n--;
-        if (n && name_matches(p, n, name))
-            return true;
-        if (!comma)
-            break;
-        p = comma + 1;
-    }
-    return false;
-}
-
-const char *gw_fe_greeting(const gw_frontend_conf *fc)
-{
-    return fc->greeting[0] ? fc->greeting : "FTP gateway ready";
+    for (size_t k = 0; k < NKEYS; k++)
+        for (int s = 0; s < N_SECT; s++)
+            if (key_in(&keys[k], (enum sect)s) && i-- == 0) {
+                if (section)
+                    *section = names[s];
+                return keys[k].name;
+            }
+    return NULL;
 }

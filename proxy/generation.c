@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "logfile.h"
+#include "server_name.h"
 
 int gw_resolve_host(const char *host, uint16_t port, gw_addr *out)
 {

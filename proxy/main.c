@@ -90,13 +90,46 @@ static int ensure_cert(gw_config *cfg)
     return 0;
 }
 
+/* Whether the backend's TLS settings are below the gateway's defaults (min_version or
+ * max_version below TLSv1.2, any ciphers list, @SECLEVEL=0/1): 1 with what was lowered
+ * written to out as key=value pairs ("min_version=TLSv1 ciphers=\"DEFAULT:@SECLEVEL=0\"
+ * seclevel=lowered"), else 0. A backend without TLS is never weak. */
+static int backend_weak_tls(const gw_backend_conf *b, char *out, size_t cap)
+{
+    size_t used = 0;
+    if (cap)
+        out[0] = '\0';
+    if (b->tls == GW_BE_TLS_NONE)
+        return 0; /* no TLS toward it: nothing was lowered */
+    if (b->min_version != GW_TLS_ANY && b->min_version < GW_TLS_1_2) {
+        int n = snprintf(out, cap, "min_version=%s", gw_tls_version_name(b->min_version));
+        used = n > 0 && (size_t)n < cap ? (size_t)n : used;
+    }
+    if (b->max_version != GW_TLS_ANY && b->max_version < GW_TLS_1_2) {
+        int n = snprintf(out + used, cap - used, "%smax_version=%s", used ? " " : "",
+                         gw_tls_version_name(b->max_version));
+        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+    }
+    if (b->ciphers[0]) {
+        /* Any list replaces OpenSSL's secure default; @SECLEVEL=0/1 also allows SHA-1 and
+         * short keys. The list is quoted, it may hold spaces. */
+        int n = snprintf(out + used, cap - used, "%sciphers=\"%s\"", used ? " " : "", b->ciphers);
+        used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+        if (strstr(b->ciphers, "@SECLEVEL=0") || strstr(b->ciphers, "@SECLEVEL=1")) {
+            n = snprintf(out + used, cap - used, " seclevel=lowered");
+            used = n > 0 && (size_t)n < cap - used ? used + (size_t)n : used;
+        }
+    }
+    return used > 0;
+}
+
 /* A backend whose TLS was lowered below the gateway's defaults (for a legacy server) says so
  * at start and at every reload, once per backend. */
 static void warn_weak_tls(const gw_config *cfg)
 {
     char what[GW_PATH_MAX + 96];
     for (int i = 0; i < cfg->n_backends; i++)
-        if (gw_backend_weak_tls(&cfg->backends[i], what, sizeof what))
+        if (backend_weak_tls(&cfg->backends[i], what, sizeof what))
             GW_LOG_WARN(0,
                         "event=weak_tls backend=%s %s note=\"TLS toward this backend is "
                         "below the gateway's defaults\"",

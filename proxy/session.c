@@ -29,6 +29,19 @@ static const char *const pending_names[] = {
 
 static void on_tick(uv_timer_t *t);
 
+/* Does this frontend send its own 220 and open the backend connection at USER? (greeting
+ * set, balance = user or route_user = yes) */
+static bool fe_self_greets(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+}
+
+/* The text after "220 " of such a frontend's greeting. */
+static const char *fe_greeting(const gw_frontend_conf *fc)
+{
+    return fc->greeting[0] ? fc->greeting : "FTP gateway ready";
+}
+
 void gw_sess_set_client_state(gw_session *s, enum gw_client_state st)
 {
     if (s->cstate == st || GW_SESS_BUG_ON(s, (unsigned)st > CS_CLOSING))
@@ -72,7 +85,7 @@ void gw_sess_reply(gw_session *s, const char *text)
 void gw_sess_greet(gw_session *s)
 {
     char text[GW_HOST_MAX + 8];
-    snprintf(text, sizeof text, GW_R_FMT_GREETING, gw_fe_greeting(s->fe->conf));
+    snprintf(text, sizeof text, GW_R_FMT_GREETING, fe_greeting(s->fe->conf));
     for (char *p = text + 4; p < text + strlen(text) - 2; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = ' '; /* one reply line, whatever the configuration holds */
@@ -431,7 +444,7 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
      * many sessions (of this address, of this frontend) hold one without a login: silent
      * connections must not fill the backend's max_clients. Implicit ones ask after the
      * handshake. */
-    bool eager = !gw_fe_self_greets(fe->conf) && !fe->vhosted;
+    bool eager = !fe_self_greets(fe->conf) && !fe->vhosted;
     if (eager && fe->conf->mode != GW_FE_IMPLICIT && !gw_backend_prelogin_admit(s))
         eager = false;
     if (!eager) {

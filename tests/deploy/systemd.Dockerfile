@@ -9,7 +9,7 @@ FROM ${GATEWAY} AS gateway
 FROM ${BASE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      systemd procps libuv1 libssl3 libinih1 libmicrohttpd12 ca-certificates python3-pyftpdlib \
+      systemd procps libuv1 libssl3 libmicrohttpd12 ca-certificates python3-pyftpdlib \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
  && useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin ftpsgate \
  && install -d -m 0755 /srv/ftp /etc/ftpsgate \

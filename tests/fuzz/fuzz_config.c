@@ -43,6 +43,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check((f->pasv_port_min == 0 && f->pasv_port_max == 0) ||
               (f->pasv_port_min >= 1024 && f->pasv_port_min <= f->pasv_port_max));
         check(memchr(f->name, '\0', sizeof f->name) && f->name[0]);
+        check(memchr(f->backend, '\0', sizeof f->backend) != NULL);
+        /* The TLS policy after the merge from [tls] is consistent on its own. */
+        check(f->mode == GW_FE_PLAIN || f->client_cert == GW_CERT_NONE || f->client_ca[0]);
+        check(f->mode == GW_FE_PLAIN || !f->client_cert_user || f->client_cert != GW_CERT_NONE);
+        check(!f->cert[0] == !f->key[0]);
     }
     for (int i = 0; i < cfg.n_backends; i++)
         check(cfg.backends[i].address.port != 0 && cfg.backends[i].connect_timeout > 0);

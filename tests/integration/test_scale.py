@@ -1,6 +1,7 @@
 """No fixed cap on sections: a fleet configuration with hundreds of [backend] and
 [frontend] sections is accepted, and a gateway with 40 frontends (past the old limit of 16)
-starts, listens on every one and routes the last one to its own backend."""
+starts, listens on every one and routes the last one to its own backend. No cap on a line's
+length either: one frontend balances over 100 backends named on one 2,000-character line."""
 
 from __future__ import annotations
 
@@ -44,3 +45,40 @@ def test_40_frontends_start_and_answer(gateway, pyftpdlib, test_user):
         ftp.close()
     assert f"event=backend_chosen backend=b{n - 1} " in gw.log
     assert gw.log.count("event=listening frontend=") == n + 1  # and the base "fe"
+
+
+def test_backend_list_of_100_on_one_line(gateway, pyftpdlib, test_user, workdir):
+    """inih cut lines at 198 characters: 100 names on one `backend =` line (over 1,000
+    characters) load with -t, and the gateway starts with them and spreads sessions."""
+    n = 100
+    names = [f"backend-server-{i:03d}" for i in range(n)]
+    line = ", ".join(names)
+    assert len(line) > 1000
+    extra = {f"backend {name}": {"address": pyftpdlib.address, "tls": "none"} for name in names}
+    fe = frontend("plain", backend=line)
+    sections = {"global": {"log_level": "info"}, **extra,
+                "frontend big": {"listen": f"{HOST}:40000", "mode": "plain", "backend": line}}
+    conf = workdir / "long-line.ini"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf.write_text(render_ini(sections))
+    assert max(len(x) for x in conf.read_text().splitlines()) > 1000
+    r = subprocess.run([*peers.GATEWAY_WRAPPER, str(peers.GATEWAY_BIN), "-t", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+    gw = gateway(pyftpdlib, extra=extra, frontends={"big": fe})
+    chosen = set()
+    for _ in range(3):  # roundrobin: three sessions, three backends of the list
+        ftp = ftplib.FTP(timeout=10)
+        ftp.connect(HOST, gw.fport("big"))
+        try:
+            ftp.login(*test_user)
+            ftp.voidcmd("NOOP")
+            ftp.quit()
+        finally:
+            ftp.close()
+    for name in names:
+        if f"event=backend_chosen backend={name} " in gw.log:
+            chosen.add(name)
+    assert len(chosen) == 3, gw.log[-3000:]

@@ -1,7 +1,8 @@
 /* config/README.md documents exactly the keys of proxy/config.c's key table: every key the
- * parser knows has a row ("| `key` |") in the table under its "### [section]" heading, every
- * row names a key the parser knows, and no key listed under "## Planned" is known yet.
- * Run from the repository root (make unit). */
+ * parser knows has a row ("| `key` |") in the table under each "### [section]" heading it
+ * may appear in, every row names a key the parser knows, a [tls] key's [frontend] row says
+ * it defaults to the [tls] value (the merge step), and no key listed under "## Planned" is
+ * known yet. Run from the repository root (make unit). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 struct row {
     char section[16];
     char key[64];
+    char def[128]; /* the default column, as written */
     int line;
 };
 
@@ -71,8 +73,13 @@ static void read_doc(void)
         } else if (section[0] && strncmp(line, "| `", 3) == 0) {
             assert_true(n_rows < MAX_ROWS);
             struct row *r = &rows[n_rows++];
-            if (!backquoted(line + 2, r->key, sizeof r->key))
+            const char *after = backquoted(line + 2, r->key, sizeof r->key);
+            if (!after || strncmp(after, " | ", 3) != 0)
                 fail_msg("%s:%d: a key row must start with | `key` |", DOC, lineno);
+            size_t n = strcspn(after + 3, "|");
+            while (n && after[3 + n - 1] == ' ')
+                n--;
+            snprintf(r->def, sizeof r->def, "%.*s", (int)n, after + 3);
             strcpy(r->section, section);
             r->line = lineno;
         } else if (in_planned && strncmp(line, "- `[", 4) == 0) {
@@ -135,6 +142,35 @@ static void test_every_documented_key_exists(void **state)
     (void)state;
 }
 
+/* A [tls] key is also a [frontend] key, merged from [tls] when the frontend does not set it:
+ * its [frontend] row's default names the [tls] value. */
+static void test_inherited_keys_documented(void **state)
+{
+    int wrong = 0;
+    read_doc();
+    for (int j = 0; j < n_rows; j++) {
+        if (strcmp(rows[j].section, "frontend") != 0 || !known("tls", rows[j].key))
+            continue;
+        char want[96];
+        snprintf(want, sizeof want, "`[tls] %s`", rows[j].key);
+        if (strcmp(rows[j].def, want) != 0) {
+            print_error("%s:%d: [frontend] %s: the default should read %s (it is merged from "
+                        "[tls]), not %s\n",
+                        DOC, rows[j].line, rows[j].key, want, rows[j].def);
+            wrong++;
+        }
+    }
+    /* and the parser agrees: every [tls] key is a [frontend] key */
+    const char *s, *k;
+    for (size_t i = 0; (k = gw_config_key(i, &s)) != NULL; i++)
+        if (strcmp(s, "tls") == 0 && !known("frontend", k)) {
+            print_error("[tls] %s is not a [frontend] key\n", k);
+            wrong++;
+        }
+    assert_int_equal(wrong, 0);
+    (void)state;
+}
+
 static void test_planned_keys_not_known(void **state)
 {
     int wrong = 0;
@@ -155,6 +191,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_key_documented),
         cmocka_unit_test(test_every_documented_key_exists),
+        cmocka_unit_test(test_inherited_keys_documented),
         cmocka_unit_test(test_planned_keys_not_known),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
