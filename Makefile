@@ -90,8 +90,13 @@ build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP) | check-cmocka
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
 
+# In parallel (pytest-xdist): most tests wait on timers and peers, not on the CPU, so 4
+# workers pay off on 2 cores. Tests marked `serial` run alone (tests/integration/conftest.py).
+# TEST_JOBS=0: one process, in file order.
+TEST_JOBS ?= 4
+XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadgroup)
 integration: build/ftpsgate
-	$(PYTHON) -m pytest -q -ra tests/integration $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -ra $(XDIST) tests/integration $(PYTEST_ARGS)
 
 # Like `make run`: the Debian packages first (quick when all are present), then the tests
 # in a second make, so that its pkg-config sees what deps has just installed.
