@@ -119,8 +119,11 @@ VALGRIND_TESTS ?= tests/integration/test_implicit.py tests/integration/test_expl
 	tests/integration/test_proxy_protocol.py tests/integration/test_ban.py \
 	-k "not 64 and not parallel and not fd_count and not upload_series and not slow_backend \
 	and not curl_30 and not fresh_ticket and not two_workers"
+# Two workers: valgrind keeps a core busy per gateway, and the tests wait on it.
+VALGRIND_JOBS ?= 2
 valgrind: build/ftpsgate
-	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra $(VALGRIND_TESTS)
+	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra \
+	  $(if $(filter-out 0,$(VALGRIND_JOBS)),-n $(VALGRIND_JOBS) --dist loadgroup) $(VALGRIND_TESTS)
 
 # libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
 FUZZ_SECONDS ?= 60

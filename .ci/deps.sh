@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential pkg-config libuv1-dev libssl-dev libinih-dev libcmocka-dev
   clang clang-format libclang-rt-14-dev valgrind
   vsftpd python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
+  python3-pytest-xdist  # the integration suite runs in parallel (Makefile TEST_JOBS)
   curl lftp wget openssl procps iproute2 util-linux haproxy
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace

@@ -170,51 +170,20 @@ def _bindable(port: int) -> bool:
     return True
 
 
-class PortAllocator:
-    """Hands out distinct ports and port ranges that are free right now.
+class _Slice:
+    """Ports lo-hi: single ports from the top SINGLES, ranges from the rest (single ports held
+    for a whole session, a test's listener or a module's backend, would otherwise be
+    scattered over the slice and leave no room for a range of 500)."""
 
-    Uses 10000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
-    embedded default passive range (30000-30099), in slices of SLICE ports. Each allocator
-    (one per test process: a pytest-xdist worker, a run) holds a slice of its own through an
-    flock on a file per slice, for as long as it lives. So no two processes hand out the
-    same port, even one picked by one process and bound only later (a passive range the
-    backend binds at PASV, a gateway started after the pick): checking that a port is
-    bindable cannot see that. With every slice held (more than 8 processes), it falls back
-    to the whole range from an offset of its own, as runs on one machine did before.
-    """
+    def __init__(self, lo: int, hi: int, singles: int, offset: int = 0):
+        self.lo, self.hi, self.split = lo, hi, hi - singles + 1
+        self.next = {False: lo + offset % ((self.split - lo) // 2),
+                     True: self.split + offset % (singles // 2)}
 
-    LO, HI = 10000, 29999
-    SLICE = 2500  # eight slices: a run's four workers and four more test processes
-    SINGLES = 500
-    LOCK_DIR = Path("/var/lib/ftpsgate-test/ports")
-
-    def __init__(self):
-        self._lock = None
-        self.lo, self.hi = self.LO, self.HI
-        self.LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for first in range(self.LO, self.HI + 1, self.SLICE):
-            f = open(self.LOCK_DIR / f"{first}.lock", "a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            self._lock = f  # held (and the slice with it) until this process ends
-            self.lo, self.hi = first, min(first + self.SLICE - 1, self.HI)
-            break
-        # Single ports come from the top SINGLES of the slice, ranges from the rest: single
-        # ports held for a whole session (a test's own listener, a module's backend) would
-        # otherwise be scattered over the slice and leave no room for a range of 500.
-        self._split = self.hi - self.SINGLES + 1
-        pid = 0 if self._lock else os.getpid()  # no slice: an offset of its own
-        self._next = {False: self.lo + pid * 211 % ((self._split - self.lo) // 2),
-                      True: self._split + pid * 7 % (self.SINGLES // 2)}
-        self._given: set[int] = set()
-
-    def _take(self, n: int) -> int:
+    def take(self, n: int, given: set[int]) -> int | None:
         single = n == 1
-        lo, hi = (self._split, self.hi) if single else (self.lo, self._split - 1)
-        first, scanned = self._next[single], 0
+        lo, hi = (self.split, self.hi) if single else (self.lo, self.split - 1)
+        first, scanned = self.next[single], 0
         while scanned <= 2 * (hi - lo + 1):
             if first + n - 1 > hi:
                 scanned += hi - first + 1
@@ -222,16 +191,68 @@ class PortAllocator:
                 continue
             # The first port in the way: the next try starts after it.
             busy = next((p for p in range(first, first + n)
-                         if p in self._given or not _bindable(p)), None)
+                         if p in given or not _bindable(p)), None)
             if busy is None:
-                self._given.update(range(first, first + n))
-                self._next[single] = first + n
+                self.next[single] = first + n
                 return first
             scanned += busy - first + 1
             first = busy + 1
-        held = sum(1 for p in range(lo, hi + 1) if p in self._given)
-        raise RuntimeError(f"no {n} free consecutive ports in {lo}-{hi} ({held} handed out "
-                           f"and not given back)")
+        return None
+
+
+class PortAllocator:
+    """Hands out distinct ports and port ranges that are free right now.
+
+    Uses 10000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
+    embedded default passive range (30000-30099), in slices of SLICE ports. Each allocator
+    (one per test process: a pytest-xdist worker, a run) holds a slice of its own through an
+    flock on a file per slice, for as long as it lives, and one more when its slices are
+    full. So no two processes hand out the same port, even one picked by one process and
+    bound only later (a passive range the backend binds at PASV, a gateway started after
+    the pick): checking that a port is bindable cannot see that. With every slice held, it
+    falls back to the whole range from an offset of its own, as runs on one machine did
+    before.
+    """
+
+    LO, HI = 10000, 29999
+    SLICE = 2500  # eight slices: a run's four workers, each can take one more
+    SINGLES = 500
+    LOCK_DIR = Path("/var/lib/ftpsgate-test/ports")
+
+    def __init__(self):
+        self._locks: list = []
+        self._slices: list[_Slice] = []
+        self._given: set[int] = set()
+        self.LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._claim():  # no slice free: the whole range, from an offset of its own
+            self._slices.append(_Slice(self.LO, self.HI, self.SINGLES, os.getpid() * 211))
+
+    def _claim(self) -> bool:
+        for first in range(self.LO, self.HI + 1, self.SLICE):
+            f = open(self.LOCK_DIR / f"{first}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            self._locks.append(f)  # held (and the slice with it) until this process ends
+            self._slices.append(_Slice(first, min(first + self.SLICE - 1, self.HI),
+                                       self.SINGLES))
+            return True
+        return False
+
+    def _take(self, n: int) -> int:
+        while True:
+            for sl in self._slices:
+                first = sl.take(n, self._given)
+                if first is not None:
+                    self._given.update(range(first, first + n))
+                    return first
+            if not self._locks or not self._claim():
+                break
+        held = ", ".join(f"{sl.lo}-{sl.hi}" for sl in self._slices)
+        raise RuntimeError(f"no {n} free consecutive ports in {held} ({len(self._given)} "
+                           f"handed out and not given back)")
 
     def port(self) -> int:
         return self._take(1)

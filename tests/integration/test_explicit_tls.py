@@ -277,8 +277,6 @@ def _take_passive_port(a, b, backend, client_ctx, reply_timeout):
     return (code, text), stolen, a, b
 
 
-@pytest.mark.serial  # timing: a transfer refused on the client leg (ABOR), then the
-# next one at once; under load the backend's data or replies of the aborted one showed up
 @pytest.mark.parametrize("variant", TLS_VARIANTS)
 def test_other_client_cannot_take_passive_port(xgw, backend, tls_cert, variant):
     """SECURITY (PROTOCOL.md §5): same address, so the address check lets B's connection in

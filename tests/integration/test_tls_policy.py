@@ -260,7 +260,6 @@ def test_client_cert_user_optional_without_cert(cgw, pyftpdlib, client_ctx):
             ftp.sendcmd(f"USER {pyftpdlib.user}")
 
 
-@pytest.mark.serial  # see test_explicit_tls.py::test_other_client_cannot_take_passive_port
 def test_client_cert_data_leg(cgw, pyftpdlib, tls_cert, pki):
     """Data connections resume the control session and present no certificate of their own;
     a data handshake presenting another certificate than the control connection's is
