@@ -96,8 +96,10 @@ unit: $(UNIT_BINS)
 # whole suite on the ASan+UBSan build, also with 4 workers (about 1.2 x the plain run's
 # time); only test_alloc_failure.py skips itself there (ASan's allocator must come first in
 # LD_PRELOAD, so its failing allocator cannot).
+# Without python3-pytest-xdist (`make deps` installs it) the suite runs in one process.
 TEST_JOBS ?= 4
-XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadgroup)
+HAVE_XDIST = $(shell $(PYTHON) -c 'import xdist' 2>/dev/null && echo yes)
+XDIST = $(if $(filter-out 0,$(TEST_JOBS)),$(if $(HAVE_XDIST),-n $(TEST_JOBS) --dist loadgroup))
 integration: build/ftpsgate
 	$(PYTHON) -m pytest -q -ra $(XDIST) tests/integration $(PYTEST_ARGS)
 
@@ -126,7 +128,8 @@ VALGRIND_TESTS ?= tests/integration/test_implicit.py tests/integration/test_expl
 VALGRIND_JOBS ?= 2
 valgrind: build/ftpsgate
 	FTPSGATE_WRAPPER="$(VALGRIND)" $(PYTHON) -m pytest -q -ra \
-	  $(if $(filter-out 0,$(VALGRIND_JOBS)),-n $(VALGRIND_JOBS) --dist loadgroup) $(VALGRIND_TESTS)
+	  $(if $(filter-out 0,$(VALGRIND_JOBS)),$(if $(HAVE_XDIST),-n $(VALGRIND_JOBS) --dist loadgroup)) \
+	  $(VALGRIND_TESTS)
 
 # libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
 FUZZ_SECONDS ?= 60
