@@ -19,6 +19,7 @@ TEST_PACKAGES=(
   build-essential libcmocka-dev clang clang-format libclang-rt-14-dev valgrind
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
   python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
+  python3-pytest-xdist  # the integration suite runs in parallel (Makefile TEST_JOBS)
   curl wget openssl iproute2 util-linux haproxy
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace

@@ -6,14 +6,21 @@ whole session; `gw` (one gateway in front of `backend`) lives for a module and b
 `gateway` starts extra gateways that are stopped at the end of the test, `module_gateway`
 at the end of the module. `vsftpd_ftps` and `vsftpd_implicit` are vsftpd doing FTPS itself
 (explicit and implicit) with `backend_cert`, for the gateway's backend TLS leg.
+
+Parallel runs (pytest-xdist, `make integration`): each worker is a session of its own (its
+own backends, work directory and slice of ports, peers.PortAllocator). A test marked
+`@pytest.mark.serial` runs alone: it waits until the tests running on other workers end,
+and none starts until it is done (load, CPU-spread and timing tests).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-import time
 import shutil
+import tempfile
+import time
 
 import pytest
 
@@ -147,6 +154,49 @@ def gw(request, backend, workdir, ports, tls_cert) -> Gateway:
                        f"{request.module.__name__}-{backend.name}")
     yield factory(backend)
     _close(factory)
+
+
+# ---------------------------------------------------------------------------------------
+# `serial` tests run alone under pytest-xdist: a readers-writer lock over the run's workers
+# (flock on files the controller creates). Every other test holds it shared; a serial one
+# exclusive. The gate keeps a waiting serial test from being starved by shared holders.
+
+_LOCK_DIR_KEY = "ftpsgate_lock_dir"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "serial: run alone, with no other test of a parallel (xdist) run at the "
+                   "same time: load, timing and SO_REUSEPORT spread tests")
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        config._ftpsgate_lock_dir = tempfile.mkdtemp(prefix="ftpsgate-it-lock-")
+
+
+def pytest_unconfigure(config):
+    d = getattr(config, "_ftpsgate_lock_dir", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):  # xdist: the controller hands the lock to each worker
+    node.workerinput[_LOCK_DIR_KEY] = node.config._ftpsgate_lock_dir
+
+
+@pytest.fixture(autouse=True)
+def _run_alone_if_serial(request):
+    d = getattr(request.config, "workerinput", {}).get(_LOCK_DIR_KEY)
+    if not d:  # not under xdist: tests run one at a time anyway
+        yield
+        return
+    serial = request.node.get_closest_marker("serial") is not None
+    with open(os.path.join(d, "gate"), "a") as gate, open(os.path.join(d, "rw"), "a") as rw:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(rw, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # the lock goes with the files' closing
 
 
 # ---------------------------------------------------------------------------------------

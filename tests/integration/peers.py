@@ -8,6 +8,7 @@ What each peer does differently is noted where a test depends on it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ftplib
 import hashlib
 import os
@@ -157,7 +158,11 @@ LFTP_IPV6_SKIP = ("lftp resolves [::1] only where a non-loopback interface has a
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket() as s:  # no SO_REUSEADDR: a port in TIME_WAIT counts as busy
+    # SO_REUSEADDR, as every server of the tests sets it (ftpsgate, vsftpd, pyftpdlib,
+    # HAProxy, the tests' own listeners): a listener makes the port busy, a connection of
+    # the past minute in TIME_WAIT does not (it would leave few ranges of 500 free ports).
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -165,35 +170,89 @@ def _bindable(port: int) -> bool:
     return True
 
 
+class _Slice:
+    """Ports lo-hi: single ports from the top SINGLES, ranges from the rest (single ports held
+    for a whole session, a test's listener or a module's backend, would otherwise be
+    scattered over the slice and leave no room for a range of 500)."""
+
+    def __init__(self, lo: int, hi: int, singles: int, offset: int = 0):
+        self.lo, self.hi, self.split = lo, hi, hi - singles + 1
+        self.next = {False: lo + offset % ((self.split - lo) // 2),
+                     True: self.split + offset % (singles // 2)}
+
+    def take(self, n: int, given: set[int]) -> int | None:
+        single = n == 1
+        lo, hi = (self.split, self.hi) if single else (self.lo, self.split - 1)
+        first, scanned = self.next[single], 0
+        while scanned <= 2 * (hi - lo + 1):
+            if first + n - 1 > hi:
+                scanned += hi - first + 1
+                first = lo
+                continue
+            # The first port in the way: the next try starts after it.
+            busy = next((p for p in range(first, first + n)
+                         if p in given or not _bindable(p)), None)
+            if busy is None:
+                self.next[single] = first + n
+                return first
+            scanned += busy - first + 1
+            first = busy + 1
+        return None
+
+
 class PortAllocator:
     """Hands out distinct ports and port ranges that are free right now.
 
-    Uses 20000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
-    embedded default passive range (30000-30099). Each process starts at its own offset so
-    two runs on one machine rarely meet.
+    Uses 10000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
+    embedded default passive range (30000-30099), in slices of SLICE ports. Each allocator
+    (one per test process: a pytest-xdist worker, a run) holds a slice of its own through an
+    flock on a file per slice, for as long as it lives, and one more when its slices are
+    full. So no two processes hand out the same port, even one picked by one process and
+    bound only later (a passive range the backend binds at PASV, a gateway started after
+    the pick): checking that a port is bindable cannot see that. With every slice held, it
+    falls back to the whole range from an offset of its own, as runs on one machine did
+    before.
     """
 
-    LO, HI = 20000, 29999
+    LO, HI = 10000, 29999
+    SLICE = 2500  # eight slices: a run's four workers, each can take one more
+    SINGLES = 500
+    LOCK_DIR = Path("/var/lib/ftpsgate-test/ports")
 
     def __init__(self):
-        span = self.HI - self.LO
-        self._next = self.LO + (os.getpid() * 211) % (span - 2000)
+        self._locks: list = []
+        self._slices: list[_Slice] = []
         self._given: set[int] = set()
+        self.LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._claim():  # no slice free: the whole range, from an offset of its own
+            self._slices.append(_Slice(self.LO, self.HI, self.SINGLES, os.getpid() * 211))
+
+    def _claim(self) -> bool:
+        for first in range(self.LO, self.HI + 1, self.SLICE):
+            f = open(self.LOCK_DIR / f"{first}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            self._locks.append(f)  # held (and the slice with it) until this process ends
+            self._slices.append(_Slice(first, min(first + self.SLICE - 1, self.HI),
+                                       self.SINGLES))
+            return True
+        return False
 
     def _take(self, n: int) -> int:
-        for _ in range(2 * (self.HI - self.LO)):
-            first = self._next
-            if first + n - 1 > self.HI:
-                self._next = self.LO
-                continue
-            self._next = first + n
-            ports = range(first, first + n)
-            if any(p in self._given for p in ports):
-                continue
-            if all(_bindable(p) for p in ports):
-                self._given.update(ports)
-                return first
-        raise RuntimeError(f"no {n} free consecutive ports in {self.LO}-{self.HI}")
+        while True:
+            for sl in self._slices:
+                first = sl.take(n, self._given)
+                if first is not None:
+                    self._given.update(range(first, first + n))
+                    return first
+            if not self._locks or not self._claim():
+                break
+        held = ", ".join(f"{sl.lo}-{sl.hi}" for sl in self._slices)
+        raise RuntimeError(f"no {n} free consecutive ports in {held} ({len(self._given)} "
+                           f"handed out and not given back)")
 
     def port(self) -> int:
         return self._take(1)
@@ -205,8 +264,7 @@ class PortAllocator:
     def release(self, ports: Iterable[int]) -> None:
         """Give ports back once nothing listens on them any more (a stopped gateway): the
         whole suite starts a few hundred gateways of ~45 ports each, more than the range
-        holds. A released port is handed out again only while it is bindable, so ports
-        still in TIME_WAIT are skipped."""
+        holds. A released port is handed out again only while nothing listens on it."""
         self._given.difference_update(ports)
 
 
@@ -296,26 +354,37 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 5) -> None:
 # Test user and TLS material
 
 
+@contextlib.contextmanager
+def _machine_setup_lock():
+    """Held while the test user, its password and the PAM service are set up: pytest-xdist
+    workers and concurrent runs do it at the same time (useradd twice, a password file
+    read before it is written, a PAM file read half-written)."""
+    PASSWORD_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(PASSWORD_FILE.parent / "setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_test_user() -> tuple[str, str]:
     """Create the system user for vsftpd logins once; (re)set its SHA-512 password.
 
     Debian hashes with yescrypt by default, which makes every login slow (PEERS.md)."""
     if os.geteuid() != 0:
         raise RuntimeError("the integration tests run as root (vsftpd, useradd, chpasswd)")
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin",
-                        "--comment", "ftpsgate integration tests", TEST_USER],
-                       check=True, timeout=30)
-    PASSWORD_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not PASSWORD_FILE.exists():
-        fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(12))  # URL-safe: it goes into ftp:// URLs
-    password = PASSWORD_FILE.read_text().strip()
-    subprocess.run(["chpasswd", "-c", "SHA512"], input=f"{TEST_USER}:{password}\n",
-                   text=True, check=True, timeout=30)
+    with _machine_setup_lock():
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin",
+                            "--comment", "ftpsgate integration tests", TEST_USER],
+                           check=True, timeout=30)
+        if not PASSWORD_FILE.exists():
+            fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(12))  # URL-safe: it goes into ftp:// URLs
+        password = PASSWORD_FILE.read_text().strip()
+        subprocess.run(["chpasswd", "-c", "SHA512"], input=f"{TEST_USER}:{password}\n",
+                       text=True, check=True, timeout=30)
     return TEST_USER, password
 
 
@@ -325,8 +394,11 @@ def ensure_pam_service() -> str:
             "auth     required pam_unix.so\n"
             "account  required pam_unix.so\n"
             "session  required pam_unix.so\n")
-    if not PAM_FILE.exists() or PAM_FILE.read_text() != text:
-        PAM_FILE.write_text(text)
+    with _machine_setup_lock():
+        if not PAM_FILE.exists() or PAM_FILE.read_text() != text:
+            tmp = PAM_FILE.with_name(f".{PAM_SERVICE}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, PAM_FILE)  # a vsftpd login never reads half a file
     return PAM_SERVICE
 
 
@@ -364,6 +436,9 @@ class Backend:
     host: str = HOST
     tls: str = "none"  # what the server itself speaks: none | explicit | implicit
     cert: Path | None = None  # its certificate (the ca_file that trusts it) when tls != none
+    # Where its ports came from, given back at stop() (a test process has a slice of ports).
+    ports: "PortAllocator | None" = None
+    allocated: tuple[int, ...] = ()
 
     @property
     def address(self) -> str:
@@ -395,6 +470,9 @@ class Backend:
 
     def stop(self) -> None:
         kill_tree(self.proc)
+        release = getattr(self.ports, "release", None)  # a test's own port source may not
+        if release and self.proc.poll() is not None:
+            release(self.allocated)
 
     def connections(self) -> int:
         """Control connections the server has logged so far (vsftpd: "CONNECT: Client",
@@ -516,7 +594,8 @@ def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
         mode = "implicit" if tls.implicit else "explicit"
         name = f"vsftpd-ftps-{mode}"
     return Backend(name, port, user, password, root, banner, proc, log,
-                   owner=(pw.pw_uid, pw.pw_gid), tls=mode, cert=tls.cert if tls else None)
+                   owner=(pw.pw_uid, pw.pw_gid), tls=mode, cert=tls.cert if tls else None,
+                   ports=ports, allocated=(port, *range(pasv_lo, pasv_hi + 1)))
 
 
 PYFTPDLIB_SERVER = """\
@@ -553,6 +632,7 @@ def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: st
     script = workdir / "server.py"
     script.write_text(PYFTPDLIB_SERVER.replace("# EXTRA", extra)
                       .replace("server.max_cons = 512", f"server.max_cons = {int(max_cons)}"))
+    fresh = not port
     port = port or ports.port()
     pasv_lo, pasv_hi = ports.range(50)
     banner = "ftpsgate-test pyftpdlib ready"
@@ -569,7 +649,9 @@ def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: st
     except Exception:
         kill_tree(proc)
         raise
-    return Backend("pyftpdlib", port, user, password, root, banner, proc, log)
+    # A restart on a given port keeps it: the first server's stop() gives it back.
+    return Backend("pyftpdlib", port, user, password, root, banner, proc, log, ports=ports,
+                   allocated=(*((port,) if fresh else ()), *range(pasv_lo, pasv_hi + 1)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -788,8 +870,12 @@ class GatewayFactory:
         return {
             "global": {"log_level": "debug", "idle_timeout": 120, "login_timeout": 30},
             "tls": {"cert": self.cert, "key": self.key},
+            # active_source_port 0 (any port): the default source ports 989 and 20 are one
+            # per machine, and active transfers of parallel tests from them collide
+            # ("address already in use" for a 4-tuple still in TIME_WAIT). The default is
+            # tested in test_data_channel.py (test_default_active_source_port).
             "frontend fe": {"listen": f"{HOST}:{port}", "mode": "implicit", "backend": "be",
-                            "pasv_ports": f"{pasv[0]}-{pasv[1]}"},
+                            "pasv_ports": f"{pasv[0]}-{pasv[1]}", "active_source_port": 0},
             "backend be": {"address": backend_address, "tls": "none"},
         }
 
@@ -825,6 +911,7 @@ class GatewayFactory:
                 fports[fname] = int(str(section["listen"]).rsplit(":", 1)[1])
             section.setdefault("backend", "be")
             section.setdefault("pasv_ports", f"{pasv[0]}-{pasv[1]}")
+            section.setdefault("active_source_port", 0)  # as on fe
             sections[f"frontend {fname}"] = section
         if backend_keys:
             sections["backend be"].update(backend_keys)

@@ -27,12 +27,13 @@ QUICK = 5  # seconds within which the gateway must react to the failure
 
 
 @pytest.fixture(scope="module")
-def shim():
+def shim(workdir):
     cc = shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler (cc) to build tests/tools/failalloc.c")
-    out = REPO / "build" / "failalloc.so"
-    out.parent.mkdir(exist_ok=True)
+    # In this test process's own directory: parallel workers building one build/failalloc.so
+    # preloaded each other's half-written file.
+    out = workdir / "failalloc.so"
     subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2",
                     "-o", str(out), str(REPO / "tests" / "tools" / "failalloc.c"), "-ldl"],
                    check=True)

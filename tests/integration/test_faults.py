@@ -500,6 +500,7 @@ def test_client_half_closes_control(fgw, mark, pyftpdlib, client_ctx, variant):
     finish(fgw, mark, pyftpdlib, client_ctx)
 
 
+@pytest.mark.serial  # 1000 connections: load
 def test_1000_idle_connections_without_client_hello(request, fgw, mark, pyftpdlib, client_ctx):
     """1,000 TCP connections that never send a ClientHello are closed after the handshake
     timeout, min(login_timeout, 30 s), without a byte; normal sessions work meanwhile."""
@@ -719,6 +720,7 @@ def test_truncated_tls_record_on_upload(fgw, mark, pyftpdlib, client_ctx):
 # Descriptor exhaustion
 
 
+@pytest.mark.serial  # descriptor exhaustion under load
 def test_emfile_overload(request, workdir, ports, tls_cert, pyftpdlib, client_ctx, real_files):
     """The gateway at RLIMIT_NOFILE = 64 with 100 connections: it neither dies nor spins
     (CPU time over 5 s of idle overload < 1 s), and after the connections close a normal

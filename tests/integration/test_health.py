@@ -11,6 +11,7 @@ process for the odd backends (one that never greets, one that greets 421)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -81,6 +82,8 @@ class TinyServer:
 
     def stop(self):
         self.stopped = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         self.sock.close()
         for c in self.conns:
             try:

@@ -197,7 +197,7 @@ def test_refused_headers(gateway, pyftpd):
     start = gw.log_size()
     assert raw_exchange(x, header(2, None, None, local=True)) == b""
     socket.create_connection((HOST, x), 5).close()
-    time.sleep(0.3)
+    peers.wait_for(lambda: "event=proxy_missing" in gw.log_since(start), 5, "the empty check")
     log = gw.log_since(start)
     assert "event=proxy_local" in log and "event=proxy_missing" in log
     assert "proxy_refused" not in log and "session_start" not in log and "session_end" not in log

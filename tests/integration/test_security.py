@@ -420,6 +420,7 @@ def test_three_failed_logins_end_the_session(sgw, offset, client_ctx):
     assert sum("event=login_failed" in l for l in lines) == 3, lines
 
 
+@pytest.mark.serial  # timing: other sessions answered within 0.5 s
 def test_failed_pass_reply_is_delayed(sgw, offset, client_ctx, fake):
     """The fake backend answers 530 at once; the client gets it only after ~1 s. A correct
     password is not delayed, and other sessions are served during the delay."""

@@ -415,6 +415,7 @@ def test_unmatched_connections_are_closed(gateway, pyftpdlib, ports, client_ctx)
 # Workers: a connection accepted by another worker is handed to the session's
 
 
+@pytest.mark.serial  # SO_REUSEPORT spread over both workers
 def test_two_workers(gateway, pyftpdlib, ports, blobs, client_ctx):
     gw = shared_gateway(gateway, pyftpdlib, ports, workers=2)
     ctx = tls13(client_ctx)

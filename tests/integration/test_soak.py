@@ -39,6 +39,8 @@ import faults
 from faults import kill_socket, pss_kib
 from peers import HOST, KiB, MiB, ExplicitFTPS, ImplicitFTPS, frontend, parse_227
 
+pytestmark = pytest.mark.serial  # 200 sessions at once: load, time-bounded
+
 SESSIONS = 200
 MAX_OPS = 4  # transfers per session: 1 to MAX_OPS
 SEED = 20240517

@@ -30,6 +30,7 @@ def workers_of(log: str) -> set[str]:
     return set(re.findall(r"event=session_(?:start|refused) .* worker=(\d+)", log))
 
 
+@pytest.mark.serial  # SO_REUSEPORT spread over both workers
 def test_sessions_spread_over_workers(gateway, backend, blobs, tmp_path):
     gw = started(gateway(backend, extra={"global": {"workers": 2}}))
     assert "event=workers count=2" in gw.log
@@ -50,6 +51,7 @@ def test_sessions_spread_over_workers(gateway, backend, blobs, tmp_path):
     assert workers_of(gw.log) == {"0", "1"}, gw.log[-3000:]
 
 
+@pytest.mark.serial  # SO_REUSEPORT spread over the workers
 def test_limits_are_process_wide(gateway, backend, client_ctx):
     """max_sessions_per_ip = 3 with 4 workers: the fourth to eighth connections are refused
     whichever worker took them; closing one frees a place."""
