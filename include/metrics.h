@@ -109,8 +109,9 @@ typedef struct gw_metrics_view {
     /* Counted by the modules above this one (bans.h, data.h, shared_port.h). */
     uint64_t bans_active;
     uint64_t data_reuse_exempt;
-    uint64_t data_sibling; /* data TLS resumptions of a sibling's session (data.h) */
-    bool shared_port;      /* some frontend has pasv_shared_port: its counters follow */
+    uint64_t data_sibling;  /* data TLS resumptions of a sibling's session (data.h) */
+    uint64_t sibling_bytes; /* memory of the sibling registry (siblings.h) */
+    bool shared_port;       /* some frontend has pasv_shared_port: its counters follow */
     uint64_t shport_resumption, shport_address, shport_unmatched, shport_fallback, shport_refused;
 } gw_metrics_view;
 

@@ -7,13 +7,14 @@
 #define GW_SIBLINGS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "ftp_addr.h"
 
 #define GW_SIB_TAG_LEN 16   /* GW_TLS_TAG_LEN */
 #define GW_SIB_ROUTE_LEN 12 /* GW_ROUTE_LEN: a tag's prefix */
 #define GW_SIB_GRACE_S 600  /* a session stays a sibling this long after its end */
-#define GW_SIB_MAX 200000   /* entries kept at most (oldest ended ones go first) */
+#define GW_SIB_MAX 50000    /* entries kept at most (oldest ended ones go first): ~10 MB */
 
 enum gw_sib_verdict {
     GW_SIB_SIBLING = 0,   /* same user, backend and client address: accept */
@@ -37,6 +38,9 @@ enum gw_sib_verdict gw_sib_check_route(const uint8_t own[GW_SIB_ROUTE_LEN],
                                        const uint8_t other[GW_SIB_ROUTE_LEN], uint64_t now_s);
 /* The log reason of a refusal ("another user", ...). */
 const char *gw_sib_reason(enum gw_sib_verdict v);
+/* Memory the entries hold (bytes; /metrics: it grows by design for GW_SIB_GRACE_S after
+ * sessions end, up to GW_SIB_MAX entries). */
+size_t gw_sib_bytes(void);
 /* Entries held (tests). */
 int gw_sib_count(void);
 /* Forget everything (tests). */

@@ -31,6 +31,7 @@
 #include "data.h"
 #include "log.h"
 #include "metrics.h"
+#include "siblings.h"
 #include "session.h"
 #include "shared_port.h"
 #include "timeline.h"
@@ -277,6 +278,7 @@ static void render_metrics(gw_sbuf *o)
                              .bans_active = gw_bans_active(),
                              .data_reuse_exempt = gw_data_reuse_exempt_count(),
                              .data_sibling = gw_data_sibling_count(),
+                             .sibling_bytes = gw_sib_bytes(),
                              .shared_port = any_shared_port};
         const gw_shport_stats *sp = gw_shport_stats_get();
         v.shport_resumption = atomic_load_explicit(&sp->matched_resumption, memory_order_relaxed);

@@ -420,6 +420,11 @@ static void render_policy(const gw_metrics_view *v, gw_sbuf *o)
            "of the same user, backend and client address.");
     gw_sbuf_printf(o, "ftpsgate_data_tls_sibling_resumptions_total %llu\n",
                    (unsigned long long)v->data_sibling);
+    family(o, "ftpsgate_tls_sibling_registry_bytes", "gauge",
+           "Memory of the registry of control connections whose sessions siblings may "
+           "resume (kept 10 minutes after a logged-in session ends).");
+    gw_sbuf_printf(o, "ftpsgate_tls_sibling_registry_bytes %llu\n",
+                   (unsigned long long)v->sibling_bytes);
     if (!v->shared_port)
         return;
     family(o, "ftpsgate_shared_port_connections_total", "counter",

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #define BUCKETS 4096
-#define USER_MAX 256
+#define USER_MAX 64 /* the session keeps 63 characters of USER too */
 #define BACKEND_MAX 64
 
 typedef struct entry {
@@ -96,7 +96,8 @@ void gw_sib_ended(const uint8_t tag[GW_SIB_TAG_LEN], uint64_t now_s)
     entry *e = find(tag, GW_SIB_TAG_LEN, 0);
     if (e && !e->ended) {
         e->ended = true;
-        e->expires = now_s + GW_SIB_GRACE_S;
+        /* Never logged in: it can be nobody's sibling, so it goes at the next prune. */
+        e->expires = e->logged_in ? now_s + GW_SIB_GRACE_S : now_s;
     }
     pthread_mutex_unlock(&lock);
 }
@@ -173,4 +174,12 @@ void gw_sib_reset(void)
         }
     count = 0;
     pthread_mutex_unlock(&lock);
+}
+
+size_t gw_sib_bytes(void)
+{
+    pthread_mutex_lock(&lock);
+    size_t n = (size_t)count * sizeof(entry);
+    pthread_mutex_unlock(&lock);
+    return n;
 }
