@@ -11,7 +11,7 @@
 # definitions) lives in FTPSGATE_DEPLOY_CACHE (default /var/cache/ftpsgate-deploy): the
 # first run builds (a few minutes), later runs reuse the layers. Containers run in a private
 # network namespace, so the published ports (990, 21, 30000-30059...) touch nothing on the
-# host. Each step prints its time.
+# host. Each step prints its time. `run.sh --prepare` stops after the images.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
@@ -423,6 +423,9 @@ step "packages" install_packages
 configure_podman
 step "base image (debootstrap)" make_base
 step "images" build_images
+# --prepare: only the cached part (packages, base, images), which waits on Debian's archive
+# more than on the CPU; .ci/run starts it early at low priority, beside the test stages.
+[[ ${1:-} == --prepare ]] && exit 0
 step "network namespace" make_netns
 step "image alone" image_alone
 step "compose.yaml" compose_demo
