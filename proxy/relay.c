@@ -226,7 +226,7 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     if (fc->pasv_shared_port <= 0)
         return 0;
     bool tls = s->prot_p && s->has_tag;
-    bool presumed = s->data_resumed == 0 && s->fe->cfg->data_session_reuse_required;
+    bool presumed = s->data_resumed == 0 && fc->data_session_reuse_required;
     gw_shport_want w = {
         .port = (uint16_t)fc->pasv_shared_port,
         .tls = tls,
