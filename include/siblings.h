@@ -38,8 +38,8 @@ enum gw_sib_verdict gw_sib_check_route(const uint8_t own[GW_SIB_ROUTE_LEN],
                                        const uint8_t other[GW_SIB_ROUTE_LEN], uint64_t now_s);
 /* The log reason of a refusal ("another user", ...). */
 const char *gw_sib_reason(enum gw_sib_verdict v);
-/* Memory the entries hold (bytes; /metrics: it grows by design for GW_SIB_GRACE_S after
- * sessions end, up to GW_SIB_MAX entries). */
+/* Memory the entries hold: the pages of their blocks written to (bytes; /metrics: it grows
+ * by design for GW_SIB_GRACE_S after sessions end, up to GW_SIB_MAX entries). */
 size_t gw_sib_bytes(void);
 /* Entries held (tests). */
 int gw_sib_count(void);

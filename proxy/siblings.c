@@ -1,19 +1,29 @@
 /* The sibling registry (siblings.h): a hash table of tags, chained, under one mutex. Tags
  * are random, so their first bytes (part of the route) spread them over the buckets and a
- * route finds its tag's bucket too. */
+ * route finds its tag's bucket too.
+ *
+ * Entries live in blocks of their own (mmap), not on the malloc heap: an entry outlives its
+ * session by GW_SIB_GRACE_S, and ~200-byte chunks left among a burst's freed session memory
+ * pinned a page each (malloc_trim cannot give a page back that holds a live chunk): the
+ * soak measured ~300 KiB of anonymous memory per 200 sessions for 37 KiB of entries. */
 #include "siblings.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define BUCKETS 4096
 #define USER_MAX 64 /* the session keeps 63 characters of USER too */
 #define BACKEND_MAX 64
 
+struct block;
+
 typedef struct entry {
     struct entry *next;
+    struct block *blk; /* the block holding it */
     uint8_t tag[GW_SIB_TAG_LEN];
     gw_addr client;
     bool logged_in, ended;
@@ -21,9 +31,119 @@ typedef struct entry {
     char user[USER_MAX], backend[BACKEND_MAX];
 } entry;
 
+/* A block: this header, then its entries, handed out in address order (untouched pages
+ * stay unmapped) and reused from its free list; unmapped once empty. */
+#define BLOCK_BYTES (64 * 1024)
+
+typedef struct block {
+    struct block *next, *prev; /* the blocks with room, the one to take from first */
+    entry *free;               /* freed entries of this block */
+    unsigned used, fresh;      /* entries held; entries ever handed out (a prefix) */
+    size_t touched;            /* bytes of the block's pages written to */
+} block;
+
+#define BLOCK_ENTRIES ((BLOCK_BYTES - sizeof(block)) / sizeof(entry))
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static entry *table[BUCKETS];
 static int count;
+static block *with_room; /* blocks with a free entry */
+static size_t touched;   /* the blocks' touched pages: the memory the entries cost */
+
+static entry *block_entries(block *b)
+{
+    return (entry *)(b + 1);
+}
+
+static size_t page_up(size_t n)
+{
+    static size_t page;
+    if (!page) {
+        long p = sysconf(_SC_PAGESIZE);
+        page = p > 0 ? (size_t)p : 4096;
+    }
+    return (n + page - 1) / page * page;
+}
+
+static void room_add(block *b)
+{
+    b->prev = NULL;
+    b->next = with_room;
+    if (with_room)
+        with_room->prev = b;
+    with_room = b;
+}
+
+static void room_remove(block *b)
+{
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        with_room = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    b->next = b->prev = NULL;
+}
+
+/* Under the lock: a zeroed entry, NULL when out of memory. */
+static entry *entry_alloc(void)
+{
+    block *b = with_room;
+    if (!b) {
+        void *m =
+            mmap(NULL, BLOCK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+        b = m;
+        b->touched = page_up(sizeof(block));
+        touched += b->touched;
+        room_add(b);
+    }
+    entry *e = b->free;
+    if (e) {
+        b->free = e->next;
+    } else {
+        e = &block_entries(b)[b->fresh++];
+        size_t t = page_up((size_t)((char *)(e + 1) - (char *)b));
+        if (t > b->touched) {
+            touched += t - b->touched;
+            b->touched = t;
+        }
+    }
+    if (++b->used == BLOCK_ENTRIES)
+        room_remove(b);
+    memset(e, 0, sizeof *e);
+    e->blk = b;
+    return e;
+}
+
+/* Under the lock. */
+static void entry_free(entry *e)
+{
+    block *b = e->blk;
+    if (b->used-- == BLOCK_ENTRIES)
+        room_add(b);
+    if (b->used > 0) {
+        e->next = b->free;
+        b->free = e;
+        return;
+    }
+    size_t head = page_up(sizeof(block));
+    if (with_room == b && !b->next) {
+        /* The last block with room stays, emptied (no mmap and munmap per session when
+         * one session comes and goes). */
+        if (b->touched > head)
+            madvise((char *)b + head, b->touched - head, MADV_DONTNEED);
+        touched -= b->touched - head;
+        b->touched = head;
+        b->free = NULL;
+        b->fresh = 0;
+        return;
+    }
+    room_remove(b);
+    touched -= b->touched;
+    munmap(b, BLOCK_BYTES);
+}
 
 static unsigned bucket(const uint8_t *tag)
 {
@@ -46,7 +166,7 @@ static void prune(unsigned b, uint64_t now_s)
         entry *e = *pp;
         if (e->ended && e->expires <= now_s) {
             *pp = e->next;
-            free(e);
+            entry_free(e);
             count--;
         } else {
             pp = &e->next;
@@ -56,26 +176,25 @@ static void prune(unsigned b, uint64_t now_s)
 
 void gw_sib_issued(const uint8_t tag[GW_SIB_TAG_LEN], const gw_addr *client, uint64_t now_s)
 {
-    entry *n = calloc(1, sizeof *n);
-    if (!n)
-        return; /* not a sibling of anyone: its tickets serve its own data connections only */
-    memcpy(n->tag, tag, GW_SIB_TAG_LEN);
-    n->client = *client;
-    gw_addr_normalize(&n->client);
-    n->client.port = 0;
+    gw_addr addr = *client;
+    gw_addr_normalize(&addr);
+    addr.port = 0;
     unsigned b = bucket(tag);
     pthread_mutex_lock(&lock);
     prune(b, now_s);
     for (unsigned i = 1; count >= GW_SIB_MAX && i < BUCKETS; i++)
         prune((b + i) % BUCKETS, now_s + GW_SIB_GRACE_S); /* full: ended ones go early */
-    if (count < GW_SIB_MAX) {
+    /* Full or out of memory: not a sibling of anyone; its tickets serve its own data
+     * connections only. */
+    entry *n = count < GW_SIB_MAX ? entry_alloc() : NULL;
+    if (n) {
+        memcpy(n->tag, tag, GW_SIB_TAG_LEN);
+        n->client = addr;
         n->next = table[b];
         table[b] = n;
         count++;
-        n = NULL;
     }
     pthread_mutex_unlock(&lock);
-    free(n);
 }
 
 void gw_sib_login(const uint8_t tag[GW_SIB_TAG_LEN], const char *user, const char *backend)
@@ -170,7 +289,7 @@ void gw_sib_reset(void)
         while (table[b]) {
             entry *e = table[b];
             table[b] = e->next;
-            free(e);
+            entry_free(e);
         }
     count = 0;
     pthread_mutex_unlock(&lock);
@@ -179,7 +298,7 @@ void gw_sib_reset(void)
 size_t gw_sib_bytes(void)
 {
     pthread_mutex_lock(&lock);
-    size_t n = (size_t)count * sizeof(entry);
+    size_t n = touched;
     pthread_mutex_unlock(&lock);
     return n;
 }
