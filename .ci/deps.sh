@@ -14,6 +14,9 @@ PACKAGES=(
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
 )
 
+# pure-ftpd (a test peer) is unpacked apart: it conflicts with vsftpd in apt.
+"$(dirname "$0")/pure-ftpd.sh" || echo "deps: pure-ftpd not available (its tests skip)" >&2
+
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
 declare -A installed=()
 while read -r pkg status; do

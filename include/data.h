@@ -81,6 +81,17 @@ int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect
  * (servers with a short accept window refuse late connections); TLS starts with the
  * transfer. 0, or -1 when the connect cannot even be started. */
 int gw_data_backend_passive(gw_data *d, const gw_addr *to);
+/* Deferred upload (PROTOCOL.md §5): what the client leg reports before the backend is
+ * told of the transfer. CONNECTED: its TCP connection exists and its TLS handshake is about
+ * to run (TLS legs only); READY: handshake, resumption and source checks passed. */
+enum gw_data_leg_event { GW_DATA_CLIENT_CONNECTED, GW_DATA_CLIENT_READY };
+typedef void (*gw_data_leg_cb)(void *owner, enum gw_data_leg_event ev);
+/* Before gw_data_start: the backend leg stays untouched until gw_data_backend_go. */
+void gw_data_defer_backend(gw_data *d, gw_data_leg_cb cb);
+/* The deferred transfer command reached the backend: its data leg may open now. */
+void gw_data_backend_go(gw_data *d);
+/* The backend's data connection is (or was) open: the server holds it for the transfer. */
+bool gw_data_backend_connected(const gw_data *d);
 /* The transfer command was forwarded: open what is still closed, relay when both are up. */
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls);
 /* The session lets go. ok: the transfer finished, let shut legs linger until the peer's

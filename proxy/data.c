@@ -312,6 +312,10 @@ static void leg_ready(gw_data *d, gw_conn *c)
     d->legs |= c == d->client ? LEG_CLIENT_UP : LEG_BACKEND_UP;
     if ((d->legs & both) != both)
         gw_conn_pause(c); /* nothing to relay to yet */
+    if (c == d->client && d->defer_backend) {
+        d->leg_cb(d->owner, GW_DATA_CLIENT_READY); /* the owner now tells the backend */
+        return;
+    }
     maybe_relay(d);
 }
 
@@ -383,6 +387,9 @@ void data_start_client_leg(gw_data *d)
         leg_ready(d, d->client);
         return;
     }
+    /* ftplib and curl start their data TLS only after the 1yz: they get the gateway's. */
+    if (d->defer_backend)
+        d->leg_cb(d->owner, GW_DATA_CLIENT_CONNECTED);
     /* The gateway is the TLS server toward the client whichever side connected. */
     int r = gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA);
     if (r != 0)
@@ -391,6 +398,8 @@ void data_start_client_leg(gw_data *d)
 
 void data_start_backend_leg(gw_data *d)
 {
+    if (d->defer_backend)
+        return; /* the server has not had the upload command yet */
     if (!d->backend_engine) {
         leg_ready(d, d->backend);
         return;
@@ -593,6 +602,27 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     }
 }
 
+void gw_data_defer_backend(gw_data *d, gw_data_leg_cb cb)
+{
+    d->defer_backend = cb != NULL;
+    d->leg_cb = cb;
+}
+
+void gw_data_backend_go(gw_data *d)
+{
+    if (!d->defer_backend || d->state != DS_STARTED)
+        return;
+    d->defer_backend = false;
+    d->last_progress = uv_now(d->loop); /* the backend leg gets its own connect time */
+    if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
+        data_start_backend_leg(d); /* else on_leg_connect or the accept starts it */
+}
+
+bool gw_data_backend_connected(const gw_data *d)
+{
+    return (d->legs & LEG_BACKEND_CONNECTED) != 0;
+}
+
 bool gw_data_usable(const gw_data *d)
 {
     bool client = d->client_active || d->client || d->shared_id ||
@@ -609,7 +639,7 @@ bool gw_data_usable(const gw_data *d)
 static bool backend_handshake_due(const gw_data *d)
 {
     const gw_conn *b = d->backend;
-    return d->state != DS_ARMED && b && !(d->legs & LEG_BACKEND_UP) &&
+    return d->state != DS_ARMED && !d->defer_backend && b && !(d->legs & LEG_BACKEND_UP) &&
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 

@@ -60,6 +60,9 @@ struct gw_data {
     bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
     uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;
+    /* deferred upload: the backend leg waits for gw_data_backend_go; leg_cb tells the owner */
+    bool defer_backend;
+    gw_data_leg_cb leg_cb;
     /* proxy_protocol_data: the client leg's PROXY header (gw_data_client_proxy) */
     int pp_mode;
     const char *pp_from;

@@ -100,6 +100,49 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     gw_sess_rearm(s);
 }
 
+/* A deferred upload ends before its command reached the backend: the server owes nothing
+ * for it, and its file was never opened. text NULL: the client already has its answer. */
+void gw_relay_end_unsent(gw_session *s, const char *text, const char *why)
+{
+    GW_LOG_INFO(s->id,
+                "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
+                "note=\"the server was not told\"",
+                s->cur.verb, why);
+    gw_sess_drop_data(s, false);
+    if (text)
+        gw_sess_reply(s, text);
+    write_xferlog(s, "failed");
+    gw_sinfo_transfer_end(s, "failed");
+}
+
+/* data.c, deferred upload: the client's TCP leg exists (its TLS handshake waits for a 1yz
+ * with ftplib and curl), then the leg is accepted: now the server gets the command. */
+static void on_client_leg(void *owner, enum gw_data_leg_event ev)
+{
+    gw_session *s = owner;
+    if (s->pending != PEND_TRANSFER || s->cur.be_sent)
+        return;
+    if (ev == GW_DATA_CLIENT_CONNECTED) {
+        if (!s->cur.own_1xx)
+            gw_sess_reply(s, GW_R_UPLOAD_OPENING);
+        s->cur.own_1xx = true;
+        return;
+    }
+    GW_LOG_DEBUG(s->id, "event=upload_released note=\"client data leg accepted\"");
+    gw_backend_send(s, s->xfer_line, PEND_TRANSFER);
+    s->cur.be_sent = true;
+    if (s->data)
+        gw_data_backend_go(s->data);
+}
+
+void gw_relay_defer_upload(gw_session *s, const char *line)
+{
+    snprintf(s->xfer_line, sizeof s->xfer_line, "%s", line);
+    s->cur.deferred = true;
+    gw_sess_set_pending(s, PEND_TRANSFER);
+    gw_data_defer_backend(s->data, on_client_leg);
+}
+
 static const char *data_result_reply(enum gw_data_result r)
 {
     switch (r) {
@@ -133,6 +176,14 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     gw_sinfo_data_done(s, result, bytes);
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
+    }
+    if (!ok && s->pending == PEND_TRANSFER && !s->cur.be_sent) {
+        /* A deferred upload whose client leg was refused or never came: the server never
+         * had the command (a broken handshake is a leg that could not be opened). */
+        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->data_fail_reply;
+        gw_relay_end_unsent(s, text, "client data leg refused");
+        gw_sess_command_done(s);
+        return;
     }
     /* Delivered whole, but not to be reported as a success: wait for the server's final
      * reply and send the 426 in its place (complete_transfer). */
@@ -395,10 +446,17 @@ void gw_relay_arm_backend_leg(gw_session *s)
     gw_backend_send(s, line, PEND_PORT);
 }
 
+static void on_unsolicited_line(gw_session *s, gw_reply_parser *r);
+
 static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
 {
+    if (!s->cur.be_sent) {
+        on_unsolicited_line(s, r); /* a deferred upload not sent yet: nothing is owed */
+        return;
+    }
     if (r->code < 200) {
-        gw_sess_reply(s, r->line);
+        if (!s->cur.own_1xx) /* else the client has the gateway's 150 already */
+            gw_sess_reply(s, r->line);
         return;
     }
     gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
