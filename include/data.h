@@ -90,8 +90,9 @@ typedef void (*gw_data_leg_cb)(void *owner, enum gw_data_leg_event ev);
 void gw_data_defer_backend(gw_data *d, gw_data_leg_cb cb);
 /* The deferred transfer command reached the backend: its data leg may open now. */
 void gw_data_backend_go(gw_data *d);
-/* The backend's data connection is (or was) open: the server holds it for the transfer. */
-bool gw_data_backend_connected(const gw_data *d);
+/* Released now (not ok), the server ends the transfer by itself with one final reply: it
+ * holds its data connection, or a download's will still be accepted and ended by a FIN. */
+bool gw_data_server_ends(const gw_data *d);
 /* The transfer command was forwarded: open what is still closed, relay when both are up. */
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls);
 /* The session lets go. ok: the transfer finished, let shut legs linger until the peer's

@@ -186,6 +186,7 @@ static void maybe_relay(gw_data *d)
     if (d->state != DS_STARTED || (d->legs & both) != both)
         return;
     set_state(d, DS_STREAMING);
+    d->streamed = true;
     d->last_progress = uv_now(d->loop);
     bool spliced = start_splice(d);
     GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s", d->upload ? "upload" : "download",
@@ -416,11 +417,15 @@ static void on_leg_connect(gw_conn *c, int status)
     gw_data *d = c->owner;
     bool client = c == d->client;
     if (data_released(d)) {
-        /* A backend leg kept to complete its handshake (see gw_data_release). */
-        if (status == 0 && !client && d->backend_engine)
+        /* A backend leg kept to complete its handshake, or handed over (gw_data_release). */
+        if (status == 0 && !client && d->hand_over) {
+            d->legs |= LEG_BACKEND_CONNECTED;
+            data_hand_over_backend(d);
+        } else if (status == 0 && !client && d->backend_engine) {
             data_start_backend_leg(d);
-        else
+        } else {
             gw_conn_reset(c);
+        }
         return;
     }
     if (status != 0 && d->state == DS_ARMED) {
@@ -471,6 +476,7 @@ static void on_timer(uv_timer_t *t)
 {
     gw_data *d = t->data;
     if (data_released(d)) {
+        data_close_listener(d, d->backend_listener); /* hand_over: the server never came */
         if (d->client)
             gw_conn_close(d->client);
         if (d->backend)
@@ -575,6 +581,7 @@ static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
 {
     set_state(d, DS_STARTED);
+    d->started = true;
     d->upload = upload;
     d->tls_ctx = tls->client_ctx;
     d->reuse_required = tls->reuse_required;
@@ -618,9 +625,11 @@ void gw_data_backend_go(gw_data *d)
         data_start_backend_leg(d); /* else on_leg_connect or the accept starts it */
 }
 
-bool gw_data_backend_connected(const gw_data *d)
+bool gw_data_server_ends(const gw_data *d)
 {
-    return (d->legs & LEG_BACKEND_CONNECTED) != 0;
+    bool listening =
+        d->backend_listener && !uv_is_closing((const uv_handle_t *)d->backend_listener);
+    return (d->legs & LEG_BACKEND_CONNECTED) || (!d->upload && listening);
 }
 
 bool gw_data_usable(const gw_data *d)
@@ -643,18 +652,44 @@ static bool backend_handshake_due(const gw_data *d)
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 
+/* A download given up before any byte moved (the client's leg failed): the server may
+ * hold the transfer queued until its data connection comes, and pyftpdlib keeps such a
+ * transfer even across ABOR, to send it on the next data connection. So the server gets
+ * its data connection (accepted, or the early passive one kept), ended by a FIN of ours:
+ * it ends the transfer there itself, with exactly one final reply (PROTOCOL.md §5, "One
+ * reply per command"). A TLS leg completes its handshake first and is then reset. */
+void data_hand_over_backend(gw_data *d)
+{
+    gw_conn *b = d->backend;
+    if (d->backend_engine) {
+        d->defer_backend = false;
+        data_start_backend_leg(d); /* on_backend_data_handshake resets it once done */
+        return;
+    }
+    if (b->tls) {
+        gw_conn_reset(b);
+        return;
+    }
+    GW_LOG_DEBUG(d->sid, "event=backend_data_handed_over note=\"FIN: the server ends it\"");
+    gw_conn_shutdown(b);
+    gw_conn_resume(b);
+    gw_conn_start_read(b); /* whatever it sends is dropped until it closes or LINGER_MS */
+}
+
 void gw_data_release(gw_data *d, bool ok)
 {
     if (data_released(d))
         return;
     bool finished = d->state == DS_DONE;
     bool complete_backend = backend_handshake_due(d); /* judged before the state changes */
+    d->hand_over = !ok && d->started && !d->upload && !d->streamed && !complete_backend;
     set_state(d, finished ? DS_RELEASED : DS_ABANDONED);
     d->done = NULL;
     stop_splice(d);
     stop_shared_wait(d);
     data_close_listener(d, d->client_listener);
-    data_close_listener(d, d->backend_listener);
+    if (!d->hand_over)
+        data_close_listener(d, d->backend_listener); /* else kept for the server's connect */
     if (d->pp_conn)
         gw_conn_reset(d->pp_conn);
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
@@ -667,6 +702,8 @@ void gw_data_release(gw_data *d, bool ok)
             d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
         if (d->backend && complete_backend)
             GW_LOG_DEBUG(d->sid, "event=backend_data_completing");
+        else if (d->backend && d->hand_over && (d->legs & LEG_BACKEND_CONNECTED))
+            data_hand_over_backend(d);
         else if (d->backend)
             gw_conn_reset(d->backend);
     }

@@ -74,16 +74,23 @@ static void complete_transfer(gw_session *s)
     gw_sess_command_done(s);
 }
 
-/* The transfer cannot end normally: the client gets `text` now, the backend an ABOR with a
- * NOOP behind it. The NOOP's 200 marks the end of the exchange: it cannot be mistaken for
- * the transfer's reply or ABOR's (225/226), however many of those come. A backend that
- * answers nothing within ABORT_TIMEOUT_MS ends the session. */
-void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+/* The transfer cannot end normally and the client gets `text` now (PROTOCOL.md §5, "One
+ * reply per command"): what the backend still owes for the command is consumed, never
+ * relayed. It is counted: when the server holds its data connection for the transfer
+ * (owe_only), that connection is reset and the server ends the transfer by itself with
+ * exactly one final reply, so one final reply is owed and no ABOR is sent (an ABOR then
+ * races the transfer's own end: pyftpdlib answers it 225 and sends the transfer's 226
+ * later, after the marker below). Otherwise the server may wait for a data connection
+ * that never comes: it gets an ABOR with a NOOP behind it, and the NOOP's 200 marks the
+ * end (servers differ in whether the waiting transfer gets a final reply of its own, and
+ * none can come from a data connection it never had). A backend that answers nothing
+ * within ABORT_TIMEOUT_MS ends the session. */
+static void end_owed(gw_session *s, const char *text, const char *why, bool owe_only)
 {
-    GW_LOG_INFO(s->id,
-                "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" "
-                "note=\"ABOR sent to the server\"",
-                s->cur.verb, why);
+    GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=0 data=failed reason=\"%s\" note=\"%s\"",
+                s->cur.verb, why,
+                owe_only ? "the server ends it: its final reply is consumed"
+                         : "ABOR sent to the server");
     gw_sess_drop_data(s, false);
     gw_sess_reply(s, text);
     write_xferlog(s, "failed");
@@ -92,12 +99,30 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     s->cur.held = NULL;
     s->cur.heldlen = 0;
     s->cur.abort_internal = true;
-    s->cur.abort_expect = 2;
+    s->cur.abort_started_ms = gw_sess_now(s);
+    if (owe_only) {
+        s->cur.owed = 1;
+        gw_sess_set_pending(s, PEND_ABORT);
+        gw_sess_rearm(s);
+        return;
+    }
+    gw_relay_abort_marked(s);
+}
+
+void gw_relay_abort_marked(gw_session *s)
+{
+    s->cur.owed = 0;
+    s->cur.abort_marked = true;
     s->cur.abort_started_ms = gw_sess_now(s);
     gw_backend_send(s, "ABOR", PEND_ABORT);
     if (s->backend)
         gw_conn_write_str(s->backend, "NOOP\r\n");
     gw_sess_rearm(s);
+}
+
+void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+{
+    end_owed(s, text, why, false);
 }
 
 /* A deferred upload ends before its command reached the backend: the server owes nothing
@@ -188,13 +213,12 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     /* Delivered whole, but not to be reported as a success: wait for the server's final
      * reply and send the 426 in its place (complete_transfer). */
     if (!ok && result != GW_DATA_UNSAFE_EOF) {
+        bool be_has_data = s->data && gw_data_server_ends(s->data);
         /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;
-        /* The backend may never end this transfer by itself (pyftpdlib waits for a new
-         * data connection after a reset one). */
         if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
-            gw_relay_abort_transfer(s, s->data_fail_reply, "data leg failed");
+            end_owed(s, s->data_fail_reply, "data leg failed", be_has_data);
             return;
         }
     }
@@ -476,12 +500,14 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
 static void on_abort_reply(gw_session *s, gw_reply_parser *r)
 {
     if (s->cur.abort_internal) {
-        /* Nothing of this reaches the client: it has its answer. The transfer's reply (if
-         * any) and ABOR's come first; the NOOP's 200 ends the exchange. */
-        if (r->last && r->code == 200) {
-            s->cur.abort_internal = false;
-            gw_sess_command_done(s);
-        }
+        /* Nothing of this reaches the client: it has its answer. 1yz are not final. */
+        if (!r->last || r->code < 200)
+            return;
+        if (s->cur.abort_marked ? r->code != 200 : --s->cur.owed > 0)
+            return; /* marked: the transfer's and ABOR's replies come before the NOOP's 200 */
+        s->cur.abort_internal = s->cur.abort_marked = false;
+        GW_LOG_DEBUG(s->id, "event=owed_replies_consumed verb=%s", s->cur.verb);
+        gw_sess_command_done(s);
         return;
     }
     bool for_transfer = !s->cur.abort_xfer_sent && s->cur.abort_expect == 2;

@@ -77,7 +77,10 @@ typedef struct gw_cmd_ctx {
     /* ABOR (PEND_ABORT) */
     int abort_expect;     /* final replies still due from the backend */
     bool abort_xfer_sent; /* the client has its reply for the transfer */
-    bool abort_internal;  /* sent by the gateway after a data leg failed */
+    bool abort_internal;  /* the gateway answered the transfer: the backend's replies are
+                             consumed (PROTOCOL.md §5 "One reply per command") */
+    int owed;             /* abort_internal: final replies the backend still owes */
+    bool abort_marked;    /* abort_internal: ABOR and NOOP sent, the NOOP's 200 ends it */
     uint64_t abort_started_ms;
 } gw_cmd_ctx;
 
@@ -196,6 +199,9 @@ void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
 void gw_relay_line(gw_session *s, gw_reply_parser *r);
 void gw_relay_arm_backend_leg(gw_session *s);
 void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+/* The backend owes replies the gateway consumes (cur.owed) and is overdue: ABOR, then a
+ * NOOP whose 200 marks the end of what it owes. */
+void gw_relay_abort_marked(gw_session *s);
 /* STOR/APPE/STOU: keep `line` from the backend until the client's data leg is accepted. */
 void gw_relay_defer_upload(gw_session *s, const char *line);
 /* A deferred upload ends before the backend had its command: `text` is the client's final

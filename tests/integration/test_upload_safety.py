@@ -14,8 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import socket
 import ssl
+import struct
+import subprocess
+import threading
 
 import pytest
 
@@ -297,3 +301,200 @@ def test_backend_refusal_reaches_client(upgw, up_backend, client_ctx, fe):
     finally:
         close_quietly(data)
         c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# One reply per command (PROTOCOL.md §5): what the backend still owes for a command the
+# gateway answered itself is consumed, never relayed as the next command's reply.
+
+RACE_RUNS = int(os.environ.get("FTPSGATE_RACE_RUNS", "25"))  # per backend and frontend
+
+
+@contextlib.contextmanager
+def cpu_hog():
+    """A busy process beside the test: the gateway, the server and the client get their
+    turns late, which is when a late reply used to overtake the next command's."""
+    hog = subprocess.Popen([peers.PYTHON, "-c", "while True: pass"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait(10)
+
+
+@pytest.mark.parametrize("fe", ["implicit-passive", "implicit-active"])
+def test_refused_active_race(upgw, up_backend, client_ctx, fe):
+    """The refused-active case, RACE_RUNS times (FTPSGATE_RACE_RUNS) with a CPU hog beside:
+    PORT to a port where nobody listens, RETR: the client gets 425 (after any 150), and
+    the NOOP that follows gets its own 200, never a late 150/226 of the server's. Issue
+    18: 6 of 10 runs desynchronised against pyftpdlib."""
+    up_backend.put_bytes("race.txt", b"race\n")
+    desyncs: list[list[str]] = []
+    c = login(upgw, fe, up_backend, client_ctx)
+    try:
+        with cpu_hog():
+            for _ in range(RACE_RUNS):
+                with socket.create_server((HOST, 0)) as gone:
+                    port = gone.getsockname()[1]
+                code, text = c.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}")
+                assert code == 200, text
+                code, text = c.cmd("RETR race.txt")
+                replies = [text]
+                if code in (125, 150):
+                    code, text = c.reply()
+                    replies.append(text)
+                code, text = c.cmd("NOOP")
+                replies.append(text)
+                if [r[:3] for r in replies] not in (["425", "200"], ["150", "425", "200"],
+                                                    ["125", "425", "200"]):
+                    desyncs.append(replies)
+                    break  # after a desync every later reply is off by one
+    finally:
+        c.close()
+    assert not desyncs, desyncs
+
+
+def async_retr(fake):
+    """A RETR hook that plays pyftpdlib's model: 150 at once, the data connection served
+    beside the control connection, the final reply whenever the data side is done (after
+    later commands' replies, possibly)."""
+    def hook(sess, arg):
+        body = fake.files.get(arg)
+        if body is None:
+            return False
+        sess.reply("150 File status okay. About to open data connection.")
+
+        def serve():
+            conn = sess.accept_data(timeout=3)
+            if conn is None:
+                sess.reply("425 Can't open data connection.")
+                return
+            ok = True
+            try:
+                conn.sendall(body)
+                conn.shutdown(socket.SHUT_WR)
+                recv_until_closed(conn, 5)
+            except OSError:
+                ok = False
+            finally:
+                conn.close()
+            sess.reply("226 Transfer complete." if ok else "426 Transfer aborted.")
+
+        threading.Thread(target=serve, daemon=True).start()
+        return True
+    return hook
+
+
+@pytest.mark.parametrize("server", ["sync", "async"])
+def test_one_final_reply_per_command(gateway, client_ctx, server):
+    """Property: random command sequences with random data-leg failures, against the
+    scripted fake backend (faults.FakeFTP, through a plain frontend, its data legs passive
+    and active at random): every command gets exactly one final reply, of the kind that
+    command gets, in order. `async`: the fake serves RETR's data beside its control
+    connection (pyftpdlib's model), so a transfer's final reply may come late.
+    FTPSGATE_PROPERTY_STEPS steps (default 120), seeded by FTPSGATE_PROPERTY_SEED (printed
+    on failure)."""
+    from faults import FakeFTP, FakeSession
+
+    seed = int(os.environ.get("FTPSGATE_PROPERTY_SEED", str(random.randrange(1 << 30))))
+    steps = int(os.environ.get("FTPSGATE_PROPERTY_STEPS", "120"))
+    rnd = random.Random(seed)
+    body = os.urandom(3000)
+    with FakeFTP({"f.bin": body}) as fake:
+        if server == "async":
+            fake.default = "async"
+            FakeSession.plan_async = lambda sess: sess.serve({"RETR": async_retr(fake)})
+        gw = gateway(backend_address=fake.address,
+                     frontends={"p": peers.frontend("plain"),
+                                "pa": peers.frontend("plain", backend="ba")},
+                     extra={"global": {"data_connect_timeout": 1},
+                            "backend ba": {"address": fake.address, "tls": "none",
+                                           "data_mode": "active"}})
+        ctls = {}
+        for fe in ("p", "pa"):
+            ctl = Control.plain(gw.fport(fe))
+            assert ctl.reply()[0] == 220
+            ctl.login("u", "p")
+            ctls[fe] = ctl
+        history: list[str] = []
+
+        def expect(ctl, line, finals, prelim=False):
+            code, text = ctl.cmd(line)
+            got = [text]
+            if prelim and code in (125, 150):
+                code, text = ctl.reply()
+                got.append(text)
+            history.append(f"{line} -> {[g[:3] for g in got]}")
+            assert code in finals, (seed, history[-12:])
+
+        def transfer(ctl, verb, fault):
+            """One transfer with the client's leg healthy or failing in one way."""
+            listener = None
+            data = None
+            try:
+                if fault == "refused" or (fault == "ok" and rnd.random() < 0.5):
+                    listener = socket.create_server((HOST, 0))
+                    p = listener.getsockname()[1]
+                    if fault == "refused":
+                        listener.close()
+                        listener = None
+                    expect(ctl, f"PORT 127,0,0,1,{p >> 8},{p & 255}", {200})
+                else:
+                    code, text = ctl.cmd("PASV")
+                    history.append(f"PASV -> {code}")
+                    assert code == 227, (seed, history[-12:])
+                    if fault == "ok":
+                        data = socket.create_connection(parse_227(text), timeout=10)
+                    elif fault == "reset":
+                        data = socket.create_connection(parse_227(text), timeout=10)
+                ctl.send(f"{verb}\r\n".encode())
+                code, text = ctl.reply()
+                got = [text]
+                if code in (125, 150):
+                    if listener:
+                        data, _ = listener.accept()
+                    if data is None:  # "never": a read's 150 is the server's, then 425
+                        pass
+                    elif fault == "reset":
+                        data.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                        data.close()
+                        data = None
+                    elif verb.startswith("STOR"):
+                        data.sendall(body)
+                        data.shutdown(socket.SHUT_WR)
+                        recv_until_closed(data, 10)
+                    else:
+                        recv_until_closed(data, 10)
+                    code, text = ctl.reply()
+                    got.append(text)
+                history.append(f"{verb} [{fault}] -> {[g[:3] for g in got]}")
+                assert code >= 200, (seed, history[-12:])
+                if fault == "ok" and not verb.endswith("missing.bin"):
+                    assert code == 226, (seed, history[-12:])
+                elif fault != "ok":
+                    assert code in (425, 426, 226), (seed, history[-12:])
+            finally:
+                close_quietly(data)
+                close_quietly(listener)
+
+        simple = [("NOOP", {200}), ("PWD", {257}), ("TYPE I", {200}), ("SYST", {215}),
+                  ("CWD /", {250}), ("XYZZY", {500, 502})]
+        for _ in range(steps):
+            ctl = ctls[rnd.choice(("p", "pa"))]
+            r = rnd.random()
+            if r < 0.4:
+                line, finals = rnd.choice(simple)
+                expect(ctl, line, finals)
+            else:
+                verb = rnd.choice(("RETR f.bin", "LIST", "STOR up.bin", "RETR missing.bin"))
+                fault = rnd.choices(("ok", "refused", "reset", "never"), (4, 4, 2, 1))[0]
+                if verb == "RETR missing.bin":
+                    fault = "ok"
+                transfer(ctl, verb, fault)
+            # nothing may be left over on the wire: the next reply is the next command's
+            expect(ctl, "NOOP", {200})
+        for ctl in ctls.values():
+            expect(ctl, "QUIT", {221})
+            ctl.close()
