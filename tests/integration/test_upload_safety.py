@@ -307,7 +307,7 @@ def test_backend_refusal_reaches_client(upgw, up_backend, client_ctx, fe):
 # One reply per command (PROTOCOL.md §5): what the backend still owes for a command the
 # gateway answered itself is consumed, never relayed as the next command's reply.
 
-RACE_RUNS = int(os.environ.get("FTPSGATE_RACE_RUNS", "25"))  # per backend and frontend
+RACE_RUNS = int(os.environ.get("FTPSGATE_RACE_RUNS", "50"))  # per backend and frontend
 
 
 @contextlib.contextmanager
