@@ -46,6 +46,13 @@ typedef struct gw_data_tls {
     gw_tls *backend_engine;     /* PROT P toward the backend: a client engine, owned by data */
 } gw_data_tls;
 
+/* Data channels not freed yet, process-wide: released ones linger (LINGER_MS at most)
+ * until their peers close; a stopping worker waits for them. */
+int gw_data_live(void);
+/* A stopping worker whose sessions are gone: every data channel of its loop is closed now
+ * (repeated while some are left: at most 64 a call). */
+void gw_data_cut_all(uv_loop_t *loop);
+
 /* Data connections opened without resumption under data_session_reuse_exempt, process-wide
  * (for metrics). */
 uint64_t gw_data_reuse_exempt_count(void);

@@ -9,6 +9,7 @@
  * Released legs linger until the peers close or LINGER_MS, then FREEING -> freed. */
 #include "data_int.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -21,6 +22,43 @@
 #define LINGER_MS 5000
 
 static _Atomic uint64_t reuse_exempt_used;
+/* Every gw_data not freed yet, process-wide (workers share it): a stopping worker cuts
+ * its own (gw_data_cut_all) rather than leave them to a loop that is closing. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static gw_data *live_head;
+static int live_channels;
+
+int gw_data_live(void)
+{
+    pthread_mutex_lock(&live_lock);
+    int n = live_channels;
+    pthread_mutex_unlock(&live_lock);
+    return n;
+}
+
+static void live_add(gw_data *d)
+{
+    pthread_mutex_lock(&live_lock);
+    d->live_next = live_head;
+    if (live_head)
+        live_head->live_prev = d;
+    live_head = d;
+    live_channels++;
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(gw_data *d)
+{
+    pthread_mutex_lock(&live_lock);
+    if (d->live_prev)
+        d->live_prev->live_next = d->live_next;
+    else
+        live_head = d->live_next;
+    if (d->live_next)
+        d->live_next->live_prev = d->live_prev;
+    live_channels--;
+    pthread_mutex_unlock(&live_lock);
+}
 
 uint64_t gw_data_reuse_exempt_count(void)
 {
@@ -55,6 +93,7 @@ static void on_data_timer_closed(uv_handle_t *h)
     gw_data *d = h->data;
     free(h);
     gw_tls_free(d->backend_engine);
+    live_remove(d);
     free(d->pp);
     free(d);
 }
@@ -520,6 +559,7 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
     }
     uv_timer_init(loop, t);
     t->data = d;
+    live_add(d);
     d->done = done;
     d->owner = owner;
     d->loop = loop;
@@ -600,6 +640,10 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     }
     if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
         data_start_backend_leg(d); /* else on_leg_connect starts it */
+    /* The shared port hands a connection over only after its ClientHello, which ftplib
+     * sends only after a 1yz: on a deferred upload the 150 cannot wait for the TCP leg. */
+    if (d->defer_backend && d->tls_ctx && d->shared_id && !d->client)
+        d->leg_cb(d->owner, GW_DATA_CLIENT_CONNECTED);
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
         if (!d->client)
@@ -708,6 +752,23 @@ void gw_data_release(gw_data *d, bool ok)
             gw_conn_reset(d->backend);
     }
     data_maybe_free(d);
+}
+
+void gw_data_cut_all(uv_loop_t *loop)
+{
+    gw_data *mine[64];
+    int n = 0;
+    pthread_mutex_lock(&live_lock);
+    for (gw_data *d = live_head; d && n < 64; d = d->live_next)
+        if (d->loop == loop && d->state != DS_FREEING)
+            mine[n++] = d; /* freed only by this loop's callbacks: safe after the unlock */
+    pthread_mutex_unlock(&live_lock);
+    for (int i = 0; i < n; i++) {
+        gw_data *d = mine[i];
+        gw_data_release(d, false);
+        d->hand_over = false;
+        on_timer(d->timer); /* released: closes every leg and listener left */
+    }
 }
 
 uint64_t gw_data_progress(const gw_data *d)

@@ -63,6 +63,7 @@ struct gw_data {
     /* A download released before it streamed: the server gets (or keeps) its data
      * connection and ends the transfer on it, with one final reply (gw_data_release). */
     bool started, streamed, hand_over;
+    gw_data *live_prev, *live_next; /* the process-wide list (gw_data_cut_all) */
     /* deferred upload: the backend leg waits for gw_data_backend_go; leg_cb tells the owner */
     bool defer_backend;
     gw_data_leg_cb leg_cb;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bans.h"
+#include "data.h"
 #include "admin.h"
 #include "log.h"
 #include "metrics.h"
@@ -15,6 +16,7 @@
 #include "shared_port.h"
 
 #define MAX_WORKERS 1024
+#define DATA_LINGER_WAIT_MS 2000 /* most linger far less than data.c's LINGER_MS (5 s) */
 
 typedef struct gw_worker {
     int index;
@@ -24,6 +26,7 @@ typedef struct gw_worker {
     uv_async_t wake;
     uv_timer_t stop_timer;
     uint64_t stop_deadline;
+    uint64_t idle_since; /* stopping: when the last session ended (0: not yet) */
     uv_thread_t thread;
     bool thread_started;
     pthread_mutex_t lock; /* guards done and the mailbox */
@@ -54,6 +57,16 @@ static void on_stop_tick(uv_timer_t *t)
 {
     gw_worker *w = t->data;
     if (w->srv.sessions == 0) {
+        /* Released data channels may linger for their peers' close (a server ending a
+         * handed-over transfer): closed here with their callbacks, so that they are freed
+         * (wind_down would close their handles without). Other workers' count too. */
+        uint64_t now = uv_now(w->loop);
+        if (!w->idle_since)
+            w->idle_since = now;
+        if (gw_data_live() > 0 && now - w->idle_since < DATA_LINGER_WAIT_MS) {
+            gw_data_cut_all(w->loop);
+            return;
+        }
         /* Worker 0 keeps the main loop, and with it the signal handlers (a second SIGTERM
          * closes every session at once), until every other worker is done. */
         if (w->index != 0 || others_done())

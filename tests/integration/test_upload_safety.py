@@ -406,8 +406,9 @@ def test_one_final_reply_per_command(gateway, client_ctx, server):
             fake.default = "async"
             FakeSession.plan_async = lambda sess: sess.serve({"RETR": async_retr(fake)})
         gw = gateway(backend_address=fake.address,
-                     frontends={"p": peers.frontend("plain"),
-                                "pa": peers.frontend("plain", backend="ba")},
+                     frontends={"p": peers.frontend("plain", active_source_port=0),
+                                "pa": peers.frontend("plain", backend="ba",
+                                                     active_source_port=0)},
                      extra={"global": {"data_connect_timeout": 1},
                             "backend ba": {"address": fake.address, "tls": "none",
                                            "data_mode": "active"}})
