@@ -33,6 +33,11 @@ case ${1:-all} in
   *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
 esac
 
+# pure-ftpd (a test peer, not for the demo) is unpacked apart: it conflicts with vsftpd in apt.
+if [[ $set == all ]]; then
+  "$(dirname "$0")/pure-ftpd.sh" || echo "deps: pure-ftpd not available (its tests skip)" >&2
+fi
+
 # One dpkg-query for all: it prints the installed ones ("ii "), and skips unknown names.
 declare -A installed=()
 while read -r pkg status; do

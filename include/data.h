@@ -52,6 +52,12 @@ typedef struct gw_data_tls {
 /* Cut uploads whose backend leg waits for its reset (gw_data_release), process-wide: a
  * stopping worker lets them go out before it closes its loop. */
 int gw_data_resets_pending(void);
+/* Data channels not freed yet, process-wide: released ones linger (LINGER_MS at most)
+ * until their peers close; a stopping worker waits for them. */
+int gw_data_live(void);
+/* A stopping worker whose sessions are gone: every data channel of its loop is closed now
+ * (repeated while some are left: at most 64 a call). */
+void gw_data_cut_all(uv_loop_t *loop);
 
 /* Data connections opened without resumption under data_session_reuse_exempt, process-wide
  * (for metrics). */
@@ -86,6 +92,18 @@ int gw_data_backend_active(gw_data *d, gw_addr *bind_addr, const gw_addr *expect
  * (servers with a short accept window refuse late connections); TLS starts with the
  * transfer. 0, or -1 when the connect cannot even be started. */
 int gw_data_backend_passive(gw_data *d, const gw_addr *to);
+/* Deferred upload (PROTOCOL.md §5): what the client leg reports before the backend is
+ * told of the transfer. CONNECTED: its TCP connection exists and its TLS handshake is about
+ * to run (TLS legs only); READY: handshake, resumption and source checks passed. */
+enum gw_data_leg_event { GW_DATA_CLIENT_CONNECTED, GW_DATA_CLIENT_READY };
+typedef void (*gw_data_leg_cb)(void *owner, enum gw_data_leg_event ev);
+/* Before gw_data_start: the backend leg stays untouched until gw_data_backend_go. */
+void gw_data_defer_backend(gw_data *d, gw_data_leg_cb cb);
+/* The deferred transfer command reached the backend: its data leg may open now. */
+void gw_data_backend_go(gw_data *d);
+/* Released now (not ok), the server ends the transfer by itself with one final reply: it
+ * holds its data connection, or a download's will still be accepted and ended by a FIN. */
+bool gw_data_server_ends(const gw_data *d);
 /* The transfer command was forwarded: open what is still closed, relay when both are up. */
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls);
 /* The session lets go. ok: the transfer finished, let shut legs linger until the peer's

@@ -89,6 +89,9 @@
 #define GW_R_XFER_DATA_TIMEOUT "426 Connection closed; transfer aborted (data timeout).\r\n"
 #define GW_R_XFER_NO_FINAL_REPLY "426 Transfer aborted: no final reply from the server.\r\n"
 #define GW_R_ABOR_OK "226 ABOR successful.\r\n"
+/* A deferred upload (PROTOCOL.md §5): the client's TLS data leg is connected, the server
+ * has not been told yet. */
+#define GW_R_UPLOAD_OPENING "150 Ok to send data.\r\n"
 
 /* RFC 2428: EPRT, EPSV */
 #define GW_R_EPRT_OK "200 EPRT command successful.\r\n"
@@ -213,6 +216,7 @@
     X(GW_R_XFER_DATA_TIMEOUT)                                                                      \
     X(GW_R_XFER_NO_FINAL_REPLY)                                                                    \
     X(GW_R_ABOR_OK)                                                                                \
+    X(GW_R_UPLOAD_OPENING)                                                                         \
     X(GW_R_EPRT_OK)                                                                                \
     X(GW_R_EPSV_ALL_OK)                                                                            \
     X(GW_R_BAD_EPRT)                                                                               \

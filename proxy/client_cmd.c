@@ -317,7 +317,18 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
         gw_sess_reply(s, GW_R_NEED_DATA_CMD);
         return;
     }
-    gw_backend_send(s, line, PEND_TRANSFER);
+    if (!s->backend) {
+        gw_sess_reply(s, GW_R_LOCAL_ERROR);
+        return;
+    }
+    /* SECURITY (data safety): an upload reaches the server only once the client's data leg
+     * is accepted, so that a refused leg never truncates the server's file. */
+    if (upload) {
+        gw_relay_defer_upload(s, line);
+    } else {
+        gw_backend_send(s, line, PEND_TRANSFER);
+        s->cur.be_sent = true;
+    }
     s->cur.held_code = 0;
     s->data_finished = false;
     s->xfer_bytes = 0;
@@ -563,6 +574,12 @@ static void cmd_abort(gw_session *s)
     if (s->pending != PEND_TRANSFER) {
         gw_sess_drop_data(s, false);
         gw_backend_send(s, "ABOR", PEND_RELAY);
+        return;
+    }
+    if (!s->cur.be_sent) { /* a deferred upload the server never heard of: ours to answer */
+        gw_relay_end_unsent(s, s->cur.own_1xx ? GW_R_XFER_ABORTED : NULL, "aborted", "ABOR");
+        gw_sess_reply(s, GW_R_ABOR_OK);
+        gw_sess_command_done(s);
         return;
     }
     /* Close both legs now; the backend then reports the transfer, then ABOR. */

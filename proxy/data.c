@@ -9,6 +9,7 @@
  * Released legs linger until the peers close or LINGER_MS, then FREEING -> freed. */
 #include "data_int.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -38,6 +39,44 @@ static void reset_done(gw_data *d)
     if (d->reset_backend)
         resets_pending--;
     d->reset_backend = false;
+}
+
+/* Every gw_data not freed yet, process-wide (workers share it): a stopping worker cuts
+ * its own (gw_data_cut_all) rather than leave them to a loop that is closing. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static gw_data *live_head;
+static int live_channels;
+
+int gw_data_live(void)
+{
+    pthread_mutex_lock(&live_lock);
+    int n = live_channels;
+    pthread_mutex_unlock(&live_lock);
+    return n;
+}
+
+static void live_add(gw_data *d)
+{
+    pthread_mutex_lock(&live_lock);
+    d->live_next = live_head;
+    if (live_head)
+        live_head->live_prev = d;
+    live_head = d;
+    live_channels++;
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(gw_data *d)
+{
+    pthread_mutex_lock(&live_lock);
+    if (d->live_prev)
+        d->live_prev->live_next = d->live_next;
+    else
+        live_head = d->live_next;
+    if (d->live_next)
+        d->live_next->live_prev = d->live_prev;
+    live_channels--;
+    pthread_mutex_unlock(&live_lock);
 }
 
 uint64_t gw_data_reuse_exempt_count(void)
@@ -81,6 +120,7 @@ static void on_data_timer_closed(uv_handle_t *h)
     gw_data *d = h->data;
     free(h);
     gw_tls_free(d->backend_engine);
+    live_remove(d);
     free(d->pp);
     free(d);
 }
@@ -212,6 +252,7 @@ static void maybe_relay(gw_data *d)
     if (d->state != DS_STARTED || (d->legs & both) != both)
         return;
     set_state(d, DS_STREAMING);
+    d->streamed = true;
     d->last_progress = uv_now(d->loop);
     bool spliced = start_splice(d);
     GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s", d->upload ? "upload" : "download",
@@ -367,6 +408,10 @@ static void leg_ready(gw_data *d, gw_conn *c)
     d->legs |= c == d->client ? LEG_CLIENT_UP : LEG_BACKEND_UP;
     if ((d->legs & both) != both)
         gw_conn_pause(c); /* nothing to relay to yet */
+    if (c == d->client && d->defer_backend) {
+        d->leg_cb(d->owner, GW_DATA_CLIENT_READY); /* the owner now tells the backend */
+        return;
+    }
     maybe_relay(d);
 }
 
@@ -455,6 +500,9 @@ void data_start_client_leg(gw_data *d)
         leg_ready(d, d->client);
         return;
     }
+    /* ftplib and curl start their data TLS only after the 1yz: they get the gateway's. */
+    if (d->defer_backend)
+        d->leg_cb(d->owner, GW_DATA_CLIENT_CONNECTED);
     /* The gateway is the TLS server toward the client whichever side connected. */
     int r = gw_conn_start_tls(d->client, d->tls_ctx, GW_TLS_SERVER_DATA);
     if (r != 0)
@@ -463,6 +511,8 @@ void data_start_client_leg(gw_data *d)
 
 void data_start_backend_leg(gw_data *d)
 {
+    if (d->defer_backend)
+        return; /* the server has not had the upload command yet */
     if (!d->backend_engine) {
         leg_ready(d, d->backend);
         return;
@@ -479,11 +529,15 @@ static void on_leg_connect(gw_conn *c, int status)
     gw_data *d = c->owner;
     bool client = c == d->client;
     if (data_released(d)) {
-        /* A backend leg kept to complete its handshake (see gw_data_release). */
-        if (status == 0 && !client && d->backend_engine)
+        /* A backend leg kept to complete its handshake, or handed over (gw_data_release). */
+        if (status == 0 && !client && d->hand_over) {
+            d->legs |= LEG_BACKEND_CONNECTED;
+            data_hand_over_backend(d);
+        } else if (status == 0 && !client && d->backend_engine) {
             data_start_backend_leg(d);
-        else
+        } else {
             gw_conn_reset(c);
+        }
         return;
     }
     if (status != 0 && d->state == DS_ARMED) {
@@ -534,6 +588,7 @@ static void on_timer(uv_timer_t *t)
 {
     gw_data *d = t->data;
     if (data_released(d)) {
+        data_close_listener(d, d->backend_listener); /* hand_over: the server never came */
         if (d->client)
             gw_conn_close(d->client);
         if (d->backend && d->reset_backend) {
@@ -581,6 +636,7 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
     }
     uv_timer_init(loop, t);
     t->data = d;
+    live_add(d);
     d->done = done;
     d->owner = owner;
     d->loop = loop;
@@ -643,6 +699,7 @@ static gw_conn *connect_leg(gw_data *d, bool client, const gw_addr *to, const gw
 void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
 {
     set_state(d, DS_STARTED);
+    d->started = true;
     d->upload = upload;
     d->tls_ctx = tls->client_ctx;
     d->reuse_required = tls->reuse_required;
@@ -661,6 +718,10 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     }
     if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
         data_start_backend_leg(d); /* else on_leg_connect starts it */
+    /* The shared port hands a connection over only after its ClientHello, which ftplib
+     * sends only after a 1yz: on a deferred upload the 150 cannot wait for the TCP leg. */
+    if (d->defer_backend && d->tls_ctx && d->shared_id && !d->client)
+        d->leg_cb(d->owner, GW_DATA_CLIENT_CONNECTED);
     if (d->client_active) {
         d->client = connect_leg(d, true, &d->client_to, &d->client_from);
         if (!d->client)
@@ -668,6 +729,29 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls)
     } else if (d->client) {
         data_start_client_leg(d);
     }
+}
+
+void gw_data_defer_backend(gw_data *d, gw_data_leg_cb cb)
+{
+    d->defer_backend = cb != NULL;
+    d->leg_cb = cb;
+}
+
+void gw_data_backend_go(gw_data *d)
+{
+    if (!d->defer_backend || d->state != DS_STARTED)
+        return;
+    d->defer_backend = false;
+    d->last_progress = uv_now(d->loop); /* the backend leg gets its own connect time */
+    if (d->backend && (d->legs & LEG_BACKEND_CONNECTED))
+        data_start_backend_leg(d); /* else on_leg_connect or the accept starts it */
+}
+
+bool gw_data_server_ends(const gw_data *d)
+{
+    bool listening =
+        d->backend_listener && !uv_is_closing((const uv_handle_t *)d->backend_listener);
+    return (d->legs & LEG_BACKEND_CONNECTED) || (!d->upload && listening);
 }
 
 bool gw_data_usable(const gw_data *d)
@@ -686,7 +770,7 @@ bool gw_data_usable(const gw_data *d)
 static bool backend_handshake_due(const gw_data *d)
 {
     const gw_conn *b = d->backend;
-    return d->state != DS_ARMED && b && !(d->legs & LEG_BACKEND_UP) &&
+    return d->state != DS_ARMED && !d->defer_backend && b && !(d->legs & LEG_BACKEND_UP) &&
            (d->backend_engine || (b->tls && !gw_tls_handshake_done(b->tls)));
 }
 
@@ -700,18 +784,47 @@ static void reset_on_close(gw_conn *c)
         GW_LOG_DEBUG(0, "event=so_linger_failed");
 }
 
+/* A download given up before any byte moved (the client's leg failed): the server may
+ * hold the transfer queued until its data connection comes, and pyftpdlib keeps such a
+ * transfer even across ABOR, to send it on the next data connection. So the server gets
+ * its data connection (accepted, or the early passive one kept), ended by a FIN of ours:
+ * it ends the transfer there itself, with exactly one final reply (PROTOCOL.md §5, "One
+ * reply per command"). A TLS leg completes its handshake first and is then reset. */
+void data_hand_over_backend(gw_data *d)
+{
+    gw_conn *b = d->backend;
+    if (d->backend_engine) {
+        d->defer_backend = false;
+        data_start_backend_leg(d); /* on_backend_data_handshake resets it once done */
+        return;
+    }
+    if (b->tls) {
+        gw_conn_reset(b);
+        return;
+    }
+    GW_LOG_DEBUG(d->sid, "event=backend_data_handed_over note=\"FIN: the server ends it\"");
+    gw_conn_shutdown(b);
+    gw_conn_resume(b);
+    gw_conn_start_read(b); /* whatever it sends is dropped until it closes or LINGER_MS */
+}
+
 void gw_data_release(gw_data *d, bool ok)
 {
     if (data_released(d))
         return;
     bool finished = d->state == DS_DONE;
     bool complete_backend = backend_handshake_due(d); /* judged before the state changes */
+    d->hand_over = !ok && d->started && !d->upload && !d->streamed && !complete_backend;
+    /* An upload the server had its command for (a deferred one that was never sent owes
+     * the server nothing: its leg is simply reset). */
+    bool upload_sent = d->upload && d->state != DS_ARMED && !d->defer_backend;
     set_state(d, finished ? DS_RELEASED : DS_ABANDONED);
     d->done = NULL;
     stop_splice(d);
     stop_shared_wait(d);
     data_close_listener(d, d->client_listener);
-    data_close_listener(d, d->backend_listener);
+    if (!d->hand_over)
+        data_close_listener(d, d->backend_listener); /* else kept for the server's connect */
     if (d->pp_conn)
         gw_conn_reset(d->pp_conn);
     uv_timer_start(d->timer, on_timer, LINGER_MS, 0);
@@ -724,7 +837,7 @@ void gw_data_release(gw_data *d, bool ok)
             d->client->shut ? linger_or_close(d->client) : gw_conn_reset(d->client);
         if (d->backend && complete_backend) {
             GW_LOG_DEBUG(d->sid, "event=backend_data_completing");
-        } else if (d->backend && d->upload && !d->backend->shut && d->state != DS_ARMED) {
+        } else if (d->backend && upload_sent && !d->backend->shut) {
             /* A cut upload: the server must record a failure. Its leg is reset (a FIN or
              * close_notify would be a clean end), but only after the ABOR or the control
              * connection's close that the owner sends now: a server that sees the reset
@@ -734,11 +847,30 @@ void gw_data_release(gw_data *d, bool ok)
             d->reset_backend = true;
             resets_pending++;
             uv_timer_start(d->timer, on_timer, ABORT_RESET_MS, 0);
+        } else if (d->backend && d->hand_over && (d->legs & LEG_BACKEND_CONNECTED)) {
+            data_hand_over_backend(d);
         } else if (d->backend) {
             gw_conn_reset(d->backend);
         }
     }
     data_maybe_free(d);
+}
+
+void gw_data_cut_all(uv_loop_t *loop)
+{
+    gw_data *mine[64];
+    int n = 0;
+    pthread_mutex_lock(&live_lock);
+    for (gw_data *d = live_head; d && n < 64; d = d->live_next)
+        if (d->loop == loop && d->state != DS_FREEING)
+            mine[n++] = d; /* freed only by this loop's callbacks: safe after the unlock */
+    pthread_mutex_unlock(&live_lock);
+    for (int i = 0; i < n; i++) {
+        gw_data *d = mine[i];
+        gw_data_release(d, false);
+        d->hand_over = false;
+        on_timer(d->timer); /* released: closes every leg and listener left */
+    }
 }
 
 uint64_t gw_data_progress(const gw_data *d)

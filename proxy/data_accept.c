@@ -139,8 +139,8 @@ static void on_data_connection(uv_stream_t *server, int status)
 {
     gw_data *d = server->data;
     bool client = (uv_tcp_t *)server == d->client_listener;
-    if (status < 0 || data_released(d))
-        return;
+    if (status < 0 || (data_released(d) && (client || !d->hand_over)))
+        return; /* hand_over: the server's connection is still taken (data.c) */
     gw_conn *c = gw_conn_new(d->loop, client ? &data_client_leg_ops : &data_backend_leg_ops, d,
                              d->sid, client ? "client-data" : "backend-data");
     if (!c) {
@@ -182,7 +182,9 @@ static void on_data_connection(uv_stream_t *server, int status)
         d->backend = c;
         d->legs |= LEG_BACKEND_CONNECTED;
         data_close_listener(d, d->backend_listener);
-        if (d->state != DS_ARMED)
+        if (data_released(d))
+            data_hand_over_backend(d);
+        else if (d->state != DS_ARMED)
             data_start_backend_leg(d);
     }
 }

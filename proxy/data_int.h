@@ -62,6 +62,13 @@ struct gw_data {
     bool reuse_exempt, has_cert; /* TLS policy: data_session_reuse_exempt, client certificate */
     uint8_t cert_sha256[32];
     enum gw_splice_mode splice_mode;
+    /* A download released before it streamed: the server gets (or keeps) its data
+     * connection and ends the transfer on it, with one final reply (gw_data_release). */
+    bool started, streamed, hand_over;
+    gw_data *live_prev, *live_next; /* the process-wide list (gw_data_cut_all) */
+    /* deferred upload: the backend leg waits for gw_data_backend_go; leg_cb tells the owner */
+    bool defer_backend;
+    gw_data_leg_cb leg_cb;
     /* proxy_protocol_data: the client leg's PROXY header (gw_data_client_proxy) */
     int pp_mode;
     const char *pp_from;
@@ -76,6 +83,7 @@ void data_close_listener(gw_data *d, uv_tcp_t *l);
 void data_fail(gw_data *d, enum gw_data_result result, const char *why);
 void data_start_client_leg(gw_data *d);  /* the client leg is open: TLS or relay */
 void data_start_backend_leg(gw_data *d); /* likewise the backend leg */
+void data_hand_over_backend(gw_data *d); /* released download: let the server end it */
 extern const gw_conn_ops data_client_leg_ops, data_backend_leg_ops;
 
 #endif

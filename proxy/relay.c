@@ -104,15 +104,26 @@ static void complete_transfer(gw_session *s)
     gw_sess_command_done(s);
 }
 
-/* The transfer cannot end normally: the client gets `text` now, the backend an ABOR with a
- * NOOP behind it. The NOOP's 200 marks the end of the exchange: it cannot be mistaken for
- * the transfer's reply or ABOR's (225/226), however many of those come. A backend that
- * answers nothing within ABORT_TIMEOUT_MS ends the session. */
-void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+/* The transfer cannot end normally and the client gets `text` now (PROTOCOL.md §5, "One
+ * reply per command"): what the backend still owes for the command is consumed, never
+ * relayed. It is counted: when the server holds its data connection for the transfer
+ * (owe_only), that connection is reset and the server ends the transfer by itself with
+ * exactly one final reply, so one final reply is owed and no ABOR is sent (an ABOR then
+ * races the transfer's own end: pyftpdlib answers it 225 and sends the transfer's 226
+ * later, after the marker below). Otherwise the server may wait for a data connection
+ * that never comes: it gets an ABOR with a NOOP behind it, and the NOOP's 200 marks the
+ * end (servers differ in whether the waiting transfer gets a final reply of its own, and
+ * none can come from a data connection it never had). An upload always takes the ABOR
+ * route: its backend leg is reset only after the ABOR (gw_data_release), so that the
+ * server records a failure. A backend that answers nothing within ABORT_TIMEOUT_MS ends
+ * the session. */
+static void end_owed(gw_session *s, const char *text, const char *why, bool owe_only)
 {
     gw_sess_reply(s, text);
     gw_relay_record_transfer(s, text, "failed", why);
-    GW_LOG_INFO(s->id, "event=transfer_abort note=\"ABOR sent to the server\"");
+    GW_LOG_INFO(s->id, "event=transfer_abort note=\"%s\"",
+                owe_only ? "the server ends it: its final reply is consumed"
+                         : "ABOR sent to the server");
     /* Before the ABOR: the server's reply for a download cut now comes before the NOOP's
      * 200 (an upload's backend leg is reset only after the ABOR: gw_data_release). */
     gw_sess_drop_data(s, false);
@@ -120,12 +131,69 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
     s->cur.held = NULL;
     s->cur.heldlen = 0;
     s->cur.abort_internal = true;
-    s->cur.abort_expect = 2;
+    s->cur.abort_started_ms = gw_sess_now(s);
+    if (owe_only) {
+        s->cur.owed = 1;
+        gw_sess_set_pending(s, PEND_ABORT);
+        gw_sess_rearm(s);
+        return;
+    }
+    gw_relay_abort_marked(s);
+}
+
+void gw_relay_abort_marked(gw_session *s)
+{
+    s->cur.owed = 0;
+    s->cur.abort_marked = true;
     s->cur.abort_started_ms = gw_sess_now(s);
     gw_backend_send(s, "ABOR", PEND_ABORT);
     if (s->backend)
         gw_conn_write_str(s->backend, "NOOP\r\n");
     gw_sess_rearm(s);
+}
+
+void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+{
+    end_owed(s, text, why, false);
+}
+
+/* A deferred upload ends before its command reached the backend: the server owes nothing
+ * for it, and its file was never opened. text NULL: the client already has its answer. */
+void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, const char *why)
+{
+    if (text)
+        gw_sess_reply(s, text);
+    gw_relay_record_transfer(s, text, result, why);
+    GW_LOG_INFO(s->id, "event=transfer_unsent note=\"the server was not told\"");
+    gw_sess_drop_data(s, false);
+}
+
+/* data.c, deferred upload: the client's TCP leg exists (its TLS handshake waits for a 1yz
+ * with ftplib and curl), then the leg is accepted: now the server gets the command. */
+static void on_client_leg(void *owner, enum gw_data_leg_event ev)
+{
+    gw_session *s = owner;
+    if (s->pending != PEND_TRANSFER || s->cur.be_sent)
+        return;
+    if (ev == GW_DATA_CLIENT_CONNECTED) {
+        if (!s->cur.own_1xx)
+            gw_sess_reply(s, GW_R_UPLOAD_OPENING);
+        s->cur.own_1xx = true;
+        return;
+    }
+    GW_LOG_DEBUG(s->id, "event=upload_released note=\"client data leg accepted\"");
+    gw_backend_send(s, s->xfer_line, PEND_TRANSFER);
+    s->cur.be_sent = true;
+    if (s->data)
+        gw_data_backend_go(s->data);
+}
+
+void gw_relay_defer_upload(gw_session *s, const char *line)
+{
+    snprintf(s->xfer_line, sizeof s->xfer_line, "%s", line);
+    s->cur.deferred = true;
+    gw_sess_set_pending(s, PEND_TRANSFER);
+    gw_data_defer_backend(s->data, on_client_leg);
 }
 
 static const char *data_result_reply(enum gw_data_result r)
@@ -163,14 +231,25 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
     if (!ok) {
         snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
     }
+    if (!ok && s->pending == PEND_TRANSFER && !s->cur.be_sent) {
+        /* A deferred upload whose client leg was refused or never came: the server never
+         * had the command (a broken handshake is a leg that could not be opened). */
+        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->data_fail_reply;
+        gw_relay_end_unsent(s, text, "failed", "client data leg refused");
+        gw_sess_command_done(s);
+        return;
+    }
     if (!ok) {
+        /* A download's server that holds its data connection ends the transfer by itself
+         * once that connection ends (end_owed). An upload is aborted whatever the server
+         * holds: only an ABOR before its leg's reset makes every server record a failure
+         * (pyftpdlib counts a reset upload complete); the NOOP behind it marks the end. */
+        bool owe_only = s->data && !s->cur.deferred && gw_data_server_ends(s->data);
         /* Abort both legs now so the backend notices. */
         gw_data_release(s->data, false);
         s->data = NULL;
-        /* The backend may never end this transfer by itself (pyftpdlib waits for a new
-         * data connection after a reset one). */
         if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
-            gw_relay_abort_transfer(s, s->data_fail_reply, "data leg failed");
+            end_owed(s, s->data_fail_reply, "data leg failed", owe_only);
             return;
         }
     }
@@ -438,10 +517,17 @@ void gw_relay_arm_backend_leg(gw_session *s)
     gw_backend_send(s, line, PEND_PORT);
 }
 
+static void on_unsolicited_line(gw_session *s, gw_reply_parser *r);
+
 static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
 {
+    if (!s->cur.be_sent) {
+        on_unsolicited_line(s, r); /* a deferred upload not sent yet: nothing is owed */
+        return;
+    }
     if (r->code < 200) {
-        gw_sess_reply(s, r->line);
+        if (!s->cur.own_1xx) /* else the client has the gateway's 150 already */
+            gw_sess_reply(s, r->line);
         return;
     }
     gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
@@ -461,12 +547,14 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
 static void on_abort_reply(gw_session *s, gw_reply_parser *r)
 {
     if (s->cur.abort_internal) {
-        /* Nothing of this reaches the client: it has its answer. The transfer's reply (if
-         * any) and ABOR's come first; the NOOP's 200 ends the exchange. */
-        if (r->last && r->code == 200) {
-            s->cur.abort_internal = false;
-            gw_sess_command_done(s);
-        }
+        /* Nothing of this reaches the client: it has its answer. 1yz are not final. */
+        if (!r->last || r->code < 200)
+            return;
+        if (s->cur.abort_marked ? r->code != 200 : --s->cur.owed > 0)
+            return; /* marked: the transfer's and ABOR's replies come before the NOOP's 200 */
+        s->cur.abort_internal = s->cur.abort_marked = false;
+        GW_LOG_DEBUG(s->id, "event=owed_replies_consumed verb=%s", s->cur.verb);
+        gw_sess_command_done(s);
         return;
     }
     bool for_transfer = !s->cur.abort_xfer_sent && s->cur.abort_expect == 2;

@@ -18,6 +18,7 @@
 #define HANDSHAKE_TIMEOUT 30  /* seconds, capped by login_timeout */
 #define CLOSE_GRACE_MS 5000   /* waiting for our final reply and close_notify to leave */
 #define ABORT_TIMEOUT_MS 5000 /* a backend that does not answer ABOR by then is given up */
+#define OWED_FALLBACK_MS 3000 /* a transfer's owed final reply overdue: ABOR it */
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
 static const char *const backend_state_names[] = {"idle", "connecting", "greeting",
@@ -206,6 +207,14 @@ static void check_deadlines(gw_session *s)
         s->cur.held = NULL;
         s->cur.heldlen = 0;
         gw_sess_command_done(s);
+        return;
+    }
+    if (s->pending == PEND_ABORT && s->cur.abort_internal && !s->cur.abort_marked &&
+        now - s->cur.abort_started_ms >= OWED_FALLBACK_MS) {
+        /* The server kept its transfer open after its data connection was reset
+         * (pyftpdlib waits for another one): it is aborted, and the count becomes a mark. */
+        GW_LOG_INFO(s->id, "event=owed_reply_overdue verb=%s note=\"ABOR sent\"", s->cur.verb);
+        gw_relay_abort_marked(s);
         return;
     }
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {

@@ -72,10 +72,17 @@ typedef struct gw_cmd_ctx {
     char *held;
     size_t heldlen;
     int held_code; /* PEND_TRANSFER: the final reply's code once it is complete */
+    /* PEND_TRANSFER: be_sent once the command reached the backend. An upload is deferred
+     * (PROTOCOL.md §5): sent only when the client's data leg is accepted; own_1xx: the
+     * client has the gateway's 150, the backend's 1yz is consumed. */
+    bool deferred, be_sent, own_1xx;
     /* ABOR (PEND_ABORT) */
     int abort_expect;     /* final replies still due from the backend */
     bool abort_xfer_sent; /* the client has its reply for the transfer */
-    bool abort_internal;  /* sent by the gateway after a data leg failed */
+    bool abort_internal;  /* the gateway answered the transfer: the backend's replies are
+                             consumed (PROTOCOL.md §5 "One reply per command") */
+    int owed;             /* abort_internal: final replies the backend still owes */
+    bool abort_marked;    /* abort_internal: ABOR and NOOP sent, the NOOP's 200 ends it */
     uint64_t abort_started_ms;
 } gw_cmd_ctx;
 
@@ -115,8 +122,9 @@ struct gw_session {
     bool data_finished, data_ok;
     bool xfer_open; /* a transfer started and is not recorded yet (gw_relay_record_transfer) */
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
-    char xfer_arg[256]; /* the transfer command's argument, for the transfer log */
-    char user[64];      /* the USER argument, for the transfer log (never the password) */
+    char xfer_arg[256];                  /* the transfer command's argument, for the transfer log */
+    char xfer_line[GW_CMD_LINE_MAX + 1]; /* a deferred upload's command line */
+    char user[64]; /* the USER argument, for the transfer log (never the password) */
     char be_user[GW_CMD_LINE_MAX + 1]; /* self_greet: the name sent to the backend's USER */
     char data_fail_reply[128];
     bool prot_p, pbsz, logged_in, epsv_all, user_sent;
@@ -215,6 +223,15 @@ void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
  * ok | failed | aborted | unused, why the reason of a failure (or NULL). */
 void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result,
                               const char *why);
+/* The backend owes replies the gateway consumes (cur.owed) and is overdue: ABOR, then a
+ * NOOP whose 200 marks the end of what it owes. */
+void gw_relay_abort_marked(gw_session *s);
+/* STOR/APPE/STOU: keep `line` from the backend until the client's data leg is accepted. */
+void gw_relay_defer_upload(gw_session *s, const char *line);
+/* A deferred upload ends before the backend had its command: `text` is the client's final
+ * reply (NULL: none), recorded with `result` (gw_relay_record_transfer); the caller ends
+ * the command. */
+void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, const char *why);
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);

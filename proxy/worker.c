@@ -16,6 +16,8 @@
 #include "shared_port.h"
 
 #define MAX_WORKERS 1024
+#define DATA_LINGER_WAIT_MS 2000 /* most linger far less than data.c's LINGER_MS (5 s) */
+#define RESET_WAIT_MS 1000       /* cut uploads' resets are due 300 ms after their release */
 
 typedef struct gw_worker {
     int index;
@@ -26,7 +28,7 @@ typedef struct gw_worker {
     bool mailbox_ready;
     uv_timer_t stop_timer;
     uint64_t stop_deadline;
-    int idle_ticks; /* stop ticks since the last session ended */
+    uint64_t idle_since; /* stopping: when the last session ended (0: not yet) */
     uv_thread_t thread;
     bool thread_started;
     _Atomic bool done; /* its loop has ended (its mailbox is closed) */
@@ -97,10 +99,21 @@ static bool others_done(void)
 static void on_stop_tick(uv_timer_t *t)
 {
     gw_worker *w = t->data;
-    /* Cut uploads still owe their servers a reset (data.c): a few ticks for them. */
-    if (w->srv.sessions == 0 && gw_data_resets_pending() > 0 && ++w->idle_ticks < 10)
-        return;
     if (w->srv.sessions == 0) {
+        uint64_t now = uv_now(w->loop);
+        if (!w->idle_since)
+            w->idle_since = now;
+        /* Cut uploads still owe their servers a reset (data.c, after the control close
+         * that ended their session): their timers send it, up to RESET_WAIT_MS. */
+        if (gw_data_resets_pending() > 0 && now - w->idle_since < RESET_WAIT_MS)
+            return;
+        /* Released data channels may linger for their peers' close (a server ending a
+         * handed-over transfer): closed here with their callbacks, so that they are freed
+         * (wind_down would close their handles without). Other workers' count too. */
+        if (gw_data_live() > 0 && now - w->idle_since < RESET_WAIT_MS + DATA_LINGER_WAIT_MS) {
+            gw_data_cut_all(w->loop);
+            return;
+        }
         /* Worker 0 keeps the main loop, and with it the signal handlers (a second SIGTERM
          * closes every session at once), until every other worker is done. */
         if (w->index != 0 || others_done())

@@ -112,6 +112,17 @@ def pyftpdlib(workdir, ports, test_user):
     backend.stop()
 
 
+@pytest.fixture(scope="session")
+def pure_ftpd(workdir, ports, test_user):
+    """pure-ftpd, plain, unpacked by .ci/pure-ftpd.sh (it conflicts with vsftpd in apt);
+    tests using it skip where it is absent."""
+    if not peers.pure_ftpd_available():
+        pytest.skip(f"pure-ftpd not unpacked in {peers.PURE_FTPD_DIR} (.ci/pure-ftpd.sh)")
+    backend = peers.start_pure_ftpd(workdir / "pure-ftpd", ports, *test_user)
+    yield backend
+    backend.stop()
+
+
 @pytest.fixture(scope="module", params=["vsftpd", "pyftpdlib"])
 def backend(request) -> peers.Backend:
     """Each backend in turn (tests using it run once per backend)."""

@@ -263,6 +263,7 @@ class FakeSession:
         self.server, self.sock, self.index = server, sock, index
         self.buf = b""
         self.data_listener: socket.socket | None = None
+        self.active_to: tuple[str, int] | None = None  # PORT/EPRT's address
         self.logged_in = False
         self.user = ""
         self.sock.settimeout(None)
@@ -318,6 +319,15 @@ class FakeSession:
     # -- a normal FTP dialogue with hooks
 
     def accept_data(self, timeout: float = 10) -> socket.socket | None:
+        if self.active_to:  # PORT/EPRT: connect to the gateway's listener
+            to, self.active_to = self.active_to, None
+            try:
+                conn = socket.create_connection(to, timeout=timeout)
+            except OSError as e:
+                self.event(f"no data connection: {e!r}")
+                return None
+            self.event(f"data connection to {to[0]}")
+            return conn
         if not self.data_listener:
             return None
         self.data_listener.settimeout(timeout)
@@ -389,7 +399,16 @@ class FakeSession:
                 self.reply("250 Deleted.")
             elif verb == "EPSV" and not self.server.epsv:
                 self.reply("500 EPSV not understood.")
+            elif verb in ("PORT", "EPRT"):
+                if verb == "PORT":
+                    n = arg.split(",")
+                    self.active_to = (".".join(n[:4]), int(n[4]) * 256 + int(n[5]))
+                else:
+                    f = arg[1:].split(arg[0])
+                    self.active_to = (f[1], int(f[2]))
+                self.reply(f"200 {verb} command successful.")
             elif verb in ("PASV", "EPSV"):
+                self.active_to = None
                 if self.data_listener:
                     self.data_listener.close()
                 self.data_listener = socket.create_server((HOST, 0))

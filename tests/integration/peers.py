@@ -654,6 +654,65 @@ def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: st
                    allocated=(*((port,) if fresh else ()), *range(pasv_lo, pasv_hi + 1)))
 
 
+# pure-ftpd conflicts with vsftpd in apt: .ci/pure-ftpd.sh unpacks it here (PEERS.md).
+PURE_FTPD_DIR = Path(os.environ.get("FTPSGATE_PEER_CACHE", "/var/cache/ftpsgate-peers")) / "pure-ftpd"
+
+
+def pure_ftpd_available() -> bool:
+    return (PURE_FTPD_DIR / "usr/sbin/pure-ftpd").exists() and \
+        (PURE_FTPD_DIR / "usr/bin/pure-pw").exists()
+
+
+def start_pure_ftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
+                    tls_pem: Path | None = None) -> Backend:
+    """pure-ftpd in the foreground, one virtual user (its own password database) mapped to
+    the system `user`, whose home is a fresh directory. `tls_pem` (certificate and key in one
+    file, as pure-ftpd wants): explicit TLS offered (-Y 1), else plain."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    root = workdir / "root"
+    root.mkdir(exist_ok=True)
+    pw = pwd.getpwnam(user)
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+    passwd, pdb = workdir / "pureftpd.passwd", workdir / "pureftpd.pdb"
+    for f in (passwd, pdb):
+        f.unlink(missing_ok=True)
+    subprocess.run([str(PURE_FTPD_DIR / "usr/bin/pure-pw"), "useradd", user,
+                    "-u", str(pw.pw_uid), "-g", str(pw.pw_gid), "-D", str(root),
+                    "-f", str(passwd), "-F", str(pdb), "-m"],
+                   input=f"{password}\n{password}\n", text=True, check=True, timeout=30,
+                   capture_output=True)
+    # pure-pw hashes with argon2id: 2-6 s per login here. The system user's SHA-512 hash
+    # (ensure_test_user) is as good for a test and costs nothing.
+    shadow = {ln.split(":")[0]: ln.split(":")[1]
+              for ln in Path("/etc/shadow").read_text().splitlines() if ":" in ln}
+    fields = passwd.read_text().strip().split(":")
+    fields[1] = shadow[user]
+    passwd.write_text(":".join(fields) + "\n")
+    subprocess.run([str(PURE_FTPD_DIR / "usr/bin/pure-pw"), "mkdb", str(pdb), "-f", str(passwd)],
+                   check=True, timeout=30, capture_output=True)
+    port = ports.port()
+    pasv_lo, pasv_hi = ports.range(50)
+    log = workdir / "pure-ftpd.log"
+    args = [str(PURE_FTPD_DIR / "usr/sbin/pure-ftpd"), "-S", f"{HOST},{port}",
+            "-l", f"puredb:{pdb}", "-E", "-H", "-f", "none", "-d",
+            "-p", f"{pasv_lo}:{pasv_hi}", "-c", "200", "-C", "200",
+            "-O", f"clf:{workdir / 'transfer.log'}"]
+    if tls_pem:
+        args += ["-Y", "1", "-2", str(tls_pem)]
+    out = open(log, "wb")
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    try:
+        wait_listening(proc, port, 10, "pure-ftpd", log)
+    except Exception:
+        kill_tree(proc)
+        raise
+    return Backend("pure-ftpd", port, user, password, root, "pure-ftpd", proc, log,
+                   owner=(pw.pw_uid, pw.pw_gid), tls="explicit" if tls_pem else "none")
+
+
 # ---------------------------------------------------------------------------------------
 # The gateway
 

@@ -416,10 +416,26 @@ def test_curl_active_tls(shared, backend, blobs, scratch):
     assert sha256_file(got) == digest
 
 
+def _bindable(port: int) -> bool:
+    """Whether the gateway could bind this source port now (as libuv does: SO_REUSEADDR)."""
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((HOST, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("mode, source", [("implicit", 989), ("explicit", 20)])
 def test_default_active_source_port(shared, backend, client_ctx, blobs, mode, source):
     """Without active_source_port the gateway connects from 989 (implicit) or 20."""
     digest = backend.put(blobs, "mx-down.bin", SIZE)
+    # Port 20 is the machine's: pure-ftpd (test_upload_safety, active) connects from it
+    # without SO_REUSEADDR, and its TIME_WAITs refuse any bind there for up to 60 s.
+    wait_for(lambda: _bindable(source), 75, f"127.0.0.1:{source} free of other peers' TIME_WAIT")
     mark = Mark(shared.gw)
     with ftp_client(shared.port(f"{mode[:3]}-defsrc"), backend, client_ctx, mode=mode,
                     data_cmd="PORT") as ftp:
