@@ -197,9 +197,10 @@ version:
 	@echo $(VERSION)
 
 # The binary, and the documentation in the repository's layout (so README.md's links to
-# config/README.md and proxy/PROTOCOL.md still work): samples go to $(DOCDIR)/config/.
+# config/README.md, proxy/PROTOCOL.md and proxy/ARCHITECTURE.md still work): samples go to
+# $(DOCDIR)/config/.
 DOCS := README.md config/README.md config/ftpsgate.conf config/minimal.conf \
-	config/three-backends.conf proxy/PROTOCOL.md
+	config/three-backends.conf proxy/PROTOCOL.md proxy/ARCHITECTURE.md
 # Operations: the systemd unit, the logrotate snippet, Prometheus alerting rules and their test.
 DOCS += config/ftpsgate.service config/ftpsgate.logrotate config/ftpsgate.rules.yml \
 	config/ftpsgate.rules.test.yml

@@ -1,8 +1,9 @@
 /* Inside a session: the struct, its state enums and what the session files call of each
  * other. Private to proxy/session.c (core: states, timers, the one fail/close path),
  * proxy/client_cmd.c (the client's command queue and the gateway's own commands),
- * proxy/backend.c (the backend control leg) and proxy/relay.c (backend replies, data
- * channels, transfers). Nothing outside these files sees a gw_session's fields. */
+ * proxy/backend.c (the backend control leg), proxy/relay.c (backend replies, data
+ * channels, transfers) and proxy/session_info.c (the admin view). Nothing outside these
+ * five files sees a gw_session's fields. */
 #ifndef GW_SESSION_INT_H
 #define GW_SESSION_INT_H
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The architecture as a check: every source file and header has a layer, and a file may
 include only headers of its own layer or below. Prints each violation; exit 1 if any.
-Layers (bottom to top) are listed in the README's "Architecture" section."""
+Layers (bottom to top) are described in proxy/ARCHITECTURE.md."""
 import re
 import sys
 from pathlib import Path
