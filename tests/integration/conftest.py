@@ -28,6 +28,17 @@ import peers
 from peers import Gateway, GatewayFactory
 
 
+def fd_targets(pid: int) -> list[str]:
+    """Each open descriptor with what it points at (socket:[inode], a path), for diagnosis."""
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}->{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            out.append(fd)
+    return out
+
+
 @pytest.fixture(scope="session")
 def workdir(request):
     """Scratch space for the session, world-traversable (vsftpd sessions run as the test
@@ -269,7 +280,7 @@ def no_descriptor_leak(request):
                 break
             if time.monotonic() > deadline:
                 leaks.append(f"{g.name}: {count} descriptors before the test, {now} after "
-                             f"{FD_SETTLE_SECONDS} s: {sorted(os.listdir(f'/proc/{g.pid}/fd'))}")
+                             f"{FD_SETTLE_SECONDS} s: {fd_targets(g.pid)}")
                 break
             time.sleep(0.05)
     if leaks:

@@ -927,7 +927,11 @@ class GatewayFactory:
 
     def base_sections(self, port: int, pasv: tuple[int, int], backend_address: str):
         return {
-            "global": {"log_level": "debug", "idle_timeout": 120, "login_timeout": 30},
+            # control_socket off: the default path (STATE_DIR/control.sock) is one per
+            # machine, and parallel tests' gateways would race for it (tests of `-s reload`
+            # set their own path).
+            "global": {"log_level": "debug", "idle_timeout": 120, "login_timeout": 30,
+                       "control_socket": "off"},
             "tls": {"cert": self.cert, "key": self.key},
             # active_source_port 0 (any port): the default source ports 989 and 20 are one
             # per machine, and active transfers of parallel tests from them collide
