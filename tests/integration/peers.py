@@ -203,7 +203,7 @@ class _Slice:
 class PortAllocator:
     """Hands out distinct ports and port ranges that are free right now.
 
-    Uses 10000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
+    Uses 2000-29999: below Linux's ephemeral range (32768+) and away from the gateway's
     embedded default passive range (30000-30099), in slices of SLICE ports. Each allocator
     (one per test process: a pytest-xdist worker, a run) holds a slice of its own through an
     flock on a file per slice, for as long as it lives, and one more when its slices are
@@ -214,8 +214,8 @@ class PortAllocator:
     before.
     """
 
-    LO, HI = 10000, 29999
-    SLICE = 2500  # eight slices: a run's four workers, each can take one more
+    LO, HI = 2000, 29999
+    SLICE = 1750  # sixteen slices: a run's eight workers, each can take one more
     SINGLES = 500
     LOCK_DIR = Path("/var/lib/ftpsgate-test/ports")
 
