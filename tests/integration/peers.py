@@ -53,6 +53,25 @@ CRASH_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSaniti
 # Small utilities
 
 
+def metric_series(text: str, name: str, **labels) -> list[float]:
+    """The values of the series `name` in a Prometheus exposition whose labels include
+    `labels`."""
+    values = []
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            values.append(float(m.group(3)))
+    return values
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The sum of those series (0 when absent)."""
+    return sum(metric_series(text, name, **labels))
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval=0.02):
     """Poll until predicate() is truthy; return its value or raise TimeoutError."""
     deadline = time.monotonic() + timeout

@@ -26,7 +26,7 @@ import urllib.request
 import pytest
 
 import peers
-from peers import HOST, MiB, Control, check, curl, sha256_file, wait_for
+from peers import HOST, MiB, Control, check, curl, metric, sha256_file, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian package prometheus missing (make deps)")
@@ -59,19 +59,6 @@ def raw_request(port: int, data: bytes, source: str | None = None) -> bytes:
         return s.recv(4096)
     finally:
         s.close()
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """The value of one series in an exposition (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
 
 
 class Prometheus:

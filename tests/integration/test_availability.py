@@ -42,14 +42,9 @@ def lines(gw, pattern: str) -> list[str]:
 def metric(gw, name: str, **labels) -> float:
     """One series of the gateway's /metrics (admin_listen from with_admin)."""
     with urllib.request.urlopen(f"http://{HOST}:{gw.admin_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
-        if m and m.group(1) == name:
-            have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(have.get(k) == v for k, v in labels.items()):
-                return float(m.group(3))
-    raise AssertionError(f"no {name}{labels} in /metrics")
+        values = peers.metric_series(r.read().decode(), name, **labels)
+    assert values, f"no {name}{labels} in /metrics"
+    return values[0]
 
 
 def with_admin(ports, extra: dict | None = None) -> tuple[dict, int]:

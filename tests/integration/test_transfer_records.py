@@ -18,8 +18,8 @@ import urllib.request
 import pytest
 
 from peers import (HOST, PYTHON, KiB, MiB, Control, backend_tls, check, curl, frontend,
-                   kill_after_progress, parse_227, put_sparse, raw_transfer, recv_until_closed,
-                   start_pyftpdlib, start_vsftpd, wait_for)
+                   kill_after_progress, metric, parse_227, put_sparse, raw_transfer,
+                   recv_until_closed, start_pyftpdlib, start_vsftpd, wait_for)
 
 PRELOGIN = "530 Please login with USER and PASS."
 
@@ -83,18 +83,6 @@ def xfer_lines(path, name: str | None = None) -> list[str]:
 def metrics(gw) -> str:
     with urllib.request.urlopen(gw.admin + "/metrics", timeout=10) as r:
         return r.read().decode()
-
-
-def metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
 
 
 def recording_gateway(gateway, backend, ports, tmp_path, **global_keys):
