@@ -12,7 +12,9 @@ sends that 150 itself once the TCP leg exists); the control cases also start it 
 from __future__ import annotations
 
 import contextlib
+import ftplib
 import hashlib
+import io
 import os
 import random
 import socket
@@ -156,6 +158,31 @@ def test_not_resumed(upgw, up_backend, client_ctx, fe, cmode):
         close_quietly(data)
         close_quietly(listener)
         c.close()
+
+
+@pytest.mark.parametrize("fe", ["explicit-passive", "explicit-active"])
+def test_stock_ftplib_refused(upgw, up_backend, client_ctx, fe):
+    """The issue's own reproduction, by the real client: stock ftplib.FTP_TLS (its data TLS
+    never resumes) storing over an existing file gets 522, and the file stays whole."""
+    ftp = ftplib.FTP_TLS(context=client_ctx, timeout=20)
+    try:
+        ftp.connect(HOST, upgw.fport(fe))
+        ftp.auth()
+        ftp.login(up_backend.user, up_backend.password)
+        ftp.prot_p()
+        with victim(up_backend, f"stock-{fe}.txt") as name:
+            try:
+                ftp.storbinary(f"STOR {name}", io.BytesIO(b"must never reach the server\n"))
+                reply = "no error"
+            except ftplib.error_perm as e:
+                reply = str(e)
+            except (OSError, ssl.SSLError):  # the leg closed under sendall: the reply waits
+                reply = ftp.getline()
+            assert reply.startswith("522"), reply
+        assert ftp.voidcmd("NOOP").startswith("200")
+    finally:
+        with contextlib.suppress(Exception):
+            ftp.close()
 
 
 @pytest.mark.parametrize("cmode", ["passive", "active"])
