@@ -1,6 +1,7 @@
 /* One client session, opaque outside the session files (proxy/session.c, backend.c,
- * client_cmd.c, relay.c): the listener accepts the client's connection, counts it against
- * the limits and hands it over; the session tells it through its hooks when it has ended. */
+ * client_cmd.c, reply_dispatch.c, transfer.c, session_info.c): the listener accepts the
+ * client's connection, counts it against the limits and hands it over; the session tells it
+ * through its hooks when it has ended. */
 #ifndef GW_SESSION_H
 #define GW_SESSION_H
 

@@ -315,7 +315,7 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
                                                : "backend sent an invalid reply");
             return;
         }
-        gw_relay_line(s, &s->reply);
+        gw_reply_dispatch_line(s, &s->reply);
     }
     /* Backpressure on the control leg: a client that does not read its replies. */
     if (s->client && s->client->want_drain && s->backend == c)

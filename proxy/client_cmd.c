@@ -267,12 +267,12 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
     }
     /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
     gw_addr adv;
-    if (!epsv && !gw_relay_pasv_addr(s, &s->client_local, &adv)) {
+    if (!epsv && !gw_xfer_pasv_addr(s, &s->client_local, &adv)) {
         gw_sess_reply(s, GW_R_PASV_IPV4_ONLY);
         return;
     }
     s->cur.want = epsv ? WANT_EPSV : WANT_PASV;
-    gw_relay_arm_backend_leg(s);
+    gw_xfer_arm_backend_leg(s);
 }
 
 /* PORT/EPRT: the gateway will connect to the client. */
@@ -302,7 +302,7 @@ static void cmd_port(gw_session *s, bool eprt, const char *arg)
     }
     s->cur.want = eprt ? WANT_EPRT : WANT_PORT;
     s->cur.want_addr = a;
-    gw_relay_arm_backend_leg(s);
+    gw_xfer_arm_backend_leg(s);
 }
 
 static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
@@ -324,7 +324,7 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     /* SECURITY (data safety): an upload reaches the server only once the client's data leg
      * is accepted, so that a refused leg never truncates the server's file. */
     if (upload) {
-        gw_relay_defer_upload(s, line);
+        gw_xfer_defer_upload(s, line);
     } else {
         gw_backend_send(s, line, PEND_TRANSFER);
         s->cur.be_sent = true;
@@ -577,7 +577,7 @@ static void cmd_abort(gw_session *s)
         return;
     }
     if (!s->cur.be_sent) { /* a deferred upload the server never heard of: ours to answer */
-        gw_relay_end_unsent(s, s->cur.own_1xx ? GW_R_XFER_ABORTED : NULL, "aborted", "ABOR");
+        gw_xfer_end_unsent(s, s->cur.own_1xx ? GW_R_XFER_ABORTED : NULL, "aborted", "ABOR");
         gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_command_done(s);
         return;
@@ -588,7 +588,7 @@ static void cmd_abort(gw_session *s)
     s->cur.abort_xfer_sent = false;
     if (s->cur.held_code) { /* the transfer's final reply is already here */
         gw_sess_reply(s, GW_R_XFER_ABORTED);
-        gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+        gw_xfer_record(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         s->cur.abort_xfer_sent = true;
         s->cur.abort_expect = 1;
     }

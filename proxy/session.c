@@ -143,8 +143,7 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
     /* A transfer cut with its session is recorded too, with the session's last reply. */
-    gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
-                             "failed", why);
+    gw_xfer_record(s, was_ready && s->client && !s->client->failed ? text : NULL, "failed", why);
     gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
     if (s->backend)
         gw_conn_close(s->backend);
@@ -214,7 +213,7 @@ static void check_deadlines(gw_session *s)
         /* The server kept its transfer open after its data connection was reset
          * (pyftpdlib waits for another one): it is aborted, and the count becomes a mark. */
         GW_LOG_INFO(s->id, "event=owed_reply_overdue verb=%s note=\"ABOR sent\"", s->cur.verb);
-        gw_relay_abort_marked(s);
+        gw_xfer_abort_marked(s);
         return;
     }
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
@@ -222,7 +221,7 @@ static void check_deadlines(gw_session *s)
          * backend login would need the password and lose CWD, TYPE and REST). */
         if (!s->cur.abort_internal && !s->cur.abort_xfer_sent) {
             gw_sess_reply(s, GW_R_XFER_ABORTED);
-            gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+            gw_xfer_record(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         }
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
@@ -231,8 +230,7 @@ static void check_deadlines(gw_session *s)
     }
     if (s->pending == PEND_TRANSFER && s->data_finished && !s->cur.held_code &&
         now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
-        gw_relay_abort_transfer(s, GW_R_XFER_NO_FINAL_REPLY,
-                                "server silent after the data connection ended");
+        gw_xfer_abort(s, GW_R_XFER_NO_FINAL_REPLY, "server silent after the data connection ended");
         return;
     }
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;

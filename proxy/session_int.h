@@ -1,9 +1,10 @@
 /* Inside a session: the struct, its state enums and what the session files call of each
  * other. Private to proxy/session.c (core: states, timers, the one fail/close path),
  * proxy/client_cmd.c (the client's command queue and the gateway's own commands),
- * proxy/backend.c (the backend control leg), proxy/relay.c (backend replies, data
- * channels, transfers) and proxy/session_info.c (the admin view). Nothing outside these
- * five files sees a gw_session's fields. */
+ * proxy/backend.c (the backend control leg and its set-up), proxy/reply_dispatch.c (each
+ * backend reply, by what is pending), proxy/transfer.c (data channels and transfers) and
+ * proxy/session_info.c (the admin view). Nothing outside these six files sees a
+ * gw_session's fields. */
 #ifndef GW_SESSION_INT_H
 #define GW_SESSION_INT_H
 
@@ -121,7 +122,7 @@ struct gw_session {
     size_t featlen;
     gw_data *data;
     bool data_finished, data_ok;
-    bool xfer_open; /* a transfer started and is not recorded yet (gw_relay_record_transfer) */
+    bool xfer_open; /* a transfer started and is not recorded yet (gw_xfer_record) */
     uint64_t xfer_bytes, xfer_started_ms, data_done_ms;
     char xfer_arg[256];                  /* the transfer command's argument, for the transfer log */
     char xfer_line[GW_CMD_LINE_MAX + 1]; /* a deferred upload's command line */
@@ -215,27 +216,38 @@ void gw_backend_ready(gw_session *s);
 void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r);
 void gw_backend_tls_reply(gw_session *s, gw_reply_parser *r);
 
-/* relay.c: backend replies by what is pending, data channels, transfers */
-void gw_relay_line(gw_session *s, gw_reply_parser *r);
-void gw_relay_arm_backend_leg(gw_session *s);
-void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why);
+/* reply_dispatch.c: each backend reply, where the pending exchange says */
+void gw_reply_dispatch_line(gw_session *s, gw_reply_parser *r);
+
+/* transfer.c: the session's data channels and transfers */
+/* PASV/EPSV/PORT/EPRT: arm the backend leg as data_mode says (the client's leg and answer
+ * follow its reply: gw_xfer_pasv_reply, gw_xfer_port_reply). */
+void gw_xfer_arm_backend_leg(gw_session *s);
+void gw_xfer_pasv_reply(gw_session *s, gw_reply_parser *r);
+void gw_xfer_port_reply(gw_session *s, gw_reply_parser *r);
+/* PEND_TRANSFER, the command reached the backend: its 1yz and final reply. */
+void gw_xfer_final_reply(gw_session *s, gw_reply_parser *r);
+/* PEND_ABORT: the replies to ABOR (and to the transfer it cut). */
+void gw_xfer_abort_reply(gw_session *s, gw_reply_parser *r);
+/* The transfer cannot end normally: the client gets `text` now, what the backend still owes
+ * is consumed (ABOR, NOOP). */
+void gw_xfer_abort(gw_session *s, const char *text, const char *why);
 /* The transfer's one record (the transfer_end line, the transfer log, the metrics), once
  * however it ended: `reply` is the final reply the client got for it (NULL: none), result
  * ok | failed | aborted | unused, why the reason of a failure (or NULL). */
-void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result,
-                              const char *why);
+void gw_xfer_record(gw_session *s, const char *reply, const char *result, const char *why);
 /* The backend owes replies the gateway consumes (cur.owed) and is overdue: ABOR, then a
  * NOOP whose 200 marks the end of what it owes. */
-void gw_relay_abort_marked(gw_session *s);
+void gw_xfer_abort_marked(gw_session *s);
 /* STOR/APPE/STOU: keep `line` from the backend until the client's data leg is accepted. */
-void gw_relay_defer_upload(gw_session *s, const char *line);
+void gw_xfer_defer_upload(gw_session *s, const char *line);
 /* A deferred upload ends before the backend had its command: `text` is the client's final
- * reply (NULL: none), recorded with `result` (gw_relay_record_transfer); the caller ends
- * the command. */
-void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, const char *why);
+ * reply (NULL: none), recorded with `result` (gw_xfer_record); the caller ends the
+ * command. */
+void gw_xfer_end_unsent(gw_session *s, const char *text, const char *result, const char *why);
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
-bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
+bool gw_xfer_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
 
 /* session_info.c: the admin endpoint's view (timeline ring, metrics of session events) */
 void gw_sinfo_start(gw_session *s);

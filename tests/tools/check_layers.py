@@ -17,7 +17,7 @@ LAYERS = [
     # through its mailbox) and knows nothing of data channels, so data -> shared_port only.
     ("shared port", ["shared_port"]),
     ("data", ["data", "data_int", "data_accept"]),
-    ("session", ["session_int", "backend", "client_cmd", "relay", "session",
+    ("session", ["session_int", "backend", "client_cmd", "reply_dispatch", "transfer", "session",
                  "session_info"]),
     ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
     ("main", ["main"]),

@@ -1,7 +1,9 @@
-/* The reply relay: each backend reply goes where the pending exchange says (PROTOCOL.md
- * §4-§6): PASV/PORT replies arm the data channel, a transfer's final reply waits for its
- * data legs, ABOR's replies are sequenced, FEAT is rewritten, USER/PASS replies count
- * logins. Also the transfer log. */
+/* The session's data-channel wiring (PROTOCOL.md §5): the backend leg armed by PASV/EPSV or
+ * PORT/EPRT toward the server (EPSV/EPRT first, PASV/PORT for an IPv4 server that refused
+ * them), then the client's leg and the gateway's own 227/229/200; transfers started, deferred
+ * uploads released once the client's leg is accepted, the final reply held until the data
+ * legs are done, ABOR's replies sequenced, what the server still owes consumed; and each
+ * transfer's one record (transfer_end, the transfer log, the metrics). */
 #include "session_int.h"
 
 #include <stdio.h>
@@ -13,23 +15,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "bans.h"
 #include "data.h"
-#include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "xferlog.h"
-
-#define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
-#define FAILED_LOGIN_DELAY_MS 1000
-
-/* The client address the ban list counts: the control connection's peer, normalised (with
- * a PROXY header, its source: wherever the session keeps the client's address). */
-static const gw_addr *ban_peer(const gw_session *s)
-{
-    return &s->client_peer;
-}
 
 /* One line per finished transfer, in the configured xferlog_format (xferlog.h). */
 static void write_xferlog(gw_session *s, int code, const char *result)
@@ -65,7 +55,7 @@ static int reply_code(const char *text)
     return (text[0] - '0') * 100 + (text[1] - '0') * 10 + (text[2] - '0');
 }
 
-void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result, const char *why)
+void gw_xfer_record(gw_session *s, const char *reply, const char *result, const char *why)
 {
     if (!s->xfer_open)
         return; /* recorded already, or never started */
@@ -96,7 +86,7 @@ static void complete_transfer(gw_session *s)
     const char *result = code >= 200 && code < 300 && (s->data_ok || !s->data_finished) ? "ok"
                          : !s->data_finished && code >= 400                             ? "unused"
                                                                                         : "failed";
-    gw_relay_record_transfer(s, sent, result, NULL);
+    gw_xfer_record(s, sent, result, NULL);
     gw_sess_drop_data(s, backend_ok && s->data_ok);
     free(s->cur.held);
     s->cur.held = NULL;
@@ -120,7 +110,7 @@ static void complete_transfer(gw_session *s)
 static void end_owed(gw_session *s, const char *text, const char *why, bool owe_only)
 {
     gw_sess_reply(s, text);
-    gw_relay_record_transfer(s, text, "failed", why);
+    gw_xfer_record(s, text, "failed", why);
     GW_LOG_INFO(s->id, "event=transfer_abort note=\"%s\"",
                 owe_only ? "the server ends it: its final reply is consumed"
                          : "ABOR sent to the server");
@@ -138,10 +128,10 @@ static void end_owed(gw_session *s, const char *text, const char *why, bool owe_
         gw_sess_rearm(s);
         return;
     }
-    gw_relay_abort_marked(s);
+    gw_xfer_abort_marked(s);
 }
 
-void gw_relay_abort_marked(gw_session *s)
+void gw_xfer_abort_marked(gw_session *s)
 {
     s->cur.owed = 0;
     s->cur.abort_marked = true;
@@ -152,18 +142,18 @@ void gw_relay_abort_marked(gw_session *s)
     gw_sess_rearm(s);
 }
 
-void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+void gw_xfer_abort(gw_session *s, const char *text, const char *why)
 {
     end_owed(s, text, why, false);
 }
 
 /* A deferred upload ends before its command reached the backend: the server owes nothing
  * for it, and its file was never opened. text NULL: the client already has its answer. */
-void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, const char *why)
+void gw_xfer_end_unsent(gw_session *s, const char *text, const char *result, const char *why)
 {
     if (text)
         gw_sess_reply(s, text);
-    gw_relay_record_transfer(s, text, result, why);
+    gw_xfer_record(s, text, result, why);
     GW_LOG_INFO(s->id, "event=transfer_unsent note=\"the server was not told\"");
     gw_sess_drop_data(s, false);
 }
@@ -188,7 +178,7 @@ static void on_client_leg(void *owner, enum gw_data_leg_event ev)
         gw_data_backend_go(s->data);
 }
 
-void gw_relay_defer_upload(gw_session *s, const char *line)
+void gw_xfer_defer_upload(gw_session *s, const char *line)
 {
     snprintf(s->xfer_line, sizeof s->xfer_line, "%s", line);
     s->cur.deferred = true;
@@ -235,7 +225,7 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
         /* A deferred upload whose client leg was refused or never came: the server never
          * had the command (a broken handshake is a leg that could not be opened). */
         const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->data_fail_reply;
-        gw_relay_end_unsent(s, text, "failed", "client data leg refused");
+        gw_xfer_end_unsent(s, text, "failed", "client data leg refused");
         gw_sess_command_done(s);
         return;
     }
@@ -328,7 +318,7 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     return -1;
 }
 
-bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
+bool gw_xfer_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
 {
     const gw_frontend *fe = s->fe;
     if (fe->conf->pasv_address_for[0] &&
@@ -379,7 +369,7 @@ static void arm_client_leg(gw_session *s)
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
         gw_addr adv;
-        (void)gw_relay_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
+        (void)gw_xfer_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
         adv.port = bind.port;
         gw_format_227(buf, sizeof buf, &adv);
     }
@@ -423,7 +413,7 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
     return true;
 }
 
-static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
+void gw_xfer_pasv_reply(gw_session *s, gw_reply_parser *r)
 {
     if (fall_back_to_classic(s, r, true))
         return;
@@ -465,7 +455,7 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     gw_sess_command_done(s);
 }
 
-static void on_port_reply(gw_session *s, gw_reply_parser *r)
+void gw_xfer_port_reply(gw_session *s, gw_reply_parser *r)
 {
     if (fall_back_to_classic(s, r, false))
         return;
@@ -486,7 +476,7 @@ static void on_port_reply(gw_session *s, gw_reply_parser *r)
 /* Arm the backend leg as data_mode says: EPSV/PASV (it listens) or EPRT/PORT (we do).
  * EPSV/EPRT first (no address to parse or trust); PASV/PORT for IPv4 backends that refused
  * them once. */
-void gw_relay_arm_backend_leg(gw_session *s)
+void gw_xfer_arm_backend_leg(gw_session *s)
 {
     gw_sess_drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
     bool v6 = s->backend_peer.family == 6;
@@ -517,14 +507,10 @@ void gw_relay_arm_backend_leg(gw_session *s)
     gw_backend_send(s, line, PEND_PORT);
 }
 
-static void on_unsolicited_line(gw_session *s, gw_reply_parser *r);
-
-static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
+/* A transfer command's reply (PEND_TRANSFER, the command reached the server): a 1yz is
+ * relayed unless the client has the gateway's 150; the final reply waits for the data legs. */
+void gw_xfer_final_reply(gw_session *s, gw_reply_parser *r)
 {
-    if (!s->cur.be_sent) {
-        on_unsolicited_line(s, r); /* a deferred upload not sent yet: nothing is owed */
-        return;
-    }
     if (r->code < 200) {
         if (!s->cur.own_1xx) /* else the client has the gateway's 150 already */
             gw_sess_reply(s, r->line);
@@ -544,7 +530,9 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
     }
 }
 
-static void on_abort_reply(gw_session *s, gw_reply_parser *r)
+/* ABOR's replies (PEND_ABORT): the transfer's, then ABOR's; or, when the gateway answered
+ * the transfer itself, what the server owes, consumed. */
+void gw_xfer_abort_reply(gw_session *s, gw_reply_parser *r)
 {
     if (s->cur.abort_internal) {
         /* Nothing of this reaches the client: it has its answer. 1yz are not final. */
@@ -565,7 +553,7 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
         if (r->last) {
             const char *sent = r->code < 300 ? GW_R_XFER_ABORTED : r->line;
             gw_sess_reply(s, sent);
-            gw_relay_record_transfer(s, sent, "aborted", "ABOR");
+            gw_xfer_record(s, sent, "aborted", "ABOR");
         } else if (r->code >= 300) {
             gw_sess_reply(s, r->line);
         }
@@ -578,130 +566,4 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
         s->cur.abort_xfer_sent = true;
     if (--s->cur.abort_expect <= 0)
         gw_sess_command_done(s);
-}
-
-/* FEAT is buffered whole and rewritten (PROTOCOL.md §3). */
-static void on_feat_line(gw_session *s, gw_reply_parser *r)
-{
-    gw_sess_append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
-    if (r->last) {
-        char out[FEAT_MAX + 512];
-        gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
-                          .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
-        if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
-            gw_sess_reply(s, out);
-        else
-            gw_sess_reply(s, GW_R_FEAT_END);
-        free(s->featbuf);
-        s->featbuf = NULL;
-        s->featlen = 0;
-        gw_sess_command_done(s);
-    }
-}
-
-/* A relayed command's reply; USER/PASS and QUIT have their extra duties here. */
-static void on_relayed_line(gw_session *s, gw_reply_parser *r)
-{
-    if (r->code == 530 && !strcmp(s->cur.verb, "PASS")) {
-        gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-        if (!r->last)
-            return;
-    } else if (r->code == 230 && s->be_prot_later) {
-        if (!r->last) {
-            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-            return;
-        }
-    } else {
-        gw_sess_reply(s, r->line);
-    }
-    if (!r->last || r->code < 200)
-        return;
-    if (r->code == 230) {
-        gw_sinfo_login(s, true);
-        s->logged_in = true;
-        gw_backend_prelogin_release(s);
-        if (s->cert) /* client_cert: who logged in with which certificate */
-            GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
-                        s->cert->subject, s->cert->issuer);
-        if (s->be_prot_later) {
-            /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
-            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-            s->be_prot_later = false;
-            s->be_after_login = true;
-            gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
-            return;
-        }
-    }
-    if (s->pending == PEND_QUIT) {
-        gw_sess_fail(s, NULL, "quit");
-        return;
-    }
-    if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
-        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
-        gw_sinfo_login(s, false);
-        /* The ban list counts it per client address (bans.h): a banned address's session
-         * ends now, its other sessions at their next failure, new ones at accept. */
-        if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
-            gw_sess_fail(s, GW_R_BANNED, "client address banned");
-            return;
-        }
-        if (++s->failed_logins >= 3) {
-            gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
-            return;
-        }
-        s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
-        gw_sess_rearm(s);
-        return; /* on_tick releases the 530 and the queue */
-    }
-    gw_sess_command_done(s);
-}
-
-/* Nothing outstanding: typically a 421 before the server closes. */
-static void on_unsolicited_line(gw_session *s, gw_reply_parser *r)
-{
-    /* Unsolicited: typically 421 before the server closes. */
-    gw_sess_reply(s, r->line);
-    if (r->last && r->code == 421)
-        gw_sess_fail(s, NULL, "backend sent 421");
-}
-
-void gw_relay_line(gw_session *s, gw_reply_parser *r)
-{
-    switch (s->pending) {
-    case PEND_GREETING:
-        gw_backend_greeting_line(s, r);
-        return;
-    case PEND_BE_AUTH:
-    case PEND_BE_PBSZ:
-    case PEND_BE_PROT:
-        gw_backend_tls_reply(s, r);
-        return;
-    case PEND_BE_OPTS:
-        if (r->last) /* swallowed: the client had its 200 from the gateway */
-            gw_backend_ready(s);
-        return;
-    case PEND_PASV:
-        on_pasv_reply(s, r);
-        return;
-    case PEND_PORT:
-        on_port_reply(s, r);
-        return;
-    case PEND_ABORT:
-        on_abort_reply(s, r);
-        return;
-    case PEND_FEAT:
-        on_feat_line(s, r);
-        return;
-    case PEND_TRANSFER:
-        on_transfer_reply(s, r);
-        return;
-    case PEND_RELAY:
-    case PEND_QUIT:
-        on_relayed_line(s, r);
-        return;
-    case PEND_NONE:
-        on_unsolicited_line(s, r);
-        return;
-    }
-    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_BE_OPTS); /* not a gw_pending */
 }
