@@ -58,6 +58,7 @@ static struct {
     size_t n, cap;
     bool found;
     gw_timeline tl;
+    gw_sess_states states;
 } req;
 
 /* The configuration the page and /readyz describe. */
@@ -93,7 +94,7 @@ static void on_snapshot_session(gw_session *s, void *arg)
     (void)arg;
     if (req.timeline) {
         if (gw_session_get_id(s) == req.id) {
-            gw_session_timeline(s, &req.tl);
+            gw_session_timeline(s, &req.tl, &req.states);
             req.found = true;
         }
         return;
@@ -336,7 +337,7 @@ static bool render_timeline(gw_sbuf *o, uint64_t id)
     snapshot(true, id);
     bool found = req.found;
     if (found) {
-        gw_tl_json(&req.tl, id, o);
+        gw_tl_json(&req.tl, id, &req.states, o);
         gw_sbuf_str(o, "\n");
     }
     snapshot_done();

@@ -1,7 +1,7 @@
 /* Backend reply dispatch: each reply of the backend goes where the pending exchange says
- * (PROTOCOL.md §4-§6): the backend's set-up to backend.c, PASV/PORT replies, transfers and
- * ABOR to transfer.c; FEAT is rewritten here, relayed replies pass through, USER/PASS
- * replies count logins, QUIT's ends the session. */
+ * (PROTOCOL.md §4-§6): the backend's set-up (PEND_SETUP) to backend.c, PASV/PORT replies, transfers
+ * and ABOR to transfer.c; FEAT is rewritten here, relayed replies pass through, USER/PASS replies
+ * count logins, QUIT's ends the session. */
 #include "session_int.h"
 
 #include <stdlib.h>
@@ -25,18 +25,18 @@ static const gw_addr *ban_peer(const gw_session *s)
 /* FEAT is buffered whole and rewritten (PROTOCOL.md §3). */
 static void on_feat_line(gw_session *s, gw_reply_parser *r)
 {
-    gw_sess_append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
+    gw_sess_append(&s->cur.feat, &s->cur.featlen, r->line, r->len, FEAT_MAX);
     if (r->last) {
         char out[FEAT_MAX + 512];
         gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
                           .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
-        if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
+        if (gw_feat_rewrite(s->cur.feat ? s->cur.feat : "", s->cur.featlen, &o, out, sizeof out))
             gw_sess_reply(s, out);
         else
             gw_sess_reply(s, GW_R_FEAT_END);
-        free(s->featbuf);
-        s->featbuf = NULL;
-        s->featlen = 0;
+        free(s->cur.feat);
+        s->cur.feat = NULL;
+        s->cur.featlen = 0;
         gw_sess_command_done(s);
     }
 }
@@ -48,7 +48,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
         gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
         if (!r->last)
             return;
-    } else if (r->code == 230 && s->be_prot_later) {
+    } else if (r->code == 230 && s->bconn.data == BE_DATA_LATER) {
         if (!r->last) {
             gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
             return;
@@ -60,17 +60,15 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
         return;
     if (r->code == 230) {
         gw_sinfo_login(s, true);
-        s->logged_in = true;
+        s->login.logged_in = true;
         gw_backend_prelogin_release(s);
-        if (s->cert) /* client_cert: who logged in with which certificate */
-            GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
-                        s->cert->subject, s->cert->issuer);
-        if (s->be_prot_later) {
+        if (s->ctl.cert) /* client_cert: who logged in with which certificate */
+            GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"",
+                        s->login.user, s->ctl.cert->subject, s->ctl.cert->issuer);
+        if (s->bconn.data == BE_DATA_LATER) {
             /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
             gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-            s->be_prot_later = false;
-            s->be_after_login = true;
-            gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
+            gw_backend_advance(s, r);
             return;
         }
     }
@@ -79,7 +77,7 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
         return;
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
-        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
+        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->login.failed + 1);
         gw_sinfo_login(s, false);
         /* The ban list counts it per client address (bans.h): a banned address's session
          * ends now, its other sessions at their next failure, new ones at accept. */
@@ -87,11 +85,11 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
             gw_sess_fail(s, GW_R_BANNED, "client address banned");
             return;
         }
-        if (++s->failed_logins >= 3) {
+        if (++s->login.failed >= 3) {
             gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
             return;
         }
-        s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
+        s->login.reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
         gw_sess_rearm(s);
         return; /* on_tick releases the 530 and the queue */
     }
@@ -110,17 +108,8 @@ static void on_unsolicited_line(gw_session *s, gw_reply_parser *r)
 void gw_reply_dispatch_line(gw_session *s, gw_reply_parser *r)
 {
     switch (s->pending) {
-    case PEND_GREETING:
-        gw_backend_greeting_line(s, r);
-        return;
-    case PEND_BE_AUTH:
-    case PEND_BE_PBSZ:
-    case PEND_BE_PROT:
-        gw_backend_tls_reply(s, r);
-        return;
-    case PEND_BE_OPTS:
-        if (r->last) /* swallowed: the client had its 200 from the gateway */
-            gw_backend_ready(s);
+    case PEND_SETUP:
+        gw_backend_setup_line(s, r);
         return;
     case PEND_PASV:
         gw_xfer_pasv_reply(s, r);
@@ -148,5 +137,5 @@ void gw_reply_dispatch_line(gw_session *s, gw_reply_parser *r)
         on_unsolicited_line(s, r);
         return;
     }
-    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_BE_OPTS); /* not a gw_pending */
+    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_QUIT); /* not a gw_pending */
 }

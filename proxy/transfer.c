@@ -30,17 +30,17 @@ static void write_xferlog(gw_session *s, int code, const char *result)
     char line[1024], host[64];
     gw_addr_ip_str(&s->client_peer, host, sizeof host);
     gw_xfer_rec rec = {.end = time(NULL),
-                       .ms = gw_sess_now(s) - s->xfer_started_ms,
+                       .ms = gw_sess_now(s) - s->xfer.started_ms,
                        .session = s->id,
                        .peer = gw_addr_str(&s->client_peer),
                        .host = host,
-                       .user = s->user,
+                       .user = s->login.user,
                        .verb = s->cur.verb,
-                       .file = s->xfer_arg,
-                       .bytes = s->xfer_bytes,
+                       .file = s->xfer.arg,
+                       .bytes = s->xfer.bytes,
                        .code = code,
                        .result = result,
-                       .ascii = s->type_ascii};
+                       .ascii = s->xfer.type_ascii};
     size_t n = gw_xferlog_line(line, sizeof line, s->fe->cfg->xferlog_format, &rec);
     if (n > 0) {
         ssize_t w = write(fd, line, n); /* one write(2): lines never interleave */
@@ -57,15 +57,15 @@ static int reply_code(const char *text)
 
 void gw_xfer_record(gw_session *s, const char *reply, const char *result, const char *why)
 {
-    if (!s->xfer_open)
+    if (!s->xfer.open)
         return; /* recorded already, or never started */
-    s->xfer_open = false;
+    s->xfer.open = false;
     int code = reply_code(reply);
-    if (s->data && !s->data_finished)
-        s->xfer_bytes = gw_data_progress(s->data); /* cut in the middle: what got through */
-    const char *data = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
+    if (s->xfer.data && !s->xfer.finished)
+        s->xfer.bytes = gw_data_progress(s->xfer.data); /* cut in the middle: what got through */
+    const char *data = !s->xfer.finished ? "unused" : s->xfer.ok ? "ok" : "failed";
     GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu result=%s%s%s%s",
-                s->cur.verb, code, data, (unsigned long long)s->xfer_bytes, result,
+                s->cur.verb, code, data, (unsigned long long)s->xfer.bytes, result,
                 why ? " reason=\"" : "", why ? why : "", why ? "\"" : "");
     write_xferlog(s, code, result);
     gw_sinfo_transfer_end(s, result);
@@ -75,19 +75,19 @@ static void complete_transfer(gw_session *s)
 {
     bool backend_ok = s->cur.held_code >= 200 && s->cur.held_code < 300;
     const char *sent = NULL;
-    if (s->data_finished && !s->data_ok)
-        sent = s->data_fail_reply; /* the client's leg broke: never report success */
+    if (s->xfer.finished && !s->xfer.ok)
+        sent = s->xfer.fail_reply; /* the client's leg broke: never report success */
     else if (s->cur.held)
         sent = s->cur.held;
     if (sent)
         gw_sess_reply(s, sent);
     /* What the client got decides: a 2xx after a data leg that did not fail is a success. */
     int code = reply_code(sent);
-    const char *result = code >= 200 && code < 300 && (s->data_ok || !s->data_finished) ? "ok"
-                         : !s->data_finished && code >= 400                             ? "unused"
+    const char *result = code >= 200 && code < 300 && (s->xfer.ok || !s->xfer.finished) ? "ok"
+                         : !s->xfer.finished && code >= 400                             ? "unused"
                                                                                         : "failed";
     gw_xfer_record(s, sent, result, NULL);
-    gw_sess_drop_data(s, backend_ok && s->data_ok);
+    gw_sess_drop_data(s, backend_ok && s->xfer.ok);
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
@@ -137,8 +137,8 @@ void gw_xfer_abort_marked(gw_session *s)
     s->cur.abort_marked = true;
     s->cur.abort_started_ms = gw_sess_now(s);
     gw_backend_send(s, "ABOR", PEND_ABORT);
-    if (s->backend)
-        gw_conn_write_str(s->backend, "NOOP\r\n");
+    if (s->bconn.conn)
+        gw_conn_write_str(s->bconn.conn, "NOOP\r\n");
     gw_sess_rearm(s);
 }
 
@@ -172,18 +172,18 @@ static void on_client_leg(void *owner, enum gw_data_leg_event ev)
         return;
     }
     GW_LOG_DEBUG(s->id, "event=upload_released note=\"client data leg accepted\"");
-    gw_backend_send(s, s->xfer_line, PEND_TRANSFER);
+    gw_backend_send(s, s->xfer.line, PEND_TRANSFER);
     s->cur.be_sent = true;
-    if (s->data)
-        gw_data_backend_go(s->data);
+    if (s->xfer.data)
+        gw_data_backend_go(s->xfer.data);
 }
 
 void gw_xfer_defer_upload(gw_session *s, const char *line)
 {
-    snprintf(s->xfer_line, sizeof s->xfer_line, "%s", line);
+    snprintf(s->xfer.line, sizeof s->xfer.line, "%s", line);
     s->cur.deferred = true;
     gw_sess_set_pending(s, PEND_TRANSFER);
-    gw_data_defer_backend(s->data, on_client_leg);
+    gw_data_defer_backend(s->xfer.data, on_client_leg);
 }
 
 static const char *data_result_reply(enum gw_data_result r)
@@ -213,18 +213,18 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
 {
     gw_session *s = owner;
     bool ok = result == GW_DATA_OK;
-    s->data_finished = true;
-    s->data_done_ms = gw_sess_now(s);
-    s->xfer_bytes = bytes;
-    s->data_ok = ok;
+    s->xfer.finished = true;
+    s->xfer.done_ms = gw_sess_now(s);
+    s->xfer.bytes = bytes;
+    s->xfer.ok = ok;
     gw_sinfo_data_done(s, result, bytes);
     if (!ok) {
-        snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
+        snprintf(s->xfer.fail_reply, sizeof s->xfer.fail_reply, "%s", data_result_reply(result));
     }
     if (!ok && s->pending == PEND_TRANSFER && !s->cur.be_sent) {
         /* A deferred upload whose client leg was refused or never came: the server never
          * had the command (a broken handshake is a leg that could not be opened). */
-        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->data_fail_reply;
+        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->xfer.fail_reply;
         gw_xfer_end_unsent(s, text, "failed", "client data leg refused");
         gw_sess_command_done(s);
         return;
@@ -234,12 +234,12 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
          * once that connection ends (end_owed). An upload is aborted whatever the server
          * holds: only an ABOR before its leg's reset makes every server record a failure
          * (pyftpdlib counts a reset upload complete); the NOOP behind it marks the end. */
-        bool owe_only = s->data && !s->cur.deferred && gw_data_server_ends(s->data);
+        bool owe_only = s->xfer.data && !s->cur.deferred && gw_data_server_ends(s->xfer.data);
         /* Abort both legs now so the backend notices. */
-        gw_data_release(s->data, false);
-        s->data = NULL;
+        gw_data_release(s->xfer.data, false);
+        s->xfer.data = NULL;
         if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
-            end_owed(s, s->data_fail_reply, "data leg failed", owe_only);
+            end_owed(s, s->xfer.fail_reply, "data leg failed", owe_only);
             return;
         }
     }
@@ -280,7 +280,7 @@ static gw_data *new_data(gw_session *s)
  * for this control connection, in front of the reply that precedes its data connection. */
 static void offer_data_ticket(gw_session *s)
 {
-    if (s->prot_p && s->tls_up && s->client && s->client->tls &&
+    if (s->prot.prot_p && s->prot.tls_up && s->client && s->client->tls &&
         gw_tls_new_ticket(s->client->tls) != 0)
         GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
 }
@@ -294,16 +294,16 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     const gw_frontend_conf *fc = s->fe->conf;
     if (fc->pasv_shared_port <= 0)
         return 0;
-    bool tls = s->prot_p && s->has_tag;
-    bool presumed = s->data_resumed == 0 && fc->data_session_reuse_required;
+    bool tls = s->prot.prot_p && s->ctl.has_tag;
+    bool presumed = s->ctl.data_resumed == 0 && fc->data_session_reuse_required;
     gw_shport_want w = {
         .port = (uint16_t)fc->pasv_shared_port,
         .tls = tls,
-        .by_ticket = tls && (s->data_resumed == 1 || presumed),
-        .tag = s->tag,
-        .unproven = s->data_resumed == 0,
+        .by_ticket = tls && (s->ctl.data_resumed == 1 || presumed),
+        .tag = s->ctl.tag,
+        .unproven = s->ctl.data_resumed == 0,
     };
-    if (gw_data_client_shared(s->data, &w, &s->client_peer) == 0) {
+    if (gw_data_client_shared(s->xfer.data, &w, &s->client_peer) == 0) {
         bind->port = w.port;
         return 1;
     }
@@ -341,7 +341,7 @@ static void arm_client_leg(gw_session *s)
                    : fc->mode == GW_FE_IMPLICIT ? 989
                                                 : 20;
         from.port = (uint16_t)port;
-        gw_data_client_active(s->data, &s->cur.want_addr, &from);
+        gw_data_client_active(s->xfer.data, &s->cur.want_addr, &from);
         offer_data_ticket(s);
         gw_sess_reply(s, s->cur.want == WANT_PORT ? GW_R_PORT_OK : GW_R_EPRT_OK);
         return;
@@ -350,12 +350,12 @@ static void arm_client_leg(gw_session *s)
     gw_addr_normalize(&bind);
     /* Before the wait on the shared port starts: its hand-off checks the header source. */
     if (fc->proxy_protocol_data)
-        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
+        gw_data_client_proxy(s->xfer.data, fc->proxy_protocol, fc->proxy_protocol_from);
     int shared = arm_shared_port(s, &bind);
     if (shared < 0)
         return;
-    if (!shared && (!s->fe->pool ||
-                    gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0)) {
+    if (!shared && (!s->fe->pool || gw_data_client_passive(s->xfer.data, &bind, s->fe->pool,
+                                                           &s->client_peer) != 0)) {
         if (s->fe->pool)
             GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
                         fc->pasv_port_min, fc->pasv_port_max);
@@ -381,7 +381,7 @@ static void arm_client_leg(gw_session *s)
 
 static bool *no_extended(gw_session *s)
 {
-    return &s->be->no_extended;
+    return &s->route.be->no_extended;
 }
 
 /* EPSV/EPRT refused as unknown (500/501/502): remember it for this backend and retry with
@@ -389,7 +389,7 @@ static bool *no_extended(gw_session *s)
 static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive)
 {
     if (!s->cur.sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
-        s->backend_peer.family != 4)
+        s->bconn.peer.family != 4)
         return false;
     /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
     if (r->len >= 8 && memcmp(r->line, "500 OOPS", 8) == 0)
@@ -425,7 +425,7 @@ void gw_xfer_pasv_reply(gw_session *s, gw_reply_parser *r)
     }
     if (!r->last)
         return;
-    gw_addr addr = s->backend_peer, parsed;
+    gw_addr addr = s->bconn.peer, parsed;
     uint16_t port;
     int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
     if (ok != 0) {
@@ -437,15 +437,15 @@ void gw_xfer_pasv_reply(gw_session *s, gw_reply_parser *r)
     /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
      * (0.0.0.0, a private address behind NAT, or a third host). */
     addr.port = r->code == 227 ? parsed.port : port;
-    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->backend_peer))
+    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->bconn.peer))
         GW_LOG_DEBUG(s->id, "event=pasv_address_replaced named=%s", gw_addr_str(&parsed));
-    s->data = new_data(s);
-    if (!s->data) {
+    s->xfer.data = new_data(s);
+    if (!s->xfer.data) {
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NOMEM);
         gw_sess_command_done(s);
         return;
     }
-    if (gw_data_backend_passive(s->data, &addr) != 0) {
+    if (gw_data_backend_passive(s->xfer.data, &addr) != 0) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_BACKEND);
         gw_sess_command_done(s);
@@ -479,17 +479,17 @@ void gw_xfer_port_reply(gw_session *s, gw_reply_parser *r)
 void gw_xfer_arm_backend_leg(gw_session *s)
 {
     gw_sess_drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
-    bool v6 = s->backend_peer.family == 6;
+    bool v6 = s->bconn.peer.family == 6;
     bool ext = v6 || !*no_extended(s);
     s->cur.sent_extended = ext;
-    if (s->be->conf->data_mode == GW_DATA_PASSIVE) {
+    if (s->route.be->conf->data_mode == GW_DATA_PASSIVE) {
         gw_backend_send(s, ext ? "EPSV" : "PASV", PEND_PASV);
         return;
     }
     gw_addr local;
-    s->data = new_data(s);
-    if (!s->data || gw_conn_local(s->backend, &local) != 0 ||
-        (gw_addr_normalize(&local), gw_data_backend_active(s->data, &local, &s->backend_peer))) {
+    s->xfer.data = new_data(s);
+    if (!s->xfer.data || gw_conn_local(s->bconn.conn, &local) != 0 ||
+        (gw_addr_normalize(&local), gw_data_backend_active(s->xfer.data, &local, &s->bconn.peer))) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NO_LISTEN);
         return;
@@ -521,10 +521,10 @@ void gw_xfer_final_reply(gw_session *s, gw_reply_parser *r)
         return;
     s->cur.held_code = r->code;
     bool backend_ok = r->code < 300;
-    if (!backend_ok || !s->data || s->data_finished) {
-        if (!backend_ok && s->data) {
+    if (!backend_ok || !s->xfer.data || s->xfer.finished) {
+        if (!backend_ok && s->xfer.data) {
             gw_sess_drop_data(s, false);
-            s->data_finished = false;
+            s->xfer.finished = false;
         }
         complete_transfer(s);
     }

@@ -78,8 +78,10 @@ static void check_timeline(const char *s)
     gw_tl_command(&t, "PASS", arg);
     gw_tl_command(&t, "STOR", s);
     gw_tl_add(&t, GW_TL_REPLY_FAILED, "%s", s);
+    gw_sess_states st = {0};
+    snprintf(st.transfer, sizeof st.transfer, "%s", s); /* the states are JSON-escaped too */
     gw_sbuf b = {0};
-    gw_tl_json(&t, 1, &b);
+    gw_tl_json(&t, 1, &st, &b);
     if (b.p && !b.oom && strstr(b.p, secret) && !strstr(s, secret))
         abort();
     gw_sbuf_free(&b);

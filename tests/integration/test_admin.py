@@ -298,6 +298,10 @@ def test_sessions_timeline_and_status_page(gateway, pyftpdlib, ports, blobs, cli
         assert first["user"] == u and first["frontend"] == "fe" and first["backend"] == "be"
         assert first["state"] == "transfer" and first["tls"].startswith("TLSv1.")
         assert first["transfer"]["verb"] == "RETR"
+        status, body = get(gw, f"/sessions/{first['id']}")  # mid-transfer, by name
+        assert status == 200 and json.loads(body)["state"] == {
+            "client": "ready", "backend": "ready", "pending": "transfer",
+            "transfer": "running"}, body
         assert first["transfer"]["file"] == "adm-live.bin"
         n = len(got)
         while n < 8 * MiB:
@@ -313,6 +317,9 @@ def test_sessions_timeline_and_status_page(gateway, pyftpdlib, ports, blobs, cli
 
         status, body = get(gw, f"/sessions/{first['id']}")
         assert status == 200, body
+        # Its states by name: logged in, its transfer over, nothing outstanding.
+        assert json.loads(body)["state"] == {"client": "ready", "backend": "ready",
+                                             "pending": "none", "transfer": "none"}, body
         events = json.loads(body)["events"]
         details = [e["detail"] for e in events]
         assert f"USER {u}" in details and "PASS ****" in details, details

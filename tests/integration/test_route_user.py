@@ -159,7 +159,7 @@ def test_greeting_and_commands_before_user(gateway, three, test_user):
         ftp.quit()
     finally:
         ftp.close()
-    assert "to=be_opts" in gw.log  # OPTS UTF8 ON replayed before USER
+    assert "leg=backend from=greeting to=utf8" in gw.log  # OPTS UTF8 ON replayed before USER
     # An explicit frontend's FEAT before AUTH names AUTH TLS.
     ftp = ftplib.FTP(timeout=10)
     ftp.connect(HOST, gw.fport("x"))

@@ -70,7 +70,7 @@ static void test_timeline_masks_pass_and_wraps(void **state)
     gw_tl_command(t, "pass", "hunter2");
     gw_tl_command(t, "ACCT", "hunter2");
     gw_sbuf b = {0};
-    gw_tl_json(t, 5, &b);
+    gw_tl_json(t, 5, NULL, &b);
     assert_null(strstr(b.p, "hunter2"));
     assert_non_null(strstr(b.p, "\"USER alice\""));
     assert_non_null(strstr(b.p, "\"PASS ****\""));
@@ -78,10 +78,20 @@ static void test_timeline_masks_pass_and_wraps(void **state)
     gw_sbuf_free(&b);
     for (int i = 0; i < 3 * GW_TL_EVENTS; i++)
         gw_tl_add(t, GW_TL_DATA, "event %d", i);
-    gw_tl_json(t, 5, &b);
+    gw_tl_json(t, 5, NULL, &b);
     assert_null(strstr(b.p, "USER"));         /* fell out of the ring */
     assert_non_null(strstr(b.p, "event 47")); /* the newest stays */
     assert_null(strstr(b.p, "\"event 31\""));
+    assert_null(strstr(b.p, "\"state\""));
+    gw_sbuf_free(&b);
+    /* /sessions/ID: the session's states by name, before its events. */
+    gw_sess_states st = {.client = "ready", .backend = "late_pbsz", .pending = "setup"};
+    memset(st.transfer, 'x', sizeof st.transfer); /* not terminated: cut, never overread */
+    gw_tl_json(t, 5, &st, &b);
+    assert_non_null(strstr(b.p,
+                           "{\"id\":5,\"state\":{\"client\":\"ready\",\"backend\":"
+                           "\"late_pbsz\",\"pending\":\"setup\",\"transfer\":\"xxxxxxxxxxxxxxxx\"},"
+                           "\"events_total\":"));
     gw_sbuf_free(&b);
     free(t);
 }
