@@ -7,9 +7,10 @@ whole session; `gw` (one gateway in front of `backend`) lives for a module and b
 at the end of the module. `vsftpd_ftps` and `vsftpd_implicit` are vsftpd doing FTPS itself
 (explicit and implicit) with `backend_cert`, for the gateway's backend TLS leg.
 
-`scratch` is a client-side directory for one test; `fake_ftp(plan, ...)` starts a fake
-backend (fakeftp.FakeFTP: each connection plays a plan, see that module) stopped at the end
-of the test.
+`scratch` is a client-side directory for one test; `three` is three pyftpdlib backends for
+balancing and routing (a module's); `fake_ftp(plan, ...)` starts a fake backend
+(fakeftp.FakeFTP: each connection plays a plan, see that module) stopped at the end of the
+test.
 
 The gateway's log: `cur = gw.mark()` before acting, then `cur.wait(regex, timeout=10)`
 (the re.Match of the first line matching; `n=3` for the third; a timeout fails the test with
@@ -144,6 +145,21 @@ def pure_ftpd(workdir, ports, test_user):
     backend = peers.start_pure_ftpd(workdir / "pure-ftpd", ports, *test_user)
     yield backend
     backend.stop()
+
+
+@pytest.fixture(scope="module")
+def three(request, workdir, ports, test_user):
+    """Three pyftpdlib backends for balancing and routing ("be", "b", "c"), told apart by
+    the size of their file `marker` (1, 2, 3 bytes)."""
+    backends = []
+    for i, name in enumerate(["be", "b", "c"], 1):
+        be = peers.start_pyftpdlib(workdir / f"{request.module.__name__}-{name}", ports,
+                                   *test_user)
+        (be.root / "marker").write_bytes(b"x" * i)
+        backends.append(be)
+    yield backends
+    for be in backends:
+        be.stop()
 
 
 @pytest.fixture(scope="module", params=["vsftpd", "pyftpdlib"])

@@ -24,18 +24,6 @@ from peers import HOST, frontend
 NAMES = {1: "be", 2: "b", 3: "c"}
 
 
-@pytest.fixture(scope="module")
-def three(workdir, ports, test_user):
-    backends = []
-    for i, name in enumerate(["be", "b", "c"], 1):
-        be = peers.start_pyftpdlib(workdir / f"balance-{name}", ports, *test_user)
-        (be.root / "marker").write_bytes(b"x" * i)
-        backends.append(be)
-    yield backends
-    for be in backends:
-        be.stop()
-
-
 def start(gateway, three, *, policy="roundrobin", weights=None, max_sessions=None,
           addresses=None, mode="plain", names="be, b, c", backend_keys=None):
     """A gateway whose frontend "p" (mode) and implicit "fe" balance over be, b, c.

@@ -18,18 +18,6 @@ NAMES = {1: "be", 2: "b", 3: "c"}
 MARKER = {"be": "x", "b": "xx", "c": "xxx"}
 
 
-@pytest.fixture(scope="module")
-def three(workdir, ports, test_user):
-    backends = []
-    for i, name in enumerate(["be", "b", "c"], 1):
-        be = peers.start_pyftpdlib(workdir / f"route-{name}", ports, *test_user)
-        (be.root / "marker").write_bytes(b"x" * i)
-        backends.append(be)
-    yield backends
-    for be in backends:
-        be.stop()
-
-
 def start(gateway, three, **keys):
     """Frontends "p" (plain), "x" (explicit) and the implicit "fe", all over be, b, c with
     the given keys (route_user, balance, greeting)."""
