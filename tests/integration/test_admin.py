@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +25,7 @@ import urllib.request
 import pytest
 
 import peers
+from fakeftp import FakeFTP, Plan
 from peers import HOST, MiB, Control, check, curl, metric, sha256_file, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
@@ -39,7 +39,7 @@ def admin_gateway(factory, backend=None, ports=None, workers=1, **kw):
                                            "workers": workers})
     gw = factory(backend, extra=extra, **kw)
     gw.admin = f"http://{HOST}:{aport}"
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     return gw
 
 
@@ -197,43 +197,12 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
     assert metric(text, "ftpsgate_pasv_ports_in_use") == 0
 
 
-class Greeter:
-    """A minimal FTP server for health probes: 220, then 221 to anything, then close."""
-
-    def __init__(self, port: int = 0):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, port))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.settimeout(3)
-                c.sendall(b"220 greeter\r\n")
-                if c.recv(100):
-                    c.sendall(b"221 bye\r\n")
-            except OSError:
-                pass
-            finally:
-                c.close()
-
-    def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+# For health probes: 220, then 221 to QUIT (502 to anything else).
+GREETER = Plan(greeting="220 greeter", replies={"*": "502 no"})
 
 
 def test_readyz_follows_backend_health(gateway, ports):
-    greeter = Greeter()
+    greeter = FakeFTP(GREETER)
     port = greeter.port
     try:
         gw = admin_gateway(gateway, None, ports, backend_address=f"{HOST}:{port}",
@@ -241,17 +210,17 @@ def test_readyz_follows_backend_health(gateway, ports):
                                          "health_rise": 1, "health_fall": 1})
         assert get(gw, "/healthz") == (200, "ok\n")
         wait_for(lambda: get(gw, "/readyz")[0] == 200, 10, "ready")
-        greeter.stop()
+        greeter.close()
         wait_for(lambda: get(gw, "/readyz")[0] == 503, 10, "not ready once the backend died")
         status, body = get(gw, "/readyz")
         assert "frontend fe has no healthy backend" in body, body
         assert get(gw, "/healthz")[0] == 200  # the process still serves
         assert metric(get(gw, "/metrics")[1], "ftpsgate_backend_up", backend="be") == 0
-        greeter = Greeter(port)
+        greeter = FakeFTP(GREETER, port=port)
         wait_for(lambda: get(gw, "/readyz")[0] == 200, 10, "ready again")
         assert metric(get(gw, "/metrics")[1], "ftpsgate_backend_up", backend="be") == 1
     finally:
-        greeter.stop()
+        greeter.close()
 
 
 class Text(html.parser.HTMLParser):
