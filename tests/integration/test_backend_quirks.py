@@ -195,3 +195,58 @@ def test_500_oops_to_epsv_is_not_remembered_as_no_epsv(gateway):
         assert answers[0][0] == 500 and "OOPS" in answers[0][1], answers
         assert verbs[0][-1] == "EPSV", verbs
         assert answers[1][0] == 425, answers
+
+
+# ---------------------------------------------------------------------------------------
+# 5. A TLS backend that refuses PBSZ/PROT before login: they are sent again after its 230,
+#    which the client gets only then (the set-up's late_pbsz/late_prot steps)
+
+
+def test_backend_refusing_pbsz_before_login_gets_it_after_230(gateway, backend_cert):
+    seen: list[str] = []
+
+    def script(c: FakeConn):
+        c.reply("220 fake")
+        assert c.readline() == "AUTH TLS"
+        c.reply("234 go")
+        c.starttls(*backend_cert)
+        logged = False
+        while (line := c.readline()) is not None:
+            seen.append(line)
+            verb = line.split(" ", 1)[0].upper()
+            if verb in ("PBSZ", "PROT"):
+                c.reply("200 ok" if logged else "503 login first")
+            elif verb == "USER":
+                c.reply("331 pass")
+            elif verb == "PASS":
+                logged = True
+                c.send(b"230-welcome\r\n230 in\r\n")
+            elif verb == "QUIT":
+                c.reply("221 bye")
+                return
+            else:
+                c.reply("200 x")
+
+    with fake_backend(script) as fake:
+        gw = plain_gateway(gateway, fake,
+                           backend_keys=backend_tls("explicit", tls_verify=False))
+        cur = gw.mark(0)
+        ctl = Control.plain(gw.fport("p"))
+        try:
+            assert ctl.reply()[0] == 220
+            assert ctl.cmd("USER u")[0] == 331
+            code, text = ctl.cmd("PASS p")
+            assert code == 230 and "welcome" in text, text
+            assert ctl.cmd("NOOP")[0] == 200
+            assert ctl.cmd("QUIT")[0] == 221
+        finally:
+            ctl.close()
+        fake.wait_done()
+        assert not fake.errors, fake.errors
+    assert seen[:6] == ["PBSZ 0", "USER u", "PASS p", "PBSZ 0", "PROT P", "NOOP"], seen
+    steps = re.findall(r"event=state leg=backend from=(\w+) to=(\w+)", cur.text())
+    assert steps[:9] == [("idle", "connecting"), ("connecting", "greeting"),
+                         ("greeting", "auth"), ("auth", "tls"), ("tls", "pbsz"),
+                         ("pbsz", "ready"), ("ready", "late_pbsz"),
+                         ("late_pbsz", "late_prot"), ("late_prot", "ready")], steps
+    assert "event=bug" not in cur.text()
