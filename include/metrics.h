@@ -68,6 +68,8 @@ typedef struct gw_metrics {
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t fd_limit_events;
     _Atomic uint64_t admin_requests;
+    _Atomic uint64_t admin_deadline_cuts; /* requests cut at their total deadline */
+    _Atomic uint64_t admin_auth_failed;   /* basic auth refused (admin_users) */
 } gw_metrics;
 
 extern gw_metrics gw_metrics_g;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "admin_text.h"
@@ -38,9 +39,11 @@
 #include "version.h"
 #include "worker.h"
 
-#define ADMIN_CONNECTIONS 32     /* at once, all clients */
+#define ADMIN_CONNECTIONS 64     /* at once, all clients */
 #define ADMIN_PER_IP 8           /* at once, one client address */
 #define ADMIN_TIMEOUT_S 5        /* a connection idle (or a request unfinished) this long ends */
+#define ADMIN_DEADLINE_S 10      /* a request's total time, headers, body and answer: see tracked */
+#define REAPER_TICK_MS 250       /* how often the deadline is checked */
 #define ADMIN_REQUEST_MEM 16384  /* request line and headers: more gets 431/414 */
 #define SNAP_WAIT_MS 2000        /* workers answering a /sessions request */
 #define SNAP_MAX_SESSIONS 100000 /* listed at most */
@@ -512,6 +515,149 @@ static void render_html(gw_sbuf *o)
     gw_sbuf_str(o, "</body></html>\n");
 }
 
+/* ---- total deadline per request ----
+ *
+ * MHD's connection timeout counts idle time only: a client that sends one header line a
+ * second keeps its connection (and its place under the connection limits) for ever. Each
+ * connection is tracked from its start (or from its previous request's end, keep-alive) to
+ * its request's end; the reaper thread shuts down the socket of one past ADMIN_DEADLINE_S,
+ * and MHD, reading EOF, closes it. A tracked entry is removed (under track_lock) before MHD
+ * closes the descriptor, so the reaper never touches a descriptor that was reused. */
+
+typedef struct tracked {
+    struct tracked *prev, *next;
+    int fd;
+    struct timespec since; /* start of the current request; tv_sec 0: none under way */
+    bool cut;
+    char peer[INET6_ADDRSTRLEN];
+} tracked;
+
+static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t track_cond;
+static tracked *track_head;
+static pthread_t reaper;
+static bool reaper_running, reaper_stop;
+
+static void peer_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    out[0] = 0;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        tracked *t = calloc(1, sizeof *t);
+        if (!t)
+            return; /* untracked: only the idle timeout applies to it */
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *addr =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        t->fd = fd ? fd->connect_fd : -1;
+        peer_text(addr ? addr->client_addr : NULL, t->peer, sizeof t->peer);
+        clock_gettime(CLOCK_MONOTONIC, &t->since);
+        pthread_mutex_lock(&track_lock);
+        t->next = track_head;
+        if (track_head)
+            track_head->prev = t;
+        track_head = t;
+        pthread_mutex_unlock(&track_lock);
+        *socket_context = t;
+        return;
+    }
+    tracked *t = *socket_context;
+    if (!t)
+        return;
+    pthread_mutex_lock(&track_lock);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        track_head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    pthread_mutex_unlock(&track_lock);
+    free(t);
+    *socket_context = NULL;
+}
+
+/* The connection's tracked entry (NULL when untracked). */
+static tracked *tracked_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* A request ended: the next one on this connection gets a deadline of its own. */
+static void request_ended(struct MHD_Connection *c)
+{
+    tracked *t = tracked_of(c);
+    if (!t)
+        return;
+    pthread_mutex_lock(&track_lock);
+    clock_gettime(CLOCK_MONOTONIC, &t->since);
+    pthread_mutex_unlock(&track_lock);
+}
+
+static void *reaper_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&track_lock);
+    while (!reaper_stop) {
+        struct timespec now, until;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        for (tracked *t = track_head; t; t = t->next) {
+            if (t->cut || t->fd < 0 || now.tv_sec - t->since.tv_sec < ADMIN_DEADLINE_S)
+                continue;
+            t->cut = true;
+            shutdown(t->fd, SHUT_RDWR); /* MHD sees the end and closes it */
+            atomic_fetch_add_explicit(&gw_metrics_g.admin_deadline_cuts, 1, memory_order_relaxed);
+            GW_LOG_WARN(0, "event=admin_deadline client=%s limit_s=%d", t->peer, ADMIN_DEADLINE_S);
+        }
+        until = now;
+        until.tv_nsec += REAPER_TICK_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&track_cond, &track_lock, &until);
+    }
+    pthread_mutex_unlock(&track_lock);
+    return NULL;
+}
+
+static void reaper_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&track_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    reaper_stop = false;
+    reaper_running = pthread_create(&reaper, NULL, reaper_main, NULL) == 0;
+    if (!reaper_running)
+        GW_LOG_WARN(0, "event=admin_http note=\"no deadline thread: only the idle timeout "
+                       "applies\"");
+}
+
+static void reaper_end(void)
+{
+    if (!reaper_running)
+        return;
+    pthread_mutex_lock(&track_lock);
+    reaper_stop = true;
+    pthread_cond_signal(&track_cond);
+    pthread_mutex_unlock(&track_lock);
+    pthread_join(reaper, NULL);
+    reaper_running = false;
+    pthread_cond_destroy(&track_cond);
+}
+
 /* ---- libmicrohttpd ---- */
 
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type,
@@ -632,6 +778,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         malloc_trim(0);
 #endif
     *con_cls = NULL;
+    request_ended(c);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -677,14 +824,17 @@ int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
     health = h;
     started_at = time(NULL);
     gw_admin_config(cfg);
+    reaper_start();
     daemon_h = MHD_start_daemon(
         flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)ADMIN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_REQUEST_MEM,
         MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_END);
     if (!daemon_h) {
+        reaper_end();
         snprintf(err, cap, "admin_listen: cannot listen on %s:%u", hp->host, hp->port);
         return -1;
     }
@@ -698,6 +848,7 @@ void gw_admin_stop(void)
         MHD_stop_daemon(daemon_h);
         daemon_h = NULL;
     }
+    reaper_end();
     pthread_mutex_lock(&snap_lock);
     free(req.list);
     req.list = NULL;

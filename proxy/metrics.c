@@ -472,4 +472,12 @@ void gw_metrics_render(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o
     family(o, "ftpsgate_admin_requests_total", "counter", "Requests to the admin endpoint.");
     gw_sbuf_printf(o, "ftpsgate_admin_requests_total %llu\n",
                    (unsigned long long)GET(m->admin_requests));
+    family(o, "ftpsgate_admin_deadline_total", "counter",
+           "Admin requests cut at their total deadline (headers, body and answer).");
+    gw_sbuf_printf(o, "ftpsgate_admin_deadline_total %llu\n",
+                   (unsigned long long)GET(m->admin_deadline_cuts));
+    family(o, "ftpsgate_admin_auth_failures_total", "counter",
+           "Admin requests refused for wrong or unknown credentials (admin_users).");
+    gw_sbuf_printf(o, "ftpsgate_admin_auth_failures_total %llu\n",
+                   (unsigned long long)GET(m->admin_auth_failed));
 }
