@@ -107,6 +107,7 @@ typedef struct gw_metrics_view {
     int n_backends;
     const char *const *backends;
     const bool *backend_up;
+    const int *backend_admin; /* enum gw_be_admin per backend; NULL: all ready */
     const char *version, *openssl, *libuv;
     /* Counted by the modules above this one (bans.h, data.h, shared_port.h). */
     uint64_t bans_active;
