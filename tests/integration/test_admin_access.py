@@ -329,3 +329,196 @@ def test_https_curl_and_prometheus_with_basic_auth(gateway, vsftpd, ports, tmp_p
     finally:
         prom.stop()
     assert password not in gw.log
+
+
+# ---------------------------------------------------------------------------------------
+# Runtime API: backend state across workers and a reload; ending a session
+
+def sessions(gw) -> list[dict]:
+    status, _, text = http(gw, "GET", "/sessions", *as_user("prom"))
+    assert status == 200, text
+    return json.loads(text)
+
+
+def admin_metrics(gw) -> str:
+    status, _, text = http(gw, "GET", "/metrics", *as_user("prom"))
+    assert status == 200
+    return text
+
+
+def state_is(gw, backend: str, state: str) -> bool:
+    text = admin_metrics(gw)
+    return all(metric(text, "ftpsgate_backend_admin_state", backend=backend, state=s) ==
+               (1 if s == state else 0) for s in ("ready", "drain", "maint"))
+
+
+def open_sessions(gw, n: int, backend, ctx) -> list[Control]:
+    out = []
+    for _ in range(n):
+        c = Control.implicit(gw.port, ctx)
+        assert c.reply()[0] == 220
+        c.login(backend.user, backend.password)
+        out.append(c)
+    return out
+
+
+def reload_and_wait(gw) -> None:
+    n = gw.log.count("event=reload_complete")
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_for(lambda: gw.log.count("event=reload_complete") > n, 15, "reload complete")
+
+
+def two_vsftpd_gateway(gateway, vsftpd, vsftpd_ftps, ports, tmp_path, workers=2, **more):
+    b2 = {"address": vsftpd_ftps.address,
+          **backend_tls("explicit", ca_file=vsftpd_ftps.cert)}
+    return admin_gateway(gateway, vsftpd, ports, workers=workers, extra={
+        "global": {"admin_users": users_file(tmp_path)},
+        "frontend fe": {"backend": "be, b2", "balance": "roundrobin"},
+        "backend b2": b2, **more})
+
+
+def test_drain_across_workers_and_reload(gateway, vsftpd, vsftpd_ftps, ports, tmp_path, blobs,
+                                         client_ctx):
+    gw = two_vsftpd_gateway(gateway, vsftpd, vsftpd_ftps, ports, tmp_path)
+    size = 4 * peers.MiB
+    digest = vsftpd.put(blobs, "drain.bin", size)
+    assert vsftpd_ftps.put(blobs, "drain.bin", size) == digest
+    running = open_sessions(gw, 20, vsftpd, client_ctx)
+    downloads = []
+    try:
+        before = sessions(gw)
+        assert len(before) == 20
+        on = {b: [s["id"] for s in before if s["backend"] == b] for b in ("be", "b2")}
+        assert on["be"] and on["b2"], on  # roundrobin used both
+        assert {s["worker"] for s in before} == {0, 1}  # both workers have sessions
+        # Slow downloads (4 s each) under way when the drain comes, two of them on be at
+        # least: started one by one until there are (each worker keeps its own roundrobin).
+        transferring_on_be = []
+        for i in range(8):
+            known = {r["id"] for r in sessions(gw)}
+            out = tmp_path / f"drain-{i}.got"
+            downloads.append((out, subprocess.Popen(
+                [*peers.CURL_BASE, "--limit-rate", "1M", "-o", str(out),
+                 gw.url("drain.bin", vsftpd.user, vsftpd.password)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            wait_for(lambda: [r for r in sessions(gw) if r["id"] not in known], 10,
+                     "the download's session")
+            new = [r for r in sessions(gw) if r["id"] not in known]
+            transferring_on_be += [r["id"] for r in new if r["backend"] == "be"]
+            if len(transferring_on_be) >= 2:
+                break
+        assert len(transferring_on_be) >= 2, "no download ran on be"
+        status, _, text = set_state(gw, "be", "drain")
+        assert status == 200, text
+        assert state_is(gw, "be", "drain") and state_is(gw, "b2", "ready")
+        # New sessions, on both workers, all go to b2.
+        known = {s["id"] for s in sessions(gw)}
+        fresh = open_sessions(gw, 10, vsftpd, client_ctx)
+        new = [s for s in sessions(gw) if s["id"] not in known]
+        assert len(new) == 10 and {s["backend"] for s in new} == {"b2"}, new
+        for c in fresh:
+            assert c.cmd("QUIT")[0] == 221
+        # Running sessions on be go on, and finish normally; so do its transfers.
+        for c in running:
+            assert c.cmd("PWD")[0] == 257
+            assert c.cmd("NOOP")[0] == 200
+        for out, p in downloads:
+            assert p.wait(60) == 0, p.stderr.read()
+            assert peers.sha256_file(out) == digest
+        # The state is the process's, kept across a reload.
+        reload_and_wait(gw)
+        assert state_is(gw, "be", "drain")
+        known = {s["id"] for s in sessions(gw)}
+        after = open_sessions(gw, 6, vsftpd, client_ctx)
+        assert {s["backend"] for s in sessions(gw) if s["id"] not in known} == {"b2"}
+        for c in after:
+            assert c.cmd("QUIT")[0] == 221
+        page = http(gw, "GET", "/", *as_user("prom"))[2]
+        assert re.search(r"<td>be</td>.*?<td>drain</td>", page), page
+        # ready: be takes sessions again.
+        assert set_state(gw, "be", "ready")[0] == 200
+        known = {s["id"] for s in sessions(gw)}
+        back = open_sessions(gw, 6, vsftpd, client_ctx)
+        assert "be" in {s["backend"] for s in sessions(gw) if s["id"] not in known}
+        for c in back:
+            assert c.cmd("QUIT")[0] == 221
+        for c in running:
+            assert c.cmd("QUIT")[0] == 221
+    finally:
+        for c in running:
+            c.sock.close()
+        for _, p in downloads:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_maint_pauses_probes_ready_resumes(gateway, vsftpd, ports, tmp_path, client_ctx):
+    from test_health import FAST, TinyServer
+    probe = TinyServer(b"220 tiny\r\n")
+    try:
+        gw = admin_gateway(gateway, vsftpd, ports, workers=2, extra={
+            "global": {"admin_users": users_file(tmp_path)},
+            "frontend fe": {"backend": "be, tiny"},
+            "backend tiny": {"address": probe.address, **FAST}})
+        wait_for(lambda: probe.accepts >= 2, 10, "probes of tiny")
+        assert set_state(gw, "tiny", "maint")[0] == 200
+        assert state_is(gw, "tiny", "maint")
+        time.sleep(2)  # a probe under way finishes
+        paused = probe.accepts
+        time.sleep(4)  # four intervals
+        assert probe.accepts == paused, "probes went on in maint"
+        assert "event=health_probe_skipped backend=tiny state=maint" in gw.log
+        # No sessions either: every new one goes to be.
+        fresh = open_sessions(gw, 6, vsftpd, client_ctx)
+        assert {s["backend"] for s in sessions(gw)} == {"be"}
+        for c in fresh:
+            assert c.cmd("QUIT")[0] == 221
+        # Kept across a reload, then ready resumes the probes.
+        reload_and_wait(gw)
+        assert state_is(gw, "tiny", "maint")
+        time.sleep(2)
+        assert probe.accepts == paused
+        assert set_state(gw, "tiny", "ready")[0] == 200
+        wait_for(lambda: probe.accepts >= paused + 2, 6, "probes again after ready")
+    finally:
+        probe.stop()
+
+
+def test_delete_session_ends_it_with_421(gateway, vsftpd, ports, tmp_path, client_ctx):
+    gw = admin_gateway(gateway, vsftpd, ports, workers=2,
+                       extra={"global": {"admin_users": users_file(tmp_path)}})
+    victims = open_sessions(gw, 4, vsftpd, client_ctx)
+    try:
+        rows = sessions(gw)
+        assert len(rows) == 4 and {r["worker"] for r in rows} == {0, 1}
+        for row in rows[:2]:  # one on each worker
+            sid = row["id"]
+            assert http(gw, "DELETE", f"/sessions/{sid}", *as_user("prom"))[0] == 403
+            status, _, text = http(gw, "DELETE", f"/sessions/{sid}", *as_user("ops"))
+            assert status == 200 and json.loads(text) == {"session": sid, "result": "closed"}
+            assert re.search(rf'session={sid} .*event=admin_session_kill session_id={sid} '
+                             rf'user="ops" client=127\.0\.0\.1 result=closed', gw.log)
+            assert re.search(rf'session={sid} .*event=session_close reason="ended by admin '
+                             rf'user ops from 127\.0\.0\.1"', gw.log)
+        wait_for(lambda: len(sessions(gw)) == 2, 10, "two sessions left")
+        killed = {r["id"] for r in rows[:2]}
+        left = {r["id"] for r in sessions(gw)}
+        assert not killed & left
+        ended = 0
+        for c in victims:  # the two ended ones got 421 and a close, the others answer
+            c.sock.settimeout(2)
+            try:
+                code, text = c.reply()
+            except (TimeoutError, socket.timeout):
+                c.sock.settimeout(10)
+                assert c.cmd("NOOP")[0] == 200
+                continue
+            assert code == 421, text
+            assert c.closed_by_peer()
+            ended += 1
+        assert ended == 2
+        assert http(gw, "DELETE", f"/sessions/{rows[0]['id']}", *as_user("ops"))[0] == 404
+    finally:
+        for c in victims:
+            c.sock.close()
