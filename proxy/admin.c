@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#define MHD_NO_DEPRECATION 1 /* newer libmicrohttpd deprecates the 0.9.75 auth calls used here */
 #include <microhttpd.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
