@@ -763,6 +763,10 @@ static int load_users(const char *path, gw_admin_users *out, char *err, size_t c
     return r;
 }
 
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls);
+
 /* The files the admin keys name, as start reads them: "key: problem" parts in err. */
 int gw_admin_check(const gw_config *cfg, const char **key, char *err, size_t cap)
 {
@@ -783,22 +787,40 @@ int gw_admin_check(const gw_config *cfg, const char **key, char *err, size_t cap
         char *pem = read_file(cfg->admin_tls_cert, false, &n, err, cap);
         if (!pem)
             return -1;
-        bool cert_ok = strstr(pem, "-----BEGIN CERTIFICATE-----") != NULL;
-        free(pem);
-        if (!cert_ok) {
+        if (!strstr(pem, "-----BEGIN CERTIFICATE-----")) {
+            free(pem);
             snprintf(err, cap, "%s: no PEM certificate", cfg->admin_tls_cert);
             return -1;
         }
         *key = "admin_tls_key";
-        if (!(pem = read_file(cfg->admin_tls_key, false, &n, err, cap)))
+        size_t kn;
+        char *kpem = read_file(cfg->admin_tls_key, false, &kn, err, cap);
+        if (!kpem)
             return -1;
-        bool key_ok = strstr(pem, "PRIVATE KEY-----") != NULL && !strstr(pem, "ENCRYPTED");
-        explicit_bzero(pem, n);
-        free(pem);
-        if (!key_ok) {
+        bool key_ok = strstr(kpem, "PRIVATE KEY-----") != NULL && !strstr(kpem, "ENCRYPTED");
+        if (!key_ok)
             snprintf(err, cap, "%s: no unencrypted PEM private key", cfg->admin_tls_key);
-            return -1;
+        /* As start will load them: GnuTLS through MHD, with no socket (a key that does not
+         * belong to the certificate fails here). */
+        struct MHD_Daemon *d =
+            key_ok ? MHD_start_daemon(MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET, 0, NULL, NULL,
+                                      on_request, NULL, MHD_OPTION_HTTPS_MEM_CERT, pem,
+                                      MHD_OPTION_HTTPS_MEM_KEY, kpem, MHD_OPTION_END)
+                   : NULL;
+        explicit_bzero(kpem, kn);
+        free(kpem);
+        free(pem);
+        if (key_ok && !d) {
+            *key = "admin_tls_cert";
+            snprintf(err, cap,
+                     "%s and %s: GnuTLS cannot use them (unreadable PEM, or a key "
+                     "that is not the certificate's)",
+                     cfg->admin_tls_cert, cfg->admin_tls_key);
         }
+        if (d)
+            MHD_stop_daemon(d);
+        if (!d)
+            return -1;
     }
     return 0;
 }

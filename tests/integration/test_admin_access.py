@@ -265,6 +265,9 @@ def test_config_check_refuses_bad_admin_files(tmp_path, tls_cert):
     assert res.returncode == 1 and "go together" in res.stderr
     res = check_conf(tmp_path, "swap", f"admin_tls_cert = {key}\nadmin_tls_key = {cert}\n")
     assert res.returncode == 1 and "admin_tls_cert" in res.stderr
+    other_cert, other_key = peers.make_cert(tmp_path, "other")
+    res = check_conf(tmp_path, "mismatch", f"admin_tls_cert = {cert}\nadmin_tls_key = {other_key}\n")
+    assert res.returncode == 1 and "not the certificate's" in res.stderr, res.stderr
     res = check_conf(tmp_path, "nokey",
                      f"admin_tls_cert = {cert}\nadmin_tls_key = {tmp_path / 'nokey'}\n")
     assert res.returncode == 1 and "admin_tls_key" in res.stderr
