@@ -462,7 +462,7 @@ def test_maint_pauses_probes_ready_resumes(gateway, vsftpd, ports, tmp_path, cli
     try:
         gw = admin_gateway(gateway, vsftpd, ports, workers=2, extra={
             "global": {"admin_users": users_file(tmp_path)},
-            "frontend fe": {"backend": "be, tiny"},
+            "frontend fe": {"backend": "be, tiny", "route_user": "yes"},
             "backend tiny": {"address": probe.address, **FAST}})
         wait_for(lambda: probe.accepts >= 2, 10, "probes of tiny")
         assert set_state(gw, "tiny", "maint")[0] == 200
@@ -477,6 +477,14 @@ def test_maint_pauses_probes_ready_resumes(gateway, vsftpd, ports, tmp_path, cli
         assert {s["backend"] for s in sessions(gw)} == {"be"}
         for c in fresh:
             assert c.cmd("QUIT")[0] == 221
+        # Nor when a client names it (route_user: USER name@BACKEND).
+        named = Control.implicit(gw.port, client_ctx)
+        try:
+            assert named.reply()[0] == 220
+            assert named.cmd(f"USER {vsftpd.user}@tiny")[0] == 421
+        finally:
+            named.sock.close()
+        assert "event=backend_unavailable backend=tiny policy=route_user state=maint" in gw.log
         # Kept across a reload, then ready resumes the probes.
         reload_and_wait(gw)
         assert state_is(gw, "tiny", "maint")
