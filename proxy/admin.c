@@ -10,7 +10,13 @@
  * snap_lock), posts a message to every worker's mailbox and waits on snap_cond (at most
  * SNAP_WAIT_MS); each worker copies its sessions' summaries (or the asked session's
  * timeline) under snap_lock and counts itself done (a worker whose loop ends first counts
- * itself done with nothing). A worker that is late finds its request withdrawn. */
+ * itself done with nothing). A worker that is late finds its request withdrawn. DELETE
+ * /sessions/ID takes the same path: the owning worker closes the session.
+ *
+ * A reaper thread enforces a total deadline per request (tracked, below). Access: the users
+ * (admin_users) are swapped on reload by worker 0 under auth_lock; basic auth is checked on
+ * the HTTP thread with crypt_r. Backend runtime states live in the health table (health.h),
+ * one per process. */
 #include "admin.h"
 
 #ifndef GW_NO_ADMIN
