@@ -16,11 +16,13 @@ PKGS := libuv openssl
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
-PKGS += libmicrohttpd
+# libcrypt: admin_users' hashes (crypt_r) are checked by the admin endpoint only.
+PKGS += libmicrohttpd libcrypt
 endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
+DEB_libcrypt := libcrypt-dev
 DEB_cmocka := libcmocka-dev
 
 # Asked of pkg-config once, and only by a recipe (after check-libs has named what is
@@ -50,7 +52,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
-	proxy_proto admin_text metrics timeline siblings server_name
+	proxy_proto admin_text admin_users metrics timeline siblings server_name
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)

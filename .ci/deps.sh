@@ -18,6 +18,7 @@ DEMO_PACKAGES=(
 TEST_PACKAGES=(
   build-essential libcmocka-dev clang clang-format libclang-rt-14-dev valgrind
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
+  libcrypt-dev  # admin_users: crypt_r checks the hashes (proxy/admin.c)
   python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
   python3-pytest-xdist  # the integration suite runs in parallel (Makefile TEST_JOBS)
   curl wget openssl iproute2 util-linux haproxy

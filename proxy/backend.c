@@ -79,6 +79,12 @@ bool gw_backend_choose(gw_session *s)
 bool gw_backend_choose_index(gw_session *s, int i)
 {
     gw_backend_rt *be = s->fe->backends[i];
+    gw_health *h = s->fe->gen->health; /* an operator's drain or maint holds when named too */
+    if (h && gw_health_admin(h, be->conf->name) != GW_BE_ADMIN_READY) {
+        GW_LOG_WARN(s->id, "event=backend_unavailable backend=%s policy=route_user state=%s",
+                    be->conf->name, gw_be_admin_name(gw_health_admin(h, be->conf->name)));
+        return false;
+    }
     int now = atomic_fetch_add(be->live, 1) + 1;
     if (be->conf->max_sessions > 0 && now > be->conf->max_sessions) {
         atomic_fetch_sub(be->live, 1);

@@ -64,11 +64,20 @@ def raw_request(port: int, data: bytes, source: str | None = None) -> bytes:
 class Prometheus:
     """A real Prometheus scraping `target` every second."""
 
-    def __init__(self, workdir, port: int, target: str):
+    def __init__(self, workdir, port: int, target: str, scheme: str = "http",
+                 basic_auth: tuple[str, str] | None = None, ca_file=None):
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "prometheus.yml"
+        job = f"  - job_name: ftpsgate\n    scheme: {scheme}\n"
+        if basic_auth:  # the password from a file of its own, as in production
+            pw = workdir / "scrape.password"
+            pw.write_text(basic_auth[1])
+            job += (f"    basic_auth:\n      username: {basic_auth[0]}\n"
+                    f"      password_file: {pw}\n")
+        if ca_file:
+            job += f"    tls_config:\n      ca_file: {ca_file}\n"
         cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                       "scrape_configs:\n  - job_name: ftpsgate\n    static_configs:\n"
+                       "scrape_configs:\n" + job + "    static_configs:\n"
                        f"      - targets: ['{target}']\n")
         self.url = f"http://{HOST}:{port}"
         self.log = open(workdir / "prometheus.log", "wb")
@@ -328,7 +337,11 @@ def test_bad_and_slow_requests_do_not_touch_ftp(gateway, pyftpdlib, ports, blobs
         b"GET /metrics HTTP/1.1\r\nHost x\r\n\r\n": b" 400 ",
         b"GET /metrics HTTP/9.9\r\nHost: x\r\n\r\n": b" 505 ",
         b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc": b" 405 ",
-        b"DELETE /sessions/1 HTTP/1.1\r\nHost: x\r\n\r\n": b" 405 ",
+        # The runtime API needs admin_users (an operate user), even on loopback.
+        b"DELETE /sessions/1 HTTP/1.1\r\nHost: x\r\n\r\n": b" 403 ",
+        b"POST /backends/be/state HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}": b" 403 ",
+        b"GET /backends/be/state HTTP/1.1\r\nHost: x\r\n\r\n": b" 405 ",
+        b"POST /backends/../state HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}": b" 400 ",
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello": b" 413 ",
         b"GET /sessions/1%2F.. HTTP/1.1\r\nHost: x\r\n\r\n": b" 400 ",
     }

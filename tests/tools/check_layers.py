@@ -9,7 +9,7 @@ from pathlib import Path
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
-              "proxy_proto", "admin_text", "metrics", "timeline", "siblings", "bug",
+              "proxy_proto", "admin_text", "admin_users", "metrics", "timeline", "siblings", "bug",
               "server_name"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
