@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 import peers
+from fakeftp import Plan
 from peers import HOST, Control, backend_tls, metric, wait_for
 from test_admin import Prometheus, admin_gateway
 
@@ -169,8 +170,9 @@ def test_basic_auth_roles_failures_and_lockout(gateway, vsftpd, ports, tmp_path,
         assert headers.get("WWW-Authenticate", "").startswith("Basic realm="), headers
     # Wrong password, unknown user: 401, logged with the name, never the password.
     assert http(gw, "GET", "/metrics", "prom", "not-the-password")[0] == 401
+    cur = gw.mark()
     assert http(gw, "GET", "/metrics", "mallory", "guess-1")[0] == 401
-    wait_for(lambda: 'user="mallory" reason=unknown_user' in gw.log, 5, "unknown user logged")
+    cur.wait(r'user="mallory" reason=unknown_user', 5)
     assert re.search(r'event=admin_auth_failed client=127\.0\.0\.1 user="prom" '
                      r'reason=wrong_password', gw.log)
     # read sees everything, changes nothing; operate can.
@@ -215,7 +217,7 @@ def test_without_admin_users_by_address(gateway, vsftpd, ports):
     aport = ports.port()
     gw = gateway(vsftpd, extra={"global": {"admin_listen": f"0.0.0.0:{aport}"}})
     gw.admin = f"http://{HOST}:{aport}"
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     assert "auth=probes_only" in gw.log
     assert http(gw, "GET", "/healthz")[0] == 200
     assert http(gw, "GET", "/readyz")[0] == 200
@@ -278,15 +280,16 @@ def test_users_file_reread_on_reload(gateway, vsftpd, ports, tmp_path):
     gw = admin_gateway(gateway, vsftpd, ports, extra={"global": {"admin_users": f}})
     assert http(gw, "GET", "/metrics", *as_user("prom"))[0] == 200
     f.write_text(f"prom2:{sha512('new-Secret-3')} read\n")
-    n = gw.log.count("event=reload_complete")
+    cur = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: gw.log.count("event=reload_complete") > n, 10, "reload")
+    cur.wait(r"event=reload_complete", 10)
     assert http(gw, "GET", "/metrics", *as_user("prom"))[0] == 401
     assert http(gw, "GET", "/metrics", "prom2", "new-Secret-3")[0] == 200
     # A file that fails keeps the users it replaced.
     f.chmod(0o644)
+    cur = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: "event=admin_users_failed" in gw.log, 10, "the refusal logged")
+    cur.wait(r"event=admin_users_failed", 10)
     assert http(gw, "GET", "/metrics", "prom2", "new-Secret-3")[0] == 200
 
 
@@ -366,9 +369,9 @@ def open_sessions(gw, n: int, backend, ctx) -> list[Control]:
 
 
 def reload_and_wait(gw) -> None:
-    n = gw.log.count("event=reload_complete")
+    cur = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: gw.log.count("event=reload_complete") > n, 15, "reload complete")
+    cur.wait(r"event=reload_complete", 15)
 
 
 def two_vsftpd_gateway(gateway, vsftpd, vsftpd_ftps, ports, tmp_path, workers=2, **more):
@@ -456,44 +459,42 @@ def test_drain_across_workers_and_reload(gateway, vsftpd, vsftpd_ftps, ports, tm
                 p.wait()
 
 
-def test_maint_pauses_probes_ready_resumes(gateway, vsftpd, ports, tmp_path, client_ctx):
-    from test_health import FAST, TinyServer
-    probe = TinyServer(b"220 tiny\r\n")
+def test_maint_pauses_probes_ready_resumes(gateway, vsftpd, ports, tmp_path, client_ctx,
+                                          fake_ftp):
+    from test_health import FAST
+    probe = fake_ftp(Plan(greeting=b"220 tiny\r\n", replies={"*": None}))
+    gw = admin_gateway(gateway, vsftpd, ports, workers=2, extra={
+        "global": {"admin_users": users_file(tmp_path)},
+        "frontend fe": {"backend": "be, tiny", "route_user": "yes"},
+        "backend tiny": {"address": probe.address, **FAST}})
+    wait_for(lambda: probe.accepts >= 2, 10, "probes of tiny")
+    assert set_state(gw, "tiny", "maint")[0] == 200
+    assert state_is(gw, "tiny", "maint")
+    time.sleep(2)  # a probe under way finishes
+    paused = probe.accepts
+    time.sleep(4)  # four intervals
+    assert probe.accepts == paused, "probes went on in maint"
+    assert "event=health_probe_skipped backend=tiny state=maint" in gw.log
+    # No sessions either: every new one goes to be.
+    fresh = open_sessions(gw, 6, vsftpd, client_ctx)
+    assert {s["backend"] for s in sessions(gw)} == {"be"}
+    for c in fresh:
+        assert c.cmd("QUIT")[0] == 221
+    # Nor when a client names it (route_user: USER name@BACKEND).
+    named = Control.implicit(gw.port, client_ctx)
     try:
-        gw = admin_gateway(gateway, vsftpd, ports, workers=2, extra={
-            "global": {"admin_users": users_file(tmp_path)},
-            "frontend fe": {"backend": "be, tiny", "route_user": "yes"},
-            "backend tiny": {"address": probe.address, **FAST}})
-        wait_for(lambda: probe.accepts >= 2, 10, "probes of tiny")
-        assert set_state(gw, "tiny", "maint")[0] == 200
-        assert state_is(gw, "tiny", "maint")
-        time.sleep(2)  # a probe under way finishes
-        paused = probe.accepts
-        time.sleep(4)  # four intervals
-        assert probe.accepts == paused, "probes went on in maint"
-        assert "event=health_probe_skipped backend=tiny state=maint" in gw.log
-        # No sessions either: every new one goes to be.
-        fresh = open_sessions(gw, 6, vsftpd, client_ctx)
-        assert {s["backend"] for s in sessions(gw)} == {"be"}
-        for c in fresh:
-            assert c.cmd("QUIT")[0] == 221
-        # Nor when a client names it (route_user: USER name@BACKEND).
-        named = Control.implicit(gw.port, client_ctx)
-        try:
-            assert named.reply()[0] == 220
-            assert named.cmd(f"USER {vsftpd.user}@tiny")[0] == 421
-        finally:
-            named.sock.close()
-        assert "event=backend_unavailable backend=tiny policy=route_user state=maint" in gw.log
-        # Kept across a reload, then ready resumes the probes.
-        reload_and_wait(gw)
-        assert state_is(gw, "tiny", "maint")
-        time.sleep(2)
-        assert probe.accepts == paused
-        assert set_state(gw, "tiny", "ready")[0] == 200
-        wait_for(lambda: probe.accepts >= paused + 2, 6, "probes again after ready")
+        assert named.reply()[0] == 220
+        assert named.cmd(f"USER {vsftpd.user}@tiny")[0] == 421
     finally:
-        probe.stop()
+        named.sock.close()
+    assert "event=backend_unavailable backend=tiny policy=route_user state=maint" in gw.log
+    # Kept across a reload, then ready resumes the probes.
+    reload_and_wait(gw)
+    assert state_is(gw, "tiny", "maint")
+    time.sleep(2)
+    assert probe.accepts == paused
+    assert set_state(gw, "tiny", "ready")[0] == 200
+    wait_for(lambda: probe.accepts >= paused + 2, 6, "probes again after ready")
 
 
 def test_delete_session_ends_it_with_421(gateway, vsftpd, ports, tmp_path, client_ctx):
