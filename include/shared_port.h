@@ -62,6 +62,10 @@ int gw_shport_switch(gw_shport_set **set, uv_loop_t *loop, bool reuseport, gw_ge
                      bool close_others, char *err, size_t cap);
 /* Stop listening (the memory stays until gw_shport_set_free). */
 void gw_shport_close(gw_shport_set *set);
+/* A hitless upgrade: fn(kind "sp", fd, arg) for each listening socket of set (the set's
+ * loop's thread, or the main thread while no reload runs). */
+void gw_shport_each_fd(gw_shport_set *set, void (*fn)(const char *kind, int fd, void *arg),
+                       void *arg);
 /* After the loop has ended (its handles closed): free the set. */
 void gw_shport_set_free(gw_shport_set *set);
 

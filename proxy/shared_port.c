@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "inherit.h"
 #include "log.h"
 #include "mailbox.h"
 #include "proxy_proto.h"
@@ -682,17 +683,22 @@ static shport_listener *open_shport(uv_loop_t *loop, bool reuseport, const char 
     gw_addr_to_sockaddr(&a, &ss);
     socklen_t len =
         ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* A hitless upgrade hands the old process's socket over: never closed, never bound. */
+    int fd = gw_inherit_take("sp", (struct sockaddr *)&ss, len);
+    bool adopted = fd >= 0;
+    if (!adopted)
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0) {
         snprintf(err, cap, "pasv_shared_port %u: %s", port, strerror(errno));
         return NULL;
     }
-    if (ss.ss_family == AF_INET6)
+    if (ss.ss_family == AF_INET6 && !adopted)
         (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
-        bind(fd, (struct sockaddr *)&ss, len) != 0) {
+    if (!adopted &&
+        (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+         bind(fd, (struct sockaddr *)&ss, len) != 0)) {
         snprintf(err, cap, "cannot listen on pasv_shared_port %s: %s", gw_addr_str(&a),
                  strerror(errno));
         close(fd);
@@ -719,7 +725,8 @@ static shport_listener *open_shport(uv_loop_t *loop, bool reuseport, const char 
         uv_close((uv_handle_t *)&l->tcp, on_shport_listener_closed);
         return NULL;
     }
-    GW_LOG_INFO(0, "event=shared_port_listening addr=%s", gw_addr_str(&a));
+    GW_LOG_INFO(0, "event=shared_port_listening addr=%s%s", gw_addr_str(&a),
+                adopted ? " inherited=yes" : "");
     return l;
 }
 
@@ -807,6 +814,16 @@ void gw_shport_close(gw_shport_set *set)
     for (int i = 0; set && i < set->n; i++)
         if (!uv_is_closing((uv_handle_t *)&set->v[i]->tcp))
             uv_close((uv_handle_t *)&set->v[i]->tcp, NULL);
+}
+
+void gw_shport_each_fd(gw_shport_set *set, void (*fn)(const char *kind, int fd, void *arg),
+                       void *arg)
+{
+    uv_os_fd_t fd;
+    for (int i = 0; set && i < set->n; i++)
+        if (!uv_is_closing((uv_handle_t *)&set->v[i]->tcp) &&
+            uv_fileno((uv_handle_t *)&set->v[i]->tcp, &fd) == 0)
+            fn("sp", fd, arg);
 }
 
 void gw_shport_set_free(gw_shport_set *set)

@@ -1,0 +1,315 @@
+/* Hitless upgrade: see upgrade.h. The old side runs on the main loop (worker 0's). */
+#include "upgrade.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "control.h"
+#include "inherit.h"
+#include "log.h"
+#include "worker.h"
+
+#define READY_TIMEOUT_MS 60000 /* below `ftpsgate -s`'s 90 s wait: the client hears why */
+#define CHILD_FD 3             /* the socketpair in the new process; its sockets follow */
+
+extern char **environ;
+
+static char exe[PATH_MAX * 2];
+static char **args;
+
+void gw_upgrade_remember(int argc, char **argv)
+{
+    (void)argc;
+    args = argv;
+    char cwd[PATH_MAX];
+    if (argv[0][0] == '/' || !strchr(argv[0], '/') || !getcwd(cwd, sizeof cwd))
+        snprintf(exe, sizeof exe, "%s", argv[0]); /* a bare name: PATH, as the shell did */
+    else
+        snprintf(exe, sizeof exe, "%s/%s", cwd, argv[0]);
+    /* Not realpath(): a symbolic link switched to a new version must be followed then. */
+}
+
+/* ---- the old process ---- */
+
+/* One attempt; freed once its three handles are closed. */
+typedef struct attempt {
+    uv_process_t proc;
+    uv_pipe_t pipe;
+    uv_timer_t timer;
+    int open; /* handles not yet closed */
+    bool answered, exited;
+    gw_upgrade_done done;
+    char buf[128];
+    size_t n;
+} attempt;
+
+/* Sockets collected for the new process. */
+typedef struct {
+    int n, cap;
+    int *fd;
+    char *list; /* "fe=4,fe=5,sp=6,..." ($FTPSGATE_INHERIT) */
+    size_t len, list_cap;
+    bool oom;
+} collected;
+
+static void collect(const char *kind, int fd, void *arg)
+{
+    collected *c = arg;
+    if (c->oom)
+        return;
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 16;
+        int *v = realloc(c->fd, (size_t)cap * sizeof *v);
+        if (!v) {
+            c->oom = true;
+            return;
+        }
+        c->fd = v;
+        c->cap = cap;
+    }
+    char item[32];
+    int k = snprintf(item, sizeof item, "%s%s=%d", c->n ? "," : "", kind, CHILD_FD + 1 + c->n);
+    if (c->len + (size_t)k + 1 > c->list_cap) {
+        size_t cap = c->list_cap ? c->list_cap * 2 : 256;
+        char *l = realloc(c->list, cap);
+        if (!l) {
+            c->oom = true;
+            return;
+        }
+        c->list = l;
+        c->list_cap = cap;
+    }
+    memcpy(c->list + c->len, item, (size_t)k + 1);
+    c->len += (size_t)k;
+    c->fd[c->n++] = fd;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    attempt *a = h->data;
+    if (--a->open == 0)
+        free(a);
+}
+
+static void close_handle(attempt *a, uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, on_closed);
+}
+
+static void answer(attempt *a, bool ok, const char *text)
+{
+    if (a->answered)
+        return;
+    a->answered = true;
+    uv_timer_stop(&a->timer);
+    close_handle(a, (uv_handle_t *)&a->timer);
+    close_handle(a, (uv_handle_t *)&a->pipe);
+    long pid = a->proc.pid;
+    if (ok || a->exited)
+        close_handle(a, (uv_handle_t *)&a->proc); /* the new process runs on, on its own */
+    if (!ok)
+        GW_LOG_ERR(0, "event=upgrade_failed pid=%ld reason=\"%s\" note=\"this process serves on\"",
+                   pid, text);
+    a->done(ok, pid, text);
+}
+
+static void on_exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+    attempt *a = p->data;
+    a->exited = true;
+    char why[128];
+    if (sig)
+        snprintf(why, sizeof why, "the new process was killed by signal %d before it was ready",
+                 sig);
+    else
+        snprintf(why, sizeof why, "the new process exited with status %lld before it was ready",
+                 (long long)status);
+    if (a->answered)
+        close_handle(a, (uv_handle_t *)p); /* after a timeout: killed, now reaped */
+    else
+        answer(a, false, why);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    attempt *a = t->data;
+    uv_process_kill(&a->proc, SIGKILL);
+    answer(a, false, "the new process was not ready within 60 s (killed)");
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    attempt *a = h->data;
+    *buf = uv_buf_init(a->buf + a->n, (unsigned)(sizeof a->buf - 1 - a->n));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    attempt *a = s->data;
+    if (nread < 0) {
+        uv_read_stop(s); /* the new process closed it: its exit (or the timeout) tells */
+        return;
+    }
+    a->n += (size_t)nread;
+    a->buf[a->n] = 0;
+    if (strncmp(a->buf, "ready ", 6) == 0 && strchr(a->buf, '\n')) {
+        uv_read_stop(s);
+        answer(a, true, "ready");
+    } else if (a->n >= sizeof a->buf - 1) {
+        uv_process_kill(&a->proc, SIGKILL);
+        answer(a, false, "the new process said something else than ready (killed)");
+    }
+}
+
+/* The environment of the new process: ours, with the hand-over variables set and
+ * WATCHDOG_PID dropped (it names this process; the new one pings for itself). */
+static char **child_env(const char *list)
+{
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 3, sizeof *env);
+    size_t len = strlen("FTPSGATE_INHERIT=") + strlen(list) + 1;
+    char *inherit = malloc(len), *fdvar = malloc(32);
+    if (!env || !inherit || !fdvar) {
+        free(env);
+        free(inherit);
+        free(fdvar);
+        return NULL;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "FTPSGATE_INHERIT=", 17) != 0 &&
+            strncmp(environ[i], "FTPSGATE_UPGRADE_FD=", 20) != 0 &&
+            strncmp(environ[i], "WATCHDOG_PID=", 13) != 0)
+            env[k++] = environ[i];
+    snprintf(inherit, len, "FTPSGATE_INHERIT=%s", list);
+    snprintf(fdvar, 32, "FTPSGATE_UPGRADE_FD=%d", CHILD_FD);
+    env[k++] = inherit;
+    env[k++] = fdvar;
+    return env;
+}
+
+static void free_env(char **env)
+{
+    size_t n = 0;
+    while (env[n])
+        n++;
+    free(env[n - 1]); /* the two strings of ours, last */
+    free(env[n - 2]);
+    free(env);
+}
+
+int gw_upgrade_start(uv_loop_t *loop, gw_upgrade_done done, char *err, size_t cap)
+{
+    collected c = {0};
+    if (gw_workers_each_listen_fd(collect, &c) != 0) {
+        snprintf(err, cap, "a reload is under way");
+        free(c.fd);
+        free(c.list);
+        return -1;
+    }
+    int fd = gw_admin_listen_fd();
+    if (fd >= 0)
+        collect("admin", fd, &c);
+    fd = gw_control_fd();
+    if (fd >= 0)
+        collect("ctl", fd, &c);
+    attempt *a = c.oom ? NULL : calloc(1, sizeof *a);
+    uv_stdio_container_t *io = a ? calloc((size_t)(CHILD_FD + 1 + c.n), sizeof *io) : NULL;
+    char **env = io ? child_env(c.list ? c.list : "") : NULL;
+    if (!env) {
+        snprintf(err, cap, "out of memory");
+        free(io);
+        free(a);
+        free(c.fd);
+        free(c.list);
+        return -1;
+    }
+    a->done = done;
+    uv_pipe_init(loop, &a->pipe, 0);
+    uv_timer_init(loop, &a->timer);
+    a->pipe.data = a->timer.data = a->proc.data = a;
+    a->open = 3;
+    for (int i = 0; i < CHILD_FD; i++) {
+        io[i].flags = UV_INHERIT_FD; /* the log goes where ours goes */
+        io[i].data.fd = i;
+    }
+    io[CHILD_FD].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+    io[CHILD_FD].data.stream = (uv_stream_t *)&a->pipe;
+    for (int i = 0; i < c.n; i++) {
+        io[CHILD_FD + 1 + i].flags = UV_INHERIT_FD;
+        io[CHILD_FD + 1 + i].data.fd = c.fd[i];
+    }
+    uv_process_options_t opt = {.exit_cb = on_exit_cb,
+                                .file = exe,
+                                .args = args,
+                                .env = env,
+                                .stdio_count = CHILD_FD + 1 + c.n,
+                                .stdio = io};
+    int r = uv_spawn(loop, &a->proc, &opt);
+    free_env(env);
+    free(io);
+    free(c.fd);
+    free(c.list);
+    if (r != 0) {
+        snprintf(err, cap, "cannot start %s: %s", exe, uv_strerror(r));
+        close_handle(a, (uv_handle_t *)&a->timer);
+        close_handle(a, (uv_handle_t *)&a->pipe);
+        close_handle(a, (uv_handle_t *)&a->proc); /* uv_spawn initialized it all the same */
+        return -1;
+    }
+    GW_LOG_INFO(0, "event=upgrade_started pid=%ld exe=%s sockets=%d", (long)a->proc.pid, exe, c.n);
+    uv_read_start((uv_stream_t *)&a->pipe, on_alloc, on_read);
+    uv_timer_start(&a->timer, on_timeout, READY_TIMEOUT_MS, 0);
+    return 0;
+}
+
+/* ---- the new process ---- */
+
+static int ready_fd = -1;
+
+int gw_upgrade_child_init(char *err, size_t cap)
+{
+    const char *fdvar = getenv("FTPSGATE_UPGRADE_FD"), *list = getenv("FTPSGATE_INHERIT");
+    if (fdvar) {
+        ready_fd = atoi(fdvar);
+        if (ready_fd < 0 || fcntl(ready_fd, F_SETFD, FD_CLOEXEC) != 0)
+            ready_fd = -1;
+    }
+    int r = gw_inherit_load(list, err, cap);
+    unsetenv("FTPSGATE_UPGRADE_FD");
+    unsetenv("FTPSGATE_INHERIT");
+    if (r == 0 && gw_inherit_count() > 0)
+        GW_LOG_INFO(0, "event=upgrade_child sockets=%d", gw_inherit_count());
+    return r;
+}
+
+bool gw_upgrade_is_child(void)
+{
+    return ready_fd >= 0;
+}
+
+void gw_upgrade_child_ready(void)
+{
+    int unused = gw_inherit_close_unused();
+    if (ready_fd < 0)
+        return;
+    GW_LOG_INFO(0, "event=upgrade_ready pid=%ld sockets=%d unused_closed=%d", (long)getpid(),
+                gw_inherit_count(), unused);
+    char line[64];
+    int n = snprintf(line, sizeof line, "ready %ld\n", (long)getpid());
+    ssize_t w;
+    do
+        w = write(ready_fd, line, (size_t)n);
+    while (w < 0 && errno == EINTR);
+    close(ready_fd);
+    ready_fd = -1;
+}
