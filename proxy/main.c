@@ -452,7 +452,7 @@ static void start_upgrade(void)
                                                      : "the gateway is stopping");
         return;
     }
-    if (gw_upgrade_start(uv_default_loop(), on_upgrade_done, err, sizeof err) != 0) {
+    if (gw_upgrade_start(uv_default_loop(), health, on_upgrade_done, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=upgrade_failed reason=\"%s\"", err);
         gw_control_upgrade_finished(false, err);
         return;
@@ -594,6 +594,7 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
+    gw_upgrade_apply_health(health); /* started by an upgrade: what the old process knew */
     if (gw_workers_start(cfg.workers, loop, &cfg, health, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);

@@ -3,13 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "admin.h"
+#include "bans.h"
 #include "control.h"
 #include "inherit.h"
 #include "log.h"
@@ -17,6 +20,8 @@
 
 #define READY_TIMEOUT_MS 60000 /* below `ftpsgate -s`'s 90 s wait: the client hears why */
 #define CHILD_FD 3             /* the socketpair in the new process; its sockets follow */
+#define STATE_TIMEOUT_MS 5000  /* the new process waits this long for the old one's state */
+#define STATE_MAX (16u << 20)  /* bytes of state at most (65536 bans take about 3 MB) */
 
 extern char **environ;
 
@@ -47,7 +52,49 @@ typedef struct attempt {
     gw_upgrade_done done;
     char buf[128];
     size_t n;
+    uv_write_t wr;
+    char *state; /* written to the new process (freed with the attempt) */
 } attempt;
+
+/* The state handed over, one item a line: "ban IP UNTIL_MS" (a ban in force; the monotonic
+ * clock is the machine's), "down BACKEND" (marked down by health checks), then "end". */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} state_text;
+
+static void text_add(state_text *t, const char *fmt, const char *s, unsigned long long v)
+{
+    char line[GW_NAME_MAX + 96];
+    int k = snprintf(line, sizeof line, fmt, s, v);
+    if (t->oom || k < 0 || (size_t)k >= sizeof line)
+        return;
+    if (t->n + (size_t)k + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 4096;
+        char *p = cap <= STATE_MAX ? realloc(t->p, cap) : NULL;
+        if (!p) {
+            t->oom = true;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->n, line, (size_t)k + 1);
+    t->n += (size_t)k;
+}
+
+static void state_ban(const gw_addr *key, uint64_t until_ms, void *arg)
+{
+    char ip[64];
+    text_add(arg, "ban %s %llu\n", gw_addr_ip_str(key, ip, sizeof ip),
+             (unsigned long long)until_ms);
+}
+
+static void state_down(const char *backend, void *arg)
+{
+    text_add(arg, "down %s\n", backend, 0);
+}
 
 /* Sockets collected for the new process. */
 typedef struct {
@@ -93,8 +140,16 @@ static void collect(const char *kind, int fd, void *arg)
 static void on_closed(uv_handle_t *h)
 {
     attempt *a = h->data;
-    if (--a->open == 0)
+    if (--a->open == 0) {
+        free(a->state);
         free(a);
+    }
+}
+
+static void on_state_written(uv_write_t *wr, int status)
+{
+    if (status != 0 && status != UV_ECANCELED)
+        GW_LOG_WARN(0, "event=upgrade_state_lost reason=\"%s\"", uv_strerror(status));
 }
 
 static void close_handle(attempt *a, uv_handle_t *h)
@@ -207,7 +262,8 @@ static void free_env(char **env)
     free(env);
 }
 
-int gw_upgrade_start(uv_loop_t *loop, gw_upgrade_done done, char *err, size_t cap)
+int gw_upgrade_start(uv_loop_t *loop, gw_health *health, gw_upgrade_done done, char *err,
+                     size_t cap)
 {
     collected c = {0};
     if (gw_workers_each_listen_fd(collect, &c) != 0) {
@@ -266,7 +322,20 @@ int gw_upgrade_start(uv_loop_t *loop, gw_upgrade_done done, char *err, size_t ca
         close_handle(a, (uv_handle_t *)&a->proc); /* uv_spawn initialized it all the same */
         return -1;
     }
-    GW_LOG_INFO(0, "event=upgrade_started pid=%ld exe=%s sockets=%d", (long)a->proc.pid, exe, c.n);
+    state_text st = {0};
+    gw_bans_each(state_ban, &st);
+    gw_health_each_down(health, state_down, &st);
+    text_add(&st, "%send\n", "", 0);
+    GW_LOG_INFO(0, "event=upgrade_started pid=%ld exe=%s sockets=%d state_bytes=%zu%s",
+                (long)a->proc.pid, exe, c.n, st.n, st.oom ? " state=lost" : "");
+    if (st.oom) { /* the new process starts without it (it waits STATE_TIMEOUT_MS) */
+        free(st.p);
+        st.p = NULL;
+    }
+    a->state = st.p;
+    uv_buf_t b = uv_buf_init(st.p, (unsigned)st.n);
+    if (st.p && uv_write(&a->wr, (uv_stream_t *)&a->pipe, &b, 1, on_state_written) != 0)
+        GW_LOG_WARN(0, "event=upgrade_state_lost reason=\"write failed\"");
     uv_read_start((uv_stream_t *)&a->pipe, on_alloc, on_read);
     uv_timer_start(&a->timer, on_timeout, READY_TIMEOUT_MS, 0);
     return 0;
@@ -275,6 +344,80 @@ int gw_upgrade_start(uv_loop_t *loop, gw_upgrade_done done, char *err, size_t ca
 /* ---- the new process ---- */
 
 static int ready_fd = -1;
+static char (*downs)[GW_NAME_MAX]; /* backends down in the old process, applied later */
+static int n_downs;
+
+/* Read the old process's state (see text above) until "end": bans now, backends later. */
+static void read_state(void)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    struct pollfd p = {.fd = ready_fd, .events = POLLIN};
+    int bans = 0, failed = 0;
+    while (buf) {
+        bool end = n >= 4 && memcmp(buf + n - 4, "end\n", 4) == 0 && (n == 4 || buf[n - 5] == '\n');
+        if (end)
+            break;
+        if (n + 1 >= cap) {
+            char *more = cap < STATE_MAX ? realloc(buf, cap * 2) : NULL;
+            if (!more)
+                break;
+            buf = more;
+            cap *= 2;
+        }
+        int r = poll(&p, 1, STATE_TIMEOUT_MS);
+        if (r < 0 && errno == EINTR)
+            continue;
+        ssize_t got = r > 0 ? read(ready_fd, buf + n, cap - 1 - n) : -1;
+        if (got <= 0) {
+            GW_LOG_WARN(0, "event=upgrade_state_incomplete note=\"bans and backend states may "
+                           "be lost\"");
+            break;
+        }
+        n += (size_t)got;
+    }
+    if (!buf)
+        return;
+    buf[n] = 0;
+    for (char *line = buf, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = 0;
+        char ip[64], name[GW_NAME_MAX];
+        unsigned long long until;
+        if (sscanf(line, "ban %63s %llu", ip, &until) == 2) {
+            struct sockaddr_storage ss = {0};
+            struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+            struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+            if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1)
+                ss.ss_family = AF_INET;
+            else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1)
+                ss.ss_family = AF_INET6;
+            gw_addr a;
+            gw_addr_from_sockaddr(&a, (struct sockaddr *)&ss);
+            if (ss.ss_family && gw_bans_restore(&a, until) == 0)
+                bans++;
+            else
+                failed++;
+        } else if (sscanf(line, "down %63s", name) == 1) {
+            char(*more)[GW_NAME_MAX] = realloc(downs, (size_t)(n_downs + 1) * sizeof *downs);
+            if (more) {
+                downs = more;
+                snprintf(downs[n_downs++], GW_NAME_MAX, "%s", name);
+            }
+        }
+    }
+    GW_LOG_INFO(0, "event=upgrade_state bans=%d bans_failed=%d backends_down=%d", bans, failed,
+                n_downs);
+    free(buf);
+}
+
+void gw_upgrade_apply_health(gw_health *h)
+{
+    for (int i = 0; i < n_downs; i++)
+        gw_health_restore_down(h, downs[i]);
+    free(downs);
+    downs = NULL;
+    n_downs = 0;
+}
 
 int gw_upgrade_child_init(char *err, size_t cap)
 {
@@ -284,6 +427,8 @@ int gw_upgrade_child_init(char *err, size_t cap)
         if (ready_fd < 0 || fcntl(ready_fd, F_SETFD, FD_CLOEXEC) != 0)
             ready_fd = -1;
     }
+    if (ready_fd >= 0)
+        read_state();
     int r = gw_inherit_load(list, err, cap);
     unsetenv("FTPSGATE_UPGRADE_FD");
     unsetenv("FTPSGATE_INHERIT");

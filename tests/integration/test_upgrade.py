@@ -639,3 +639,38 @@ def test_upgrade_accept_latency_and_memory(upgradable, ports, tls_cert, vsftpd, 
           f"after ({n_after} probes); 0 refused")
     print(f"memory (VmRSS): {rss_before} KiB before; side by side while draining 20 "
           f"downloads: old {rss_old} KiB, new {rss_new} KiB")
+
+
+def test_upgrade_keeps_bans_and_backend_health(upgradable, ports, tls_cert, vsftpd, test_user):
+    """The ban list and the backends health checks marked down pass to the new process: a
+    banned address is still refused by it, and a dead backend is down there at once."""
+    user, _ = test_user
+    dead = ports.port()  # nothing listens there
+    sections = base_sections(ports, tls_cert, vsftpd, None, ban_after=2, ban_time=120)
+    sections["backend dead"] = {"address": f"{HOST}:{dead}", "tls": "none",
+                                "health_interval": 1, "health_fall": 1}
+    gw = upgradable(sections)
+    wait_for(lambda: "event=backend_down backend=dead" in gw.log, 15, "dead marked down")
+
+    def greeting() -> bytes:
+        with socket.create_connection((HOST, gw.port("p")), timeout=5) as s:
+            return s.recv(200)
+
+    for _ in range(2):  # two failed logins ban 127.0.0.1
+        with socket.create_connection((HOST, gw.port("p")), timeout=10) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"220")
+            s.sendall(f"USER {user}\r\n".encode())
+            assert f.readline().startswith(b"331")
+            s.sendall(b"PASS wrong-password\r\n")
+            f.readline()
+    wait_for(lambda: "event=ban " in gw.log, 10, "the ban")
+    assert greeting().startswith(b"421 Too many failed logins")
+    res, new_pid = gw.upgrade()
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    wait_for(lambda: gw.first_exit is not None, 15, "the old process's exit")
+    assert greeting().startswith(b"421 Too many failed logins")  # the new process refuses
+    log = gw.log
+    assert re.search(r"event=upgrade_state bans=1 bans_failed=0 backends_down=1", log), log[-3000:]
+    assert 'event=backend_down backend=dead' in log.split("event=upgrade_state ")[1]
+    assert 'reason="down before the upgrade"' in log
