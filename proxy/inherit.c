@@ -54,8 +54,8 @@ int gw_inherit_load(const char *list, char *err, size_t cap)
         char *end = NULL;
         long fd = eq ? strtol(eq + 1, &end, 10) : -1;
         inherited *it = &items[n_items];
-        if (!eq || eq == p || (size_t)(eq - p) >= sizeof it->kind || end != p + n || fd < 0 ||
-            fd > 1 << 24) {
+        if (!eq || eq == p || (size_t)(eq - p) >= sizeof it->kind || end != p + n ||
+            end == eq + 1 || fd < 0 || fd > 1 << 24) {
             snprintf(err, cap, "FTPSGATE_INHERIT: bad item \"%.*s\"", (int)n, p);
             drop_all();
             return -1;

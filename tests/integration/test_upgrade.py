@@ -674,3 +674,64 @@ def test_upgrade_keeps_bans_and_backend_health(upgradable, ports, tls_cert, vsft
     assert re.search(r"event=upgrade_state bans=1 bans_failed=0 backends_down=1", log), log[-3000:]
     assert 'event=backend_down backend=dead' in log.split("event=upgrade_state ")[1]
     assert 'reason="down before the upgrade"' in log
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None or shutil.which("strace") is None,
+                    reason="systemd-analyze or strace absent (Debian packages systemd, strace)")
+def test_upgrade_passes_the_unit_sandbox(upgradable, ports, tls_cert, vsftpd, blobs,
+                                         client_ctx, test_user, tmp_path):
+    """The upgrade's system calls (socketpair, clone, execve of the new binary, the
+    hand-over) pass config/ftpsgate.service's SystemCallFilter: the old and the new process
+    run under strace -f through an upgrade with a download across it."""
+    from test_systemd import _unit_syscalls
+
+    allowed, _ = _unit_syscalls()
+    user, password = test_user
+    sections = base_sections(ports, tls_cert, vsftpd, None, workers=2)
+    short = Path(tempfile.mkdtemp(prefix="fgupgs-"))
+    sections["global"]["control_socket"] = short / "ctl.sock"
+    config = tmp_path / "gw.ini"
+    config.write_text(render_ini(sections))
+    trace = tmp_path / "strace.out"
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
+    log = open(tmp_path / "gw.log", "wb")
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), str(GATEWAY_BIN), "-c",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    new_pid = None
+    port = int(str(sections["frontend fe"]["listen"]).rsplit(":", 1)[1])
+    try:
+        wait_for(lambda: "event=started " in (tmp_path / "gw.log").read_text(), 30, "start")
+        digest = vsftpd.put(blobs, "sandbox-upg.bin", 2 * MiB)
+        with peers.ftplib_session(port, user, password, client_ctx) as ftp:
+            ftp.voidcmd("TYPE I")
+            h = hashlib.sha256()
+            with ftp.transfercmd("RETR sandbox-upg.bin") as conn:
+                h.update(conn.recv(64 * 1024))
+                res = subprocess.run([str(GATEWAY_BIN), "-s", "upgrade", "-c", str(config)],
+                                     capture_output=True, text=True, timeout=120)
+                assert res.returncode == 0, (res.stdout, res.stderr)
+                new_pid = int(READY_LINE.search(res.stdout).group(1))
+                while data := conn.recv(64 * 1024):
+                    h.update(data)
+                conn.unwrap()
+            ftp.voidresp()
+            assert h.hexdigest() == digest
+        with peers.ftplib_session(port, user, password, client_ctx) as ftp:
+            ftp.retrlines("LIST", lambda _: None)
+        wait_for(lambda: "event=stopped" in (tmp_path / "gw.log").read_text(), 15, "old stops")
+        os.kill(new_pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        for pid in (new_pid, proc.pid):
+            if pid and alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(short, ignore_errors=True)
+    text = trace.read_text()
+    used = set(re.findall(r"^\d+ +([a-z_0-9]+)\(", text, re.M))
+    assert {"socketpair", "execve"} <= used, sorted(used)
+    assert used - allowed == set(), sorted(used - allowed)
