@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,8 @@ def base_sections(ports, tls_cert, plain_be: peers.Backend, tls_be: peers.Backen
     cert, key = tls_cert
     sections = {
         "global": {"log_level": "info", "idle_timeout": 120, "login_timeout": 30,
-                   "max_sessions_per_ip": 1000, **global_keys},
+                   "max_sessions_per_ip": 1000, "admin_listen": f"{HOST}:{ports.port()}",
+                   **global_keys},
         "tls": {"cert": cert, "key": key},
         "backend be": {"address": plain_be.address, "tls": "none", "health_interval": 0},
     }
@@ -582,6 +584,12 @@ def test_upgrade_systemd_notify_and_failed_start(upgradable, ports, tls_cert, vs
         assert res.returncode == 0, (res.stdout, res.stderr)
         with socket.create_connection((HOST, gw.port("p")), timeout=5) as s:
             assert s.recv(100).startswith(b"220 ")
+        # The admin endpoint's socket was handed over too: the new process answers on it.
+        admin = gw.sections["global"]["admin_listen"]
+        with urllib.request.urlopen(f"http://{admin}/healthz", timeout=5) as r:
+            assert r.status == 200
+        assert "event=admin_listening" in gw.log.split(f"event=upgrade_started pid={new_pid}")[1]
+        assert "inherited=yes" in gw.log.split(f"event=upgrade_started pid={new_pid}")[1]
     finally:
         ns.close()
 
@@ -735,3 +743,40 @@ def test_upgrade_passes_the_unit_sandbox(upgradable, ports, tls_cert, vsftpd, bl
     used = set(re.findall(r"^\d+ +([a-z_0-9]+)\(", text, re.M))
     assert {"socketpair", "execve"} <= used, sorted(used)
     assert used - allowed == set(), sorted(used - allowed)
+
+
+def test_failed_start_after_adoption_leaves_everything_serving(upgradable, ports, tls_cert,
+                                                               vsftpd, test_user):
+    """A new process that adopts the sockets and then fails (the configuration on disk now
+    names a port in use): the old process still accepts on every socket (frontends, admin,
+    the control socket and its file), `-s upgrade` exits 1 with the reason."""
+    gw = upgradable(base_sections(ports, tls_cert, vsftpd, None, workers=2))
+    busy = socket.socket()
+    busy.bind((HOST, 0))
+    busy.listen(1)
+    sections = dict(gw.sections)
+    sections["frontend extra"] = frontend("plain", listen=f"{HOST}:{busy.getsockname()[1]}",
+                                          backend="be", active_source_port=0,
+                                          pasv_ports=sections["frontend fe"]["pasv_ports"])
+    gw.config.write_text(render_ini(sections))
+    try:
+        res, pid = gw.upgrade()
+    finally:
+        busy.close()
+    assert res.returncode == 1 and pid is None, (res.stdout, res.stderr)
+    assert "exited with status 2" in res.stderr, res.stderr
+    log = gw.log
+    assert "event=listener_inherited" in log and "cannot listen on" in log, log[-3000:]
+    assert gw.proc.poll() is None
+    for _ in range(20):  # both workers' sockets (SO_REUSEPORT spreads by source port)
+        with socket.create_connection((HOST, gw.port("p")), timeout=5) as s:
+            assert s.recv(100).startswith(b"220 ")
+    admin = gw.sections["global"]["admin_listen"]
+    with urllib.request.urlopen(f"http://{admin}/healthz", timeout=5) as r:
+        assert r.status == 200
+    gw.config.write_text(render_ini(gw.sections))
+    res = subprocess.run([str(GATEWAY_BIN), "-s", "reload", "-c", str(gw.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, (res.stdout, res.stderr)  # the control socket: still there
+    res, pid = gw.upgrade()  # and a good upgrade afterwards
+    assert res.returncode == 0 and pid, (res.stdout, res.stderr)
