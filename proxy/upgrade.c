@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <limits.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +17,14 @@
 #include "control.h"
 #include "inherit.h"
 #include "log.h"
+#include "shared_port.h"
 #include "worker.h"
 
 #define READY_TIMEOUT_MS 60000 /* below `ftpsgate -s`'s 90 s wait: the client hears why */
 #define CHILD_FD 3             /* the socketpair in the new process; its sockets follow */
+#define BACK_FD 4              /* the new process's way back: shared-port connections */
+#define FIRST_FD 5             /* the listening sockets */
+#define BACK_MSG_MAX 32768     /* a handed-back connection's message (header, ClientHello) */
 #define STATE_TIMEOUT_MS 5000  /* the new process waits this long for the old one's state */
 #define STATE_MAX (16u << 20)  /* bytes of state at most (65536 bans take about 3 MB) */
 
@@ -54,7 +59,54 @@ typedef struct attempt {
     size_t n;
     uv_write_t wr;
     char *state; /* written to the new process (freed with the attempt) */
+    int back;    /* our end of the way back (-1: none) */
 } attempt;
+
+/* ---- the old process's way back: shared-port connections the new one could not match
+ * (shared_port.h), read on the main loop until the new process closes its end ---- */
+
+static uv_poll_t back_poll;
+static int back_fd = -1;
+
+static void on_back(uv_poll_t *h, int status, int events)
+{
+    static uint8_t msg[BACK_MSG_MAX];
+    for (;;) {
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct iovec iov = {msg, sizeof msg};
+        struct msghdr m = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        ssize_t n = recvmsg(back_fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n <= 0) { /* the new process has closed it: nothing more will come */
+            uv_poll_stop(h);
+            uv_close((uv_handle_t *)h, NULL);
+            close(back_fd);
+            back_fd = -1;
+            return;
+        }
+        int fd = -1;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+            memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+        if (fd >= 0)
+            gw_shport_adopt(h->loop, fd, msg, (size_t)n);
+    }
+}
+
+static void back_start(uv_loop_t *loop, int fd)
+{
+    if (back_fd >= 0 || uv_poll_init(loop, &back_poll, fd) != 0) {
+        close(fd); /* an earlier new process still uses one (a chain): cannot happen */
+        return;
+    }
+    back_fd = fd;
+    uv_poll_start(&back_poll, UV_READABLE, on_back);
+}
 
 /* The state handed over, one item a line: "ban IP UNTIL_MS" (a ban in force; the monotonic
  * clock is the machine's), "down BACKEND" (marked down by health checks), then "end". */
@@ -121,7 +173,7 @@ static void collect(const char *kind, int fd, void *arg)
         c->cap = cap;
     }
     char item[32];
-    int k = snprintf(item, sizeof item, "%s%s=%d", c->n ? "," : "", kind, CHILD_FD + 1 + c->n);
+    int k = snprintf(item, sizeof item, "%s%s=%d", c->n ? "," : "", kind, FIRST_FD + c->n);
     if (c->len + (size_t)k + 1 > c->list_cap) {
         size_t cap = c->list_cap ? c->list_cap * 2 : 256;
         char *l = realloc(c->list, cap);
@@ -169,6 +221,11 @@ static void answer(attempt *a, bool ok, const char *text)
     long pid = a->proc.pid;
     if (ok || a->exited)
         close_handle(a, (uv_handle_t *)&a->proc); /* the new process runs on, on its own */
+    if (ok)
+        back_start(a->timer.loop, a->back);
+    else
+        close(a->back);
+    a->back = -1;
     if (!ok)
         GW_LOG_ERR(0, "event=upgrade_failed pid=%ld reason=\"%s\" note=\"this process serves on\"",
                    pid, text);
@@ -230,25 +287,29 @@ static char **child_env(const char *list)
     size_t n = 0;
     while (environ[n])
         n++;
-    char **env = calloc(n + 3, sizeof *env);
+    char **env = calloc(n + 4, sizeof *env);
     size_t len = strlen("FTPSGATE_INHERIT=") + strlen(list) + 1;
-    char *inherit = malloc(len), *fdvar = malloc(32);
-    if (!env || !inherit || !fdvar) {
+    char *inherit = malloc(len), *fdvar = malloc(32), *backvar = malloc(32);
+    if (!env || !inherit || !fdvar || !backvar) {
         free(env);
         free(inherit);
         free(fdvar);
+        free(backvar);
         return NULL;
     }
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (strncmp(environ[i], "FTPSGATE_INHERIT=", 17) != 0 &&
             strncmp(environ[i], "FTPSGATE_UPGRADE_FD=", 20) != 0 &&
+            strncmp(environ[i], "FTPSGATE_BACK_FD=", 17) != 0 &&
             strncmp(environ[i], "WATCHDOG_PID=", 13) != 0)
             env[k++] = environ[i];
     snprintf(inherit, len, "FTPSGATE_INHERIT=%s", list);
     snprintf(fdvar, 32, "FTPSGATE_UPGRADE_FD=%d", CHILD_FD);
+    snprintf(backvar, 32, "FTPSGATE_BACK_FD=%d", BACK_FD);
     env[k++] = inherit;
     env[k++] = fdvar;
+    env[k++] = backvar;
     return env;
 }
 
@@ -257,8 +318,9 @@ static void free_env(char **env)
     size_t n = 0;
     while (env[n])
         n++;
-    free(env[n - 1]); /* the two strings of ours, last */
+    free(env[n - 1]); /* the three strings of ours, last */
     free(env[n - 2]);
+    free(env[n - 3]);
     free(env);
 }
 
@@ -279,10 +341,15 @@ int gw_upgrade_start(uv_loop_t *loop, gw_health *health, gw_upgrade_done done, c
     if (fd >= 0)
         collect("ctl", fd, &c);
     attempt *a = c.oom ? NULL : calloc(1, sizeof *a);
-    uv_stdio_container_t *io = a ? calloc((size_t)(CHILD_FD + 1 + c.n), sizeof *io) : NULL;
+    uv_stdio_container_t *io = a ? calloc((size_t)(FIRST_FD + c.n), sizeof *io) : NULL;
     char **env = io ? child_env(c.list ? c.list : "") : NULL;
+    int back[2] = {-1, -1};
+    if (env && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, back) != 0) {
+        free_env(env);
+        env = NULL;
+    }
     if (!env) {
-        snprintf(err, cap, "out of memory");
+        snprintf(err, cap, "out of memory or descriptors");
         free(io);
         free(a);
         free(c.fd);
@@ -300,23 +367,28 @@ int gw_upgrade_start(uv_loop_t *loop, gw_health *health, gw_upgrade_done done, c
     }
     io[CHILD_FD].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
     io[CHILD_FD].data.stream = (uv_stream_t *)&a->pipe;
+    io[BACK_FD].flags = UV_INHERIT_FD;
+    io[BACK_FD].data.fd = back[1];
     for (int i = 0; i < c.n; i++) {
-        io[CHILD_FD + 1 + i].flags = UV_INHERIT_FD;
-        io[CHILD_FD + 1 + i].data.fd = c.fd[i];
+        io[FIRST_FD + i].flags = UV_INHERIT_FD;
+        io[FIRST_FD + i].data.fd = c.fd[i];
     }
     uv_process_options_t opt = {.exit_cb = on_exit_cb,
                                 .file = exe,
                                 .args = args,
                                 .env = env,
-                                .stdio_count = CHILD_FD + 1 + c.n,
+                                .stdio_count = FIRST_FD + c.n,
                                 .stdio = io};
     int r = uv_spawn(loop, &a->proc, &opt);
+    close(back[1]); /* the new process's now */
+    a->back = back[0];
     free_env(env);
     free(io);
     free(c.fd);
     free(c.list);
     if (r != 0) {
         snprintf(err, cap, "cannot start %s: %s", exe, uv_strerror(r));
+        close(a->back);
         close_handle(a, (uv_handle_t *)&a->timer);
         close_handle(a, (uv_handle_t *)&a->pipe);
         close_handle(a, (uv_handle_t *)&a->proc); /* uv_spawn initialized it all the same */
@@ -427,6 +499,11 @@ int gw_upgrade_child_init(char *err, size_t cap)
         if (ready_fd < 0 || fcntl(ready_fd, F_SETFD, FD_CLOEXEC) != 0)
             ready_fd = -1;
     }
+    const char *backvar = getenv("FTPSGATE_BACK_FD");
+    int back = backvar ? atoi(backvar) : -1;
+    if (back >= 0 && fcntl(back, F_SETFD, FD_CLOEXEC) == 0)
+        gw_shport_forward_to(back); /* what no session of ours waits for goes back */
+    unsetenv("FTPSGATE_BACK_FD");
     if (ready_fd >= 0)
         read_state();
     int r = gw_inherit_load(list, err, cap);

@@ -780,3 +780,54 @@ def test_failed_start_after_adoption_leaves_everything_serving(upgradable, ports
     assert res.returncode == 0, (res.stdout, res.stderr)  # the control socket: still there
     res, pid = gw.upgrade()  # and a good upgrade afterwards
     assert res.returncode == 0 and pid, (res.stdout, res.stderr)
+
+
+def test_old_sessions_keep_using_the_shared_passive_port(upgradable, ports, tls_cert, vsftpd,
+                                                         blobs, client_ctx, test_user):
+    """pasv_shared_port after an upgrade: the new process holds the port; a data connection
+    for a session of the old process (TLS, matched by its ticket; clear, matched by
+    address) goes back to the old process, which serves it; the new process's own
+    sessions are matched there as usual."""
+    user, password = test_user
+    sections = base_sections(ports, tls_cert, vsftpd, None)
+    fe = sections["frontend fe"]
+    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{ports.port()}", backend="be",
+                                      pasv_ports=fe["pasv_ports"], active_source_port=0,
+                                      pasv_shared_port=ports.port())
+    sections["frontend c"] = frontend("plain", listen=f"{HOST}:{ports.port()}", backend="be",
+                                      pasv_ports=fe["pasv_ports"], active_source_port=0,
+                                      pasv_shared_port=ports.port())
+    gw = upgradable(sections)
+    digest = vsftpd.put(blobs, "shport-upg.bin", 3 * MiB + 17)
+
+    def get(ftp) -> str:
+        h = hashlib.sha256()
+        ftp.retrbinary("RETR shport-upg.bin", h.update)
+        return h.hexdigest()
+
+    def pasv_port(ftp) -> int:
+        return peers.parse_227(ftp.sendcmd("PASV"))[1]
+
+    with contextlib.ExitStack() as stack:
+        tls = stack.enter_context(peers.ftplib_session(gw.port("s"), user, password, client_ctx))
+        clear = ftplib.FTP()
+        clear.connect(HOST, gw.port("c"), timeout=30)
+        stack.callback(clear.close)
+        clear.login(user, password)
+        assert get(tls) == digest and get(clear) == digest
+        res, new_pid = gw.upgrade()
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        mark = len(gw.log)
+        for ftp, name in ((tls, "s"), (clear, "c")):  # sessions of the old process
+            for _ in range(2):
+                assert get(ftp) == digest
+        assert gw.log[mark:].count("event=shared_port_forwarded") >= 4, gw.log[mark:][-3000:]
+        assert "event=shared_port_unmatched" not in gw.log[mark:]
+        with peers.ftplib_session(gw.port("s"), user, password, client_ctx) as fresh:
+            assert get(fresh) == digest  # the new process's own session
+        assert pasv_port(tls) == sections["frontend s"]["pasv_shared_port"]
+        tls.voidcmd("NOOP")
+        assert gw.first_exit is None  # the old process still serves its two sessions
+        clear.quit()  # tls: quit on leaving
+    wait_for(lambda: gw.first_exit is not None, 15, "the old process's exit")
+    assert gw.first_status == 0
