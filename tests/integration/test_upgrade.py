@@ -405,12 +405,18 @@ def test_upgrade_under_load(upgradable, ports, tls_cert, vsftpd, vsftpd_ftps, bl
     n = int(os.environ.get("FTPSGATE_UPGRADE_TRANSFERS", "50"))
     lo, hi = _range_env("FTPSGATE_UPGRADE_MIB", (2, 8))
     user, password = test_user
-    gw = upgradable(base_sections(ports, tls_cert, vsftpd, vsftpd_ftps))
+    # Two workers: each frontend has two listening sockets (SO_REUSEPORT), both handed over.
+    sections = base_sections(ports, tls_cert, vsftpd, vsftpd_ftps, workers=2)
+    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{ports.port()}",
+                                      backend="be", active_source_port=0,
+                                      pasv_ports=sections["frontend fe"]["pasv_ports"],
+                                      pasv_shared_port=ports.port())
+    gw = upgradable(sections)
     first_pid = gw.proc.pid
     rnd = random.Random(23)
     kinds = [(fe, up, act, be)
              for fe, be in (("fe", vsftpd), ("x", vsftpd), ("fi", vsftpd_ftps),
-                            ("xt", vsftpd_ftps))
+                            ("xt", vsftpd_ftps), ("s", vsftpd))
              for up in (False, True) for act in (False, True)]
     sizes = sorted({rnd.randint(lo, hi) * MiB + rnd.randint(0, 4095) for _ in range(4)})
     transfers: list[Transfer] = []
@@ -419,9 +425,10 @@ def test_upgrade_under_load(upgradable, ports, tls_cert, vsftpd, vsftpd_ftps, bl
     for i in range(n):
         fe, up, act, be = kinds[i % len(kinds)]
         size = sizes[i % len(sizes)]
-        t = Transfer(name=f"upg-{tag}-{i}", frontend=fe, implicit=fe in ("fe", "fi"),
+        t = Transfer(name=f"upg-{tag}-{i}", frontend=fe, implicit=fe in ("fe", "fi", "s"),
                      upload=up, active=act, backend=be, size=size,
-                     pace=6.0 + (size / MiB) / 8, again=i % 5 == 0)
+                     pace=6.0 + (size / MiB) / 8,
+                     again=i % 5 == 0 or (fe == "s" and not act))
         src, digest = blobs.blob(size)
         t.sha_expected = digest
         if up:
@@ -492,6 +499,9 @@ def test_upgrade_under_load(upgradable, ports, tls_cert, vsftpd, vsftpd_ftps, bl
     assert gw.first_exit <= last_end + 15, (gw.first_exit - last_end)
     log = gw.log
     assert f"event=upgrade_handed_over new_pid={new_pid}" in log
+    # The shared port's second transfers of old sessions went back to the old process.
+    assert log.count("event=shared_port_forwarded") >= sum(
+        1 for t in transfers if t.again and t.frontend == "s"), log[-4000:]
     assert "event=upgrade_failed" in log
     lat = [lat for _, lat, _, _ in prober.results]
     print(f"\nupgrade under load: {n} transfers of {lo}-{hi} MiB, "
