@@ -145,7 +145,7 @@ class Upgradable:
     processes (the first and every one an upgrade started) are tracked and all stopped at
     the end."""
 
-    def __init__(self, directory: Path, ports: peers.PortAllocator, sections: dict,
+    def __init__(self, directory: Path, ports: "RecordedPorts", sections: dict,
                  env: dict[str, str] | None = None):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -214,15 +214,38 @@ class Upgradable:
         return problems
 
 
+class RecordedPorts:
+    """The test's ports, given back to the allocator once its gateways have stopped."""
+
+    def __init__(self, ports: peers.PortAllocator):
+        self.ports, self.given = ports, []
+
+    def port(self) -> int:
+        self.given.append(self.ports.port())
+        return self.given[-1]
+
+    def range(self, n: int) -> tuple[int, int]:
+        lo, hi = self.ports.range(n)
+        self.given += range(lo, hi + 1)
+        return lo, hi
+
+
 @pytest.fixture
-def upgradable(tmp_path, ports):
+def uports(ports):
+    recorded = RecordedPorts(ports)
+    yield recorded
+    ports.release(recorded.given)
+
+
+@pytest.fixture
+def upgradable(tmp_path, uports):
     made: list[Upgradable] = []
     # A unix socket path must fit 107 bytes: tmp_path may be too deep for the control socket.
     short = Path(tempfile.mkdtemp(prefix="fgupg-"))
 
     def make(sections: dict, env: dict[str, str] | None = None) -> Upgradable:
         sections["global"]["control_socket"] = short / f"ctl{len(made)}.sock"
-        gw = Upgradable(tmp_path / f"gw{len(made)}", ports, sections, env)
+        gw = Upgradable(tmp_path / f"gw{len(made)}", uports, sections, env)
         made.append(gw)
         return gw
 
@@ -235,15 +258,15 @@ def upgradable(tmp_path, ports):
         pytest.fail("\n".join(problems), pytrace=False)
 
 
-def base_sections(ports, tls_cert, plain_be: peers.Backend, tls_be: peers.Backend | None,
+def base_sections(uports, tls_cert, plain_be: peers.Backend, tls_be: peers.Backend | None,
                   **global_keys) -> dict:
     """Frontends fe (implicit) and x (explicit) toward the plain vsftpd; fi and xt toward
     the FTPS one; p (plain, the gateway's own greeting: no backend connection) for probes."""
-    pasv = ports.range(150)
+    pasv = uports.range(150)
     cert, key = tls_cert
     sections = {
         "global": {"log_level": "info", "idle_timeout": 120, "login_timeout": 30,
-                   "max_sessions_per_ip": 1000, "admin_listen": f"{HOST}:{ports.port()}",
+                   "max_sessions_per_ip": 1000, "admin_listen": f"{HOST}:{uports.port()}",
                    **global_keys},
         "tls": {"cert": cert, "key": key},
         "backend be": {"address": plain_be.address, "tls": "none", "health_interval": 0},
@@ -254,7 +277,7 @@ def base_sections(ports, tls_cert, plain_be: peers.Backend, tls_be: peers.Backen
                                   **backend_tls("explicit", ca_file=tls_be.cert)}
         fronts.update({"fi": ("implicit", "bt"), "xt": ("explicit", "bt")})
     for name, (mode, be) in fronts.items():
-        keys = frontend(mode, listen=f"{HOST}:{ports.port()}", backend=be,
+        keys = frontend(mode, listen=f"{HOST}:{uports.port()}", backend=be,
                         pasv_ports=f"{pasv[0]}-{pasv[1]}", active_source_port=0)
         if name == "p":
             keys["greeting"] = GREETING
@@ -400,17 +423,17 @@ def run_transfer(t: Transfer, port: int, ctx: ssl.SSLContext, user: str, passwor
 
 
 @pytest.mark.serial  # 50 paced transfers and a probe every 50 ms: load, timing
-def test_upgrade_under_load(upgradable, ports, tls_cert, vsftpd, vsftpd_ftps, blobs,
+def test_upgrade_under_load(upgradable, uports, tls_cert, vsftpd, vsftpd_ftps, blobs,
                             client_ctx, test_user, tmp_path):
     n = int(os.environ.get("FTPSGATE_UPGRADE_TRANSFERS", "50"))
     lo, hi = _range_env("FTPSGATE_UPGRADE_MIB", (2, 8))
     user, password = test_user
     # Two workers: each frontend has two listening sockets (SO_REUSEPORT), both handed over.
-    sections = base_sections(ports, tls_cert, vsftpd, vsftpd_ftps, workers=2)
-    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{ports.port()}",
+    sections = base_sections(uports, tls_cert, vsftpd, vsftpd_ftps, workers=2)
+    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{uports.port()}",
                                       backend="be", active_source_port=0,
                                       pasv_ports=sections["frontend fe"]["pasv_ports"],
-                                      pasv_shared_port=ports.port())
+                                      pasv_shared_port=uports.port())
     gw = upgradable(sections)
     first_pid = gw.proc.pid
     rnd = random.Random(23)
@@ -510,12 +533,12 @@ def test_upgrade_under_load(upgradable, ports, tls_cert, vsftpd, vsftpd_ftps, bl
           f"{gw.first_exit - last_end:+.2f} s after the last transfer ended")
 
 
-def test_upgrade_grace_cuts_old_sessions(upgradable, ports, tls_cert, vsftpd, blobs,
+def test_upgrade_grace_cuts_old_sessions(upgradable, uports, tls_cert, vsftpd, blobs,
                                          client_ctx, test_user, tmp_path):
     """upgrade_grace = 2: a download still running 2 s after the hand-over gets 421 and the
     old process exits; the new one serves."""
     user, password = test_user
-    gw = upgradable(base_sections(ports, tls_cert, vsftpd, None, upgrade_grace=2))
+    gw = upgradable(base_sections(uports, tls_cert, vsftpd, None, upgrade_grace=2))
     vsftpd.put(blobs, "grace-slow.bin", 8 * MiB)
     ftp = peers.ImplicitFTPS(context=client_ctx, timeout=30)
     ftp.connect(HOST, gw.port("fe"))
@@ -564,14 +587,14 @@ def test_upgrade_grace_cuts_old_sessions(upgradable, ports, tls_cert, vsftpd, bl
         assert ftp2.size("grace-slow.bin") == 8 * MiB
 
 
-def test_upgrade_systemd_notify_and_failed_start(upgradable, ports, tls_cert, vsftpd,
+def test_upgrade_systemd_notify_and_failed_start(upgradable, uports, tls_cert, vsftpd,
                                                  tmp_path):
     """Under systemd (NotifyAccess=all) the new process announces itself: READY=1 with
     MAINPID= its own PID; the old one says nothing after the hand-over (no STOPPING=1 that
     would stop the unit). A binary that is not there: exit 1, the old serves on."""
     ns = NotifyListener(str(tmp_path / "notify.sock"))
     try:
-        gw = upgradable(base_sections(ports, tls_cert, vsftpd, None),
+        gw = upgradable(base_sections(uports, tls_cert, vsftpd, None),
                         env={"NOTIFY_SOCKET": ns.path})
         first = gw.proc.pid
         wait_for(lambda: any(m.get("READY") == "1" for m in ns.from_pid(first)), 10, "READY")
@@ -605,14 +628,14 @@ def test_upgrade_systemd_notify_and_failed_start(upgradable, ports, tls_cert, vs
 
 
 @pytest.mark.serial  # a client every 10 ms: timing
-def test_upgrade_accept_latency_and_memory(upgradable, ports, tls_cert, vsftpd, blobs,
+def test_upgrade_accept_latency_and_memory(upgradable, uports, tls_cert, vsftpd, blobs,
                                            client_ctx, test_user):
     """Measured, not asserted (tests/bench/RESULTS.md): the longest a new connection waits
     for its greeting while the gateway upgrades (a client every 10 ms), and the memory of
     the two processes side by side while the old one drains 20 downloads. No connection
     may be refused."""
     user, password = test_user
-    gw = upgradable(base_sections(ports, tls_cert, vsftpd, None))
+    gw = upgradable(base_sections(uports, tls_cert, vsftpd, None))
     size = 4 * MiB
     transfers = []
     tag = uuid.uuid4().hex[:8]
@@ -659,12 +682,12 @@ def test_upgrade_accept_latency_and_memory(upgradable, ports, tls_cert, vsftpd, 
           f"downloads: old {rss_old} KiB, new {rss_new} KiB")
 
 
-def test_upgrade_keeps_bans_and_backend_health(upgradable, ports, tls_cert, vsftpd, test_user):
+def test_upgrade_keeps_bans_and_backend_health(upgradable, uports, tls_cert, vsftpd, test_user):
     """The ban list and the backends health checks marked down pass to the new process: a
     banned address is still refused by it, and a dead backend is down there at once."""
     user, _ = test_user
-    dead = ports.port()  # nothing listens there
-    sections = base_sections(ports, tls_cert, vsftpd, None, ban_after=2, ban_time=120)
+    dead = uports.port()  # nothing listens there
+    sections = base_sections(uports, tls_cert, vsftpd, None, ban_after=2, ban_time=120)
     sections["backend dead"] = {"address": f"{HOST}:{dead}", "tls": "none",
                                 "health_interval": 1, "health_fall": 1}
     gw = upgradable(sections)
@@ -696,7 +719,7 @@ def test_upgrade_keeps_bans_and_backend_health(upgradable, ports, tls_cert, vsft
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None or shutil.which("strace") is None,
                     reason="systemd-analyze or strace absent (Debian packages systemd, strace)")
-def test_upgrade_passes_the_unit_sandbox(upgradable, ports, tls_cert, vsftpd, blobs,
+def test_upgrade_passes_the_unit_sandbox(upgradable, uports, tls_cert, vsftpd, blobs,
                                          client_ctx, test_user, tmp_path):
     """The upgrade's system calls (socketpair, clone, execve of the new binary, the
     hand-over) pass config/ftpsgate.service's SystemCallFilter: the old and the new process
@@ -705,7 +728,7 @@ def test_upgrade_passes_the_unit_sandbox(upgradable, ports, tls_cert, vsftpd, bl
 
     allowed, _ = _unit_syscalls()
     user, password = test_user
-    sections = base_sections(ports, tls_cert, vsftpd, None, workers=2)
+    sections = base_sections(uports, tls_cert, vsftpd, None, workers=2)
     short = Path(tempfile.mkdtemp(prefix="fgupgs-"))
     sections["global"]["control_socket"] = short / "ctl.sock"
     config = tmp_path / "gw.ini"
@@ -755,12 +778,12 @@ def test_upgrade_passes_the_unit_sandbox(upgradable, ports, tls_cert, vsftpd, bl
     assert used - allowed == set(), sorted(used - allowed)
 
 
-def test_failed_start_after_adoption_leaves_everything_serving(upgradable, ports, tls_cert,
+def test_failed_start_after_adoption_leaves_everything_serving(upgradable, uports, tls_cert,
                                                                vsftpd, test_user):
     """A new process that adopts the sockets and then fails (the configuration on disk now
     names a port in use): the old process still accepts on every socket (frontends, admin,
     the control socket and its file), `-s upgrade` exits 1 with the reason."""
-    gw = upgradable(base_sections(ports, tls_cert, vsftpd, None, workers=2))
+    gw = upgradable(base_sections(uports, tls_cert, vsftpd, None, workers=2))
     busy = socket.socket()
     busy.bind((HOST, 0))
     busy.listen(1)
@@ -792,21 +815,21 @@ def test_failed_start_after_adoption_leaves_everything_serving(upgradable, ports
     assert res.returncode == 0 and pid, (res.stdout, res.stderr)
 
 
-def test_old_sessions_keep_using_the_shared_passive_port(upgradable, ports, tls_cert, vsftpd,
+def test_old_sessions_keep_using_the_shared_passive_port(upgradable, uports, tls_cert, vsftpd,
                                                          blobs, client_ctx, test_user):
     """pasv_shared_port after an upgrade: the new process holds the port; a data connection
     for a session of the old process (TLS, matched by its ticket; clear, matched by
     address) goes back to the old process, which serves it; the new process's own
     sessions are matched there as usual."""
     user, password = test_user
-    sections = base_sections(ports, tls_cert, vsftpd, None)
+    sections = base_sections(uports, tls_cert, vsftpd, None)
     fe = sections["frontend fe"]
-    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{ports.port()}", backend="be",
+    sections["frontend s"] = frontend("implicit", listen=f"{HOST}:{uports.port()}", backend="be",
                                       pasv_ports=fe["pasv_ports"], active_source_port=0,
-                                      pasv_shared_port=ports.port())
-    sections["frontend c"] = frontend("plain", listen=f"{HOST}:{ports.port()}", backend="be",
+                                      pasv_shared_port=uports.port())
+    sections["frontend c"] = frontend("plain", listen=f"{HOST}:{uports.port()}", backend="be",
                                       pasv_ports=fe["pasv_ports"], active_source_port=0,
-                                      pasv_shared_port=ports.port())
+                                      pasv_shared_port=uports.port())
     gw = upgradable(sections)
     digest = vsftpd.put(blobs, "shport-upg.bin", 3 * MiB + 17)
 
