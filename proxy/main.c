@@ -30,7 +30,7 @@ static bool stopping;
 static bool upgrading;          /* a new process is starting (ftpsgate -s upgrade) */
 static bool handed_over;        /* it serves: this process only finishes its sessions */
 static const char *config_path; /* NULL: the embedded default */
-static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1;
+static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1, sig_usr2;
 static gw_health *health;   /* backend health: probes on the main loop (worker 0) */
 static uv_timer_t watchdog; /* systemd WatchdogSec: pings from the main loop, so a stuck loop
                              * stops them and systemd restarts the gateway */
@@ -476,6 +476,11 @@ static void on_signal(uv_signal_t *h, int signum)
         start_reload();
         return;
     }
+    if (signum == SIGUSR2) { /* as `-s upgrade`, for a gateway without control_socket */
+        GW_LOG_INFO(0, "event=upgrade_requested signal=%d", signum);
+        start_upgrade();
+        return;
+    }
     if (!stopping)
         notify("STOPPING=1\nSTATUS=stopping: sessions finish within shutdown_grace");
     gw_control_stop(); /* a client waiting for a reload hears the connection close */
@@ -583,10 +588,12 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_hup);
     uv_signal_init(loop, &sig_usr1);
+    uv_signal_init(loop, &sig_usr2);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
     uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
+    uv_signal_start(&sig_usr2, on_signal, SIGUSR2);
     health = gw_health_new();
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");

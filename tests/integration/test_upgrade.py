@@ -244,7 +244,7 @@ def upgradable(tmp_path, uports):
     short = Path(tempfile.mkdtemp(prefix="fgupg-"))
 
     def make(sections: dict, env: dict[str, str] | None = None) -> Upgradable:
-        sections["global"]["control_socket"] = short / f"ctl{len(made)}.sock"
+        sections["global"].setdefault("control_socket", short / f"ctl{len(made)}.sock")
         gw = Upgradable(tmp_path / f"gw{len(made)}", uports, sections, env)
         made.append(gw)
         return gw
@@ -864,3 +864,24 @@ def test_old_sessions_keep_using_the_shared_passive_port(upgradable, uports, tls
         clear.quit()  # tls: quit on leaving
     wait_for(lambda: gw.first_exit is not None, 15, "the old process's exit")
     assert gw.first_status == 0
+
+
+def test_sigusr2_upgrades_without_control_socket(upgradable, uports, tls_cert, vsftpd,
+                                                 client_ctx, test_user):
+    """SIGUSR2 does what `-s upgrade` does, for a gateway with control_socket = off: the new
+    process serves (the outcome is in the log), the old one exits once idle."""
+    user, password = test_user
+    gw = upgradable(base_sections(uports, tls_cert, vsftpd, None, control_socket="off"))
+    os.kill(gw.proc.pid, signal.SIGUSR2)
+    wait_for(lambda: "event=upgrade_handed_over" in gw.log, 30, "the hand-over")
+    new_pid = int(re.search(r"event=upgrade_handed_over new_pid=(\d+)", gw.log).group(1))
+    gw.pids.append(new_pid)
+    wait_for(lambda: gw.first_exit is not None, 15, "the old process's exit")
+    assert alive(new_pid) and gw.first_status == 0
+    with peers.ftplib_session(gw.port("fe"), user, password, client_ctx) as ftp:
+        ftp.voidcmd("NOOP")
+    owner = None
+    with socket.create_connection((HOST, gw.port("p")), timeout=5) as s:
+        assert s.recv(100).startswith(b"220 ")
+        owner = server_side_owner(gw.port("p"), s.getsockname()[1], gw.pids)
+    assert owner == new_pid
