@@ -893,16 +893,19 @@ void gw_health_free(gw_health *h)
 }
 
 /* ---------------------------------------------------------------------------------------
- * Hitless upgrade (upgrade.c): the backends down, handed to the new process */
+ * Hitless upgrade (upgrade.c): the backends down or drained, handed to the new process */
 
-void gw_health_each_down(gw_health *h, void (*fn)(const char *backend, void *arg), void *arg)
+void gw_health_each_down(gw_health *h,
+                         void (*fn)(const char *backend, bool down, enum gw_be_admin admin,
+                                    void *arg),
+                         void *arg)
 {
     if (!h)
         return;
     pthread_mutex_lock(&h->lock);
     for (int i = 0; i < h->n; i++)
-        if (!h->b[i]->up)
-            fn(h->b[i]->conf.name, arg);
+        if (!h->b[i]->up || h->b[i]->admin != GW_BE_ADMIN_READY)
+            fn(h->b[i]->conf.name, !h->b[i]->up, h->b[i]->admin, arg);
     pthread_mutex_unlock(&h->lock);
 }
 

@@ -109,7 +109,8 @@ static void back_start(uv_loop_t *loop, int fd)
 }
 
 /* The state handed over, one item a line: "ban IP UNTIL_MS" (a ban in force; the monotonic
- * clock is the machine's), "down BACKEND" (marked down by health checks), then "end". */
+ * clock is the machine's), "down BACKEND" (marked down by health checks), "admin BACKEND
+ * drain|maint" (its runtime state, set through the admin endpoint), then "end". */
 typedef struct {
     char *p;
     size_t n, cap;
@@ -143,9 +144,14 @@ static void state_ban(const gw_addr *key, uint64_t until_ms, void *arg)
              (unsigned long long)until_ms);
 }
 
-static void state_down(const char *backend, void *arg)
+static void state_down(const char *backend, bool down, enum gw_be_admin admin, void *arg)
 {
-    text_add(arg, "down %s\n", backend, 0);
+    if (down)
+        text_add(arg, "down %s\n", backend, 0);
+    if (admin == GW_BE_ADMIN_DRAIN)
+        text_add(arg, "admin %s drain\n", backend, 0);
+    else if (admin == GW_BE_ADMIN_MAINT)
+        text_add(arg, "admin %s maint\n", backend, 0);
 }
 
 /* Sockets collected for the new process. */
@@ -416,8 +422,23 @@ int gw_upgrade_start(uv_loop_t *loop, gw_health *health, gw_upgrade_done done, c
 /* ---- the new process ---- */
 
 static int ready_fd = -1;
-static char (*downs)[GW_NAME_MAX]; /* backends down in the old process, applied later */
+/* Backends down (admin: ready) or in a runtime state in the old process, applied later. */
+static struct handed_backend {
+    char name[GW_NAME_MAX];
+    bool down;
+    enum gw_be_admin admin;
+} * downs;
 static int n_downs;
+
+static void hand_backend(const char *name, bool down, enum gw_be_admin admin)
+{
+    struct handed_backend *more = realloc(downs, (size_t)(n_downs + 1) * sizeof *downs);
+    if (!more)
+        return;
+    downs = more;
+    downs[n_downs] = (struct handed_backend){.down = down, .admin = admin};
+    snprintf(downs[n_downs++].name, GW_NAME_MAX, "%s", name);
+}
 
 /* Read the old process's state (see text above) until "end": bans now, backends later. */
 static void read_state(void)
@@ -453,7 +474,7 @@ static void read_state(void)
     buf[n] = 0;
     for (char *line = buf, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
         *nl = 0;
-        char ip[64], name[GW_NAME_MAX];
+        char ip[64], name[GW_NAME_MAX], state[16];
         unsigned long long until;
         if (sscanf(line, "ban %63s %llu", ip, &until) == 2) {
             struct sockaddr_storage ss = {0};
@@ -470,11 +491,11 @@ static void read_state(void)
             else
                 failed++;
         } else if (sscanf(line, "down %63s", name) == 1) {
-            char(*more)[GW_NAME_MAX] = realloc(downs, (size_t)(n_downs + 1) * sizeof *downs);
-            if (more) {
-                downs = more;
-                snprintf(downs[n_downs++], GW_NAME_MAX, "%s", name);
-            }
+            hand_backend(name, true, GW_BE_ADMIN_READY);
+        } else if (sscanf(line, "admin %63s %15s", name, state) == 2) {
+            for (int k = GW_BE_ADMIN_DRAIN; k < GW_BE_ADMIN_STATES; k++)
+                if (strcmp(state, gw_be_admin_name((enum gw_be_admin)k)) == 0)
+                    hand_backend(name, false, (enum gw_be_admin)k);
         }
     }
     GW_LOG_INFO(0, "event=upgrade_state bans=%d bans_failed=%d backends_down=%d", bans, failed,
@@ -484,8 +505,14 @@ static void read_state(void)
 
 void gw_upgrade_apply_health(gw_health *h)
 {
-    for (int i = 0; i < n_downs; i++)
-        gw_health_restore_down(h, downs[i]);
+    for (int i = 0; i < n_downs; i++) {
+        enum gw_be_admin previous;
+        if (downs[i].down)
+            gw_health_restore_down(h, downs[i].name);
+        else if (gw_health_set_admin(h, downs[i].name, downs[i].admin, &previous) == 0)
+            GW_LOG_INFO(0, "event=backend_admin_state backend=%s state=%s from=upgrade",
+                        downs[i].name, gw_be_admin_name(downs[i].admin));
+    }
     free(downs);
     downs = NULL;
     n_downs = 0;

@@ -723,6 +723,30 @@ def test_upgrade_keeps_bans_and_backend_health(upgradable, uports, tls_cert, vsf
     assert 'reason="down before the upgrade"' in log
 
 
+def test_upgrade_keeps_backend_runtime_state(upgradable, uports, tls_cert, vsftpd, tmp_path):
+    """A backend drained (or in maint) through the admin endpoint stays so in the new
+    process, like across a reload, until an operator changes it."""
+    from test_admin_access import as_user, http, set_state, users_file
+    sections = base_sections(uports, tls_cert, vsftpd, None, admin_users=users_file(tmp_path))
+    sections["backend spare"] = {"address": vsftpd.address, "tls": "none", "health_interval": 0}
+    sections["frontend x"]["backend"] = "be, spare"
+    gw = upgradable(sections)
+    gw.admin = f"http://{sections['global']['admin_listen']}"
+    assert set_state(gw, "be", "drain")[0] == 200
+    assert set_state(gw, "spare", "maint")[0] == 200
+    res, new_pid = gw.upgrade()
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    wait_for(lambda: gw.first_exit is not None, 15, "the old process's exit")
+    gw.mark(0).wait(r"event=backend_admin_state backend=be state=drain from=upgrade", 10)
+    status, _, text = http(gw, "GET", "/metrics", *as_user("prom"))
+    assert status == 200
+    for backend, state in (("be", "drain"), ("spare", "maint")):
+        for s in ("ready", "drain", "maint"):
+            assert peers.metric(text, "ftpsgate_backend_admin_state", backend=backend,
+                                state=s) == (1 if s == state else 0), (backend, s)
+    assert set_state(gw, "be", "ready")[0] == 200  # the new process takes changes
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None or shutil.which("strace") is None,
                     reason="systemd-analyze or strace absent (Debian packages systemd, strace)")
 def test_upgrade_passes_the_unit_sandbox(upgradable, uports, tls_cert, vsftpd, blobs,
