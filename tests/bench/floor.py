@@ -57,6 +57,13 @@ class Table:
         x = self.v.get((row, col))
         return statistics.median(x) if x else None
 
+    def paired(self, row: str, a: str = "after", b: str = "before") -> float | None:
+        """Median of after/before taken repetition by repetition (the two ran back to
+        back, so a slow phase of the machine hits both)."""
+        xa, xb = self.v.get((row, a), []), self.v.get((row, b), [])
+        r = [x / y for x, y in zip(xa, xb) if y]
+        return statistics.median(r) if r else None
+
     def reps(self, row: str, col: str) -> str:
         return " ".join(f"{x:.3g}" for x in self.v.get((row, col), []))
 
@@ -346,6 +353,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", default="relay,handshakes,redesign",
                    help="comma-separated: relay, handshakes, redesign")
     p.add_argument("--no-perf", action="store_true")
+    p.add_argument("--ab", action="store_true",
+                   help="only the gateway's copy paths, after against before (an A/B of one "
+                        "change: no floor, HAProxy, splice or perf)")
     p.add_argument("--mem-sessions", type=int)
     p.add_argument("--results", type=Path, default=B.BENCH_BUILD / "FLOOR.md")
     p.add_argument("--keep", action="store_true")
@@ -414,16 +424,21 @@ def main(argv: list[str]) -> int:
             lsrv, psrv = _listener()
             hp = start_haproxy(workdir, "haproxy-relay", certs["ec"], psrv)
             log(f"== relay: {a.reps} repetitions of {a.size_mib} MiB")
+            if a.ab:
+                paths = [p_ for p_ in paths if not p_[5]]
             for rep in range(a.reps):
-                # the floor, in the same repetition
-                T.add("floor: plain relay (socat -b 65536)", "s/GiB", socat_relay(data))
-                T.add("floor: AES-128-GCM encrypt (openssl speed)", "s/GiB",
-                      openssl_speed(False, 1))
-                T.add("floor: AES-128-GCM decrypt (openssl speed -decrypt)", "s/GiB",
-                      openssl_speed(True, 1))
+                if a.ab:
+                    pass
+                else:  # the floor, in the same repetition
+                    T.add("floor: plain relay (socat -b 65536)", "s/GiB", socat_relay(data))
+                    T.add("floor: AES-128-GCM encrypt (openssl speed)", "s/GiB",
+                          openssl_speed(False, 1))
+                    T.add("floor: AES-128-GCM decrypt (openssl speed -decrypt)", "s/GiB",
+                          openssl_speed(True, 1))
                 for direction in ("RETR", "STOR"):
-                    T.add(f"HAProxy TLS->TCP {direction}", "s/GiB",
-                          haproxy_relay(hp, lsrv, data, direction))
+                    if not a.ab:
+                        T.add(f"HAProxy TLS->TCP {direction}", "s/GiB",
+                              haproxy_relay(hp, lsrv, data, direction))
                     for label, prot, front, kind, backend, spl in paths:
                         tags = [t for t in builds]
                         for tag in B.rotate(tags, rep):
@@ -442,7 +457,7 @@ def main(argv: list[str]) -> int:
                             T.add(f"{direction} {label} MB/s", tag, mbs)
                             log(f"  rep {rep + 1} {direction} {label:28} {tag:7} {cpu:5.2f} "
                                 f"s/GiB {mbs:6.0f} MB/s")
-            if use_perf:
+            if use_perf and not a.ab:
                 log("== perf: one profiled transfer per path (after)")
                 for direction in ("RETR", "STOR"):
                     for label, prot, front, kind, backend, spl in paths:
@@ -528,19 +543,24 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
         out.append(f"| TLS relay floor RETR (relay + encrypt) | {f3(fl + enc)} | |")
         out.append(f"| TLS relay floor STOR (relay + decrypt) | {f3(fl + dec)} | |")
         out.append("")
-        out += ["| relay CPU s/GiB (medians) | after | before | after/before | after/floor | "
-                "HAProxy | after/HAProxy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    if any(r.startswith(("RETR", "STOR")) for (r, c) in T.v):
+        out += ["| relay CPU s/GiB (medians) | after | before | after/before | after/before "
+                "paired | after/floor | HAProxy | after/HAProxy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for d in ("RETR", "STOR"):
-            floor_tls = fl + (enc if d == "RETR" else dec)
-            for label, floor in (("TLS client, plain backend", floor_tls),
-                                 ("TLS client, TLS backend", fl + enc + dec),
-                                 ("clear both, copy", fl), ("clear both, splice", fl)):
+            if fl is not None:
+                floor_tls = fl + (enc if d == "RETR" else dec)
+                floors = (floor_tls, fl + enc + dec, fl, fl)
+            else:
+                floors = (None,) * 4
+            for label, floor in zip(("TLS client, plain backend", "TLS client, TLS backend",
+                                     "clear both, copy", "clear both, splice"), floors):
                 row = f"{d} {label}"
                 af, bf = T.med(row, "after"), T.med(row, "before")
                 hp = T.med(f"HAProxy TLS->TCP {d}", "s/GiB") if "plain backend" in label else None
                 out.append(f"| {row} | {f3(af)} | {f3(bf)} | "
-                           f"{f3(af / bf) if af and bf else '—'} | "
-                           f"{f3(af / floor) if af else '—'} | {f3(hp)} | "
+                           f"{f3(af / bf) if af and bf else '—'} | {f3(T.paired(row))} | "
+                           f"{f3(af / floor) if af and floor else '—'} | {f3(hp)} | "
                            f"{f3(af / hp) if af and hp else '—'} |")
         out.append("")
         out.append("TLS backend floor = relay + encrypt + decrypt. Every repetition "
