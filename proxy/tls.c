@@ -1101,8 +1101,9 @@ int gw_tls_write(gw_tls *t, const void *buf, size_t n)
     const char *p = buf;
     ERR_clear_error();
     reserve_out(t, n);
+    /* One call for the whole buffer: OpenSSL cuts it into full 16 KiB records itself. */
     while (n) {
-        int chunk = n > 16384 ? 16384 : (int)n;
+        int chunk = n > 0x40000000 ? 0x40000000 : (int)n;
         int r = SSL_write(t->ssl, p, chunk);
         if (r <= 0) {
             set_error(t, "write failed");

@@ -2,7 +2,7 @@
 """Relay budget: ftpsgate's CPU per GiB against the physical floor, HAProxy, and a build of
 another commit (before/after), all in one run, alternating, as ratios.
 
-    tests/bench/floor.py --quick          under 3 minutes: 256 MiB, 3 repetitions
+    tests/bench/floor.py --quick          under 3 minutes: 128 MiB, 3 repetitions
     tests/bench/floor.py                  1 GiB, 5 repetitions, 1,000 idle sessions
     tests/bench/floor.py --before BIN     the "before" gateway (default: FTPSGATE_BEFORE,
                                           else /tmp/ftpsgate-before/build/ftpsgate)
@@ -250,6 +250,9 @@ BUCKETS = ["kernel: receive copy (tcp_recvmsg)", "kernel: send + loopback (tcp_s
            "ftpsgate", "other"]
 
 
+GATEWAY_DSOS: set[str] = set()  # the basenames of the gateway binaries measured
+
+
 def bucket(frames: list[tuple[str, str]]) -> str:
     if not frames:
         return "other"
@@ -272,7 +275,7 @@ def bucket(frames: list[tuple[str, str]]) -> str:
         return BUCKETS[6]
     if dso.startswith("libuv"):
         return BUCKETS[7]
-    if dso.startswith("ftpsgate"):
+    if dso.startswith("ftpsgate") or dso in GATEWAY_DSOS:
         return BUCKETS[8]
     return BUCKETS[9]
 
@@ -361,7 +364,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
     a.reps = a.reps or (3 if a.quick else 5)
-    a.size_mib = a.size_mib or (256 if a.quick else 1024)
+    a.size_mib = a.size_mib or (128 if a.quick else 1024)
     a.mem_sessions = a.mem_sessions or (200 if a.quick else 1000)
     cases = set(a.only.split(","))
     B.ensure_root_and_limits()
@@ -370,6 +373,7 @@ def main(argv: list[str]) -> int:
             sys.exit(f"{tool} is missing")
     use_perf = not a.no_perf and shutil.which("perf")
     before = a.before if a.before.exists() else None
+    GATEWAY_DSOS.update(x.name for x in (B.GATEWAY_BIN, before) if x)
     B.CPUACCT = B.CpuAcct()
     B.CURL_TLS13_CIPHERS = SUITE
     B.BENCH_BUILD.mkdir(parents=True, exist_ok=True)
@@ -457,21 +461,26 @@ def main(argv: list[str]) -> int:
                             T.add(f"{direction} {label} MB/s", tag, mbs)
                             log(f"  rep {rep + 1} {direction} {label:28} {tag:7} {cpu:5.2f} "
                                 f"s/GiB {mbs:6.0f} MB/s")
-            if use_perf and not a.ab:
-                log("== perf: one profiled transfer per path (after)")
+            if use_perf:
+                # after alone; with --ab both builds, on the TLS paths (the changes' place)
+                prof = [t_ for t_ in builds] if a.ab else ["after"]
+                log(f"== perf: one profiled transfer per path ({', '.join(prof)})")
                 for direction in ("RETR", "STOR"):
                     for label, prot, front, kind, backend, spl in paths:
-                        t = target("after-splice" if spl else "after", front, kind, backend)
-                        pf = workdir / f"perf-{direction}-{front}-{spl}.data"
-                        with perf_record(t.server.pid, pf):
-                            B.curl_transfer(t, prot, direction, data, user, password,
-                                            data.size)
-                        budgets[f"{direction} {label}"] = perf_shares(pf)
+                        for tag in prof:
+                            if a.ab and prot != "P":
+                                continue
+                            t = target(f"{tag}-splice" if spl else tag, front, kind, backend)
+                            pf = workdir / f"perf-{tag}-{direction}-{front}-{spl}.data"
+                            with perf_record(t.server.pid, pf):
+                                B.curl_transfer(t, prot, direction, data, user, password,
+                                                data.size)
+                            budgets[(f"{direction} {label}", tag)] = perf_shares(pf)
         if "handshakes" in cases:
             log("== handshakes per CPU second (full TLS 1.3, 2 clients)")
             hps = {k: start_haproxy(workdir, f"haproxy-{k}", certs[k], be.port)
                    for k in ("ec", "rsa")}
-            secs = 2 if a.quick else 4
+            secs = 1.5 if a.quick else 4
             for rep in range(a.reps):
                 for k, front in (("ec", "imp"), ("rsa", "imp_rsa")):
                     name = "ECDSA P-256" if k == "ec" else "RSA-2048"
@@ -571,12 +580,12 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
                 out.append(f"- {row}, {col}: {' '.join(f'{x:.3g}' for x in xs)}")
         out.append("")
     if budgets:
-        out += ["| CPU budget, s/GiB (after; perf shares × median) | " +
+        out += ["| CPU budget, s/GiB (perf shares × median) | " +
                 " | ".join(b for b in BUCKETS) + " |",
                 "|---|" + "---:|" * len(BUCKETS)]
-        for row, shares in budgets.items():
-            tot = T.med(row, "after") or 0
-            out.append(f"| {row} ({tot:.2f}) | " +
+        for (row, tag), shares in budgets.items():
+            tot = T.med(row, tag) or 0
+            out.append(f"| {row}, {tag} ({tot:.2f}) | " +
                        " | ".join(f"{shares.get(b, 0) * tot:.3f}" for b in BUCKETS) + " |")
         out.append("")
     hs = [r for (r, c) in T.v if r.startswith("handshakes")]
