@@ -1,5 +1,7 @@
-/* TLS engine over memory BIOs: hides OpenSSL's handshake/read/write dance and its error
- * codes. The caller moves ciphertext in (gw_tls_feed) and out (gw_tls_out_take_buffer). */
+/* TLS engine over in-memory BIOs: hides OpenSSL's handshake/read/write dance and its error
+ * codes. The caller moves ciphertext in (gw_tls_feed, or lends its read buffer:
+ * gw_tls_feed_lent / gw_tls_feed_end) and out (gw_tls_out_peek / gw_tls_out_sent, or
+ * gw_tls_out_take_buffer). */
 #ifndef GW_TLS_H
 #define GW_TLS_H
 

@@ -1,6 +1,7 @@
-/* Byte streams over libuv TCP with optional TLS (memory BIOs). Ownership rules:
- * a write request owns a copy of its bytes; the conn is freed only in the close callback;
- * after any owner callback the conn may be closing, so every loop checks c->closing. */
+/* Byte streams over libuv TCP with optional TLS (in-memory BIOs: no socket I/O inside
+ * OpenSSL). Ownership rules: a write request owns its bytes (a copy, or the engine's
+ * buffer); the conn is freed only in the close callback; after any owner callback the conn
+ * may be closing, so every loop checks c->closing. */
 #include "conn.h"
 
 #include <arpa/inet.h>

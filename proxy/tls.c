@@ -1,4 +1,4 @@
-/* OpenSSL contexts and the memory-BIO engine. Nothing above this file sees an OpenSSL error
+/* OpenSSL contexts and the in-memory BIO engine. Nothing above this file sees an OpenSSL error
  * code: failures become GW_TLS_ERROR plus a text from gw_tls_last_error(). */
 #include "tls.h"
 
