@@ -344,6 +344,74 @@ def handshake_rate(server: B.Server, port: int, seconds: float, clients: int = 2
     return n / max(server.cpu_s() - cpu0, 1e-6)
 
 
+def _resumed_loop(port: int, until: float, q) -> None:
+    """HAProxy: TLS connections resuming the previous one's ticket, back to back."""
+    ctx = tls_client_ctx()
+    sess, n, resumed = None, 0, 0
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with ctx.wrap_socket(raw, session=sess) as s:
+                    s.recv(1)  # the backend's greeting; the ticket came before it
+                    n += 1
+                    resumed += s.session_reused
+                    sess = s.session
+        except OSError:
+            time.sleep(0.01)
+    q.put((n, resumed))
+
+
+def resumed_rate(server: B.Server, port: int, seconds: float, gateway: tuple | None,
+                 clients: int = 2) -> tuple[float, float]:
+    """(connections per CPU second, share resumed). HAProxy: bare resumed handshakes. The
+    gateway: protected data connections of one logged-in implicit session each (PASV, RETR
+    of a 4 KiB file, the data TLS resuming the control session, 226): a handshake plus
+    everything else a data connection costs it, so the comparison is against the gateway."""
+    import multiprocessing
+    mp = multiprocessing.get_context("fork")
+    q = mp.Queue()
+    cpu0 = server.cpu_s()
+    until = time.monotonic() + 1.0 + seconds
+    target = _data_loop if gateway else _resumed_loop
+    args = (port, until, q, *gateway) if gateway else (port, until, q)
+    procs = [mp.Process(target=target, args=args) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    outs = [q.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    time.sleep(0.3)
+    n = sum(o[0] for o in outs)
+    return n / max(server.cpu_s() - cpu0, 1e-6), sum(o[1] for o in outs) / max(n, 1)
+
+
+def _data_loop(port: int, until: float, q, user: str, password: str, path: str) -> None:
+    ctx = tls_client_ctx()
+    c = B.login("implicit", port, user, password, ctx)
+    c.expect(200, "TYPE I")
+    n = resumed = 0
+    while time.monotonic() < until:
+        c.sock.sendall(b"PASV\r\n")
+        code, text = c.reply()
+        nums = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
+        d = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=30)
+        c.sock.sendall(f"RETR {path}\r\n".encode())
+        code, text = c.reply()
+        if code not in (125, 150):
+            raise RuntimeError(f"RETR: {text[:150]!r}")
+        d = ctx.wrap_socket(d, session=c.sock.session)
+        resumed += d.session_reused
+        while d.recv(65536):
+            pass
+        d.close()
+        c.expect(226)
+        n += 1
+    c.expect(221, "QUIT")
+    c.close()
+    q.put((n, resumed))
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -491,6 +559,19 @@ def main(argv: list[str]) -> int:
                         T.add(f"handshakes/CPU s, {name}", col, r)
                         log(f"  rep {rep + 1} handshakes {name} {col:8} {r:7.0f}/CPU s")
                     be.idle()
+                # resumed: HAProxy's bare resumptions against the gateway's whole data
+                # connections (ECDSA)
+                order = [("haproxy", hps["ec"], hps["ec"].port, None)] + [
+                    (tag, gws[tag][0], gws[tag][1]["imp"],
+                     (user, password, f"{data.small_dir}/f0000.bin")) for tag in builds]
+                for col, srv, port, gwargs in B.rotate(order, rep):
+                    r, share = resumed_rate(srv, port, secs, gwargs)
+                    row = ("resumed, ECDSA: HAProxy bare handshakes; the gateway whole "
+                           "protected data connections")
+                    T.add(row, col, r)
+                    T.add("share of resumed handshakes", col, share)
+                    log(f"  rep {rep + 1} resumed {col:8} {r:7.0f}/CPU s, {share:.0%} resumed")
+                    be.idle()
         if "redesign" in cases and before:
             log("== before/after: sessions/s and idle memory")
             secs = 2 if a.quick else 3
@@ -588,14 +669,18 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
             out.append(f"| {row}, {tag} ({tot:.2f}) | " +
                        " | ".join(f"{shares.get(b, 0) * tot:.3f}" for b in BUCKETS) + " |")
         out.append("")
-    hs = [r for (r, c) in T.v if r.startswith("handshakes")]
+    hs = [r for (r, c) in T.v if r.startswith(("handshakes", "resumed", "share of"))]
     if hs:
-        out += ["| full TLS 1.3 handshakes per CPU second (medians) | after | before | HAProxy | "
+        out += ["| TLS 1.3 handshakes per CPU second (medians) | after | before | HAProxy | "
                 "after/HAProxy |", "|---|---:|---:|---:|---:|"]
         for r in sorted(set(hs)):
             af, bf, hp = T.med(r, "after"), T.med(r, "before"), T.med(r, "haproxy")
-            out.append(f"| {r[18:]} | {af and f'{af:.0f}'} | {bf and f'{bf:.0f}'} | "
-                       f"{hp and f'{hp:.0f}'} | {f3(af / hp) if af and hp else '—'} |")
+            fmt = (lambda x: x and f"{x:.2f}") if r.startswith("share") else (
+                lambda x: x and f"{x:.0f}")
+            label = r[18:] if r.startswith("handshakes") else r
+            label = f"full, {label}" if r.startswith("handshakes") else label
+            out.append(f"| {label} | {fmt(af)} | {fmt(bf)} | {fmt(hp)} | "
+                       f"{f3(af / hp) if af and hp else '—'} |")
         out.append("")
     red = [r for (r, c) in T.v if r.startswith(("sessions", "gateway CPU", "PSS"))]
     if red:
