@@ -5,7 +5,8 @@ another commit (before/after), all in one run, alternating, as ratios.
     tests/bench/floor.py --quick          under 3 minutes: 128 MiB, 3 repetitions
     tests/bench/floor.py                  1 GiB, 5 repetitions, 1,000 idle sessions
     tests/bench/floor.py --before BIN     the "before" gateway (default: FTPSGATE_BEFORE,
-                                          else /tmp/ftpsgate-before/build/ftpsgate)
+                                          else build/bench/before-af78c49/build/ftpsgate,
+                                          which `make bench-floor` builds)
 
 What it measures and how: tests/bench/README.md, "Relay floor". Writes
 build/bench/FLOOR.md (--results moves it). Root, stdlib only, uses tests/bench/bench.py's
@@ -36,7 +37,8 @@ import bench as B  # noqa: E402
 HOST = B.HOST
 MiB, GiB = B.MiB, B.GiB
 SUITE = "TLS_AES_128_GCM_SHA256"
-BEFORE_DEFAULT = Path(os.environ.get("FTPSGATE_BEFORE", "/tmp/ftpsgate-before/build/ftpsgate"))
+BEFORE_DEFAULT = Path(os.environ.get(
+    "FTPSGATE_BEFORE", B.REPO / "build" / "bench" / "before-af78c49" / "build" / "ftpsgate"))
 
 
 def log(msg: str) -> None:
