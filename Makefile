@@ -33,7 +33,8 @@ CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka))$(CMOCKA_
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
 override CPPFLAGS += -Iinclude -D_GNU_SOURCE $(PKG_CPPFLAGS)
-override LDLIBS += $(PKG_LIBS)
+# libcrypt (Debian libcrypt-dev): crypt_r for the users file (users_file.c).
+override LDLIBS += $(PKG_LIBS) -lcrypt
 DEPFLAGS = -MMD -MP
 # SAN=1 (and the fuzz targets): a GW_BUG_ON that fires aborts (bug.h); release logs it.
 ifeq ($(SAN),1)
@@ -50,7 +51,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
-	proxy_proto admin_text metrics timeline siblings server_name
+	proxy_proto admin_text metrics timeline siblings server_name users_file
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)
@@ -94,7 +95,7 @@ build/obj/%.o: proxy/%.c $(FLAGSTAMP)
 build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP) | check-cmocka
 	@mkdir -p $(@D)
 	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
-	  $(CMOCKA_LIBS)
+	  $(CMOCKA_LIBS) -lcrypt
 
 # The mailbox's test runs threads and a libuv loop: it links mailbox.o and libuv.
 build/unit/test_mailbox: tests/unit/test_mailbox.c build/obj/mailbox.o $(FLAGSTAMP) | check-cmocka
@@ -155,7 +156,7 @@ build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
 	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
-	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE))
+	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) -lcrypt
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \

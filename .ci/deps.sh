@@ -12,10 +12,12 @@ set -euo pipefail
 # ADMIN=no when it is missing); vsftpd as the plain-FTP backend; lftp; ps (procps).
 DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
+  libcrypt-dev  # crypt_r: the users file of auth = file (proxy/users_file.c)
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.
 TEST_PACKAGES=(
+  whois  # mkpasswd: users-file hashes in tests/integration/test_edge_auth.py
   build-essential libcmocka-dev clang clang-format libclang-rt-14-dev valgrind
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
   python3-pyftpdlib python3-pytest python3-openssl python3-cryptography

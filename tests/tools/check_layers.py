@@ -10,7 +10,7 @@ LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
               "proxy_proto", "admin_text", "metrics", "timeline", "siblings", "bug",
-              "server_name"]),
+              "server_name", "users_file", "cmd_policy"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
     # Below data: the shared port hands a connection to a callback (on the waiter's loop,
