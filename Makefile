@@ -51,7 +51,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
-	proxy_proto admin_text metrics timeline siblings server_name users_file
+	proxy_proto admin_text metrics timeline siblings server_name users_file cmd_policy
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)

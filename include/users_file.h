@@ -15,8 +15,8 @@
 typedef struct gw_user_entry {
     char name[GW_USER_NAME_MAX];
     char hash[GW_USER_HASH_MAX];
-    char groups[GW_USER_GROUPS_MAX]; /* "a b c" (normalised: one blank between names) */
-    char backend[GW_USER_NAME_MAX];  /* empty: the frontend's balance */
+    char groups[GW_USER_GROUPS_MAX];     /* "a b c" (normalised: one blank between names) */
+    char backend[GW_USER_NAME_MAX];      /* empty: the frontend's balance */
     char backend_user[GW_USER_NAME_MAX]; /* empty: the same name toward the backend */
     char policy[GW_USER_NAME_MAX];       /* empty: none of its own */
     uint64_t rate_down, rate_up;         /* bytes/s, 0: not set */

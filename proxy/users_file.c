@@ -170,10 +170,10 @@ static const char *set_name(char *dst, const char *v, size_t n, bool login)
 }
 
 /* One "key=value" attribute into e; NULL or the problem (key in *key for the message). */
-static const char *parse_attr(gw_user_entry *e, const char *a, size_t n, unsigned *seen,
-                              char *key, size_t keycap)
+static const char *parse_attr(gw_user_entry *e, const char *a, size_t n, unsigned *seen, char *key,
+                              size_t keycap)
 {
-    static const char *const names[] = {"groups", "backend", "backend_user",
+    static const char *const names[] = {"groups", "backend",   "backend_user",
                                         "policy", "rate_down", "rate_up"};
     const char *eq = memchr(a, '=', n);
     if (!eq) {
@@ -226,8 +226,7 @@ static int parse_entry(const char *p, size_t n, gw_user_entry *e, const char *or
         return fail(err, cap, origin, line, "expected user:crypt-hash[:attr=value,...]");
     size_t un = (size_t)(c1 - p);
     if (!valid_login(p, un))
-        return fail(err, cap, origin, line,
-                    "bad user name (1..63 bytes, no blank, ':' or ',')");
+        return fail(err, cap, origin, line, "bad user name (1..63 bytes, no blank, ':' or ',')");
     memcpy(e->name, p, un);
     const char *h = c1 + 1;
     size_t rest = n - un - 1;

@@ -20,11 +20,13 @@
 #define Y_HASH "$y$j9T$BkA/Z1hcbX44dDRvvVWfh.$aohk3hI4at3y09YFbC9TmQ0hpmTwQKd8kWKdBLUMlL."
 #define B_HASH "$2b$05$acIsWD1SRXtW9PYi9Lefqe6/LfUKPvYzWIuEt2aLeU2zEFt2lGsOG"
 #define S_HASH                                                                                     \
-    "$6$3mIZABtA3o.EjNSm$pYraHxhbhMZls.uNGcZZsXotnBooIZUcY8iq75qcxA1bO0jLo0qjd/yFFM8Mr42SvXSHGhwCi" \
+    "$6$3mIZABtA3o.EjNSm$pYraHxhbhMZls.uNGcZZsXotnBooIZUcY8iq75qcxA1bO0jLo0qjd/"                   \
+    "yFFM8Mr42SvXSHGhwCi"                                                                          \
     "c2.yGOqV1ABI0"
 /* `mkpasswd -m sha512crypt 's3cr:et,with=odd chars'` */
 #define ODD_HASH                                                                                   \
-    "$6$N7ibqxUz2rSqcpoM$r8qDahcO6cXmSnmhQueamQukDf/fW/Qd5ywuvfQA1NhUIrUgoTcXZeFva.03dg3U03b2C8ucoH" \
+    "$6$N7ibqxUz2rSqcpoM$r8qDahcO6cXmSnmhQueamQukDf/fW/"                                           \
+    "Qd5ywuvfQA1NhUIrUgoTcXZeFva.03dg3U03b2C8ucoH"                                                 \
     "C7SAYox0h2p."
 
 static int parse(const char *text, gw_users *u, char *err, size_t cap)
@@ -79,8 +81,8 @@ static void test_generated_hashes(void **state)
     } methods[] = {{"$y$", 0}, {"$2b$", 5}, {"$6$", 5000}};
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
         char salt[CRYPT_GENSALT_OUTPUT_SIZE];
-        assert_non_null(crypt_gensalt_rn(methods[i].prefix, methods[i].cost, NULL, 0, salt,
-                                         sizeof salt));
+        assert_non_null(
+            crypt_gensalt_rn(methods[i].prefix, methods[i].cost, NULL, 0, salt, sizeof salt));
         struct crypt_data *cd = calloc(1, sizeof *cd);
         assert_non_null(cd);
         char pw[32];
@@ -122,7 +124,8 @@ static void test_errors_name_their_line(void **state)
     expect_error("alice:$1$abcdefgh$0123456789012345678901\n", "users:1: user alice: not a");
     expect_error("alice:" Y_HASH "\nalice:" B_HASH "\n",
                  "users:2: user alice: listed twice (first on line 1)");
-    expect_error("alice:" Y_HASH ":colour=blue\n", "users:1: user alice: attribute colour: unknown");
+    expect_error("alice:" Y_HASH ":colour=blue\n",
+                 "users:1: user alice: attribute colour: unknown");
     expect_error("alice:" Y_HASH ":backend=a b\n", "users:1: user alice: attribute backend:");
     expect_error("alice:" Y_HASH ":policy=x,policy=y\n", "attribute policy: given twice");
     expect_error("alice:" Y_HASH ":rate_down=10X\n", "attribute rate_down: expected bytes/s");
@@ -141,9 +144,8 @@ static void test_attributes_and_rates(void **state)
 {
     gw_users u;
     char err[256];
-    assert_int_equal(parse("a:" S_HASH ":rate_down=10M, rate_up=512k,groups= x  y ", &u, err,
-                           sizeof err),
-                     0);
+    assert_int_equal(
+        parse("a:" S_HASH ":rate_down=10M, rate_up=512k,groups= x  y ", &u, err, sizeof err), 0);
     assert_int_equal(u.v[0].rate_down, 10ULL * 1024 * 1024);
     assert_int_equal(u.v[0].rate_up, 512ULL * 1024);
     assert_string_equal(u.v[0].groups, "x y");
@@ -199,10 +201,8 @@ static void test_load_file_mode(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixed_vectors),
-        cmocka_unit_test(test_generated_hashes),
-        cmocka_unit_test(test_errors_name_their_line),
-        cmocka_unit_test(test_attributes_and_rates),
+        cmocka_unit_test(test_fixed_vectors),          cmocka_unit_test(test_generated_hashes),
+        cmocka_unit_test(test_errors_name_their_line), cmocka_unit_test(test_attributes_and_rates),
         cmocka_unit_test(test_load_file_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
