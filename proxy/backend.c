@@ -189,6 +189,8 @@ void gw_backend_ready(gw_session *s)
             return;
         }
         s->user_waiting = false;
+        if (gw_edge_backend_ready(s)) /* auth = file: the gateway's login, replayed */
+            return;
         char line[GW_CMD_LINE_MAX + 8];
         snprintf(line, sizeof line, s->be_user[0] ? "USER %s" : "USER", s->be_user);
         gw_backend_send(s, line, PEND_RELAY);

@@ -503,6 +503,8 @@ static void handle_command(gw_session *s, const char *line)
         gw_sess_reply(s, GW_R_PRELOGIN);
         return;
     }
+    if (gw_edge_command(s, def, cmd.verb, cmd.arg)) /* auth = file's PASS, [policy] */
+        return;
     if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
@@ -547,7 +549,7 @@ static void handle_command(gw_session *s, const char *line)
         cmd_abort(s);
         break;
     case GW_CMD_USER:
-        if (!cert_user_ok(s, cmd.arg))
+        if (!cert_user_ok(s, cmd.arg) || gw_edge_user(s, cmd.arg))
             break;
         if (s->self_greet) {
             cmd_user_routed(s, cmd.arg);

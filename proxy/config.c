@@ -1234,6 +1234,9 @@ static int validate_auth(struct state *st, int i, const char *label)
         return fail(st, kl[k_auth], label, "auth", "file needs auth_file (the users file)");
     if (f->auth != GW_AUTH_FILE && f->auth_file[0])
         return fail(st, kl[k_file], label, "auth_file", "set without auth = file");
+    if (f->auth == GW_AUTH_FILE && f->route_user)
+        return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
+                    "not with auth = file (the users file's backend= names a user's backend)");
     f->policy_index = -1;
     if (f->policy[0]) {
         f->policy_index = gw_config_policy(st->cfg, f->policy);

@@ -699,9 +699,14 @@ void gw_relay_line(gw_session *s, gw_reply_parser *r)
     case PEND_QUIT:
         on_relayed_line(s, r);
         return;
+    case PEND_EDGE_USER:
+    case PEND_EDGE_PASS:
+        gw_edge_reply(s, r);
+        return;
+    case PEND_EDGE_CHECK: /* nothing was sent: the backend speaks out of turn */
     case PEND_NONE:
         on_unsolicited_line(s, r);
         return;
     }
-    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_BE_OPTS); /* not a gw_pending */
+    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_LAST); /* not a gw_pending */
 }

@@ -24,8 +24,8 @@ static const char *const client_state_names[] = {"handshake", "ready", "auth", "
 static const char *const backend_state_names[] = {"idle", "connecting", "greeting",
                                                   "tls",  "ready",      "closed"};
 static const char *const pending_names[] = {
-    "none",     "greeting", "relay",   "pasv",    "port",    "abort",   "feat",
-    "transfer", "quit",     "be_auth", "be_pbsz", "be_prot", "be_opts",
+    "none", "greeting", "relay",   "pasv",    "port",    "abort",      "feat",      "transfer",
+    "quit", "be_auth",  "be_pbsz", "be_prot", "be_opts", "edge_check", "edge_user", "edge_pass",
 };
 
 static void on_tick(uv_timer_t *t);
@@ -34,7 +34,8 @@ static void on_tick(uv_timer_t *t);
  * set, balance = user or route_user = yes) */
 static bool fe_self_greets(const gw_frontend_conf *fc)
 {
-    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER ||
+           fc->auth != GW_AUTH_BACKEND; /* nothing reaches a backend before the check */
 }
 
 /* The text after "220 " of such a frontend's greeting. */
@@ -64,7 +65,7 @@ void gw_sess_set_backend_state(gw_session *s, enum gw_backend_state st)
 /* What the one outstanding exchange with the backend waits for (curl's _ftp_state). */
 void gw_sess_set_pending(gw_session *s, enum gw_pending p)
 {
-    if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_BE_OPTS))
+    if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_LAST))
         return;
     GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", pending_names[s->pending],
                  pending_names[p], s->cur.verb);
@@ -110,6 +111,7 @@ void gw_sess_release(gw_session *s)
     free(s->cur.held);
     free(s->be_tried);
     free(s->cert);
+    gw_edge_free(s);
     free(s);
     hooks->on_end(host);
 }

@@ -2,8 +2,9 @@
  * other. Private to proxy/session.c (core: states, timers, the one fail/close path),
  * proxy/client_cmd.c (the client's command queue and the gateway's own commands),
  * proxy/backend.c (the backend control leg), proxy/relay.c (backend replies, data
- * channels, transfers) and proxy/session_info.c (the admin view). Nothing outside these
- * five files sees a gw_session's fields. */
+ * channels, transfers), proxy/session_info.c (the admin view) and proxy/edge_auth.c (the
+ * gateway's own login check and command policy). Nothing outside these six files sees a
+ * gw_session's fields. */
 #ifndef GW_SESSION_INT_H
 #define GW_SESSION_INT_H
 
@@ -55,7 +56,14 @@ enum gw_pending {
     PEND_BE_PBSZ, /* internal PBSZ 0 toward the backend */
     PEND_BE_PROT, /* internal PROT P toward the backend */
     PEND_BE_OPTS, /* internal OPTS UTF8 ON (the client had the gateway's 200): swallowed */
+
+    /* auth = file (edge_auth.c): the gateway checks PASS (thread pool) or delays its 530;
+     * then the replayed USER and PASS toward the backend (a 2xx is the client's reply). */
+    PEND_EDGE_CHECK,
+    PEND_EDGE_USER,
+    PEND_EDGE_PASS,
 };
+#define PEND_LAST PEND_EDGE_PASS
 
 /* What one command carries across its round trip to the backend and back. Reset when the
  * next command is taken from the queue. */
@@ -155,6 +163,8 @@ struct gw_session {
      * backend places (health.h) until it logs in or ends. */
     bool prelogin_counted;
     gw_frontend *prelogin_fe;
+
+    struct gw_edge *edge; /* edge_auth.c: the gateway's login check (heap, NULL: none yet) */
 };
 
 /* session.c: the core */
@@ -236,6 +246,19 @@ void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, co
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
+
+/* edge_auth.c: authentication at the gateway (auth = file) and the command policy */
+/* USER on an auth = file frontend (after the client_cert checks): answered by the gateway.
+ * false: not such a frontend, the caller goes on. */
+bool gw_edge_user(gw_session *s, const char *arg);
+/* PASS on an auth = file frontend, and a logged-in session's command under its [policy]
+ * (550 when refused): true when the gateway took the command. */
+bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, const char *arg);
+/* The backend is ready after a gateway login: true when the replayed USER was sent. */
+bool gw_edge_backend_ready(gw_session *s);
+/* A backend reply while PEND_EDGE_USER or PEND_EDGE_PASS. */
+void gw_edge_reply(gw_session *s, gw_reply_parser *r);
+void gw_edge_free(gw_session *s);
 
 /* session_info.c: the admin endpoint's view (timeline ring, metrics of session events) */
 void gw_sinfo_start(gw_session *s);

@@ -18,7 +18,7 @@ LAYERS = [
     ("shared port", ["shared_port"]),
     ("data", ["data", "data_int", "data_accept"]),
     ("session", ["session_int", "backend", "client_cmd", "relay", "session",
-                 "session_info"]),
+                 "session_info", "edge_auth"]),
     ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
     ("main", ["main"]),
 ]

@@ -124,6 +124,8 @@ static void test_config_errors(void **state)
     expect_error(BASE "auth = ldap\n", "not built in this version (expected backend | file)");
     expect_error(BASE "auth = kerberos\n", "\"kerberos\": expected backend | file");
     expect_error(BASE "auth = file\n", "t.conf:6: [frontend f] auth: file needs auth_file");
+    expect_error(BASE "auth = file\nauth_file = /x\nroute_user = yes\n",
+                 "t.conf:8: [frontend f] route_user: not with auth = file");
     expect_error(BASE "auth_file = /x\n", "[frontend f] auth_file: set without auth = file");
     expect_error(BASE "policy = nope\n", "t.conf:6: [frontend f] policy: no [policy nope] section");
     expect_error(BASE "[policy p]\ndeny = DELETE\n",
