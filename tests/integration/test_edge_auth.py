@@ -335,3 +335,35 @@ def test_reload_rereads_users_file(gateway, vsftpd, test_user, client_ctx, tmp_p
     wait_for(lambda: gw.log.count("event=reload_failed") > n, 20, "the failed reload")
     with ftplib_session(gw.port, "second", password, client_ctx) as ftp:
         assert ftp.pwd()
+
+
+def test_slow_hash_does_not_stall_the_worker(gateway, vsftpd, test_user, client_ctx, tmp_path):
+    """The check runs in the thread pool: while a costly bcrypt (cost 14, about a second)
+    is checked, another session of the same (single) worker is answered at once; a client
+    that leaves during its check ends cleanly (no backend connection, no crash)."""
+    sysuser, password = test_user
+    t0 = time.monotonic()
+    slow = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "14", "--stdin"], input=password,
+                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    hash_s = time.monotonic() - t0
+    users = users_file(tmp_path / "users", [f"slow:{slow}:backend_user={sysuser}"])
+    gw = start(gateway, vsftpd, users, glob={"workers": 1})
+    before = vsftpd.connections()
+    a = Control.implicit(gw.port, client_ctx)
+    assert a.reply()[0] == 220
+    assert a.cmd("USER slow")[0] == 331
+    a.send(b"PASS wrong\r\n")
+    time.sleep(0.05)
+    b = Control.implicit(gw.port, client_ctx)
+    t1 = time.monotonic()
+    assert b.reply()[0] == 220
+    assert b.cmd("NOOP")[0] == 200
+    answered = time.monotonic() - t1
+    assert answered < max(0.3, hash_s / 3), (answered, hash_s)
+    a.close()  # gone before its check ends
+    b.cmd("QUIT")
+    b.close()
+    wait_for(lambda: gw.log.count("event=session_end") >= 2, 10 + 2 * hash_s, "both ends")
+    time.sleep(hash_s + 0.5)  # the abandoned check has finished by now
+    assert gw.alive()
+    assert vsftpd.connections() == before
