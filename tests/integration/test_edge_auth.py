@@ -367,3 +367,33 @@ def test_slow_hash_does_not_stall_the_worker(gateway, vsftpd, test_user, client_
     time.sleep(hash_s + 0.5)  # the abandoned check has finished by now
     assert gw.alive()
     assert vsftpd.connections() == before
+
+
+def test_explicit_frontend_curl_pyftpdlib(gateway, pyftpdlib, test_user, blobs, tmp_path):
+    """curl on an explicit frontend with auth = file in front of pyftpdlib: a good login
+    downloads and uploads (SHA-256 compared); a wrong password is refused (530) with no
+    session opened on pyftpdlib; USER before AUTH TLS is still refused (require_tls)."""
+    sysuser, password = test_user
+    users = users_file(tmp_path / "users",
+                       [f"web:{mkpasswd('sha512crypt', password)}:backend_user={sysuser}"])
+    gw = gateway(pyftpdlib, frontends={"x": peers.frontend("explicit", auth="file",
+                                                           auth_file=users)})
+    digest = pyftpdlib.put(blobs, "x-down.bin", 400_000)
+    src, up_digest = blobs.blob(150_000)
+    before = pyftpdlib.connections()
+    peers.check(peers.curl("-o", tmp_path / "x.bin", gw.ftp_url("x", "x-down.bin", "web",
+                                                                 password)))
+    peers.check(peers.curl("-T", src, gw.ftp_url("x", "x-up.bin", "web", password)))
+    assert peers.sha256_file(tmp_path / "x.bin") == digest
+    assert peers.sha256_file(pyftpdlib.path("x-up.bin")) == up_digest
+    assert pyftpdlib.connections() == before + 2
+    res = peers.curl("-o", tmp_path / "no.bin", gw.ftp_url("x", "x-down.bin", "web", "nope"))
+    assert res.returncode == 67, peers.describe(res)  # CURLE_LOGIN_DENIED
+    c = Control.plain(gw.fport("x"))
+    assert c.reply()[0] == 220
+    assert c.cmd("USER web")[0] == 530  # before AUTH TLS
+    c.close()
+    time.sleep(0.5)
+    assert pyftpdlib.connections() == before + 2
+    assert 'event=auth_failed method=file user="web" reason=bad_password' in gw.log
+    no_password_in(gw.log, password)

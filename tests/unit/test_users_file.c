@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "users_file.h"
@@ -198,12 +199,53 @@ static void test_load_file_mode(void **state)
     (void)state;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* An unknown name pays for a hash as a wrong password does (bcrypt cost 8: tens of ms, far
+ * above the noise; a lookup alone would take microseconds). */
+static void test_unknown_user_costs_a_hash(void **state)
+{
+    char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+    assert_non_null(crypt_gensalt_rn("$2b$", 8, NULL, 0, salt, sizeof salt));
+    struct crypt_data *cd = calloc(1, sizeof *cd);
+    assert_non_null(cd);
+    char text[256];
+    snprintf(text, sizeof text, "known:%s\n", crypt_r("secret", salt, cd));
+    free(cd);
+    gw_users u;
+    char err[256];
+    assert_int_equal(parse(text, &u, err, sizeof err), 0);
+    double known = 0, unknown = 0;
+    for (int i = 0; i < 3; i++) {
+        double t0 = now_s();
+        assert_false(gw_users_verify(&u, "known", "wrong", NULL));
+        double t1 = now_s();
+        assert_false(gw_users_verify(&u, "unknown", "secret", NULL));
+        double t2 = now_s();
+        known += t1 - t0;
+        unknown += t2 - t1;
+    }
+    if (unknown < known / 2 || unknown > known * 2)
+        fail_msg("unknown user %.4f s, known user %.4f s: not alike", unknown, known);
+    assert_true(known > 0.005); /* a real bcrypt ran */
+    gw_users_free(&u);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixed_vectors),          cmocka_unit_test(test_generated_hashes),
-        cmocka_unit_test(test_errors_name_their_line), cmocka_unit_test(test_attributes_and_rates),
+        cmocka_unit_test(test_fixed_vectors),
+        cmocka_unit_test(test_generated_hashes),
+        cmocka_unit_test(test_errors_name_their_line),
+        cmocka_unit_test(test_attributes_and_rates),
         cmocka_unit_test(test_load_file_mode),
+        cmocka_unit_test(test_unknown_user_costs_a_hash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
