@@ -12,7 +12,8 @@ VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/versi
 # libmicrohttpd (no admin endpoint: admin_listen then fails at start); `make run` does so
 # when it is not installed, so the demo needs neither it nor its GnuTLS development chain.
 ADMIN ?= yes
-PKGS := libuv openssl
+# libcrypt: crypt_r for the users file of auth = file frontends (users_file.c).
+PKGS := libuv openssl libcrypt
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
@@ -20,6 +21,7 @@ PKGS += libmicrohttpd
 endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
+DEB_libcrypt := libcrypt-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
@@ -33,8 +35,7 @@ CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka))$(CMOCKA_
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
 override CPPFLAGS += -Iinclude -D_GNU_SOURCE $(PKG_CPPFLAGS)
-# libcrypt (Debian libcrypt-dev): crypt_r for the users file (users_file.c).
-override LDLIBS += $(PKG_LIBS) -lcrypt
+override LDLIBS += $(PKG_LIBS)
 DEPFLAGS = -MMD -MP
 # SAN=1 (and the fuzz targets): a GW_BUG_ON that fires aborts (bug.h); release logs it.
 ifeq ($(SAN),1)
