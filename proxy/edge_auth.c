@@ -52,6 +52,19 @@ void gw_edge_free(gw_session *s)
     s->edge = NULL;
 }
 
+/* A client-chosen name for a log value: quotes, backslashes and bytes outside printable
+ * ASCII become '?', so that it cannot end its quoted value and forge fields. */
+static const char *log_name(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (; in[n] && n + 1 < cap; n++) {
+        unsigned char c = (unsigned char)in[n];
+        out[n] = c < 0x20 || c >= 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+    }
+    out[n] = 0;
+    return out;
+}
+
 static bool file_auth(const gw_session *s)
 {
     return s->fe->conf->auth == GW_AUTH_FILE && s->fe->users;
@@ -81,7 +94,9 @@ static void check_work(uv_work_t *req)
  * delay (check_deadlines releases it and the queue). */
 static void check_failed(gw_session *s, const char *reason)
 {
-    GW_LOG_INFO(s->id, "event=auth_failed method=file user=\"%.64s\" reason=%s", s->user, reason);
+    char who[65];
+    GW_LOG_INFO(s->id, "event=auth_failed method=file user=\"%s\" reason=%s",
+                log_name(s->user, who, sizeof who), reason);
     GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
     gw_sinfo_login(s, false);
     s->user_sent = false;
@@ -104,8 +119,10 @@ static void check_passed(gw_session *s)
     struct gw_edge *e = s->edge;
     const gw_user_entry *who = e->who;
     const char *account = who->backend_user[0] ? who->backend_user : who->name;
-    GW_LOG_INFO(s->id, "event=auth_ok method=file user=\"%.64s\" backend_user=\"%s\"%s%s", s->user,
-                account, who->backend[0] ? " backend=" : "", who->backend);
+    char name[65], acct[65];
+    GW_LOG_INFO(s->id, "event=auth_ok method=file user=\"%s\" backend_user=\"%s\"%s%s",
+                log_name(s->user, name, sizeof name), log_name(account, acct, sizeof acct),
+                who->backend[0] ? " backend=" : "", who->backend);
     snprintf(s->be_user, sizeof s->be_user, "%s", account);
     if (!s->be) {
         int want = -1;
@@ -229,8 +246,9 @@ bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, con
     const gw_policy_conf *p = session_policy(s);
     if (gw_policy_allows(p, verb))
         return false;
-    GW_LOG_INFO(s->id, "event=policy_refused verb=%s policy=%s user=\"%.64s\"", verb, p->name,
-                s->user);
+    char name[65];
+    GW_LOG_INFO(s->id, "event=policy_refused verb=%s policy=%s user=\"%s\"", verb, p->name,
+                log_name(s->user, name, sizeof name));
     gw_metric_policy_refused(s->fe->conf->name);
     gw_sess_reply(s, GW_R_POLICY_DENIED);
     return true;
@@ -252,10 +270,11 @@ bool gw_edge_backend_ready(gw_session *s)
  * connects again. */
 static void backend_refused(gw_session *s, gw_reply_parser *r)
 {
+    char name[65], acct[65];
     GW_LOG_WARN(s->id,
-                "event=backend_login_refused user=\"%.64s\" backend_user=\"%s\" backend=%s "
-                "code=%d",
-                s->user, s->be_user, s->be ? s->be->conf->name : "", r->code);
+                "event=backend_login_refused user=\"%s\" backend_user=\"%s\" backend=%s code=%d",
+                log_name(s->user, name, sizeof name), log_name(s->be_user, acct, sizeof acct),
+                s->be ? s->be->conf->name : "", r->code);
     if (s->edge)
         wipe_pw(s->edge);
     gw_sess_reply(s, GW_R_LOGIN_INCORRECT);

@@ -115,6 +115,8 @@ def test_failures_open_no_backend_connection(gateway, vsftpd, test_user, client_
     code, text, took = attempt(gw.port, client_ctx, "nobody-here", password)
     assert code == 530, text
     assert took >= 0.9, took
+    # a name that tries to end its quoted log value and forge a field
+    assert attempt(gw.port, client_ctx, 'x" event=ban peer=1.2.3.4', "p")[0] == 530
     # PASS before USER, and a session that never logs in
     c = Control.implicit(gw.port, client_ctx)
     assert c.reply()[0] == 220
@@ -126,6 +128,7 @@ def test_failures_open_no_backend_connection(gateway, vsftpd, test_user, client_
     log = gw.log
     assert f'event=auth_failed method=file user="{sysuser}" reason=bad_password' in log
     assert 'event=auth_failed method=file user="nobody-here" reason=unknown_user' in log
+    assert 'user="x? event=ban peer=1.2.3.4" reason=unknown_user' in log
     assert "event=backend_connect" not in log
     no_password_in(log, password, password + "x")
     # the right password still works, and only then is the backend connected
