@@ -340,6 +340,7 @@ def test_reload_rereads_users_file(gateway, vsftpd, test_user, client_ctx, tmp_p
         assert ftp.pwd()
 
 
+@pytest.mark.serial  # a timing: other tests' load would blur it
 def test_slow_hash_does_not_stall_the_worker(gateway, vsftpd, test_user, client_ctx, tmp_path):
     """The check runs in the thread pool: while a costly bcrypt (cost 14, about a second)
     is checked, another session of the same (single) worker is answered at once; a client
