@@ -31,6 +31,7 @@ struct gw_edge {
     char *pw; /* the client's password, for the check and then the backend's PASS (wiped) */
     bool ok;  /* the check's result (thread pool), read in after_check */
     bool busy;
+    bool too_long;            /* the USER argument was cut to fit s->user: no user has that name */
     const gw_user_entry *who; /* after a successful check */
 };
 
@@ -77,8 +78,13 @@ static void edge_user(gw_session *s, const char *arg)
         gw_sess_reply(s, GW_R_HOST_NONE);
         return;
     }
-    if (s->edge)
-        wipe_pw(s->edge);
+    if (!s->edge && !(s->edge = calloc(1, sizeof *s->edge))) {
+        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    wipe_pw(s->edge);
+    /* SECURITY: a longer name must not be cut into a listed one */
+    s->edge->too_long = strlen(arg) >= sizeof s->user;
     s->user_sent = true;
     snprintf(s->user, sizeof s->user, "%s", arg);
     gw_sess_reply(s, GW_R_EDGE_PASSWORD);
@@ -166,12 +172,8 @@ static void edge_pass(gw_session *s, const char *arg)
         gw_sess_reply(s, GW_R_EDGE_LOGGED_IN);
         return;
     }
-    if (!s->user_sent) {
+    if (!s->user_sent || !s->edge) {
         gw_sess_reply(s, GW_R_EDGE_USER_FIRST);
-        return;
-    }
-    if (!s->edge && !(s->edge = calloc(1, sizeof *s->edge))) {
-        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
         return;
     }
     struct gw_edge *e = s->edge;
@@ -187,7 +189,7 @@ static void edge_pass(gw_session *s, const char *arg)
     e->users = s->fe->users;
     e->who = NULL;
     e->ok = false;
-    snprintf(e->name, sizeof e->name, "%s", s->user);
+    snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->user); /* "": nobody */
     e->work.data = e;
     gw_sess_set_pending(s, PEND_EDGE_CHECK);
     s->handles++;

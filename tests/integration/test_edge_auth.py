@@ -115,6 +115,12 @@ def test_failures_open_no_backend_connection(gateway, vsftpd, test_user, client_
     code, text, took = attempt(gw.port, client_ctx, "nobody-here", password)
     assert code == 530, text
     assert took >= 0.9, took
+    # a name longer than the gateway keeps, whose first 63 bytes are a listed user's
+    users_file(users, [f"{sysuser}:{mkpasswd('yescrypt', password)}",
+                       f"{'L' * 63}:{mkpasswd('yescrypt', password)}:backend_user={sysuser}"])
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_for(lambda: "event=reloaded worker=" in gw.log, 20, "the reload")
+    assert attempt(gw.port, client_ctx, "L" * 63 + "x", password)[0] == 530
     # a name that tries to end its quoted log value and forge a field
     assert attempt(gw.port, client_ctx, 'x" event=ban peer=1.2.3.4', "p")[0] == 530
     # PASS before USER, and a session that never logs in
