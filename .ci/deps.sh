@@ -12,7 +12,7 @@ set -euo pipefail
 # ADMIN=no when it is missing); vsftpd as the plain-FTP backend; lftp; ps (procps).
 DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
-  libcrypt-dev  # crypt_r: the users file of auth = file (proxy/users_file.c)
+  libcrypt-dev  # crypt_r (proxy/crypt_check.c): auth = file users, admin_users
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.

@@ -36,11 +36,25 @@ enum gw_admin_route {
     GW_ADMIN_HEALTHZ,
     GW_ADMIN_READYZ,
     GW_ADMIN_SESSIONS,
-    GW_ADMIN_SESSION, /* /sessions/ID: *id set */
+    GW_ADMIN_SESSION,       /* /sessions/ID: *id set */
+    GW_ADMIN_BACKEND_STATE, /* /backends/NAME/state: gw_admin_backend_name */
 };
 
 /* The route of a request path (no query string: libmicrohttpd strips it). /sessions/ID takes
  * 1 to 19 decimal digits (no sign, no leading zero), anything else after /sessions/ is BAD. */
 enum gw_admin_route gw_admin_route(const char *path, uint64_t *id);
+/* The NAME of a /backends/NAME/state path (a section name: letters, digits, '.', '-', '_';
+ * 1 to cap-1 of them). 0, or -1 when path is no such route. */
+int gw_admin_backend_name(const char *path, char *name, size_t cap);
+
+/* A backend's runtime state, set through the admin endpoint (HAProxy's runtime API): ready
+ * takes new sessions; drain: running sessions go on, no new ones; maint: no new ones, health
+ * probes paused. */
+enum gw_be_admin { GW_BE_ADMIN_READY, GW_BE_ADMIN_DRAIN, GW_BE_ADMIN_MAINT };
+#define GW_BE_ADMIN_STATES 3
+const char *gw_be_admin_name(enum gw_be_admin s);
+/* The body of POST /backends/NAME/state: one JSON object {"state": "drain"|"maint"|"ready"}
+ * (whitespace allowed, no other member). The state, or -1. */
+int gw_admin_parse_state(const char *body, size_t len);
 
 #endif

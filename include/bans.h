@@ -1,7 +1,7 @@
 /* The process's ban list ([global] ban_after, ban_window, ban_time, ban_exempt): one table
  * (ban.h) shared by every worker under a mutex, the monotonic clock, the log lines and the
- * bans counter. Failed logins are the backend's 530 to PASS (proxy/relay.c); a banned
- * address is refused at accept (proxy/listener.c). */
+ * bans counter. Failed logins are the backend's 530 to PASS (proxy/reply_dispatch.c); a
+ * banned address is refused at accept (proxy/listener.c). */
 #ifndef GW_BANS_H
 #define GW_BANS_H
 

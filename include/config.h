@@ -141,7 +141,9 @@ typedef struct gw_config {
      * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */
     int ban_after, ban_window, ban_time;
     char ban_exempt[GW_PATH_MAX];
-    gw_hostport admin_listen;         /* HTTP admin endpoint; port 0: off */
+    gw_hostport admin_listen;      /* HTTP admin endpoint; port 0: off */
+    char admin_users[GW_PATH_MAX]; /* admin_users.h file; empty: no basic auth */
+    char admin_tls_cert[GW_PATH_MAX], admin_tls_key[GW_PATH_MAX]; /* both: HTTPS only */
     char control_socket[GW_PATH_MAX]; /* control.h; empty: STATE_DIR/control.sock, "off" */
     /* [tls] */
     char cert[GW_PATH_MAX], key[GW_PATH_MAX]; /* empty: generated self-signed in state dir */

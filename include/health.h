@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <uv.h>
+#include "admin_text.h"
 #include "config.h"
 #include "ftp_addr.h"
 
@@ -26,8 +27,20 @@ int gw_health_start(gw_health *h, uv_loop_t *loop);
 void gw_health_stop(gw_health *h);
 void gw_health_free(gw_health *h); /* after the loop has run the close callbacks */
 
-/* May the backend get new sessions? Unknown names are up. */
+/* May the backend get new sessions (healthy and its runtime state ready)? Unknown names
+ * are up. */
 bool gw_health_is_up(gw_health *h, const char *backend);
+/* The probes' verdict alone (ftpsgate_backend_up, the status page). */
+bool gw_health_is_healthy(gw_health *h, const char *backend);
+
+/* The runtime state set through the admin endpoint (any thread): one per backend name for
+ * the whole process, so every worker sees it at its next session; kept across reloads while
+ * the backend's name stays in the configuration (also when its address changes). set: 0, or
+ * -1 for an unknown name; *previous gets the state it had. maint pauses the probes (a
+ * probe under way finishes); ready from maint probes again at the next tick. */
+int gw_health_set_admin(gw_health *h, const char *backend, enum gw_be_admin state,
+                        enum gw_be_admin *previous);
+enum gw_be_admin gw_health_admin(gw_health *h, const char *backend);
 /* A session's connect to the backend: a failure counts like a failed probe (logged with
  * reason), a success resets the failure count. Failures alone never mark down the last
  * backend of a frontend that is up: at health_fall they start a probe, whose failure

@@ -69,6 +69,8 @@ typedef struct gw_metrics {
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t fd_limit_events;
     _Atomic uint64_t admin_requests;
+    _Atomic uint64_t admin_deadline_cuts; /* requests cut at their total deadline */
+    _Atomic uint64_t admin_auth_failed;   /* basic auth refused (admin_users) */
 } gw_metrics;
 
 extern gw_metrics gw_metrics_g;
@@ -107,6 +109,7 @@ typedef struct gw_metrics_view {
     int n_backends;
     const char *const *backends;
     const bool *backend_up;
+    const int *backend_admin; /* enum gw_be_admin per backend; NULL: all ready */
     const char *version, *openssl, *libuv;
     /* Counted by the modules above this one (bans.h, data.h, shared_port.h). */
     uint64_t bans_active;

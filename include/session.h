@@ -1,6 +1,7 @@
 /* One client session, opaque outside the session files (proxy/session.c, backend.c,
- * client_cmd.c, relay.c): the listener accepts the client's connection, counts it against
- * the limits and hands it over; the session tells it through its hooks when it has ended. */
+ * client_cmd.c, reply_dispatch.c, transfer.c, session_info.c): the listener accepts the
+ * client's connection, counts it against the limits and hands it over; the session tells it
+ * through its hooks when it has ended. */
 #ifndef GW_SESSION_H
 #define GW_SESSION_H
 
@@ -33,6 +34,7 @@ void gw_session_close(gw_session *s, const char *why);
 /* The admin endpoint (session_info.c), on the session's worker thread only. */
 uint64_t gw_session_get_id(const gw_session *s);
 void gw_session_summarize(gw_session *s, gw_sess_summary *out);
-void gw_session_timeline(gw_session *s, gw_timeline *out);
+/* Its timeline, and its states by name (client, backend set-up step, pending, transfer). */
+void gw_session_timeline(gw_session *s, gw_timeline *out, gw_sess_states *states);
 
 #endif

@@ -43,8 +43,17 @@ void gw_tl_add(gw_timeline *t, enum gw_tl_kind kind, const char *fmt, ...)
 /* A client command: PASS (and ACCT) arguments are replaced by "****".
  * SECURITY: the password never reaches the ring. */
 void gw_tl_command(gw_timeline *t, const char *verb, const char *arg);
-/* {"id":N,"events":[{"time":"2026-...Z","event":"command","detail":"..."},...]} */
-void gw_tl_json(const gw_timeline *t, uint64_t id, gw_sbuf *out);
+/* A live session's states by name, as its worker saw them (/sessions/ID): the client
+ * leg, the backend connection's set-up step, what is pending toward the backend, and the
+ * data channel or transfer (none, arming, armed, deferred, running, final_reply, aborting). */
+typedef struct gw_sess_states {
+    char client[16], backend[16], pending[16], transfer[16];
+} gw_sess_states;
+
+/* {"id":N,"state":{"client":..,"backend":..,"pending":..,"transfer":..},"events_total":N,
+ * "events":[{"time":"2026-...Z","event":"command","detail":"..."},...]}; st NULL: no
+ * "state". */
+void gw_tl_json(const gw_timeline *t, uint64_t id, const gw_sess_states *st, gw_sbuf *out);
 const char *gw_tl_kind_name(int kind);
 
 /* One live session as /sessions shows it (copied out on the session's worker). */

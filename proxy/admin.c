@@ -10,13 +10,22 @@
  * snap_lock), posts a message to every worker's mailbox and waits on snap_cond (at most
  * SNAP_WAIT_MS); each worker copies its sessions' summaries (or the asked session's
  * timeline) under snap_lock and counts itself done (a worker whose loop ends first counts
- * itself done with nothing). A worker that is late finds its request withdrawn. */
+ * itself done with nothing). A worker that is late finds its request withdrawn. DELETE
+ * /sessions/ID takes the same path: the owning worker closes the session.
+ *
+ * A reaper thread enforces a total deadline per request (tracked, below). Access: the users
+ * (admin_users) are swapped on reload by worker 0 under auth_lock; basic auth is checked on
+ * the HTTP thread with crypt_r. Backend runtime states live in the health table (health.h),
+ * one per process. */
 #include "admin.h"
 
 #ifndef GW_NO_ADMIN
 #include <arpa/inet.h>
+#include <crypt.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
+#define MHD_NO_DEPRECATION 1 /* newer libmicrohttpd deprecates the 0.9.75 auth calls used here */
 #include <microhttpd.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -24,9 +33,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "admin_text.h"
+#include "admin_users.h"
+#include "crypt_check.h"
 #include "bans.h"
 #include "data.h"
 #include "log.h"
@@ -38,12 +52,17 @@
 #include "version.h"
 #include "worker.h"
 
-#define ADMIN_CONNECTIONS 32     /* at once, all clients */
+#define ADMIN_CONNECTIONS 64     /* at once, all clients */
 #define ADMIN_PER_IP 8           /* at once, one client address */
 #define ADMIN_TIMEOUT_S 5        /* a connection idle (or a request unfinished) this long ends */
+#define ADMIN_DEADLINE_S 10      /* a request's total time, headers, body and answer: see tracked */
+#define REAPER_TICK_MS 250       /* how often the deadline is checked */
 #define ADMIN_REQUEST_MEM 16384  /* request line and headers: more gets 431/414 */
 #define SNAP_WAIT_MS 2000        /* workers answering a /sessions request */
 #define SNAP_MAX_SESSIONS 100000 /* listed at most */
+#define ADMIN_BODY_MAX 1024      /* a runtime API request's JSON body */
+#define ADMIN_FILE_MAX (1 << 20) /* admin_users, admin_tls_cert, admin_tls_key */
+#define ADMIN_REALM "ftpsgate admin"
 
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t snap_cond;
@@ -52,12 +71,15 @@ static struct {
     bool active;
     unsigned no;   /* of the request: a late answer to an earlier one is dropped */
     bool timeline; /* /sessions/ID: only that session's timeline */
+    bool kill;     /* DELETE /sessions/ID: end that session */
+    char why[160]; /* kill: the reason its log line gives */
     uint64_t id;
     int pending;
     gw_sess_summary *list;
     size_t n, cap;
     bool found;
     gw_timeline tl;
+    gw_sess_states states;
 } req;
 
 /* The configuration the page and /readyz describe. */
@@ -76,8 +98,7 @@ static be_view *bes;
 static int n_bes;
 
 static struct MHD_Daemon *daemon_h;
-static int request_marker, listing_marker; /* what a connection's request is (con_cls) */
-static gw_hostport started_on;             /* admin_listen at start (port 0: off) */
+static gw_hostport started_on; /* admin_listen at start (port 0: off) */
 static bool config_seen;
 static gw_health *health;
 static atomic_bool stopping;
@@ -91,9 +112,16 @@ static bool any_shared_port;
 static void on_snapshot_session(gw_session *s, void *arg)
 {
     (void)arg;
+    if (req.kill) {
+        if (gw_session_get_id(s) == req.id) {
+            gw_session_close(s, req.why); /* 421; freed later, on its loop */
+            req.found = true;
+        }
+        return;
+    }
     if (req.timeline) {
         if (gw_session_get_id(s) == req.id) {
-            gw_session_timeline(s, &req.tl);
+            gw_session_timeline(s, &req.tl, &req.states);
             req.found = true;
         }
         return;
@@ -140,11 +168,13 @@ static void on_snapshot_mail(gw_mail *m, bool cancelled)
 /* ---- HTTP side: ask every worker, wait for them ---- */
 
 /* Under snap_lock on return, with req filled (or withdrawn after the timeout). */
-static void snapshot(bool timeline, uint64_t id)
+static void snapshot_kill(bool timeline, bool kill, const char *why, uint64_t id)
 {
     pthread_mutex_lock(&snap_lock);
     req.active = true;
     req.timeline = timeline;
+    req.kill = kill;
+    snprintf(req.why, sizeof req.why, "%s", why ? why : "");
     req.id = id;
     req.n = 0;
     req.found = false;
@@ -170,6 +200,11 @@ static void snapshot(bool timeline, uint64_t id)
     req.active = false; /* a worker that did not answer in time is not waited for again */
 }
 
+static void snapshot(bool timeline, uint64_t id)
+{
+    snapshot_kill(timeline, false, NULL, id);
+}
+
 /* The request's copies are freed at once: idle sessions should cost the same whether or not
  * the endpoint lists them every second. Releases snap_lock. */
 static void snapshot_done(void)
@@ -179,6 +214,8 @@ static void snapshot_done(void)
     req.n = req.cap = 0;
     pthread_mutex_unlock(&snap_lock);
 }
+
+static void config_users(const gw_config *cfg);
 
 /* ---- configuration view ---- */
 
@@ -233,6 +270,8 @@ void gw_admin_config(const gw_config *cfg)
         GW_LOG_WARN(0, "event=reload_note note=\"admin_listen is read at start: the admin "
                        "endpoint stays as it was until a restart\"");
     config_seen = true;
+    if (started_on.port)
+        config_users(cfg);
     bool shared = false;
     for (int i = 0; i < cfg->n_frontends; i++)
         shared = shared || cfg->frontends[i].pasv_shared_port > 0;
@@ -258,20 +297,23 @@ static void render_metrics(gw_sbuf *o)
     const char **fnames = calloc((size_t)n_fes + 1, sizeof *fnames);
     const char **bnames = calloc((size_t)n_bes + 1, sizeof *bnames);
     bool *up = calloc((size_t)n_bes + 1, sizeof *up);
-    if (!fnames || !bnames || !up) {
+    int *adm = calloc((size_t)n_bes + 1, sizeof *adm);
+    if (!fnames || !bnames || !up || !adm) {
         o->oom = true;
     } else {
         for (int i = 0; i < n_fes; i++)
             fnames[i] = fes[i].name;
         for (int i = 0; i < n_bes; i++) {
             bnames[i] = bes[i].name;
-            up[i] = gw_health_is_up(health, bes[i].name);
+            up[i] = gw_health_is_healthy(health, bes[i].name);
+            adm[i] = (int)gw_health_admin(health, bes[i].name);
         }
         gw_metrics_view v = {.n_frontends = n_fes,
                              .frontends = fnames,
                              .n_backends = n_bes,
                              .backends = bnames,
                              .backend_up = up,
+                             .backend_admin = adm,
                              .version = GW_VERSION,
                              .openssl = OpenSSL_version(OPENSSL_VERSION),
                              .libuv = uv_version_string(),
@@ -291,6 +333,7 @@ static void render_metrics(gw_sbuf *o)
     free(fnames);
     free(bnames);
     free(up);
+    free(adm);
 }
 
 /* 200 when not stopping and every frontend has a backend that is up; else the reasons. */
@@ -336,7 +379,7 @@ static bool render_timeline(gw_sbuf *o, uint64_t id)
     snapshot(true, id);
     bool found = req.found;
     if (found) {
-        gw_tl_json(&req.tl, id, o);
+        gw_tl_json(&req.tl, id, &req.states, o);
         gw_sbuf_str(o, "\n");
     }
     snapshot_done();
@@ -386,14 +429,17 @@ static void html_frontends(gw_sbuf *o)
 static void html_backends(gw_sbuf *o)
 {
     gw_sbuf_str(o, "<h2>Backends</h2>\n<table><tr><th>name</th><th>address</th><th>tls</th>"
-                   "<th>health</th><th>connects ok</th><th>connects failed</th></tr>\n");
+                   "<th>health</th><th>state</th><th>connects ok</th><th>connects failed</th>"
+                   "</tr>\n");
     for (int i = 0; i < n_bes; i++) {
-        bool up = gw_health_is_up(health, bes[i].name);
-        gw_sbuf_printf(o, "<tr class=%s>", up ? "up" : "down");
+        bool up = gw_health_is_healthy(health, bes[i].name);
+        enum gw_be_admin st = gw_health_admin(health, bes[i].name);
+        gw_sbuf_printf(o, "<tr class=%s>", up && st == GW_BE_ADMIN_READY ? "up" : "down");
         html_cell(o, bes[i].name);
         html_cell(o, bes[i].address);
         html_cell(o, bes[i].tls);
         html_cell(o, up ? "UP" : "DOWN");
+        html_cell(o, gw_be_admin_name(st));
         int k = -1;
         for (int j = 0; j < GW_M_SLOTS; j++)
             if (atomic_load(&gw_metrics_g.be_names[j].used) &&
@@ -512,10 +558,392 @@ static void render_html(gw_sbuf *o)
     gw_sbuf_str(o, "</body></html>\n");
 }
 
+/* ---- total deadline per request ----
+ *
+ * MHD's connection timeout counts idle time only: a client that sends one header line a
+ * second keeps its connection (and its place under the connection limits) for ever. Each
+ * connection is tracked from its start (or from its previous request's end, keep-alive) to
+ * its request's end; the reaper thread shuts down the socket of one past ADMIN_DEADLINE_S,
+ * and MHD, reading EOF, closes it. A tracked entry is removed (under track_lock) before MHD
+ * closes the descriptor, so the reaper never touches a descriptor that was reused. */
+
+typedef struct tracked {
+    struct tracked *prev, *next;
+    int fd;
+    struct timespec since; /* start of the current request; tv_sec 0: none under way */
+    bool cut;
+    char peer[INET6_ADDRSTRLEN];
+} tracked;
+
+static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t track_cond;
+static tracked *track_head;
+static pthread_t reaper;
+static bool reaper_running, reaper_stop;
+
+static void peer_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    out[0] = 0;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        tracked *t = calloc(1, sizeof *t);
+        if (!t)
+            return; /* untracked: only the idle timeout applies to it */
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *addr =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        t->fd = fd ? fd->connect_fd : -1;
+        peer_text(addr ? addr->client_addr : NULL, t->peer, sizeof t->peer);
+        clock_gettime(CLOCK_MONOTONIC, &t->since);
+        pthread_mutex_lock(&track_lock);
+        t->next = track_head;
+        if (track_head)
+            track_head->prev = t;
+        track_head = t;
+        pthread_mutex_unlock(&track_lock);
+        *socket_context = t;
+        return;
+    }
+    tracked *t = *socket_context;
+    if (!t)
+        return;
+    pthread_mutex_lock(&track_lock);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        track_head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    pthread_mutex_unlock(&track_lock);
+    free(t);
+    *socket_context = NULL;
+}
+
+/* The connection's tracked entry (NULL when untracked). */
+static tracked *tracked_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* A request ended: the next one on this connection gets a deadline of its own. */
+static void request_ended(struct MHD_Connection *c)
+{
+    tracked *t = tracked_of(c);
+    if (!t)
+        return;
+    pthread_mutex_lock(&track_lock);
+    clock_gettime(CLOCK_MONOTONIC, &t->since);
+    pthread_mutex_unlock(&track_lock);
+}
+
+static void *reaper_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&track_lock);
+    while (!reaper_stop) {
+        struct timespec now, until;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        for (tracked *t = track_head; t; t = t->next) {
+            if (t->cut || t->fd < 0 || now.tv_sec - t->since.tv_sec < ADMIN_DEADLINE_S)
+                continue;
+            t->cut = true;
+            shutdown(t->fd, SHUT_RDWR); /* MHD sees the end and closes it */
+            atomic_fetch_add_explicit(&gw_metrics_g.admin_deadline_cuts, 1, memory_order_relaxed);
+            GW_LOG_WARN(0, "event=admin_deadline client=%s limit_s=%d", t->peer, ADMIN_DEADLINE_S);
+        }
+        until = now;
+        until.tv_nsec += REAPER_TICK_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&track_cond, &track_lock, &until);
+    }
+    pthread_mutex_unlock(&track_lock);
+    return NULL;
+}
+
+static void reaper_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&track_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    reaper_stop = false;
+    reaper_running = pthread_create(&reaper, NULL, reaper_main, NULL) == 0;
+    if (!reaper_running)
+        GW_LOG_WARN(0, "event=admin_http note=\"no deadline thread: only the idle timeout "
+                       "applies\"");
+}
+
+static void reaper_end(void)
+{
+    if (!reaper_running)
+        return;
+    pthread_mutex_lock(&track_lock);
+    reaper_stop = true;
+    pthread_cond_signal(&track_cond);
+    pthread_mutex_unlock(&track_lock);
+    pthread_join(reaper, NULL);
+    reaper_running = false;
+    pthread_cond_destroy(&track_cond);
+}
+
 /* ---- libmicrohttpd ---- */
 
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type,
-                               gw_sbuf *body)
+/* ---- access: admin_users, the failed-login throttle, files ----
+ *
+ * The users are replaced on reload by worker 0 and read by the HTTP thread: auth_lock. The
+ * throttle is the HTTP thread's alone (requests are answered one at a time there). */
+
+static pthread_mutex_t auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static gw_admin_users users;
+static bool users_set; /* admin_users is set (its file loaded at least once) */
+static char users_path[GW_PATH_MAX];
+static bool loopback_bind;       /* admin_listen is 127.0.0.0/8 or ::1 */
+static char *tls_cert, *tls_key; /* PEM, for MHD (HTTPS) */
+static size_t tls_key_len;
+static gw_throttle *throttle;
+static struct crypt_data *crypt_buf; /* crypt_r's scratch (32 KiB): the HTTP thread's */
+
+/* A whole small file; private: refused when others may read or write it. NUL-terminated. */
+static char *read_file(const char *path, bool private, size_t *len, char *err, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, cap, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, cap, "%s is not a regular file", path);
+    } else if (private && (st.st_mode & S_IRWXO)) {
+        /* SECURITY: hashes readable by every local user invite offline guessing. */
+        snprintf(err, cap, "%s is accessible by others (mode %03o): chmod o-rwx it", path,
+                 (unsigned)(st.st_mode & 0777));
+    } else if (st.st_size > ADMIN_FILE_MAX) {
+        snprintf(err, cap, "%s is larger than %d bytes", path, ADMIN_FILE_MAX);
+    } else if (!(buf = malloc((size_t)st.st_size + 1))) {
+        snprintf(err, cap, "out of memory");
+    } else {
+        ssize_t n = read(fd, buf, (size_t)st.st_size);
+        if (n < 0) {
+            snprintf(err, cap, "cannot read %s: %s", path, strerror(errno));
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = 0;
+            *len = (size_t)n;
+        }
+    }
+    close(fd);
+    return buf;
+}
+
+static int load_users(const char *path, gw_admin_users *out, char *err, size_t cap)
+{
+    size_t len = 0;
+    char why[256];
+    char *text = read_file(path, true, &len, err, cap);
+    if (!text)
+        return -1;
+    int r = gw_admin_users_parse(text, len, out, why, sizeof why);
+    if (r != 0)
+        snprintf(err, cap, "%s: %s", path, why);
+    free(text);
+    return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls);
+
+/* The files the admin keys name, as start reads them: "key: problem" parts in err. */
+int gw_admin_check(const gw_config *cfg, const char **key, char *err, size_t cap)
+{
+    if (cfg->admin_users[0]) {
+        gw_admin_users u;
+        *key = "admin_users";
+        if (load_users(cfg->admin_users, &u, err, cap) != 0)
+            return -1;
+        gw_admin_users_free(&u);
+    }
+    if (cfg->admin_tls_cert[0] && cfg->admin_listen.port) {
+        *key = "admin_tls_cert";
+        if (!MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+            snprintf(err, cap, "this libmicrohttpd has no TLS support (built without GnuTLS)");
+            return -1;
+        }
+        size_t n;
+        char *pem = read_file(cfg->admin_tls_cert, false, &n, err, cap);
+        if (!pem)
+            return -1;
+        if (!strstr(pem, "-----BEGIN CERTIFICATE-----")) {
+            free(pem);
+            snprintf(err, cap, "%s: no PEM certificate", cfg->admin_tls_cert);
+            return -1;
+        }
+        *key = "admin_tls_key";
+        size_t kn;
+        char *kpem = read_file(cfg->admin_tls_key, false, &kn, err, cap);
+        if (!kpem)
+            return -1;
+        bool key_ok = strstr(kpem, "PRIVATE KEY-----") != NULL && !strstr(kpem, "ENCRYPTED");
+        if (!key_ok)
+            snprintf(err, cap, "%s: no unencrypted PEM private key", cfg->admin_tls_key);
+        /* As start will load them: GnuTLS through MHD, with no socket (a key that does not
+         * belong to the certificate fails here). */
+        struct MHD_Daemon *d =
+            key_ok ? MHD_start_daemon(MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET, 0, NULL, NULL,
+                                      on_request, NULL, MHD_OPTION_HTTPS_MEM_CERT, pem,
+                                      MHD_OPTION_HTTPS_MEM_KEY, kpem, MHD_OPTION_END)
+                   : NULL;
+        explicit_bzero(kpem, kn);
+        free(kpem);
+        free(pem);
+        if (key_ok && !d) {
+            *key = "admin_tls_cert";
+            snprintf(err, cap,
+                     "%s and %s: GnuTLS cannot use them (unreadable PEM, or a key "
+                     "that is not the certificate's)",
+                     cfg->admin_tls_cert, cfg->admin_tls_key);
+        }
+        if (d)
+            MHD_stop_daemon(d);
+        if (!d)
+            return -1;
+    }
+    return 0;
+}
+
+/* At start and on reload (worker 0): admin_users reread; a failure keeps the users. */
+static void config_users(const gw_config *cfg)
+{
+    gw_admin_users u = {0};
+    char err[512];
+    if (cfg->admin_users[0] && load_users(cfg->admin_users, &u, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=admin_users_failed reason=\"%s\" note=\"the previous users stay\"",
+                   err);
+        return;
+    }
+    pthread_mutex_lock(&auth_lock);
+    gw_admin_users_free(&users);
+    users = u;
+    users_set = cfg->admin_users[0] != '\0';
+    snprintf(users_path, sizeof users_path, "%s", cfg->admin_users);
+    pthread_mutex_unlock(&auth_lock);
+    if (users_set)
+        GW_LOG_INFO(0, "event=admin_users_loaded users=%zu", u.n);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* A user name for the log: the characters a user file allows, others as '?'. */
+static void log_name(const char *in, char *out, size_t cap)
+{
+    size_t i = 0;
+    for (; in && in[i] && i + 1 < cap; i++) {
+        char c = in[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || c == '_' || c == '@';
+        out[i] = ok ? c : '?';
+    }
+    out[i] = 0;
+}
+
+enum auth_result { AUTH_OK, AUTH_NONE, AUTH_FAILED, AUTH_LOCKED };
+
+/* Basic auth against admin_users (the HTTP thread). *role and user (the name, for logs) on
+ * AUTH_OK; *retry_s on AUTH_LOCKED. The password is wiped and never logged. */
+static enum auth_result check_auth(struct MHD_Connection *c, const char *peer,
+                                   enum gw_admin_role *role, char *user, size_t ucap,
+                                   unsigned *retry_s)
+{
+    char *pass = NULL;
+    char *name = MHD_basic_auth_get_username_password(c, &pass);
+    if (!name) {
+        if (pass)
+            MHD_free(pass);
+        return AUTH_NONE;
+    }
+    enum auth_result r = AUTH_FAILED;
+    char shown[GW_ADMIN_USER_MAX];
+    log_name(name, shown, sizeof shown);
+    snprintf(user, ucap, "%s", shown);
+    int64_t now = now_ms();
+    *retry_s = gw_throttle_locked(throttle, peer, now);
+    if (*retry_s > 0) {
+        r = AUTH_LOCKED;
+    } else {
+        char hash[GW_ADMIN_HASH_MAX];
+        enum gw_admin_role found = GW_ADMIN_ROLE_NONE;
+        pthread_mutex_lock(&auth_lock);
+        const gw_admin_user *u = gw_admin_users_find(&users, name);
+        /* an unknown user costs the same hashing as a known one */
+        snprintf(hash, sizeof hash, "%s", u ? u->hash : GW_CRYPT_STAND_IN);
+        if (u)
+            found = u->role;
+        pthread_mutex_unlock(&auth_lock);
+        bool ok = gw_crypt_check(pass, hash, crypt_buf) && found != GW_ADMIN_ROLE_NONE;
+        explicit_bzero(hash, sizeof hash);
+        if (ok) {
+            gw_throttle_ok(throttle, peer);
+            *role = found;
+            r = AUTH_OK;
+        } else {
+            atomic_fetch_add_explicit(&gw_metrics_g.admin_auth_failed, 1, memory_order_relaxed);
+            bool locked = gw_throttle_fail(throttle, peer, now);
+            GW_LOG_WARN(0, "event=admin_auth_failed client=%s user=\"%s\" reason=%s%s", peer, shown,
+                        found == GW_ADMIN_ROLE_NONE ? "unknown_user" : "wrong_password",
+                        locked ? " note=\"locked out\"" : "");
+            if (locked) {
+                GW_LOG_WARN(0, "event=admin_auth_lockout client=%s seconds=%d fails=%d", peer,
+                            GW_THROTTLE_LOCK_MS / 1000, GW_THROTTLE_FAILS);
+            }
+        }
+    }
+    if (pass) {
+        explicit_bzero(pass, strlen(pass));
+        MHD_free(pass);
+    }
+    MHD_free(name);
+    return r;
+}
+
+/* One request's state, from its headers to its end (con_cls). */
+typedef struct areq {
+    enum gw_admin_route route;
+    uint64_t id;
+    char backend[GW_NAME_MAX];
+    char user[GW_ADMIN_USER_MAX]; /* who asked ("-": anonymous on loopback) */
+    char peer[INET6_ADDRSTRLEN];
+    bool listing; /* its buffers are large: trimmed after */
+    bool post;    /* a body is read before the answer */
+    bool too_big;
+    size_t len;
+    char body[ADMIN_BODY_MAX + 1];
+} areq;
+
+static enum MHD_Result respond_hdr(struct MHD_Connection *c, unsigned status, const char *type,
+                                   gw_sbuf *body, const char *allow, unsigned retry_s)
 {
     if (body->oom) {
         gw_sbuf_free(body);
@@ -537,10 +965,167 @@ static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const 
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow ? allow : "GET, HEAD");
+    if (retry_s) {
+        char v[16];
+        snprintf(v, sizeof v, "%u", retry_s);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    enum MHD_Result ret = status == MHD_HTTP_UNAUTHORIZED && users_set
+                              ? MHD_queue_basic_auth_fail_response(c, ADMIN_REALM, r)
+                              : MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type,
+                               gw_sbuf *body)
+{
+    return respond_hdr(c, status, type, body, NULL, 0);
+}
+
+static void client_of(struct MHD_Connection *c, char *out, size_t cap)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    peer_text(i ? i->client_addr : NULL, out, cap);
+    if (!out[0])
+        snprintf(out, cap, "-");
+}
+
+/* POST /backends/NAME/state (operate). */
+static unsigned set_backend_state(areq *q, gw_sbuf *o)
+{
+    int st = q->too_big ? -1 : gw_admin_parse_state(q->body, q->len);
+    if (st < 0) {
+        gw_sbuf_str(o, "{\"error\":\"expected {\\\"state\\\": \\\"drain\\\"|\\\"maint\\\"|"
+                       "\\\"ready\\\"}\"}\n");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    enum gw_be_admin prev;
+    if (gw_health_set_admin(health, q->backend, (enum gw_be_admin)st, &prev) != 0) {
+        gw_sbuf_str(o, "{\"error\":\"no such backend\"}\n");
+        return MHD_HTTP_NOT_FOUND;
+    }
+    GW_LOG_WARN(0,
+                "event=backend_admin_state backend=%s state=%s previous=%s user=\"%s\" client=%s",
+                q->backend, gw_be_admin_name((enum gw_be_admin)st), gw_be_admin_name(prev), q->user,
+                q->peer);
+    gw_sbuf_str(o, "{\"backend\":");
+    gw_sbuf_json(o, q->backend);
+    gw_sbuf_printf(o, ",\"state\":\"%s\",\"previous\":\"%s\"}\n",
+                   gw_be_admin_name((enum gw_be_admin)st), gw_be_admin_name(prev));
+    return MHD_HTTP_OK;
+}
+
+/* DELETE /sessions/ID (operate): 421 to its client, on its worker's loop. */
+static unsigned kill_session(areq *q, gw_sbuf *o)
+{
+    char why[160];
+    snprintf(why, sizeof why, "ended by admin user %s from %s", q->user, q->peer);
+    snapshot_kill(false, true, why, q->id);
+    bool found = req.found;
+    snapshot_done();
+    GW_LOG_WARN(found ? q->id : 0,
+                "event=admin_session_kill session_id=%llu user=\"%s\" client=%s "
+                "result=%s",
+                (unsigned long long)q->id, q->user, q->peer, found ? "closed" : "not_found");
+    if (!found) {
+        gw_sbuf_str(o, "{\"error\":\"no such live session\"}\n");
+        return MHD_HTTP_NOT_FOUND;
+    }
+    gw_sbuf_printf(o, "{\"session\":%llu,\"result\":\"closed\"}\n", (unsigned long long)q->id);
+    return MHD_HTTP_OK;
+}
+
+/* The headers are in: method, access, body. MHD_YES with nothing queued: read the body. */
+static enum MHD_Result on_headers(struct MHD_Connection *c, areq *q, const char *url,
+                                  const char *method, size_t *upload_data_size)
+{
+    gw_sbuf body = {0};
+    const char *text = "text/plain; charset=utf-8";
+    q->route = gw_admin_route(url, &q->id);
+    if (q->route == GW_ADMIN_BACKEND_STATE)
+        gw_admin_backend_name(url, q->backend, sizeof q->backend);
+    client_of(c, q->peer, sizeof q->peer);
+    snprintf(q->user, sizeof q->user, "-");
+    bool get =
+        strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    bool del = strcmp(method, MHD_HTTP_METHOD_DELETE) == 0;
+    q->post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    /* Refused at the headers, before any body is read. */
+    const char *allow = q->route == GW_ADMIN_BACKEND_STATE ? "POST"
+                        : q->route == GW_ADMIN_SESSION     ? "GET, HEAD, DELETE"
+                                                           : "GET, HEAD";
+    bool allowed = q->route == GW_ADMIN_BACKEND_STATE ? q->post
+                   : q->route == GW_ADMIN_SESSION     ? get || del
+                                                      : get;
+    if (!allowed && q->route != GW_ADMIN_NOT_FOUND && q->route != GW_ADMIN_BAD) {
+        *upload_data_size = 0;
+        gw_sbuf_printf(&body, "only %s here\n", allow);
+        return respond_hdr(c, MHD_HTTP_METHOD_NOT_ALLOWED, text, &body, allow, 0);
+    }
+    if (q->route == GW_ADMIN_BAD) {
+        *upload_data_size = 0;
+        gw_sbuf_str(&body, "malformed path\n");
+        return respond(c, MHD_HTTP_BAD_REQUEST, text, &body);
+    }
+    /* Access: /healthz and /readyz answer anyone (probes); the rest as admin_users says. */
+    bool open = q->route == GW_ADMIN_HEALTHZ || q->route == GW_ADMIN_READYZ;
+    bool write = q->post || del;
+    enum gw_admin_role role = GW_ADMIN_ROLE_READ;
+    bool anonymous = true;
+    if (!open) {
+        pthread_mutex_lock(&auth_lock);
+        bool need = users_set;
+        pthread_mutex_unlock(&auth_lock);
+        unsigned retry = 0;
+        if (need) {
+            switch (check_auth(c, q->peer, &role, q->user, sizeof q->user, &retry)) {
+            case AUTH_OK:
+                anonymous = false;
+                break;
+            case AUTH_NONE:
+            case AUTH_FAILED:
+                *upload_data_size = 0;
+                gw_sbuf_str(&body, "authentication required\n");
+                return respond(c, MHD_HTTP_UNAUTHORIZED, text, &body);
+            case AUTH_LOCKED:
+                *upload_data_size = 0;
+                gw_sbuf_str(&body, "too many failed logins from this address: try later\n");
+                return respond_hdr(c, MHD_HTTP_TOO_MANY_REQUESTS, text, &body, NULL, retry);
+            }
+        } else if (!loopback_bind) {
+            *upload_data_size = 0;
+            gw_sbuf_str(&body, "admin_users is not set: on this address only /healthz and "
+                               "/readyz answer\n");
+            return respond(c, MHD_HTTP_UNAUTHORIZED, text, &body);
+        }
+    }
+    if (write && role != GW_ADMIN_ROLE_OPERATE) {
+        *upload_data_size = 0;
+        gw_sbuf_str(&body, anonymous ? "the runtime API needs admin_users and a user with the "
+                                       "operate role\n"
+                                     : "this needs the operate role\n");
+        if (!anonymous)
+            GW_LOG_WARN(0, "event=admin_forbidden user=\"%s\" client=%s path=%s", q->user, q->peer,
+                        q->route == GW_ADMIN_SESSION ? "/sessions/ID" : "/backends/NAME/state");
+        return respond(c, MHD_HTTP_FORBIDDEN, text, &body);
+    }
+    /* SECURITY: only POST carries a body, and a small one; others are refused, not read. */
+    const char *cl =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    bool chunked =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+    if (q->post ? (chunked || !cl || strtoull(cl, NULL, 10) > ADMIN_BODY_MAX)
+                : (*upload_data_size != 0 || (cl && strcmp(cl, "0") != 0) || chunked)) {
+        *upload_data_size = 0;
+        gw_sbuf_str(&body, q->post ? "expected a JSON body of at most 1024 bytes with its "
+                                     "Content-Length\n"
+                                   : "a request body is not accepted\n");
+        return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, text, &body);
+    }
+    return MHD_YES; /* the answer on the next call */
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -549,35 +1134,41 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
     gw_sbuf body = {0};
     const char *text = "text/plain; charset=utf-8";
-    bool first = *con_cls == NULL;
-    *con_cls = &request_marker;
-    if (first)
+    areq *q = *con_cls;
+    if (!q) {
+        q = calloc(1, sizeof *q);
+        if (!q)
+            return MHD_NO;
+        *con_cls = q;
         atomic_fetch_add_explicit(&gw_metrics_g.admin_requests, 1, memory_order_relaxed);
-    /* Refused at the headers (first call), before any body is read. */
-    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    bool head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    if (!get && !head) {
-        *upload_data_size = 0;
-        gw_sbuf_str(&body, "only GET and HEAD\n");
-        return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, text, &body);
+        return on_headers(c, q, url, method, upload_data_size);
     }
-    /* SECURITY: requests carry no body here; one is refused, not buffered. */
-    const char *cl =
-        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (*upload_data_size != 0 || (cl && strcmp(cl, "0") != 0) ||
-        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+    if (*upload_data_size != 0) { /* POST body, bounded */
+        size_t n = *upload_data_size;
+        if (q->len + n > ADMIN_BODY_MAX)
+            q->too_big = true;
+        else
+            memcpy(q->body + q->len, upload_data, n);
+        q->len += q->too_big ? 0 : n;
         *upload_data_size = 0;
-        gw_sbuf_str(&body, "a request body is not accepted\n");
-        return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, text, &body);
+        return MHD_YES;
     }
-    uint64_t id = 0;
-    enum gw_admin_route route = gw_admin_route(url, &id);
+    uint64_t id = q->id;
     unsigned status = MHD_HTTP_OK;
+    if (q->route == GW_ADMIN_BACKEND_STATE) {
+        status = set_backend_state(q, &body);
+        return respond(c, status, "application/json", &body);
+    }
+    if (q->route == GW_ADMIN_SESSION && strcmp(method, MHD_HTTP_METHOD_DELETE) == 0) {
+        status = kill_session(q, &body);
+        return respond(c, status, "application/json", &body);
+    }
+    enum gw_admin_route route = q->route;
     /* The session routes wait for the workers: never while holding cfg_lock, which worker 0
      * takes on reload. */
     bool locked = route != GW_ADMIN_SESSIONS && route != GW_ADMIN_SESSION;
     if (route == GW_ADMIN_SESSIONS || route == GW_ADMIN_ROOT)
-        *con_cls = &listing_marker;
+        q->listing = true;
     if (locked)
         pthread_mutex_lock(&cfg_lock);
     switch (route) {
@@ -608,6 +1199,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         locked = false;
         text = "text/html; charset=utf-8";
         break;
+    case GW_ADMIN_BACKEND_STATE: /* answered above */
     case GW_ADMIN_BAD:
         gw_sbuf_str(&body, "malformed path\n");
         status = MHD_HTTP_BAD_REQUEST;
@@ -627,11 +1219,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    areq *q = *con_cls;
 #if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
-    if (*con_cls == &listing_marker)
+    if (q && q->listing)
         malloc_trim(0);
 #endif
+    if (q)
+        explicit_bzero(q->body, sizeof q->body);
+    free(q);
     *con_cls = NULL;
+    request_ended(c);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -676,19 +1273,50 @@ int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
     }
     health = h;
     started_at = time(NULL);
+    loopback_bind = strncmp(hp->host, "127.", 4) == 0 || strcmp(hp->host, "::1") == 0;
+    throttle = calloc(1, sizeof *throttle);
+    crypt_buf = calloc(1, sizeof *crypt_buf);
+    if (!throttle || !crypt_buf) {
+        snprintf(err, cap, "admin_listen: out of memory");
+        return -1;
+    }
+    /* HTTPS: the files are read now (before privileges are dropped) and kept until stop. */
+    struct MHD_OptionItem tls_opts[3] = {{MHD_OPTION_END, 0, NULL}};
+    if (cfg->admin_tls_cert[0]) {
+        size_t n;
+        if (!MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+            snprintf(err, cap, "admin_tls_cert: this libmicrohttpd has no TLS support");
+            return -1;
+        }
+        if (!(tls_cert = read_file(cfg->admin_tls_cert, false, &n, err, cap)) ||
+            !(tls_key = read_file(cfg->admin_tls_key, false, &tls_key_len, err, cap)))
+            return -1;
+        flags |= MHD_USE_TLS;
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key};
+        tls_opts[2] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    }
     gw_admin_config(cfg);
+    reaper_start();
     daemon_h = MHD_start_daemon(
         flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)ADMIN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_REQUEST_MEM,
         MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_ARRAY, tls_opts,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!daemon_h) {
-        snprintf(err, cap, "admin_listen: cannot listen on %s:%u", hp->host, hp->port);
+        reaper_end();
+        snprintf(err, cap, "admin_listen: cannot listen on %s:%u%s", hp->host, hp->port,
+                 tls_cert ? " (or admin_tls_cert/admin_tls_key do not load)" : "");
         return -1;
     }
-    GW_LOG_INFO(0, "event=admin_listening addr=%s:%u", hp->host, hp->port);
+    GW_LOG_INFO(0, "event=admin_listening addr=%s:%u scheme=%s auth=%s", hp->host, hp->port,
+                tls_cert ? "https" : "http",
+                users_set       ? "basic"
+                : loopback_bind ? "none_loopback"
+                                : "probes_only");
     return 0;
 }
 
@@ -698,6 +1326,7 @@ void gw_admin_stop(void)
         MHD_stop_daemon(daemon_h);
         daemon_h = NULL;
     }
+    reaper_end();
     pthread_mutex_lock(&snap_lock);
     free(req.list);
     req.list = NULL;
@@ -706,6 +1335,18 @@ void gw_admin_stop(void)
     pthread_mutex_lock(&cfg_lock);
     free_view();
     pthread_mutex_unlock(&cfg_lock);
+    pthread_mutex_lock(&auth_lock);
+    gw_admin_users_free(&users);
+    pthread_mutex_unlock(&auth_lock);
+    free(throttle);
+    throttle = NULL;
+    free(crypt_buf);
+    crypt_buf = NULL;
+    if (tls_key)
+        explicit_bzero(tls_key, tls_key_len);
+    free(tls_key);
+    free(tls_cert);
+    tls_key = tls_cert = NULL;
 }
 
 #else /* GW_NO_ADMIN (`make ADMIN=no`: no libmicrohttpd): no endpoint, admin_listen refused */
@@ -728,4 +1369,13 @@ void gw_admin_config(const gw_config *cfg)
 void gw_admin_set_stopping(void) {}
 
 void gw_admin_stop(void) {}
+
+int gw_admin_check(const gw_config *cfg, const char **key, char *err, size_t cap)
+{
+    (void)cfg;
+    (void)key;
+    (void)err;
+    (void)cap;
+    return 0; /* admin_listen itself is refused at start */
+}
 #endif

@@ -144,6 +144,11 @@ enum gw_admin_route gw_admin_route(const char *path, uint64_t *id)
         if (strcmp(path, fixed[i].path) == 0)
             return fixed[i].route;
     static const char prefix[] = "/sessions/";
+    if (strncmp(path, "/backends/", 10) == 0) {
+        char name[64];
+        return gw_admin_backend_name(path, name, sizeof name) == 0 ? GW_ADMIN_BACKEND_STATE
+                                                                   : GW_ADMIN_BAD;
+    }
     if (strncmp(path, prefix, sizeof prefix - 1) != 0)
         return GW_ADMIN_NOT_FOUND;
     const char *d = path + sizeof prefix - 1;
@@ -156,4 +161,74 @@ enum gw_admin_route gw_admin_route(const char *path, uint64_t *id)
         v = v * 10 + (uint64_t)(d[i] - '0');
     *id = v;
     return GW_ADMIN_SESSION;
+}
+
+int gw_admin_backend_name(const char *path, char *name, size_t cap)
+{
+    static const char prefix[] = "/backends/", suffix[] = "/state";
+    if (!path || strncmp(path, prefix, sizeof prefix - 1) != 0)
+        return -1;
+    const char *p = path + sizeof prefix - 1;
+    size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+    /* SECURITY: a section name and nothing else ("..", "/", "%2F" never pass). */
+    if (n == 0 || n >= cap || strcmp(p + n, suffix) != 0 || strspn(p, ".") == n)
+        return -1;
+    memcpy(name, p, n);
+    name[n] = 0;
+    return 0;
+}
+
+const char *gw_be_admin_name(enum gw_be_admin s)
+{
+    static const char *const names[GW_BE_ADMIN_STATES] = {"ready", "drain", "maint"};
+    return (unsigned)s < GW_BE_ADMIN_STATES ? names[s] : "ready";
+}
+
+static size_t skip_ws(const char *b, size_t len, size_t i)
+{
+    while (i < len && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n'))
+        i++;
+    return i;
+}
+
+/* A JSON string without escapes at b[i] (the names and values wanted here have none). */
+static bool json_word(const char *b, size_t len, size_t *i, const char **w, size_t *wl)
+{
+    if (*i >= len || b[*i] != '"')
+        return false;
+    size_t s = ++*i;
+    while (*i < len && b[*i] != '"' && b[*i] != '\\' && (unsigned char)b[*i] >= 0x20)
+        ++*i;
+    if (*i >= len || b[*i] != '"')
+        return false;
+    *w = b + s;
+    *wl = *i - s;
+    ++*i;
+    return true;
+}
+
+int gw_admin_parse_state(const char *body, size_t len)
+{
+    const char *k, *v;
+    size_t kl, vl, i = skip_ws(body, len, 0);
+    if (!body || i >= len || body[i++] != '{')
+        return -1;
+    i = skip_ws(body, len, i);
+    if (!json_word(body, len, &i, &k, &kl) || kl != 5 || memcmp(k, "state", 5) != 0)
+        return -1;
+    i = skip_ws(body, len, i);
+    if (i >= len || body[i++] != ':')
+        return -1;
+    i = skip_ws(body, len, i);
+    if (!json_word(body, len, &i, &v, &vl))
+        return -1;
+    i = skip_ws(body, len, i);
+    if (i >= len || body[i++] != '}' || skip_ws(body, len, i) != len)
+        return -1;
+    for (int s = 0; s < GW_BE_ADMIN_STATES; s++) {
+        const char *name = gw_be_admin_name((enum gw_be_admin)s);
+        if (strlen(name) == vl && memcmp(name, v, vl) == 0)
+            return s;
+    }
+    return -1;
 }

@@ -22,7 +22,7 @@
 static bool gate_before_tls(gw_session *s, const gw_cmd_def *def)
 {
     const gw_frontend_conf *fc = s->fe->conf;
-    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->tls_up || s->ccc)
+    if (fc->mode != GW_FE_EXPLICIT || !fc->require_tls || s->prot.tls_up || s->prot.ccc)
         return false;
     if (def->flags & GW_CMDF_BEFORE_TLS)
         return false;
@@ -41,7 +41,7 @@ static bool cert_user_ok(gw_session *s, const char *arg)
     const gw_frontend_conf *fc = s->fe->conf;
     /* SECURITY: client_cert = required also when an explicit client skipped AUTH
      * (require_tls = no): no login without a verified certificate. */
-    if (fc->client_cert == GW_CERT_REQUIRED && !s->cert) {
+    if (fc->client_cert == GW_CERT_REQUIRED && !s->ctl.cert) {
         GW_LOG_INFO(s->id, "event=cert_user result=no_certificate");
         gw_sess_reply(s, GW_R_CERT_REQUIRED);
         return false;
@@ -53,7 +53,7 @@ static bool cert_user_ok(gw_session *s, const char *arg)
     if (fc->route_user)
         gw_route_user_split(name);
     /* SECURITY: exact, case-sensitive comparison; no certificate never matches. */
-    const gw_tls_peer *c = s->cert;
+    const gw_tls_peer *c = s->ctl.cert;
     bool ok = c && name[0] && (!strcmp(name, c->cn) || !strcmp(name, c->san));
     GW_LOG_INFO(s->id, "event=cert_user result=%s user=\"%.64s\" cn=\"%s\" san=\"%s\"",
                 ok ? "match" : "mismatch", name, c ? c->cn : "", c ? c->san : "");
@@ -69,11 +69,11 @@ static void cmd_auth(gw_session *s, const char *arg)
         gw_sess_reply(s, GW_R_AUTH_UNSUPPORTED);
         return;
     }
-    if (s->tls_up || s->ccc) {
+    if (s->prot.tls_up || s->prot.ccc) {
         gw_sess_reply(s, fc->mode == GW_FE_IMPLICIT ? GW_R_AUTH_IMPLICIT : GW_R_AUTH_ALREADY);
         return;
     }
-    if (s->user_sent) {
+    if (s->login.user_sent) {
         gw_sess_reply(s, GW_R_AUTH_AFTER_USER);
         return;
     }
@@ -84,16 +84,16 @@ static void cmd_auth(gw_session *s, const char *arg)
     gw_sess_reply(s, GW_R_AUTH_OK);
     /* vsftpd protects an AUTH SSL session's data at once: legacy clients (weex) expect it
      * and never send PBSZ/PROT. [MS-FTPS] makes SSL a synonym of TLS: opt-in. (arg lives
-     * in s->cmd, cleared below.) */
+     * in s->cmdq.parser, cleared below.) */
     if (fc->auth_ssl_protects_data && !strcasecmp(arg, "SSL")) {
-        s->prot_p = true;
+        s->prot.prot_p = true;
         GW_LOG_INFO(s->id, "event=auth_ssl_protects_data");
     }
     /* SECURITY: plaintext pipelined after AUTH must not be taken as protected commands. */
-    if (s->inlen)
-        GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->inlen);
-    s->inlen = 0;
-    gw_cmd_init(&s->cmd);
+    if (s->cmdq.len)
+        GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->cmdq.len);
+    s->cmdq.len = 0;
+    gw_cmd_init(&s->cmdq.parser);
     gw_sess_set_client_state(s, CS_AUTH);
     int r = gw_sess_start_tls(s);
     if (r != 0)
@@ -104,7 +104,7 @@ static void cmd_auth(gw_session *s, const char *arg)
  * (unknown: the default, else 504); TLS SNI chose already: only the same frontend. */
 static void cmd_host(gw_session *s, const char *arg)
 {
-    if (s->user_sent || s->logged_in || s->backend) {
+    if (s->login.user_sent || s->login.logged_in || s->bconn.conn) {
         gw_sess_reply(s, GW_R_HOST_LATE);
         return;
     }
@@ -112,7 +112,7 @@ static void cmd_host(gw_session *s, const char *arg)
     snprintf(name, sizeof name, "%s", arg);
     gw_frontend *fe = gw_vhost_find(s->fe->vh_listen, name);
     /* SECURITY: after the handshake the session stays under the TLS policy that ran it. */
-    if (!fe || ((s->vh_sni || s->tls_up) && fe != s->fe)) {
+    if (!fe || ((s->vh_sni || s->prot.tls_up) && fe != s->fe)) {
         GW_LOG_INFO(s->id, "event=host_refused host=\"%.64s\" reason=%s", name,
                     !fe         ? "unknown"
                     : s->vh_sni ? "sni_other"
@@ -128,7 +128,7 @@ static void cmd_host(gw_session *s, const char *arg)
 static void cmd_ccc(gw_session *s)
 {
     const gw_frontend_conf *fc = s->fe->conf;
-    if (!s->tls_up) {
+    if (!s->prot.tls_up) {
         gw_sess_reply(s, GW_R_CCC_NEEDS_TLS);
         return;
     }
@@ -138,8 +138,8 @@ static void cmd_ccc(gw_session *s)
     }
     gw_sess_reply(s, GW_R_CCC_OK);
     gw_conn_clear_tls(s->client, NULL);
-    s->tls_up = false;
-    s->ccc = true;
+    s->prot.tls_up = false;
+    s->prot.ccc = true;
     GW_LOG_INFO(s->id, "event=ccc note=\"control connection in clear from now on\"");
 }
 
@@ -151,12 +151,13 @@ static void answer_queued_before_reset(gw_session *s)
 {
     int answered = 0;
     size_t off = 0, partial = 0;
-    while (off < s->inlen) {
+    while (off < s->cmdq.len) {
         size_t used = 0;
-        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf + off, s->inlen - off, &used);
+        int r = gw_cmd_feed(&s->cmdq.parser, (const uint8_t *)s->cmdq.buf + off, s->cmdq.len - off,
+                            &used);
         off += used;
         if (r == GW_CMD_AGAIN) {
-            partial = s->cmd.len;
+            partial = s->cmdq.parser.len;
             break;
         }
         gw_sess_reply(s, GW_R_REIN_PIPELINED);
@@ -164,8 +165,8 @@ static void answer_queued_before_reset(gw_session *s)
     }
     if (answered || partial)
         GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered, partial);
-    s->inlen = 0;
-    gw_cmd_init(&s->cmd);
+    s->cmdq.len = 0;
+    gw_cmd_init(&s->cmdq.parser);
 }
 
 /* REIN: the gateway answers it (vsftpd says 502); the session starts over with a fresh
@@ -173,38 +174,37 @@ static void answer_queued_before_reset(gw_session *s)
 static void cmd_rein(gw_session *s)
 {
     bool implicit = s->fe->conf->mode == GW_FE_IMPLICIT;
+    bool was_tls = s->prot.tls_up;
     gw_sess_reply(s, GW_R_REIN_OK);
     gw_sess_drop_data(s, false);
-    if (s->tls_up)
+    if (was_tls)
         answer_queued_before_reset(s);
-    s->logged_in = s->user_sent = s->prot_p = s->pbsz = s->epsv_all = s->ccc = false;
-    s->user_waiting = s->utf8_replay = false;
-    s->be_prot_p = s->be_prot_later = s->be_after_login = false;
-    s->started_ms = s->last_active_ms = gw_sess_now(s);
-    if (s->backend)
-        gw_conn_close(s->backend);
-    s->backend = NULL;
-    gw_sess_set_backend_state(s, BS_IDLE);
-    gw_reply_init(&s->reply);
+    if (!gw_backend_drop(s))
+        return;
+    /* The login and the protection levels start over, whole. SECURITY: the count of
+     * failed logins survives: REIN must not buy a client more guesses. */
+    uint64_t now = gw_sess_now(s);
+    gw_edge_free(s); /* the login part's heap: the gateway's check and who passed it */
+    s->login = (gw_sess_login){.failed = s->login.failed, .started_ms = now};
+    s->prot = (gw_sess_prot){0};
+    s->last_active_ms = now;
     GW_LOG_INFO(s->id, "event=rein");
     gw_sess_rearm(s);
-    if (s->tls_up) {
-        s->tls_up = false;
-        gw_conn_clear_tls(s->client, implicit ? s->ctl_ctx : NULL);
-    }
+    if (was_tls)
+        gw_conn_clear_tls(s->client, implicit ? s->ctl.ctx : NULL);
     if (implicit) {
         gw_sess_set_client_state(s, CS_HANDSHAKE); /* a new ClientHello, then a fresh greeting */
         return;
     }
-    if (s->self_greet)
+    if (s->route.self_greet)
         return; /* the 220 above is the greeting; the same backend is connected at USER */
-    s->swallow_greeting = true;
+    s->bconn.swallow_greeting = true;
     gw_backend_connect(s);
 }
 
 static void cmd_pbsz(gw_session *s, const char *arg)
 {
-    if (!s->tls_up) {
+    if (!s->prot.tls_up) {
         gw_sess_reply(s, GW_R_PBSZ_NEEDS_TLS);
         return;
     }
@@ -212,13 +212,13 @@ static void cmd_pbsz(gw_session *s, const char *arg)
         gw_sess_reply(s, GW_R_PBSZ_BAD_ARG);
         return;
     }
-    s->pbsz = true;
+    s->prot.pbsz = true;
     gw_sess_reply(s, GW_R_PBSZ_OK);
 }
 
 static void cmd_prot(gw_session *s, const char *arg)
 {
-    if (!s->tls_up || !s->pbsz) {
+    if (!s->prot.tls_up || !s->prot.pbsz) {
         gw_sess_reply(s, GW_R_PROT_NEEDS_PBSZ);
         return;
     }
@@ -228,11 +228,11 @@ static void cmd_prot(gw_session *s, const char *arg)
     }
     switch (arg[0] | 0x20) {
     case 'c':
-        s->prot_p = false;
+        s->prot.prot_p = false;
         gw_sess_reply(s, GW_R_PROT_C_OK);
         return;
     case 'p':
-        s->prot_p = true;
+        s->prot.prot_p = true;
         gw_sess_reply(s, GW_R_PROT_P_OK);
         return;
     case 's':
@@ -251,7 +251,7 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
         int family = 0;
         int r = gw_parse_epsv_arg(arg, &family);
         if (r == 1) {
-            s->epsv_all = true;
+            s->prot.epsv_all = true;
             gw_sess_drop_data(s, false);
             gw_sess_reply(s, GW_R_EPSV_ALL_OK);
             return;
@@ -261,24 +261,24 @@ static void cmd_pasv(gw_session *s, bool epsv, const char *arg)
             return;
         }
     }
-    if (!epsv && s->epsv_all) {
+    if (!epsv && s->prot.epsv_all) {
         gw_sess_reply(s, GW_R_EPSV_ALL_IN_EFFECT);
         return;
     }
     /* A 227 cannot carry an IPv6 address (vsftpd refuses PASV there too). */
     gw_addr adv;
-    if (!epsv && !gw_relay_pasv_addr(s, &s->client_local, &adv)) {
+    if (!epsv && !gw_xfer_pasv_addr(s, &s->client_local, &adv)) {
         gw_sess_reply(s, GW_R_PASV_IPV4_ONLY);
         return;
     }
     s->cur.want = epsv ? WANT_EPSV : WANT_PASV;
-    gw_relay_arm_backend_leg(s);
+    gw_xfer_arm_backend_leg(s);
 }
 
 /* PORT/EPRT: the gateway will connect to the client. */
 static void cmd_port(gw_session *s, bool eprt, const char *arg)
 {
-    if (s->epsv_all) {
+    if (s->prot.epsv_all) {
         gw_sess_reply(s, GW_R_EPSV_ALL_IN_EFFECT);
         return;
     }
@@ -302,60 +302,61 @@ static void cmd_port(gw_session *s, bool eprt, const char *arg)
     }
     s->cur.want = eprt ? WANT_EPRT : WANT_PORT;
     s->cur.want_addr = a;
-    gw_relay_arm_backend_leg(s);
+    gw_xfer_arm_backend_leg(s);
 }
 
 static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool upload)
 {
     /* SECURITY: require_prot_p keeps data off the wire in clear (RFC 4217 §10.2). */
-    if (s->fe->conf->require_prot_p && s->fe->conf->mode != GW_FE_PLAIN && !s->prot_p) {
+    if (s->fe->conf->require_prot_p && s->fe->conf->mode != GW_FE_PLAIN && !s->prot.prot_p) {
         gw_sess_reply(s, GW_R_PROT_P_REQUIRED);
         return;
     }
-    if (!s->data || !gw_data_usable(s->data)) {
+    if (!s->xfer.data || !gw_data_usable(s->xfer.data)) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_NEED_DATA_CMD);
         return;
     }
-    if (!s->backend) {
+    if (!s->bconn.conn) {
         gw_sess_reply(s, GW_R_LOCAL_ERROR);
         return;
     }
     /* SECURITY (data safety): an upload reaches the server only once the client's data leg
      * is accepted, so that a refused leg never truncates the server's file. */
     if (upload) {
-        gw_relay_defer_upload(s, line);
+        gw_xfer_defer_upload(s, line);
     } else {
         gw_backend_send(s, line, PEND_TRANSFER);
         s->cur.be_sent = true;
     }
     s->cur.held_code = 0;
-    s->data_finished = false;
-    s->xfer_bytes = 0;
-    s->xfer_started_ms = gw_sess_now(s);
-    s->xfer_open = true;
+    s->xfer.finished = false;
+    s->xfer.bytes = 0;
+    s->xfer.started_ms = gw_sess_now(s);
+    s->xfer.open = true;
     const char *sp = strchr(line, ' ');
-    snprintf(s->xfer_arg, sizeof s->xfer_arg, "%s", sp ? sp + 1 : "");
-    GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot_p ? "P" : "C");
+    snprintf(s->xfer.arg, sizeof s->xfer.arg, "%s", sp ? sp + 1 : "");
+    GW_LOG_INFO(s->id, "event=transfer_start verb=%s prot=%s", verb, s->prot.prot_p ? "P" : "C");
     gw_data_tls tls = {
-        .client_ctx = s->prot_p ? (s->ctl_ctx ? s->ctl_ctx : s->fe->tls_ctx) : NULL,
-        .tag = s->has_tag ? s->tag : NULL,
+        .client_ctx = s->prot.prot_p ? (s->ctl.ctx ? s->ctl.ctx : s->fe->tls_ctx) : NULL,
+        .tag = s->ctl.has_tag ? s->ctl.tag : NULL,
         .reuse_required = s->fe->conf->data_session_reuse_required,
         .reuse_exempt = gw_cidr_list_match(s->fe->conf->data_session_reuse_exempt, &s->client_peer),
         /* Default yes: curl, lftp and ftplib all end uploads with close_notify (measured);
          * netkit ftp-ssl does not (strict_tls_eof_exempt, or strict_tls_eof = no). */
         .strict_eof = s->fe->conf->strict_tls_eof != 0 &&
                       !gw_cidr_list_match(s->fe->conf->strict_tls_eof_exempt, &s->client_peer),
-        .cert_sha256 = s->cert ? s->cert->sha256 : NULL,
+        .cert_sha256 = s->ctl.cert ? s->ctl.cert->sha256 : NULL,
     };
     if (upload && tls.client_ctx && !tls.strict_eof && s->fe->conf->strict_tls_eof != 0)
         GW_LOG_DEBUG(s->id, "event=strict_tls_eof_exempt");
-    if (s->be_prot_p) {
+    if (s->bconn.data == BE_DATA_TLS) {
         /* Offer the backend control session: servers such as vsftpd require it. */
-        tls.backend_engine = gw_tls_new_client(s->be->tls_ctx, GW_TLS_CLIENT_DATA, s->be->host,
-                                               s->be->conf->tls_verify, s->backend->tls);
+        tls.backend_engine =
+            gw_tls_new_client(s->route.be->tls_ctx, GW_TLS_CLIENT_DATA, s->route.be->host,
+                              s->route.be->conf->tls_verify, s->bconn.conn->tls);
     }
-    gw_data_start(s->data, upload, &tls);
+    gw_data_start(s->xfer.data, upload, &tls);
 }
 
 static void cmd_abort(gw_session *s);
@@ -399,25 +400,25 @@ static void cmd_user_routed(gw_session *s, const char *arg)
             gw_sess_reply(s, GW_R_ROUTE_UNKNOWN);
             return;
         }
-        if (s->be && s->fe->backends[want] != s->be) {
+        if (s->route.be && s->fe->backends[want] != s->route.be) {
             GW_LOG_INFO(s->id, "event=route_refused backend=%s reason=\"the session keeps %s\"",
-                        named, s->be->conf->name);
+                        named, s->route.be->conf->name);
             gw_sess_reply(s, GW_R_ROUTE_REIN_OTHER);
             return;
         }
     }
-    s->user_sent = true;
-    size_t n = strnlen(name, sizeof s->user - 1); /* the transfer log's copy may be cut */
-    memcpy(s->user, name, n);
-    s->user[n] = 0;
-    snprintf(s->be_user, sizeof s->be_user, "%s", name);
-    if (s->backend) { /* connected already: a second USER */
+    s->login.user_sent = true;
+    size_t n = strnlen(name, sizeof s->login.user - 1); /* the transfer log's copy may be cut */
+    memcpy(s->login.user, name, n);
+    s->login.user[n] = 0;
+    snprintf(s->login.be_user, sizeof s->login.be_user, "%s", name);
+    if (s->bconn.conn) { /* connected already: a second USER */
         char line[GW_CMD_LINE_MAX + 8];
         snprintf(line, sizeof line, name[0] ? "USER %s" : "USER", name);
         gw_backend_send(s, line, PEND_RELAY);
         return;
     }
-    if (!s->be) {
+    if (!s->route.be) {
         bool ok = want >= 0 ? gw_backend_choose_index(s, want) : gw_backend_choose(s);
         if (!ok) {
             gw_sess_fail(s, want >= 0 ? GW_R_TOO_MANY_CONNECTIONS : GW_R_UNAVAILABLE,
@@ -425,8 +426,7 @@ static void cmd_user_routed(gw_session *s, const char *arg)
             return;
         }
     }
-    s->user_waiting = true;
-    gw_backend_connect(s);
+    gw_backend_connect(s); /* the USER goes once it is set up (gw_backend_advance) */
 }
 
 /* self_greet and no backend yet: true when the gateway answered the command itself. */
@@ -454,7 +454,7 @@ static bool cmd_before_backend(gw_session *s, const gw_cmd_def *def, const char 
         break;
     case GW_CMD_OPTS:
         if (strcasecmp(arg, "UTF8 ON") == 0 || strcasecmp(arg, "UTF8") == 0) {
-            s->utf8_replay = true; /* sent to the backend once it greets */
+            s->login.utf8 = true; /* sent to the backend once it greets */
             gw_sess_reply(s, GW_R_OPTS_UTF8_OK);
         } else {
             gw_sess_reply(s, GW_R_PRELOGIN);
@@ -491,6 +491,7 @@ static void handle_command(gw_session *s, const char *line)
                  def->id == GW_CMD_PASS ? "***" : cmd.arg);
     gw_sinfo_command(s, cmd.verb, cmd.arg); /* PASS masked there */
     free(s->cur.held); /* released with the previous command's reply; never carried over */
+    free(s->cur.feat);
     memset(&s->cur, 0, sizeof s->cur);
     snprintf(s->cur.verb, sizeof s->cur.verb, "%s", cmd.verb);
     if (def->id == GW_CMD_HOST && s->fe->vhosted) { /* RFC 7151: before AUTH too */
@@ -499,13 +500,13 @@ static void handle_command(gw_session *s, const char *line)
     }
     if (gate_before_tls(s, def))
         return;
-    if (!s->logged_in && opens_data(def)) { /* vsftpd's answer, before any data port opens */
+    if (!s->login.logged_in && opens_data(def)) { /* vsftpd's answer, before any data port opens */
         gw_sess_reply(s, GW_R_PRELOGIN);
         return;
     }
     if (gw_edge_command(s, def, cmd.verb, cmd.arg)) /* auth = file's PASS, [policy] */
         return;
-    if (s->self_greet && !s->backend && cmd_before_backend(s, def, cmd.arg))
+    if (s->route.self_greet && !s->bconn.conn && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
         cmd_transfer(s, line, cmd.verb, (def->flags & GW_CMDF_UPLOAD) != 0);
@@ -551,16 +552,16 @@ static void handle_command(gw_session *s, const char *line)
     case GW_CMD_USER:
         if (!cert_user_ok(s, cmd.arg) || gw_edge_user(s, cmd.arg))
             break;
-        if (s->self_greet) {
+        if (s->route.self_greet) {
             cmd_user_routed(s, cmd.arg);
             break;
         }
-        s->user_sent = true;
-        snprintf(s->user, sizeof s->user, "%s", cmd.arg);
+        s->login.user_sent = true;
+        snprintf(s->login.user, sizeof s->login.user, "%s", cmd.arg);
         gw_backend_send(s, line, PEND_RELAY);
         break;
     case GW_CMD_TYPE: /* relayed; remembered for the transfer log */
-        s->type_ascii = cmd.arg[0] == 'A' || cmd.arg[0] == 'a';
+        s->xfer.type_ascii = cmd.arg[0] == 'A' || cmd.arg[0] == 'a';
         gw_backend_send(s, line, PEND_RELAY);
         break;
     default: /* every other verb is relayed verbatim */
@@ -579,7 +580,7 @@ static void cmd_abort(gw_session *s)
         return;
     }
     if (!s->cur.be_sent) { /* a deferred upload the server never heard of: ours to answer */
-        gw_relay_end_unsent(s, s->cur.own_1xx ? GW_R_XFER_ABORTED : NULL, "aborted", "ABOR");
+        gw_xfer_end_unsent(s, s->cur.own_1xx ? GW_R_XFER_ABORTED : NULL, "aborted", "ABOR");
         gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_command_done(s);
         return;
@@ -590,7 +591,7 @@ static void cmd_abort(gw_session *s)
     s->cur.abort_xfer_sent = false;
     if (s->cur.held_code) { /* the transfer's final reply is already here */
         gw_sess_reply(s, GW_R_XFER_ABORTED);
-        gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+        gw_xfer_record(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         s->cur.abort_xfer_sent = true;
         s->cur.abort_expect = 1;
     }
@@ -612,13 +613,13 @@ static void peek_abort(gw_session *s)
     gw_cmd_parser *tmp = malloc(sizeof *tmp);
     if (!tmp)
         return;
-    *tmp = s->cmd;
+    *tmp = s->cmdq.parser;
     size_t used = 0;
     gw_cmd c;
-    if (gw_cmd_feed(tmp, (const uint8_t *)s->inbuf, s->inlen, &used) == GW_CMD_LINE &&
+    if (gw_cmd_feed(tmp, (const uint8_t *)s->cmdq.buf, s->cmdq.len, &used) == GW_CMD_LINE &&
         gw_cmd_split(tmp->line, &c) == 0 && c.def->id == GW_CMD_ABOR) {
-        s->cmd = *tmp;
-        s->cmd.tn_reply_len = 0;
+        s->cmdq.parser = *tmp;
+        s->cmdq.parser.tn_reply_len = 0;
         consume(s, used);
         s->last_active_ms = gw_sess_now(s);
         cmd_abort(s);
@@ -628,55 +629,55 @@ static void peek_abort(gw_session *s)
 
 static void consume(gw_session *s, size_t n)
 {
-    memmove(s->inbuf, s->inbuf + n, s->inlen - n);
-    s->inlen -= n;
+    memmove(s->cmdq.buf, s->cmdq.buf + n, s->cmdq.len - n);
+    s->cmdq.len -= n;
 }
 
 /* Take commands from the queue while nothing is outstanding. */
 void gw_cmdq_pump(gw_session *s)
 {
-    if (s->pending == PEND_TRANSFER && s->inlen && s->cstate != CS_CLOSING)
+    if (s->pending == PEND_TRANSFER && s->cmdq.len && s->cstate != CS_CLOSING)
         peek_abort(s);
     while (s->cstate != CS_CLOSING && s->pending == PEND_NONE && s->cstate == CS_READY &&
-           s->inlen) {
+           s->cmdq.len) {
         size_t used = 0;
-        int r = gw_cmd_feed(&s->cmd, (const uint8_t *)s->inbuf, s->inlen, &used);
+        int r = gw_cmd_feed(&s->cmdq.parser, (const uint8_t *)s->cmdq.buf, s->cmdq.len, &used);
         consume(s, used);
-        if (s->cmd.tn_reply_len) {
-            gw_conn_write(s->client, s->cmd.tn_reply, s->cmd.tn_reply_len);
-            s->cmd.tn_reply_len = 0;
+        if (s->cmdq.parser.tn_reply_len) {
+            gw_conn_write(s->client, s->cmdq.parser.tn_reply, s->cmdq.parser.tn_reply_len);
+            s->cmdq.parser.tn_reply_len = 0;
         }
         if (r == GW_CMD_LINE) {
-            handle_command(s, s->cmd.line);
+            handle_command(s, s->cmdq.parser.line);
         } else if (r == GW_CMD_TOOLONG) {
             GW_LOG_WARN(s->id, "event=line_too_long max=%d", GW_CMD_LINE_MAX);
-            if (++s->too_long >= MAX_LONG_LINES)
+            if (++s->cmdq.too_long >= MAX_LONG_LINES)
                 gw_sess_fail(s, GW_R_TOO_MANY_LONG_LINES, "line abuse");
             else
                 gw_sess_reply(s, GW_R_LINE_TOO_LONG);
         }
     }
-    if (s->client && s->client->paused && s->inlen < INBUF_MAX / 2 && s->cstate != CS_CLOSING)
+    if (s->client && s->client->paused && s->cmdq.len < INBUF_MAX / 2 && s->cstate != CS_CLOSING)
         gw_conn_resume(s->client);
 }
 
 /* The client's bytes join the queue; commands are taken while nothing is outstanding. */
 void gw_cmdq_receive(gw_session *s, const char *buf, size_t n)
 {
-    if (s->inlen + n > s->incap) {
-        size_t cap = s->inlen + n;
-        char *nb = realloc(s->inbuf, cap);
+    if (s->cmdq.len + n > s->cmdq.cap) {
+        size_t cap = s->cmdq.len + n;
+        char *nb = realloc(s->cmdq.buf, cap);
         if (!nb) {
             gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
             return;
         }
-        s->inbuf = nb;
-        s->incap = cap;
+        s->cmdq.buf = nb;
+        s->cmdq.cap = cap;
     }
-    memcpy(s->inbuf + s->inlen, buf, n);
-    s->inlen += n;
+    memcpy(s->cmdq.buf + s->cmdq.len, buf, n);
+    s->cmdq.len += n;
     gw_cmdq_pump(s);
     /* The queue is full: stop reading until commands are answered. */
-    if (s->inlen > INBUF_MAX)
+    if (s->cmdq.len > INBUF_MAX)
         gw_conn_pause(s->client);
 }

@@ -621,6 +621,9 @@ static const struct keydef keys[] = {
     {"ban_time", IN_GLOBAL, p_int, G(ban_time), "900", DUR, NULL},
     {"ban_exempt", IN_GLOBAL, p_cidr_list, G(ban_exempt), "", 0, 0, NULL},
     {"admin_listen", IN_GLOBAL, p_admin_listen, G(admin_listen), "", 0, 0, NULL},
+    {"admin_users", IN_GLOBAL, p_str, G(admin_users), "", 0, 0, NULL},
+    {"admin_tls_cert", IN_GLOBAL, p_str, G(admin_tls_cert), "", 0, 0, NULL},
+    {"admin_tls_key", IN_GLOBAL, p_str, G(admin_tls_key), "", 0, 0, NULL},
     {"control_socket", IN_GLOBAL, p_str, G(control_socket), "", 0, 0, NULL},
 
     {"cert", IN_TLS | IN_FRONTEND, p_str, TF(cert), "", 0, 0, NULL},
@@ -1113,6 +1116,12 @@ static bool same_listen(const gw_hostport *a, const gw_hostport *b)
 static int validate_admin(struct state *st)
 {
     const gw_hostport *a = &st->cfg->admin_listen;
+    /* HTTPS needs both halves: one alone would silently serve clear HTTP. */
+    if (!st->cfg->admin_tls_cert[0] != !st->cfg->admin_tls_key[0]) {
+        const char *set = st->cfg->admin_tls_cert[0] ? "admin_tls_cert" : "admin_tls_key";
+        return fail(st, st->global_keys[key_index(S_GLOBAL, set)], "global", set,
+                    "admin_tls_cert and admin_tls_key go together (set both, or neither)");
+    }
     if (a->port == 0)
         return 0;
     for (int i = 0; i < st->cfg->n_frontends; i++) {

@@ -1,13 +1,15 @@
 /* Decisions at the edge: the gateway's own USER/PASS check on `auth = file` frontends
  * (users_file.h), the replayed login toward the backend after it, and the command policy
  * ([policy NAME], cmd_policy.h) of logged-in sessions. Part of the session module: called
- * from client_cmd.c (commands), backend.c (backend ready) and relay.c (its replies).
+ * from client_cmd.c (commands) and backend.c (the set-up's replayed login).
  *
  * auth = file, in order: USER is answered by the gateway (331); PASS is checked in libuv's
- * thread pool (crypt_r costs milliseconds by design); only then is a backend chosen and
- * connected, and sent USER (backend_user or the same name) and the client's PASS, whose
- * reply is the client's. A failed check is a failed login as a backend's 530 is (delay,
- * ban list, 3 per session) and opens nothing. */
+ * thread pool (crypt_r costs milliseconds by design; pending PEND_CHECK); only then is a
+ * backend chosen and connected, and its set-up ends with USER (backend_user or the same
+ * name) and the client's PASS (steps BE_LOGIN_USER, BE_LOGIN_PASS), whose 2xx is the
+ * client's. A failed check is a failed login as a backend's 530 is (delay, ban list, 3 per
+ * session) and opens nothing. All of it lives in the session's login part
+ * (s->login.edge), which REIN resets whole. */
 #include "session_int.h"
 
 #include <stdio.h>
@@ -21,8 +23,6 @@
 #include "metrics.h"
 #include "users_file.h"
 
-#define FAILED_LOGIN_DELAY_MS 1000 /* as relay.c's for a backend's 530 */
-
 struct gw_edge {
     uv_work_t work;
     gw_session *s;
@@ -31,7 +31,7 @@ struct gw_edge {
     char *pw; /* the client's password, for the check and then the backend's PASS (wiped) */
     bool ok;  /* the check's result (thread pool), read in after_check */
     bool busy;
-    bool too_long;            /* the USER argument was cut to fit s->user: no user has that name */
+    bool too_long; /* the USER argument was cut to fit login.user: no user has that name */
     const gw_user_entry *who; /* after a successful check */
 };
 
@@ -46,11 +46,22 @@ static void wipe_pw(struct gw_edge *e)
 
 void gw_edge_free(gw_session *s)
 {
-    if (!s->edge)
+    struct gw_edge *e = s->login.edge;
+    if (!e)
         return;
-    wipe_pw(s->edge);
-    free(s->edge);
-    s->edge = NULL;
+    /* The thread pool holds the session while it checks (s->handles), and no command (REIN)
+     * is taken meanwhile. */
+    if (GW_SESS_BUG_ON(s, e->busy))
+        return;
+    wipe_pw(e);
+    free(e);
+    s->login.edge = NULL;
+}
+
+void gw_edge_forget(gw_session *s)
+{
+    if (s->login.edge)
+        wipe_pw(s->login.edge);
 }
 
 /* A client-chosen name for a log value: quotes, backslashes and bytes outside printable
@@ -78,15 +89,15 @@ static void edge_user(gw_session *s, const char *arg)
         gw_sess_reply(s, GW_R_HOST_NONE);
         return;
     }
-    if (!s->edge && !(s->edge = calloc(1, sizeof *s->edge))) {
+    if (!s->login.edge && !(s->login.edge = calloc(1, sizeof *s->login.edge))) {
         gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
         return;
     }
-    wipe_pw(s->edge);
+    wipe_pw(s->login.edge);
     /* SECURITY: a longer name must not be cut into a listed one */
-    s->edge->too_long = strlen(arg) >= sizeof s->user;
-    s->user_sent = true;
-    snprintf(s->user, sizeof s->user, "%s", arg);
+    s->login.edge->too_long = strlen(arg) >= sizeof s->login.user;
+    s->login.user_sent = true;
+    snprintf(s->login.user, sizeof s->login.user, "%s", arg);
     gw_sess_reply(s, GW_R_EDGE_PASSWORD);
 }
 
@@ -96,45 +107,45 @@ static void check_work(uv_work_t *req)
     e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
 }
 
-/* A failed check: logged (never the password), counted as a failed login, 530 after the
- * delay (check_deadlines releases it and the queue). */
+/* A failed check: logged (never the password), then a failed login as a backend's 530 is
+ * (gw_reply_login_failed: its 530 after the delay). */
 static void check_failed(gw_session *s, const char *reason)
 {
     char who[65];
     GW_LOG_INFO(s->id, "event=auth_failed method=file user=\"%s\" reason=%s",
-                log_name(s->user, who, sizeof who), reason);
-    GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
-    gw_sinfo_login(s, false);
-    s->user_sent = false;
-    if (gw_bans_login_failed(s->fe->cfg, &s->client_peer, s->id)) {
-        gw_sess_fail(s, GW_R_BANNED, "client address banned");
-        return;
-    }
-    if (++s->failed_logins >= 3) {
-        gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
-        return;
-    }
-    s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
-    gw_sess_rearm(s);
+                log_name(s->login.user, who, sizeof who), reason);
+    s->login.user_sent = false;
+    gw_reply_login_failed(s);
 }
 
-/* The check passed: the backend is chosen and connected; gw_edge_backend_ready replays the
- * login once it is ready. */
+/* The check passed: the backend is chosen and connected; its set-up ends with the login
+ * replayed (gw_edge_login_due). */
 static void check_passed(gw_session *s)
 {
-    struct gw_edge *e = s->edge;
+    struct gw_edge *e = s->login.edge;
     const gw_user_entry *who = e->who;
     const char *account = who->backend_user[0] ? who->backend_user : who->name;
     char name[65], acct[65];
     GW_LOG_INFO(s->id, "event=auth_ok method=file user=\"%s\" backend_user=\"%s\"%s%s",
-                log_name(s->user, name, sizeof name), log_name(account, acct, sizeof acct),
+                log_name(s->login.user, name, sizeof name), log_name(account, acct, sizeof acct),
                 who->backend[0] ? " backend=" : "", who->backend);
-    snprintf(s->be_user, sizeof s->be_user, "%s", account);
-    if (!s->be) {
-        int want = -1;
-        for (int i = 0; who->backend[0] && i < s->fe->n_backends; i++)
-            if (strcmp(s->fe->backends[i]->conf->name, who->backend) == 0)
-                want = i;
+    int want = -1;
+    for (int i = 0; who->backend[0] && i < s->fe->n_backends; i++)
+        if (strcmp(s->fe->backends[i]->conf->name, who->backend) == 0)
+            want = i;
+    if (s->route.be && want >= 0 && s->fe->backends[want] != s->route.be) {
+        /* REIN (or a refused login) keeps the session's backend, as route_user does */
+        GW_LOG_INFO(s->id, "event=route_refused backend=%s reason=\"the session keeps %s\"",
+                    who->backend, s->route.be->conf->name);
+        wipe_pw(e);
+        e->who = NULL;
+        s->login.user_sent = false;
+        gw_sess_reply(s, GW_R_ROUTE_REIN_OTHER);
+        gw_sess_command_done(s);
+        return;
+    }
+    snprintf(s->login.be_user, sizeof s->login.be_user, "%s", account);
+    if (!s->route.be) {
         bool ok = want >= 0 ? gw_backend_choose_index(s, want) : gw_backend_choose(s);
         if (!ok) {
             wipe_pw(e);
@@ -143,8 +154,7 @@ static void check_passed(gw_session *s)
             return;
         }
     }
-    s->user_waiting = true;
-    gw_backend_connect(s);
+    gw_backend_connect(s); /* PEND_SETUP from here: the set-up ends with the login */
 }
 
 static void after_check(uv_work_t *req, int status)
@@ -165,18 +175,18 @@ static void after_check(uv_work_t *req, int status)
     gw_sess_release(s); /* the check held the session */
 }
 
-/* PASS on an auth = file frontend: checked off the loop; the queue waits (PEND_EDGE_CHECK). */
+/* PASS on an auth = file frontend: checked off the loop; the queue waits (PEND_CHECK). */
 static void edge_pass(gw_session *s, const char *arg)
 {
-    if (s->logged_in) {
+    if (s->login.logged_in) {
         gw_sess_reply(s, GW_R_EDGE_LOGGED_IN);
         return;
     }
-    if (!s->user_sent || !s->edge) {
+    if (!s->login.user_sent || !s->login.edge) {
         gw_sess_reply(s, GW_R_EDGE_USER_FIRST);
         return;
     }
-    struct gw_edge *e = s->edge;
+    struct gw_edge *e = s->login.edge;
     if (GW_SESS_BUG_ON(s, e->busy))
         return;
     wipe_pw(e);
@@ -189,9 +199,9 @@ static void edge_pass(gw_session *s, const char *arg)
     e->users = s->fe->users;
     e->who = NULL;
     e->ok = false;
-    snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->user); /* "": nobody */
+    snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->login.user); /* "": nobody */
     e->work.data = e;
-    gw_sess_set_pending(s, PEND_EDGE_CHECK);
+    gw_sess_set_pending(s, PEND_CHECK);
     s->handles++;
     int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
     if (r != 0) {
@@ -209,8 +219,8 @@ static const gw_policy_conf *session_policy(const gw_session *s)
     const gw_config *cfg = s->fe->cfg;
     if (cfg->n_policies == 0)
         return NULL;
-    const gw_user_entry *who = s->edge ? s->edge->who : NULL;
-    int i = gw_policy_select(cfg, s->fe->conf->policy_index, s->user, who ? who->groups : "",
+    const gw_user_entry *who = s->login.edge ? s->login.edge->who : NULL;
+    int i = gw_policy_select(cfg, s->fe->conf->policy_index, s->login.user, who ? who->groups : "",
                              who ? who->policy : NULL);
     return i >= 0 ? &cfg->policies[i] : NULL;
 }
@@ -219,7 +229,7 @@ bool gw_edge_user(gw_session *s, const char *arg)
 {
     if (!file_auth(s))
         return false;
-    if (s->logged_in)
+    if (s->login.logged_in)
         gw_sess_reply(s, GW_R_EDGE_OTHER_USER);
     else
         edge_user(s, arg);
@@ -232,7 +242,7 @@ bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, con
         edge_pass(s, arg);
         return true;
     }
-    if (!s->logged_in)
+    if (!s->login.logged_in)
         return false;
     switch (def->id) { /* the gateway's own: never the backend's business */
     case GW_CMD_AUTH:
@@ -250,64 +260,41 @@ bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, con
         return false;
     char name[65];
     GW_LOG_INFO(s->id, "event=policy_refused verb=%s policy=%s user=\"%s\"", verb, p->name,
-                log_name(s->user, name, sizeof name));
+                log_name(s->login.user, name, sizeof name));
     gw_metric_policy_refused(s->fe->conf->name);
     gw_sess_reply(s, GW_R_POLICY_DENIED);
     return true;
 }
 
-bool gw_edge_backend_ready(gw_session *s)
+bool gw_edge_login_due(const gw_session *s)
 {
-    struct gw_edge *e = s->edge;
-    if (!e || !e->pw || !e->who)
+    const struct gw_edge *e = s->login.edge;
+    return e && e->pw && e->who;
+}
+
+bool gw_edge_pass_line(gw_session *s, char *line, size_t cap)
+{
+    struct gw_edge *e = s->login.edge;
+    if (!e || !e->pw)
         return false;
-    char line[GW_CMD_LINE_MAX + 8];
-    snprintf(line, sizeof line, "USER %s", s->be_user);
-    gw_backend_send(s, line, PEND_EDGE_USER);
+    snprintf(line, cap, "PASS %s", e->pw);
+    wipe_pw(e); /* its last use */
     return true;
 }
 
 /* The backend refused the replayed login: 530, logged as its refusal (not a failed
- * gateway login: no ban count); its connection is closed as REIN does, the next PASS
- * connects again. */
-static void backend_refused(gw_session *s, gw_reply_parser *r)
+ * gateway login: no ban count); its connection part is dropped as REIN drops it (the
+ * session keeps its backend), the next PASS connects again. */
+void gw_edge_login_refused(gw_session *s, gw_reply_parser *r)
 {
     char name[65], acct[65];
-    GW_LOG_WARN(s->id,
-                "event=backend_login_refused user=\"%s\" backend_user=\"%s\" backend=%s code=%d",
-                log_name(s->user, name, sizeof name), log_name(s->be_user, acct, sizeof acct),
-                s->be ? s->be->conf->name : "", r->code);
-    if (s->edge)
-        wipe_pw(s->edge);
+    GW_LOG_WARN(
+        s->id, "event=backend_login_refused user=\"%s\" backend_user=\"%s\" backend=%s code=%d",
+        log_name(s->login.user, name, sizeof name), log_name(s->login.be_user, acct, sizeof acct),
+        s->route.be ? s->route.be->conf->name : "", r->code);
+    gw_edge_forget(s);
     gw_sess_reply(s, GW_R_LOGIN_INCORRECT);
-    s->user_sent = false;
-    if (s->backend)
-        gw_conn_close(s->backend);
-    s->backend = NULL;
-    gw_sess_set_backend_state(s, BS_IDLE);
-    gw_reply_init(&s->reply);
-    gw_sess_command_done(s);
-}
-
-void gw_edge_reply(gw_session *s, gw_reply_parser *r)
-{
-    if (r->code == 230 || (s->pending == PEND_EDGE_PASS && r->code >= 200 && r->code < 300)) {
-        /* logged in: the reply is the client's answer to its PASS, relayed as any */
-        if (s->edge)
-            wipe_pw(s->edge);
-        gw_sess_set_pending(s, PEND_RELAY);
-        gw_relay_line(s, r);
-        return;
-    }
-    if (!r->last)
-        return;
-    if (s->pending == PEND_EDGE_USER && r->code == 331 && s->edge && s->edge->pw) {
-        char line[GW_CMD_LINE_MAX + 8];
-        snprintf(line, sizeof line, "PASS %s", s->edge->pw);
-        gw_backend_send(s, line, PEND_EDGE_PASS);
-        explicit_bzero(line, sizeof line);
-        wipe_pw(s->edge);
-        return;
-    }
-    backend_refused(s, r);
+    s->login.user_sent = false;
+    if (gw_backend_drop(s))
+        gw_sess_command_done(s);
 }

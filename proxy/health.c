@@ -42,7 +42,8 @@ struct hb {
     /* Under h->lock: */
     bool up;
     int good, bad;
-    bool confirm; /* passive failures reached health_fall: a probe must confirm (now) */
+    bool confirm;           /* passive failures reached health_fall: a probe must confirm (now) */
+    enum gw_be_admin admin; /* runtime state (admin endpoint) */
     char reason[REASON_MAX];
     /* Loop thread only: */
     SSL_CTX *ctx; /* tls = implicit: the probe's client context */
@@ -208,9 +209,46 @@ bool gw_health_is_up(gw_health *h, const char *backend)
         return true;
     pthread_mutex_lock(&h->lock);
     hb *b = find(h, backend);
+    bool up = !b || (b->up && b->admin == GW_BE_ADMIN_READY);
+    pthread_mutex_unlock(&h->lock);
+    return up;
+}
+
+bool gw_health_is_healthy(gw_health *h, const char *backend)
+{
+    if (!h)
+        return true;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
     bool up = !b || b->up;
     pthread_mutex_unlock(&h->lock);
     return up;
+}
+
+int gw_health_set_admin(gw_health *h, const char *backend, enum gw_be_admin state,
+                        enum gw_be_admin *previous)
+{
+    if (!h)
+        return -1;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
+    if (b) {
+        *previous = b->admin;
+        b->admin = state;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return b ? 0 : -1;
+}
+
+enum gw_be_admin gw_health_admin(gw_health *h, const char *backend)
+{
+    if (!h)
+        return GW_BE_ADMIN_READY;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
+    enum gw_be_admin s = b ? b->admin : GW_BE_ADMIN_READY;
+    pthread_mutex_unlock(&h->lock);
+    return s;
 }
 
 void gw_health_report(gw_health *h, const char *backend, bool ok, const char *reason)
@@ -333,7 +371,12 @@ static void hb_quiesce(hb *b)
 static void on_tick(uv_timer_t *t)
 {
     hb *b = t->data;
-    if (!b->p && !b->h->stopping)
+    pthread_mutex_lock(&b->h->lock);
+    bool maint = b->admin == GW_BE_ADMIN_MAINT; /* probes paused */
+    pthread_mutex_unlock(&b->h->lock);
+    if (maint)
+        GW_LOG_DEBUG(0, "event=health_probe_skipped backend=%s state=maint", b->conf.name);
+    if (!b->p && !b->h->stopping && !maint)
         probe_begin(b);
 }
 
@@ -705,6 +748,10 @@ int gw_health_configure(gw_health *h, const gw_config *cfg)
             fresh[i] = true;
             next[i]->h = h;
             next[i]->up = true;
+            /* Same name, new address: the operator's runtime state stays. */
+            for (int j = 0; j < n_old; j++)
+                if (strcmp(h->b[j]->conf.name, bc->name) == 0)
+                    next[i]->admin = h->b[j]->admin;
         }
     }
     for (int j = 0; j < n_old; j++)

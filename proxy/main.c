@@ -156,6 +156,9 @@ static int check_config(const gw_config *cfg, char *err, size_t cap)
     } else {
         r = gw_generation_check(cfg, &where, problem, sizeof problem);
     }
+    const char *key = NULL;
+    if (r == 0 && (r = gw_admin_check(cfg, &key, problem, sizeof problem)) != 0)
+        where = (gw_cfg_where){"global", 0, key};
     if (r != 0)
         gw_cfg_where_format(cfg, &where, problem, err, cap);
     return r;

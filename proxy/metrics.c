@@ -317,6 +317,17 @@ static void render_backends(const gw_metrics *m, const gw_metrics_view *v, gw_sb
         series1(o, "ftpsgate_backend_up", "backend", v->backends[i]);
         gw_sbuf_printf(o, " %d\n", v->backend_up[i] ? 1 : 0);
     }
+    family(o, "ftpsgate_backend_admin_state", "gauge",
+           "Backend runtime state set through the admin endpoint: 1 for the current one "
+           "(ready, drain: no new sessions, maint: no new sessions and no probes).");
+    for (int i = 0; i < v->n_backends; i++)
+        for (int st = 0; st < GW_BE_ADMIN_STATES; st++) {
+            gw_sbuf_str(o, "ftpsgate_backend_admin_state{backend=\"");
+            gw_sbuf_label(o, v->backends[i]);
+            int cur = v->backend_admin ? v->backend_admin[i] : GW_BE_ADMIN_READY;
+            gw_sbuf_printf(o, "\",state=\"%s\"} %d\n", gw_be_admin_name((enum gw_be_admin)st),
+                           cur == st ? 1 : 0);
+        }
     int used = slots_used(m->be_names);
     family(o, "ftpsgate_backend_connects_total", "counter",
            "Session connects to backends by result (ok, failed, busy: greeted 4xx).");
@@ -482,4 +493,12 @@ void gw_metrics_render(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o
     family(o, "ftpsgate_admin_requests_total", "counter", "Requests to the admin endpoint.");
     gw_sbuf_printf(o, "ftpsgate_admin_requests_total %llu\n",
                    (unsigned long long)GET(m->admin_requests));
+    family(o, "ftpsgate_admin_deadline_total", "counter",
+           "Admin requests cut at their total deadline (headers, body and answer).");
+    gw_sbuf_printf(o, "ftpsgate_admin_deadline_total %llu\n",
+                   (unsigned long long)GET(m->admin_deadline_cuts));
+    family(o, "ftpsgate_admin_auth_failures_total", "counter",
+           "Admin requests refused for wrong or unknown credentials (admin_users).");
+    gw_sbuf_printf(o, "ftpsgate_admin_auth_failures_total %llu\n",
+                   (unsigned long long)GET(m->admin_auth_failed));
 }

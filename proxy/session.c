@@ -21,12 +21,43 @@
 #define OWED_FALLBACK_MS 3000 /* a transfer's owed final reply overdue: ABOR it */
 
 static const char *const client_state_names[] = {"handshake", "ready", "auth", "closing"};
-static const char *const backend_state_names[] = {"idle", "connecting", "greeting",
-                                                  "tls",  "ready",      "closed"};
-static const char *const pending_names[] = {
-    "none", "greeting", "relay",   "pasv",    "port",    "abort",      "feat",      "transfer",
-    "quit", "be_auth",  "be_pbsz", "be_prot", "be_opts", "edge_check", "edge_user", "edge_pass",
+static const char *const backend_step_names[] = {
+    [BE_IDLE] = "idle",
+    [BE_CONNECT] = "connecting",
+    [BE_GREETING] = "greeting",
+    [BE_AUTH] = "auth",
+    [BE_TLS] = "tls",
+    [BE_PBSZ] = "pbsz",
+    [BE_PROT] = "prot",
+    [BE_UTF8] = "utf8",
+    [BE_LOGIN_USER] = "login_user",
+    [BE_LOGIN_PASS] = "login_pass",
+    [BE_READY] = "ready",
+    [BE_LATE_PBSZ] = "late_pbsz",
+    [BE_LATE_PROT] = "late_prot",
+    [BE_CLOSED] = "closed",
 };
+static const char *const pending_names[] = {
+    [PEND_NONE] = "none",   [PEND_SETUP] = "setup",       [PEND_RELAY] = "relay",
+    [PEND_PASV] = "pasv",   [PEND_PORT] = "port",         [PEND_ABORT] = "abort",
+    [PEND_FEAT] = "feat",   [PEND_TRANSFER] = "transfer", [PEND_QUIT] = "quit",
+    [PEND_CHECK] = "check",
+};
+
+const char *gw_sess_client_state_name(enum gw_client_state st)
+{
+    return (unsigned)st <= CS_CLOSING ? client_state_names[st] : "?";
+}
+
+const char *gw_sess_backend_step_name(enum gw_be_step st)
+{
+    return (unsigned)st <= BE_CLOSED ? backend_step_names[st] : "?";
+}
+
+const char *gw_sess_pending_name(enum gw_pending p)
+{
+    return (unsigned)p <= PEND_LAST ? pending_names[p] : "?";
+}
 
 static void on_tick(uv_timer_t *t);
 
@@ -48,18 +79,19 @@ void gw_sess_set_client_state(gw_session *s, enum gw_client_state st)
 {
     if (s->cstate == st || GW_SESS_BUG_ON(s, (unsigned)st > CS_CLOSING))
         return;
-    GW_LOG_DEBUG(s->id, "event=state leg=client from=%s to=%s", client_state_names[s->cstate],
-                 client_state_names[st]);
+    GW_LOG_DEBUG(s->id, "event=state leg=client from=%s to=%s",
+                 gw_sess_client_state_name(s->cstate), gw_sess_client_state_name(st));
     s->cstate = st;
 }
 
-void gw_sess_set_backend_state(gw_session *s, enum gw_backend_state st)
+/* The backend connection's set-up step (gw_backend_advance), logged like the others. */
+void gw_sess_set_backend_state(gw_session *s, enum gw_be_step st)
 {
-    if (s->bstate == st || GW_SESS_BUG_ON(s, (unsigned)st > BS_CLOSED))
+    if (s->bconn.step == st || GW_SESS_BUG_ON(s, (unsigned)st > BE_CLOSED))
         return;
-    GW_LOG_DEBUG(s->id, "event=state leg=backend from=%s to=%s", backend_state_names[s->bstate],
-                 backend_state_names[st]);
-    s->bstate = st;
+    GW_LOG_DEBUG(s->id, "event=state leg=backend from=%s to=%s",
+                 gw_sess_backend_step_name(s->bconn.step), gw_sess_backend_step_name(st));
+    s->bconn.step = st;
 }
 
 /* What the one outstanding exchange with the backend waits for (curl's _ftp_state). */
@@ -67,8 +99,8 @@ void gw_sess_set_pending(gw_session *s, enum gw_pending p)
 {
     if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_LAST))
         return;
-    GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", pending_names[s->pending],
-                 pending_names[p], s->cur.verb);
+    GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", gw_sess_pending_name(s->pending),
+                 gw_sess_pending_name(p), s->cur.verb);
     s->pending = p;
 }
 
@@ -106,11 +138,11 @@ void gw_sess_release(gw_session *s)
     gw_generation_unref(s->fe->gen); /* a reloaded-away generation ends with its sessions */
     const gw_session_hooks *hooks = s->hooks;
     void *host = s->host;
-    free(s->inbuf);
-    free(s->featbuf);
+    free(s->cmdq.buf);
+    free(s->cur.feat);
     free(s->cur.held);
-    free(s->be_tried);
-    free(s->cert);
+    free(s->route.tried);
+    free(s->ctl.cert);
     gw_edge_free(s);
     free(s);
     hooks->on_end(host);
@@ -123,14 +155,14 @@ static void on_session_timer_closed(uv_handle_t *h)
 
 void gw_sess_drop_data(gw_session *s, bool ok)
 {
-    if (s->data) {
-        int r = gw_data_client_resumed(s->data); /* pasv_shared_port learns how it matches */
+    if (s->xfer.data) {
+        int r = gw_data_client_resumed(s->xfer.data); /* pasv_shared_port learns how it matches */
         if (r)
-            s->data_resumed = (int8_t)r;
-        gw_data_release(s->data, ok);
-        s->data = NULL;
+            s->ctl.data_resumed = (int8_t)r;
+        gw_data_release(s->xfer.data, ok);
+        s->xfer.data = NULL;
     }
-    s->data_finished = false;
+    s->xfer.finished = false;
 }
 
 /* The single way a session ends. text: the last reply the client gets (inside TLS), or
@@ -145,13 +177,12 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
     /* A transfer cut with its session is recorded too, with the session's last reply. */
-    gw_relay_record_transfer(s, was_ready && s->client && !s->client->failed ? text : NULL,
-                             "failed", why);
+    gw_xfer_record(s, was_ready && s->client && !s->client->failed ? text : NULL, "failed", why);
     gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
-    if (s->backend)
-        gw_conn_close(s->backend);
+    if (s->bconn.conn)
+        gw_conn_close(s->bconn.conn);
     gw_backend_prelogin_release(s);
-    gw_sess_set_backend_state(s, BS_CLOSED);
+    gw_sess_set_backend_state(s, BE_CLOSED);
     if (s->client) {
         if (was_ready && !s->client->failed) {
             if (text)
@@ -181,9 +212,9 @@ void gw_sess_rearm(gw_session *s)
     if (uv_is_closing((uv_handle_t *)&s->timer))
         return;
     uint64_t delay = 1000;
-    bool fine = s->cstate == CS_CLOSING || s->reply_delay_until || s->pending == PEND_ABORT ||
-                (s->pending == PEND_TRANSFER && s->data_finished) || s->cstate != CS_READY ||
-                s->bstate != BS_READY || !s->logged_in;
+    bool fine = s->cstate == CS_CLOSING || s->login.reply_delay_until || s->pending == PEND_ABORT ||
+                (s->pending == PEND_TRANSFER && s->xfer.finished) || s->cstate != CS_READY ||
+                s->bconn.step != BE_READY || !s->login.logged_in;
     if (!fine) {
         uint64_t deadline = s->last_active_ms + (uint64_t)s->fe->cfg->idle_timeout * 1000;
         uint64_t now = gw_sess_now(s);
@@ -196,14 +227,14 @@ static void check_deadlines(gw_session *s)
 {
     uint64_t now = gw_sess_now(s);
     const gw_config *cfg = s->fe->cfg;
-    uint64_t since_start = now - s->started_ms, idle = now - s->last_active_ms;
+    uint64_t since_start = now - s->login.started_ms, idle = now - s->last_active_ms;
     if (s->cstate == CS_CLOSING) {
         if (idle >= CLOSE_GRACE_MS && s->client)
             gw_conn_close(s->client);
         return;
     }
-    if (s->reply_delay_until && now >= s->reply_delay_until) {
-        s->reply_delay_until = 0;
+    if (s->login.reply_delay_until && now >= s->login.reply_delay_until) {
+        s->login.reply_delay_until = 0;
         gw_sess_reply(s, s->cur.held ? s->cur.held : GW_R_LOGIN_INCORRECT);
         free(s->cur.held);
         s->cur.held = NULL;
@@ -216,7 +247,7 @@ static void check_deadlines(gw_session *s)
         /* The server kept its transfer open after its data connection was reset
          * (pyftpdlib waits for another one): it is aborted, and the count becomes a mark. */
         GW_LOG_INFO(s->id, "event=owed_reply_overdue verb=%s note=\"ABOR sent\"", s->cur.verb);
-        gw_relay_abort_marked(s);
+        gw_xfer_abort_marked(s);
         return;
     }
     if (s->pending == PEND_ABORT && now - s->cur.abort_started_ms >= ABORT_TIMEOUT_MS) {
@@ -224,17 +255,16 @@ static void check_deadlines(gw_session *s)
          * backend login would need the password and lose CWD, TYPE and REST). */
         if (!s->cur.abort_internal && !s->cur.abort_xfer_sent) {
             gw_sess_reply(s, GW_R_XFER_ABORTED);
-            gw_relay_record_transfer(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
+            gw_xfer_record(s, GW_R_XFER_ABORTED, "aborted", "ABOR");
         }
         if (!s->cur.abort_internal)
             gw_sess_reply(s, GW_R_ABOR_OK);
         gw_sess_fail(s, GW_R_BACKEND_NO_ABOR_REPLY, "backend silent after ABOR");
         return;
     }
-    if (s->pending == PEND_TRANSFER && s->data_finished && !s->cur.held_code &&
-        now - s->data_done_ms >= (uint64_t)cfg->data_timeout * 1000) {
-        gw_relay_abort_transfer(s, GW_R_XFER_NO_FINAL_REPLY,
-                                "server silent after the data connection ended");
+    if (s->pending == PEND_TRANSFER && s->xfer.finished && !s->cur.held_code &&
+        now - s->xfer.done_ms >= (uint64_t)cfg->data_timeout * 1000) {
+        gw_xfer_abort(s, GW_R_XFER_NO_FINAL_REPLY, "server silent after the data connection ended");
         return;
     }
     int hs = cfg->login_timeout < HANDSHAKE_TIMEOUT ? cfg->login_timeout : HANDSHAKE_TIMEOUT;
@@ -242,18 +272,18 @@ static void check_deadlines(gw_session *s)
         gw_sess_fail(s, NULL, "TLS handshake timeout");
     else if (s->cstate == CS_AUTH && idle >= (uint64_t)hs * 1000)
         gw_sess_fail(s, NULL, "TLS handshake timeout after AUTH");
-    else if (s->bstate == BS_CONNECTING &&
-             now - s->be_attempt_ms >= (uint64_t)s->be->conf->connect_timeout * 1000) {
+    else if (s->bconn.step == BE_CONNECT &&
+             now - s->bconn.attempt_ms >= (uint64_t)s->route.be->conf->connect_timeout * 1000) {
         if (!gw_backend_failover(s, "connect timeout"))
             gw_sess_fail(s, GW_R_BACKEND_CONNECT_TIMEOUT, "backend connect timeout");
-    } else if (s->bstate == BS_GREETING && !s->be_committed &&
-               now - s->be_attempt_ms >= (uint64_t)s->be->conf->connect_timeout * 1000) {
+    } else if (s->bconn.step == BE_GREETING && !s->route.committed &&
+               now - s->bconn.attempt_ms >= (uint64_t)s->route.be->conf->connect_timeout * 1000) {
         /* Accepted but silent (or an implicit-TLS handshake that stalls): like a refusal. */
         char why[48];
-        snprintf(why, sizeof why, "no greeting within %d s", s->be->conf->connect_timeout);
+        snprintf(why, sizeof why, "no greeting within %d s", s->route.be->conf->connect_timeout);
         if (!gw_backend_failover(s, why))
             gw_sess_fail(s, GW_R_BACKEND_NO_GREETING, why);
-    } else if (!s->logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
+    } else if (!s->login.logged_in && since_start >= (uint64_t)cfg->login_timeout * 1000)
         gw_sess_fail(s, GW_R_LOGIN_TIMEOUT, "login timeout");
     else if (s->pending != PEND_TRANSFER && s->pending != PEND_ABORT &&
              idle >= (uint64_t)cfg->idle_timeout * 1000)
@@ -306,8 +336,8 @@ void gw_sess_set_frontend(gw_session *s, gw_frontend *fe, const char *by)
 
 int gw_sess_start_tls(gw_session *s)
 {
-    s->ctl_ctx = s->fe->tls_ctx;
-    return gw_conn_start_tls(s->client, s->ctl_ctx, GW_TLS_SERVER_CONTROL);
+    s->ctl.ctx = s->fe->tls_ctx;
+    return gw_conn_start_tls(s->client, s->ctl.ctx, GW_TLS_SERVER_CONTROL);
 }
 
 /* Of the virtual hosts sharing fe's listener, the one whose TLS context is ctx. */
@@ -337,18 +367,18 @@ static void on_client_handshake(gw_conn *c)
         s->vh_sni = true;
     }
     /* Data connections start under the same policy (and session cache). */
-    s->ctl_ctx = gw_tls_ctx(c->tls);
+    s->ctl.ctx = gw_tls_ctx(c->tls);
     s->last_active_ms = gw_sess_now(s);
-    s->tls_up = true;
+    s->prot.tls_up = true;
     uint64_t now_s = uv_hrtime() / 1000000000u;
-    if (s->has_tag) /* a new handshake (implicit REIN): the old tag's connection is over */
-        gw_sib_ended(s->tag, now_s);
-    s->has_tag = true;
-    memcpy(s->tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
-    gw_sib_issued(s->tag, &s->client_peer, now_s);
+    if (s->ctl.has_tag) /* a new handshake (implicit REIN): the old tag's connection is over */
+        gw_sib_ended(s->ctl.tag, now_s);
+    s->ctl.has_tag = true;
+    memcpy(s->ctl.tag, gw_tls_tag(c->tls), GW_TLS_TAG_LEN);
+    gw_sib_issued(s->ctl.tag, &s->client_peer, now_s);
     gw_tls_peer peer;
-    if (!s->cert && gw_tls_peer_cert(c->tls, &peer) && (s->cert = malloc(sizeof peer))) {
-        *s->cert = peer; /* verified by OpenSSL against client_ca (and client_crl) */
+    if (!s->ctl.cert && gw_tls_peer_cert(c->tls, &peer) && (s->ctl.cert = malloc(sizeof peer))) {
+        *s->ctl.cert = peer; /* verified by OpenSSL against client_ca (and client_crl) */
         GW_LOG_INFO(s->id, "event=client_cert subject=\"%s\" issuer=\"%s\"", peer.subject,
                     peer.issuer);
     }
@@ -359,11 +389,11 @@ static void on_client_handshake(gw_conn *c)
         return;
     }
     /* MS-FTPS: implicit TLS implies AUTH TLS, PBSZ 0 and PROT P. */
-    s->prot_p = s->pbsz = true;
+    s->prot.prot_p = s->prot.pbsz = true;
     gw_sess_set_client_state(s, CS_READY);
-    if (!s->self_greet && !s->be_committed && !gw_backend_prelogin_admit(s))
-        s->self_greet = true; /* over the pre-login bound: connected at USER */
-    if (s->self_greet) {
+    if (!s->route.self_greet && !s->route.committed && !gw_backend_prelogin_admit(s))
+        s->route.self_greet = true; /* over the pre-login bound: connected at USER */
+    if (s->route.self_greet) {
         gw_sess_greet(s);
         gw_cmdq_pump(s);
         return;
@@ -394,8 +424,8 @@ static void on_client_error(gw_conn *c, const char *why)
 static void on_client_drain(gw_conn *c)
 {
     gw_session *s = c->owner;
-    if (s->backend && s->backend->paused)
-        gw_conn_resume(s->backend);
+    if (s->bconn.conn && s->bconn.conn->paused)
+        gw_conn_resume(s->bconn.conn);
 }
 
 static void on_client_shutdown(gw_conn *c, int status)
@@ -444,9 +474,9 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
     uv_timer_init(s->loop, &s->timer);
     s->timer.data = s;
     s->handles = 2; /* client conn and timer */
-    gw_cmd_init(&s->cmd);
-    gw_reply_init(&s->reply);
-    s->started_ms = s->last_active_ms = gw_sess_now(s);
+    gw_cmd_init(&s->cmdq.parser);
+    gw_reply_init(&s->bconn.reply);
+    s->login.started_ms = s->last_active_ms = gw_sess_now(s);
     gw_sinfo_start(s);
     uv_timer_start(&s->timer, on_tick, 1000, 0);
     /* Virtual hosts: the default frontend serves until SNI or HOST names another. */
@@ -460,7 +490,7 @@ gw_session *gw_session_start(gw_frontend *fe, uv_loop_t *loop, uint64_t id, gw_c
         eager = false;
     if (!eager) {
         /* The backend is chosen and connected at USER (routing needs the name). */
-        s->self_greet = true;
+        s->route.self_greet = true;
         int r = 0;
         if (fe->conf->mode == GW_FE_IMPLICIT) {
             r = gw_sess_start_tls(s);

@@ -35,8 +35,8 @@ void gw_sinfo_start(gw_session *s)
 void gw_sinfo_end(gw_session *s)
 {
     gw_metric_session_end(s->fe->conf->name);
-    if (s->has_tag) /* its tickets stay good for its siblings a while (siblings.h) */
-        gw_sib_ended(s->tag, uv_hrtime() / 1000000000u);
+    if (s->ctl.has_tag) /* its tickets stay good for its siblings a while (siblings.h) */
+        gw_sib_ended(s->ctl.tag, uv_hrtime() / 1000000000u);
 }
 
 void gw_sinfo_frontend(gw_session *s, gw_frontend *to)
@@ -66,38 +66,38 @@ void gw_sinfo_reply(gw_session *s, const char *text)
 void gw_sinfo_login(gw_session *s, bool ok)
 {
     gw_metric_login(s->fe->conf->name, ok);
-    if (ok && s->has_tag)
-        gw_sib_login(s->tag, s->user, s->be ? s->be->conf->name : "");
-    gw_tl_add(&s->tl, ok ? GW_TL_LOGIN : GW_TL_LOGIN_FAILED, "user %.64s", s->user);
+    if (ok && s->ctl.has_tag)
+        gw_sib_login(s->ctl.tag, s->login.user, s->route.be ? s->route.be->conf->name : "");
+    gw_tl_add(&s->tl, ok ? GW_TL_LOGIN : GW_TL_LOGIN_FAILED, "user %.64s", s->login.user);
 }
 
 void gw_sinfo_backend(gw_session *s, bool ok, const char *why)
 {
-    if (!s->be)
+    if (!s->route.be)
         return;
-    uint64_t ms = gw_sess_now(s) - s->be_attempt_ms;
-    gw_metric_backend_connect(s->be->conf->name, ok, ms);
-    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s %s (%s, %llu ms)", s->be->conf->name,
+    uint64_t ms = gw_sess_now(s) - s->bconn.attempt_ms;
+    gw_metric_backend_connect(s->route.be->conf->name, ok, ms);
+    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s %s (%s, %llu ms)", s->route.be->conf->name,
               ok ? "greeted" : "failed", why ? why : "", (unsigned long long)ms);
 }
 
 void gw_sinfo_backend_busy(gw_session *s, int code)
 {
-    gw_metric_backend_busy(s->be->conf->name);
-    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s busy (greeted %d)", s->be->conf->name, code);
+    gw_metric_backend_busy(s->route.be->conf->name);
+    gw_tl_add(&s->tl, GW_TL_BACKEND, "%s busy (greeted %d)", s->route.be->conf->name, code);
 }
 
 void gw_sinfo_transfer_end(gw_session *s, const char *result)
 {
-    gw_tl_add(&s->tl, GW_TL_TRANSFER, "%s %.40s: %s, %llu bytes", s->cur.verb, s->xfer_arg, result,
-              (unsigned long long)s->xfer_bytes);
+    gw_tl_add(&s->tl, GW_TL_TRANSFER, "%s %.40s: %s, %llu bytes", s->cur.verb, s->xfer.arg, result,
+              (unsigned long long)s->xfer.bytes);
     int dir = xfer_direction(s->cur.verb);
     if (dir < 0)
         return;
     enum gw_m_xfer_result r = strcmp(result, "ok") == 0        ? GW_M_XFER_OK
                               : strcmp(result, "aborted") == 0 ? GW_M_XFER_ABORTED
                                                                : GW_M_XFER_FAILED;
-    gw_metric_transfer(dir == 1, r, s->xfer_bytes, gw_sess_now(s) - s->xfer_started_ms);
+    gw_metric_transfer(dir == 1, r, s->xfer.bytes, gw_sess_now(s) - s->xfer.started_ms);
 }
 
 void gw_sinfo_data_done(gw_session *s, int result, uint64_t bytes)
@@ -127,7 +127,7 @@ static const char *state_name(const gw_session *s)
         return "handshake";
     if (s->pending == PEND_TRANSFER || s->pending == PEND_ABORT)
         return "transfer";
-    if (!s->logged_in)
+    if (!s->login.logged_in)
         return "login";
     return s->pending == PEND_NONE ? "idle" : "command";
 }
@@ -143,24 +143,47 @@ void gw_session_summarize(gw_session *s, gw_sess_summary *o)
     memset(o, 0, sizeof *o);
     o->id = s->id;
     snprintf(o->frontend, sizeof o->frontend, "%s", s->fe->conf->name);
-    snprintf(o->backend, sizeof o->backend, "%s", s->be ? s->be->conf->name : "");
+    snprintf(o->backend, sizeof o->backend, "%s", s->route.be ? s->route.be->conf->name : "");
     snprintf(o->client, sizeof o->client, "%s", gw_addr_str(&s->client_peer));
-    snprintf(o->user, sizeof o->user, "%s", s->user);
+    snprintf(o->user, sizeof o->user, "%s", s->login.user);
     snprintf(o->state, sizeof o->state, "%s", state_name(s));
     snprintf(o->tls, sizeof o->tls, "%s",
-             s->tls_up && !s->ccc && s->client && s->client->tls ? gw_tls_describe(s->client->tls)
-                                                                 : "none");
-    o->age_s = (now - s->started_ms) / 1000;
+             s->prot.tls_up && !s->prot.ccc && s->client && s->client->tls
+                 ? gw_tls_describe(s->client->tls)
+                 : "none");
+    o->age_s = (now - s->login.started_ms) / 1000;
     o->idle_s = (now - s->last_active_ms) / 1000;
     if (s->pending == PEND_TRANSFER) {
         o->in_transfer = true;
         snprintf(o->verb, sizeof o->verb, "%s", s->cur.verb);
-        snprintf(o->file, sizeof o->file, "%s", s->xfer_arg);
-        o->bytes = s->data ? gw_data_progress(s->data) : s->xfer_bytes;
+        snprintf(o->file, sizeof o->file, "%s", s->xfer.arg);
+        o->bytes = s->xfer.data ? gw_data_progress(s->xfer.data) : s->xfer.bytes;
     }
 }
 
-void gw_session_timeline(gw_session *s, gw_timeline *out)
+/* The data channel and the transfer on it, by name. */
+static const char *transfer_state(const gw_session *s)
+{
+    switch (s->pending) {
+    case PEND_ABORT:
+        return "aborting";
+    case PEND_PASV:
+    case PEND_PORT:
+        return "arming"; /* the backend leg: its reply awaited */
+    case PEND_TRANSFER:
+        if (!s->cur.be_sent)
+            return "deferred"; /* an upload, until the client's data leg is accepted */
+        return s->xfer.finished ? "final_reply" : "running";
+    default:
+        return s->xfer.data ? "armed" : "none";
+    }
+}
+
+void gw_session_timeline(gw_session *s, gw_timeline *out, gw_sess_states *st)
 {
     *out = s->tl;
+    snprintf(st->client, sizeof st->client, "%s", gw_sess_client_state_name(s->cstate));
+    snprintf(st->backend, sizeof st->backend, "%s", gw_sess_backend_step_name(s->bconn.step));
+    snprintf(st->pending, sizeof st->pending, "%s", gw_sess_pending_name(s->pending));
+    snprintf(st->transfer, sizeof st->transfer, "%s", transfer_state(s));
 }

@@ -59,10 +59,25 @@ static void iso_time(uint64_t ms, char *out, size_t cap)
     snprintf(out, cap, "%s.%03uZ", base, (unsigned)(ms % 1000));
 }
 
-void gw_tl_json(const gw_timeline *t, uint64_t id, gw_sbuf *o)
+void gw_tl_json(const gw_timeline *t, uint64_t id, const gw_sess_states *st, gw_sbuf *o)
 {
-    gw_sbuf_printf(o, "{\"id\":%llu,\"events_total\":%u,\"events\":[", (unsigned long long)id,
-                   t->total);
+    gw_sbuf_printf(o, "{\"id\":%llu", (unsigned long long)id);
+    if (st) {
+        const struct {
+            const char *key, *val;
+        } states[] = {{"client", st->client},
+                      {"backend", st->backend},
+                      {"pending", st->pending},
+                      {"transfer", st->transfer}};
+        for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
+            char v[sizeof st->client + 1];
+            snprintf(v, sizeof v, "%s", states[i].val); /* bounded even when not terminated */
+            gw_sbuf_printf(o, "%s\"%s\":", i ? "," : ",\"state\":{", states[i].key);
+            gw_sbuf_json(o, v);
+        }
+        gw_sbuf_str(o, "}");
+    }
+    gw_sbuf_printf(o, ",\"events_total\":%u,\"events\":[", t->total);
     uint32_t n = t->total < GW_TL_EVENTS ? t->total : GW_TL_EVENTS;
     for (uint32_t i = 0; i < n; i++) {
         const gw_tl_event *e = &t->ev[(t->total - n + i) % GW_TL_EVENTS];

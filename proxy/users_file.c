@@ -2,7 +2,6 @@
  * comments and blank lines; checked with crypt_r. Every problem names its line. */
 #include "users_file.h"
 
-#include <crypt.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -11,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "crypt_check.h"
 
 #define USERS_FILE_MAX (4 * 1024 * 1024)
 #define RATE_MAX (1ULL << 40) /* 1 TiB/s: more is a typo */
@@ -396,16 +397,6 @@ bool gw_user_in_group(const gw_user_entry *e, const char *group)
     return false;
 }
 
-/* Equal strings, in time that depends on the lengths only. */
-static bool same_secret(const char *a, const char *b)
-{
-    size_t n = strlen(a), m = strlen(b);
-    volatile unsigned char diff = (unsigned char)(n != m);
-    for (size_t i = 0; i < n && i < m; i++)
-        diff |= (unsigned char)(a[i] ^ b[i]);
-    return diff == 0;
-}
-
 bool gw_users_verify(const gw_users *u, const char *name, const char *password,
                      const gw_user_entry **who)
 {
@@ -413,17 +404,8 @@ bool gw_users_verify(const gw_users *u, const char *name, const char *password,
         *who = NULL;
     const gw_user_entry *e = gw_users_find(u, name);
     /* An unknown name pays for a hash too (the first entry's settings), then fails. */
-    const char *setting = e ? e->hash : (u && u->n ? u->v[0].hash : NULL);
-    if (!setting)
-        return false;
-    struct crypt_data *cd = calloc(1, sizeof *cd); /* 32 KiB: not on the stack */
-    if (!cd)
-        return false;
-    const char *out = crypt_r(password, setting, cd);
-    /* libxcrypt returns NULL or a string starting with '*' on failure */
-    bool ok = e && out && out[0] != '*' && same_secret(out, e->hash);
-    explicit_bzero(cd, sizeof *cd);
-    free(cd);
+    const char *setting = e ? e->hash : u && u->n ? u->v[0].hash : GW_CRYPT_STAND_IN;
+    bool ok = gw_crypt_check(password, setting, NULL) && e;
     if (ok && who)
         *who = e;
     return ok;

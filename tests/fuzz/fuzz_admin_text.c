@@ -15,6 +15,26 @@
 #include "admin_text.h"
 #include "timeline.h"
 
+/* A backend route names a section and nothing else; a state body parses to a state whose
+ * canonical body parses back the same. */
+static void check_backend(const char *s, size_t size)
+{
+    char name[64];
+    if (gw_admin_backend_name(s, name, sizeof name) == 0) {
+        char back[96];
+        snprintf(back, sizeof back, "/backends/%s/state", name);
+        if (strcmp(back, s) != 0 || strstr(name, "/") || strcmp(name, "..") == 0)
+            abort();
+    }
+    int st = gw_admin_parse_state(s, size);
+    if (st >= 0) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"state\":\"%s\"}", gw_be_admin_name(st));
+        if (gw_admin_parse_state(body, strlen(body)) != st || !strstr(s, gw_be_admin_name(st)))
+            abort();
+    }
+}
+
 static void check_route(const char *s)
 {
     uint64_t id = 0;
@@ -78,8 +98,10 @@ static void check_timeline(const char *s)
     gw_tl_command(&t, "PASS", arg);
     gw_tl_command(&t, "STOR", s);
     gw_tl_add(&t, GW_TL_REPLY_FAILED, "%s", s);
+    gw_sess_states st = {0};
+    snprintf(st.transfer, sizeof st.transfer, "%s", s); /* the states are JSON-escaped too */
     gw_sbuf b = {0};
-    gw_tl_json(&t, 1, &b);
+    gw_tl_json(&t, 1, &st, &b);
     if (b.p && !b.oom && strstr(b.p, secret) && !strstr(s, secret))
         abort();
     gw_sbuf_free(&b);
@@ -93,6 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s, data, size);
     s[size] = '\0';
     check_route(s);
+    check_backend(s, size);
     check_json(s);
     check_html(s);
     check_timeline(s);

@@ -7,6 +7,18 @@ whole session; `gw` (one gateway in front of `backend`) lives for a module and b
 at the end of the module. `vsftpd_ftps` and `vsftpd_implicit` are vsftpd doing FTPS itself
 (explicit and implicit) with `backend_cert`, for the gateway's backend TLS leg.
 
+`scratch` is a client-side directory for one test; `three` is three pyftpdlib backends for
+balancing and routing (a module's); `fake_ftp(plan, ...)` starts a fake backend
+(fakeftp.FakeFTP: each connection plays a plan, see that module) stopped at the end of the
+test.
+
+The gateway's log: `cur = gw.mark()` before acting, then `cur.wait(regex, timeout=10)`
+(the re.Match of the first line matching; `n=3` for the third; a timeout fails the test with
+the log's tail), `cur.grep(regex)`, `cur.count(regex)`, `cur.lines()`, `cur.text()` for what
+came since the mark, `cur.sid(client_port)`, `cur.session(sid)`, `cur.ended(sid)` for one
+session. `gw.mark(0)` reads from the log's start; `gw.log` is the whole log as text
+(peers.LogCursor); `gw.started()` waits for the `event=started` line (every worker ready).
+
 Parallel runs (pytest-xdist, `make integration`): each worker is a session of its own (its
 own backends, work directory and slice of ports, peers.PortAllocator). A test marked
 `@pytest.mark.serial` runs alone: it waits until the tests running on other workers end,
@@ -25,6 +37,7 @@ import time
 import pytest
 
 import peers
+from fakeftp import FakeFTP
 from peers import Gateway, GatewayFactory
 
 
@@ -134,10 +147,50 @@ def pure_ftpd(workdir, ports, test_user):
     backend.stop()
 
 
+@pytest.fixture(scope="module")
+def three(request, workdir, ports, test_user):
+    """Three pyftpdlib backends for balancing and routing ("be", "b", "c"), told apart by
+    the size of their file `marker` (1, 2, 3 bytes)."""
+    backends = []
+    for i, name in enumerate(["be", "b", "c"], 1):
+        be = peers.start_pyftpdlib(workdir / f"{request.module.__name__}-{name}", ports,
+                                   *test_user)
+        (be.root / "marker").write_bytes(b"x" * i)
+        backends.append(be)
+    yield backends
+    for be in backends:
+        be.stop()
+
+
 @pytest.fixture(scope="module", params=["vsftpd", "pyftpdlib"])
 def backend(request) -> peers.Backend:
     """Each backend in turn (tests using it run once per backend)."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def scratch(workdir, request):
+    """The client's local directory for one test (downloads, big files), removed after it."""
+    name = f"{request.module.__name__}-{request.node.name}"
+    d = workdir / "client" / re.sub(r"[^\w.-]", "_", name)
+    d.mkdir(parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_ftp():
+    """Factory: fake_ftp(plan, **kw) starts a fakeftp.FakeFTP (a fake backend, each of its
+    connections playing `plan`), closed at the end of the test."""
+    made: list[FakeFTP] = []
+
+    def make(*args, **kw) -> FakeFTP:
+        made.append(FakeFTP(*args, **kw))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.close()
 
 
 def _factory(workdir, ports, tls_cert, name):
@@ -224,12 +277,12 @@ def _run_alone_if_serial(request):
 # ---------------------------------------------------------------------------------------
 # Attach the gateway's log (what it wrote during the test) to every failure.
 
-_LOG_OFFSETS = pytest.StashKey[dict]()
+_LOG_MARKS = pytest.StashKey[dict]()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
-    item.stash[_LOG_OFFSETS] = {g: g.log_size() for g in Gateway.live}
+    item.stash[_LOG_MARKS] = {g: g.mark() for g in Gateway.live}
     yield
 
 
@@ -239,10 +292,10 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not report.failed or report.when == "teardown":
         return  # a teardown failure carries the log in its message
-    offsets = item.stash.get(_LOG_OFFSETS, {})
+    marks = item.stash.get(_LOG_MARKS, {})
     for g in sorted(Gateway.live, key=lambda g: g.name):
         report.sections.append((f"ftpsgate log {g.name} ({g.log_path})",
-                                g.log_since(offsets.get(g, 0))))
+                                marks.get(g, g.mark(0)).tail()))
     funcargs = item.funcargs if hasattr(item, "funcargs") else {}
     backends = {id(b): b for b in funcargs.values() if isinstance(b, peers.Backend)}
     for backend in backends.values():  # `backend`, vsftpd_ftps, vsftpd_implicit ...

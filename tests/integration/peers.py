@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -806,6 +805,71 @@ def backend_tls(tls: str = "explicit", *, tls_verify: bool | None = None,
                  min_version=min_version, max_version=max_version, **more)
 
 
+class LogCursor:
+    """A gateway's log from a point on: `cur = gw.mark()` before acting, then
+
+        m = cur.wait(r"event=session_end .*bytes=(\\d+)", timeout=10)  # the re.Match
+        cur.lines(), cur.grep(regex), cur.count(regex), cur.text()   # what came since
+        sid = cur.sid(local_port); cur.session(sid); cur.ended(sid)  # one session's lines
+
+    Regexes are searched in each line (re.search); a wait that times out fails the test
+    with the log's tail since the mark."""
+
+    def __init__(self, path: Path, offset: int):
+        self.path, self.offset = path, offset
+
+    def text(self) -> str:
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.text().splitlines()
+
+    def grep(self, regex: str | re.Pattern) -> list[str]:
+        rx = re.compile(regex)
+        return [line for line in self.lines() if rx.search(line)]
+
+    def count(self, regex: str | re.Pattern) -> int:
+        return len(self.grep(regex))
+
+    def session(self, sid: str) -> list[str]:
+        """The lines of session `sid`."""
+        return [line for line in self.lines() if f" session={sid} " in line]
+
+    def tail(self, max_lines: int = 400) -> str:
+        lines = self.lines()
+        if len(lines) > max_lines:
+            lines = [f"... ({len(lines) - max_lines} lines left out)"] + lines[-max_lines:]
+        return "\n".join(lines)
+
+    def wait(self, regex: str | re.Pattern, timeout: float = 10, n: int = 1) -> re.Match:
+        """Wait for the `n`-th line matching `regex`; return its match (.string: the line)."""
+        rx = re.compile(regex)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in map(rx.search, self.lines()) if m]
+            if len(found) >= n:
+                return found[n - 1]
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{len(found)} of {n} log lines match {rx.pattern!r} after {timeout} s; "
+                    f"the log since the mark (tail):\n{self.tail(60)}")
+            time.sleep(0.02)
+
+    def sid(self, local_port: int, timeout: float = 5) -> str:
+        """The session id of the client connection from source port `local_port`."""
+        return self.wait(rf"session=(\d+) event=session_start frontend=\S+ "
+                         rf"peer=127\.0\.0\.1:{local_port}\b", timeout).group(1)
+
+    def ended(self, sid: str, timeout: float = 10) -> list[str]:
+        """Wait for session `sid`'s session_end; return its lines."""
+        self.wait(rf" session={sid} (.* )?event=session_end\b", timeout)
+        return self.session(sid)
+
+
 @dataclass(eq=False)
 class Gateway:
     """One build/ftpsgate process with its configuration file and log."""
@@ -840,18 +904,14 @@ class Gateway:
 
     @property
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The whole log, as text (gw.mark(0).text())."""
+        return self.mark(0).text()
 
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log_since(self, offset: int, max_lines: int = 400) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            lines = f.read().decode(errors="replace").splitlines()
-        if len(lines) > max_lines:
-            lines = [f"... ({len(lines) - max_lines} lines left out)"] + lines[-max_lines:]
-        return "\n".join(lines)
+    def mark(self, at: int | None = None) -> "LogCursor":
+        """A cursor on the log from now on (`at`: a byte offset; 0 is the log's start)."""
+        if at is None:
+            at = self.log_path.stat().st_size if self.log_path.exists() else 0
+        return LogCursor(self.log_path, at)
 
     def url(self, path: str, user: str, password: str) -> str:
         return f"ftps://{user}:{password}@{HOST}:{self.port}/{path}"
@@ -876,6 +936,12 @@ class Gateway:
         except Exception:
             self.stop()
             raise
+        return self
+
+    def started(self, timeout: float = 30) -> "Gateway":
+        """Wait for the `event=started` line (every worker ready: the ports listen before,
+        and start-up is slow under valgrind); return the gateway."""
+        self.mark(0).wait("event=started ", timeout)
         return self
 
     def alive(self) -> bool:
@@ -1263,6 +1329,14 @@ class Control:
             return False
         return extra == b""
 
+    def gets_421_then_close(self) -> bytes:
+        """The fault skeleton's end: the next line is a 421, then the gateway closes the
+        connection. Returns the line."""
+        first = self.line()
+        assert first.startswith(b"421 "), f"the client got {first[:100]!r}"
+        assert self.closed_by_peer(), "the connection stayed open after 421"
+        return first
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -1330,74 +1404,6 @@ def recv_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, 
             return data, "eof"
         data += chunk
     return data, "timeout"
-
-
-class DelayProxy:
-    """A TCP relay on loopback that holds every chunk going toward `upstream` for `delay`
-    seconds (the other direction is not delayed): a slow link between the gateway and its
-    backend, for races between the control and the data connections. Stdlib threads only;
-    use as a context manager."""
-
-    def __init__(self, upstream: tuple[str, int], delay: float):
-        self.upstream, self.delay = upstream, delay
-        self.listener = socket.create_server((HOST, 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self._socks: list[socket.socket] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def _accept(self):
-        while not self._stop:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                down.close()
-                continue
-            up.settimeout(None)
-            self.connections += 1
-            self._socks += [down, up]
-            for args in ((down, up, self.delay), (up, down, 0)):
-                threading.Thread(target=self._pump, args=args, daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, delay: float):
-        try:
-            while True:
-                chunk = src.recv(65536)
-                if not chunk:
-                    break
-                if delay:
-                    time.sleep(delay)
-                dst.sendall(chunk)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self):
-        self._stop = True
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def __enter__(self) -> "DelayProxy":
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def unused_dir(prefix: str) -> Path:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +25,7 @@ import urllib.request
 import pytest
 
 import peers
+from fakeftp import FakeFTP, Plan
 from peers import HOST, MiB, Control, check, curl, metric, sha256_file, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
@@ -39,7 +39,7 @@ def admin_gateway(factory, backend=None, ports=None, workers=1, **kw):
                                            "workers": workers})
     gw = factory(backend, extra=extra, **kw)
     gw.admin = f"http://{HOST}:{aport}"
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     return gw
 
 
@@ -64,11 +64,20 @@ def raw_request(port: int, data: bytes, source: str | None = None) -> bytes:
 class Prometheus:
     """A real Prometheus scraping `target` every second."""
 
-    def __init__(self, workdir, port: int, target: str):
+    def __init__(self, workdir, port: int, target: str, scheme: str = "http",
+                 basic_auth: tuple[str, str] | None = None, ca_file=None):
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "prometheus.yml"
+        job = f"  - job_name: ftpsgate\n    scheme: {scheme}\n"
+        if basic_auth:  # the password from a file of its own, as in production
+            pw = workdir / "scrape.password"
+            pw.write_text(basic_auth[1])
+            job += (f"    basic_auth:\n      username: {basic_auth[0]}\n"
+                    f"      password_file: {pw}\n")
+        if ca_file:
+            job += f"    tls_config:\n      ca_file: {ca_file}\n"
         cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                       "scrape_configs:\n  - job_name: ftpsgate\n    static_configs:\n"
+                       "scrape_configs:\n" + job + "    static_configs:\n"
                        f"      - targets: ['{target}']\n")
         self.url = f"http://{HOST}:{port}"
         self.log = open(workdir / "prometheus.log", "wb")
@@ -197,43 +206,12 @@ def test_prometheus_scrapes_sessions_bytes_refusals_and_health(gateway, pyftpdli
     assert metric(text, "ftpsgate_pasv_ports_in_use") == 0
 
 
-class Greeter:
-    """A minimal FTP server for health probes: 220, then 221 to anything, then close."""
-
-    def __init__(self, port: int = 0):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, port))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.settimeout(3)
-                c.sendall(b"220 greeter\r\n")
-                if c.recv(100):
-                    c.sendall(b"221 bye\r\n")
-            except OSError:
-                pass
-            finally:
-                c.close()
-
-    def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+# For health probes: 220, then 221 to QUIT (502 to anything else).
+GREETER = Plan(greeting="220 greeter", replies={"*": "502 no"})
 
 
 def test_readyz_follows_backend_health(gateway, ports):
-    greeter = Greeter()
+    greeter = FakeFTP(GREETER)
     port = greeter.port
     try:
         gw = admin_gateway(gateway, None, ports, backend_address=f"{HOST}:{port}",
@@ -241,17 +219,17 @@ def test_readyz_follows_backend_health(gateway, ports):
                                          "health_rise": 1, "health_fall": 1})
         assert get(gw, "/healthz") == (200, "ok\n")
         wait_for(lambda: get(gw, "/readyz")[0] == 200, 10, "ready")
-        greeter.stop()
+        greeter.close()
         wait_for(lambda: get(gw, "/readyz")[0] == 503, 10, "not ready once the backend died")
         status, body = get(gw, "/readyz")
         assert "frontend fe has no healthy backend" in body, body
         assert get(gw, "/healthz")[0] == 200  # the process still serves
         assert metric(get(gw, "/metrics")[1], "ftpsgate_backend_up", backend="be") == 0
-        greeter = Greeter(port)
+        greeter = FakeFTP(GREETER, port=port)
         wait_for(lambda: get(gw, "/readyz")[0] == 200, 10, "ready again")
         assert metric(get(gw, "/metrics")[1], "ftpsgate_backend_up", backend="be") == 1
     finally:
-        greeter.stop()
+        greeter.close()
 
 
 class Text(html.parser.HTMLParser):
@@ -298,6 +276,10 @@ def test_sessions_timeline_and_status_page(gateway, pyftpdlib, ports, blobs, cli
         assert first["user"] == u and first["frontend"] == "fe" and first["backend"] == "be"
         assert first["state"] == "transfer" and first["tls"].startswith("TLSv1.")
         assert first["transfer"]["verb"] == "RETR"
+        status, body = get(gw, f"/sessions/{first['id']}")  # mid-transfer, by name
+        assert status == 200 and json.loads(body)["state"] == {
+            "client": "ready", "backend": "ready", "pending": "transfer",
+            "transfer": "running"}, body
         assert first["transfer"]["file"] == "adm-live.bin"
         n = len(got)
         while n < 8 * MiB:
@@ -313,6 +295,9 @@ def test_sessions_timeline_and_status_page(gateway, pyftpdlib, ports, blobs, cli
 
         status, body = get(gw, f"/sessions/{first['id']}")
         assert status == 200, body
+        # Its states by name: logged in, its transfer over, nothing outstanding.
+        assert json.loads(body)["state"] == {"client": "ready", "backend": "ready",
+                                             "pending": "none", "transfer": "none"}, body
         events = json.loads(body)["events"]
         details = [e["detail"] for e in events]
         assert f"USER {u}" in details and "PASS ****" in details, details
@@ -352,7 +337,11 @@ def test_bad_and_slow_requests_do_not_touch_ftp(gateway, pyftpdlib, ports, blobs
         b"GET /metrics HTTP/1.1\r\nHost x\r\n\r\n": b" 400 ",
         b"GET /metrics HTTP/9.9\r\nHost: x\r\n\r\n": b" 505 ",
         b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc": b" 405 ",
-        b"DELETE /sessions/1 HTTP/1.1\r\nHost: x\r\n\r\n": b" 405 ",
+        # The runtime API needs admin_users (an operate user), even on loopback.
+        b"DELETE /sessions/1 HTTP/1.1\r\nHost: x\r\n\r\n": b" 403 ",
+        b"POST /backends/be/state HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}": b" 403 ",
+        b"GET /backends/be/state HTTP/1.1\r\nHost: x\r\n\r\n": b" 405 ",
+        b"POST /backends/../state HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}": b" 400 ",
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello": b" 413 ",
         b"GET /sessions/1%2F.. HTTP/1.1\r\nHost: x\r\n\r\n": b" 400 ",
     }

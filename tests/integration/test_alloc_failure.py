@@ -17,7 +17,6 @@ import time
 
 import pytest
 
-from faults import log_from, wait_log
 from peers import (HOST, KiB, REPO, ftplib_download, ftplib_session, parse_227, sha256_bytes,
                    sha256_file, wait_for)
 
@@ -97,14 +96,14 @@ def test_frontend_accept_survives_alloc_failure(failing_gateway, test_user, clie
     gw = start(skip)
     download_ok(gw, test_user, client_ctx, tmp_path / "before.bin")
     baseline = gw.settled_fd_count()
-    offset = gw.log_size()
+    cur = gw.mark()
 
     sock = fail_next_alloc(trigger, lambda: socket.create_connection((HOST, gw.port), QUICK))
     # The frontend still accepts: a full session with a transfer.
     download_ok(gw, test_user, client_ctx, tmp_path / "after.bin")
     assert closed_soon(sock), "the connection that hit the failure was left hanging"
-    wait_log(gw, r'event=accept_failed .*reason="out of memory"', offset, QUICK)
-    assert gw.wait_fd_count(baseline) == baseline, log_from(gw, offset)
+    cur.wait(r'event=accept_failed .*reason="out of memory"', QUICK)
+    assert gw.wait_fd_count(baseline) == baseline, cur.text()
 
 
 def test_data_accept_survives_alloc_failure(failing_gateway, test_user, client_ctx,
@@ -112,13 +111,13 @@ def test_data_accept_survives_alloc_failure(failing_gateway, test_user, client_c
     start, trigger = failing_gateway
     gw = start()
     baseline = gw.settled_fd_count()
-    offset = gw.log_size()
+    cur = gw.mark()
 
     with ftplib_session(gw.port, *test_user, client_ctx, timeout=QUICK) as ftp:
         host, port = parse_227(ftp.sendcmd("PASV"))
         data = fail_next_alloc(trigger, lambda: socket.create_connection((host, port), QUICK))
         assert closed_soon(data), "the data connection that hit the failure was left hanging"
-        wait_log(gw, r'event=accept_failed .*reason="out of memory"', offset, QUICK)
+        cur.wait(r'event=accept_failed .*reason="out of memory"', QUICK)
 
         # The transfer cannot use that channel: a clear final reply, at once.
         started = time.monotonic()
@@ -139,4 +138,4 @@ def test_data_accept_survives_alloc_failure(failing_gateway, test_user, client_c
         ftplib_download(ftp, "alloc.bin", dest)
         assert sha256_file(dest) == sha256_bytes(PAYLOAD)
 
-    assert gw.wait_fd_count(baseline) == baseline, log_from(gw, offset)
+    assert gw.wait_fd_count(baseline) == baseline, cur.text()

@@ -17,8 +17,6 @@ that greets 421."""
 from __future__ import annotations
 
 import ftplib
-import re
-import socket
 import subprocess
 import threading
 import time
@@ -27,16 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import fakeftp
 import peers
+from fakeftp import FakeFTP, Plan
 from peers import HOST, frontend, wait_for
 
 # Probes slow enough that a short burst cannot fill health_fall with bad probes, fast
 # enough that a confirmation probe is seen within the test.
 PROBES = {"health_interval": 3, "health_timeout": 2, "health_rise": 1, "health_fall": 3}
-
-
-def lines(gw, pattern: str) -> list[str]:
-    return [l for l in gw.log_since(0, max_lines=1000000).splitlines() if re.search(pattern, l)]
 
 
 def metric(gw, name: str, **labels) -> float:
@@ -66,92 +62,6 @@ def served(gw, port: int, user: str, password: str) -> None:
         ftp.close()
 
 
-class Busy:
-    """A server that greets every connection with 421 and closes it (a full vsftpd)."""
-
-    def __init__(self):
-        self.accepts = 0
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepts += 1
-            try:
-                c.sendall(b"421 There are too many connected users, please try later.\r\n")
-            except OSError:
-                pass
-            c.close()
-
-    def stop(self):
-        self.sock.close()
-        self.thread.join(5)
-
-
-class DropFirst:
-    """A TCP relay to `target` that closes the next `drop` connections before a byte (a
-    backend that briefly fails) and relays the others both ways."""
-
-    def __init__(self, target: int):
-        self.target, self.drop = target, 0
-        self.accepts = 0
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepts += 1
-            if self.drop > 0:
-                self.drop -= 1
-                c.close()
-                continue
-            try:
-                up = socket.create_connection((HOST, self.target), timeout=5)
-            except OSError:
-                c.close()
-                continue
-            self.conns += [c, up]
-            for a, b in ((c, up), (up, c)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def full_pyftpdlib(workdir, ports, test_user, request):
     """pyftpdlib with max_cons = 4 (its listener counts as one: three sessions at a time)."""
@@ -177,7 +87,7 @@ def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, t
     gw = gateway(full_pyftpdlib, backend_keys=PROBES, extra=extra,
                  frontends={"p": frontend("plain")})
     gw.admin_port = admin
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     user, password = test_user
     barrier = threading.Barrier(10)
 
@@ -202,12 +112,12 @@ def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, t
     assert len(refused) >= 3, results  # three in a row would have marked it down
     time.sleep(0.5)  # pyftpdlib has closed the sessions that quit
     served(gw, gw.fport("p"), user, password)
-    assert not lines(gw, r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
+    assert not gw.mark(0).grep(r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
     assert all(r.startswith("421") and "busy" in r for r in refused), results
-    assert len(lines(gw, r"event=backend_busy backend=be code=421")) >= len(refused)
+    assert len(gw.mark(0).grep(r"event=backend_busy backend=be code=421")) >= len(refused)
     time.sleep(PROBES["health_interval"] + 1)  # a probe after the burst: still up
     served(gw, gw.fport("p"), user, password)
-    assert not lines(gw, r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
+    assert not gw.mark(0).grep(r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
     assert metric(gw, "ftpsgate_backend_up", backend="be") == 1
     assert metric(gw, "ftpsgate_backend_connects_total", backend="be",
                   result="busy") == len(refused)
@@ -216,7 +126,8 @@ def test_max_cons_burst_never_takes_the_frontend_down(gateway, full_pyftpdlib, t
 def test_busy_greeting_fails_over(gateway, plain_pyftpdlib, test_user, ports):
     """Two backends, one full (421 greeting): every client is served by the other, the
     busy one is never marked down by the sessions it refused."""
-    busy = Busy()
+    busy = FakeFTP(Plan(greeting="421 There are too many connected users, please try later.",
+                        then="close"))  # a full vsftpd
     try:
         # Probes on, but only the start-up one within the test: it finds the 421 (one bad
         # probe of three); the sessions' 421s must not add the other two.
@@ -240,17 +151,17 @@ def test_busy_greeting_fails_over(gateway, plain_pyftpdlib, test_user, ports):
             finally:
                 ftp.close()
         assert busy.accepts - probes >= 3
-        failovers = lines(gw, r"event=backend_failover from=busy reason=\"backend busy "
-                              r"\(greeted 421\)\" to=be")
+        failovers = gw.mark(0).grep(r"event=backend_failover from=busy reason=\"backend busy "
+                                    r"\(greeted 421\)\" to=be")
         assert len(failovers) == busy.accepts - probes, gw.log[-4000:]
-        assert not lines(gw, r"event=backend_down ")
+        assert not gw.mark(0).grep(r"event=backend_down ")
         assert metric(gw, "ftpsgate_backend_up", backend="busy") == 1
         assert metric(gw, "ftpsgate_backend_connects_total", backend="busy",
                       result="busy") == len(failovers)
         assert metric(gw, "ftpsgate_backend_connects_total", backend="busy",
                       result="failed") == 0
     finally:
-        busy.stop()
+        busy.close()
 
 
 def test_session_failures_alone_never_mark_the_last_backend_down(gateway, plain_pyftpdlib,
@@ -258,14 +169,15 @@ def test_session_failures_alone_never_mark_the_last_backend_down(gateway, plain_
     """The only backend drops three connections before its greeting, then is fine again:
     with health_fall = 3 the third failure starts a probe (event=backend_suspect), the
     probe finds it alive, nothing is marked down, the next client is served."""
-    relay = DropFirst(plain_pyftpdlib.port)
+    relay = FakeFTP(fakeftp.relay(plain_pyftpdlib.port))
     try:
         keys = {**PROBES, "health_interval": 60}  # no routine probe within the test
         gw = gateway(backend_address=f"{HOST}:{relay.port}", backend_keys=keys,
                      frontends={"p": frontend("plain")})
         wait_for(lambda: plain_pyftpdlib.connections() >= 1, 10, "the start-up probe")
         time.sleep(0.3)
-        relay.drop = 3
+        for _ in range(3):  # a backend that briefly fails: closed before a byte
+            relay.queue("close")
         for _ in range(3):
             ctl = peers.Control.plain(gw.fport("p"))
             try:
@@ -275,11 +187,11 @@ def test_session_failures_alone_never_mark_the_last_backend_down(gateway, plain_
                 ctl.sock.close()
         time.sleep(1)  # the confirmation probe's time
         served(gw, gw.fport("p"), *test_user)
-        assert not lines(gw, r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
-        assert lines(gw, r"event=backend_suspect backend=be ")
+        assert not gw.mark(0).grep(r"event=backend_down |event=frontend_unavailable "), gw.log[-4000:]
+        assert gw.mark(0).grep(r"event=backend_suspect backend=be ")
         assert relay.accepts >= 5  # start-up probe, three sessions, the confirmation probe
     finally:
-        relay.stop()
+        relay.close()
 
 
 @pytest.mark.parametrize("bound,workers", [
@@ -309,7 +221,7 @@ def test_silent_connections_open_bounded_backend_connections(gateway, plain_pyft
         assert all(code == 220 for code, _ in greetings), greetings[:5]
         relayed = sum(1 for _, text in greetings if text.startswith(banner))
         assert relayed == limit, (relayed, greetings[:limit + 2])
-        assert len(lines(gw, r"event=prelogin_deferred frontend=x ")) == 200 - limit
+        assert len(gw.mark(0).grep(r"event=prelogin_deferred frontend=x ")) == 200 - limit
         time.sleep(0.5)
         assert plain_pyftpdlib.connections() - before == limit
 
@@ -330,7 +242,7 @@ def test_silent_connections_open_bounded_backend_connections(gateway, plain_pyft
         for c in held:
             c.sock.close()
     # Their places are given back: the next silent connection reaches the backend again.
-    wait_for(lambda: gw.log.count("event=session_end") >= 201, 15, "the sessions to end")
+    gw.mark(0).wait("event=session_end", 15, n=201)
     c = peers.Control.plain(gw.fport("x"))
     try:
         code, text = c.reply()
@@ -367,8 +279,8 @@ def test_descriptor_limit_is_not_the_backends_fault(gateway, plain_pyftpdlib, te
             ctl.sock.close()
     finally:
         subprocess.run(["prlimit", f"--pid={gw.pid}", f"--nofile={soft}:"], check=True)
-    assert lines(gw, r"event=backend_connect_failed .* side=gateway")
-    assert not lines(gw, r"event=backend_failover |event=backend_down "), gw.log[-4000:]
+    assert gw.mark(0).grep(r"event=backend_connect_failed .* side=gateway")
+    assert not gw.mark(0).grep(r"event=backend_failover |event=backend_down "), gw.log[-4000:]
     served(gw, gw.fport("p"), *test_user)
 
 

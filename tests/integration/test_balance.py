@@ -12,28 +12,16 @@ import ftplib
 import re
 import socket
 import ssl
-import threading
 import time
 from collections import Counter
 
 import pytest
 
 import peers
+from fakeftp import FakeFTP
 from peers import HOST, frontend
 
 NAMES = {1: "be", 2: "b", 3: "c"}
-
-
-@pytest.fixture(scope="module")
-def three(workdir, ports, test_user):
-    backends = []
-    for i, name in enumerate(["be", "b", "c"], 1):
-        be = peers.start_pyftpdlib(workdir / f"balance-{name}", ports, *test_user)
-        (be.root / "marker").write_bytes(b"x" * i)
-        backends.append(be)
-    yield backends
-    for be in backends:
-        be.stop()
 
 
 def start(gateway, three, *, policy="roundrobin", weights=None, max_sessions=None,
@@ -139,7 +127,7 @@ def test_leastconn(gateway, three, test_user):
                 f.close()
                 held.remove(f)
                 break
-        peers.wait_for(lambda: gw.log.count("event=session_end") >= 1, 5, "the session end")
+        gw.mark(0).wait("event=session_end", 5)
         nxt = login(gw, *test_user)
         held.append(nxt)
         assert which(nxt) == gone
@@ -158,7 +146,7 @@ def test_max_sessions_skips_full_backend(gateway, three, test_user):
     finally:
         first.quit()
         first.close()
-    peers.wait_for(lambda: gw.log.count("event=session_end") >= 9, 5, "the session ends")
+    gw.mark(0).wait("event=session_end", 5, n=9)
     assert served(gw, *test_user, 3)["be"] == 1
 
 
@@ -167,38 +155,12 @@ def closed_port(ports) -> str:
     return f"{HOST}:{port}"
 
 
-@contextlib.contextmanager
-def slammer():
-    """Accepts TCP connections and closes them at once (a server that dies before 220)."""
-    srv = socket.socket()
-    srv.bind((HOST, 0))
-    srv.listen(64)
-    stop = threading.Event()
-
-    def loop():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            c.close()
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield f"{HOST}:{srv.getsockname()[1]}"
-    finally:
-        stop.set()
-        t.join()
-        srv.close()
-
-
 @pytest.mark.parametrize("mode", ["plain", "explicit", "implicit"])
 @pytest.mark.parametrize("kind", ["refused", "closes"])
 def test_failover(gateway, three, test_user, ports, client_ctx, mode, kind):
     with contextlib.ExitStack() as stack:
-        dead = closed_port(ports) if kind == "refused" else stack.enter_context(slammer())
+        dead = (closed_port(ports) if kind == "refused"  # nothing listens, or it
+                else stack.enter_context(FakeFTP("close")).address)  # dies before 220
         gw = start(gateway, three, mode=mode, addresses={"be": three[0].address, "b": dead,
                                                          "c": three[2].address})
         counts = Counter()
@@ -322,18 +284,18 @@ def test_reload_keeps_live_counts(gateway, three, test_user):
     first = login(gw, *test_user)
     try:
         assert which(first) == "be"
-        mark = gw.log_size()
+        mark = gw.mark()
         gw.config.write_text(gw.config.read_text().replace("idle_timeout = 120",
                                                            "idle_timeout = 100"))
         os.kill(gw.pid, signal.SIGHUP)
-        peers.wait_for(lambda: "event=reloaded" in gw.log_since(mark), 10, "the reload")
+        mark.wait("event=reloaded", 10)
         counts = served(gw, *test_user, 6)  # the new generation still sees be full
         assert "be" not in counts and sum(counts.values()) == 6, counts
         assert which(first) == "be"  # the old generation's session goes on
     finally:
         first.quit()
         first.close()
-    peers.wait_for(lambda: gw.log.count("event=session_end") >= 7, 5, "the session ends")
+    gw.mark(0).wait("event=session_end", 5, n=7)
     assert served(gw, *test_user, 3)["be"] == 1
 
 
@@ -358,10 +320,10 @@ def test_backend_out_of_service_midrun(gateway, workdir, ports, test_user):
             serve(name, i)
         gw = start(gateway, list(servers.values()), backend_keys=h,
                    addresses={n: be.address for n, be in servers.items()})
-        runs = []  # (monotonic start, log offset at start, backend that served it)
+        runs = []  # (monotonic start, log cursor at start, backend that served it)
 
         def session():
-            t0, mark = time.monotonic(), gw.log_size()
+            t0, mark = time.monotonic(), gw.mark()
             ftp = login(gw, *test_user)  # any failure here fails the test
             try:
                 who = which(ftp)
@@ -387,19 +349,19 @@ def test_backend_out_of_service_midrun(gateway, workdir, ports, test_user):
         settle = h["health_fall"] * h["health_interval"] + h["health_timeout"] + 1
         late = [r for r in after if r[0] > killed + settle]
         assert len(late) >= 6, (len(late), settle)
-        assert "backend_failover from=b" not in gw.log_since(late[0][1], max_lines=100000)
+        assert "backend_failover from=b" not in late[0][1].text()
         failovers = gw.log.count("backend_failover from=b")
         down_by = [t for t, m, _ in after
-                   if "event=backend_down backend=b " not in gw.log_since(m, max_lines=100000)]
+                   if "event=backend_down backend=b " not in m.text()]
         print(f"midrun: {len(after)} sessions in 6 s after the kill, {failovers} failovers "
               f"from b, b down by {down_by[0] - killed:.2f} s, {len(late)} sessions after "
               f"{settle} s")
 
-        mark = gw.log_size()
+        mark = gw.mark()
         serve("b", 2, port=port_b)
         back = time.monotonic()
         deadline = back + h["health_rise"] * h["health_interval"] + 2
-        while "event=backend_up backend=b " not in gw.log_since(mark, max_lines=100000):
+        while "event=backend_up backend=b " not in mark.text():
             assert time.monotonic() < deadline, "b not back up in time"
             session()
         up_after = time.monotonic() - back
@@ -424,20 +386,19 @@ def test_health_down_backends_skipped_then_421(gateway, three, test_user, ports,
         extra[f"backend {name}"] = {"address": addr, "tls": "none", **FAST_HEALTH}
     gw = gateway(backend_address=three[0].address, extra=extra,
                  frontends={"p": frontend("plain", backend="be, b, c")})
-    peers.wait_for(lambda: "event=backend_down backend=b " in gw.log, 10, "b marked down")
-    mark = gw.log_size()
+    gw.mark(0).wait("event=backend_down backend=b ", 10)
+    mark = gw.mark()
     counts = served(gw, *test_user, 6)
     assert counts == {"be": 3, "c": 3}, counts
-    assert "event=backend_failover" not in gw.log_since(mark)
+    assert "event=backend_failover" not in mark.text()
 
     # Every backend down: the frontend is unavailable.
     text = gw.config.read_text().replace(three[0].address, closed_port(ports)) \
         .replace(three[2].address, closed_port(ports))
     gw.config.write_text(text)
-    mark = gw.log_size()
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    peers.wait_for(lambda: "event=frontend_unavailable frontend=p" in gw.log_since(mark), 15,
-                   "the frontend to be unavailable")
+    mark.wait("event=frontend_unavailable frontend=p", 15)
     ctl = peers.Control.plain(gw.fport("p"))
     try:
         code, text = ctl.reply()
@@ -451,44 +412,15 @@ def test_health_down_backends_skipped_then_421(gateway, three, test_user, ports,
             client_ctx.wrap_socket(raw, server_hostname="localhost").recv(100)
     finally:
         raw.close()
-    assert "event=no_backend frontend=p" in gw.log_since(mark)
-
-
-@contextlib.contextmanager
-def silent():
-    """Accepts TCP connections and never writes a byte (a server hung before its 220)."""
-    srv = socket.socket()
-    srv.bind((HOST, 0))
-    srv.listen(64)
-    stop = threading.Event()
-    held = []
-
-    def loop():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            held.append(c)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield f"{HOST}:{srv.getsockname()[1]}"
-    finally:
-        stop.set()
-        t.join()
-        for c in held:
-            c.close()
-        srv.close()
+    assert "event=no_backend frontend=p" in mark.text()
 
 
 @pytest.mark.parametrize("mode", ["plain", "implicit"])
 def test_failover_on_no_greeting(gateway, three, test_user, client_ctx, mode):
     """A backend that accepts but never greets is left after its connect_timeout (counted
     from the TCP connect), not after login_timeout: failover to the next one."""
-    with silent() as mute:
+    with FakeFTP("stall") as fake:  # accepts, never greets
+        mute = fake.address
         addresses = {"be": mute, "b": three[1].address}
         extra = {"frontend fe": {"backend": "be, b", "balance": "roundrobin"}}
         for name, addr in addresses.items():
@@ -509,7 +441,8 @@ def test_failover_on_no_greeting(gateway, three, test_user, client_ctx, mode):
 
 
 def test_no_greeting_anywhere_gives_421(gateway, three, test_user):
-    with silent() as mute:
+    with FakeFTP("stall") as fake:  # accepts, never greets
+        mute = fake.address
         extra = {"backend be": {"address": mute, "tls": "none", "connect_timeout": 1}}
         gw = gateway(backend_address=mute, extra=extra,
                      frontends={"p": frontend("plain", backend="be")})

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from faults import log_from, wait_log
-from peers import HOST, Control, curl, frontend, recv_until_closed, sha256_file, wait_for
+from peers import HOST, curl, frontend, recv_until_closed, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 BANNED = "421 Too many failed logins from your address, try again later."
@@ -42,7 +41,7 @@ def start(gateway, server, **glob):
     """fe implicit, x explicit, p plain; glob: [global] keys."""
     gw = gateway(server, frontends={"x": frontend("explicit"), "p": frontend("plain")},
                  extra={"global": {"max_sessions_per_ip": 500, **glob}})
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     return gw
 
 
@@ -104,7 +103,7 @@ def test_ban_after_failures_and_another_address_works(gateway, server, test_user
     admin = ports.port()
     gw = start(gateway, server, ban_after=3, ban_window=60, ban_time=60,
                admin_listen=f"{HOST}:{admin}")
-    offset = gw.log_size()
+    cur = gw.mark()
     ftp = explicit(gw, "127.0.0.2", client_ctx)
     try:
         assert attempt(ftp, user, "wrong-1").startswith("530")
@@ -121,9 +120,9 @@ def test_ban_after_failures_and_another_address_works(gateway, server, test_user
         ftp.quit()
     finally:
         ftp.close()
-    assert "event=ban " not in log_from(gw, offset)
+    assert "event=ban " not in cur.text()
     assert fail_once(gw, "127.0.0.2", client_ctx, user) == BANNED
-    line = wait_log(gw, r"event=ban ", offset)
+    line = cur.wait(r"event=ban ").string
     assert re.search(r"level=warn session=\d+ event=ban peer=127\.0\.0\.2 failures=3 "
                      r"ban_time=60$", line), line
 
@@ -138,7 +137,7 @@ def test_ban_after_failures_and_another_address_works(gateway, server, test_user
     # Only 127.0.0.3's session reached the backend.
     time.sleep(0.3)
     assert server.connections() == before + 1, (before, server.connections())
-    log = log_from(gw, offset)
+    log = cur.text()
     assert len(re.findall(r"event=ban ", log)) == 1, log
     assert len(re.findall(r"event=session_refused peer=127\.0\.0\.2:\d+ reason=banned", log)) >= 4
     # The admin endpoint counts it: one ban in all, one in force.
@@ -148,9 +147,9 @@ def test_ban_after_failures_and_another_address_works(gateway, server, test_user
     assert re.search(r"^ftpsgate_bans_active 1$", text, re.M), text
 
     # SIGHUP keeps the ban.
-    reload_at = gw.log_size()
+    reload_at = gw.mark()
     gw.proc.send_signal(signal.SIGHUP)
-    wait_log(gw, r"event=reload", reload_at)
+    reload_at.wait(r"event=reload")
     assert refused_in_clear(gw.fport("x"), "127.0.0.2").startswith(b"421 Too many failed")
 
     # fail2ban's own tool matches the ban line (and only it) with the shipped filter.
@@ -166,12 +165,12 @@ def test_ban_expires(gateway, server, test_user, client_ctx):
     """ban_time = 2: refused at once, served again after it, `event=ban_expired` logged."""
     user, password = test_user
     gw = start(gateway, server, ban_after=2, ban_time=2)
-    offset = gw.log_size()
+    cur = gw.mark()
     assert fail_once(gw, "127.0.0.4", client_ctx, user).startswith("530")
     t0 = time.monotonic()
     assert fail_once(gw, "127.0.0.4", client_ctx, user) == BANNED
     assert refused_in_clear(gw.fport("p"), "127.0.0.4").startswith(b"421 Too many failed")
-    wait_log(gw, r"event=ban_expired peer=127\.0\.0\.4$", offset, timeout=6)
+    cur.wait(r"event=ban_expired peer=127\.0\.0\.4$", 6)
     assert time.monotonic() - t0 >= 1.5
     ftp = explicit(gw, "127.0.0.4", client_ctx)
     try:
@@ -187,7 +186,7 @@ def test_ban_exempt(gateway, server, test_user, client_ctx):
     """ban_after = 1: 127.0.0.5 (in ban_exempt) is never banned, 127.0.0.6 at once."""
     user, password = test_user
     gw = start(gateway, server, ban_after=1, ban_exempt="127.0.0.5/32, 10.0.0.0/8")
-    offset = gw.log_size()
+    cur = gw.mark()
     for _ in range(3):
         assert fail_once(gw, "127.0.0.5", client_ctx, user).startswith("530")
     ftp = explicit(gw, "127.0.0.5", client_ctx)
@@ -198,7 +197,7 @@ def test_ban_exempt(gateway, server, test_user, client_ctx):
         ftp.close()
     assert fail_once(gw, "127.0.0.6", client_ctx, user) == BANNED
     assert_refused(gw, "127.0.0.6", client_ctx)
-    log = log_from(gw, offset)
+    log = cur.text()
     assert "peer=127.0.0.5" not in " ".join(re.findall(r"event=ban .*", log)), log
     assert len(re.findall(r"event=ban peer=127\.0\.0\.6 failures=1 ", log)) == 1, log
 
@@ -208,16 +207,15 @@ def test_ban_across_workers(gateway, server, test_user, client_ctx):
     each (under the per-session three); the fourth bans, and both workers refuse then."""
     user, _ = test_user
     gw = start(gateway, server, workers=2, ban_after=4)
-    offset = gw.log_size()
+    cur = gw.mark()
     held: dict[str, ftplib.FTP_TLS] = {}
     spare = []
     try:
         for _ in range(40):
             ftp = explicit(gw, "127.0.0.7", client_ctx)
             port = ftp.sock.getsockname()[1]
-            line = wait_log(gw, rf"event=session_start frontend=x peer=127\.0\.0\.7:{port} ",
-                            offset)
-            worker = re.search(r"worker=(\d+)", line).group(1)
+            worker = cur.wait(rf"event=session_start frontend=x peer=127\.0\.0\.7:{port} "
+                              r".*worker=(\d+)").group(1)
             if worker in held:
                 spare.append(ftp)
             else:
@@ -237,7 +235,7 @@ def test_ban_across_workers(gateway, server, test_user, client_ctx):
     finally:
         for ftp in [*held.values(), *spare]:
             ftp.close()
-    log = log_from(gw, offset)
+    log = cur.text()
     sessions = {m.group(1): m.group(2) for m in re.finditer(
         r"session=(\d+) event=session_start frontend=x peer=127\.0\.0\.7:\d+ worker=(\d+)", log)}
     failed = set(re.findall(r"session=(\d+) event=login_failed", log))
@@ -247,7 +245,7 @@ def test_ban_across_workers(gateway, server, test_user, client_ctx):
     for _ in range(12):
         assert refused_in_clear(gw.fport("x"), "127.0.0.7").startswith(b"421 Too many failed")
     refusers = set(re.findall(r"event=session_refused peer=127\.0\.0\.7:\d+ reason=banned "
-                              r"worker=(\d+)", log_from(gw, offset)))
+                              r"worker=(\d+)", cur.text()))
     assert refusers == {"0", "1"} or len(refusers) == 1  # (12 connections may hash alike)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
-import shutil
 import socket
 import ssl
 import threading
@@ -21,14 +20,6 @@ from peers import (HOST, KiB, Control, backend_tls, check, curl, parse_227, raw_
                    recv_until_closed, sha256_file, start_pyftpdlib)
 
 TRANSFERS = 30
-
-
-@pytest.fixture
-def scratch(workdir, request):
-    d = workdir / "client" / request.node.name.replace("[", "_").replace("]", "_")
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def tls13_only(gw_port: int) -> bool:
@@ -58,11 +49,11 @@ def test_curl_30_downloads_one_session(gateway, backend, blobs, scratch, fronten
         url = (gw.url(name, backend.user, backend.password) if frontend == "implicit"
                else gw.ftp_url("x", name, backend.user, backend.password))
         args += ["-o", str(scratch / name), url]
-    start = gw.log_size()
+    start = gw.mark()
     check(curl(*args))
     got = {n: sha256_file(scratch / n) for n in names if (scratch / n).exists()}
     assert got == sums
-    log = gw.log_since(start, 100000)
+    log = start.text()
     assert "data_tls_refused" not in log
     assert log.count("event=session_start") == 1, "curl had to reconnect"
 
@@ -79,11 +70,11 @@ def test_curl_30_uploads_one_session(gateway, backend, blobs, scratch, frontend)
         url = (gw.url(name, backend.user, backend.password) if frontend == "implicit"
                else gw.ftp_url("x", name, backend.user, backend.password))
         args += ["-T", str(src), url]
-    start = gw.log_size()
+    start = gw.mark()
     check(curl(*args))
     got = {n: sha256_file(backend.path(n)) for n in sums if backend.path(n).exists()}
     assert got == sums
-    log = gw.log_since(start, 100000)
+    log = start.text()
     assert "data_tls_refused" not in log
     assert log.count("event=session_start") == 1, "curl had to reconnect"
 
@@ -139,13 +130,13 @@ def test_commands_pipelined_after_rein_on_plain(gateway, backend):
     try:
         assert c.reply()[0] == 220
         c.login(backend.user, backend.password)
-        start = gw.log_size()
+        start = gw.mark()
         c.send(f"NOOP\r\nREIN\r\nUSER {backend.user}\r\nPASS {backend.password}\r\n"
                "PWD\r\n".encode())
         codes = [c.reply()[0] for _ in range(5)]
         assert codes == [200, 220, 331, 230, 257]
         assert c.cmd("NOOP")[0] == 200
-        assert "event=rein" in gw.log_since(start)
+        assert "event=rein" in start.text()
     finally:
         c.close()
 
@@ -157,13 +148,13 @@ def test_commands_pipelined_after_rein_under_tls_are_answered(gateway, backend, 
     c = Control.explicit(gw.fport("x"), client_ctx)
     try:
         c.login(backend.user, backend.password)
-        start = gw.log_size()
+        start = gw.mark()
         c.send(b"NOOP\r\nREIN\r\nPWD\r\nSYST\r\n")
         codes = [c.reply()[0] for _ in range(4)]
         assert codes == [200, 220, 503, 503]
         c.unwrap()
         assert c.cmd("FEAT")[0] == 211  # in clear again, a fresh session
-        log = gw.log_since(start, 100000)
+        log = start.text()
         assert 'event=rein_pipelined answered=2' in log
     finally:
         c.close()
@@ -213,11 +204,11 @@ def refused_then_transfer(gw, server, ctx, name):
 def test_refused_data_connection_keeps_the_session(gateway, vsftpd_ftps, client_ctx):
     gw = gateway(vsftpd_ftps, backend_keys=backend_tls("explicit", ca_file=vsftpd_ftps.cert))
     vsftpd_ftps.put_bytes("refused.txt", b"still here\n" * 1000)
-    start = gw.log_size()
+    start = gw.mark()
     for _ in range(10):
         assert refused_then_transfer(gw, vsftpd_ftps, client_ctx, "refused.txt") == \
             b"still here\n" * 1000
-    log = gw.log_since(start, 5000)
+    log = start.text()
     assert log.count("data_tls_refused") == 10
     assert "backend closed the connection" not in log
 

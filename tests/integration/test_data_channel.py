@@ -7,7 +7,7 @@ under test, and one with 2-second data timeouts (`slow`): every gateway takes 41
 the session's PortAllocator, which never hands a port out twice, so a gateway per test would
 exhaust its 10,000 ports across the suite. Tests that kill or count something start their
 own gateway with the `gateway` factory (and, to kill a backend, their own backend). Checks on
-the gateway's log read only what it wrote during the test (`Mark`).
+the gateway's log read only what it wrote during the test (`gw.mark()`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import ftplib
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -138,31 +137,10 @@ def own_extra(dmode: str) -> dict:
     return {"frontend fe": {"active_source_port": 0}, "backend be": {"data_mode": dmode}}
 
 
-class Mark:
-    """What a gateway logs from now on."""
-
-    def __init__(self, gw: peers.Gateway):
-        self.gw, self.offset = gw, gw.log_size()
-
-    @property
-    def log(self) -> str:
-        with open(self.gw.log_path, "rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace")
-
-    def data_verbs(self) -> list[str]:
-        """The data-connection commands clients sent, in order (from the debug log)."""
-        verbs = re.findall(r"event=command verb=(\w+)", self.log)
-        return [v for v in verbs if v in DATA_VERBS]
-
-
-@pytest.fixture
-def scratch(workdir, request):
-    """The client's local directory for one test, removed afterwards."""
-    d = workdir / "client-data" / re.sub(r"[^\w.-]", "_", request.node.name)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def data_verbs(cur: peers.LogCursor) -> list[str]:
+    """The data-connection commands clients sent since the mark, in order (debug log)."""
+    verbs = re.findall(r"event=command verb=(\w+)", cur.text())
+    return [v for v in verbs if v in DATA_VERBS]
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,7 +341,7 @@ def test_matrix(shared, backend, client_ctx, blobs, scratch, client, verb, dmode
     up_digest = blobs.unique(src, SIZE)
     name_up = f"mx-up-{client}-{verb}-{dmode}-{prot}.bin"
     backend.path(name_up).unlink(missing_ok=True)
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
 
     got = run_transfers(client, verb, mode, prot, port, backend, client_ctx, scratch,
                         "mx-down.bin", name_up, src)
@@ -373,12 +351,12 @@ def test_matrix(shared, backend, client_ctx, blobs, scratch, client, verb, dmode
     assert arrived.stat().st_size == SIZE
     assert sha256_file(arrived) == up_digest, "upload differs on the backend's disk"
     arrived.unlink()
-    used = set(mark.data_verbs())
+    used = set(data_verbs(mark))
     assert used == {verb}, f"the client sent {used}, expected only {verb}"
-    starts = re.findall(r"event=transfer_start verb=\w+ prot=(\w)", mark.log)
+    starts = re.findall(r"event=transfer_start verb=\w+ prot=(\w)", mark.text())
     assert starts and set(starts) == {prot}, starts
     if dmode == "active":
-        assert "event=data_accept leg=backend-data" in mark.log, "no backend data connection"
+        assert "event=data_accept leg=backend-data" in mark.text(), "no backend data connection"
 
 
 @pytest.mark.parametrize("dmode", ["passive", "active"])
@@ -393,13 +371,13 @@ def test_curl_active_plain(shared, backend, blobs, scratch, verb, dmode):
     name_up = f"mx-curl-plain-{verb}-{dmode}.bin"
     opts = ["-P", HOST] + (["--disable-eprt"] if verb == "PORT" else [])
     got = scratch / "got.bin"
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     check(curl(*opts, "-o", got, front_url("ftp", HOST, port, backend, "mx-down.bin")))
     check(curl(*opts, "-T", src, front_url("ftp", HOST, port, backend, name_up)))
     assert sha256_file(got) == digest
     assert sha256_file(backend.path(name_up)) == up_digest
     backend.path(name_up).unlink()
-    assert set(mark.data_verbs()) == {verb}, mark.data_verbs()
+    assert set(data_verbs(mark)) == {verb}, data_verbs(mark)
 
 
 def test_curl_active_tls(shared, backend, blobs, scratch):
@@ -436,13 +414,13 @@ def test_default_active_source_port(shared, backend, client_ctx, blobs, mode, so
     # Port 20 is the machine's: pure-ftpd (test_upload_safety, active) connects from it
     # without SO_REUSEADDR, and its TIME_WAITs refuse any bind there for up to 60 s.
     wait_for(lambda: _bindable(source), 75, f"127.0.0.1:{source} free of other peers' TIME_WAIT")
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     with ftp_client(shared.port(f"{mode[:3]}-defsrc"), backend, client_ctx, mode=mode,
                     data_cmd="PORT") as ftp:
         assert ftp_get_sha(ftp, "mx-down.bin") == digest
         assert ftp_get_sha(ftp, "mx-down.bin") == digest  # again: the port is reusable
         assert [p[1] for p in ftp.data_peers] == [source, source], ftp.data_peers
-    assert "active_source_port_failed" not in mark.log
+    assert "active_source_port_failed" not in mark.text()
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,7 +512,7 @@ def test_ipv6_client(shared, backend, client_ctx, blobs, scratch, client, verb, 
     up_digest = blobs.unique(src, SIZE)
     name_up = f"v6-up-{client}-{verb}-{dmode}.bin"
     got = scratch / "got.bin"
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     if client == "ftplib":
         with ftp_client(port, backend, client_ctx, host="::1", data_cmd=verb) as ftp:
             assert ftp.af == socket.AF_INET6
@@ -548,8 +526,8 @@ def test_ipv6_client(shared, backend, client_ctx, blobs, scratch, client, verb, 
     assert sha256_file(got) == digest
     assert sha256_file(backend.path(name_up)) == up_digest
     backend.path(name_up).unlink()
-    assert set(mark.data_verbs()) == {verb}, mark.data_verbs()
-    assert re.search(rf"event=session_start frontend=v6-{dmode} peer=\[::1\]", mark.log), \
+    assert set(data_verbs(mark)) == {verb}, data_verbs(mark)
+    assert re.search(rf"event=session_start frontend=v6-{dmode} peer=\[::1\]", mark.text()), \
         "the session did not come over IPv6"
 
 
@@ -585,7 +563,7 @@ def test_dual_stack_frontend_via_ipv4(shared, backend, client_ctx, blobs, scratc
     src = scratch / "up.bin"
     up_digest = blobs.unique(src, SIZE)
     name_up = f"ds-up-{verb}.bin"
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     with ftp_client(shared.port("dual"), backend, client_ctx, data_cmd=verb) as ftp:
         assert ftp_get_sha(ftp, "mx-down.bin") == digest
         ftp_put(ftp, src, name_up)
@@ -593,13 +571,13 @@ def test_dual_stack_frontend_via_ipv4(shared, backend, client_ctx, blobs, scratc
             assert parse_227(resp)[0] == HOST, resp
     assert sha256_file(backend.path(name_up)) == up_digest
     backend.path(name_up).unlink()
-    assert "event=session_start frontend=dual " in mark.log, "not served by the [::] frontend"
-    assert set(mark.data_verbs()) == {verb}
+    assert "event=session_start frontend=dual " in mark.text(), "not served by the [::] frontend"
+    assert set(data_verbs(mark)) == {verb}
 
 
 def test_dual_stack_passive_theft_refused(shared, backend, client_ctx):
     backend.put_bytes("theft-check.txt", b"only for the real client\n")
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     c = open_control(shared.port("dual"), client_ctx, backend)
     try:
         code, text = c.cmd("EPSV")
@@ -611,7 +589,7 @@ def test_dual_stack_passive_theft_refused(shared, backend, client_ctx):
         assert b"theft-check.txt" in listing
     finally:
         c.close()
-    assert re.search(r"event=data_refused leg=client-data peer=\S*127\.0\.0\.2", mark.log)
+    assert re.search(r"event=data_refused leg=client-data peer=\S*127\.0\.0\.2", mark.text())
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,7 +599,7 @@ def test_dual_stack_passive_theft_refused(shared, backend, client_ctx):
 @pytest.fixture
 def ctl(shared, backend, client_ctx):
     """A logged-in implicit control connection (PROT P, TYPE I) and a mark in the log."""
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     c = open_control(shared.port("imp-passive"), client_ctx, backend)
     yield c, mark
     c.close()
@@ -659,7 +637,7 @@ def test_port_refusals(ctl, command, code):
             trap.accept()  # the bounce target was never contacted
     assert c.cmd("NOOP")[0] == 200
     if code == 504:
-        assert "event=port_refused" in mark.log
+        assert "event=port_refused" in mark.text()
 
 
 def raw_active_download(c: Control, ctx, cmd: str, listener: socket.socket, tls=True):
@@ -735,7 +713,7 @@ def test_epsv_all(ctl, backend, client_ctx):
 
 def test_epsv_port_theft_refused_explicit(shared, backend, client_ctx):
     backend.put_bytes("theft-check.txt", b"only for the real client\n")
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     c = open_control(shared.port("exp-passive"), client_ctx, backend, mode="explicit")
     try:
         code, text = c.cmd("EPSV")
@@ -748,7 +726,7 @@ def test_epsv_port_theft_refused_explicit(shared, backend, client_ctx):
         assert c.cmd("NOOP")[0] == 200
     finally:
         c.close()
-    assert re.search(r"event=data_refused leg=client-data peer=127\.0\.0\.2", mark.log), \
+    assert re.search(r"event=data_refused leg=client-data peer=127\.0\.0\.2", mark.text()), \
         "the refused data connection was not logged"
 
 
@@ -770,11 +748,11 @@ def test_pasv_address_masquerade(shared, backend, client_ctx, blobs, scratch):
     finally:
         c.close()
     got = scratch / "got.bin"
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     check(curl("--ssl-reqd", "--ftp-pasv", "--disable-epsv", "--ftp-skip-pasv-ip", "-o", got,
                front_url("ftps", HOST, port, backend, "mx-down.bin")))
     assert sha256_file(got) == digest
-    assert mark.data_verbs() == ["PASV"]
+    assert data_verbs(mark) == ["PASV"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -797,7 +775,7 @@ def read_at_least(sock, n) -> int:
 def test_abort_download(shared, backend, client_ctx, blobs, style, verb, dmode):
     put_sparse(backend, "abor-big.bin", BIG)
     digest = backend.put(blobs, "mx-down.bin", SIZE)
-    mark = Mark(shared.gw)
+    mark = shared.gw.mark()
     with ftp_client(shared.port(f"imp-{dmode}"), backend, client_ctx, data_cmd=verb) as ftp:
         conn = ftp.transfercmd("RETR abor-big.bin")  # returns after the 150
         try:
@@ -815,7 +793,7 @@ def test_abort_download(shared, backend, client_ctx, blobs, style, verb, dmode):
         assert elapsed < 4, f"ABOR answered after {elapsed:.1f} s (the 5 s fallback?)"
         assert ftp.voidcmd("NOOP").startswith("200")
         assert ftp_get_sha(ftp, "mx-down.bin") == digest
-    assert "event=abort during_transfer=yes" in mark.log
+    assert "event=abort during_transfer=yes" in mark.text()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1094,7 +1072,7 @@ def test_active_connect_refused(slow, backend, client_ctx, dmode):
 def test_data_timeout_client_stops_reading(slow, backend, client_ctx):
     put_sparse(backend, "stall-64MiB.bin", 64 * MiB)
     backend.put_bytes("after-stall.txt", b"still usable\n")
-    mark = Mark(slow.gw)
+    mark = slow.gw.mark()
     with ftp_client(slow.port("slow-passive"), backend, client_ctx, data_cmd="PASV",
                     timeout=20) as ftp:
         conn = ftp.transfercmd("RETR stall-64MiB.bin")  # TLS handshake done, never read
@@ -1110,4 +1088,4 @@ def test_data_timeout_client_stops_reading(slow, backend, client_ctx):
         got = []
         ftp.retrbinary("RETR after-stall.txt", got.append)
         assert b"".join(got) == b"still usable\n"
-    assert "data timeout" in mark.log
+    assert "data timeout" in mark.text()

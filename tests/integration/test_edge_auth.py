@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from peers import HOST, Control, ftplib_download, ftplib_session, ftplib_upload, wait_for
+from peers import HOST, Control, ftplib_download, ftplib_session, ftplib_upload
 
 REPO = Path(__file__).resolve().parents[2]
 WRITE_VERBS = ["STOR w.bin", "APPE w.bin", "STOU", "DELE f.bin", "RMD d", "XRMD d", "MKD d2",
@@ -90,14 +91,21 @@ def test_good_login_transfers(gateway, vsftpd, test_user, workdir, blobs, client
     digest = vsftpd.put(blobs, f"down-{method}.bin", 300_000)
     src, up_digest = blobs.blob(200_000)
     before = vsftpd.connections()
+    mark = gw.mark()
     with ftplib_session(gw.port, name, password, client_ctx) as ftp:
         ftplib_download(ftp, f"down-{method}.bin", tmp_path / "down.bin")
         ftplib_upload(ftp, src, f"up-{method}.bin")
     assert peers.sha256_file(tmp_path / "down.bin") == digest
     assert peers.sha256_file(vsftpd.path(f"up-{method}.bin")) == up_digest
     assert vsftpd.connections() == before + 1
-    wait_for(lambda: "event=session_end" in gw.log, 10, "session end")
-    assert f'event=auth_ok method=file user="{name}" backend_user="{sysuser}"' in gw.log
+    mark.wait("event=session_end")
+    mark.wait(f'event=auth_ok method=file user="{name}" backend_user="{sysuser}"', 0)
+    # the backend's set-up ends with the replayed login, step by step (backend.c)
+    steps = [m.group(1) for m in map(re.compile(r"event=state leg=backend (from=\S+ to=\S+)")
+                                     .search, mark.lines()) if m]
+    i = steps.index("from=greeting to=login_user")
+    assert steps[i:i + 3] == ["from=greeting to=login_user", "from=login_user to=login_pass",
+                              "from=login_pass to=ready"], steps
     assert f'OK LOGIN: Client "{HOST}"' in vsftpd.log.read_text(errors="replace")
     no_password_in(gw.log, password)
 
@@ -118,8 +126,9 @@ def test_failures_open_no_backend_connection(gateway, vsftpd, test_user, client_
     # a name longer than the gateway keeps, whose first 63 bytes are a listed user's
     users_file(users, [f"{sysuser}:{mkpasswd('yescrypt', password)}",
                        f"{'L' * 63}:{mkpasswd('yescrypt', password)}:backend_user={sysuser}"])
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: "event=reloaded worker=" in gw.log, 20, "the reload")
+    mark.wait("event=reload_complete ", 20)
     assert attempt(gw.port, client_ctx, "L" * 63 + "x", password)[0] == 530
     # a name that tries to end its quoted log value and forge a field
     assert attempt(gw.port, client_ctx, 'x" event=ban peer=1.2.3.4', "p")[0] == 530
@@ -148,6 +157,7 @@ def test_failures_count_toward_bans(gateway, vsftpd, test_user, client_ctx, tmp_
     users = users_file(tmp_path / "users", [f"{sysuser}:{mkpasswd('sha512crypt', password)}"])
     gw = start(gateway, vsftpd, users, glob={"ban_after": 3, "ban_window": 600, "ban_time": 60})
     before = vsftpd.connections()
+    mark = gw.mark()
     c = Control.implicit(gw.port, client_ctx)
     assert c.reply()[0] == 220
     for i in range(2):
@@ -156,7 +166,7 @@ def test_failures_count_toward_bans(gateway, vsftpd, test_user, client_ctx, tmp_
     c.close()
     code, text, _ = attempt(gw.port, client_ctx, "ghost", "wrong")  # the third: banned
     assert code == 421 and "Too many failed logins from your address" in text, text
-    wait_for(lambda: "event=ban " in gw.log, 10, "the ban line")
+    mark.wait("event=ban ")
     # banned: a new implicit connection is closed before anything, even a good login
     with pytest.raises((ConnectionError, OSError, ftplib.Error, EOFError)):
         with ftplib_session(gw.port, sysuser, password, client_ctx, timeout=5):
@@ -332,16 +342,17 @@ def test_reload_rereads_users_file(gateway, vsftpd, test_user, client_ctx, tmp_p
         assert ftp.pwd()
     assert attempt(gw.port, client_ctx, "second", password)[0] == 530
     users_file(users, [f"second:{h}:backend_user={sysuser}"])
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: "event=reloaded worker=" in gw.log, 20, "the reload")
+    mark.wait("event=reload_complete ", 20)
     with ftplib_session(gw.port, "second", password, client_ctx) as ftp:
         assert ftp.pwd()
     assert attempt(gw.port, client_ctx, "first", password)[0] == 530
     # a users file that no longer loads fails the reload: the old one keeps serving
     os.chmod(users, 0o644)
-    n = gw.log.count("event=reload_failed")
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: gw.log.count("event=reload_failed") > n, 20, "the failed reload")
+    mark.wait("event=reload_failed ", 20)
     with ftplib_session(gw.port, "second", password, client_ctx) as ftp:
         assert ftp.pwd()
 
@@ -359,6 +370,7 @@ def test_slow_hash_does_not_stall_the_worker(gateway, vsftpd, test_user, client_
     users = users_file(tmp_path / "users", [f"slow:{slow}:backend_user={sysuser}"])
     gw = start(gateway, vsftpd, users, glob={"workers": 1})
     before = vsftpd.connections()
+    mark = gw.mark()
     a = Control.implicit(gw.port, client_ctx)
     assert a.reply()[0] == 220
     assert a.cmd("USER slow")[0] == 331
@@ -373,7 +385,7 @@ def test_slow_hash_does_not_stall_the_worker(gateway, vsftpd, test_user, client_
     a.close()  # gone before its check ends
     b.cmd("QUIT")
     b.close()
-    wait_for(lambda: gw.log.count("event=session_end") >= 2, 10 + 2 * hash_s, "both ends")
+    mark.wait("event=session_end", 10 + 2 * hash_s, n=2)
     time.sleep(hash_s + 0.5)  # the abandoned check has finished by now
     assert gw.alive()
     assert vsftpd.connections() == before
@@ -407,3 +419,40 @@ def test_explicit_frontend_curl_pyftpdlib(gateway, pyftpdlib, test_user, blobs, 
     assert pyftpdlib.connections() == before + 2
     assert 'event=auth_failed method=file user="web" reason=bad_password' in gw.log
     no_password_in(gw.log, password)
+
+
+def test_rein_resets_the_gateway_login(gateway, vsftpd, test_user, client_ctx, tmp_path):
+    """REIN resets the login part whole, the gateway's check with it: the session is logged
+    out (530 before a new login, no policy of the old user), its next login is checked
+    again (a wrong password: 530 after the delay, counted) and a right one works."""
+    sysuser, password = test_user
+    h = mkpasswd("yescrypt", password)
+    users = users_file(tmp_path / "users", [
+        f"ro:{h}:policy=ro,backend_user={sysuser}", f"{sysuser}:{h}"])
+    gw = gateway(vsftpd, frontends={"p": peers.frontend("plain", auth="file", auth_file=users,
+                                                         policy="")},
+                 extra={"policy ro": {"read_only": "yes"}})
+    vsftpd.put_bytes("rein.bin", b"x")
+    before = vsftpd.connections()
+    mark = gw.mark()
+    c = Control.plain(gw.fport("p"))
+    assert c.reply()[0] == 220
+    c.login("ro", password)
+    assert c.cmd("DELE rein.bin") == (550, "550 Permission denied.")
+    assert c.cmd("REIN")[0] == 220
+    assert c.cmd("PWD")[0] == 530  # logged out: nothing reaches the backend
+    assert c.cmd("USER ro")[0] == 331
+    t0 = time.monotonic()
+    assert c.cmd("PASS wrong")[0] == 530
+    assert time.monotonic() - t0 >= 0.9
+    c.login(sysuser, password)  # another user: no read-only policy any more
+    assert c.cmd("DELE rein.bin")[0] == 250
+    c.cmd("QUIT")
+    c.close()
+    mark.wait("event=session_end")
+    assert mark.count("event=auth_ok method=file") == 2
+    assert mark.count(r"event=login_failed count=1\b") == 1
+    assert mark.count("event=policy_refused verb=DELE policy=ro") == 1
+    assert not (vsftpd.root / "rein.bin").exists()
+    assert vsftpd.connections() == before + 2  # one per checked login
+    no_password_in(mark.text(), password)

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from peers import (MiB, Control, DelayProxy, backend_tls, check, client_context, curl,
+from fakeftp import FakeFTP, relay
+from peers import (MiB, Control, LogCursor, backend_tls, check, client_context, curl,
                    describe, frontend, ftplib_download, ftplib_explicit_session, ftplib_session,
                    ftplib_upload, lftp_explicit, parse_227, raw_transfer, recv_until_closed,
                    sha256_bytes, sha256_file)
@@ -47,23 +48,10 @@ def ogw(backend, module_gateway):
     return module_gateway(backend, frontends=FRONTENDS, data_session_reuse="optional")
 
 
-@pytest.fixture
-def scratch(workdir, request):
-    d = workdir / "client" / re.sub(r"[^\w.-]", "_", request.node.name)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def log_lines(gw, offset: int, pattern: str) -> list[str]:
-    return [line for line in gw.log_since(offset, max_lines=100000).splitlines()
-            if re.search(pattern, line)]
-
-
-def session_ids(gw, offset: int) -> list[str]:
-    """Gateway session ids started since `offset`, in order."""
+def session_ids(cur: LogCursor) -> list[str]:
+    """Gateway session ids started since the mark, in order."""
     return [re.search(r"session=(\d+)", line).group(1)
-            for line in log_lines(gw, offset, r"event=session_start ")]
+            for line in cur.grep(r"event=session_start ")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,11 +104,11 @@ def test_explicit_list(xgw, backend, client_ctx, client):
     backend.adopt("x-list")
     for name in ("gamma.txt", "delta.bin"):
         backend.put_bytes(f"x-list/{name}", name.encode() * 10)
-    offset = xgw.log_size()
+    cur = xgw.mark()
     listing = x_list(client, xgw, backend, client_ctx, "x-list")
     assert "gamma.txt" in listing and "delta.bin" in listing, listing
     # The listing went over a protected data connection (require_prot_p is on anyway).
-    assert log_lines(xgw, offset, r"event=transfer_start verb=(LIST|NLST|MLSD) prot=P")
+    assert cur.grep(r"event=transfer_start verb=(LIST|NLST|MLSD) prot=P")
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -163,7 +151,7 @@ def test_explicit_tls12_data_resumption(xgw, backend, tls_cert, blobs, scratch, 
     """data_session_reuse = required with TLS 1.2 clients, with and without tickets."""
     ctx = tls_variant(tls_cert, variant)
     digest = backend.put(blobs, "tls12-down.bin", 1 * MiB, unique=True)
-    offset = xgw.log_size()
+    cur = xgw.mark()
     with ftplib_explicit_session(xgw.fport("x"), backend.user, backend.password, ctx) as ftp:
         assert ftp.sock.version() == "TLSv1.2"
         assert "tls12-down.bin" in ftp.nlst()
@@ -171,8 +159,8 @@ def test_explicit_tls12_data_resumption(xgw, backend, tls_cert, blobs, scratch, 
         ftplib_upload(ftp, scratch / "got.bin", "tls12-up.bin")
     assert sha256_file(scratch / "got.bin") == digest
     assert sha256_file(backend.path("tls12-up.bin")) == digest
-    assert len(log_lines(xgw, offset, r"event=data_tls tls=TLSv1\.2/")) == 3
-    assert not log_lines(xgw, offset, r"event=data_tls_(refused|not_resumed)")
+    assert len(cur.grep(r"event=data_tls tls=TLSv1\.2/")) == 3
+    assert not cur.grep(r"event=data_tls_(refused|not_resumed)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,7 +169,7 @@ def test_explicit_tls12_data_resumption(xgw, backend, tls_cert, blobs, scratch, 
 
 def test_stock_ftplib_gets_522_when_reuse_required(xgw, backend, client_ctx):
     backend.put_bytes("stock.txt", b"stock ftplib\n")
-    offset = xgw.log_size()
+    cur = xgw.mark()
     with ftplib_explicit_session(xgw.fport("x"), backend.user, backend.password, client_ctx,
                                  reuse=False) as ftp:
         with pytest.raises(ftplib.error_perm) as err:
@@ -194,14 +182,14 @@ def test_stock_ftplib_gets_522_when_reuse_required(xgw, backend, client_ctx):
             ftp.storbinary("STOR stock-refused.bin", io.BytesIO(b"u" * (3 * MiB)))
         assert str(err.value).startswith("522 "), err.value
         assert ftp.voidcmd("NOOP").startswith("200")  # the session goes on
-    assert log_lines(xgw, offset, r'event=data_tls_refused reason="session not resumed"')
+    assert cur.grep(r'event=data_tls_refused reason="session not resumed"')
 
 
 def test_stock_ftplib_works_when_reuse_optional(ogw, backend, client_ctx, blobs, scratch):
     digest = backend.put(blobs, "stock-down.bin", 1 * MiB, unique=True)
     src = scratch / "stock-up.bin"
     up_digest = blobs.unique(src, 1 * MiB)
-    offset = ogw.log_size()
+    cur = ogw.mark()
     lines: list[str] = []
     with ftplib_explicit_session(ogw.fport("x"), backend.user, backend.password, client_ctx,
                                  reuse=False) as ftp:
@@ -211,7 +199,7 @@ def test_stock_ftplib_works_when_reuse_optional(ogw, backend, client_ctx, blobs,
     assert any("stock-down.bin" in line for line in lines), lines
     assert sha256_file(scratch / "got.bin") == digest
     assert sha256_file(backend.path("stock-up.bin")) == up_digest
-    assert log_lines(ogw, offset, r"event=data_tls_not_resumed policy=optional")
+    assert cur.grep(r"event=data_tls_not_resumed policy=optional")
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,7 +274,7 @@ def test_other_client_cannot_take_passive_port(xgw, backend, tls_cert, variant):
     the gateway must refuse it. A's transfer fails cleanly with 522, and A goes on."""
     client_ctx = tls_variant(tls_cert, variant)
     backend.put_bytes("theft-same-ip.txt", b"only for client A\n")
-    offset = xgw.log_size()
+    cur = xgw.mark()
     (code, text), stolen, a, b = take_passive_port(xgw, "x", backend, client_ctx)
     try:
         assert code == 522, (f"A's transfer on a listener taken by B ended with {text!r}; "
@@ -301,7 +289,7 @@ def test_other_client_cannot_take_passive_port(xgw, backend, tls_cert, variant):
     finally:
         a.close()
         b.close()
-    refused = log_lines(xgw, offset, r"event=data_tls_refused")
+    refused = cur.grep(r"event=data_tls_refused")
     assert refused, "the refused data connection was not logged"
     assert any("resumed the session of a connection not logged in" in line
                for line in refused), refused
@@ -317,19 +305,19 @@ def test_refused_data_leg_gets_final_reply_on_slow_backend_link(request, gateway
     gateway, which dropped the legs, still owes the client a final reply for LIST, in
     bounded time."""
     server = request.getfixturevalue(server_name)
-    with DelayProxy(("127.0.0.1", server.port), delay=0.2) as link:
+    with FakeFTP(relay(server.port, delay=0.2)) as link:
         gw = gateway(server, backend_address=link.address,
                      frontends={"x": frontend("explicit")})
-        offset = gw.log_size()
+        cur = gw.mark()
         (code, text), stolen, a, b = take_passive_port(gw, "x", server,
                                                        tls_variant(tls_cert, "TLSv1.3"),
                                                        reply_timeout=10)
         a.close()
         b.close()
-    assert log_lines(gw, offset, r"event=data_tls_refused")
+    assert cur.grep(r"event=data_tls_refused")
     assert not stolen.get("data"), stolen
     assert 400 <= code < 600, (f"client A got {text!r}; gateway log:\n"
-                               + "\n".join(log_lines(gw, offset, r"session=1 ")[-12:]))
+                               + "\n".join(cur.grep(r"session=1 ")[-12:]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,7 +449,7 @@ def test_pbsz_prot_sequencing(clear, backend, client_ctx):
 def test_pipelined_command_after_auth_is_discarded(xgw, backend, client_ctx):
     """SECURITY (command injection): clear bytes after AUTH must never run as protected."""
     c = plain_ctl(xgw, "x")
-    offset = xgw.log_size()
+    cur = xgw.mark()
     try:
         c.send(b"AUTH TLS\r\nUSER evil\r\n")  # one segment
         code, text = c.reply()
@@ -474,7 +462,7 @@ def test_pipelined_command_after_auth_is_discarded(xgw, backend, client_ctx):
         assert c.cmd("PWD")[0] == 257
     finally:
         c.close()
-    log = xgw.log_since(offset, max_lines=100000)
+    log = cur.text()
     assert re.search(r"event=auth_pipelined discarded=11\b", log), log[-3000:]
     assert 'arg="evil"' not in log, "USER evil was parsed as a command"
 
@@ -548,12 +536,12 @@ def test_feat_on_implicit_frontend(xgw, backend, client_ctx):
 def test_curl_ccc_download(ogw, backend, blobs, scratch):
     digest = backend.put(blobs, "ccc-down.bin", 2 * MiB, unique=True)
     dest = scratch / "ccc-down.bin"
-    offset = ogw.log_size()
+    cur = ogw.mark()
     res = check(curl("-v", "--ftp-ssl-ccc", "-o", dest,
                      ogw.ftp_url("ccc", "ccc-down.bin", backend.user, backend.password)))
     assert "> CCC" in res.stderr and "< 200 " in res.stderr, describe(res)
     assert sha256_file(dest) == digest
-    assert log_lines(ogw, offset, r"event=ccc ")
+    assert cur.grep(r"event=ccc ")
 
 
 def test_ccc_raw_dialogue(ogw, backend, client_ctx):
@@ -632,14 +620,13 @@ def test_ccc_before_auth(xgw):
 # 6. REIN
 
 
-def backend_connects(gw, offset, sid) -> int:
-    return len(log_lines(gw, offset, rf"session={sid} .*event=state leg=backend "
-                                     r"from=\w+ to=connecting"))
+def backend_connects(cur: LogCursor, sid: str) -> int:
+    return cur.count(rf"session={sid} .*event=state leg=backend from=\w+ to=connecting")
 
 
 def test_rein_explicit(xgw, backend, client_ctx):
     backend.put_bytes("rein.txt", b"after REIN\n")
-    offset, before = xgw.log_size(), backend.connections()
+    cur, before = xgw.mark(), backend.connections()
     c = Control.explicit(xgw.fport("x"), client_ctx)
     try:
         c.login(backend.user, backend.password)
@@ -664,15 +651,15 @@ def test_rein_explicit(xgw, backend, client_ctx):
         assert b"rein.txt" in listing
     finally:
         c.close()
-    sid = session_ids(xgw, offset)[0]
-    assert log_lines(xgw, offset, rf"session={sid} .*event=rein")
-    assert backend_connects(xgw, offset, sid) == 2
+    sid = session_ids(cur)[0]
+    assert cur.grep(rf"session={sid} .*event=rein")
+    assert backend_connects(cur, sid) == 2
     assert backend.connections() - before == 2
 
 
 def test_rein_implicit(xgw, backend, client_ctx):
     backend.put_bytes("rein-i.txt", b"after REIN, implicit\n")
-    offset, before = xgw.log_size(), backend.connections()
+    cur, before = xgw.mark(), backend.connections()
     c = Control.implicit(xgw.port, client_ctx)
     try:
         assert c.reply() == (220, f"220 {backend.banner}")
@@ -689,15 +676,15 @@ def test_rein_implicit(xgw, backend, client_ctx):
         assert b"rein-i.txt" in listing
     finally:
         c.close()
-    sid = session_ids(xgw, offset)[0]
-    assert log_lines(xgw, offset, rf"session={sid} .*event=rein")
-    assert backend_connects(xgw, offset, sid) == 2
+    sid = session_ids(cur)[0]
+    assert cur.grep(rf"session={sid} .*event=rein")
+    assert backend_connects(cur, sid) == 2
     assert backend.connections() - before == 2
 
 
 def test_rein_plain(xgw, backend):
     backend.put_bytes("rein-p.txt", b"after REIN, plain\n")
-    offset, before = xgw.log_size(), backend.connections()
+    cur, before = xgw.mark(), backend.connections()
     c = plain_ctl(xgw, "p")
     try:
         c.login(backend.user, backend.password)
@@ -711,8 +698,8 @@ def test_rein_plain(xgw, backend):
         assert b"rein-p.txt" in listing
     finally:
         c.close()
-    sid = session_ids(xgw, offset)[0]
-    assert backend_connects(xgw, offset, sid) == 2
+    sid = session_ids(cur)[0]
+    assert backend_connects(cur, sid) == 2
     assert backend.connections() - before == 2
 
 
@@ -792,7 +779,7 @@ def test_backend_tls_several_transfers(request, gateway, client_ctx, blobs, scra
     down = server.put(blobs, "several-down.bin", 1 * MiB, unique=True)
     src = scratch / "up.bin"
     up = blobs.unique(src, 1 * MiB)
-    offset = gw.log_size()
+    cur = gw.mark()
     done = []
     with ftplib_session(gw.port, server.user, server.password, client_ctx) as ftp:
         for step in ("NLST", "RETR", "STOR", "RETR again"):
@@ -805,12 +792,12 @@ def test_backend_tls_several_transfers(request, gateway, client_ctx, blobs, scra
                     ftplib_download(ftp, "several-down.bin", scratch / "got.bin")
                     assert sha256_file(scratch / "got.bin") == down
             except (ftplib.Error, OSError) as e:
-                legs = log_lines(gw, offset, r"event=backend_data_tls ")
+                legs = cur.grep(r"event=backend_data_tls ")
                 pytest.fail(f"transfer {len(done) + 1} ({step}) in one session failed after "
                             f"{done}: {e!r}\nbackend data legs:\n" + "\n".join(legs))
             done.append(step)
     assert sha256_file(server.path("several-up.bin")) == up
-    legs = log_lines(gw, offset, r"event=backend_data_tls ")
+    legs = cur.grep(r"event=backend_data_tls ")
     assert len(legs) == 4 and all("resumed=yes" in line for line in legs), legs
 
 

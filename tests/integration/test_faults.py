@@ -1,6 +1,6 @@
 """Fault injection (README "Timeouts", "Security"; PROTOCOL.md §4, §5, §7).
 
-Backend faults come from a scriptable fake FTP server (faults.FakeFTP); client faults are
+Backend faults come from a scriptable fake FTP server (fakeftp.FakeFTP); client faults are
 played against pyftpdlib. One gateway serves the whole module:
 
     fe    implicit  -> be    (the fake backend)        fx    explicit -> be
@@ -28,9 +28,9 @@ import time
 import pytest
 
 import faults
-from faults import (FakeFTP, RawControl, RawTLS, assert_fds_back, cpu_seconds, log_from,
-                    normal_session, recv_all_until_closed, rss_kib, session_of,
-                    wait_log, wait_readable_all, wait_session_end)
+from fakeftp import FakeFTP
+from faults import (RawControl, RawTLS, assert_fds_back, cpu_seconds, normal_session,
+                    recv_all_until_closed, rss_kib, wait_readable_all)
 from peers import HOST, KiB, MiB, Control, frontend, parse_227, raw_transfer
 
 LOGIN_TIMEOUT = 3  # also the handshake timeout: min(login_timeout, 30)
@@ -42,7 +42,7 @@ BIG = os.urandom(4 * MiB)
 
 @pytest.fixture(scope="module")
 def fake():
-    with FakeFTP({"small.bin": SMALL, "big.bin": BIG}) as f:
+    with FakeFTP(files={"small.bin": SMALL, "big.bin": BIG}) as f:
         yield f
 
 
@@ -85,16 +85,17 @@ def real_files(pyftpdlib):
 
 
 class Mark:
-    """Where the log was and how many descriptors the gateway had when the test began."""
+    """The log from the test's start on (`log`, a cursor) and the gateway's descriptor count
+    then."""
 
     def __init__(self, gw):
-        self.offset = gw.log_size()
+        self.log = gw.mark()
         self.baseline = gw.settled_fd_count()
 
 
 @pytest.fixture
 def mark(fgw, fake, real_files):
-    fake.plan.clear()
+    fake.queued.clear()
     fake.pasv_host = HOST
     fake.epsv = True
     return Mark(fgw)
@@ -109,7 +110,7 @@ def healthy(fgw, pyftpdlib, ctx, fake=None):
     normal_session(fgw.fport("goodx"), user, password, ctx, download="ok.bin", expect=SMALL,
                    explicit=True)
     if fake is not None:
-        fake.plan.clear()
+        fake.queued.clear()
         normal_session(fgw.port, "fake", "x", ctx, download="small.bin", expect=SMALL)
 
 
@@ -136,14 +137,12 @@ def test_backend_refuses_connection(fgw, mark, pyftpdlib, client_ctx, mode):
     c = ctl_for(fgw, "dead" if mode == "implicit" else "deadx", client_ctx,
                 mode == "explicit")
     try:
-        code, text = c.reply()
-        assert code == 421, text
-        assert c.closed_by_peer(), "the connection stayed open after 421"
+        c.gets_421_then_close()
     finally:
         c.close()
-    wait_log(fgw, r"event=backend_connect_failed backend=127\.0\.0\.1:\d+ "
-                  r"reason=\"connection refused\"", mark.offset)
-    wait_log(fgw, r'event=session_close reason="backend unreachable"', mark.offset)
+    mark.log.wait(r"event=backend_connect_failed backend=127\.0\.0\.1:\d+ "
+                  r"reason=\"connection refused\"")
+    mark.log.wait(r'event=session_close reason="backend unreachable"')
     finish(fgw, mark, pyftpdlib, client_ctx)
 
 
@@ -156,7 +155,7 @@ def test_backend_accepts_then_never_greets(fgw, mark, fake, pyftpdlib, client_ct
     fake.queue("stall")
     c = ctl_for(fgw, "fe" if mode == "implicit" else "fx", client_ctx, mode == "explicit")
     try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
+        sid = mark.log.sid(c.sock.getsockname()[1])
         start = time.monotonic()
         # In parallel, on another frontend (the fake's next connection is a normal one).
         healthy(fgw, pyftpdlib, client_ctx)
@@ -168,90 +167,55 @@ def test_backend_accepts_then_never_greets(fgw, mark, fake, pyftpdlib, client_ct
         assert c.closed_by_peer(), "the connection stayed open after 421"
     finally:
         c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any('event=session_close reason="no greeting within 2 s"' in l for l in lines), lines
     finish(fgw, mark, pyftpdlib, client_ctx, fake)
 
 
-@pytest.mark.parametrize("mode", ["implicit", "explicit"])
-def test_backend_closes_mid_greeting(fgw, mark, fake, pyftpdlib, client_ctx, mode):
-    """Half a greeting line, then FIN: the half line is never relayed; 421, then close."""
-    fake.queue("half_greeting")
+# Backend faults the client sees as a 421 and a closed connection: the fake's plan and its
+# parameters, whether the client logs in and sends PWD first, bytes of the fault that must
+# not reach the client, and the session's close reason.
+FAULTS_421 = {
+    # Half a greeting line, then FIN: the half line is never relayed.
+    "half_greeting": ("half_greeting", {}, False, b"fake FTP ser",
+                      "backend closed the connection"),
+    # After login, PWD's reply is cut after half a line and the backend closes.
+    "half_reply": ("half_reply", {"verb": "PWD"}, True, b"half-a-rep",
+                   "backend closed the connection"),
+    # Random binary bytes instead of a reply (the 421 comes inside TLS).
+    "garbage_greeting": ("garbage", {}, False, None, "backend sent an invalid reply"),
+    "garbage_reply": ("garbage_reply", {}, True, None, "backend sent an invalid reply"),
+    # A 10 MiB reply line: the gateway stops at its line cap without buffering the line.
+    "10MiB_reply_line": ("huge_line", {"verb": "PWD", "size": 10 * MiB}, True, None,
+                         "backend reply line too long"),
+}
+
+
+@pytest.mark.parametrize("fault, mode", [
+    ("half_greeting", "implicit"), ("half_greeting", "explicit"), ("half_reply", "implicit"),
+    ("garbage_greeting", "implicit"), ("garbage_reply", "implicit"),
+    ("10MiB_reply_line", "implicit")])
+def test_backend_fault_gets_421_then_close(fgw, mark, fake, pyftpdlib, client_ctx, fault, mode):
+    """421, close, the reason in the log; the gateway's memory does not grow by anything
+    near the fault's size (10 MiB for the long line)."""
+    plan, params, login, hidden, reason = FAULTS_421[fault]
+    fake.queue(plan, **params)
+    rss_before = rss_kib(fgw.pid)
     c = ctl_for(fgw, "fe" if mode == "implicit" else "fx", client_ctx, mode == "explicit")
     try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
-        first = c.line()
-        assert first.startswith(b"421 "), f"first line to the client: {first!r}"
-        assert b"fake FTP ser" not in first
-        assert c.closed_by_peer(), "the connection stayed open after 421"
-    finally:
-        c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
-    assert any('reason="backend closed the connection"' in l for l in lines), lines
-    finish(fgw, mark, pyftpdlib, client_ctx, fake)
-
-
-def test_backend_closes_mid_reply(fgw, mark, fake, pyftpdlib, client_ctx):
-    """After login, PWD's reply is cut after half a line and the backend closes."""
-    fake.queue("half_reply", verb="PWD")
-    c = Control.implicit(fgw.port, client_ctx)
-    try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
-        assert c.reply()[0] == 220
-        c.login("fake", "x")
-        c.send(b"PWD\r\n")
-        first = c.line()
-        assert first.startswith(b"421 "), f"PWD answered with {first!r}"
-        assert b"half-a-rep" not in first
-        assert c.closed_by_peer(), "the connection stayed open after 421"
-    finally:
-        c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
-    assert any('reason="backend closed the connection"' in l for l in lines), lines
-    finish(fgw, mark, pyftpdlib, client_ctx, fake)
-
-
-@pytest.mark.parametrize("where", ["greeting", "reply"])
-def test_backend_sends_garbage(fgw, mark, fake, pyftpdlib, client_ctx, where):
-    """Random binary bytes instead of a reply: 421 (inside TLS), close, a log line."""
-    fake.queue("garbage" if where == "greeting" else "garbage_reply")
-    c = Control.implicit(fgw.port, client_ctx)
-    try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
-        if where == "reply":
+        sid = mark.log.sid(c.sock.getsockname()[1])
+        if login:
             assert c.reply()[0] == 220
             c.login("fake", "x")
             c.send(b"PWD\r\n")
-        first = c.line()
-        assert first.startswith(b"421 "), f"the client got {first[:100]!r}"
-        assert c.closed_by_peer(), "the connection stayed open after 421"
+        first = c.gets_421_then_close()
+        assert hidden is None or hidden not in first, first
     finally:
         c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
-    assert any('reason="backend sent an invalid reply"' in l for l in lines), lines
-    finish(fgw, mark, pyftpdlib, client_ctx, fake)
-
-
-def test_backend_sends_10MiB_reply_line(fgw, mark, fake, pyftpdlib, client_ctx):
-    """A 10 MiB reply line: the gateway stops at its line cap (421, close) without
-    buffering the line; its memory does not grow by anything near 10 MiB."""
-    fake.queue("huge_line", verb="PWD", size=10 * MiB)
-    rss_before = rss_kib(fgw.pid)
-    c = Control.implicit(fgw.port, client_ctx)
-    try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
-        assert c.reply()[0] == 220
-        c.login("fake", "x")
-        c.send(b"PWD\r\n")
-        first = c.line()
-        assert first.startswith(b"421 "), f"PWD answered with {first[:100]!r}"
-        assert c.closed_by_peer(), "the connection stayed open after 421"
-    finally:
-        c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
-    assert any('reason="backend reply line too long"' in l for l in lines), lines
+    lines = mark.log.ended(sid)
+    assert any(f'reason="{reason}"' in l for l in lines), lines
     grew = rss_kib(fgw.pid) - rss_before
-    assert grew < 4 * 1024, f"RSS grew by {grew} KiB on a 10 MiB reply line"
+    assert grew < 4 * 1024, f"RSS grew by {grew} KiB ({fault})"
     finish(fgw, mark, pyftpdlib, client_ctx, fake)
 
 
@@ -273,7 +237,7 @@ def test_backend_breaks_mid_transfer(fgw, mark, fake, pyftpdlib, client_ctx, the
     fake.queue("mid_transfer", nbytes=nbytes, then=then, reset=how == "reset")
     c = Control.implicit(fgw.port, client_ctx)
     try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
+        sid = mark.log.sid(c.sock.getsockname()[1])
         assert c.reply()[0] == 220
         c.login("fake", "x")
         assert c.cmd("TYPE I")[0] == 200
@@ -294,11 +258,11 @@ def test_backend_breaks_mid_transfer(fgw, mark, fake, pyftpdlib, client_ctx, the
             pytest.fail(f"no final reply to RETR {time.monotonic() - start:.0f} s after the "
                         f"backend's data connection ended ({how}, control {then}): the "
                         f"client waits forever (data_timeout = {DATA_TIMEOUT}); gateway log:\n"
-                        + "\n".join(faults.session_log(fgw, sid, mark.offset)[-15:]))
+                        + "\n".join(mark.log.session(sid)[-15:]))
         assert code in (426, 451, 421), f"RETR of a truncated file ended with {text!r}"
     finally:
         c.close()
-    wait_session_end(fgw, sid, mark.offset, timeout=15)
+    mark.log.ended(sid, timeout=15)
     finish(fgw, mark, pyftpdlib, client_ctx, fake)
 
 
@@ -319,7 +283,7 @@ def test_pasv_reply_naming_another_host(fgw, mark, fake, pyftpdlib, client_ctx):
     finally:
         fake.pasv_host = HOST
         fake.epsv = True
-    wait_log(fgw, r"event=pasv_address_replaced named=10\.1\.2\.3:", mark.offset)
+    mark.log.wait(r"event=pasv_address_replaced named=10\.1\.2\.3:")
     finish(fgw, mark, pyftpdlib, client_ctx)
 
 
@@ -346,12 +310,12 @@ GARBAGE = {
 @pytest.mark.parametrize("kind", list(GARBAGE))
 def test_garbage_instead_of_client_hello(fgw, mark, pyftpdlib, client_ctx, kind):
     with socket.create_connection((HOST, fgw.fport("good")), timeout=10) as raw:
-        sid = session_of(fgw, raw.getsockname()[1], mark.offset)
+        sid = mark.log.sid(raw.getsockname()[1])
         raw.sendall(GARBAGE[kind])
         data, ended = recv_all_until_closed(raw, timeout=LOGIN_TIMEOUT + 3)
     assert ended in ("eof", "reset"), f"the gateway kept the connection open ({ended})"
     assert data == b"" or data[0] == 0x15, f"answered in clear: {data[:80]!r}"
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any('event=session_close reason="TLS handshake failed"' in l for l in lines), lines
     finish(fgw, mark, pyftpdlib, client_ctx)
 
@@ -421,7 +385,7 @@ def test_slow_reader_download(request, fgw, mark, pyftpdlib, client_ctx, workdir
     rss_before = rss_kib(fgw.pid)
     c = Control.implicit(fgw.fport("good"), client_ctx)
     try:
-        sid = session_of(fgw, c.sock.getsockname()[1], mark.offset)
+        sid = mark.log.sid(c.sock.getsockname()[1])
         assert c.reply()[0] == 220
         c.login(pyftpdlib.user, pyftpdlib.password)
         assert c.cmd("TYPE I")[0] == 200
@@ -464,7 +428,7 @@ def test_slow_reader_download(request, fgw, mark, pyftpdlib, client_ctx, workdir
         assert c.cmd("QUIT")[0] == 221
     finally:
         c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any('event=data_failed reason="data timeout"' in l for l in lines), lines
     finish(fgw, mark, pyftpdlib, client_ctx)
 
@@ -475,7 +439,7 @@ def test_client_half_closes_control(fgw, mark, pyftpdlib, client_ctx, variant):
     ends the session and closes its side; nothing leaks."""
     if variant == "explicit_clear":
         sock = socket.create_connection((HOST, fgw.fport("goodx")), timeout=10)
-        sid = session_of(fgw, sock.getsockname()[1], mark.offset)
+        sid = mark.log.sid(sock.getsockname()[1])
         assert sock.recv(4096).startswith(b"220")
         sock.sendall(b"NOOP\r\n")
         sock.shutdown(socket.SHUT_WR)
@@ -483,7 +447,7 @@ def test_client_half_closes_control(fgw, mark, pyftpdlib, client_ctx, variant):
         sock.close()
     else:
         rc = RawControl(fgw.fport("good"), client_ctx)
-        sid = session_of(fgw, rc.local_port, mark.offset)
+        sid = mark.log.sid(rc.local_port)
         assert rc.reply()[0] == 220
         assert rc.cmd(f"USER {pyftpdlib.user}")[0] == 331
         assert rc.cmd(f"PASS {pyftpdlib.password}")[0] == 230
@@ -494,7 +458,7 @@ def test_client_half_closes_control(fgw, mark, pyftpdlib, client_ctx, variant):
         rest, ended = recv_all_until_closed(rc.sock, timeout=10)
         rc.close()
     assert ended in ("eof", "reset"), f"the gateway kept a half-closed connection ({ended})"
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any(re.search(r'event=session_close reason="client (closed|error)', l)
                for l in lines), lines
     finish(fgw, mark, pyftpdlib, client_ctx)
@@ -539,7 +503,7 @@ def test_1000_idle_connections_without_client_hello(request, fgw, mark, pyftpdli
     finally:
         for s in socks:
             s.close()
-    log = log_from(fgw, mark.offset)
+    log = mark.log.text()
     assert log.count('reason="TLS handshake timeout"') >= n, \
         log.count('reason="TLS handshake timeout"')
     finish(fgw, mark, pyftpdlib, client_ctx)
@@ -556,7 +520,7 @@ def test_tls_alert_mid_transfer(fgw, mark, pyftpdlib, client_ctx, tls_cert, work
     c = RawControl(fgw.fport("good"), ctx)
     name = f"alert-up-{time.monotonic_ns()}.bin"
     try:
-        sid = session_of(fgw, c.local_port, mark.offset)
+        sid = mark.log.sid(c.local_port)
         assert c.reply()[0] == 220
         assert c.cmd(f"USER {pyftpdlib.user}")[0] == 331
         assert c.cmd(f"PASS {pyftpdlib.password}")[0] == 230
@@ -588,7 +552,7 @@ def test_tls_alert_mid_transfer(fgw, mark, pyftpdlib, client_ctx, tls_cert, work
         assert c.cmd("QUIT")[0] == 221
     finally:
         c.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any(re.search(r"event=data_error leg=client-data reason=\"[^\"]*alert internal "
                          r"error", l) for l in lines), lines
     if direction == "upload":
@@ -650,7 +614,7 @@ def test_renegotiation_refused(fgw, mark, pyftpdlib, client_ctx, tls_cert):
                                         "no_renegotiation refusal:\n" + text[-3000:])
     # No second handshake: s_client prints its session block once.
     assert text.count("Server certificate") <= 1, text[-3000:]
-    wait_log(fgw, r"event=client_error reason=\"[^\"]*(alert|renegotiat)", mark.offset)
+    mark.log.wait(r"event=client_error reason=\"[^\"]*(alert|renegotiat)")
     finish(fgw, mark, pyftpdlib, client_ctx)
 
 
@@ -659,7 +623,7 @@ def test_truncated_tls_record_on_control(fgw, mark, pyftpdlib, client_ctx):
     the session ends (nothing relayed, no crash), logged as a close without close_notify."""
     rc = RawControl(fgw.fport("good"), client_ctx)
     try:
-        sid = session_of(fgw, rc.local_port, mark.offset)
+        sid = mark.log.sid(rc.local_port)
         assert rc.reply()[0] == 220
         assert rc.cmd(f"USER {pyftpdlib.user}")[0] == 331
         assert rc.cmd(f"PASS {pyftpdlib.password}")[0] == 230
@@ -669,7 +633,7 @@ def test_truncated_tls_record_on_control(fgw, mark, pyftpdlib, client_ctx):
         assert ended in ("eof", "reset"), ended
     finally:
         rc.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any('event=session_close reason="client closed without close_notify"' in l
                or 'event=session_close reason="client error"' in l for l in lines), lines
     finish(fgw, mark, pyftpdlib, client_ctx)
@@ -684,7 +648,7 @@ def test_truncated_tls_record_on_upload(fgw, mark, pyftpdlib, client_ctx):
     name = f"trunc-up-{time.monotonic_ns()}.bin"
     rc = RawControl(fgw.fport("good"), client_ctx)
     try:
-        sid = session_of(fgw, rc.local_port, mark.offset)
+        sid = mark.log.sid(rc.local_port)
         assert rc.reply()[0] == 220
         assert rc.cmd(f"USER {pyftpdlib.user}")[0] == 331
         assert rc.cmd(f"PASS {pyftpdlib.password}")[0] == 230
@@ -706,7 +670,7 @@ def test_truncated_tls_record_on_upload(fgw, mark, pyftpdlib, client_ctx):
         assert rc.cmd("QUIT")[0] == 221
     finally:
         rc.close()
-    lines = wait_session_end(fgw, sid, mark.offset)
+    lines = mark.log.ended(sid)
     assert any("event=data_eof leg=client-data close_notify=no" in l for l in lines), lines
     arrived = pyftpdlib.path(name)
     if arrived.exists():
@@ -731,7 +695,7 @@ def test_emfile_overload(request, workdir, ports, tls_cert, pyftpdlib, client_ct
         normal_session(gw.port, pyftpdlib.user, pyftpdlib.password, client_ctx,
                        download="ok.bin", expect=SMALL)
         baseline = gw.settled_fd_count()
-        offset = gw.log_size()
+        cur = gw.mark()
         subprocess.run(["prlimit", f"--pid={gw.pid}", "--nofile=64:64"], check=True)
         socks = []
         connected = 0
@@ -772,7 +736,7 @@ def test_emfile_overload(request, workdir, ports, tls_cert, pyftpdlib, client_ct
                     s.close()
         peers_fd = gw.wait_fd_count(baseline, timeout=10)
         assert peers_fd == baseline, faults.fd_list(gw.pid)
-        overload_log = log_from(gw, offset)
+        overload_log = cur.text()
         normal_session(gw.port, pyftpdlib.user, pyftpdlib.password, client_ctx,
                        download="ok.bin", expect=SMALL, upload=os.urandom(64 * KiB))
         assert gw.alive()

@@ -32,11 +32,6 @@ WUFTPD = re.compile(
     r"(?P<authuser>\S+) (?P<status>[ci])$")
 
 
-def started(gw):
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
-    return gw
-
-
 def sessions_in(path: Path) -> list[str]:
     """The session ids of a kv transfer log, one per line."""
     if not path.exists():
@@ -46,15 +41,14 @@ def sessions_in(path: Path) -> list[str]:
 
 def reopen(gw, times: int = 1):
     os.kill(gw.pid, signal.SIGUSR1)
-    wait_for(lambda: gw.log.count("event=logs_reopened files=1") >= times, 10,
-             "the reopen line")
+    gw.mark(0).wait("event=logs_reopened files=1", 10, n=times)
 
 
 def test_sigusr1_reopens_for_every_worker(gateway, pyftpdlib, blobs, client_ctx, tmp_path):
     """workers = 2; a session opened before a reload (so on the old generation) and before
     the rotation transfers on both sides of it; parallel sessions land on both workers."""
     xferlog = tmp_path / "xferlog"
-    gw = started(gateway(pyftpdlib, extra={"global": {"workers": 2, "xferlog": xferlog}}))
+    gw = gateway(pyftpdlib, extra={"global": {"workers": 2, "xferlog": xferlog}}).started()
     digest = pyftpdlib.put(blobs, "rot.bin", 256 * 1024)
     user, password = pyftpdlib.user, pyftpdlib.password
 
@@ -72,7 +66,7 @@ def test_sigusr1_reopens_for_every_worker(gateway, pyftpdlib, blobs, client_ctx,
         wait_for(lambda: len(sessions_in(xferlog)) == 9, 10, "9 lines before the rotation")
         # The long session keeps the old generation across this reload.
         os.kill(gw.pid, signal.SIGHUP)
-        wait_for(lambda: gw.log.count("event=reloaded ") >= 2, 10, "both workers reloaded")
+        gw.mark(0).wait("event=reloaded ", 10, n=2)
         rotated = xferlog.with_name("xferlog.1")
         xferlog.rename(rotated)
         reopen(gw)
@@ -94,8 +88,8 @@ def test_sigusr1_reopens_for_every_worker(gateway, pyftpdlib, blobs, client_ctx,
 
 def test_wuftpd_lines_parse(gateway, pyftpdlib, blobs, client_ctx, tmp_path):
     xferlog = tmp_path / "xferlog"
-    gw = started(gateway(pyftpdlib, extra={"global": {"xferlog": xferlog,
-                                                      "xferlog_format": "wuftpd"}}))
+    gw = gateway(pyftpdlib, extra={"global": {"xferlog": xferlog,
+                                              "xferlog_format": "wuftpd"}}).started()
     user, password = pyftpdlib.user, pyftpdlib.password
     down = pyftpdlib.put(blobs, "wu down.bin", 300_001)
     pyftpdlib.put_bytes("notes.txt", b"line one\nline two\n")
@@ -160,7 +154,7 @@ def test_logrotate_snippet(gateway, pyftpdlib, blobs, tmp_path):
     logdir = tmp_path / "log"
     logdir.mkdir(mode=0o755)
     xferlog = logdir / "xferlog"
-    gw = started(gateway(pyftpdlib, extra={"global": {"workers": 2, "xferlog": xferlog}}))
+    gw = gateway(pyftpdlib, extra={"global": {"workers": 2, "xferlog": xferlog}}).started()
     conf = tmp_path / "ftpsgate.logrotate"
     conf.write_text(_snippet_for(xferlog, gw.pid))
     conf.chmod(0o644)

@@ -23,6 +23,7 @@ import time
 import pytest
 
 import peers
+from fakeftp import FakeFTP, Plan
 from peers import HOST, frontend
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -137,7 +138,7 @@ def test_header_names_the_client(gateway, pyftpd, blobs, workdir, test_user, ver
     with pytest.raises((ftplib.Error, OSError, EOFError)):
         get_bytes(ftp, f"pp{version}{mode}.bin")
     ftp.close()
-    peers.wait_for(lambda: "event=session_end" in gw.log, 10, "session end")
+    gw.mark(0).wait("event=session_end", 10)
     log = gw.log
     assert "peer=127.0.0.5:40123 via=127.0.0.1" in log
     assert "event=data_refused leg=client-data peer=127.0.0.1" in log
@@ -173,7 +174,7 @@ def test_refused_headers(gateway, pyftpd):
         "only9": frontend("explicit", **pp_keys(proxy_protocol_from="127.0.0.9/32")),
         "v2": frontend("explicit", **pp_keys("v2"))})
     x = gw.fport("x")
-    start = gw.log_size()
+    start = gw.mark()
     assert raw_exchange(x, b"USER anonymous\r\n") == b""
     assert raw_exchange(x, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n") == b""
     assert raw_exchange(x, b"PROXY TCP4 1.2.3.4\r\nUSER x\r\n") == b""
@@ -185,8 +186,8 @@ def test_refused_headers(gateway, pyftpd):
     half = socket.create_connection((HOST, x), 5)
     half.sendall(b"PROXY TCP4 1.2")
     half.close()
-    peers.wait_for(lambda: "closed inside the PROXY header" in gw.log_since(start), 5, "log")
-    log = gw.log_since(start)
+    start.wait("closed inside the PROXY header", 5)
+    log = start.text()
     assert log.count("event=proxy_refused") == 7, log
     for why in ["not a PROXY header", "v1: bad port", "v1: expected four fields",
                 "v1 header where v2 is expected", "not in proxy_protocol_from",
@@ -194,11 +195,11 @@ def test_refused_headers(gateway, pyftpd):
         assert why in log, why
     assert "event=session_start" not in log
     # LOCAL, or a TCP check that sends nothing: closed, no session, no warning
-    start = gw.log_size()
+    start = gw.mark()
     assert raw_exchange(x, header(2, None, None, local=True)) == b""
     socket.create_connection((HOST, x), 5).close()
-    peers.wait_for(lambda: "event=proxy_missing" in gw.log_since(start), 5, "the empty check")
-    log = gw.log_since(start)
+    start.wait("event=proxy_missing", 5)
+    log = start.text()
     assert "event=proxy_local" in log and "event=proxy_missing" in log
     assert "proxy_refused" not in log and "session_start" not in log and "session_end" not in log
     # A good header still works after all that.
@@ -349,54 +350,13 @@ def test_pasv_address_auto_and_for(gateway, pyftpd, ports, test_user):
         == "10.8.8.8"
 
 
-class HeaderBackend:
-    """A tiny FTP 'server' that reads the PROXY header the gateway sends first, records it,
-    greets, and answers QUIT."""
-
-    def __init__(self):
-        self.sock = socket.create_server((HOST, 0))
-        self.port = self.sock.getsockname()[1]
-        self.headers: list[bytes] = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def read_header(self, c: socket.socket) -> bytes:
-        first = c.recv(16, socket.MSG_WAITALL)
-        if first.startswith(SIG):
-            n = struct.unpack("!H", first[14:16])[0]
-            return first + (c.recv(n, socket.MSG_WAITALL) if n else b"")
-        data = first
-        while not data.endswith(b"\r\n"):
-            data += c.recv(1)
-        return data
-
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with c:
-                self.headers.append(self.read_header(c))
-                c.sendall(b"220 header backend\r\n")
-                f = c.makefile("rb")
-                for line in f:
-                    if line.upper().startswith(b"QUIT"):
-                        c.sendall(b"221 bye\r\n")
-                        break
-                    c.sendall(b"502 no\r\n")
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_backend_receives_header(gateway, version):
     """[backend] proxy_protocol: the backend's control connection starts with a header
     naming the client (here the PROXY source of the frontend) and the address it reached."""
-    hb = HeaderBackend()
-    try:
-        gw = gateway(backend_address=f"{HOST}:{hb.port}",
+    # Reads the PROXY header first, records it, greets, answers QUIT.
+    with FakeFTP(Plan(header=True, greeting="220 header backend", replies={"*": "502 no"})) as hb:
+        gw = gateway(backend_address=hb.address,
                      backend_keys={"proxy_protocol": version},
                      frontends={"p": frontend("plain", **pp_keys())})
         p = gw.fport("p")
@@ -414,8 +374,6 @@ def test_backend_receives_header(gateway, version):
             assert got == b"PROXY TCP4 127.0.0.5 192.0.2.10 4321 2121\r\n"
         else:
             assert got == header(2, ("127.0.0.5", 4321), ("192.0.2.10", 2121))
-    finally:
-        hb.close()
 
 
 def test_config_errors(workdir):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from peers import HOST, check, curl, frontend, render_ini, wait_for
+from peers import HOST, check, curl, frontend, render_ini
 from test_systemd import NotifySocket
 
 OLD, NEW = "old generation here", "new generation here"
@@ -59,20 +59,20 @@ def start(gateway, backend, ports, ns, tmp_path, short_dir):
                  frontends={"p": frontend("plain", greeting=OLD)})
     gw.admin_port = admin
     ns.wait("READY")
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     return gw
 
 
 def greetings(gw, n: int = 16) -> tuple[set[str], set[str]]:
     """The greetings of n connections to the plain frontend, and the workers that took
     them (SO_REUSEPORT spreads connections by their source port)."""
-    mark = gw.log_size()
+    mark = gw.mark()
     seen = set()
     for _ in range(n):
         with socket.create_connection((HOST, gw.fport("p")), timeout=10) as s:
             seen.add(s.recv(4096).decode().strip())
-    wait_for(lambda: gw.log_since(mark).count("event=session_start ") >= n, 10, "session lines")
-    workers = set(re.findall(r"event=session_start .* worker=(\d+)", gw.log_since(mark)))
+    mark.wait("event=session_start ", 10, n=n)
+    workers = set(re.findall(r"event=session_start .* worker=(\d+)", mark.text()))
     return seen, workers
 
 
@@ -285,9 +285,9 @@ def test_only_root_and_the_gateways_user(gateway, pyftpdlib, ports, ns, tmp_path
     res = subprocess.run(as_nobody, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "Permission denied" in res.stderr, res
     os.chmod(sock, 0o666)
-    mark = gw.log_size()
+    mark = gw.mark()
     res = subprocess.run(as_nobody, capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "permission denied" in res.stderr, res
-    assert "event=control_refused" in gw.log_since(mark)
-    assert "event=control_command" not in gw.log_since(mark)
+    assert "event=control_refused" in mark.text()
+    assert "event=control_command" not in mark.text()
     assert len(ns.with_key("RELOADING")) == 0

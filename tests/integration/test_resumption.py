@@ -26,7 +26,6 @@ import pytest
 
 import faults
 import peers
-from faults import wait_log
 from peers import HOST, frontend
 from test_tls_policy import PKI
 
@@ -142,7 +141,7 @@ def test_no_resumption_across_sni_policies(gateway, pyftpdlib, ports, pki, mode,
         ctl = connect(port, ctx, "open.example", session=sess)
         assert ctl.sock.session_reused, "resumption on the issuing frontend"
         ctl.close()
-        offset = gw.log_size()
+        cur = gw.mark()
         try:
             ctl = connect(port, ctx, "strict.example", session=sess)
         except (ssl.SSLError, ConnectionError):
@@ -154,8 +153,8 @@ def test_no_resumption_across_sni_policies(gateway, pyftpdlib, ports, pki, mode,
             assert got == "refused", f"without a certificate: {got}"
         else:
             want = "220 331 230" if implicit else "331 230"
-            assert got == want, gw.log_since(offset)
-            assert "event=client_cert subject=\"CN=alice\"" in gw.log_since(offset)
+            assert got == want, cur.text()
+            assert "event=client_cert subject=\"CN=alice\"" in cur.text()
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -330,24 +329,23 @@ def test_sibling_resumption(sgw, two_users, fe, version):
         got, code, reused = retr(b, ctx, "sibling.bin", b.session)
         assert (got, code, reused) == (blob, 226, True)
         before = metric(sgw, "ftpsgate_data_tls_sibling_resumptions_total")
-        offset = sgw.log_size()
+        cur = sgw.mark()
         got, code, reused = retr(b, ctx, "sibling.bin", a.session)
-        assert code == 226 and reused and got == blob, sgw.log_since(offset)
-        wait_log(sgw, r"event=data_tls_resumed rule=sibling", offset)
+        assert code == 226 and reused and got == blob, cur.text()
+        cur.wait(r"event=data_tls_resumed rule=sibling")
         assert metric(sgw, "ftpsgate_data_tls_sibling_resumptions_total") == before + 1
         for who, source, reason in [((OTHER_USER, OTHER_PASSWORD), HOST, "another user"),
                                     ((user, password), OTHER_HOST, "another client address")]:
             c = control(sgw, fe, ctx, *who, source=source)
             try:
-                offset = sgw.log_size()
+                cur = sgw.mark()
                 got, code, _ = retr(c, ctx, "sibling.bin", a.session, source=source)
                 # The shared port hands the connection to no one (425 after
                 # data_connect_timeout); elsewhere the data handshake is refused (522).
                 assert code == (425 if fe == "sp" else 522) and got == b"", \
-                    sgw.log_since(offset)
+                    cur.text()
                 event = "shared_port_unmatched .*" if fe == "sp" else "data_tls_refused "
-                wait_log(sgw, rf"event={event}reason=\"resumed the session of {reason}\"",
-                         offset)
+                cur.wait(rf"event={event}reason=\"resumed the session of {reason}\"")
             finally:
                 c.close()
         # A ended: "recently ended" still counts.
@@ -432,21 +430,20 @@ def test_sibling_ftplib(sgw, two_users, client_ctx):
         b = connect(two_users.user, two_users.password)
         a.voidcmd("NOOP")  # TLS 1.3: A's tickets arrive after the handshake
         b.data_session = a.sock.session
-        offset = sgw.log_size()
+        cur = sgw.mark()
         got: list[bytes] = []
         b.retrbinary("RETR sib-ftplib.bin", got.append)
         assert peers.sha256_bytes(b"".join(got)) == peers.sha256_bytes(blob)
         b.storbinary("STOR sib-ftplib-up.bin", io.BytesIO(blob))
         assert peers.sha256_file(two_users.path("sib-ftplib-up.bin")) == \
             peers.sha256_bytes(blob)
-        assert faults.log_from(sgw, offset).count("event=data_tls_resumed rule=sibling") == 2
+        assert cur.count(r"event=data_tls_resumed rule=sibling") == 2
         c = connect(OTHER_USER, OTHER_PASSWORD)
         c.data_session = a.sock.session
-        offset = sgw.log_size()
+        cur = sgw.mark()
         with pytest.raises(ftplib.error_perm, match="^522"):
             c.retrbinary("RETR sib-ftplib.bin", lambda _: None)
-        wait_log(sgw, r"event=data_tls_refused reason=\"resumed the session of another "
-                      r"user\"", offset)
+        cur.wait(r"event=data_tls_refused reason=\"resumed the session of another user\"")
     finally:
         for ftp in conns:
             ftp.close()
@@ -513,13 +510,13 @@ def test_rclone(request, two_users, fe, workers, tmp_path):
     # pyftpdlib answers MLSD of a missing directory with 501, which rclone takes for an
     # error (it expects 550): the destination exists beforehand.
     (two_users.root / f"rclone-{fe_dir}").mkdir()
-    offset = sgw.log_size()
+    cur = sgw.mark()
     res = rclone(env, "copy", str(src), remote)
-    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert res.returncode == 0, peers.describe(res) + cur.text()[-6000:]
     assert tree_digests(two_users.root / f"rclone-{fe_dir}") == tree_digests(src)
     down = tmp_path / "down"
     res = rclone(env, "copy", remote, str(down))
-    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert res.returncode == 0, peers.describe(res) + cur.text()[-6000:]
     assert tree_digests(down) == tree_digests(src)
     res = rclone(env, "check", str(src), remote)
     assert res.returncode == 0, peers.describe(res)
@@ -528,12 +525,12 @@ def test_rclone(request, two_users, fe, workers, tmp_path):
     (src / "f02.bin").unlink()
     (src / "new.bin").write_bytes(os.urandom(30_000))
     res = rclone(env, "sync", str(src), remote)
-    assert res.returncode == 0, peers.describe(res) + sgw.log_since(offset)[-6000:]
+    assert res.returncode == 0, peers.describe(res) + cur.text()[-6000:]
     assert tree_digests(two_users.root / f"rclone-{fe_dir}") == tree_digests(src)
     res = rclone(env, "purge", remote)
     assert res.returncode == 0, peers.describe(res)
     assert not (two_users.root / f"rclone-{fe_dir}").exists()
-    log = sgw.log_since(offset, max_lines=100000)
+    log = cur.text()
     assert "event=data_tls_refused" not in log
     print(f"rclone {fe_dir}: {log.count('rule=sibling')} sibling resumptions, "
           f"{log.count('event=transfer_end')} transfers, "

@@ -18,18 +18,6 @@ NAMES = {1: "be", 2: "b", 3: "c"}
 MARKER = {"be": "x", "b": "xx", "c": "xxx"}
 
 
-@pytest.fixture(scope="module")
-def three(workdir, ports, test_user):
-    backends = []
-    for i, name in enumerate(["be", "b", "c"], 1):
-        be = peers.start_pyftpdlib(workdir / f"route-{name}", ports, *test_user)
-        (be.root / "marker").write_bytes(b"x" * i)
-        backends.append(be)
-    yield backends
-    for be in backends:
-        be.stop()
-
-
 def start(gateway, three, **keys):
     """Frontends "p" (plain), "x" (explicit) and the implicit "fe", all over be, b, c with
     the given keys (route_user, balance, greeting)."""
@@ -117,15 +105,14 @@ def test_balance_user_sticky_and_spread(gateway, three, test_user):
     for k in range(6):
         name = f"someone{k}"
         for _ in range(2):
-            offset = gw.log_size()
+            cur = gw.mark()
             ftp = connect(gw)
             try:
                 resp = ftp.sendcmd(f"USER {name}")
                 assert resp.startswith("331"), resp
             finally:
                 ftp.close()
-            peers.wait_for(lambda: "event=backend_chosen" in gw.log_since(offset), 5, "choice")
-            line = [ln for ln in gw.log_since(offset).splitlines() if "backend_chosen" in ln][0]
+            line = cur.wait("backend_chosen", 5).string
             be = line.split("backend=")[1].split()[0]
             assert chosen.setdefault(name, be) == be, (name, chosen[name], be)
     assert len(set(chosen.values())) >= 2, chosen
@@ -159,7 +146,7 @@ def test_greeting_and_commands_before_user(gateway, three, test_user):
         ftp.quit()
     finally:
         ftp.close()
-    assert "to=be_opts" in gw.log  # OPTS UTF8 ON replayed before USER
+    assert "leg=backend from=greeting to=utf8" in gw.log  # OPTS UTF8 ON replayed before USER
     # An explicit frontend's FEAT before AUTH names AUTH TLS.
     ftp = ftplib.FTP(timeout=10)
     ftp.connect(HOST, gw.fport("x"))

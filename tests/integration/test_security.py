@@ -22,7 +22,8 @@ import pytest
 
 import faults
 import peers
-from faults import FakeFTP, log_from, s_client, s_client_protocol, session_of, wait_log
+from fakeftp import FakeFTP
+from faults import s_client, s_client_protocol
 from peers import HOST, Control, frontend, recv_until_closed
 
 FAKE_PASSWORD = "fake-right-" + secrets.token_hex(4)
@@ -79,8 +80,9 @@ def sgw(workdir, ports, tls_cert, pyftpdlib, fake):
 
 
 @pytest.fixture
-def offset(sgw):
-    return sgw.log_size()
+def cur(sgw):
+    """The log of `sgw` from the test's start on."""
+    return sgw.mark()
 
 
 def explicit_clear(port: int) -> Control:
@@ -94,7 +96,7 @@ def explicit_clear(port: int) -> Control:
 # PASS never in logs
 
 
-def test_pass_never_logged(sgw, offset, pyftpdlib, fake, client_ctx):
+def test_pass_never_logged(sgw, cur, pyftpdlib, fake, client_ctx):
     """Passwords in every shape a client may send them (failed, successful, lower case,
     extra spaces, pipelined, Telnet-escaped, over-long, in clear before AUTH) never reach
     the gateway's log, which runs at debug level and logs every other command."""
@@ -138,7 +140,7 @@ def test_pass_never_logged(sgw, offset, pyftpdlib, fake, client_ctx):
     # A real login on pyftpdlib with the test user's password.
     faults.normal_session(sgw.port, pyftpdlib.user, pyftpdlib.password, client_ctx)
     time.sleep(0.3)
-    log = log_from(sgw, offset)
+    log = cur.text()
     assert 'verb=PASS arg="***"' in log, "PASS commands are not logged at all: the check is void"
     assert "verb=USER" in log
     for secret in [*pw, FAKE_PASSWORD, pyftpdlib.password]:
@@ -186,27 +188,27 @@ NEW = [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")]
 
 @pytest.mark.parametrize("mode", ["implicit", "explicit"])
 @pytest.mark.parametrize("flag, name", OLD)
-def test_old_tls_versions_refused(sgw, offset, openssl_can_do_old_tls, mode, flag, name):
+def test_old_tls_versions_refused(sgw, cur, openssl_can_do_old_tls, mode, flag, name):
     port = sgw.port if mode == "implicit" else sgw.fport("x")
     res = s_client(port, flag, "-cipher", "DEFAULT@SECLEVEL=0", starttls=mode == "explicit")
     out = (res.stdout + res.stderr).decode(errors="replace")
     assert s_client_protocol(res) is None, f"{name} handshake succeeded:\n{out[-2000:]}"
     assert re.search(r"alert protocol version|unsupported protocol|no protocols available|"
                      r"handshake failure|wrong version", out, re.I), out[-2000:]
-    wait_log(sgw, r'event=client_error reason="[^"]*(unsupported protocol|version)', offset)
+    cur.wait(r'event=client_error reason="[^"]*(unsupported protocol|version)')
     assert sgw.alive()
 
 
 @pytest.mark.parametrize("mode", ["implicit", "explicit"])
 @pytest.mark.parametrize("flag, name", NEW)
-def test_tls12_and_tls13_accepted(sgw, offset, tls_cert, mode, flag, name):
+def test_tls12_and_tls13_accepted(sgw, cur, tls_cert, mode, flag, name):
     port = sgw.port if mode == "implicit" else sgw.fport("x")
     res = s_client(port, flag, "-CAfile", str(tls_cert[0]), starttls=mode == "explicit",
                    stdin=b"QUIT\r\n")
     out = res.stdout.decode(errors="replace")
     assert s_client_protocol(res) == name, out[-2000:]
     assert "Verify return code: 0 (ok)" in out, out[-2000:]
-    wait_log(sgw, rf"event=tls_established tls={re.escape(name)}/", offset)
+    cur.wait(rf"event=tls_established tls={re.escape(name)}/")
 
 
 # The gateway is not asked to reach these backends: the warning is about the configuration,
@@ -224,10 +226,10 @@ def test_weak_backend_tls_warned(gateway, pyftpdlib, keys, logged):
     gw = gateway(pyftpdlib, backend_keys=peers.backend_tls("explicit", **keys))
     lines = WEAK_TLS.findall(gw.log)
     assert len(lines) == 1 and lines[0].startswith(logged + " "), gw.log[-3000:]
-    offset = gw.log_size()
+    cur = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_log(gw, r"event=reloaded", offset)
-    assert len(WEAK_TLS.findall(log_from(gw, offset))) == 1, log_from(gw, offset)
+    cur.wait(r"event=reloaded")
+    assert len(WEAK_TLS.findall(cur.text())) == 1, cur.text()
 
 
 @pytest.mark.parametrize("keys", [
@@ -244,7 +246,7 @@ def test_min_version_tls13_refuses_tls12(workdir, ports, tls_cert, pyftpdlib, tl
     with faults.gateway_factory(workdir, ports, tls_cert, "security-tls13") as factory:
         gw = factory(pyftpdlib, frontends={"x": frontend("explicit")},
                      extra={"tls": {"min_version": "TLSv1.3"}})
-        offset = gw.log_size()
+        cur = gw.mark()
         for port, explicit in ((gw.port, False), (gw.fport("x"), True)):
             res = s_client(port, "-tls1_2", starttls=explicit)
             out = res.stdout.decode(errors="replace")
@@ -258,7 +260,7 @@ def test_min_version_tls13_refuses_tls12(workdir, ports, tls_cert, pyftpdlib, tl
             with pytest.raises(ssl.SSLError):
                 ctx12.wrap_socket(raw, server_hostname="localhost")
         faults.normal_session(gw.port, pyftpdlib.user, pyftpdlib.password, ctx)
-        wait_log(gw, r'event=client_error reason="[^"]*(unsupported protocol|version)', offset)
+        cur.wait(r'event=client_error reason="[^"]*(unsupported protocol|version)')
 
 
 @pytest.fixture
@@ -286,7 +288,7 @@ def test_auth_on_implicit_gets_503(sgw, pyftpdlib, client_ctx):
         c.close()
 
 
-def test_plaintext_user_under_require_tls(sgw, offset, fake):
+def test_plaintext_user_under_require_tls(sgw, cur, fake):
     """Before AUTH on an explicit frontend with require_tls (the default): USER and PASS get
     530 and never reach the backend."""
     before = len(fake.commands)
@@ -306,7 +308,7 @@ def test_plaintext_user_under_require_tls(sgw, offset, fake):
 
 
 @pytest.mark.parametrize("how", ["one_segment", "separate_segment", "after_234"])
-def test_pipelined_plaintext_after_auth_not_executed(sgw, offset, fake, client_ctx, how):
+def test_pipelined_plaintext_after_auth_not_executed(sgw, cur, fake, client_ctx, how):
     """AUTH TLS then USER in clear: the USER must never be taken as a protected command
     (RFC 4217 §10, the STARTTLS injection class). one_segment: both lines in one TCP
     segment (discarded and logged); separate_segment: USER in its own segment while the
@@ -346,10 +348,10 @@ def test_pipelined_plaintext_after_auth_not_executed(sgw, offset, fake, client_c
     assert ("USER", "injected") not in relayed, relayed
     if how == "one_segment":
         assert handshake_ok
-        wait_log(sgw, r"event=auth_pipelined discarded=\d+", offset)
+        cur.wait(r"event=auth_pipelined discarded=\d+")
     else:
         assert handshake_ok is False, "a handshake over clear bytes succeeded"
-        wait_log(sgw, r'event=client_error reason="handshake failed', offset)
+        cur.wait(r'event=client_error reason="handshake failed')
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,7 +365,7 @@ def test_max_sessions_per_ip(workdir, ports, tls_cert, fake, client_ctx):
     with faults.gateway_factory(workdir, ports, tls_cert, "security-perip") as factory:
         gw = factory(backend_address=fake.address, frontends={"x": frontend("explicit")},
                      extra={"global": {"max_sessions_per_ip": 2}})
-        offset = gw.log_size()
+        cur = gw.mark()
         first = Control.implicit(gw.port, client_ctx)
         second = explicit_clear(gw.fport("x"))
         try:
@@ -386,7 +388,7 @@ def test_max_sessions_per_ip(workdir, ports, tls_cert, fake, client_ctx):
                                              source_address=("127.0.0.2", 0))
             with client_ctx.wrap_socket(other, server_hostname="localhost") as tls:
                 assert tls.recv(4096).startswith(b"220")
-            log = log_from(gw, offset)
+            log = cur.text()
             assert len(re.findall(r'event=session_refused peer=127\.0\.0\.1:\d+ '
                                   r'reason="max_sessions_per_ip reached"', log)) >= 3, log
         finally:
@@ -401,10 +403,10 @@ def test_max_sessions_per_ip(workdir, ports, tls_cert, fake, client_ctx):
             c.close()
 
 
-def test_three_failed_logins_end_the_session(sgw, offset, client_ctx):
+def test_three_failed_logins_end_the_session(sgw, cur, client_ctx):
     c = Control.implicit(sgw.fport("ff"), client_ctx)
     try:
-        sid = session_of(sgw, c.sock.getsockname()[1], offset)
+        sid = cur.sid(c.sock.getsockname()[1])
         assert c.reply()[0] == 220
         codes = []
         for i in range(3):
@@ -415,13 +417,13 @@ def test_three_failed_logins_end_the_session(sgw, offset, client_ctx):
         assert c.closed_by_peer(), "the session stayed open after 421"
     finally:
         c.close()
-    lines = faults.wait_session_end(sgw, sid, offset)
+    lines = cur.ended(sid)
     assert any('event=session_close reason="3 failed logins"' in l for l in lines), lines
     assert sum("event=login_failed" in l for l in lines) == 3, lines
 
 
 @pytest.mark.serial  # timing: other sessions answered within 0.5 s
-def test_failed_pass_reply_is_delayed(sgw, offset, client_ctx, fake):
+def test_failed_pass_reply_is_delayed(sgw, cur, client_ctx, fake):
     """The fake backend answers 530 at once; the client gets it only after ~1 s. A correct
     password is not delayed, and other sessions are served during the delay."""
     c = Control.implicit(sgw.fport("ff"), client_ctx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ftplib
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -23,15 +22,7 @@ import pytest
 
 from peers import (HOST, KiB, Control, check, curl, ftplib_download, ftplib_explicit_session,
                    ftplib_session, ftplib_upload, lftp, lftp_explicit, parse_227, parse_229,
-                   recv_until_closed, sha256_bytes, sha256_file, wait_for, wait_listening)
-
-
-@pytest.fixture
-def scratch(workdir, request):
-    d = workdir / "client" / request.node.name.replace("[", "_").replace("]", "_")
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+                   recv_until_closed, sha256_bytes, sha256_file, wait_listening)
 
 
 def wait_shared_port(gw):
@@ -133,10 +124,10 @@ def test_curl_many_urls(gateway, pyftpdlib, ports, blobs, scratch, frontend):
         url = (gw.url(name, pyftpdlib.user, pyftpdlib.password) if frontend == "implicit"
                else gw.ftp_url("x", name, pyftpdlib.user, pyftpdlib.password))
         args += ["-o", str(scratch / name), url]
-    start = gw.log_size()
+    start = gw.mark()
     check(curl(*args))
     assert {n: sha256_file(scratch / n) for n in names} == sums
-    log = gw.log_since(start, 100000)
+    log = start.text()
     assert matches(log, "resumption") == len(names), log
     assert f"event=client_data_armed port={gw.shared_port}" in log
     assert "shared_port_unmatched" not in log and "data_tls_refused" not in log
@@ -150,10 +141,10 @@ def test_curl_uploads(gateway, pyftpdlib, ports, scratch):
         (scratch / name).write_bytes(os.urandom(80 * KiB + i))
         sums[name] = sha256_file(scratch / name)
         args += ["-T", str(scratch / name), gw.url(name, pyftpdlib.user, pyftpdlib.password)]
-    start = gw.log_size()
+    start = gw.mark()
     check(curl(*args))
     assert {n: sha256_file(pyftpdlib.path(n)) for n in sums} == sums
-    assert matches(gw.log_since(start, 100000), "resumption") == len(sums)
+    assert matches(start.text(), "resumption") == len(sums)
 
 
 @pytest.mark.parametrize("frontend", ["implicit", "explicit"])
@@ -165,14 +156,14 @@ def test_lftp_several_gets_and_puts(gateway, pyftpdlib, ports, blobs, scratch, f
     up = scratch / "lftp-up.bin"
     up.write_bytes(os.urandom(300 * KiB))
     cmds = [f"get {n} -o {scratch / n}" for n in sums] + [f"put {up} -o sp-lftp-up-{frontend}"]
-    start = gw.log_size()
+    start = gw.mark()
     if frontend == "implicit":
         check(lftp(f"ftps://{HOST}:{gw.port}", pyftpdlib.user, pyftpdlib.password, cmds))
     else:
         check(lftp_explicit(gw.fport("x"), pyftpdlib.user, pyftpdlib.password, cmds))
     assert {n: sha256_file(scratch / n) for n in sums} == sums
     assert sha256_file(pyftpdlib.path(f"sp-lftp-up-{frontend}")) == sha256_file(up)
-    log = gw.log_since(start, 100000)
+    log = start.text()
     assert matches(log, "resumption") >= len(sums) + 1, log
     assert "shared_port_unmatched" not in log
 
@@ -187,14 +178,14 @@ def test_ftplib_resuming(gateway, backend, ports, blobs, scratch, client_ctx, fr
     session = (ftplib_session(gw.port, backend.user, backend.password, client_ctx)
                if frontend == "implicit" else
                ftplib_explicit_session(gw.fport("x"), backend.user, backend.password, client_ctx))
-    start = gw.log_size()
+    start = gw.mark()
     with session as ftp:
         for i in range(3):
             ftplib_download(ftp, name, scratch / f"d{i}")
             assert sha256_file(scratch / f"d{i}") == want
             ftplib_upload(ftp, up, f"sp-up-{frontend}-{i}")
             assert sha256_file(backend.path(f"sp-up-{frontend}-{i}")) == sha256_file(up)
-    assert matches(gw.log_since(start, 100000), "resumption") == 6
+    assert matches(start.text(), "resumption") == 6
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,7 +262,7 @@ def test_parallel_sessions_one_and_several_addresses(gateway, backend, ports, bl
 def test_stock_ftplib_alone_uses_the_shared_port(gateway, pyftpdlib, ports, client_ctx):
     gw = shared_gateway(gateway, pyftpdlib, ports, reuse="optional")
     pyftpdlib.put_bytes("sp-stock.txt", b"stock ftplib\n" * 1000)
-    start = gw.log_size()
+    start = gw.mark()
     with ftplib_explicit_session(gw.fport("x"), pyftpdlib.user, pyftpdlib.password, client_ctx,
                                  reuse=False) as ftp:
         for _ in range(3):
@@ -279,7 +270,7 @@ def test_stock_ftplib_alone_uses_the_shared_port(gateway, pyftpdlib, ports, clie
             chunks: list[bytes] = []
             ftp.retrbinary("RETR sp-stock.txt", chunks.append)
             assert b"".join(chunks) == b"stock ftplib\n" * 1000
-    log = gw.log_since(start, 100000)
+    log = start.text()
     assert matches(log, "address") == 3, log
 
 
@@ -382,11 +373,11 @@ def test_unmatched_connections_are_closed(gateway, pyftpdlib, ports, client_ctx)
     ctx = tls13(client_ctx)
     pyftpdlib.put_bytes("sp-v.txt", b"victim\n" * 4000)
     # Nothing waits: closed at once.
-    start = gw.log_size()
+    start = gw.mark()
     with data_socket(HOST, gw.shared_port) as s:
         assert closed(s)
-    wait_for(lambda: "event=shared_port_unmatched" in gw.log_since(start), 5, "the log line")
-    assert "no session from this address waits" in gw.log_since(start)
+    start.wait("event=shared_port_unmatched", 5)
+    assert "no session from this address waits" in start.text()
     victim = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
     try:
         assert retr(victim, "sp-v.txt", ctx) == b"victim\n" * 4000  # it resumes: proven
@@ -398,12 +389,12 @@ def test_unmatched_connections_are_closed(gateway, pyftpdlib, ports, client_ctx)
                            "resumes no waiting session"),
                           (client_hello(os.urandom(120)), "resumes no session of this gateway"),
                           (b"GET / HTTP/1.0\r\n\r\n", "not a TLS ClientHello")):
-            start = gw.log_size()
+            start = gw.mark()
             with data_socket(HOST, port) as s:
                 s.sendall(junk)
                 assert closed(s)
-            wait_for(lambda: "event=shared_port_unmatched" in gw.log_since(start), 5, "the log")
-            assert why in gw.log_since(start), gw.log_since(start)
+            start.wait("event=shared_port_unmatched", 5)
+            assert why in start.text(), start.text()
         # The victim's own data connection still finds it.
         got = finish_retr(victim, data_socket(HOST, port), "sp-v.txt", ctx, victim.session)
         assert got == b"victim\n" * 4000
@@ -477,18 +468,18 @@ def test_reload_keeps_or_moves_the_port(gateway, pyftpdlib, ports, client_ctx):
     try:
         _, port = pasv(c)
         text = gw.config.read_text()
-        mark = gw.log_size()
+        mark = gw.mark()
         gw.config.write_text(text.replace("idle_timeout = 120", "idle_timeout = 121"))
         os.kill(gw.pid, signal.SIGHUP)
-        wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+        mark.wait("event=reloaded", 10, n=2)
         got = finish_retr(c, data_socket(HOST, port), "sp-r.txt", ctx, c.session)
         assert got == b"reload\n" * 3000
         new = ports.port()
-        mark = gw.log_size()
+        mark = gw.mark()
         gw.config.write_text(text.replace(f"pasv_shared_port = {gw.shared_port}",
                                           f"pasv_shared_port = {new}"))
         os.kill(gw.pid, signal.SIGHUP)
-        wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+        mark.wait("event=reloaded", 10, n=2)
         # The live session keeps its generation (the old port) until it ends; new ones
         # get the new port.
         d = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
@@ -539,12 +530,12 @@ def test_late_connection_after_the_wait_ended(gateway, pyftpdlib, ports, client_
     c = logged_in(control_from(HOST, gw.port, ctx), pyftpdlib)
     try:
         _, port = pasv(c)
-        wait_for(lambda: "event=data_listener_timeout" in gw.log, 10, "the wait to end")
-        start = gw.log_size()
+        gw.mark(0).wait("event=data_listener_timeout", 10)
+        start = gw.mark()
         with data_socket(HOST, port) as s:
             assert closed(s)
-        wait_for(lambda: "event=shared_port_unmatched" in gw.log_since(start), 5, "the log")
-        assert "no session from this address waits" in gw.log_since(start)
+        start.wait("event=shared_port_unmatched", 5)
+        assert "no session from this address waits" in start.text()
         assert c.cmd("NOOP")[0] == 200
     finally:
         c.close()
@@ -652,7 +643,7 @@ def test_behind_a_balancer_strays(gateway, pyftpdlib, ports, client_ctx):
     logged and counted as unmatched; the waiting session is unaffected."""
     aport = ports.port()
     gw = pp_gateway(gateway, pyftpdlib, ports, admin_port=aport)
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     ctx = tls13(client_ctx)
     victim_bytes = os.urandom(50000)
     pyftpdlib.put_bytes("spp-v.bin", victim_bytes)
@@ -676,15 +667,15 @@ def test_behind_a_balancer_strays(gateway, pyftpdlib, ports, client_ctx):
              "not in proxy_protocol_from"),
         ]
         for open_it, why in cases:
-            start = gw.log_size()
+            start = gw.mark()
             with open_it() as s:
                 try:
                     s.sendall(hello)
                 except OSError:
                     pass
                 assert closed(s)
-            wait_for(lambda: why in gw.log_since(start), 5, why)
-            assert "event=shared_port_unmatched" in gw.log_since(start)
+            start.wait(re.escape(why), 5)
+            assert "event=shared_port_unmatched" in start.text()
         assert shared_metric(aport, "unmatched") - before == len(cases)
         # The victim's own data connection still finds it.
         got = finish_retr(victim, balanced_data("127.0.0.5", port), "spp-v.bin", ctx,
@@ -728,20 +719,20 @@ def test_behind_a_balancer_reload_switches_the_header(gateway, pyftpdlib, ports,
         assert sha256_bytes(got) == sha256_bytes(body)
     finally:
         c.close()
-    mark = gw.log_size()
+    mark = gw.mark()
     gw.config.write_text(gw.config.read_text().replace("proxy_protocol_data = yes",
                                                        "proxy_protocol_data = no"))
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: gw.log_since(mark).count("event=reloaded") == 2, 10, "the reload")
+    mark.wait("event=reloaded", 10, n=2)
     c = logged_in(balanced_control("127.0.0.5", gw.port, ctx), pyftpdlib)
     try:
         _, port = pasv(c)
         assert port == gw.shared_port
-        start = gw.log_size()
+        start = gw.mark()
         with balanced_data("127.0.0.5", port) as s:
             assert closed(s)
-        wait_for(lambda: "peer=127.0.0.1:" in gw.log_since(start) and
-                 "no session from this address waits" in gw.log_since(start), 5, "the refusal")
+        start.wait(r"peer=127\.0\.0\.1:", 5)
+        start.wait("no session from this address waits", 5)
         got = finish_retr(c, data_socket("127.0.0.5", port), "spp-r.bin", ctx, c.session)
         assert sha256_bytes(got) == sha256_bytes(body)
     finally:

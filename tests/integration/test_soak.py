@@ -39,7 +39,7 @@ import pytest
 
 import faults
 from faults import kill_socket, pss_kib
-from peers import HOST, KiB, MiB, ExplicitFTPS, ImplicitFTPS, frontend, parse_227
+from peers import HOST, KiB, MiB, ExplicitFTPS, ImplicitFTPS, LogCursor, frontend, parse_227
 
 pytestmark = pytest.mark.serial  # 200 sessions at once: load, time-bounded
 
@@ -115,7 +115,7 @@ class Round:
     data_cuts: int = 0
     errors: list[str] = field(default_factory=list)
     codes: dict[str, int] = field(default_factory=dict)
-    log_offset: int = 0
+    log: LogCursor | None = None  # the log from the round's start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, **kw):
@@ -156,10 +156,10 @@ class Session:
     def gateway_log(self) -> str:
         """The gateway's log lines of this session (found by the control source port)."""
         try:
-            sid = faults.session_of(self.gw, self.ctl_port, self.result.log_offset, timeout=1)
+            sid = self.result.log.sid(self.ctl_port, timeout=1)
         except Exception:  # noqa: BLE001
             return f" (no gateway session found for port {self.ctl_port})"
-        lines = faults.session_log(self.gw, sid, self.result.log_offset)
+        lines = self.result.log.session(sid)
         return f"\n  gateway session {sid}:\n    " + "\n    ".join(lines[-20:])
 
     def kill(self):
@@ -364,7 +364,7 @@ def soak_gw(workdir, ports, tls_cert, soak_backend):
 def run_round(gw, backend, ctx, plans, rnd, digests) -> tuple[Round, float, int]:
     """Play every plan at once; return the result, the time taken and the gateway's peak
     descriptor count (about two per session plus data connections: proof of concurrency)."""
-    result = Round(log_offset=gw.log_size())
+    result = Round(log=gw.mark())
     barrier = threading.Barrier(SESSIONS, timeout=60)
     peak, done = [0], threading.Event()
 

@@ -13,8 +13,7 @@ import time
 import pytest
 
 import peers
-from peers import (HOST, KiB, MiB, check, kill_after_progress, put_sparse, run, sha256_file,
-                   wait_for)
+from peers import (HOST, KiB, MiB, check, kill_after_progress, put_sparse, run, sha256_file)
 
 SIZE = 24 * MiB + 12345  # not a multiple of the pipe, the read size or a page
 
@@ -52,12 +51,12 @@ def test_clear_relay_both_ways(gateway, backend, blobs, tmp_path, splice, front)
     else:
         base = f"ftps://{backend.user}:{backend.password}@{HOST}:{gw.fport('c')}/"
         opts = ["--ftp-ssl-control"]  # TLS on the control connection only: PROT C
-    mark = gw.log_size()
+    mark = gw.mark()
     check(curl(*opts, "-o", got, base + f"{name}.bin"))
     check(curl(*opts, "-T", src, base + f"{name}-up.bin"))
     assert sha256_file(got) == down
     assert sha256_file(backend.path(f"{name}-up.bin")) == up
-    log = gw.log_since(mark)
+    log = mark.text()
     want = {"no": ("copy", "copy"), "downloads": ("splice", "copy"),
             "yes": ("splice", "splice")}[splice]
     assert relay_paths(log) == [("download", want[0]), ("upload", want[1])], log
@@ -68,11 +67,11 @@ def test_protected_legs_never_splice(gateway, backend, blobs, tmp_path):
     """PROT P: the client leg is TLS, so the relay copies through OpenSSL whatever the key."""
     gw = gateway(backend, extra={"global": {"splice": "yes"}})
     digest = backend.put(blobs, "splice-protp.bin", 1 * MiB, unique=True)
-    mark = gw.log_size()
+    mark = gw.mark()
     check(curl("--ssl-reqd", "-o", tmp_path / "p.bin",
                gw.url("splice-protp.bin", backend.user, backend.password)))
     assert sha256_file(tmp_path / "p.bin") == digest
-    assert relay_paths(gw.log_since(mark)) == [("download", "copy")]
+    assert relay_paths(mark.text()) == [("download", "copy")]
 
 
 @pytest.mark.parametrize("direction", ["download", "upload"])
@@ -96,14 +95,13 @@ def test_client_killed_mid_splice(gateway, backend, blobs, tmp_path, direction):
                      backend.user, backend.password)
     args = ["curl", "-sS", "--ftp-pasv", "--limit-rate", "4M",
             *(["-o", str(got), url] if direction == "download" else ["-T", str(src), url])]
-    mark = gw.log_size()
+    mark = gw.mark()
     kill_after_progress(args, got if direction == "download" else backend.path(name_up),
                         512 * KiB)
-    assert relay_paths(gw.log_since(mark)) == [(direction, "splice")]
+    assert relay_paths(mark.text()) == [(direction, "splice")]
     now = gw.wait_fd_count(baseline, timeout=8)
     assert now == baseline, f"gateway fds: {now}, {baseline} before the transfer"
-    wait_for(lambda: "event=data_failed" in gw.log_since(mark) or
-             "event=session_end" in gw.log_since(mark), 10, "the gateway to notice")
+    mark.wait(r"event=data_failed|event=session_end", 10)
     check(curl("-o", tmp_path / "after.bin", gw.ftp_url("p", "splice-after.bin",
                                                         backend.user, backend.password)))
     assert sha256_file(tmp_path / "after.bin") == digest

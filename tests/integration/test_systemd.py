@@ -153,7 +153,7 @@ def test_ready_reload_stopping(gateway, pyftpdlib, notify):
     assert before * 1e6 <= int(reloading[0]["MONOTONIC_USEC"]) <= after * 1e6
     assert ns.sequence() == ["READY", "RELOADING", "READY"]
     assert "reloaded" in ns.with_key("READY")[1]["STATUS"]
-    peers.wait_for(lambda: gw.log.count("event=reloaded ") >= 2, 10, "both workers reloaded")
+    gw.mark(0).wait("event=reloaded ", 10, n=2)
     assert all(ns.probes[1].values()), ns.probes
 
     # A configuration that no longer loads: still READY=1 (the old one serves), and said so.

@@ -27,7 +27,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import faults
 import peers
-from faults import log_from, wait_log
 from peers import HOST, backend_tls, curl, frontend, lftp, sha256_bytes, sha256_file
 
 EXEMPT_HOST = "127.0.0.2"  # "another host" for the per-network exemptions
@@ -162,7 +161,7 @@ def test_client_cert_required(cgw, pyftpdlib, blobs, pki, fe):
     src, _ = blobs.blob(700_000)
     pyftpdlib.put(blobs, "cert-src.bin", 700_000)
     u, p = pyftpdlib.user, pyftpdlib.password
-    offset = cgw.log_size()
+    cur = cgw.mark()
     got = pyftpdlib.root.parent / f"cert-{fe}.out"
     res = curl(*curl_cert(pki, "alice"), "-o", str(got), curl_url(cgw, fe, "cert-src.bin", u, p))
     assert res.returncode == 0, peers.describe(res)
@@ -171,20 +170,20 @@ def test_client_cert_required(cgw, pyftpdlib, blobs, pki, fe):
                curl_url(cgw, fe, f"cert-up-{fe}.bin", u, p))
     assert res.returncode == 0, peers.describe(res)
     assert sha256_file(pyftpdlib.path(f"cert-up-{fe}.bin")) == sha256_file(src)
-    line = wait_log(cgw, r"event=client_cert subject=\"CN=alice\" "
-                         r"issuer=\"CN=ftpsgate test CA\"", offset)
-    wait_log(cgw, r"event=login_cert user=\"%s\" subject=\"CN=alice\"" % u, offset)
+    line = cur.wait(r"event=client_cert subject=\"CN=alice\" "
+                       r"issuer=\"CN=ftpsgate test CA\"").string
+    cur.wait(r"event=login_cert user=\"%s\" subject=\"CN=alice\"" % u)
     assert "level=info" in line
     for who in (None, "carol", "alice-other-ca"):
-        offset = cgw.log_size()
+        cur = cgw.mark()
         res = curl(*curl_cert(pki, who), "-o", os.devnull, curl_url(cgw, fe, "cert-src.bin", u, p))
         assert res.returncode != 0, f"{who}: " + peers.describe(res)
         reason = {None: "peer did not return a certificate",
                   "carol": "client certificate verify failed: certificate revoked",
                   "alice-other-ca": "client certificate verify failed: unable to get local "
                                     "issuer certificate"}[who]
-        wait_log(cgw, rf"event=client_error reason=\"handshake failed: .*{reason}", offset)
-        assert "event=client_cert " not in log_from(cgw, offset)
+        cur.wait(rf"event=client_error reason=\"handshake failed: .*{reason}")
+        assert "event=client_cert " not in cur.text()
 
 
 def test_client_cert_optional(cgw, pyftpdlib, blobs, pki):
@@ -268,7 +267,7 @@ def test_client_cert_data_leg(cgw, pyftpdlib, tls_cert, pki):
     other = cert_ctx(tls_cert, pki, "bob")
     data = os.urandom(100_000)
     pyftpdlib.put_bytes("cert-leg.bin", data)
-    offset = cgw.log_size()
+    cur = cgw.mark()
     with peers.ftplib_session(cgw.fport("o"), pyftpdlib.user, pyftpdlib.password, ctx) as ftp:
         chunks: list[bytes] = []
         ftp.retrbinary("RETR cert-leg.bin", chunks.append)
@@ -293,8 +292,8 @@ def test_client_cert_data_leg(cgw, pyftpdlib, tls_cert, pki):
         chunks = []
         ftp.retrbinary("RETR cert-leg.bin", chunks.append)  # the session goes on
         assert sha256_bytes(b"".join(chunks)) == sha256_bytes(data)
-    wait_log(cgw, r"event=data_tls_refused reason=\"another client certificate\" "
-                  r"subject=\"CN=bob\"", offset)
+    cur.wait(r"event=data_tls_refused reason=\"another client certificate\" "
+                r"subject=\"CN=bob\"")
 
 
 def test_no_client_cert_by_default(cgw, pyftpdlib, pki):
@@ -345,7 +344,7 @@ def test_data_reuse_exempt(xgw, pyftpdlib, client_ctx):
     frontend whose own (empty) list replaces [tls]'s, 127.0.0.2 gets 522 too."""
     data = os.urandom(500_000)
     pyftpdlib.put_bytes("exempt.bin", data)
-    offset = xgw.log_size()
+    cur = xgw.mark()
     ftp = stock_ftplib(xgw.fport("x"), EXEMPT_HOST, client_ctx)
     try:
         ftp.login(pyftpdlib.user, pyftpdlib.password)
@@ -358,12 +357,12 @@ def test_data_reuse_exempt(xgw, pyftpdlib, client_ctx):
     finally:
         ftp.close()
     assert sha256_file(pyftpdlib.path("exempt-up.bin")) == sha256_bytes(data)
-    lines = [ln for ln in log_from(xgw, offset).splitlines() if "event=data_reuse_exempt" in ln]
-    assert len(lines) == 2, log_from(xgw, offset)[-3000:]
+    lines = cur.grep(r"event=data_reuse_exempt")
+    assert len(lines) == 2, cur.text()[-3000:]
     with urllib.request.urlopen(xgw.admin + "/metrics", timeout=10) as r:  # and counted
         assert re.search(r"^ftpsgate_data_reuse_exempt_total 2$", r.read().decode(), re.M)
     for port, source in ((xgw.fport("x"), HOST), (xgw.fport("xs"), EXEMPT_HOST)):
-        offset = xgw.log_size()
+        cur = xgw.mark()
         ftp = stock_ftplib(port, source, client_ctx)
         try:
             ftp.login(pyftpdlib.user, pyftpdlib.password)
@@ -372,8 +371,8 @@ def test_data_reuse_exempt(xgw, pyftpdlib, client_ctx):
                 ftp.retrbinary("RETR exempt.bin", lambda b: None)
         finally:
             ftp.close()
-        wait_log(xgw, r"event=data_tls_refused reason=\"session not resumed\"", offset)
-        assert "event=data_reuse_exempt" not in log_from(xgw, offset)
+        cur.wait(r"event=data_tls_refused reason=\"session not resumed\"")
+        assert "event=data_reuse_exempt" not in cur.text()
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,7 +399,7 @@ def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
     help."""
     src, digest = blobs.blob(700_000)
     name = f"netkit-{fe}.bin"
-    offset = xgw.log_size()
+    cur = xgw.mark()
     out = ftp_ssl_put(xgw.fport(fe), pyftpdlib.user, pyftpdlib.password, src, name)
     assert re.search(r"^234 ", out, re.M) and re.search(r"^200 PROT", out, re.M), out
     if strict:
@@ -408,9 +407,9 @@ def test_ftp_ssl_strict_eof(xgw, pyftpdlib, blobs, fe, strict):
     else:
         # A 426 reply line, not the digits ("1426.4359 MB/s" was printed once).
         assert re.search(r"^226 ", out, re.M) and not re.search(r"^426 ", out, re.M), out
-    wait_log(xgw, r"event=data_eof leg=client-data close_notify=no", offset)
+    cur.wait(r"event=data_eof leg=client-data close_notify=no")
     if strict:
-        wait_log(xgw, r"event=data_unsafe_eof", offset)
+        cur.wait(r"event=data_unsafe_eof")
         peers.wait_for(lambda: re.search(r"STOR .*%s completed=0" % re.escape(name),
                                          pyftpdlib.log.read_text(errors="replace")),
                        10, f"pyftpdlib to record {name} as failed")
@@ -501,7 +500,7 @@ def test_legacy_backend(gateway, legacy_backend, client_ctx):
                  frontends={"x": frontend("explicit")})
     assert re.search(r"level=warn session=- event=weak_tls backend=be ", gw.log), gw.log[-2000:]
     data = os.urandom(1_200_000)
-    offset = gw.log_size()
+    cur = gw.mark()
     for port, session in ((gw.port, peers.ftplib_session),
                           (gw.fport("x"), peers.ftplib_explicit_session)):
         with session(port, server.user, server.password, client_ctx) as ftp:
@@ -512,7 +511,7 @@ def test_legacy_backend(gateway, legacy_backend, client_ctx):
             ftp.retrbinary(f"RETR {name}", chunks.append)
             assert sha256_bytes(b"".join(chunks)) == sha256_bytes(data)
         assert sha256_file(server.path(name)) == sha256_bytes(data)
-    log = log_from(gw, offset)
+    log = cur.text()
     assert f"event=backend_tls tls={negotiated}" in log, log[-3000:]
     assert "event=tls_established tls=TLSv1.3/" in log, log[-3000:]
     if kind != "tls1":
@@ -521,11 +520,11 @@ def test_legacy_backend(gateway, legacy_backend, client_ctx):
     # The strict default toward backends (TLS 1.2 and up) fails cleanly against it.
     strict = gateway(server, backend_keys=backend_tls("explicit", ca_file=server.cert))
     assert "event=weak_tls" not in strict.log
-    offset = strict.log_size()
+    cur = strict.mark()
     with pytest.raises(ftplib.error_temp, match=r"^421 .*backend TLS failed"):
         with peers.ftplib_session(strict.port, server.user, server.password, client_ctx):
             pass
-    wait_log(strict, r"event=backend_\w+ .*(handshake|TLS)", offset)
+    cur.wait(r"event=backend_\w+ .*(handshake|TLS)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -594,11 +593,11 @@ def test_client_cert_policy_follows_sni(gateway, pyftpdlib, ports, pki, tls_cert
 
     assert handshake("other.example", None).startswith("220 ")
     assert handshake("secure.example", "alice").startswith("220 ")
-    offset = gw.log_size()
+    cur = gw.mark()
     with pytest.raises((ssl.SSLError, ConnectionError)):
         handshake("secure.example", None)
-    wait_log(gw, r"event=client_error reason=\"handshake failed: .*peer did not return a "
-                 r"certificate", offset)
+    cur.wait(r"event=client_error reason=\"handshake failed: .*peer did not return a "
+                r"certificate")
 
 
 def test_client_cert_required_without_auth(cgw, pyftpdlib):

@@ -95,7 +95,7 @@ def recording_gateway(gateway, backend, ports, tmp_path, **global_keys):
                  frontends={"p": frontend("plain"), "x": frontend("explicit")})
     gw.admin = f"http://{HOST}:{aport}"
     gw.xferlog = xferlog
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
+    gw.started()
     return gw
 
 

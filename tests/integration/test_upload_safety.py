@@ -416,22 +416,21 @@ def async_retr(fake):
 @pytest.mark.parametrize("server", ["sync", "async"])
 def test_one_final_reply_per_command(gateway, client_ctx, server):
     """Property: random command sequences with random data-leg failures, against the
-    scripted fake backend (faults.FakeFTP, through a plain frontend, its data legs passive
+    scripted fake backend (fakeftp.FakeFTP, through a plain frontend, its data legs passive
     and active at random): every command gets exactly one final reply, of the kind that
     command gets, in order. `async`: the fake serves RETR's data beside its control
     connection (pyftpdlib's model), so a transfer's final reply may come late.
     FTPSGATE_PROPERTY_STEPS steps (default 120), seeded by FTPSGATE_PROPERTY_SEED (printed
     on failure)."""
-    from faults import FakeFTP, FakeSession
+    from fakeftp import FakeFTP, Plan
 
     seed = int(os.environ.get("FTPSGATE_PROPERTY_SEED", str(random.randrange(1 << 30))))
     steps = int(os.environ.get("FTPSGATE_PROPERTY_STEPS", "120"))
     rnd = random.Random(seed)
     body = os.urandom(3000)
-    with FakeFTP({"f.bin": body}) as fake:
+    with FakeFTP(files={"f.bin": body}) as fake:
         if server == "async":
-            fake.default = "async"
-            FakeSession.plan_async = lambda sess: sess.serve({"RETR": async_retr(fake)})
+            fake.default = Plan(replies={"RETR": async_retr(fake)})
         gw = gateway(backend_address=fake.address,
                      frontends={"p": peers.frontend("plain", active_source_port=0),
                                 "pa": peers.frontend("plain", backend="ba",

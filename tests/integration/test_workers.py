@@ -16,13 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import peers
-from peers import HOST, MiB, Control, check, curl, render_ini, sha256_file, wait_for
-
-
-def started(gw):
-    """The ports listen before the gateway logs its start line (slow under valgrind)."""
-    wait_for(lambda: "event=started " in gw.log, 30, "the started line")
-    return gw
+from peers import HOST, MiB, Control, check, curl, render_ini, sha256_file
 
 
 def workers_of(log: str) -> set[str]:
@@ -32,7 +26,7 @@ def workers_of(log: str) -> set[str]:
 
 @pytest.mark.serial  # SO_REUSEPORT spread over both workers
 def test_sessions_spread_over_workers(gateway, backend, blobs, tmp_path):
-    gw = started(gateway(backend, extra={"global": {"workers": 2}}))
+    gw = gateway(backend, extra={"global": {"workers": 2}}).started()
     assert "event=workers count=2" in gw.log
     digest = backend.put(blobs, "workers-down.bin", 4 * MiB, unique=True)
     src = tmp_path / "up.bin"
@@ -55,7 +49,7 @@ def test_sessions_spread_over_workers(gateway, backend, blobs, tmp_path):
 def test_limits_are_process_wide(gateway, backend, client_ctx):
     """max_sessions_per_ip = 3 with 4 workers: the fourth to eighth connections are refused
     whichever worker took them; closing one frees a place."""
-    gw = started(gateway(backend, extra={"global": {"workers": 4, "max_sessions_per_ip": 3}}))
+    gw = gateway(backend, extra={"global": {"workers": 4, "max_sessions_per_ip": 3}}).started()
     held, refused = [], 0
     try:
         for _ in range(8):
@@ -84,35 +78,35 @@ def test_limits_are_process_wide(gateway, backend, client_ctx):
 def test_reload_reaches_every_worker(gateway, backend, ports, workers):
     """SIGHUP with a frontend added: it answers on every connection (each worker opened its
     listener), the old frontend still works, and a broken file changes nothing."""
-    gw = started(gateway(backend, extra={"global": {"workers": workers}}))
+    gw = gateway(backend, extra={"global": {"workers": workers}}).started()
     text = gw.config.read_text()
     new_port = ports.port()
     gw.config.write_text(text + render_ini({"frontend added": {
         "listen": f"{HOST}:{new_port}", "mode": "plain", "backend": "be",
         "pasv_ports": f"{gw.pasv_ports[0]}-{gw.pasv_ports[1]}"}}))
-    mark = gw.log_size()
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
     try:
-        wait_for(lambda: gw.log_since(mark).count("event=reloaded") == workers, 10,
-                 "every worker to reload")
-    except TimeoutError:
-        pytest.fail("not every worker reloaded:\n" + gw.log_since(mark))
+        mark.wait("event=reloaded", 10, n=workers)
+        assert mark.count("event=reloaded") == workers
+    except AssertionError:
+        pytest.fail("not every worker reloaded:\n" + mark.text())
     for _ in range(12):
         with socket.create_connection((HOST, new_port), timeout=10) as s:
             assert s.recv(4096).startswith(b"220")
     check(curl("-o", "/dev/null", gw.url("", backend.user, backend.password)))
     # A broken file: the running configuration stays.
     gw.config.write_text(text + "[frontend broken]\nlisten = nowhere\n")
-    mark = gw.log_size()
+    mark = gw.mark()
     os.kill(gw.pid, signal.SIGHUP)
-    wait_for(lambda: "event=reload_failed" in gw.log_since(mark), 10, "the failed reload")
+    mark.wait("event=reload_failed", 10)
     with socket.create_connection((HOST, new_port), timeout=10) as s:
         assert s.recv(4096).startswith(b"220")
     gw.config.write_text(text)
 
 
 def test_workers_auto(gateway, backend):
-    gw = started(gateway(backend, extra={"global": {"workers": "auto"}}))
+    gw = gateway(backend, extra={"global": {"workers": "auto"}}).started()
     n = len(os.sched_getaffinity(0))  # what uv_available_parallelism() counts
     assert f"workers={n}" in gw.log, gw.log[-2000:]
     check(curl("-o", "/dev/null", gw.url("", backend.user, backend.password)))
@@ -122,14 +116,15 @@ def test_second_sigterm_with_a_finished_worker(gateway, backend, client_ctx):
     """SIGTERM with one idle worker (it finishes at once) and one holding a session (it
     waits for shutdown_grace): a second SIGTERM closes that session at once and the gateway
     exits 0, whichever worker had finished."""
-    gw = started(gateway(backend, extra={"global": {"workers": 2, "shutdown_grace": 30}}))
+    gw = gateway(backend, extra={"global": {"workers": 2, "shutdown_grace": 30}}).started()
     held = []
     try:
         c = Control.implicit(gw.port, client_ctx)  # one session: one worker busy, one idle
         held.append(c)
         assert c.reply()[0] == 220
         gw.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: gw.log.count("event=stopping worker=") == 2, 10, "both to stop")
+        gw.mark(0).wait("event=stopping worker=", 10, n=2)
+        assert gw.mark(0).count("event=stopping worker=") == 2
         time.sleep(0.5)  # the idle worker is done by now
         assert gw.alive(), "the session's worker must wait for its session"
         gw.stopped_by_test = True

@@ -9,15 +9,15 @@ from pathlib import Path
 LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
-              "proxy_proto", "admin_text", "metrics", "timeline", "siblings", "bug",
-              "server_name", "users_file", "cmd_policy"]),
+              "proxy_proto", "admin_text", "admin_users", "metrics", "timeline", "siblings", "bug",
+              "server_name", "users_file", "cmd_policy", "crypt_check"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
     # Below data: the shared port hands a connection to a callback (on the waiter's loop,
     # through its mailbox) and knows nothing of data channels, so data -> shared_port only.
     ("shared port", ["shared_port"]),
     ("data", ["data", "data_int", "data_accept"]),
-    ("session", ["session_int", "backend", "client_cmd", "relay", "session",
+    ("session", ["session_int", "backend", "client_cmd", "reply_dispatch", "transfer", "session",
                  "session_info", "edge_auth"]),
     ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
     ("main", ["main"]),

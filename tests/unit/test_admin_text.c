@@ -59,6 +59,40 @@ static void test_routes(void **state)
     assert_int_equal(gw_admin_route("/metrics/", &id), GW_ADMIN_NOT_FOUND);
     assert_int_equal(gw_admin_route("metrics", &id), GW_ADMIN_BAD);
     assert_int_equal(gw_admin_route(NULL, &id), GW_ADMIN_BAD);
+    char name[64];
+    assert_int_equal(gw_admin_route("/backends/be-1.x_y/state", &id), GW_ADMIN_BACKEND_STATE);
+    assert_int_equal(gw_admin_backend_name("/backends/be-1.x_y/state", name, sizeof name), 0);
+    assert_string_equal(name, "be-1.x_y");
+    static const char *const bad[] = {
+        "/backends/",        "/backends//state",     "/backends/../state",
+        "/backends/./state", "/backends/a/b/state",  "/backends/a/state/",
+        "/backends/a",       "/backends/a%20/state", "/backends/a/State"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(gw_admin_route(bad[i], &id), GW_ADMIN_BAD);
+        assert_int_equal(gw_admin_backend_name(bad[i], name, sizeof name), -1);
+    }
+    assert_int_equal(gw_admin_backend_name("/backends/abcdef/state", name, 6), -1); /* too long */
+    assert_int_equal(gw_admin_route("/backends", &id), GW_ADMIN_NOT_FOUND);
+}
+
+static void test_state_body(void **state)
+{
+    (void)state;
+#define P(s) gw_admin_parse_state(s, strlen(s))
+    assert_int_equal(P("{\"state\":\"drain\"}"), GW_BE_ADMIN_DRAIN);
+    assert_int_equal(P(" {\n \"state\" : \"maint\" }\n"), GW_BE_ADMIN_MAINT);
+    assert_int_equal(P("{\"state\":\"ready\"}"), GW_BE_ADMIN_READY);
+    assert_int_equal(P("{\"state\":\"down\"}"), -1);
+    assert_int_equal(P("{\"state\":\"drain\",\"x\":1}"), -1);
+    assert_int_equal(P("{\"state\":\"drain\"}x"), -1);
+    assert_int_equal(P("{\"State\":\"drain\"}"), -1);
+    assert_int_equal(P("{\"state\":\"dr\\u0061in\"}"), -1);
+    assert_int_equal(P("{\"state\":drain}"), -1);
+    assert_int_equal(P("{\"state\":\"drain\""), -1);
+    assert_int_equal(P(""), -1);
+    assert_int_equal(gw_admin_parse_state("{\"state\":\"drain\"}", 10), -1); /* cut */
+#undef P
+    assert_string_equal(gw_be_admin_name(GW_BE_ADMIN_MAINT), "maint");
 }
 
 static void test_timeline_masks_pass_and_wraps(void **state)
@@ -70,7 +104,7 @@ static void test_timeline_masks_pass_and_wraps(void **state)
     gw_tl_command(t, "pass", "hunter2");
     gw_tl_command(t, "ACCT", "hunter2");
     gw_sbuf b = {0};
-    gw_tl_json(t, 5, &b);
+    gw_tl_json(t, 5, NULL, &b);
     assert_null(strstr(b.p, "hunter2"));
     assert_non_null(strstr(b.p, "\"USER alice\""));
     assert_non_null(strstr(b.p, "\"PASS ****\""));
@@ -78,10 +112,20 @@ static void test_timeline_masks_pass_and_wraps(void **state)
     gw_sbuf_free(&b);
     for (int i = 0; i < 3 * GW_TL_EVENTS; i++)
         gw_tl_add(t, GW_TL_DATA, "event %d", i);
-    gw_tl_json(t, 5, &b);
+    gw_tl_json(t, 5, NULL, &b);
     assert_null(strstr(b.p, "USER"));         /* fell out of the ring */
     assert_non_null(strstr(b.p, "event 47")); /* the newest stays */
     assert_null(strstr(b.p, "\"event 31\""));
+    assert_null(strstr(b.p, "\"state\""));
+    gw_sbuf_free(&b);
+    /* /sessions/ID: the session's states by name, before its events. */
+    gw_sess_states st = {.client = "ready", .backend = "late_pbsz", .pending = "setup"};
+    memset(st.transfer, 'x', sizeof st.transfer); /* not terminated: cut, never overread */
+    gw_tl_json(t, 5, &st, &b);
+    assert_non_null(strstr(b.p,
+                           "{\"id\":5,\"state\":{\"client\":\"ready\",\"backend\":"
+                           "\"late_pbsz\",\"pending\":\"setup\",\"transfer\":\"xxxxxxxxxxxxxxxx\"},"
+                           "\"events_total\":"));
     gw_sbuf_free(&b);
     free(t);
 }
@@ -145,13 +189,10 @@ static void test_exposition(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_escape),
-        cmocka_unit_test(test_html_escape),
-        cmocka_unit_test(test_label_escape),
-        cmocka_unit_test(test_routes),
-        cmocka_unit_test(test_timeline_masks_pass_and_wraps),
-        cmocka_unit_test(test_summary_json),
-        cmocka_unit_test(test_exposition),
+        cmocka_unit_test(test_json_escape),  cmocka_unit_test(test_state_body),
+        cmocka_unit_test(test_html_escape),  cmocka_unit_test(test_label_escape),
+        cmocka_unit_test(test_routes),       cmocka_unit_test(test_timeline_masks_pass_and_wraps),
+        cmocka_unit_test(test_summary_json), cmocka_unit_test(test_exposition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

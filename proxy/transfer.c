@@ -1,7 +1,9 @@
-/* The reply relay: each backend reply goes where the pending exchange says (PROTOCOL.md
- * §4-§6): PASV/PORT replies arm the data channel, a transfer's final reply waits for its
- * data legs, ABOR's replies are sequenced, FEAT is rewritten, USER/PASS replies count
- * logins. Also the transfer log. */
+/* The session's data-channel wiring (PROTOCOL.md §5): the backend leg armed by PASV/EPSV or
+ * PORT/EPRT toward the server (EPSV/EPRT first, PASV/PORT for an IPv4 server that refused
+ * them), then the client's leg and the gateway's own 227/229/200; transfers started, deferred
+ * uploads released once the client's leg is accepted, the final reply held until the data
+ * legs are done, ABOR's replies sequenced, what the server still owes consumed; and each
+ * transfer's one record (transfer_end, the transfer log, the metrics). */
 #include "session_int.h"
 
 #include <stdio.h>
@@ -13,23 +15,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "bans.h"
 #include "data.h"
-#include "feat.h"
 #include "ftp_codes.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "xferlog.h"
-
-#define FEAT_MAX (16 * 1024) /* a backend FEAT reply larger than this is cut */
-#define FAILED_LOGIN_DELAY_MS 1000
-
-/* The client address the ban list counts: the control connection's peer, normalised (with
- * a PROXY header, its source: wherever the session keeps the client's address). */
-static const gw_addr *ban_peer(const gw_session *s)
-{
-    return &s->client_peer;
-}
 
 /* One line per finished transfer, in the configured xferlog_format (xferlog.h). */
 static void write_xferlog(gw_session *s, int code, const char *result)
@@ -40,17 +30,17 @@ static void write_xferlog(gw_session *s, int code, const char *result)
     char line[1024], host[64];
     gw_addr_ip_str(&s->client_peer, host, sizeof host);
     gw_xfer_rec rec = {.end = time(NULL),
-                       .ms = gw_sess_now(s) - s->xfer_started_ms,
+                       .ms = gw_sess_now(s) - s->xfer.started_ms,
                        .session = s->id,
                        .peer = gw_addr_str(&s->client_peer),
                        .host = host,
-                       .user = s->user,
+                       .user = s->login.user,
                        .verb = s->cur.verb,
-                       .file = s->xfer_arg,
-                       .bytes = s->xfer_bytes,
+                       .file = s->xfer.arg,
+                       .bytes = s->xfer.bytes,
                        .code = code,
                        .result = result,
-                       .ascii = s->type_ascii};
+                       .ascii = s->xfer.type_ascii};
     size_t n = gw_xferlog_line(line, sizeof line, s->fe->cfg->xferlog_format, &rec);
     if (n > 0) {
         ssize_t w = write(fd, line, n); /* one write(2): lines never interleave */
@@ -65,17 +55,17 @@ static int reply_code(const char *text)
     return (text[0] - '0') * 100 + (text[1] - '0') * 10 + (text[2] - '0');
 }
 
-void gw_relay_record_transfer(gw_session *s, const char *reply, const char *result, const char *why)
+void gw_xfer_record(gw_session *s, const char *reply, const char *result, const char *why)
 {
-    if (!s->xfer_open)
+    if (!s->xfer.open)
         return; /* recorded already, or never started */
-    s->xfer_open = false;
+    s->xfer.open = false;
     int code = reply_code(reply);
-    if (s->data && !s->data_finished)
-        s->xfer_bytes = gw_data_progress(s->data); /* cut in the middle: what got through */
-    const char *data = !s->data_finished ? "unused" : s->data_ok ? "ok" : "failed";
+    if (s->xfer.data && !s->xfer.finished)
+        s->xfer.bytes = gw_data_progress(s->xfer.data); /* cut in the middle: what got through */
+    const char *data = !s->xfer.finished ? "unused" : s->xfer.ok ? "ok" : "failed";
     GW_LOG_INFO(s->id, "event=transfer_end verb=%s code=%d data=%s bytes=%llu result=%s%s%s%s",
-                s->cur.verb, code, data, (unsigned long long)s->xfer_bytes, result,
+                s->cur.verb, code, data, (unsigned long long)s->xfer.bytes, result,
                 why ? " reason=\"" : "", why ? why : "", why ? "\"" : "");
     write_xferlog(s, code, result);
     gw_sinfo_transfer_end(s, result);
@@ -85,19 +75,19 @@ static void complete_transfer(gw_session *s)
 {
     bool backend_ok = s->cur.held_code >= 200 && s->cur.held_code < 300;
     const char *sent = NULL;
-    if (s->data_finished && !s->data_ok)
-        sent = s->data_fail_reply; /* the client's leg broke: never report success */
+    if (s->xfer.finished && !s->xfer.ok)
+        sent = s->xfer.fail_reply; /* the client's leg broke: never report success */
     else if (s->cur.held)
         sent = s->cur.held;
     if (sent)
         gw_sess_reply(s, sent);
     /* What the client got decides: a 2xx after a data leg that did not fail is a success. */
     int code = reply_code(sent);
-    const char *result = code >= 200 && code < 300 && (s->data_ok || !s->data_finished) ? "ok"
-                         : !s->data_finished && code >= 400                             ? "unused"
+    const char *result = code >= 200 && code < 300 && (s->xfer.ok || !s->xfer.finished) ? "ok"
+                         : !s->xfer.finished && code >= 400                             ? "unused"
                                                                                         : "failed";
-    gw_relay_record_transfer(s, sent, result, NULL);
-    gw_sess_drop_data(s, backend_ok && s->data_ok);
+    gw_xfer_record(s, sent, result, NULL);
+    gw_sess_drop_data(s, backend_ok && s->xfer.ok);
     free(s->cur.held);
     s->cur.held = NULL;
     s->cur.heldlen = 0;
@@ -120,7 +110,7 @@ static void complete_transfer(gw_session *s)
 static void end_owed(gw_session *s, const char *text, const char *why, bool owe_only)
 {
     gw_sess_reply(s, text);
-    gw_relay_record_transfer(s, text, "failed", why);
+    gw_xfer_record(s, text, "failed", why);
     GW_LOG_INFO(s->id, "event=transfer_abort note=\"%s\"",
                 owe_only ? "the server ends it: its final reply is consumed"
                          : "ABOR sent to the server");
@@ -138,32 +128,32 @@ static void end_owed(gw_session *s, const char *text, const char *why, bool owe_
         gw_sess_rearm(s);
         return;
     }
-    gw_relay_abort_marked(s);
+    gw_xfer_abort_marked(s);
 }
 
-void gw_relay_abort_marked(gw_session *s)
+void gw_xfer_abort_marked(gw_session *s)
 {
     s->cur.owed = 0;
     s->cur.abort_marked = true;
     s->cur.abort_started_ms = gw_sess_now(s);
     gw_backend_send(s, "ABOR", PEND_ABORT);
-    if (s->backend)
-        gw_conn_write_str(s->backend, "NOOP\r\n");
+    if (s->bconn.conn)
+        gw_conn_write_str(s->bconn.conn, "NOOP\r\n");
     gw_sess_rearm(s);
 }
 
-void gw_relay_abort_transfer(gw_session *s, const char *text, const char *why)
+void gw_xfer_abort(gw_session *s, const char *text, const char *why)
 {
     end_owed(s, text, why, false);
 }
 
 /* A deferred upload ends before its command reached the backend: the server owes nothing
  * for it, and its file was never opened. text NULL: the client already has its answer. */
-void gw_relay_end_unsent(gw_session *s, const char *text, const char *result, const char *why)
+void gw_xfer_end_unsent(gw_session *s, const char *text, const char *result, const char *why)
 {
     if (text)
         gw_sess_reply(s, text);
-    gw_relay_record_transfer(s, text, result, why);
+    gw_xfer_record(s, text, result, why);
     GW_LOG_INFO(s->id, "event=transfer_unsent note=\"the server was not told\"");
     gw_sess_drop_data(s, false);
 }
@@ -182,18 +172,18 @@ static void on_client_leg(void *owner, enum gw_data_leg_event ev)
         return;
     }
     GW_LOG_DEBUG(s->id, "event=upload_released note=\"client data leg accepted\"");
-    gw_backend_send(s, s->xfer_line, PEND_TRANSFER);
+    gw_backend_send(s, s->xfer.line, PEND_TRANSFER);
     s->cur.be_sent = true;
-    if (s->data)
-        gw_data_backend_go(s->data);
+    if (s->xfer.data)
+        gw_data_backend_go(s->xfer.data);
 }
 
-void gw_relay_defer_upload(gw_session *s, const char *line)
+void gw_xfer_defer_upload(gw_session *s, const char *line)
 {
-    snprintf(s->xfer_line, sizeof s->xfer_line, "%s", line);
+    snprintf(s->xfer.line, sizeof s->xfer.line, "%s", line);
     s->cur.deferred = true;
     gw_sess_set_pending(s, PEND_TRANSFER);
-    gw_data_defer_backend(s->data, on_client_leg);
+    gw_data_defer_backend(s->xfer.data, on_client_leg);
 }
 
 static const char *data_result_reply(enum gw_data_result r)
@@ -223,19 +213,19 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
 {
     gw_session *s = owner;
     bool ok = result == GW_DATA_OK;
-    s->data_finished = true;
-    s->data_done_ms = gw_sess_now(s);
-    s->xfer_bytes = bytes;
-    s->data_ok = ok;
+    s->xfer.finished = true;
+    s->xfer.done_ms = gw_sess_now(s);
+    s->xfer.bytes = bytes;
+    s->xfer.ok = ok;
     gw_sinfo_data_done(s, result, bytes);
     if (!ok) {
-        snprintf(s->data_fail_reply, sizeof s->data_fail_reply, "%s", data_result_reply(result));
+        snprintf(s->xfer.fail_reply, sizeof s->xfer.fail_reply, "%s", data_result_reply(result));
     }
     if (!ok && s->pending == PEND_TRANSFER && !s->cur.be_sent) {
         /* A deferred upload whose client leg was refused or never came: the server never
          * had the command (a broken handshake is a leg that could not be opened). */
-        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->data_fail_reply;
-        gw_relay_end_unsent(s, text, "failed", "client data leg refused");
+        const char *text = result == GW_DATA_ABORTED ? GW_R_CANT_OPEN_DATA : s->xfer.fail_reply;
+        gw_xfer_end_unsent(s, text, "failed", "client data leg refused");
         gw_sess_command_done(s);
         return;
     }
@@ -244,12 +234,12 @@ static void on_data_done(void *owner, enum gw_data_result result, uint64_t bytes
          * once that connection ends (end_owed). An upload is aborted whatever the server
          * holds: only an ABOR before its leg's reset makes every server record a failure
          * (pyftpdlib counts a reset upload complete); the NOOP behind it marks the end. */
-        bool owe_only = s->data && !s->cur.deferred && gw_data_server_ends(s->data);
+        bool owe_only = s->xfer.data && !s->cur.deferred && gw_data_server_ends(s->xfer.data);
         /* Abort both legs now so the backend notices. */
-        gw_data_release(s->data, false);
-        s->data = NULL;
+        gw_data_release(s->xfer.data, false);
+        s->xfer.data = NULL;
         if (s->pending == PEND_TRANSFER && !s->cur.held_code) {
-            end_owed(s, s->data_fail_reply, "data leg failed", owe_only);
+            end_owed(s, s->xfer.fail_reply, "data leg failed", owe_only);
             return;
         }
     }
@@ -290,7 +280,7 @@ static gw_data *new_data(gw_session *s)
  * for this control connection, in front of the reply that precedes its data connection. */
 static void offer_data_ticket(gw_session *s)
 {
-    if (s->prot_p && s->tls_up && s->client && s->client->tls &&
+    if (s->prot.prot_p && s->prot.tls_up && s->client && s->client->tls &&
         gw_tls_new_ticket(s->client->tls) != 0)
         GW_LOG_WARN(s->id, "event=ticket_failed note=\"the data connection may not resume\"");
 }
@@ -304,16 +294,16 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     const gw_frontend_conf *fc = s->fe->conf;
     if (fc->pasv_shared_port <= 0)
         return 0;
-    bool tls = s->prot_p && s->has_tag;
-    bool presumed = s->data_resumed == 0 && fc->data_session_reuse_required;
+    bool tls = s->prot.prot_p && s->ctl.has_tag;
+    bool presumed = s->ctl.data_resumed == 0 && fc->data_session_reuse_required;
     gw_shport_want w = {
         .port = (uint16_t)fc->pasv_shared_port,
         .tls = tls,
-        .by_ticket = tls && (s->data_resumed == 1 || presumed),
-        .tag = s->tag,
-        .unproven = s->data_resumed == 0,
+        .by_ticket = tls && (s->ctl.data_resumed == 1 || presumed),
+        .tag = s->ctl.tag,
+        .unproven = s->ctl.data_resumed == 0,
     };
-    if (gw_data_client_shared(s->data, &w, &s->client_peer) == 0) {
+    if (gw_data_client_shared(s->xfer.data, &w, &s->client_peer) == 0) {
         bind->port = w.port;
         return 1;
     }
@@ -328,7 +318,7 @@ static int arm_shared_port(gw_session *s, gw_addr *bind)
     return -1;
 }
 
-bool gw_relay_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
+bool gw_xfer_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv)
 {
     const gw_frontend *fe = s->fe;
     if (fe->conf->pasv_address_for[0] &&
@@ -351,7 +341,7 @@ static void arm_client_leg(gw_session *s)
                    : fc->mode == GW_FE_IMPLICIT ? 989
                                                 : 20;
         from.port = (uint16_t)port;
-        gw_data_client_active(s->data, &s->cur.want_addr, &from);
+        gw_data_client_active(s->xfer.data, &s->cur.want_addr, &from);
         offer_data_ticket(s);
         gw_sess_reply(s, s->cur.want == WANT_PORT ? GW_R_PORT_OK : GW_R_EPRT_OK);
         return;
@@ -360,12 +350,12 @@ static void arm_client_leg(gw_session *s)
     gw_addr_normalize(&bind);
     /* Before the wait on the shared port starts: its hand-off checks the header source. */
     if (fc->proxy_protocol_data)
-        gw_data_client_proxy(s->data, fc->proxy_protocol, fc->proxy_protocol_from);
+        gw_data_client_proxy(s->xfer.data, fc->proxy_protocol, fc->proxy_protocol_from);
     int shared = arm_shared_port(s, &bind);
     if (shared < 0)
         return;
-    if (!shared && (!s->fe->pool ||
-                    gw_data_client_passive(s->data, &bind, s->fe->pool, &s->client_peer) != 0)) {
+    if (!shared && (!s->fe->pool || gw_data_client_passive(s->xfer.data, &bind, s->fe->pool,
+                                                           &s->client_peer) != 0)) {
         if (s->fe->pool)
             GW_LOG_WARN(s->id, "event=pasv_failed reason=\"no free port in %u-%u\"",
                         fc->pasv_port_min, fc->pasv_port_max);
@@ -379,7 +369,7 @@ static void arm_client_leg(gw_session *s)
         gw_format_229(buf, sizeof buf, bind.port);
     } else {
         gw_addr adv;
-        (void)gw_relay_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
+        (void)gw_xfer_pasv_addr(s, &bind, &adv); /* cmd_pasv checked it is IPv4 */
         adv.port = bind.port;
         gw_format_227(buf, sizeof buf, &adv);
     }
@@ -391,7 +381,7 @@ static void arm_client_leg(gw_session *s)
 
 static bool *no_extended(gw_session *s)
 {
-    return &s->be->no_extended;
+    return &s->route.be->no_extended;
 }
 
 /* EPSV/EPRT refused as unknown (500/501/502): remember it for this backend and retry with
@@ -399,7 +389,7 @@ static bool *no_extended(gw_session *s)
 static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive)
 {
     if (!s->cur.sent_extended || (r->code != 500 && r->code != 501 && r->code != 502) ||
-        s->backend_peer.family != 4)
+        s->bconn.peer.family != 4)
         return false;
     /* vsftpd's fatal "500 OOPS: ..." (it exits next) says nothing about EPSV: relay it. */
     if (r->len >= 8 && memcmp(r->line, "500 OOPS", 8) == 0)
@@ -423,7 +413,7 @@ static bool fall_back_to_classic(gw_session *s, gw_reply_parser *r, bool passive
     return true;
 }
 
-static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
+void gw_xfer_pasv_reply(gw_session *s, gw_reply_parser *r)
 {
     if (fall_back_to_classic(s, r, true))
         return;
@@ -435,7 +425,7 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     }
     if (!r->last)
         return;
-    gw_addr addr = s->backend_peer, parsed;
+    gw_addr addr = s->bconn.peer, parsed;
     uint16_t port;
     int ok = r->code == 227 ? gw_parse_227(r->line, &parsed) : gw_parse_229(r->line, &port);
     if (ok != 0) {
@@ -447,15 +437,15 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     /* SECURITY: data goes only to the backend we already talk to, whatever the 227 names
      * (0.0.0.0, a private address behind NAT, or a third host). */
     addr.port = r->code == 227 ? parsed.port : port;
-    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->backend_peer))
+    if (r->code == 227 && !gw_addr_same_host(&parsed, &s->bconn.peer))
         GW_LOG_DEBUG(s->id, "event=pasv_address_replaced named=%s", gw_addr_str(&parsed));
-    s->data = new_data(s);
-    if (!s->data) {
+    s->xfer.data = new_data(s);
+    if (!s->xfer.data) {
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NOMEM);
         gw_sess_command_done(s);
         return;
     }
-    if (gw_data_backend_passive(s->data, &addr) != 0) {
+    if (gw_data_backend_passive(s->xfer.data, &addr) != 0) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_BACKEND);
         gw_sess_command_done(s);
@@ -465,7 +455,7 @@ static void on_pasv_reply(gw_session *s, gw_reply_parser *r)
     gw_sess_command_done(s);
 }
 
-static void on_port_reply(gw_session *s, gw_reply_parser *r)
+void gw_xfer_port_reply(gw_session *s, gw_reply_parser *r)
 {
     if (fall_back_to_classic(s, r, false))
         return;
@@ -486,20 +476,20 @@ static void on_port_reply(gw_session *s, gw_reply_parser *r)
 /* Arm the backend leg as data_mode says: EPSV/PASV (it listens) or EPRT/PORT (we do).
  * EPSV/EPRT first (no address to parse or trust); PASV/PORT for IPv4 backends that refused
  * them once. */
-void gw_relay_arm_backend_leg(gw_session *s)
+void gw_xfer_arm_backend_leg(gw_session *s)
 {
     gw_sess_drop_data(s, false); /* a new PASV/PORT closes the previous listeners */
-    bool v6 = s->backend_peer.family == 6;
+    bool v6 = s->bconn.peer.family == 6;
     bool ext = v6 || !*no_extended(s);
     s->cur.sent_extended = ext;
-    if (s->be->conf->data_mode == GW_DATA_PASSIVE) {
+    if (s->route.be->conf->data_mode == GW_DATA_PASSIVE) {
         gw_backend_send(s, ext ? "EPSV" : "PASV", PEND_PASV);
         return;
     }
     gw_addr local;
-    s->data = new_data(s);
-    if (!s->data || gw_conn_local(s->backend, &local) != 0 ||
-        (gw_addr_normalize(&local), gw_data_backend_active(s->data, &local, &s->backend_peer))) {
+    s->xfer.data = new_data(s);
+    if (!s->xfer.data || gw_conn_local(s->bconn.conn, &local) != 0 ||
+        (gw_addr_normalize(&local), gw_data_backend_active(s->xfer.data, &local, &s->bconn.peer))) {
         gw_sess_drop_data(s, false);
         gw_sess_reply(s, GW_R_CANT_OPEN_DATA_NO_LISTEN);
         return;
@@ -517,14 +507,10 @@ void gw_relay_arm_backend_leg(gw_session *s)
     gw_backend_send(s, line, PEND_PORT);
 }
 
-static void on_unsolicited_line(gw_session *s, gw_reply_parser *r);
-
-static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
+/* A transfer command's reply (PEND_TRANSFER, the command reached the server): a 1yz is
+ * relayed unless the client has the gateway's 150; the final reply waits for the data legs. */
+void gw_xfer_final_reply(gw_session *s, gw_reply_parser *r)
 {
-    if (!s->cur.be_sent) {
-        on_unsolicited_line(s, r); /* a deferred upload not sent yet: nothing is owed */
-        return;
-    }
     if (r->code < 200) {
         if (!s->cur.own_1xx) /* else the client has the gateway's 150 already */
             gw_sess_reply(s, r->line);
@@ -535,16 +521,18 @@ static void on_transfer_reply(gw_session *s, gw_reply_parser *r)
         return;
     s->cur.held_code = r->code;
     bool backend_ok = r->code < 300;
-    if (!backend_ok || !s->data || s->data_finished) {
-        if (!backend_ok && s->data) {
+    if (!backend_ok || !s->xfer.data || s->xfer.finished) {
+        if (!backend_ok && s->xfer.data) {
             gw_sess_drop_data(s, false);
-            s->data_finished = false;
+            s->xfer.finished = false;
         }
         complete_transfer(s);
     }
 }
 
-static void on_abort_reply(gw_session *s, gw_reply_parser *r)
+/* ABOR's replies (PEND_ABORT): the transfer's, then ABOR's; or, when the gateway answered
+ * the transfer itself, what the server owes, consumed. */
+void gw_xfer_abort_reply(gw_session *s, gw_reply_parser *r)
 {
     if (s->cur.abort_internal) {
         /* Nothing of this reaches the client: it has its answer. 1yz are not final. */
@@ -565,7 +553,7 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
         if (r->last) {
             const char *sent = r->code < 300 ? GW_R_XFER_ABORTED : r->line;
             gw_sess_reply(s, sent);
-            gw_relay_record_transfer(s, sent, "aborted", "ABOR");
+            gw_xfer_record(s, sent, "aborted", "ABOR");
         } else if (r->code >= 300) {
             gw_sess_reply(s, r->line);
         }
@@ -578,135 +566,4 @@ static void on_abort_reply(gw_session *s, gw_reply_parser *r)
         s->cur.abort_xfer_sent = true;
     if (--s->cur.abort_expect <= 0)
         gw_sess_command_done(s);
-}
-
-/* FEAT is buffered whole and rewritten (PROTOCOL.md §3). */
-static void on_feat_line(gw_session *s, gw_reply_parser *r)
-{
-    gw_sess_append(&s->featbuf, &s->featlen, r->line, r->len, FEAT_MAX);
-    if (r->last) {
-        char out[FEAT_MAX + 512];
-        gw_feat_opts o = {.tls = s->fe->conf->mode != GW_FE_PLAIN,
-                          .ccc = s->fe->conf->allow_ccc && s->fe->conf->mode == GW_FE_EXPLICIT};
-        if (gw_feat_rewrite(s->featbuf ? s->featbuf : "", s->featlen, &o, out, sizeof out))
-            gw_sess_reply(s, out);
-        else
-            gw_sess_reply(s, GW_R_FEAT_END);
-        free(s->featbuf);
-        s->featbuf = NULL;
-        s->featlen = 0;
-        gw_sess_command_done(s);
-    }
-}
-
-/* A relayed command's reply; USER/PASS and QUIT have their extra duties here. */
-static void on_relayed_line(gw_session *s, gw_reply_parser *r)
-{
-    if (r->code == 530 && !strcmp(s->cur.verb, "PASS")) {
-        gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-        if (!r->last)
-            return;
-    } else if (r->code == 230 && s->be_prot_later) {
-        if (!r->last) {
-            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-            return;
-        }
-    } else {
-        gw_sess_reply(s, r->line);
-    }
-    if (!r->last || r->code < 200)
-        return;
-    if (r->code == 230) {
-        gw_sinfo_login(s, true);
-        s->logged_in = true;
-        gw_backend_prelogin_release(s);
-        if (s->cert) /* client_cert: who logged in with which certificate */
-            GW_LOG_INFO(s->id, "event=login_cert user=\"%s\" subject=\"%s\" issuer=\"%s\"", s->user,
-                        s->cert->subject, s->cert->issuer);
-        if (s->be_prot_later) {
-            /* PROTOCOL.md §6: hold the 230 until PBSZ and PROT are answered. */
-            gw_sess_append(&s->cur.held, &s->cur.heldlen, r->line, r->len, HELD_MAX);
-            s->be_prot_later = false;
-            s->be_after_login = true;
-            gw_backend_send(s, "PBSZ 0", PEND_BE_PBSZ);
-            return;
-        }
-    }
-    if (s->pending == PEND_QUIT) {
-        gw_sess_fail(s, NULL, "quit");
-        return;
-    }
-    if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
-        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->failed_logins + 1);
-        gw_sinfo_login(s, false);
-        /* The ban list counts it per client address (bans.h): a banned address's session
-         * ends now, its other sessions at their next failure, new ones at accept. */
-        if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
-            gw_sess_fail(s, GW_R_BANNED, "client address banned");
-            return;
-        }
-        if (++s->failed_logins >= 3) {
-            gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
-            return;
-        }
-        s->reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
-        gw_sess_rearm(s);
-        return; /* on_tick releases the 530 and the queue */
-    }
-    gw_sess_command_done(s);
-}
-
-/* Nothing outstanding: typically a 421 before the server closes. */
-static void on_unsolicited_line(gw_session *s, gw_reply_parser *r)
-{
-    /* Unsolicited: typically 421 before the server closes. */
-    gw_sess_reply(s, r->line);
-    if (r->last && r->code == 421)
-        gw_sess_fail(s, NULL, "backend sent 421");
-}
-
-void gw_relay_line(gw_session *s, gw_reply_parser *r)
-{
-    switch (s->pending) {
-    case PEND_GREETING:
-        gw_backend_greeting_line(s, r);
-        return;
-    case PEND_BE_AUTH:
-    case PEND_BE_PBSZ:
-    case PEND_BE_PROT:
-        gw_backend_tls_reply(s, r);
-        return;
-    case PEND_BE_OPTS:
-        if (r->last) /* swallowed: the client had its 200 from the gateway */
-            gw_backend_ready(s);
-        return;
-    case PEND_PASV:
-        on_pasv_reply(s, r);
-        return;
-    case PEND_PORT:
-        on_port_reply(s, r);
-        return;
-    case PEND_ABORT:
-        on_abort_reply(s, r);
-        return;
-    case PEND_FEAT:
-        on_feat_line(s, r);
-        return;
-    case PEND_TRANSFER:
-        on_transfer_reply(s, r);
-        return;
-    case PEND_RELAY:
-    case PEND_QUIT:
-        on_relayed_line(s, r);
-        return;
-    case PEND_EDGE_USER:
-    case PEND_EDGE_PASS:
-        gw_edge_reply(s, r);
-        return;
-    case PEND_EDGE_CHECK: /* nothing was sent: the backend speaks out of turn */
-    case PEND_NONE:
-        on_unsolicited_line(s, r);
-        return;
-    }
-    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_LAST); /* not a gw_pending */
 }
