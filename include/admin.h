@@ -24,5 +24,9 @@ void gw_admin_config(const gw_config *cfg);
 void gw_admin_set_stopping(void);
 /* After the workers are done. */
 void gw_admin_stop(void);
+/* Hitless upgrade (upgrade.c): the listening socket to hand over (-1: none), and, once the
+ * new process serves, stop accepting without closing the socket for it (no shutdown(2)). */
+int gw_admin_listen_fd(void);
+void gw_admin_quiesce(void);
 
 #endif

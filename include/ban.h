@@ -53,6 +53,11 @@ uint64_t gw_ban_left(const gw_ban_table *t, const gw_addr *a, uint64_t now_ms,
  * bans ended. */
 size_t gw_ban_expire(gw_ban_table *t, uint64_t now_ms, const gw_ban_policy *p,
                      void (*cb)(const gw_addr *key, void *arg), void *arg);
+/* Hitless upgrade: fn for every ban (its key and end, soonest first), and a ban put back as
+ * it was (a key already banned keeps the later end). 0, or -1 (table full, no memory). */
+void gw_ban_each(const gw_ban_table *t,
+                 void (*fn)(const gw_addr *key, uint64_t until_ms, void *arg), void *arg);
+int gw_ban_restore(gw_ban_table *t, const gw_addr *a, uint64_t until_ms);
 size_t gw_ban_tracked(const gw_ban_table *t); /* addresses in the table */
 size_t gw_ban_banned(const gw_ban_table *t);  /* of which banned */
 

@@ -21,6 +21,11 @@ void gw_bans_tick(const gw_config *cfg);
 /* Bans so far (ftpsgate_bans_total) and addresses banned now. */
 uint64_t gw_bans_total(void);
 uint64_t gw_bans_active(void);
+/* Hitless upgrade: every ban in force (key, end on the monotonic clock in ms, the same for
+ * every process of the machine), and one put back in the new process (0, or -1: table full
+ * or no memory). */
+void gw_bans_each(void (*fn)(const gw_addr *key, uint64_t until_ms, void *arg), void *arg);
+int gw_bans_restore(const gw_addr *key, uint64_t until_ms);
 /* At exit: the table is freed (bans live as long as the process: a reload keeps them). */
 void gw_bans_free_all(void);
 

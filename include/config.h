@@ -136,6 +136,7 @@ typedef struct gw_config {
     enum gw_xferlog_format xferlog_format;
     int max_sessions, max_sessions_per_ip;
     int idle_timeout, login_timeout, data_connect_timeout, data_timeout, shutdown_grace;
+    int upgrade_grace; /* after `ftpsgate -s upgrade`: the old process's sessions (0: no limit) */
     enum gw_splice_mode splice; /* which clear-to-clear relays use splice(2) */
     /* the ban list (bans.h): ban_after failed logins within ban_window seconds ban the
      * client address for ban_time seconds; ban_after 0: off; ban_exempt: a CIDR list */

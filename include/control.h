@@ -2,7 +2,8 @@
  * gateway takes commands from `ftpsgate -s COMMAND`. One line per connection ("reload\n"),
  * one line back ("ok reloaded\n" or "failed REASON\n") once the command's outcome is known,
  * then the gateway closes. Only root and the gateway's own user may connect (the socket is
- * 0600 and the peer's credentials are checked). The channel a hitless upgrade will use. */
+ * 0600 and the peer's credentials are checked). "upgrade\n" starts a hitless upgrade
+ * (upgrade.h): "ok upgraded ..." once the new process serves. */
 #ifndef GW_CONTROL_H
 #define GW_CONTROL_H
 
@@ -30,6 +31,19 @@ void gw_control_reload_started(void);
 void gw_control_reload_finished(bool ok, const char *why);
 /* Close the socket and every client, remove the socket file if it is still ours. */
 void gw_control_stop(void);
+
+/* Hitless upgrade (upgrade.c). on_upgrade is called for each "upgrade" request; its client
+ * waits for gw_control_upgrade_finished (ok: "ok TEXT", else "failed TEXT"). */
+void gw_control_on_upgrade(void (*on_upgrade)(void));
+void gw_control_upgrade_finished(bool ok, const char *text);
+/* The listening socket to hand over, -1 when none. */
+int gw_control_fd(void);
+/* The new process, once it serves: the socket file (inherited, so left alone until now if
+ * the start failed) is its own, removed when it stops. */
+void gw_control_serving(void);
+/* The old process, once the new one serves: stop accepting; the socket and its file stay
+ * (the new process's); answers being written are sent. */
+void gw_control_release(void);
 
 /* `ftpsgate -s COMMAND` (blocking, no event loop): send command to the gateway at path and
  * wait up to timeout_s for its answer. 0 with "ok" answers (written to out), 1 when the

@@ -47,6 +47,15 @@ enum gw_be_admin gw_health_admin(gw_health *h, const char *backend);
  * does (event=backend_suspect). */
 void gw_health_report(gw_health *h, const char *backend, bool ok, const char *reason);
 
+/* Hitless upgrade: fn for every backend down now or whose runtime state is not ready (under
+ * the lock: fn must not call back), and such a backend marked down in the new process
+ * (until its probes bring it back); its runtime state is restored with gw_health_set_admin. */
+void gw_health_each_down(gw_health *h,
+                         void (*fn)(const char *backend, bool down, enum gw_be_admin admin,
+                                    void *arg),
+                         void *arg);
+void gw_health_restore_down(gw_health *h, const char *backend);
+
 /* Backend connections of sessions not logged in yet, per frontend name and client address
  * (prelogin_backend_per_ip, prelogin_backend_max; 0: no bound), process-wide. acquire: 1
  * counted; 0 over a bound (not counted); -1 out of memory (not counted). force: counted

@@ -76,6 +76,10 @@ void gw_server_reload_abort(gw_server *srv);
 /* Stop accepting (listeners closed); live sessions go on. */
 void gw_server_stop_listening(gw_server *srv);
 void gw_server_free(gw_server *srv);
+/* A hitless upgrade: fn(kind, fd, arg) for each listening socket ("fe" a frontend, "sp" a
+ * shared passive port). From the main thread while no reload runs (the lists are stable). */
+void gw_server_each_listen_fd(gw_server *srv, void (*fn)(const char *kind, int fd, void *arg),
+                              void *arg);
 /* End every live session with 421 (graceful stop after shutdown_grace); each is counted and
  * listed until it has ended. */
 void gw_server_close_sessions(gw_server *srv, const char *why);

@@ -62,6 +62,16 @@ int gw_shport_switch(gw_shport_set **set, uv_loop_t *loop, bool reuseport, gw_ge
                      bool close_others, char *err, size_t cap);
 /* Stop listening (the memory stays until gw_shport_set_free). */
 void gw_shport_close(gw_shport_set *set);
+/* A hitless upgrade: fn(kind "sp", fd, arg) for each listening socket of set (the set's
+ * loop's thread, or the main thread while no reload runs). */
+void gw_shport_each_fd(gw_shport_set *set, void (*fn)(const char *kind, int fd, void *arg),
+                       void *arg);
+/* Hitless upgrade. The new process: connections no session of its own waits for go to
+ * the old process over fd (a SOCK_SEQPACKET socket; -1 once that process has gone). The
+ * old process: such a message (msg, len bytes) with its descriptor fd is matched to this
+ * process's waiters as if accepted on loop (a loop with a mailbox), or closed. */
+void gw_shport_forward_to(int fd);
+void gw_shport_adopt(uv_loop_t *loop, int fd, const uint8_t *msg, size_t len);
 /* After the loop has ended (its handles closed): free the set. */
 void gw_shport_set_free(gw_shport_set *set);
 

@@ -34,6 +34,13 @@ int gw_workers_reload(const gw_config *cfg, gw_reload_done done, void *arg);
 /* Stop: the first call stops accepting and lets sessions finish for shutdown_grace; a
  * second one closes every session at once. */
 void gw_workers_stop(void);
+/* Hitless upgrade (upgrade.c), main thread. fn(kind, fd, arg) for every listening socket of
+ * every worker (server.h); -1 while a reload runs (the lists may change then). */
+int gw_workers_each_listen_fd(void (*fn)(const char *kind, int fd, void *arg), void *arg);
+/* The new process serves: stop as gw_workers_stop, but sessions finish for upgrade_grace (0:
+ * no limit) and the shared passive ports close too; done() runs on the main loop once no
+ * worker accepts any more. A later gw_workers_stop closes every session at once. */
+void gw_workers_hand_over(void (*done)(void));
 /* Any thread: fn(m, ...) runs on worker i's loop (mailbox.h). 0, or -1 when there is no
  * such worker or its loop has ended (m is the caller's again); safe to call until and
  * during gw_workers_finish. */

@@ -43,6 +43,7 @@
 #include "crypt_check.h"
 #include "bans.h"
 #include "data.h"
+#include "inherit.h"
 #include "log.h"
 #include "metrics.h"
 #include "siblings.h"
@@ -1298,8 +1299,18 @@ int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
     }
     gw_admin_config(cfg);
     reaper_start();
+    /* A hitless upgrade hands the old process's socket over (upgrade.c); ITC lets
+     * gw_admin_quiesce give it back without a shutdown(2) that would stop it listening. */
+    flags |= MHD_USE_ITC;
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    int inherited = gw_inherit_take("admin", (struct sockaddr *)&ss, len);
+    struct MHD_OptionItem where[] = {
+        inherited >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, inherited, NULL}
+                       : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_END, 0, NULL}};
     daemon_h = MHD_start_daemon(
-        flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        flags, hp->port, NULL, NULL, on_request, NULL, MHD_OPTION_ARRAY, where,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)ADMIN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_REQUEST_MEM,
@@ -1308,16 +1319,33 @@ int gw_admin_start(const gw_config *cfg, gw_health *h, char *err, size_t cap)
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!daemon_h) {
         reaper_end();
+        if (inherited >= 0)
+            close(inherited);
         snprintf(err, cap, "admin_listen: cannot listen on %s:%u%s", hp->host, hp->port,
                  tls_cert ? " (or admin_tls_cert/admin_tls_key do not load)" : "");
         return -1;
     }
-    GW_LOG_INFO(0, "event=admin_listening addr=%s:%u scheme=%s auth=%s", hp->host, hp->port,
+    GW_LOG_INFO(0, "event=admin_listening addr=%s:%u scheme=%s auth=%s%s", hp->host, hp->port,
                 tls_cert ? "https" : "http",
                 users_set       ? "basic"
                 : loopback_bind ? "none_loopback"
-                                : "probes_only");
+                                : "probes_only",
+                inherited >= 0 ? " inherited=yes" : "");
     return 0;
+}
+
+int gw_admin_listen_fd(void)
+{
+    const union MHD_DaemonInfo *i =
+        daemon_h ? MHD_get_daemon_info(daemon_h, MHD_DAEMON_INFO_LISTEN_FD) : NULL;
+    return i ? (int)i->listen_fd : -1;
+}
+
+void gw_admin_quiesce(void)
+{
+    MHD_socket fd = daemon_h ? MHD_quiesce_daemon(daemon_h) : MHD_INVALID_SOCKET;
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd); /* the new process has its own descriptor of the socket */
 }
 
 void gw_admin_stop(void)
@@ -1367,6 +1395,13 @@ void gw_admin_config(const gw_config *cfg)
 }
 
 void gw_admin_set_stopping(void) {}
+
+int gw_admin_listen_fd(void)
+{
+    return -1;
+}
+
+void gw_admin_quiesce(void) {}
 
 void gw_admin_stop(void) {}
 

@@ -263,3 +263,43 @@ size_t gw_ban_banned(const gw_ban_table *t)
 {
     return t ? t->banned : 0;
 }
+
+void gw_ban_each(const gw_ban_table *t,
+                 void (*fn)(const gw_addr *key, uint64_t until_ms, void *arg), void *arg)
+{
+    for (const bentry *e = t ? t->bans.first : NULL; e; e = e->next)
+        fn(&e->key, e->until_ms, arg);
+}
+
+int gw_ban_restore(gw_ban_table *t, const gw_addr *a, uint64_t until_ms)
+{
+    gw_addr k;
+    gw_ban_key(a, &k);
+    if (until_ms == 0)
+        return -1;
+    bentry **slot = ban_find(t, &k);
+    bentry *e = *slot;
+    if (e && e->until_ms) { /* banned already: the later end wins */
+        if (e->until_ms < until_ms) {
+            unlink_entry(&t->bans, e);
+            e->until_ms = until_ms;
+            insert_ban(&t->bans, e);
+        }
+        return 0;
+    }
+    if (e) { /* watched: banned now */
+        unlink_entry(&t->watch, e);
+    } else {
+        if (t->tracked >= t->cap || !(e = calloc(1, sizeof *e)))
+            return -1;
+        e->key = k;
+        e->hnext = *slot;
+        *slot = e;
+        t->tracked++;
+    }
+    e->until_ms = until_ms;
+    e->n = e->head = 0;
+    insert_ban(&t->bans, e);
+    t->banned++;
+    return 0;
+}

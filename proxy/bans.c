@@ -131,6 +131,29 @@ uint64_t gw_bans_active(void)
     return bans_active;
 }
 
+void gw_bans_each(void (*fn)(const gw_addr *key, uint64_t until_ms, void *arg), void *arg)
+{
+    pthread_mutex_lock(&bans_lock);
+    gw_ban_each(bans_table, fn, arg);
+    pthread_mutex_unlock(&bans_lock);
+}
+
+int gw_bans_restore(const gw_addr *key, uint64_t until_ms)
+{
+    if (until_ms <= bans_now_ms())
+        return 0; /* ended on the way */
+    pthread_mutex_lock(&bans_lock);
+    if (!bans_table)
+        bans_table = gw_ban_table_new(0);
+    size_t before = gw_ban_banned(bans_table);
+    int r = bans_table ? gw_ban_restore(bans_table, key, until_ms) : -1;
+    bool added = gw_ban_banned(bans_table) > before;
+    pthread_mutex_unlock(&bans_lock);
+    if (added)
+        bans_active++;
+    return r;
+}
+
 void gw_bans_free_all(void)
 {
     pthread_mutex_lock(&bans_lock);

@@ -615,6 +615,7 @@ static const struct keydef keys[] = {
     {"data_connect_timeout", IN_GLOBAL, p_int, G(data_connect_timeout), "60", DUR, NULL},
     {"data_timeout", IN_GLOBAL, p_int, G(data_timeout), "300", DUR, NULL},
     {"shutdown_grace", IN_GLOBAL, p_int, G(shutdown_grace), "30", DUR, NULL},
+    {"upgrade_grace", IN_GLOBAL, p_int, G(upgrade_grace), "0", 0, MAX_DURATION, NULL},
     {"splice", IN_GLOBAL, p_enum, G(splice), "no", 0, 0, w_splice},
     {"ban_after", IN_GLOBAL, p_int, G(ban_after), "0", 0, GW_BAN_AFTER_MAX, NULL},
     {"ban_window", IN_GLOBAL, p_int, G(ban_window), "600", DUR, NULL},

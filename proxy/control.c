@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "inherit.h"
 #include "log.h"
 
 #define MAX_CLIENTS 16
@@ -21,8 +22,10 @@ typedef struct ctl_client {
     uv_pipe_t pipe;
     char line[MAX_LINE];
     size_t n;
-    bool asked;   /* sent "reload": waits for an outcome */
-    bool current; /* for the reload under way (else for the next one) */
+    bool asked;    /* sent "reload": waits for an outcome */
+    bool upgrade;  /* sent "upgrade": waits for gw_control_upgrade_finished */
+    bool replying; /* its answer is being written: closed once written */
+    bool current;  /* for the reload under way (else for the next one) */
     bool closing;
     uv_write_t wr;
     char reply[1400];
@@ -36,6 +39,8 @@ static struct {
     dev_t dev;
     ino_t ino;
     void (*on_reload)(void);
+    void (*on_upgrade)(void);
+    bool keep_file; /* inherited from an old process: the file is not ours until we serve */
     ctl_client *clients;
     int n_clients;
 } ctl;
@@ -99,6 +104,8 @@ static void client_reply(ctl_client *c, const char *fmt, const char *text)
     if (c->closing)
         return;
     c->asked = false;
+    c->upgrade = false;
+    c->replying = true;
     snprintf(c->reply, sizeof c->reply, fmt, text);
     for (char *p = c->reply; *p && p[1]; p++)
         if (*p == '\n')
@@ -147,6 +154,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nl > c->line && nl[-1] == '\r')
         nl[-1] = 0;
+    if (strcmp(c->line, "upgrade") == 0 && ctl.on_upgrade) {
+        GW_LOG_INFO(0, "event=control_command command=upgrade");
+        c->upgrade = true;
+        ctl.on_upgrade(); /* may answer at once (an upgrade cannot start now) */
+        return;
+    }
     if (strcmp(c->line, "reload") != 0) {
         GW_LOG_WARN(0, "event=control_refused reason=\"unknown command\"");
         client_reply(c, "failed unknown command: %s\n", c->line);
@@ -226,16 +239,21 @@ int gw_control_start(uv_loop_t *loop, const char *path, void (*on_reload)(void),
         snprintf(err, cap, "%s: too long for a unix socket address", path);
         return -1;
     }
-    if (clear_stale(path, err, cap) != 0)
-        return -1;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    /* A hitless upgrade hands the old process's socket over: same file, never unbound. */
+    int fd = gw_inherit_take("ctl", (struct sockaddr *)&sa, sizeof sa), r = 0, e = 0;
+    ctl.keep_file = fd >= 0;
     if (fd < 0) {
-        snprintf(err, cap, "%s: %s", path, strerror(errno));
-        return -1;
+        if (clear_stale(path, err, cap) != 0)
+            return -1;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+            snprintf(err, cap, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+        mode_t old = umask(0177); /* srw------- from the start: no window with a wider mode */
+        r = bind(fd, (struct sockaddr *)&sa, sizeof sa), e = errno;
+        umask(old);
     }
-    mode_t old = umask(0177); /* srw------- from the start: no window with a wider mode */
-    int r = bind(fd, (struct sockaddr *)&sa, sizeof sa), e = errno;
-    umask(old);
     struct stat st;
     if (r != 0 || listen(fd, 8) != 0 || stat(path, &st) != 0) {
         e = r != 0 ? e : errno;
@@ -247,7 +265,8 @@ int gw_control_start(uv_loop_t *loop, const char *path, void (*on_reload)(void),
     if (uv_pipe_open(&ctl.srv, fd) != 0 ||
         uv_listen((uv_stream_t *)&ctl.srv, 8, on_connection) != 0) {
         uv_close((uv_handle_t *)&ctl.srv, NULL); /* closes fd */
-        unlink(path);
+        if (!ctl.keep_file)
+            unlink(path);
         snprintf(err, cap, "cannot listen on %s", path);
         return -1;
     }
@@ -257,8 +276,46 @@ int gw_control_start(uv_loop_t *loop, const char *path, void (*on_reload)(void),
     ctl.ino = st.st_ino;
     ctl.on_reload = on_reload;
     ctl.open = true;
-    GW_LOG_INFO(0, "event=control_listening path=%s", path);
+    GW_LOG_INFO(0, "event=control_listening path=%s%s", path,
+                ctl.keep_file ? " inherited=yes" : "");
     return 0;
+}
+
+void gw_control_on_upgrade(void (*on_upgrade)(void))
+{
+    ctl.on_upgrade = on_upgrade;
+}
+
+int gw_control_fd(void)
+{
+    uv_os_fd_t fd;
+    return ctl.open && uv_fileno((uv_handle_t *)&ctl.srv, &fd) == 0 ? fd : -1;
+}
+
+void gw_control_serving(void)
+{
+    ctl.keep_file = false;
+}
+
+void gw_control_upgrade_finished(bool ok, const char *text)
+{
+    for (ctl_client *c = ctl.clients, *next; c; c = next) {
+        next = c->next;
+        if (c->upgrade)
+            client_reply(c, ok ? "ok %s\n" : "failed %s\n", text);
+    }
+}
+
+void gw_control_release(void)
+{
+    if (!ctl.open)
+        return;
+    ctl.open = false;
+    for (ctl_client *c = ctl.clients; c; c = c->next)
+        if (!c->replying)
+            client_close(c); /* the answers being written are sent first */
+    if (!uv_is_closing((uv_handle_t *)&ctl.srv))
+        uv_close((uv_handle_t *)&ctl.srv, NULL); /* the file and socket are the new process's */
 }
 
 void gw_control_reload_started(void)
@@ -287,7 +344,7 @@ void gw_control_stop(void)
     if (!uv_is_closing((uv_handle_t *)&ctl.srv))
         uv_close((uv_handle_t *)&ctl.srv, NULL);
     struct stat st; /* another gateway may have taken the path meanwhile: not ours to remove */
-    if (stat(ctl.path, &st) == 0 && st.st_dev == ctl.dev && st.st_ino == ctl.ino)
+    if (!ctl.keep_file && stat(ctl.path, &st) == 0 && st.st_dev == ctl.dev && st.st_ino == ctl.ino)
         unlink(ctl.path);
 }
 

@@ -891,3 +891,37 @@ void gw_health_free(gw_health *h)
     pthread_mutex_destroy(&h->lock);
     free(h);
 }
+
+/* ---------------------------------------------------------------------------------------
+ * Hitless upgrade (upgrade.c): the backends down or drained, handed to the new process */
+
+void gw_health_each_down(gw_health *h,
+                         void (*fn)(const char *backend, bool down, enum gw_be_admin admin,
+                                    void *arg),
+                         void *arg)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    for (int i = 0; i < h->n; i++)
+        if (!h->b[i]->up || h->b[i]->admin != GW_BE_ADMIN_READY)
+            fn(h->b[i]->conf.name, !h->b[i]->up, h->b[i]->admin, arg);
+    pthread_mutex_unlock(&h->lock);
+}
+
+void gw_health_restore_down(gw_health *h, const char *backend)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    hb *b = find(h, backend);
+    if (b && b->up && b->conf.health_interval > 0) { /* probes will bring it back */
+        b->up = false;
+        b->good = b->bad = 0;
+        snprintf(b->reason, sizeof b->reason, "down before the upgrade");
+        GW_LOG_INFO(0, "event=backend_down backend=%s address=%s:%u reason=\"%s\"", b->conf.name,
+                    b->conf.address.host, b->conf.address.port, b->reason);
+        check_frontends(h);
+    }
+    pthread_mutex_unlock(&h->lock);
+}

@@ -15,6 +15,7 @@
 #include "bans.h"
 #include "conn.h"
 #include "ftp_codes.h"
+#include "inherit.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "metrics.h"
@@ -480,8 +481,21 @@ static gw_listener *open_listener(gw_server *srv, gw_frontend *fe, char *err, si
     l->srv = srv;
     l->addr = fc->listen;
     l->fe = fe;
-    int r = srv->reuseport ? bind_reuseport(&l->tcp, &ss)
+    /* A hitless upgrade hands the old process's socket over: it never stops listening. */
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    int fd = gw_inherit_take("fe", (struct sockaddr *)&ss, len), r;
+    if (fd >= 0) {
+        r = uv_tcp_open(&l->tcp, fd);
+        if (r != 0)
+            close(fd);
+        else
+            GW_LOG_INFO(0, "event=listener_inherited addr=%s worker=%d", gw_addr_str(&la),
+                        srv->worker);
+    } else {
+        r = srv->reuseport ? bind_reuseport(&l->tcp, &ss)
                            : uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+    }
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
     if (r != 0) {
@@ -727,6 +741,17 @@ void gw_server_stop_listening(gw_server *srv)
     /* A graceful stop keeps the shared passive port: live sessions still transfer. */
     if (!srv->stopping)
         gw_shport_close(srv->shport);
+}
+
+void gw_server_each_listen_fd(gw_server *srv, void (*fn)(const char *kind, int fd, void *arg),
+                              void *arg)
+{
+    uv_os_fd_t fd;
+    for (int i = 0; i < srv->n_listeners; i++)
+        if (!uv_is_closing((uv_handle_t *)&srv->listeners[i]->tcp) &&
+            uv_fileno((uv_handle_t *)&srv->listeners[i]->tcp, &fd) == 0)
+            fn("fe", fd, arg);
+    gw_shport_each_fd(srv->shport, fn, arg);
 }
 
 void gw_server_free(gw_server *srv)

@@ -22,12 +22,15 @@
 #include "notify.h"
 #include "metrics.h"
 #include "tls.h"
+#include "upgrade.h"
 #include "version.h"
 #include "worker.h"
 
 static bool stopping;
+static bool upgrading;          /* a new process is starting (ftpsgate -s upgrade) */
+static bool handed_over;        /* it serves: this process only finishes its sessions */
 static const char *config_path; /* NULL: the embedded default */
-static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1;
+static uv_signal_t sig_int, sig_term, sig_hup, sig_usr1, sig_usr2;
 static gw_health *health;   /* backend health: probes on the main loop (worker 0) */
 static uv_timer_t watchdog; /* systemd WatchdogSec: pings from the main loop, so a stuck loop
                              * stops them and systemd restarts the gateway */
@@ -39,6 +42,10 @@ static void usage(FILE *f)
                "       ftpsgate -s reload [-c FILE]\n"
                "                             reload the running gateway (its control_socket),\n"
                "                             wait: exit 0 once the new configuration serves\n"
+               "       ftpsgate -s upgrade [-c FILE]\n"
+               "                             start the binary on disk in place of the running\n"
+               "                             gateway without closing a port; exit 0 once it\n"
+               "                             serves (the old one finishes its sessions)\n"
                "       ftpsgate -V           print versions\n"
                "       ftpsgate -h           this help\n");
 }
@@ -180,6 +187,14 @@ static bool reload_again;
 
 static void notify_ready(uv_loop_t *loop, const char *status);
 static void start_reload(void);
+static void start_upgrade(void);
+
+/* systemd hears the process that serves: after a hand-over, the new one (MAINPID=). */
+static void notify(const char *text)
+{
+    if (!handed_over)
+        (void)gw_notify(text);
+}
 
 /* The outcome, told to the log, the metric and systemd. */
 static void reload_finished(bool ok, const char *why)
@@ -231,11 +246,19 @@ static void start_reload(void)
         reload_again = true;
         return;
     }
+    if (handed_over) {
+        GW_LOG_INFO(0, "event=reload_ignored note=\"handed over to a new process\"");
+        return;
+    }
     char msg[80];
     snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
              (unsigned long long)gw_notify_monotonic_usec());
-    gw_notify(msg);
+    notify(msg);
     gw_control_reload_started(); /* who asked until now hears this reload's outcome */
+    if (upgrading) {
+        reload_finished(false, "an upgrade is under way");
+        return;
+    }
     gw_config *cfg = calloc(1, sizeof *cfg);
     char err[1024] = "out of memory";
     int r = cfg ? load(cfg, err, sizeof err) : -1;
@@ -311,7 +334,8 @@ static int send_command(gw_config *cfg, const char *command)
     if (r == 0)
         printf("%s\n", out);
     else
-        fprintf(stderr, "ftpsgate: %s%s\n", r == 1 ? "reload failed: " : "", out);
+        fprintf(stderr, "ftpsgate: %s%s%s\n", r == 1 ? command : "", r == 1 ? " failed: " : "",
+                out);
     return r;
 }
 
@@ -324,6 +348,7 @@ static void start_control(const gw_config *cfg, uv_loop_t *loop)
         return; /* off (checked by check_config) */
     if (!cfg->control_socket[0])
         (void)mkdirs(dir);
+    gw_control_on_upgrade(start_upgrade);
     if (gw_control_start(loop, sock, start_reload, err, sizeof err) != 0)
         GW_LOG_WARN(0,
                     "event=control_socket_failed reason=\"%s\" note=\"ftpsgate -s cannot "
@@ -362,7 +387,7 @@ static int drop_privileges(const char *user)
  * do nothing. */
 static void on_watchdog(uv_timer_t *t)
 {
-    gw_notify("WATCHDOG=1");
+    notify("WATCHDOG=1");
 }
 
 static void notify_ready(uv_loop_t *loop, const char *status)
@@ -370,13 +395,72 @@ static void notify_ready(uv_loop_t *loop, const char *status)
     char msg[1400];
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s, %d worker(s)\nMAINPID=%ld", status,
              gw_workers_count(), (long)getpid());
-    gw_notify(msg);
+    notify(msg);
     uint64_t usec = gw_notify_watchdog_usec();
     if (usec && !uv_is_active((uv_handle_t *)&watchdog)) {
         uint64_t ms = usec / 2000 ? usec / 2000 : 1;
         uv_timer_init(loop, &watchdog);
         uv_timer_start(&watchdog, on_watchdog, 0, ms);
     }
+}
+
+/* Hitless upgrade (upgrade.h). Every worker has stopped accepting: from now on every new
+ * connection is the new process's, and `ftpsgate -s upgrade` may say so. */
+static long new_pid;
+
+static void on_listeners_closed(void)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "upgraded: new process %ld serves", new_pid);
+    gw_control_upgrade_finished(true, msg);
+    gw_control_release();
+}
+
+/* The new process serves or failed. */
+static void on_upgrade_done(bool ok, long pid, const char *text)
+{
+    upgrading = false;
+    char msg[256];
+    if (!ok) {
+        gw_control_upgrade_finished(false, text);
+        snprintf(msg, sizeof msg, "STATUS=serving, upgrade failed: %s", text);
+        notify(msg);
+        return;
+    }
+    if (stopping) { /* a stop asked meanwhile wins: the new process stops too */
+        GW_LOG_INFO(0, "event=upgrade_stopped new_pid=%ld reason=\"stopping\"", pid);
+        kill((pid_t)pid, SIGTERM);
+        return;
+    }
+    GW_LOG_INFO(0,
+                "event=upgrade_handed_over new_pid=%ld note=\"sessions here finish within "
+                "upgrade_grace\"",
+                pid);
+    new_pid = pid;
+    handed_over = true; /* from now on systemd hears the new process only */
+    if (uv_is_active((uv_handle_t *)&watchdog))
+        uv_timer_stop(&watchdog);
+    gw_admin_quiesce();
+    gw_health_stop(health);
+    gw_workers_hand_over(on_listeners_closed); /* then `-s upgrade` hears "ok" */
+}
+
+static void start_upgrade(void)
+{
+    if (upgrading)
+        return; /* its client hears the outcome of the one under way */
+    char err[512];
+    if (stopping || handed_over || reloading) {
+        gw_control_upgrade_finished(false, reloading ? "a reload is under way"
+                                                     : "the gateway is stopping");
+        return;
+    }
+    if (gw_upgrade_start(uv_default_loop(), health, on_upgrade_done, err, sizeof err) != 0) {
+        GW_LOG_ERR(0, "event=upgrade_failed reason=\"%s\"", err);
+        gw_control_upgrade_finished(false, err);
+        return;
+    }
+    upgrading = true;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -395,8 +479,13 @@ static void on_signal(uv_signal_t *h, int signum)
         start_reload();
         return;
     }
+    if (signum == SIGUSR2) { /* as `-s upgrade`, for a gateway without control_socket */
+        GW_LOG_INFO(0, "event=upgrade_requested signal=%d", signum);
+        start_upgrade();
+        return;
+    }
     if (!stopping)
-        gw_notify("STOPPING=1\nSTATUS=stopping: sessions finish within shutdown_grace");
+        notify("STOPPING=1\nSTATUS=stopping: sessions finish within shutdown_grace");
     gw_control_stop(); /* a client waiting for a reload hears the connection close */
     GW_LOG_INFO(0, "event=%s signal=%d", stopping ? "stop_now_requested" : "stop_requested",
                 signum);
@@ -412,14 +501,15 @@ int main(int argc, char **argv)
     bool test_only = false;
     const char *command = NULL; /* -s */
     int opt;
+    gw_upgrade_remember(argc, argv);
     while ((opt = getopt(argc, argv, "c:ts:Vh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
             break;
         case 's':
-            if (strcmp(optarg, "reload") != 0) {
-                fprintf(stderr, "ftpsgate: -s %s: unknown command (reload)\n", optarg);
+            if (strcmp(optarg, "reload") != 0 && strcmp(optarg, "upgrade") != 0) {
+                fprintf(stderr, "ftpsgate: -s %s: unknown command (reload, upgrade)\n", optarg);
                 return 1;
             }
             command = optarg;
@@ -489,16 +579,24 @@ int main(int argc, char **argv)
         return 0;
     }
     warn_weak_tls(&cfg);
+    if (gw_upgrade_child_init(err, sizeof err) != 0) { /* before the listeners: adopted */
+        GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
+        fprintf(stderr, "ftpsgate: %s\n", err);
+        gw_config_free(&cfg);
+        return 2;
+    }
     uv_loop_t *loop = uv_default_loop();
     /* Handlers first: a SIGHUP that arrives once the ports listen must not kill us. */
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_hup);
     uv_signal_init(loop, &sig_usr1);
+    uv_signal_init(loop, &sig_usr2);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
     uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
+    uv_signal_start(&sig_usr2, on_signal, SIGUSR2);
     health = gw_health_new();
     if (!health || gw_health_configure(health, &cfg) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"out of memory\"");
@@ -506,6 +604,7 @@ int main(int argc, char **argv)
         gw_config_free(&cfg);
         return 2;
     }
+    gw_upgrade_apply_health(health); /* started by an upgrade: what the old process knew */
     if (gw_workers_start(cfg.workers, loop, &cfg, health, err, sizeof err) != 0) {
         GW_LOG_ERR(0, "event=start_failed reason=\"%s\"", err);
         fprintf(stderr, "ftpsgate: %s\n", err);
@@ -538,6 +637,11 @@ int main(int argc, char **argv)
                 path ? path : "<embedded default>", gw_workers_count());
     gw_config_free(&cfg);          /* the generations and health hold their own copies */
     notify_ready(loop, "serving"); /* every listener bound, every worker running */
+    if (gw_upgrade_is_child()) {   /* MAINPID= above first: systemd follows, then the old stops */
+        gw_control_serving();
+        GW_LOG_INFO(0, "event=upgraded pid=%ld", (long)getpid());
+    }
+    gw_upgrade_child_ready();
     uv_run(loop, UV_RUN_DEFAULT);
     /* Worker 0's sessions are gone (its stop ended the loop): wait for the others. */
     gw_control_stop();

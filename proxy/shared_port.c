@@ -22,9 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "conn.h"
+#include "inherit.h"
 #include "log.h"
 #include "mailbox.h"
 #include "proxy_proto.h"
@@ -445,6 +447,142 @@ static void hand_over(pending *p, const claim *c)
     post(h, p->loop);
 }
 
+/* ---- hitless upgrade: connections for the process before the upgrade ----
+ * Once a new process holds the shared port, the old one's sessions still wait for data
+ * connections there. What the new process cannot match goes to the old one (a SOCK_SEQPACKET
+ * socket, one message per connection: the descriptor as SCM_RIGHTS, a fixed header, the
+ * bytes read so far), which matches it to its own waiters as if it had accepted it. A
+ * chain of upgrades forwards from each process to the one before it: never in a loop. */
+
+#define FWD_MAGIC "FGS1"
+#define FWD_HDR (4 + 1 + 2 + 2 * 19 + 4) /* magic, proxied, port, peer, via, n */
+
+static _Atomic int forward_fd = -1; /* to the process before this one, -1: none (any more) */
+
+void gw_shport_forward_to(int fd)
+{
+    atomic_store(&forward_fd, fd);
+}
+
+static uint8_t *put_addr(uint8_t *o, const gw_addr *a)
+{
+    o[0] = (uint8_t)a->family;
+    memcpy(o + 1, a->ip, 16);
+    o[17] = (uint8_t)(a->port >> 8);
+    o[18] = (uint8_t)a->port;
+    return o + 19;
+}
+
+static const uint8_t *get_addr(const uint8_t *i, gw_addr *a)
+{
+    memset(a, 0, sizeof *a);
+    a->family = i[0];
+    memcpy(a->ip, i + 1, 16);
+    a->port = (uint16_t)(i[17] << 8 | i[18]);
+    return i + 19;
+}
+
+/* Give p to the process before the upgrade: true when it took it (p is finished). */
+static bool forward(pending *p)
+{
+    int to = atomic_load(&forward_fd);
+    int fd = gw_conn_fd(p->c);
+    if (to < 0 || fd < 0)
+        return false;
+    uint8_t hdr[FWD_HDR], *o = hdr;
+    memcpy(o, FWD_MAGIC, 4);
+    o[4] = p->proxied;
+    o[5] = (uint8_t)(p->port >> 8);
+    o[6] = (uint8_t)p->port;
+    o = put_addr(o + 7, &p->peer);
+    o = put_addr(o, &p->via);
+    uint32_t n = (uint32_t)p->n;
+    o[0] = (uint8_t)(n >> 24), o[1] = (uint8_t)(n >> 16), o[2] = (uint8_t)(n >> 8),
+    o[3] = (uint8_t)n;
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {p->buf, p->n}};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {.msg_iov = iov,
+                       .msg_iovlen = p->n ? 2 : 1,
+                       .msg_control = u.buf,
+                       .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    if (sendmsg(to, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS &&
+            atomic_compare_exchange_strong(&forward_fd, &to, -1)) {
+            GW_LOG_INFO(0,
+                        "event=shared_port_forward_over reason=\"%s\" note=\"the process "
+                        "before the upgrade has gone\"",
+                        strerror(errno));
+            close(to);
+        }
+        return false;
+    }
+    GW_LOG_INFO(0,
+                "event=shared_port_forwarded peer=%s port=%u note=\"to the process before "
+                "the upgrade\"",
+                gw_addr_str(&p->peer), p->port);
+    pending_finish(p); /* the socket lives on in the message, then in that process */
+    return true;
+}
+
+static void pending_read(pending *p);
+static void pending_hello(pending *p);
+static void pending_classify(pending *p);
+static const gw_conn_ops pending_ops;
+
+void gw_shport_adopt(uv_loop_t *loop, int fd, const uint8_t *msg, size_t len)
+{
+    gw_addr peer, via;
+    uint32_t n = 0;
+    bool ok = len >= FWD_HDR && memcmp(msg, FWD_MAGIC, 4) == 0;
+    if (ok) {
+        const uint8_t *i = get_addr(get_addr(msg + 7, &peer), &via);
+        n = (uint32_t)i[0] << 24 | (uint32_t)i[1] << 16 | (uint32_t)i[2] << 8 | i[3];
+        ok = n == len - FWD_HDR && n <= HELLO_MAX;
+    }
+    pending *p = ok ? calloc(1, sizeof *p) : NULL;
+    gw_conn *c = p ? gw_conn_new(loop, &pending_ops, p, 0, "shared-port") : NULL;
+    if (!c) {
+        free(p);
+        close(fd);
+        stats.unmatched++;
+        GW_LOG_WARN(0, "event=shared_port_unmatched reason=\"%s\"",
+                    ok ? "out of memory" : "bad message from the new process");
+        return;
+    }
+    p->c = c;
+    p->loop = loop;
+    p->port = (uint16_t)(msg[5] << 8 | msg[6]);
+    p->handles = 1;
+    p->proxied = msg[4] != 0;
+    p->peer = peer;
+    p->via = via;
+    if (gw_conn_open(c, fd) != 0) {
+        close(fd);
+        pending_unmatched(p, "cannot open the handed-back connection");
+        return;
+    }
+    GW_LOG_DEBUG(0, "event=shared_port_handed_back peer=%s port=%u bytes=%u", gw_addr_str(&p->peer),
+                 p->port, (unsigned)n);
+    if (n == 0) { /* as at accept: by address at once, or its ClientHello is awaited */
+        pending_classify(p);
+        return;
+    }
+    pending_read(p); /* the ClientHello read by the new process, then what follows */
+    if (p->finished)
+        return;
+    memcpy(p->buf, msg + FWD_HDR, n);
+    p->n = n;
+    pending_hello(p);
+}
+
 static __thread uint8_t hello_scratch[HELLO_MAX];
 
 /* The ClientHello in p->buf so far: wait for more, or match and hand over, or refuse. */
@@ -473,7 +611,7 @@ static void pending_hello(pending *p)
     gw_conn_pause(c);
     if (match_hello(p->port, &p->peer, routes, nr, &cl, &why))
         hand_over(p, &cl);
-    else
+    else if (!forward(p))
         pending_unmatched(p, why);
 }
 
@@ -612,7 +750,8 @@ static void pending_classify(pending *p)
     const char *why = NULL;
     switch (classify(p->port, &p->peer, &cl, &why)) {
     case V_UNMATCHED:
-        pending_unmatched(p, why);
+        if (!forward(p))
+            pending_unmatched(p, why);
         return;
     case V_MATCHED:
         if (p->buf)
@@ -682,17 +821,22 @@ static shport_listener *open_shport(uv_loop_t *loop, bool reuseport, const char 
     gw_addr_to_sockaddr(&a, &ss);
     socklen_t len =
         ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* A hitless upgrade hands the old process's socket over: never closed, never bound. */
+    int fd = gw_inherit_take("sp", (struct sockaddr *)&ss, len);
+    bool adopted = fd >= 0;
+    if (!adopted)
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0) {
         snprintf(err, cap, "pasv_shared_port %u: %s", port, strerror(errno));
         return NULL;
     }
-    if (ss.ss_family == AF_INET6)
+    if (ss.ss_family == AF_INET6 && !adopted)
         (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
-        bind(fd, (struct sockaddr *)&ss, len) != 0) {
+    if (!adopted &&
+        (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+         bind(fd, (struct sockaddr *)&ss, len) != 0)) {
         snprintf(err, cap, "cannot listen on pasv_shared_port %s: %s", gw_addr_str(&a),
                  strerror(errno));
         close(fd);
@@ -719,7 +863,8 @@ static shport_listener *open_shport(uv_loop_t *loop, bool reuseport, const char 
         uv_close((uv_handle_t *)&l->tcp, on_shport_listener_closed);
         return NULL;
     }
-    GW_LOG_INFO(0, "event=shared_port_listening addr=%s", gw_addr_str(&a));
+    GW_LOG_INFO(0, "event=shared_port_listening addr=%s%s", gw_addr_str(&a),
+                adopted ? " inherited=yes" : "");
     return l;
 }
 
@@ -807,6 +952,16 @@ void gw_shport_close(gw_shport_set *set)
     for (int i = 0; set && i < set->n; i++)
         if (!uv_is_closing((uv_handle_t *)&set->v[i]->tcp))
             uv_close((uv_handle_t *)&set->v[i]->tcp, NULL);
+}
+
+void gw_shport_each_fd(gw_shport_set *set, void (*fn)(const char *kind, int fd, void *arg),
+                       void *arg)
+{
+    uv_os_fd_t fd;
+    for (int i = 0; set && i < set->n; i++)
+        if (!uv_is_closing((uv_handle_t *)&set->v[i]->tcp) &&
+            uv_fileno((uv_handle_t *)&set->v[i]->tcp, &fd) == 0)
+            fn("sp", fd, arg);
 }
 
 void gw_shport_set_free(gw_shport_set *set)

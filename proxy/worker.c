@@ -51,6 +51,12 @@ static _Atomic int n_workers; /* read by other threads (gw_workers_count) */
 static pthread_mutex_t post_lock = PTHREAD_MUTEX_INITIALIZER;
 static int n_postable;
 static gw_shared shared = {.lock = PTHREAD_MUTEX_INITIALIZER};
+/* The stop is a hitless upgrade's hand-over (gw_workers_hand_over): upgrade_grace instead of
+ * shutdown_grace, and the shared passive ports close too (the new process accepts there). */
+static _Atomic bool handing_over;
+static _Atomic int handover_left;   /* workers still listening */
+static void (*handover_done)(void); /* called on the main loop once none is */
+static gw_mail handover_mail;
 
 /* The reload coordinator, on the main thread: a first round prepares on every worker, a
  * second commits (all prepared) or aborts (any failed); the caller hears once every worker
@@ -121,11 +127,28 @@ static void on_stop_tick(uv_timer_t *t)
         return;
     }
     if (uv_now(w->loop) >= w->stop_deadline) {
-        GW_LOG_INFO(0, "event=shutdown_grace_over worker=%d sessions=%d", w->index,
-                    w->srv.sessions);
-        gw_server_close_sessions(&w->srv, "gateway shutting down");
+        bool up = atomic_load(&handing_over);
+        GW_LOG_INFO(0, "event=%s_grace_over worker=%d sessions=%d", up ? "upgrade" : "shutdown",
+                    w->index, w->srv.sessions);
+        gw_server_close_sessions(&w->srv, up ? "gateway upgraded, please reconnect"
+                                             : "gateway shutting down");
         w->stop_deadline = UINT64_MAX;
     }
+}
+
+static void on_handover_mail(gw_mail *m, bool cancelled)
+{
+    if (handover_done)
+        handover_done();
+}
+
+/* This worker accepts no more: the last one tells the main loop. */
+static void handed_over(gw_worker *w)
+{
+    if (atomic_fetch_sub(&handover_left, 1) == 1 &&
+        gw_mailbox_post(&workers[0].mailbox, &handover_mail, on_handover_mail) != 0 &&
+        handover_done)
+        handover_done(); /* the main loop has ended: nobody accepts anyway */
 }
 
 static void begin_stop(gw_worker *w)
@@ -136,10 +159,16 @@ static void begin_stop(gw_worker *w)
         return;
     }
     w->srv.stopping = true;
-    GW_LOG_INFO(0, "event=stopping worker=%d sessions=%d grace=%d", w->index, w->srv.sessions,
-                w->srv.gen->cfg.shutdown_grace);
+    bool up = atomic_load(&handing_over);
+    int grace = up ? w->srv.gen->cfg.upgrade_grace : w->srv.gen->cfg.shutdown_grace;
+    GW_LOG_INFO(0, "event=%s worker=%d sessions=%d grace=%d", up ? "handed_over" : "stopping",
+                w->index, w->srv.sessions, grace);
     gw_server_stop_listening(&w->srv);
-    w->stop_deadline = uv_now(w->loop) + (uint64_t)w->srv.gen->cfg.shutdown_grace * 1000;
+    if (up) { /* the new process has these sockets: a data connection now belongs to it */
+        gw_shport_close(w->srv.shport);
+        handed_over(w);
+    }
+    w->stop_deadline = up && grace == 0 ? UINT64_MAX : uv_now(w->loop) + (uint64_t)grace * 1000;
     uv_timer_start(&w->stop_timer, on_stop_tick, 0, 100);
 }
 
@@ -475,6 +504,23 @@ void gw_workers_stop(void)
             gw_mailbox_post(&w->mailbox, &w->stop_mail, on_stop_mail) != 0)
             atomic_store(&w->stop_posted, false); /* its loop has ended */
     }
+}
+
+int gw_workers_each_listen_fd(void (*fn)(const char *kind, int fd, void *arg), void *arg)
+{
+    if (rl.active || n_workers == 0)
+        return -1; /* a reload may be switching listeners on the workers' threads */
+    for (int i = 0; i < n_workers; i++)
+        gw_server_each_listen_fd(&workers[i].srv, fn, arg);
+    return 0;
+}
+
+void gw_workers_hand_over(void (*done)(void))
+{
+    handover_done = done;
+    atomic_store(&handover_left, n_workers);
+    atomic_store(&handing_over, true);
+    gw_workers_stop();
 }
 
 void gw_workers_finish(void)

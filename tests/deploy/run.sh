@@ -6,7 +6,8 @@
 #   3. docker/compose-haproxy.yml and compose-haproxy-shared.yml with podman-compose: curl,
 #      lftp and a resuming ftplib client through HAProxy, one gateway stopped, again
 #   4. config/ftpsgate.service under systemd 252 as PID 1: start waits for READY, reload,
-#      failing reloads reported as failed, watchdog restart after SIGSTOP, stop
+#      failing reloads reported as failed, a hitless upgrade (`-s upgrade`: MainPID follows,
+#      a download across it whole), watchdog restart after SIGSTOP, stop
 # Everything it keeps (the base tarball, podman's storage with its layer cache, network
 # definitions) lives in FTPSGATE_DEPLOY_CACHE (default /var/cache/ftpsgate-deploy): the
 # first run builds (a few minutes), later runs reuse the layers. Containers run in a private
@@ -405,6 +406,32 @@ systemd_unit() {
   fi
   inns "${CURL[@]}" -o /dev/null "ftps://$ip:990/hello.txt" || fail "not serving after a failing reload"
   sdexec cp /etc/ftpsgate/ftpsgate.conf.good /etc/ftpsgate/ftpsgate.conf
+
+  # Hitless upgrade: a new binary put in place (renamed in, as a package upgrade does), then
+  # `ftpsgate -s upgrade` while a download runs. The unit's MainPID follows the new process
+  # (NotifyAccess=all), the unit stays active and its watchdog fed, the download completes
+  # whole, the old process exits once it has.
+  sdexec sh -c 'head -c 48M /dev/urandom >/srv/ftp/big.bin && sha256sum </srv/ftp/big.bin' >"$WORK/big.sha"
+  pid=$(main_pid)
+  inns "${CURL[@]}" --limit-rate 8M -o "$WORK/big.bin" "ftps://$ip:990/big.bin" &
+  local dl=$! newpid
+  sleep 1
+  sdexec sh -c 'cp -p /usr/local/bin/ftpsgate /usr/local/bin/ftpsgate.new &&
+                mv /usr/local/bin/ftpsgate.new /usr/local/bin/ftpsgate'
+  sdexec env FTPSGATE_STATE_DIR=/var/lib/ftpsgate /usr/local/bin/ftpsgate -s upgrade \
+    -c /etc/ftpsgate/ftpsgate.conf || fail "ftpsgate -s upgrade failed"
+  wait_for 10 "MainPID follows the new process" bash -c \
+    "p=\$(nsenter --net=/run/netns/$NS podman exec $SD systemctl show -p MainPID --value ftpsgate);
+     [[ \$p != 0 && \$p != $pid ]]"
+  newpid=$(main_pid)
+  inns "${CURL[@]}" -o /dev/null "ftps://$ip:990/hello.txt" || fail "not serving after the upgrade"
+  wait "$dl" || fail "the download across the upgrade failed"
+  [[ $(sha256sum <"$WORK/big.bin") == "$(cat "$WORK/big.sha")" ]] || fail "the download across the upgrade differs"
+  wait_for 20 "the old process exits" bash -c "! nsenter --net=/run/netns/$NS podman exec $SD test -d /proc/$pid"
+  sleep 4 # WatchdogSec=3: the new process must feed it
+  [[ $(main_pid) == "$newpid" ]] || fail "the upgraded process was replaced (watchdog?)"
+  sdexec systemctl is-active ftpsgate >/dev/null || fail "not active after the upgrade"
+  echo "  upgrade: MainPID $pid -> $newpid, active ($(sdexec systemctl show -p StatusText --value ftpsgate)), download across it whole"
 
   # Watchdog: a stopped main loop gets the service restarted (new main process).
   pid=$(main_pid)

@@ -10,7 +10,7 @@ LAYERS = [
     ("pure", ["ftp_cmd", "ftp_reply", "ftp_addr", "feat", "config", "ip_limit", "ftp_codes",
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
               "proxy_proto", "admin_text", "admin_users", "metrics", "timeline", "siblings", "bug",
-              "server_name", "users_file", "cmd_policy", "crypt_check"]),
+              "server_name", "inherit", "users_file", "cmd_policy", "crypt_check"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox"]),
     ("generation", ["generation", "health", "balance"]),
     # Below data: the shared port hands a connection to a callback (on the waiter's loop,
@@ -19,7 +19,8 @@ LAYERS = [
     ("data", ["data", "data_int", "data_accept"]),
     ("session", ["session_int", "backend", "client_cmd", "reply_dispatch", "transfer", "session",
                  "session_info", "edge_auth"]),
-    ("listener/workers", ["server", "listener", "worker", "admin", "control"]),
+    ("listener/workers", ["server", "listener", "worker", "admin", "control",
+                          "upgrade"]),
     ("main", ["main"]),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
