@@ -92,6 +92,7 @@ typedef struct gw_frontend_conf {
     /* Authentication at the edge (users_file.h) and the command policy (cmd_policy.h). */
     enum gw_auth auth;
     char auth_file[GW_PATH_MAX]; /* auth = file: the users file */
+    char user_map[GW_PATH_MAX];  /* user_map.h file: backend and account per user; "": none */
     char policy[GW_NAME_MAX];    /* a [policy] for every session; empty: none */
     int policy_index;            /* resolved by validation: policies[] index, -1: none */
 } gw_frontend_conf;

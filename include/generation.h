@@ -14,6 +14,7 @@
 #include "health.h"
 #include "pasv_pool.h"
 #include "tls.h"
+#include "user_map.h"
 #include "users_file.h"
 
 typedef struct gw_generation gw_generation;
@@ -55,6 +56,7 @@ typedef struct gw_frontend {
     struct gw_frontend *vh_listen;
     bool vhosted;    /* shares its address or has server_name: the gateway greets, SNI/HOST pick */
     gw_users *users; /* auth = file: its users file as this generation read it (heap) */
+    gw_user_map *user_map; /* user_map: as this generation read it, passwords loaded (heap) */
 } gw_frontend;
 
 struct gw_generation {

@@ -671,6 +671,7 @@ static const struct keydef keys[] = {
     {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
     {"auth", IN_FRONTEND, p_auth, F(auth), "backend", 0, 0, w_auth},
     {"auth_file", IN_FRONTEND, p_str, F(auth_file), "", 0, 0, NULL},
+    {"user_map", IN_FRONTEND, p_str, F(user_map), "", 0, 0, NULL},
     {"policy", IN_FRONTEND, p_section_ref, F(policy), "", 0, 0, NULL},
 
     {"address", IN_BACKEND, p_hostport, B(address), NULL, 0, 0, NULL},
@@ -1232,8 +1233,9 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
     return 0;
 }
 
-/* auth, auth_file and policy (the users file itself is read by the generation: -t and
- * start refuse one that is missing, unparsable or readable by others). */
+/* auth, auth_file, user_map and policy (the users file and the map are read by the
+ * generation: -t and start refuse one that is missing or unparsable, a users file or a
+ * password file readable by others). */
 static int validate_auth(struct state *st, int i, const char *label)
 {
     gw_frontend_conf *f = &st->cfg->frontends[i];
@@ -1247,6 +1249,9 @@ static int validate_auth(struct state *st, int i, const char *label)
     if (f->auth == GW_AUTH_FILE && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
                     "not with auth = file (the users file's backend= names a user's backend)");
+    if (f->user_map[0] && f->route_user)
+        return fail(st, kl[key_index(S_FRONTEND, "user_map")], label, "user_map",
+                    "not with route_user (the map names a user's backend)");
     f->policy_index = -1;
     if (f->policy[0]) {
         f->policy_index = gw_config_policy(st->cfg, f->policy);

@@ -32,6 +32,9 @@ struct gw_edge {
     bool ok;  /* the check's result (thread pool), read in after_check */
     bool busy;
     bool too_long; /* the USER argument was cut to fit login.user: no user has that name */
+    /* user_map: a fixed account's password (the generation's, which the session holds),
+     * sent instead of the client's; NULL: the client's */
+    const char *fixed;
     const gw_user_entry *who; /* after a successful check */
 };
 
@@ -124,19 +127,29 @@ static void check_passed(gw_session *s)
 {
     struct gw_edge *e = s->login.edge;
     const gw_user_entry *who = e->who;
-    const char *account = who->backend_user[0] ? who->backend_user : who->name;
-    char name[65], acct[65];
-    GW_LOG_INFO(s->id, "event=auth_ok method=file user=\"%s\" backend_user=\"%s\"%s%s",
+    /* The users file's own attributes win, then the user's (or a group's) rule of the
+     * user_map, then the frontend's balance and the same name with the client's password. */
+    const gw_map_rule *rule = gw_user_map_find(s->fe->user_map, who->name, who->groups);
+    const char *backend = who->backend[0] ? who->backend : rule ? rule->backend : "";
+    const char *account = who->backend_user[0]       ? who->backend_user
+                          : rule && rule->account[0] ? rule->account
+                                                     : who->name;
+    e->fixed = !who->backend_user[0] && rule ? rule->password : NULL;
+    char name[65], acct[65], line[24] = "";
+    if (rule)
+        snprintf(line, sizeof line, " map_line=%d", rule->line);
+    GW_LOG_INFO(s->id,
+                "event=auth_ok method=file user=\"%s\" backend_user=\"%s\" password=%s%s%s%s",
                 log_name(s->login.user, name, sizeof name), log_name(account, acct, sizeof acct),
-                who->backend[0] ? " backend=" : "", who->backend);
+                e->fixed ? "fixed" : "client", backend[0] ? " backend=" : "", backend, line);
     int want = -1;
-    for (int i = 0; who->backend[0] && i < s->fe->n_backends; i++)
-        if (strcmp(s->fe->backends[i]->conf->name, who->backend) == 0)
+    for (int i = 0; backend[0] && i < s->fe->n_backends; i++)
+        if (strcmp(s->fe->backends[i]->conf->name, backend) == 0)
             want = i;
     if (s->route.be && want >= 0 && s->fe->backends[want] != s->route.be) {
         /* REIN (or a refused login) keeps the session's backend, as route_user does */
         GW_LOG_INFO(s->id, "event=route_refused backend=%s reason=\"the session keeps %s\"",
-                    who->backend, s->route.be->conf->name);
+                    backend, s->route.be->conf->name);
         wipe_pw(e);
         e->who = NULL;
         s->login.user_sent = false;
@@ -198,6 +211,7 @@ static void edge_pass(gw_session *s, const char *arg)
     e->s = s;
     e->users = s->fe->users;
     e->who = NULL;
+    e->fixed = NULL;
     e->ok = false;
     snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->login.user); /* "": nobody */
     e->work.data = e;
@@ -277,7 +291,7 @@ bool gw_edge_pass_line(gw_session *s, char *line, size_t cap)
     struct gw_edge *e = s->login.edge;
     if (!e || !e->pw)
         return false;
-    snprintf(line, cap, "PASS %s", e->pw);
+    snprintf(line, cap, "PASS %s", e->fixed ? e->fixed : e->pw);
     wipe_pw(e); /* its last use */
     return true;
 }

@@ -62,11 +62,12 @@ const char *gw_sess_pending_name(enum gw_pending p)
 static void on_tick(uv_timer_t *t);
 
 /* Does this frontend send its own 220 and open the backend connection at USER? (greeting
- * set, balance = user or route_user = yes) */
+ * set, balance = user, route_user = yes, user_map, or auth at the gateway) */
 static bool fe_self_greets(const gw_frontend_conf *fc)
 {
     return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER ||
-           fc->auth != GW_AUTH_BACKEND; /* nothing reaches a backend before the check */
+           fc->auth != GW_AUTH_BACKEND || /* nothing reaches a backend before the check */
+           fc->user_map[0];               /* the backend follows from the USER name */
 }
 
 /* The text after "220 " of such a frontend's greeting. */
