@@ -12,17 +12,18 @@ VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/versi
 # libmicrohttpd (no admin endpoint: admin_listen then fails at start); `make run` does so
 # when it is not installed, so the demo needs neither it nor its GnuTLS development chain.
 ADMIN ?= yes
-PKGS := libuv openssl
+# libcrypt: crypt_r (crypt_check.c) checks the users file of auth = file frontends and the
+# admin endpoint's admin_users; the pure modules' unit tests and fuzz targets link it too.
+PKGS := libuv openssl libcrypt
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
-# libcrypt: admin_users' hashes (crypt_r) are checked by the admin endpoint only.
-PKGS += libmicrohttpd libcrypt
+PKGS += libmicrohttpd
 endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
-DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_libcrypt := libcrypt-dev
+DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
 # Asked of pkg-config once, and only by a recipe (after check-libs has named what is
@@ -31,6 +32,7 @@ PKG_CPPFLAGS = $(eval PKG_CPPFLAGS := $$(shell pkg-config --cflags $(PKGS)))$(PK
 PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $(PKGS)))$(PKG_LIBS)
 CMOCKA_CFLAGS = $(eval CMOCKA_CFLAGS := $$(shell pkg-config --cflags cmocka))$(CMOCKA_CFLAGS)
 CMOCKA_LIBS = $(eval CMOCKA_LIBS := $$(shell pkg-config --libs cmocka))$(CMOCKA_LIBS)
+CRYPT_LIBS = $(eval CRYPT_LIBS := $$(shell pkg-config --libs libcrypt))$(CRYPT_LIBS)
 
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
@@ -52,7 +54,8 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
-	proxy_proto admin_text admin_users metrics timeline siblings server_name inherit
+	proxy_proto admin_text admin_users metrics timeline siblings server_name inherit \
+	users_file cmd_policy crypt_check user_map
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)
@@ -96,7 +99,7 @@ build/obj/%.o: proxy/%.c $(FLAGSTAMP)
 build/unit/%: tests/unit/%.c $(PURE_OBJS) $(FLAGSTAMP) | check-cmocka
 	@mkdir -p $(@D)
 	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< $(PURE_OBJS) \
-	  $(CMOCKA_LIBS)
+	  $(CMOCKA_LIBS) $(CRYPT_LIBS)
 
 # The mailbox's test runs threads and a libuv loop: it links mailbox.o and libuv.
 build/unit/test_mailbox: tests/unit/test_mailbox.c build/obj/mailbox.o $(FLAGSTAMP) | check-cmocka
@@ -157,7 +160,7 @@ build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
 	@mkdir -p $(@D)
 	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
 	  $(DEPFLAGS) -MF $@.d -MT $@ \
-	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE))
+	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(CRYPT_LIBS)
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \

@@ -14,13 +14,14 @@ set -euo pipefail
 # ADMIN=no when it is missing); vsftpd as the plain-FTP backend; lftp; ps (procps).
 DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
+  libcrypt-dev  # crypt_r (proxy/crypt_check.c): auth = file users, admin_users
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.
 TEST_PACKAGES=(
+  whois  # mkpasswd: users-file hashes in tests/integration/test_edge_auth.py
   build-essential libcmocka-dev clang clang-format libclang-rt-14-dev valgrind
   libmicrohttpd-dev  # admin_listen (proxy/admin.c)
-  libcrypt-dev  # admin_users: crypt_r checks the hashes (proxy/admin.c)
   python3-pyftpdlib python3-pytest python3-openssl python3-cryptography
   python3-pytest-xdist  # the integration suite runs in parallel (Makefile TEST_JOBS)
   curl wget openssl iproute2 util-linux haproxy

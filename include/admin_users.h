@@ -1,5 +1,5 @@
 /* The admin endpoint's users ([global] admin_users) and its failed-login throttle (pure: no
- * libuv, no OpenSSL, no libcrypt; admin.c checks the hashes with crypt_r).
+ * libuv, no OpenSSL, no libcrypt; admin.c checks the hashes: crypt_check.h).
  *
  * The file: one user a line, "name:crypt-hash role", role read or operate; blank lines and
  * lines starting with '#' are ignored. The hash is crypt(3)'s modular format ("$y$...",

@@ -35,6 +35,9 @@ enum gw_tls_version {
     GW_TLS_1_3 = 13
 };
 
+/* Who checks USER/PASS: the backend (relayed, today's behaviour) or the gateway first. */
+enum gw_auth { GW_AUTH_BACKEND = 0, GW_AUTH_FILE };
+
 typedef struct gw_hostport {
     char host[GW_HOST_MAX]; /* as written, brackets removed for IPv6 */
     uint16_t port;
@@ -85,7 +88,24 @@ typedef struct gw_frontend_conf {
      * the whole frontend (0: no bound); over either one a new connection is greeted by the
      * gateway and its backend connection waits for USER. */
     int prelogin_backend_per_ip, prelogin_backend_max;
+
+    /* Authentication at the edge (users_file.h) and the command policy (cmd_policy.h). */
+    enum gw_auth auth;
+    char auth_file[GW_PATH_MAX]; /* auth = file: the users file */
+    char user_map[GW_PATH_MAX];  /* user_map.h file: backend and account per user; "": none */
+    char policy[GW_NAME_MAX];    /* a [policy] for every session; empty: none */
+    int policy_index;            /* resolved by validation: policies[] index, -1: none */
 } gw_frontend_conf;
+
+/* [policy NAME]: commands refused with 550 by the gateway (cmd_policy.h). Verb lists are
+ * upper-cased, blank-separated ("DELE RMD"). */
+typedef struct gw_policy_conf {
+    char name[GW_NAME_MAX];
+    bool read_only;
+    char deny[GW_PATH_MAX];
+    char allow[GW_PATH_MAX];
+    char users[GW_PATH_MAX]; /* user names and @groups it applies to */
+} gw_policy_conf;
 
 typedef struct gw_backend_conf {
     char name[GW_NAME_MAX];
@@ -140,9 +160,10 @@ typedef struct gw_config {
 
     /* As many sections as the file has: heap arrays owned by the gw_config. Copy one with
      * gw_config_copy, release it with gw_config_free (never a plain struct assignment). */
-    int n_frontends, n_backends;
+    int n_frontends, n_backends, n_policies;
     gw_frontend_conf *frontends;
     gw_backend_conf *backends;
+    gw_policy_conf *policies;
     /* Where the parsed text set each key (gw_config_where): for messages about the running
      * configuration. Owned; NULL in a copy (gw_config_copy does not carry it). */
     struct gw_config_lines *lines;
@@ -178,15 +199,18 @@ const char *gw_tls_version_name(enum gw_tls_version v);
 
 /* "ORIGIN:LINE: [section] key" of a key of the parsed file, for problems found after
  * parsing (a certificate that does not load, a port in use). section: "global", "tls",
- * "frontend" or "backend"; index: the frontend or backend; key NULL: the section itself.
+ * "frontend", "backend" or "policy"; index: the frontend or backend; key NULL: the section itself.
  * A frontend key it did not set names the [tls] line of the same key when [tls] set it
  * (the frontend inherits it), else the frontend's header line. LINE 0 when unknown (a
  * copy, a default value). */
 void gw_config_where(const gw_config *cfg, const char *section, int index, const char *key,
                      char *out, size_t cap);
 
+/* The [policy] section named name, or -1. */
+int gw_config_policy(const gw_config *cfg, const char *name);
+
 /* The key table, for documentation checks: the i-th (key, section) pair, its name returned
- * and its section kind ("global", "tls", "frontend", "backend") in *section; a [tls] key
+ * and its section kind ("global", "tls", "frontend", "backend", "policy") in *section; a [tls] key
  * comes twice, as "tls" then "frontend". NULL past the last pair. */
 const char *gw_config_key(size_t i, const char **section);
 

@@ -43,6 +43,12 @@
 #define GW_R_NOT_IMPLEMENTED "502 Command not implemented.\r\n"
 #define GW_R_LOCAL_ERROR "451 Local error in processing.\r\n"
 #define GW_R_LOGIN_INCORRECT "530 Login incorrect.\r\n"
+/* auth = file: the gateway's own login dialogue (vsftpd's texts), and [policy] refusals */
+#define GW_R_EDGE_PASSWORD "331 Please specify the password.\r\n"
+#define GW_R_EDGE_USER_FIRST "503 Login with USER first.\r\n"
+#define GW_R_EDGE_LOGGED_IN "230 Already logged in.\r\n"
+#define GW_R_EDGE_OTHER_USER "530 Can't change to another user.\r\n"
+#define GW_R_POLICY_DENIED "550 Permission denied.\r\n"
 
 /* RFC 959: the session ends (421) */
 #define GW_R_UNAVAILABLE "421 Service not available.\r\n"
@@ -182,6 +188,11 @@
     X(GW_R_NOT_IMPLEMENTED)                                                                        \
     X(GW_R_LOCAL_ERROR)                                                                            \
     X(GW_R_LOGIN_INCORRECT)                                                                        \
+    X(GW_R_EDGE_PASSWORD)                                                                          \
+    X(GW_R_EDGE_USER_FIRST)                                                                        \
+    X(GW_R_EDGE_LOGGED_IN)                                                                         \
+    X(GW_R_EDGE_OTHER_USER)                                                                        \
+    X(GW_R_POLICY_DENIED)                                                                          \
     X(GW_R_UNAVAILABLE)                                                                            \
     X(GW_R_OUT_OF_MEMORY)                                                                          \
     X(GW_R_UNAVAILABLE_NOMEM)                                                                      \

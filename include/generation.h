@@ -14,6 +14,8 @@
 #include "health.h"
 #include "pasv_pool.h"
 #include "tls.h"
+#include "user_map.h"
+#include "users_file.h"
 
 typedef struct gw_generation gw_generation;
 
@@ -52,7 +54,9 @@ typedef struct gw_frontend {
     /* Virtual hosts: the frontend whose listener accepts for this one (of those sharing its
      * address, the one without server_name, else the first); itself when alone. */
     struct gw_frontend *vh_listen;
-    bool vhosted; /* shares its address or has server_name: the gateway greets, SNI/HOST pick */
+    bool vhosted;    /* shares its address or has server_name: the gateway greets, SNI/HOST pick */
+    gw_users *users; /* auth = file: its users file as this generation read it (heap) */
+    gw_user_map *user_map; /* user_map: as this generation read it, passwords loaded (heap) */
 } gw_frontend;
 
 struct gw_generation {
@@ -89,7 +93,8 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
                                  gw_cfg_where *where, char *err, size_t cap);
 /* What start needs from files and the network, checked by building a generation and
  * dropping it (-t, and start before it binds): certificates, keys and their match, CA and
- * CRL files, the transfer log opened for appending (created as start would), backend
+ * CRL files, the users files of auth = file frontends (mode, syntax, attributes), the
+ * transfer log opened for appending (created as start would), backend
  * addresses, and listen addresses that are this host's. 0, or -1 as gw_generation_new. */
 int gw_generation_check(const gw_config *cfg, gw_cfg_where *where, char *err, size_t cap);
 void gw_generation_ref(gw_generation *g);

@@ -36,6 +36,7 @@ typedef struct gw_m_hist {
 typedef struct gw_m_frontend {
     _Atomic int64_t sessions_active;
     _Atomic uint64_t sessions_total, logins_ok, logins_failed;
+    _Atomic uint64_t policy_refused; /* commands a [policy] refused (gw_metric_policy_refused) */
 } gw_m_frontend;
 
 typedef struct gw_m_backend {
@@ -80,6 +81,7 @@ void gw_metric_session_end(const char *frontend);
 /* Virtual hosts: the session moved from one frontend to another. */
 void gw_metric_session_move(const char *from, const char *to);
 void gw_metric_login(const char *frontend, bool ok);
+void gw_metric_policy_refused(const char *frontend);
 /* version: OpenSSL's name ("TLSv1.3"), ignored when !ok. */
 void gw_metric_tls(enum gw_m_side side, bool ok, const char *version);
 /* A connection's handshake by its gw_conn name: "client" (control), "backend" (control),

@@ -40,6 +40,7 @@
 
 #include "admin_text.h"
 #include "admin_users.h"
+#include "crypt_check.h"
 #include "bans.h"
 #include "data.h"
 #include "inherit.h"
@@ -717,10 +718,6 @@ static char *tls_cert, *tls_key; /* PEM, for MHD (HTTPS) */
 static size_t tls_key_len;
 static gw_throttle *throttle;
 static struct crypt_data *crypt_buf; /* crypt_r's scratch (32 KiB): the HTTP thread's */
-/* A valid hash of nothing anybody knows: an unknown user costs the same hashing as a known
- * one, so timing does not tell which names exist. */
-static const char dummy_hash[] =
-    "$y$j9T$WY919qO0fa4gFHguJpcAz/$UD/8c5sfhgPlLzMR8LzT3meKTQ8Megus6I2s6XLWSz1";
 
 /* A whole small file; private: refused when others may read or write it. NUL-terminated. */
 static char *read_file(const char *path, bool private, size_t *len, char *err, size_t cap)
@@ -873,15 +870,6 @@ static void log_name(const char *in, char *out, size_t cap)
     out[i] = 0;
 }
 
-static bool same_text(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned char d = la != lb;
-    for (size_t i = 0; i < la && i < lb; i++)
-        d |= (unsigned char)(a[i] ^ b[i]);
-    return d == 0;
-}
-
 enum auth_result { AUTH_OK, AUTH_NONE, AUTH_FAILED, AUTH_LOCKED };
 
 /* Basic auth against admin_users (the HTTP thread). *role and user (the name, for logs) on
@@ -910,12 +898,12 @@ static enum auth_result check_auth(struct MHD_Connection *c, const char *peer,
         enum gw_admin_role found = GW_ADMIN_ROLE_NONE;
         pthread_mutex_lock(&auth_lock);
         const gw_admin_user *u = gw_admin_users_find(&users, name);
-        snprintf(hash, sizeof hash, "%s", u ? u->hash : dummy_hash);
+        /* an unknown user costs the same hashing as a known one */
+        snprintf(hash, sizeof hash, "%s", u ? u->hash : GW_CRYPT_STAND_IN);
         if (u)
             found = u->role;
         pthread_mutex_unlock(&auth_lock);
-        const char *out = crypt_r(pass ? pass : "", hash, crypt_buf);
-        bool ok = found != GW_ADMIN_ROLE_NONE && out && out[0] != '*' && same_text(out, hash);
+        bool ok = gw_crypt_check(pass, hash, crypt_buf) && found != GW_ADMIN_ROLE_NONE;
         explicit_bzero(hash, sizeof hash);
         if (ok) {
             gw_throttle_ok(throttle, peer);

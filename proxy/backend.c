@@ -2,7 +2,8 @@
  * (connect_timeout in the core's timer), and its set-up, one step at a time
  * (gw_backend_advance): the greeting, implicit or explicit TLS toward the server with
  * PBSZ 0 / PROT P (again after login when refused before), the self-greeting session's
- * OPTS UTF8 ON and USER; then the reply stream fed to reply_dispatch.c. */
+ * OPTS UTF8 ON and USER (auth = file: the login the gateway checked, USER and PASS); then
+ * the reply stream fed to reply_dispatch.c. */
 #include "session_int.h"
 
 #include <netdb.h>
@@ -252,6 +253,13 @@ static void set_up(gw_session *s)
         step_send(s, BE_UTF8, "OPTS UTF8 ON");
         return;
     }
+    char line[GW_CMD_LINE_MAX + 8];
+    if (s->route.self_greet && gw_edge_login_due(s)) {
+        /* auth = file: the login the gateway checked, replayed; READY at its 2xx */
+        snprintf(line, sizeof line, "USER %s", s->login.be_user);
+        step_send(s, BE_LOGIN_USER, line);
+        return;
+    }
     gw_sess_set_backend_state(s, BE_READY);
     if (!s->route.self_greet) {
         gw_sess_command_done(s);
@@ -259,7 +267,6 @@ static void set_up(gw_session *s)
     }
     if (GW_SESS_BUG_ON(s, !s->login.user_sent)) /* self_greet connects at USER only */
         return;
-    char line[GW_CMD_LINE_MAX + 8];
     snprintf(line, sizeof line, s->login.be_user[0] ? "USER %s" : "USER", s->login.be_user);
     gw_backend_send(s, line, PEND_RELAY);
 }
@@ -326,6 +333,21 @@ void gw_backend_advance(gw_session *s, gw_reply_parser *r)
     case BE_UTF8: /* its reply is swallowed: the client had the gateway's 200 */
         set_up(s);
         return;
+    case BE_LOGIN_USER: /* its 331: the client's password follows */
+        if (r->code == 331) {
+            char line[GW_CMD_LINE_MAX + 8];
+            bool have = gw_edge_pass_line(s, line, sizeof line);
+            if (have)
+                step_send(s, BE_LOGIN_PASS, line);
+            explicit_bzero(line, sizeof line);
+            if (have)
+                return;
+        }
+        gw_edge_login_refused(s, r);
+        return;
+    case BE_LOGIN_PASS: /* not a 2xx (those are the client's: gw_backend_setup_line) */
+        gw_edge_login_refused(s, r);
+        return;
     case BE_READY: /* the login's 230 (held by the caller): PBSZ/PROT waited for it */
         if (GW_SESS_BUG_ON(s, s->bconn.data != BE_DATA_LATER))
             return;
@@ -361,6 +383,21 @@ void gw_backend_setup_line(gw_session *s, gw_reply_parser *r)
         GW_LOG_DEBUG(s->id, "event=backend_setup_reply step=%s reply=\"%.*s\"",
                      gw_sess_backend_step_name(s->bconn.step), (int)r->len - 2, r->line);
         gw_backend_advance(s, r);
+        return;
+    case BE_LOGIN_USER:
+    case BE_LOGIN_PASS:
+        if ((r->code == 230 && s->bconn.step == BE_LOGIN_USER) ||
+            (r->code >= 200 && r->code < 300 && s->bconn.step == BE_LOGIN_PASS)) {
+            /* Logged in: the reply is the answer to the client's PASS, relayed from its
+             * first line as any login's (a late PBSZ/PROT may still hold it). */
+            gw_edge_forget(s);
+            gw_sess_set_backend_state(s, BE_READY);
+            gw_sess_set_pending(s, PEND_RELAY);
+            gw_reply_dispatch_line(s, r);
+            return;
+        }
+        if (r->last)
+            gw_backend_advance(s, r);
         return;
     case BE_TLS: /* clear text after the 234, where the handshake should be */
         if (r->last)

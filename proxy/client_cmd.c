@@ -184,6 +184,7 @@ static void cmd_rein(gw_session *s)
     /* The login and the protection levels start over, whole. SECURITY: the count of
      * failed logins survives: REIN must not buy a client more guesses. */
     uint64_t now = gw_sess_now(s);
+    gw_edge_free(s); /* the login part's heap: the gateway's check and who passed it */
     s->login = (gw_sess_login){.failed = s->login.failed, .started_ms = now};
     s->prot = (gw_sess_prot){0};
     s->last_active_ms = now;
@@ -375,9 +376,10 @@ static void cmd_feat_own(gw_session *s)
 }
 
 /* USER on a self_greet frontend: route_user takes BACKEND from name@BACKEND (the last '@'),
+ * user_map from the name's rule (its backend, or * for the policy, and its account),
  * balance = user hashes the name, else the frontend's policy; then the backend is connected
- * and gets "USER name" once it is ready (gw_backend_ready). After REIN the session keeps its
- * backend: another name@BACKEND gets 530. */
+ * and gets "USER name" (or the mapped account) once it is set up (backend.c). After REIN
+ * the session keeps its backend: a name routed to another gets 530. */
 static void cmd_user_routed(gw_session *s, const char *arg)
 {
     if (s->vh_none) { /* virtual hosts without a default: SNI or HOST must name one */
@@ -388,6 +390,14 @@ static void cmd_user_routed(gw_session *s, const char *arg)
     snprintf(name, sizeof name, "%s", arg);
     int want = -1;
     const char *named = s->fe->conf->route_user ? gw_route_user_split(name) : NULL;
+    /* user_map (never with route_user): the first rule for the name; no groups here */
+    const gw_map_rule *rule = gw_user_map_find(s->fe->user_map, name, NULL);
+    if (rule) {
+        GW_LOG_INFO(s->id, "event=user_mapped map_line=%d backend=%s backend_user=%s", rule->line,
+                    rule->backend[0] ? rule->backend : "*",
+                    rule->account[0] ? rule->account : "(same)");
+        named = rule->backend[0] ? rule->backend : NULL;
+    }
     if (named) {
         for (int i = 0; i < s->fe->n_backends; i++)
             if (strcmp(s->fe->backends[i]->conf->name, named) == 0) {
@@ -410,10 +420,11 @@ static void cmd_user_routed(gw_session *s, const char *arg)
     size_t n = strnlen(name, sizeof s->login.user - 1); /* the transfer log's copy may be cut */
     memcpy(s->login.user, name, n);
     s->login.user[n] = 0;
-    snprintf(s->login.be_user, sizeof s->login.be_user, "%s", name);
+    snprintf(s->login.be_user, sizeof s->login.be_user, "%s",
+             rule && rule->account[0] ? rule->account : name);
     if (s->bconn.conn) { /* connected already: a second USER */
         char line[GW_CMD_LINE_MAX + 8];
-        snprintf(line, sizeof line, name[0] ? "USER %s" : "USER", name);
+        snprintf(line, sizeof line, s->login.be_user[0] ? "USER %s" : "USER", s->login.be_user);
         gw_backend_send(s, line, PEND_RELAY);
         return;
     }
@@ -503,6 +514,8 @@ static void handle_command(gw_session *s, const char *line)
         gw_sess_reply(s, GW_R_PRELOGIN);
         return;
     }
+    if (gw_edge_command(s, def, cmd.verb, cmd.arg)) /* auth = file's PASS, [policy] */
+        return;
     if (s->route.self_greet && !s->bconn.conn && cmd_before_backend(s, def, cmd.arg))
         return;
     if (def->flags & GW_CMDF_TRANSFER) {
@@ -547,7 +560,7 @@ static void handle_command(gw_session *s, const char *line)
         cmd_abort(s);
         break;
     case GW_CMD_USER:
-        if (!cert_user_ok(s, cmd.arg))
+        if (!cert_user_ok(s, cmd.arg) || gw_edge_user(s, cmd.arg))
             break;
         if (s->route.self_greet) {
             cmd_user_routed(s, cmd.arg);

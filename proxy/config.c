@@ -63,8 +63,8 @@ const char gw_config_default_ini[] =
 #define MAX_WORKERS 1024
 #define MAX_FILE (1024 * 1024)
 
-enum sect { S_NONE = -1, S_GLOBAL, S_TLS, S_FRONTEND, S_BACKEND };
-#define N_SECT 4
+enum sect { S_NONE = -1, S_GLOBAL, S_TLS, S_FRONTEND, S_BACKEND, S_POLICY };
+#define N_SECT 5
 
 /* keydef.in: the sections a key may appear in, plus TLS_ONLY (a frontend key refused on
  * mode = plain frontends, as every [tls] key is). */
@@ -73,6 +73,7 @@ enum {
     IN_TLS = 1 << S_TLS,
     IN_FRONTEND = 1 << S_FRONTEND,
     IN_BACKEND = 1 << S_BACKEND,
+    IN_POLICY = 1 << S_POLICY,
     TLS_ONLY = 1 << N_SECT,
 };
 
@@ -89,7 +90,8 @@ struct keydef {
     const char *name;
     unsigned in; /* IN_* sections, TLS_ONLY */
     parse_fn parse;
-    /* The field: in gw_config ([global], [tls]), gw_frontend_conf or gw_backend_conf; a
+    /* The field: in gw_config ([global], [tls]), gw_frontend_conf, gw_backend_conf or
+     * gw_policy_conf; a
      * [tls] key's field in gw_frontend_conf is at fe_off. */
     size_t off, size, fe_off;
     const char *def;          /* default as written in a file; NULL: the key is required */
@@ -103,6 +105,7 @@ _Static_assert(sizeof(enum gw_fe_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum gw_be_tls) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum gw_data_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum gw_tls_version) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_auth) == sizeof(int), "enum size");
 /* pasv_ports fills both fields as one uint16_t[2]. */
 _Static_assert(offsetof(gw_frontend_conf, pasv_port_max) ==
                    offsetof(gw_frontend_conf, pasv_port_min) + sizeof(uint16_t),
@@ -468,11 +471,80 @@ static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *w
     return p_str(k, v, out, why, cap);
 }
 
+/* auth: backend | file. pam and ldap are reserved names, not built yet: said so. */
+static int p_auth(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0) {
+        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file)", v);
+        return -1;
+    }
+    return p_enum(k, v, out, why, cap);
+}
+
+/* deny, allow: FTP verbs (3 or 4 letters) separated by blanks or commas, stored upper-case
+ * with one blank between them. */
+static int p_verbs(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    char norm[GW_PATH_MAX];
+    size_t used = 0;
+    for (const char *p = v; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        if (n == 0)
+            break;
+        if (n < 3 || n > 4) {
+            snprintf(why, cap, "\"%.*s\": not an FTP verb (3 or 4 letters)", (int)(n < 40 ? n : 40),
+                     p);
+            return -1;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z'))) {
+                snprintf(why, cap, "\"%.*s\": not an FTP verb (3 or 4 letters)", (int)n, p);
+                return -1;
+            }
+        if (used + n + 2 > sizeof norm || used + n + 2 > k->size) {
+            snprintf(why, cap, "too long");
+            return -1;
+        }
+        if (used)
+            norm[used++] = ' ';
+        for (size_t i = 0; i < n; i++)
+            norm[used++] = (char)(p[i] & ~0x20);
+        p += n;
+    }
+    norm[used] = 0;
+    return p_str(k, norm, out, why, cap);
+}
+
+/* users: user names and @groups separated by blanks or commas. */
+static int p_user_list(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    for (const char *p = v; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == ':' || c >= 0x7f) {
+            snprintf(why, cap, "\"%s\": expected user names and @groups", v);
+            return -1;
+        }
+    }
+    return p_str(k, v, out, why, cap);
+}
+
+/* policy: a section name (checked against the [policy] sections by validate()). */
+static int p_section_ref(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] && !valid_name(v)) {
+        snprintf(why, cap, "\"%s\": not a section name", v);
+        return -1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
 /* ---- the key table ---- */
 
 #define G(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f), 0
 #define F(f) offsetof(gw_frontend_conf, f), sizeof(((gw_frontend_conf *)0)->f), 0
 #define B(f) offsetof(gw_backend_conf, f), sizeof(((gw_backend_conf *)0)->f), 0
+#define P(f) offsetof(gw_policy_conf, f), sizeof(((gw_policy_conf *)0)->f), 0
 #define PASV_RANGE offsetof(gw_frontend_conf, pasv_port_min), 2 * sizeof(uint16_t), 0
 /* A [tls] key: the same field in gw_config and gw_frontend_conf (sizes must agree: the
  * array size is negative, a compile error, when they do not). */
@@ -519,6 +591,8 @@ static const struct word w_pp_in[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {"any", GW_PP_ANY}, {NULL, 0}};
 static const struct word w_pp_out[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {NULL, 0}};
+static const struct word w_auth[] = {
+    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -595,6 +669,10 @@ static const struct keydef keys[] = {
     {"proxy_protocol_from", IN_FRONTEND, p_cidr_list, F(proxy_protocol_from), "", 0, 0, NULL},
     {"proxy_protocol_data", IN_FRONTEND, p_bool, F(proxy_protocol_data), "no", 0, 0, NULL},
     {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
+    {"auth", IN_FRONTEND, p_auth, F(auth), "backend", 0, 0, w_auth},
+    {"auth_file", IN_FRONTEND, p_str, F(auth_file), "", 0, 0, NULL},
+    {"user_map", IN_FRONTEND, p_str, F(user_map), "", 0, 0, NULL},
+    {"policy", IN_FRONTEND, p_section_ref, F(policy), "", 0, 0, NULL},
 
     {"address", IN_BACKEND, p_hostport, B(address), NULL, 0, 0, NULL},
     {"tls", IN_BACKEND, p_enum, B(tls), "none", 0, 0, w_be_tls},
@@ -613,6 +691,11 @@ static const struct keydef keys[] = {
     {"health_rise", IN_BACKEND, p_int, B(health_rise), "2", 1, 100, NULL},
     {"health_fall", IN_BACKEND, p_int, B(health_fall), "3", 1, 100, NULL},
     {"proxy_protocol", IN_BACKEND, p_enum, B(proxy_protocol), "no", 0, 0, w_pp_out},
+
+    {"read_only", IN_POLICY, p_bool, P(read_only), "no", 0, 0, NULL},
+    {"deny", IN_POLICY, p_verbs, P(deny), "", 0, 0, NULL},
+    {"allow", IN_POLICY, p_verbs, P(allow), "", 0, 0, NULL},
+    {"users", IN_POLICY, p_user_list, P(users), "", 0, 0, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -634,10 +717,11 @@ struct state {
     int *key_line;  /* line each key of this section was set on (0: not set) */
     int global_line, tls_line;
     int global_keys[NKEYS], tls_keys[NKEYS];
-    /* Per frontend/backend section, grown with cfg->frontends/backends (room for *_cap). */
-    int fe_cap, be_cap;
-    int *fe_line, *be_line;
-    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
+    /* Per frontend/backend/policy section, grown with cfg->frontends/backends/policies
+     * (room for *_cap). */
+    int fe_cap, be_cap, pol_cap;
+    int *fe_line, *be_line, *pol_line;
+    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS], (*pol_keys)[NKEYS];
 };
 
 /* The key lines kept after a successful parse (gw_config_where). */
@@ -645,22 +729,27 @@ struct gw_config_lines {
     char origin[GW_PATH_MAX];
     int global[NKEYS], tls[NKEYS];
     int global_line, tls_line;
-    int *fe_line, *be_line;
-    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS];
+    int *fe_line, *be_line, *pol_line;
+    int (*fe_keys)[NKEYS], (*be_keys)[NKEYS], (*pol_keys)[NKEYS];
 };
 
-/* Room for one more frontend (fe) or backend section: 0, or -1 when out of memory. */
-static int grow_sections(struct state *st, bool fe)
+/* Room for one more frontend, backend or policy section: 0, or -1 when out of memory. */
+static int grow_sections(struct state *st, enum sect s)
 {
-    int *cap = fe ? &st->fe_cap : &st->be_cap;
-    int count = fe ? st->cfg->n_frontends : st->cfg->n_backends;
+    bool fe = s == S_FRONTEND, pol = s == S_POLICY;
+    int *cap = fe ? &st->fe_cap : pol ? &st->pol_cap : &st->be_cap;
+    int count = fe ? st->cfg->n_frontends : pol ? st->cfg->n_policies : st->cfg->n_backends;
     if (count < *cap)
         return 0;
     int ncap = *cap ? *cap * 2 : 8;
-    size_t conf = fe ? sizeof(gw_frontend_conf) : sizeof(gw_backend_conf);
-    void **arr = fe ? (void **)&st->cfg->frontends : (void **)&st->cfg->backends;
-    int **lines = fe ? &st->fe_line : &st->be_line;
-    int(**kl)[NKEYS] = fe ? &st->fe_keys : &st->be_keys;
+    size_t conf = fe    ? sizeof(gw_frontend_conf)
+                  : pol ? sizeof(gw_policy_conf)
+                        : sizeof(gw_backend_conf);
+    void **arr = fe    ? (void **)&st->cfg->frontends
+                 : pol ? (void **)&st->cfg->policies
+                       : (void **)&st->cfg->backends;
+    int **lines = fe ? &st->fe_line : pol ? &st->pol_line : &st->be_line;
+    int(**kl)[NKEYS] = fe ? &st->fe_keys : pol ? &st->pol_keys : &st->be_keys;
     void *a = realloc(*arr, (size_t)ncap * conf);
     if (!a)
         return -1;
@@ -707,6 +796,8 @@ static char *section_base(struct state *st, enum sect s, int idx)
         return (char *)&st->cfg->frontends[idx];
     case S_BACKEND:
         return (char *)&st->cfg->backends[idx];
+    case S_POLICY:
+        return (char *)&st->cfg->policies[idx];
     default:
         return NULL;
     }
@@ -821,7 +912,7 @@ static int close_section(struct state *st)
 /* `inner` is the trimmed text between '[' and ']'. */
 static int open_section(struct state *st, const char *inner)
 {
-    static const char *const types[] = {"global", "tls", "frontend", "backend"};
+    static const char *const types[] = {"global", "tls", "frontend", "backend", "policy"};
     char name[GW_NAME_MAX];
     size_t n = strcspn(inner, " \t");
     const char *p = inner + n + strspn(inner + n, " \t");
@@ -830,13 +921,13 @@ static int open_section(struct state *st, const char *inner)
 
     if (close_section(st) != 0)
         return -1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_SECT; i++)
         if (strlen(types[i]) == n && memcmp(types[i], inner, n) == 0)
             s = (enum sect)i;
     if (s == S_NONE)
         return fail(st, line, inner, NULL,
-                    "unknown section (expected [global], [tls], [frontend NAME] or "
-                    "[backend NAME])");
+                    "unknown section (expected [global], [tls], [frontend NAME], "
+                    "[backend NAME] or [policy NAME])");
     const char *type = types[s];
     if (p[0] && (s == S_GLOBAL || s == S_TLS))
         return fail(st, line, inner, NULL, "[%s] takes no name", type);
@@ -856,25 +947,35 @@ static int open_section(struct state *st, const char *inner)
         st->key_line = s == S_GLOBAL ? st->global_keys : st->tls_keys;
         snprintf(st->label, sizeof st->label, "%s", type);
     } else {
-        bool fe = s == S_FRONTEND;
-        int *count = fe ? &st->cfg->n_frontends : &st->cfg->n_backends;
+        bool fe = s == S_FRONTEND, pol = s == S_POLICY;
+        int *count = fe ? &st->cfg->n_frontends : pol ? &st->cfg->n_policies : &st->cfg->n_backends;
+        int *lines = fe ? st->fe_line : pol ? st->pol_line : st->be_line;
         snprintf(st->label, sizeof st->label, "%s %s", type, name);
         for (int i = 0; i < *count; i++) {
-            const char *other = fe ? st->cfg->frontends[i].name : st->cfg->backends[i].name;
+            const char *other = fe    ? st->cfg->frontends[i].name
+                                : pol ? st->cfg->policies[i].name
+                                      : st->cfg->backends[i].name;
             if (strcmp(other, name) == 0)
                 return fail(st, line, st->label, NULL, "duplicate section (first on line %d)",
-                            (fe ? st->fe_line : st->be_line)[i]);
+                            lines[i]);
         }
-        if (grow_sections(st, fe) != 0)
+        if (grow_sections(st, s) != 0)
             return fail(st, line, st->label, NULL, "out of memory");
         st->idx = (*count)++;
-        (fe ? st->fe_line : st->be_line)[st->idx] = line;
-        st->key_line = fe ? st->fe_keys[st->idx] : st->be_keys[st->idx];
-        if (fe) {
+        (fe ? st->fe_line : pol ? st->pol_line : st->be_line)[st->idx] = line;
+        st->key_line = fe    ? st->fe_keys[st->idx]
+                       : pol ? st->pol_keys[st->idx]
+                             : st->be_keys[st->idx];
+        if (pol) {
+            gw_policy_conf *pc = &st->cfg->policies[st->idx];
+            memset(pc, 0, sizeof *pc);
+            memcpy(pc->name, name, sizeof name);
+        } else if (fe) {
             gw_frontend_conf *f = &st->cfg->frontends[st->idx];
             memset(f, 0, sizeof *f);
             memcpy(f->name, name, sizeof name);
             f->backend_index = -1;
+            f->policy_index = -1;
         } else {
             gw_backend_conf *b = &st->cfg->backends[st->idx];
             memset(b, 0, sizeof *b);
@@ -884,7 +985,7 @@ static int open_section(struct state *st, const char *inner)
     st->sect = s;
     st->sect_line = line;
     memset(st->key_line, 0, NKEYS * sizeof st->key_line[0]);
-    if ((s == S_FRONTEND || s == S_BACKEND) &&
+    if ((s == S_FRONTEND || s == S_BACKEND || s == S_POLICY) &&
         apply_defaults(st, s, section_base(st, s, st->idx)) != 0)
         return -1;
     return 0;
@@ -898,7 +999,7 @@ static int set_key(struct state *st, const char *name, const char *value)
     if (st->sect == S_NONE)
         return fail(st, line, NULL, name,
                     "outside of any section (start with [global], [tls], "
-                    "[frontend NAME] or [backend NAME])");
+                    "[frontend NAME], [backend NAME] or [policy NAME])");
     int k = key_index(st->sect, name);
     if (k < 0)
         return fail(st, line, st->label, name, "unknown key");
@@ -1132,6 +1233,34 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
     return 0;
 }
 
+/* auth, auth_file, user_map and policy (the users file and the map are read by the
+ * generation: -t and start refuse one that is missing or unparsable, a users file or a
+ * password file readable by others). */
+static int validate_auth(struct state *st, int i, const char *label)
+{
+    gw_frontend_conf *f = &st->cfg->frontends[i];
+    const int *kl = st->fe_keys[i];
+    int k_auth = key_index(S_FRONTEND, "auth"), k_file = key_index(S_FRONTEND, "auth_file");
+    int k_policy = key_index(S_FRONTEND, "policy");
+    if (f->auth == GW_AUTH_FILE && !f->auth_file[0])
+        return fail(st, kl[k_auth], label, "auth", "file needs auth_file (the users file)");
+    if (f->auth != GW_AUTH_FILE && f->auth_file[0])
+        return fail(st, kl[k_file], label, "auth_file", "set without auth = file");
+    if (f->auth == GW_AUTH_FILE && f->route_user)
+        return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
+                    "not with auth = file (the users file's backend= names a user's backend)");
+    if (f->user_map[0] && f->route_user)
+        return fail(st, kl[key_index(S_FRONTEND, "user_map")], label, "user_map",
+                    "not with route_user (the map names a user's backend)");
+    f->policy_index = -1;
+    if (f->policy[0]) {
+        f->policy_index = gw_config_policy(st->cfg, f->policy);
+        if (f->policy_index < 0)
+            return fail(st, kl[k_policy], label, "policy", "no [policy %s] section", f->policy);
+    }
+    return 0;
+}
+
 static int validate(struct state *st)
 {
     gw_config *cfg = st->cfg;
@@ -1163,6 +1292,8 @@ static int validate(struct state *st)
         if (merge_tls_policy(st, i, label) != 0)
             return -1;
         if (validate_shared_port(st, i, kl[k_shared] ? kl[k_shared] : st->fe_line[i], label) != 0)
+            return -1;
+        if (validate_auth(st, i, label) != 0)
             return -1;
 
         for (int j = 0; j < i; j++) {
@@ -1216,8 +1347,10 @@ static void keep_lines(struct state *st)
     l->be_line = st->be_line;
     l->fe_keys = st->fe_keys;
     l->be_keys = st->be_keys;
-    st->fe_line = st->be_line = NULL;
-    st->fe_keys = st->be_keys = NULL;
+    l->pol_line = st->pol_line;
+    l->pol_keys = st->pol_keys;
+    st->fe_line = st->be_line = st->pol_line = NULL;
+    st->fe_keys = st->be_keys = st->pol_keys = NULL;
     st->cfg->lines = l;
 }
 
@@ -1229,6 +1362,8 @@ static void free_lines(struct gw_config_lines *l)
     free(l->be_line);
     free(l->fe_keys);
     free(l->be_keys);
+    free(l->pol_line);
+    free(l->pol_keys);
     free(l);
 }
 
@@ -1239,16 +1374,19 @@ void gw_config_where(const gw_config *cfg, const char *section, int index, const
     enum sect s = strcmp(section, "global") == 0     ? S_GLOBAL
                   : strcmp(section, "tls") == 0      ? S_TLS
                   : strcmp(section, "frontend") == 0 ? S_FRONTEND
+                  : strcmp(section, "policy") == 0   ? S_POLICY
                                                      : S_BACKEND;
-    bool fe = s == S_FRONTEND;
+    bool fe = s == S_FRONTEND, pol = s == S_POLICY;
     const char *name = fe               ? cfg->frontends[index].name
                        : s == S_BACKEND ? cfg->backends[index].name
+                       : pol            ? cfg->policies[index].name
                                         : NULL;
     int k = key ? key_index(s, key) : -1, line = 0;
     if (l) {
         const int *kl = s == S_GLOBAL ? l->global
                         : s == S_TLS  ? l->tls
                         : fe          ? l->fe_keys[index]
+                        : pol         ? l->pol_keys[index]
                                       : l->be_keys[index];
         line = k >= 0 ? kl[k] : 0;
         int tk = fe && key ? key_index(S_TLS, key) : -1;
@@ -1261,9 +1399,14 @@ void gw_config_where(const gw_config *cfg, const char *section, int index, const
             line = s == S_GLOBAL ? l->global_line
                    : s == S_TLS  ? l->tls_line
                    : fe          ? l->fe_line[index]
+                   : pol         ? l->pol_line[index]
                                  : l->be_line[index];
     }
-    const char *kind = s == S_GLOBAL ? "global" : s == S_TLS ? "tls" : fe ? "frontend" : "backend";
+    const char *kind = s == S_GLOBAL ? "global"
+                       : s == S_TLS  ? "tls"
+                       : fe          ? "frontend"
+                       : pol         ? "policy"
+                                     : "backend";
     snprintf(out, cap, "%s:%d: [%s%s%s]%s%s", l ? l->origin : "<config>", line, kind,
              name ? " " : "", name ? name : "", key ? " " : "", key ? key : "");
 }
@@ -1307,6 +1450,8 @@ int gw_config_parse(const char *text, size_t len, const char *origin, gw_config 
     free(st->be_line);
     free(st->fe_keys);
     free(st->be_keys);
+    free(st->pol_line);
+    free(st->pol_keys);
     free(st);
     return rc;
 }
@@ -1319,11 +1464,13 @@ void gw_config_free(gw_config *cfg)
         free(cfg->frontends[i].backend_list);
     free(cfg->frontends);
     free(cfg->backends);
+    free(cfg->policies);
     free_lines(cfg->lines);
     cfg->frontends = NULL;
     cfg->backends = NULL;
+    cfg->policies = NULL;
     cfg->lines = NULL;
-    cfg->n_frontends = cfg->n_backends = 0;
+    cfg->n_frontends = cfg->n_backends = cfg->n_policies = 0;
 }
 
 int gw_config_copy(gw_config *dst, const gw_config *src)
@@ -1332,11 +1479,19 @@ int gw_config_copy(gw_config *dst, const gw_config *src)
     dst->frontends = NULL;
     dst->backends = NULL;
     dst->lines = NULL;
-    dst->n_frontends = dst->n_backends = 0;
+    dst->policies = NULL;
+    dst->n_frontends = dst->n_backends = dst->n_policies = 0;
+    if (src->n_policies > 0) {
+        dst->policies = malloc((size_t)src->n_policies * sizeof *dst->policies);
+        if (!dst->policies)
+            return -1;
+        memcpy(dst->policies, src->policies, (size_t)src->n_policies * sizeof *dst->policies);
+        dst->n_policies = src->n_policies;
+    }
     if (src->n_backends > 0) {
         dst->backends = malloc((size_t)src->n_backends * sizeof *dst->backends);
         if (!dst->backends)
-            return -1;
+            goto nomem;
         memcpy(dst->backends, src->backends, (size_t)src->n_backends * sizeof *dst->backends);
         dst->n_backends = src->n_backends;
     }
@@ -1482,10 +1637,21 @@ const char *gw_tls_version_name(enum gw_tls_version v)
     return "?";
 }
 
+int gw_config_policy(const gw_config *cfg, const char *name)
+{
+    for (int i = 0; i < cfg->n_policies; i++)
+        if (strcmp(cfg->policies[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
 const char *gw_config_key(size_t i, const char **section)
 {
-    static const char *const names[] = {
-        [S_GLOBAL] = "global", [S_TLS] = "tls", [S_FRONTEND] = "frontend", [S_BACKEND] = "backend"};
+    static const char *const names[] = {[S_GLOBAL] = "global",
+                                        [S_TLS] = "tls",
+                                        [S_FRONTEND] = "frontend",
+                                        [S_BACKEND] = "backend",
+                                        [S_POLICY] = "policy"};
     for (size_t k = 0; k < NKEYS; k++)
         for (int s = 0; s < N_SECT; s++)
             if (key_in(&keys[k], (enum sect)s) && i-- == 0) {

@@ -172,6 +172,92 @@ static int prepare_backend(gw_backend_rt *be, const gw_backend_conf *bc, int k, 
     return 0;
 }
 
+/* user_map: read at start and at every reload. Its backends must be the frontend's. With
+ * auth = backend nobody knows a user's groups, and a fixed account's password would let
+ * any client in under a mapped name: both are refused. */
+static int load_user_map(gw_frontend *fe, int index, gw_cfg_where *where, char *err, size_t cap)
+{
+    const gw_frontend_conf *fc = fe->conf;
+    fe->user_map = calloc(1, sizeof *fe->user_map);
+    if (!fe->user_map) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    blame(where, "frontend", index, "user_map");
+    if (gw_user_map_load_file(fc->user_map, fe->user_map, err, cap) != 0)
+        return -1;
+    for (size_t i = 0; i < fe->user_map->n; i++) {
+        const gw_map_rule *r = &fe->user_map->v[i];
+        bool found = !r->backend[0];
+        for (int j = 0; j < fe->n_backends && !found; j++)
+            found = strcmp(fe->backends[j]->conf->name, r->backend) == 0;
+        if (!found) {
+            snprintf(err, cap, "%s:%d: %s%s: backend %s is not one of this frontend's backends",
+                     fc->user_map, r->line, r->group ? "@" : "", r->who, r->backend);
+            return -1;
+        }
+        if (fc->auth == GW_AUTH_BACKEND && r->group) {
+            snprintf(err, cap,
+                     "%s:%d: @%s: groups are known only when the gateway checks the login "
+                     "(auth = file)",
+                     fc->user_map, r->line, r->who);
+            return -1;
+        }
+        if (fc->auth == GW_AUTH_BACKEND && r->pass_file) {
+            snprintf(err, cap,
+                     "%s:%d: %s: a fixed account's password needs auth = file (with auth = "
+                     "backend nobody would check the client's)",
+                     fc->user_map, r->line, r->who);
+            return -1;
+        }
+    }
+    GW_LOG_INFO(0, "event=user_map frontend=%s path=%s rules=%zu", fc->name, fc->user_map,
+                fe->user_map->n);
+    blame(where, NULL, 0, NULL);
+    return 0;
+}
+
+/* auth = file: the users file, read at start and at every reload (a new generation). Its
+ * backend= and policy= attributes must name what exists; rates are not built yet. */
+static int load_users(gw_frontend *fe, const gw_config *cfg, int index, gw_cfg_where *where,
+                      char *err, size_t cap)
+{
+    const gw_frontend_conf *fc = fe->conf;
+    fe->users = calloc(1, sizeof *fe->users);
+    if (!fe->users) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    blame(where, "frontend", index, "auth_file");
+    if (gw_users_load_file(fc->auth_file, fe->users, err, cap) != 0)
+        return -1;
+    for (size_t i = 0; i < fe->users->n; i++) {
+        const gw_user_entry *e = &fe->users->v[i];
+        bool found = !e->backend[0];
+        for (int j = 0; j < fe->n_backends && !found; j++)
+            found = strcmp(fe->backends[j]->conf->name, e->backend) == 0;
+        if (!found) {
+            snprintf(err, cap, "%s:%d: user %s: backend=%s is not one of this frontend's backends",
+                     fc->auth_file, e->line, e->name, e->backend);
+            return -1;
+        }
+        if (e->policy[0] && gw_config_policy(cfg, e->policy) < 0) {
+            snprintf(err, cap, "%s:%d: user %s: policy=%s: no [policy %s] section", fc->auth_file,
+                     e->line, e->name, e->policy, e->policy);
+            return -1;
+        }
+        if (e->rate_down || e->rate_up) {
+            snprintf(err, cap, "%s:%d: user %s: %s: rate limits are not built in this version",
+                     fc->auth_file, e->line, e->name, e->rate_down ? "rate_down" : "rate_up");
+            return -1;
+        }
+    }
+    GW_LOG_INFO(0, "event=users_file frontend=%s path=%s users=%zu", fc->name, fc->auth_file,
+                fe->users->n);
+    blame(where, NULL, 0, NULL);
+    return 0;
+}
+
 /* Everything a frontend needs except its listening socket. */
 static int prepare_frontend(gw_generation *g, gw_frontend *fe, int index, gw_live_table *live,
                             gw_cfg_where *where, char *err, size_t cap)
@@ -226,6 +312,10 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, int index, gw_liv
         if (fc->pasv_shared_port > 0)
             gw_tls_server_ctx_route(fe->tls_ctx);
     }
+    if (fc->auth == GW_AUTH_FILE && load_users(fe, cfg, index, where, err, cap) != 0)
+        return -1;
+    if (fc->user_map[0] && load_user_map(fe, index, where, err, cap) != 0)
+        return -1;
     return 0;
 }
 
@@ -290,6 +380,10 @@ static void free_generation(gw_generation *g)
         gw_tls_ctx_free(g->frontends[i].tls_ctx);
         free(g->frontends[i].backends);
         gw_bal_state_free(&g->frontends[i].bal);
+        gw_users_free(g->frontends[i].users);
+        free(g->frontends[i].users);
+        gw_user_map_free(g->frontends[i].user_map);
+        free(g->frontends[i].user_map);
     }
     for (int i = 0; g->backends && i < g->cfg.n_backends; i++)
         gw_tls_ctx_free(g->backends[i].tls_ctx);

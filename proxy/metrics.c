@@ -79,6 +79,13 @@ void gw_metric_session_move(const char *from, const char *to)
         ADD(gw_metrics_g.fe[i].sessions_active, 1);
 }
 
+void gw_metric_policy_refused(const char *frontend)
+{
+    int i = slot_find(gw_metrics_g.fe_names, frontend, true);
+    if (i >= 0)
+        ADD(gw_metrics_g.fe[i].policy_refused, 1);
+}
+
 void gw_metric_login(const char *frontend, bool ok)
 {
     int i = slot_find(gw_metrics_g.fe_names, frontend, true);
@@ -269,8 +276,10 @@ static void render_frontends(const gw_metrics *m, const gw_metrics_view *v, gw_s
         {"ftpsgate_sessions_active", "gauge", "Client sessions open now."},
         {"ftpsgate_sessions_total", "counter", "Client sessions started."},
         {"ftpsgate_logins_total", "counter", "Logins by result (ok, failed)."},
+        {"ftpsgate_policy_refused_total", "counter",
+         "Commands refused with 550 by a [policy] (never sent to the backend)."},
     };
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < 4; f++) {
         family(o, fam[f].name, fam[f].type, fam[f].help);
         for (int pass = 0; pass < 2; pass++) {
             int n = pass == 0 ? used : v->n_frontends;
@@ -279,11 +288,12 @@ static void render_frontends(const gw_metrics *m, const gw_metrics_view *v, gw_s
                 const gw_m_frontend *fe = pass == 0 ? &m->fe[i] : NULL;
                 if (pass == 1 && slot_find((gw_m_slot_names *)m->fe_names, name, false) >= 0)
                     continue;
-                if (f < 2) {
+                if (f != 2) {
                     series1(o, fam[f].name, "frontend", name);
                     long long val = !fe      ? 0
                                     : f == 0 ? (long long)GET(fe->sessions_active)
-                                             : (long long)GET(fe->sessions_total);
+                                    : f == 1 ? (long long)GET(fe->sessions_total)
+                                             : (long long)GET(fe->policy_refused);
                     gw_sbuf_printf(o, " %lld\n", val);
                     continue;
                 }

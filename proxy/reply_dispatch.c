@@ -77,23 +77,28 @@ static void on_relayed_line(gw_session *s, gw_reply_parser *r)
         return;
     }
     if (r->code == 530 && strcmp(s->cur.verb, "PASS") == 0) {
-        GW_LOG_INFO(s->id, "event=login_failed count=%d", s->login.failed + 1);
-        gw_sinfo_login(s, false);
-        /* The ban list counts it per client address (bans.h): a banned address's session
-         * ends now, its other sessions at their next failure, new ones at accept. */
-        if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
-            gw_sess_fail(s, GW_R_BANNED, "client address banned");
-            return;
-        }
-        if (++s->login.failed >= 3) {
-            gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
-            return;
-        }
-        s->login.reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
-        gw_sess_rearm(s);
-        return; /* on_tick releases the 530 and the queue */
+        gw_reply_login_failed(s); /* on_tick releases the 530 and the queue */
+        return;
     }
     gw_sess_command_done(s);
+}
+
+void gw_reply_login_failed(gw_session *s)
+{
+    GW_LOG_INFO(s->id, "event=login_failed count=%d", s->login.failed + 1);
+    gw_sinfo_login(s, false);
+    /* The ban list counts it per client address (bans.h): a banned address's session
+     * ends now, its other sessions at their next failure, new ones at accept. */
+    if (gw_bans_login_failed(s->fe->cfg, ban_peer(s), s->id)) {
+        gw_sess_fail(s, GW_R_BANNED, "client address banned");
+        return;
+    }
+    if (++s->login.failed >= 3) {
+        gw_sess_fail(s, GW_R_TOO_MANY_LOGINS, "3 failed logins");
+        return;
+    }
+    s->login.reply_delay_until = gw_sess_now(s) + FAILED_LOGIN_DELAY_MS;
+    gw_sess_rearm(s);
 }
 
 /* Nothing outstanding: typically a 421 before the server closes. */
@@ -133,9 +138,11 @@ void gw_reply_dispatch_line(gw_session *s, gw_reply_parser *r)
     case PEND_QUIT:
         on_relayed_line(s, r);
         return;
+    case PEND_CHECK: /* the gateway checks a PASS: nothing was sent, the backend speaks
+                        out of turn (a backend refusal's connection is dropped) */
     case PEND_NONE:
         on_unsolicited_line(s, r);
         return;
     }
-    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_QUIT); /* not a gw_pending */
+    GW_SESS_BUG_ON(s, (unsigned)s->pending > PEND_LAST); /* not a gw_pending */
 }

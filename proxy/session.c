@@ -30,15 +30,18 @@ static const char *const backend_step_names[] = {
     [BE_PBSZ] = "pbsz",
     [BE_PROT] = "prot",
     [BE_UTF8] = "utf8",
+    [BE_LOGIN_USER] = "login_user",
+    [BE_LOGIN_PASS] = "login_pass",
     [BE_READY] = "ready",
     [BE_LATE_PBSZ] = "late_pbsz",
     [BE_LATE_PROT] = "late_prot",
     [BE_CLOSED] = "closed",
 };
 static const char *const pending_names[] = {
-    [PEND_NONE] = "none", [PEND_SETUP] = "setup",       [PEND_RELAY] = "relay",
-    [PEND_PASV] = "pasv", [PEND_PORT] = "port",         [PEND_ABORT] = "abort",
-    [PEND_FEAT] = "feat", [PEND_TRANSFER] = "transfer", [PEND_QUIT] = "quit",
+    [PEND_NONE] = "none",   [PEND_SETUP] = "setup",       [PEND_RELAY] = "relay",
+    [PEND_PASV] = "pasv",   [PEND_PORT] = "port",         [PEND_ABORT] = "abort",
+    [PEND_FEAT] = "feat",   [PEND_TRANSFER] = "transfer", [PEND_QUIT] = "quit",
+    [PEND_CHECK] = "check",
 };
 
 const char *gw_sess_client_state_name(enum gw_client_state st)
@@ -53,16 +56,18 @@ const char *gw_sess_backend_step_name(enum gw_be_step st)
 
 const char *gw_sess_pending_name(enum gw_pending p)
 {
-    return (unsigned)p <= PEND_QUIT ? pending_names[p] : "?";
+    return (unsigned)p <= PEND_LAST ? pending_names[p] : "?";
 }
 
 static void on_tick(uv_timer_t *t);
 
 /* Does this frontend send its own 220 and open the backend connection at USER? (greeting
- * set, balance = user or route_user = yes) */
+ * set, balance = user, route_user = yes, user_map, or auth at the gateway) */
 static bool fe_self_greets(const gw_frontend_conf *fc)
 {
-    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER;
+    return fc->greeting[0] || fc->route_user || fc->balance == GW_BALANCE_USER ||
+           fc->auth != GW_AUTH_BACKEND || /* nothing reaches a backend before the check */
+           fc->user_map[0];               /* the backend follows from the USER name */
 }
 
 /* The text after "220 " of such a frontend's greeting. */
@@ -93,7 +98,7 @@ void gw_sess_set_backend_state(gw_session *s, enum gw_be_step st)
 /* What the one outstanding exchange with the backend waits for (curl's _ftp_state). */
 void gw_sess_set_pending(gw_session *s, enum gw_pending p)
 {
-    if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_QUIT))
+    if (s->pending == p || GW_SESS_BUG_ON(s, (unsigned)p > PEND_LAST))
         return;
     GW_LOG_DEBUG(s->id, "event=pending from=%s to=%s verb=%s", gw_sess_pending_name(s->pending),
                  gw_sess_pending_name(p), s->cur.verb);
@@ -139,6 +144,7 @@ void gw_sess_release(gw_session *s)
     free(s->cur.held);
     free(s->route.tried);
     free(s->ctl.cert);
+    gw_edge_free(s);
     free(s);
     hooks->on_end(host);
 }

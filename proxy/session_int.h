@@ -2,9 +2,10 @@
  * other. Private to proxy/session.c (core: states, timers, the one fail/close path),
  * proxy/client_cmd.c (the client's command queue and the gateway's own commands),
  * proxy/backend.c (the backend control leg and its set-up), proxy/reply_dispatch.c (each
- * backend reply, by what is pending), proxy/transfer.c (data channels and transfers) and
- * proxy/session_info.c (the admin view). Nothing outside these six files sees a
- * gw_session's fields. */
+ * backend reply, by what is pending), proxy/transfer.c (data channels and transfers),
+ * proxy/session_info.c (the admin view) and proxy/edge_auth.c (the gateway's own login
+ * check and command policy). Nothing outside these seven files sees a gw_session's
+ * fields. */
 #ifndef GW_SESSION_INT_H
 #define GW_SESSION_INT_H
 
@@ -36,18 +37,21 @@ enum gw_client_state {
  * for the server's reply to one command of the gateway's own. Advanced by gw_backend_advance
  * alone (backend.c), changed by gw_sess_set_backend_state alone (logged). */
 enum gw_be_step {
-    BE_IDLE,      /* no connection: self_greet before USER, after REIN, or not started */
-    BE_CONNECT,   /* name lookup and TCP connect, under connect_timeout */
-    BE_GREETING,  /* the 220 awaited (implicit TLS: the handshake first), connect_timeout */
-    BE_AUTH,      /* explicit TLS toward the server: AUTH TLS sent, its 234 awaited */
-    BE_TLS,       /* 234 received: the handshake with the server runs */
-    BE_PBSZ,      /* TLS toward the server: PBSZ 0 sent */
-    BE_PROT,      /* PROT P sent */
-    BE_UTF8,      /* self_greet: the client's OPTS UTF8 ON replayed, its reply swallowed */
-    BE_READY,     /* the client's commands are relayed (self_greet: its USER first) */
-    BE_LATE_PBSZ, /* PBSZ/PROT refused before login: PBSZ 0 again after the 230 (held) */
-    BE_LATE_PROT, /* PROT P after the 230; its reply releases the 230 */
-    BE_CLOSED,    /* the session ends */
+    BE_IDLE,     /* no connection: self_greet before USER, after REIN, or not started */
+    BE_CONNECT,  /* name lookup and TCP connect, under connect_timeout */
+    BE_GREETING, /* the 220 awaited (implicit TLS: the handshake first), connect_timeout */
+    BE_AUTH,     /* explicit TLS toward the server: AUTH TLS sent, its 234 awaited */
+    BE_TLS,      /* 234 received: the handshake with the server runs */
+    BE_PBSZ,     /* TLS toward the server: PBSZ 0 sent */
+    BE_PROT,     /* PROT P sent */
+    BE_UTF8,     /* self_greet: the client's OPTS UTF8 ON replayed, its reply swallowed */
+    /* auth = file: the login the gateway checked, replayed (edge_auth.c) */
+    BE_LOGIN_USER, /* USER sent; its 331 is consumed (a 230 is the answer to the PASS) */
+    BE_LOGIN_PASS, /* the client's password sent; a 2xx is the answer to its PASS */
+    BE_READY,      /* the client's commands are relayed (self_greet: its USER first) */
+    BE_LATE_PBSZ,  /* PBSZ/PROT refused before login: PBSZ 0 again after the 230 (held) */
+    BE_LATE_PROT,  /* PROT P after the 230; its reply releases the 230 */
+    BE_CLOSED,     /* the session ends */
 };
 
 /* The server's data legs, as PBSZ/PROT toward it decided. */
@@ -68,7 +72,10 @@ enum gw_pending {
     PEND_FEAT,     /* buffered, rewritten */
     PEND_TRANSFER, /* 1yz relayed, final reply held until the data legs are done */
     PEND_QUIT,
+    PEND_CHECK, /* auth = file: PASS is checked in the thread pool (edge_auth.c), or its 530
+                   waits out the delay; nothing was sent to the backend */
 };
+#define PEND_LAST PEND_CHECK
 
 /* What one command carries across its round trip to the backend and back. Reset when the
  * next command is taken from the queue. */
@@ -160,6 +167,9 @@ typedef struct gw_sess_login {
     int failed;                 /* failed logins (3 end the session; REIN keeps the count) */
     uint64_t reply_delay_until; /* a failed PASS is answered only then (slows guessing) */
     uint64_t started_ms;        /* login_timeout (and the handshake's) count from here */
+    /* auth = file: the gateway's check of USER/PASS and who passed it (edge_auth.c; heap,
+     * NULL: none yet). Reset with the part: gw_edge_free first. */
+    struct gw_edge *edge;
 } gw_sess_login;
 
 /* The protection the client's commands set (TLS/PBSZ/PROT/CCC/EPSV ALL). Reset by REIN. */
@@ -285,6 +295,10 @@ void gw_backend_greeting_line(gw_session *s, gw_reply_parser *r);
 
 /* reply_dispatch.c: each backend reply, where the pending exchange says */
 void gw_reply_dispatch_line(gw_session *s, gw_reply_parser *r);
+/* A failed login (the backend's 530 to PASS, or the gateway's own check): logged, counted
+ * (ban list, 3 end the session); else its 530 (cur.held, or the gateway's) waits out the
+ * delay, and on_tick releases it and the queue. The caller returns. */
+void gw_reply_login_failed(gw_session *s);
 
 /* transfer.c: the session's data channels and transfers */
 /* PASV/EPSV/PORT/EPRT: arm the backend leg as data_mode says (the client's leg and answer
@@ -315,6 +329,27 @@ void gw_xfer_end_unsent(gw_session *s, const char *text, const char *result, con
 /* The address a 227 names for this client (pasv_address_for, pasv_address = auto or an
  * address, else bind). false when it is not IPv4. */
 bool gw_xfer_pasv_addr(gw_session *s, const gw_addr *bind, gw_addr *adv);
+
+/* edge_auth.c: authentication at the gateway (auth = file) and the command policy */
+/* USER on an auth = file frontend (after the client_cert checks): answered by the gateway.
+ * false: not such a frontend, the caller goes on. */
+bool gw_edge_user(gw_session *s, const char *arg);
+/* PASS on an auth = file frontend, and a logged-in session's command under its [policy]
+ * (550 when refused): true when the gateway took the command. */
+bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, const char *arg);
+/* The backend connection was opened for a login the gateway checked: its set-up ends with
+ * that login replayed (BE_LOGIN_USER, BE_LOGIN_PASS). */
+bool gw_edge_login_due(const gw_session *s);
+/* BE_LOGIN_USER answered 331: "PASS <the client's password>" into line (cap bytes; the
+ * caller wipes it once sent), and the gateway forgets the password. false: none kept. */
+bool gw_edge_pass_line(gw_session *s, char *line, size_t cap);
+/* The replayed login is over (accepted, or the session ends): the password is wiped. */
+void gw_edge_forget(gw_session *s);
+/* The backend refused the replayed login (r: its last reply line): the client gets 530,
+ * the backend connection is dropped (the next PASS connects again), the command is done. */
+void gw_edge_login_refused(gw_session *s, gw_reply_parser *r);
+/* The login part's edge state is freed (session end, REIN); s->login.edge is NULL after. */
+void gw_edge_free(gw_session *s);
 
 /* session_info.c: the admin endpoint's view (timeline ring, metrics of session events) */
 void gw_sinfo_start(gw_session *s);
