@@ -484,6 +484,33 @@ def test_slow_ldap_holds_up_no_one_else(gateway, vsftpd, slapd, ports, test_user
         proxy.close()
 
 
+def test_bounded_checks(gateway, vsftpd, slapd, ports, test_user, client_ctx, tmp_path):
+    """At most 3 checks run at once: with 3 held up by a slow server, a fourth login gets
+    421 at once (reason=busy) instead of a thread; the 3 then log in."""
+    sysuser, password = test_user
+    proxy = DelayProxy(slapd.port, ports.port())
+    try:
+        gw = start(gateway, vsftpd, ldap_keys(proxy.uri, auth_cache_ttl=0,
+                                              user_map=user_map(tmp_path / "map", sysuser)))
+        proxy.delay = 1.5
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(
+            attempt(gw.port, client_ctx, "alice", password))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        peers.wait_for(lambda: proxy.connections == 3, 5, "3 checks under way")
+        mark = gw.mark()
+        code, text, took = attempt(gw.port, client_ctx, "alice", password)
+        assert code == 421 and took < 1, (code, text, took)
+        mark.wait('event=auth_unavailable method=ldap user="alice" reason=busy')
+        for t in threads:
+            t.join(30)
+        assert sorted(r[0] for r in results) == [230, 230, 230], results
+        assert proxy.connections == 3
+    finally:
+        proxy.close()
+
+
 def test_cache(gateway, vsftpd, slapd, ports, test_user, client_ctx, tmp_path):
     """A second login within auth_cache_ttl is answered without slapd (no new connection
     through the proxy, no new BIND in slapd's log); another password is not; a failure is
