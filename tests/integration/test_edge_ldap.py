@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -378,6 +379,43 @@ def test_search_then_bind(gateway, vsftpd, slapd, test_user, client_ctx, tmp_pat
                                   f'reason={reason}'))
     assert vsftpd.connections() == before + 1
     no_password_in(gw.log, password, SVC_PW)
+
+
+def test_reload_rereads_service_password(gateway, vsftpd, slapd, test_user, client_ctx,
+                                         tmp_path):
+    """SIGHUP reads the service password file again: a wrong password there makes the
+    directory refuse the service account (421, reason=service_bind_refused); a file others
+    may read fails the reload and the old configuration keeps serving; the cache is the
+    generation's, so a reload empties it."""
+    sysuser, password = test_user
+    svc = tmp_path / "svc.pw"
+    svc.write_text(SVC_PW + "\n")
+    svc.chmod(0o600)
+    gw = start(gateway, vsftpd, ldap_keys(
+        slapd.uri, ldap_user_dn=None, ldap_bind_dn=SVC_DN, ldap_bind_password_file=svc,
+        ldap_base=PEOPLE, user_map=user_map(tmp_path / "map", sysuser)))
+    with ftplib_session(gw.port, "alice", password, client_ctx) as ftp:
+        assert ftp.pwd()
+    svc.write_text("not-the-password\n")
+    mark = gw.mark()
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_complete ", 20)
+    code, text, _ = attempt(gw.port, client_ctx, "alice", password)
+    assert code == 421, text
+    mark.wait('event=auth_unavailable method=ldap user="alice" reason=service_bind_refused')
+    svc.write_text(SVC_PW + "\n")
+    svc.chmod(0o644)
+    mark = gw.mark()
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_failed .*readable or writable by group or others", 20)
+    assert attempt(gw.port, client_ctx, "alice", password)[0] == 421  # the old one serves
+    svc.chmod(0o600)
+    mark = gw.mark()
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_complete ", 20)
+    with ftplib_session(gw.port, "alice", password, client_ctx) as ftp:
+        assert ftp.pwd()
+    no_password_in(gw.log, password, SVC_PW, "not-the-password")
 
 
 @pytest.mark.parametrize("how", ["ldaps", "starttls"])
