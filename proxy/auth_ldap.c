@@ -442,7 +442,15 @@ void gw_ldap_run(const gw_ldap *l, gw_ldap_check *c)
                 unavailable(c, ld, rc, "bind");
             goto out;
         }
-        if (find_entry(l, ld, dn, LDAP_SCOPE_BASE, "(objectClass=*)", c, NULL, 0) != 0)
+        /* Bound, but the entry cannot be read: its groups (a read-only policy's, say) are
+         * unknown, so no login (a directory's ACL to fix, not the user's failure). */
+        int found = find_entry(l, ld, dn, LDAP_SCOPE_BASE, "(objectClass=*)", c, NULL, 0);
+        if (found > 0) {
+            result(c, GW_LDAP_UNAVAILABLE, "entry_unreadable");
+            snprintf(c->detail, sizeof c->detail,
+                     "the user's own entry is not readable after its bind");
+        }
+        if (found != 0)
             goto out;
     }
     snprintf(c->who.name, sizeof c->who.name, "%s", c->name);

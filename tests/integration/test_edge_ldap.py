@@ -84,6 +84,7 @@ rootpw {ADMIN_PW}
 directory {self.dir}/db
 overlay memberof
 access to attrs=userPassword by anonymous auth by self read by * none
+access to dn.exact="uid=eve,{PEOPLE}" by * none
 access to * by users read by * none
 """)
 
@@ -143,9 +144,10 @@ def group(name: str, *uids: str) -> str:
 
 
 def start_slapd(directory: Path, ports, cert, key, password: str) -> Slapd:
-    """Users: alice ({SSHA}, group ftp-rw), bob ({CRYPT}, groups ftp-ro, backend be2),
-    carol (her own password: vsftpd would refuse it), "x*)(uid=*" (filter injection
-    bait), and the service account."""
+    """Users: alice ({SSHA}, group ftp-rw), bob ({CRYPT}, group ftp-ro, backend be2),
+    carol (her own password: vsftpd would refuse it; ftp-rw), dave (a backend the
+    gateway does not have), eve (an ACL hides her entry from herself), and the service
+    account."""
     s = Slapd(directory, ports, cert, key)
     crypt = "{CRYPT}" + subprocess.run(["mkpasswd", "-m", "sha512crypt", "--stdin"],
                                        input=password, capture_output=True, text=True,
@@ -162,6 +164,7 @@ def start_slapd(directory: Path, ports, cert, key, password: str) -> Slapd:
         person("bob", crypt, "employeeType: be2"),
         person("carol", slappasswd(OWN_PW, "{SSHA}")),
         person("dave", slappasswd(password, "{SSHA}"), "employeeType: nowhere"),
+        person("eve", slappasswd(password, "{SSHA}")),  # may bind, not read her entry
     ], [group("ftp-rw", "alice", "carol"), group("ftp-ro", "bob")])
     return s
 
@@ -325,7 +328,8 @@ def test_group_backend_and_policy(gateway, vsftpd, pyftpdlib, slapd, test_user, 
                                   blobs, tmp_path):
     """bob's employeeType names backend be2 (pyftpdlib) and his group ftp-ro a read-only
     policy: STOR gets 550 and never reaches the backend. alice (ftp-rw) writes on vsftpd.
-    dave's employeeType names no backend of the frontend: refused (421), nothing opened."""
+    dave's employeeType names no backend of the frontend, eve may bind but not read her
+    entry (her groups are unknown): both refused (421), nothing opened."""
     sysuser, password = test_user
     gw = start(gateway, vsftpd,
                ldap_keys(slapd.uri, backend="be, be2", ldap_backend_attr="employeeType",
@@ -355,6 +359,9 @@ def test_group_backend_and_policy(gateway, vsftpd, pyftpdlib, slapd, test_user, 
     code, text, _ = attempt(gw.port, client_ctx, "dave", password)
     assert code == 421, text
     mark.wait('event=auth_unavailable method=ldap user="dave" reason=unknown_backend')
+    code, text, _ = attempt(gw.port, client_ctx, "eve", password)
+    assert code == 421, text
+    mark.wait('event=auth_unavailable method=ldap user="eve" reason=entry_unreadable')
     assert vsftpd.connections() == vs0 + 1 and pyftpdlib.connections() == py0 + 1
 
 
