@@ -71,7 +71,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 # No FTP daemon may start on port 21 when vsftpd is installed, nor slapd on 389 (the tests
-# start their own): a policy-rc.d that refuses every service start, created before any install and only if there is none yet.
+# start their own): a policy-rc.d that refuses every service start, created before any
+# install and only if there is none yet.
 if [[ ! -e /usr/sbin/policy-rc.d ]]; then
   printf '#!/bin/sh\n# created by ftpsgate .ci/deps.sh: no service starts on install\nexit 101\n' \
     >/usr/sbin/policy-rc.d
