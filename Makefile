@@ -14,7 +14,8 @@ VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/versi
 ADMIN ?= yes
 # libcrypt: crypt_r (crypt_check.c) checks the users file of auth = file frontends and the
 # admin endpoint's admin_users; the pure modules' unit tests and fuzz targets link it too.
-PKGS := libuv openssl libcrypt
+# libldap (OpenLDAP): auth = ldap frontends (auth_ldap.c).
+PKGS := libuv openssl libcrypt ldap
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
@@ -23,6 +24,7 @@ endif
 DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_libcrypt := libcrypt-dev
+DEB_ldap := libldap-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 
@@ -55,7 +57,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
 	proxy_proto admin_text admin_users metrics timeline siblings server_name inherit \
-	users_file cmd_policy crypt_check user_map textfile
+	users_file cmd_policy crypt_check user_map textfile ldap_text
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)

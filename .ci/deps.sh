@@ -15,6 +15,7 @@ set -euo pipefail
 DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
   libcrypt-dev  # crypt_r (proxy/crypt_check.c): auth = file users, admin_users
+  libldap-dev  # libldap (proxy/auth_ldap.c): auth = ldap
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.
@@ -28,6 +29,7 @@ TEST_PACKAGES=(
   fail2ban  # fail2ban-regex checks config/fail2ban-ftpsgate.conf (tests/integration/test_ban.py)
   systemd logrotate prometheus strace
   ftp-ssl  # netkit ftp-ssl: uploads without close_notify (tests/integration/test_tls_policy.py)
+  slapd ldap-utils  # a real LDAP server for auth = ldap (tests/integration/test_edge_ldap.py)
   rclone  # Go's shared TLS session cache: sibling resumption (tests/integration/test_resumption.py)
 )
 
@@ -68,8 +70,9 @@ if ((EUID != 0)); then
 fi
 export DEBIAN_FRONTEND=noninteractive
 
-# No FTP daemon may start on port 21 when vsftpd is installed: a policy-rc.d that refuses
-# every service start, created before any install and only if there is none yet.
+# No FTP daemon may start on port 21 when vsftpd is installed, nor slapd on 389 (the tests
+# start their own): a policy-rc.d that refuses every service start, created before any
+# install and only if there is none yet.
 if [[ ! -e /usr/sbin/policy-rc.d ]]; then
   printf '#!/bin/sh\n# created by ftpsgate .ci/deps.sh: no service starts on install\nexit 101\n' \
     >/usr/sbin/policy-rc.d

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "auth_ldap.h"
 #include "config.h"
 #include "balance.h"
 #include "ftp_addr.h"
@@ -56,6 +57,7 @@ typedef struct gw_frontend {
     struct gw_frontend *vh_listen;
     bool vhosted;    /* shares its address or has server_name: the gateway greets, SNI/HOST pick */
     gw_users *users; /* auth = file: its users file as this generation read it (heap) */
+    gw_ldap *ldap;   /* auth = ldap: the service password, the cache (this worker's) */
     gw_user_map *user_map; /* user_map: as this generation read it, passwords loaded (heap) */
 } gw_frontend;
 
@@ -93,7 +95,8 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
                                  gw_cfg_where *where, char *err, size_t cap);
 /* What start needs from files and the network, checked by building a generation and
  * dropping it (-t, and start before it binds): certificates, keys and their match, CA and
- * CRL files, the users files of auth = file frontends (mode, syntax, attributes), the
+ * CRL files, the users files of auth = file frontends (mode, syntax, attributes), the LDAP
+ * service password file and CA file of auth = ldap frontends, the
  * transfer log opened for appending (created as start would), backend
  * addresses, and listen addresses that are this host's. 0, or -1 as gw_generation_new. */
 int gw_generation_check(const gw_config *cfg, gw_cfg_where *where, char *err, size_t cap);

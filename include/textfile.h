@@ -17,6 +17,12 @@
 char *gw_textfile_read(const char *path, size_t max, unsigned forbid, size_t *len, char *err,
                        size_t cap);
 
+/* A password file: the first line of a file only the gateway's user may read
+ * (GW_TEXTFILE_OWNER_ONLY), at most max - 1 bytes, without its line end; heap, or NULL with
+ * "PATH: problem" in err (an empty first line is refused: it would be no password, or an
+ * anonymous LDAP bind). What was read is wiped before it is freed. */
+char *gw_textfile_secret_line(const char *path, size_t max, char *err, size_t cap);
+
 /* "ORIGIN:LINE: problem" (LINE 0: "ORIGIN: problem") into err; returns -1. */
 __attribute__((format(printf, 5, 6))) int
 gw_textfile_fail(char *err, size_t cap, const char *origin, int line, const char *fmt, ...);

@@ -18,6 +18,7 @@
 
 #include "ban.h"  /* GW_BAN_AFTER_MAX */
 #include "cidr.h" /* CIDR lists */
+#include "ldap_text.h"
 
 /* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
@@ -471,11 +472,11 @@ static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *w
     return p_str(k, v, out, why, cap);
 }
 
-/* auth: backend | file. pam and ldap are reserved names, not built yet: said so. */
+/* auth: backend | file | ldap. pam is a reserved name, not built yet: said so. */
 static int p_auth(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
-    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0) {
-        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file)", v);
+    if (strcasecmp(v, "pam") == 0) {
+        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file | ldap)", v);
         return -1;
     }
     return p_enum(k, v, out, why, cap);
@@ -525,6 +526,34 @@ static int p_user_list(const struct keydef *k, const char *v, void *out, char *w
             snprintf(why, cap, "\"%s\": expected user names and @groups", v);
             return -1;
         }
+    }
+    return p_str(k, v, out, why, cap);
+}
+
+/* ldap_uri: ldap:// and ldaps:// URIs (ldap_text.h). */
+static int p_ldap_uri(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    int n;
+    bool ldaps;
+    if (v[0] && gw_ldap_uris_check(v, NULL, 0, &n, &ldaps, why, cap) != 0)
+        return -1;
+    return p_str(k, v, out, why, cap);
+}
+
+/* ldap_user_dn, ldap_filter: %u templates. */
+static int p_ldap_template(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] && gw_ldap_template_check(v, why, cap) != 0)
+        return -1;
+    return p_str(k, v, out, why, cap);
+}
+
+/* ldap_group_attr, ldap_backend_attr: an attribute name. */
+static int p_ldap_attr(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (v[0] && !gw_ldap_attr_ok(v)) {
+        snprintf(why, cap, "\"%s\": not an attribute name", v);
+        return -1;
     }
     return p_str(k, v, out, why, cap);
 }
@@ -592,7 +621,7 @@ static const struct word w_pp_in[] = {
 static const struct word w_pp_out[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {NULL, 0}};
 static const struct word w_auth[] = {
-    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {NULL, 0}};
+    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {"ldap", GW_AUTH_LDAP}, {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -671,6 +700,18 @@ static const struct keydef keys[] = {
     {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
     {"auth", IN_FRONTEND, p_auth, F(auth), "backend", 0, 0, w_auth},
     {"auth_file", IN_FRONTEND, p_str, F(auth_file), "", 0, 0, NULL},
+    {"ldap_uri", IN_FRONTEND, p_ldap_uri, F(ldap_uri), "", 0, 0, NULL},
+    {"ldap_starttls", IN_FRONTEND, p_bool, F(ldap_starttls), "no", 0, 0, NULL},
+    {"ldap_ca_file", IN_FRONTEND, p_str, F(ldap_ca_file), "", 0, 0, NULL},
+    {"ldap_bind_dn", IN_FRONTEND, p_str, F(ldap_bind_dn), "", 0, 0, NULL},
+    {"ldap_bind_password_file", IN_FRONTEND, p_str, F(ldap_bind_password_file), "", 0, 0, NULL},
+    {"ldap_user_dn", IN_FRONTEND, p_ldap_template, F(ldap_user_dn), "", 0, 0, NULL},
+    {"ldap_base", IN_FRONTEND, p_str, F(ldap_base), "", 0, 0, NULL},
+    {"ldap_filter", IN_FRONTEND, p_ldap_template, F(ldap_filter), "(uid=%u)", 0, 0, NULL},
+    {"ldap_group_attr", IN_FRONTEND, p_ldap_attr, F(ldap_group_attr), "memberOf", 0, 0, NULL},
+    {"ldap_backend_attr", IN_FRONTEND, p_ldap_attr, F(ldap_backend_attr), "", 0, 0, NULL},
+    {"ldap_timeout", IN_FRONTEND, p_int, F(ldap_timeout), "5", 1, 300, NULL},
+    {"auth_cache_ttl", IN_FRONTEND, p_int, F(auth_cache_ttl), "60", 0, 86400, NULL},
     {"user_map", IN_FRONTEND, p_str, F(user_map), "", 0, 0, NULL},
     {"policy", IN_FRONTEND, p_section_ref, F(policy), "", 0, 0, NULL},
 
@@ -1233,6 +1274,59 @@ static int validate_shared_port(struct state *st, int i, int line, const char *l
     return 0;
 }
 
+/* auth = ldap: the URIs, and either a DN template (direct bind) or a service account with
+ * a search base (search-then-bind). The password and CA files are read by the generation. */
+static int validate_ldap(struct state *st, int i, const char *label)
+{
+    gw_frontend_conf *f = &st->cfg->frontends[i];
+    const int *kl = st->fe_keys[i];
+#define LINE(key) kl[key_index(S_FRONTEND, key)]
+    if (f->auth != GW_AUTH_LDAP) {
+        static const char *const only[] = {"ldap_uri", "ldap_bind_dn", "ldap_user_dn", "ldap_base"};
+        for (size_t j = 0; j < sizeof only / sizeof only[0]; j++)
+            if (LINE(only[j]))
+                return fail(st, LINE(only[j]), label, only[j], "set without auth = ldap");
+        return 0;
+    }
+    int n;
+    bool ldaps;
+    char why[160];
+    if (!f->ldap_uri[0])
+        return fail(st, LINE("auth"), label, "auth", "ldap needs ldap_uri");
+    if (gw_ldap_uris_check(f->ldap_uri, NULL, 0, &n, &ldaps, why, sizeof why) != 0)
+        return fail(st, LINE("ldap_uri"), label, "ldap_uri", "%s", why);
+    if (f->ldap_starttls && ldaps)
+        return fail(st, LINE("ldap_starttls"), label, "ldap_starttls",
+                    "StartTLS is for ldap:// URIs (ldaps:// is TLS from the start)");
+    if (f->route_user)
+        return fail(st, LINE("route_user"), label, "route_user",
+                    "not with auth = ldap (ldap_backend_attr names a user's backend)");
+    if (f->ldap_bind_dn[0]) {
+        if (!f->ldap_bind_password_file[0])
+            return fail(st, LINE("ldap_bind_dn"), label, "ldap_bind_dn",
+                        "needs ldap_bind_password_file (the service account's password)");
+        if (!f->ldap_base[0])
+            return fail(st, LINE("ldap_bind_dn"), label, "ldap_bind_dn",
+                        "needs ldap_base (where search-then-bind looks for the user)");
+        if (f->ldap_user_dn[0])
+            return fail(st, LINE("ldap_user_dn"), label, "ldap_user_dn",
+                        "not with ldap_bind_dn (search-then-bind finds the user's DN)");
+    } else {
+        if (!f->ldap_user_dn[0])
+            return fail(st, LINE("auth"), label, "auth",
+                        "ldap needs ldap_user_dn (direct bind) or ldap_bind_dn and ldap_base "
+                        "(search-then-bind)");
+        if (f->ldap_bind_password_file[0])
+            return fail(st, LINE("ldap_bind_password_file"), label, "ldap_bind_password_file",
+                        "set without ldap_bind_dn");
+        if (f->ldap_base[0])
+            return fail(st, LINE("ldap_base"), label, "ldap_base",
+                        "set without ldap_bind_dn (direct bind searches nothing)");
+    }
+#undef LINE
+    return 0;
+}
+
 /* auth, auth_file, user_map and policy (the users file and the map are read by the
  * generation: -t and start refuse one that is missing or unparsable, a users file or a
  * password file readable by others). */
@@ -1249,6 +1343,8 @@ static int validate_auth(struct state *st, int i, const char *label)
     if (f->auth == GW_AUTH_FILE && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
                     "not with auth = file (the users file's backend= names a user's backend)");
+    if (validate_ldap(st, i, label) != 0)
+        return -1;
     if (f->user_map[0] && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "user_map")], label, "user_map",
                     "not with route_user (the map names a user's backend)");

@@ -9,13 +9,17 @@
  * name) and the client's PASS (steps BE_LOGIN_USER, BE_LOGIN_PASS), whose 2xx is the
  * client's. A failed check is a failed login as a backend's 530 is (delay, ban list, 3 per
  * session) and opens nothing. All of it lives in the session's login part
- * (s->login.edge), which REIN resets whole. */
+ * (s->login.edge), which REIN resets whole.
+ *
+ * auth = ldap runs the same steps; the check is auth_ldap.c's (a bind in the thread pool,
+ * or its cache on the loop), and an unreachable server answers 421 (edge_ldap_done). */
 #include "session_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth_ldap.h"
 #include "bans.h"
 #include "cmd_policy.h"
 #include "ftp_codes.h"
@@ -36,6 +40,7 @@ struct gw_edge {
      * sent instead of the client's; NULL: the client's */
     const char *fixed;
     const gw_user_entry *who; /* after a successful check */
+    gw_ldap_check *ldap;      /* auth = ldap: the check's state (heap); who points into it */
 };
 
 static void wipe_pw(struct gw_edge *e)
@@ -57,6 +62,7 @@ void gw_edge_free(gw_session *s)
     if (GW_SESS_BUG_ON(s, e->busy))
         return;
     wipe_pw(e);
+    free(e->ldap);
     free(e);
     s->login.edge = NULL;
 }
@@ -80,9 +86,16 @@ static const char *log_name(const char *in, char *out, size_t cap)
     return out;
 }
 
+/* Does the gateway check USER/PASS itself (auth = file or ldap)? */
 static bool file_auth(const gw_session *s)
 {
-    return s->fe->conf->auth == GW_AUTH_FILE && s->fe->users;
+    return (s->fe->conf->auth == GW_AUTH_FILE && s->fe->users) ||
+           (s->fe->conf->auth == GW_AUTH_LDAP && s->fe->ldap);
+}
+
+static const char *method(const gw_session *s)
+{
+    return s->fe->conf->auth == GW_AUTH_LDAP ? "ldap" : "file";
 }
 
 /* USER on an auth = file frontend: remembered, answered by the gateway. */
@@ -107,6 +120,10 @@ static void edge_user(gw_session *s, const char *arg)
 static void check_work(uv_work_t *req)
 {
     struct gw_edge *e = req->data;
+    if (e->ldap) {
+        gw_ldap_run(e->s->fe->ldap, e->ldap);
+        return;
+    }
     e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
 }
 
@@ -115,7 +132,7 @@ static void check_work(uv_work_t *req)
 static void check_failed(gw_session *s, const char *reason)
 {
     char who[65];
-    GW_LOG_INFO(s->id, "event=auth_failed method=file user=\"%s\" reason=%s",
+    GW_LOG_INFO(s->id, "event=auth_failed method=%s user=\"%s\" reason=%s", method(s),
                 log_name(s->login.user, who, sizeof who), reason);
     s->login.user_sent = false;
     gw_reply_login_failed(s);
@@ -138,10 +155,10 @@ static void check_passed(gw_session *s)
     char name[65], acct[65], line[24] = "";
     if (rule)
         snprintf(line, sizeof line, " map_line=%d", rule->line);
-    GW_LOG_INFO(s->id,
-                "event=auth_ok method=file user=\"%s\" backend_user=\"%s\" password=%s%s%s%s",
-                log_name(s->login.user, name, sizeof name), log_name(account, acct, sizeof acct),
-                e->fixed ? "fixed" : "client", backend[0] ? " backend=" : "", backend, line);
+    GW_LOG_INFO(s->id, "event=auth_ok method=%s user=\"%s\" backend_user=\"%s\" password=%s%s%s%s",
+                method(s), log_name(s->login.user, name, sizeof name),
+                log_name(account, acct, sizeof acct), e->fixed ? "fixed" : "client",
+                backend[0] ? " backend=" : "", backend, line);
     int want = -1;
     for (int i = 0; backend[0] && i < s->fe->n_backends; i++)
         if (strcmp(s->fe->backends[i]->conf->name, backend) == 0)
@@ -170,12 +187,51 @@ static void check_passed(gw_session *s)
     gw_backend_connect(s); /* PEND_SETUP from here: the set-up ends with the login */
 }
 
+/* auth = ldap: the check's answer (from the thread pool or the cache). */
+static void edge_ldap_done(gw_session *s)
+{
+    struct gw_edge *e = s->login.edge;
+    gw_ldap_check *c = e->ldap;
+    char who[65], be[65];
+    gw_ldap_remember(s->fe->ldap, c, gw_sess_now(s));
+    if (c->status == GW_LDAP_OK && c->who.backend[0]) { /* the directory names a backend */
+        bool found = false;
+        for (int i = 0; i < s->fe->n_backends && !found; i++)
+            found = strcmp(s->fe->backends[i]->conf->name, c->who.backend) == 0;
+        if (!found) {
+            c->status = GW_LDAP_UNAVAILABLE;
+            snprintf(c->reason, sizeof c->reason, "unknown_backend");
+            snprintf(c->detail, sizeof c->detail, "%s is not one of this frontend's backends",
+                     log_name(c->who.backend, be, sizeof be));
+        }
+    }
+    if (c->status == GW_LDAP_UNAVAILABLE) {
+        wipe_pw(e);
+        GW_LOG_WARN(s->id, "event=auth_unavailable method=ldap user=\"%s\" reason=%s detail=\"%s\"",
+                    log_name(s->login.user, who, sizeof who), c->reason, c->detail);
+        s->login.user_sent = false;
+        gw_sess_fail(s, GW_R_UNAVAILABLE, "authentication unavailable");
+    } else if (c->status == GW_LDAP_DENIED) {
+        wipe_pw(e);
+        check_failed(s, c->reason);
+    } else {
+        if (c->cached)
+            GW_LOG_DEBUG(s->id, "event=auth_cached method=ldap");
+        e->who = &c->who;
+        check_passed(s);
+    }
+}
+
 static void after_check(uv_work_t *req, int status)
 {
     struct gw_edge *e = req->data;
     gw_session *s = e->s;
     e->busy = false;
-    if (s->cstate == CS_CLOSING || status != 0) {
+    if (e->ldap)
+        gw_ldap_slot_give();
+    if (e->ldap && s->cstate != CS_CLOSING && status == 0) {
+        edge_ldap_done(s);
+    } else if (s->cstate == CS_CLOSING || status != 0) {
         wipe_pw(e);
         if (s->cstate != CS_CLOSING)
             gw_sess_fail(s, GW_R_LOCAL_ERROR, "password check cancelled");
@@ -186,6 +242,32 @@ static void after_check(uv_work_t *req, int status)
         check_passed(s);
     }
     gw_sess_release(s); /* the check held the session */
+}
+
+/* auth = ldap: the cache answers now, or a place in the thread pool is taken (false:
+ * answered or failed here, nothing queued). */
+static bool edge_ldap_start(gw_session *s, struct gw_edge *e)
+{
+    if (!e->ldap && !(e->ldap = malloc(sizeof *e->ldap))) {
+        wipe_pw(e);
+        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
+        return false;
+    }
+    memset(e->ldap, 0, sizeof *e->ldap);
+    snprintf(e->ldap->name, sizeof e->ldap->name, "%s", e->name);
+    e->ldap->password = e->pw;
+    if (gw_ldap_lookup(s->fe->ldap, e->ldap, gw_sess_now(s))) {
+        edge_ldap_done(s);
+        return false;
+    }
+    if (!gw_ldap_slot_take()) { /* every place taken: the server is slow or many log in */
+        e->ldap->status = GW_LDAP_UNAVAILABLE;
+        snprintf(e->ldap->reason, sizeof e->ldap->reason, "busy");
+        snprintf(e->ldap->detail, sizeof e->ldap->detail, "%d checks running", GW_LDAP_MAX_RUNNING);
+        edge_ldap_done(s);
+        return false;
+    }
+    return true;
 }
 
 /* PASS on an auth = file frontend: checked off the loop; the queue waits (PEND_CHECK). */
@@ -216,9 +298,13 @@ static void edge_pass(gw_session *s, const char *arg)
     snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->login.user); /* "": nobody */
     e->work.data = e;
     gw_sess_set_pending(s, PEND_CHECK);
+    if (s->fe->conf->auth == GW_AUTH_LDAP && !edge_ldap_start(s, e))
+        return;
     s->handles++;
     int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
     if (r != 0) {
+        if (e->ldap)
+            gw_ldap_slot_give();
         s->handles--;
         wipe_pw(e);
         gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));

@@ -314,6 +314,17 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, int index, gw_liv
     }
     if (fc->auth == GW_AUTH_FILE && load_users(fe, cfg, index, where, err, cap) != 0)
         return -1;
+    if (fc->auth == GW_AUTH_LDAP) {
+        blame(where, "frontend", index,
+              fc->ldap_bind_password_file[0] ? "ldap_bind_password_file" : "ldap_ca_file");
+        if (gw_ldap_open(fc, &fe->ldap, err, cap) != 0) {
+            if (fc->ldap_ca_file[0] &&
+                strncmp(err, fc->ldap_ca_file, strlen(fc->ldap_ca_file)) == 0)
+                blame(where, "frontend", index, "ldap_ca_file");
+            return -1;
+        }
+        blame(where, NULL, 0, NULL);
+    }
     if (fc->user_map[0] && load_user_map(fe, index, where, err, cap) != 0)
         return -1;
     return 0;
@@ -382,6 +393,7 @@ static void free_generation(gw_generation *g)
         gw_bal_state_free(&g->frontends[i].bal);
         gw_users_free(g->frontends[i].users);
         free(g->frontends[i].users);
+        gw_ldap_close(g->frontends[i].ldap);
         gw_user_map_free(g->frontends[i].user_map);
         free(g->frontends[i].user_map);
     }

@@ -73,6 +73,25 @@ char *gw_textfile_read(const char *path, size_t max, unsigned forbid, size_t *le
     return buf;
 }
 
+char *gw_textfile_secret_line(const char *path, size_t max, char *err, size_t cap)
+{
+    size_t len;
+    char *buf = gw_textfile_read(path, 64 * 1024, GW_TEXTFILE_OWNER_ONLY, &len, err, cap);
+    if (!buf)
+        return NULL;
+    size_t n = strcspn(buf, "\r\n");
+    char *out = NULL;
+    if (n == 0)
+        gw_textfile_fail(err, cap, path, 0, "the first line is empty");
+    else if (n >= max)
+        gw_textfile_fail(err, cap, path, 0, "longer than %zu bytes", max - 1);
+    else if (!(out = strndup(buf, n)))
+        gw_textfile_fail(err, cap, path, 0, "out of memory");
+    explicit_bzero(buf, len);
+    free(buf);
+    return out;
+}
+
 gw_lines gw_lines_start(const char *text, size_t len)
 {
     const char *p = text ? text : "";

@@ -169,25 +169,9 @@ bad:
 static char *read_password(const char *path, const char *origin, int line, char *err, size_t cap)
 {
     char why[4400];
-    size_t len;
-    char *buf = gw_textfile_read(path, 64 * 1024, GW_TEXTFILE_OWNER_ONLY, &len, why, sizeof why);
-    if (!buf) {
+    char *out = gw_textfile_secret_line(path, GW_MAP_PASSWORD_MAX, why, sizeof why);
+    if (!out)
         gw_textfile_fail(err, cap, origin, line, "password file %s", why);
-        return NULL;
-    }
-    size_t n = 0;
-    while (n < len && buf[n] != '\n' && buf[n] != '\r' && buf[n] != '\0')
-        n++;
-    char *out = NULL;
-    if (n == 0)
-        gw_textfile_fail(err, cap, origin, line, "password file %s: the first line is empty", path);
-    else if (n >= GW_MAP_PASSWORD_MAX)
-        gw_textfile_fail(err, cap, origin, line, "password file %s: longer than %d bytes", path,
-                         GW_MAP_PASSWORD_MAX - 1);
-    else if (!(out = strndup(buf, n)))
-        gw_textfile_fail(err, cap, origin, line, "out of memory");
-    explicit_bzero(buf, len);
-    free(buf);
     return out;
 }
 

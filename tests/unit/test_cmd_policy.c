@@ -121,7 +121,7 @@ static void expect_error(const char *text, const char *want)
 static void test_config_errors(void **state)
 {
     expect_error(BASE "auth = pam\n", "t.conf:6: [frontend f] auth: \"pam\": not built in this");
-    expect_error(BASE "auth = ldap\n", "not built in this version (expected backend | file)");
+    expect_error(BASE "auth = ldap\n", "t.conf:6: [frontend f] auth: ldap needs ldap_uri");
     expect_error(BASE "auth = kerberos\n", "\"kerberos\": expected backend | file");
     expect_error(BASE "auth = file\n", "t.conf:6: [frontend f] auth: file needs auth_file");
     expect_error(BASE "auth = file\nauth_file = /x\nroute_user = yes\n",

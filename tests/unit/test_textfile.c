@@ -119,13 +119,52 @@ static void test_read(void **state)
     rmdir(dir);
 }
 
+static void test_secret_line(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gw-textfile-XXXXXX", path[128], err[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/pw", dir);
+    static const struct {
+        const char *text;
+        int mode;
+        const char *want, *problem;
+    } cases[] = {
+        {"s3cret\r\nsecond line\n", 0600, "s3cret", NULL},
+        {"s3cret", 0400, "s3cret", NULL},
+        {"s3cret\n", 0640, NULL, "mode 0640: readable or writable by group or others"},
+        {"\nlater\n", 0600, NULL, "the first line is empty"},
+        {"", 0600, NULL, "the first line is empty"},
+        {"0123456789\n", 0600, NULL, "longer than 9 bytes"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(cases[i].text, f);
+        fclose(f);
+        assert_int_equal(chmod(path, (mode_t)cases[i].mode), 0);
+        err[0] = 0;
+        char *got = gw_textfile_secret_line(path, 10, err, sizeof err);
+        if (cases[i].want) {
+            assert_non_null(got);
+            assert_string_equal(got, cases[i].want);
+            free(got);
+        } else {
+            assert_null(got);
+            if (!strstr(err, cases[i].problem))
+                fail_msg("case %zu: \"%s\" lacks \"%s\"", i, err, cases[i].problem);
+        }
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lines),
-        cmocka_unit_test(test_bad_bytes),
-        cmocka_unit_test(test_fail_format),
-        cmocka_unit_test(test_read),
+        cmocka_unit_test(test_lines),       cmocka_unit_test(test_bad_bytes),
+        cmocka_unit_test(test_fail_format), cmocka_unit_test(test_read),
+        cmocka_unit_test(test_secret_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
