@@ -212,6 +212,14 @@ bench-floor: all $(BEFORE_DIR)/build/ftpsgate
 bench-quick: all $(BEFORE_DIR)/build/ftpsgate
 	$(PYTHON) tests/bench/floor.py --quick --before $(BEFORE_DIR)/build/ftpsgate
 
+# What authenticating at the gateway costs (auth = file with three hashes, auth = ldap cold
+# and warm, against auth = backend): login latency and sessions/s, as ratios, in one run:
+# tests/bench/edge_login.py (root, slapd). BENCH_EDGE_ARGS: e.g. --quick.
+BENCH_EDGE_ARGS ?=
+.PHONY: bench-edge
+bench-edge: all
+	$(PYTHON) tests/bench/edge_login.py $(BENCH_EDGE_ARGS)
+
 # Every C file as .clang-format says; format-check (CI) only looks.
 format:
 	clang-format -i $$(git ls-files -- '*.c' '*.h')
