@@ -41,6 +41,7 @@ import ctypes
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -63,7 +64,6 @@ def hash_default(method: str, password: str) -> str:
     """mkpasswd at its default cost (the tests' helper lowers bcrypt's)."""
     if method != "bcrypt":
         return mkpasswd(method, password)
-    import subprocess
     res = subprocess.run(["mkpasswd", "-m", "bcrypt", "--stdin"], input=password,
                          capture_output=True, text=True, timeout=30, check=True)
     assert res.stdout.startswith("$2b$"), res.stdout
