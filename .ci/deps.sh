@@ -13,6 +13,7 @@ set -euo pipefail
 DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
   libcrypt-dev  # crypt_r (proxy/crypt_check.c): auth = file users, admin_users
+  libpam0g-dev  # auth = pam (proxy/pam_check.c)
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.

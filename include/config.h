@@ -36,7 +36,7 @@ enum gw_tls_version {
 };
 
 /* Who checks USER/PASS: the backend (relayed, today's behaviour) or the gateway first. */
-enum gw_auth { GW_AUTH_BACKEND = 0, GW_AUTH_FILE };
+enum gw_auth { GW_AUTH_BACKEND = 0, GW_AUTH_FILE, GW_AUTH_PAM };
 
 typedef struct gw_hostport {
     char host[GW_HOST_MAX]; /* as written, brackets removed for IPv6 */
@@ -91,10 +91,11 @@ typedef struct gw_frontend_conf {
 
     /* Authentication at the edge (users_file.h) and the command policy (cmd_policy.h). */
     enum gw_auth auth;
-    char auth_file[GW_PATH_MAX]; /* auth = file: the users file */
-    char user_map[GW_PATH_MAX];  /* user_map.h file: backend and account per user; "": none */
-    char policy[GW_NAME_MAX];    /* a [policy] for every session; empty: none */
-    int policy_index;            /* resolved by validation: policies[] index, -1: none */
+    char auth_file[GW_PATH_MAX];   /* auth = file: the users file */
+    char user_map[GW_PATH_MAX];    /* user_map.h file: backend and account per user; "": none */
+    char pam_service[GW_NAME_MAX]; /* auth = pam: the service (/etc/pam.d/NAME) */
+    char policy[GW_NAME_MAX];      /* a [policy] for every session; empty: none */
+    int policy_index;              /* resolved by validation: policies[] index, -1: none */
 } gw_frontend_conf;
 
 /* [policy NAME]: commands refused with 550 by the gateway (cmd_policy.h). Verb lists are

@@ -471,11 +471,11 @@ static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *w
     return p_str(k, v, out, why, cap);
 }
 
-/* auth: backend | file. pam and ldap are reserved names, not built yet: said so. */
+/* auth: backend | file | pam. ldap is a reserved name, not built yet: said so. */
 static int p_auth(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
-    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0) {
-        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file)", v);
+    if (strcasecmp(v, "ldap") == 0) {
+        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file | pam)", v);
         return -1;
     }
     return p_enum(k, v, out, why, cap);
@@ -530,6 +530,16 @@ static int p_user_list(const struct keydef *k, const char *v, void *out, char *w
 }
 
 /* policy: a section name (checked against the [policy] sections by validate()). */
+/* pam_service: a file name under /etc/pam.d. */
+static int p_pam_service(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (!valid_name(v)) {
+        snprintf(why, cap, "\"%s\": not a PAM service name (letters, digits, . _ -)", v);
+        return -1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
 static int p_section_ref(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     if (v[0] && !valid_name(v)) {
@@ -592,7 +602,7 @@ static const struct word w_pp_in[] = {
 static const struct word w_pp_out[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {NULL, 0}};
 static const struct word w_auth[] = {
-    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {NULL, 0}};
+    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {"pam", GW_AUTH_PAM}, {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -671,6 +681,7 @@ static const struct keydef keys[] = {
     {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
     {"auth", IN_FRONTEND, p_auth, F(auth), "backend", 0, 0, w_auth},
     {"auth_file", IN_FRONTEND, p_str, F(auth_file), "", 0, 0, NULL},
+    {"pam_service", IN_FRONTEND, p_pam_service, F(pam_service), "ftpsgate", 0, 0, NULL},
     {"user_map", IN_FRONTEND, p_str, F(user_map), "", 0, 0, NULL},
     {"policy", IN_FRONTEND, p_section_ref, F(policy), "", 0, 0, NULL},
 
@@ -1246,9 +1257,10 @@ static int validate_auth(struct state *st, int i, const char *label)
         return fail(st, kl[k_auth], label, "auth", "file needs auth_file (the users file)");
     if (f->auth != GW_AUTH_FILE && f->auth_file[0])
         return fail(st, kl[k_file], label, "auth_file", "set without auth = file");
-    if (f->auth == GW_AUTH_FILE && f->route_user)
+    if (f->auth != GW_AUTH_BACKEND && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
-                    "not with auth = file (the users file's backend= names a user's backend)");
+                    "not with auth = file or pam (the gateway's login names no backend: "
+                    "user_map or the users file's backend= do)");
     if (f->user_map[0] && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "user_map")], label, "user_map",
                     "not with route_user (the map names a user's backend)");

@@ -1,5 +1,6 @@
 /* Decisions at the edge: the gateway's own USER/PASS check on `auth = file` frontends
- * (users_file.h), the replayed login toward the backend after it, and the command policy
+ * (users_file.h) and `auth = pam` ones (pam_check.h), the backend and account after it
+ * (the users file's attributes, user_map.h), the replayed login, and the command policy
  * ([policy NAME], cmd_policy.h) of logged-in sessions. Part of the session module: called
  * from client_cmd.c (commands) and backend.c (the set-up's replayed login).
  *
@@ -9,7 +10,11 @@
  * name) and the client's PASS (steps BE_LOGIN_USER, BE_LOGIN_PASS), whose 2xx is the
  * client's. A failed check is a failed login as a backend's 530 is (delay, ban list, 3 per
  * session) and opens nothing. All of it lives in the session's login part
- * (s->login.edge), which REIN resets whole. */
+ * (s->login.edge), which REIN resets whole.
+ *
+ * auth = pam runs the same way; its conversations may block for long (modules sleep, ask
+ * the network), so each worker runs at most PAM_PER_WORKER at a time in the thread pool
+ * (which name lookups share) and queues the rest in order. */
 #include "session_int.h"
 
 #include <stdio.h>
@@ -21,16 +26,25 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "metrics.h"
+#include "pam_check.h"
 #include "users_file.h"
+
+#define PAM_PER_WORKER 2 /* PAM conversations in the thread pool at once, per worker */
 
 struct gw_edge {
     uv_work_t work;
     gw_session *s;
     const gw_users *users; /* the session's generation's: stable while the session holds it */
     char name[64];
-    char *pw; /* the client's password, for the check and then the backend's PASS (wiped) */
-    bool ok;  /* the check's result (thread pool), read in after_check */
-    bool busy;
+    char *pw;  /* the client's password, for the check and then the backend's PASS (wiped) */
+    bool ok;   /* the check's result (thread pool), read in after_check */
+    bool busy; /* in the thread pool or queued for it: the session is held */
+    bool pam;  /* auth = pam: the check is a PAM conversation */
+    const char *service;          /* pam: the frontend's pam_service (the generation's) */
+    enum gw_pam_result pam_res;   /* pam: its result (thread pool) */
+    char pam_why[128];            /* pam: PAM's text of a failure */
+    gw_user_entry pam_who;        /* pam: who passed (name, Unix groups); `who` points here */
+    struct gw_edge *next_waiting; /* pam: the worker's queue of checks not started yet */
     bool too_long; /* the USER argument was cut to fit login.user: no user has that name */
     /* user_map: a fixed account's password (the generation's, which the session holds),
      * sent instead of the client's; NULL: the client's */
@@ -80,9 +94,15 @@ static const char *log_name(const char *in, char *out, size_t cap)
     return out;
 }
 
-static bool file_auth(const gw_session *s)
+/* Does the gateway check the login itself (auth = file or pam)? */
+static bool edge_auth(const gw_session *s)
 {
-    return s->fe->conf->auth == GW_AUTH_FILE && s->fe->users;
+    return (s->fe->conf->auth == GW_AUTH_FILE && s->fe->users) || s->fe->conf->auth == GW_AUTH_PAM;
+}
+
+static const char *method(const gw_session *s)
+{
+    return s->fe->conf->auth == GW_AUTH_PAM ? "pam" : "file";
 }
 
 /* USER on an auth = file frontend: remembered, answered by the gateway. */
@@ -107,7 +127,66 @@ static void edge_user(gw_session *s, const char *arg)
 static void check_work(uv_work_t *req)
 {
     struct gw_edge *e = req->data;
-    e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
+    if (!e->pam) {
+        e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
+        return;
+    }
+    e->pam_res = e->name[0]
+                     ? gw_pam_check(e->service, e->name, e->pw, e->pam_why, sizeof e->pam_why)
+                     : GW_PAM_UNKNOWN_USER;
+    e->ok = e->pam_res == GW_PAM_OK;
+    if (e->ok) { /* who passed: the name PAM knows, and its Unix groups */
+        memset(&e->pam_who, 0, sizeof e->pam_who);
+        snprintf(e->pam_who.name, sizeof e->pam_who.name, "%s", e->name);
+        gw_pam_groups(e->name, e->pam_who.groups, sizeof e->pam_who.groups);
+        e->who = &e->pam_who;
+    }
+}
+
+/* auth = pam: this worker's conversations running, and those waiting (in order). */
+static _Thread_local struct {
+    int running;
+    struct gw_edge *head, *tail;
+} pam_q;
+
+static void after_check(uv_work_t *req, int status);
+
+/* Hand the check to the thread pool; the session is held (s->handles) already. */
+static void start_check(struct gw_edge *e)
+{
+    gw_session *s = e->s;
+    if (e->pam)
+        pam_q.running++;
+    int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
+    if (r != 0) {
+        if (e->pam)
+            pam_q.running--;
+        e->busy = false;
+        wipe_pw(e);
+        gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
+        gw_sess_release(s);
+    }
+}
+
+/* A PAM conversation ended: the next waiting one of a live session starts. */
+static void pam_next(void)
+{
+    pam_q.running--;
+    while (pam_q.head && pam_q.running < PAM_PER_WORKER) {
+        struct gw_edge *e = pam_q.head;
+        pam_q.head = e->next_waiting;
+        if (!pam_q.head)
+            pam_q.tail = NULL;
+        e->next_waiting = NULL;
+        if (e->s->cstate == CS_CLOSING) { /* gone while it waited */
+            e->busy = false;
+            wipe_pw(e);
+            gw_sess_release(e->s);
+            continue;
+        }
+        start_check(e);
+        GW_LOG_DEBUG(e->s->id, "event=auth_check_start method=pam running=%d", pam_q.running);
+    }
 }
 
 /* A failed check: logged (never the password), then a failed login as a backend's 530 is
@@ -115,7 +194,7 @@ static void check_work(uv_work_t *req)
 static void check_failed(gw_session *s, const char *reason)
 {
     char who[65];
-    GW_LOG_INFO(s->id, "event=auth_failed method=file user=\"%s\" reason=%s",
+    GW_LOG_INFO(s->id, "event=auth_failed method=%s user=\"%s\" reason=%s", method(s),
                 log_name(s->login.user, who, sizeof who), reason);
     s->login.user_sent = false;
     gw_reply_login_failed(s);
@@ -138,10 +217,10 @@ static void check_passed(gw_session *s)
     char name[65], acct[65], line[24] = "";
     if (rule)
         snprintf(line, sizeof line, " map_line=%d", rule->line);
-    GW_LOG_INFO(s->id,
-                "event=auth_ok method=file user=\"%s\" backend_user=\"%s\" password=%s%s%s%s",
-                log_name(s->login.user, name, sizeof name), log_name(account, acct, sizeof acct),
-                e->fixed ? "fixed" : "client", backend[0] ? " backend=" : "", backend, line);
+    GW_LOG_INFO(s->id, "event=auth_ok method=%s user=\"%s\" backend_user=\"%s\" password=%s%s%s%s",
+                method(s), log_name(s->login.user, name, sizeof name),
+                log_name(account, acct, sizeof acct), e->fixed ? "fixed" : "client",
+                backend[0] ? " backend=" : "", backend, line);
     int want = -1;
     for (int i = 0; backend[0] && i < s->fe->n_backends; i++)
         if (strcmp(s->fe->backends[i]->conf->name, backend) == 0)
@@ -175,20 +254,32 @@ static void after_check(uv_work_t *req, int status)
     struct gw_edge *e = req->data;
     gw_session *s = e->s;
     e->busy = false;
+    if (e->pam)
+        pam_next();
     if (s->cstate == CS_CLOSING || status != 0) {
         wipe_pw(e);
         if (s->cstate != CS_CLOSING)
             gw_sess_fail(s, GW_R_LOCAL_ERROR, "password check cancelled");
+    } else if (e->pam && e->pam_res == GW_PAM_ERROR) {
+        /* the service failed, not the client: no failed login, no ban count */
+        char who[65];
+        wipe_pw(e);
+        GW_LOG_WARN(s->id, "event=auth_unavailable method=pam user=\"%s\" reason=\"%s\"",
+                    log_name(s->login.user, who, sizeof who), e->pam_why);
+        gw_sess_fail(s, GW_R_UNAVAILABLE, "authentication unavailable");
     } else if (!e->ok) {
         wipe_pw(e);
-        check_failed(s, gw_users_find(e->users, e->name) ? "bad_password" : "unknown_user");
+        check_failed(s, e->pam                             ? gw_pam_result_name(e->pam_res)
+                        : gw_users_find(e->users, e->name) ? "bad_password"
+                                                           : "unknown_user");
     } else {
         check_passed(s);
     }
     gw_sess_release(s); /* the check held the session */
 }
 
-/* PASS on an auth = file frontend: checked off the loop; the queue waits (PEND_CHECK). */
+/* PASS on an auth = file or pam frontend: checked off the loop; the queue waits
+ * (PEND_CHECK). */
 static void edge_pass(gw_session *s, const char *arg)
 {
     if (s->login.logged_in) {
@@ -210,21 +301,28 @@ static void edge_pass(gw_session *s, const char *arg)
     }
     e->s = s;
     e->users = s->fe->users;
+    e->pam = s->fe->conf->auth == GW_AUTH_PAM;
+    e->service = s->fe->conf->pam_service;
     e->who = NULL;
     e->fixed = NULL;
     e->ok = false;
     snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->login.user); /* "": nobody */
     e->work.data = e;
     gw_sess_set_pending(s, PEND_CHECK);
-    s->handles++;
-    int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
-    if (r != 0) {
-        s->handles--;
-        wipe_pw(e);
-        gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
+    s->handles++; /* the check holds the session until after_check */
+    e->busy = true;
+    if (e->pam && pam_q.running >= PAM_PER_WORKER) {
+        GW_LOG_DEBUG(s->id, "event=auth_queued method=pam running=%d", pam_q.running);
+        if (pam_q.tail)
+            pam_q.tail->next_waiting = e;
+        else
+            pam_q.head = e;
+        pam_q.tail = e;
         return;
     }
-    e->busy = true;
+    start_check(e);
+    if (e->pam && e->busy)
+        GW_LOG_DEBUG(s->id, "event=auth_check_start method=pam running=%d", pam_q.running);
 }
 
 /* The [policy] this logged-in session runs under, or NULL. */
@@ -241,7 +339,7 @@ static const gw_policy_conf *session_policy(const gw_session *s)
 
 bool gw_edge_user(gw_session *s, const char *arg)
 {
-    if (!file_auth(s))
+    if (!edge_auth(s))
         return false;
     if (s->login.logged_in)
         gw_sess_reply(s, GW_R_EDGE_OTHER_USER);
@@ -252,7 +350,7 @@ bool gw_edge_user(gw_session *s, const char *arg)
 
 bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, const char *arg)
 {
-    if (def->id == GW_CMD_PASS && file_auth(s)) {
+    if (def->id == GW_CMD_PASS && edge_auth(s)) {
         edge_pass(s, arg);
         return true;
     }
