@@ -15,11 +15,12 @@ enum gw_pam_result {
     GW_PAM_ERROR,        /* the service or a module failed (PAM's text in `why`) */
 };
 
-/* Check user/password with PAM service `service`. PAM's own failure delay is not slept
+/* Check user/password with PAM service `service` for a client at rhost (its IP address:
+ * PAM_RHOST, numeric so that no module resolves it). PAM's own failure delay is not slept
  * (the gateway delays its 530 itself). `why` (cap bytes): PAM's text of the failure, ""
  * when OK. */
 enum gw_pam_result gw_pam_check(const char *service, const char *user, const char *password,
-                                char *why, size_t cap);
+                                const char *rhost, char *why, size_t cap);
 
 /* The log's reason= of a failure: bad_password, unknown_user, account_refused, pam_error. */
 const char *gw_pam_result_name(enum gw_pam_result r);

@@ -43,6 +43,7 @@ struct gw_edge {
     const char *service;          /* pam: the frontend's pam_service (the generation's) */
     enum gw_pam_result pam_res;   /* pam: its result (thread pool) */
     char pam_why[128];            /* pam: PAM's text of a failure */
+    char rhost[64];               /* pam: the client's IP address (PAM_RHOST) */
     gw_user_entry pam_who;        /* pam: who passed (name, Unix groups); `who` points here */
     struct gw_edge *next_waiting; /* pam: the worker's queue of checks not started yet */
     bool too_long; /* the USER argument was cut to fit login.user: no user has that name */
@@ -131,9 +132,9 @@ static void check_work(uv_work_t *req)
         e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
         return;
     }
-    e->pam_res = e->name[0]
-                     ? gw_pam_check(e->service, e->name, e->pw, e->pam_why, sizeof e->pam_why)
-                     : GW_PAM_UNKNOWN_USER;
+    e->pam_res = e->name[0] ? gw_pam_check(e->service, e->name, e->pw, e->rhost, e->pam_why,
+                                           sizeof e->pam_why)
+                            : GW_PAM_UNKNOWN_USER;
     e->ok = e->pam_res == GW_PAM_OK;
     if (e->ok) { /* who passed: the name PAM knows, and its Unix groups */
         memset(&e->pam_who, 0, sizeof e->pam_who);
@@ -303,6 +304,7 @@ static void edge_pass(gw_session *s, const char *arg)
     e->users = s->fe->users;
     e->pam = s->fe->conf->auth == GW_AUTH_PAM;
     e->service = s->fe->conf->pam_service;
+    gw_addr_ip_str(&s->client_peer, e->rhost, sizeof e->rhost);
     e->who = NULL;
     e->fixed = NULL;
     e->ok = false;

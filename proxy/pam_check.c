@@ -53,7 +53,7 @@ static void no_delay(int retval, unsigned usec_delay, void *appdata)
 }
 
 enum gw_pam_result gw_pam_check(const char *service, const char *user, const char *password,
-                                char *why, size_t cap)
+                                const char *rhost, char *why, size_t cap)
 {
     why[0] = 0;
     struct pam_conv c = {conv, (void *)password};
@@ -66,7 +66,7 @@ enum gw_pam_result gw_pam_check(const char *service, const char *user, const cha
         return GW_PAM_ERROR;
     }
     pam_set_item(h, PAM_FAIL_DELAY, (const void *)no_delay);
-    pam_set_item(h, PAM_RHOST, "ftpsgate");
+    pam_set_item(h, PAM_RHOST, rhost); /* a name here costs modules a DNS lookup */
     enum gw_pam_result res = GW_PAM_OK;
     rc = pam_authenticate(h, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
     if (rc == PAM_SUCCESS) {
