@@ -57,7 +57,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
 	proxy_proto admin_text admin_users metrics timeline siblings server_name inherit \
-	users_file cmd_policy crypt_check user_map
+	users_file cmd_policy crypt_check user_map textfile
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)
@@ -188,7 +188,29 @@ deps-demo:
 	.ci/deps.sh demo
 
 bench: all
+ifeq ($(QUICK),1)
+	$(MAKE) bench-quick
+else
 	$(PYTHON) tests/bench/bench.py
+endif
+
+# The relay against its floor (socat + openssl speed), HAProxy and the gateway built from
+# BENCH_BEFORE (a commit, by default the start of the redesign), in one run, as ratios:
+# tests/bench/floor.py. `make bench QUICK=1` = `make bench-quick`: under 3 minutes.
+BENCH_BEFORE ?= af78c49
+BEFORE_DIR := build/bench/before-$(BENCH_BEFORE)
+BENCH_FLOOR_ARGS ?=
+$(BEFORE_DIR)/build/ftpsgate:
+	rm -rf $(BEFORE_DIR) && mkdir -p $(BEFORE_DIR)
+	git archive $(BENCH_BEFORE) | tar -x -C $(BEFORE_DIR)
+	$(MAKE) -C $(BEFORE_DIR) all
+
+.PHONY: bench-floor bench-quick
+bench-floor: all $(BEFORE_DIR)/build/ftpsgate
+	$(PYTHON) tests/bench/floor.py --before $(BEFORE_DIR)/build/ftpsgate $(BENCH_FLOOR_ARGS)
+
+bench-quick: all $(BEFORE_DIR)/build/ftpsgate
+	$(PYTHON) tests/bench/floor.py --quick --before $(BEFORE_DIR)/build/ftpsgate
 
 # Every C file as .clang-format says; format-check (CI) only looks.
 format:

@@ -5,6 +5,8 @@
 #   .ci/deps.sh demo   only what `make run` needs: a C compiler and the libraries, the demo
 #                      server (vsftpd) and a client (lftp); 60 packages on a minbase Debian 12
 #                      where everything is 192 (README "Checked on a fresh machine")
+#   .ci/deps.sh bench  only the extra tools of `make bench-floor` / `make bench QUICK=1`
+#                      (tests/bench/floor.py): not needed by CI or `make test`
 set -euo pipefail
 
 # `make run` (tests/tools/demo.sh): gcc rather than build-essential (no g++, dpkg-dev, perl);
@@ -30,10 +32,14 @@ TEST_PACKAGES=(
   rclone  # Go's shared TLS session cache: sibling resumption (tests/integration/test_resumption.py)
 )
 
+# The relay floor (socat) and the CPU budget (perf) of tests/bench/floor.py.
+BENCH_PACKAGES=(socat linux-perf)
+
 case ${1:-all} in
   demo) PACKAGES=("${DEMO_PACKAGES[@]}") set=demo ;;
+  bench) PACKAGES=("${BENCH_PACKAGES[@]}") set=bench ;;
   all) PACKAGES=("${DEMO_PACKAGES[@]}" "${TEST_PACKAGES[@]}") set=all ;;
-  *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [demo|all|bench]" >&2; exit 2 ;;
 esac
 
 # pure-ftpd (a test peer, not for the demo) is unpacked apart: it conflicts with vsftpd in apt.

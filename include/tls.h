@@ -1,5 +1,7 @@
-/* TLS engine over memory BIOs: hides OpenSSL's handshake/read/write dance and its error
- * codes. The caller moves ciphertext in (gw_tls_feed) and out (gw_tls_out_take_buffer). */
+/* TLS engine over in-memory BIOs: hides OpenSSL's handshake/read/write dance and its error
+ * codes. The caller moves ciphertext in (gw_tls_feed, or lends its read buffer:
+ * gw_tls_feed_lent / gw_tls_feed_end) and out (gw_tls_out_peek / gw_tls_out_sent, or
+ * gw_tls_out_take_buffer). */
 #ifndef GW_TLS_H
 #define GW_TLS_H
 
@@ -94,8 +96,13 @@ size_t gw_tls_take_unread(gw_tls *t, void *buf, size_t cap);
 bool gw_tls_resumed(const gw_tls *t);
 void gw_tls_free(gw_tls *t);
 
-int gw_tls_feed(gw_tls *t, const void *buf, size_t n); /* 0 or GW_TLS_ERROR */
-int gw_tls_handshake(gw_tls *t);                       /* DONE, AGAIN or ERROR */
+int gw_tls_feed(gw_tls *t, const void *buf, size_t n); /* 0 or GW_TLS_ERROR (copies) */
+/* Lend buf to the engine for the reads that follow (no copy); gw_tls_feed_end, before buf
+ * is reused, keeps what was not read. 0, or GW_TLS_ERROR (out of memory). */
+void gw_tls_feed_lent(gw_tls *t, const void *buf, size_t n);
+int gw_tls_feed_end(gw_tls *t);
+#define GW_TLS_KEEP_IN (32 * 1024) /* a larger input buffer is freed once empty */
+int gw_tls_handshake(gw_tls *t);   /* DONE, AGAIN or ERROR */
 bool gw_tls_handshake_done(const gw_tls *t);
 /* Control connection under TLS 1.3: queue one more tagged ticket; it leaves with the next
  * write. A client that resumes each ticket once (OpenSSL's) needs one per data connection.
@@ -107,6 +114,13 @@ void gw_tls_close_notify(gw_tls *t);                    /* queue our close_notif
 size_t gw_tls_out_pending(const gw_tls *t);             /* ciphertext waiting to be sent */
 /* Hand the waiting ciphertext over: *buf is malloc'ed and now the caller's to free. */
 size_t gw_tls_out_take_buffer(gw_tls *t, char **buf);
+/* The waiting ciphertext, still the engine's (NULL when none). */
+size_t gw_tls_out_peek(const gw_tls *t, char **buf);
+/* All of it was sent: the buffer is kept for the next records when it is a bulk one
+ * (GW_TLS_KEEP_OUT or more), so that a relay neither allocates per write nor writes into
+ * cold memory; a smaller one (control replies) is freed, idle sessions hold none. */
+void gw_tls_out_sent(gw_tls *t);
+#define GW_TLS_KEEP_OUT (64 * 1024)
 const char *gw_tls_last_error(const gw_tls *t);
 const char *gw_tls_describe(const gw_tls *t); /* "TLSv1.3/TLS_AES_256_GCM_SHA384" */
 

@@ -47,6 +47,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "siblings.h"
+#include "textfile.h"
 #include "session.h"
 #include "shared_port.h"
 #include "timeline.h"
@@ -719,39 +720,11 @@ static size_t tls_key_len;
 static gw_throttle *throttle;
 static struct crypt_data *crypt_buf; /* crypt_r's scratch (32 KiB): the HTTP thread's */
 
-/* A whole small file; private: refused when others may read or write it. NUL-terminated. */
+/* A whole small file (textfile.h); private: refused when others may read or write it. */
 static char *read_file(const char *path, bool private, size_t *len, char *err, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, cap, "cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    char *buf = NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, cap, "%s is not a regular file", path);
-    } else if (private && (st.st_mode & S_IRWXO)) {
-        /* SECURITY: hashes readable by every local user invite offline guessing. */
-        snprintf(err, cap, "%s is accessible by others (mode %03o): chmod o-rwx it", path,
-                 (unsigned)(st.st_mode & 0777));
-    } else if (st.st_size > ADMIN_FILE_MAX) {
-        snprintf(err, cap, "%s is larger than %d bytes", path, ADMIN_FILE_MAX);
-    } else if (!(buf = malloc((size_t)st.st_size + 1))) {
-        snprintf(err, cap, "out of memory");
-    } else {
-        ssize_t n = read(fd, buf, (size_t)st.st_size);
-        if (n < 0) {
-            snprintf(err, cap, "cannot read %s: %s", path, strerror(errno));
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[n] = 0;
-            *len = (size_t)n;
-        }
-    }
-    close(fd);
-    return buf;
+    return gw_textfile_read(path, ADMIN_FILE_MAX, private ? GW_TEXTFILE_NO_OTHERS : 0, len, err,
+                            cap);
 }
 
 static int load_users(const char *path, gw_admin_users *out, char *err, size_t cap)

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "textfile.h"
+
 static bool name_char(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
@@ -77,36 +79,23 @@ int gw_admin_users_parse(const char *text, size_t len, gw_admin_users *out, char
     out->u = NULL;
     out->n = 0;
     size_t cap_users = 0;
-    unsigned line = 0;
     char why[200];
-    for (size_t at = 0; at < len;) {
-        line++;
-        const char *p = text + at;
-        const char *nl = memchr(p, '\n', len - at);
-        size_t n = nl ? (size_t)(nl - p) : len - at;
-        at += n + (nl ? 1 : 0);
-        if (memchr(p, '\0', n)) {
-            snprintf(err, cap, "line %u: a NUL byte", line);
-            goto fail;
-        }
-        if (n && p[n - 1] == '\r')
-            n--;
-        size_t s = 0;
-        while (s < n && (p[s] == ' ' || p[s] == '\t'))
-            s++;
-        if (s == n || p[s] == '#')
-            continue;
+    gw_lines it = gw_lines_start(text, len);
+    const char *p;
+    size_t n;
+    while (gw_lines_next(&it, &p, &n)) {
+        int line = it.line;
         gw_admin_user u;
-        if (parse_line(p + s, n - s, &u, why, sizeof why) != 0) {
-            snprintf(err, cap, "line %u: %s", line, why);
+        if (parse_line(p, n, &u, why, sizeof why) != 0) {
+            snprintf(err, cap, "line %d: %s", line, why);
             goto fail;
         }
         if (gw_admin_users_find(out, u.name)) {
-            snprintf(err, cap, "line %u: user %s is already defined", line, u.name);
+            snprintf(err, cap, "line %d: user %s is already defined", line, u.name);
             goto fail;
         }
         if (out->n == GW_ADMIN_USERS_MAX) {
-            snprintf(err, cap, "line %u: more than %d users", line, GW_ADMIN_USERS_MAX);
+            snprintf(err, cap, "line %d: more than %d users", line, GW_ADMIN_USERS_MAX);
             goto fail;
         }
         if (out->n == cap_users) {
@@ -120,6 +109,10 @@ int gw_admin_users_parse(const char *text, size_t len, gw_admin_users *out, char
             cap_users = c;
         }
         out->u[out->n++] = u;
+    }
+    if (it.bad) {
+        snprintf(err, cap, "line %d: %s", it.line, gw_lines_bad_text(&it, why, sizeof why));
+        goto fail;
     }
     return 0;
 fail:

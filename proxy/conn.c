@@ -1,6 +1,7 @@
-/* Byte streams over libuv TCP with optional TLS (memory BIOs). Ownership rules:
- * a write request owns a copy of its bytes; the conn is freed only in the close callback;
- * after any owner callback the conn may be closing, so every loop checks c->closing. */
+/* Byte streams over libuv TCP with optional TLS (in-memory BIOs: no socket I/O inside
+ * OpenSSL). Ownership rules: a write request owns its bytes (a copy, or the engine's
+ * buffer); the conn is freed only in the close callback; after any owner callback the conn
+ * may be closing, so every loop checks c->closing. */
 #include "conn.h"
 
 #include <arpa/inet.h>
@@ -122,30 +123,25 @@ static void on_written(uv_write_t *req, int status)
     }
 }
 
-/* Write n bytes at buf. The socket usually takes them at once (uv_try_write, no copy); what
- * it does not take is queued: from `owned` (a malloc'ed block we then keep) or from a copy. */
-static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
+/* Try to hand n bytes to the socket at once (uv_try_write, no copy, no request), never
+ * overtaking queued bytes: how many it took, or -1 after failing the conn. */
+static ssize_t try_send(gw_conn *c, const char *buf, size_t n)
 {
-    if (n == 0 || c->closing) {
-        free(owned);
-        return;
+    if (c->queued)
+        return 0;
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)n);
+    int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (r < 0 && r != UV_EAGAIN) {
+        fail_conn(c, uv_strerror(r));
+        return -1;
     }
-    c->bytes_out += n;
-    size_t done = 0;
-    if (c->queued == 0) { /* never overtake queued bytes */
-        uv_buf_t b = uv_buf_init((char *)buf, (unsigned)n);
-        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (r < 0 && r != UV_EAGAIN) {
-            free(owned);
-            fail_conn(c, uv_strerror(r));
-            return;
-        }
-        done = r > 0 ? (size_t)r : 0;
-    }
-    if (done == n) {
-        free(owned);
-        return;
-    }
+    return r > 0 ? r : 0;
+}
+
+/* Queue what the socket did not take: from `owned` (a malloc'ed block we then keep, its
+ * first `done` bytes already sent) or from a copy of buf + done. */
+static void queue_rest(gw_conn *c, const char *buf, size_t n, size_t done, char *owned)
+{
     write_req *w = malloc(sizeof *w);
     char *rest = owned ? owned : malloc(n - done);
     if (!w || !rest) {
@@ -171,13 +167,36 @@ static void send_bytes(gw_conn *c, const char *buf, size_t n, char *owned)
         c->want_drain = true;
 }
 
-/* Move whatever ciphertext OpenSSL produced onto the wire, without another copy. */
+/* Write n bytes at buf (copied only if the socket does not take them at once). */
+static void send_bytes(gw_conn *c, const char *buf, size_t n)
+{
+    if (n == 0 || c->closing)
+        return;
+    c->bytes_out += n;
+    ssize_t done = try_send(c, buf, n);
+    if (done >= 0 && (size_t)done < n)
+        queue_rest(c, buf, n, (size_t)done, NULL);
+}
+
+/* Move whatever ciphertext OpenSSL produced onto the wire, without another copy: sent
+ * whole, the engine keeps its buffer for the next records; else the buffer itself goes
+ * into the write request. */
 static void flush_tls(gw_conn *c)
 {
     char *buf;
-    size_t n = gw_tls_out_take_buffer(c->tls, &buf);
-    if (n)
-        send_bytes(c, buf, n, buf);
+    size_t n = gw_tls_out_peek(c->tls, &buf);
+    if (n == 0 || c->closing)
+        return;
+    c->bytes_out += n;
+    ssize_t done = try_send(c, buf, n);
+    if (done < 0)
+        return;
+    if ((size_t)done == n) {
+        gw_tls_out_sent(c->tls);
+        return;
+    }
+    gw_tls_out_take_buffer(c->tls, &buf);
+    queue_rest(c, buf, n, (size_t)done, buf);
 }
 
 void gw_conn_write(gw_conn *c, const void *buf, size_t n)
@@ -186,7 +205,7 @@ void gw_conn_write(gw_conn *c, const void *buf, size_t n)
         return;
     c->payload_out += n;
     if (!c->tls) {
-        send_bytes(c, buf, n, NULL);
+        send_bytes(c, buf, n);
         return;
     }
     if (gw_tls_write(c->tls, buf, n) != 0) {
@@ -369,11 +388,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         deliver(c, buf->base, (size_t)nread);
         return;
     }
-    if (gw_tls_feed(c->tls, buf->base, (size_t)nread) != 0) {
-        fail_conn(c, gw_tls_last_error(c->tls));
-        return;
-    }
+    /* OpenSSL reads the records from the thread's read buffer itself; what it leaves (a
+     * partial record, or all of it while the relay is paused) is kept before the buffer
+     * serves another connection. */
+    gw_tls *t = c->tls;
+    gw_tls_feed_lent(t, buf->base, (size_t)nread);
     process_input(c);
+    if (gw_tls_feed_end(t) != 0 && !c->closing)
+        fail_conn(c, gw_tls_last_error(t));
 }
 
 int gw_conn_start_read(gw_conn *c)

@@ -1,4 +1,4 @@
-/* OpenSSL contexts and the memory-BIO engine. Nothing above this file sees an OpenSSL error
+/* OpenSSL contexts and the in-memory BIO engine. Nothing above this file sees an OpenSSL error
  * code: failures become GW_TLS_ERROR plus a text from gw_tls_last_error(). */
 #include "tls.h"
 
@@ -32,6 +32,12 @@ struct gw_tls {
     SSL_SESSION *session; /* client control: newest session from the server, for data legs */
     char *out;            /* ciphertext written by OpenSSL, handed over whole to the socket */
     size_t out_len, out_cap;
+    /* Ciphertext for OpenSSL to read: first what is kept from earlier reads (in, from
+     * in_off), then the caller's buffer lent for one call (gw_tls_feed_lent). */
+    char *in;
+    size_t in_off, in_len, in_cap;
+    const char *lent;
+    size_t lent_len;
     char error[200];
 };
 
@@ -734,6 +740,96 @@ static long sink_ctrl(BIO *b, int cmd, long num, void *ptr)
     }
 }
 
+/* The read side: OpenSSL takes its records straight from the socket's read buffer (lent
+ * for the call) and from what earlier calls left, one copy fewer than a memory BIO. */
+static int source_read(BIO *b, char *data, int len)
+{
+    gw_tls *t = BIO_get_data(b);
+    size_t want = len > 0 ? (size_t)len : 0, got = 0;
+    BIO_clear_retry_flags(b);
+    if (t->in_off < t->in_len) {
+        got = t->in_len - t->in_off < want ? t->in_len - t->in_off : want;
+        memcpy(data, t->in + t->in_off, got);
+        t->in_off += got;
+    }
+    if (got < want && t->lent_len) {
+        size_t n = t->lent_len < want - got ? t->lent_len : want - got;
+        memcpy(data + got, t->lent, n);
+        t->lent += n;
+        t->lent_len -= n;
+        got += n;
+    }
+    if (got == 0) {
+        BIO_set_retry_read(b); /* empty means "wait for more", never EOF */
+        return -1;
+    }
+    return (int)got;
+}
+
+static size_t in_pending(const gw_tls *t)
+{
+    return t->in_len - t->in_off + t->lent_len;
+}
+
+static long source_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    gw_tls *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return t ? (long)in_pending(t) : 0;
+    default:
+        return 0;
+    }
+}
+
+static BIO_METHOD *source_method;
+
+static void make_source_method(void)
+{
+    source_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ftpsgate source");
+    BIO_meth_set_read(source_method, source_read);
+    BIO_meth_set_ctrl(source_method, source_ctrl);
+}
+
+static BIO *new_source(gw_tls *t)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, make_source_method);
+    BIO *b = source_method ? BIO_new(source_method) : NULL;
+    if (b) {
+        BIO_set_data(b, t);
+        BIO_set_init(b, 1);
+    }
+    return b;
+}
+
+/* Keep n bytes for later reads, after what is kept already. */
+static int keep_in(gw_tls *t, const char *buf, size_t n)
+{
+    if (t->in_off == t->in_len) {
+        t->in_off = t->in_len = 0;
+    } else if (t->in_off && t->in_len + n > t->in_cap) {
+        memmove(t->in, t->in + t->in_off, t->in_len - t->in_off);
+        t->in_len -= t->in_off;
+        t->in_off = 0;
+    }
+    if (t->in_len + n > t->in_cap) {
+        size_t cap = t->in_cap ? t->in_cap : 4096;
+        while (cap < t->in_len + n)
+            cap *= 2;
+        char *p = realloc(t->in, cap);
+        if (!p)
+            return -1;
+        t->in = p;
+        t->in_cap = cap;
+    }
+    memcpy(t->in + t->in_len, buf, n);
+    t->in_len += n;
+    return 0;
+}
+
 static BIO_METHOD *sink_method;
 
 static void make_sink_method(void)
@@ -764,7 +860,7 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     t->role = role;
     t->ctx0 = ctx;
     t->ssl = SSL_new(ctx);
-    t->rbio = BIO_new(BIO_s_mem());
+    t->rbio = new_source(t);
     t->wbio = new_sink(t);
     if (!t->ssl || !t->rbio || !t->wbio) {
         BIO_free(t->rbio);
@@ -773,8 +869,6 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
         free(t);
         return NULL;
     }
-    /* An empty memory BIO means "wait for more", never EOF. */
-    BIO_set_mem_eof_return(t->rbio, -1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
@@ -782,6 +876,11 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
         RAND_bytes(t->tag, sizeof t->tag);
     else if (role == GW_TLS_SERVER_DATA)
         SSL_set_num_tickets(t->ssl, 0);
+    /* A data leg lives for one transfer and moves bulk: it keeps OpenSSL's record buffers
+     * instead of freeing and allocating them again for every record; control connections,
+     * idle most of their life, release them (the context's mode). */
+    if (role == GW_TLS_SERVER_DATA || role == GW_TLS_CLIENT_DATA)
+        SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
     return t;
 }
 
@@ -825,6 +924,7 @@ gw_tls *gw_tls_new_client(SSL_CTX *ctx, enum gw_tls_role role, const char *host,
 size_t gw_tls_take_unread(gw_tls *t, void *buf, size_t cap)
 {
     int r = BIO_read(t->rbio, buf, (int)(cap > 0x7fffffff ? 0x7fffffff : cap));
+    gw_tls_feed_end(t);
     return r > 0 ? (size_t)r : 0;
 }
 
@@ -839,18 +939,45 @@ void gw_tls_free(gw_tls *t)
         return;
     SSL_SESSION_free(t->session);
     free(t->out);
+    free(t->in);
     SSL_free(t->ssl); /* frees both BIOs */
     free(t);
 }
 
 int gw_tls_feed(gw_tls *t, const void *buf, size_t n)
 {
-    /* Memory BIOs grow as needed, so a write is all or nothing. */
-    if (n && BIO_write(t->rbio, buf, (int)n) != (int)n) {
-        set_error(t, "out of memory");
+    if (gw_tls_feed_end(t) != 0 || (n && keep_in(t, buf, n) != 0)) {
+        snprintf(t->error, sizeof t->error, "out of memory");
         return GW_TLS_ERROR;
     }
     return 0;
+}
+
+void gw_tls_feed_lent(gw_tls *t, const void *buf, size_t n)
+{
+    t->lent = buf;
+    t->lent_len = n;
+}
+
+int gw_tls_feed_end(gw_tls *t)
+{
+    const char *rest = t->lent;
+    size_t n = t->lent_len;
+    t->lent = NULL;
+    t->lent_len = 0;
+    int r = n ? keep_in(t, rest, n) : 0;
+    bool control = t->role == GW_TLS_SERVER_CONTROL || t->role == GW_TLS_CLIENT_CONTROL;
+    if (t->in_off == t->in_len && t->in && (control || t->in_cap > GW_TLS_KEEP_IN)) {
+        /* idle control connections hold no buffer; a data leg keeps a small one for the
+         * partial record each read leaves, not the backlog of a paused relay */
+        free(t->in);
+        t->in = NULL;
+        t->in_off = t->in_len = t->in_cap = 0;
+    }
+    if (r == 0)
+        return 0;
+    snprintf(t->error, sizeof t->error, "out of memory");
+    return GW_TLS_ERROR;
 }
 
 /* SECURITY: checked after every server handshake, full or resumed, control or data:
@@ -974,8 +1101,9 @@ int gw_tls_write(gw_tls *t, const void *buf, size_t n)
     const char *p = buf;
     ERR_clear_error();
     reserve_out(t, n);
+    /* One call for the whole buffer: OpenSSL cuts it into full 16 KiB records itself. */
     while (n) {
-        int chunk = n > 16384 ? 16384 : (int)n;
+        int chunk = n > 0x40000000 ? 0x40000000 : (int)n;
         int r = SSL_write(t->ssl, p, chunk);
         if (r <= 0) {
             set_error(t, "write failed");
@@ -1012,6 +1140,22 @@ size_t gw_tls_out_take_buffer(gw_tls *t, char **buf)
         t->out_len = t->out_cap = 0;
     }
     return n;
+}
+
+size_t gw_tls_out_peek(const gw_tls *t, char **buf)
+{
+    *buf = t->out_len ? t->out : NULL;
+    return t->out_len;
+}
+
+void gw_tls_out_sent(gw_tls *t)
+{
+    t->out_len = 0;
+    if (t->out_cap < GW_TLS_KEEP_OUT) {
+        free(t->out);
+        t->out = NULL;
+        t->out_cap = 0;
+    }
 }
 
 const char *gw_tls_last_error(const gw_tls *t)

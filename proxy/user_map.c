@@ -12,21 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAP_FILE_MAX (4 * 1024 * 1024)
+#include "textfile.h"
 
-__attribute__((format(printf, 5, 6))) static int fail(char *err, size_t cap, const char *origin,
-                                                      int line, const char *fmt, ...)
-{
-    if (!err || cap == 0)
-        return -1;
-    char problem[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(problem, sizeof problem, fmt, ap);
-    va_end(ap);
-    snprintf(err, cap, "%s:%d: %s", origin, line, problem);
-    return -1;
-}
+#define MAP_FILE_MAX (4 * 1024 * 1024)
 
 /* A login name or a group: printable, no blank, no ':' (the separator), 1..63 bytes. */
 static bool valid_name(const char *s, size_t n)
@@ -65,8 +53,9 @@ static int parse_rule(const char *p, size_t n, const char *origin, int line, gw_
     while (t < n && blank(p[t]))
         t++;
     if (s == n || t != n)
-        return fail(err, cap, origin, line,
-                    "expected \"user-or-@group backend[:account[:password-file|keep]]\"");
+        return gw_textfile_fail(
+            err, cap, origin, line,
+            "expected \"user-or-@group backend[:account[:password-file|keep]]\"");
     const char *who = p;
     size_t wn = w;
     if (who[0] == '@') {
@@ -75,8 +64,9 @@ static int parse_rule(const char *p, size_t n, const char *origin, int line, gw_
         wn--;
     }
     if (!valid_name(who, wn))
-        return fail(err, cap, origin, line, "%s: not a %s name (1..63 printable bytes, no ':')",
-                    r->group ? "@group" : "user", r->group ? "group" : "user");
+        return gw_textfile_fail(err, cap, origin, line,
+                                "%s: not a %s name (1..63 printable bytes, no ':')",
+                                r->group ? "@group" : "user", r->group ? "group" : "user");
     memcpy(r->who, who, wn);
     /* BACKEND[:ACCOUNT[:REST]]: REST is all after the second ':' (a path may hold ':') */
     const char *spec = p + s, *end = p + e;
@@ -88,17 +78,17 @@ static int parse_rule(const char *p, size_t n, const char *origin, int line, gw_
     } else if (valid_name(spec, bn)) {
         memcpy(r->backend, spec, bn);
     } else {
-        return fail(err, cap, origin, line, "%s: backend: a backend's name or * (its balance)",
-                    r->who);
+        return gw_textfile_fail(err, cap, origin, line,
+                                "%s: backend: a backend's name or * (its balance)", r->who);
     }
     if (!c1)
         return 0;
     const char *acct = c1 + 1;
     size_t an = (size_t)((c2 ? c2 : end) - acct);
     if (an && !valid_name(acct, an))
-        return fail(err, cap, origin, line,
-                    "%s: account: 1..63 printable bytes, no ':' (empty: the client's name)",
-                    r->who);
+        return gw_textfile_fail(
+            err, cap, origin, line,
+            "%s: account: 1..63 printable bytes, no ':' (empty: the client's name)", r->who);
     memcpy(r->account, acct, an);
     if (!c2)
         return 0;
@@ -107,16 +97,18 @@ static int parse_rule(const char *p, size_t n, const char *origin, int line, gw_
     if (rn == 4 && memcmp(rest, "keep", 4) == 0)
         return 0;
     if (rn == 0 || rest[0] != '/')
-        return fail(err, cap, origin, line,
-                    "%s: expected keep or the absolute path of a password file", r->who);
+        return gw_textfile_fail(err, cap, origin, line,
+                                "%s: expected keep or the absolute path of a password file",
+                                r->who);
     if (rn >= GW_MAP_PATH_MAX)
-        return fail(err, cap, origin, line, "%s: password file path too long", r->who);
+        return gw_textfile_fail(err, cap, origin, line, "%s: password file path too long", r->who);
     if (!an)
-        return fail(err, cap, origin, line,
-                    "%s: a password file is a fixed account's: name the account", r->who);
+        return gw_textfile_fail(err, cap, origin, line,
+                                "%s: a password file is a fixed account's: name the account",
+                                r->who);
     r->pass_file = strndup(rest, rn);
     if (!r->pass_file)
-        return fail(err, cap, origin, line, "out of memory");
+        return gw_textfile_fail(err, cap, origin, line, "out of memory");
     return 0;
 }
 
@@ -142,36 +134,30 @@ int gw_user_map_parse(const char *text, size_t len, const char *origin, gw_user_
     memset(m, 0, sizeof *m);
     size_t cap = 0;
     int line = 0;
-    for (size_t at = 0; at < len;) {
-        line++;
-        const char *p = text + at;
-        const char *nl = memchr(p, '\n', len - at);
-        size_t n = nl ? (size_t)(nl - p) : len - at;
-        at += n + (nl ? 1 : 0);
-        if (memchr(p, '\0', n)) {
-            fail(err, errcap, origin, line, "a NUL byte");
-            goto bad;
-        }
-        if (n && p[n - 1] == '\r')
-            n--;
-        size_t s = 0;
-        while (s < n && blank(p[s]))
-            s++;
-        if (s == n || p[s] == '#')
-            continue;
+    gw_lines it = gw_lines_start(text, len);
+    const char *l;
+    size_t n;
+    while (gw_lines_next(&it, &l, &n)) {
+        line = it.line;
         if (m->n == cap) {
             size_t c = cap ? cap * 2 : 8;
             gw_map_rule *v = realloc(m->v, c * sizeof *v);
             if (!v) {
-                fail(err, errcap, origin, line, "out of memory");
+                gw_textfile_fail(err, errcap, origin, line, "out of memory");
                 goto bad;
             }
             m->v = v;
             cap = c;
         }
-        if (parse_rule(p + s, n - s, origin, line, &m->v[m->n], err, errcap) != 0)
+        if (parse_rule(l, n, origin, line, &m->v[m->n], err, errcap) != 0)
             goto bad;
         m->n++;
+    }
+    if (it.bad) {
+        char why[64];
+        gw_textfile_fail(err, errcap, origin, it.line, "%s",
+                         gw_lines_bad_text(&it, why, sizeof why));
+        goto bad;
     }
     return 0;
 bad:
@@ -182,97 +168,46 @@ bad:
 /* The first line of a private password file (heap), or NULL with the problem in err. */
 static char *read_password(const char *path, const char *origin, int line, char *err, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        fail(err, cap, origin, line, "password file %s: cannot read: %s", path, strerror(errno));
+    char why[4400];
+    size_t len;
+    char *buf = gw_textfile_read(path, 64 * 1024, GW_TEXTFILE_OWNER_ONLY, &len, why, sizeof why);
+    if (!buf) {
+        gw_textfile_fail(err, cap, origin, line, "password file %s", why);
         return NULL;
     }
-    struct stat st;
-    char buf[GW_MAP_PASSWORD_MAX + 2];
-    ssize_t got = -1;
-    char *out = NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fail(err, cap, origin, line, "password file %s: not a regular file", path);
-    } else if (st.st_mode & 077) {
-        /* SECURITY: the backend account's password: nobody but the gateway's user reads it */
-        fail(err, cap, origin, line,
-             "password file %s: mode %04o: readable or writable by group or others (chmod 600 "
-             "or 400)",
-             path, (unsigned)(st.st_mode & 07777));
-    } else {
-        do
-            got = read(fd, buf, sizeof buf - 1);
-        while (got < 0 && errno == EINTR);
-        if (got < 0)
-            fail(err, cap, origin, line, "password file %s: cannot read: %s", path,
-                 strerror(errno));
-    }
-    close(fd);
-    if (got < 0)
-        return NULL;
     size_t n = 0;
-    while (n < (size_t)got && buf[n] != '\n' && buf[n] != '\r' && buf[n] != '\0')
+    while (n < len && buf[n] != '\n' && buf[n] != '\r' && buf[n] != '\0')
         n++;
+    char *out = NULL;
     if (n == 0)
-        fail(err, cap, origin, line, "password file %s: the first line is empty", path);
+        gw_textfile_fail(err, cap, origin, line, "password file %s: the first line is empty", path);
     else if (n >= GW_MAP_PASSWORD_MAX)
-        fail(err, cap, origin, line, "password file %s: longer than %d bytes", path,
-             GW_MAP_PASSWORD_MAX - 1);
+        gw_textfile_fail(err, cap, origin, line, "password file %s: longer than %d bytes", path,
+                         GW_MAP_PASSWORD_MAX - 1);
     else if (!(out = strndup(buf, n)))
-        fail(err, cap, origin, line, "out of memory");
-    explicit_bzero(buf, sizeof buf);
+        gw_textfile_fail(err, cap, origin, line, "out of memory");
+    explicit_bzero(buf, len);
+    free(buf);
     return out;
 }
 
 int gw_user_map_load_file(const char *path, gw_user_map *m, char *err, size_t errcap)
 {
     memset(m, 0, sizeof *m);
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return fail(err, errcap, path, 0, "cannot read: %s", strerror(errno));
-    struct stat st;
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = -1;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fail(err, errcap, path, 0, "not a regular file");
-        goto out;
-    }
-    if (st.st_size > MAP_FILE_MAX) {
-        fail(err, errcap, path, 0, "file too large (more than %d bytes)", MAP_FILE_MAX);
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fail(err, errcap, path, 0, "out of memory");
-        goto out;
-    }
-    while (len < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + len, (size_t)st.st_size - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            fail(err, errcap, path, 0, "cannot read: %s", strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    if (gw_user_map_parse(buf, len, path, m, err, errcap) != 0)
-        goto out;
-    for (size_t i = 0; i < m->n; i++) {
+    size_t len;
+    char *buf = gw_textfile_read(path, MAP_FILE_MAX, 0, &len, err, errcap);
+    if (!buf)
+        return -1;
+    int rc = gw_user_map_parse(buf, len, path, m, err, errcap);
+    for (size_t i = 0; rc == 0 && i < m->n; i++) {
         gw_map_rule *r = &m->v[i];
         if (r->pass_file &&
             !(r->password = read_password(r->pass_file, path, r->line, err, errcap))) {
             gw_user_map_free(m);
-            goto out;
+            rc = -1;
         }
     }
-    rc = 0;
-out:
     free(buf);
-    close(fd);
     return rc;
 }
 

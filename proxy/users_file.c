@@ -12,23 +12,10 @@
 #include <unistd.h>
 
 #include "crypt_check.h"
+#include "textfile.h"
 
 #define USERS_FILE_MAX (4 * 1024 * 1024)
 #define RATE_MAX (1ULL << 40) /* 1 TiB/s: more is a typo */
-
-__attribute__((format(printf, 5, 6))) static int fail(char *err, size_t cap, const char *origin,
-                                                      int line, const char *fmt, ...)
-{
-    if (!err || cap == 0)
-        return -1;
-    char problem[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(problem, sizeof problem, fmt, ap);
-    va_end(ap);
-    snprintf(err, cap, "%s:%d: %s", origin, line, problem);
-    return -1;
-}
 
 static bool is_name_char(char c)
 {
@@ -224,10 +211,12 @@ static int parse_entry(const char *p, size_t n, gw_user_entry *e, const char *or
     e->line = line;
     const char *c1 = memchr(p, ':', n);
     if (!c1)
-        return fail(err, cap, origin, line, "expected user:crypt-hash[:attr=value,...]");
+        return gw_textfile_fail(err, cap, origin, line,
+                                "expected user:crypt-hash[:attr=value,...]");
     size_t un = (size_t)(c1 - p);
     if (!valid_login(p, un))
-        return fail(err, cap, origin, line, "bad user name (1..63 bytes, no blank, ':' or ',')");
+        return gw_textfile_fail(err, cap, origin, line,
+                                "bad user name (1..63 bytes, no blank, ':' or ',')");
     memcpy(e->name, p, un);
     const char *h = c1 + 1;
     size_t rest = n - un - 1;
@@ -235,7 +224,7 @@ static int parse_entry(const char *p, size_t n, gw_user_entry *e, const char *or
     size_t hn = c2 ? (size_t)(c2 - h) : rest;
     const char *why = hash_problem(h, hn);
     if (why)
-        return fail(err, cap, origin, line, "user %s: %s", e->name, why);
+        return gw_textfile_fail(err, cap, origin, line, "user %s: %s", e->name, why);
     memcpy(e->hash, h, hn);
     if (!c2)
         return 0;
@@ -248,10 +237,11 @@ static int parse_entry(const char *p, size_t n, gw_user_entry *e, const char *or
         trim(&item, &in);
         char key[48];
         if (in == 0)
-            return fail(err, cap, origin, line, "user %s: empty attribute", e->name);
+            return gw_textfile_fail(err, cap, origin, line, "user %s: empty attribute", e->name);
         why = parse_attr(e, item, in, &seen, key, sizeof key);
         if (why)
-            return fail(err, cap, origin, line, "user %s: attribute %s: %s", e->name, key, why);
+            return gw_textfile_fail(err, cap, origin, line, "user %s: attribute %s: %s", e->name,
+                                    key, why);
         if (!comma)
             break;
         a = comma + 1;
@@ -262,36 +252,22 @@ static int parse_entry(const char *p, size_t n, gw_user_entry *e, const char *or
 int gw_users_parse(const char *text, size_t len, const char *origin, gw_users *u, char *err,
                    size_t errcap)
 {
-    const char *p = text ? text : "", *end = p + (text ? len : 0);
     size_t cap = 0;
     int line = 0;
     memset(u, 0, sizeof *u);
     if (err && errcap)
         err[0] = 0;
     origin = origin ? origin : "<users>";
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t n = (size_t)((nl ? nl : end) - p);
-        const char *l = p;
-        p = nl ? nl + 1 : end;
-        line++;
-        if (n && l[n - 1] == '\r')
-            n--;
-        for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)l[i];
-            if ((c < 0x20 && c != '\t') || c == 0x7f) {
-                fail(err, errcap, origin, line, "control character 0x%02x in line", c);
-                goto bad;
-            }
-        }
-        trim(&l, &n);
-        if (n == 0 || l[0] == '#')
-            continue;
+    gw_lines it = gw_lines_start(text, len);
+    const char *l;
+    size_t n;
+    while (gw_lines_next(&it, &l, &n)) {
+        line = it.line;
         if (u->n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             gw_user_entry *v = realloc(u->v, ncap * sizeof *v);
             if (!v) {
-                fail(err, errcap, origin, line, "out of memory");
+                gw_textfile_fail(err, errcap, origin, line, "out of memory");
                 goto bad;
             }
             u->v = v;
@@ -302,11 +278,17 @@ int gw_users_parse(const char *text, size_t len, const char *origin, gw_users *u
             goto bad;
         const gw_user_entry *dup = gw_users_find(u, e->name);
         if (dup) {
-            fail(err, errcap, origin, line, "user %s: listed twice (first on line %d)", e->name,
-                 dup->line);
+            gw_textfile_fail(err, errcap, origin, line, "user %s: listed twice (first on line %d)",
+                             e->name, dup->line);
             goto bad;
         }
         u->n++;
+    }
+    if (it.bad) {
+        char why[64];
+        gw_textfile_fail(err, errcap, origin, it.line, "%s",
+                         gw_lines_bad_text(&it, why, sizeof why));
+        goto bad;
     }
     return 0;
 bad:
@@ -317,53 +299,12 @@ bad:
 int gw_users_load_file(const char *path, gw_users *u, char *err, size_t errcap)
 {
     memset(u, 0, sizeof *u);
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return fail(err, errcap, path, 0, "cannot read: %s", strerror(errno));
-    struct stat st;
-    char *buf = NULL;
-    int rc = -1;
-    if (fstat(fd, &st) != 0) {
-        fail(err, errcap, path, 0, "cannot read: %s", strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        fail(err, errcap, path, 0, "not a regular file");
-        goto out;
-    }
-    /* SECURITY: the hashes are an offline guessing target: nobody but the owner reads them. */
-    if (st.st_mode & 077) {
-        fail(err, errcap, path, 0,
-             "mode %04o: readable or writable by group or others (chmod 600 or 400)",
-             (unsigned)(st.st_mode & 07777));
-        goto out;
-    }
-    if (st.st_size > USERS_FILE_MAX) {
-        fail(err, errcap, path, 0, "file too large (more than %d bytes)", USERS_FILE_MAX);
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fail(err, errcap, path, 0, "out of memory");
-        goto out;
-    }
-    size_t len = 0;
-    while (len < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + len, (size_t)st.st_size - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            fail(err, errcap, path, 0, "cannot read: %s", strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    rc = gw_users_parse(buf, len, path, u, err, errcap);
-out:
+    size_t len;
+    char *buf = gw_textfile_read(path, USERS_FILE_MAX, GW_TEXTFILE_OWNER_ONLY, &len, err, errcap);
+    if (!buf)
+        return -1;
+    int rc = gw_users_parse(buf, len, path, u, err, errcap);
     free(buf);
-    close(fd);
     return rc;
 }
 

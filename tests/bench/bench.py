@@ -752,12 +752,14 @@ def start_ftpsgate(workdir: Path, name: str, ports: Ports, backend: Server,
                    certs: dict[str, tuple[Path, Path]],
                    frontends: dict[str, dict[str, object]],
                    global_keys: dict[str, object] | None = None,
-                   more_backends: dict[str, dict[str, object]] | None = None
-                   ) -> tuple[Server, dict[str, int]]:
+                   more_backends: dict[str, dict[str, object]] | None = None,
+                   binary: Path | None = None) -> tuple[Server, dict[str, int]]:
     """build/ftpsgate -c a generated config: the given frontends (each gets a free port and
     one shared passive range), backend = `backend` (plain), session limits raised to 20,000,
     `global_keys` added to [global], `more_backends` as further [backend NAME] sections (a
-    frontend names them in its own `backend` key)."""
+    frontend names them in its own `backend` key). `binary`: another build (floor.py's
+    before/after), else GATEWAY_BIN."""
+    binary = binary or GATEWAY_BIN
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     lo, hi = ports.range(200)
@@ -777,11 +779,11 @@ def start_ftpsgate(workdir: Path, name: str, ports: Ports, backend: Server,
         sections[f"backend {bname}"] = {"tls": "none", **keys}
     conf = d / "ftpsgate.ini"
     conf.write_text(render_ini(sections))
-    res = run([GATEWAY_BIN, "-t", "-c", conf], timeout=30)
+    res = run([binary, "-t", "-c", conf], timeout=30)
     if res.returncode != 0:
         raise RuntimeError(f"ftpsgate -t -c {conf}: {(res.stdout + res.stderr).strip()}")
     logfile = d / "ftpsgate.log"
-    proc = spawn([GATEWAY_BIN, "-c", conf], logfile, nofile=65536)
+    proc = spawn([binary, "-c", conf], logfile, nofile=65536)
     for port in fports.values():
         wait_listening(proc, port, 15, name, logfile)
     return Server(name, fports[next(iter(fports))], proc, logfile, forks=False), fports

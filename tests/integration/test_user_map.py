@@ -157,7 +157,7 @@ health_interval = 0
         return conf
 
     res = check(config())
-    assert res.returncode == 1 and f"{umap}:0: cannot read" in res.stderr, res.stderr
+    assert res.returncode == 1 and f"{umap}: cannot read" in res.stderr, res.stderr
     for text, auth, want in [
         ("a b\nb\n", "backend", f"{umap}:2: expected \"user-or-@group backend"),
         ("a nowhere\n", "backend", f"{umap}:1: a: backend nowhere is not one of"),

@@ -1,0 +1,703 @@
+#!/usr/bin/python3
+"""Relay budget: ftpsgate's CPU per GiB against the physical floor, HAProxy, and a build of
+another commit (before/after), all in one run, alternating, as ratios.
+
+    tests/bench/floor.py --quick          under 3 minutes: 128 MiB, 3 repetitions
+    tests/bench/floor.py                  1 GiB, 5 repetitions, 1,000 idle sessions
+    tests/bench/floor.py --before BIN     the "before" gateway (default: FTPSGATE_BEFORE,
+                                          else build/bench/before-af78c49/build/ftpsgate,
+                                          which `make bench-floor` builds)
+
+What it measures and how: tests/bench/README.md, "Relay floor". Writes
+build/bench/FLOOR.md (--results moves it). Root, stdlib only, uses tests/bench/bench.py's
+servers and CPU accounting (a cgroup per server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench as B  # noqa: E402
+
+HOST = B.HOST
+MiB, GiB = B.MiB, B.GiB
+SUITE = "TLS_AES_128_GCM_SHA256"
+BEFORE_DEFAULT = Path(os.environ.get(
+    "FTPSGATE_BEFORE", B.REPO / "build" / "bench" / "before-af78c49" / "build" / "ftpsgate"))
+
+
+def log(msg: str) -> None:
+    B.log(msg)
+
+
+class Table:
+    """values[(row, col)] = [one per repetition]; the report shows medians and ratios."""
+
+    def __init__(self):
+        self.v: dict[tuple[str, str], list[float]] = {}
+        self.notes: list[str] = []
+
+    def add(self, row: str, col: str, x: float) -> None:
+        self.v.setdefault((row, col), []).append(x)
+
+    def med(self, row: str, col: str) -> float | None:
+        x = self.v.get((row, col))
+        return statistics.median(x) if x else None
+
+    def paired(self, row: str, a: str = "after", b: str = "before") -> float | None:
+        """Median of after/before taken repetition by repetition (the two ran back to
+        back, so a slow phase of the machine hits both)."""
+        xa, xb = self.v.get((row, a), []), self.v.get((row, b), [])
+        r = [x / y for x, y in zip(xa, xb) if y]
+        return statistics.median(r) if r else None
+
+    def reps(self, row: str, col: str) -> str:
+        return " ".join(f"{x:.3g}" for x in self.v.get((row, col), []))
+
+
+# ---------------------------------------------------------------------------------------
+# Relays that are not FTP: a byte stream from a source to a sink through one process.
+
+
+def _listener() -> tuple[socket.socket, int]:
+    s = socket.socket()
+    s.bind((HOST, 0))
+    s.listen(8)
+    return s, s.getsockname()[1]
+
+
+def _send_file(sock: socket.socket, path: Path, size: int) -> None:
+    """What vsftpd does for a RETR: sendfile(2) from the tmpfs file."""
+    with open(path, "rb") as f:
+        off = 0
+        while off < size:
+            off += os.sendfile(sock.fileno(), f.fileno(), off, size - off)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def _sink(sock, size: int | None = None) -> int:
+    buf = bytearray(256 * 1024)
+    got = 0
+    while True:
+        n = sock.recv_into(buf)
+        if not n:
+            return got
+        got += n
+
+
+def socat_relay(data: B.Data) -> float:
+    """CPU s/GiB of `socat -b 65536` relaying the file in clear (its rusage at exit)."""
+    lsink, psink = _listener()
+    port = B.Ports().take()
+    proc = subprocess.Popen(["socat", "-b", "65536", f"TCP-LISTEN:{port},bind={HOST},reuseaddr",
+                             f"TCP:{HOST}:{psink}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    got = [0]
+
+    def sink():
+        c, _ = lsink.accept()
+        got[0] = _sink(c)
+        c.close()
+    th = threading.Thread(target=sink)
+    th.start()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            src = socket.create_connection((HOST, port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    _send_file(src, data.big, data.size)
+    th.join(120)
+    src.close()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = status
+    lsink.close()
+    if got[0] != data.size:
+        raise RuntimeError(f"socat relayed {got[0]} of {data.size} bytes")
+    return (ru.ru_utime + ru.ru_stime) / (data.size / GiB)
+
+
+def openssl_speed(decrypt: bool, seconds: int) -> float:
+    """CPU s/GiB of AES-128-GCM on 16 KiB records (openssl speed is single-threaded: its
+    bytes per second of CPU)."""
+    cmd = ["openssl", "speed", "-evp", "aes-128-gcm", "-bytes", "16384", "-seconds", str(seconds)]
+    if decrypt:
+        cmd.insert(2, "-decrypt")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"^AES-128-GCM\s+([\d.]+)k", out, re.M)
+    if not m:
+        raise RuntimeError(f"openssl speed: {out[-300:]}")
+    return GiB / (float(m.group(1)) * 1000)
+
+
+HAPROXY_CONF = """\
+global
+    nbthread 1
+    maxconn 4000
+    ssl-default-bind-ciphersuites {suite}
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend tls
+    bind {host}:{port} ssl crt {pem}
+    default_backend be
+backend be
+    server s {host}:{be}
+"""
+
+
+def start_haproxy(workdir: Path, name: str, cert: tuple[Path, Path], be_port: int
+                  ) -> B.Server:
+    """HAProxy terminating TLS (TCP mode) in front of be_port, one thread like the gateway's
+    one worker."""
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    pem = d / "crt.pem"
+    pem.write_text(cert[0].read_text() + cert[1].read_text())
+    port = B.Ports().take()
+    conf = d / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(suite=SUITE, host=HOST, port=port, pem=pem, be=be_port))
+    log_ = d / "haproxy.log"
+    proc = B.spawn(["haproxy", "-db", "-f", conf], log_, nofile=65536)
+    B.wait_listening(proc, port, 10, name, log_)
+    return B.Server(name, port, proc, log_, forks=False)
+
+
+def tls_client_ctx() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def haproxy_relay(hp: B.Server, lsrv: socket.socket, data: B.Data, direction: str) -> float:
+    """One stream through HAProxy: RETR = the server side sends the file (sendfile) and a TLS
+    client reads it; STOR = a TLS client sends it and the server side reads. CPU s/GiB of
+    HAProxy from its cgroup."""
+    result = [0]
+
+    def server():
+        c, _ = lsrv.accept()
+        if direction == "RETR":
+            _send_file(c, data.big, data.size)
+            _sink(c)
+        else:
+            result[0] = _sink(c)
+        c.close()
+    cpu0 = hp.cpu_s()
+    th = threading.Thread(target=server)
+    th.start()
+    with socket.create_connection((HOST, hp.port)) as raw:
+        s = tls_client_ctx().wrap_socket(raw)
+        if direction == "RETR":
+            result[0] = _sink(s)
+        else:
+            chunk = 256 * 1024
+            with open(data.big, "rb") as f:
+                while True:
+                    b = f.read(chunk)
+                    if not b:
+                        break
+                    s.sendall(b)
+            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                _sink(s)
+        with contextlib.suppress(OSError):
+            s.close()
+    th.join(120)
+    time.sleep(0.1)
+    if result[0] != data.size:
+        raise RuntimeError(f"haproxy moved {result[0]} of {data.size} bytes")
+    return (hp.cpu_s() - cpu0) / (data.size / GiB)
+
+
+# ---------------------------------------------------------------------------------------
+# perf: where one transfer's CPU goes
+
+
+def _frames(block: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for ln in block[1:]:
+        m = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", ln)
+        if m:
+            out.append((re.sub(r"\+0x[0-9a-f]+$", "", m.group(1)), m.group(2)))
+    return out
+
+
+BUCKETS = ["kernel: receive copy (tcp_recvmsg)", "kernel: send + loopback (tcp_sendmsg)",
+           "kernel: splice", "kernel: other (syscall entry, epoll, softirq, scheduler)",
+           "crypto (libcrypto)", "TLS records (libssl)", "libc (memcpy, malloc)", "libuv",
+           "ftpsgate", "other"]
+
+
+GATEWAY_DSOS: set[str] = set()  # the basenames of the gateway binaries measured
+
+
+def bucket(frames: list[tuple[str, str]]) -> str:
+    if not frames:
+        return "other"
+    leaf_sym, leaf_dso = frames[0]
+    if "kernel" in leaf_dso:
+        names = [f[0] for f in frames]
+        if any(n.startswith("tcp_recvmsg") for n in names):
+            return BUCKETS[0]
+        if any(n.startswith("tcp_sendmsg") for n in names):
+            return BUCKETS[1]
+        if any("splice" in n for n in names):
+            return BUCKETS[2]
+        return BUCKETS[3]
+    dso = os.path.basename(leaf_dso)
+    if dso.startswith("libcrypto"):
+        return BUCKETS[4]
+    if dso.startswith("libssl"):
+        return BUCKETS[5]
+    if dso.startswith("libc.") or dso.startswith("libc-"):
+        return BUCKETS[6]
+    if dso.startswith("libuv"):
+        return BUCKETS[7]
+    if dso.startswith("ftpsgate") or dso in GATEWAY_DSOS:
+        return BUCKETS[8]
+    return BUCKETS[9]
+
+
+def perf_shares(datafile: Path) -> dict[str, float]:
+    out = subprocess.run(["perf", "script", "-i", datafile], capture_output=True, text=True,
+                         timeout=300).stdout
+    counts: dict[str, int] = {}
+    total = 0
+    for block in out.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        if not lines:
+            continue
+        b = bucket(_frames(lines))
+        counts[b] = counts.get(b, 0) + 1
+        total += 1
+    return {k: v / total for k, v in counts.items()} if total else {}
+
+
+@contextlib.contextmanager
+def perf_record(pid: int, datafile: Path):
+    p = subprocess.Popen(["perf", "record", "-q", "-g", "-F", "2000", "-p", str(pid), "-o",
+                          datafile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+
+
+# ---------------------------------------------------------------------------------------
+# Handshakes per CPU second
+
+
+def _handshake_loop(port: int, until: float, q) -> None:
+    ctx = tls_client_ctx()
+    n = 0
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with ctx.wrap_socket(raw) as s:
+                    s.recv(1)  # implicit FTPS: the greeting; HAProxy: the backend's 220
+                n += 1
+        except OSError:
+            time.sleep(0.01)
+    q.put(n)
+
+
+def handshake_rate(server: B.Server, port: int, seconds: float, clients: int = 2) -> float:
+    """Full TLS 1.3 handshakes (no resumption) per CPU second of the server, each followed by
+    the first byte of the backend's greeting."""
+    import multiprocessing
+    mp = multiprocessing.get_context("fork")
+    q = mp.Queue()
+    cpu0 = server.cpu_s()
+    until = time.monotonic() + 0.5 + seconds
+    procs = [mp.Process(target=_handshake_loop, args=(port, until, q)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    n = sum(q.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    time.sleep(0.3)
+    return n / max(server.cpu_s() - cpu0, 1e-6)
+
+
+def _resumed_loop(port: int, until: float, q) -> None:
+    """HAProxy: TLS connections resuming the previous one's ticket, back to back."""
+    ctx = tls_client_ctx()
+    sess, n, resumed = None, 0, 0
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with ctx.wrap_socket(raw, session=sess) as s:
+                    s.recv(1)  # the backend's greeting; the ticket came before it
+                    n += 1
+                    resumed += s.session_reused
+                    sess = s.session
+        except OSError:
+            time.sleep(0.01)
+    q.put((n, resumed))
+
+
+def resumed_rate(server: B.Server, port: int, seconds: float, gateway: tuple | None,
+                 clients: int = 2) -> tuple[float, float]:
+    """(connections per CPU second, share resumed). HAProxy: bare resumed handshakes. The
+    gateway: protected data connections of one logged-in implicit session each (PASV, RETR
+    of a 4 KiB file, the data TLS resuming the control session, 226): a handshake plus
+    everything else a data connection costs it, so the comparison is against the gateway."""
+    import multiprocessing
+    mp = multiprocessing.get_context("fork")
+    q = mp.Queue()
+    cpu0 = server.cpu_s()
+    until = time.monotonic() + 1.0 + seconds
+    target = _data_loop if gateway else _resumed_loop
+    args = (port, until, q, *gateway) if gateway else (port, until, q)
+    procs = [mp.Process(target=target, args=args) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    outs = [q.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    time.sleep(0.3)
+    n = sum(o[0] for o in outs)
+    return n / max(server.cpu_s() - cpu0, 1e-6), sum(o[1] for o in outs) / max(n, 1)
+
+
+def _data_loop(port: int, until: float, q, user: str, password: str, path: str) -> None:
+    ctx = tls_client_ctx()
+    c = B.login("implicit", port, user, password, ctx)
+    c.expect(200, "TYPE I")
+    n = resumed = 0
+    while time.monotonic() < until:
+        c.sock.sendall(b"PASV\r\n")
+        code, text = c.reply()
+        nums = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
+        d = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=30)
+        c.sock.sendall(f"RETR {path}\r\n".encode())
+        code, text = c.reply()
+        if code not in (125, 150):
+            raise RuntimeError(f"RETR: {text[:150]!r}")
+        d = ctx.wrap_socket(d, session=c.sock.session)
+        resumed += d.session_reused
+        while d.recv(65536):
+            pass
+        d.close()
+        c.expect(226)
+        n += 1
+    c.expect(221, "QUIT")
+    c.close()
+    q.put((n, resumed))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--reps", type=int)
+    p.add_argument("--size-mib", type=int)
+    p.add_argument("--before", type=Path, default=BEFORE_DEFAULT)
+    p.add_argument("--only", default="relay,handshakes,redesign",
+                   help="comma-separated: relay, handshakes, redesign")
+    p.add_argument("--no-perf", action="store_true")
+    p.add_argument("--ab", action="store_true",
+                   help="only the gateway's copy paths, after against before (an A/B of one "
+                        "change: no floor, HAProxy, splice or perf)")
+    p.add_argument("--mem-sessions", type=int)
+    p.add_argument("--results", type=Path, default=B.BENCH_BUILD / "FLOOR.md")
+    p.add_argument("--keep", action="store_true")
+    a = p.parse_args(argv)
+    a.reps = a.reps or (3 if a.quick else 5)
+    a.size_mib = a.size_mib or (128 if a.quick else 1024)
+    a.mem_sessions = a.mem_sessions or (200 if a.quick else 1000)
+    cases = set(a.only.split(","))
+    B.ensure_root_and_limits()
+    for tool in ("curl", "socat", "haproxy", "openssl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing")
+    use_perf = not a.no_perf and shutil.which("perf")
+    before = a.before if a.before.exists() else None
+    GATEWAY_DSOS.update(x.name for x in (B.GATEWAY_BIN, before) if x)
+    B.CPUACCT = B.CpuAcct()
+    B.CURL_TLS13_CIPHERS = SUITE
+    B.BENCH_BUILD.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="ftpsgate-floor-", dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    t0 = time.monotonic()
+    load0 = Path("/proc/loadavg").read_text().split()[:3]
+    sys0 = B.system_cpu()
+    T = Table()
+    budgets: dict[str, dict[str, float]] = {}
+    try:
+        user, password = B.ensure_test_user()
+        data = B.ensure_data(a.size_mib * MiB)
+        certs = B.make_certs(workdir / "tls")
+        ports = B.Ports()
+        be = B.start_vsftpd(workdir, "vsftpd-backend", ports, data)
+        be_tls = B.start_vsftpd(workdir, "vsftpd-backend-tls", ports, data, tls=certs["ec"])
+        more = {"betls": {"address": f"{HOST}:{be_tls.port}", "tls": "implicit",
+                          "tls_verify": "no"}}
+        fronts = {"imp": {"mode": "implicit"},
+                  "imp_rsa": {"mode": "implicit", "cert": certs["rsa"][0],
+                              "key": certs["rsa"][1]},
+                  "imptls": {"mode": "implicit", "backend": "betls"},
+                  "plain": {"mode": "plain"}}
+        builds = {"after": None}
+        if before:
+            builds["before"] = before
+        else:
+            T.notes.append(f"no before build at {a.before}: before/after left out")
+        gws: dict[str, tuple[B.Server, dict[str, int]]] = {}
+        for tag, binary in builds.items():
+            gws[tag] = B.start_ftpsgate(workdir, f"ftpsgate-{tag}", ports, be, certs, fronts,
+                                        None, more,
+                                        binary=binary)
+            gws[f"{tag}-splice"] = B.start_ftpsgate(workdir, f"ftpsgate-{tag}-splice", ports,
+                                                    be, certs, {"plain": {"mode": "plain"}},
+                                                    {"splice": "yes"}, binary=binary)
+        size_gib = data.size / GiB
+
+        def target(tag: str, front: str, kind: str, backend: B.Server) -> B.Target:
+            g, fp = gws[tag]
+            return B.Target(f"{tag}-{front}", tag, f"ftpsgate {tag} {front}", kind, fp[front],
+                            g, backend)
+
+        paths = [  # (row label, prot, frontend, kind, backend, splice gateway?)
+            ("TLS client, plain backend", "P", "imp", "implicit", be, False),
+            ("TLS client, TLS backend", "P", "imptls", "implicit", be_tls, False),
+            ("clear both, copy", "-", "plain", "plain", be, False),
+            ("clear both, splice", "-", "plain", "plain", be, True),
+        ]
+        if "relay" in cases:
+            lsrv, psrv = _listener()
+            hp = start_haproxy(workdir, "haproxy-relay", certs["ec"], psrv)
+            log(f"== relay: {a.reps} repetitions of {a.size_mib} MiB")
+            if a.ab:
+                paths = [p_ for p_ in paths if not p_[5]]
+            for rep in range(a.reps):
+                if a.ab:
+                    pass
+                else:  # the floor, in the same repetition
+                    T.add("floor: plain relay (socat -b 65536)", "s/GiB", socat_relay(data))
+                    T.add("floor: AES-128-GCM encrypt (openssl speed)", "s/GiB",
+                          openssl_speed(False, 1))
+                    T.add("floor: AES-128-GCM decrypt (openssl speed -decrypt)", "s/GiB",
+                          openssl_speed(True, 1))
+                for direction in ("RETR", "STOR"):
+                    if not a.ab:
+                        T.add(f"HAProxy TLS->TCP {direction}", "s/GiB",
+                              haproxy_relay(hp, lsrv, data, direction))
+                    for label, prot, front, kind, backend, spl in paths:
+                        tags = [t for t in builds]
+                        for tag in B.rotate(tags, rep):
+                            t = target(f"{tag}-splice" if spl else tag, front, kind, backend)
+                            cpu0 = t.server.cpu_s()
+                            try:
+                                mbs, _ = B.curl_transfer(t, prot, direction, data, user,
+                                                         password, data.size)
+                            except Exception as e:  # noqa: BLE001
+                                T.notes.append(f"{direction} {label} {tag}: {e}")
+                                continue
+                            t.settle()
+                            time.sleep(0.1)
+                            cpu = (t.server.cpu_s() - cpu0) / size_gib
+                            T.add(f"{direction} {label}", tag, cpu)
+                            T.add(f"{direction} {label} MB/s", tag, mbs)
+                            log(f"  rep {rep + 1} {direction} {label:28} {tag:7} {cpu:5.2f} "
+                                f"s/GiB {mbs:6.0f} MB/s")
+            if use_perf:
+                # after alone; with --ab both builds, on the TLS paths (the changes' place)
+                prof = [t_ for t_ in builds] if a.ab else ["after"]
+                log(f"== perf: one profiled transfer per path ({', '.join(prof)})")
+                for direction in ("RETR", "STOR"):
+                    for label, prot, front, kind, backend, spl in paths:
+                        for tag in prof:
+                            if a.ab and prot != "P":
+                                continue
+                            t = target(f"{tag}-splice" if spl else tag, front, kind, backend)
+                            pf = workdir / f"perf-{tag}-{direction}-{front}-{spl}.data"
+                            with perf_record(t.server.pid, pf):
+                                B.curl_transfer(t, prot, direction, data, user, password,
+                                                data.size)
+                            budgets[(f"{direction} {label}", tag)] = perf_shares(pf)
+        if "handshakes" in cases:
+            log("== handshakes per CPU second (full TLS 1.3, 2 clients)")
+            hps = {k: start_haproxy(workdir, f"haproxy-{k}", certs[k], be.port)
+                   for k in ("ec", "rsa")}
+            secs = 1.5 if a.quick else 4
+            for rep in range(a.reps):
+                for k, front in (("ec", "imp"), ("rsa", "imp_rsa")):
+                    name = "ECDSA P-256" if k == "ec" else "RSA-2048"
+                    order = [("haproxy", hps[k], hps[k].port)] + [
+                        (tag, gws[tag][0], gws[tag][1][front]) for tag in builds]
+                    for col, srv, port in B.rotate(order, rep):
+                        r = handshake_rate(srv, port, secs)
+                        T.add(f"handshakes/CPU s, {name}", col, r)
+                        log(f"  rep {rep + 1} handshakes {name} {col:8} {r:7.0f}/CPU s")
+                    be.idle()
+                # resumed: HAProxy's bare resumptions against the gateway's whole data
+                # connections (ECDSA)
+                order = [("haproxy", hps["ec"], hps["ec"].port, None)] + [
+                    (tag, gws[tag][0], gws[tag][1]["imp"],
+                     (user, password, f"{data.small_dir}/f0000.bin")) for tag in builds]
+                for col, srv, port, gwargs in B.rotate(order, rep):
+                    r, share = resumed_rate(srv, port, secs, gwargs)
+                    row = ("resumed, ECDSA: HAProxy bare handshakes; the gateway whole "
+                           "protected data connections")
+                    T.add(row, col, r)
+                    T.add("share of resumed handshakes", col, share)
+                    log(f"  rep {rep + 1} resumed {col:8} {r:7.0f}/CPU s, {share:.0%} resumed")
+                    be.idle()
+        if "redesign" in cases and before:
+            log("== before/after: sessions/s and idle memory")
+            secs = 2 if a.quick else 3
+            for rep in range(a.reps):
+                for tag in B.rotate(list(builds), rep):
+                    t = target(tag, "imp", "implicit", be)
+                    rate, errs, err, cpu_ms, _ = B.session_rate(t, user, password, secs, 1)
+                    T.add("sessions/s (implicit, 1 client)", tag, rate)
+                    T.add("gateway CPU ms/session", tag, cpu_ms)
+                    log(f"  rep {rep + 1} sessions {tag:7} {rate:6.1f}/s {cpu_ms:5.2f} ms")
+            # memory: a fresh gateway of each build, pyftpdlib behind (vsftpd forks per
+            # session)
+            pyb = B.start_pyftpdlib(workdir, ports, data, user, password)
+            for tag in builds:
+                g, fp = B.start_ftpsgate(workdir, f"ftpsgate-mem-{tag}", ports, pyb, certs,
+                                         {"imp": {"mode": "implicit"}}, binary=builds[tag])
+                t = B.Target(f"mem-{tag}", tag, f"ftpsgate {tag}", "implicit", fp["imp"], g,
+                             pyb)
+                env = argparse.Namespace(user=user, password=password)
+                kib, base, loaded, fails, err, osecs = B.measure_memory(t, a.mem_sessions, env)
+                T.add(f"PSS KiB per idle TLS session ({a.mem_sessions})", tag, kib)
+                log(f"  memory {tag}: {kib:.1f} KiB/session ({fails} failed)")
+                B.kill_tree(g.proc)
+    finally:
+        B.stop_all()
+        B.CPUACCT.cleanup()
+        if not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys1 = B.system_cpu()
+    body = report(a, T, budgets, load0, sys0, sys1, time.monotonic() - t0, before)
+    print(body)
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    a.results.write_text(body)
+    log(f"written to {a.results}")
+    return 0
+
+
+def f3(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
+    out = []
+    busy = (sys1[0] - sys0[0]) / max(sys1[1] - sys0[1], 1)
+    out.append(f"floor.py {'--quick ' if a.quick else ''}{a.size_mib} MiB, {a.reps} "
+               f"repetitions, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+               f"{os.cpu_count()} CPUs, load {' '.join(load0)} at start, machine busy "
+               f"{busy * 100:.0f} % over {wall:.0f} s (all processes, this run's included)")
+    out.append("")
+    fl = T.med("floor: plain relay (socat -b 65536)", "s/GiB")
+    enc = T.med("floor: AES-128-GCM encrypt (openssl speed)", "s/GiB")
+    dec = T.med("floor: AES-128-GCM decrypt (openssl speed -decrypt)", "s/GiB")
+    if fl is not None:
+        out += ["| floor (medians) | CPU s/GiB | repetitions |", "|---|---:|---|"]
+        for r in ("floor: plain relay (socat -b 65536)",
+                  "floor: AES-128-GCM encrypt (openssl speed)",
+                  "floor: AES-128-GCM decrypt (openssl speed -decrypt)"):
+            out.append(f"| {r[7:]} | {f3(T.med(r, 's/GiB'))} | {T.reps(r, 's/GiB')} |")
+        out.append(f"| TLS relay floor RETR (relay + encrypt) | {f3(fl + enc)} | |")
+        out.append(f"| TLS relay floor STOR (relay + decrypt) | {f3(fl + dec)} | |")
+        out.append("")
+    if any(r.startswith(("RETR", "STOR")) for (r, c) in T.v):
+        out += ["| relay CPU s/GiB (medians) | after | before | after/before | after/before "
+                "paired | after/floor | HAProxy | after/HAProxy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for d in ("RETR", "STOR"):
+            if fl is not None:
+                floor_tls = fl + (enc if d == "RETR" else dec)
+                floors = (floor_tls, fl + enc + dec, fl, fl)
+            else:
+                floors = (None,) * 4
+            for label, floor in zip(("TLS client, plain backend", "TLS client, TLS backend",
+                                     "clear both, copy", "clear both, splice"), floors):
+                row = f"{d} {label}"
+                af, bf = T.med(row, "after"), T.med(row, "before")
+                hp = T.med(f"HAProxy TLS->TCP {d}", "s/GiB") if "plain backend" in label else None
+                out.append(f"| {row} | {f3(af)} | {f3(bf)} | "
+                           f"{f3(af / bf) if af and bf else '—'} | {f3(T.paired(row))} | "
+                           f"{f3(af / floor) if af and floor else '—'} | {f3(hp)} | "
+                           f"{f3(af / hp) if af and hp else '—'} |")
+        out.append("")
+        out.append("TLS backend floor = relay + encrypt + decrypt. Every repetition "
+                   "(after | before | HAProxy):")
+        out.append("")
+        for (row, col), xs in sorted(T.v.items()):
+            if not row.startswith("floor"):
+                out.append(f"- {row}, {col}: {' '.join(f'{x:.3g}' for x in xs)}")
+        out.append("")
+    if budgets:
+        out += ["| CPU budget, s/GiB (perf shares × median) | " +
+                " | ".join(b for b in BUCKETS) + " |",
+                "|---|" + "---:|" * len(BUCKETS)]
+        for (row, tag), shares in budgets.items():
+            tot = T.med(row, tag) or 0
+            out.append(f"| {row}, {tag} ({tot:.2f}) | " +
+                       " | ".join(f"{shares.get(b, 0) * tot:.3f}" for b in BUCKETS) + " |")
+        out.append("")
+    hs = [r for (r, c) in T.v if r.startswith(("handshakes", "resumed", "share of"))]
+    if hs:
+        out += ["| TLS 1.3 handshakes per CPU second (medians) | after | before | HAProxy | "
+                "after/HAProxy |", "|---|---:|---:|---:|---:|"]
+        for r in sorted(set(hs)):
+            af, bf, hp = T.med(r, "after"), T.med(r, "before"), T.med(r, "haproxy")
+            fmt = (lambda x: x and f"{x:.2f}") if r.startswith("share") else (
+                lambda x: x and f"{x:.0f}")
+            label = r[18:] if r.startswith("handshakes") else r
+            label = f"full, {label}" if r.startswith("handshakes") else label
+            out.append(f"| {label} | {fmt(af)} | {fmt(bf)} | {fmt(hp)} | "
+                       f"{f3(af / hp) if af and hp else '—'} |")
+        out.append("")
+    red = [r for (r, c) in T.v if r.startswith(("sessions", "gateway CPU", "PSS"))]
+    if red:
+        out += ["| before/after (issue 20 item 8), medians | after | before | after/before |",
+                "|---|---:|---:|---:|"]
+        for r in sorted(set(red)):
+            af, bf = T.med(r, "after"), T.med(r, "before")
+            out.append(f"| {r} | {f3(af)} | {f3(bf)} | {f3(af / bf) if af and bf else '—'} |")
+        out.append("")
+    if before:
+        out.append(f"before = {before}")
+    for n in T.notes:
+        out.append(f"- note: {n}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
