@@ -3,7 +3,8 @@ pam"): pam_unix against a Unix user this module creates (useradd, its own group,
 password) through a PAM service file it writes to /etc/pam.d/ftpsgate-test-*:
 
 - a good login: the user's Unix group matches a user_map @group rule whose fixed account
-  logs in to vsftpd (its log shows the account); files move, SHA-256 compared;
+  logs in to vsftpd (its log shows the account) and a read-only [policy] for that group;
+  files move, SHA-256 compared, a DELE gets 550;
 - a wrong password or an unknown user: 530 after the delay, no backend connection, logged
   with method=pam and the reason, counted as a failed login;
 - conversations are bounded: with one worker and a service whose first module takes 0.4 s,
@@ -15,6 +16,7 @@ No password may appear in the gateway's log."""
 
 from __future__ import annotations
 
+import ftplib
 import re
 import secrets
 import subprocess
@@ -69,7 +71,8 @@ def pam_env():
             subprocess.run(["groupdel", group], capture_output=True, timeout=60)
 
 
-def start(gateway, vsftpd, test_user, tmp_path, service: str, group: str, glob=None):
+def start(gateway, vsftpd, test_user, tmp_path, service: str, group: str, glob=None,
+          sections=None):
     """auth = pam on the implicit frontend; members of `group` log in to vsftpd as the
     test user (a fixed account: its password from a private file)."""
     sysuser, sys_pw = test_user
@@ -80,20 +83,27 @@ def start(gateway, vsftpd, test_user, tmp_path, service: str, group: str, glob=N
     umap.write_text(f"@{group} be:{sysuser}:{pw}\n")
     return gateway(vsftpd, extra={"frontend fe": {"auth": "pam", "pam_service": service,
                                                   "user_map": umap},
-                                  "global": {"max_sessions_per_ip": 100, **(glob or {})}})
+                                  "global": {"max_sessions_per_ip": 100, **(glob or {})},
+                                  **(sections or {})})
 
 
 def test_pam_login_group_map_transfer(gateway, vsftpd, test_user, pam_env, blobs, client_ctx,
                                       tmp_path):
     user, password, group, services = pam_env
     sysuser = test_user[0]
-    gw = start(gateway, vsftpd, test_user, tmp_path, services["plain"], group)
+    # the Unix group also selects a [policy] (users = @group): read-only
+    gw = start(gateway, vsftpd, test_user, tmp_path, services["plain"], group,
+               sections={"policy ro": {"read_only": "yes", "users": f"@{group}"}})
     digest = vsftpd.put(blobs, "pam-down.bin", 200_000)
     since = vsftpd.log.stat().st_size if vsftpd.log.exists() else 0
     mark = gw.mark()
     with ftplib_session(gw.port, user, password, client_ctx) as ftp:
         ftplib_download(ftp, "pam-down.bin", tmp_path / "d.bin")
+        with pytest.raises(ftplib.error_perm, match="550 Permission denied"):
+            ftp.delete("pam-down.bin")
     assert peers.sha256_file(tmp_path / "d.bin") == digest
+    assert vsftpd.path("pam-down.bin").exists()
+    assert mark.count("event=policy_refused verb=DELE policy=ro") == 1
     mark.wait(f'event=auth_ok method=pam user="{user}" backend_user="{sysuser}" '
               f"password=fixed backend=be map_line=1", 10)
     with open(vsftpd.log, "rb") as f:
