@@ -159,14 +159,17 @@ static void start_check(struct gw_edge *e)
     if (e->pam)
         pam_q.running++;
     int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
-    if (r != 0) {
+    if (r == 0) {
         if (e->pam)
-            pam_q.running--;
-        e->busy = false;
-        wipe_pw(e);
-        gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
-        gw_sess_release(s);
+            GW_LOG_DEBUG(s->id, "event=auth_check_start method=pam running=%d", pam_q.running);
+        return;
     }
+    if (e->pam)
+        pam_q.running--;
+    e->busy = false;
+    wipe_pw(e);
+    gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
+    gw_sess_release(s);
 }
 
 /* A PAM conversation ended: the next waiting one of a live session starts. */
@@ -186,7 +189,6 @@ static void pam_next(void)
             continue;
         }
         start_check(e);
-        GW_LOG_DEBUG(e->s->id, "event=auth_check_start method=pam running=%d", pam_q.running);
     }
 }
 
@@ -323,8 +325,6 @@ static void edge_pass(gw_session *s, const char *arg)
         return;
     }
     start_check(e);
-    if (e->pam && e->busy)
-        GW_LOG_DEBUG(s->id, "event=auth_check_start method=pam running=%d", pam_q.running);
 }
 
 /* The [policy] this logged-in session runs under, or NULL. */
