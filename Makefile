@@ -14,8 +14,9 @@ VERSION := $(shell sed -n 's/^\#define GW_VERSION "\(.*\)"$$/\1/p' include/versi
 ADMIN ?= yes
 # libcrypt: crypt_r (crypt_check.c) checks the users file of auth = file frontends and the
 # admin endpoint's admin_users; the pure modules' unit tests and fuzz targets link it too.
-# libldap (OpenLDAP): auth = ldap frontends (auth_ldap.c).
-PKGS := libuv openssl libcrypt ldap
+# libldap (OpenLDAP): auth = ldap frontends (auth_ldap.c). pam: auth = pam (pam_check.c;
+# not a PURE module, so unit tests do not need it).
+PKGS := libuv openssl libcrypt ldap pam
 ifeq ($(ADMIN),no)
 override CPPFLAGS += -DGW_NO_ADMIN
 else
@@ -25,6 +26,7 @@ DEB_libuv := libuv1-dev
 DEB_openssl := libssl-dev
 DEB_libcrypt := libcrypt-dev
 DEB_ldap := libldap-dev
+DEB_pam := libpam0g-dev
 DEB_libmicrohttpd := libmicrohttpd-dev
 DEB_cmocka := libcmocka-dev
 

@@ -16,6 +16,7 @@ DEMO_PACKAGES=(
   gcc make libc6-dev pkg-config libuv1-dev libssl-dev
   libcrypt-dev  # crypt_r (proxy/crypt_check.c): auth = file users, admin_users
   libldap-dev  # libldap (proxy/auth_ldap.c): auth = ldap
+  libpam0g-dev  # auth = pam (proxy/pam_check.c)
   vsftpd lftp procps
 )
 # The rest of `make test` and CI.

@@ -5,8 +5,8 @@
  * "LDAP".
  *
  * Threads: gw_ldap_run blocks (libldap's synchronous calls, each bounded by ldap_timeout)
- * and runs in libuv's thread pool, at most GW_LDAP_MAX_RUNNING at once in the process
- * (gw_ldap_slot_take). Everything else runs on the loop of the worker owning the gw_ldap:
+ * and runs in libuv's thread pool, queued per worker with PAM's conversations (edge_auth.c,
+ * SLOW_PER_WORKER at once). Everything else runs on the loop of the worker owning the gw_ldap:
  * one per frontend and generation, and each worker builds its own generations. */
 #ifndef GW_AUTH_LDAP_H
 #define GW_AUTH_LDAP_H
@@ -18,9 +18,6 @@
 #include "config.h"
 #include "users_file.h"
 
-/* Checks running in the thread pool at once, process-wide: libuv's pool has 4 threads by
- * default, one is left to password hashes and name resolution. */
-#define GW_LDAP_MAX_RUNNING 3
 /* A failed check is remembered this long (at most auth_cache_ttl): a client retrying the
  * same wrong password does not reach the server each time. */
 #define GW_LDAP_NEGATIVE_TTL_S 5
@@ -54,9 +51,5 @@ bool gw_ldap_lookup(gw_ldap *l, gw_ldap_check *c, uint64_t now_ms);
 void gw_ldap_run(const gw_ldap *l, gw_ldap_check *c);
 /* On the loop, after: an OK or DENIED answer is remembered (UNAVAILABLE never). */
 void gw_ldap_remember(gw_ldap *l, const gw_ldap_check *c, uint64_t now_ms);
-
-/* A place among the GW_LDAP_MAX_RUNNING checks: false when all are taken. */
-bool gw_ldap_slot_take(void);
-void gw_ldap_slot_give(void);
 
 #endif

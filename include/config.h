@@ -36,7 +36,7 @@ enum gw_tls_version {
 };
 
 /* Who checks USER/PASS: the backend (relayed, today's behaviour) or the gateway first. */
-enum gw_auth { GW_AUTH_BACKEND = 0, GW_AUTH_FILE, GW_AUTH_LDAP };
+enum gw_auth { GW_AUTH_BACKEND = 0, GW_AUTH_FILE, GW_AUTH_LDAP, GW_AUTH_PAM };
 
 typedef struct gw_hostport {
     char host[GW_HOST_MAX]; /* as written, brackets removed for IPv6 */
@@ -102,11 +102,12 @@ typedef struct gw_frontend_conf {
     char ldap_base[GW_PATH_MAX];
     char ldap_filter[GW_PATH_MAX]; /* a %u template */
     char ldap_group_attr[GW_NAME_MAX], ldap_backend_attr[GW_NAME_MAX];
-    int ldap_timeout;           /* seconds, each of connect and every operation */
-    int auth_cache_ttl;         /* seconds a successful check is remembered; 0: no cache */
-    char user_map[GW_PATH_MAX]; /* user_map.h file: backend and account per user; "": none */
-    char policy[GW_NAME_MAX];   /* a [policy] for every session; empty: none */
-    int policy_index;           /* resolved by validation: policies[] index, -1: none */
+    int ldap_timeout;              /* seconds, each of connect and every operation */
+    int auth_cache_ttl;            /* seconds a successful check is remembered; 0: no cache */
+    char user_map[GW_PATH_MAX];    /* user_map.h file: backend and account per user; "": none */
+    char pam_service[GW_NAME_MAX]; /* auth = pam: the service (/etc/pam.d/NAME) */
+    char policy[GW_NAME_MAX];      /* a [policy] for every session; empty: none */
+    int policy_index;              /* resolved by validation: policies[] index, -1: none */
 } gw_frontend_conf;
 
 /* [policy NAME]: commands refused with 550 by the gateway (cmd_policy.h). Verb lists are

@@ -38,22 +38,6 @@ struct gw_ldap {
     struct cache_entry cache[CACHE_SLOTS];
 };
 
-static _Atomic int running;
-
-bool gw_ldap_slot_take(void)
-{
-    int n = atomic_load(&running);
-    while (n < GW_LDAP_MAX_RUNNING)
-        if (atomic_compare_exchange_weak(&running, &n, n + 1))
-            return true;
-    return false;
-}
-
-void gw_ldap_slot_give(void)
-{
-    atomic_fetch_sub(&running, 1);
-}
-
 /* The service account's password: one line, the file private to the gateway. */
 static int read_password(const char *path, char **out, char *err, size_t cap)
 {

@@ -472,16 +472,6 @@ static int p_cidr_list(const struct keydef *k, const char *v, void *out, char *w
     return p_str(k, v, out, why, cap);
 }
 
-/* auth: backend | file | ldap. pam is a reserved name, not built yet: said so. */
-static int p_auth(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
-{
-    if (strcasecmp(v, "pam") == 0) {
-        snprintf(why, cap, "\"%s\": not built in this version (expected backend | file | ldap)", v);
-        return -1;
-    }
-    return p_enum(k, v, out, why, cap);
-}
-
 /* deny, allow: FTP verbs (3 or 4 letters) separated by blanks or commas, stored upper-case
  * with one blank between them. */
 static int p_verbs(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
@@ -559,6 +549,16 @@ static int p_ldap_attr(const struct keydef *k, const char *v, void *out, char *w
 }
 
 /* policy: a section name (checked against the [policy] sections by validate()). */
+/* pam_service: a file name under /etc/pam.d. */
+static int p_pam_service(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    if (!valid_name(v)) {
+        snprintf(why, cap, "\"%s\": not a PAM service name (letters, digits, . _ -)", v);
+        return -1;
+    }
+    return p_str(k, v, out, why, cap);
+}
+
 static int p_section_ref(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     if (v[0] && !valid_name(v)) {
@@ -620,8 +620,11 @@ static const struct word w_pp_in[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {"any", GW_PP_ANY}, {NULL, 0}};
 static const struct word w_pp_out[] = {
     {"no", GW_PP_OFF}, {"v1", GW_PP_V1}, {"v2", GW_PP_V2}, {NULL, 0}};
-static const struct word w_auth[] = {
-    {"backend", GW_AUTH_BACKEND}, {"file", GW_AUTH_FILE}, {"ldap", GW_AUTH_LDAP}, {NULL, 0}};
+static const struct word w_auth[] = {{"backend", GW_AUTH_BACKEND},
+                                     {"file", GW_AUTH_FILE},
+                                     {"pam", GW_AUTH_PAM},
+                                     {"ldap", GW_AUTH_LDAP},
+                                     {NULL, 0}};
 static const struct word w_data_mode[] = {
     {"passive", GW_DATA_PASSIVE}, {"active", GW_DATA_ACTIVE}, {NULL, 0}};
 
@@ -698,8 +701,9 @@ static const struct keydef keys[] = {
     {"proxy_protocol_from", IN_FRONTEND, p_cidr_list, F(proxy_protocol_from), "", 0, 0, NULL},
     {"proxy_protocol_data", IN_FRONTEND, p_bool, F(proxy_protocol_data), "no", 0, 0, NULL},
     {"pasv_address_for", IN_FRONTEND, p_addr_for, F(pasv_address_for), "", 0, 0, NULL},
-    {"auth", IN_FRONTEND, p_auth, F(auth), "backend", 0, 0, w_auth},
+    {"auth", IN_FRONTEND, p_enum, F(auth), "backend", 0, 0, w_auth},
     {"auth_file", IN_FRONTEND, p_str, F(auth_file), "", 0, 0, NULL},
+    {"pam_service", IN_FRONTEND, p_pam_service, F(pam_service), "ftpsgate", 0, 0, NULL},
     {"ldap_uri", IN_FRONTEND, p_ldap_uri, F(ldap_uri), "", 0, 0, NULL},
     {"ldap_starttls", IN_FRONTEND, p_bool, F(ldap_starttls), "no", 0, 0, NULL},
     {"ldap_ca_file", IN_FRONTEND, p_str, F(ldap_ca_file), "", 0, 0, NULL},
@@ -1340,9 +1344,10 @@ static int validate_auth(struct state *st, int i, const char *label)
         return fail(st, kl[k_auth], label, "auth", "file needs auth_file (the users file)");
     if (f->auth != GW_AUTH_FILE && f->auth_file[0])
         return fail(st, kl[k_file], label, "auth_file", "set without auth = file");
-    if (f->auth == GW_AUTH_FILE && f->route_user)
+    if (f->auth != GW_AUTH_BACKEND && f->route_user)
         return fail(st, kl[key_index(S_FRONTEND, "route_user")], label, "route_user",
-                    "not with auth = file (the users file's backend= names a user's backend)");
+                    "not with auth = file, pam or ldap (the gateway's login names no backend: "
+                    "user_map or the users file's backend= do)");
     if (validate_ldap(st, i, label) != 0)
         return -1;
     if (f->user_map[0] && f->route_user)

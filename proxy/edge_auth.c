@@ -1,5 +1,6 @@
 /* Decisions at the edge: the gateway's own USER/PASS check on `auth = file` frontends
- * (users_file.h), the replayed login toward the backend after it, and the command policy
+ * (users_file.h) and `auth = pam` ones (pam_check.h), the backend and account after it
+ * (the users file's attributes, user_map.h), the replayed login, and the command policy
  * ([policy NAME], cmd_policy.h) of logged-in sessions. Part of the session module: called
  * from client_cmd.c (commands) and backend.c (the set-up's replayed login).
  *
@@ -11,8 +12,11 @@
  * session) and opens nothing. All of it lives in the session's login part
  * (s->login.edge), which REIN resets whole.
  *
- * auth = ldap runs the same steps; the check is auth_ldap.c's (a bind in the thread pool,
- * or its cache on the loop), and an unreachable server answers 421 (edge_ldap_done). */
+ * auth = pam and auth = ldap run the same way. A PAM conversation or an LDAP bind may block
+ * for long (modules sleep, a directory is slow), so each worker runs at most SLOW_PER_WORKER
+ * of them at a time in the thread pool (which name lookups share) and queues the rest in
+ * order: a burst of logins waits its turn instead of being refused. LDAP's cache answers
+ * on the loop, and an unreachable directory answers 421 (edge_ldap_done). */
 #include "session_int.h"
 
 #include <stdio.h>
@@ -25,22 +29,32 @@
 #include "ftp_codes.h"
 #include "log.h"
 #include "metrics.h"
+#include "pam_check.h"
 #include "users_file.h"
+
+#define SLOW_PER_WORKER 2 /* PAM conversations and LDAP binds at once, per worker */
 
 struct gw_edge {
     uv_work_t work;
     gw_session *s;
     const gw_users *users; /* the session's generation's: stable while the session holds it */
     char name[64];
-    char *pw; /* the client's password, for the check and then the backend's PASS (wiped) */
-    bool ok;  /* the check's result (thread pool), read in after_check */
-    bool busy;
+    char *pw;  /* the client's password, for the check and then the backend's PASS (wiped) */
+    bool ok;   /* the check's result (thread pool), read in after_check */
+    bool busy; /* in the thread pool or queued for it: the session is held */
+    bool pam;  /* auth = pam: the check is a PAM conversation */
+    const char *service;          /* pam: the frontend's pam_service (the generation's) */
+    enum gw_pam_result pam_res;   /* pam: its result (thread pool) */
+    char pam_why[128];            /* pam: PAM's text of a failure */
+    char rhost[64];               /* pam: the client's IP address (PAM_RHOST) */
+    gw_user_entry pam_who;        /* pam: who passed (name, Unix groups); `who` points here */
+    gw_ldap_check *ldap;          /* ldap: the check's state (heap); `who` points into it */
+    struct gw_edge *next_waiting; /* pam, ldap: the worker's queue of checks not started yet */
     bool too_long; /* the USER argument was cut to fit login.user: no user has that name */
     /* user_map: a fixed account's password (the generation's, which the session holds),
      * sent instead of the client's; NULL: the client's */
     const char *fixed;
     const gw_user_entry *who; /* after a successful check */
-    gw_ldap_check *ldap;      /* auth = ldap: the check's state (heap); who points into it */
 };
 
 static void wipe_pw(struct gw_edge *e)
@@ -86,16 +100,18 @@ static const char *log_name(const char *in, char *out, size_t cap)
     return out;
 }
 
-/* Does the gateway check USER/PASS itself (auth = file or ldap)? */
-static bool file_auth(const gw_session *s)
+/* Does the gateway check the login itself (auth = file, pam or ldap)? */
+static bool edge_auth(const gw_session *s)
 {
     return (s->fe->conf->auth == GW_AUTH_FILE && s->fe->users) ||
-           (s->fe->conf->auth == GW_AUTH_LDAP && s->fe->ldap);
+           s->fe->conf->auth == GW_AUTH_PAM || (s->fe->conf->auth == GW_AUTH_LDAP && s->fe->ldap);
 }
 
 static const char *method(const gw_session *s)
 {
-    return s->fe->conf->auth == GW_AUTH_LDAP ? "ldap" : "file";
+    return s->fe->conf->auth == GW_AUTH_PAM    ? "pam"
+           : s->fe->conf->auth == GW_AUTH_LDAP ? "ldap"
+                                               : "file";
 }
 
 /* USER on an auth = file frontend: remembered, answered by the gateway. */
@@ -124,7 +140,74 @@ static void check_work(uv_work_t *req)
         gw_ldap_run(e->s->fe->ldap, e->ldap);
         return;
     }
-    e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
+    if (!e->pam) {
+        e->ok = gw_users_verify(e->users, e->name, e->pw, &e->who);
+        return;
+    }
+    e->pam_res = e->name[0] ? gw_pam_check(e->service, e->name, e->pw, e->rhost, e->pam_why,
+                                           sizeof e->pam_why)
+                            : GW_PAM_UNKNOWN_USER;
+    e->ok = e->pam_res == GW_PAM_OK;
+    if (e->ok) { /* who passed: the name PAM knows, and its Unix groups */
+        memset(&e->pam_who, 0, sizeof e->pam_who);
+        snprintf(e->pam_who.name, sizeof e->pam_who.name, "%s", e->name);
+        gw_pam_groups(e->name, e->pam_who.groups, sizeof e->pam_who.groups);
+        e->who = &e->pam_who;
+    }
+}
+
+/* auth = pam, ldap: this worker's slow checks running, and those waiting (in order). */
+static _Thread_local struct {
+    int running;
+    struct gw_edge *head, *tail;
+} slow_q;
+
+static bool slow(const struct gw_edge *e)
+{
+    return e->pam || e->ldap;
+}
+
+static void after_check(uv_work_t *req, int status);
+
+/* Hand the check to the thread pool; the session is held (s->handles) already. */
+static void start_check(struct gw_edge *e)
+{
+    gw_session *s = e->s;
+    if (slow(e))
+        slow_q.running++;
+    int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
+    if (r == 0) {
+        if (slow(e))
+            GW_LOG_DEBUG(s->id, "event=auth_check_start method=%s running=%d", method(s),
+                         slow_q.running);
+        return;
+    }
+    if (slow(e))
+        slow_q.running--;
+    e->busy = false;
+    wipe_pw(e);
+    gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
+    gw_sess_release(s);
+}
+
+/* A PAM conversation or LDAP bind ended: the next waiting one of a live session starts. */
+static void slow_next(void)
+{
+    slow_q.running--;
+    while (slow_q.head && slow_q.running < SLOW_PER_WORKER) {
+        struct gw_edge *e = slow_q.head;
+        slow_q.head = e->next_waiting;
+        if (!slow_q.head)
+            slow_q.tail = NULL;
+        e->next_waiting = NULL;
+        if (e->s->cstate == CS_CLOSING) { /* gone while it waited */
+            e->busy = false;
+            wipe_pw(e);
+            gw_sess_release(e->s);
+            continue;
+        }
+        start_check(e);
+    }
 }
 
 /* A failed check: logged (never the password), then a failed login as a backend's 530 is
@@ -227,50 +310,51 @@ static void after_check(uv_work_t *req, int status)
     struct gw_edge *e = req->data;
     gw_session *s = e->s;
     e->busy = false;
-    if (e->ldap)
-        gw_ldap_slot_give();
+    if (slow(e))
+        slow_next();
     if (e->ldap && s->cstate != CS_CLOSING && status == 0) {
         edge_ldap_done(s);
     } else if (s->cstate == CS_CLOSING || status != 0) {
         wipe_pw(e);
         if (s->cstate != CS_CLOSING)
             gw_sess_fail(s, GW_R_LOCAL_ERROR, "password check cancelled");
+    } else if (e->pam && e->pam_res == GW_PAM_ERROR) {
+        /* the service failed, not the client: no failed login, no ban count */
+        char who[65];
+        wipe_pw(e);
+        GW_LOG_WARN(s->id, "event=auth_unavailable method=pam user=\"%s\" reason=\"%s\"",
+                    log_name(s->login.user, who, sizeof who), e->pam_why);
+        gw_sess_fail(s, GW_R_UNAVAILABLE, "authentication unavailable");
     } else if (!e->ok) {
         wipe_pw(e);
-        check_failed(s, gw_users_find(e->users, e->name) ? "bad_password" : "unknown_user");
+        check_failed(s, e->pam                             ? gw_pam_result_name(e->pam_res)
+                        : gw_users_find(e->users, e->name) ? "bad_password"
+                                                           : "unknown_user");
     } else {
         check_passed(s);
     }
     gw_sess_release(s); /* the check held the session */
 }
 
-/* auth = ldap: the cache answers now, or a place in the thread pool is taken (false:
- * answered or failed here, nothing queued). */
-static bool edge_ldap_start(gw_session *s, struct gw_edge *e)
+/* auth = ldap: the check's state; true when the cache answered it (done here). */
+static bool edge_ldap_cached(gw_session *s, struct gw_edge *e)
 {
     if (!e->ldap && !(e->ldap = malloc(sizeof *e->ldap))) {
         wipe_pw(e);
         gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
-        return false;
+        return true;
     }
     memset(e->ldap, 0, sizeof *e->ldap);
     snprintf(e->ldap->name, sizeof e->ldap->name, "%s", e->name);
     e->ldap->password = e->pw;
-    if (gw_ldap_lookup(s->fe->ldap, e->ldap, gw_sess_now(s))) {
-        edge_ldap_done(s);
+    if (!gw_ldap_lookup(s->fe->ldap, e->ldap, gw_sess_now(s)))
         return false;
-    }
-    if (!gw_ldap_slot_take()) { /* every place taken: the server is slow or many log in */
-        e->ldap->status = GW_LDAP_UNAVAILABLE;
-        snprintf(e->ldap->reason, sizeof e->ldap->reason, "busy");
-        snprintf(e->ldap->detail, sizeof e->ldap->detail, "%d checks running", GW_LDAP_MAX_RUNNING);
-        edge_ldap_done(s);
-        return false;
-    }
+    edge_ldap_done(s);
     return true;
 }
 
-/* PASS on an auth = file frontend: checked off the loop; the queue waits (PEND_CHECK). */
+/* PASS on an auth = file, pam or ldap frontend: checked off the loop; the queue waits
+ * (PEND_CHECK). */
 static void edge_pass(gw_session *s, const char *arg)
 {
     if (s->login.logged_in) {
@@ -292,25 +376,33 @@ static void edge_pass(gw_session *s, const char *arg)
     }
     e->s = s;
     e->users = s->fe->users;
+    e->pam = s->fe->conf->auth == GW_AUTH_PAM;
+    e->service = s->fe->conf->pam_service;
+    gw_addr_ip_str(&s->client_peer, e->rhost, sizeof e->rhost);
     e->who = NULL;
     e->fixed = NULL;
     e->ok = false;
     snprintf(e->name, sizeof e->name, "%s", e->too_long ? "" : s->login.user); /* "": nobody */
     e->work.data = e;
     gw_sess_set_pending(s, PEND_CHECK);
-    if (s->fe->conf->auth == GW_AUTH_LDAP && !edge_ldap_start(s, e))
-        return;
-    s->handles++;
-    int r = uv_queue_work(s->loop, &e->work, check_work, after_check);
-    if (r != 0) {
-        if (e->ldap)
-            gw_ldap_slot_give();
-        s->handles--;
-        wipe_pw(e);
-        gw_sess_fail(s, GW_R_LOCAL_ERROR, uv_strerror(r));
+    if (s->fe->conf->auth != GW_AUTH_LDAP) {
+        free(e->ldap); /* slow() tells an LDAP check by it */
+        e->ldap = NULL;
+    } else if (edge_ldap_cached(s, e)) {
         return;
     }
+    s->handles++; /* the check holds the session until after_check */
     e->busy = true;
+    if (slow(e) && slow_q.running >= SLOW_PER_WORKER) {
+        GW_LOG_DEBUG(s->id, "event=auth_queued method=%s running=%d", method(s), slow_q.running);
+        if (slow_q.tail)
+            slow_q.tail->next_waiting = e;
+        else
+            slow_q.head = e;
+        slow_q.tail = e;
+        return;
+    }
+    start_check(e);
 }
 
 /* The [policy] this logged-in session runs under, or NULL. */
@@ -327,7 +419,7 @@ static const gw_policy_conf *session_policy(const gw_session *s)
 
 bool gw_edge_user(gw_session *s, const char *arg)
 {
-    if (!file_auth(s))
+    if (!edge_auth(s))
         return false;
     if (s->login.logged_in)
         gw_sess_reply(s, GW_R_EDGE_OTHER_USER);
@@ -338,7 +430,7 @@ bool gw_edge_user(gw_session *s, const char *arg)
 
 bool gw_edge_command(gw_session *s, const gw_cmd_def *def, const char *verb, const char *arg)
 {
-    if (def->id == GW_CMD_PASS && file_auth(s)) {
+    if (def->id == GW_CMD_PASS && edge_auth(s)) {
         edge_pass(s, arg);
         return true;
     }

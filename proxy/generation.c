@@ -327,6 +327,18 @@ static int prepare_frontend(gw_generation *g, gw_frontend *fe, int index, gw_liv
     }
     if (fc->user_map[0] && load_user_map(fe, index, where, err, cap) != 0)
         return -1;
+    if (fc->auth == GW_AUTH_PAM) {
+        /* A missing service would make PAM use its "other" service: refused at load. */
+        char path[GW_NAME_MAX + 16];
+        snprintf(path, sizeof path, "/etc/pam.d/%s", fc->pam_service);
+        if (access(path, R_OK) != 0) {
+            blame(where, "frontend", index, "pam_service");
+            snprintf(err, cap, "pam_service %s: cannot read %s: %s", fc->pam_service, path,
+                     strerror(errno));
+            return -1;
+        }
+        GW_LOG_INFO(0, "event=pam_service frontend=%s service=%s", fc->name, fc->pam_service);
+    }
     return 0;
 }
 

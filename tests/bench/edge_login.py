@@ -25,8 +25,8 @@ blurs them alike:
 2. sessions/s: `--threads` client threads per frontend, each doing connect, TLS, 220,
    USER, PASS, QUIT back to back for `--seconds`; `--rounds` rounds, each measuring every
    frontend once in an order rotated by the round. Sessions that did not get 230 are
-   counted as refused (auth = ldap answers 421 reason=busy when its 3 places in the
-   thread pool are taken) and are not in the rate.
+   counted as refused and are not in the rate (the run recorded in RESULTS.md was before
+   LDAP binds queued like PAM's: then a login past 3 binds at once got 421 reason=busy).
 
 Run as root:
 

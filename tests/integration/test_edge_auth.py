@@ -330,7 +330,7 @@ health_interval = 0
     assert res.returncode == 0 and res.stdout.strip() == "ok", (res.stdout, res.stderr)
     conf.write_text(conf.read_text().replace("auth = file", "auth = pam"))
     res = check_config(conf)
-    assert res.returncode == 1 and "not built in this version" in res.stderr, res.stderr
+    assert res.returncode == 1 and "auth_file: set without auth = file" in res.stderr, res.stderr
     conf.write_text(conf.read_text().replace("auth = pam", "auth = ldap\nldap_uri = ldap://x\n"
                                              "ldap_user_dn = uid=%u"))
     res = check_config(conf)

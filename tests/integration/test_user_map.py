@@ -14,8 +14,10 @@ No password may appear in the gateway's log."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 
@@ -179,3 +181,34 @@ health_interval = 0
     assert res.returncode == 1 and "user_map: not with route_user" in res.stderr, res.stderr
     res = check(config())
     assert res.returncode == 0, res.stderr
+
+
+def test_reload_rereads_the_map(gateway, vsftpd, pyftpdlib, test_user, client_ctx, tmp_path):
+    """SIGHUP reads the map again (new sessions follow the new rules); a map that no longer
+    loads fails the reload and the old one keeps serving."""
+    sysuser, password = test_user
+    umap = tmp_path / "map"
+    umap.write_text(f"alias py:{sysuser}\n")
+    gw = gateway(vsftpd, extra={
+        "frontend fe": {"backend": "vs, py", "user_map": umap},
+        "backend vs": {"address": vsftpd.address, "tls": "none"},
+        "backend py": {"address": pyftpdlib.address, "tls": "none"}})
+    vs_before, py_before = vsftpd.connections(), pyftpdlib.connections()
+    with ftplib_session(gw.port, "alias", password, client_ctx) as ftp:
+        assert ftp.pwd()
+    assert (vsftpd.connections(), pyftpdlib.connections()) == (vs_before, py_before + 1)
+    umap.write_text(f"# now on vsftpd\nalias vs:{sysuser}\n")
+    mark = gw.mark()
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_complete ", 20)
+    with ftplib_session(gw.port, "alias", password, client_ctx) as ftp:
+        assert ftp.pwd()
+    assert (vsftpd.connections(), pyftpdlib.connections()) == (vs_before + 1, py_before + 1)
+    mark.wait(f"event=user_mapped map_line=2 backend=vs backend_user={sysuser}", 5)
+    umap.write_text("alias nowhere\n")
+    mark = gw.mark()
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_failed .*backend nowhere is not one of", 20)
+    with ftplib_session(gw.port, "alias", password, client_ctx) as ftp:
+        assert ftp.pwd()
+    assert vsftpd.connections() == vs_before + 2

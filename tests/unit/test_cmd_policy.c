@@ -120,12 +120,13 @@ static void expect_error(const char *text, const char *want)
 
 static void test_config_errors(void **state)
 {
-    expect_error(BASE "auth = pam\n", "t.conf:6: [frontend f] auth: \"pam\": not built in this");
     expect_error(BASE "auth = ldap\n", "t.conf:6: [frontend f] auth: ldap needs ldap_uri");
-    expect_error(BASE "auth = kerberos\n", "\"kerberos\": expected backend | file");
+    expect_error(BASE "auth = kerberos\n", "\"kerberos\": expected backend | file | pam | ldap");
+    expect_error(BASE "auth = pam\npam_service = ../x\n",
+                 "t.conf:7: [frontend f] pam_service: \"../x\": not a PAM service name");
     expect_error(BASE "auth = file\n", "t.conf:6: [frontend f] auth: file needs auth_file");
     expect_error(BASE "auth = file\nauth_file = /x\nroute_user = yes\n",
-                 "t.conf:8: [frontend f] route_user: not with auth = file");
+                 "t.conf:8: [frontend f] route_user: not with auth = file, pam or ldap");
     expect_error(BASE "auth_file = /x\n", "[frontend f] auth_file: set without auth = file");
     expect_error(BASE "policy = nope\n", "t.conf:6: [frontend f] policy: no [policy nope] section");
     expect_error(BASE "[policy p]\ndeny = DELETE\n",
