@@ -95,6 +95,9 @@ typedef struct gw_frontend_conf {
     char user_map[GW_PATH_MAX];  /* user_map.h file: backend and account per user; "": none */
     char policy[GW_NAME_MAX];    /* a [policy] for every session; empty: none */
     int policy_index;            /* resolved by validation: policies[] index, -1: none */
+    /* Bandwidth limits (rate.h), bytes/s, 0: none: per session, and shared by all sessions
+     * of this frontend (across workers). */
+    uint64_t rate_down, rate_up, frontend_rate_down, frontend_rate_up;
 } gw_frontend_conf;
 
 /* [policy NAME]: commands refused with 550 by the gateway (cmd_policy.h). Verb lists are
@@ -104,7 +107,8 @@ typedef struct gw_policy_conf {
     bool read_only;
     char deny[GW_PATH_MAX];
     char allow[GW_PATH_MAX];
-    char users[GW_PATH_MAX]; /* user names and @groups it applies to */
+    char users[GW_PATH_MAX];     /* user names and @groups it applies to */
+    uint64_t rate_down, rate_up; /* per user (all of its sessions together), bytes/s, 0: none */
 } gw_policy_conf;
 
 typedef struct gw_backend_conf {

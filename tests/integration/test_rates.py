@@ -1,0 +1,243 @@
+"""Bandwidth limits (rate_down/rate_up per session, [policy] rate_* per user,
+frontend_rate_* per frontend) against vsftpd with curl: the rate measured by the client over
+several seconds, per transfer and in aggregate, with SHA-256 of every file; implicit TLS,
+plain and spliced relays; two workers sharing a frontend's bucket; the admin endpoint's
+view; the gateway's memory under a limited fast backend."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import peers
+from peers import HOST, MiB, check, run, sha256_file
+
+
+@pytest.fixture(scope="module")
+def backend(vsftpd):
+    return vsftpd
+
+
+def curl(*args, max_time: int = 60):
+    """curl reporting its transfer time: the seconds from the data connection's start (after
+    the login and PASV) to the end (`time_total - time_pretransfer`)."""
+    return run(["curl", "-sS", "--globoff", "-k", "--ftp-pasv", "--max-time", str(max_time),
+                "-w", "\n%{time_pretransfer} %{time_total}\n", *map(str, args)],
+               timeout=max_time + 30)
+
+
+def seconds(res) -> tuple[float, float]:
+    """(start, duration) of the transfer curl reported, start relative to curl's own."""
+    pre, total = map(float, res.stdout.strip().splitlines()[-1].split())
+    return pre, total - pre
+
+
+def parallel(jobs):
+    """Run each callable in its own thread at once; their results in order, with each one's
+    start and end on the monotonic clock."""
+    out = [None] * len(jobs)
+
+    def one(i, job):
+        t0 = time.monotonic()
+        res = job()
+        out[i] = (res, t0, time.monotonic())
+
+    threads = [threading.Thread(target=one, args=(i, j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def within(value: float, want: float, tolerance: float) -> bool:
+    return abs(value - want) <= want * tolerance
+
+
+def urls(gw, backend, front: str, name: str) -> tuple[str, list[str]]:
+    """The URL of `name` through frontend `front` and curl's options for it."""
+    if front == "plain":
+        return gw.ftp_url("p", name, backend.user, backend.password), []
+    return gw.url(name, backend.user, backend.password), ["--ssl-reqd"]
+
+
+def test_session_rate_both_ways(gateway, backend, blobs, tmp_path):
+    """rate_down = rate_up = 1M per session: a download and an upload on implicit TLS and on a
+    plain frontend, all four at once (each its own session), each runs at 1 MiB/s within 10 %
+    over 10 s; the bytes arrive whole."""
+    size = 10 * MiB
+    limits = {"rate_down": "1M", "rate_up": "1M"}
+    gw = gateway(backend, extra={"frontend fe": limits},
+                 frontends={"p": peers.frontend("plain", **limits)})
+    jobs, checks = [], []
+    for front in ("implicit", "plain"):
+        down = backend.put(blobs, f"rate-{front}.bin", size, unique=True)
+        src = tmp_path / f"up-{front}.bin"
+        up = blobs.unique(src, size)
+        got = tmp_path / f"down-{front}.bin"
+        url_down, opts = urls(gw, backend, front, f"rate-{front}.bin")
+        url_up, _ = urls(gw, backend, front, f"rate-{front}-up.bin")
+        jobs.append(lambda u=url_down, o=opts, g=got: curl(*o, "-o", g, u))
+        jobs.append(lambda u=url_up, o=opts, s=src: curl(*o, "-T", s, u))
+        checks.append((got, down, f"rate-{front}-up.bin", up))
+    results = parallel(jobs)
+    for got, down, upname, up in checks:
+        assert sha256_file(got) == down
+        assert sha256_file(backend.path(upname)) == up
+    for (res, _, _), what in zip(results, ["implicit down", "implicit up", "plain down",
+                                           "plain up"]):
+        check(res)
+        rate = size / seconds(res)[1]
+        assert within(rate, MiB, 0.10), f"{what}: {rate / MiB:.3f} MiB/s"
+
+
+def aggregate(results, size: int) -> tuple[list[float], float]:
+    """Each transfer's rate, and all together over the span from the first start to the last
+    end (wall clock of the threads, the logins left out by curl's own times)."""
+    rates, starts, ends = [], [], []
+    for res, t0, _ in results:
+        check(res)
+        pre, dur = seconds(res)
+        rates.append(size / dur)
+        starts.append(t0 + pre)
+        ends.append(t0 + pre + dur)
+    return rates, len(results) * size / (max(ends) - min(starts))
+
+
+def admin_sessions(aport: int) -> list[dict]:
+    with urllib.request.urlopen(f"http://{HOST}:{aport}/sessions", timeout=10) as r:
+        body = json.loads(r.read())
+    return body.get("sessions", body) if isinstance(body, dict) else body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, workers):
+    """frontend_rate_down = 4M shared by 4 sessions (over two workers too: the bucket is the
+    process's): while all four run, each gets about 1 MiB/s (within 20 %, from the bytes the
+    admin endpoint shows 2 s apart), all together 4 MiB/s within 10 % (the clients' own
+    times); the admin endpoint shows the limits and each transfer's share."""
+    size = 6 * MiB
+    aport = ports.port()
+    gw = gateway(backend, extra={"global": {"workers": workers, "admin_listen": f"{HOST}:{aport}"},
+                                 "frontend fe": {"frontend_rate_down": "4M"}})
+    gw.started()
+    digest = backend.put(blobs, f"fe-rate-{workers}.bin", size, unique=True)
+    url = gw.url(f"fe-rate-{workers}.bin", backend.user, backend.password)
+    seen = []
+
+    def watch():
+        time.sleep(1.5)
+        for _ in range(2):
+            seen.append((time.monotonic(), admin_sessions(aport)))
+            time.sleep(2)
+
+    jobs = [lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"d{i}.bin", url) for i in range(4)]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    results = parallel(jobs)
+    watcher.join()
+    for i in range(4):
+        assert sha256_file(tmp_path / f"d{i}.bin") == digest
+    _, total = aggregate(results, size)
+    assert within(total, 4 * MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+    (t1, first), (t2, second) = seen
+    before = {s["id"]: s["transfer"]["bytes"] for s in first if "transfer" in s}
+    after = {s["id"]: s for s in second if "transfer" in s}
+    assert len(before) == 4 and set(before) == set(after), (first, second)
+    rates = [(after[i]["transfer"]["bytes"] - before[i]) / (t2 - t1) for i in before]
+    for r in rates:
+        assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in rates]
+    assert within(sum(rates), 4 * MiB, 0.10), [f"{x / MiB:.3f}" for x in rates]
+    if workers == 2:
+        print("workers of the four sessions:", sorted(s["worker"] for s in after.values()))
+    for s in after.values():
+        assert s["rate_limits"]["down"] == {"session": 0, "user": 0, "frontend": 4 * MiB}, s
+        assert s["rate_limits"]["up"] == {"session": 0, "user": 0, "frontend": 0}, s
+        assert s["transfer"]["rate"]["limit"] == MiB, s  # a fourth of the frontend's
+        assert within(s["transfer"]["rate"]["current"], MiB, 0.35), s
+
+
+def test_user_rate_across_sessions(gateway, backend, blobs, tmp_path):
+    """A [policy] naming the user with rate_down = 2M: two sessions of that user share it
+    (about 1 MiB/s each, 2 MiB/s together); another frontend without it is not limited."""
+    size = 5 * MiB
+    gw = gateway(backend, extra={"policy slow": {"users": backend.user, "rate_down": "2M"}})
+    digest = backend.put(blobs, "user-rate.bin", size, unique=True)
+    url = gw.url("user-rate.bin", backend.user, backend.password)
+    results = parallel([lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"u{i}.bin", url)
+                        for i in range(2)])
+    for i in range(2):
+        assert sha256_file(tmp_path / f"u{i}.bin") == digest
+    rates, total = aggregate(results, size)
+    for r in rates:
+        assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in rates]
+    assert within(total, 2 * MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+
+
+def test_splice_respects_limits(gateway, backend, blobs, tmp_path):
+    """splice = yes on a plain frontend: the spliced relay takes only what the buckets allow
+    (rate_down = rate_up = 2M): 2 MiB/s within 10 % both ways, and the log says splice."""
+    size = 10 * MiB
+    gw = gateway(backend, extra={"global": {"splice": "yes"}},
+                 frontends={"p": peers.frontend("plain", rate_down="2M", rate_up="2M")})
+    down = backend.put(blobs, "splice-rate.bin", size, unique=True)
+    src = tmp_path / "up.bin"
+    up = blobs.unique(src, size)
+    mark = gw.mark()
+    results = parallel([
+        lambda: curl("-o", tmp_path / "got.bin",
+                     gw.ftp_url("p", "splice-rate.bin", backend.user, backend.password)),
+        lambda: curl("-T", src, gw.ftp_url("p", "splice-rate-up.bin", backend.user,
+                                           backend.password)),
+    ])
+    assert sha256_file(tmp_path / "got.bin") == down
+    assert sha256_file(backend.path("splice-rate-up.bin")) == up
+    for (res, _, _), what in zip(results, ["download", "upload"]):
+        check(res)
+        rate = size / seconds(res)[1]
+        assert within(rate, 2 * MiB, 0.10), f"{what}: {rate / MiB:.3f} MiB/s"
+    paths = re.findall(r"event=data_relay direction=(\w+) path=(\w+)", mark.text())
+    assert sorted(paths) == [("download", "splice"), ("upload", "splice")], paths
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def test_memory_flat_under_limit(gateway, backend, blobs, tmp_path):
+    """A fast backend and a fast client under rate_down = rate_up = 1M (TLS both): the relay
+    stops reading instead of buffering, so the gateway's RSS stays flat while both transfers
+    run (curl is stopped after 5 s)."""
+    size = 64 * MiB
+    gw = gateway(backend, extra={"frontend fe": {"rate_down": "1M", "rate_up": "1M"}})
+    backend.put(blobs, "rss-rate.bin", size)
+    src = tmp_path / "up.bin"
+    blobs.unique(src, size)
+    samples = []
+
+    def sample():
+        time.sleep(1.5)
+        for _ in range(8):
+            samples.append(rss_kib(gw.pid))
+            time.sleep(0.4)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    results = parallel([
+        lambda: curl("--ssl-reqd", "-o", tmp_path / "got.bin",
+                     gw.url("rss-rate.bin", backend.user, backend.password), max_time=5),
+        lambda: curl("--ssl-reqd", "-T", src,
+                     gw.url("rss-rate-up.bin", backend.user, backend.password), max_time=5),
+    ])
+    sampler.join()
+    for res, _, _ in results:
+        assert res.returncode == 28, res.stderr  # cut by --max-time, as intended
+    got = (tmp_path / "got.bin").stat().st_size
+    assert 3 * MiB < got < 6 * MiB, got  # limited, not a fast copy
+    assert max(samples) - min(samples) < 2048, samples  # KiB
