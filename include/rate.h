@@ -40,9 +40,11 @@ uint64_t gw_bucket_wait_ns(gw_bucket *b, uint64_t now_ns);
 
 /* A bucket shared by sessions of every worker (a frontend's or a user's), process-wide,
  * found by key; it lives while a limiter holds it, so a reload keeps the transfers running
- * under it sharing it (the rate is the last attached one's). */
+ * under it sharing it (the rate is the newest configuration's). */
 typedef struct gw_rate_shared gw_rate_shared;
-gw_rate_shared *gw_rate_shared_get(const char *key, uint64_t rate, uint64_t now_ns);
+/* seq: the configuration's (its generation's) order: an older one's rate never replaces a
+ * newer one's (sessions from before a reload keep running). */
+gw_rate_shared *gw_rate_shared_get(const char *key, uint64_t rate, uint64_t seq, uint64_t now_ns);
 void gw_rate_shared_put(gw_rate_shared *sh);
 /* Transfers drawing from it now. */
 int gw_rate_shared_active(gw_rate_shared *sh);
@@ -57,6 +59,7 @@ typedef struct gw_rate_spec {
     const char *user_key;
     uint64_t frontend;
     const char *frontend_key;
+    uint64_t seq; /* the configuration's order (gw_rate_shared_get) */
 } gw_rate_spec;
 
 enum { GW_RATE_USER, GW_RATE_FRONTEND, GW_RATE_NSHARED };

@@ -253,12 +253,14 @@ void gw_edge_rates(const gw_session *s, gw_rate_spec *down, gw_rate_spec *up)
                            .user = lower_set(p ? p->rate_down : 0, who ? who->rate_down : 0),
                            .user_key = s->login.user,
                            .frontend = fc->frontend_rate_down,
-                           .frontend_key = fc->name};
+                           .frontend_key = fc->name,
+                           .seq = s->fe->gen->seq};
     *up = (gw_rate_spec){.session = fc->rate_up,
                          .user = lower_set(p ? p->rate_up : 0, who ? who->rate_up : 0),
                          .user_key = s->login.user,
                          .frontend = fc->frontend_rate_up,
-                         .frontend_key = fc->name};
+                         .frontend_key = fc->name,
+                         .seq = s->fe->gen->seq};
 }
 
 bool gw_edge_user(gw_session *s, const char *arg)

@@ -408,6 +408,8 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
         snprintf(err, cap, "out of memory");
         return NULL;
     }
+    static _Atomic uint64_t made;
+    g->seq = ++made;
     g->xferlog_fd = -1;
     if (gw_config_copy(&g->cfg, cfg) != 0 ||
         !(g->backends =

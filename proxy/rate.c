@@ -83,6 +83,7 @@ uint64_t gw_bucket_wait_ns(gw_bucket *b, uint64_t now_ns)
 struct gw_rate_shared {
     pthread_mutex_t mu; /* the bucket's */
     gw_bucket b;
+    uint64_t seq;       /* of the configuration that set b.rate */
     _Atomic int active; /* limiters attached */
     int refs;           /* under list_lock */
     gw_rate_shared *next;
@@ -93,7 +94,7 @@ static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
 static gw_rate_shared *list_head;
 static int list_count;
 
-gw_rate_shared *gw_rate_shared_get(const char *key, uint64_t rate, uint64_t now_ns)
+gw_rate_shared *gw_rate_shared_get(const char *key, uint64_t rate, uint64_t seq, uint64_t now_ns)
 {
     pthread_mutex_lock(&list_lock);
     gw_rate_shared *sh = list_head;
@@ -117,7 +118,10 @@ gw_rate_shared *gw_rate_shared_get(const char *key, uint64_t rate, uint64_t now_
     sh->active++;
     pthread_mutex_unlock(&list_lock);
     pthread_mutex_lock(&sh->mu);
-    gw_bucket_set_rate(&sh->b, rate, now_ns); /* a reload's new rate: the last one wins */
+    if (seq >= sh->seq) { /* a reload's new rate; an older configuration's never comes back */
+        sh->seq = seq;
+        gw_bucket_set_rate(&sh->b, rate, now_ns);
+    }
     pthread_mutex_unlock(&sh->mu);
     return sh;
 }
@@ -183,13 +187,14 @@ int gw_rate_lim_attach(gw_rate_lim *l, const gw_rate_spec *spec, uint64_t now_ns
     for (int i = 0; i < GW_RATE_NSHARED; i++) {
         if (!keys[i] || !keys[i][0])
             continue;
-        l->shared[i] = gw_rate_shared_get(keys[i], rates[i], now_ns);
+        l->shared[i] = gw_rate_shared_get(keys[i], rates[i], spec->seq, now_ns);
         if (!l->shared[i]) {
             gw_rate_lim_detach(l);
             return -1;
         }
-        uint64_t share = rates[i] / (uint64_t)gw_rate_shared_active(l->shared[i]);
-        gw_bucket_init(&l->share[i], share ? share : 1, now_ns);
+        gw_bucket_init(&l->share[i], 1, now_ns);
+        update_share(l, i, now_ns);
+        l->share[i].tokens = (int64_t)l->share[i].burst;
     }
     l->window_ns = now_ns;
     return 0;

@@ -160,6 +160,12 @@ def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, w
         assert s["rate_limits"]["up"] == {"session": 0, "user": 0, "frontend": 0}, s
         assert s["transfer"]["rate"]["limit"] == MiB, s  # a fourth of the frontend's
         assert within(s["transfer"]["rate"]["current"], MiB, 0.35), s
+    with urllib.request.urlopen(f"http://{HOST}:{aport}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    waited = re.search(r'^ftpsgate_rate_limited_seconds_total\{frontend="fe",direction="down"\} '
+                       r'([\d.]+)$', metrics, re.M)
+    assert waited and float(waited.group(1)) > 1, metrics  # four transfers, mostly waiting
+    assert 'direction="up"' not in metrics
 
 
 def test_user_rate_across_sessions(gateway, backend, blobs, tmp_path):

@@ -76,13 +76,22 @@ static void test_bucket_debt_and_wait(void **state)
 static void test_shared_by_key(void **state)
 {
     (void)state;
-    gw_rate_shared *a = gw_rate_shared_get("fe:x:down", MiB, 0);
-    gw_rate_shared *b = gw_rate_shared_get("fe:x:down", 2 * MiB, 0);
-    gw_rate_shared *c = gw_rate_shared_get("fe:y:down", MiB, 0);
+    gw_rate_shared *a = gw_rate_shared_get("fe:x:down", MiB, 1, 0);
+    gw_rate_shared *b = gw_rate_shared_get("fe:x:down", 2 * MiB, 2, 0);
+    gw_rate_shared *c = gw_rate_shared_get("fe:y:down", MiB, 1, 0);
     assert_ptr_equal(a, b);
     assert_ptr_not_equal(a, c);
     assert_int_equal(gw_rate_shared_active(a), 2);
     assert_int_equal(gw_rate_shared_count(), 2);
+    /* an older configuration (a session from before a reload) does not bring its rate back */
+    gw_rate_shared *old = gw_rate_shared_get("fe:x:down", MiB / 2, 1, 0);
+    gw_rate_spec spec = {.frontend = 1, .frontend_key = "fe:x:down", .seq = 1};
+    gw_rate_lim l;
+    assert_int_equal(gw_rate_lim_attach(&l, &spec, 0), 0);
+    gw_rate_lim_wait_ns(&l, 0);
+    assert_int_equal(gw_rate_lim_limit(&l), 2 * MiB / 4); /* the newest rate, four users */
+    gw_rate_lim_detach(&l);
+    gw_rate_shared_put(old);
     gw_rate_shared_put(a);
     gw_rate_shared_put(b);
     gw_rate_shared_put(c);
