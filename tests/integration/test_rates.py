@@ -247,3 +247,42 @@ def test_memory_flat_under_limit(gateway, backend, blobs, tmp_path):
     got = (tmp_path / "got.bin").stat().st_size
     assert 3 * MiB < got < 6 * MiB, got  # limited, not a fast copy
     assert max(samples) - min(samples) < 2048, samples  # KiB
+
+
+@pytest.mark.parametrize("path", ["copy", "splice"])
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, direction, path):
+    """curl killed while its transfer waits for tokens (rate 512K, copying and spliced
+    relays): the gateway's descriptors come back to the count before it (the rate timer and
+    the legs closed), and the next limited transfer of the frontend is whole and limited."""
+    gw = gateway(backend, extra={"global": {"splice": "yes" if path == "splice" else "no"}},
+                 frontends={"p": peers.frontend("plain", rate_down="512K", rate_up="512K",
+                                                frontend_rate_down="4M",
+                                                frontend_rate_up="4M")})
+    peers.put_sparse(backend, "rate-big.bin", 64 * MiB)
+    digest = backend.put(blobs, "rate-after.bin", 1 * MiB, unique=True)
+    src = tmp_path / "src.bin"
+    with open(src, "wb") as f:
+        f.truncate(64 * MiB)
+    url_after = gw.ftp_url("p", "rate-after.bin", backend.user, backend.password)
+    check(curl("-o", tmp_path / "warm.bin", url_after))
+    baseline = gw.settled_fd_count()
+    name_up = f"rate-killed-{direction}-{path}.bin"
+    backend.path(name_up).unlink(missing_ok=True)
+    got = tmp_path / "got.bin"
+    url = gw.ftp_url("p", "rate-big.bin" if direction == "download" else name_up,
+                     backend.user, backend.password)
+    args = ["curl", "-sS", "--ftp-pasv",
+            *(["-o", str(got), url] if direction == "download" else ["-T", str(src), url])]
+    mark = gw.mark()
+    peers.kill_after_progress(args, got if direction == "download" else backend.path(name_up),
+                              600 * 1024)
+    assert re.findall(r"event=data_relay direction=(\w+) path=(\w+)", mark.text()) == \
+        [(direction, path)]
+    mark.wait(r"event=data_failed|event=session_end", 10)
+    now = gw.wait_fd_count(baseline, timeout=8)
+    assert now == baseline, f"gateway fds: {now}, {baseline} before the transfer"
+    res = check(curl("-o", tmp_path / "after.bin", url_after))
+    assert sha256_file(tmp_path / "after.bin") == digest
+    rate = MiB / seconds(res)[1]
+    assert rate < 512 * 1024 * 1.25, f"{rate / 1024:.0f} KiB/s"  # the burst is a tenth of it
