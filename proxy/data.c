@@ -140,8 +140,10 @@ static struct data_rate *rate_new(gw_data *d, const gw_data_limits *lim)
     if (!gw_rate_spec_any(&lim->rate_down) && !gw_rate_spec_any(&lim->rate_up))
         return NULL;
     struct data_rate *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL; /* unlimited rather than no transfer; logged by the caller */
+    if (!r) { /* unlimited rather than no transfer */
+        GW_LOG_WARN(d->sid, "event=rate_limit_failed reason=\"out of memory\" note=\"unlimited\"");
+        return NULL;
+    }
     r->d = d;
     const gw_rate_spec *in[2] = {&lim->rate_down, &lim->rate_up};
     for (int i = 0; i < 2; i++) {
