@@ -7,7 +7,10 @@ view; the gateway's memory under a limited fast backend."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -286,3 +289,60 @@ def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, directio
     assert sha256_file(tmp_path / "after.bin") == digest
     rate = MiB / seconds(res)[1]
     assert rate < 512 * 1024 * 1.25, f"{rate / 1024:.0f} KiB/s"  # the burst is a tenth of it
+
+
+def test_users_file_rate(gateway, backend, blobs, tmp_path):
+    """auth = file: a users file's rate_down=1M limits that user's sessions together (two
+    downloads at about 512 KiB/s each, 1 MiB/s in all); the file is accepted, no longer
+    refused."""
+    hashed = subprocess.run(["mkpasswd", "-m", "sha512crypt", "--stdin"], input=backend.password,
+                            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    users = tmp_path / "users"
+    users.write_text(f"{backend.user}:{hashed}:rate_down=1M\n")
+    users.chmod(0o600)
+    gw = gateway(backend, extra={"frontend fe": {"auth": "file", "auth_file": users}})
+    size = 5 * MiB // 2
+    digest = backend.put(blobs, "file-rate.bin", size, unique=True)
+    url = gw.url("file-rate.bin", backend.user, backend.password)
+    results = parallel([lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"f{i}.bin", url)
+                        for i in range(2)])
+    for i in range(2):
+        assert sha256_file(tmp_path / f"f{i}.bin") == digest
+    rates, total = aggregate(results, size)
+    for r in rates:
+        assert within(r, MiB / 2, 0.20), [f"{x / MiB:.3f}" for x in rates]
+    assert within(total, MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+
+
+def test_reload_keeps_sharing_new_rate(gateway, backend, blobs, tmp_path):
+    """frontend_rate_down 1M -> 3M by SIGHUP while a download runs: a session started after
+    the reload shares the same bucket (1.5 MiB/s each while both run) and the new rate
+    applies to the old transfer too, which ends long before 8 s at the old rate."""
+    gw = gateway(backend, extra={"frontend fe": {"frontend_rate_down": "1M"}})
+    first = backend.put(blobs, "reload-rate-a.bin", 8 * MiB, unique=True)
+    second = backend.put(blobs, "reload-rate-b.bin", 4 * MiB, unique=True)
+    out = {}
+
+    def download_first():
+        out["a"] = curl("--ssl-reqd", "-o", tmp_path / "a.bin",
+                        gw.url("reload-rate-a.bin", backend.user, backend.password))
+
+    ta = threading.Thread(target=download_first)
+    mark = gw.mark()
+    ta.start()
+    mark.wait(r"event=data_relay direction=download", 10)
+    time.sleep(1)
+    text = gw.config.read_text()
+    assert "frontend_rate_down = 1M" in text, text
+    gw.config.write_text(text.replace("frontend_rate_down = 1M", "frontend_rate_down = 3M"))
+    os.kill(gw.pid, signal.SIGHUP)
+    mark.wait("event=reload_complete ", 20)
+    res_b = check(curl("--ssl-reqd", "-o", tmp_path / "b.bin",
+                       gw.url("reload-rate-b.bin", backend.user, backend.password)))
+    ta.join()
+    res_a = check(out["a"])
+    assert sha256_file(tmp_path / "a.bin") == first
+    assert sha256_file(tmp_path / "b.bin") == second
+    rate_b = 4 * MiB / seconds(res_b)[1]
+    assert within(rate_b, 1.5 * MiB, 0.20), f"{rate_b / MiB:.3f} MiB/s"
+    assert seconds(res_a)[1] < 6.5, seconds(res_a)  # 8 s at the old rate
