@@ -99,70 +99,87 @@ def test_session_rate_both_ways(gateway, backend, blobs, tmp_path):
         assert within(rate, MiB, 0.10), f"{what}: {rate / MiB:.3f} MiB/s"
 
 
-def aggregate(results, size: int) -> tuple[list[float], float]:
-    """Each transfer's rate, and all together over the span from the first start to the last
-    end (wall clock of the threads, the logins left out by curl's own times)."""
-    rates, starts, ends = [], [], []
-    for res, t0, _ in results:
-        check(res)
-        pre, dur = seconds(res)
-        rates.append(size / dur)
-        starts.append(t0 + pre)
-        ends.append(t0 + pre + dur)
-    return rates, len(results) * size / (max(ends) - min(starts))
-
-
 def admin_sessions(aport: int) -> list[dict]:
     with urllib.request.urlopen(f"http://{HOST}:{aport}/sessions", timeout=10) as r:
         body = json.loads(r.read())
     return body.get("sessions", body) if isinstance(body, dict) else body
 
 
+def logged_in(gw, backend, ctx, n: int) -> list:
+    """n implicit FTPS ftplib sessions, logged in, PROT P, TYPE I: the transfers can then
+    start together (curl's logins straggle on a busy machine)."""
+    out = []
+    for _ in range(n):
+        ftp = peers.ImplicitFTPS(context=ctx, timeout=60)
+        ftp.connect(HOST, gw.port)
+        ftp.login(backend.user, backend.password)
+        ftp.prot_p()
+        ftp.voidcmd("TYPE I")
+        out.append(ftp)
+    return out
+
+
+def together(ftps, name: str, dests) -> list[tuple[float, float]]:
+    """RETR name on every session at once; each one's (start, end), monotonic."""
+    barrier = threading.Barrier(len(ftps))
+
+    def one(ftp, dest):
+        barrier.wait()
+        t0 = time.monotonic()
+        peers.ftplib_download(ftp, name, dest)
+        return t0, time.monotonic()
+
+    out = parallel([lambda f=f, d=d: one(f, d) for f, d in zip(ftps, dests)])
+    for ftp in ftps:
+        ftp.quit()
+    return [r for r, _, _ in out]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, workers):
+def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, client_ctx,
+                                     workers):
     """frontend_rate_down = 4M shared by 4 sessions (over two workers too: the bucket is the
-    process's): while all four run, each gets about 1 MiB/s (within 20 %, from the bytes the
-    admin endpoint shows 2 s apart), all together 4 MiB/s within 10 % (the clients' own
-    times); the admin endpoint shows the limits and each transfer's share."""
+    process's): each gets about 1 MiB/s (within 20 %, by the client's clock and by the bytes
+    the admin endpoint shows 1.5 s apart), all together 4 MiB/s within 10 %; the admin
+    endpoint shows the limits, each transfer's share and its measured rate; the time waited
+    is counted in /metrics."""
     size = 6 * MiB
     aport = ports.port()
     gw = gateway(backend, extra={"global": {"workers": workers, "admin_listen": f"{HOST}:{aport}"},
                                  "frontend fe": {"frontend_rate_down": "4M"}})
     gw.started()
     digest = backend.put(blobs, f"fe-rate-{workers}.bin", size, unique=True)
-    url = gw.url(f"fe-rate-{workers}.bin", backend.user, backend.password)
+    ftps = logged_in(gw, backend, client_ctx, 4)
     seen = []
 
     def watch():
         time.sleep(1.5)
         for _ in range(2):
             seen.append((time.monotonic(), admin_sessions(aport)))
-            time.sleep(2)
+            time.sleep(1.5)
 
-    jobs = [lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"d{i}.bin", url) for i in range(4)]
     watcher = threading.Thread(target=watch)
     watcher.start()
-    results = parallel(jobs)
+    spans = together(ftps, f"fe-rate-{workers}.bin", [tmp_path / f"d{i}.bin" for i in range(4)])
     watcher.join()
     for i in range(4):
         assert sha256_file(tmp_path / f"d{i}.bin") == digest
-    _, total = aggregate(results, size)
-    assert within(total, 4 * MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+    check_spans(spans, size, MiB)
     (t1, first), (t2, second) = seen
     before = {s["id"]: s["transfer"]["bytes"] for s in first if "transfer" in s}
     after = {s["id"]: s for s in second if "transfer" in s}
     assert len(before) == 4 and set(before) == set(after), (first, second)
-    rates = [(after[i]["transfer"]["bytes"] - before[i]) / (t2 - t1) for i in before]
-    for r in rates:
-        assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in rates]
-    assert within(sum(rates), 4 * MiB, 0.10), [f"{x / MiB:.3f}" for x in rates]
+    deltas = [(after[i]["transfer"]["bytes"] - before[i]) / (t2 - t1) for i in before]
+    for r in deltas:
+        assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in deltas]
+    assert within(sum(deltas), 4 * MiB, 0.10), [f"{x / MiB:.3f}" for x in deltas]
     if workers == 2:
         print("workers of the four sessions:", sorted(s["worker"] for s in after.values()))
     for s in after.values():
         assert s["rate_limits"]["down"] == {"session": 0, "user": 0, "frontend": 4 * MiB}, s
         assert s["rate_limits"]["up"] == {"session": 0, "user": 0, "frontend": 0}, s
         assert s["transfer"]["rate"]["limit"] == MiB, s  # a fourth of the frontend's
-        assert within(s["transfer"]["rate"]["current"], MiB, 0.35), s
+        assert within(s["transfer"]["rate"]["current"], MiB, 0.25), s
     with urllib.request.urlopen(f"http://{HOST}:{aport}/metrics", timeout=10) as r:
         metrics = r.read().decode()
     waited = re.search(r'^ftpsgate_rate_limited_seconds_total\{frontend="fe",direction="down"\} '
@@ -171,21 +188,26 @@ def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, w
     assert 'direction="up"' not in metrics
 
 
-def test_user_rate_across_sessions(gateway, backend, blobs, tmp_path):
+def check_spans(spans, size: int, each: float) -> None:
+    """Every transfer at `each` bytes/s within 20 %, all together within 10 %."""
+    rates = [size / (t1 - t0) for t0, t1 in spans]
+    for r in rates:
+        assert within(r, each, 0.20), [f"{x / MiB:.3f}" for x in rates]
+    total = len(spans) * size / (max(t1 for _, t1 in spans) - min(t0 for t0, _ in spans))
+    assert within(total, len(spans) * each, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+
+
+def test_user_rate_across_sessions(gateway, backend, blobs, tmp_path, client_ctx):
     """A [policy] naming the user with rate_down = 2M: two sessions of that user share it
-    (about 1 MiB/s each, 2 MiB/s together); another frontend without it is not limited."""
+    (about 1 MiB/s each, 2 MiB/s together)."""
     size = 5 * MiB
     gw = gateway(backend, extra={"policy slow": {"users": backend.user, "rate_down": "2M"}})
     digest = backend.put(blobs, "user-rate.bin", size, unique=True)
-    url = gw.url("user-rate.bin", backend.user, backend.password)
-    results = parallel([lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"u{i}.bin", url)
-                        for i in range(2)])
+    spans = together(logged_in(gw, backend, client_ctx, 2), "user-rate.bin",
+                     [tmp_path / f"u{i}.bin" for i in range(2)])
     for i in range(2):
         assert sha256_file(tmp_path / f"u{i}.bin") == digest
-    rates, total = aggregate(results, size)
-    for r in rates:
-        assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in rates]
-    assert within(total, 2 * MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+    check_spans(spans, size, MiB)
 
 
 def test_splice_respects_limits(gateway, backend, blobs, tmp_path):
@@ -291,7 +313,7 @@ def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, directio
     assert rate < 512 * 1024 * 1.25, f"{rate / 1024:.0f} KiB/s"  # the burst is a tenth of it
 
 
-def test_users_file_rate(gateway, backend, blobs, tmp_path):
+def test_users_file_rate(gateway, backend, blobs, tmp_path, client_ctx):
     """auth = file: a users file's rate_down=1M limits that user's sessions together (two
     downloads at about 512 KiB/s each, 1 MiB/s in all); the file is accepted, no longer
     refused."""
@@ -303,15 +325,11 @@ def test_users_file_rate(gateway, backend, blobs, tmp_path):
     gw = gateway(backend, extra={"frontend fe": {"auth": "file", "auth_file": users}})
     size = 5 * MiB // 2
     digest = backend.put(blobs, "file-rate.bin", size, unique=True)
-    url = gw.url("file-rate.bin", backend.user, backend.password)
-    results = parallel([lambda i=i: curl("--ssl-reqd", "-o", tmp_path / f"f{i}.bin", url)
-                        for i in range(2)])
+    spans = together(logged_in(gw, backend, client_ctx, 2), "file-rate.bin",
+                     [tmp_path / f"f{i}.bin" for i in range(2)])
     for i in range(2):
         assert sha256_file(tmp_path / f"f{i}.bin") == digest
-    rates, total = aggregate(results, size)
-    for r in rates:
-        assert within(r, MiB / 2, 0.20), [f"{x / MiB:.3f}" for x in rates]
-    assert within(total, MiB, 0.10), f"aggregate {total / MiB:.3f} MiB/s"
+    check_spans(spans, size, MiB / 2)
 
 
 def test_reload_keeps_sharing_new_rate(gateway, backend, blobs, tmp_path):
