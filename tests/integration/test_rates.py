@@ -277,11 +277,11 @@ def test_memory_flat_under_limit(gateway, backend, blobs, tmp_path):
 @pytest.mark.parametrize("path", ["copy", "splice"])
 @pytest.mark.parametrize("direction", ["download", "upload"])
 def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, direction, path):
-    """curl killed while its transfer waits for tokens (rate 512K, copying and spliced
+    """curl killed while its transfer waits for tokens (rate 1M, copying and spliced
     relays): the gateway's descriptors come back to the count before it (the rate timer and
     the legs closed), and the next limited transfer of the frontend is whole and limited."""
     gw = gateway(backend, extra={"global": {"splice": "yes" if path == "splice" else "no"}},
-                 frontends={"p": peers.frontend("plain", rate_down="512K", rate_up="512K",
+                 frontends={"p": peers.frontend("plain", rate_down="1M", rate_up="1M",
                                                 frontend_rate_down="4M",
                                                 frontend_rate_up="4M")})
     peers.put_sparse(backend, "rate-big.bin", 64 * MiB)
@@ -301,7 +301,7 @@ def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, directio
             *(["-o", str(got), url] if direction == "download" else ["-T", str(src), url])]
     mark = gw.mark()
     peers.kill_after_progress(args, got if direction == "download" else backend.path(name_up),
-                              600 * 1024)
+                              300 * 1024)
     assert re.findall(r"event=data_relay direction=(\w+) path=(\w+)", mark.text()) == \
         [(direction, path)]
     mark.wait(r"event=data_failed|event=session_end", 10)
@@ -310,7 +310,7 @@ def test_client_killed_while_limited(gateway, backend, blobs, tmp_path, directio
     res = check(curl("-o", tmp_path / "after.bin", url_after))
     assert sha256_file(tmp_path / "after.bin") == digest
     rate = MiB / seconds(res)[1]
-    assert rate < 512 * 1024 * 1.25, f"{rate / 1024:.0f} KiB/s"  # the burst is a tenth of it
+    assert rate < 1.25 * MiB, f"{rate / 1024:.0f} KiB/s"  # the burst is a tenth of it
 
 
 def test_users_file_rate(gateway, backend, blobs, tmp_path, client_ctx):
