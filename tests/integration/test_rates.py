@@ -149,7 +149,21 @@ def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, c
                                  "frontend fe": {"frontend_rate_down": "4M"}})
     gw.started()
     digest = backend.put(blobs, f"fe-rate-{workers}.bin", size, unique=True)
-    ftps = logged_in(gw, backend, client_ctx, 4)
+    if workers == 1:
+        ftps = logged_in(gw, backend, client_ctx, 4)
+    else:  # two sessions on each worker (SO_REUSEPORT spreads them: log in until it did)
+        ftps, spare, by_worker = [], [], {0: [], 1: []}
+        while min(map(len, by_worker.values())) < 2 and len(spare) < 16:
+            ftp = logged_in(gw, backend, client_ctx, 1)[0]
+            spare.append(ftp)
+            client = f"{HOST}:{ftp.sock.getsockname()[1]}"
+            worker = {x["client"]: x["worker"] for x in admin_sessions(aport)}[client]
+            by_worker[worker].append(ftp)
+        ftps = by_worker[0][:2] + by_worker[1][:2]
+        for ftp in spare:
+            if ftp not in ftps:
+                ftp.quit()
+        assert len(ftps) == 4, "16 sessions all on one worker"
     seen = []
 
     def watch():
@@ -174,7 +188,7 @@ def test_frontend_rate_shared_fairly(gateway, backend, blobs, tmp_path, ports, c
         assert within(r, MiB, 0.20), [f"{x / MiB:.3f}" for x in deltas]
     assert within(sum(deltas), 4 * MiB, 0.10), [f"{x / MiB:.3f}" for x in deltas]
     if workers == 2:
-        print("workers of the four sessions:", sorted(s["worker"] for s in after.values()))
+        assert sorted(s["worker"] for s in after.values()) == [0, 0, 1, 1], after
     for s in after.values():
         assert s["rate_limits"]["down"] == {"session": 0, "user": 0, "frontend": 4 * MiB}, s
         assert s["rate_limits"]["up"] == {"session": 0, "user": 0, "frontend": 0}, s
