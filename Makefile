@@ -59,7 +59,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ftpsgate
 # Pure modules: no libuv, no OpenSSL; unit-tested and fuzzed alone.
 PURE := ftp_cmd ftp_reply ftp_addr feat config ip_limit balance cidr ban xferlog tls_hello \
 	proxy_proto admin_text admin_users metrics timeline siblings server_name inherit \
-	users_file cmd_policy crypt_check user_map textfile ldap_text
+	users_file cmd_policy crypt_check user_map textfile ldap_text rate
 # bug and log: GW_BUG_ON (bug.h) is usable from pure modules too.
 PURE += bug log
 SRCS := $(wildcard proxy/*.c)

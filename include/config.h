@@ -108,6 +108,9 @@ typedef struct gw_frontend_conf {
     char pam_service[GW_NAME_MAX]; /* auth = pam: the service (/etc/pam.d/NAME) */
     char policy[GW_NAME_MAX];      /* a [policy] for every session; empty: none */
     int policy_index;              /* resolved by validation: policies[] index, -1: none */
+    /* Bandwidth limits (rate.h), bytes/s, 0: none: per session, and shared by all sessions
+     * of this frontend (across workers). */
+    uint64_t rate_down, rate_up, frontend_rate_down, frontend_rate_up;
 } gw_frontend_conf;
 
 /* [policy NAME]: commands refused with 550 by the gateway (cmd_policy.h). Verb lists are
@@ -117,7 +120,8 @@ typedef struct gw_policy_conf {
     bool read_only;
     char deny[GW_PATH_MAX];
     char allow[GW_PATH_MAX];
-    char users[GW_PATH_MAX]; /* user names and @groups it applies to */
+    char users[GW_PATH_MAX];     /* user names and @groups it applies to */
+    uint64_t rate_down, rate_up; /* per user (all of its sessions together), bytes/s, 0: none */
 } gw_policy_conf;
 
 typedef struct gw_backend_conf {

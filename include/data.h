@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "ftp_addr.h"
 #include "pasv_pool.h"
+#include "rate.h"
 #include "shared_port.h"
 #include "tls.h"
 
@@ -36,6 +37,9 @@ typedef struct gw_data_limits {
     /* Optional: true when the client's control connection is gone (or going), asked when
      * an upload ends without a close_notify to prove it: such an upload is cut, not done. */
     bool (*client_gone)(void *owner);
+    /* Bandwidth limits by direction (rate.h); the keys (user and frontend names) are
+     * copied. */
+    gw_rate_spec rate_down, rate_up;
 } gw_data_limits;
 
 /* TLS of the two data legs; a NULL context or engine means that leg is in clear. */
@@ -112,6 +116,13 @@ void gw_data_start(gw_data *d, bool upload, const gw_data_tls *tls);
 void gw_data_release(gw_data *d, bool ok);
 /* Still able to carry a transfer (listeners open or legs connected). */
 bool gw_data_usable(const gw_data *d);
+
+/* The bandwidth limit in force on the running transfer: the tightest rate (0: none), the
+ * measured rate (bytes/s) and the time spent waiting for tokens. false: no limit applies. */
+typedef struct gw_data_rate_info {
+    uint64_t limit, current, limited_ms;
+} gw_data_rate_info;
+bool gw_data_rate(const gw_data *d, gw_data_rate_info *out);
 
 /* Payload bytes that reached the destination so far (the admin endpoint's live view). */
 uint64_t gw_data_progress(const gw_data *d);

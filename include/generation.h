@@ -71,6 +71,7 @@ struct gw_generation {
     int refs;                /* 1 while current, plus one per live session */
     int n_frontends;
     gw_frontend *frontends; /* cfg.n_frontends (heap) */
+    uint64_t seq;           /* 1, 2, ... in the order made: the newer configuration's rates win */
 };
 
 /* Where a problem found while building a generation lies in the configuration: section

@@ -37,6 +37,7 @@ typedef struct gw_m_frontend {
     _Atomic int64_t sessions_active;
     _Atomic uint64_t sessions_total, logins_ok, logins_failed;
     _Atomic uint64_t policy_refused; /* commands a [policy] refused (gw_metric_policy_refused) */
+    _Atomic uint64_t rate_limited_ns[2]; /* relays paused by a bandwidth limit: down, up */
 } gw_m_frontend;
 
 typedef struct gw_m_backend {
@@ -82,6 +83,8 @@ void gw_metric_session_end(const char *frontend);
 void gw_metric_session_move(const char *from, const char *to);
 void gw_metric_login(const char *frontend, bool ok);
 void gw_metric_policy_refused(const char *frontend);
+/* A relay of this frontend waited ns for a bandwidth limit's tokens. */
+void gw_metric_rate_limited(const char *frontend, bool upload, uint64_t ns);
 /* version: OpenSSL's name ("TLSv1.3"), ignored when !ok. */
 void gw_metric_tls(enum gw_m_side side, bool ok, const char *version);
 /* A connection's handshake by its gw_conn name: "client" (control), "backend" (control),

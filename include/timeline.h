@@ -66,6 +66,13 @@ typedef struct gw_sess_summary {
     char verb[8];
     char file[256];
     uint64_t bytes;
+    /* Bandwidth limits in force (bytes/s, 0: none): [0] down, [1] up, each the session's,
+     * the user's and the frontend's; on the running transfer the tightest rate applied to
+     * it (its fair share of shared ones) and the rate measured. */
+    bool has_rates;
+    uint64_t rate_limits[2][3];
+    bool rate_running;
+    uint64_t rate_limit, rate_current, rate_limited_ms;
 } gw_sess_summary;
 
 void gw_sess_summary_json(const gw_sess_summary *s, gw_sbuf *out);

@@ -19,6 +19,7 @@
 #include "ban.h"  /* GW_BAN_AFTER_MAX */
 #include "cidr.h" /* CIDR lists */
 #include "ldap_text.h"
+#include "users_file.h" /* gw_parse_rate */
 
 /* config/README.md, "File format": implicit on 9990, explicit on 2100, plain backend. */
 const char gw_config_default_ini[] =
@@ -548,7 +549,19 @@ static int p_ldap_attr(const struct keydef *k, const char *v, void *out, char *w
     return p_str(k, v, out, why, cap);
 }
 
-/* policy: a section name (checked against the [policy] sections by validate()). */
+/* rate_down, rate_up and the frontend's: bytes/s with an optional K, M or G (1024s); 0:
+ * no limit. */
+static int p_rate(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
+{
+    uint64_t n;
+    if (gw_parse_rate(v, &n) != 0) {
+        snprintf(why, cap, "\"%s\": expected bytes/s (digits with an optional K, M or G)", v);
+        return -1;
+    }
+    memcpy(out, &n, sizeof n);
+    return 0;
+}
+
 /* pam_service: a file name under /etc/pam.d. */
 static int p_pam_service(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
@@ -559,6 +572,7 @@ static int p_pam_service(const struct keydef *k, const char *v, void *out, char 
     return p_str(k, v, out, why, cap);
 }
 
+/* policy: a section name (checked against the [policy] sections by validate()). */
 static int p_section_ref(const struct keydef *k, const char *v, void *out, char *why, size_t cap)
 {
     if (v[0] && !valid_name(v)) {
@@ -718,6 +732,10 @@ static const struct keydef keys[] = {
     {"auth_cache_ttl", IN_FRONTEND, p_int, F(auth_cache_ttl), "60", 0, 86400, NULL},
     {"user_map", IN_FRONTEND, p_str, F(user_map), "", 0, 0, NULL},
     {"policy", IN_FRONTEND, p_section_ref, F(policy), "", 0, 0, NULL},
+    {"rate_down", IN_FRONTEND, p_rate, F(rate_down), "0", 0, 0, NULL},
+    {"rate_up", IN_FRONTEND, p_rate, F(rate_up), "0", 0, 0, NULL},
+    {"frontend_rate_down", IN_FRONTEND, p_rate, F(frontend_rate_down), "0", 0, 0, NULL},
+    {"frontend_rate_up", IN_FRONTEND, p_rate, F(frontend_rate_up), "0", 0, 0, NULL},
 
     {"address", IN_BACKEND, p_hostport, B(address), NULL, 0, 0, NULL},
     {"tls", IN_BACKEND, p_enum, B(tls), "none", 0, 0, w_be_tls},
@@ -741,6 +759,8 @@ static const struct keydef keys[] = {
     {"deny", IN_POLICY, p_verbs, P(deny), "", 0, 0, NULL},
     {"allow", IN_POLICY, p_verbs, P(allow), "", 0, 0, NULL},
     {"users", IN_POLICY, p_user_list, P(users), "", 0, 0, NULL},
+    {"rate_down", IN_POLICY, p_rate, P(rate_down), "0", 0, 0, NULL},
+    {"rate_up", IN_POLICY, p_rate, P(rate_up), "0", 0, 0, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 

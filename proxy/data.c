@@ -10,6 +10,8 @@
 #include "data_int.h"
 
 #include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -115,6 +117,173 @@ static bool relaying(const gw_data *d)
     return d->state == DS_STREAMING || d->state == DS_DRAINING;
 }
 
+/* ---- bandwidth limits (rate.h) ----
+ * The relay takes what it moved from the transfer's limiter; when a bucket is empty the
+ * source stops being read (uv_read_stop, or the splice stops polling) and a timer resumes
+ * it once every bucket holds tokens again. Reads are cut to the limiter's chunk, so nothing
+ * is buffered beyond one read and the watermarks. */
+struct data_rate {
+    uv_timer_t timer;
+    gw_data *d;
+    gw_rate_spec spec[2]; /* [0] downloads, [1] uploads; keys point into the names below */
+    char user[GW_NAME_MAX * 2], frontend[GW_NAME_MAX];
+    gw_rate_lim lim;
+    bool attached, waiting;
+    uint64_t wait_from_ns;
+};
+
+static gw_conn *source(gw_data *d);
+static gw_conn *other(gw_data *d, gw_conn *c);
+
+static struct data_rate *rate_new(gw_data *d, const gw_data_limits *lim)
+{
+    if (!gw_rate_spec_any(&lim->rate_down) && !gw_rate_spec_any(&lim->rate_up))
+        return NULL;
+    struct data_rate *r = calloc(1, sizeof *r);
+    if (!r) { /* unlimited rather than no transfer */
+        GW_LOG_WARN(d->sid, "event=rate_limit_failed reason=\"out of memory\" note=\"unlimited\"");
+        return NULL;
+    }
+    r->d = d;
+    const gw_rate_spec *in[2] = {&lim->rate_down, &lim->rate_up};
+    for (int i = 0; i < 2; i++) {
+        r->spec[i] = *in[i];
+        if (in[i]->user_key)
+            snprintf(r->user, sizeof r->user, "%s", in[i]->user_key);
+        if (in[i]->frontend_key)
+            snprintf(r->frontend, sizeof r->frontend, "%s", in[i]->frontend_key);
+    }
+    uv_timer_init(d->loop, &r->timer);
+    r->timer.data = r;
+    return r;
+}
+
+/* The transfer starts relaying: its direction's buckets (shared ones by key: "f:NAME:down",
+ * "u:NAME:up"; a user's key is its name, whatever frontend it came through). */
+static void rate_attach(gw_data *d)
+{
+    struct data_rate *r = d->rate;
+    if (!r || r->attached)
+        return;
+    int dir = d->upload ? 1 : 0;
+    const char *sfx = d->upload ? "up" : "down";
+    char ukey[sizeof r->user + 8], fkey[sizeof r->frontend + 8];
+    snprintf(ukey, sizeof ukey, "u:%s:%s", r->user, sfx);
+    snprintf(fkey, sizeof fkey, "f:%s:%s", r->frontend, sfx);
+    gw_rate_spec sp = r->spec[dir];
+    sp.user_key = r->user[0] ? ukey : NULL;
+    sp.frontend_key = r->frontend[0] ? fkey : NULL;
+    if (!gw_rate_spec_any(&sp))
+        return;
+    if (gw_rate_lim_attach(&r->lim, &sp, uv_hrtime()) != 0) {
+        GW_LOG_WARN(d->sid, "event=rate_limit_failed reason=\"out of memory\" note=\"unlimited\"");
+        return;
+    }
+    r->attached = true;
+    GW_LOG_DEBUG(d->sid, "event=rate_limit direction=%s session=%llu user=%llu frontend=%llu",
+                 d->upload ? "upload" : "download", (unsigned long long)sp.session,
+                 (unsigned long long)(sp.user_key ? sp.user : 0),
+                 (unsigned long long)(sp.frontend_key ? sp.frontend : 0));
+}
+
+static void rate_note_wait_end(struct data_rate *r)
+{
+    if (!r->waiting)
+        return;
+    r->waiting = false;
+    uint64_t ns = uv_hrtime() - r->wait_from_ns;
+    r->lim.limited_ns += ns;
+    gw_metric_rate_limited(r->frontend, r->d->upload, ns);
+}
+
+static void rate_detach(gw_data *d)
+{
+    struct data_rate *r = d->rate;
+    if (!r || !r->attached)
+        return;
+    rate_note_wait_end(r);
+    uv_timer_stop(&r->timer);
+    gw_rate_lim_detach(&r->lim);
+    r->attached = false;
+}
+
+static void on_rate_timer(uv_timer_t *t);
+
+/* 0: go on; otherwise the wait has begun (the timer runs). */
+static uint64_t rate_check(gw_data *d)
+{
+    struct data_rate *r = d->rate;
+    uint64_t now = uv_hrtime();
+    uint64_t w = gw_rate_lim_wait_ns(&r->lim, now);
+    if (!w)
+        return 0;
+    if (!r->waiting) {
+        r->waiting = true;
+        r->wait_from_ns = now;
+    }
+    uv_timer_start(&r->timer, on_rate_timer, (w + 999999) / 1000000, 0);
+    return w;
+}
+
+static bool rate_on(const gw_data *d)
+{
+    return d->rate && d->rate->attached;
+}
+
+/* n bytes moved by the copying relay: paused while the buckets are empty. */
+static void rate_charge(gw_data *d, gw_conn *src, size_t n)
+{
+    struct data_rate *r = d->rate;
+    gw_rate_lim_charge(&r->lim, n, uv_hrtime());
+    src->read_max = gw_rate_lim_chunk(&r->lim);
+    if (rate_check(d))
+        gw_conn_pause(src);
+}
+
+static void on_rate_timer(uv_timer_t *t)
+{
+    struct data_rate *r = t->data;
+    gw_data *d = r->d;
+    if (!r->attached || data_released(d))
+        return;
+    if (rate_check(d))
+        return; /* another transfer took the tokens first */
+    rate_note_wait_end(r);
+    if (!relaying(d))
+        return;
+    if (d->splice) {
+        gw_splice_resume(d->splice);
+        return;
+    }
+    gw_conn *src = source(d), *dst = src ? other(d, src) : NULL;
+    if (src && dst && !dst->want_drain) /* else the destination's drain resumes it */
+        gw_conn_resume(src);
+}
+
+/* The splice relay asks before each read of the source. */
+static size_t splice_budget(void *arg)
+{
+    gw_data *d = arg;
+    if (!rate_on(d))
+        return SIZE_MAX;
+    if (rate_check(d))
+        return 0;
+    return gw_rate_lim_chunk(&d->rate->lim);
+}
+
+bool gw_data_rate(const gw_data *d, gw_data_rate_info *out)
+{
+    const struct data_rate *r = d->rate;
+    if (!r || !r->attached)
+        return false;
+    out->limit = gw_rate_lim_limit(&r->lim);
+    out->current = r->lim.current;
+    out->limited_ms = r->lim.limited_ns / 1000000;
+    return true;
+}
+
+static void on_rate_timer_closed(uv_handle_t *h);
+
 static void on_data_timer_closed(uv_handle_t *h)
 {
     gw_data *d = h->data;
@@ -131,6 +300,20 @@ void data_maybe_free(gw_data *d)
         d->client_listener || d->backend_listener || d->strays)
         return;
     set_state(d, DS_FREEING);
+    if (d->rate) { /* its close then closes the data timer */
+        rate_detach(d);
+        uv_close((uv_handle_t *)&d->rate->timer, on_rate_timer_closed);
+        return;
+    }
+    uv_close((uv_handle_t *)d->timer, on_data_timer_closed);
+}
+
+static void on_rate_timer_closed(uv_handle_t *h)
+{
+    struct data_rate *r = h->data;
+    gw_data *d = r->d;
+    d->rate = NULL;
+    free(r);
     uv_close((uv_handle_t *)d->timer, on_data_timer_closed);
 }
 
@@ -176,6 +359,7 @@ static void finish(gw_data *d, enum gw_data_result result)
     bool abandoned = d->state == DS_ABANDONED;
     set_state(d, abandoned ? DS_RELEASED : DS_DONE);
     stop_splice(d);
+    rate_detach(d);
     if (!abandoned)
         uv_timer_stop(d->timer);
     gw_conn *dst = d->upload ? d->backend : d->client;
@@ -209,6 +393,8 @@ static void on_spliced(void *arg, size_t n)
     gw_data *d = arg;
     d->last_progress = uv_now(d->loop);
     gw_conn_count_spliced(source(d), other(d, source(d)), n);
+    if (rate_on(d))
+        gw_rate_lim_charge(&d->rate->lim, n, uv_hrtime()); /* splice_budget asks next */
 }
 
 static void on_leg_eof(gw_conn *c, bool clean);
@@ -228,7 +414,10 @@ static void on_splice_error(void *arg, const char *why)
     data_fail(d, GW_DATA_ABORTED, why);
 }
 
-static const gw_splice_ops splice_ops = {on_spliced, on_splice_eof, on_splice_error};
+static const gw_splice_ops splice_ops = {on_spliced, on_splice_eof, on_splice_error, NULL};
+/* Under a bandwidth limit the splice takes what the buckets allow. */
+static const gw_splice_ops splice_rate_ops = {on_spliced, on_splice_eof, on_splice_error,
+                                              splice_budget};
 
 /* Both legs in clear: splice(2) them, no byte passes through user space. Off by default:
  * it halves the gateway's CPU, but a receiver on the same host reads the spliced pages
@@ -242,7 +431,7 @@ static bool start_splice(gw_data *d)
     int sfd = gw_conn_fd(src), dfd = gw_conn_fd(dst);
     if (sfd < 0 || dfd < 0 || dst->queued)
         return false;
-    d->splice = gw_splice_start(d->loop, sfd, dfd, &splice_ops, d);
+    d->splice = gw_splice_start(d->loop, sfd, dfd, rate_on(d) ? &splice_rate_ops : &splice_ops, d);
     return d->splice != NULL;
 }
 
@@ -254,11 +443,14 @@ static void maybe_relay(gw_data *d)
     set_state(d, DS_STREAMING);
     d->streamed = true;
     d->last_progress = uv_now(d->loop);
+    rate_attach(d);
     bool spliced = start_splice(d);
     GW_LOG_DEBUG(d->sid, "event=data_relay direction=%s path=%s", d->upload ? "upload" : "download",
                  spliced ? "splice" : "copy");
     if (spliced)
         return;
+    if (rate_on(d)) /* one read at a time takes no more than the buckets can give soon */
+        source(d)->read_max = gw_rate_lim_chunk(&d->rate->lim);
     gw_conn_resume(d->client);
     gw_conn_resume(d->backend);
     gw_conn_start_read(d->client);
@@ -275,13 +467,15 @@ static void on_leg_data(gw_conn *c, const char *buf, size_t n)
     gw_conn_write(dst, buf, n);
     if (dst->want_drain)
         gw_conn_pause(c); /* backpressure: the destination's queue is full */
+    if (rate_on(d))
+        rate_charge(d, c, n);
 }
 
 static void on_leg_drain(gw_conn *c)
 {
     gw_data *d = c->owner;
     gw_conn *src = other(d, c);
-    if (src && relaying(d))
+    if (src && relaying(d) && !(d->rate && d->rate->waiting)) /* else the rate timer resumes */
         gw_conn_resume(src);
 }
 
@@ -646,6 +840,7 @@ gw_data *gw_data_new(uv_loop_t *loop, uint64_t sid, const gw_data_limits *lim, g
     d->data_timeout_ms = lim->data_timeout_ms;
     d->splice_mode = lim->splice;
     d->client_gone = lim->client_gone;
+    d->rate = rate_new(d, lim);
     d->last_progress = uv_now(d->loop);
     uv_timer_start(t, on_timer, 1000, 1000);
     return d;
@@ -821,6 +1016,7 @@ void gw_data_release(gw_data *d, bool ok)
     set_state(d, finished ? DS_RELEASED : DS_ABANDONED);
     d->done = NULL;
     stop_splice(d);
+    rate_detach(d);
     stop_shared_wait(d);
     data_close_listener(d, d->client_listener);
     if (!d->hand_over)

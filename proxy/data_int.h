@@ -32,6 +32,8 @@ enum {
     LEG_BACKEND_CONNECTED = 1u << 2, /* TCP connected or accepted */
 };
 
+struct data_rate; /* bandwidth limits (data.c); NULL when none applies */
+
 struct gw_data {
     gw_data_done_cb done; /* the owner's callback; NULL once released by the owner */
     void *owner;
@@ -74,6 +76,7 @@ struct gw_data {
     const char *pp_from;
     gw_conn *pp_conn; /* accepted, its header being read (counted in strays) */
     gw_pp_reader *pp;
+    struct data_rate *rate;
 };
 
 /* data.c */

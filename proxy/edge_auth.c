@@ -417,6 +417,30 @@ static const gw_policy_conf *session_policy(const gw_session *s)
     return i >= 0 ? &cfg->policies[i] : NULL;
 }
 
+static uint64_t lower_set(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+void gw_edge_rates(const gw_session *s, gw_rate_spec *down, gw_rate_spec *up)
+{
+    const gw_frontend_conf *fc = s->fe->conf;
+    const gw_policy_conf *p = s->login.logged_in ? session_policy(s) : NULL;
+    const gw_user_entry *who = s->login.edge ? s->login.edge->who : NULL;
+    *down = (gw_rate_spec){.session = fc->rate_down,
+                           .user = lower_set(p ? p->rate_down : 0, who ? who->rate_down : 0),
+                           .user_key = s->login.user,
+                           .frontend = fc->frontend_rate_down,
+                           .frontend_key = fc->name,
+                           .seq = s->fe->gen->seq};
+    *up = (gw_rate_spec){.session = fc->rate_up,
+                         .user = lower_set(p ? p->rate_up : 0, who ? who->rate_up : 0),
+                         .user_key = s->login.user,
+                         .frontend = fc->frontend_rate_up,
+                         .frontend_key = fc->name,
+                         .seq = s->fe->gen->seq};
+}
+
 bool gw_edge_user(gw_session *s, const char *arg)
 {
     if (!edge_auth(s))

@@ -246,11 +246,6 @@ static int load_users(gw_frontend *fe, const gw_config *cfg, int index, gw_cfg_w
                      e->line, e->name, e->policy, e->policy);
             return -1;
         }
-        if (e->rate_down || e->rate_up) {
-            snprintf(err, cap, "%s:%d: user %s: %s: rate limits are not built in this version",
-                     fc->auth_file, e->line, e->name, e->rate_down ? "rate_down" : "rate_up");
-            return -1;
-        }
     }
     GW_LOG_INFO(0, "event=users_file frontend=%s path=%s users=%zu", fc->name, fc->auth_file,
                 fe->users->n);
@@ -437,6 +432,8 @@ gw_generation *gw_generation_new(const gw_config *cfg, gw_health *health, gw_liv
         snprintf(err, cap, "out of memory");
         return NULL;
     }
+    static _Atomic uint64_t made;
+    g->seq = ++made;
     g->xferlog_fd = -1;
     if (gw_config_copy(&g->cfg, cfg) != 0 ||
         !(g->backends =

@@ -86,6 +86,13 @@ void gw_metric_policy_refused(const char *frontend)
         ADD(gw_metrics_g.fe[i].policy_refused, 1);
 }
 
+void gw_metric_rate_limited(const char *frontend, bool upload, uint64_t ns)
+{
+    int i = slot_find(gw_metrics_g.fe_names, frontend, true);
+    if (i >= 0)
+        ADD(gw_metrics_g.fe[i].rate_limited_ns[upload ? 1 : 0], ns);
+}
+
 void gw_metric_login(const char *frontend, bool ok)
 {
     int i = slot_find(gw_metrics_g.fe_names, frontend, true);
@@ -310,6 +317,24 @@ static void render_frontends(const gw_metrics *m, const gw_metrics_view *v, gw_s
     }
 }
 
+/* Time relays waited for bandwidth-limit tokens: the frontends that ever waited. */
+static void render_rate_limited(const gw_metrics *m, gw_sbuf *o)
+{
+    family(o, "ftpsgate_rate_limited_seconds_total", "counter",
+           "Time data relays were paused by a bandwidth limit (rate_down, rate_up, "
+           "frontend_rate_*, per-user rates).");
+    int used = slots_used(m->fe_names);
+    for (int i = 0; i < used; i++)
+        for (int dir = 0; dir < 2; dir++) {
+            uint64_t ns = GET(m->fe[i].rate_limited_ns[dir]);
+            if (!ns)
+                continue;
+            gw_sbuf_str(o, "ftpsgate_rate_limited_seconds_total{frontend=\"");
+            gw_sbuf_label(o, m->fe_names[i].name);
+            gw_sbuf_printf(o, "\",direction=\"%s\"} %.3f\n", dir ? "up" : "down", (double)ns / 1e9);
+        }
+}
+
 static void render_backends(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o)
 {
     family(o, "ftpsgate_backend_up", "gauge", "Backend health: 1 up, 0 down.");
@@ -474,6 +499,7 @@ void gw_metrics_render(const gw_metrics *m, const gw_metrics_view *v, gw_sbuf *o
     gw_sbuf_label(o, v->libuv ? v->libuv : "");
     gw_sbuf_str(o, "\"} 1\n");
     render_frontends(m, v, o);
+    render_rate_limited(m, o);
     render_tls(m, o);
     render_transfers(m, o);
     render_pasv(m, o);

@@ -158,6 +158,21 @@ void gw_session_summarize(gw_session *s, gw_sess_summary *o)
         snprintf(o->verb, sizeof o->verb, "%s", s->cur.verb);
         snprintf(o->file, sizeof o->file, "%s", s->xfer.arg);
         o->bytes = s->xfer.data ? gw_data_progress(s->xfer.data) : s->xfer.bytes;
+        gw_data_rate_info ri;
+        if (s->xfer.data && gw_data_rate(s->xfer.data, &ri)) {
+            o->rate_running = true;
+            o->rate_limit = ri.limit;
+            o->rate_current = ri.current;
+            o->rate_limited_ms = ri.limited_ms;
+        }
+    }
+    gw_rate_spec rs[2];
+    gw_edge_rates(s, &rs[0], &rs[1]);
+    for (int d = 0; d < 2; d++) {
+        o->rate_limits[d][0] = rs[d].session;
+        o->rate_limits[d][1] = rs[d].user;
+        o->rate_limits[d][2] = rs[d].frontend;
+        o->has_rates = o->has_rates || gw_rate_spec_any(&rs[d]);
     }
 }
 

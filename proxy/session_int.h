@@ -18,6 +18,7 @@
 #include "ftp_cmd.h"
 #include "ftp_reply.h"
 #include "generation.h"
+#include "rate.h"
 #include "session.h"
 #include "timeline.h"
 
@@ -345,6 +346,10 @@ bool gw_edge_login_due(const gw_session *s);
 bool gw_edge_pass_line(gw_session *s, char *line, size_t cap);
 /* The replayed login is over (accepted, or the session ends): the password is wiped. */
 void gw_edge_forget(gw_session *s);
+/* The bandwidth limits of this session's transfers (rate.h), by direction: the frontend's
+ * rate_* and frontend_rate_*, the user's (its [policy]'s and the users file's, the lower).
+ * Keys point into the session and its frontend: copied by gw_data_new. */
+void gw_edge_rates(const gw_session *s, gw_rate_spec *down, gw_rate_spec *up);
 /* The backend refused the replayed login (r: its last reply line): the client gets 530,
  * the backend connection is dropped (the next PASS connects again), the command is done. */
 void gw_edge_login_refused(gw_session *s, gw_reply_parser *r);

@@ -65,8 +65,18 @@ static void pump(gw_splice *sp)
     size_t moved = 0;
     while (moved < ROUND_BYTES) {
         if (sp->in_pipe == 0) {
-            ssize_t n = splice(sp->src, NULL, sp->pipe_w, NULL, sp->pipe_size,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            size_t want = sp->pipe_size;
+            if (sp->ops->budget) { /* rate-limited: the limiter says how much, or to pause */
+                size_t b = sp->ops->budget(sp->arg);
+                if (b == 0) {
+                    uv_poll_stop(&sp->src_poll);
+                    uv_poll_stop(&sp->dst_poll);
+                    return;
+                }
+                want = b < want ? b : want;
+            }
+            ssize_t n =
+                splice(sp->src, NULL, sp->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n == 0) { /* the source's FIN, and the pipe is empty: all delivered */
                 const gw_splice_ops *ops = sp->ops;
                 void *arg = sp->arg;
@@ -105,6 +115,12 @@ static void pump(gw_splice *sp)
             return;
     }
     wait_for(sp, sp->in_pipe > 0); /* level-triggered: we are called again next turn */
+}
+
+void gw_splice_resume(gw_splice *sp)
+{
+    if (sp && !sp->stopped)
+        wait_for(sp, sp->in_pipe > 0);
 }
 
 static void on_ready(uv_poll_t *p, int status, int events)

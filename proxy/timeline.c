@@ -109,6 +109,16 @@ void gw_sess_summary_json(const gw_sess_summary *s, gw_sbuf *o)
     }
     gw_sbuf_printf(o, ",\"age_seconds\":%llu,\"idle_seconds\":%llu", (unsigned long long)s->age_s,
                    (unsigned long long)s->idle_s);
+    if (s->has_rates) {
+        static const char *const dirs[2] = {"down", "up"};
+        gw_sbuf_str(o, ",\"rate_limits\":{");
+        for (int d = 0; d < 2; d++)
+            gw_sbuf_printf(o, "%s\"%s\":{\"session\":%llu,\"user\":%llu,\"frontend\":%llu}",
+                           d ? "," : "", dirs[d], (unsigned long long)s->rate_limits[d][0],
+                           (unsigned long long)s->rate_limits[d][1],
+                           (unsigned long long)s->rate_limits[d][2]);
+        gw_sbuf_str(o, "}");
+    }
     if (s->in_transfer) {
         char verb[sizeof s->verb + 1], file[sizeof s->file + 1];
         snprintf(verb, sizeof verb, "%.*s", (int)sizeof s->verb, s->verb);
@@ -117,7 +127,14 @@ void gw_sess_summary_json(const gw_sess_summary *s, gw_sbuf *o)
         gw_sbuf_json(o, verb);
         gw_sbuf_str(o, ",\"file\":");
         gw_sbuf_json(o, file);
-        gw_sbuf_printf(o, ",\"bytes\":%llu}", (unsigned long long)s->bytes);
+        gw_sbuf_printf(o, ",\"bytes\":%llu", (unsigned long long)s->bytes);
+        if (s->rate_running)
+            gw_sbuf_printf(o,
+                           ",\"rate\":{\"limit\":%llu,\"current\":%llu,"
+                           "\"limited_ms\":%llu}",
+                           (unsigned long long)s->rate_limit, (unsigned long long)s->rate_current,
+                           (unsigned long long)s->rate_limited_ms);
+        gw_sbuf_str(o, "}");
     }
     gw_sbuf_str(o, "}");
 }

@@ -273,6 +273,7 @@ static gw_data *new_data(gw_session *s)
         .splice = cfg->splice,
         .client_gone = client_gone,
     };
+    gw_edge_rates(s, &lim.rate_down, &lim.rate_up);
     return gw_data_new(s->loop, s->id, &lim, on_data_done, s);
 }
 

@@ -322,9 +322,12 @@ health_interval = 0
     users_file(users, [f"a:{good}:backend=elsewhere"])
     res = check_config(conf)
     assert res.returncode == 1 and "backend=elsewhere is not one of" in res.stderr, res.stderr
-    users_file(users, [f"a:{good}:rate_down=1M"])
+    users_file(users, [f"a:{good}:rate_down=1X"])
     res = check_config(conf)
-    assert res.returncode == 1 and "rate limits are not built" in res.stderr, res.stderr
+    assert res.returncode == 1 and "rate_down: expected bytes/s" in res.stderr, res.stderr
+    users_file(users, [f"a:{good}:rate_down=1M,rate_up=512K"])
+    res = check_config(conf)
+    assert res.returncode == 0, res.stderr
     users_file(users, [f"a:{good}:backend=b"])
     res = check_config(conf)
     assert res.returncode == 0 and res.stdout.strip() == "ok", (res.stdout, res.stderr)

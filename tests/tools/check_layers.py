@@ -11,7 +11,7 @@ LAYERS = [
               "version", "log", "cidr", "ban", "notify", "xferlog", "logfile", "tls_hello",
               "proxy_proto", "admin_text", "admin_users", "metrics", "timeline", "siblings", "bug",
               "server_name", "inherit", "users_file", "cmd_policy", "crypt_check",
-              "user_map", "textfile", "ldap_text", "pam_check"]),
+              "user_map", "textfile", "ldap_text", "pam_check", "rate"]),
     ("tls/conn", ["tls", "conn", "splice", "pasv_pool", "bans", "mailbox", "auth_ldap"]),
     ("generation", ["generation", "health", "balance"]),
     # Below data: the shared port hands a connection to a callback (on the waiter's loop,

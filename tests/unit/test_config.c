@@ -277,6 +277,27 @@ static void test_splice(void **state)
                  "t.conf:2: [global] splice: ", "expected no | downloads | yes");
 }
 
+/* Bandwidth limits: bytes/s with K, M, G (1024s), default 0, per frontend and policy. */
+static void test_rate_keys(void **state)
+{
+    (void)state;
+    expect_ok(FE BE);
+    assert_true(cfg.frontends[0].rate_down == 0 && cfg.frontends[0].frontend_rate_up == 0);
+    expect_ok(FE "rate_down = 1M\nrate_up = 512k\nfrontend_rate_down = 2G\n"
+                 "frontend_rate_up = 1000\n" BE "[policy p]\nrate_down = 64K\nrate_up = 3M\n");
+    assert_true(cfg.frontends[0].rate_down == 1024 * 1024);
+    assert_true(cfg.frontends[0].rate_up == 512 * 1024);
+    assert_true(cfg.frontends[0].frontend_rate_down == 2ULL * 1024 * 1024 * 1024);
+    assert_true(cfg.frontends[0].frontend_rate_up == 1000);
+    assert_true(cfg.policies[0].rate_down == 64 * 1024 && cfg.policies[0].rate_up == 3 << 20);
+    expect_error(FE "rate_down = 1.5M\n" BE,
+                 "t.conf:3: [frontend a] rate_down: ", "expected bytes/s");
+    expect_error(FE "frontend_rate_up = 1T\n" BE,
+                 "t.conf:3: [frontend a] frontend_rate_up: ", NULL);
+    expect_error(FE BE "[policy p]\nrate_up = fast\n", "t.conf:6: [policy p] rate_up: ", NULL);
+    expect_error("[global]\nrate_down = 1M\n" FE BE, "t.conf:2: ", "rate_down");
+}
+
 /* prelogin_backend_per_ip / prelogin_backend_max: defaults, 0 (no bound), range. */
 static void test_prelogin_keys(void **state)
 {
@@ -917,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_splice),
         cmocka_unit_test(test_prelogin_keys),
+        cmocka_unit_test(test_rate_keys),
         cmocka_unit_test(test_proxy_protocol_keys),
         cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_unknown_key),
