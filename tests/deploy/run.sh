@@ -358,7 +358,10 @@ systemd_unit() {
   ip=$(sd_ip)
 
   # start returns once the gateway said READY=1: the first connection must succeed.
-  sdexec systemctl start ftpsgate
+  sdexec systemctl start ftpsgate || {
+    sdexec journalctl -u ftpsgate --no-pager -n 40 || true
+    fail "systemctl start ftpsgate failed"
+  }
   inns "${CURL[@]}" -o "$WORK/sd-hello.txt" "ftps://$ip:990/hello.txt" ||
     fail "not serving right after 'systemctl start' returned"
   echo "  start: active ($(sdexec systemctl show -p StatusText --value ftpsgate)), served at once"

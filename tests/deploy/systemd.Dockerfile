@@ -1,7 +1,8 @@
 # systemd 252 as PID 1 with the gateway built by docker/Dockerfile and a plain FTP backend on
 # 127.0.0.1:2121 (the sample configuration's backend). config/ftpsgate.service is mounted at
 # run time by tests/deploy/run.sh, so a change to the unit needs no new image.
-# procps: /bin/kill, which a full Debian system has (minbase does not).
+# procps: /bin/kill, which a full Debian system has (minbase does not). The runtime libraries
+# are docker/Dockerfile's (libldap and libpam: auth = ldap | pam).
 ARG BASE=debian:bookworm-slim
 ARG GATEWAY=localhost/ftpsgate:latest
 FROM ${GATEWAY} AS gateway
@@ -9,7 +10,8 @@ FROM ${GATEWAY} AS gateway
 FROM ${BASE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      systemd procps libuv1 libssl3 libmicrohttpd12 ca-certificates python3-pyftpdlib \
+      systemd procps libuv1 libssl3 libmicrohttpd12 libcrypt1 libldap-2.5-0 libpam0g \
+      ca-certificates python3-pyftpdlib \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
  && useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin ftpsgate \
  && install -d -m 0755 /srv/ftp /etc/ftpsgate \
