@@ -116,7 +116,7 @@ static void on_written(uv_write_t *req, int status)
         fail_conn(c, uv_strerror(status));
         return;
     }
-    if (c->want_drain && c->queued <= GW_LOW_WATERMARK) {
+    if (c->want_drain && c->queued <= (c->tls ? GW_TLS_LOW_WATERMARK : GW_LOW_WATERMARK)) {
         c->want_drain = false;
         if (c->ops->on_drain)
             c->ops->on_drain(c);
@@ -163,7 +163,7 @@ static void queue_rest(gw_conn *c, const char *buf, size_t n, size_t done, char 
         return;
     }
     c->queued += w->len;
-    if (c->queued > GW_HIGH_WATERMARK)
+    if (c->queued > (c->tls ? GW_TLS_HIGH_WATERMARK : GW_HIGH_WATERMARK))
         c->want_drain = true;
 }
 
