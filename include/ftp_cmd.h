@@ -8,24 +8,36 @@
 #include <stdint.h>
 
 #define GW_CMD_LINE_MAX 4096 /* bytes of command text, without CRLF */
+/* The line buffer grows on demand from GW_CMD_LINE_MIN bytes; one grown past
+ * GW_CMD_LINE_KEEP is freed once its line is taken, so an idle session holds little. */
+#define GW_CMD_LINE_MIN 64
+#define GW_CMD_LINE_KEEP 256
 
 enum gw_cmd_status {
     GW_CMD_AGAIN = 0,   /* all input consumed, no complete line yet */
     GW_CMD_LINE = 1,    /* p->line holds a complete line */
-    GW_CMD_TOOLONG = 2, /* a line longer than GW_CMD_LINE_MAX ended; its text was discarded */
+    GW_CMD_TOOLONG = 2, /* a line longer than GW_CMD_LINE_MAX (or than the memory there was
+                           for it) ended; its text was discarded */
 };
 
 typedef struct gw_cmd_parser {
-    int tstate;                     /* Telnet state machine position (private) */
-    size_t len;                     /* bytes in line */
-    bool overflow;                  /* current line passed the cap; discarding to LF */
-    bool got_ip;                    /* IAC IP seen since the caller last cleared it */
-    uint8_t tn_reply[64];           /* Telnet refusals to send back (IAC WONT x / IAC DONT x) */
-    size_t tn_reply_len;            /* caller sends and clears */
-    char line[GW_CMD_LINE_MAX + 1]; /* NUL-terminated, no CR/LF; 0xFF is a literal byte */
+    int tstate;           /* Telnet state machine position (private) */
+    size_t len;           /* bytes in line */
+    bool overflow;        /* current line passed the cap; discarding to LF */
+    bool got_ip;          /* IAC IP seen since the caller last cleared it */
+    uint8_t tn_reply[64]; /* Telnet refusals to send back (IAC WONT x / IAC DONT x) */
+    size_t tn_reply_len;  /* caller sends and clears */
+    char *line; /* NUL-terminated, no CR/LF; 0xFF is a literal byte (heap; "" until text) */
+    size_t cap; /* bytes allocated at line, 0: line is a constant "" */
 } gw_cmd_parser;
 
+/* Fresh parser (on uninitialised memory; allocates nothing). */
 void gw_cmd_init(gw_cmd_parser *p);
+/* Release the line buffer; the parser is then as gw_cmd_init left it. */
+void gw_cmd_free(gw_cmd_parser *p);
+/* dst = a copy of src with its own line buffer (a speculative parse). false: no memory,
+ * dst as gw_cmd_init leaves it. */
+bool gw_cmd_clone(gw_cmd_parser *dst, const gw_cmd_parser *src);
 
 /* Consume bytes until a line ends (LF) or input runs out. *used is set to the bytes consumed.
  * Telnet: IAC IAC -> literal 0xFF; IAC DO/DONT/WILL/WONT x -> refusal queued in tn_reply

@@ -51,8 +51,8 @@ bool gw_backend_choose(gw_session *s)
         const uint8_t *key = s->client_peer.ip;
         size_t keylen = s->client_peer.family == 6 ? 16 : 4;
         if (fe->conf->balance == GW_BALANCE_USER) { /* the name sent to the backend */
-            key = (const uint8_t *)s->login.be_user;
-            keylen = strlen(s->login.be_user);
+            key = (const uint8_t *)GW_SESS_BE_USER(s);
+            keylen = strlen(GW_SESS_BE_USER(s));
         }
         int i = gw_balance_pick(fe->conf->balance, c, fe->n_backends, &fe->bal, 0,
                                 next_random(s->id), key, keylen);
@@ -179,6 +179,7 @@ bool gw_backend_drop(gw_session *s)
     if (s->bconn.conn)
         gw_conn_close(s->bconn.conn); /* its close callback releases its handle */
     gw_sess_set_backend_state(s, BE_IDLE);
+    gw_reply_free(&s->bconn.reply);
     s->bconn = (gw_sess_bconn){.step = BE_IDLE};
     gw_reply_init(&s->bconn.reply);
     return true;
@@ -256,7 +257,7 @@ static void set_up(gw_session *s)
     char line[GW_CMD_LINE_MAX + 8];
     if (s->route.self_greet && gw_edge_login_due(s)) {
         /* auth = file: the login the gateway checked, replayed; READY at its 2xx */
-        snprintf(line, sizeof line, "USER %s", s->login.be_user);
+        snprintf(line, sizeof line, "USER %s", GW_SESS_BE_USER(s));
         step_send(s, BE_LOGIN_USER, line);
         return;
     }
@@ -267,7 +268,7 @@ static void set_up(gw_session *s)
     }
     if (GW_SESS_BUG_ON(s, !s->login.user_sent)) /* self_greet connects at USER only */
         return;
-    snprintf(line, sizeof line, s->login.be_user[0] ? "USER %s" : "USER", s->login.be_user);
+    snprintf(line, sizeof line, GW_SESS_BE_USER(s)[0] ? "USER %s" : "USER", GW_SESS_BE_USER(s));
     gw_backend_send(s, line, PEND_RELAY);
 }
 

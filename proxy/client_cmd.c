@@ -93,7 +93,7 @@ static void cmd_auth(gw_session *s, const char *arg)
     if (s->cmdq.len)
         GW_LOG_WARN(s->id, "event=auth_pipelined discarded=%zu", s->cmdq.len);
     s->cmdq.len = 0;
-    gw_cmd_init(&s->cmdq.parser);
+    gw_cmd_free(&s->cmdq.parser);
     gw_sess_set_client_state(s, CS_AUTH);
     int r = gw_sess_start_tls(s);
     if (r != 0)
@@ -166,7 +166,7 @@ static void answer_queued_before_reset(gw_session *s)
     if (answered || partial)
         GW_LOG_INFO(s->id, "event=rein_pipelined answered=%d dropped_bytes=%zu", answered, partial);
     s->cmdq.len = 0;
-    gw_cmd_init(&s->cmdq.parser);
+    gw_cmd_free(&s->cmdq.parser);
 }
 
 /* REIN: the gateway answers it (vsftpd says 502); the session starts over with a fresh
@@ -185,6 +185,7 @@ static void cmd_rein(gw_session *s)
      * failed logins survives: REIN must not buy a client more guesses. */
     uint64_t now = gw_sess_now(s);
     gw_edge_free(s); /* the login part's heap: the gateway's check and who passed it */
+    gw_sess_set_be_user(s, NULL);
     s->login = (gw_sess_login){.failed = s->login.failed, .started_ms = now};
     s->prot = (gw_sess_prot){0};
     s->last_active_ms = now;
@@ -324,7 +325,8 @@ static void cmd_transfer(gw_session *s, const char *line, const char *verb, bool
     /* SECURITY (data safety): an upload reaches the server only once the client's data leg
      * is accepted, so that a refused leg never truncates the server's file. */
     if (upload) {
-        gw_xfer_defer_upload(s, line);
+        if (!gw_xfer_defer_upload(s, line))
+            return;
     } else {
         gw_backend_send(s, line, PEND_TRANSFER);
         s->cur.be_sent = true;
@@ -420,11 +422,13 @@ static void cmd_user_routed(gw_session *s, const char *arg)
     size_t n = strnlen(name, sizeof s->login.user - 1); /* the transfer log's copy may be cut */
     memcpy(s->login.user, name, n);
     s->login.user[n] = 0;
-    snprintf(s->login.be_user, sizeof s->login.be_user, "%s",
-             rule && rule->account[0] ? rule->account : name);
+    if (!gw_sess_set_be_user(s, rule && rule->account[0] ? rule->account : name)) {
+        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
     if (s->bconn.conn) { /* connected already: a second USER */
         char line[GW_CMD_LINE_MAX + 8];
-        snprintf(line, sizeof line, s->login.be_user[0] ? "USER %s" : "USER", s->login.be_user);
+        snprintf(line, sizeof line, GW_SESS_BE_USER(s)[0] ? "USER %s" : "USER", GW_SESS_BE_USER(s));
         gw_backend_send(s, line, PEND_RELAY);
         return;
     }
@@ -620,21 +624,22 @@ static void consume(gw_session *s, size_t n);
 
 static void peek_abort(gw_session *s)
 {
-    gw_cmd_parser *tmp = malloc(sizeof *tmp);
-    if (!tmp)
+    gw_cmd_parser tmp; /* a copy with its own line: the queue's parser is left as it was */
+    if (!gw_cmd_clone(&tmp, &s->cmdq.parser))
         return;
-    *tmp = s->cmdq.parser;
     size_t used = 0;
     gw_cmd c;
-    if (gw_cmd_feed(tmp, (const uint8_t *)s->cmdq.buf, s->cmdq.len, &used) == GW_CMD_LINE &&
-        gw_cmd_split(tmp->line, &c) == 0 && c.def->id == GW_CMD_ABOR) {
-        s->cmdq.parser = *tmp;
+    if (gw_cmd_feed(&tmp, (const uint8_t *)s->cmdq.buf, s->cmdq.len, &used) == GW_CMD_LINE &&
+        gw_cmd_split(tmp.line, &c) == 0 && c.def->id == GW_CMD_ABOR) {
+        gw_cmd_free(&s->cmdq.parser);
+        s->cmdq.parser = tmp;
         s->cmdq.parser.tn_reply_len = 0;
         consume(s, used);
         s->last_active_ms = gw_sess_now(s);
         cmd_abort(s);
+        return;
     }
-    free(tmp);
+    gw_cmd_free(&tmp);
 }
 
 static void consume(gw_session *s, size_t n)

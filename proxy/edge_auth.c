@@ -257,7 +257,11 @@ static void check_passed(gw_session *s)
         gw_sess_command_done(s);
         return;
     }
-    snprintf(s->login.be_user, sizeof s->login.be_user, "%s", account);
+    if (!gw_sess_set_be_user(s, account)) {
+        wipe_pw(e);
+        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
     if (!s->route.be) {
         bool ok = want >= 0 ? gw_backend_choose_index(s, want) : gw_backend_choose(s);
         if (!ok) {
@@ -506,7 +510,7 @@ void gw_edge_login_refused(gw_session *s, gw_reply_parser *r)
     char name[65], acct[65];
     GW_LOG_WARN(
         s->id, "event=backend_login_refused user=\"%s\" backend_user=\"%s\" backend=%s code=%d",
-        log_name(s->login.user, name, sizeof name), log_name(s->login.be_user, acct, sizeof acct),
+        log_name(s->login.user, name, sizeof name), log_name(GW_SESS_BE_USER(s), acct, sizeof acct),
         s->route.be ? s->route.be->conf->name : "", r->code);
     gw_edge_forget(s);
     gw_sess_reply(s, GW_R_LOGIN_INCORRECT);

@@ -36,6 +36,60 @@ enum {
 void gw_cmd_init(gw_cmd_parser *p)
 {
     memset(p, 0, sizeof(*p));
+    p->line = (char *)"";
+}
+
+void gw_cmd_free(gw_cmd_parser *p)
+{
+    if (p->cap)
+        free(p->line);
+    gw_cmd_init(p);
+}
+
+bool gw_cmd_clone(gw_cmd_parser *dst, const gw_cmd_parser *src)
+{
+    *dst = *src;
+    if (!src->cap)
+        return true;
+    dst->line = malloc(src->cap);
+    if (!dst->line) {
+        gw_cmd_init(dst);
+        return false;
+    }
+    memcpy(dst->line, src->line, src->cap);
+    return true;
+}
+
+/* Room for need bytes at p->line (need <= GW_CMD_LINE_MAX + 1), doubled from
+ * GW_CMD_LINE_MIN. */
+static bool reserve(gw_cmd_parser *p, size_t need)
+{
+    if (need <= p->cap)
+        return true;
+    size_t cap = p->cap ? p->cap : GW_CMD_LINE_MIN;
+    while (cap < need)
+        cap *= 2;
+    if (cap > GW_CMD_LINE_MAX + 1)
+        cap = GW_CMD_LINE_MAX + 1;
+    char *n = realloc(p->cap ? p->line : NULL, cap);
+    if (!n)
+        return false;
+    p->line = n;
+    p->cap = cap;
+    return true;
+}
+
+/* An empty line (the constant "" needs no write). */
+static void clear_line(gw_cmd_parser *p)
+{
+    p->len = 0;
+    if (p->cap > GW_CMD_LINE_KEEP) { /* a long line's buffer is not kept idle */
+        free(p->line);
+        p->line = (char *)"";
+        p->cap = 0;
+    } else if (p->cap) {
+        p->line[0] = '\0';
+    }
 }
 
 static void put_text(gw_cmd_parser *p, uint8_t ch)
@@ -45,8 +99,9 @@ static void put_text(gw_cmd_parser *p, uint8_t ch)
         return;
     if (p->overflow)
         return;
-    /* SECURITY: the line buffer is fixed; a longer line is discarded up to its LF. */
-    if (p->len == GW_CMD_LINE_MAX) {
+    /* SECURITY: the line is capped; a longer line is discarded up to its LF (so is one
+     * there is no memory for). */
+    if (p->len == GW_CMD_LINE_MAX || !reserve(p, p->len + 2)) {
         p->overflow = true;
         return;
     }
@@ -96,12 +151,10 @@ static int line_done(gw_cmd_parser *p, int state)
 {
     p->tstate = state | LINE_DONE;
     if (p->overflow) {
-        p->len = 0;
-        p->line[0] = '\0';
+        clear_line(p);
         return GW_CMD_TOOLONG;
     }
-    p->line[p->len] = '\0';
-    return GW_CMD_LINE;
+    return GW_CMD_LINE; /* put_text keeps line NUL-terminated */
 }
 
 int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
@@ -111,8 +164,7 @@ int gw_cmd_feed(gw_cmd_parser *p, const uint8_t *in, size_t n, size_t *used)
     int state;
 
     if (p->tstate & LINE_DONE) {
-        p->len = 0;
-        p->line[0] = '\0';
+        clear_line(p);
         p->overflow = false;
     }
     state = p->tstate & ~LINE_DONE;

@@ -1,13 +1,44 @@
 /* Resumable FTP reply parser, one line per call, multi-line aware (RFC 959 §4.2).
  * Pure: libc only. The parser's position is the partial line itself (p->line, p->len) plus
- * p->in_multi and p->code, so input may arrive in any pieces. */
+ * p->in_multi and p->code, so input may arrive in any pieces. The line lives on the heap,
+ * grown as it arrives: a parser per backend connection costs little while idle. */
 #include "ftp_reply.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void gw_reply_init(gw_reply_parser *p)
 {
     memset(p, 0, sizeof(*p));
+    p->line = (char *)"";
+}
+
+void gw_reply_free(gw_reply_parser *p)
+{
+    if (p->cap)
+        free(p->line);
+    gw_reply_init(p);
+}
+
+/* Room for need bytes at p->line (need <= GW_REPLY_LINE_MAX + 3): doubled from
+ * GW_REPLY_LINE_MIN, so a long line costs a few reallocs, an idle parser little. */
+static bool reserve(gw_reply_parser *p, size_t need)
+{
+    if (need <= p->cap)
+        return true;
+    size_t cap = p->cap ? p->cap : GW_REPLY_LINE_MIN;
+    while (cap < need)
+        cap *= 2;
+    if (cap > GW_REPLY_LINE_MAX + 3)
+        cap = GW_REPLY_LINE_MAX + 3;
+    char *n = realloc(p->cap ? p->line : NULL, cap);
+    if (!n)
+        return false;
+    if (!p->cap)
+        n[0] = '\0';
+    p->line = n;
+    p->cap = cap;
+    return true;
 }
 
 static bool is_reply_digit(char c)
@@ -53,6 +84,8 @@ static int end_line(gw_reply_parser *p)
 
     if (t > 0 && p->line[t - 1] == '\r')
         t--;
+    if (!reserve(p, t + 3))
+        return GW_REPLY_TOOLONG;
 
     if (!p->in_multi) {
         if (!start_ok(p->line, t))
@@ -88,7 +121,13 @@ int gw_reply_feed(gw_reply_parser *p, const uint8_t *in, size_t n, size_t *used)
         p->first = false;
         p->last = false;
         p->len = 0;
-        p->line[0] = '\0';
+        if (p->cap > GW_REPLY_LINE_KEEP) { /* a long line's buffer is not kept idle */
+            free(p->line);
+            p->line = (char *)"";
+            p->cap = 0;
+        } else if (p->cap) {
+            p->line[0] = '\0';
+        }
     }
 
     for (i = 0; i < n; i++) {
@@ -102,9 +141,10 @@ int gw_reply_feed(gw_reply_parser *p, const uint8_t *in, size_t n, size_t *used)
         if (ch == '\0')
             continue;
 
-        /* SECURITY: the line buffer is fixed. One byte past the cap is allowed only because
-         * it may be the CR of the CRLF, which is not counted. */
-        if (p->len > GW_REPLY_LINE_MAX || (p->len == GW_REPLY_LINE_MAX && ch != '\r')) {
+        /* SECURITY: the line is capped. One byte past the cap is allowed only because it
+         * may be the CR of the CRLF, which is not counted. */
+        if (p->len > GW_REPLY_LINE_MAX || (p->len == GW_REPLY_LINE_MAX && ch != '\r') ||
+            !reserve(p, p->len + 2)) {
             *used = i + 1;
             return GW_REPLY_TOOLONG;
         }

@@ -418,6 +418,7 @@ static void probe_maybe_free(probe *p)
     hb *b = p->b;
     if (b->p == p)
         b->p = NULL;
+    gw_reply_free(&p->rp);
     free(p);
     hb_release(b);
 }

@@ -140,6 +140,10 @@ void gw_sess_release(gw_session *s)
     const gw_session_hooks *hooks = s->hooks;
     void *host = s->host;
     free(s->cmdq.buf);
+    gw_cmd_free(&s->cmdq.parser);
+    gw_reply_free(&s->bconn.reply);
+    free(s->login.be_user);
+    free(s->xfer.line);
     free(s->cur.feat);
     free(s->cur.held);
     free(s->route.tried);
@@ -164,6 +168,18 @@ void gw_sess_drop_data(gw_session *s, bool ok)
         s->xfer.data = NULL;
     }
     s->xfer.finished = false;
+    free(s->xfer.line); /* a deferred upload without its data channel is never sent */
+    s->xfer.line = NULL;
+}
+
+bool gw_sess_set_be_user(gw_session *s, const char *name)
+{
+    char *copy = NULL;
+    if (name && !(copy = strdup(name)))
+        return false;
+    free(s->login.be_user);
+    s->login.be_user = copy;
+    return true;
 }
 
 /* The single way a session ends. text: the last reply the client gets (inside TLS), or

@@ -162,7 +162,8 @@ typedef struct gw_sess_bconn {
 /* The client's login. Reset by REIN (RFC 959: as after the connection). */
 typedef struct gw_sess_login {
     char user[64]; /* the USER argument, for the transfer log (never the password) */
-    char be_user[GW_CMD_LINE_MAX + 1]; /* self_greet: the name sent to the backend's USER */
+    char *be_user; /* self_greet: the name sent to the backend's USER (heap, NULL: none;
+                      gw_sess_set_be_user) */
     bool user_sent, logged_in;
     bool utf8;                  /* self_greet: OPTS UTF8 ON before the backend: replayed */
     int failed;                 /* failed logins (3 end the session; REIN keeps the count) */
@@ -188,8 +189,8 @@ typedef struct gw_sess_xfer {
     bool open;         /* a transfer started and is not recorded yet (gw_xfer_record) */
     bool type_ascii;   /* TYPE A in force (the wu-ftpd transfer log says a or b) */
     uint64_t bytes, started_ms, done_ms;
-    char arg[256];                  /* the transfer command's argument, for the transfer log */
-    char line[GW_CMD_LINE_MAX + 1]; /* a deferred upload's command line */
+    char arg[256]; /* the transfer command's argument, for the transfer log */
+    char *line;    /* a deferred upload's command line until it is sent (heap, NULL: none) */
     char fail_reply[128];
 } gw_sess_xfer;
 
@@ -241,6 +242,11 @@ void gw_sess_greet(gw_session *s);
 void gw_sess_set_frontend(gw_session *s, gw_frontend *fe, const char *by);
 /* Start the client control TLS on s->fe's context. 0 or a libuv error. */
 int gw_sess_start_tls(gw_session *s);
+/* The name the backend's USER gets (a copy; NULL clears it). false: out of memory (the
+ * caller fails the session). */
+bool gw_sess_set_be_user(gw_session *s, const char *name);
+/* s->login.be_user, "" when none. */
+#define GW_SESS_BE_USER(s) ((s)->login.be_user ? (s)->login.be_user : "")
 /* Append to a held buffer (cut at max). */
 void gw_sess_append(char **buf, size_t *len, const char *p, size_t n, size_t max);
 void gw_sess_drop_data(gw_session *s, bool ok);
@@ -321,8 +327,9 @@ void gw_xfer_record(gw_session *s, const char *reply, const char *result, const 
 /* The backend owes replies the gateway consumes (cur.owed) and is overdue: ABOR, then a
  * NOOP whose 200 marks the end of what it owes. */
 void gw_xfer_abort_marked(gw_session *s);
-/* STOR/APPE/STOU: keep `line` from the backend until the client's data leg is accepted. */
-void gw_xfer_defer_upload(gw_session *s, const char *line);
+/* STOR/APPE/STOU: keep `line` from the backend until the client's data leg is accepted.
+ * false: out of memory, the session fails (the caller returns). */
+bool gw_xfer_defer_upload(gw_session *s, const char *line);
 /* A deferred upload ends before the backend had its command: `text` is the client's final
  * reply (NULL: none), recorded with `result` (gw_xfer_record); the caller ends the
  * command. */

@@ -172,18 +172,25 @@ static void on_client_leg(void *owner, enum gw_data_leg_event ev)
         return;
     }
     GW_LOG_DEBUG(s->id, "event=upload_released note=\"client data leg accepted\"");
-    gw_backend_send(s, s->xfer.line, PEND_TRANSFER);
+    gw_backend_send(s, s->xfer.line ? s->xfer.line : "", PEND_TRANSFER);
+    free(s->xfer.line); /* sent: not kept for the transfer's length */
+    s->xfer.line = NULL;
     s->cur.be_sent = true;
     if (s->xfer.data)
         gw_data_backend_go(s->xfer.data);
 }
 
-void gw_xfer_defer_upload(gw_session *s, const char *line)
+bool gw_xfer_defer_upload(gw_session *s, const char *line)
 {
-    snprintf(s->xfer.line, sizeof s->xfer.line, "%s", line);
+    free(s->xfer.line);
+    if (!(s->xfer.line = strdup(line))) {
+        gw_sess_fail(s, GW_R_OUT_OF_MEMORY, "out of memory");
+        return false;
+    }
     s->cur.deferred = true;
     gw_sess_set_pending(s, PEND_TRANSFER);
     gw_data_defer_backend(s->xfer.data, on_client_leg);
+    return true;
 }
 
 static const char *data_result_reply(enum gw_data_result r)

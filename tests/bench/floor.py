@@ -417,6 +417,138 @@ def _data_loop(port: int, until: float, q, user: str, password: str, path: str) 
 # ---------------------------------------------------------------------------------------
 
 
+# --- scale: N simultaneous transfers through one gateway process
+
+
+def _fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def _rss_kib(pid: int, key: str = "VmRSS") -> int:
+    with contextlib.suppress(OSError):
+        for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if ln.startswith(key + ":"):
+                return int(ln.split()[1])
+    return -1
+
+
+def scale_transfers(port: int, pid: int, n: int, user: str, password: str, path: str,
+                    size: int, login_slots: int = 48, timeout: float = 600) -> dict:
+    """n implicit-FTPS sessions, each with a protected PASV RETR of `path` (size bytes),
+    all open at once: every session reads its first data bytes, then waits at a barrier
+    until all n are there (so n transfers, 4n gateway descriptors, are in flight at the same
+    moment), then reads the rest, checks the byte count and the 226, and quits. Logins go
+    `login_slots` at a time (the listen backlog). The gateway's descriptors and VmRSS are
+    sampled every 50 ms. Returns the figures (failures with their first error)."""
+    ctx = B.client_ctx()
+    gate = threading.BoundedSemaphore(login_slots)
+    at_barrier = {}
+
+    def snapshot() -> None:  # run once all n+1 are at the barrier, before any goes on
+        at_barrier["fds"], at_barrier["rss"] = _fd_count(pid), _rss_kib(pid)
+        at_barrier["s"] = time.monotonic() - t0
+
+    barrier = threading.Barrier(n + 1, action=snapshot, timeout=timeout)
+    fails: list[str] = []
+    lock = threading.Lock()
+
+    def fail(msg: str) -> None:
+        with lock:
+            fails.append(msg)
+
+    def one(i: int) -> None:
+        c = d = None
+        got = 0
+        try:
+            with gate:
+                c = B.login("implicit", port, user, password, ctx, timeout=timeout)
+                c.expect(200, "TYPE I")
+                c.sock.sendall(b"PASV\r\n")
+                code, text = c.reply()
+                if code != 227:
+                    raise RuntimeError(f"PASV: {text[:120]!r}")
+                nums = [int(x) for x in
+                        re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
+                raw = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=timeout)
+                c.sock.sendall(f"RETR {path}\r\n".encode())
+                code, text = c.reply()
+                if code not in (125, 150):
+                    raw.close()
+                    raise RuntimeError(f"RETR: {text[:120]!r}")
+                d = ctx.wrap_socket(raw, server_hostname="localhost", session=c.sock.session)
+                first = d.recv(65536)
+                if not first:
+                    raise RuntimeError("no data before the barrier")
+                got = len(first)
+        except Exception as e:  # noqa: BLE001
+            fail(f"session {i}: {e!r}")
+            barrier.abort()
+            for x in (d, c):
+                if x is not None:
+                    with contextlib.suppress(Exception):
+                        x.close()
+            return
+        try:
+            barrier.wait()
+            while True:
+                b = d.recv(262144)
+                if not b:
+                    break
+                got += len(b)
+            d.close()
+            c.expect(226)
+            if got != size:
+                raise RuntimeError(f"{got} bytes of {size}")
+            c.expect(221, "QUIT")
+        except Exception as e:  # noqa: BLE001
+            fail(f"session {i}: {e!r}")
+            barrier.abort()
+        finally:
+            for x in (d, c):
+                if x is not None:
+                    with contextlib.suppress(Exception):
+                        x.close()
+
+    base_fds, base_rss = _fd_count(pid), _rss_kib(pid)
+    peak = {"fds": base_fds, "rss": base_rss}
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            peak["fds"] = max(peak["fds"], _fd_count(pid))
+            peak["rss"] = max(peak["rss"], _rss_kib(pid))
+            time.sleep(0.05)
+
+    threading.stack_size(512 * 1024)
+    smp = threading.Thread(target=sampler, daemon=True)
+    smp.start()
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for th in threads:
+        th.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()  # the main thread is the n+1st: every session is in its transfer
+    for th in threads:
+        th.join(timeout)
+    took = time.monotonic() - t0
+    stop.set()
+    smp.join()
+    # back to baseline: the gateway closes its legs once the sessions are gone
+    deadline = time.monotonic() + 30
+    while _fd_count(pid) > base_fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return {"n": n, "fails": len(fails), "first_error": fails[0] if fails else "",
+            "all_in_s": at_barrier.get("s"), "took_s": took, "base_fds": base_fds, "base_rss": base_rss,
+            "peak_fds": peak["fds"], "peak_rss": peak["rss"],
+            "barrier_fds": at_barrier.get("fds", -1), "barrier_rss": at_barrier.get("rss", -1),
+            "after_fds": _fd_count(pid), "after_rss": _rss_kib(pid),
+            "hwm": _rss_kib(pid, "VmHWM")}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -424,18 +556,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size-mib", type=int)
     p.add_argument("--before", type=Path, default=BEFORE_DEFAULT)
     p.add_argument("--only", default="relay,handshakes,redesign",
-                   help="comma-separated: relay, handshakes, redesign")
+                   help="comma-separated: relay, handshakes, redesign, scale (not by default: "
+                        "N simultaneous transfers through workers = 2)")
     p.add_argument("--no-perf", action="store_true")
+    p.add_argument("--no-mod-proxy", action="store_true",
+                   help="relay: leave out ProFTPD mod_proxy (bench.py's extracted .debs)")
     p.add_argument("--ab", action="store_true",
                    help="only the gateway's copy paths, after against before (an A/B of one "
                         "change: no floor, HAProxy, splice or perf)")
     p.add_argument("--mem-sessions", type=int)
+    p.add_argument("--scale-transfers", type=int,
+                   help="scale: simultaneous transfers (default 2,000; --quick 200)")
+    p.add_argument("--scale-kib", type=int, default=1024,
+                   help="scale: the size of each transfer in KiB (default 1024)")
     p.add_argument("--results", type=Path, default=B.BENCH_BUILD / "FLOOR.md")
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
     a.reps = a.reps or (3 if a.quick else 5)
     a.size_mib = a.size_mib or (128 if a.quick else 1024)
     a.mem_sessions = a.mem_sessions or (200 if a.quick else 1000)
+    a.scale_transfers = a.scale_transfers or (200 if a.quick else 2000)
     cases = set(a.only.split(","))
     B.ensure_root_and_limits()
     for tool in ("curl", "socat", "haproxy", "openssl"):
@@ -497,6 +637,16 @@ def main(argv: list[str]) -> int:
         if "relay" in cases:
             lsrv, psrv = _listener()
             hp = start_haproxy(workdir, "haproxy-relay", certs["ec"], psrv)
+            mp = None  # ProFTPD + mod_proxy (explicit FTPS front, plain vsftpd behind)
+            if not a.ab and not a.no_mod_proxy:
+                try:
+                    pf_root, pf_env = B.ensure_proftpd()
+                    mps = B.start_proftpd(workdir, "proftpd-relay", ports, pf_root, pf_env, be,
+                                          certs["ec"], "ec")
+                    mp = B.Target("mp-exp", "mp", "ProFTPD mod_proxy", "explicit", mps.port,
+                                  mps, be)
+                except Exception as e:  # noqa: BLE001 - reported, the rest goes on
+                    T.notes.append(f"ProFTPD mod_proxy left out: {e}")
             log(f"== relay: {a.reps} repetitions of {a.size_mib} MiB")
             if a.ab:
                 paths = [p_ for p_ in paths if not p_[5]]
@@ -513,6 +663,18 @@ def main(argv: list[str]) -> int:
                     if not a.ab:
                         T.add(f"HAProxy TLS->TCP {direction}", "s/GiB",
                               haproxy_relay(hp, lsrv, data, direction))
+                    if mp is not None:
+                        cpu0 = mp.server.cpu_s()
+                        try:
+                            B.curl_transfer(mp, "P", direction, data, user, password,
+                                            data.size)
+                            mp.settle()
+                            time.sleep(0.1)
+                            x = (mp.server.cpu_s() - cpu0) / size_gib
+                            T.add(f"mod_proxy {direction}", "s/GiB", x)
+                            log(f"  rep {rep + 1} {direction} ProFTPD mod_proxy {x:5.2f} s/GiB")
+                        except Exception as e:  # noqa: BLE001
+                            T.notes.append(f"{direction} mod_proxy: {e}")
                     for label, prot, front, kind, backend, spl in paths:
                         tags = [t for t in builds]
                         for tag in B.rotate(tags, rep):
@@ -597,6 +759,32 @@ def main(argv: list[str]) -> int:
                 T.add(f"PSS KiB per idle TLS session ({a.mem_sessions})", tag, kib)
                 log(f"  memory {tag}: {kib:.1f} KiB/session ({fails} failed)")
                 B.kill_tree(g.proc)
+        if "scale" in cases:
+            n = a.scale_transfers
+            log(f"== scale: {n} simultaneous {a.scale_kib} KiB protected RETRs, workers = 2")
+            pw = __import__("pwd").getpwnam(B.TEST_USER)
+            name = f"scale-{a.scale_kib}K.bin"
+            f = data.root / name
+            if not f.exists() or f.stat().st_size != a.scale_kib * 1024:
+                f.write_bytes(os.urandom(a.scale_kib * 1024))
+            os.chown(f, pw.pw_uid, pw.pw_gid)
+            pys = B.start_pyftpdlib(workdir, ports, data, user, password)
+            lo, hi = ports.range(n + 100)
+            g, fp = B.start_ftpsgate(workdir, "ftpsgate-scale", ports, pys, certs,
+                                     {"imp": {"mode": "implicit", "pasv_ports": f"{lo}-{hi}"}},
+                                     {"workers": 2, "log_level": "warn"})
+            B.login("implicit", fp["imp"], user, password, B.client_ctx()).close()
+            time.sleep(0.5)
+            r = scale_transfers(fp["imp"], g.pid, n, user, password, name, a.scale_kib * 1024)
+            cpu = g.cpu_s()
+            T.scale = r
+            T.scale["cpu_s"] = cpu
+            log(f"  {n} transfers: {r['fails']} failed {r['first_error'][:200]}; all in flight "
+                f"after {r['all_in_s'] or 0:.1f} s, done in {r['took_s']:.1f} s; gateway descriptors "
+                f"{r['base_fds']} -> peak {r['peak_fds']} (at the barrier {r['barrier_fds']}) "
+                f"-> {r['after_fds']}; VmRSS {r['base_rss']} -> peak {r['peak_rss']} -> "
+                f"{r['after_rss']} KiB (VmHWM {r['hwm']}); gateway CPU {cpu:.1f} s")
+            B.kill_tree(g.proc)
     finally:
         B.stop_all()
         B.CPUACCT.cleanup()
@@ -637,8 +825,8 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
         out.append("")
     if any(r.startswith(("RETR", "STOR")) for (r, c) in T.v):
         out += ["| relay CPU s/GiB (medians) | after | before | after/before | after/before "
-                "paired | after/floor | HAProxy | after/HAProxy |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                "paired | after/floor | HAProxy | after/HAProxy | mod_proxy | after/mod_proxy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for d in ("RETR", "STOR"):
             if fl is not None:
                 floor_tls = fl + (enc if d == "RETR" else dec)
@@ -650,13 +838,17 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
                 row = f"{d} {label}"
                 af, bf = T.med(row, "after"), T.med(row, "before")
                 hp = T.med(f"HAProxy TLS->TCP {d}", "s/GiB") if "plain backend" in label else None
+                mpx = T.med(f"mod_proxy {d}", "s/GiB") if "plain backend" in label else None
                 out.append(f"| {row} | {f3(af)} | {f3(bf)} | "
                            f"{f3(af / bf) if af and bf else '—'} | {f3(T.paired(row))} | "
                            f"{f3(af / floor) if af and floor else '—'} | {f3(hp)} | "
-                           f"{f3(af / hp) if af and hp else '—'} |")
+                           f"{f3(af / hp) if af and hp else '—'} | {f3(mpx)} | "
+                           f"{f3(af / mpx) if af and mpx else '—'} |")
         out.append("")
-        out.append("TLS backend floor = relay + encrypt + decrypt. Every repetition "
-                   "(after | before | HAProxy):")
+        out.append("TLS backend floor = relay + encrypt + decrypt. mod_proxy: ProFTPD 1.3.8 + "
+                   "mod_proxy, explicit FTPS front (PROT P), the same plain vsftpd behind, its "
+                   "cgroup (master and session processes). Every repetition "
+                   "(after | before | HAProxy | mod_proxy):")
         out.append("")
         for (row, col), xs in sorted(T.v.items()):
             if not row.startswith("floor"):
@@ -692,6 +884,23 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
             af, bf = T.med(r, "after"), T.med(r, "before")
             out.append(f"| {r} | {f3(af)} | {f3(bf)} | {f3(af / bf) if af and bf else '—'} |")
         out.append("")
+    sc = getattr(T, "scale", None)
+    if sc:
+        kib = a.scale_kib
+        all_in = "—" if sc["all_in_s"] is None else f"{sc['all_in_s']:.1f}"
+        out += [f"| scale: {sc['n']:,} simultaneous {kib} KiB protected RETRs (implicit FTPS, "
+                "PASV, data TLS resumed), one process, workers = 2, pyftpdlib behind | |",
+                "|---|---:|",
+                f"| failed | {sc['fails']} {sc['first_error'][:200]} |",
+                f"| all {sc['n']:,} in flight after (s) | {all_in} |",
+                f"| whole run (s) | {sc['took_s']:.1f} |",
+                f"| gateway descriptors: before / peak / with all in flight / after | "
+                f"{sc['base_fds']:,} / {sc['peak_fds']:,} / {sc['barrier_fds']:,} / "
+                f"{sc['after_fds']:,} |",
+                f"| gateway VmRSS KiB: before / peak / with all in flight / after (VmHWM) | "
+                f"{sc['base_rss']:,} / {sc['peak_rss']:,} / {sc['barrier_rss']:,} / "
+                f"{sc['after_rss']:,} ({sc['hwm']:,}) |",
+                f"| gateway CPU s (whole process life) | {sc['cpu_s']:.1f} |", ""]
     if before:
         out.append(f"before = {before}")
     for n in T.notes:

@@ -38,7 +38,7 @@ static void check_format_roundtrip(const gw_cmd_parser *p)
         abort(); /* no room for the NUL */
     n = gw_cmd_format(out, sizeof(out), p->line);
 
-    gw_cmd_init(&q);
+    gw_cmd_free(&q); /* the previous round's buffer; static: zeroed at first */
     if (gw_cmd_feed(&q, (const uint8_t *)out, n, &used) != GW_CMD_LINE)
         abort();
     if (used != n || q.len != p->len || memcmp(q.line, p->line, p->len + 1) != 0)
@@ -136,7 +136,7 @@ static void run(const uint8_t *in, size_t n, size_t step, size_t split, struct r
 
     memset(r, 0, sizeof(*r));
     r->events = r->tn = 0xcbf29ce484222325ULL;
-    gw_cmd_init(&p);
+    gw_cmd_free(&p); /* the previous input's buffer; static: zeroed at first */
     if (step == 0) {
         feed(&p, in, split, r);
         feed(&p, in + split, n - split, r);

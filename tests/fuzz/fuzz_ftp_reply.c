@@ -80,7 +80,7 @@ static uint64_t feed(gw_reply_parser *p, const uint8_t *in, size_t n, size_t bas
             h = mix(h, &p->last, 1);
             h = mix(h, p->line, p->len);
         } else if (rc == GW_REPLY_INVALID || rc == GW_REPLY_TOOLONG) {
-            gw_reply_init(p);
+            gw_reply_free(p); /* the reset: as gw_reply_init leaves it */
         } else {
             abort();
         }
@@ -94,7 +94,7 @@ static uint64_t run(const uint8_t *in, size_t n, size_t step, size_t split)
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t off;
 
-    gw_reply_init(&p);
+    gw_reply_free(&p); /* the previous input's buffer; static: zeroed at first */
     if (step == 0) {
         h = feed(&p, in, split, 0, h);
         h = feed(&p, in + split, n - split, split, h);

@@ -90,6 +90,7 @@ static void run_cuts(const uint8_t *in, size_t n, const size_t *cuts, size_t ncu
     }
     feed_piece(&p, in + from, n - from, t);
     ev_printf(t, "end|ip=%d", p.got_ip);
+    gw_cmd_free(&p);
 }
 
 static void assert_same(const struct transcript *a, const struct transcript *b)
@@ -140,6 +141,7 @@ static void test_single_line(void **state)
     assert_int_equal(p.len, 8);
     assert_false(p.got_ip);
     assert_int_equal(p.tn_reply_len, 0);
+    gw_cmd_free(&p);
 }
 
 static void test_bare_lf_ends_line(void **state)
@@ -150,6 +152,7 @@ static void test_bare_lf_ends_line(void **state)
     gw_cmd_init(&p);
     assert_int_equal(feed_str(&p, "NOOP\n", 5, &used), GW_CMD_LINE);
     assert_string_equal(p.line, "NOOP");
+    gw_cmd_free(&p);
 }
 
 static void test_partial_then_rest(void **state)
@@ -164,6 +167,7 @@ static void test_partial_then_rest(void **state)
     assert_int_equal(feed_str(&p, "\n", 1, &used), GW_CMD_LINE);
     assert_int_equal(used, 1);
     assert_string_equal(p.line, "RETR f");
+    gw_cmd_free(&p);
 }
 
 static void test_several_lines_one_buffer(void **state)
@@ -189,6 +193,7 @@ static void test_several_lines_one_buffer(void **state)
     assert_int_equal(off + used, n);
     assert_int_equal(feed_str(&p, "OP\r\n", 4, &used), GW_CMD_LINE);
     assert_string_equal(p.line, "NOOP");
+    gw_cmd_free(&p);
 }
 
 static void test_len_reset_on_next_call(void **state)
@@ -203,6 +208,7 @@ static void test_len_reset_on_next_call(void **state)
     assert_int_equal(used, 0);
     assert_int_equal(p.len, 0);
     assert_string_equal(p.line, "");
+    gw_cmd_free(&p);
 }
 
 static void test_empty_line(void **state)
@@ -214,6 +220,7 @@ static void test_empty_line(void **state)
     assert_int_equal(feed_str(&p, "\r\n", 2, &used), GW_CMD_LINE);
     assert_int_equal(p.len, 0);
     assert_string_equal(p.line, "");
+    gw_cmd_free(&p);
 }
 
 static void test_cr_and_nul_dropped(void **state)
@@ -227,6 +234,7 @@ static void test_cr_and_nul_dropped(void **state)
     assert_int_equal(used, sizeof(in) - 1);
     assert_string_equal(p.line, "NOOP");
     assert_int_equal(p.len, 4);
+    gw_cmd_free(&p);
 }
 
 static void test_iac_iac_is_literal_ff(void **state)
@@ -244,6 +252,7 @@ static void test_iac_iac_is_literal_ff(void **state)
                         "b",
                         8);
     assert_int_equal(p.tn_reply_len, 0);
+    gw_cmd_free(&p);
 }
 
 static void test_iac_do_will_refused(void **state)
@@ -259,6 +268,7 @@ static void test_iac_do_will_refused(void **state)
     assert_string_equal(p.line, "NOOP");
     assert_int_equal(p.tn_reply_len, sizeof(want));
     assert_memory_equal(p.tn_reply, want, sizeof(want));
+    gw_cmd_free(&p);
 }
 
 static void test_iac_wont_dont_not_answered(void **state)
@@ -271,6 +281,7 @@ static void test_iac_wont_dont_not_answered(void **state)
     assert_int_equal(feed_str(&p, in, sizeof(in) - 1, &used), GW_CMD_LINE);
     assert_string_equal(p.line, "QUIT");
     assert_int_equal(p.tn_reply_len, 0);
+    gw_cmd_free(&p);
 }
 
 static void test_iac_ip_dm_before_abor(void **state)
@@ -285,6 +296,7 @@ static void test_iac_ip_dm_before_abor(void **state)
     assert_true(p.got_ip);
     assert_string_equal(p.line, "ABOR");
     assert_int_equal(p.tn_reply_len, 0);
+    gw_cmd_free(&p);
 }
 
 static void test_iac_nop_dropped(void **state)
@@ -297,6 +309,7 @@ static void test_iac_nop_dropped(void **state)
     assert_int_equal(feed_str(&p, in, sizeof(in) - 1, &used), GW_CMD_LINE);
     assert_string_equal(p.line, "SYST");
     assert_false(p.got_ip);
+    gw_cmd_free(&p);
 }
 
 static void test_iac_sb_dropped(void **state)
@@ -311,6 +324,7 @@ static void test_iac_sb_dropped(void **state)
     assert_int_equal(feed_str(&p, in, sizeof(in) - 1, &used), GW_CMD_LINE);
     assert_int_equal(used, sizeof(in) - 1);
     assert_string_equal(p.line, "USER x");
+    gw_cmd_free(&p);
 }
 
 static void test_iac_sb_unterminated_ends_at_lf(void **state)
@@ -329,6 +343,7 @@ static void test_iac_sb_unterminated_ends_at_lf(void **state)
     assert_string_equal(p.line, "NOOP");
     assert_int_equal(off + used, sizeof(in) - 1);
     check_split_invariance((const uint8_t *)in, sizeof(in) - 1, &whole);
+    gw_cmd_free(&p);
 }
 
 static void test_stray_iac_keeps_byte(void **state)
@@ -344,6 +359,7 @@ static void test_stray_iac_keeps_byte(void **state)
     assert_int_equal(used, 7);
     assert_int_equal(feed_str(&p, in + used, sizeof(in) - 1 - used, &used), GW_CMD_LINE);
     assert_string_equal(p.line, "NOOP");
+    gw_cmd_free(&p);
 }
 
 static void test_refusal_queue_bounded(void **state)
@@ -368,6 +384,7 @@ static void test_refusal_queue_bounded(void **state)
         assert_int_equal(p.tn_reply[3 * i + 1], 0xfc);
         assert_int_equal(p.tn_reply[3 * i + 2], i);
     }
+    gw_cmd_free(&p);
 }
 
 static uint8_t *long_line(size_t text, const char *tail, size_t *n)
@@ -395,6 +412,7 @@ static void test_line_cap_4096_ok(void **state)
     assert_int_equal(strlen(p.line), GW_CMD_LINE_MAX);
     assert_false(p.overflow);
     free(b);
+    gw_cmd_free(&p);
 }
 
 static void test_line_cap_4097_toolong_then_next(void **state)
@@ -412,6 +430,7 @@ static void test_line_cap_4097_toolong_then_next(void **state)
     assert_string_equal(p.line, "NOOP");
     assert_false(p.overflow);
     free(b);
+    gw_cmd_free(&p);
 }
 
 static void test_telnet_bytes_do_not_count_toward_cap(void **state)
@@ -425,6 +444,7 @@ static void test_telnet_bytes_do_not_count_toward_cap(void **state)
     assert_int_equal(p.len, GW_CMD_LINE_MAX);
     assert_int_equal(p.tn_reply_len, 3);
     free(b);
+    gw_cmd_free(&p);
 }
 
 static void test_split_everywhere_mixed(void **state)
@@ -581,6 +601,7 @@ static void test_format_roundtrip(void **state)
     assert_int_equal(gw_cmd_feed(&p, (const uint8_t *)out, n, &used), GW_CMD_LINE);
     assert_int_equal(used, n);
     assert_string_equal(p.line, line);
+    gw_cmd_free(&p);
 }
 
 /* The verb lists session.c used before the table; the table must give the same sets. */
@@ -726,10 +747,61 @@ static void test_split_fills_def(void **state)
     assert_int_equal(c.def->id, GW_CMD_OTHER);
 }
 
+/* The line buffer: nothing until text comes, grown for a long line, given back once that
+ * line is taken (an idle session keeps at most GW_CMD_LINE_KEEP bytes). */
+static void test_line_buffer_grows_and_is_released(void **state)
+{
+    gw_cmd_parser p;
+    size_t n, used;
+    uint8_t *b = long_line(3000, "\r\n", &n);
+
+    (void)state;
+    gw_cmd_init(&p);
+    assert_int_equal(p.cap, 0);
+    assert_string_equal(p.line, "");
+    assert_int_equal(feed_str(&p, "\r\n", 2, &used), GW_CMD_LINE); /* empty: no buffer */
+    assert_int_equal(p.cap, 0);
+    assert_int_equal(gw_cmd_feed(&p, b, n, &used), GW_CMD_LINE);
+    assert_int_equal(strlen(p.line), 3000);
+    assert_true(p.cap > GW_CMD_LINE_KEEP);
+    assert_int_equal(feed_str(&p, "NOOP\r\n", 6, &used), GW_CMD_LINE);
+    assert_string_equal(p.line, "NOOP");
+    assert_true(p.cap > 0 && p.cap <= GW_CMD_LINE_KEEP);
+    gw_cmd_free(&p);
+    assert_int_equal(p.cap, 0);
+    free(b);
+}
+
+/* A clone parses on without touching the original (the session's peek for ABOR). */
+static void test_clone_is_independent(void **state)
+{
+    gw_cmd_parser p, q;
+    size_t used;
+
+    (void)state;
+    gw_cmd_init(&p);
+    assert_int_equal(feed_str(&p, "AB", 2, &used), GW_CMD_AGAIN);
+    assert_true(gw_cmd_clone(&q, &p));
+    assert_ptr_not_equal(q.line, p.line);
+    assert_int_equal(feed_str(&q, "OR\r\n", 4, &used), GW_CMD_LINE);
+    assert_string_equal(q.line, "ABOR");
+    assert_string_equal(p.line, "AB");
+    assert_int_equal(p.len, 2);
+    assert_int_equal(feed_str(&p, "C\r\n", 3, &used), GW_CMD_LINE);
+    assert_string_equal(p.line, "ABC");
+    gw_cmd_free(&q);
+    gw_cmd_free(&p);
+    gw_cmd_init(&p); /* a fresh parser clones to a fresh one */
+    assert_true(gw_cmd_clone(&q, &p));
+    assert_int_equal(q.cap, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_single_line),
+        cmocka_unit_test(test_line_buffer_grows_and_is_released),
+        cmocka_unit_test(test_clone_is_independent),
         cmocka_unit_test(test_bare_lf_ends_line),
         cmocka_unit_test(test_partial_then_rest),
         cmocka_unit_test(test_several_lines_one_buffer),

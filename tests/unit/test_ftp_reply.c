@@ -87,6 +87,7 @@ static void run_cuts(const uint8_t *in, size_t n, const size_t *cuts, size_t ncu
     }
     if (ok && feed_piece(p, in + from, n - from, from, t))
         ev_printf(t, " end multi=%d", p->in_multi);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -146,6 +147,7 @@ static void test_single_line(void **state)
     assert_false(p->in_multi);
     assert_int_equal(p->len, 11);
     assert_string_equal(p->line, "220 Hello\r\n");
+    gw_reply_free(p);
     free(p);
 }
 
@@ -162,6 +164,7 @@ static void test_bare_code_is_single_line(void **state)
     assert_int_equal(p->code, 226);
     assert_true(p->first && p->last);
     assert_string_equal(p->line, "226\r\n");
+    gw_reply_free(p);
     free(p);
 }
 
@@ -173,6 +176,7 @@ static void test_bare_lf_gets_crlf(void **state)
     assert_int_equal(feed_str(p, "200 ok\n", &used), GW_REPLY_LINE);
     assert_string_equal(p->line, "200 ok\r\n");
     assert_int_equal(p->len, 8);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -191,6 +195,7 @@ static void test_partial_line(void **state)
     assert_int_equal(feed_str(p, "", &used), GW_REPLY_AGAIN);
     assert_int_equal(p->len, 0); /* reset on the next call */
     assert_false(p->first || p->last);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -252,6 +257,7 @@ static void test_two_replies_one_read(void **state)
     assert_int_equal(p->code, 226);
     assert_true(p->first && p->last);
     assert_int_equal(off + used, sizeof(in) - 1);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -305,6 +311,7 @@ static void test_invalid_first_lines(void **state)
 
         if (feed_str(p, cases[i].in, &used) != GW_REPLY_INVALID || used != cases[i].used)
             fail_msg("case %zu (%s): used %zu", i, cases[i].in, used);
+        gw_reply_free(p);
         free(p);
     }
 }
@@ -330,6 +337,7 @@ static void test_code_range(void **state)
     assert_int_equal(feed_str(p, "599 x\r\n", &used), GW_REPLY_LINE);
     assert_int_equal(p->code, 599);
     assert_int_equal(feed_str(p, "000 x\r\n", &used), GW_REPLY_INVALID);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -343,6 +351,7 @@ static void test_nul_dropped_cr_inside_kept(void **state)
     assert_int_equal(used, sizeof(in) - 1);
     assert_string_equal(p->line, "200 ab\rc\r\n");
     assert_int_equal(p->len, 10);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -371,6 +380,7 @@ static void test_line_cap_exact(void **state)
     assert_int_equal(p->len, GW_REPLY_LINE_MAX + 2);
     assert_int_equal(strlen(p->line), GW_REPLY_LINE_MAX + 2);
     free(b);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -384,6 +394,7 @@ static void test_line_cap_exact_bare_lf(void **state)
     assert_int_equal(p->len, GW_REPLY_LINE_MAX + 2);
     assert_memory_equal(p->line + GW_REPLY_LINE_MAX, "\r\n", 3);
     free(b);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -411,6 +422,7 @@ static void test_line_cap_cr_then_text(void **state)
     assert_int_equal(gw_reply_feed(p, b, n, &used), GW_REPLY_TOOLONG);
     assert_int_equal(used, GW_REPLY_LINE_MAX + 2);
     free(b);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -423,6 +435,7 @@ static void test_line_cap_middle_line(void **state)
     assert_int_equal(feed_str(p, "214-Help\r\n", &used), GW_REPLY_LINE);
     assert_int_equal(gw_reply_feed(p, b, n, &used), GW_REPLY_TOOLONG);
     free(b);
+    gw_reply_free(p);
     free(p);
 }
 
@@ -442,10 +455,40 @@ static void test_split_everywhere_at_cap(void **state)
     free(t);
 }
 
+/* The line buffer: nothing until bytes come, grown for a long line, given back once that
+ * line is consumed (an idle backend connection keeps at most GW_REPLY_LINE_KEEP bytes). */
+static void test_line_buffer_grows_and_is_released(void **state)
+{
+    gw_reply_parser *p = new_parser();
+    size_t n, used;
+    uint8_t *b = long_reply("211-", 5000, "\r\n", &n);
+
+    assert_int_equal(p->cap, 0);
+    assert_string_equal(p->line, "");
+    assert_int_equal(feed_str(p, "220 hi\r\n", &used), GW_REPLY_LINE);
+    assert_true(p->cap > 0 && p->cap <= GW_REPLY_LINE_KEEP);
+    assert_int_equal(gw_reply_feed(p, b, n, &used), GW_REPLY_LINE);
+    assert_int_equal(p->len, 5002);
+    assert_true(p->cap >= 5003);
+    assert_memory_equal(p->line, b, n);
+    assert_int_equal(feed_str(p, "211 End\r\n", &used), GW_REPLY_LINE);
+    assert_string_equal(p->line, "211 End\r\n");
+    assert_true(p->last);
+    assert_true(p->cap <= GW_REPLY_LINE_KEEP);
+    gw_reply_free(p);
+    assert_int_equal(p->cap, 0);
+    assert_string_equal(p->line, "");
+    assert_int_equal(feed_str(p, "230 ok\r\n", &used), GW_REPLY_LINE); /* usable after */
+    gw_reply_free(p);
+    free(p);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_single_line),
+        cmocka_unit_test(test_line_buffer_grows_and_is_released),
         cmocka_unit_test(test_bare_code_is_single_line),
         cmocka_unit_test(test_bare_lf_gets_crlf),
         cmocka_unit_test(test_partial_line),
