@@ -71,7 +71,8 @@ void gw_tl_json(const gw_timeline *t, uint64_t id, const gw_sess_states *st, gw_
                       {"transfer", st->transfer}};
         for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
             char v[sizeof st->client + 1];
-            snprintf(v, sizeof v, "%s", states[i].val); /* bounded even when not terminated */
+            /* bounded even when not terminated ("%s" would read on to a NUL) */
+            snprintf(v, sizeof v, "%.*s", (int)sizeof st->client, states[i].val);
             gw_sbuf_printf(o, "%s\"%s\":", i ? "," : ",\"state\":{", states[i].key);
             gw_sbuf_json(o, v);
         }

@@ -133,15 +133,15 @@ static void test_password_files(void **state)
     assert_null(m.v);
 
     assert_int_equal(chmod(pw, 0400), 0);
-    write_file(dir, "empty.pw", "\nx\n", 0600);
+    free(write_file(dir, "empty.pw", "\nx\n", 0600));
     snprintf(text, sizeof text, "alice b1\n@ops b1:svc:%s/empty.pw\n", dir);
-    write_file(dir, "map", text, 0644);
+    free(write_file(dir, "map", text, 0644));
     assert_int_equal(gw_user_map_load_file(map, &m, err, sizeof err), -1);
     assert_non_null(strstr(err, ":2: password file "));
     assert_non_null(strstr(err, "the first line is empty"));
 
     snprintf(text, sizeof text, "alice b1:svc:%s/missing.pw\n", dir);
-    write_file(dir, "map", text, 0644);
+    free(write_file(dir, "map", text, 0644));
     assert_int_equal(gw_user_map_load_file(map, &m, err, sizeof err), -1);
     assert_non_null(strstr(err, "cannot read: No such file"));
 
