@@ -58,9 +58,10 @@ def start(gateway, backend, users: Path, fe: dict | None = None, sections: dict 
     return gateway(backend, extra=extra)
 
 
-def attempt(port: int, ctx, user: str, password: str) -> tuple[int, str, float]:
+def attempt(port: int, ctx, user: str, password: str,
+            timeout: float = 10) -> tuple[int, str, float]:
     """A fresh implicit session: USER, PASS; (code, text, seconds PASS took)."""
-    c = Control.implicit(port, ctx)
+    c = Control.implicit(port, ctx, timeout=timeout)
     try:
         code, text = c.reply()
         assert code == 220, text

@@ -36,7 +36,7 @@ import pytest
 
 import peers
 from peers import HOST, Control, ftplib_download, ftplib_session, ftplib_upload
-from test_edge_auth import no_password_in
+from test_edge_auth import attempt as edge_attempt, no_password_in
 
 REPO = Path(__file__).resolve().parents[2]
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
@@ -253,16 +253,7 @@ def start(gateway, backend, fe: dict, sections: dict | None = None, **kw):
 
 
 def attempt(port: int, ctx, user: str, password: str) -> tuple[int, str, float]:
-    c = Control.implicit(port, ctx, timeout=30)
-    try:
-        assert c.reply()[0] == 220
-        code, text = c.cmd(f"USER {user}")
-        assert code == 331, text
-        t0 = time.monotonic()
-        code, text = c.cmd(f"PASS {password}")
-        return code, text, time.monotonic() - t0
-    finally:
-        c.close()
+    return edge_attempt(port, ctx, user, password, timeout=30)  # a slowed directory
 
 
 def test_direct_bind_transfers(gateway, vsftpd, slapd, test_user, blobs, client_ctx, tmp_path):
