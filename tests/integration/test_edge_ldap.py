@@ -484,7 +484,8 @@ def test_slow_ldap_holds_up_no_one_else(gateway, vsftpd, slapd, ports, test_user
     sysuser, password = test_user
     proxy = DelayProxy(slapd.port, ports.port())
     try:
-        gw = start(gateway, vsftpd, ldap_keys(proxy.uri, ldap_timeout=4,
+        # 5 s: the search answer may come as two chunks (entry, then done), 4 s delayed
+        gw = start(gateway, vsftpd, ldap_keys(proxy.uri, ldap_timeout=5,
                                               user_map=user_map(tmp_path / "map", sysuser)),
                    frontends={"b": {"mode": "implicit"}})
         with ftplib_session(gw.port, "alice", password, client_ctx) as ftp:  # warm
