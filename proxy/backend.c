@@ -514,9 +514,21 @@ static void backend_gone(gw_session *s)
     gw_sess_fail(s, GW_R_BACKEND_CLOSED, "backend closed the connection");
 }
 
+/* The session ended while the server ran a transfer (gw_sess_fail shut its leg down):
+ * whatever the server says now has no one to go to; its close ends the leg. */
+static bool closing_leg(gw_session *s, gw_conn *c)
+{
+    if (s->cstate != CS_CLOSING)
+        return false;
+    gw_conn_close(c);
+    return true;
+}
+
 static void on_backend_eof(gw_conn *c, bool clean)
 {
     gw_session *s = c->owner;
+    if (closing_leg(s, c))
+        return;
     if (!s->route.committed && gw_backend_failover(s, "closed before the greeting"))
         return;
     backend_gone(s);
@@ -525,6 +537,8 @@ static void on_backend_eof(gw_conn *c, bool clean)
 static void on_backend_error(gw_conn *c, const char *why)
 {
     gw_session *s = c->owner;
+    if (closing_leg(s, c))
+        return;
     GW_LOG_WARN(s->id, "event=backend_error reason=\"%s\"", why);
     if (!s->route.committed && gw_backend_failover(s, why))
         return;
@@ -554,7 +568,7 @@ static void on_backend_close(gw_conn *c)
     gw_session *s = c->owner;
     if (s->bconn.conn == c) /* REIN may already have a new one */
         s->bconn.conn = NULL;
-    gw_sess_release(s);
+    gw_sess_leg_closed(s);
 }
 
 static const gw_conn_ops backend_ops = {

@@ -190,13 +190,22 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why)
     if (s->cstate == CS_CLOSING)
         return;
     bool was_ready = s->cstate == CS_READY;
+    /* The server is running a transfer for us: its control leg is only shut down (FIN),
+     * not closed, so that the server can still answer the reset of its data connection
+     * and record the transfer as failed (vsftpd logs it after writing its 426; a closed
+     * socket resets that write and vsftpd exits without a word). It closes when the
+     * server closes, or after CLOSE_GRACE_MS (check_deadlines). */
+    bool server_busy = s->pending == PEND_TRANSFER && s->cur.be_sent && s->bconn.conn &&
+                       !s->bconn.conn->eof && !s->bconn.conn->failed;
     gw_sess_set_client_state(s, CS_CLOSING);
     GW_LOG_INFO(s->id, "event=session_close reason=\"%s\"", why);
     gw_tl_add(&s->tl, GW_TL_CLOSE, "%s", why);
     /* A transfer cut with its session is recorded too, with the session's last reply. */
     gw_xfer_record(s, was_ready && s->client && !s->client->failed ? text : NULL, "failed", why);
     gw_sess_drop_data(s, false); /* a cut upload's backend leg is reset after the close below */
-    if (s->bconn.conn)
+    if (server_busy)
+        gw_conn_shutdown(s->bconn.conn);
+    else if (s->bconn.conn)
         gw_conn_close(s->bconn.conn);
     gw_backend_prelogin_release(s);
     gw_sess_set_backend_state(s, BE_CLOSED);
@@ -248,6 +257,8 @@ static void check_deadlines(gw_session *s)
     if (s->cstate == CS_CLOSING) {
         if (idle >= CLOSE_GRACE_MS && s->client)
             gw_conn_close(s->client);
+        if (idle >= CLOSE_GRACE_MS && s->bconn.conn)
+            gw_conn_close(s->bconn.conn); /* a server that never closed after our FIN */
         return;
     }
     if (s->login.reply_delay_until && now >= s->login.reply_delay_until) {
@@ -450,14 +461,21 @@ static void on_client_shutdown(gw_conn *c, int status)
     gw_conn_close(c);
 }
 
+void gw_sess_leg_closed(gw_session *s)
+{
+    /* The timer outlives the client leg while a backend leg lingers (gw_sess_fail). */
+    if (!s->client && !s->bconn.conn && !uv_is_closing((uv_handle_t *)&s->timer))
+        uv_close((uv_handle_t *)&s->timer, on_session_timer_closed);
+    gw_sess_release(s);
+}
+
 static void on_client_close(gw_conn *c)
 {
     gw_session *s = c->owner;
     s->client = NULL;
     if (s->cstate != CS_CLOSING)
         gw_sess_fail(s, NULL, "client gone");
-    uv_close((uv_handle_t *)&s->timer, on_session_timer_closed);
-    gw_sess_release(s);
+    gw_sess_leg_closed(s);
 }
 
 static const gw_conn_ops client_ops = {

@@ -259,6 +259,8 @@ void gw_sess_fail(gw_session *s, const char *text, const char *why);
     (__builtin_expect(!!(cond), 0) ? gw_sess_bug((s), __FILE__, __LINE__, #cond) : false)
 bool gw_sess_bug(gw_session *s, const char *file, int line, const char *cond);
 void gw_sess_rearm(gw_session *s);
+/* The client or backend control leg closed: the session may end. */
+void gw_sess_leg_closed(gw_session *s);
 /* One of the session's handles (or a pending lookup) is gone; the last frees it. */
 void gw_sess_release(gw_session *s);
 /* The outstanding exchange is over: take the next command. */

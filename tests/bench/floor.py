@@ -569,6 +569,10 @@ def main(argv: list[str]) -> int:
                    help="scale: simultaneous transfers (default 2,000; --quick 200)")
     p.add_argument("--scale-kib", type=int, default=1024,
                    help="scale: the size of each transfer in KiB (default 1024)")
+    p.add_argument("--scale-rate", default="",
+                   help="scale: the frontend's rate_down per session (e.g. 16K): the gateway "
+                        "then reads each backend leg slowly, so no leg finishes into the "
+                        "kernel's buffers before all are in flight (4 descriptors each)")
     p.add_argument("--results", type=Path, default=B.BENCH_BUILD / "FLOOR.md")
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
@@ -761,7 +765,8 @@ def main(argv: list[str]) -> int:
                 B.kill_tree(g.proc)
         if "scale" in cases:
             n = a.scale_transfers
-            log(f"== scale: {n} simultaneous {a.scale_kib} KiB protected RETRs, workers = 2")
+            log(f"== scale: {n} simultaneous {a.scale_kib} KiB protected RETRs, workers = 2"
+                + (f", rate_down = {a.scale_rate}" if a.scale_rate else ""))
             pw = __import__("pwd").getpwnam(B.TEST_USER)
             name = f"scale-{a.scale_kib}K.bin"
             f = data.root / name
@@ -771,7 +776,9 @@ def main(argv: list[str]) -> int:
             pys = B.start_pyftpdlib(workdir, ports, data, user, password)
             lo, hi = ports.range(n + 100)
             g, fp = B.start_ftpsgate(workdir, "ftpsgate-scale", ports, pys, certs,
-                                     {"imp": {"mode": "implicit", "pasv_ports": f"{lo}-{hi}"}},
+                                     {"imp": {"mode": "implicit", "pasv_ports": f"{lo}-{hi}",
+                                              **({"rate_down": a.scale_rate}
+                                                 if a.scale_rate else {})}},
                                      {"workers": 2, "log_level": "warn"})
             B.login("implicit", fp["imp"], user, password, B.client_ctx()).close()
             time.sleep(0.5)
@@ -889,7 +896,8 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
         kib = a.scale_kib
         all_in = "—" if sc["all_in_s"] is None else f"{sc['all_in_s']:.1f}"
         out += [f"| scale: {sc['n']:,} simultaneous {kib} KiB protected RETRs (implicit FTPS, "
-                "PASV, data TLS resumed), one process, workers = 2, pyftpdlib behind | |",
+                "PASV, data TLS resumed), one process, workers = 2, pyftpdlib behind"
+                + (f", rate_down = {a.scale_rate}" if a.scale_rate else "") + " | |",
                 "|---|---:|",
                 f"| failed | {sc['fails']} {sc['first_error'][:200]} |",
                 f"| all {sc['n']:,} in flight after (s) | {all_in} |",

@@ -34,8 +34,8 @@ BIG = 256 * MiB  # ABOR and kill tests: far more than a transfer moves before it
 
 CURL_ACTIVE_TLS_BROKEN = (
     "curl 7.88 (Debian 12) cannot do active mode over TLS: 'sa_addr inet_ntop() failed with "
-    "errno 97' (curl issues 10622/10666, PEERS.md); active TLS is covered by lftp and ftplib, "
-    "curl's PORT/EPRT by test_curl_active_plain")
+    "errno 97' (curl issues 10622/10666, README 'known limits'); active TLS is covered by "
+    "lftp and ftplib, curl's PORT/EPRT by test_curl_active_plain")
 
 
 # ---------------------------------------------------------------------------------------
@@ -836,7 +836,7 @@ def reset_close(sock, *files) -> None:
 
 
 @pytest.mark.parametrize("direction", ["download", "upload"])
-@pytest.mark.parametrize("how", ["kill_curl", "reset_sockets"])
+@pytest.mark.parametrize("how", ["kill_curl", "reset_sockets", "reset_control_first"])
 def test_client_dies_mid_transfer(gateway, backend, client_ctx, blobs, scratch, how,
                                   direction):
     gw = gateway(backend, extra=own_extra("passive"))  # alone: its fd count is the check
@@ -880,8 +880,15 @@ def test_client_dies_mid_transfer(gateway, backend, client_ctx, blobs, scratch, 
                     conn.sendall(chunk)
                 wait_for(lambda: backend.path(name_up).exists()
                          and backend.path(name_up).stat().st_size > 0, 10, "upload bytes")
-            reset_close(conn)
-            reset_close(ftp.sock, ftp.file)
+            if how == "reset_control_first":
+                # The session ends with its transfer running (gw_sess_fail, not the data
+                # leg's failure): the server must still be able to record the failure.
+                reset_close(ftp.sock, ftp.file)
+                time.sleep(0.2)
+                reset_close(conn)
+            else:
+                reset_close(conn)
+                reset_close(ftp.sock, ftp.file)
 
         assert gw.alive()
         now = gw.wait_fd_count(baseline, timeout=6)

@@ -63,7 +63,7 @@ def x_list(client, gw, backend, ctx, path) -> str:
     port = gw.fport("x")
     if client == "curl":
         res = check(curl("-v", gw.ftp_url("x", path + "/", user, password)))
-        # curl 7.88 tries AUTH SSL first (PEERS.md): the gateway must accept it.
+        # curl 7.88 tries AUTH SSL first: the gateway must accept it.
         assert "> AUTH SSL" in res.stderr and "< 234 " in res.stderr, describe(res)
         return res.stdout
     if client == "lftp":
