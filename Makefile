@@ -69,6 +69,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
+FUZZ_OBJS = $(patsubst %,build/fuzz/obj/%.o,$(PURE))
 
 .PHONY: all run test unit integration deps deps-demo clean fuzz fuzz-run bench valgrind format format-check lint \
 	install uninstall version check-libs check-cmocka FORCE
@@ -111,7 +112,7 @@ build/unit/test_mailbox: tests/unit/test_mailbox.c build/obj/mailbox.o $(FLAGSTA
 	$(COMPILE) $(DEPFLAGS) -MF $@.d -MT $@ $(CMOCKA_CFLAGS) $(LDFLAGS) -o $@ $< \
 	  build/obj/mailbox.o $(CMOCKA_LIBS) $(LDLIBS) -lpthread
 
--include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(FUZZ_BINS:=.d)
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(FUZZ_BINS:=.d) $(FUZZ_OBJS:=.d)
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
@@ -160,11 +161,18 @@ valgrind: build/ftpsgate
 
 # libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
 FUZZ_SECONDS ?= 60
-build/fuzz/%: tests/fuzz/%.c $(patsubst %,proxy/%.c,$(PURE)) | check-libs
+# The pure sources are compiled once for all targets (instrumented for coverage, without
+# libFuzzer's main), each target's own file links against them.
+FUZZ_CC := clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude
+build/fuzz/obj/%.o: proxy/%.c | check-libs
 	@mkdir -p $(@D)
-	clang -std=c11 -g -O1 -D_GNU_SOURCE -DGW_BUG_ABORT -Iinclude -fsanitize=fuzzer,address,undefined \
-	  $(DEPFLAGS) -MF $@.d -MT $@ \
-	  -o $@ $< $(patsubst %,proxy/%.c,$(PURE)) $(CRYPT_LIBS)
+	$(FUZZ_CC) -fsanitize=fuzzer-no-link,address,undefined $(DEPFLAGS) -MF $@.d -MT $@ \
+	  -c -o $@ $<
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_OBJS) | check-libs
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(DEPFLAGS) -MF $@.d -MT $@ \
+	  -o $@ $< $(FUZZ_OBJS) $(CRYPT_LIBS)
+.SECONDARY: $(FUZZ_OBJS)
 fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); c=build/fuzz/corpus-$$n; \
