@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pure-ftpd as a test peer (tests/integration, PEERS.md): it conflicts with vsftpd in apt, so
+# pure-ftpd as a test peer (tests/integration): it conflicts with vsftpd in apt, so
 # its packages are downloaded and unpacked into a cache folder, never installed. Quick when
 # the binary is there already. FTPSGATE_PEER_CACHE: where (default /var/cache/ftpsgate-peers).
 set -euo pipefail

@@ -386,7 +386,7 @@ def _machine_setup_lock():
 def ensure_test_user() -> tuple[str, str]:
     """Create the system user for vsftpd logins once; (re)set its SHA-512 password.
 
-    Debian hashes with yescrypt by default, which makes every login slow (PEERS.md)."""
+    Debian hashes with yescrypt by default, which makes every login slow."""
     if os.geteuid() != 0:
         raise RuntimeError("the integration tests run as root (vsftpd, useradd, chpasswd)")
     with _machine_setup_lock():
@@ -672,7 +672,7 @@ def start_pyftpdlib(workdir: Path, ports: PortAllocator, user: str, password: st
                    allocated=(*((port,) if fresh else ()), *range(pasv_lo, pasv_hi + 1)))
 
 
-# pure-ftpd conflicts with vsftpd in apt: .ci/pure-ftpd.sh unpacks it here (PEERS.md).
+# pure-ftpd conflicts with vsftpd in apt: .ci/pure-ftpd.sh unpacks it here.
 PURE_FTPD_DIR = Path(os.environ.get("FTPSGATE_PEER_CACHE", "/var/cache/ftpsgate-peers")) / "pure-ftpd"
 
 

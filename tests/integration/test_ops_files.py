@@ -1,7 +1,7 @@
 """The Prometheus alerting rules shipped in config/: `promtool check rules` accepts them,
 and `promtool test rules` (config/ftpsgate.rules.test.yml) proves each alert fires on the
 input series it is written for and stays quiet before. A rule whose threshold is broken
-makes the unit tests fail (so they can). The metric names are the ones CONFIG.md fixes."""
+makes the unit tests fail (so they can). The metric names are part of the configuration contract (config/README.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "config" / "ftpsgate.rules.yml"
 RULES_TEST = REPO / "config" / "ftpsgate.rules.test.yml"
-# CONFIG.md "Second round": the names every deployment can rely on.
+# The names every deployment can rely on (kept across releases).
 FIXED_NAMES = {
     "ftpsgate_sessions_active", "ftpsgate_sessions_total", "ftpsgate_logins_total",
     "ftpsgate_tls_handshakes_total", "ftpsgate_transfers_total",

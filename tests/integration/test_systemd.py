@@ -234,12 +234,15 @@ def test_unit_verifies(tmp_path):
                        "/usr/local/bin/ftpsgate -s reload -c /etc/ftpsgate/ftpsgate.conf"]
     # A configuration error (exit 1) is not retried; other start failures only a few times.
     assert re.search(r"^RestartPreventExitStatus=1$", text, re.M)
+    # ...which systemd matches against the main process only: a `-t` in ExecStartPre would
+    # fail as a control process and be retried (start runs the same checks itself).
+    assert not re.search(r"^ExecStartPre=", text, re.M)
     assert re.search(r"^StartLimitBurst=\d+$", text, re.M)
     for directive in ("Type=notify", "WatchdogSec=",
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                       "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
         assert directive in text, directive
-    # The same ExecStart/ExecStartPre check the configuration: `-t` must accept the file.
+    # ExecReload's `-t` and ExecStart check the configuration: `-t` must accept the file.
     assert subprocess.run([str(installed), "-t", "-c", str(REPO / "config/ftpsgate.conf")],
                           capture_output=True, timeout=30).returncode == 0
 
