@@ -3,8 +3,8 @@
 # Quick (one line of output) when everything is present; needs root only to install.
 #   .ci/deps.sh        everything: build, `make test`, lint, fuzz, valgrind (`make deps`)
 #   .ci/deps.sh demo   only what `make run` needs: a C compiler and the libraries, the demo
-#                      server (vsftpd) and a client (lftp); 60 packages on a minbase Debian 12
-#                      where everything is 192 (README "Checked on a fresh machine")
+#                      server (vsftpd) and a client (lftp); 62 packages on a minbase Debian 12
+#                      where everything is 199 (README "Checked on a fresh machine")
 #   .ci/deps.sh bench  only the extra tools of `make bench-floor` / `make bench QUICK=1`
 #                      (tests/bench/floor.py): not needed by CI or `make test`
 set -euo pipefail
