@@ -129,7 +129,7 @@ TEST_JOBS ?= 8
 HAVE_XDIST = $(shell $(PYTHON) -c 'import xdist' 2>/dev/null && echo yes)
 XDIST = $(if $(filter-out 0,$(TEST_JOBS)),$(if $(HAVE_XDIST),-n $(TEST_JOBS) --dist loadgroup))
 integration: build/ftpsgate
-	$(PYTHON) -m pytest -q -ra $(XDIST) tests/integration $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -ra $(XDIST) -m "not measure" tests/integration $(PYTEST_ARGS)
 
 # Like `make run`: the Debian packages first (quick when all are present), then the tests
 # in a second make, so that its pkg-config sees what deps has just installed.
@@ -229,6 +229,7 @@ BENCH_EDGE_ARGS ?=
 .PHONY: bench-edge
 bench-edge: all
 	$(PYTHON) tests/bench/edge_login.py $(BENCH_EDGE_ARGS)
+	$(PYTHON) -m pytest -q -s -m measure tests/integration/test_edge_auth_cost.py
 
 # Every C file as .clang-format says; format-check (CI) only looks.
 format:

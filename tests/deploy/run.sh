@@ -304,13 +304,13 @@ clients_through_lb() { # one round of every client through the balancer on 127.0
 compose_haproxy() { # compose_haproxy FILE
   local file=$1 p=deploy-${1%%.*} gw n t0
   t0=$(date +%s.%N)
+  local started=$SECONDS
   mark() { echo "  ($(elapsed "$t0") s) $*"; }
   inns podman-compose -p "$p" -f "docker/$file" up -d >"$WORK/$p-up.log" 2>&1 ||
     { tail -n 30 "$WORK/$p-up.log"; return 1; }
   mark "up"
   wait_for 40 "$file serves" inns "${CURL[@]}" --user demo:demo -o /dev/null ftps://127.0.0.1/hello.txt
   mark "serving"
-  local served=$SECONDS
   [[ -s $WORK/payload.bin ]] || head -c 3000000 /dev/urandom >"$WORK/payload.bin"
   inns "${CURL[@]}" --user demo:demo -T "$WORK/payload.bin" ftps://127.0.0.1/payload.bin
   local round
@@ -322,8 +322,9 @@ compose_haproxy() { # compose_haproxy FILE
   done
   if [[ $file == compose-haproxy.yml ]]; then
     # The old failure: HAProxy's resolver (Docker's 127.0.0.11, absent under podman) timed
-    # out about 30 s after start and put every gateway into maintenance. A round after 35 s.
-    local left=$((35 - (SECONDS - served)))
+    # out about 30 s after start and put every gateway into maintenance. A round 35 s after
+    # `up` began.
+    local left=$((35 - (SECONDS - started)))
     ((left <= 0)) || sleep "$left"
     clients_through_lb "$p-35s"
     mark "clients 35 s after serving: served"

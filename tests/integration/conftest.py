@@ -243,6 +243,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "serial: run alone, with no other test of a parallel (xdist) run at the "
                    "same time: load, timing and SO_REUSEPORT spread tests")
+    config.addinivalue_line(
+        "markers", "measure: a measurement printed for tests/bench/RESULTS.md, not a check "
+                   "(`make test` leaves it out; `make bench-edge` runs it with -s)")
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
         config._ftpsgate_lock_dir = tempfile.mkdtemp(prefix="ftpsgate-it-lock-")
 

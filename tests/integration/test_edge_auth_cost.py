@@ -3,8 +3,9 @@ backend behind one gateway with five implicit-FTPS frontends, auth = backend, au
 with a yescrypt, a sha512-crypt and a bcrypt (cost 5) users file, and auth = pam (pam_unix,
 SHA-512). For each: 30 logins one after another (connect to 230, and PASS to 230 alone),
 then logins per second with 4 clients for 4 s. Printed (pytest -s) for
-tests/bench/RESULTS.md; asserted: every login succeeded, each reached vsftpd once, none
-took 2.5 s or more."""
+tests/bench/RESULTS.md by `make bench-edge` (marked `measure`: `make test` leaves it out,
+its 28 s ran alone and held every other test); asserted: every login succeeded, each
+reached vsftpd once, none took 2.5 s or more."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def rate(port: int, ctx, user: str, password: str) -> int:
     return sum(done)
 
 
+@pytest.mark.measure  # speed is measured, not asserted: `make bench-edge` runs it
 @pytest.mark.serial  # timings: other tests' load would blur them
 def test_login_cost_by_method(gateway, vsftpd, test_user, pam_env, client_ctx,  # noqa: F811
                               tmp_path):
