@@ -633,6 +633,7 @@ def test_upgrade_systemd_notify_and_failed_start(upgradable, uports, tls_cert, v
         ns.close()
 
 
+@pytest.mark.measure  # printed for RESULTS.md: `make bench-upgrade` runs it
 @pytest.mark.serial  # a client every 10 ms: timing
 def test_upgrade_accept_latency_and_memory(upgradable, uports, tls_cert, vsftpd, blobs,
                                            client_ctx, test_user):
