@@ -477,8 +477,9 @@ static void on_backend_data(gw_conn *c, const char *buf, size_t n)
         }
         gw_reply_dispatch_line(s, &s->bconn.reply);
     }
-    /* Backpressure on the control leg: a client that does not read its replies. */
-    if (s->client && s->client->want_drain && s->bconn.conn == c)
+    /* Backpressure on the control leg: a client that does not read its replies (not on a
+     * leg left to the server after the session ended: its close must still be seen). */
+    if (s->cstate != CS_CLOSING && s->client && s->client->want_drain && s->bconn.conn == c)
         gw_conn_pause(c);
 }
 

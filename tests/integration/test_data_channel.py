@@ -883,8 +883,9 @@ def test_client_dies_mid_transfer(gateway, backend, client_ctx, blobs, scratch, 
             if how == "reset_control_first":
                 # The session ends with its transfer running (gw_sess_fail, not the data
                 # leg's failure): the server must still be able to record the failure.
+                closed = gw.mark()
                 reset_close(ftp.sock, ftp.file)
-                time.sleep(0.2)
+                closed.wait(r"event=session_close ")  # the data leg still open meanwhile
                 reset_close(conn)
             else:
                 reset_close(conn)
