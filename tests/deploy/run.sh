@@ -327,7 +327,7 @@ compose_haproxy() { # compose_haproxy FILE
     local left=$((35 - (SECONDS - started)))
     ((left <= 0)) || sleep "$left"
     clients_through_lb "$p-35s"
-    mark "clients 35 s after serving: served"
+    mark "clients 35 s after up: served"
   fi
   # One gateway gone: HAProxy's checks take it out (fall 2, inter 2s), the others serve.
   mark "two rounds of clients done"

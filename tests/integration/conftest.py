@@ -245,7 +245,7 @@ def pytest_configure(config):
                    "same time: load, timing and SO_REUSEPORT spread tests")
     config.addinivalue_line(
         "markers", "measure: a measurement printed for tests/bench/RESULTS.md, not a check "
-                   "(`make test` leaves it out; `make bench-edge` runs it with -s)")
+                   "(`make test` leaves it out; `make bench-edge` and `make bench-upgrade` run them)")
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
         config._ftpsgate_lock_dir = tempfile.mkdtemp(prefix="ftpsgate-it-lock-")
 
