@@ -286,6 +286,10 @@ static void set_up_late(gw_session *s)
 
 void gw_backend_advance(gw_session *s, gw_reply_parser *r)
 {
+    /* A line relayed on the way here (the greeting) may have ended the session: writing
+     * to a client that reset fails it at once (BE_CLOSED). Nothing is left to set up. */
+    if (s->cstate == CS_CLOSING)
+        return;
     enum gw_be_step step = s->bconn.step;
     bool late = step == BE_LATE_PBSZ || step == BE_LATE_PROT;
     /* CONNECT and TLS end with an event, every other step with the server's last line. */
