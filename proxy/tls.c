@@ -281,6 +281,22 @@ static int set_ticket_mac(EVP_MAC_CTX *hctx, unsigned char *key)
     return EVP_MAC_CTX_set_params(hctx, params);
 }
 
+/* The ticket cipher, fetched once: EVP_aes_256_cbc() in EVP_*Init_ex looks the provider's
+ * implementation up again on every ticket (locks, property matching). Never freed: one
+ * object for the process's life, like OpenSSL's own cached methods. */
+static EVP_CIPHER *ticket_cipher_fetched;
+static void ticket_cipher_fetch(void)
+{
+    ticket_cipher_fetched = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+}
+
+static const EVP_CIPHER *ticket_cipher(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, ticket_cipher_fetch);
+    return ticket_cipher_fetched ? ticket_cipher_fetched : EVP_aes_256_cbc();
+}
+
 static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
@@ -291,7 +307,7 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv
             return 0; /* no ticket this time */
         ticket_route(ssl, route);
         gw_ticket_name_make(key_name, k.gen, route);
-        int ok = EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+        int ok = EVP_EncryptInit_ex(cctx, ticket_cipher(), NULL, k.aes, iv) == 1 &&
                  set_ticket_mac(hctx, k.hmac) == 1;
         OPENSSL_cleanse(&k, sizeof k);
         return ok ? 1 : 0;
@@ -302,7 +318,7 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv
     int r = route_keys_find(gen, &k);
     if (r == 0)
         return 0;
-    int ok = EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+    int ok = EVP_DecryptInit_ex(cctx, ticket_cipher(), NULL, k.aes, iv) == 1 &&
              set_ticket_mac(hctx, k.hmac) == 1;
     OPENSSL_cleanse(&k, sizeof k);
     return ok ? r : -1;
@@ -872,10 +888,16 @@ gw_tls *gw_tls_new(SSL_CTX *ctx, enum gw_tls_role role)
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
-    if (role == GW_TLS_SERVER_CONTROL)
+    /* TLS 1.3 tickets: one after a control connection's full handshake (OpenSSL's default
+     * of two is for clients that open two connections at once; an FTP client's data
+     * connections get a fresh one each, gw_tls_new_ticket), none on data connections. A
+     * ticket costs a session copy, its encoding twice, a key derivation, AES and HMAC. */
+    if (role == GW_TLS_SERVER_CONTROL) {
         RAND_bytes(t->tag, sizeof t->tag);
-    else if (role == GW_TLS_SERVER_DATA)
+        SSL_set_num_tickets(t->ssl, 1);
+    } else if (role == GW_TLS_SERVER_DATA) {
         SSL_set_num_tickets(t->ssl, 0);
+    }
     /* A data leg lives for one transfer and moves bulk: it keeps OpenSSL's record buffers
      * instead of freeing and allocating them again for every record; control connections,
      * idle most of their life, release them (the context's mode). */
