@@ -66,6 +66,15 @@ class Table:
         r = [x / y for x, y in zip(xa, xb) if y]
         return statistics.median(r) if r else None
 
+    def paired_quartiles(self, row: str, a: str, b: str) -> tuple[float, float, float] | None:
+        """(q25, median, q75) of a/b taken round by round."""
+        xa, xb = self.v.get((row, a), []), self.v.get((row, b), [])
+        r = sorted(x / y for x, y in zip(xa, xb) if y)
+        if not r:
+            return None
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        return q[0], statistics.median(r), q[2]
+
     def reps(self, row: str, col: str) -> str:
         return " ".join(f"{x:.3g}" for x in self.v.get((row, col), []))
 
@@ -167,17 +176,19 @@ backend be
 """
 
 
-def start_haproxy(workdir: Path, name: str, cert: tuple[Path, Path], be_port: int
+def start_haproxy(workdir: Path, name: str, cert: tuple[Path, Path] | None, be_port: int
                   ) -> B.Server:
     """HAProxy terminating TLS (TCP mode) in front of be_port, one thread like the gateway's
-    one worker."""
+    one worker; cert None: the same relay without TLS."""
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     pem = d / "crt.pem"
-    pem.write_text(cert[0].read_text() + cert[1].read_text())
+    if cert:
+        pem.write_text(cert[0].read_text() + cert[1].read_text())
     port = B.Ports().take()
     conf = d / "haproxy.cfg"
-    conf.write_text(HAPROXY_CONF.format(suite=SUITE, host=HOST, port=port, pem=pem, be=be_port))
+    text = HAPROXY_CONF.format(suite=SUITE, host=HOST, port=port, pem=pem, be=be_port)
+    conf.write_text(text if cert else text.replace(f" ssl crt {pem}", ""))
     log_ = d / "haproxy.log"
     proc = B.spawn(["haproxy", "-db", "-f", conf], log_, nofile=65536)
     B.wait_listening(proc, port, 10, name, log_)
@@ -313,105 +324,130 @@ def perf_record(pid: int, datafile: Path):
 # Handshakes per CPU second
 
 
-def _handshake_loop(port: int, until: float, q) -> None:
+def _full_handshake(ctx: ssl.SSLContext, port: int) -> None:
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with ctx.wrap_socket(raw) as s:
+            s.recv(1)  # implicit FTPS: the greeting; HAProxy: the backend's 220
+
+
+def _full_loop(ports: list[int], until: float, q) -> None:
+    """Full handshakes to each port in turn, one connection at a time."""
     ctx = tls_client_ctx()
-    n = 0
+    n = [0] * len(ports)
+    i = 0
     while time.monotonic() < until:
+        k = i % len(ports)
+        i += 1
         try:
-            with socket.create_connection((HOST, port), timeout=10) as raw:
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                with ctx.wrap_socket(raw) as s:
-                    s.recv(1)  # implicit FTPS: the greeting; HAProxy: the backend's 220
-                n += 1
+            _full_handshake(ctx, ports[k])
+            n[k] += 1
         except OSError:
             time.sleep(0.01)
-    q.put(n)
+    q.put((n, n))
 
 
-def handshake_rate(server: B.Server, port: int, seconds: float, clients: int = 2) -> float:
-    """Full TLS 1.3 handshakes (no resumption) per CPU second of the server, each followed by
-    the first byte of the backend's greeting."""
-    import multiprocessing
-    mp = multiprocessing.get_context("fork")
-    q = mp.Queue()
-    cpu0 = server.cpu_s()
-    until = time.monotonic() + 0.5 + seconds
-    procs = [mp.Process(target=_handshake_loop, args=(port, until, q)) for _ in range(clients)]
-    for p in procs:
-        p.start()
-    n = sum(q.get(timeout=seconds + 60) for _ in procs)
-    for p in procs:
-        p.join(30)
-    time.sleep(0.3)
-    return n / max(server.cpu_s() - cpu0, 1e-6)
+class _GatewayData:
+    """One logged-in implicit session doing protected data connections: PASV, RETR of a
+    small file, the data TLS resuming the control session, 226."""
+
+    def __init__(self, ctx: ssl.SSLContext, port: int, user: str, password: str, path: str,
+                 clear: bool = False):
+        self.ctx, self.path, self.clear = ctx, path, clear
+        self.c = B.login("implicit", port, user, password, ctx)
+        self.c.expect(200, "TYPE I")
+        if clear:  # the same data connections without TLS (the difference is its cost)
+            self.c.expect(200, "PBSZ 0")
+            self.c.expect(200, "PROT C")
+
+    def one(self) -> bool:
+        c = self.c
+        c.sock.sendall(b"PASV\r\n")
+        code, text = c.reply()
+        nums = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
+        d = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=30)
+        c.sock.sendall(f"RETR {self.path}\r\n".encode())
+        code, text = c.reply()
+        if code not in (125, 150):
+            raise RuntimeError(f"RETR: {text[:150]!r}")
+        reused = True
+        if not self.clear:
+            d = self.ctx.wrap_socket(d, session=c.sock.session)
+            reused = d.session_reused
+        while d.recv(65536):
+            pass
+        d.close()
+        c.expect(226)
+        return reused
+
+    def close(self) -> None:
+        self.c.expect(221, "QUIT")
+        self.c.close()
 
 
-def _resumed_loop(port: int, until: float, q) -> None:
-    """HAProxy: TLS connections resuming the previous one's ticket, back to back."""
+def _resumed_loop(targets: list[tuple], until: float, q) -> None:
+    """In turn: a bare TLS connection resuming the previous one's ticket (a target
+    (port, None): HAProxy), the same in clear (a target (port, "clear"): HAProxy without
+    TLS), or one data connection of a logged-in gateway session (a target (port, (user,
+    password, path, clear))), protected or, with clear, PROT C."""
     ctx = tls_client_ctx()
-    sess, n, resumed = None, 0, 0
+    gws = [_GatewayData(ctx, port, *g) if isinstance(g, tuple) else None
+           for port, g in targets]
+    sess = [None] * len(targets)
+    n, resumed = [0] * len(targets), [0] * len(targets)
+    i = 0
     while time.monotonic() < until:
+        k = i % len(targets)
+        i += 1
+        if gws[k]:
+            resumed[k] += gws[k].one()
+            n[k] += 1
+            continue
         try:
-            with socket.create_connection((HOST, port), timeout=10) as raw:
+            with socket.create_connection((HOST, targets[k][0]), timeout=10) as raw:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                with ctx.wrap_socket(raw, session=sess) as s:
+                if targets[k][1] == "clear":
+                    raw.recv(1)
+                    n[k] += 1
+                    resumed[k] += 1
+                    continue
+                with ctx.wrap_socket(raw, session=sess[k]) as s:
                     s.recv(1)  # the backend's greeting; the ticket came before it
-                    n += 1
-                    resumed += s.session_reused
-                    sess = s.session
+                    n[k] += 1
+                    resumed[k] += s.session_reused
+                    sess[k] = s.session
         except OSError:
             time.sleep(0.01)
+    for g in gws:
+        if g:
+            g.close()
     q.put((n, resumed))
 
 
-def resumed_rate(server: B.Server, port: int, seconds: float, gateway: tuple | None,
-                 clients: int = 2) -> tuple[float, float]:
-    """(connections per CPU second, share resumed). HAProxy: bare resumed handshakes. The
-    gateway: protected data connections of one logged-in implicit session each (PASV, RETR
-    of a 4 KiB file, the data TLS resuming the control session, 226): a handshake plus
-    everything else a data connection costs it, so the comparison is against the gateway."""
+def interleaved_rates(servers: list[B.Server], loop, targets: list, seconds: float,
+                      clients: int = 2) -> list[tuple[float, float]]:
+    """Per server (connections per CPU second of it, share resumed). Each client process
+    goes through the servers connection by connection (A, B, C, A, B, ...), so all of them
+    run under the same conditions of this VM at the same moments: its speed drifts by
+    +-30 % within seconds, which measuring one server after the other did not cancel."""
     import multiprocessing
     mp = multiprocessing.get_context("fork")
     q = mp.Queue()
-    cpu0 = server.cpu_s()
-    until = time.monotonic() + 1.0 + seconds
-    target = _data_loop if gateway else _resumed_loop
-    args = (port, until, q, *gateway) if gateway else (port, until, q)
-    procs = [mp.Process(target=target, args=args) for _ in range(clients)]
+    cpu0 = [srv.cpu_s() for srv in servers]
+    until = time.monotonic() + 0.5 + seconds
+    procs = [mp.Process(target=loop, args=(targets, until, q)) for _ in range(clients)]
     for p in procs:
         p.start()
     outs = [q.get(timeout=seconds + 60) for _ in procs]
     for p in procs:
         p.join(30)
     time.sleep(0.3)
-    n = sum(o[0] for o in outs)
-    return n / max(server.cpu_s() - cpu0, 1e-6), sum(o[1] for o in outs) / max(n, 1)
-
-
-def _data_loop(port: int, until: float, q, user: str, password: str, path: str) -> None:
-    ctx = tls_client_ctx()
-    c = B.login("implicit", port, user, password, ctx)
-    c.expect(200, "TYPE I")
-    n = resumed = 0
-    while time.monotonic() < until:
-        c.sock.sendall(b"PASV\r\n")
-        code, text = c.reply()
-        nums = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
-        d = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=30)
-        c.sock.sendall(f"RETR {path}\r\n".encode())
-        code, text = c.reply()
-        if code not in (125, 150):
-            raise RuntimeError(f"RETR: {text[:150]!r}")
-        d = ctx.wrap_socket(d, session=c.sock.session)
-        resumed += d.session_reused
-        while d.recv(65536):
-            pass
-        d.close()
-        c.expect(226)
-        n += 1
-    c.expect(221, "QUIT")
-    c.close()
-    q.put((n, resumed))
+    res = []
+    for k, srv in enumerate(servers):
+        n = sum(o[0][k] for o in outs)
+        r = sum(o[1][k] for o in outs)
+        res.append((n / max(srv.cpu_s() - cpu0[k], 1e-6), r / max(n, 1)))
+    return res
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,6 +601,11 @@ def main(argv: list[str]) -> int:
                    help="only the gateway's copy paths, after against before (an A/B of one "
                         "change: no floor, HAProxy, splice or perf)")
     p.add_argument("--mem-sessions", type=int)
+    p.add_argument("--hs-rounds", type=int,
+                   help="handshakes: rounds, each measuring all servers for --hs-seconds, "
+                        "interleaved connection by connection (default 20; --quick 4)")
+    p.add_argument("--hs-seconds", type=float, default=1.0,
+                   help="handshakes: seconds of each measurement (default 1)")
     p.add_argument("--scale-transfers", type=int,
                    help="scale: simultaneous transfers (default 2,000; --quick 200)")
     p.add_argument("--scale-kib", type=int, default=1024,
@@ -579,6 +620,7 @@ def main(argv: list[str]) -> int:
     a.reps = a.reps or (3 if a.quick else 5)
     a.size_mib = a.size_mib or (128 if a.quick else 1024)
     a.mem_sessions = a.mem_sessions or (200 if a.quick else 1000)
+    a.hs_rounds = a.hs_rounds or (4 if a.quick else 20)
     a.scale_transfers = a.scale_transfers or (200 if a.quick else 2000)
     cases = set(a.only.split(","))
     B.ensure_root_and_limits()
@@ -713,33 +755,59 @@ def main(argv: list[str]) -> int:
                                                 data.size)
                             budgets[(f"{direction} {label}", tag)] = perf_shares(pf)
         if "handshakes" in cases:
-            log("== handshakes per CPU second (full TLS 1.3, 2 clients)")
+            log(f"== handshakes per CPU second (TLS 1.3, 2 clients, {a.hs_rounds} rounds of "
+                f"{a.hs_seconds:g} s, servers interleaved connection by connection)")
             hps = {k: start_haproxy(workdir, f"haproxy-{k}", certs[k], be.port)
                    for k in ("ec", "rsa")}
-            secs = 1.5 if a.quick else 4
-            for rep in range(a.reps):
+            hp_clear = start_haproxy(workdir, "haproxy-clear", None, be.port)
+            clear_gws = {tag: B.start_ftpsgate(
+                workdir, f"ftpsgate-{tag}-clear", ports, be, certs,
+                {"imp": {"mode": "implicit", "require_prot_p": "no"}}, binary=binary)
+                for tag, binary in builds.items()}
+            # Each round: every server at once, connection by connection in turn
+            # (interleaved_rates), so a round's ratios are paired under one state of the VM.
+            secs = a.hs_seconds
+            for rep in range(a.hs_rounds):
                 for k, front in (("ec", "imp"), ("rsa", "imp_rsa")):
                     name = "ECDSA P-256" if k == "ec" else "RSA-2048"
-                    order = [("haproxy", hps[k], hps[k].port)] + [
-                        (tag, gws[tag][0], gws[tag][1][front]) for tag in builds]
-                    for col, srv, port in B.rotate(order, rep):
-                        r = handshake_rate(srv, port, secs)
+                    order = B.rotate([("haproxy", hps[k], hps[k].port)] + [
+                        (tag, gws[tag][0], gws[tag][1][front]) for tag in builds], rep)
+                    rates = interleaved_rates([o[1] for o in order], _full_loop,
+                                              [o[2] for o in order], secs)
+                    for (col, _, _), (r, _) in zip(order, rates):
                         T.add(f"handshakes/CPU s, {name}", col, r)
-                        log(f"  rep {rep + 1} handshakes {name} {col:8} {r:7.0f}/CPU s")
+                    log(f"  round {rep + 1} handshakes {name}: " + ", ".join(
+                        f"{col} {r:.0f}/CPU s" for (col, _, _), (r, _) in zip(order, rates)))
                     be.idle()
                 # resumed: HAProxy's bare resumptions against the gateway's whole data
-                # connections (ECDSA)
-                order = [("haproxy", hps["ec"], hps["ec"].port, None)] + [
-                    (tag, gws[tag][0], gws[tag][1]["imp"],
-                     (user, password, f"{data.small_dir}/f0000.bin")) for tag in builds]
-                for col, srv, port, gwargs in B.rotate(order, rep):
-                    r, share = resumed_rate(srv, port, secs, gwargs)
-                    row = ("resumed, ECDSA: HAProxy bare handshakes; the gateway whole "
-                           "protected data connections")
-                    T.add(row, col, r)
-                    T.add("share of resumed handshakes", col, share)
-                    log(f"  rep {rep + 1} resumed {col:8} {r:7.0f}/CPU s, {share:.0%} resumed")
-                    be.idle()
+                # connections (ECDSA); each also in clear (HAProxy without TLS, the
+                # gateway's data connections after PROT C), so that the difference, the
+                # resumed handshake's own cost, can be compared alone
+                path = f"{data.small_dir}/f0000.bin"
+                order = B.rotate([("haproxy", hps["ec"], hps["ec"].port, None),
+                                  ("haproxy clear", hp_clear, hp_clear.port, "clear")] + [
+                    (tag, gws[tag][0], gws[tag][1]["imp"], (user, password, path, False))
+                    for tag in builds] + [
+                    (f"{tag} clear", clear_gws[tag][0], clear_gws[tag][1]["imp"],
+                     (user, password, path, True)) for tag in builds], rep)
+                rates = interleaved_rates([o[1] for o in order], _resumed_loop,
+                                          [(o[2], o[3]) for o in order], secs)
+                got = {col: r for (col, *_), (r, _) in zip(order, rates)}
+                row = ("resumed, ECDSA: HAProxy bare handshakes; the gateway whole "
+                       "protected data connections")
+                for (col, *_), (r, share) in zip(order, rates):
+                    if not col.endswith(" clear"):
+                        T.add(row, col, r)
+                        T.add("share of resumed handshakes", col, share)
+                for col in ["haproxy"] + list(builds):
+                    extra = 1 / got[col] - 1 / got[f"{col} clear"]
+                    if extra > 0:
+                        T.add("resumed, ECDSA: the handshake alone (a connection with TLS "
+                              "less the same in clear)", col, 1 / extra)
+                log(f"  round {rep + 1} resumed: " + ", ".join(
+                    f"{col} {r:.0f}/CPU s ({share:.0%} resumed)"
+                    for (col, *_), (r, share) in zip(order, rates)))
+                be.idle()
         if "redesign" in cases and before:
             log("== before/after: sessions/s and idle memory")
             secs = 2 if a.quick else 3
@@ -872,16 +940,21 @@ def report(a, T: Table, budgets, load0, sys0, sys1, wall, before) -> str:
         out.append("")
     hs = [r for (r, c) in T.v if r.startswith(("handshakes", "resumed", "share of"))]
     if hs:
-        out += ["| TLS 1.3 handshakes per CPU second (medians) | after | before | HAProxy | "
-                "after/HAProxy |", "|---|---:|---:|---:|---:|"]
+        out += [f"| TLS 1.3 handshakes per CPU second (medians of {a.hs_rounds} rounds) | "
+                "after | before | HAProxy | after/HAProxy, paired: median (quartiles) | "
+                "after/before, paired |", "|---|---:|---:|---:|---:|---:|"]
         for r in sorted(set(hs)):
             af, bf, hp = T.med(r, "after"), T.med(r, "before"), T.med(r, "haproxy")
             fmt = (lambda x: x and f"{x:.2f}") if r.startswith("share") else (
                 lambda x: x and f"{x:.0f}")
             label = r[18:] if r.startswith("handshakes") else r
             label = f"full, {label}" if r.startswith("handshakes") else label
+            q = T.paired_quartiles(r, "after", "haproxy")
+            vs_hp = f"{f3(q[1])} ({f3(q[0])}-{f3(q[2])})" if q and hp else "—"
+            pb = T.paired(r, "after", "before")
             out.append(f"| {label} | {fmt(af)} | {fmt(bf)} | {fmt(hp)} | "
-                       f"{f3(af / hp) if af and hp else '—'} |")
+                       f"{vs_hp if not r.startswith('share') else '—'} | "
+                       f"{f3(pb) if pb and not r.startswith('share') else '—'} |")
         out.append("")
     red = [r for (r, c) in T.v if r.startswith(("sessions", "gateway CPU", "PSS"))]
     if red:

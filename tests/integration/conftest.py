@@ -21,8 +21,9 @@ session. `gw.mark(0)` reads from the log's start; `gw.log` is the whole log as t
 
 Parallel runs (pytest-xdist, `make integration`): each worker is a session of its own (its
 own backends, work directory and slice of ports, peers.PortAllocator). A test marked
-`@pytest.mark.serial` runs alone: it waits until the tests running on other workers end,
-and none starts until it is done (load, CPU-spread and timing tests).
+`@pytest.mark.serial` runs alone (load, CPU-spread and timing tests): `make integration`
+runs them in a second pytest after the parallel part; in any other xdist run a serial test
+waits until the tests running on other workers end, and none starts until it is done.
 """
 
 from __future__ import annotations
