@@ -331,14 +331,23 @@ def _full_handshake(ctx: ssl.SSLContext, port: int) -> None:
             s.recv(1)  # implicit FTPS: the greeting; HAProxy: the backend's 220
 
 
+def _turns(count: int):
+    """Indexes 0..count-1 over and over, each pass in a new random order: a fixed order
+    made every server follow the same neighbour, whose code left the caches warm or cold
+    for it (an A/A run of one binary as two gateways differed by 5-6 %)."""
+    import random
+    rnd = random.Random(os.getpid() ^ time.monotonic_ns())
+    while True:
+        yield from rnd.sample(range(count), count)
+
+
 def _full_loop(ports: list[int], until: float, q) -> None:
     """Full handshakes to each port in turn, one connection at a time."""
     ctx = tls_client_ctx()
     n = [0] * len(ports)
-    i = 0
+    turns = _turns(len(ports))
     while time.monotonic() < until:
-        k = i % len(ports)
-        i += 1
+        k = next(turns)
         try:
             _full_handshake(ctx, ports[k])
             n[k] += 1
@@ -395,10 +404,9 @@ def _resumed_loop(targets: list[tuple], until: float, q) -> None:
            for port, g in targets]
     sess = [None] * len(targets)
     n, resumed = [0] * len(targets), [0] * len(targets)
-    i = 0
+    turns = _turns(len(targets))
     while time.monotonic() < until:
-        k = i % len(targets)
-        i += 1
+        k = next(turns)
         if gws[k]:
             resumed[k] += gws[k].one()
             n[k] += 1
@@ -427,7 +435,7 @@ def _resumed_loop(targets: list[tuple], until: float, q) -> None:
 def interleaved_rates(servers: list[B.Server], loop, targets: list, seconds: float,
                       clients: int = 2) -> list[tuple[float, float]]:
     """Per server (connections per CPU second of it, share resumed). Each client process
-    goes through the servers connection by connection (A, B, C, A, B, ...), so all of them
+    goes through the servers connection by connection (each pass in a random order), so all of them
     run under the same conditions of this VM at the same moments: its speed drifts by
     +-30 % within seconds, which measuring one server after the other did not cancel."""
     import multiprocessing
