@@ -174,7 +174,11 @@ def backend_says_upload_failed(backend, name: str) -> bool:
 
 
 @pytest.mark.parametrize("client", ["curl", "python"])
-@pytest.mark.parametrize("tls", ["tls", "clear"])
+# In clear only a heuristic tells a killed client from a finished upload: the control
+# connection's FIN within 25 ms of the data connection's. Under the parallel suite's load
+# (the sanitizer stage: eight workers on two cores) the dying client was once descheduled
+# longer than that between its two closes; alone, it is not.
+@pytest.mark.parametrize("tls", ["tls", pytest.param("clear", marks=pytest.mark.serial)])
 def test_client_killed_mid_upload(gateway, backend, ports, blobs, tmp_path, client, tls):
     """SIGKILL of the uploading client: one `failed` line, the metric moved, and the server
     records a failed upload (it must not keep a cut file as complete)."""
