@@ -84,9 +84,11 @@ def tls_cert(workdir):
     return peers.make_cert(d)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def client_ctx(tls_cert):
-    """Client TLS context trusting only the gateway's test certificate."""
+    """Client TLS context trusting only the gateway's test certificate; one per test, so
+    that a test which lowers its maximum_version or sets options cannot carry them into
+    the next tests of its worker (a session-wide one once did)."""
     return peers.client_context(tls_cert[0])
 
 

@@ -18,7 +18,6 @@ import struct
 import threading
 import time
 
-import peers
 import pytest
 
 from peers import (HOST, KiB, Control, check, curl, ftplib_download, ftplib_explicit_session,
@@ -193,11 +192,9 @@ def test_ftplib_resuming(gateway, backend, ports, blobs, scratch, client_ctx, fr
 # Several sessions behind one address: never crossed
 
 
-def test_two_clients_one_address_crossed_timing(gateway, pyftpdlib, ports, tls_cert):
+def test_two_clients_one_address_crossed_timing(gateway, pyftpdlib, ports, client_ctx):
     gw = shared_gateway(gateway, pyftpdlib, ports)
-    # its own context: the loop below lowers maximum_version, and the session-wide
-    # client_ctx would carry TLS 1.2 into the next tests of this xdist worker
-    ctx = peers.client_context(tls_cert[0])
+    ctx = tls13(client_ctx)
     pyftpdlib.put_bytes("sp-a.txt", b"A" * 70000)
     pyftpdlib.put_bytes("sp-b.txt", b"B" * 90000)
     for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
