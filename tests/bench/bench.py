@@ -1379,18 +1379,23 @@ def case_backends(env: Env, R: Results) -> None:
     kill_tree(vs2.proc)
 
 
+def pasv_port(c: Ctl) -> int:
+    """PASV on the control connection: the data port of its 227 reply."""
+    c.sock.sendall(b"PASV\r\n")
+    code, text = c.reply()
+    if code != 227:
+        raise RuntimeError(f"PASV: {text[:150]!r}")
+    n = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
+    return n[4] * 256 + n[5]
+
+
 def xfer_session(port: int, user: str, password: str, ctx: ssl.SSLContext, path: str) -> None:
     """An implicit session with one protected 4 KiB RETR over PASV (the data TLS resumes
     the control session, as curl's and lftp's do), then QUIT."""
     c = login("implicit", port, user, password, ctx)
     try:
         c.expect(200, "TYPE I")
-        c.sock.sendall(b"PASV\r\n")
-        code, text = c.reply()
-        if code != 227:
-            raise RuntimeError(f"PASV: {text[:150]!r}")
-        n = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
-        d = socket.create_connection((HOST, n[4] * 256 + n[5]), timeout=30)
+        d = socket.create_connection((HOST, pasv_port(c)), timeout=30)
         try:
             c.sock.sendall(f"RETR {path}\r\n".encode())
             code, text = c.reply()

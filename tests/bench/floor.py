@@ -371,10 +371,7 @@ class _GatewayData:
 
     def one(self) -> bool:
         c = self.c
-        c.sock.sendall(b"PASV\r\n")
-        code, text = c.reply()
-        nums = [int(x) for x in re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
-        d = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=30)
+        d = socket.create_connection((HOST, B.pasv_port(c)), timeout=30)
         c.sock.sendall(f"RETR {self.path}\r\n".encode())
         code, text = c.reply()
         if code not in (125, 150):
@@ -510,13 +507,7 @@ def scale_transfers(port: int, pid: int, n: int, user: str, password: str, path:
             with gate:
                 c = B.login("implicit", port, user, password, ctx, timeout=timeout)
                 c.expect(200, "TYPE I")
-                c.sock.sendall(b"PASV\r\n")
-                code, text = c.reply()
-                if code != 227:
-                    raise RuntimeError(f"PASV: {text[:120]!r}")
-                nums = [int(x) for x in
-                        re.findall(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)[0]]
-                raw = socket.create_connection((HOST, nums[4] * 256 + nums[5]), timeout=timeout)
+                raw = socket.create_connection((HOST, B.pasv_port(c)), timeout=timeout)
                 c.sock.sendall(f"RETR {path}\r\n".encode())
                 code, text = c.reply()
                 if code not in (125, 150):
