@@ -193,10 +193,14 @@ class _Slice:
     for a whole session, a test's listener or a module's backend, would otherwise be
     scattered over the slice and leave no room for a range of 500)."""
 
-    def __init__(self, lo: int, hi: int, singles: int, offset: int = 0):
+    def __init__(self, lo: int, hi: int, singles: int, offset: int = 0,
+                 resume: dict[bool, int] | None = None):
         self.lo, self.hi, self.split = lo, hi, hi - singles + 1
         self.next = {False: lo + offset % ((self.split - lo) // 2),
                      True: self.split + offset % (singles // 2)}
+        for single, at in (resume or {}).items():  # where the slice's last holder stopped
+            if (self.split <= at <= hi) if single else (lo <= at < self.split):
+                self.next[single] = at
 
     def take(self, n: int, given: set[int]) -> int | None:
         single = n == 1
@@ -254,17 +258,32 @@ class PortAllocator:
                 f.close()
                 continue
             self._locks.append(f)  # held (and the slice with it) until this process ends
+            # Go on where the slice's previous holder stopped (a run's serial part starts
+            # right after its parallel workers end): ports its servers just used may still
+            # be bound by their last sessions or waiting in TIME_WAIT.
+            resume = {}
+            try:
+                r, one = (int(x) for x in Path(f.name).read_text().split())
+                resume = {False: r, True: one}
+            except (OSError, ValueError):
+                pass
             self._slices.append(_Slice(first, min(first + self.SLICE - 1, self.HI),
-                                       self.SINGLES))
+                                       self.SINGLES, resume=resume))
             return True
         return False
 
     def _take(self, n: int) -> int:
         while True:
-            for sl in self._slices:
+            for i, sl in enumerate(self._slices):
                 first = sl.take(n, self._given)
                 if first is not None:
                     self._given.update(range(first, first + n))
+                    if i < len(self._locks):  # a claimed slice: note where the next holder goes on
+                        f = self._locks[i]
+                        f.seek(0)
+                        f.truncate()
+                        f.write(f"{sl.next[False]} {sl.next[True]}\n")
+                        f.flush()
                     return first
             if not self._locks or not self._claim():
                 break
