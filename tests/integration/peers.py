@@ -593,10 +593,15 @@ class VsftpdTLS:
 
 
 def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
-                 tls: VsftpdTLS | None = None) -> Backend:
+                 tls: VsftpdTLS | None = None, pasv_ports: int = 50) -> Backend:
     """vsftpd in the foreground with its own configuration, serving `user`'s logins in a
     fresh directory (local_root) that the user owns. With `tls`, it does FTPS itself
-    (explicit AUTH TLS, or implicit with tls.implicit)."""
+    (explicit AUTH TLS, or implicit with tls.implicit).
+
+    vsftpd picks a passive port at random and gives up after 9 tries that find it listened
+    on ("500 OOPS: vsf_sysutil_bind"): with k sessions between PASV and their data
+    connection, 1 in (range/k)^9. A backend shared by tests that start 30 transfers at once
+    needs more than 50 ports (30 of 50: about 1 % per PASV)."""
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)
     empty = workdir / "empty"  # secure_chroot_dir: exists, empty, owned by root
@@ -607,7 +612,7 @@ def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
     os.chown(root, pw.pw_uid, pw.pw_gid)
     os.chmod(root, 0o755)
     port = ports.port()
-    pasv_lo, pasv_hi = ports.range(50)
+    pasv_lo, pasv_hi = ports.range(pasv_ports)
     banner = "ftpsgate-test vsftpd ready"
     conf = workdir / "vsftpd.conf"
     log = workdir / "vsftpd.log"
