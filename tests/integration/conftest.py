@@ -97,11 +97,16 @@ def blobs(workdir):
     return peers.Blobs(workdir / "blobs")
 
 
+# The passive ports of the session-wide vsftpd backends: test_upgrade_under_load starts 30
+# transfers on one at once, and vsftpd gives up after 9 random picks that are taken
+# (start_vsftpd).
+SHARED_VSFTPD_PASV_PORTS = 200
+
+
 @pytest.fixture(scope="session")
 def vsftpd(workdir, ports, test_user):
-    # 200 passive ports: test_upgrade_under_load starts 30 transfers on it at once, and
-    # vsftpd gives up after 9 random picks that are taken (start_vsftpd).
-    backend = peers.start_vsftpd(workdir / "vsftpd", ports, *test_user, pasv_ports=200)
+    backend = peers.start_vsftpd(workdir / "vsftpd", ports, *test_user,
+                                 pasv_ports=SHARED_VSFTPD_PASV_PORTS)
     yield backend
     backend.stop()
 
@@ -120,7 +125,8 @@ def vsftpd_ftps(workdir, ports, test_user, backend_cert):
     """vsftpd doing explicit FTPS itself: require_ssl_reuse, forced TLS logins and data,
     TLS 1.2 and 1.3 (its defaults). Same user and files layout as `vsftpd`."""
     backend = peers.start_vsftpd(workdir / "vsftpd-ftps", ports, *test_user,
-                                 tls=peers.VsftpdTLS(*backend_cert), pasv_ports=200)
+                                 tls=peers.VsftpdTLS(*backend_cert),
+                                 pasv_ports=SHARED_VSFTPD_PASV_PORTS)
     yield backend
     backend.stop()
 
@@ -130,7 +136,7 @@ def vsftpd_implicit(workdir, ports, test_user, backend_cert):
     """vsftpd with implicit_ssl=YES (TLS from the first byte), otherwise like vsftpd_ftps."""
     backend = peers.start_vsftpd(workdir / "vsftpd-implicit", ports, *test_user,
                                  tls=peers.VsftpdTLS(*backend_cert, implicit=True),
-                                 pasv_ports=200)
+                                 pasv_ports=SHARED_VSFTPD_PASV_PORTS)
     yield backend
     backend.stop()
 

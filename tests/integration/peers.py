@@ -600,8 +600,8 @@ def start_vsftpd(workdir: Path, ports: PortAllocator, user: str, password: str,
 
     vsftpd picks a passive port at random and gives up after 9 tries that find it listened
     on ("500 OOPS: vsf_sysutil_bind"): with k sessions between PASV and their data
-    connection, 1 in (range/k)^9. A backend shared by tests that start 30 transfers at once
-    needs more than 50 ports (30 of 50: about 1 % per PASV)."""
+    connection, about 1 PASV in (range/k)^9 fails. A backend shared by tests that start 30
+    transfers at once needs more than 50 ports (30 of 50: about 1 % per PASV)."""
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)
     empty = workdir / "empty"  # secure_chroot_dir: exists, empty, owned by root
